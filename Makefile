@@ -1,0 +1,62 @@
+# Thin front door over Meson/Ninja. See README.md.
+#   make run    install missing packages, build, run ternd on 127.0.0.1:2525
+#   make test   install missing packages, build (normal + ASan/UBSan + fuzz),
+#               run unit, fuzz and end-to-end tests
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+PYTHON     ?= /usr/bin/python3
+RUN_DIR    ?= $(CURDIR)/run
+FUZZ_SECONDS ?= 20
+MESON_COMMON = -Dwerror=true -Dc_std=c17
+
+.PHONY: all deps build asan fuzz run test unit-test system-test fuzz-test format clean
+
+all: build
+
+deps:
+	@./scripts/install-deps.sh
+
+$(BUILD)/build.ninja:
+	meson setup $(BUILD) $(MESON_COMMON) --buildtype=debugoptimized >/dev/null
+
+$(ASAN_BUILD)/build.ninja:
+	meson setup $(ASAN_BUILD) $(MESON_COMMON) --buildtype=debug \
+	    -Db_sanitize=address,undefined -Db_lundef=false >/dev/null
+
+$(FUZZ_BUILD)/build.ninja:
+	CC=clang meson setup $(FUZZ_BUILD) $(MESON_COMMON) --buildtype=debug -Dfuzz=true \
+	    -Db_lundef=false >/dev/null
+
+build: deps $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+asan: deps $(ASAN_BUILD)/build.ninja
+	ninja -C $(ASAN_BUILD)
+
+fuzz: deps $(FUZZ_BUILD)/build.ninja
+	ninja -C $(FUZZ_BUILD)
+
+run: build
+	mkdir -p $(RUN_DIR)
+	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
+
+unit-test: build asan
+	meson test -C $(BUILD) --suite unit --print-errorlogs
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
+
+fuzz-test: fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh $(FUZZ_BUILD)
+
+system-test: build asan
+	TERN_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q tests/system
+	TERN_BUILD=$(CURDIR)/$(ASAN_BUILD) TERN_ASAN=1 $(PYTHON) -m pytest -q tests/system
+
+test: unit-test fuzz-test system-test
+
+format:
+	clang-format -i $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

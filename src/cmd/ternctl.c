@@ -1,0 +1,667 @@
+/*
+ * ternctl: the operator's tool. Argument parsing and wiring only: queue
+ * commands go to the running ternd over SPOOL/ctl.sock (src/ctl/client.h),
+ * `passwd` rewrites auth_users_file atomically. Exit status: 0 ok, 1 runtime
+ * failure (unknown queue id included), 2 usage or configuration error.
+ */
+#include <crypt.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "ctl/client.h"
+#include "ctl/json.h"
+#include "util/buf.h"
+#include "util/util.h"
+
+#define EXIT_RUNTIME   1
+#define EXIT_USAGE     2
+#define OVERRIDES_MAX  256
+#define PASSWORD_MAX   1024
+#define SENDER_COL_MAX 40
+#define RCPTS_COL_MAX  60
+
+struct ctx {
+    struct config *cfg;
+};
+
+struct command {
+    const char *word1, *word2; /* word2 NULL: one-word command */
+    const char *verb;          /* control request verb, when the command sends one */
+    int (*fn)(const struct command *cmd, struct ctx *ctx, int argc, char **argv);
+    bool needs_config;
+};
+
+static const char usage_text[] =
+    "usage: ternctl [-c FILE] [-o name=value]... COMMAND ...\n"
+    "commands:\n"
+    "  queue list [--json]       list queued messages and a summary by destination\n"
+    "  queue summary [--json]    summary of the queue by destination\n"
+    "  queue flush               retry everything now\n"
+    "  queue delete ID           remove a message (no bounce)\n"
+    "  queue hold ID             hold a message\n"
+    "  queue release ID          release a held message\n"
+    "  passwd USER               add or change an AUTH user in auth_users_file\n"
+    "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N]\n"
+    "  dns check DOMAIN [--json]\n";
+
+static int
+usage_error(void)
+{
+    fputs(usage_text, stderr);
+    return EXIT_USAGE;
+}
+
+static int64_t
+now_s(void)
+{
+    return tern_now_ms() / 1000;
+}
+
+/* Report a failed control exchange; always returns EXIT_RUNTIME. */
+static int
+report_ctl(enum ctl_rc rc, const struct buf *msg)
+{
+    const char *m = msg->len ? msg->data : "unknown error";
+    if (rc == CTL_NODAEMON)
+        fprintf(stderr, "ternctl: ternd is not running (no control socket at %s)\n", m);
+    else
+        fprintf(stderr, "ternctl: %s\n", m);
+    return EXIT_RUNTIME;
+}
+
+static int
+flush_stdout(void)
+{
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "ternctl: writing output: %s\n", strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+/* --- queue list / summary --- */
+
+struct list_state {
+    struct ctl_row *rows;
+    size_t n, cap;
+    struct json **sums; /* SUMMARY objects */
+    size_t n_sums, cap_sums;
+    bool bad; /* a line could not be understood */
+};
+
+static int
+print_raw_line(const char *line, size_t len, void *arg)
+{
+    (void)arg;
+    if (fwrite(line, 1, len, stdout) != len || fputc('\n', stdout) == EOF)
+        return -1;
+    return 0;
+}
+
+static int
+collect_row(const char *line, size_t len, void *arg)
+{
+    struct list_state *st = arg;
+    struct json *obj = NULL;
+    struct buf err = BUF_INIT;
+    struct ctl_row row;
+    if (json_parse(line, len, &obj, &err) < 0 ||
+        ctl_row_from_json(obj, now_s(), &row, &err) < 0) {
+        fprintf(stderr, "ternctl: skipping a LIST line: %s\n", err.data);
+        st->bad = true;
+    } else {
+        if (st->n == st->cap) {
+            st->cap = st->cap ? st->cap * 2 : 64;
+            st->rows = xrealloc(st->rows, st->cap * sizeof(*st->rows));
+        }
+        st->rows[st->n++] = row;
+    }
+    json_free(obj);
+    buf_fini(&err);
+    return 0;
+}
+
+static int
+collect_summary(const char *line, size_t len, void *arg)
+{
+    struct list_state *st = arg;
+    struct json *obj = NULL;
+    struct buf err = BUF_INIT;
+    if (json_parse(line, len, &obj, &err) < 0 || json_get(obj, "destination") == NULL) {
+        fprintf(stderr, "ternctl: skipping a SUMMARY line: %s\n",
+            err.len ? err.data : "no destination");
+        st->bad = true;
+        json_free(obj);
+    } else {
+        if (st->n_sums == st->cap_sums) {
+            st->cap_sums = st->cap_sums ? st->cap_sums * 2 : 16;
+            st->sums = xrealloc(st->sums, st->cap_sums * sizeof(*st->sums));
+        }
+        st->sums[st->n_sums++] = obj;
+    }
+    buf_fini(&err);
+    return 0;
+}
+
+static void
+list_state_fini(struct list_state *st)
+{
+    for (size_t i = 0; i < st->n; i++)
+        ctl_row_fini(&st->rows[i]);
+    free(st->rows);
+    for (size_t i = 0; i < st->n_sums; i++)
+        json_free(st->sums[i]);
+    free(st->sums);
+}
+
+static int
+col_width(size_t w, size_t min, size_t max)
+{
+    return (int)(w < min ? min : (w > max ? max : w));
+}
+
+static void
+print_rows(const struct list_state *st)
+{
+    size_t ws = 0, wr = 0;
+    if (st->n == 0) {
+        printf("queue is empty\n");
+        return;
+    }
+    for (size_t i = 0; i < st->n; i++) {
+        size_t a = strlen(st->rows[i].sender), b = strlen(st->rows[i].rcpts);
+        ws = a > ws ? a : ws;
+        wr = b > wr ? b : wr;
+    }
+    int s = col_width(ws, 6, SENDER_COL_MAX), r = col_width(wr, 10, RCPTS_COL_MAX);
+    printf("%-16s  %-7s  %-4s  %-*s  %-*s  %5s  %s\n", "ID", "AGE", "HELD", s, "SENDER", r,
+        "RECIPIENTS", "TRIES", "LAST ERROR");
+    for (size_t i = 0; i < st->n; i++) {
+        const struct ctl_row *row = &st->rows[i];
+        printf("%-16s  %-7s  %-4s  %-*s  %-*s  %5u  %s\n", row->id, row->age,
+            row->held ? "yes" : "no", s, row->sender, r, row->rcpts, row->attempts,
+            row->last_error);
+    }
+}
+
+static bool
+print_summary(const struct list_state *st)
+{
+    size_t w = 11;
+    bool ok = true;
+    if (st->n_sums == 0)
+        return true;
+    for (size_t i = 0; i < st->n_sums; i++) {
+        const char *d = json_str(json_get(st->sums[i], "destination"));
+        size_t n = d != NULL ? strlen(d) : 0;
+        w = n > w ? n : w;
+    }
+    w = w > 40 ? 40 : w;
+    printf("%-*s  %8s  %10s  %8s  %s\n", (int)w, "DESTINATION", "MESSAGES", "RECIPIENTS",
+        "OLDEST", "LAST ERROR");
+    for (size_t i = 0; i < st->n_sums; i++) {
+        struct buf line = BUF_INIT, err = BUF_INIT;
+        if (ctl_summary_line(st->sums[i], now_s(), (int)w, &line, &err) < 0) {
+            fprintf(stderr, "ternctl: %s\n", err.data);
+            ok = false;
+        } else {
+            printf("%s\n", line.data);
+        }
+        buf_fini(&line);
+        buf_fini(&err);
+    }
+    return ok;
+}
+
+/* Parse the optional "--json" of queue list / summary: 0 ok, -1 usage. */
+static int
+json_flag(int argc, char **argv, bool *json)
+{
+    *json = false;
+    if (argc == 0)
+        return 0;
+    if (argc == 1 && strcmp(argv[0], "--json") == 0) {
+        *json = true;
+        return 0;
+    }
+    return -1;
+}
+
+static int
+cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    struct list_state st;
+    struct buf msg = BUF_INIT;
+    bool json, list = strcmp(cmd->word2, "list") == 0;
+    enum ctl_rc rc = CTL_OK;
+    int ret = 0;
+    if (json_flag(argc, argv, &json) < 0)
+        return usage_error();
+    memset(&st, 0, sizeof(st));
+    if (list)
+        rc = ctl_call(ctx->cfg->spool_dir, "LIST", CTL_TIMEOUT_MS,
+            json ? print_raw_line : collect_row, &st, &msg);
+    if (rc == CTL_OK && (!list || !json))
+        rc = ctl_call(ctx->cfg->spool_dir, "SUMMARY", CTL_TIMEOUT_MS,
+            json ? print_raw_line : collect_summary, &st, &msg);
+    if (rc != CTL_OK) {
+        ret = report_ctl(rc, &msg);
+    } else if (!json) {
+        if (list)
+            print_rows(&st);
+        if (list && st.n_sums > 0)
+            printf("\n");
+        if (!print_summary(&st) || st.bad)
+            ret = EXIT_RUNTIME;
+    }
+    if (flush_stdout() != 0)
+        ret = EXIT_RUNTIME;
+    list_state_fini(&st);
+    buf_fini(&msg);
+    return ret;
+}
+
+/* --- flush / delete / hold / release --- */
+
+static int
+cmd_queue_action(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    bool needs_id = strcmp(cmd->verb, "FLUSH") != 0;
+    char req[64];
+    struct buf msg = BUF_INIT;
+    enum ctl_rc rc;
+    int ret = 0;
+    if (argc != (needs_id ? 1 : 0))
+        return usage_error();
+    if (needs_id && !ctl_qid_valid(argv[0])) {
+        fprintf(stderr, "ternctl: %s: not a queue id (16 lowercase hex digits)\n", argv[0]);
+        return EXIT_RUNTIME;
+    }
+    snprintf(req, sizeof(req), "%s%s%s", cmd->verb, needs_id ? " " : "", needs_id ? argv[0] : "");
+    rc = ctl_call(ctx->cfg->spool_dir, req, CTL_TIMEOUT_MS, NULL, NULL, &msg);
+    if (rc == CTL_OK) {
+        if (needs_id)
+            printf("%s: %s\n", argv[0], cmd->word2[0] == 'd' ? "deleted" :
+                cmd->word2[0] == 'h' ? "held" : "released");
+        else
+            printf("queue flush requested\n");
+        ret = flush_stdout();
+    } else if (rc == CTL_ERR && needs_id) {
+        fprintf(stderr, "ternctl: %s: %s\n", argv[0], msg.data);
+        ret = EXIT_RUNTIME;
+    } else {
+        ret = report_ctl(rc, &msg);
+    }
+    buf_fini(&msg);
+    return ret;
+}
+
+/* --- passwd --- */
+
+static struct termios saved_tio;
+static volatile sig_atomic_t tio_saved;
+
+static void
+restore_tty(int sig)
+{
+    if (tio_saved)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_tio);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* Read one line (without its end) from fd into pw[PASSWORD_MAX]. 0 ok, -1. */
+static int
+read_line_fd(int fd, char *pw, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        char c;
+        ssize_t r = read(fd, &c, 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break; /* EOF ends the line too */
+        if (c == '\n')
+            break;
+        if (c == '\0' || n + 1 >= cap)
+            return -1;
+        pw[n++] = c;
+    }
+    if (n > 0 && pw[n - 1] == '\r')
+        n--;
+    pw[n] = '\0';
+    return n > 0 ? 0 : -1;
+}
+
+static int
+prompt_tty(const char *prompt, char *pw, size_t cap)
+{
+    struct termios tio;
+    int r;
+    if (tcgetattr(STDIN_FILENO, &saved_tio) < 0)
+        return -1;
+    tio = saved_tio;
+    tio.c_lflag &= ~(tcflag_t)(ECHO | ECHONL);
+    tio_saved = 1;
+    signal(SIGINT, restore_tty);
+    signal(SIGTERM, restore_tty);
+    signal(SIGHUP, restore_tty);
+    fputs(prompt, stderr);
+    fflush(stderr);
+    if (tcsetattr(STDIN_FILENO, TCSAFLUSH, &tio) < 0)
+        return -1;
+    r = read_line_fd(STDIN_FILENO, pw, cap);
+    tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved_tio);
+    tio_saved = 0;
+    fputc('\n', stderr);
+    return r;
+}
+
+/* The new password, from the terminal (asked twice) or one stdin line. */
+static int
+read_password(char *pw, char *again, size_t cap)
+{
+    if (!isatty(STDIN_FILENO)) {
+        if (read_line_fd(STDIN_FILENO, pw, cap) < 0) {
+            fprintf(stderr, "ternctl: no password on stdin (one non-empty line expected)\n");
+            return -1;
+        }
+        return 0;
+    }
+    if (prompt_tty("New password: ", pw, cap) < 0 ||
+        prompt_tty("Retype new password: ", again, cap) < 0) {
+        fprintf(stderr, "ternctl: could not read a password from the terminal\n");
+        return -1;
+    }
+    if (strcmp(pw, again) != 0) {
+        fprintf(stderr, "ternctl: the passwords do not match\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* yescrypt hash of pw, owned by the caller. NULL on failure. */
+static char *
+hash_password(const char *pw)
+{
+    char *setting = crypt_gensalt_ra("$y$", 0, NULL, 0);
+    void *data = NULL;
+    int size = 0;
+    char *h, *out = NULL;
+    if (setting == NULL)
+        return NULL;
+    h = crypt_ra(pw, setting, &data, &size);
+    if (h != NULL && h[0] != '*')
+        out = xstrdup(h);
+    if (data != NULL)
+        explicit_bzero(data, (size_t)size);
+    free(data);
+    free(setting);
+    return out;
+}
+
+/* Read the whole current file (absent = empty); st_out gets its stat, or
+ * st_ino 0 when the file is absent. 0 ok, -1 with errno. */
+static int
+read_auth_file(const char *path, struct buf *out, struct stat *st_out)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), e = EFBIG;
+    memset(st_out, 0, sizeof(*st_out));
+    if (fd < 0)
+        return errno == ENOENT ? 0 : -1;
+    if (fstat(fd, st_out) < 0) {
+        e = errno;
+        goto fail;
+    }
+    if (!S_ISREG(st_out->st_mode)) {
+        e = EINVAL;
+        goto fail;
+    }
+    for (;;) {
+        ssize_t r;
+        if (buf_reserve(out, 65536) < 0)
+            goto fail;
+        r = read(fd, out->data + out->len, 65536);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            e = errno;
+            goto fail;
+        }
+        if (r == 0)
+            break;
+        out->len += (size_t)r;
+        out->data[out->len] = '\0';
+        if (out->len > CTL_AUTH_FILE_MAX)
+            goto fail;
+    }
+    close(fd);
+    return 0;
+fail:
+    close(fd);
+    errno = e;
+    return -1;
+}
+
+static int
+write_all_fd(int fd, const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static int
+fsync_dir_of(const char *path)
+{
+    char *copy = xstrdup(path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = -1;
+    free(copy);
+    if (fd < 0)
+        return -1;
+    r = fsync(fd);
+    if (close(fd) < 0)
+        r = -1;
+    return r;
+}
+
+/* Atomic replace: PATH.tmp (0600, owner kept), fsync, rename, fsync dir. */
+static int
+replace_file(const char *path, const struct buf *data, const struct stat *old)
+{
+    struct buf tmp = BUF_INIT;
+    int fd, r = -1;
+    buf_printf(&tmp, "%s.tmp", path);
+    fd = open(tmp.data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0)
+        goto out;
+    if (fchmod(fd, 0600) < 0 || (old->st_ino != 0 && geteuid() == 0 &&
+                                    fchown(fd, old->st_uid, old->st_gid) < 0) ||
+        write_all_fd(fd, data->data, data->len) < 0 || fsync(fd) < 0) {
+        int e = errno;
+        close(fd);
+        unlink(tmp.data);
+        errno = e;
+        goto out;
+    }
+    if (close(fd) < 0 || rename(tmp.data, path) < 0) {
+        int e = errno;
+        unlink(tmp.data);
+        errno = e;
+        goto out;
+    }
+    r = fsync_dir_of(path);
+out:
+    buf_fini(&tmp);
+    return r;
+}
+
+static int
+update_auth_file(const char *path, const char *user, const char *hash)
+{
+    struct buf old = BUF_INIT, out = BUF_INIT;
+    struct stat st;
+    bool replaced = false;
+    int ret = 0;
+    if (read_auth_file(path, &old, &st) < 0) {
+        fprintf(stderr, "ternctl: cannot read %s: %s\n", path, strerror(errno));
+        ret = EXIT_RUNTIME;
+    } else if (ctl_passwd_update(old.data ? old.data : "", old.len, user, hash, &out,
+                   &replaced) < 0) {
+        fprintf(stderr, "ternctl: %s would grow too large\n", path);
+        ret = EXIT_RUNTIME;
+    } else if (replace_file(path, &out, &st) < 0) {
+        fprintf(stderr, "ternctl: cannot write %s: %s\n", path, strerror(errno));
+        ret = EXIT_RUNTIME;
+    } else {
+        printf("ternctl: %s user %s in %s\n", replaced ? "changed" : "added", user, path);
+        ret = flush_stdout();
+    }
+    buf_fini(&old);
+    buf_fini(&out);
+    return ret;
+}
+
+static int
+cmd_passwd(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    char pw[PASSWORD_MAX], again[PASSWORD_MAX];
+    char *hash;
+    int ret;
+    (void)cmd;
+    if (argc != 1)
+        return usage_error();
+    if (!ctl_user_valid(argv[0])) {
+        fprintf(stderr, "ternctl: bad user name (no ':', spaces or control characters)\n");
+        return EXIT_USAGE;
+    }
+    if (ctx->cfg->auth_users_file == NULL) {
+        fprintf(stderr, "ternctl: auth_users_file is not set in the configuration\n");
+        return EXIT_USAGE;
+    }
+    ret = read_password(pw, again, sizeof(pw));
+    hash = ret == 0 ? hash_password(pw) : NULL;
+    explicit_bzero(pw, sizeof(pw));
+    explicit_bzero(again, sizeof(again));
+    if (ret < 0)
+        return EXIT_RUNTIME;
+    if (hash == NULL) {
+        fprintf(stderr, "ternctl: password hashing failed: %s\n", strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    ret = update_auth_file(ctx->cfg->auth_users_file, argv[0], hash);
+    secret_free(hash);
+    return ret;
+}
+
+/* --- later issues --- */
+
+static int
+cmd_unavailable(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    (void)ctx;
+    (void)argc;
+    (void)argv;
+    fprintf(stderr, "ternctl: %s %s is not available yet\n", cmd->word1, cmd->word2);
+    return EXIT_USAGE;
+}
+
+static const struct command commands[] = {
+    { "queue", "list", "LIST", cmd_queue_show, true },
+    { "queue", "summary", "SUMMARY", cmd_queue_show, true },
+    { "queue", "flush", "FLUSH", cmd_queue_action, true },
+    { "queue", "delete", "DELETE", cmd_queue_action, true },
+    { "queue", "hold", "HOLD", cmd_queue_action, true },
+    { "queue", "release", "RELEASE", cmd_queue_action, true },
+    { "passwd", NULL, NULL, cmd_passwd, true },
+    { "dkim", "keygen", NULL, cmd_unavailable, false },
+    { "dns", "check", NULL, cmd_unavailable, false },
+};
+
+static const struct command *
+find_command(int argc, char **argv, int *used)
+{
+    for (size_t i = 0; i < TERN_ARRAY_LEN(commands); i++) {
+        const struct command *c = &commands[i];
+        if (argc < 1 || strcmp(argv[0], c->word1) != 0)
+            continue;
+        if (c->word2 == NULL) {
+            *used = 1;
+            return c;
+        }
+        if (argc >= 2 && strcmp(argv[1], c->word2) == 0) {
+            *used = 2;
+            return c;
+        }
+    }
+    return NULL;
+}
+
+static struct config *
+load_config(const char *path, const char *const *ovr, size_t n_ovr)
+{
+    struct buf err = BUF_INIT;
+    struct config *cfg = config_load(path, ovr, n_ovr, false, &err);
+    if (cfg == NULL) {
+        fprintf(stderr, "ternctl: configuration error:\n%s%s", err.len ? err.data : "(no detail)",
+            err.len && err.data[err.len - 1] == '\n' ? "" : "\n");
+    } else if (cfg->spool_dir == NULL || cfg->spool_dir[0] == '\0') {
+        fprintf(stderr, "ternctl: spool_dir is not set\n");
+        config_unref(cfg);
+        cfg = NULL;
+    }
+    buf_fini(&err);
+    return cfg;
+}
+
+int
+main(int argc, char **argv)
+{
+    static const struct option longopts[] = { { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 } };
+    const char *cfg_path = NULL, *ovr[OVERRIDES_MAX];
+    size_t n_ovr = 0;
+    const struct command *cmd;
+    struct ctx ctx = { NULL };
+    int opt, used = 0, ret;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "+c:o:h", longopts, NULL)) != -1) {
+        if (opt == 'c') {
+            cfg_path = optarg;
+        } else if (opt == 'o' && n_ovr < OVERRIDES_MAX) {
+            ovr[n_ovr++] = optarg;
+        } else if (opt == 'h') {
+            fputs(usage_text, stdout);
+            return flush_stdout();
+        } else {
+            return usage_error();
+        }
+    }
+    cmd = find_command(argc - optind, argv + optind, &used);
+    if (cmd == NULL)
+        return usage_error();
+    if (cmd->needs_config && (ctx.cfg = load_config(cfg_path, ovr, n_ovr)) == NULL)
+        return EXIT_USAGE;
+    ret = cmd->fn(cmd, &ctx, argc - optind - used, argv + optind + used);
+    config_unref(ctx.cfg);
+    return ret;
+}

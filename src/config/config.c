@@ -1,0 +1,407 @@
+/*
+ * Configuration loader. File syntax, one setting per line:
+ *     name = value          # a comment after whitespace
+ *     name = "quoted # value"
+ * '#' at the start of a line (after blanks) makes a comment line; blank lines
+ * are ignored; lines are at most CONFIG_LINE_MAX bytes; a setting given twice
+ * in the file is an error. -o name=value overrides use the same value syntax
+ * and win over the file. Every problem is reported, not only the first. The
+ * result is an immutable snapshot, freed when its last reference goes.
+ */
+#include "config/config.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config/config_int.h"
+#include "util/parse.h"
+#include "util/util.h"
+
+#define SHOWN_MAX 120
+
+struct loader {
+    struct config *c;
+    const char *path;
+    struct cfg_errs errs;
+    unsigned *line_of; /* per setting: file line that set it, 0 if none */
+    bool *by_override; /* per setting: an override set it */
+    char where[300];
+};
+
+static bool
+is_blank(char ch)
+{
+    return ch == ' ' || ch == '\t';
+}
+
+static bool
+is_name_char(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == '-' || ch == '.';
+}
+
+/*
+ * Unquote the value text s[len] into out. A value starting with '"' runs to
+ * the closing quote (\" and \\ escape) and only a comment may follow it;
+ * otherwise it runs to the end or to a '#' preceded by a blank. Leading and
+ * trailing blanks are dropped. Returns 0, or -1 with a message in *why.
+ */
+static int
+lex_value(const char *s, size_t len, struct buf *out, const char **why)
+{
+    size_t i = 0, end;
+    while (i < len && is_blank(s[i]))
+        i++;
+    if (i < len && s[i] == '"') {
+        for (i++; i < len && s[i] != '"'; i++) {
+            if (s[i] == '\\' && i + 1 < len && (s[i + 1] == '"' || s[i + 1] == '\\'))
+                i++;
+            buf_append_char(out, s[i]);
+        }
+        if (i == len) {
+            *why = "unterminated quoted value";
+            return -1;
+        }
+        for (i++; i < len && is_blank(s[i]); i++)
+            ;
+        if (i < len && s[i] != '#') {
+            *why = "unexpected text after the quoted value";
+            return -1;
+        }
+        return 0;
+    }
+    for (end = i; end < len; end++) {
+        if (s[end] == '#' && end > 0 && is_blank(s[end - 1]))
+            break;
+    }
+    while (end > i && is_blank(s[end - 1]))
+        end--;
+    buf_append(out, s + i, end - i);
+    return 0;
+}
+
+/* Find the name in "name = value": returns the name length and sets *eq to
+ * the offset of '='; -1 when the shape is wrong. */
+static int
+split_assignment(const char *s, size_t len, size_t *name_len, size_t *eq)
+{
+    size_t i = 0, n;
+    while (i < len && is_name_char(s[i]))
+        i++;
+    n = i;
+    while (i < len && is_blank(s[i]))
+        i++;
+    if (n == 0 || i == len || s[i] != '=')
+        return -1;
+    *name_len = n;
+    *eq = i;
+    return 0;
+}
+
+/* Look up name, reporting an unknown one with the nearest valid name. */
+static const struct cfg_setting *
+lookup(struct loader *ld, const char *name)
+{
+    char t[SHOWN_MAX];
+    const struct cfg_setting *s = cfg_find(name);
+    const char *near;
+    if (s != NULL)
+        return s;
+    near = cfg_suggest(name);
+    if (near != NULL)
+        cfg_error(&ld->errs, "unknown setting \"%s\" (did you mean \"%s\"?)",
+            cfg_shown(name, t, sizeof(t)), near);
+    else
+        cfg_error(&ld->errs, "unknown setting \"%s\"", cfg_shown(name, t, sizeof(t)));
+    return NULL;
+}
+
+static size_t
+setting_index(const struct cfg_setting *s)
+{
+    return (size_t)(s - config_settings);
+}
+
+/* One line of the file (without its newline), line number lineno. */
+static void
+load_line(struct loader *ld, const char *s, size_t len, unsigned lineno)
+{
+    struct buf val = BUF_INIT;
+    const struct cfg_setting *set;
+    const char *why = NULL;
+    size_t i = 0, name_len, eq;
+    char name[CONFIG_LINE_MAX + 1];
+
+    snprintf(ld->where, sizeof(ld->where), "%s:%u", ld->path, lineno);
+    while (i < len && is_blank(s[i]))
+        i++;
+    if (i == len || s[i] == '#')
+        return;
+    if (split_assignment(s + i, len - i, &name_len, &eq) < 0) {
+        cfg_error(&ld->errs, "expected \"name = value\"");
+        return;
+    }
+    memcpy(name, s + i, name_len);
+    name[name_len] = '\0';
+    if ((set = lookup(ld, name)) == NULL)
+        return;
+    size_t k = setting_index(set);
+    if (ld->line_of[k] != 0) {
+        cfg_error(&ld->errs, "%s is set again (first set on line %u)", set->name, ld->line_of[k]);
+        return;
+    }
+    ld->line_of[k] = lineno;
+    i += eq + 1;
+    if (lex_value(s + i, len - i, &val, &why) < 0)
+        cfg_error(&ld->errs, "%s", why);
+    else
+        (void)cfg_set(ld->c, set, val.data ? val.data : "", &ld->errs);
+    buf_fini(&val);
+}
+
+/* Read the file line by line; a line longer than CONFIG_LINE_MAX is reported
+ * and skipped without being stored. */
+static void
+load_file(struct loader *ld)
+{
+    char line[CONFIG_LINE_MAX + 2];
+    size_t len = 0;
+    unsigned lineno = 1;
+    bool too_long = false, nul = false;
+    int ch;
+    FILE *f = fopen(ld->path, "re");
+
+    snprintf(ld->where, sizeof(ld->where), "%s", ld->path);
+    if (f == NULL) {
+        cfg_error(&ld->errs, "cannot read: %s", strerror(errno));
+        return;
+    }
+    do {
+        ch = getc(f);
+        if (ch != '\n' && ch != EOF) {
+            if (len > CONFIG_LINE_MAX)
+                too_long = true;
+            else
+                line[len++] = (char)ch;
+            nul = nul || ch == '\0';
+            continue;
+        }
+        if (ch == EOF && len == 0 && !too_long)
+            break;
+        if (len > 0 && line[len - 1] == '\r')
+            len--; /* CRLF files */
+        if (len > CONFIG_LINE_MAX)
+            too_long = true;
+        snprintf(ld->where, sizeof(ld->where), "%s:%u", ld->path, lineno);
+        if (too_long)
+            cfg_error(&ld->errs, "line too long (more than %d bytes)", CONFIG_LINE_MAX);
+        else if (nul)
+            cfg_error(&ld->errs, "NUL byte in line");
+        else
+            load_line(ld, line, len, lineno);
+        len = 0;
+        too_long = nul = false;
+        lineno++;
+    } while (ch != EOF);
+    if (ferror(f)) {
+        snprintf(ld->where, sizeof(ld->where), "%s", ld->path);
+        cfg_error(&ld->errs, "read error: %s", strerror(errno));
+    }
+    fclose(f); /* read-only stream: nothing to flush */
+}
+
+static void
+load_override(struct loader *ld, const char *o)
+{
+    char t[SHOWN_MAX];
+    struct buf val = BUF_INIT;
+    const char *why = NULL, *eq = strchr(o, '=');
+    size_t name_len = eq ? (size_t)(eq - o) : strlen(o);
+    const struct cfg_setting *s;
+    char *name = xstrndup(o, name_len);
+
+    /* Blanks around the name are allowed, as in the file. */
+    while (name_len > 0 && is_blank(name[name_len - 1]))
+        name[--name_len] = '\0';
+    snprintf(ld->where, sizeof(ld->where), "-o %s", cfg_shown(name, t, sizeof(t)));
+    if (eq == NULL) {
+        cfg_error(&ld->errs, "expected name=value");
+    } else if (strlen(eq + 1) > CONFIG_LINE_MAX) {
+        cfg_error(&ld->errs, "value too long (more than %d bytes)", CONFIG_LINE_MAX);
+    } else if ((s = lookup(ld, name)) != NULL) {
+        ld->by_override[setting_index(s)] = true;
+        if (lex_value(eq + 1, strlen(eq + 1), &val, &why) < 0)
+            cfg_error(&ld->errs, "%s", why);
+        else
+            (void)cfg_set(ld->c, s, val.data ? val.data : "", &ld->errs);
+    }
+    buf_fini(&val);
+    free(name);
+}
+
+/* Point ld->where at the place that set s (for checks after loading). */
+static void
+where_of(struct loader *ld, const struct cfg_setting *s)
+{
+    size_t k = setting_index(s);
+    if (ld->by_override[k])
+        snprintf(ld->where, sizeof(ld->where), "-o %s", s->name);
+    else if (ld->line_of[k] != 0)
+        snprintf(ld->where, sizeof(ld->where), "%s:%u", ld->path, ld->line_of[k]);
+    else
+        snprintf(ld->where, sizeof(ld->where), "%s", ld->path ? ld->path : "defaults");
+}
+
+static bool
+was_set(const struct loader *ld, const char *name)
+{
+    size_t k = setting_index(cfg_find(name));
+    return ld->line_of[k] != 0 || ld->by_override[k];
+}
+
+/* Settings that only make sense together. */
+static void
+check_combinations(struct loader *ld)
+{
+    const struct config *c = ld->c;
+    if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL)) {
+        const char *set = c->tls_cert_file ? "tls_cert_file" : "tls_key_file";
+        const char *unset = c->tls_cert_file ? "tls_key_file" : "tls_cert_file";
+        where_of(ld, cfg_find(set));
+        cfg_error(&ld->errs, "%s is set but %s is not", set, unset);
+    }
+    if (c->n_smtps_listen > 0 && c->tls_cert_file == NULL) {
+        where_of(ld, cfg_find("smtps_listen"));
+        cfg_error(&ld->errs, "smtps_listen needs tls_cert_file and tls_key_file");
+    }
+    if (c->retry_initial_ms > c->retry_max_ms) {
+        where_of(ld, cfg_find(was_set(ld, "retry_initial") ? "retry_initial" : "retry_max"));
+        cfg_error(&ld->errs, "retry_initial is longer than retry_max");
+    }
+}
+
+/* check_files: named files must be readable regular files; secrets private. */
+static void
+check_files(struct loader *ld)
+{
+    for (size_t i = 0; i < config_n_settings; i++) {
+        const struct cfg_setting *s = &config_settings[i];
+        const char *path;
+        if (!(s->flags & CFG_F_FILE))
+            continue;
+        path = *(char *const *)(const void *)((const char *)ld->c + s->off);
+        if (path == NULL)
+            continue;
+        where_of(ld, s);
+        (void)cfg_check_file(s->name, path, (s->flags & CFG_F_SECRET) != 0, &ld->errs);
+    }
+    for (size_t i = 0; i < ld->c->n_dkim_sign; i++) {
+        where_of(ld, cfg_find("dkim_sign"));
+        (void)cfg_check_file("dkim_sign key file", ld->c->dkim_sign[i].keyfile, true, &ld->errs);
+    }
+}
+
+/* The machine's FQDN: the canonical name of gethostname(), else the bare
+ * name, else "localhost". */
+static void
+default_hostname(char *out, size_t cap)
+{
+    char name[CONFIG_HOST_MAX];
+    struct addrinfo hints, *res = NULL;
+
+    snprintf(out, cap, "localhost");
+    if (gethostname(name, sizeof(name)) < 0)
+        return;
+    name[sizeof(name) - 1] = '\0';
+    if (str_is_domain(name, strlen(name), false))
+        snprintf(out, cap, "%s", name);
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_flags = AI_CANONNAME;
+    hints.ai_socktype = SOCK_STREAM;
+    if (getaddrinfo(name, NULL, &hints, &res) == 0 && res != NULL && res->ai_canonname &&
+        strlen(res->ai_canonname) < cap &&
+        str_is_domain(res->ai_canonname, strlen(res->ai_canonname), false))
+        snprintf(out, cap, "%s", res->ai_canonname);
+    if (res != NULL)
+        freeaddrinfo(res);
+}
+
+/* Built-in defaults, parsed like user values; a bad one is a bug. */
+static void
+apply_defaults(struct config *c, struct buf *errs)
+{
+    struct cfg_errs e = { errs, "default", 0 };
+    for (size_t i = 0; i < config_n_settings; i++) {
+        if (config_settings[i].def != NULL &&
+            cfg_set(c, &config_settings[i], config_settings[i].def, &e) < 0)
+            tern_panic("bad default for %s: %s", config_settings[i].name, errs->data);
+    }
+}
+
+struct config *
+config_load(const char *path, const char *const *overrides, size_t n_overrides,
+    bool check_files_too, struct buf *errors)
+{
+    struct loader ld;
+    struct config *c = xcalloc(1, sizeof(*c));
+
+    c->refs = 1;
+    c->path = path ? xstrdup(path) : NULL;
+    apply_defaults(c, errors);
+    memset(&ld, 0, sizeof(ld));
+    ld.c = c;
+    ld.path = path;
+    ld.errs.out = errors;
+    ld.errs.where = ld.where;
+    ld.line_of = xcalloc(config_n_settings, sizeof(*ld.line_of));
+    ld.by_override = xcalloc(config_n_settings, sizeof(*ld.by_override));
+    if (path != NULL)
+        load_file(&ld);
+    for (size_t i = 0; i < n_overrides; i++)
+        load_override(&ld, overrides[i]);
+    if (c->hostname == NULL) {
+        char fqdn[CONFIG_HOST_MAX];
+        default_hostname(fqdn, sizeof(fqdn));
+        c->hostname = xstrdup(fqdn);
+    }
+    check_combinations(&ld);
+    if (check_files_too)
+        check_files(&ld);
+    if (ld.errs.n > CONFIG_ERRORS_MAX)
+        buf_printf(errors, "(%u more errors not shown)\n", ld.errs.n - CONFIG_ERRORS_MAX);
+    free(ld.line_of);
+    free(ld.by_override);
+    if (ld.errs.n > 0) {
+        config_unref(c);
+        return NULL;
+    }
+    return c;
+}
+
+struct config *
+config_ref(struct config *c)
+{
+    TERN_ASSERT(c != NULL && c->refs > 0);
+    /* Atomic: a worker thread may drop a reference off the loop. */
+    __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
+    return c;
+}
+
+void
+config_unref(struct config *c)
+{
+    if (c == NULL)
+        return;
+    TERN_ASSERT(c->refs > 0);
+    if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return;
+    for (size_t i = 0; i < config_n_settings; i++)
+        cfg_clear(c, &config_settings[i]);
+    free(c->path);
+    free(c);
+}

@@ -1,0 +1,97 @@
+/*
+ * Configuration: one settings table (config.c) declares every setting once
+ * with its type, default and validation. A loaded configuration is an
+ * immutable, reference-counted snapshot: SIGHUP builds a new one and swaps it
+ * in; every session keeps a reference to the one it started with.
+ */
+#ifndef TERN_CONFIG_H
+#define TERN_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/buf.h"
+#include "util/cidr.h"
+
+#define CONFIG_HOST_MAX 256
+
+struct hostport {
+    char host[CONFIG_HOST_MAX]; /* no brackets; "" when unset */
+    uint16_t port;
+};
+
+enum tls_mode { TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED };
+enum log_format { LOGFMT_TEXT, LOGFMT_JSON };
+
+struct dkim_entry {
+    char *domain; /* lowercased */
+    char *selector;
+    char *keyfile;
+};
+
+struct config {
+    int refs;
+    char *path; /* the file loaded, or NULL for built-in defaults */
+
+    /* --- contract settings (../shared/CONTRACT.md) --- */
+    char *hostname;
+    struct hostport *smtp_listen;
+    size_t n_smtp_listen;
+    struct hostport *submission_listen;
+    size_t n_submission_listen;
+    struct hostport *smtps_listen;
+    size_t n_smtps_listen;
+    char *spool_dir;
+    struct cidr *relay_networks;
+    size_t n_relay_networks;
+    char **relay_domains; /* lowercased, no trailing dot */
+    size_t n_relay_domains;
+    struct hostport smarthost; /* host "" = deliver by MX */
+    char *smarthost_auth_file; /* NULL when empty */
+    enum tls_mode smarthost_tls;
+    uint16_t delivery_port;
+    struct hostport *dns_resolvers;
+    size_t n_dns_resolvers;
+    char *tls_cert_file, *tls_key_file, *tls_ca_file, *auth_users_file; /* NULL when empty */
+    struct dkim_entry *dkim_sign;
+    size_t n_dkim_sign;
+    uint64_t max_message_size;
+    int64_t retry_initial_ms, retry_max_ms, max_queue_lifetime_ms;
+    struct hostport metrics_listen; /* host "" = off */
+    enum log_format log_format;
+
+    /* --- tern's own settings --- */
+    uint32_t max_recipients;        /* per message; 452 4.5.3 beyond */
+    uint32_t max_sessions;          /* total inbound sessions; 421 4.7.0 beyond */
+    uint32_t max_sessions_per_ip;   /* 421 4.7.0 beyond */
+    uint32_t max_errors;            /* protocol errors before 421 and close */
+    int64_t smtp_timeout_ms;        /* idle wait for a command (RFC 5321 4.5.3.2: 5m) */
+    int64_t data_timeout_ms;        /* wait for the next data block (3m) */
+    uint32_t delivery_concurrency;  /* connections per destination */
+    uint32_t delivery_max_msgs_per_conn; /* messages over one connection */
+    int64_t connect_timeout_ms;     /* outbound connect */
+    int64_t delivery_timeout_ms;    /* outbound per-reply wait */
+    int64_t idle_conn_timeout_ms;   /* keep an idle outbound connection this long */
+    int log_level;                  /* enum log_level */
+};
+
+/*
+ * Load path (NULL: built-in defaults only) and apply overrides, each
+ * "name=value", in order. On any error returns NULL and appends to errors
+ * one line per problem ("FILE:LINE: message" or "-o name: message"), all of
+ * them, not just the first. The result has refs == 1; the caller owns it.
+ * check_files: also verify that named files (tls, auth, dkim keys) are
+ * readable, as --check does.
+ */
+struct config *config_load(const char *path, const char *const *overrides, size_t n_overrides,
+    bool check_files, struct buf *errors);
+struct config *config_ref(struct config *c);
+void config_unref(struct config *c); /* NULL is fine */
+
+/* Is the name a known setting? Used by tools that take -o. */
+bool config_is_setting(const char *name);
+/* The README's default spool directory. */
+#define CONFIG_DEFAULT_SPOOL "/var/spool/tern"
+
+#endif

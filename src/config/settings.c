@@ -1,0 +1,819 @@
+/*
+ * The settings table: every setting is declared once here with its type,
+ * default text, field in struct config and description. Defaults go through
+ * the same typed parsers as user values. A parser builds the new value aside
+ * and replaces the old one only when the whole value is good.
+ */
+#include "config/config_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/log.h"
+#include "util/parse.h"
+#include "util/util.h"
+
+#define SHOWN_MAX 120
+
+static const char *const tls_names[] = { "none", "opportunistic", "required", NULL };
+static const char *const logfmt_names[] = { "text", "json", NULL };
+static const char *const loglevel_names[] = { "debug", "info", "warn", "error", NULL };
+
+/* Enum settings store the index into their names table. */
+_Static_assert(TLS_NONE == 0 && TLS_OPPORTUNISTIC == 1 && TLS_REQUIRED == 2, "tls_names");
+_Static_assert(LOGFMT_TEXT == 0 && LOGFMT_JSON == 1, "logfmt_names");
+_Static_assert(LOG_DEBUG == 0 && LOG_INFO == 1 && LOG_WARN == 2 && LOG_ERROR == 3, "log levels");
+_Static_assert(sizeof(enum tls_mode) == sizeof(int) && sizeof(enum log_format) == sizeof(int),
+    "enum settings are stored as int");
+
+#define OFF(f) offsetof(struct config, f)
+
+const struct cfg_setting config_settings[] = {
+    /* contract settings (CONTRACT.md) */
+    { .name = "hostname",
+        .type = CFG_STRING,
+        .def = NULL,
+        .off = OFF(hostname),
+        .flags = CFG_F_NONEMPTY | CFG_F_DOMAIN,
+        .desc =
+            "name used in the greeting, EHLO and Received headers (default: the machine's FQDN)" },
+    { .name = "smtp_listen",
+        .type = CFG_HOSTPORT_LIST,
+        .def = "127.0.0.1:2525",
+        .off = OFF(smtp_listen),
+        .off_n = OFF(n_smtp_listen),
+        .desc = "addresses for relay/MX traffic, addr:port or [v6]:port" },
+    { .name = "submission_listen",
+        .type = CFG_HOSTPORT_LIST,
+        .def = "",
+        .off = OFF(submission_listen),
+        .off_n = OFF(n_submission_listen),
+        .desc = "addresses for submission: STARTTLS offered, AUTH required before MAIL" },
+    { .name = "smtps_listen",
+        .type = CFG_HOSTPORT_LIST,
+        .def = "",
+        .off = OFF(smtps_listen),
+        .off_n = OFF(n_smtps_listen),
+        .desc = "addresses for implicit TLS submission (RFC 8314)" },
+    { .name = "spool_dir",
+        .type = CFG_PATH,
+        .def = CONFIG_DEFAULT_SPOOL,
+        .off = OFF(spool_dir),
+        .flags = CFG_F_NONEMPTY,
+        .desc = "where the durable queue lives" },
+    { .name = "relay_networks",
+        .type = CFG_CIDR_LIST,
+        .def = "127.0.0.0/8 ::1/128",
+        .off = OFF(relay_networks),
+        .off_n = OFF(n_relay_networks),
+        .desc = "CIDR list whose clients may relay to any domain without AUTH" },
+    { .name = "relay_domains",
+        .type = CFG_DOMAIN_LIST,
+        .def = "",
+        .off = OFF(relay_domains),
+        .off_n = OFF(n_relay_domains),
+        .desc = "recipient domains accepted from anyone" },
+    { .name = "smarthost",
+        .type = CFG_HOSTPORT,
+        .def = "",
+        .off = OFF(smarthost),
+        .default_port = 25,
+        .desc = "host:port or [addr]:port to send everything through; empty: deliver by MX" },
+    { .name = "smarthost_auth_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(smarthost_auth_file),
+        .flags = CFG_F_FILE | CFG_F_SECRET,
+        .desc = "file holding user:password for AUTH at the smarthost" },
+    { .name = "smarthost_tls",
+        .type = CFG_ENUM,
+        .def = "opportunistic",
+        .off = OFF(smarthost_tls),
+        .names = tls_names,
+        .desc = "TLS towards the smarthost: none, opportunistic or required" },
+    { .name = "delivery_port",
+        .type = CFG_PORT,
+        .def = "25",
+        .off = OFF(delivery_port),
+        .desc = "TCP port used when delivering to MX hosts" },
+    { .name = "dns_resolvers",
+        .type = CFG_HOSTPORT_LIST,
+        .def = "",
+        .off = OFF(dns_resolvers),
+        .off_n = OFF(n_dns_resolvers),
+        .flags = CFG_F_NUMERIC,
+        .default_port = 53,
+        .desc = "addr:port list of DNS servers to use instead of /etc/resolv.conf" },
+    { .name = "tls_cert_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(tls_cert_file),
+        .flags = CFG_F_FILE,
+        .desc = "PEM certificate chain for STARTTLS and smtps" },
+    { .name = "tls_key_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(tls_key_file),
+        .flags = CFG_F_FILE,
+        .desc = "PEM private key for STARTTLS and smtps" },
+    { .name = "tls_ca_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(tls_ca_file),
+        .flags = CFG_F_FILE,
+        .desc = "CA bundle used to verify peers when TLS is required (default: the system store)" },
+    { .name = "auth_users_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(auth_users_file),
+        .flags = CFG_F_FILE,
+        .desc = "user:hash lines, hash in crypt(3) form; empty: no AUTH" },
+    { .name = "dkim_sign",
+        .type = CFG_DKIM,
+        .def = "",
+        .off = OFF(dkim_sign),
+        .off_n = OFF(n_dkim_sign),
+        .desc = "domain:selector:keyfile entries; mail whose From domain matches is signed" },
+    { .name = "max_message_size",
+        .type = CFG_SIZE,
+        .def = "52428800",
+        .off = OFF(max_message_size),
+        .desc = "largest message in bytes (k, m, g suffixes); advertised with SIZE" },
+    { .name = "retry_initial",
+        .type = CFG_DURATION,
+        .def = "1m",
+        .off = OFF(retry_initial_ms),
+        .desc = "first retry delay" },
+    { .name = "retry_max",
+        .type = CFG_DURATION,
+        .def = "1h",
+        .off = OFF(retry_max_ms),
+        .desc = "cap of the exponentially growing retry delay" },
+    { .name = "max_queue_lifetime",
+        .type = CFG_DURATION,
+        .def = "5d",
+        .off = OFF(max_queue_lifetime_ms),
+        .desc = "after this, undeliverable mail is bounced to its sender" },
+    { .name = "metrics_listen",
+        .type = CFG_HOSTPORT,
+        .def = "",
+        .off = OFF(metrics_listen),
+        .desc = "addr:port of the HTTP /metrics and /status endpoint; empty: off" },
+    { .name = "log_format",
+        .type = CFG_ENUM,
+        .def = "text",
+        .off = OFF(log_format),
+        .names = logfmt_names,
+        .desc = "log line format: text or json" },
+    /* tern's own settings */
+    { .name = "max_recipients",
+        .type = CFG_U32,
+        .def = "1000",
+        .off = OFF(max_recipients),
+        .min = 1,
+        .max = 1000000,
+        .desc = "recipients per message; 452 4.5.3 beyond" },
+    { .name = "max_sessions",
+        .type = CFG_U32,
+        .def = "1000",
+        .off = OFF(max_sessions),
+        .min = 1,
+        .max = 1000000,
+        .desc = "inbound sessions in total; 421 4.7.0 beyond" },
+    { .name = "max_sessions_per_ip",
+        .type = CFG_U32,
+        .def = "100",
+        .off = OFF(max_sessions_per_ip),
+        .min = 1,
+        .max = 1000000,
+        .desc = "inbound sessions per client address; 421 4.7.0 beyond" },
+    { .name = "max_errors",
+        .type = CFG_U32,
+        .def = "20",
+        .off = OFF(max_errors),
+        .min = 1,
+        .max = 1000000,
+        .desc = "protocol errors in a session before 421 and close" },
+    { .name = "smtp_timeout",
+        .type = CFG_DURATION,
+        .def = "5m",
+        .off = OFF(smtp_timeout_ms),
+        .desc = "idle wait for the next command (RFC 5321 4.5.3.2)" },
+    { .name = "data_timeout",
+        .type = CFG_DURATION,
+        .def = "3m",
+        .off = OFF(data_timeout_ms),
+        .desc = "wait for the next block of message data" },
+    { .name = "delivery_concurrency",
+        .type = CFG_U32,
+        .def = "20",
+        .off = OFF(delivery_concurrency),
+        .min = 1,
+        .max = 10000,
+        .desc = "outbound connections per destination" },
+    { .name = "delivery_max_msgs_per_conn",
+        .type = CFG_U32,
+        .def = "100",
+        .off = OFF(delivery_max_msgs_per_conn),
+        .min = 1,
+        .max = 1000000,
+        .desc = "messages sent over one outbound connection" },
+    { .name = "connect_timeout",
+        .type = CFG_DURATION,
+        .def = "30s",
+        .off = OFF(connect_timeout_ms),
+        .desc = "outbound connect timeout" },
+    { .name = "delivery_timeout",
+        .type = CFG_DURATION,
+        .def = "5m",
+        .off = OFF(delivery_timeout_ms),
+        .desc = "outbound wait for each reply" },
+    { .name = "idle_conn_timeout",
+        .type = CFG_DURATION,
+        .def = "5s",
+        .off = OFF(idle_conn_timeout_ms),
+        .flags = CFG_F_ZERO_OK,
+        .desc = "keep an idle outbound connection open this long (0: close at once)" },
+    { .name = "log_level",
+        .type = CFG_ENUM,
+        .def = "info",
+        .off = OFF(log_level),
+        .names = loglevel_names,
+        .desc = "lowest level logged: debug, info, warn or error" },
+};
+
+const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);
+
+#define FIELD(c, s, T) ((T *)(void *)((char *)(c) + (s)->off))
+#define COUNT(c, s)    ((size_t *)(void *)((char *)(c) + (s)->off_n))
+
+void
+cfg_error(struct cfg_errs *e, const char *fmt, ...)
+{
+    va_list ap;
+    e->n++;
+    if (e->n > CONFIG_ERRORS_MAX)
+        return;
+    if (buf_printf(e->out, "%s: ", e->where) < 0)
+        return;
+    va_start(ap, fmt);
+    (void)buf_vprintf(e->out, fmt, ap);
+    va_end(ap);
+    (void)buf_append_char(e->out, '\n');
+}
+
+const char *
+cfg_shown(const char *s, char *tmp, size_t cap)
+{
+    size_t o = 0;
+    TERN_ASSERT(cap >= 8);
+    for (; *s != '\0'; s++) {
+        if (o + 4 >= cap) {
+            memcpy(tmp + o, "...", 3);
+            o += 3;
+            break;
+        }
+        unsigned char ch = (unsigned char)*s;
+        tmp[o++] = (ch < 0x20 || ch == 0x7f || ch == '"' || ch == '\\') ? '?' : (char)ch;
+    }
+    tmp[o] = '\0';
+    return tmp;
+}
+
+const struct cfg_setting *
+cfg_find(const char *name)
+{
+    for (size_t i = 0; i < config_n_settings; i++) {
+        if (strcmp(config_settings[i].name, name) == 0)
+            return &config_settings[i];
+    }
+    return NULL;
+}
+
+bool
+config_is_setting(const char *name)
+{
+    return name != NULL && cfg_find(name) != NULL;
+}
+
+/* Levenshtein distance; b is a setting name, short enough for one row. */
+static size_t
+edit_distance(const char *a, const char *b)
+{
+    size_t row[64], bl = strlen(b);
+    TERN_ASSERT(bl < TERN_ARRAY_LEN(row));
+    for (size_t j = 0; j <= bl; j++)
+        row[j] = j;
+    for (size_t i = 1; a[i - 1] != '\0'; i++) {
+        size_t diag = row[0];
+        row[0] = i;
+        for (size_t j = 1; j <= bl; j++) {
+            size_t up = row[j];
+            size_t best = diag + (a[i - 1] != b[j - 1]);
+            if (up + 1 < best)
+                best = up + 1;
+            if (row[j - 1] + 1 < best)
+                best = row[j - 1] + 1;
+            row[j] = best;
+            diag = up;
+        }
+    }
+    return row[bl];
+}
+
+const char *
+cfg_suggest(const char *name)
+{
+    size_t len = strlen(name), limit, best = SIZE_MAX;
+    const char *found = NULL;
+    if (len == 0 || len > 64)
+        return NULL;
+    /* Allow about one typo per four characters, at least one, at most three. */
+    limit = len < 8 ? 1 : (len < 12 ? 2 : 3);
+    for (size_t i = 0; i < config_n_settings; i++) {
+        size_t d = edit_distance(name, config_settings[i].name);
+        if (d < best) {
+            best = d;
+            found = config_settings[i].name;
+        }
+    }
+    return best <= limit ? found : NULL;
+}
+
+/* ---- scalar types ---- */
+
+static int
+set_string(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    if ((s->flags & CFG_F_DOMAIN) && *v != '\0' && !str_is_domain(v, strlen(v), false)) {
+        cfg_error(e, "bad domain name \"%s\" for %s", cfg_shown(v, t, sizeof(t)), s->name);
+        return -1;
+    }
+    if (s->type == CFG_PATH && strlen(v) >= PATH_MAX) {
+        cfg_error(e, "path too long for %s", s->name);
+        return -1;
+    }
+    cfg_clear(c, s);
+    if (*v != '\0')
+        *FIELD(c, s, char *) = xstrdup(v);
+    return 0;
+}
+
+static int
+set_size(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    uint64_t n;
+    if (parse_size(v, &n) < 0) {
+        cfg_error(e, "bad size \"%s\" for %s (bytes, with an optional k, m or g suffix)",
+            cfg_shown(v, t, sizeof(t)), s->name);
+        return -1;
+    }
+    if (n == 0) {
+        cfg_error(e, "%s must be greater than 0", s->name);
+        return -1;
+    }
+    *FIELD(c, s, uint64_t) = n;
+    return 0;
+}
+
+static int
+set_duration(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    int64_t ms;
+    if (parse_duration(v, true, &ms) < 0) {
+        cfg_error(e, "bad duration \"%s\" for %s (a number with an s, m, h or d suffix)",
+            cfg_shown(v, t, sizeof(t)), s->name);
+        return -1;
+    }
+    if (ms == 0 && !(s->flags & CFG_F_ZERO_OK)) {
+        cfg_error(e, "%s must be greater than 0", s->name);
+        return -1;
+    }
+    *FIELD(c, s, int64_t) = ms;
+    return 0;
+}
+
+static int
+set_u32(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    uint64_t n;
+    if (parse_u64(v, strlen(v), s->max, &n) < 0 || n < s->min) {
+        cfg_error(e, "bad number \"%s\" for %s (%" PRIu32 "..%" PRIu32 ")",
+            cfg_shown(v, t, sizeof(t)), s->name, s->min, s->max);
+        return -1;
+    }
+    *FIELD(c, s, uint32_t) = (uint32_t)n;
+    return 0;
+}
+
+static int
+set_port(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    uint64_t n;
+    if (parse_u64(v, strlen(v), 65535, &n) < 0 || n == 0) {
+        cfg_error(e, "bad port \"%s\" for %s (1..65535)", cfg_shown(v, t, sizeof(t)), s->name);
+        return -1;
+    }
+    *FIELD(c, s, uint16_t) = (uint16_t)n;
+    return 0;
+}
+
+static int
+set_enum(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    struct buf allowed = BUF_INIT;
+    for (int i = 0; s->names[i] != NULL; i++) {
+        if (str_ieq(v, strlen(v), s->names[i])) {
+            *FIELD(c, s, int) = i;
+            return 0;
+        }
+    }
+    for (int i = 0; s->names[i] != NULL; i++)
+        buf_printf(&allowed, "%s%s", i ? ", " : "", s->names[i]);
+    cfg_error(e, "bad value \"%s\" for %s (allowed: %s)", cfg_shown(v, t, sizeof(t)), s->name,
+        allowed.data ? allowed.data : "");
+    buf_fini(&allowed);
+    return -1;
+}
+
+/* ---- host:port ---- */
+
+/* Explain why item is not a good host:port for s. */
+static void
+hostport_error(const struct cfg_setting *s, const char *item, const char *in, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX], tp[SHOWN_MAX];
+    const char *port = NULL, *colon = strchr(item, ':');
+    uint64_t n;
+    if (item[0] == '[') {
+        const char *close = strchr(item, ']');
+        if (close != NULL && close[1] == ':')
+            port = close + 2;
+    } else if (colon != NULL && strchr(colon + 1, ':') != NULL) {
+        cfg_error(e, "bad address \"%s\" %s %s (write IPv6 addresses as [addr]:port)",
+            cfg_shown(item, t, sizeof(t)), in, s->name);
+        return;
+    } else if (colon != NULL) {
+        port = colon + 1;
+    }
+    if (port != NULL && (parse_u64(port, strlen(port), 65535, &n) < 0 || n == 0)) {
+        cfg_error(e, "bad port \"%s\" in \"%s\" %s %s (1..65535)", cfg_shown(port, tp, sizeof(tp)),
+            cfg_shown(item, t, sizeof(t)), in, s->name);
+    } else if (port == NULL && s->default_port == 0) {
+        cfg_error(e, "missing port in \"%s\" %s %s (use host:port or [addr]:port)",
+            cfg_shown(item, t, sizeof(t)), in, s->name);
+    } else {
+        cfg_error(e, "bad address \"%s\" %s %s (use host:port or [addr]:port)",
+            cfg_shown(item, t, sizeof(t)), in, s->name);
+    }
+}
+
+static int
+parse_one_hostport(const struct cfg_setting *s, const char *item, const char *in,
+    struct hostport *hp, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    unsigned char tmp[16];
+    if (parse_hostport(item, hp->host, sizeof(hp->host), s->default_port, &hp->port) < 0) {
+        hostport_error(s, item, in, e);
+        return -1;
+    }
+    if ((s->flags & CFG_F_NUMERIC) && inet_pton(AF_INET, hp->host, tmp) != 1 &&
+        inet_pton(AF_INET6, hp->host, tmp) != 1) {
+        cfg_error(e, "bad address \"%s\" %s %s (an IP address is needed)",
+            cfg_shown(item, t, sizeof(t)), in, s->name);
+        return -1;
+    }
+    return 0;
+}
+
+static int
+set_hostport(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    struct hostport hp = { "", 0 };
+    if (*v != '\0' && parse_one_hostport(s, v, "for", &hp, e) < 0)
+        return -1;
+    *FIELD(c, s, struct hostport) = hp;
+    return 0;
+}
+
+/* ---- lists: space separated words ---- */
+
+struct words {
+    const char *p;
+    char item[CONFIG_LINE_MAX + 1];
+};
+
+/* Next word of the list into w->item; false at the end. */
+static bool
+next_word(struct words *w)
+{
+    size_t n = 0;
+    while (*w->p == ' ' || *w->p == '\t')
+        w->p++;
+    if (*w->p == '\0')
+        return false;
+    while (w->p[n] != '\0' && w->p[n] != ' ' && w->p[n] != '\t')
+        n++;
+    TERN_ASSERT(n < sizeof(w->item)); /* cfg_set bounds the value length */
+    memcpy(w->item, w->p, n);
+    w->item[n] = '\0';
+    w->p += n;
+    return true;
+}
+
+/* Grow *arr (of elem-sized items, *n used) by one; returns the new slot. */
+static void *
+list_push(void **arr, size_t *n, size_t elem)
+{
+    size_t bytes;
+    if (!size_add(*n, 1, &bytes) || !size_mul(bytes, elem, &bytes))
+        tern_panic("list too long");
+    *arr = xrealloc(*arr, bytes);
+    memset((char *)*arr + *n * elem, 0, elem);
+    return (char *)*arr + (*n)++ * elem;
+}
+
+static int
+set_hostport_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    struct words *w = xmalloc(sizeof(*w));
+    void *arr = NULL;
+    size_t n = 0;
+    int rc = 0;
+    w->p = v;
+    while (next_word(w)) {
+        struct hostport *hp = list_push(&arr, &n, sizeof(*hp));
+        if (parse_one_hostport(s, w->item, "in", hp, e) < 0)
+            rc = -1;
+    }
+    free(w);
+    if (rc < 0) {
+        free(arr);
+        return -1;
+    }
+    cfg_clear(c, s);
+    *FIELD(c, s, struct hostport *) = arr;
+    *COUNT(c, s) = n;
+    return 0;
+}
+
+static int
+set_cidr_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    struct words *w = xmalloc(sizeof(*w));
+    void *arr = NULL;
+    size_t n = 0;
+    int rc = 0;
+    char t[SHOWN_MAX];
+    w->p = v;
+    while (next_word(w)) {
+        struct cidr *net = list_push(&arr, &n, sizeof(*net));
+        if (cidr_parse(w->item, net) < 0) {
+            cfg_error(e, "bad CIDR \"%s\" in %s", cfg_shown(w->item, t, sizeof(t)), s->name);
+            rc = -1;
+        }
+    }
+    free(w);
+    if (rc < 0) {
+        free(arr);
+        return -1;
+    }
+    cfg_clear(c, s);
+    *FIELD(c, s, struct cidr *) = arr;
+    *COUNT(c, s) = n;
+    return 0;
+}
+
+/* Lowercased copy of a domain without its trailing dot, or NULL if bad. */
+static char *
+domain_dup(const char *d, size_t len, bool utf8)
+{
+    char *r;
+    if (!str_is_domain(d, len, utf8))
+        return NULL;
+    if (d[len - 1] == '.')
+        len--;
+    r = xstrndup(d, len);
+    str_lower(r);
+    return r;
+}
+
+static void
+free_strv(char **v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i]);
+    free(v);
+}
+
+static int
+set_domain_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    struct words *w = xmalloc(sizeof(*w));
+    void *arr = NULL;
+    size_t n = 0;
+    int rc = 0;
+    char t[SHOWN_MAX];
+    w->p = v;
+    while (next_word(w)) {
+        char **slot = list_push(&arr, &n, sizeof(char *));
+        /* Recipient domains may be internationalized (RFC 6531). */
+        *slot = domain_dup(w->item, strlen(w->item), true);
+        if (*slot == NULL) {
+            cfg_error(e, "bad domain \"%s\" in %s", cfg_shown(w->item, t, sizeof(t)), s->name);
+            rc = -1;
+        }
+    }
+    free(w);
+    if (rc < 0) {
+        free_strv(arr, n);
+        return -1;
+    }
+    cfg_clear(c, s);
+    *FIELD(c, s, char **) = arr;
+    *COUNT(c, s) = n;
+    return 0;
+}
+
+/* ---- dkim_sign: domain:selector:keyfile ---- */
+
+static void
+dkim_entry_fini(struct dkim_entry *d)
+{
+    FREE_NULL(&d->domain);
+    FREE_NULL(&d->selector);
+    FREE_NULL(&d->keyfile);
+}
+
+static int
+parse_dkim_entry(
+    const struct cfg_setting *s, const char *item, struct dkim_entry *d, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    const char *c1 = strchr(item, ':');
+    const char *c2 = c1 ? strchr(c1 + 1, ':') : NULL;
+    if (c2 == NULL || c2[1] == '\0') {
+        cfg_error(e, "bad %s entry \"%s\" (use domain:selector:keyfile)", s->name,
+            cfg_shown(item, t, sizeof(t)));
+        return -1;
+    }
+    d->domain = c1 > item ? domain_dup(item, (size_t)(c1 - item), false) : NULL;
+    /* A selector is a sequence of labels (RFC 6376 §3.1). */
+    if (c2 > c1 + 1 && str_is_domain(c1 + 1, (size_t)(c2 - c1 - 1), false) && c2[-1] != '.')
+        d->selector = xstrndup(c1 + 1, (size_t)(c2 - c1 - 1));
+    if (d->domain == NULL || d->selector == NULL) {
+        cfg_error(e, "bad %s in %s entry \"%s\"", d->domain ? "selector" : "domain", s->name,
+            cfg_shown(item, t, sizeof(t)));
+        dkim_entry_fini(d);
+        return -1;
+    }
+    if (strlen(c2 + 1) >= PATH_MAX) {
+        cfg_error(e, "key file path too long in %s", s->name);
+        dkim_entry_fini(d);
+        return -1;
+    }
+    d->keyfile = xstrdup(c2 + 1);
+    return 0;
+}
+
+static void
+free_dkim(struct dkim_entry *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        dkim_entry_fini(&v[i]);
+    free(v);
+}
+
+static int
+set_dkim(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    struct words *w = xmalloc(sizeof(*w));
+    void *arr = NULL;
+    size_t n = 0;
+    int rc = 0;
+    w->p = v;
+    while (next_word(w)) {
+        struct dkim_entry *d = list_push(&arr, &n, sizeof(*d));
+        if (parse_dkim_entry(s, w->item, d, e) < 0)
+            rc = -1;
+    }
+    free(w);
+    if (rc < 0) {
+        free_dkim(arr, n);
+        return -1;
+    }
+    cfg_clear(c, s);
+    *FIELD(c, s, struct dkim_entry *) = arr;
+    *COUNT(c, s) = n;
+    return 0;
+}
+
+/* ---- dispatch by type ---- */
+
+typedef int set_fn(struct config *, const struct cfg_setting *, const char *, struct cfg_errs *);
+
+static set_fn *const setters[] = {
+    [CFG_STRING] = set_string,
+    [CFG_PATH] = set_string,
+    [CFG_HOSTPORT] = set_hostport,
+    [CFG_HOSTPORT_LIST] = set_hostport_list,
+    [CFG_CIDR_LIST] = set_cidr_list,
+    [CFG_DOMAIN_LIST] = set_domain_list,
+    [CFG_SIZE] = set_size,
+    [CFG_DURATION] = set_duration,
+    [CFG_U32] = set_u32,
+    [CFG_PORT] = set_port,
+    [CFG_ENUM] = set_enum,
+    [CFG_DKIM] = set_dkim,
+};
+
+int
+cfg_set(struct config *c, const struct cfg_setting *s, const char *value, struct cfg_errs *e)
+{
+    TERN_ASSERT((size_t)s->type < TERN_ARRAY_LEN(setters) && setters[s->type] != NULL);
+    if (strlen(value) > CONFIG_LINE_MAX) {
+        cfg_error(e, "value of %s is too long (more than %d bytes)", s->name, CONFIG_LINE_MAX);
+        return -1;
+    }
+    if (*value == '\0' && (s->flags & CFG_F_NONEMPTY)) {
+        cfg_error(e, "%s must not be empty", s->name);
+        return -1;
+    }
+    return setters[s->type](c, s, value, e);
+}
+
+void
+cfg_clear(struct config *c, const struct cfg_setting *s)
+{
+    switch (s->type) {
+    case CFG_STRING:
+    case CFG_PATH:
+        FREE_NULL(FIELD(c, s, char *));
+        return;
+    case CFG_HOSTPORT_LIST:
+    case CFG_CIDR_LIST:
+        FREE_NULL(FIELD(c, s, void *));
+        break;
+    case CFG_DOMAIN_LIST:
+        free_strv(*FIELD(c, s, char **), *COUNT(c, s));
+        *FIELD(c, s, char **) = NULL;
+        break;
+    case CFG_DKIM:
+        free_dkim(*FIELD(c, s, struct dkim_entry *), *COUNT(c, s));
+        *FIELD(c, s, struct dkim_entry *) = NULL;
+        break;
+    default:
+        return; /* scalars own nothing */
+    }
+    *COUNT(c, s) = 0;
+}
+
+/* ---- check_files ---- */
+
+int
+cfg_check_file(const char *what, const char *path, bool secret, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    struct stat st;
+    /* O_NONBLOCK: a FIFO named by mistake must not hang --check. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        cfg_error(
+            e, "%s \"%s\": cannot read: %s", what, cfg_shown(path, t, sizeof(t)), strerror(errno));
+        return -1;
+    }
+    int rc = fstat(fd, &st);
+    int err = errno;
+    close(fd); /* read-only descriptor: nothing to lose on close */
+    if (rc < 0) {
+        cfg_error(
+            e, "%s \"%s\": cannot read: %s", what, cfg_shown(path, t, sizeof(t)), strerror(err));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        cfg_error(e, "%s \"%s\": not a regular file", what, cfg_shown(path, t, sizeof(t)));
+        return -1;
+    }
+    if (secret && (st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
+        cfg_error(e, "%s \"%s\": readable by group or others (chmod 600 it)", what,
+            cfg_shown(path, t, sizeof(t)));
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,84 @@
+/*
+ * ternctl's side of the control socket (protocol in ctl.h) and the small
+ * pure helpers behind its commands: queue id syntax, age formatting, queue
+ * and summary rows built from the daemon's JSON lines, and the update of an
+ * auth_users_file. One request per connection; all socket I/O has timeouts.
+ */
+#ifndef TERN_CTL_CLIENT_H
+#define TERN_CTL_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ctl/json.h"
+#include "util/buf.h"
+
+#define CTL_REPLY_LINE_MAX (1024u * 1024) /* one reply line, without "\n" */
+#define CTL_TIMEOUT_MS     30000
+#define CTL_ERROR_SHOW_MAX 60 /* characters of a last error shown in tables */
+#define CTL_AUTH_FILE_MAX  (16u * 1024 * 1024)
+#define CTL_USER_MAX       256
+
+enum ctl_rc {
+    CTL_OK,       /* final line "OK" */
+    CTL_ERR,      /* final line "ERR text": msg holds text */
+    CTL_NODAEMON, /* no socket or connection refused: msg holds the path */
+    CTL_FAIL,     /* I/O error, timeout, protocol violation: msg says which */
+};
+
+/* Called for each data line (borrowed until return; no "\n"). Return -1 to
+ * abort the exchange (ctl_call then returns CTL_FAIL). */
+typedef int (*ctl_line_fn)(const char *line, size_t len, void *arg);
+
+/* Connect to SPOOL_DIR/ctl.sock. 0 with *fd set, or -1 with rc CTL_NODAEMON
+ * or CTL_FAIL and a message in msg. */
+int ctl_connect(const char *spool_dir, int *fd, enum ctl_rc *rc, struct buf *msg);
+/* Send request (one line, no "\n", < CTL_LINE_MAX) on fd and read the reply,
+ * handing data lines to fn (may be NULL). Each wait is bounded by timeout_ms.
+ * Does not close fd. */
+enum ctl_rc ctl_exchange(int fd, const char *request, int timeout_ms, ctl_line_fn fn, void *arg,
+    struct buf *msg);
+/* ctl_connect + ctl_exchange + close. */
+enum ctl_rc ctl_call(const char *spool_dir, const char *request, int timeout_ms, ctl_line_fn fn,
+    void *arg, struct buf *msg);
+
+/* Is s a queue id: exactly 16 lowercase hex digits? */
+bool ctl_qid_valid(const char *s);
+/* Age as "45s", "3m12s", "2h05m", "4d03h" ("0s" for negative). */
+void ctl_fmt_age(int64_t secs, char *out, size_t cap);
+/* Append s[len] (at most max bytes; longer text is cut and ends with
+ * "...") with control characters replaced by '?', for a terminal. */
+void ctl_append_safe(struct buf *b, const char *s, size_t len, size_t max);
+
+/* One message of `queue list` in text form: fields already made safe. */
+struct ctl_row {
+    char id[17];
+    char age[16];
+    bool held;
+    char *sender;     /* owned: "<>" for the null sender */
+    char *rcpts;      /* owned: "a@b (deferred), c@d (queued)" */
+    uint32_t attempts; /* max over the recipients */
+    char *last_error; /* owned: shortened, "-" when none */
+};
+/* Fill row from one LIST object; now_s is the current Unix time. -1 with a
+ * reason in err when the object does not follow the LIST schema. */
+int ctl_row_from_json(const struct json *obj, int64_t now_s, struct ctl_row *row, struct buf *err);
+void ctl_row_fini(struct ctl_row *row);
+
+/* One SUMMARY object as a text line (no "\n"): destination, messages,
+ * recipients, oldest age, last error; width of the destination column. */
+int ctl_summary_line(const struct json *obj, int64_t now_s, int dest_width, struct buf *out,
+    struct buf *err);
+
+/* May name be an AUTH user (1..CTL_USER_MAX bytes, no ':', whitespace or
+ * control characters)? */
+bool ctl_user_valid(const char *name);
+/* Rewrite an auth_users_file: copy old[len] with the line of user replaced
+ * by "user:hash" (later duplicates dropped), or that line appended; other
+ * lines and comments kept. *replaced says which. 0, or -1 when the result
+ * would exceed CTL_AUTH_FILE_MAX. */
+int ctl_passwd_update(const char *old, size_t len, const char *user, const char *hash,
+    struct buf *out, bool *replaced);
+
+#endif

@@ -1,0 +1,1128 @@
+/*
+ * One outbound SMTP client connection (RFC 5321 §3, §4): resolve, connect
+ * (every address in turn), greeting, EHLO (HELO fallback), then transactions
+ * pulled from the scheduler one at a time until the per-connection limit or
+ * the idle timeout, then QUIT. With PIPELINING (RFC 2920) MAIL, RCPTs and
+ * DATA go out in one write. The body is streamed from the spool file with a
+ * bounded output buffer. The connection owns its job (client_tx) until the
+ * done callback, which runs exactly once per job; a closed connection is
+ * retired and freed later by the reaper (delivery.c).
+ */
+#include "delivery/delivery_int.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "smtp/data.h"
+#include "util/log.h"
+#include "util/util.h"
+
+#define ESMTP_ENVID_MAX 100 /* RFC 3461 §4.4 */
+#define ADDR_SEND_MAX   512
+
+enum rcpt_st { RS_PENDING, RS_ACCEPTED, RS_DONE };
+
+struct client_tx {
+    struct delivery_job job; /* env and rcpt_idx borrowed until done */
+    struct delivery_rcpt_result *res;
+    unsigned char *rst; /* enum rcpt_st per job recipient */
+    size_t *sent;       /* job positions of the RCPTs sent, in order */
+    size_t n_sent;
+    size_t n_cmds;    /* commands of MAIL..DATA written */
+    size_t n_replies; /* replies of MAIL..DATA read */
+    size_t n_accepted;
+    bool mail_failed;
+    bool discard; /* 354 with no recipient accepted: send only "." */
+    int fd;       /* the spool file, or -1 */
+    uint64_t body_done;
+    bool at_line_start;
+    char tail[2]; /* last two body bytes */
+    char *chunk;  /* DELIV_CHUNK bytes while streaming */
+    struct buf out;
+};
+
+static void conn_next(struct deliv_conn *c);
+static void conn_fail(struct deliv_conn *c, const struct tern_status *st, bool remote);
+static void on_greeting(struct deliv_conn *c, const struct tern_status *st);
+static void on_ehlo(struct deliv_conn *c, const struct tern_status *st);
+static void on_helo(struct deliv_conn *c, const struct tern_status *st);
+static void on_idle_reply(struct deliv_conn *c, const struct tern_status *st);
+static void on_tx_reply(struct deliv_conn *c, const struct tern_status *st);
+static void on_dot(struct deliv_conn *c, const struct tern_status *st);
+static void on_rset(struct deliv_conn *c, const struct tern_status *st);
+static void on_quit(struct deliv_conn *c, const struct tern_status *st);
+static void to_resolve(struct deliv_conn *c);
+static void to_connect(struct deliv_conn *c);
+static void to_reply(struct deliv_conn *c);
+static void to_idle(struct deliv_conn *c);
+static void to_quit(struct deliv_conn *c);
+static void conn_close(struct deliv_conn *c);
+
+/* What each state does with a complete reply and with its timer. A state
+ * without on_reply does not expect one (protocol error). */
+static const struct state_ops {
+    const char *phase;
+    void (*on_reply)(struct deliv_conn *c, const struct tern_status *st);
+    void (*on_timeout)(struct deliv_conn *c);
+} state_ops[CS_N] = {
+    [CS_START] = { "start", NULL, NULL },
+    [CS_RESOLVE] = { "resolve", NULL, to_resolve },
+    [CS_CONNECT] = { "connect", NULL, to_connect },
+    [CS_GREETING] = { "greeting", on_greeting, to_reply },
+    [CS_EHLO] = { "EHLO", on_ehlo, to_reply },
+    [CS_HELO] = { "HELO", on_helo, to_reply },
+    [CS_IDLE] = { "idle", on_idle_reply, to_idle },
+    [CS_TX] = { "MAIL", on_tx_reply, to_reply },
+    [CS_BODY] = { "DATA", NULL, to_reply },
+    [CS_DOT] = { "DATA", on_dot, to_reply },
+    [CS_RSET] = { "RSET", on_rset, to_reply },
+    [CS_QUIT] = { "QUIT", on_quit, to_quit },
+    [CS_DEAD] = { "closed", NULL, NULL },
+};
+
+/* ---- small helpers ---- */
+
+static const char *
+conn_phase(const struct deliv_conn *c)
+{
+    const struct client_tx *tx = c->tx;
+    if (c->state == CS_TX && tx != NULL) {
+        if (tx->n_replies == 0)
+            return "MAIL";
+        return tx->n_replies <= tx->n_sent ? "RCPT" : "DATA";
+    }
+    return state_ops[c->state].phase;
+}
+
+static void
+conn_arm(struct deliv_conn *c, int64_t ms)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)((ms % 1000) * 1000);
+    evtimer_add(c->timer, &tv);
+}
+
+static const char *
+conn_relay(const struct deliv_conn *c)
+{
+    return c->reached ? c->relay : NULL;
+}
+
+/* "addr:port" or "[v6addr]:port"; addr_only gets the bare address. */
+static void
+fmt_sockaddr(const struct sockaddr_storage *ss, char *out, size_t cap, char *addr_only, size_t acap)
+{
+    char a[INET6_ADDRSTRLEN] = "?";
+    unsigned port = 0;
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
+        inet_ntop(AF_INET, &sin->sin_addr, a, sizeof(a));
+        port = ntohs(sin->sin_port);
+        snprintf(out, cap, "%s:%u", a, port);
+    } else {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, a, sizeof(a));
+        port = ntohs(sin6->sin6_port);
+        snprintf(out, cap, "[%s]:%u", a, port);
+    }
+    snprintf(addr_only, acap, "%s", a);
+}
+
+static void
+conn_write(struct deliv_conn *c, const char *s, size_t n)
+{
+    if (bufferevent_write(c->bev, s, n) < 0)
+        tern_panic("bufferevent_write failed (out of memory)");
+}
+
+static void
+conn_write_str(struct deliv_conn *c, const char *s)
+{
+    conn_write(c, s, strlen(s));
+}
+
+/* Our own reason for a result (text cut at STATUS_TEXT_MAX). */
+static void __attribute__((format(printf, 4, 5)))
+own_status(struct tern_status *st, int code, const char *esc, const char *fmt, ...)
+{
+    va_list ap;
+    st->code = code;
+    snprintf(st->esc, sizeof(st->esc), "%s", esc);
+    va_start(ap, fmt);
+    vsnprintf(st->text, sizeof(st->text), fmt, ap);
+    va_end(ap);
+}
+
+/* ---- jobs and results ---- */
+
+static struct client_tx *
+tx_new(const struct delivery_job *job)
+{
+    struct client_tx *tx = xcalloc(1, sizeof(*tx));
+    tx->job = *job;
+    tx->res = xcalloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*tx->res));
+    tx->rst = xcalloc(job->n_rcpts ? job->n_rcpts : 1, 1);
+    tx->sent = xcalloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*tx->sent));
+    tx->fd = -1;
+    tx->at_line_start = true;
+    buf_init(&tx->out);
+    return tx;
+}
+
+static void
+tx_free(struct client_tx *tx)
+{
+    if (tx == NULL)
+        return;
+    if (tx->fd >= 0 && close(tx->fd) < 0)
+        log_simple(LOG_WARN, "delivery", "close_failed", "closing a queued message failed");
+    free(tx->res);
+    free(tx->rst);
+    free(tx->sent);
+    free(tx->chunk);
+    buf_fini(&tx->out);
+    free(tx);
+}
+
+static void
+rcpt_set(struct client_tx *tx, size_t i, const struct tern_status *st, bool remote, bool force_temp)
+{
+    tx->res[i].st = *st;
+    tx->res[i].from_remote = remote;
+    tx->res[i].cls = force_temp ? DELIV_TEMP : retry_classify(st->code);
+    tx->rst[i] = RS_DONE;
+}
+
+/* Every recipient in state `which` (or every unfinished one when which is
+ * RS_DONE) gets st. */
+static void
+tx_set_all(struct client_tx *tx, enum rcpt_st which, const struct tern_status *st, bool remote,
+    bool force_temp)
+{
+    for (size_t i = 0; i < tx->job.n_rcpts; i++) {
+        if (which == RS_DONE ? tx->rst[i] != RS_DONE : tx->rst[i] == which)
+            rcpt_set(tx, i, st, remote, force_temp);
+    }
+}
+
+/* Answer the job (exactly once) and free it. */
+static void
+tx_report(struct deliv_conn *c, struct client_tx *tx)
+{
+    struct logline l;
+    struct tern_status st;
+    own_status(&st, 421, "4.5.0", "protocol error: no reply for this recipient");
+    tx_set_all(tx, RS_DONE, &st, false, true); /* must not happen; never leave one out */
+    if (c->tx == tx)
+        c->tx = NULL;
+    log_begin(&l, LOG_DEBUG, tx->job.env->qid, "delivery", "transaction");
+    log_str(&l, "relay", conn_relay(c) ? c->relay : c->dest->d.host);
+    log_int(&l, "rcpts", (int64_t)tx->job.n_rcpts);
+    log_int(&l, "accepted", (int64_t)tx->n_accepted);
+    log_int(&l, "code", tx->job.n_rcpts ? tx->res[0].st.code : 0);
+    log_end(&l);
+    c->d->cb.done(c->d->cb.arg, tx->job.id, tx->res, tx->job.n_rcpts, conn_relay(c));
+    tx_free(tx);
+}
+
+/* ---- closing ---- */
+
+static void
+conn_close(struct deliv_conn *c)
+{
+    struct logline l;
+    struct deliv_dest *dest = c->dest;
+    TERN_ASSERT(c->tx == NULL && c->state != CS_DEAD);
+    c->state = CS_DEAD;
+    resolver_cancel(c->rq);
+    c->rq = NULL;
+    evtimer_del(c->timer);
+    event_del(c->wake);
+    if (c->bev != NULL) {
+        bufferevent_free(c->bev); /* safe inside its callbacks: libevent defers */
+        c->bev = NULL;
+    }
+    log_begin(&l, LOG_DEBUG, NULL, "delivery", "closed");
+    log_str(&l, "dest", dest->d.key);
+    log_str(&l, "peer", c->peer);
+    log_int(&l, "msgs", c->n_msgs);
+    log_end(&l);
+    c->dest = NULL;
+    deliv_conn_retire(c->d, c, dest, c->ready);
+}
+
+/* Is another connection of the destination alive and able to take jobs? */
+static bool
+conn_has_sibling(const struct deliv_conn *c)
+{
+    const struct deliv_conn *o;
+    TAILQ_FOREACH(o, &c->dest->conns, dest_link)
+    {
+        if (o != c && o->state < CS_QUIT)
+            return true;
+    }
+    return false;
+}
+
+/* The connection could not be set up. Unless another connection of the
+ * destination may still take them, the due jobs are answered now with st
+ * (TEMP), so the scheduler backs off instead of waiting forever. */
+static void
+conn_drain(struct deliv_conn *c, const struct tern_status *st)
+{
+    struct delivery_job job;
+    if (conn_has_sibling(c))
+        return;
+    while (deliv_take_job(c->d, c->dest, &job)) {
+        struct client_tx *tx = tx_new(&job);
+        tx_set_all(tx, RS_DONE, st, false, true);
+        tx_report(c, tx);
+    }
+}
+
+static void
+conn_fail(struct deliv_conn *c, const struct tern_status *st, bool remote)
+{
+    struct logline l;
+    log_begin(&l, c->state <= CS_HELO ? LOG_WARN : LOG_DEBUG, c->tx ? c->tx->job.env->qid : NULL,
+        "delivery", "session_failed");
+    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "phase", conn_phase(c));
+    log_int(&l, "code", st->code);
+    log_str(&l, "reason", st->text);
+    log_end(&l);
+    if (c->tx != NULL) {
+        tx_set_all(c->tx, RS_DONE, st, remote, true);
+        tx_report(c, c->tx);
+    } else if (c->state <= CS_HELO) {
+        conn_drain(c, st);
+    }
+    conn_close(c);
+}
+
+static void
+conn_fail_lost(struct deliv_conn *c, int err)
+{
+    struct tern_status st;
+    if (err != 0)
+        own_status(&st, 421, "4.4.2", "connection to %s lost during %s: %s", c->peer, conn_phase(c),
+            evutil_socket_error_to_string(err));
+    else
+        own_status(&st, 421, "4.4.2", "connection to %s lost during %s", c->peer, conn_phase(c));
+    conn_fail(c, &st, false);
+}
+
+static void
+conn_protocol_error(struct deliv_conn *c, const char *what)
+{
+    struct tern_status st;
+    own_status(
+        &st, 421, "4.5.0", "protocol error from %s during %s: %s", c->peer, conn_phase(c), what);
+    conn_fail(c, &st, false);
+}
+
+/* Setup refused by the peer (greeting, EHLO/HELO): its reply becomes our
+ * reason, so a 5xx here never bounces mail. */
+static void
+conn_refused(struct deliv_conn *c, const struct tern_status *rst)
+{
+    struct tern_status st;
+    own_status(&st, 421, "4.4.0", "%s refused %s: %d %s%s%s", c->peer, conn_phase(c), rst->code,
+        rst->esc, rst->esc[0] ? " " : "", rst->text);
+    conn_fail(c, &st, false);
+}
+
+static void
+conn_quit(struct deliv_conn *c)
+{
+    if (c->bev == NULL) {
+        conn_close(c);
+        return;
+    }
+    conn_write_str(c, "QUIT\r\n");
+    c->state = CS_QUIT;
+    conn_arm(c, c->reply_ms);
+}
+
+/* ---- timeouts ---- */
+
+static void
+to_resolve(struct deliv_conn *c)
+{
+    struct tern_status st;
+    own_status(&st, 421, "4.4.3", "timeout resolving %s", c->dest->d.host);
+    conn_fail(c, &st, false);
+}
+
+static void connect_next(struct deliv_conn *c);
+
+static void
+connect_failed(struct deliv_conn *c, const char *why)
+{
+    struct logline l;
+    own_status(&c->setup_err, 421, "4.4.1", "connect to %s: %s", c->peer, why);
+    log_begin(&l, LOG_WARN, NULL, "delivery", "connect_failed");
+    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "addr", c->peer);
+    log_str(&l, "error", why);
+    log_end(&l);
+    if (c->bev != NULL) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    c->cur_addr++;
+    connect_next(c);
+}
+
+static void
+to_connect(struct deliv_conn *c)
+{
+    connect_failed(c, "timed out");
+}
+
+static void
+to_reply(struct deliv_conn *c)
+{
+    struct tern_status st;
+    if (c->state == CS_BODY)
+        own_status(&st, 421, "4.4.2", "timeout sending the message to %s", c->peer);
+    else
+        own_status(
+            &st, 421, "4.4.2", "timeout waiting for reply to %s from %s", conn_phase(c), c->peer);
+    conn_fail(c, &st, false);
+}
+
+static void
+to_idle(struct deliv_conn *c)
+{
+    conn_quit(c);
+}
+
+static void
+to_quit(struct deliv_conn *c)
+{
+    conn_close(c);
+}
+
+static void
+timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct deliv_conn *c = arg;
+    if (state_ops[c->state].on_timeout != NULL)
+        state_ops[c->state].on_timeout(c);
+}
+
+/* ---- replies ---- */
+
+static void
+conn_on_reply(struct deliv_conn *c, const struct tern_status *st)
+{
+    /* RFC 5321 §3.8: 421 may come at any time; the server is closing. */
+    if (st->code == 421 && c->state != CS_QUIT) {
+        if (c->state <= CS_HELO)
+            conn_refused(c, st);
+        else
+            conn_fail(c, st, true);
+        return;
+    }
+    if (state_ops[c->state].on_reply == NULL) {
+        conn_protocol_error(c, "unexpected reply");
+        return;
+    }
+    state_ops[c->state].on_reply(c, st);
+}
+
+static void
+conn_reply_line(struct deliv_conn *c, const char *line, size_t len)
+{
+    const char *text;
+    size_t tlen;
+    bool first = c->reply.nlines == 0;
+    switch (reply_feed_line(&c->reply, line, len, &text, &tlen)) {
+    case REPLY_BAD:
+        conn_protocol_error(c, "malformed reply");
+        return;
+    case REPLY_MORE:
+    case REPLY_DONE:
+        break;
+    }
+    /* EHLO keywords are on every line but the first (RFC 5321 §4.1.1.1). */
+    if (c->state == CS_EHLO && !first)
+        ehlo_parse_line(&c->ext_new, text, tlen);
+    if (c->reply.nlines == 0) {
+        struct tern_status st = c->reply.st;
+        reply_reset(&c->reply);
+        conn_on_reply(c, &st);
+    }
+}
+
+static void
+read_cb(struct bufferevent *bev, void *arg)
+{
+    struct deliv_conn *c = arg;
+    char line[DELIV_REPLY_LINE_MAX + 1];
+    while (c->state != CS_DEAD) {
+        struct evbuffer *in = bufferevent_get_input(c->bev);
+        size_t eol_len = 0;
+        struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_CRLF);
+        if (p.pos < 0) {
+            if (evbuffer_get_length(in) > DELIV_REPLY_LINE_MAX)
+                conn_protocol_error(c, "reply line too long");
+            return;
+        }
+        if ((size_t)p.pos > DELIV_REPLY_LINE_MAX) {
+            conn_protocol_error(c, "reply line too long");
+            return;
+        }
+        if (evbuffer_remove(in, line, (size_t)p.pos) != (int)p.pos)
+            tern_panic("evbuffer_remove short read");
+        evbuffer_drain(in, eol_len);
+        conn_reply_line(c, line, (size_t)p.pos);
+    }
+}
+
+/* ---- session setup ---- */
+
+static void
+send_ehlo(struct deliv_conn *c, const char *verb)
+{
+    const char *name = c->cfg->hostname && *c->cfg->hostname ? c->cfg->hostname : "localhost";
+    struct buf b = BUF_INIT;
+    buf_printf(&b, "%s %s\r\n", verb, name);
+    conn_write(c, b.data, b.len);
+    buf_fini(&b);
+    memset(&c->ext_new, 0, sizeof(c->ext_new));
+    conn_arm(c, c->reply_ms);
+}
+
+static void
+on_greeting(struct deliv_conn *c, const struct tern_status *st)
+{
+    if (st->code / 100 != 2) {
+        conn_refused(c, st);
+        return;
+    }
+    c->state = CS_EHLO;
+    send_ehlo(c, "EHLO");
+}
+
+static void
+session_ready(struct deliv_conn *c)
+{
+    struct logline l;
+    c->ready = true;
+    log_begin(&l, LOG_DEBUG, NULL, "delivery", "session_ready");
+    log_str(&l, "relay", c->relay);
+    log_int(&l, "pipelining", c->ext.pipelining);
+    log_int(&l, "size", (int64_t)c->ext.size_max);
+    log_end(&l);
+    conn_next(c);
+}
+
+static void
+on_ehlo(struct deliv_conn *c, const struct tern_status *st)
+{
+    if (st->code / 100 == 2) {
+        c->ext = c->ext_new;
+        session_ready(c);
+    } else if (st->code / 100 == 5) {
+        /* RFC 5321 §3.2: a server that does not know EHLO gets HELO. */
+        c->state = CS_HELO;
+        send_ehlo(c, "HELO");
+    } else {
+        conn_refused(c, st);
+    }
+}
+
+static void
+on_helo(struct deliv_conn *c, const struct tern_status *st)
+{
+    if (st->code / 100 != 2) {
+        conn_refused(c, st);
+        return;
+    }
+    memset(&c->ext, 0, sizeof(c->ext));
+    session_ready(c);
+}
+
+static void
+on_idle_reply(struct deliv_conn *c, const struct tern_status *st)
+{
+    conn_protocol_error(c, "unexpected reply while idle");
+}
+
+static void
+on_quit(struct deliv_conn *c, const struct tern_status *st)
+{
+    conn_close(c);
+}
+
+static void
+on_rset(struct deliv_conn *c, const struct tern_status *st)
+{
+    if (st->code / 100 == 2)
+        conn_next(c);
+    else
+        conn_quit(c);
+}
+
+static void
+event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct deliv_conn *c = arg;
+    int err = EVUTIL_SOCKET_ERROR();
+    if (c->state == CS_CONNECT) {
+        if (what & BEV_EVENT_CONNECTED) {
+            char a[INET6_ADDRSTRLEN];
+            fmt_sockaddr(&c->addrs.addr[c->cur_addr], c->peer, sizeof(c->peer), a, sizeof(a));
+            snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u", c->dest->d.host, a,
+                (unsigned)c->dest->d.port);
+            c->reached = true;
+            c->state = CS_GREETING;
+            reply_reset(&c->reply);
+            conn_arm(c, c->reply_ms);
+            return;
+        }
+        connect_failed(c, (what & BEV_EVENT_ERROR) && err != 0 ? evutil_socket_error_to_string(err)
+                                                               : "connection closed");
+        return;
+    }
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+        if (c->state == CS_QUIT)
+            conn_close(c);
+        else
+            conn_fail_lost(c, (what & BEV_EVENT_ERROR) ? err : 0);
+    }
+}
+
+static void write_cb(struct bufferevent *bev, void *arg);
+
+static void
+connect_next(struct deliv_conn *c)
+{
+    struct tern_status st;
+    while (c->cur_addr < c->addrs.n) {
+        char a[INET6_ADDRSTRLEN];
+        struct sockaddr_storage *ss = &c->addrs.addr[c->cur_addr];
+        fmt_sockaddr(ss, c->peer, sizeof(c->peer), a, sizeof(a));
+        c->bev = bufferevent_socket_new(c->d->base, -1, BEV_OPT_CLOSE_ON_FREE);
+        if (c->bev == NULL)
+            tern_panic("bufferevent_socket_new failed");
+        bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+        bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+        c->state = CS_CONNECT;
+        if (bufferevent_socket_connect(
+                c->bev, (struct sockaddr *)ss, (int)c->addrs.len[c->cur_addr]) == 0) {
+            conn_arm(c, c->connect_ms);
+            return;
+        }
+        connect_failed(c, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        return; /* connect_failed moved on to the next address */
+    }
+    st = c->setup_err;
+    if (st.code == 0)
+        own_status(&st, 421, "4.4.1", "no address to connect to for %s", c->dest->d.host);
+    conn_fail(c, &st, false);
+}
+
+static void
+resolve_cb_fn(void *arg, int err, const struct resolve_result *res, const char *errmsg)
+{
+    struct deliv_conn *c = arg; /* alive: closing a connection cancels its query */
+    c->rq = NULL;
+    if (err != 0) {
+        struct tern_status st;
+        own_status(&st, 421, "4.4.3", "cannot resolve %s: %s", c->dest->d.host, errmsg);
+        conn_fail(c, &st, false);
+        return;
+    }
+    c->addrs = *res;
+    c->cur_addr = 0;
+    connect_next(c);
+}
+
+static void
+conn_start(struct deliv_conn *c)
+{
+    const struct delivery_dest *dd = &c->dest->d;
+    struct tern_status st;
+    snprintf(c->peer, sizeof(c->peer), "%s:%u", dd->host, (unsigned)dd->port);
+    if (resolve_literal(dd->host, dd->port, &c->addrs.addr[0], &c->addrs.len[0]) == 0) {
+        c->addrs.n = 1;
+        connect_next(c);
+        return;
+    }
+    if (c->d->res == NULL) {
+        own_status(&st, 421, "4.4.3", "cannot resolve %s: no resolver", dd->host);
+        conn_fail(c, &st, false);
+        return;
+    }
+    c->state = CS_RESOLVE;
+    conn_arm(c, c->connect_ms);
+    c->rq = resolver_lookup(c->d->res, dd->host, dd->port, resolve_cb_fn, c);
+}
+
+/* ---- transactions ---- */
+
+static bool
+addr_sendable(const char *a, size_t max)
+{
+    size_t n = strnlen(a, max + 1);
+    if (n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)a[i];
+        if (ch < 0x20 || ch == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* xtext values (ENVID, ORCPT) go out as given: printable, no space, no '='
+ * except ORCPT's ';' form; anything else is dropped rather than sent. */
+static bool
+xtext_sendable(const char *s, size_t max)
+{
+    size_t n = strnlen(s, max + 1);
+    if (n == 0 || n > max)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '=')
+            return false;
+    }
+    return true;
+}
+
+static bool
+env_has_8bit_addr(const struct spool_env *env, const struct client_tx *tx)
+{
+    for (const char *p = env->sender; *p; p++) {
+        if ((unsigned char)*p >= 0x80)
+            return true;
+    }
+    for (size_t i = 0; i < tx->job.n_rcpts; i++) {
+        for (const char *p = env->rcpts[tx->job.rcpt_idx[i]].addr; *p; p++) {
+            if ((unsigned char)*p >= 0x80)
+                return true;
+        }
+    }
+    return false;
+}
+
+/* Checks before anything is sent. -1: every recipient has its result. */
+static int
+tx_precheck(struct deliv_conn *c, struct client_tx *tx)
+{
+    const struct spool_env *env = tx->job.env;
+    struct tern_status st;
+    uint64_t end;
+    tx->fd = spool_open_message(c->d->sp, env->qid);
+    if (tx->fd < 0) {
+        own_status(&st, 451, "4.3.0", "cannot open the queued message: %s", strerror(errno));
+    } else if (__builtin_add_overflow(env->body_off, env->body_len, &end) || end > INT64_MAX) {
+        own_status(&st, 451, "4.3.0", "damaged queued message");
+    } else if (c->ext.size && c->ext.size_max > 0 && env->body_len > c->ext.size_max) {
+        /* RFC 1870 §6.1: do not send what the server said it will refuse. */
+        own_status(&st, 552, "5.3.4",
+            "message size %" PRIu64 " exceeds the limit %" PRIu64 " of %s", env->body_len,
+            c->ext.size_max, c->relay);
+    } else if (env->smtputf8 && !c->ext.smtputf8) {
+        /* RFC 6531 §3.2: without SMTPUTF8 at the server it cannot be sent. */
+        bool addr8 = env_has_8bit_addr(env, tx);
+        own_status(&st, 550, addr8 ? "5.6.7" : "5.6.9", "%s does not support SMTPUTF8%s", c->relay,
+            addr8 ? " (non-ASCII address)" : "");
+    } else if (!addr_sendable(env->sender, ADDR_SEND_MAX)) {
+        own_status(&st, 553, "5.1.7", "sender address cannot be sent");
+    } else {
+        own_status(&st, 553, "5.1.3", "recipient address cannot be sent");
+        for (size_t i = 0; i < tx->job.n_rcpts; i++) {
+            size_t idx = tx->job.rcpt_idx[i];
+            TERN_ASSERT(idx < env->n_rcpts);
+            if (addr_sendable(env->rcpts[idx].addr, ADDR_SEND_MAX))
+                tx->sent[tx->n_sent++] = i;
+            else
+                rcpt_set(tx, i, &st, false, false);
+        }
+        return tx->n_sent > 0 ? 0 : -1;
+    }
+    tx_set_all(tx, RS_DONE, &st, false, false);
+    return -1;
+}
+
+static void
+put_mail(struct deliv_conn *c, const struct spool_env *env, struct buf *b)
+{
+    buf_printf(b, "MAIL FROM:<%s>", env->sender);
+    if (c->ext.size)
+        buf_printf(b, " SIZE=%" PRIu64, env->body_len);
+    if (env->body != BODY_7BIT && c->ext.eightbitmime)
+        buf_append_str(b, " BODY=8BITMIME");
+    if (env->smtputf8)
+        buf_append_str(b, " SMTPUTF8");
+    if (c->ext.dsn) {
+        /* RFC 3461 §4.3, §4.4: pass the client's DSN request on. */
+        if (env->ret != DSN_RET_UNSET)
+            buf_append_str(b, env->ret == DSN_RET_FULL ? " RET=FULL" : " RET=HDRS");
+        if (env->envid != NULL && xtext_sendable(env->envid, ESMTP_ENVID_MAX))
+            buf_printf(b, " ENVID=%s", env->envid);
+    }
+    buf_append_str(b, "\r\n");
+}
+
+static void
+put_rcpt(struct deliv_conn *c, const struct spool_rcpt *r, struct buf *b)
+{
+    buf_printf(b, "RCPT TO:<%s>", r->addr);
+    if (c->ext.dsn && r->notify != 0) {
+        /* RFC 3461 §4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY. */
+        if (r->notify & DSN_NOTIFY_NEVER) {
+            buf_append_str(b, " NOTIFY=NEVER");
+        } else {
+            const char *sep = " NOTIFY=";
+            static const struct {
+                unsigned bit;
+                const char *name;
+            } bits[] = { { DSN_NOTIFY_SUCCESS, "SUCCESS" }, { DSN_NOTIFY_FAILURE, "FAILURE" },
+                { DSN_NOTIFY_DELAY, "DELAY" } };
+            for (size_t i = 0; i < TERN_ARRAY_LEN(bits); i++) {
+                if (r->notify & bits[i].bit) {
+                    buf_printf(b, "%s%s", sep, bits[i].name);
+                    sep = ",";
+                }
+            }
+        }
+    }
+    if (c->ext.dsn && r->orcpt != NULL && addr_sendable(r->orcpt, ADDR_SEND_MAX) &&
+        strchr(r->orcpt, ' ') == NULL)
+        buf_printf(b, " ORCPT=%s", r->orcpt);
+    buf_append_str(b, "\r\n");
+}
+
+/* Command number n of the transaction: 0 MAIL, 1..n_sent RCPT, then DATA. */
+static void
+put_cmd(struct deliv_conn *c, size_t n, struct buf *b)
+{
+    struct client_tx *tx = c->tx;
+    if (n == 0)
+        put_mail(c, tx->job.env, b);
+    else if (n <= tx->n_sent)
+        put_rcpt(c, &tx->job.env->rcpts[tx->job.rcpt_idx[tx->sent[n - 1]]], b);
+    else
+        buf_append_str(b, "DATA\r\n");
+}
+
+/* Send the next command, or with PIPELINING all of them (RFC 2920 §3.1:
+ * DATA is the last command of the group). */
+static void
+tx_send(struct deliv_conn *c)
+{
+    struct client_tx *tx = c->tx;
+    size_t last = c->ext.pipelining ? tx->n_sent + 1 : tx->n_cmds;
+    buf_reset(&tx->out);
+    while (tx->n_cmds <= last)
+        put_cmd(c, tx->n_cmds++, &tx->out);
+    conn_write(c, tx->out.data, tx->out.len);
+    conn_arm(c, c->reply_ms);
+}
+
+static bool
+tx_begin(struct deliv_conn *c, const struct delivery_job *job)
+{
+    struct client_tx *tx = tx_new(job);
+    c->tx = tx;
+    if (tx_precheck(c, tx) < 0) {
+        tx_report(c, tx);
+        return false;
+    }
+    c->n_msgs++;
+    c->state = CS_TX;
+    tx_send(c);
+    return true;
+}
+
+/* The transaction is over: answer the job, then RSET if the server still
+ * holds transaction state, else go on with the next job. */
+static void
+tx_end(struct deliv_conn *c, bool rset)
+{
+    tx_report(c, c->tx);
+    if (rset) {
+        conn_write_str(c, "RSET\r\n");
+        c->state = CS_RSET;
+        conn_arm(c, c->reply_ms);
+        return;
+    }
+    conn_next(c);
+}
+
+static void body_fill(struct deliv_conn *c);
+
+static void
+body_start(struct deliv_conn *c)
+{
+    struct client_tx *tx = c->tx;
+    tx->chunk = xmalloc(DELIV_CHUNK);
+    c->state = CS_BODY;
+    /* The write callback fires when the output drains to the low mark. */
+    bufferevent_setwatermark(c->bev, EV_WRITE, DELIV_WRITE_LOW, 0);
+    conn_arm(c, c->reply_ms);
+    body_fill(c);
+}
+
+static void
+body_read_failed(struct deliv_conn *c, int err)
+{
+    struct tern_status st;
+    /* No final dot: the server discards the partial message. */
+    if (err != 0)
+        own_status(&st, 451, "4.3.0", "cannot read the queued message: %s", strerror(err));
+    else
+        own_status(&st, 451, "4.3.0", "cannot read the queued message: file is short");
+    conn_fail(c, &st, false);
+}
+
+static void
+body_finish(struct deliv_conn *c)
+{
+    struct client_tx *tx = c->tx;
+    /* The stored message ends with CRLF; be safe if it does not (§4.1.1.4). */
+    if (tx->job.env->body_len > 0 && (tx->tail[0] != '\r' || tx->tail[1] != '\n'))
+        conn_write_str(c, "\r\n");
+    conn_write_str(c, ".\r\n");
+    bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
+    c->state = CS_DOT;
+    conn_arm(c, c->reply_ms);
+}
+
+static void
+body_fill(struct deliv_conn *c)
+{
+    struct client_tx *tx = c->tx;
+    const struct spool_env *env = tx->job.env;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    while (evbuffer_get_length(out) < DELIV_WRITE_HIGH && tx->body_done < env->body_len) {
+        uint64_t left = env->body_len - tx->body_done;
+        size_t want = left < DELIV_CHUNK ? (size_t)left : DELIV_CHUNK;
+        ssize_t n = pread(tx->fd, tx->chunk, want, (off_t)(env->body_off + tx->body_done));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            body_read_failed(c, n < 0 ? errno : 0);
+            return;
+        }
+        if (n >= 2) {
+            tx->tail[0] = tx->chunk[n - 2];
+        } else {
+            tx->tail[0] = tx->tail[1];
+        }
+        tx->tail[1] = tx->chunk[n - 1];
+        buf_reset(&tx->out);
+        if (smtp_data_stuff(tx->chunk, (size_t)n, &tx->at_line_start, &tx->out) < 0)
+            tern_panic("cannot grow the DATA buffer");
+        conn_write(c, tx->out.data, tx->out.len);
+        tx->body_done += (uint64_t)n;
+    }
+    if (tx->body_done == env->body_len)
+        body_finish(c);
+}
+
+static void
+write_cb(struct bufferevent *bev, void *arg)
+{
+    struct deliv_conn *c = arg;
+    if (c->state == CS_BODY) {
+        conn_arm(c, c->reply_ms); /* progress: restart the timeout */
+        body_fill(c);
+    }
+}
+
+static void
+tx_on_mail(struct deliv_conn *c, const struct tern_status *st)
+{
+    if (st->code / 100 == 2)
+        return;
+    c->tx->mail_failed = true;
+    tx_set_all(c->tx, RS_PENDING, st, true, false);
+}
+
+static void
+tx_on_rcpt(struct deliv_conn *c, size_t k, const struct tern_status *st)
+{
+    struct client_tx *tx = c->tx;
+    size_t i = tx->sent[k];
+    if (tx->mail_failed)
+        return; /* pipelined after a failed MAIL: already answered */
+    if (st->code / 100 == 2) {
+        tx->rst[i] = RS_ACCEPTED;
+        tx->n_accepted++;
+    } else {
+        rcpt_set(tx, i, st, true, false);
+    }
+}
+
+static void
+tx_on_data(struct deliv_conn *c, const struct tern_status *st)
+{
+    struct client_tx *tx = c->tx;
+    if (st->code == 354) {
+        if (tx->n_accepted > 0) {
+            body_start(c);
+            return;
+        }
+        /* RFC 2920 §3.1: DATA accepted with no valid recipient: end it empty. */
+        tx->discard = true;
+        conn_write_str(c, ".\r\n");
+        c->state = CS_DOT;
+        conn_arm(c, c->reply_ms);
+        return;
+    }
+    tx_set_all(tx, RS_ACCEPTED, st, true, false);
+    tx_end(c, !tx->mail_failed);
+}
+
+static void
+on_tx_reply(struct deliv_conn *c, const struct tern_status *st)
+{
+    struct client_tx *tx = c->tx;
+    size_t idx = tx->n_replies++;
+    conn_arm(c, c->reply_ms); /* each pipelined reply gets its own timeout */
+    if (idx > tx->n_sent) {
+        tx_on_data(c, st);
+        return;
+    }
+    if (idx == 0)
+        tx_on_mail(c, st);
+    else
+        tx_on_rcpt(c, idx - 1, st);
+    if (c->ext.pipelining)
+        return; /* the remaining replies are on their way */
+    if (tx->mail_failed)
+        tx_end(c, false);
+    else if (tx->n_cmds <= tx->n_sent)
+        tx_send(c); /* next RCPT */
+    else if (tx->n_accepted == 0)
+        tx_end(c, true);
+    else
+        tx_send(c); /* DATA */
+}
+
+static void
+on_dot(struct deliv_conn *c, const struct tern_status *st)
+{
+    if (!c->tx->discard)
+        tx_set_all(c->tx, RS_ACCEPTED, st, true, false);
+    tx_end(c, false);
+}
+
+/* ---- job hand-out ---- */
+
+static void
+conn_idle(struct deliv_conn *c)
+{
+    if (c->state == CS_IDLE)
+        return; /* keep the running idle timer */
+    c->state = CS_IDLE;
+    conn_arm(c, c->idle_ms);
+}
+
+/* Ready for a transaction: pull jobs until one is under way. */
+static void
+conn_next(struct deliv_conn *c)
+{
+    struct delivery_job job;
+    if (c->n_msgs >= c->max_msgs) {
+        conn_quit(c);
+        return;
+    }
+    while (deliv_take_job(c->d, c->dest, &job)) {
+        if (tx_begin(c, &job))
+            return;
+    }
+    conn_idle(c);
+}
+
+static void
+wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct deliv_conn *c = arg;
+    if (c->state == CS_START)
+        conn_start(c);
+    else if (c->state == CS_IDLE)
+        conn_next(c);
+}
+
+/* ---- public to delivery.c ---- */
+
+struct deliv_conn *
+client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
+{
+    struct deliv_conn *c = xcalloc(1, sizeof(*c));
+    c->d = d;
+    c->dest = dest;
+    c->cfg = config_ref(cfg);
+    c->id = ++d->next_conn_id;
+    c->state = CS_START;
+    c->max_msgs =
+        cfg->delivery_max_msgs_per_conn ? cfg->delivery_max_msgs_per_conn : DELIV_DEF_MAX_MSGS;
+    c->connect_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DELIV_DEF_CONNECT_MS;
+    c->reply_ms = cfg->delivery_timeout_ms > 0 ? cfg->delivery_timeout_ms : DELIV_DEF_TIMEOUT_MS;
+    c->idle_ms = cfg->idle_conn_timeout_ms > 0 ? cfg->idle_conn_timeout_ms : DELIV_DEF_IDLE_MS;
+    c->timer = evtimer_new(d->base, timer_cb, c);
+    c->wake = event_new(d->base, -1, 0, wake_cb, c);
+    if (c->timer == NULL || c->wake == NULL)
+        tern_panic("cannot create delivery events");
+    TAILQ_INSERT_TAIL(&dest->conns, c, dest_link);
+    dest->n_conns++;
+    d->n_active++;
+    event_active(c->wake, 0, 0);
+    return c;
+}
+
+bool
+client_not_busy(const struct deliv_conn *c)
+{
+    return c->state <= CS_HELO || c->state == CS_IDLE;
+}
+
+bool
+client_wake(struct deliv_conn *c)
+{
+    if (c->state != CS_IDLE)
+        return false;
+    event_active(c->wake, 0, 0);
+    return true;
+}
+
+void
+client_shutdown(struct deliv_conn *c)
+{
+    if (c->tx != NULL) {
+        struct tern_status st;
+        own_status(&st, 421, "4.3.2", "shutting down");
+        tx_set_all(c->tx, RS_DONE, &st, false, true);
+        tx_report(c, c->tx);
+    }
+    conn_close(c);
+}
+
+void
+client_free(struct deliv_conn *c)
+{
+    TERN_ASSERT(c->state == CS_DEAD && c->tx == NULL && c->bev == NULL);
+    event_free(c->timer);
+    event_free(c->wake);
+    config_unref(c->cfg);
+    free(c);
+}

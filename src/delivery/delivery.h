@@ -1,0 +1,74 @@
+/*
+ * Outbound delivery: SMTP client sessions grouped by destination, driven by
+ * the event loop. Pull model: the scheduler tells delivery that a
+ * destination has due work (delivery_kick); delivery opens connections up to
+ * the destination's limit, and every connection that is ready for a
+ * transaction asks the scheduler for the next job (the next_job callback).
+ * A connection that gets no job waits idle_conn_timeout for one, then QUITs.
+ * Every job handed out is answered exactly once through the done callback,
+ * with one result per recipient of the job, also on shutdown.
+ */
+#ifndef TERN_DELIVERY_H
+#define TERN_DELIVERY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "sched/retry.h"
+#include "spool/spool.h"
+#include "util/status.h"
+
+struct event_base;
+struct delivery;
+
+#define DELIVERY_DEST_MAX 300
+
+/* Where a job goes: today a host:port to connect to (the smarthost); with
+ * MX delivery, a domain. The key groups jobs that may share a connection. */
+struct delivery_dest {
+    char key[DELIVERY_DEST_MAX]; /* "smarthost:[host]:port" or "mx:domain" */
+    char host[CONFIG_HOST_MAX];  /* host or address to connect to */
+    uint16_t port;
+};
+
+struct delivery_job {
+    uint64_t id;                 /* the scheduler's handle */
+    const struct spool_env *env; /* borrowed until the done callback */
+    const size_t *rcpt_idx;      /* borrowed: indexes into env->rcpts */
+    size_t n_rcpts;
+};
+
+struct delivery_rcpt_result {
+    enum deliv_class cls;
+    struct tern_status st; /* the peer's reply, or our own reason (connection refused...) */
+    bool from_remote;      /* st is the remote server's reply */
+};
+
+struct delivery_callbacks {
+    /* Next due job for dest, or false when none. The job stays valid until
+     * done(job.id) is called. */
+    bool (*next_job)(void *arg, const char *dest_key, struct delivery_job *job);
+    /* Results for every recipient of the job, in job order. relay: "host[addr]:port"
+     * or NULL when no server was reached. Called on the loop thread, once. */
+    void (*done)(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n,
+        const char *relay);
+    void *arg;
+};
+
+struct delivery *delivery_new(struct event_base *base, struct spool *sp,
+    const struct delivery_callbacks *cb);
+/* Take a new configuration snapshot for connections opened from now on (a
+ * reference is taken; the caller keeps its own). */
+void delivery_set_config(struct delivery *d, struct config *cfg);
+/* dest has n_due jobs waiting: open connections as limits allow. dest is copied. */
+void delivery_kick(struct delivery *d, const struct delivery_dest *dest, size_t n_due);
+/* Connections currently open (for metrics and tests). */
+size_t delivery_active(const struct delivery *d);
+/* Stop: every connection is closed at once; jobs in flight are answered with
+ * DELIV_TEMP "421 4.3.2 shutting down" (a 250 already received for the
+ * final dot is still reported as OK). Then frees d. */
+void delivery_free(struct delivery *d);
+
+#endif

@@ -1,0 +1,285 @@
+/*
+ * SMTP listeners and session admission: binds smtp_listen, enforces the
+ * total and per-address session limits (421 4.7.0) and keeps the session
+ * table that commit callbacks use to find a session by id.
+ */
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "sched/sched.h"
+#include "smtp_int.h"
+#include "util/cidr.h"
+#include "util/log.h"
+#include "util/util.h"
+
+/* The per-address key: the raw address bytes (v4-mapped v6 folded to v4). */
+static size_t
+ip_key(const struct sockaddr *sa, unsigned char key[16])
+{
+    if (sa->sa_family == AF_INET) {
+        memcpy(key, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        return 4;
+    }
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+    if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+        memcpy(key, s6->sin6_addr.s6_addr + 12, 4);
+        return 4;
+    }
+    memcpy(key, &s6->sin6_addr, 16);
+    return 16;
+}
+
+static void
+per_ip_add(struct smtp_server *srv, const struct sockaddr *sa, long delta)
+{
+    unsigned char key[16];
+    size_t kl = ip_key(sa, key);
+    uintptr_t n = (uintptr_t)map_get(srv->per_ip, key, kl);
+    n = (uintptr_t)((long)n + delta);
+    if (n == 0)
+        map_del(srv->per_ip, key, kl);
+    else
+        map_put(srv->per_ip, key, kl, (void *)n);
+}
+
+static size_t
+per_ip_count(struct smtp_server *srv, const struct sockaddr *sa)
+{
+    unsigned char key[16];
+    size_t kl = ip_key(sa, key);
+    return (size_t)(uintptr_t)map_get(srv->per_ip, key, kl);
+}
+
+void
+smtp_server_session_gone(struct smtp_server *srv, struct smtp_session *s)
+{
+    map_del_u64(srv->sessions, s->id);
+    per_ip_add(srv, (struct sockaddr *)&s->peer, -1);
+}
+
+/* Refuse a connection over a limit with one line, without a session. */
+static void
+refuse(int fd, const char *peer, const char *why)
+{
+    static const char msg[] = "421 4.7.0 Too many connections, try again later\r\n";
+    struct logline l;
+    ssize_t w = write(fd, msg, sizeof(msg) - 1); /* best effort: the socket is new and empty */
+    (void)w;
+    close(fd);
+    log_begin(&l, LOG_WARN, NULL, "smtp", "refused");
+    log_str(&l, "client", peer);
+    log_str(&l, "reason", why);
+    log_end(&l);
+}
+
+static void
+accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen,
+    void *arg)
+{
+    struct smtp_server *srv = arg;
+    char peer[64];
+    sockaddr_ntop(sa, peer, sizeof(peer));
+    if (srv->shutting_down) {
+        close(fd);
+        return;
+    }
+    if (map_count(srv->sessions) >= srv->cfg->max_sessions) {
+        refuse(fd, peer, "max_sessions");
+        return;
+    }
+    if (per_ip_count(srv, sa) >= srv->cfg->max_sessions_per_ip) {
+        refuse(fd, peer, "max_sessions_per_ip");
+        return;
+    }
+    evutil_make_socket_nonblocking(fd);
+    per_ip_add(srv, sa, 1);
+    smtp_session_start(srv, fd, sa, salen);
+}
+
+static void
+accept_error_cb(struct evconnlistener *lis, void *arg)
+{
+    struct logline l;
+    int err = EVUTIL_SOCKET_ERROR();
+    log_begin(&l, LOG_ERROR, NULL, "smtp", "accept_failed");
+    log_errno(&l, err);
+    log_end(&l);
+    /* EMFILE and friends: evconnlistener keeps listening; nothing else to do. */
+}
+
+static struct evconnlistener *
+bind_one(struct smtp_server *srv, const struct hostport *hp, struct buf *err)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    char spec[CONFIG_HOST_MAX + 16];
+    struct evconnlistener *lis;
+    snprintf(spec, sizeof(spec), strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
+    if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) < 0) {
+        buf_printf(err, "smtp_listen: %s is not a numeric address:port\n", spec);
+        return NULL;
+    }
+    lis = evconnlistener_new_bind(srv->base, accept_cb, srv,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 511,
+        (struct sockaddr *)&ss, len);
+    if (lis == NULL) {
+        buf_printf(err, "smtp_listen: cannot listen on %s: %s\n", spec, strerror(errno));
+        return NULL;
+    }
+    evconnlistener_set_error_cb(lis, accept_error_cb);
+    return lis;
+}
+
+static int
+bind_all(struct smtp_server *srv, const struct config *cfg, struct evconnlistener ***out,
+    size_t *n, struct buf *err)
+{
+    struct evconnlistener **v = xcalloc(cfg->n_smtp_listen + 1, sizeof(*v));
+    for (size_t i = 0; i < cfg->n_smtp_listen; i++) {
+        v[i] = bind_one(srv, &cfg->smtp_listen[i], err);
+        if (v[i] == NULL) {
+            for (size_t k = 0; k < i; k++)
+                evconnlistener_free(v[k]);
+            free(v);
+            return -1;
+        }
+    }
+    *out = v;
+    *n = cfg->n_smtp_listen;
+    return 0;
+}
+
+static void
+unbind_all(struct smtp_server *srv)
+{
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        evconnlistener_free(srv->listeners[i]);
+    free(srv->listeners);
+    srv->listeners = NULL;
+    srv->n_listeners = 0;
+}
+
+struct smtp_server *
+smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, struct config *cfg,
+    struct buf *err)
+{
+    struct smtp_server *srv = xcalloc(1, sizeof(*srv));
+    srv->base = base;
+    srv->sp = sp;
+    srv->sched = sch;
+    srv->cfg = config_ref(cfg);
+    srv->sessions = map_new();
+    srv->per_ip = map_new();
+    if (bind_all(srv, cfg, &srv->listeners, &srv->n_listeners, err) < 0) {
+        smtp_server_free(srv);
+        return NULL;
+    }
+    return srv;
+}
+
+static bool
+same_listen(const struct config *a, const struct config *b)
+{
+    if (a->n_smtp_listen != b->n_smtp_listen)
+        return false;
+    for (size_t i = 0; i < a->n_smtp_listen; i++) {
+        if (strcmp(a->smtp_listen[i].host, b->smtp_listen[i].host) != 0 ||
+            a->smtp_listen[i].port != b->smtp_listen[i].port)
+            return false;
+    }
+    return true;
+}
+
+int
+smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err)
+{
+    if (!same_listen(srv->cfg, cfg)) {
+        struct evconnlistener **v;
+        size_t n;
+        /* Free the old listeners first: the new set may reuse an address. */
+        unbind_all(srv);
+        if (bind_all(srv, cfg, &v, &n, err) < 0) {
+            struct buf ignore = BUF_INIT;
+            bind_all(srv, srv->cfg, &srv->listeners, &srv->n_listeners, &ignore);
+            buf_fini(&ignore);
+            return -1;
+        }
+        srv->listeners = v;
+        srv->n_listeners = n;
+    }
+    config_unref(srv->cfg);
+    srv->cfg = config_ref(cfg);
+    return 0;
+}
+
+struct session_list {
+    struct smtp_session **v;
+    size_t n;
+};
+
+static void
+collect_cb(const void *k, size_t kl, void *v, void *arg)
+{
+    struct session_list *c = arg;
+    c->v[c->n++] = v;
+}
+
+/* Apply fn to every session, walking a snapshot (fn may end sessions). */
+static void
+each_session(struct smtp_server *srv, void (*fn)(struct smtp_session *s))
+{
+    struct session_list c = { xcalloc(map_count(srv->sessions) + 1, sizeof(*c.v)), 0 };
+    map_each(srv->sessions, collect_cb, &c);
+    for (size_t i = 0; i < c.n; i++)
+        fn(c.v[i]);
+    free(c.v);
+}
+
+static void
+shutdown_one(struct smtp_session *s)
+{
+    /* A session whose message is being committed gets its answer from the
+     * commit callback first (the spool finishes in-flight commits). */
+    if (s->state == SMTP_ST_COMMIT)
+        return;
+    smtp_session_close(s, 421, "4.3.2", "Service shutting down, try again later");
+}
+
+void
+smtp_server_shutdown(struct smtp_server *srv)
+{
+    srv->shutting_down = true;
+    unbind_all(srv);
+    each_session(srv, shutdown_one);
+}
+
+void
+smtp_server_kill_all(struct smtp_server *srv)
+{
+    each_session(srv, smtp_session_kill);
+}
+
+size_t
+smtp_server_sessions(const struct smtp_server *srv)
+{
+    return map_count(srv->sessions);
+}
+
+void
+smtp_server_free(struct smtp_server *srv)
+{
+    if (srv == NULL)
+        return;
+    unbind_all(srv);
+    map_free(srv->sessions);
+    map_free(srv->per_ip);
+    config_unref(srv->cfg);
+    free(srv);
+}

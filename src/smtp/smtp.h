@@ -1,0 +1,38 @@
+/*
+ * The SMTP server (RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
+ * CHUNKING, DSN, ENHANCEDSTATUSCODES): listeners on smtp_listen, session
+ * limits, and sessions that stream mail into the spool and answer 250 only
+ * after the spool's commit callback. One event loop, no threads.
+ */
+#ifndef TERN_SMTP_H
+#define TERN_SMTP_H
+
+#include <stddef.h>
+
+#include "config/config.h"
+#include "util/buf.h"
+
+struct event_base;
+struct spool;
+struct sched;
+struct smtp_server;
+
+/* Bind every smtp_listen address of cfg (a reference is taken). NULL with a
+ * message in err when an address cannot be bound. sch may be NULL (tests):
+ * it is only told of received messages for its counters. */
+struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch,
+    struct config *cfg, struct buf *err);
+/* New sessions use cfg from now on; sessions in flight keep theirs. Listeners
+ * are rebound when the addresses changed: -1 (and the old config kept) when a
+ * new address cannot be bound. */
+int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
+/* Stop accepting; idle sessions get 421 and are closed, sessions in a
+ * transaction are abandoned (421, their tmp files discarded), sessions whose
+ * message is being committed get their answer first. */
+void smtp_server_shutdown(struct smtp_server *srv);
+/* Drop every remaining session without a reply (the end of a shutdown). */
+void smtp_server_kill_all(struct smtp_server *srv);
+size_t smtp_server_sessions(const struct smtp_server *srv);
+void smtp_server_free(struct smtp_server *srv);
+
+#endif

@@ -1,0 +1,285 @@
+/*
+ * Bounded parsers for numbers, sizes, durations, host:port pairs and domain
+ * names. Every parser checks lengths and arithmetic before using a value and
+ * rejects trailing junk; none allocates. Outputs are written only on success.
+ */
+#include "parse.h"
+
+#include <arpa/inet.h>
+#include <limits.h>
+#include <string.h>
+
+#define DOMAIN_MAX 253
+#define LABEL_MAX  63
+
+static bool
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+static char
+ascii_lower(char c)
+{
+    return (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+}
+
+int
+parse_u64(const char *s, size_t len, uint64_t max, uint64_t *out)
+{
+    uint64_t v = 0;
+    if (s == NULL || len == 0)
+        return -1;
+    for (size_t i = 0; i < len; i++) {
+        if (!is_digit(s[i]))
+            return -1;
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, s[i] - '0', &v))
+            return -1;
+    }
+    if (v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Split s into its leading digits and a one-letter suffix (or none). */
+static int
+split_suffix(const char *s, size_t *ndigits, char *suffix)
+{
+    size_t len = strlen(s);
+    size_t n = 0;
+    while (n < len && is_digit(s[n]))
+        n++;
+    if (n == 0 || len - n > 1)
+        return -1;
+    *ndigits = n;
+    *suffix = (n < len) ? ascii_lower(s[n]) : '\0';
+    return 0;
+}
+
+int
+parse_size(const char *s, uint64_t *out)
+{
+    size_t n;
+    char suf;
+    unsigned shift;
+    uint64_t v;
+    if (s == NULL || split_suffix(s, &n, &suf) < 0)
+        return -1;
+    switch (suf) {
+    case '\0':
+        shift = 0;
+        break;
+    case 'k':
+        shift = 10;
+        break;
+    case 'm':
+        shift = 20;
+        break;
+    case 'g':
+        shift = 30;
+        break;
+    default:
+        return -1;
+    }
+    if (parse_u64(s, n, UINT64_MAX >> shift, &v) < 0)
+        return -1;
+    *out = v << shift;
+    return 0;
+}
+
+int
+parse_duration(const char *s, bool allow_zero, int64_t *out_ms)
+{
+    size_t n;
+    char suf;
+    int64_t mult;
+    uint64_t v;
+    if (s == NULL || split_suffix(s, &n, &suf) < 0)
+        return -1;
+    switch (suf) {
+    case '\0':
+    case 's':
+        mult = 1000;
+        break;
+    case 'm':
+        mult = 60 * 1000;
+        break;
+    case 'h':
+        mult = 3600 * 1000;
+        break;
+    case 'd':
+        mult = 86400 * 1000;
+        break;
+    default:
+        return -1;
+    }
+    if (parse_u64(s, n, (uint64_t)(INT64_MAX / mult), &v) < 0)
+        return -1;
+    if (v == 0 && !allow_zero)
+        return -1;
+    *out_ms = (int64_t)v * mult;
+    return 0;
+}
+
+static bool
+is_ip_literal(const char *s)
+{
+    unsigned char tmp[16];
+    return inet_pton(AF_INET, s, tmp) == 1 || inet_pton(AF_INET6, s, tmp) == 1;
+}
+
+static int
+parse_port(const char *s, size_t len, uint16_t *port)
+{
+    uint64_t v;
+    if (parse_u64(s, len, 65535, &v) < 0 || v == 0)
+        return -1;
+    *port = (uint16_t)v;
+    return 0;
+}
+
+/* Copy s[len] into host[hostcap] as a C string; -1 if it does not fit or
+ * holds a NUL byte. */
+static int
+copy_host(const char *s, size_t len, char *host, size_t hostcap)
+{
+    if (len == 0 || len >= hostcap || memchr(s, '\0', len) != NULL)
+        return -1;
+    memcpy(host, s, len);
+    host[len] = '\0';
+    return 0;
+}
+
+int
+parse_hostport(const char *s, char *host, size_t hostcap, uint16_t default_port, uint16_t *port)
+{
+    const char *hs, *rest, *colon;
+    size_t hlen;
+    char tmp[256];
+    uint16_t p = default_port;
+    if (s == NULL || host == NULL || hostcap == 0)
+        return -1;
+    if (s[0] == '[') {
+        /* RFC 5321 §4.1.3 style address literal: brackets hold an address. */
+        const char *close = strchr(s, ']');
+        if (close == NULL)
+            return -1;
+        hs = s + 1;
+        hlen = (size_t)(close - hs);
+        rest = close + 1;
+        if (copy_host(hs, hlen, tmp, sizeof(tmp)) < 0 || !is_ip_literal(tmp))
+            return -1;
+    } else {
+        colon = strchr(s, ':');
+        if (colon != NULL && strchr(colon + 1, ':') != NULL)
+            return -1; /* an IPv6 address needs brackets to carry a port */
+        hs = s;
+        hlen = colon ? (size_t)(colon - s) : strlen(s);
+        rest = s + hlen;
+        if (copy_host(hs, hlen, tmp, sizeof(tmp)) < 0)
+            return -1;
+        if (!str_is_domain(tmp, hlen, false) && !is_ip_literal(tmp))
+            return -1;
+    }
+    if (*rest == ':') {
+        if (parse_port(rest + 1, strlen(rest + 1), &p) < 0)
+            return -1;
+    } else if (*rest != '\0' || default_port == 0) {
+        return -1;
+    }
+    if (copy_host(tmp, hlen, host, hostcap) < 0)
+        return -1;
+    *port = p;
+    return 0;
+}
+
+void
+str_lower(char *s)
+{
+    for (; *s; s++)
+        *s = ascii_lower(*s);
+}
+
+bool
+str_ieq(const char *a, size_t alen, const char *b)
+{
+    size_t i;
+    for (i = 0; i < alen; i++) {
+        if (b[i] == '\0' || ascii_lower(a[i]) != ascii_lower(b[i]))
+            return false;
+    }
+    return b[i] == '\0';
+}
+
+/* Length of the well-formed UTF-8 sequence (2..4 bytes) at s, or 0. */
+static size_t
+utf8_seq_len(const unsigned char *s, size_t avail)
+{
+    size_t n;
+    uint32_t cp;
+    if (s[0] >= 0xc2 && s[0] <= 0xdf) {
+        n = 2;
+        cp = s[0] & 0x1f;
+    } else if (s[0] >= 0xe0 && s[0] <= 0xef) {
+        n = 3;
+        cp = s[0] & 0x0f;
+    } else if (s[0] >= 0xf0 && s[0] <= 0xf4) {
+        n = 4;
+        cp = s[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (n > avail)
+        return 0;
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+        cp = (cp << 6) | (s[i] & 0x3f);
+    }
+    /* Overlong forms, UTF-16 surrogates and values past U+10FFFF. */
+    if ((n == 3 && cp < 0x800) || (n == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
+        (cp >= 0xd800 && cp <= 0xdfff))
+        return 0;
+    return n;
+}
+
+/* Check one label s[len]: LDH (RFC 1035 §2.3.1, RFC 1123 §2.1), or UTF-8. */
+static bool
+label_ok(const char *s, size_t len, bool utf8)
+{
+    if (len == 0 || len > LABEL_MAX || s[0] == '-' || s[len - 1] == '-')
+        return false;
+    for (size_t i = 0; i < len;) {
+        unsigned char c = (unsigned char)s[i];
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit((char)c) || c == '-') {
+            i++;
+            continue;
+        }
+        size_t n = (utf8 && c >= 0x80) ? utf8_seq_len((const unsigned char *)s + i, len - i) : 0;
+        if (n == 0)
+            return false;
+        i += n;
+    }
+    return true;
+}
+
+bool
+str_is_domain(const char *s, size_t len, bool utf8)
+{
+    size_t start = 0;
+    if (s == NULL || len == 0)
+        return false;
+    if (s[len - 1] == '.')
+        len--;
+    if (len == 0 || len > DOMAIN_MAX)
+        return false;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || s[i] == '.') {
+            if (!label_ok(s + start, i - start, utf8))
+                return false;
+            start = i + 1;
+        }
+    }
+    return true;
+}

@@ -1,0 +1,343 @@
+"""
+Fixtures for the end-to-end tests.
+
+  sink        a running Sink (sysutil.Sink): the smarthost every ternd relays to
+  make_tern   make_tern(start=True, **settings) -> a Tern (ternd from $TERN_BUILD)
+              with a config file written into the test's directory
+  tern        make_tern() with the default settings
+
+At teardown every ternd still running gets SIGTERM and must exit 0 within
+30 s; with TERN_ASAN its stderr must hold no sanitizer report.
+"""
+
+import os
+import shutil
+import signal
+import smtplib
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from sysutil import (
+    ASAN,
+    SLOW,
+    WAIT,
+    RawSMTP,
+    Sink,
+    asan_errors,
+    free_port,
+    parse_log,
+    wait_for,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("TERN_BUILD") or (REPO / "build")).resolve()
+START_DEADLINE = 10.0 * (2 if ASAN else 1)
+TEST_DEADLINE = 120 * (2 if ASAN else 1)
+
+
+def tool_env():
+    env = dict(os.environ)
+    env.pop("TERN_CONFIG", None)
+    if ASAN:
+        env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
+        env["UBSAN_OPTIONS"] = "print_stacktrace=1"
+    return env
+
+
+def binary(name):
+    p = BUILD / name
+    assert p.is_file() and os.access(p, os.X_OK), f"{p} not built (TERN_BUILD={BUILD})"
+    return str(p)
+
+
+class Tern:
+    """One ternd instance with its own config, port and spool."""
+
+    def __init__(self, workdir, sink, settings):
+        self.workdir = Path(workdir)
+        # Short path: the control socket lives in the spool (sun_path is 108 bytes).
+        self.shortdir = Path(tempfile.mkdtemp(prefix="tern", dir="/tmp"))
+        self.spool = self.shortdir / "spool"
+        self.port = free_port()
+        self.conf = self.workdir / "tern.conf"
+        self.stderr_path = self.workdir / "ternd.stderr"
+        self.proc = None
+        self.expect_dead = False
+        self.tool_asan = []  # sanitizer lines seen in ternctl / tern-sendmail output
+        self.settings = {
+            "hostname": "tern.test",
+            "smtp_listen": f"127.0.0.1:{self.port}",
+            "spool_dir": str(self.spool),
+            "relay_networks": "127.0.0.1/32",
+            "relay_domains": "inbound.test",
+            "smarthost": f"127.0.0.1:{sink.port}" if sink else "",
+            "smarthost_tls": "none",
+            "retry_initial": "1s",
+            "retry_max": "2s",
+            "max_queue_lifetime": "1h",
+        }
+        self.update(**settings)
+
+    # -- configuration
+
+    def update(self, **changes):
+        """Change settings (None removes one) and rewrite the file."""
+        for k, v in changes.items():
+            if v is None:
+                self.settings.pop(k, None)
+            else:
+                self.settings[k] = str(v)
+        self.write_config()
+
+    def write_config(self, text=None):
+        if text is None:
+            text = "# written by tests/system/conftest.py\n" + "".join(
+                f"{k} = {v}\n" for k, v in self.settings.items()
+            )
+        tmp = self.conf.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.conf)
+
+    # -- process
+
+    def start(self, wait=True, args=()):
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.expect_dead = False
+        with open(self.stderr_path, "ab") as err:
+            err.write(b"=== ternd start ===\n")
+            err.flush()
+            self.proc = subprocess.Popen(
+                [binary("ternd"), "-c", str(self.conf), *args],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=tool_env(),
+                cwd=str(self.workdir),
+            )
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout=START_DEADLINE):
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            rc = self.proc.poll()
+            if rc is not None:
+                raise AssertionError(f"ternd exited with {rc} during start:\n{self.log_tail()}")
+            try:
+                with RawSMTP(self.port, timeout=2.0 * SLOW) as c:
+                    g = c.reply()
+                    if g.code == 220:
+                        c.send(b"QUIT\r\n")
+                        c.wait_closed(2.0 * SLOW)  # the session is gone before tests start
+                        return
+                    last = str(g)
+            except (OSError, EOFError, TimeoutError) as e:
+                last = repr(e)
+            time.sleep(0.05)
+        raise AssertionError(f"ternd not ready in {timeout}s ({last}):\n{self.log_tail()}")
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def send_signal(self, sig):
+        assert self.running(), "ternd is not running"
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=30.0):
+        """Signal and wait; returns (exit status, seconds taken)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"ternd did not exit within {timeout}s of signal {sig}")
+        return rc, time.monotonic() - t0
+
+    def kill9(self):
+        self.expect_dead = True
+        self.proc.kill()
+        self.proc.wait()
+
+    # -- log
+
+    def log_text(self):
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, n=40):
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+    def log_mark(self):
+        return len(self.log_text())
+
+    def events(self, event=None, since=0, **match):
+        """Parsed log records, filtered by event name and exact key values."""
+        out = []
+        for rec in parse_log(self.log_text()[since:]):
+            if event is not None and rec.get("event") != event:
+                continue
+            if all(str(rec.get(k)) == str(v) for k, v in match.items()):
+                out.append(rec)
+        return out
+
+    def wait_event(self, event, timeout=WAIT, since=0, **match):
+        return wait_for(
+            lambda: self.events(event, since=since, **match),
+            timeout,
+            desc=f"log event {event} {match}; log tail:\n{self.log_tail()}",
+        )[0]
+
+    def qid_of(self, sender, timeout=WAIT):
+        """The qid of the (single) message received from sender."""
+        recs = wait_for(
+            lambda: self.events("received", **{"from": sender}),
+            timeout,
+            desc=f"smtp received from={sender}",
+        )
+        assert len(recs) == 1, f"one received line for {sender}: {recs}"
+        qid = recs[0].get("qid")
+        assert qid and qid != "-", recs[0]["_raw"]
+        return qid
+
+    # -- spool
+
+    def queue_files(self):
+        q = self.spool / "queue"
+        return sorted(p.name for p in q.iterdir()) if q.is_dir() else []
+
+    def tmp_files(self):
+        t = self.spool / "tmp"
+        return sorted(p.name for p in t.iterdir()) if t.is_dir() else []
+
+    # -- clients
+
+    def smtp(self, source=None):
+        s = smtplib.SMTP(timeout=15 * SLOW, source_address=(source, 0) if source else None)
+        code, msg = s.connect("127.0.0.1", self.port)
+        assert code == 220, (code, msg)
+        return s
+
+    def raw(self, source=None):
+        c = RawSMTP(self.port, source=source)
+        c.greeting()
+        return c
+
+    def send(self, sender, rcpts, data, source=None):
+        """One transaction with smtplib; returns the reply to the data."""
+        with self.smtp(source) as s:
+            s.ehlo("client.test")
+            code, msg = s.mail(sender)
+            assert code == 250, (code, msg)
+            for r in rcpts:
+                code, msg = s.rcpt(r)
+                assert code == 250, (r, code, msg)
+            code, msg = s.data(data)
+            assert code == 250, (code, msg)
+            return msg.decode()
+
+    def _run(self, argv, input=None, timeout=30 * SLOW):
+        p = subprocess.run(
+            argv,
+            input=input,
+            capture_output=True,
+            timeout=timeout,
+            env=tool_env(),
+            cwd=str(self.workdir),
+        )
+        bad = asan_errors(p.stderr.decode(errors="replace"))
+        self.tool_asan.extend(bad)
+        assert not bad, f"sanitizer report from {argv[0]}:\n{p.stderr.decode(errors='replace')}"
+        return p
+
+    def ternd(self, *args):
+        """Run ternd to completion (for --check and usage errors)."""
+        return self._run([binary("ternd"), *args])
+
+    def ctl(self, *args):
+        return self._run([binary("ternctl"), "-c", str(self.conf), *args])
+
+    def sendmail(self, args, stdin):
+        return self._run([binary("tern-sendmail"), "-C", str(self.conf), *args], input=stdin)
+
+    # -- teardown
+
+    def finish(self):
+        """Stop if running; return a list of problems."""
+        problems = []
+        if self.proc is not None:
+            rc = self.proc.poll()
+            if rc is None:
+                try:
+                    rc, took = self.stop(signal.SIGTERM, 30.0)
+                    if rc != 0:
+                        problems.append(f"ternd exited {rc} after SIGTERM at teardown")
+                except AssertionError as e:
+                    problems.append(str(e))
+            elif not self.expect_dead and rc != 0:
+                problems.append(f"ternd died during the test with status {rc}")
+        if ASAN:
+            bad = asan_errors(self.log_text())
+            if bad:
+                problems.append("sanitizer report in ternd stderr:\n" + "\n".join(bad[:20]))
+        if problems:
+            problems.append("log tail:\n" + self.log_tail())
+        shutil.rmtree(self.shortdir, ignore_errors=True)
+        return problems
+
+
+@pytest.fixture(autouse=True)
+def _deadline():
+    """Hard cap per test so that one hang cannot stall the suite."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"test exceeded {TEST_DEADLINE}s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, TEST_DEADLINE)
+    yield
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    s.start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def make_tern(tmp_path, sink):
+    made = []
+
+    def make(start=True, **settings):
+        d = tmp_path / f"tern{len(made)}"
+        d.mkdir()
+        t = Tern(d, sink, settings)
+        made.append(t)
+        if start:
+            t.start()
+        return t
+
+    yield make
+    problems = []
+    for t in made:
+        problems.extend(t.finish())
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+@pytest.fixture
+def tern(make_tern):
+    return make_tern()

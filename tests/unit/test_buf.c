@@ -1,0 +1,215 @@
+/*
+ * Unit tests for struct buf: appends keep the spare NUL, printf grows as
+ * needed, JSON escaping, consume, take, and overflow of buf_reserve.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "util/buf.h"
+
+static void
+test_append(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *parts[4];
+        const char *want;
+    } cases[] = {
+        { "empty", { NULL }, "" },
+        { "one", { "abc", NULL }, "abc" },
+        { "several", { "a", "", "bc", NULL }, "abc" },
+        { "grows past first cap",
+            { "0123456789012345678901234567890123456789",
+                "0123456789012345678901234567890123456789", NULL },
+            "01234567890123456789012345678901234567890123456789012345678901234567890123456789" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf b = BUF_INIT;
+        for (size_t j = 0; cases[i].parts[j] != NULL; j++)
+            assert_int_equal(buf_append_str(&b, cases[i].parts[j]), 0);
+        print_message("case %s\n", cases[i].name);
+        assert_int_equal(b.len, strlen(cases[i].want));
+        if (b.len > 0) {
+            assert_memory_equal(b.data, cases[i].want, b.len);
+            assert_int_equal(b.data[b.len], '\0');
+            assert_true(b.cap > b.len);
+        }
+        buf_fini(&b);
+        assert_null(b.data);
+        assert_int_equal(b.len, 0);
+    }
+}
+
+static void
+test_binary(void **state)
+{
+    struct buf b = BUF_INIT;
+    assert_int_equal(buf_append(&b, "a\0b", 3), 0);
+    assert_int_equal(buf_append_char(&b, '\0'), 0);
+    assert_int_equal(b.len, 4);
+    assert_memory_equal(b.data, "a\0b\0", 5);
+    assert_int_equal(buf_append(&b, NULL, 0), 0);
+    assert_int_equal(b.len, 4);
+    buf_fini(&b);
+}
+
+static void
+test_printf(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *prefix;
+        int num;
+        const char *str;
+        const char *want;
+    } cases[] = {
+        { "plain", "", 42, "x", "n=42 s=x" },
+        { "after text", "pre:", -7, "", "pre:n=-7 s=" },
+        { "long arg", "", 0,
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "n=0 s=aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf b = BUF_INIT;
+        print_message("case %s\n", cases[i].name);
+        assert_int_equal(buf_append_str(&b, cases[i].prefix), 0);
+        assert_int_equal(buf_printf(&b, "n=%d s=%s", cases[i].num, cases[i].str), 0);
+        assert_string_equal(b.data, cases[i].want);
+        assert_int_equal(b.len, strlen(cases[i].want));
+        buf_fini(&b);
+    }
+}
+
+static void
+test_json(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *input;
+        size_t len;
+        const char *want;
+    } cases[] = {
+        { "plain", "hello", 5, "hello" },
+        { "quote and backslash", "a\"b\\c", 5, "a\\\"b\\\\c" },
+        { "newline cr tab", "\n\r\t", 3, "\\n\\r\\t" },
+        { "control and del", "\x01\x1f\x7f", 3, "\\u0001\\u001f\\u007f" },
+        { "nul byte", "a\0b", 3, "a\\u0000b" },
+        { "utf8 kept", "\xc3\xa9", 2, "\xc3\xa9" },
+        { "empty", "", 0, "" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf b = BUF_INIT;
+        print_message("case %s\n", cases[i].name);
+        assert_int_equal(buf_append_json(&b, cases[i].input, cases[i].len), 0);
+        assert_int_equal(b.len, strlen(cases[i].want));
+        if (b.len > 0)
+            assert_string_equal(b.data, cases[i].want);
+        buf_fini(&b);
+    }
+}
+
+static void
+test_consume(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *input;
+        size_t n;
+        const char *want;
+    } cases[] = {
+        { "none", "abcdef", 0, "abcdef" },
+        { "some", "abcdef", 2, "cdef" },
+        { "all", "abcdef", 6, "" },
+        { "more than all", "abcdef", 100, "" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf b = BUF_INIT;
+        print_message("case %s\n", cases[i].name);
+        assert_int_equal(buf_append_str(&b, cases[i].input), 0);
+        buf_consume(&b, cases[i].n);
+        assert_int_equal(b.len, strlen(cases[i].want));
+        assert_string_equal(b.data, cases[i].want);
+        buf_fini(&b);
+    }
+}
+
+static void
+test_reset_and_take(void **state)
+{
+    struct buf b = BUF_INIT;
+    char *p;
+    assert_int_equal(buf_append_str(&b, "hello"), 0);
+    buf_reset(&b);
+    assert_int_equal(b.len, 0);
+    assert_string_equal(b.data, "");
+    assert_int_equal(buf_append_str(&b, "world"), 0);
+    p = buf_take(&b);
+    assert_string_equal(p, "world");
+    assert_null(b.data);
+    assert_int_equal(b.len, 0);
+    assert_int_equal(b.cap, 0);
+    free(p);
+
+    /* Taking an empty, never-allocated buf still hands out an owned "". */
+    p = buf_take(&b);
+    assert_non_null(p);
+    assert_string_equal(p, "");
+    free(p);
+    buf_reset(&b); /* no data yet: must not crash */
+    buf_fini(&b);
+}
+
+static void
+test_reserve_overflow(void **state)
+{
+    static const struct {
+        const char *name;
+        size_t n;
+        int want;
+    } cases[] = {
+        { "SIZE_MAX", SIZE_MAX, -1 },
+        { "SIZE_MAX - len", SIZE_MAX - 3, -1 },
+        { "SIZE_MAX - len - 1 (no room for NUL)", SIZE_MAX - 4, -1 },
+        { "half of SIZE_MAX (cap doubling overflows)", SIZE_MAX / 2 + 1, -1 },
+        { "small", 10, 0 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf b = BUF_INIT;
+        print_message("case %s\n", cases[i].name);
+        assert_int_equal(buf_append_str(&b, "abc"), 0);
+        size_t cap = b.cap;
+        assert_int_equal(buf_reserve(&b, cases[i].n), cases[i].want);
+        /* The buffer is untouched by a failed reserve. */
+        assert_int_equal(b.len, 3);
+        assert_string_equal(b.data, "abc");
+        if (cases[i].want < 0)
+            assert_int_equal(b.cap, cap);
+        buf_fini(&b);
+    }
+    struct buf b = BUF_INIT;
+    assert_int_equal(buf_append_str(&b, "x"), 0);
+    assert_int_equal(buf_append(&b, "y", SIZE_MAX), -1);
+    assert_string_equal(b.data, "x");
+    buf_fini(&b);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_append),
+        cmocka_unit_test(test_binary),
+        cmocka_unit_test(test_printf),
+        cmocka_unit_test(test_json),
+        cmocka_unit_test(test_consume),
+        cmocka_unit_test(test_reset_and_take),
+        cmocka_unit_test(test_reserve_overflow),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
