@@ -186,7 +186,10 @@ stop(struct ternd *t)
     t->metrics = NULL;
     if (t->smtp)
         smtp_server_kill_all(t->smtp);
-    event_base_loop(t->base, EVLOOP_NONBLOCK); /* run the session frees */
+    /* Run the session frees: they abort open spool writers, which must be
+     * gone before spool_free. */
+    for (int i = 0; i < 100 && smtp_server_unfreed(t->smtp) > 0; i++)
+        event_base_loop(t->base, EVLOOP_NONBLOCK);
     if (t->sp)
         spool_set_commit_hook(t->sp, NULL, NULL); /* late commits are loaded at next start */
     sched_free(t->sched);
@@ -207,7 +210,8 @@ static int
 parse_args(struct ternd *t, int argc, char **argv, bool *check)
 {
     static const struct option opts[] = { { "check", no_argument, NULL, 'k' },
-        { "help", no_argument, NULL, 'h' }, { NULL, 0, NULL, 0 } };
+        { "help", no_argument, NULL, 'h' }, { "version", no_argument, NULL, 'V' },
+        { NULL, 0, NULL, 0 } };
     int c;
     while ((c = getopt_long(argc, argv, "c:o:h", opts, NULL)) != -1) {
         switch (c) {
@@ -226,6 +230,9 @@ parse_args(struct ternd *t, int argc, char **argv, bool *check)
             break;
         case 'h':
             usage(stdout);
+            exit(0);
+        case 'V':
+            printf("ternd %s\n", TERN_VERSION);
             exit(0);
         default:
             usage(stderr);

@@ -267,6 +267,12 @@ smtp_server_kill_all(struct smtp_server *srv)
 }
 
 size_t
+smtp_server_unfreed(const struct smtp_server *srv)
+{
+    return srv ? srv->n_alive : 0;
+}
+
+size_t
 smtp_server_sessions(const struct smtp_server *srv)
 {
     return map_count(srv->sessions);

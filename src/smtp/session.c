@@ -119,6 +119,7 @@ static void
 session_free_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct smtp_session *s = arg;
+    s->srv->n_alive--;
     tx_free(s->tx);
     if (s->bev)
         bufferevent_free(s->bev);
@@ -793,6 +794,7 @@ smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, i
         return;
     }
     map_put_u64(srv->sessions, s->id, s);
+    srv->n_alive++;
     bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_CHUNK_MAX);
     tmo.tv_sec = s->cfg->smtp_timeout_ms / 1000;

@@ -33,6 +33,9 @@ void smtp_server_shutdown(struct smtp_server *srv);
 /* Drop every remaining session without a reply (the end of a shutdown). */
 void smtp_server_kill_all(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);
+/* Sessions not yet freed, ended ones included (their memory and spool
+ * writers go on the next loop pass). */
+size_t smtp_server_unfreed(const struct smtp_server *srv);
 void smtp_server_free(struct smtp_server *srv);
 
 #endif

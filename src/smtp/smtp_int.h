@@ -54,6 +54,7 @@ struct smtp_server {
     struct map *sessions; /* id -> session */
     struct map *per_ip;   /* address bytes -> count (uintptr_t) */
     uint64_t next_id;
+    size_t n_alive; /* sessions not yet freed (killed ones included) */
     bool shutting_down;
 };
 

@@ -224,3 +224,38 @@ def test_sessions_per_ip(make_tern):
 
     wait_for(third_ok, 10 * SLOW, interval=0.2, desc="a slot freed after a session closed")
     a.close()
+
+
+def test_nul_in_data_refused(tern, sink):
+    u = uid()
+    with tern.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<nul-{u}@src.test>").code == 250
+        assert c.cmd(f"RCPT TO:<nul-{u}@example.org>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"Subject: nul\r\n\r\nbefore\x00after\r\n.\r\n")
+        r = c.reply()
+        assert r.code == 550 and r.enh == "5.6.0", str(r)
+        assert c.cmd("NOOP").code == 250
+    barrier(tern, sink, u)
+    assert sink.to(f"nul-{u}@example.org") == []
+
+
+def test_too_many_errors(make_tern):
+    tern = make_tern(max_errors=3)
+    with tern.raw() as c:
+        c.ehlo()
+        codes = []
+        closed = False
+        for _ in range(6):
+            try:
+                r = c.cmd("BOGUS")
+            except (EOFError, OSError):
+                closed = True
+                break
+            codes.append((r.code, r.enh))
+            if r.code == 421:
+                break
+        assert (421, "4.7.0") in codes, codes
+        assert len(codes) <= 4, f"421 after max_errors=3 errors: {codes}"
+        assert closed or c.wait_closed(5 * SLOW)
