@@ -36,8 +36,8 @@
 #define IO_CHUNK           65536
 
 struct opts {
-    bool extract;     /* -t */
-    bool ignore_dots; /* -i / -oi */
+    bool extract;       /* -t */
+    bool ignore_dots;   /* -i / -oi */
     const char *sender; /* -f / -r, NULL when not given */
     const char *config; /* -C */
     char **rcpt_args;
@@ -213,8 +213,7 @@ wait_fd(int fd, short ev, int timeout_ms)
 static int
 connect_addr(const struct addrinfo *ai)
 {
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK,
-        ai->ai_protocol);
+    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol);
     int err = 0;
     socklen_t len = sizeof(err);
     if (fd < 0)
@@ -252,8 +251,8 @@ smtp_connect(struct smtpc *c, const char *host, uint16_t port)
     for (struct addrinfo *ai = res; ai != NULL && c->fd < 0; ai = ai->ai_next)
         c->fd = connect_addr(ai);
     if (c->fd < 0)
-        fprintf(stderr, "tern-sendmail: cannot connect to %s port %u: %s\n", host,
-            (unsigned)port, strerror(errno));
+        fprintf(stderr, "tern-sendmail: cannot connect to %s port %u: %s\n", host, (unsigned)port,
+            strerror(errno));
     freeaddrinfo(res);
     return c->fd < 0 ? -1 : 0;
 }
@@ -333,8 +332,8 @@ smtp_reply(struct smtpc *c, int timeout_ms, bool ehlo)
     buf_reset(&c->reply);
     while (more && r == 0) {
         r = smtp_getline(c, timeout_ms, &line);
-        if (r == 0 && (++lines > INJECT_REPLY_LINES ||
-                          inject_reply_line(line.data ? line.data : "", line.len, &code, &more) < 0)) {
+        if (r == 0 && (++lines > INJECT_REPLY_LINES || inject_reply_line(line.data ? line.data : "",
+                                                           line.len, &code, &more) < 0)) {
             errno = EPROTO;
             r = -1;
         }
@@ -560,8 +559,8 @@ make_msgid(const char *hostname, char *out, size_t cap)
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
         rnd = (uint64_t)tern_mono_ms() ^ ((uint64_t)getpid() << 32);
-    snprintf(out, cap, "<%016llx.%lld@%s>", (unsigned long long)rnd, (long long)time(NULL),
-        hostname);
+    snprintf(
+        out, cap, "<%016llx.%lld@%s>", (unsigned long long)rnd, (long long)time(NULL), hostname);
 }
 
 /* Build the message and the recipient list, then submit. */
@@ -583,8 +582,8 @@ run(const struct opts *o, const char *hostname, const struct hostport *to, const
         make_msgid(hostname, msgid, sizeof(msgid));
         from = sender[0] != '\0' ? xstrdup(sender) : make_sender(NULL, hostname);
         struct inject_opts io = { o->extract, from, date, msgid };
-        if (inject_build(&io, rd.out.data ? rd.out.data : "", rd.out.len, &msg, &hdr, &info,
-                &err) < 0) {
+        if (inject_build(&io, rd.out.data ? rd.out.data : "", rd.out.len, &msg, &hdr, &info, &err) <
+            0) {
             fprintf(stderr, "tern-sendmail: %s\n", err.data);
             ret = EX_DATAERR;
         } else if (qualify(&hdr, hostname, &rcpts) < 0) {
@@ -622,8 +621,8 @@ main(int argc, char **argv)
     memset(&o, 0, sizeof(o));
     if ((ret = parse_args(argc, argv, &o)) != 0)
         return ret;
-    ret = load_target(o.config != NULL ? o.config : getenv("TERN_CONFIG"), &cfg, &to, hostname,
-        sizeof(hostname));
+    ret = load_target(
+        o.config != NULL ? o.config : getenv("TERN_CONFIG"), &cfg, &to, hostname, sizeof(hostname));
     if (ret != 0)
         return ret;
     sender = make_sender(o.sender, hostname);

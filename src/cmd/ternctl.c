@@ -45,7 +45,7 @@ struct command {
 static const char usage_text[] =
     "usage: ternctl [-c FILE] [-o name=value]... COMMAND ...\n"
     "commands:\n"
-    "  queue list [--json]       list queued messages and a summary by destination\n"
+    "  queue list [--json]       list queued messages, one line each starting with its id\n"
     "  queue summary [--json]    summary of the queue by destination\n"
     "  queue flush               retry everything now\n"
     "  queue delete ID           remove a message (no bounce)\n"
@@ -116,8 +116,7 @@ collect_row(const char *line, size_t len, void *arg)
     struct json *obj = NULL;
     struct buf err = BUF_INIT;
     struct ctl_row row;
-    if (json_parse(line, len, &obj, &err) < 0 ||
-        ctl_row_from_json(obj, now_s(), &row, &err) < 0) {
+    if (json_parse(line, len, &obj, &err) < 0 || ctl_row_from_json(obj, now_s(), &row, &err) < 0) {
         fprintf(stderr, "ternctl: skipping a LIST line: %s\n", err.data);
         st->bad = true;
     } else {
@@ -175,18 +174,16 @@ static void
 print_rows(const struct list_state *st)
 {
     size_t ws = 0, wr = 0;
-    if (st->n == 0) {
-        printf("queue is empty\n");
+    /* Every line starts with its queue id (CONTRACT.md): no header line, and
+     * an empty queue prints nothing. */
+    if (st->n == 0)
         return;
-    }
     for (size_t i = 0; i < st->n; i++) {
         size_t a = strlen(st->rows[i].sender), b = strlen(st->rows[i].rcpts);
         ws = a > ws ? a : ws;
         wr = b > wr ? b : wr;
     }
     int s = col_width(ws, 6, SENDER_COL_MAX), r = col_width(wr, 10, RCPTS_COL_MAX);
-    printf("%-16s  %-7s  %-4s  %-*s  %-*s  %5s  %s\n", "ID", "AGE", "HELD", s, "SENDER", r,
-        "RECIPIENTS", "TRIES", "LAST ERROR");
     for (size_t i = 0; i < st->n; i++) {
         const struct ctl_row *row = &st->rows[i];
         printf("%-16s  %-7s  %-4s  %-*s  %-*s  %5u  %s\n", row->id, row->age,
@@ -208,8 +205,8 @@ print_summary(const struct list_state *st)
         w = n > w ? n : w;
     }
     w = w > 40 ? 40 : w;
-    printf("%-*s  %8s  %10s  %8s  %s\n", (int)w, "DESTINATION", "MESSAGES", "RECIPIENTS",
-        "OLDEST", "LAST ERROR");
+    printf("%-*s  %8s  %10s  %8s  %s\n", (int)w, "DESTINATION", "MESSAGES", "RECIPIENTS", "OLDEST",
+        "LAST ERROR");
     for (size_t i = 0; i < st->n_sums; i++) {
         struct buf line = BUF_INIT, err = BUF_INIT;
         if (ctl_summary_line(st->sums[i], now_s(), (int)w, &line, &err) < 0) {
@@ -252,7 +249,7 @@ cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv
     if (list)
         rc = ctl_call(ctx->cfg->spool_dir, "LIST", CTL_TIMEOUT_MS,
             json ? print_raw_line : collect_row, &st, &msg);
-    if (rc == CTL_OK && (!list || !json))
+    if (rc == CTL_OK && !list)
         rc = ctl_call(ctx->cfg->spool_dir, "SUMMARY", CTL_TIMEOUT_MS,
             json ? print_raw_line : collect_summary, &st, &msg);
     if (rc != CTL_OK) {
@@ -260,8 +257,6 @@ cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv
     } else if (!json) {
         if (list)
             print_rows(&st);
-        if (list && st.n_sums > 0)
-            printf("\n");
         if (!print_summary(&st) || st.bad)
             ret = EXIT_RUNTIME;
     }
@@ -292,8 +287,10 @@ cmd_queue_action(const struct command *cmd, struct ctx *ctx, int argc, char **ar
     rc = ctl_call(ctx->cfg->spool_dir, req, CTL_TIMEOUT_MS, NULL, NULL, &msg);
     if (rc == CTL_OK) {
         if (needs_id)
-            printf("%s: %s\n", argv[0], cmd->word2[0] == 'd' ? "deleted" :
-                cmd->word2[0] == 'h' ? "held" : "released");
+            printf("%s: %s\n", argv[0],
+                cmd->word2[0] == 'd'   ? "deleted"
+                : cmd->word2[0] == 'h' ? "held"
+                                       : "released");
         else
             printf("queue flush requested\n");
         ret = flush_stdout();
@@ -494,8 +491,8 @@ replace_file(const char *path, const struct buf *data, const struct stat *old)
     fd = open(tmp.data, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0)
         goto out;
-    if (fchmod(fd, 0600) < 0 || (old->st_ino != 0 && geteuid() == 0 &&
-                                    fchown(fd, old->st_uid, old->st_gid) < 0) ||
+    if (fchmod(fd, 0600) < 0 ||
+        (old->st_ino != 0 && geteuid() == 0 && fchown(fd, old->st_uid, old->st_gid) < 0) ||
         write_all_fd(fd, data->data, data->len) < 0 || fsync(fd) < 0) {
         int e = errno;
         close(fd);
@@ -525,8 +522,8 @@ update_auth_file(const char *path, const char *user, const char *hash)
     if (read_auth_file(path, &old, &st) < 0) {
         fprintf(stderr, "ternctl: cannot read %s: %s\n", path, strerror(errno));
         ret = EXIT_RUNTIME;
-    } else if (ctl_passwd_update(old.data ? old.data : "", old.len, user, hash, &out,
-                   &replaced) < 0) {
+    } else if (ctl_passwd_update(old.data ? old.data : "", old.len, user, hash, &out, &replaced) <
+               0) {
         fprintf(stderr, "ternctl: %s would grow too large\n", path);
         ret = EXIT_RUNTIME;
     } else if (replace_file(path, &out, &st) < 0) {
@@ -647,7 +644,11 @@ main(int argc, char **argv)
     while ((opt = getopt_long(argc, argv, "+c:o:h", longopts, NULL)) != -1) {
         if (opt == 'c') {
             cfg_path = optarg;
-        } else if (opt == 'o' && n_ovr < OVERRIDES_MAX) {
+        } else if (opt == 'o') {
+            if (n_ovr == OVERRIDES_MAX) {
+                fprintf(stderr, "ternctl: too many -o options\n");
+                return EXIT_USAGE;
+            }
             ovr[n_ovr++] = optarg;
         } else if (opt == 'h') {
             fputs(usage_text, stdout);

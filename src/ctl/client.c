@@ -52,12 +52,6 @@ ctl_connect(const char *spool_dir, int *fd, enum ctl_rc *rc, struct buf *msg)
             buf_printf(msg, "cannot connect to %s: %s", sun.sun_path, strerror(e));
         return -1;
     }
-    if (fcntl(s, F_SETFL, fcntl(s, F_GETFL) | O_NONBLOCK) < 0) {
-        *rc = CTL_FAIL;
-        buf_printf(msg, "fcntl: %s", strerror(errno));
-        close(s);
-        return -1;
-    }
     *fd = s;
     return 0;
 }
@@ -108,8 +102,8 @@ send_all(int fd, const char *p, size_t n, int timeout_ms, struct buf *msg)
 /* One complete reply line: 1 when it was the final line (rc set), 0 for a
  * data line, -1 when fn aborted. */
 static int
-reply_line(const char *line, size_t len, ctl_line_fn fn, void *arg, enum ctl_rc *rc,
-    struct buf *msg)
+reply_line(
+    const char *line, size_t len, ctl_line_fn fn, void *arg, enum ctl_rc *rc, struct buf *msg)
 {
     if (len > 0 && line[len - 1] == '\r')
         len--;
@@ -193,16 +187,21 @@ read_reply(int fd, int timeout_ms, ctl_line_fn fn, void *arg, struct buf *msg)
 }
 
 enum ctl_rc
-ctl_exchange(int fd, const char *request, int timeout_ms, ctl_line_fn fn, void *arg,
-    struct buf *msg)
+ctl_exchange(
+    int fd, const char *request, int timeout_ms, ctl_line_fn fn, void *arg, struct buf *msg)
 {
     size_t n = strlen(request);
+    int fl = fcntl(fd, F_GETFL);
     if (n == 0 || n >= CTL_LINE_MAX || strpbrk(request, "\r\n") != NULL) {
         buf_append_str(msg, "bad control request");
         return CTL_FAIL;
     }
-    if (send_all(fd, request, n, timeout_ms, msg) < 0 ||
-        send_all(fd, "\n", 1, timeout_ms, msg) < 0)
+    /* Non-blocking, so that poll() bounds every wait. */
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        buf_printf(msg, "fcntl: %s", strerror(errno));
+        return CTL_FAIL;
+    }
+    if (send_all(fd, request, n, timeout_ms, msg) < 0 || send_all(fd, "\n", 1, timeout_ms, msg) < 0)
         return CTL_FAIL;
     return read_reply(fd, timeout_ms, fn, arg, msg);
 }
@@ -241,11 +240,10 @@ ctl_fmt_age(int64_t secs, char *out, size_t cap)
     else if (secs < 3600)
         snprintf(out, cap, "%lldm%02llds", (long long)(secs / 60), (long long)(secs % 60));
     else if (secs < 86400)
-        snprintf(out, cap, "%lldh%02lldm", (long long)(secs / 3600),
-            (long long)(secs % 3600 / 60));
+        snprintf(out, cap, "%lldh%02lldm", (long long)(secs / 3600), (long long)(secs % 3600 / 60));
     else
-        snprintf(out, cap, "%lldd%02lldh", (long long)(secs / 86400),
-            (long long)(secs % 86400 / 3600));
+        snprintf(
+            out, cap, "%lldd%02lldh", (long long)(secs / 86400), (long long)(secs % 86400 / 3600));
 }
 
 void
@@ -359,8 +357,8 @@ ctl_row_fini(struct ctl_row *row)
 }
 
 int
-ctl_summary_line(const struct json *obj, int64_t now_s, int dest_width, struct buf *out,
-    struct buf *err)
+ctl_summary_line(
+    const struct json *obj, int64_t now_s, int dest_width, struct buf *out, struct buf *err)
 {
     const char *dest = json_str(json_get(obj, "destination"));
     const char *le = json_str(json_get(obj, "last_error"));
@@ -395,8 +393,8 @@ ctl_user_valid(const char *name)
 }
 
 int
-ctl_passwd_update(const char *old, size_t len, const char *user, const char *hash,
-    struct buf *out, bool *replaced)
+ctl_passwd_update(const char *old, size_t len, const char *user, const char *hash, struct buf *out,
+    bool *replaced)
 {
     size_t ulen = strlen(user), pos = 0;
     *replaced = false;

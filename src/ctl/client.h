@@ -35,10 +35,10 @@ typedef int (*ctl_line_fn)(const char *line, size_t len, void *arg);
  * or CTL_FAIL and a message in msg. */
 int ctl_connect(const char *spool_dir, int *fd, enum ctl_rc *rc, struct buf *msg);
 /* Send request (one line, no "\n", < CTL_LINE_MAX) on fd and read the reply,
- * handing data lines to fn (may be NULL). Each wait is bounded by timeout_ms.
- * Does not close fd. */
-enum ctl_rc ctl_exchange(int fd, const char *request, int timeout_ms, ctl_line_fn fn, void *arg,
-    struct buf *msg);
+ * handing data lines to fn (may be NULL). Each wait is bounded by timeout_ms
+ * (fd is made non-blocking). Does not close fd. */
+enum ctl_rc ctl_exchange(
+    int fd, const char *request, int timeout_ms, ctl_line_fn fn, void *arg, struct buf *msg);
 /* ctl_connect + ctl_exchange + close. */
 enum ctl_rc ctl_call(const char *spool_dir, const char *request, int timeout_ms, ctl_line_fn fn,
     void *arg, struct buf *msg);
@@ -56,10 +56,10 @@ struct ctl_row {
     char id[17];
     char age[16];
     bool held;
-    char *sender;     /* owned: "<>" for the null sender */
-    char *rcpts;      /* owned: "a@b (deferred), c@d (queued)" */
+    char *sender;      /* owned: "<>" for the null sender */
+    char *rcpts;       /* owned: "a@b (deferred), c@d (queued)" */
     uint32_t attempts; /* max over the recipients */
-    char *last_error; /* owned: shortened, "-" when none */
+    char *last_error;  /* owned: shortened, "-" when none */
 };
 /* Fill row from one LIST object; now_s is the current Unix time. -1 with a
  * reason in err when the object does not follow the LIST schema. */
@@ -68,8 +68,8 @@ void ctl_row_fini(struct ctl_row *row);
 
 /* One SUMMARY object as a text line (no "\n"): destination, messages,
  * recipients, oldest age, last error; width of the destination column. */
-int ctl_summary_line(const struct json *obj, int64_t now_s, int dest_width, struct buf *out,
-    struct buf *err);
+int ctl_summary_line(
+    const struct json *obj, int64_t now_s, int dest_width, struct buf *out, struct buf *err);
 
 /* May name be an AUTH user (1..CTL_USER_MAX bytes, no ':', whitespace or
  * control characters)? */

@@ -440,8 +440,8 @@ walk_header(const struct inject_opts *o, const char *msg, size_t len, struct hdr
                 break; /* handle_field reports it */
             continue;
         }
-        if (name_len > 0 && handle_field(o, msg + start, pos - start, name_len, hs, out,
-                                rcpts, err) < 0)
+        if (name_len > 0 &&
+            handle_field(o, msg + start, pos - start, name_len, hs, out, rcpts, err) < 0)
             return -1;
         nl = field_name_len(msg + pos, end - pos);
         if (nl == 0) { /* blank line or body text */

@@ -15,13 +15,13 @@
 
 #include "util/buf.h"
 
-#define INJECT_MSG_MAX     (256u * 1024 * 1024) /* bytes read from stdin */
-#define INJECT_HEADER_MAX  (1024u * 1024)       /* the whole header section */
-#define INJECT_FIELDS_MAX  1000                 /* header fields */
-#define INJECT_FIELD_MAX   (64u * 1024)         /* one field, folded */
-#define INJECT_ADDR_MAX    998                  /* one address */
-#define INJECT_RCPTS_MAX   1000                 /* recipients of one message */
-#define INJECT_REPLY_LINES 100                  /* lines of one SMTP reply */
+#define INJECT_MSG_MAX        (256u * 1024 * 1024) /* bytes read from stdin */
+#define INJECT_HEADER_MAX     (1024u * 1024)       /* the whole header section */
+#define INJECT_FIELDS_MAX     1000                 /* header fields */
+#define INJECT_FIELD_MAX      (64u * 1024)         /* one field, folded */
+#define INJECT_ADDR_MAX       998                  /* one address */
+#define INJECT_RCPTS_MAX      1000                 /* recipients of one message */
+#define INJECT_REPLY_LINES    100                  /* lines of one SMTP reply */
 #define INJECT_REPLY_LINE_MAX 2048
 
 /* A list of distinct addresses (exact comparison); strings owned. */

@@ -22,8 +22,8 @@ enum json_type { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSO
 
 struct json {
     enum json_type type;
-    char *key; /* owned: the member name when inside an object, else NULL */
-    bool b;    /* JSON_BOOL */
+    char *key;   /* owned: the member name when inside an object, else NULL */
+    bool b;      /* JSON_BOOL */
     double num;  /* JSON_NUMBER */
     bool is_int; /* JSON_NUMBER without fraction/exponent that fits int64 */
     int64_t i;   /* valid when is_int */

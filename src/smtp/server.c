@@ -94,7 +94,10 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
         refuse(fd, peer, "max_sessions");
         return;
     }
-    if (per_ip_count(srv, sa) >= srv->cfg->max_sessions_per_ip) {
+    /* Like Postfix's anvil exceptions: the relay's own networks (applications
+     * that hand over bulk mail) are not limited per address. */
+    if (per_ip_count(srv, sa) >= srv->cfg->max_sessions_per_ip &&
+        !cidr_match_any(srv->cfg->relay_networks, srv->cfg->n_relay_networks, sa)) {
         refuse(fd, peer, "max_sessions_per_ip");
         return;
     }

@@ -177,6 +177,7 @@ def test_kill9_loses_no_acknowledged_message(tern, sink):
     with lock:
         acked_now = set(acked)
     info = f"seed={seed} target={target} acked={len(acked_now)} killed after {killed_after:.2f}s"
+    print(info)
     assert len(acked_now) >= target, info
     tern.start()
 

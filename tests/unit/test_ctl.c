@@ -161,10 +161,15 @@ test_qid_valid(void **state)
         const char *in;
         bool want;
     } cases[] = {
-        { "0123456789abcdef", true }, { "ffffffffffffffff", true },
-        { "0123456789ABCDEF", false }, { "0123456789abcde", false },
-        { "0123456789abcdef0", false }, { "", false }, { "0123456789abcdeg", false },
-        { "0123456789abcde ", false }, { "../../etc/passwd", false },
+        { "0123456789abcdef", true },
+        { "ffffffffffffffff", true },
+        { "0123456789ABCDEF", false },
+        { "0123456789abcde", false },
+        { "0123456789abcdef0", false },
+        { "", false },
+        { "0123456789abcdeg", false },
+        { "0123456789abcde ", false },
+        { "../../etc/passwd", false },
     };
     (void)state;
     for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
@@ -180,9 +185,18 @@ test_fmt_age(void **state)
         int64_t secs;
         const char *want;
     } cases[] = {
-        { -5, "0s" }, { 0, "0s" }, { 45, "45s" }, { 60, "1m00s" }, { 192, "3m12s" },
-        { 3599, "59m59s" }, { 3600, "1h00m" }, { 7500, "2h05m" }, { 86399, "23h59m" },
-        { 86400, "1d00h" }, { 90000, "1d01h" }, { 40 * 86400 + 3 * 3600, "40d03h" },
+        { -5, "0s" },
+        { 0, "0s" },
+        { 45, "45s" },
+        { 60, "1m00s" },
+        { 192, "3m12s" },
+        { 3599, "59m59s" },
+        { 3600, "1h00m" },
+        { 7500, "2h05m" },
+        { 86399, "23h59m" },
+        { 86400, "1d00h" },
+        { 90000, "1d01h" },
+        { 40 * 86400 + 3 * 3600, "40d03h" },
     };
     (void)state;
     for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
@@ -329,8 +343,8 @@ test_passwd_update(void **state)
         const struct passwd_case *c = &passwd_cases[i];
         struct buf out = BUF_INIT;
         bool replaced;
-        assert_int_equal(ctl_passwd_update(c->old, strlen(c->old), c->user, "H", &out, &replaced),
-            0);
+        assert_int_equal(
+            ctl_passwd_update(c->old, strlen(c->old), c->user, "H", &out, &replaced), 0);
         if (strcmp(out.data, c->want) != 0 || replaced != c->replaced)
             fail_msg("%s: got \"%s\" replaced=%d", c->name, out.data, replaced);
         buf_fini(&out);
@@ -358,8 +372,8 @@ collect(const char *line, size_t len, void *arg)
 
 /* Run one exchange where the "daemon" already wrote reply and closed. */
 static enum ctl_rc
-exchange(const char *req, const char *reply, size_t reply_len, struct collected *c,
-    struct buf *msg, char *got_req, size_t cap)
+exchange(const char *req, const char *reply, size_t reply_len, struct collected *c, struct buf *msg,
+    char *got_req, size_t cap)
 {
     int sv[2];
     enum ctl_rc rc;
@@ -369,9 +383,9 @@ exchange(const char *req, const char *reply, size_t reply_len, struct collected 
         assert_int_equal(write(sv[1], reply, reply_len), (ssize_t)reply_len);
     shutdown(sv[1], SHUT_WR);
     rc = ctl_exchange(sv[0], req, 200, collect, c, msg);
+    close(sv[0]);
     n = read(sv[1], got_req, cap - 1);
     got_req[n > 0 ? n : 0] = '\0';
-    close(sv[0]);
     close(sv[1]);
     return rc;
 }
@@ -390,7 +404,10 @@ static const struct exch_case exch_cases[] = {
     { "err text", "DELETE 0123456789abcdef", "ERR unknown queue id\n", CTL_ERR, "",
         "unknown queue id", 0 },
     { "bare err", "X", "ERR\n", CTL_ERR, "", "error", 0 },
-    { "err escaped", "X", "ERR a\x1b" "b\n", CTL_ERR, "", "a?b", 0 },
+    { "err escaped", "X",
+        "ERR a\x1b"
+        "b\n",
+        CTL_ERR, "", "a?b", 0 },
     { "eof before final", "LIST", "x\n", CTL_FAIL, "x|",
         "ternd closed the connection before the reply ended", 0 },
     { "eof mid line", "LIST", "OK", CTL_FAIL, "",
@@ -644,7 +661,9 @@ test_reader_max(void **state)
     (void)state;
     inject_reader_init(&r, false, 10);
     assert_int_equal(inject_reader_feed(&r, "1234567\n", 8), 0); /* 9 bytes out */
-    assert_int_equal(inject_reader_feed(&r, "x", 1), -1);
+    assert_int_equal(inject_reader_feed(&r, "x", 1), 0);         /* 10 so far */
+    assert_int_equal(inject_reader_finish(&r), -1);              /* 12 with CRLF */
+    assert_int_equal(inject_reader_feed(&r, "y", 1), -1);        /* 11 */
     inject_reader_fini(&r);
     inject_reader_init(&r, false, 10);
     assert_int_equal(inject_reader_feed(&r, "12345678901", 11), -1); /* no newline */
@@ -676,22 +695,20 @@ static const struct build_case build_cases[] = {
         "from: a@b\r\nDATE: x\r\nMessage-Id: <y>\r\n\r\nb\r\n", "", false, false },
     { "bcc removed, folded", "To: a@b\r\nBcc: c@d,\r\n e@f\r\nSubject: s\r\n\r\nx\r\n", false, 0,
         "To: a@b\r\nSubject: s\r\n" ADDED "\r\nx\r\n", "", false, false },
-    { "extract to cc bcc", "To: A <a@b>\r\nCc: c@d,\r\n\t\"x, y\" <e@f>\r\nBcc: g@h\r\n\r\n",
-        true, 0, "To: A <a@b>\r\nCc: c@d,\r\n\t\"x, y\" <e@f>\r\n" ADDED "\r\n",
-        "a@b|c@d|e@f|g@h", false, false },
+    { "extract to cc bcc", "To: A <a@b>\r\nCc: c@d,\r\n\t\"x, y\" <e@f>\r\nBcc: g@h\r\n\r\n", true,
+        0, "To: A <a@b>\r\nCc: c@d,\r\n\t\"x, y\" <e@f>\r\n" ADDED "\r\n", "a@b|c@d|e@f|g@h", false,
+        false },
     { "no extraction without -t", "To: a@b\r\n\r\n", false, 0, "To: a@b\r\n" ADDED "\r\n", "",
         false, false },
     { "no header at all", "hello world\r\n", false, 0, ADDED "\r\nhello world\r\n", "", false,
         false },
     { "empty message", "", false, 0, ADDED "\r\n", "", false, false },
-    { "header only", "Subject: s\r\n", false, 0, "Subject: s\r\n" ADDED "\r\n", "", false,
-        false },
+    { "header only", "Subject: s\r\n", false, 0, "Subject: s\r\n" ADDED "\r\n", "", false, false },
     { "mbox from line dropped", "From a@b Mon Jan 1\r\nSubject: s\r\n\r\nx\r\n", false, 0,
         "Subject: s\r\n" ADDED "\r\nx\r\n", "", false, false },
     { "body text ends header", "Subject: s\r\nnot a header\r\nmore\r\n", false, 0,
         "Subject: s\r\n" ADDED "\r\nnot a header\r\nmore\r\n", "", false, false },
-    { "leading continuation is body", " x\r\n", false, 0, ADDED "\r\n x\r\n", "", false,
-        false },
+    { "leading continuation is body", " x\r\n", false, 0, ADDED "\r\n x\r\n", "", false, false },
     { "8bit body", "Subject: s\r\n\r\n\xc3\xa9\r\n", false, 0,
         "Subject: s\r\n" ADDED "\r\n\xc3\xa9\r\n", "", false, true },
     { "8bit header", "Subject: \xc3\xa9\r\n\r\nx\r\n", false, 0,
@@ -777,10 +794,17 @@ test_reply_line(void **state)
         int want_rc, code;
         bool more;
     } cases[] = {
-        { "250 ok", 0, 250, false }, { "250-SIZE 100", 0, 250, true }, { "354", 0, 354, false },
-        { "421 4.3.0 bye", 0, 421, false }, { "550 5.1.1 no", 0, 550, false },
-        { "25", -1, 0, false }, { "2500 x", -1, 0, false }, { "abc def", -1, 0, false },
-        { "650 x", -1, 0, false }, { "160 x", -1, 0, false }, { "260 x", -1, 0, false },
+        { "250 ok", 0, 250, false },
+        { "250-SIZE 100", 0, 250, true },
+        { "354", 0, 354, false },
+        { "421 4.3.0 bye", 0, 421, false },
+        { "550 5.1.1 no", 0, 550, false },
+        { "25", -1, 0, false },
+        { "2500 x", -1, 0, false },
+        { "abc def", -1, 0, false },
+        { "650 x", -1, 0, false },
+        { "160 x", -1, 0, false },
+        { "260 x", -1, 0, false },
         { "", -1, 0, false },
     };
     (void)state;
