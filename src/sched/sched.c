@@ -294,6 +294,21 @@ msg_build_units(struct sched *s, struct sched_msg *m, int64_t next_try_ms)
     }
 }
 
+/* Drop every unit of m (none in flight) and group its pending recipients
+ * again under the current routing, due at next_try_ms. */
+static void
+msg_rebuild(struct sched *s, struct sched_msg *m, int64_t next_try_ms)
+{
+    TERN_ASSERT(m->n_flight == 0);
+    for (size_t i = 0; i < m->n_units; i++) {
+        unit_detach(s, m->units[i]);
+        unit_free(m->units[i]);
+    }
+    m->n_units = 0;
+    m->reroute = false;
+    msg_build_units(s, m, next_try_ms);
+}
+
 static void
 sched_take_env(struct sched *s, struct spool_env *env, int64_t next_try_ms)
 {
@@ -511,13 +526,19 @@ dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size
             ndsn++;
         if (m->env->rcpts[idx].state == RCPT_QUEUED)
             u->rcpt[keep++] = idx;
-        if (res[i].cls == DELIV_TEMP && relay == NULL) {
+        /* The destination's last error (for the queue summary) is the
+         * latest temporary failure, cleared by a success. */
+        if (res[i].cls != DELIV_PERM) {
             free(u->dest->last_error);
-            u->dest->last_error = xstrdup(m->env->rcpts[idx].last_error);
+            u->dest->last_error = res[i].cls == DELIV_TEMP
+                ? xstrdup(m->env->rcpts[idx].last_error)
+                : NULL;
         }
     }
     u->n_rcpt = keep;
-    sched_make_dsn(s, m, dsn, ndsn);
+    /* An operator's delete is silent, like postsuper -d: no DSN. */
+    if (!m->deleted)
+        sched_make_dsn(s, m, dsn, ndsn);
     free(dsn);
     if (m->deleted) {
         if (m->n_flight == 0)
@@ -526,6 +547,11 @@ dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size
     }
     if (msg_pending(m) == 0) {
         msg_finish(s, m, "done");
+        return;
+    }
+    if (m->reroute && m->n_flight == 0) {
+        msg_rebuild(s, m, tern_now_ms() + next_ms);
+        sched_arm(s);
         return;
     }
     if (u->n_rcpt > 0) {
@@ -637,16 +663,15 @@ reroute_cb(const void *k, size_t kl, void *v, void *arg)
     struct reroute_ctx *c = arg;
     struct sched_msg *m = v;
     int64_t next = c->now;
-    if (m->n_flight > 0)
-        return; /* rerouted when its results come back and it is rebuilt */
+    if (m->n_flight > 0) {
+        m->reroute = true; /* rebuilt when its last result comes back (dl_done) */
+        return;
+    }
     for (size_t i = 0; i < m->n_units; i++) {
         if (m->units[i]->next_try_ms > next)
             next = m->units[i]->next_try_ms;
-        unit_detach(c->s, m->units[i]);
-        unit_free(m->units[i]);
     }
-    m->n_units = 0;
-    msg_build_units(c->s, m, next);
+    msg_rebuild(c->s, m, next);
 }
 
 void

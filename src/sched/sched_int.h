@@ -26,6 +26,7 @@ struct sched_msg {
     size_t n_units;
     size_t n_flight; /* units at delivery */
     bool deleted;    /* deleted while in flight: finish the removal at done */
+    bool reroute;    /* routing changed while in flight: rebuild units at done */
 };
 
 struct sched_unit {

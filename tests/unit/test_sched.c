@@ -1,0 +1,1225 @@
+/*
+ * Unit tests of the scheduler (src/sched): the real scheduler, spool (in a
+ * temporary directory), delivery engine and event loop, delivering to a tiny
+ * rule-driven SMTP server that runs in the same loop (a libevent listener on
+ * 127.0.0.1) or to a closed port. Each test chooses the server's RCPT replies
+ * per recipient and per attempt. Every wait is bounded by a deadline.
+ */
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <arpa/inet.h>
+#include <cmocka.h>
+#include <dirent.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "config/config.h"
+#include "sched/sched.h"
+#include "spool/spool.h"
+#include "util/buf.h"
+#include "util/log.h"
+#include "util/util.h"
+
+/* ---- the scripted SMTP server ---- */
+
+#define SRV_MAX_TX    16
+#define SRV_MAX_RCPTS 8
+#define SRV_MAX_CONNS 32
+#define SRV_MAX_RULES 4
+#define SRV_ADDR_MAX  128
+#define SRV_BODY_MAX  (1024 * 1024)
+
+/* The replies to RCPT TO:<addr>: replies[n] for its n-th RCPT (from 0); the
+ * last one given repeats. Addresses without a rule get 250. */
+struct rule {
+    const char *addr;
+    const char *replies[4];
+};
+
+struct srv_tx {
+    char from[SRV_ADDR_MAX];
+    char rcpts[SRV_MAX_RCPTS][SRV_ADDR_MAX]; /* accepted ones, in order */
+    size_t n_rcpts;
+    struct buf body; /* dot-unstuffed, CRLF line ends */
+};
+
+struct srv;
+
+struct sconn {
+    struct srv *srv;
+    struct bufferevent *bev;
+    bool in_data, closing;
+    struct srv_tx cur;
+};
+
+struct srv {
+    struct evconnlistener *lis;
+    uint16_t port;
+    struct rule rules[SRV_MAX_RULES];
+    size_t n_rules;
+    unsigned rule_hits[SRV_MAX_RULES]; /* RCPTs seen per rule */
+    bool stall_dot;                    /* do not answer the final dot until srv_release */
+    struct sconn *stalled;
+    struct srv_tx tx[SRV_MAX_TX]; /* transactions answered 250 after the dot */
+    size_t n_tx;
+    unsigned n_mail; /* MAIL commands seen */
+    unsigned n_conns;
+    int errors; /* unknown commands */
+    struct sconn *conns[SRV_MAX_CONNS];
+};
+
+static void
+tx_reset(struct srv_tx *t)
+{
+    buf_fini(&t->body);
+    memset(t, 0, sizeof(*t));
+}
+
+static void
+sconn_close(struct sconn *sc)
+{
+    struct srv *s = sc->srv;
+    for (size_t i = 0; i < SRV_MAX_CONNS; i++) {
+        if (s->conns[i] == sc)
+            s->conns[i] = NULL;
+    }
+    if (s->stalled == sc)
+        s->stalled = NULL;
+    bufferevent_free(sc->bev);
+    tx_reset(&sc->cur);
+    free(sc);
+}
+
+static void
+sconn_say(struct sconn *sc, const char *text)
+{
+    bufferevent_write(sc->bev, text, strlen(text));
+    bufferevent_write(sc->bev, "\r\n", 2);
+}
+
+/* The address between < and > after a MAIL FROM: or RCPT TO: verb. */
+static void
+arg_addr(const char *line, char *out, size_t cap)
+{
+    const char *lt = strchr(line, '<');
+    const char *gt = lt ? strchr(lt, '>') : NULL;
+    size_t n = (lt && gt) ? (size_t)(gt - lt - 1) : 0;
+    if (n >= cap)
+        n = cap - 1;
+    memcpy(out, lt ? lt + 1 : "", n);
+    out[n] = '\0';
+}
+
+static const char *
+rcpt_reply(struct srv *s, const char *addr)
+{
+    for (size_t i = 0; i < s->n_rules; i++) {
+        const struct rule *r = &s->rules[i];
+        unsigned n;
+        if (strcmp(r->addr, addr) != 0)
+            continue;
+        n = s->rule_hits[i]++;
+        while (n > 0 && (n >= 4 || r->replies[n] == NULL))
+            n--;
+        return r->replies[n];
+    }
+    return "250 2.1.5 ok";
+}
+
+static void
+srv_finish_tx(struct sconn *sc, const char *reply)
+{
+    struct srv *s = sc->srv;
+    if (reply[0] == '2' && s->n_tx < SRV_MAX_TX) {
+        s->tx[s->n_tx++] = sc->cur; /* the body moves */
+        memset(&sc->cur, 0, sizeof(sc->cur));
+    } else {
+        tx_reset(&sc->cur);
+    }
+    sconn_say(sc, reply);
+}
+
+static void
+srv_data_line(struct sconn *sc, const char *line, size_t len)
+{
+    if (len == 1 && line[0] == '.') {
+        sc->in_data = false;
+        if (sc->srv->stall_dot) {
+            sc->srv->stalled = sc;
+            return;
+        }
+        srv_finish_tx(sc, "250 2.0.0 queued as t1");
+        return;
+    }
+    if (line[0] == '.') { /* RFC 5321 §4.5.2 */
+        line++;
+        len--;
+    }
+    if (sc->cur.body.len + len < SRV_BODY_MAX) {
+        buf_append(&sc->cur.body, line, len);
+        buf_append(&sc->cur.body, "\r\n", 2);
+    }
+}
+
+static void
+srv_command(struct sconn *sc, const char *line)
+{
+    struct srv *s = sc->srv;
+    char addr[SRV_ADDR_MAX];
+    if (strncasecmp(line, "EHLO", 4) == 0) {
+        sconn_say(sc, "250-test.example\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
+                      "250 ENHANCEDSTATUSCODES");
+    } else if (strncasecmp(line, "HELO", 4) == 0 || strncasecmp(line, "NOOP", 4) == 0) {
+        sconn_say(sc, "250 ok");
+    } else if (strncasecmp(line, "MAIL FROM:", 10) == 0) {
+        tx_reset(&sc->cur);
+        arg_addr(line, sc->cur.from, sizeof(sc->cur.from));
+        s->n_mail++;
+        sconn_say(sc, "250 2.1.0 ok");
+    } else if (strncasecmp(line, "RCPT TO:", 8) == 0) {
+        const char *r;
+        arg_addr(line, addr, sizeof(addr));
+        r = rcpt_reply(s, addr);
+        if (r[0] == '2' && sc->cur.n_rcpts < SRV_MAX_RCPTS)
+            snprintf(sc->cur.rcpts[sc->cur.n_rcpts++], SRV_ADDR_MAX, "%s", addr);
+        sconn_say(sc, r);
+    } else if (strncasecmp(line, "DATA", 4) == 0) {
+        if (sc->cur.n_rcpts == 0) {
+            sconn_say(sc, "554 5.5.1 no valid recipients"); /* RFC 2920 §3.1 */
+            return;
+        }
+        sc->in_data = true;
+        sconn_say(sc, "354 go ahead");
+    } else if (strncasecmp(line, "RSET", 4) == 0) {
+        tx_reset(&sc->cur);
+        sconn_say(sc, "250 2.0.0 ok");
+    } else if (strncasecmp(line, "QUIT", 4) == 0) {
+        sc->closing = true;
+        sconn_say(sc, "221 2.0.0 bye");
+    } else {
+        s->errors++;
+        sconn_say(sc, "500 5.5.2 unknown command");
+    }
+}
+
+static void
+srv_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct sconn *sc = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    char *line;
+    size_t len;
+    while (!sc->closing && (line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF)) != NULL) {
+        if (sc->in_data)
+            srv_data_line(sc, line, len);
+        else
+            srv_command(sc, line);
+        free(line);
+    }
+}
+
+static void
+srv_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct sconn *sc = arg;
+    if (sc->closing)
+        sconn_close(sc);
+}
+
+static void
+srv_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
+        sconn_close(arg);
+}
+
+static void
+srv_accept_cb(
+    struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    struct srv *s = arg;
+    struct sconn *sc = xcalloc(1, sizeof(*sc));
+    size_t i;
+    sc->srv = s;
+    sc->bev = bufferevent_socket_new(evconnlistener_get_base(lis), fd, BEV_OPT_CLOSE_ON_FREE);
+    s->n_conns++;
+    for (i = 0; i < SRV_MAX_CONNS && s->conns[i] != NULL; i++)
+        ;
+    if (i == SRV_MAX_CONNS) {
+        bufferevent_free(sc->bev);
+        free(sc);
+        return;
+    }
+    s->conns[i] = sc;
+    bufferevent_setcb(sc->bev, srv_read_cb, srv_write_cb, srv_event_cb, sc);
+    bufferevent_enable(sc->bev, EV_READ | EV_WRITE);
+    sconn_say(sc, "220 test.example ESMTP");
+}
+
+static void
+srv_start(struct srv *s, struct event_base *base, const struct rule *rules, size_t n_rules)
+{
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    memset(s, 0, sizeof(*s));
+    assert_true(n_rules <= SRV_MAX_RULES);
+    for (size_t i = 0; i < n_rules; i++)
+        s->rules[i] = rules[i];
+    s->n_rules = n_rules;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    s->lis = evconnlistener_new_bind(
+        base, srv_accept_cb, s, LEV_OPT_CLOSE_ON_FREE, 16, (struct sockaddr *)&sin, sizeof(sin));
+    assert_non_null(s->lis);
+    assert_int_equal(getsockname(evconnlistener_get_fd(s->lis), (struct sockaddr *)&sin, &len), 0);
+    s->port = ntohs(sin.sin_port);
+}
+
+static void
+srv_stop(struct srv *s)
+{
+    if (s->lis == NULL)
+        return;
+    for (size_t i = 0; i < SRV_MAX_CONNS; i++) {
+        if (s->conns[i] != NULL)
+            sconn_close(s->conns[i]);
+    }
+    for (size_t i = 0; i < s->n_tx; i++)
+        buf_fini(&s->tx[i].body);
+    evconnlistener_free(s->lis);
+    s->lis = NULL;
+}
+
+/* Answer the final dot that stall_dot held back. */
+static void
+srv_release(struct srv *s, const char *reply)
+{
+    struct sconn *sc = s->stalled;
+    assert_non_null(sc);
+    s->stalled = NULL;
+    s->stall_dot = false;
+    srv_finish_tx(sc, reply);
+}
+
+/* The first transaction from sender with rcpt among its recipients, or NULL. */
+static const struct srv_tx *
+srv_find_tx(const struct srv *s, const char *from, const char *rcpt)
+{
+    for (size_t i = 0; i < s->n_tx; i++) {
+        if (strcmp(s->tx[i].from, from) != 0)
+            continue;
+        for (size_t k = 0; k < s->tx[i].n_rcpts; k++) {
+            if (strcmp(s->tx[i].rcpts[k], rcpt) == 0)
+                return &s->tx[i];
+        }
+    }
+    return NULL;
+}
+
+static unsigned
+srv_hits(const struct srv *s, const char *addr)
+{
+    for (size_t i = 0; i < s->n_rules; i++) {
+        if (strcmp(s->rules[i].addr, addr) == 0)
+            return s->rule_hits[i];
+    }
+    return 0;
+}
+
+/* A loopback port where nobody listens: connecting is refused. */
+static uint16_t
+closed_port(void)
+{
+    struct sockaddr_in sin;
+    socklen_t len = sizeof(sin);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    close(fd);
+    return ntohs(sin.sin_port);
+}
+
+/* ---- harness: loop, spool, configuration, scheduler ---- */
+
+#define MAX_HOOKS 16
+
+struct hooked {
+    char qid[SPOOL_QID_LEN + 1];
+    char sender[SRV_ADDR_MAX];
+    bool is_bounce;
+};
+
+struct h {
+    struct event_base *base;
+    char dir[64];
+    struct spool *sp;
+    struct config *cfg;
+    struct sched *s;
+    struct srv srv[2];              /* srv[1] only for rerouting */
+    uint16_t port;                  /* the smarthost port of cfg */
+    struct hooked hooks[MAX_HOOKS]; /* every commit, DSNs included */
+    size_t n_hooks;
+    bool committed, commit_ok;
+};
+
+static const char body[] = "From: s@x.test\r\n"
+                           "To: a@x.test\r\n"
+                           "Subject: scheduler test\r\n"
+                           "Message-ID: <sched-test@x.test>\r\n"
+                           "\r\n"
+                           "hello\r\n"
+                           ".a line with a leading dot\r\n";
+
+/* One turn of the loop, at most 10 ms. */
+static void
+loop_step(struct h *h)
+{
+    struct timeval tv = { 0, 10000 };
+    event_base_loopexit(h->base, &tv);
+    event_base_dispatch(h->base);
+}
+
+static void
+run_for(struct h *h, int64_t ms)
+{
+    int64_t end = tern_mono_ms() + ms;
+    while (tern_mono_ms() < end)
+        loop_step(h);
+}
+
+/* Run the loop until cond holds; fail after ms. Evaluates cond repeatedly. */
+#define RUN_UNTIL(h, cond, ms)                                                                     \
+    do {                                                                                           \
+        int64_t end_ = tern_mono_ms() + (ms);                                                      \
+        while (!(cond)) {                                                                          \
+            if (tern_mono_ms() >= end_)                                                            \
+                fail_msg("%s:%d: timed out waiting for %s", __FILE__, __LINE__, #cond);            \
+            loop_step(h);                                                                          \
+        }                                                                                          \
+    } while (0)
+
+static void
+commit_hook(const struct spool_env *env, void *arg)
+{
+    struct h *h = arg;
+    if (h->n_hooks < MAX_HOOKS) {
+        struct hooked *k = &h->hooks[h->n_hooks++];
+        snprintf(k->qid, sizeof(k->qid), "%s", env->qid);
+        snprintf(k->sender, sizeof(k->sender), "%s", env->sender);
+        k->is_bounce = env->is_bounce;
+    }
+    sched_add(h->s, env);
+}
+
+static void
+commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
+{
+    struct h *h = arg;
+    h->committed = true;
+    h->commit_ok = ok;
+    /* Stop before the scheduler's timer runs: the test sees the message queued. */
+    event_base_loopbreak(h->base);
+}
+
+static const char *const base_overrides[] = {
+    "hostname=tern.test",
+    "smarthost_tls=none",
+    "retry_initial=1s",
+    "retry_max=2s",
+    "idle_conn_timeout=1s",
+    "connect_timeout=2s",
+    "delivery_timeout=3s",
+};
+
+/* extra: one more "-o" setting or NULL. */
+static struct config *
+h_config(struct h *h, uint16_t port, const char *extra)
+{
+    const char *ov[16];
+    char smarthost[64], spool[128];
+    size_t n = 0;
+    struct buf err = BUF_INIT;
+    struct config *cfg;
+    snprintf(smarthost, sizeof(smarthost), "smarthost=127.0.0.1:%u", port);
+    snprintf(spool, sizeof(spool), "spool_dir=%s", h->dir);
+    for (size_t i = 0; i < sizeof(base_overrides) / sizeof(base_overrides[0]); i++)
+        ov[n++] = base_overrides[i];
+    ov[n++] = smarthost;
+    ov[n++] = spool;
+    if (extra != NULL)
+        ov[n++] = extra;
+    cfg = config_load(NULL, ov, n, false, &err);
+    if (cfg == NULL)
+        fail_msg("config_load: %s", err.data ? err.data : "?");
+    buf_fini(&err);
+    return cfg;
+}
+
+static void
+h_start_sched(struct h *h)
+{
+    struct buf err = BUF_INIT;
+    h->sp = spool_open(h->dir, h->base, &err);
+    if (h->sp == NULL)
+        fail_msg("spool_open: %s", err.data ? err.data : "?");
+    buf_fini(&err);
+    h->s = sched_new(h->base, h->sp, h->cfg);
+    spool_set_commit_hook(h->sp, commit_hook, h);
+}
+
+/* closed: the smarthost is a port where connecting is refused. */
+static struct h *
+h_new(const struct rule *rules, size_t n_rules, const char *extra, bool closed)
+{
+    struct h *h = xcalloc(1, sizeof(*h));
+    h->base = event_base_new();
+    assert_non_null(h->base);
+    snprintf(h->dir, sizeof(h->dir), "/tmp/test_sched.XXXXXX");
+    assert_non_null(mkdtemp(h->dir));
+    srv_start(&h->srv[0], h->base, rules, n_rules);
+    h->port = closed ? closed_port() : h->srv[0].port;
+    h->cfg = h_config(h, h->port, extra);
+    h_start_sched(h);
+    return h;
+}
+
+static void
+h_stop_sched(struct h *h)
+{
+    spool_set_commit_hook(h->sp, NULL, NULL); /* as ternd: no sched_add after sched_free */
+    sched_free(h->s);
+    h->s = NULL;
+    spool_free(h->sp); /* drains the status updates */
+    h->sp = NULL;
+}
+
+/* Stop scheduler and spool, keep the files, start again with smarthost port:
+ * returns sched_load_spool's count. */
+static long
+h_restart(struct h *h, uint16_t port, const char *extra)
+{
+    h_stop_sched(h);
+    config_unref(h->cfg);
+    h->port = port;
+    h->cfg = h_config(h, port, extra);
+    h_start_sched(h);
+    return sched_load_spool(h->s);
+}
+
+static void
+h_free(struct h *h)
+{
+    char cmd[128];
+    h_stop_sched(h);
+    config_unref(h->cfg);
+    srv_stop(&h->srv[0]);
+    srv_stop(&h->srv[1]);
+    event_base_free(h->base);
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
+    assert_int_equal(system(cmd), 0);
+    free(h);
+}
+
+/* Put a message in the spool as the SMTP server does; returns after the commit
+ * (the scheduler knows it, nothing was tried yet). qid: SPOOL_QID_LEN + 1 bytes. */
+static void
+h_submit(struct h *h, const char *sender, const char *const *rcpts, size_t n, char *qid)
+{
+    struct spool_env *e = xcalloc(1, sizeof(*e));
+    struct spool_writer *w;
+    e->sender = xstrdup(sender);
+    e->body = BODY_7BIT;
+    for (size_t i = 0; i < n; i++)
+        spool_env_add_rcpt(e, rcpts[i], NULL, 0);
+    w = spool_writer_new(h->sp, e);
+    assert_non_null(w);
+    assert_int_equal(spool_writer_write(w, body, strlen(body)), 0);
+    snprintf(qid, SPOOL_QID_LEN + 1, "%s", e->qid);
+    spool_env_free(e);
+    h->committed = false;
+    spool_writer_commit(w, commit_cb, 7, h);
+    RUN_UNTIL(h, h->committed, 3000);
+    assert_true(h->commit_ok);
+}
+
+/* Messages in SPOOL/queue/. */
+static size_t
+queue_count(const struct h *h)
+{
+    char path[128];
+    size_t n = 0;
+    struct dirent *de;
+    DIR *d;
+    snprintf(path, sizeof(path), "%s/queue", h->dir);
+    d = opendir(path);
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL)
+        n += de->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static bool
+in_spool(const struct h *h, const char *qid)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/queue/%s", h->dir, qid);
+    return access(path, F_OK) == 0;
+}
+
+static struct sched_stats
+stats(const struct h *h)
+{
+    struct sched_stats st;
+    sched_get_stats(h->s, &st);
+    return st;
+}
+
+static size_t
+count_lines(const char *s)
+{
+    size_t n = 0;
+    for (; s && *s; s++)
+        n += *s == '\n';
+    return n;
+}
+
+/* ---- reading the JSON lines by string matching ---- */
+
+/* Copy the line of out that starts with {"id":"qid" into line; false if none. */
+static bool
+json_line(const char *out, const char *key, const char *val, char *line, size_t cap)
+{
+    char pre[128];
+    const char *p = out;
+    snprintf(pre, sizeof(pre), "{\"%s\":\"%s\"", key, val);
+    while (p != NULL && *p != '\0') {
+        const char *nl = strchr(p, '\n');
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        if (strncmp(p, pre, strlen(pre)) == 0) {
+            assert_true(len < cap);
+            memcpy(line, p, len);
+            line[len] = '\0';
+            return true;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    return false;
+}
+
+/* The list line about qid (fails when there is none). */
+static void
+list_line(struct h *h, const char *qid, char *line, size_t cap)
+{
+    struct buf out = BUF_INIT;
+    sched_list_json(h->s, &out);
+    if (!json_line(out.data, "id", qid, line, cap))
+        fail_msg("no list line for %s in:\n%s", qid, out.data ? out.data : "");
+    buf_fini(&out);
+}
+
+/* The number after "key": in s, or -1. */
+static long long
+json_num(const char *s, const char *key)
+{
+    char pat[64];
+    const char *p;
+    snprintf(pat, sizeof(pat), "\"%s\":", key);
+    p = strstr(s, pat);
+    if (p == NULL)
+        return -1;
+    p += strlen(pat);
+    if (*p < '0' || *p > '9')
+        return -1;
+    return strtoll(p, NULL, 10);
+}
+
+struct want_rcpt {
+    const char *addr;
+    const char *status; /* "queued", "deferred", "delivering" */
+    long long attempts;
+    const char *last_error; /* "null", or a substring of the JSON string */
+};
+
+/* The list line must name exactly these pending recipients, in this order. */
+static void
+check_rcpts(const char *line, const struct want_rcpt *want, size_t n)
+{
+    const char *p = strstr(line, "\"recipients\":[");
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++) {
+        char pre[160], obj[512], st[64];
+        const char *end, *le;
+        size_t len;
+        snprintf(pre, sizeof(pre), "{\"address\":\"%s\"", want[i].addr);
+        p = strstr(p, pre);
+        if (p == NULL)
+            fail_msg("recipient %s not listed in %s", want[i].addr, line);
+        end = strchr(p, '}');
+        assert_non_null(end);
+        len = (size_t)(end - p);
+        assert_true(len < sizeof(obj));
+        memcpy(obj, p, len);
+        obj[len] = '\0';
+        snprintf(st, sizeof(st), "\"status\":\"%s\"", want[i].status);
+        if (strstr(obj, st) == NULL)
+            fail_msg("%s: want status %s in %s", want[i].addr, want[i].status, obj);
+        if (json_num(obj, "attempts") != want[i].attempts)
+            fail_msg("%s: want attempts %lld in %s", want[i].addr, want[i].attempts, obj);
+        le = strstr(obj, "\"last_error\":");
+        assert_non_null(le);
+        le += strlen("\"last_error\":");
+        if (strcmp(want[i].last_error, "null") == 0
+                ? strcmp(le, "null") != 0
+                : (le[0] != '"' || strstr(le, want[i].last_error) == NULL))
+            fail_msg("%s: want last_error %s in %s", want[i].addr, want[i].last_error, obj);
+        p = end;
+    }
+    /* No other recipient after the wanted ones. */
+    if (strstr(p, "{\"address\":") != NULL)
+        fail_msg("unexpected recipient in %s", line);
+}
+
+static void
+check_list(struct h *h, const char *qid, bool held, const struct want_rcpt *want, size_t n)
+{
+    char line[4096];
+    list_line(h, qid, line, sizeof(line));
+    assert_non_null(strstr(line, held ? "\"held\":true" : "\"held\":false"));
+    check_rcpts(line, want, n);
+}
+
+static size_t
+list_count(struct h *h)
+{
+    struct buf out = BUF_INIT;
+    size_t n;
+    sched_list_json(h->s, &out);
+    n = count_lines(out.data);
+    buf_fini(&out);
+    return n;
+}
+
+static const char *const rcpts3[] = { "a@x.test", "b@x.test", "c@x.test" };
+static const char *const rcpt_a[] = { "a@x.test" };
+static const char *const rcpt_b[] = { "b@x.test" };
+static const char *const rcpt_c[] = { "c@x.test" };
+
+/* ---- tests ---- */
+
+/* Three recipients, one transaction, then the message leaves the spool. */
+static void
+test_deliver_three(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    const struct srv_tx *t;
+    struct sched_stats st;
+    h_submit(h, "s@x.test", rcpts3, 3, qid);
+    assert_true(in_spool(h, qid));
+    assert_int_equal(queue_count(h), 1);
+    st = stats(h);
+    assert_int_equal(st.queue_messages, 1);
+    assert_int_equal(st.queue_rcpts, 3);
+
+    RUN_UNTIL(h, h->srv[0].n_tx >= 1 && queue_count(h) == 0, 5000);
+    t = &h->srv[0].tx[0];
+    assert_string_equal(t->from, "s@x.test");
+    assert_int_equal(t->n_rcpts, 3);
+    assert_string_equal(t->rcpts[0], "a@x.test");
+    assert_string_equal(t->rcpts[1], "b@x.test");
+    assert_string_equal(t->rcpts[2], "c@x.test");
+    assert_int_equal(t->body.len, strlen(body));
+    assert_memory_equal(t->body.data, body, strlen(body));
+    assert_false(in_spool(h, qid));
+
+    run_for(h, 200); /* nothing is sent twice */
+    assert_int_equal(h->srv[0].n_tx, 1);
+    assert_int_equal(h->srv[0].n_mail, 1);
+    assert_int_equal(h->srv[0].errors, 0);
+    st = stats(h);
+    assert_int_equal(st.delivered, 3);
+    assert_int_equal(st.deferred, 0);
+    assert_int_equal(st.bounced, 0);
+    assert_int_equal(st.expired, 0);
+    assert_int_equal(st.queue_messages, 0);
+    assert_int_equal(st.queue_rcpts, 0);
+    assert_int_equal(st.received, 0);
+    sched_count_received(h->s);
+    assert_int_equal(stats(h).received, 1);
+    assert_int_equal(list_count(h), 0);
+    assert_int_equal(h->n_hooks, 1); /* no DSN */
+    h_free(h);
+}
+
+/* 250, 451 then 250, and 550 in one transaction: a DSN about the 550 goes
+ * to the sender, the 451 one is retried after the back-off and delivered. */
+static void
+test_mixed_results(void **state)
+{
+    static const struct rule rules[] = {
+        { "b@x.test", { "451 4.3.0 try again later", "250 2.1.5 ok" } },
+        { "c@x.test", { "550 5.1.1 no such user" } },
+    };
+    static const struct want_rcpt after1[] = {
+        { "b@x.test", "deferred", 1, "451 4.3.0 try again later" },
+    };
+    struct h *h = h_new(rules, 2, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    const struct srv_tx *t, *dsn;
+    struct sched_stats st;
+    int64_t first_ms;
+    h_submit(h, "s@x.test", rcpts3, 3, qid);
+
+    RUN_UNTIL(h, stats(h).bounced == 1, 5000);
+    first_ms = tern_mono_ms();
+    st = stats(h);
+    assert_true(st.delivered == 1 || st.delivered == 2); /* a, and the DSN may be out too */
+    assert_int_equal(st.deferred, 1);
+    assert_int_equal(st.bounced, 1);
+    t = srv_find_tx(&h->srv[0], "s@x.test", "a@x.test");
+    assert_non_null(t);
+    assert_int_equal(t->n_rcpts, 1);
+    assert_true(in_spool(h, qid));
+    check_list(h, qid, false, after1, 1);
+
+    /* The DSN: a new message from <> to the sender, about c only. */
+    RUN_UNTIL(h, srv_find_tx(&h->srv[0], "", "s@x.test") != NULL, 5000);
+    dsn = srv_find_tx(&h->srv[0], "", "s@x.test");
+    assert_int_equal(dsn->n_rcpts, 1);
+    assert_non_null(strstr(dsn->body.data, "c@x.test"));
+    assert_non_null(strstr(dsn->body.data, "5.1.1"));
+    assert_non_null(strstr(dsn->body.data, "Action: failed"));
+    assert_null(strstr(dsn->body.data, "Final-Recipient: rfc822;a@x.test"));
+    assert_null(strstr(dsn->body.data, "Final-Recipient: rfc822;b@x.test"));
+    assert_int_equal(h->n_hooks, 2);
+    assert_string_equal(h->hooks[1].sender, "");
+    assert_true(h->hooks[1].is_bounce);
+
+    RUN_UNTIL(
+        h, srv_find_tx(&h->srv[0], "s@x.test", "b@x.test") != NULL && queue_count(h) == 0, 6000);
+    /* Retried after retry_initial (1 s, jittered, never under 1 s). */
+    assert_true(tern_mono_ms() - first_ms >= 900);
+    assert_int_equal(srv_hits(&h->srv[0], "b@x.test"), 2);
+    assert_int_equal(srv_hits(&h->srv[0], "c@x.test"), 1); /* never retried */
+    assert_null(srv_find_tx(&h->srv[0], "s@x.test", "c@x.test"));
+    assert_int_equal(h->srv[0].n_tx, 3); /* a, the DSN, b */
+    st = stats(h);
+    assert_int_equal(st.delivered, 3); /* a, b and the DSN */
+    assert_int_equal(st.deferred, 1);
+    assert_int_equal(st.bounced, 1);
+    assert_int_equal(st.queue_messages, 0);
+    assert_int_equal(st.queue_rcpts, 0);
+    assert_int_equal(list_count(h), 0);
+    h_free(h);
+}
+
+/* LIST and SUMMARY through queued, delivering and deferred. */
+static void
+test_list_and_summary(void **state)
+{
+    static const struct want_rcpt queued[] = {
+        { "a@x.test", "queued", 0, "null" },
+        { "b@x.test", "queued", 0, "null" },
+    };
+    static const struct want_rcpt delivering[] = {
+        { "a@x.test", "delivering", 0, "null" },
+        { "b@x.test", "delivering", 0, "null" },
+    };
+    static const struct want_rcpt deferred[] = {
+        { "a@x.test", "deferred", 1, "451 4.3.0 disk full" },
+        { "b@x.test", "deferred", 1, "451 4.3.0 disk full" },
+    };
+    static const char *const ab[] = { "a@x.test", "b@x.test" };
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1], line[4096], dest[128];
+    struct buf out = BUF_INIT;
+    int64_t now_s;
+    h->srv[0].stall_dot = true;
+    h_submit(h, "s@x.test", ab, 2, qid);
+    now_s = tern_now_ms() / 1000;
+
+    list_line(h, qid, line, sizeof(line));
+    assert_int_equal(list_count(h), 1);
+    assert_non_null(strstr(line, "\"sender\":\"s@x.test\""));
+    assert_true(json_num(line, "arrival") >= now_s - 5 && json_num(line, "arrival") <= now_s);
+    assert_int_equal(json_num(line, "size"), (long long)strlen(body));
+    check_list(h, qid, false, queued, 2);
+
+    snprintf(dest, sizeof(dest), "smarthost:[127.0.0.1]:%u", h->port);
+    sched_summary_json(h->s, &out);
+    assert_int_equal(count_lines(out.data), 1);
+    assert_true(json_line(out.data, "destination", dest, line, sizeof(line)));
+    assert_int_equal(json_num(line, "messages"), 1);
+    assert_int_equal(json_num(line, "recipients"), 2);
+    assert_true(json_num(line, "oldest") >= now_s - 5 && json_num(line, "oldest") <= now_s);
+    assert_non_null(strstr(line, "\"last_error\":null"));
+    buf_reset(&out);
+
+    RUN_UNTIL(h, h->srv[0].stalled != NULL, 5000);
+    check_list(h, qid, false, delivering, 2);
+    srv_release(&h->srv[0], "451 4.3.0 disk full");
+    RUN_UNTIL(h, stats(h).deferred == 2, 5000);
+    check_list(h, qid, false, deferred, 2);
+    assert_int_equal(stats(h).queue_rcpts, 2);
+
+    sched_flush(h->s); /* retry at once rather than after the back-off */
+    RUN_UNTIL(h, queue_count(h) == 0, 3000);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "b@x.test"));
+    assert_int_equal(stats(h).delivered, 2);
+    assert_int_equal(list_count(h), 0);
+    sched_summary_json(h->s, &out);
+    assert_int_equal(out.len, 0);
+    buf_fini(&out);
+    h_free(h);
+}
+
+/* A refused connection is a temporary failure: deferred, counted, retried;
+ * the destination's last error shows in SUMMARY; delete drops it. */
+static void
+test_connection_refused(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, true);
+    char qid[SPOOL_QID_LEN + 1], line[4096], dest[128];
+    struct buf out = BUF_INIT;
+    static const struct want_rcpt once[] = { { "a@x.test", "deferred", 1, "" } };
+    static const struct want_rcpt twice[] = { { "a@x.test", "deferred", 2, "" } };
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1, 5000);
+    check_list(h, qid, false, once, 1);
+
+    snprintf(dest, sizeof(dest), "smarthost:[127.0.0.1]:%u", h->port);
+    sched_summary_json(h->s, &out);
+    assert_true(json_line(out.data, "destination", dest, line, sizeof(line)));
+    assert_null(strstr(line, "\"last_error\":null"));
+    assert_non_null(strstr(line, "\"last_error\":\""));
+    buf_fini(&out);
+
+    sched_flush(h->s);
+    RUN_UNTIL(h, stats(h).deferred == 2, 3000);
+    check_list(h, qid, false, twice, 1);
+    assert_int_equal(stats(h).bounced + stats(h).expired + stats(h).delivered, 0);
+    assert_true(in_spool(h, qid));
+
+    assert_int_equal(sched_delete(h->s, qid), 0);
+    assert_false(in_spool(h, qid));
+    assert_int_equal(list_count(h), 0);
+    assert_int_equal(stats(h).queue_messages, 0);
+    assert_int_equal(stats(h).queue_rcpts, 0);
+    h_free(h);
+}
+
+/* A held message is not delivered, even after a flush; release sends it. */
+static void
+test_hold_release(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    static const struct want_rcpt queued[] = { { "a@x.test", "queued", 0, "null" } };
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    assert_int_equal(sched_hold(h->s, qid, true), 0);
+    assert_int_equal(sched_hold(h->s, qid, true), 0); /* twice is fine */
+    check_list(h, qid, true, queued, 1);
+    run_for(h, 200);
+    sched_flush(h->s);
+    run_for(h, 300);
+    assert_int_equal(h->srv[0].n_mail, 0);
+    assert_true(in_spool(h, qid));
+
+    assert_int_equal(sched_hold(h->s, qid, false), 0);
+    check_list(h, qid, false, queued, 1);
+    RUN_UNTIL(h, queue_count(h) == 0, 3000);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "a@x.test"));
+    assert_int_equal(stats(h).delivered, 1);
+
+    assert_int_equal(sched_hold(h->s, qid, true), -1); /* gone */
+    assert_int_equal(sched_hold(h->s, "0123456789abcdef", true), -1);
+    assert_int_equal(sched_hold(h->s, "0123456789abcdef", false), -1);
+    h_free(h);
+}
+
+/* Held while in flight: the answer comes back, then nothing more until release. */
+static void
+test_hold_in_flight(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    static const struct want_rcpt deferred[] = { { "a@x.test", "deferred", 1, "451 4.3.0" } };
+    h->srv[0].stall_dot = true;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, h->srv[0].stalled != NULL, 5000);
+    assert_int_equal(sched_hold(h->s, qid, true), 0);
+    srv_release(&h->srv[0], "451 4.3.0 busy");
+    RUN_UNTIL(h, stats(h).deferred == 1, 3000);
+    check_list(h, qid, true, deferred, 1);
+    sched_flush(h->s);
+    run_for(h, 1400); /* past the retry time */
+    assert_int_equal(h->srv[0].n_mail, 1);
+
+    assert_int_equal(sched_hold(h->s, qid, false), 0);
+    RUN_UNTIL(h, queue_count(h) == 0, 3000);
+    assert_int_equal(h->srv[0].n_mail, 2);
+    assert_int_equal(stats(h).delivered, 1);
+    h_free(h);
+}
+
+/* Delete: gone from the spool at once and never delivered; unknown ids fail. */
+static void
+test_delete(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char q1[SPOOL_QID_LEN + 1], q2[SPOOL_QID_LEN + 1];
+    h_submit(h, "s@x.test", rcpts3, 3, q1);
+    assert_int_equal(sched_delete(h->s, q1), 0);
+    assert_false(in_spool(h, q1));
+    assert_int_equal(queue_count(h), 0);
+    assert_int_equal(list_count(h), 0);
+    assert_int_equal(stats(h).queue_messages, 0);
+    assert_int_equal(stats(h).queue_rcpts, 0);
+    assert_int_equal(sched_delete(h->s, q1), -1);
+    assert_int_equal(sched_hold(h->s, q1, true), -1);
+    assert_int_equal(sched_delete(h->s, "0123456789abcdef"), -1);
+    assert_int_equal(sched_delete(h->s, ""), -1);
+    sched_flush(h->s);
+    run_for(h, 300);
+    assert_int_equal(h->srv[0].n_mail, 0);
+
+    /* Deleted while in flight: hidden at once, removed when the answer comes. */
+    h->srv[0].stall_dot = true;
+    h_submit(h, "s@x.test", rcpt_b, 1, q2);
+    RUN_UNTIL(h, h->srv[0].stalled != NULL, 5000);
+    assert_int_equal(sched_delete(h->s, q2), 0);
+    assert_int_equal(list_count(h), 0);
+    assert_int_equal(sched_delete(h->s, q2), -1);
+    srv_release(&h->srv[0], "451 4.3.0 busy");
+    RUN_UNTIL(h, queue_count(h) == 0, 3000);
+    run_for(h, 1400); /* not retried */
+    assert_int_equal(h->srv[0].n_mail, 1);
+    assert_int_equal(stats(h).queue_messages, 0);
+    assert_int_equal(stats(h).queue_rcpts, 0);
+    assert_int_equal(h->n_hooks, 2); /* no DSN */
+    h_free(h);
+}
+
+/* Always 451 with a short max_queue_lifetime: final failure, DSN with 4.4.7. */
+static void
+test_expiry(void **state)
+{
+    static const struct rule rules[] = { { "a@x.test", { "451 4.3.0 always busy" } } };
+    struct h *h = h_new(rules, 1, "max_queue_lifetime=1s", false);
+    char qid[SPOOL_QID_LEN + 1];
+    const struct srv_tx *dsn;
+    struct sched_stats st;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, srv_find_tx(&h->srv[0], "", "s@x.test") != NULL && queue_count(h) == 0, 8000);
+    dsn = srv_find_tx(&h->srv[0], "", "s@x.test");
+    assert_non_null(strstr(dsn->body.data, "4.4.7"));
+    assert_non_null(strstr(dsn->body.data, "a@x.test"));
+    assert_non_null(strstr(dsn->body.data, "Action: failed"));
+    assert_non_null(strstr(dsn->body.data, "always busy")); /* the last error */
+    assert_true(srv_hits(&h->srv[0], "a@x.test") >= 2);
+    assert_null(srv_find_tx(&h->srv[0], "s@x.test", "a@x.test"));
+    st = stats(h);
+    assert_int_equal(st.expired, 1);
+    assert_true(st.deferred >= 1);
+    assert_int_equal(st.bounced, 0);
+    assert_int_equal(st.delivered, 1); /* the DSN */
+    assert_int_equal(st.queue_messages, 0);
+    assert_int_equal(h->n_hooks, 2);
+    assert_true(h->hooks[1].is_bounce);
+    h_free(h);
+}
+
+/* Failures of mail from <> and of a DSN itself are never reported. */
+static void
+test_no_dsn_loops(void **state)
+{
+    static const struct rule rules[] = {
+        { "c@x.test", { "550 5.1.1 no such user" } },
+        { "s@x.test", { "550 5.1.1 sender gone too" } },
+    };
+    struct h *h = h_new(rules, 2, NULL, false);
+    char q1[SPOOL_QID_LEN + 1], q2[SPOOL_QID_LEN + 1];
+    h_submit(h, "", rcpt_c, 1, q1);
+    RUN_UNTIL(h, stats(h).bounced == 1 && queue_count(h) == 0, 5000);
+    run_for(h, 200);
+    assert_int_equal(h->n_hooks, 1);
+    assert_int_equal(h->srv[0].n_tx, 0);
+
+    /* s -> c bounces; the DSN to s bounces too; nothing more is made. */
+    h_submit(h, "s@x.test", rcpt_c, 1, q2);
+    RUN_UNTIL(h, stats(h).bounced == 3 && queue_count(h) == 0, 5000);
+    run_for(h, 200);
+    assert_int_equal(h->n_hooks, 3);
+    assert_true(h->hooks[2].is_bounce);
+    assert_int_equal(srv_hits(&h->srv[0], "s@x.test"), 1);
+    assert_int_equal(stats(h).bounced, 3);
+    assert_int_equal(stats(h).queue_messages, 0);
+    h_free(h);
+}
+
+/* A restart (new scheduler and spool over the same files) re-queues every
+ * message with its recorded attempts and hold, and delivers what is due. */
+static void
+test_restart(void **state)
+{
+    static const struct want_rcpt deferred[] = { { "a@x.test", "deferred", 1, "" } };
+    static const struct want_rcpt held[] = { { "b@x.test", "queued", 0, "null" } };
+    struct h *h = h_new(NULL, 0, NULL, true);
+    char q1[SPOOL_QID_LEN + 1], q2[SPOOL_QID_LEN + 1], line[4096];
+    h_submit(h, "s@x.test", rcpt_a, 1, q1);
+    h_submit(h, "s@x.test", rcpt_b, 1, q2);
+    assert_int_equal(sched_hold(h->s, q2, true), 0);
+    RUN_UNTIL(h, stats(h).deferred == 1, 5000);
+
+    assert_int_equal(h_restart(h, h->srv[0].port, NULL), 2);
+    assert_int_equal(stats(h).queue_messages, 2);
+    assert_int_equal(stats(h).deferred, 0); /* counters start again */
+    check_list(h, q1, false, deferred, 1);
+    check_list(h, q2, true, held, 1);
+    list_line(h, q1, line, sizeof(line));
+    assert_int_equal(json_num(line, "size"), (long long)strlen(body));
+    RUN_UNTIL(h, queue_count(h) == 1 && stats(h).delivered == 1, 5000);
+    assert_false(in_spool(h, q1));
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "a@x.test"));
+    run_for(h, 200);
+    assert_null(srv_find_tx(&h->srv[0], "s@x.test", "b@x.test"));
+
+    assert_int_equal(sched_hold(h->s, q2, false), 0);
+    RUN_UNTIL(h, queue_count(h) == 0, 3000);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "b@x.test"));
+    assert_int_equal(stats(h).delivered, 2);
+    assert_int_equal(stats(h).queue_messages, 0);
+    h_free(h);
+}
+
+/* After a restart only the recipients still pending are sent again. */
+static void
+test_restart_partial(void **state)
+{
+    static const struct rule rules[] = {
+        { "b@x.test", { "451 4.3.0 later", "250 2.1.5 ok" } },
+    };
+    static const struct want_rcpt pending[] = { { "b@x.test", "deferred", 1, "451 4.3.0 later" } };
+    static const char *const ab[] = { "a@x.test", "b@x.test" };
+    struct h *h = h_new(rules, 1, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    h_submit(h, "s@x.test", ab, 2, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1 && stats(h).delivered == 1, 5000);
+
+    assert_int_equal(h_restart(h, h->srv[0].port, NULL), 1);
+    assert_int_equal(stats(h).queue_rcpts, 1);
+    check_list(h, qid, false, pending, 1);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(srv_hits(&h->srv[0], "b@x.test"), 2);
+    assert_int_equal(h->srv[0].n_tx, 2);
+    assert_int_equal(h->srv[0].tx[1].n_rcpts, 1);
+    assert_string_equal(h->srv[0].tx[1].rcpts[0], "b@x.test");
+    h_free(h);
+}
+
+/* Stopping with a job in flight answers it (421 shutting down): the attempt
+ * is on record after the restart, and the message goes out then. */
+static void
+test_restart_in_flight(void **state)
+{
+    static const struct want_rcpt pending[] = { { "a@x.test", "deferred", 1, "4.3.2" } };
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    h->srv[0].stall_dot = true;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, h->srv[0].stalled != NULL, 5000);
+    h->srv[0].stall_dot = false;
+    assert_int_equal(h_restart(h, h->srv[0].port, NULL), 1);
+    check_list(h, qid, false, pending, 1);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(h->srv[0].n_mail, 2);
+    assert_int_equal(h->srv[0].n_tx, 1);
+    assert_int_equal(stats(h).delivered, 1);
+    h_free(h);
+}
+
+/* A new smarthost (reload) applies to waiting messages. */
+static void
+test_reroute_waiting(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, true);
+    char qid[SPOOL_QID_LEN + 1];
+    struct config *cfg;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1, 5000);
+    cfg = h_config(h, h->srv[0].port, NULL);
+    sched_set_config(h->s, cfg);
+    config_unref(cfg);
+    sched_flush(h->s);
+    RUN_UNTIL(h, queue_count(h) == 0, 3000);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "a@x.test"));
+    h_free(h);
+}
+
+/* A new smarthost also applies to a message that was in flight at the
+ * reload, once its temporary failure comes back (sched.c reroute_cb says
+ * such a message is "rerouted when its results come back"). */
+static void
+test_reroute_in_flight(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    struct config *cfg;
+    srv_start(&h->srv[1], h->base, NULL, 0);
+    h->srv[0].stall_dot = true;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, h->srv[0].stalled != NULL, 5000);
+    cfg = h_config(h, h->srv[1].port, NULL);
+    sched_set_config(h->s, cfg);
+    config_unref(cfg);
+    srv_release(&h->srv[0], "451 4.3.0 old relay going away");
+    RUN_UNTIL(h, stats(h).deferred == 1, 3000);
+    sched_flush(h->s);
+    RUN_UNTIL(h, queue_count(h) == 0, 3000);
+    if (srv_find_tx(&h->srv[1], "s@x.test", "a@x.test") == NULL)
+        fail_msg("delivered to the old smarthost (MAIL there: %u, at the new one: %u)",
+            h->srv[0].n_mail, h->srv[1].n_mail);
+    assert_int_equal(h->srv[0].n_tx, 0);
+    h_free(h);
+}
+
+int
+main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_deliver_three),
+        cmocka_unit_test(test_mixed_results),
+        cmocka_unit_test(test_list_and_summary),
+        cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_hold_release),
+        cmocka_unit_test(test_hold_in_flight),
+        cmocka_unit_test(test_delete),
+        cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_no_dsn_loops),
+        cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_restart_partial),
+        cmocka_unit_test(test_restart_in_flight),
+        cmocka_unit_test(test_reroute_waiting),
+        cmocka_unit_test(test_reroute_in_flight),
+    };
+    log_set_level(getenv("TEST_SCHED_LOG") ? LOG_DEBUG : LOG_WARN);
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
