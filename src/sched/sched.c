@@ -447,8 +447,11 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
     log_str(&l, strcmp(event, "delivered") == 0 ? "reply" : "reason", reply);
     log_str(&l, "delay", delay);
     log_int(&l, "attempts", r->attempts);
-    if (next_ms > 0)
-        log_int(&l, "next_s", next_ms / 1000);
+    if (next_ms > 0) {
+        char next[32];
+        snprintf(next, sizeof(next), "%llds", (long long)((next_ms + 999) / 1000));
+        log_str(&l, "next", next);
+    }
     log_end(&l);
 }
 

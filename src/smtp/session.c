@@ -430,6 +430,7 @@ cmd_not_offered(struct smtp_session *s, const struct smtp_cmd *c)
 }
 
 static void cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c);
+static void bdat_chunk_done(struct smtp_session *s);
 
 static const struct smtp_verb_entry verbs[] = {
     { SMTP_V_HELO, "HELO", ST_ANY, SMTP_CMD_LINE_MAX, cmd_helo_plain },
@@ -650,6 +651,8 @@ cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
     tx->chunk_last = last;
     s->state = SMTP_ST_BDAT;
     session_timeout(s, s->cfg->data_timeout_ms);
+    if (size == 0)
+        bdat_chunk_done(s); /* "BDAT 0 LAST": no bytes follow (RFC 3030 §2) */
 }
 
 static void
