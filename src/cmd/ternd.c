@@ -269,6 +269,9 @@ main(int argc, char **argv)
     }
     apply_log_settings(t.cfg);
     signal(SIGPIPE, SIG_IGN);
+    /* A file-size limit must show up as EFBIG on the spool write (answered
+     * 452 4.3.1), not kill the daemon. */
+    signal(SIGXFSZ, SIG_IGN);
     t.started_ms = tern_now_ms();
     t.base = event_base_new();
     if (t.base == NULL)

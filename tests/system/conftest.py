@@ -66,6 +66,7 @@ class Tern:
         self.conf = self.workdir / "tern.conf"
         self.stderr_path = self.workdir / "ternd.stderr"
         self.proc = None
+        self.preexec = None  # callable run in the child before exec (e.g. setrlimit)
         self.expect_dead = False
         self.tool_asan = []  # sanitizer lines seen in ternctl / tern-sendmail output
         self.settings = {
@@ -117,6 +118,7 @@ class Tern:
                 stderr=err,
                 env=tool_env(),
                 cwd=str(self.workdir),
+                preexec_fn=self.preexec,
             )
         if wait:
             self.wait_ready()
