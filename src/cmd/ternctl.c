@@ -23,6 +23,7 @@
 #include "ctl/json.h"
 #include "util/buf.h"
 #include "util/util.h"
+#include "util/fsutil.h"
 
 #define EXIT_RUNTIME   1
 #define EXIT_USAGE     2
@@ -453,21 +454,6 @@ fail:
 }
 
 static int
-write_all_fd(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w;
-        n -= (size_t)w;
-    }
-    return 0;
-}
-
-static int
 fsync_dir_of(const char *path)
 {
     char *copy = xstrdup(path);
@@ -493,7 +479,7 @@ replace_file(const char *path, const struct buf *data, const struct stat *old)
         goto out;
     if (fchmod(fd, 0600) < 0 ||
         (old->st_ino != 0 && geteuid() == 0 && fchown(fd, old->st_uid, old->st_gid) < 0) ||
-        write_all_fd(fd, data->data, data->len) < 0 || fsync(fd) < 0) {
+        fd_write_full(fd, data->data, data->len) < 0 || fsync(fd) < 0) {
         int e = errno;
         close(fd);
         unlink(tmp.data);

@@ -17,6 +17,7 @@
 
 #include "util/buf.h"
 #include "util/util.h"
+#include "util/fsutil.h"
 
 #define DSN_WIDTH          76   /* preferred line width */
 #define DSN_LINE_MAX       900  /* hard cap of our own lines (RFC 5322 §2.1.1 allows 998) */
@@ -340,17 +341,12 @@ struct dsn_orig {
 static int
 orig_pread(const struct dsn_orig *g, uint64_t off, size_t n, char *dst)
 {
-    size_t got = 0;
-    while (got < n) {
-        ssize_t r = pread(g->fd, dst + got, n - got, (off_t)(g->off + off + got));
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0) {
-            if (r == 0)
-                errno = EIO; /* the spool file is shorter than its envelope says */
-            return -1;
-        }
-        got += (size_t)r;
+    ssize_t r = fd_pread_full(g->fd, dst, n, g->off + off);
+    if (r < 0)
+        return -1;
+    if ((size_t)r < n) {
+        errno = EIO; /* the spool file is shorter than its envelope says */
+        return -1;
     }
     return 0;
 }

@@ -23,6 +23,7 @@
 
 #include "util/log.h"
 #include "util/util.h"
+#include "util/fsutil.h"
 
 #define QID_TRIES 64
 
@@ -58,25 +59,6 @@ open_tmp(struct spool *sp, char qid[SPOOL_QID_LEN + 1])
 }
 
 static int
-write_all(int fd, const void *p, size_t n)
-{
-    const char *c = p;
-    while (n > 0) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            if (k == 0)
-                errno = EIO;
-            return -1;
-        }
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-static int
 wr_fail(struct spool_writer *w)
 {
     w->failed = true;
@@ -88,7 +70,7 @@ wr_fail(struct spool_writer *w)
 static int
 wr_flush(struct spool_writer *w)
 {
-    if (w->wlen > 0 && write_all(w->fd, w->wbuf, w->wlen) < 0)
+    if (w->wlen > 0 && fd_write_full(w->fd, w->wbuf, w->wlen) < 0)
         return wr_fail(w);
     w->flushed += w->wlen;
     w->wlen = 0;
@@ -102,7 +84,7 @@ wr_append(struct spool_writer *w, const void *p, size_t n)
     while (n > 0) {
         size_t k;
         if (w->wlen == 0 && n >= SPOOL_WBUF_SIZE) { /* large: skip the copy */
-            if (write_all(w->fd, c, n) < 0)
+            if (fd_write_full(w->fd, c, n) < 0)
                 return wr_fail(w);
             w->flushed += n;
             return 0;

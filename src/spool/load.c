@@ -19,6 +19,7 @@
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
+#include "util/fsutil.h"
 
 /* Buffered line reader over [off, end) of a file, using pread. */
 struct rd {
@@ -45,23 +46,6 @@ static void
 rd_fini(struct rd *r)
 {
     FREE_NULL(&r->buf);
-}
-
-static ssize_t
-pread_full(int fd, void *p, size_t n, uint64_t off)
-{
-    size_t got = 0;
-    while (got < n) {
-        ssize_t k = pread(fd, (char *)p + got, n - got, (off_t)(off + got));
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k < 0)
-            return -1;
-        if (k == 0)
-            break;
-        got += (size_t)k;
-    }
-    return (ssize_t)got;
 }
 
 /* Next line (without "\n") in *line, *len. RD_TORN: bytes without a final
@@ -93,7 +77,7 @@ rd_line(struct rd *r, const char **line, size_t *len)
         want = SPOOL_LINE_MAX + 1 - r->len;
         if (r->end - fpos < want)
             want = (size_t)(r->end - fpos);
-        k = pread_full(r->fd, r->buf + r->len, want, fpos);
+        k = fd_pread_full(r->fd, r->buf + r->len, want, fpos);
         if (k < 0)
             return RD_IOERR;
         if (k == 0)
@@ -167,7 +151,7 @@ body_crc(int fd, uint64_t off, uint64_t len, uint32_t *crc)
     *crc = 0;
     while (len > 0) {
         size_t want = len < SPOOL_WBUF_SIZE ? (size_t)len : SPOOL_WBUF_SIZE;
-        ssize_t k = pread_full(fd, b, want, off);
+        ssize_t k = fd_pread_full(fd, b, want, off);
         if (k != (ssize_t)want) {
             rc = k < 0 ? -1 : 1;
             break;
@@ -186,7 +170,7 @@ check_end(int fd, uint64_t off, uint32_t env_crc, uint32_t *bcrc, const char **r
 {
     char m[SPOOL_END_LEN + 1];
     char want[SPOOL_END_LEN + 1];
-    ssize_t k = pread_full(fd, m, SPOOL_END_LEN, off);
+    ssize_t k = fd_pread_full(fd, m, SPOOL_END_LEN, off);
     if (k < 0)
         return -1;
     if (k != SPOOL_END_LEN || memcmp(m, "\nEND ", 5) != 0 || m[13] != ' ' ||
@@ -260,7 +244,7 @@ load_frame(int fd, uint64_t *body_off, uint64_t *body_len, uint64_t *size, const
     if (fstat(fd, &st) < 0)
         return -1;
     *size = (uint64_t)st.st_size;
-    k = pread_full(fd, h, SPOOL_HDR_LEN, 0);
+    k = fd_pread_full(fd, h, SPOOL_HDR_LEN, 0);
     if (k < 0)
         return -1;
     if (k != SPOOL_HDR_LEN) {

@@ -17,6 +17,7 @@
 
 #include "util/log.h"
 #include "util/util.h"
+#include "util/fsutil.h"
 
 #define TAIL_WINDOW 8192 /* longer than any status record */
 
@@ -127,24 +128,6 @@ trim_tail(int fd, const char *qid)
     return 0;
 }
 
-static int
-append_all(int fd, const char *p, size_t n)
-{
-    while (n > 0) {
-        ssize_t k = write(fd, p, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            if (k == 0)
-                errno = EIO;
-            return -1;
-        }
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* Append lines to queue/<qid> durably. */
 static void
 apply_one(struct spool *sp, const char *qid, const char *data, size_t len)
@@ -163,7 +146,7 @@ apply_one(struct spool *sp, const char *qid, const char *data, size_t len)
     }
     if (fstat(fd, &st) < 0) {
         log_update_error(qid, "fstat", errno);
-    } else if (append_all(fd, data, len) < 0) {
+    } else if (fd_write_full(fd, data, len) < 0) {
         log_update_error(qid, "write", errno);
         /* a short write would leave a torn record before later ones */
         if (ftruncate(fd, st.st_size) < 0)
