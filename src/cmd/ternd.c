@@ -13,6 +13,7 @@
 
 #include "config/config.h"
 #include "ctl/ctl.h"
+#include "dns/dns.h"
 #include "metrics/metrics.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
@@ -30,6 +31,7 @@ struct ternd {
     struct config *cfg;
     struct event_base *base;
     struct spool *sp;
+    struct dns *dns;
     struct sched *sched;
     struct smtp_server *smtp;
     struct ctl_server *ctl;
@@ -101,6 +103,12 @@ reload(struct ternd *t)
         buf_fini(&err);
         return;
     }
+    if (dns_set_servers(t->dns, cfg->dns_resolvers, cfg->n_dns_resolvers, &err) < 0) {
+        log_begin(&l, LOG_ERROR, NULL, "config", "reload_failed");
+        log_strn(&l, "errors", err.data ? err.data : "", err.len);
+        log_str(&l, "action", "keeping the previous DNS servers");
+        log_end(&l);
+    }
     buf_fini(&err);
     sched_set_config(t->sched, cfg);
     config_unref(t->cfg);
@@ -152,7 +160,10 @@ start(struct ternd *t)
     t->sp = spool_open(t->cfg->spool_dir, t->base, &err);
     if (t->sp == NULL)
         goto fail;
-    t->sched = sched_new(t->base, t->sp, t->cfg);
+    t->dns = dns_new(t->base, t->cfg->dns_resolvers, t->cfg->n_dns_resolvers, &err);
+    if (t->dns == NULL)
+        goto fail;
+    t->sched = sched_new(t->base, t->sp, t->dns, t->cfg);
     spool_set_commit_hook(t->sp, commit_hook, t);
     n = sched_load_spool(t->sched);
     t->smtp = smtp_server_new(t->base, t->sp, t->sched, t->cfg, &err);
@@ -193,6 +204,7 @@ stop(struct ternd *t)
     if (t->sp)
         spool_set_commit_hook(t->sp, NULL, NULL); /* late commits are loaded at next start */
     sched_free(t->sched);
+    dns_free(t->dns);
     spool_free(t->sp); /* finishes in-flight commits */
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     smtp_server_free(t->smtp);
@@ -259,6 +271,13 @@ main(int argc, char **argv)
     if (t.cfg == NULL) {
         fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
         buf_fini(&err);
+        return 2;
+    }
+    /* Load the certificate, key and AUTH users as the server would. */
+    if (check && smtp_server_check(t.cfg, &err) < 0) {
+        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
+        buf_fini(&err);
+        config_unref(t.cfg);
         return 2;
     }
     buf_fini(&err);

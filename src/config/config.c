@@ -264,10 +264,46 @@ was_set(const struct loader *ld, const char *name)
     return ld->line_of[k] != 0 || ld->by_override[k];
 }
 
+/* auth_sender_login: space separated USER=ITEM[,ITEM...] words, each ITEM a
+ * full address (local@domain), "@domain" or "<>" (the null sender). The
+ * matching is done by the SMTP server (smtp/auth.c). */
+static void
+check_sender_login(struct loader *ld)
+{
+    const char *p = ld->c->auth_sender_login;
+    char t[SHOWN_MAX];
+    while (p != NULL && *p != '\0') {
+        size_t n = strcspn(p, " \t");
+        const char *eq = memchr(p, '=', n);
+        bool ok = eq != NULL && eq != p && eq + 1 < p + n;
+        for (const char *it = eq ? eq + 1 : p + n; ok && it < p + n;) {
+            size_t il = strcspn(it, ",");
+            const char *at;
+            if (il > (size_t)(p + n - it))
+                il = (size_t)(p + n - it);
+            at = memchr(it, '@', il);
+            ok = il > 0 &&
+                 ((il == 2 && memcmp(it, "<>", 2) == 0) || (at != NULL && at + 1 < it + il));
+            it += il + 1;
+        }
+        if (!ok) {
+            char *word = xstrndup(p, n);
+            where_of(ld, cfg_find("auth_sender_login"));
+            cfg_error(&ld->errs,
+                "bad auth_sender_login entry \"%s\" (use USER=ADDR|@DOMAIN|<>[,...])",
+                cfg_shown(word, t, sizeof(t)));
+            free(word);
+        }
+        p += n;
+        p += strspn(p, " \t");
+    }
+}
+
 /* Settings that only make sense together. */
 static void
 check_combinations(struct loader *ld)
 {
+    check_sender_login(ld);
     const struct config *c = ld->c;
     if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL)) {
         const char *set = c->tls_cert_file ? "tls_cert_file" : "tls_key_file";
@@ -369,6 +405,11 @@ config_load(const char *path, const char *const *overrides, size_t n_overrides,
         default_hostname(fqdn, sizeof(fqdn));
         c->hostname = xstrdup(fqdn);
     }
+    /* The first smarthost, for callers that need only one. */
+    if (c->n_smarthosts > 0)
+        c->smarthost = c->smarthosts[0];
+    else
+        memset(&c->smarthost, 0, sizeof(c->smarthost));
     check_combinations(&ld);
     if (check_files_too)
         check_files(&ld);

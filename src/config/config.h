@@ -22,7 +22,28 @@ struct hostport {
 };
 
 enum tls_mode { TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED };
+enum ip_family { IPFAM_PREFER_V4, IPFAM_PREFER_V6, IPFAM_V4, IPFAM_V6 };
+
+/* One next hop of a route: a host (or address) and port; with mx the host's
+ * MX records are looked up first (a route written without [brackets]). */
+struct route_hop {
+    char host[CONFIG_HOST_MAX];
+    uint16_t port;
+    bool mx;
+};
+
+#define ROUTE_HOPS_MAX 8
+
+/* A routing rule: mail for a recipient domain (routes) or from a sender
+ * domain (sender_routes) goes to these hops, tried in order (failover).
+ * match is lowercased; a leading "." matches subdomains only. */
+struct route {
+    char *match;
+    struct route_hop hops[ROUTE_HOPS_MAX];
+    size_t n_hops;
+};
 enum log_format { LOGFMT_TEXT, LOGFMT_JSON };
+enum tls_version { TLSVER_1_2, TLSVER_1_3 };
 
 struct dkim_entry {
     char *domain; /* lowercased */
@@ -47,7 +68,9 @@ struct config {
     size_t n_relay_networks;
     char **relay_domains; /* lowercased, no trailing dot */
     size_t n_relay_domains;
-    struct hostport smarthost; /* host "" = deliver by MX */
+    struct hostport smarthost;   /* the first smarthost; host "" = deliver by MX */
+    struct hostport *smarthosts; /* every smarthost, tried in order (failover) */
+    size_t n_smarthosts;
     char *smarthost_auth_file; /* NULL when empty */
     enum tls_mode smarthost_tls;
     uint16_t delivery_port;
@@ -74,6 +97,26 @@ struct config {
     int64_t delivery_timeout_ms;    /* outbound per-reply wait */
     int64_t idle_conn_timeout_ms;   /* keep an idle outbound connection this long */
     int log_level;                  /* enum log_level */
+    /* --- routing and MX delivery (issue 3) --- */
+    struct route *routes;           /* recipient domain -> next hops */
+    size_t n_routes;
+    struct route *sender_routes;    /* sender domain -> next hops */
+    size_t n_sender_routes;
+    enum ip_family ip_family;
+    uint32_t max_connections;       /* outbound connections in total */
+    uint32_t max_rcpts_per_txn;     /* recipients in one outbound transaction */
+    uint32_t delivery_rate;         /* messages per minute per destination, 0 = no limit */
+    /* --- inbound TLS and AUTH (issue 4) --- */
+    int tls_min_version;             /* enum tls_version */
+    char *tls_ciphers;               /* TLS 1.2 cipher list; NULL: OpenSSL's default */
+    char *tls_ciphersuites;          /* TLS 1.3 cipher suites; NULL: OpenSSL's default */
+    int64_t tls_handshake_timeout_ms;
+    int auth_allow_plaintext_loopback; /* 0 no, 1 yes */
+    uint32_t auth_max_failures;      /* failed AUTH per client address before lockout */
+    int64_t auth_failure_window_ms;  /* ... counted within this window */
+    int64_t auth_lockout_ms;         /* how long a locked-out address gets 454 */
+    int64_t auth_failure_delay_ms;   /* wait before answering 535 */
+    char *auth_sender_login;         /* "user=addr|@domain[,...] ..." or NULL: no restriction */
 };
 
 /*

@@ -31,6 +31,7 @@ enum cfg_type {
     CFG_PORT,          /* uint16_t 1..65535 */
     CFG_ENUM,          /* int: index into names */
     CFG_DKIM,          /* struct dkim_entry *, size_t count */
+    CFG_ROUTES,        /* struct route *, size_t count: MATCH=HOP[,HOP...] words */
 };
 
 /* Setting flags. */

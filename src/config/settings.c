@@ -27,10 +27,16 @@
 static const char *const tls_names[] = { "none", "opportunistic", "required", NULL };
 static const char *const logfmt_names[] = { "text", "json", NULL };
 static const char *const loglevel_names[] = { "debug", "info", "warn", "error", NULL };
+static const char *const ipfam_names[] = { "prefer-ipv4", "prefer-ipv6", "ipv4", "ipv6", NULL };
+static const char *const tlsver_names[] = { "TLSv1.2", "TLSv1.3", NULL };
+static const char *const yesno_names[] = { "no", "yes", NULL };
 
 /* Enum settings store the index into their names table. */
 _Static_assert(TLS_NONE == 0 && TLS_OPPORTUNISTIC == 1 && TLS_REQUIRED == 2, "tls_names");
 _Static_assert(LOGFMT_TEXT == 0 && LOGFMT_JSON == 1, "logfmt_names");
+_Static_assert(IPFAM_PREFER_V4 == 0 && IPFAM_PREFER_V6 == 1 && IPFAM_V4 == 2 && IPFAM_V6 == 3,
+    "ipfam_names");
+_Static_assert(TLSVER_1_2 == 0 && TLSVER_1_3 == 1, "tlsver_names");
 _Static_assert(LOG_DEBUG == 0 && LOG_INFO == 1 && LOG_WARN == 2 && LOG_ERROR == 3, "log levels");
 _Static_assert(sizeof(enum tls_mode) == sizeof(int) && sizeof(enum log_format) == sizeof(int),
     "enum settings are stored as int");
@@ -83,11 +89,13 @@ const struct cfg_setting config_settings[] = {
         .off_n = OFF(n_relay_domains),
         .desc = "recipient domains accepted from anyone" },
     { .name = "smarthost",
-        .type = CFG_HOSTPORT,
+        .type = CFG_HOSTPORT_LIST,
         .def = "",
-        .off = OFF(smarthost),
+        .off = OFF(smarthosts),
+        .off_n = OFF(n_smarthosts),
         .default_port = 25,
-        .desc = "host:port or [addr]:port to send everything through; empty: deliver by MX" },
+        .desc = "host:port or [addr]:port to send everything through (a list: failover in "
+                "order); empty: deliver by MX" },
     { .name = "smarthost_auth_file",
         .type = CFG_PATH,
         .def = "",
@@ -249,6 +257,105 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(log_level),
         .names = loglevel_names,
         .desc = "lowest level logged: debug, info, warn or error" },
+    /* routing and MX delivery */
+    { .name = "routes",
+        .type = CFG_ROUTES,
+        .def = "",
+        .off = OFF(routes),
+        .off_n = OFF(n_routes),
+        .desc = "recipient domain routes: DOMAIN=HOP[,HOP...]; [host]:port connects directly, "
+                "host[:port] looks up host's MX; .domain matches subdomains" },
+    { .name = "sender_routes",
+        .type = CFG_ROUTES,
+        .def = "",
+        .off = OFF(sender_routes),
+        .off_n = OFF(n_sender_routes),
+        .desc = "per-sender-domain next hops (a sender domain's own smarthost), same syntax as "
+                "routes" },
+    { .name = "ip_family",
+        .type = CFG_ENUM,
+        .def = "prefer-ipv4",
+        .off = OFF(ip_family),
+        .names = ipfam_names,
+        .desc = "address family for outbound connections: prefer-ipv4, prefer-ipv6, ipv4, ipv6" },
+    { .name = "max_connections",
+        .type = CFG_U32,
+        .def = "500",
+        .off = OFF(max_connections),
+        .min = 1,
+        .max = 100000,
+        .desc = "outbound connections in total" },
+    { .name = "max_rcpts_per_txn",
+        .type = CFG_U32,
+        .def = "100",
+        .off = OFF(max_rcpts_per_txn),
+        .min = 1,
+        .max = 100000,
+        .desc = "recipients in one outbound transaction; more go in further transactions" },
+    { .name = "delivery_rate",
+        .type = CFG_U32,
+        .def = "0",
+        .off = OFF(delivery_rate),
+        .min = 0,
+        .max = 10000000,
+        .desc = "messages per minute per destination (0: no limit)" },
+    /* inbound TLS and AUTH (issue 4) */
+    { .name = "tls_min_version",
+        .type = CFG_ENUM,
+        .def = "TLSv1.2",
+        .off = OFF(tls_min_version),
+        .names = tlsver_names,
+        .desc = "lowest TLS version accepted: TLSv1.2 or TLSv1.3" },
+    { .name = "tls_ciphers",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(tls_ciphers),
+        .desc = "OpenSSL cipher list for TLS 1.2 (empty: OpenSSL's default)" },
+    { .name = "tls_ciphersuites",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(tls_ciphersuites),
+        .desc = "OpenSSL cipher suites for TLS 1.3 (empty: OpenSSL's default)" },
+    { .name = "tls_handshake_timeout",
+        .type = CFG_DURATION,
+        .def = "30s",
+        .off = OFF(tls_handshake_timeout_ms),
+        .desc = "time allowed for a TLS handshake (STARTTLS and smtps)" },
+    { .name = "auth_allow_plaintext_loopback",
+        .type = CFG_ENUM,
+        .def = "no",
+        .off = OFF(auth_allow_plaintext_loopback),
+        .names = yesno_names,
+        .desc = "offer AUTH without TLS to loopback clients: no or yes" },
+    { .name = "auth_max_failures",
+        .type = CFG_U32,
+        .def = "5",
+        .off = OFF(auth_max_failures),
+        .min = 1,
+        .max = 1000,
+        .desc =
+            "failed AUTH attempts from one address (within auth_failure_window) before lockout" },
+    { .name = "auth_failure_window",
+        .type = CFG_DURATION,
+        .def = "10m",
+        .off = OFF(auth_failure_window_ms),
+        .desc = "window in which failed AUTH attempts are counted" },
+    { .name = "auth_lockout",
+        .type = CFG_DURATION,
+        .def = "10m",
+        .off = OFF(auth_lockout_ms),
+        .desc = "how long a locked-out address is refused AUTH (454 4.7.0)" },
+    { .name = "auth_failure_delay",
+        .type = CFG_DURATION,
+        .def = "1s",
+        .off = OFF(auth_failure_delay_ms),
+        .flags = CFG_F_ZERO_OK,
+        .desc = "wait before answering a failed AUTH with 535" },
+    { .name = "auth_sender_login",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(auth_sender_login),
+        .desc = "user=addr|@domain[,...] entries: the envelope senders each AUTH user may use" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);
@@ -724,6 +831,118 @@ set_dkim(struct config *c, const struct cfg_setting *s, const char *v, struct cf
     return 0;
 }
 
+/* ---- routes: MATCH=HOP[,HOP...] ---- */
+
+/* One hop: "[host]:port" / "[host]" (direct) or "host:port" / "host" (MX
+ * lookup of host). Port 0 means delivery_port. */
+static int
+parse_route_hop(const char *item, size_t len, struct route_hop *hop)
+{
+    char tmp[CONFIG_HOST_MAX + 16];
+    const char *colon;
+    uint64_t port = 0;
+    if (len == 0 || len >= sizeof(tmp))
+        return -1;
+    memcpy(tmp, item, len);
+    tmp[len] = '\0';
+    hop->mx = tmp[0] != '[';
+    if (!hop->mx) {
+        char *close = strchr(tmp, ']');
+        if (close == NULL || close == tmp + 1)
+            return -1;
+        colon = close[1] == ':' ? close + 1 : NULL;
+        if (close[1] != '\0' && colon == NULL)
+            return -1;
+        *close = '\0';
+        snprintf(hop->host, sizeof(hop->host), "%s", tmp + 1);
+    } else {
+        colon = strrchr(tmp, ':');
+        if (colon && strchr(tmp, ':') != colon)
+            return -1; /* a bare IPv6 literal: it needs [brackets] */
+        snprintf(hop->host, sizeof(hop->host), "%.*s",
+            (int)(colon ? (size_t)(colon - tmp) : len), tmp);
+    }
+    if (colon && parse_u64(colon + 1, strlen(colon + 1), 65535, &port) < 0)
+        return -1;
+    if (colon && port == 0)
+        return -1;
+    hop->port = (uint16_t)port;
+    str_lower(hop->host);
+    if (!hop->mx) {
+        unsigned char a[16];
+        if (inet_pton(AF_INET, hop->host, a) == 1 || inet_pton(AF_INET6, hop->host, a) == 1)
+            return 0;
+    }
+    return str_is_domain(hop->host, strlen(hop->host), false) ? 0 : -1;
+}
+
+static int
+parse_route(const char *item, struct route *r)
+{
+    const char *eq = strchr(item, '=');
+    const char *p, *end;
+    size_t mlen;
+    memset(r, 0, sizeof(*r));
+    if (eq == NULL || eq == item)
+        return -1;
+    mlen = (size_t)(eq - item);
+    p = item[0] == '.' ? item + 1 : item;
+    if (!str_is_domain(p, (size_t)(eq - p), true))
+        return -1;
+    r->match = xstrndup(item, mlen);
+    str_lower(r->match);
+    if (mlen > 1 && r->match[mlen - 1] == '.')
+        r->match[mlen - 1] = '\0';
+    for (p = eq + 1; *p != '\0'; p = *end ? end + 1 : end) {
+        end = strchr(p, ',');
+        if (end == NULL)
+            end = p + strlen(p);
+        if (r->n_hops == ROUTE_HOPS_MAX ||
+            parse_route_hop(p, (size_t)(end - p), &r->hops[r->n_hops]) < 0)
+            return -1;
+        r->n_hops++;
+    }
+    return r->n_hops > 0 ? 0 : -1;
+}
+
+static void
+free_routes(struct route *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i].match);
+    free(v);
+}
+
+static int
+set_routes(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    struct words *w = xmalloc(sizeof(*w));
+    struct route *arr = NULL;
+    size_t n = 0;
+    int rc = 0;
+    char t[SHOWN_MAX];
+    w->p = v;
+    while (next_word(w)) {
+        struct route *r = list_push((void **)&arr, &n, sizeof(*r));
+        if (parse_route(w->item, r) < 0) {
+            cfg_error(e,
+                "bad route \"%s\" in %s (use DOMAIN=HOP[,HOP...], HOP as [host]:port or "
+                "host[:port])",
+                cfg_shown(w->item, t, sizeof(t)), s->name);
+            rc = -1;
+        }
+    }
+    free(w);
+    if (rc < 0) {
+        free_routes(arr, n);
+        return -1;
+    }
+    cfg_clear(c, s);
+    *FIELD(c, s, struct route *) = arr;
+    *COUNT(c, s) = n;
+    return 0;
+}
+
 /* ---- dispatch by type ---- */
 
 typedef int set_fn(struct config *, const struct cfg_setting *, const char *, struct cfg_errs *);
@@ -741,6 +960,7 @@ static set_fn *const setters[] = {
     [CFG_PORT] = set_port,
     [CFG_ENUM] = set_enum,
     [CFG_DKIM] = set_dkim,
+    [CFG_ROUTES] = set_routes,
 };
 
 int
@@ -777,6 +997,10 @@ cfg_clear(struct config *c, const struct cfg_setting *s)
     case CFG_DKIM:
         free_dkim(*FIELD(c, s, struct dkim_entry *), *COUNT(c, s));
         *FIELD(c, s, struct dkim_entry *) = NULL;
+        break;
+    case CFG_ROUTES:
+        free_routes(*FIELD(c, s, struct route *), *COUNT(c, s));
+        *FIELD(c, s, struct route *) = NULL;
         break;
     default:
         return; /* scalars own nothing */

@@ -1,6 +1,9 @@
 /*
- * One outbound SMTP client connection (RFC 5321 §3, §4): resolve, connect
- * (every address in turn), greeting, EHLO (HELO fallback), then transactions
+ * One outbound SMTP client connection (RFC 5321 §3, §4): connect to the
+ * destination plan's targets in this connection's order until one greets
+ * and answers EHLO (HELO fallback); a target that is down or refuses is
+ * marked failed for the whole destination (RFC 5321 §5.1: next address, next
+ * MX host, next hop). Then transactions
  * pulled from the scheduler one at a time until the per-connection limit or
  * the idle timeout, then QUIT. With PIPELINING (RFC 2920) MAIL, RCPTs and
  * DATA go out in one write. The body is streamed from the spool file with a
@@ -61,7 +64,6 @@ static void on_tx_reply(struct deliv_conn *c, const struct tern_status *st);
 static void on_dot(struct deliv_conn *c, const struct tern_status *st);
 static void on_rset(struct deliv_conn *c, const struct tern_status *st);
 static void on_quit(struct deliv_conn *c, const struct tern_status *st);
-static void to_resolve(struct deliv_conn *c);
 static void to_connect(struct deliv_conn *c);
 static void to_reply(struct deliv_conn *c);
 static void to_idle(struct deliv_conn *c);
@@ -76,7 +78,6 @@ static const struct state_ops {
     void (*on_timeout)(struct deliv_conn *c);
 } state_ops[CS_N] = {
     [CS_START] = { "start", NULL, NULL },
-    [CS_RESOLVE] = { "resolve", NULL, to_resolve },
     [CS_CONNECT] = { "connect", NULL, to_connect },
     [CS_GREETING] = { "greeting", on_greeting, to_reply },
     [CS_EHLO] = { "EHLO", on_ehlo, to_reply },
@@ -116,27 +117,7 @@ conn_arm(struct deliv_conn *c, int64_t ms)
 static const char *
 conn_relay(const struct deliv_conn *c)
 {
-    return c->reached ? c->relay : NULL;
-}
-
-/* "addr:port" or "[v6addr]:port"; addr_only gets the bare address. */
-static void
-fmt_sockaddr(const struct sockaddr_storage *ss, char *out, size_t cap, char *addr_only, size_t acap)
-{
-    char a[INET6_ADDRSTRLEN] = "?";
-    unsigned port = 0;
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *sin = (const struct sockaddr_in *)ss;
-        inet_ntop(AF_INET, &sin->sin_addr, a, sizeof(a));
-        port = ntohs(sin->sin_port);
-        snprintf(out, cap, "%s:%u", a, port);
-    } else {
-        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)ss;
-        inet_ntop(AF_INET6, &sin6->sin6_addr, a, sizeof(a));
-        port = ntohs(sin6->sin6_port);
-        snprintf(out, cap, "[%s]:%u", a, port);
-    }
-    snprintf(addr_only, acap, "%s", a);
+    return c->ready ? c->relay : NULL;
 }
 
 static void
@@ -227,7 +208,8 @@ tx_report(struct deliv_conn *c, struct client_tx *tx)
     if (c->tx == tx)
         c->tx = NULL;
     log_begin(&l, LOG_DEBUG, tx->job.env->qid, "delivery", "transaction");
-    log_str(&l, "relay", conn_relay(c) ? c->relay : c->dest->d.host);
+    log_str(&l, "relay", conn_relay(c) ? c->relay : "none");
+    log_str(&l, "dest", c->dest->d.key);
     log_int(&l, "rcpts", (int64_t)tx->job.n_rcpts);
     log_int(&l, "accepted", (int64_t)tx->n_accepted);
     log_int(&l, "code", tx->job.n_rcpts ? tx->res[0].st.code : 0);
@@ -245,8 +227,9 @@ conn_close(struct deliv_conn *c)
     struct deliv_dest *dest = c->dest;
     TERN_ASSERT(c->tx == NULL && c->state != CS_DEAD);
     c->state = CS_DEAD;
-    resolver_cancel(c->rq);
-    c->rq = NULL;
+    deliv_idle_del(c->d, c);
+    plan_unref(c->plan);
+    c->plan = NULL;
     evtimer_del(c->timer);
     event_del(c->wake);
     if (c->bev != NULL) {
@@ -262,41 +245,17 @@ conn_close(struct deliv_conn *c)
     deliv_conn_retire(c->d, c, dest, c->ready);
 }
 
-/* Is another connection of the destination alive and able to take jobs? */
-static bool
-conn_has_sibling(const struct deliv_conn *c)
-{
-    const struct deliv_conn *o;
-    TAILQ_FOREACH(o, &c->dest->conns, dest_link)
-    {
-        if (o != c && o->state < CS_QUIT)
-            return true;
-    }
-    return false;
-}
-
-/* The connection could not be set up. Unless another connection of the
- * destination may still take them, the due jobs are answered now with st
- * (TEMP), so the scheduler backs off instead of waiting forever. */
-static void
-conn_drain(struct deliv_conn *c, const struct tern_status *st)
-{
-    struct delivery_job job;
-    if (conn_has_sibling(c))
-        return;
-    while (deliv_take_job(c->d, c->dest, &job)) {
-        struct client_tx *tx = tx_new(&job);
-        tx_set_all(tx, RS_DONE, st, false, true);
-        tx_report(c, tx);
-    }
-}
+static void target_failed(struct deliv_conn *c, const struct tern_status *st);
 
 static void
 conn_fail(struct deliv_conn *c, const struct tern_status *st, bool remote)
 {
     struct logline l;
-    log_begin(&l, c->state <= CS_HELO ? LOG_WARN : LOG_DEBUG, c->tx ? c->tx->job.env->qid : NULL,
-        "delivery", "session_failed");
+    if (!c->ready && c->tx == NULL && c->state >= CS_CONNECT && c->state <= CS_HELO) {
+        target_failed(c, st); /* setup: try the next target */
+        return;
+    }
+    log_begin(&l, LOG_DEBUG, c->tx ? c->tx->job.env->qid : NULL, "delivery", "session_failed");
     log_str(&l, "dest", c->dest->d.key);
     log_str(&l, "phase", conn_phase(c));
     log_int(&l, "code", st->code);
@@ -305,8 +264,6 @@ conn_fail(struct deliv_conn *c, const struct tern_status *st, bool remote)
     if (c->tx != NULL) {
         tx_set_all(c->tx, RS_DONE, st, remote, true);
         tx_report(c, c->tx);
-    } else if (c->state <= CS_HELO) {
-        conn_drain(c, st);
     }
     conn_close(c);
 }
@@ -346,6 +303,7 @@ conn_refused(struct deliv_conn *c, const struct tern_status *rst)
 static void
 conn_quit(struct deliv_conn *c)
 {
+    deliv_idle_del(c->d, c);
     if (c->bev == NULL) {
         conn_close(c);
         return;
@@ -357,32 +315,46 @@ conn_quit(struct deliv_conn *c)
 
 /* ---- timeouts ---- */
 
-static void
-to_resolve(struct deliv_conn *c)
-{
-    struct tern_status st;
-    own_status(&st, 421, "4.4.3", "timeout resolving %s", c->dest->d.host);
-    conn_fail(c, &st, false);
-}
-
 static void connect_next(struct deliv_conn *c);
 
+static const struct plan_host *
+conn_host(const struct deliv_conn *c)
+{
+    return &c->plan->hosts[c->plan->t[c->order[c->cur]].host];
+}
+
+/* The current target is down or refused us: mark it for the whole
+ * destination and go on with the next one (RFC 5321 §5.1). */
 static void
-connect_failed(struct deliv_conn *c, const char *why)
+target_failed(struct deliv_conn *c, const struct tern_status *st)
 {
     struct logline l;
-    own_status(&c->setup_err, 421, "4.4.1", "connect to %s: %s", c->peer, why);
-    log_begin(&l, LOG_WARN, NULL, "delivery", "connect_failed");
+    c->setup_err = *st;
+    c->plan->t[c->order[c->cur]].failed = true;
+    log_begin(&l, LOG_WARN, NULL, "delivery", "host_failed");
     log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "host", conn_host(c)->name);
     log_str(&l, "addr", c->peer);
-    log_str(&l, "error", why);
+    log_str(&l, "phase", conn_phase(c));
+    log_str(&l, "reason", st->text);
     log_end(&l);
     if (c->bev != NULL) {
         bufferevent_free(c->bev);
         c->bev = NULL;
     }
-    c->cur_addr++;
+    evtimer_del(c->timer);
+    reply_reset(&c->reply);
+    c->reached = false;
+    c->cur++;
     connect_next(c);
+}
+
+static void
+connect_failed(struct deliv_conn *c, const char *why)
+{
+    struct tern_status st;
+    own_status(&st, 421, "4.4.1", "connect to %s: %s", c->peer, why);
+    target_failed(c, &st);
 }
 
 static void
@@ -522,6 +494,8 @@ session_ready(struct deliv_conn *c)
 {
     struct logline l;
     c->ready = true;
+    plan_unref(c->plan); /* setup is over: targets no longer matter */
+    c->plan = NULL;
     log_begin(&l, LOG_DEBUG, NULL, "delivery", "session_ready");
     log_str(&l, "relay", c->relay);
     log_int(&l, "pipelining", c->ext.pipelining);
@@ -584,10 +558,13 @@ event_cb(struct bufferevent *bev, short what, void *arg)
     int err = EVUTIL_SOCKET_ERROR();
     if (c->state == CS_CONNECT) {
         if (what & BEV_EVENT_CONNECTED) {
+            const struct plan_target *t = &c->plan->t[c->order[c->cur]];
             char a[INET6_ADDRSTRLEN];
-            fmt_sockaddr(&c->addrs.addr[c->cur_addr], c->peer, sizeof(c->peer), a, sizeof(a));
-            snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u", c->dest->d.host, a,
-                (unsigned)c->dest->d.port);
+            deliv_fmt_addr(&t->addr, c->peer, sizeof(c->peer), a, sizeof(a));
+            snprintf(c->relay, sizeof(c->relay), "%s[%s]:%u", conn_host(c)->name, a,
+                (unsigned)ntohs(t->addr.ss_family == AF_INET
+                                    ? ((const struct sockaddr_in *)&t->addr)->sin_port
+                                    : ((const struct sockaddr_in6 *)&t->addr)->sin6_port));
             c->reached = true;
             c->state = CS_GREETING;
             reply_reset(&c->reply);
@@ -608,69 +585,49 @@ event_cb(struct bufferevent *bev, short what, void *arg)
 
 static void write_cb(struct bufferevent *bev, void *arg);
 
+/* Every target failed: the destination may be down as a whole. */
+static void
+conn_give_up(struct deliv_conn *c)
+{
+    struct tern_status st = c->setup_err;
+    struct deliv_dest *dest = c->dest;
+    struct deliv_plan *plan = plan_ref(c->plan);
+    struct delivery *d = c->d;
+    struct logline l;
+    if (st.code == 0)
+        own_status(&st, 421, "4.4.1", "no address to connect to for %s", dest->d.key);
+    log_begin(&l, LOG_WARN, NULL, "delivery", "dest_unreachable");
+    log_str(&l, "dest", dest->d.key);
+    log_str(&l, "reason", st.text);
+    log_end(&l);
+    conn_close(c);
+    deliv_dest_down(d, dest, plan, &st);
+    plan_unref(plan);
+}
+
 static void
 connect_next(struct deliv_conn *c)
 {
-    struct tern_status st;
-    while (c->cur_addr < c->addrs.n) {
-        char a[INET6_ADDRSTRLEN];
-        struct sockaddr_storage *ss = &c->addrs.addr[c->cur_addr];
-        fmt_sockaddr(ss, c->peer, sizeof(c->peer), a, sizeof(a));
+    for (; c->cur < c->n_order; c->cur++) {
+        const struct plan_target *t = &c->plan->t[c->order[c->cur]];
+        if (t->failed)
+            continue; /* found down by another connection */
+        deliv_fmt_addr(&t->addr, c->peer, sizeof(c->peer), NULL, 0);
         c->bev = bufferevent_socket_new(c->d->base, -1, BEV_OPT_CLOSE_ON_FREE);
         if (c->bev == NULL)
             tern_panic("bufferevent_socket_new failed");
         bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
         bufferevent_enable(c->bev, EV_READ | EV_WRITE);
         c->state = CS_CONNECT;
-        if (bufferevent_socket_connect(
-                c->bev, (struct sockaddr *)ss, (int)c->addrs.len[c->cur_addr]) == 0) {
+        if (bufferevent_socket_connect(c->bev, (const struct sockaddr *)&t->addr, (int)t->len) ==
+            0) {
             conn_arm(c, c->connect_ms);
             return;
         }
         connect_failed(c, evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-        return; /* connect_failed moved on to the next address */
+        return; /* connect_failed moved on to the next target */
     }
-    st = c->setup_err;
-    if (st.code == 0)
-        own_status(&st, 421, "4.4.1", "no address to connect to for %s", c->dest->d.host);
-    conn_fail(c, &st, false);
-}
-
-static void
-resolve_cb_fn(void *arg, int err, const struct resolve_result *res, const char *errmsg)
-{
-    struct deliv_conn *c = arg; /* alive: closing a connection cancels its query */
-    c->rq = NULL;
-    if (err != 0) {
-        struct tern_status st;
-        own_status(&st, 421, "4.4.3", "cannot resolve %s: %s", c->dest->d.host, errmsg);
-        conn_fail(c, &st, false);
-        return;
-    }
-    c->addrs = *res;
-    c->cur_addr = 0;
-    connect_next(c);
-}
-
-static void
-conn_start(struct deliv_conn *c)
-{
-    const struct delivery_dest *dd = &c->dest->d;
-    struct tern_status st;
-    snprintf(c->peer, sizeof(c->peer), "%s:%u", dd->host, (unsigned)dd->port);
-    if (resolve_literal(dd->host, dd->port, &c->addrs.addr[0], &c->addrs.len[0]) == 0) {
-        c->addrs.n = 1;
-        connect_next(c);
-        return;
-    }
-    if (c->d->res == NULL) {
-        own_status(&st, 421, "4.4.3", "cannot resolve %s: no resolver", dd->host);
-        conn_fail(c, &st, false);
-        return;
-    }
-    c->state = CS_RESOLVE;
-    conn_arm(c, c->connect_ms);
-    c->rq = resolver_lookup(c->d->res, dd->host, dd->port, resolve_cb_fn, c);
+    conn_give_up(c);
 }
 
 /* ---- transactions ---- */
@@ -841,6 +798,7 @@ static bool
 tx_begin(struct deliv_conn *c, const struct delivery_job *job)
 {
     struct client_tx *tx = tx_new(job);
+    deliv_idle_del(c->d, c);
     c->tx = tx;
     if (tx_precheck(c, tx) < 0) {
         tx_report(c, tx);
@@ -1031,10 +989,11 @@ on_dot(struct deliv_conn *c, const struct tern_status *st)
 static void
 conn_idle(struct deliv_conn *c)
 {
-    if (c->state == CS_IDLE)
-        return; /* keep the running idle timer */
-    c->state = CS_IDLE;
-    conn_arm(c, c->idle_ms);
+    if (c->state != CS_IDLE) {
+        c->state = CS_IDLE; /* an idle connection keeps its running timer */
+        conn_arm(c, c->idle_ms);
+    }
+    deliv_idle_add(c->d, c); /* may hand c on, or QUIT it for another destination */
 }
 
 /* Ready for a transaction: pull jobs until one is under way. */
@@ -1042,11 +1001,11 @@ static void
 conn_next(struct deliv_conn *c)
 {
     struct delivery_job job;
-    if (c->n_msgs >= c->max_msgs) {
+    if (c->n_msgs >= c->max_msgs || c->gen != c->dest->gen) {
         conn_quit(c);
         return;
     }
-    while (deliv_take_job(c->d, c->dest, &job)) {
+    while (deliv_take_job(c->d, c->dest, &job, true)) {
         if (tx_begin(c, &job))
             return;
     }
@@ -1057,8 +1016,9 @@ static void
 wake_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct deliv_conn *c = arg;
+    c->woken = false;
     if (c->state == CS_START)
-        conn_start(c);
+        connect_next(c);
     else if (c->state == CS_IDLE)
         conn_next(c);
 }
@@ -1073,12 +1033,16 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     c->dest = dest;
     c->cfg = config_ref(cfg);
     c->id = ++d->next_conn_id;
+    c->gen = dest->gen;
     c->state = CS_START;
     c->max_msgs =
         cfg->delivery_max_msgs_per_conn ? cfg->delivery_max_msgs_per_conn : DELIV_DEF_MAX_MSGS;
     c->connect_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DELIV_DEF_CONNECT_MS;
     c->reply_ms = cfg->delivery_timeout_ms > 0 ? cfg->delivery_timeout_ms : DELIV_DEF_TIMEOUT_MS;
     c->idle_ms = cfg->idle_conn_timeout_ms > 0 ? cfg->idle_conn_timeout_ms : DELIV_DEF_IDLE_MS;
+    TERN_ASSERT(dest->plan != NULL);
+    c->plan = plan_ref(dest->plan);
+    c->n_order = plan_order(c->plan, c->order, deliv_rnd, d);
     c->timer = evtimer_new(d->base, timer_cb, c);
     c->wake = event_new(d->base, -1, 0, wake_cb, c);
     if (c->timer == NULL || c->wake == NULL)
@@ -1099,10 +1063,40 @@ client_not_busy(const struct deliv_conn *c)
 bool
 client_wake(struct deliv_conn *c)
 {
-    if (c->state != CS_IDLE)
+    if (c->state != CS_IDLE || c->woken)
         return false;
+    c->woken = true;
     event_active(c->wake, 0, 0);
     return true;
+}
+
+void
+client_adopt(struct deliv_conn *c, struct deliv_dest *dest)
+{
+    struct deliv_dest *old = c->dest;
+    struct logline l;
+    TERN_ASSERT(c->state == CS_IDLE && c->tx == NULL && old != dest);
+    log_begin(&l, LOG_INFO, NULL, "delivery", "conn_shared");
+    log_str(&l, "from", old->d.key);
+    log_str(&l, "dest", dest->d.key);
+    log_str(&l, "relay", c->relay);
+    log_end(&l);
+    TAILQ_REMOVE(&old->conns, c, dest_link);
+    old->n_conns--;
+    TAILQ_INSERT_TAIL(&dest->conns, c, dest_link);
+    dest->n_conns++;
+    c->dest = dest;
+    c->gen = dest->gen;
+    deliv_idle_del(c->d, c);
+    client_wake(c);
+    event_active(c->d->reap, 0, 0); /* old may be empty now */
+}
+
+void
+client_quit_idle(struct deliv_conn *c)
+{
+    if (c->state == CS_IDLE && c->tx == NULL)
+        conn_quit(c);
 }
 
 void

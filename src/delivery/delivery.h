@@ -22,15 +22,19 @@
 
 struct event_base;
 struct delivery;
+struct dns;
 
 #define DELIVERY_DEST_MAX 300
 
-/* Where a job goes: today a host:port to connect to (the smarthost); with
- * MX delivery, a domain. The key groups jobs that may share a connection. */
+/* Where a job goes. The key groups jobs that may share a connection:
+ * "mx:DOMAIN" (the domain's MX hosts, implicit MX, null MX), "smarthost"
+ * (the smarthost list) or "route:NAME" (a route's hops). The hops are tried
+ * in order until one accepts a connection (failover); a hop with mx set has
+ * its MX records looked up, one without is connected to directly. */
 struct delivery_dest {
-    char key[DELIVERY_DEST_MAX]; /* "smarthost:[host]:port" or "mx:domain" */
-    char host[CONFIG_HOST_MAX];  /* host or address to connect to */
-    uint16_t port;
+    char key[DELIVERY_DEST_MAX];
+    struct route_hop hops[ROUTE_HOPS_MAX];
+    size_t n_hops;
 };
 
 struct delivery_job {
@@ -57,7 +61,9 @@ struct delivery_callbacks {
     void *arg;
 };
 
-struct delivery *delivery_new(struct event_base *base, struct spool *sp,
+/* dns is borrowed and must outlive d (ternd owns it; it is shared with
+ * other lookups). */
+struct delivery *delivery_new(struct event_base *base, struct spool *sp, struct dns *dns,
     const struct delivery_callbacks *cb);
 /* Take a new configuration snapshot for connections opened from now on (a
  * reference is taken; the caller keeps its own). */

@@ -1,14 +1,18 @@
 /*
- * Private to src/delivery: the delivery object (destinations, connections,
- * the reaper), the SMTP client connection (client.c) and the pure reply and
- * EHLO parsers (reply.c). delivery.c owns destinations and hands jobs out;
- * client.c owns one TCP connection and at most one transaction at a time.
+ * Private to src/delivery: the delivery object (destinations, limits, the
+ * idle-connection index, the reaper), the destination plan (plan.c: MX and
+ * address resolution into an ordered list of targets), the SMTP client
+ * connection (client.c) and the pure reply and EHLO parsers (reply.c).
+ * delivery.c owns destinations and hands jobs out; client.c owns one TCP
+ * connection and at most one transaction at a time. A plan is shared by
+ * reference between its destination and the connections it is setting up.
  * A closed connection moves to the dead list and is freed by the reaper
  * event, never inside one of its own callbacks.
  */
 #ifndef TERN_DELIVERY_INT_H
 #define TERN_DELIVERY_INT_H
 
+#include <netinet/in.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,8 +20,9 @@
 #include <sys/socket.h>
 
 #include "delivery/delivery.h"
-#include "delivery/resolve.h"
+#include "dns/dns.h"
 #include "util/buf.h"
+#include "util/map.h"
 #include "util/status.h"
 
 struct bufferevent;
@@ -79,48 +84,143 @@ struct ehlo_ext {
  * keywords are ignored; a SIZE whose value is not a number keeps size off. */
 void ehlo_parse_line(struct ehlo_ext *e, const char *text, size_t len);
 
+/* ---- plan.c: where a destination's connections go ---- */
+
+#define DELIV_TARGETS_MAX 64          /* addresses tried per destination */
+#define DELIV_HOSTS_MAX   64          /* host names (MX hosts, hops) per plan */
+#define DELIV_PLAN_MS     (60 * 1000) /* a plan is rebuilt after this */
+
+struct plan_host {
+    char name[DNS_NAME_MAX + 1]; /* MX host, implicit MX domain or hop host */
+    uint16_t hop;                /* index into delivery_dest.hops */
+    uint16_t pref;               /* MX preference; 0 for a direct hop */
+    uint16_t t0, nt;             /* its targets: t[t0 .. t0+nt) */
+};
+
+struct plan_target {
+    struct sockaddr_storage addr; /* port set */
+    socklen_t len;
+    uint16_t host; /* index into hosts */
+    bool failed;   /* a connection found it down or refusing */
+};
+
+/* Targets in the order RFC 5321 §5.1 wants them: hop by hop, MX hosts by
+ * preference, each host's addresses by the ip_family preference. */
+struct deliv_plan {
+    int refs;
+    int64_t built_ms;        /* tern_mono_ms() */
+    struct plan_host *hosts; /* owned */
+    size_t n_hosts;
+    struct plan_target *t; /* owned */
+    size_t n_t;
+};
+
+struct deliv_dest;
+struct plan_build;
+
+/* Resolution finished: plan (owned by the callee) with at least one target,
+ * or NULL and st says why, perm when every hop failed permanently (null MX,
+ * NXDOMAIN, implicit MX without address). Runs from the loop. */
+typedef void (*plan_done_cb)(struct delivery *d, struct deliv_dest *dest, struct deliv_plan *plan,
+    const struct tern_status *st, bool perm);
+
+/* Resolve dest's hops with d->dns (NULL: literals only). Never calls cb
+ * inside this call. The build is owned by the caller until cb starts. */
+struct plan_build *plan_build_start(
+    struct delivery *d, struct deliv_dest *dest, enum ip_family fam, plan_done_cb cb);
+void plan_build_cancel(struct plan_build *b); /* cb never runs; NULL is fine */
+struct deliv_plan *plan_ref(struct deliv_plan *p);
+void plan_unref(struct deliv_plan *p); /* NULL is fine */
+/* Any target not yet marked failed? */
+bool plan_usable(const struct deliv_plan *p);
+/* The order in which one connection tries p's targets: plan order, with the
+ * hosts of one hop and preference shuffled by rnd (RFC 5321 §5.1), so that
+ * connections spread over equal MX hosts. order has room for p->n_t;
+ * returns p->n_t. */
+size_t plan_order(const struct deliv_plan *p, uint16_t *order, uint32_t (*rnd)(void *), void *arg);
+/* Index of the first target not marked failed and the end of its
+ * preference group (same hop and preference); false when none. */
+bool plan_first_group(const struct deliv_plan *p, size_t *start, size_t *end);
+
 /* ---- delivery.c ---- */
 
 struct deliv_conn;
+struct idle_bucket;
 
 struct deliv_dest {
     TAILQ_ENTRY(deliv_dest) link;
+    TAILQ_ENTRY(deliv_dest) wait_link; /* in d->waiting when waiting */
     struct delivery_dest d;
+    struct delivery *owner;
     TAILQ_HEAD(, deliv_conn) conns; /* open connections (not retired) */
     size_t n_conns;
-    size_t n_due; /* due jobs as last told by delivery_kick, less jobs taken */
+    size_t n_due;             /* due jobs as last told by delivery_kick, less jobs taken */
+    uint32_t gen;             /* bumped when the hops change (reload): older connections QUIT */
+    bool waiting;             /* for a global connection slot (max_connections) */
+    struct deliv_plan *plan;  /* reference; NULL until resolved */
+    struct plan_build *build; /* resolution in progress */
+    int64_t tokens;           /* delivery_rate bucket, in 1/1000 messages */
+    int64_t tokens_ms;        /* last refill; 0 = bucket not started */
+    struct event *rate_ev;    /* wakes the destination when a token is due */
 };
 
 struct delivery {
     struct event_base *base;
     struct spool *sp;
+    struct dns *dns; /* borrowed */
     struct delivery_callbacks cb;
-    struct config *cfg;   /* reference; NULL until delivery_set_config */
-    struct resolver *res; /* NULL when c-ares could not start */
+    struct config *cfg; /* reference; NULL until delivery_set_config */
     TAILQ_HEAD(, deliv_dest) dests;
-    TAILQ_HEAD(, deliv_conn) dead; /* retired, waiting for the reaper */
+    TAILQ_HEAD(, deliv_dest) waiting; /* FIFO of destinations waiting for a slot */
+    TAILQ_HEAD(, deliv_conn) idle;    /* idle connections, oldest first */
+    struct map *idle_by_addr;         /* "addr:port" -> struct idle_bucket */
+    TAILQ_HEAD(, deliv_conn) dead;    /* retired, waiting for the reaper */
     struct event *reap;
     uint64_t next_conn_id;
-    size_t n_active;
+    size_t n_active; /* open connections, all destinations */
+    uint64_t rnd;
     bool shutting; /* delivery_free is running */
 };
 
-/* Ask the scheduler for dest's next job; keeps dest->n_due in step. */
-bool deliv_take_job(struct delivery *d, struct deliv_dest *dest, struct delivery_job *job);
-/* Open connections for dest while its limit and due count allow. */
+#define DELIV_ADDR_KEY_MAX (INET6_ADDRSTRLEN + 16)
+
+/* "addr:port" or "[v6addr]:port"; addr_only (may be NULL) gets the bare address. */
+void deliv_fmt_addr(
+    const struct sockaddr_storage *ss, char *out, size_t cap, char *addr_only, size_t acap);
+uint32_t deliv_rnd(void *d);
+/* Ask the scheduler for dest's next job; keeps dest->n_due in step. With
+ * rated, the delivery_rate budget applies: false (n_due kept) while it is
+ * exhausted, and the destination is woken when a message may go again. */
+bool deliv_take_job(
+    struct delivery *d, struct deliv_dest *dest, struct delivery_job *job, bool rated);
+/* Answer every due job of dest with st (for each recipient), no relay. */
+void deliv_dest_fail_jobs(struct delivery *d, struct deliv_dest *dest, const struct tern_status *st,
+    enum deliv_class cls);
+/* Every target of plan used failed for a connection, which is already
+ * retired (st: the last reason). Unless another connection may still take
+ * jobs or a newer plan has untried targets, the due jobs get TEMP and the
+ * plan is dropped, so the scheduler backs the whole destination off. */
+void deliv_dest_down(struct delivery *d, struct deliv_dest *dest, const struct deliv_plan *used,
+    const struct tern_status *st);
+/* Open (or adopt) connections for dest while its limits and due count allow. */
 void deliv_dest_fill(struct delivery *d, struct deliv_dest *dest);
 /* Hand a closed connection to the reaper: unlinks it from dest. With refill
  * (the connection had a working session), a replacement is opened when dest
  * still has due work; a connection that failed its setup never refills, so
- * a dead destination is not retried in a loop. */
+ * a dead destination is not retried in a loop. A freed slot goes to the
+ * destinations waiting for one first. */
 void deliv_conn_retire(
     struct delivery *d, struct deliv_conn *c, struct deliv_dest *dest, bool refill);
+/* The idle-connection index (by peer address), for reuse across
+ * destinations. Both calls are idempotent. Adding may at once hand c to a
+ * destination waiting for a connection slot (client_adopt) or QUIT it. */
+void deliv_idle_add(struct delivery *d, struct deliv_conn *c);
+void deliv_idle_del(struct delivery *d, struct deliv_conn *c);
 
 /* ---- client.c ---- */
 
 enum conn_state {
     CS_START,    /* created; starts from the wake event */
-    CS_RESOLVE,  /* waiting for the resolver */
     CS_CONNECT,  /* TCP connect in progress */
     CS_GREETING, /* waiting for the 220 */
     CS_EHLO,
@@ -139,37 +239,49 @@ struct client_tx;
 
 struct deliv_conn {
     TAILQ_ENTRY(deliv_conn) dest_link; /* in dest->conns, then in d->dead */
+    TAILQ_ENTRY(deliv_conn) idle_link; /* in d->idle while in_idle */
+    TAILQ_ENTRY(deliv_conn) addr_link; /* in its idle bucket while in_idle */
+    struct idle_bucket *bucket;
+    bool in_idle;
+    bool woken; /* client_wake queued a job pull */
     struct delivery *d;
     struct deliv_dest *dest; /* NULL once retired */
     struct config *cfg;      /* reference: the snapshot this connection started with */
     uint64_t id;
+    uint32_t gen; /* dest->gen it works for */
     enum conn_state state;
     struct bufferevent *bev;
-    struct event *timer; /* connect, reply and idle timeouts */
-    struct event *wake;  /* deferred start and job pulls */
-    struct resolver_query *rq;
-    struct resolve_result addrs;
-    size_t cur_addr;
-    char peer[CONFIG_HOST_MAX + 8]; /* "addr:port" being tried or connected */
-    char relay[DELIV_RELAY_MAX];    /* "host[addr]:port" once reached */
-    bool reached;                   /* TCP connected at least once */
-    bool ready;                     /* greeting and EHLO/HELO done */
-    struct ehlo_ext ext, ext_new;   /* in force / being parsed */
+    struct event *timer;               /* connect, reply and idle timeouts */
+    struct event *wake;                /* deferred start and job pulls */
+    struct deliv_plan *plan;           /* reference while setting up; NULL once ready */
+    uint16_t order[DELIV_TARGETS_MAX]; /* targets in this connection's order */
+    size_t n_order, cur;
+    char peer[DELIV_ADDR_KEY_MAX]; /* "addr:port" being tried or connected */
+    char relay[DELIV_RELAY_MAX];   /* "host[addr]:port" once connected */
+    bool reached;                  /* TCP connected to the current target */
+    bool ready;                    /* greeting and EHLO/HELO done */
+    struct ehlo_ext ext, ext_new;  /* in force / being parsed */
     struct reply_acc reply;
-    struct tern_status setup_err; /* why the last connect attempt failed */
+    struct tern_status setup_err; /* why the last target failed */
     uint32_t n_msgs, max_msgs;
     int64_t connect_ms, reply_ms, idle_ms;
     struct client_tx *tx; /* the job in flight, or NULL */
 };
 
-/* A new connection for dest under cfg (a reference is taken). It links itself
- * into dest and starts from the loop, never inside this call. */
+/* A new connection for dest under cfg (a reference is taken) that tries the
+ * targets of dest->plan. It links itself into dest and starts from the
+ * loop, never inside this call. */
 struct deliv_conn *client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg);
 /* Still being set up or idle: will ask for a job soon. */
 bool client_not_busy(const struct deliv_conn *c);
 /* An idle connection asks for a job again (from the loop). False if c is not
  * idle. */
 bool client_wake(struct deliv_conn *c);
+/* An idle connection of another destination (same peer address) moves to
+ * dest and asks it for a job. */
+void client_adopt(struct deliv_conn *c, struct deliv_dest *dest);
+/* An idle connection QUITs now (its slot is wanted elsewhere). */
+void client_quit_idle(struct deliv_conn *c);
 /* Shutdown: answer the job in flight with 421 4.3.2 and close at once. */
 void client_shutdown(struct deliv_conn *c);
 /* Free a retired connection (the reaper only). */

@@ -16,6 +16,7 @@
 
 #include "delivery/dsn.h"
 #include "retry.h"
+#include "route.h"
 #include "sched_int.h"
 #include "smtp/parse.h"
 #include "util/log.h"
@@ -137,32 +138,6 @@ unit_detach(struct sched *s, struct sched_unit *u)
     u->state = U_HELD;
 }
 
-/* ---- routing ---- */
-
-/* The destination of a recipient under cfg: the smarthost when one is set,
- * else the recipient's domain (delivered to its mail servers). */
-static void
-sched_route(const struct config *cfg, const char *rcpt, struct delivery_dest *out)
-{
-    memset(out, 0, sizeof(*out));
-    if (cfg->smarthost.host[0] != '\0') {
-        snprintf(out->key, sizeof(out->key), "smarthost:[%s]:%u", cfg->smarthost.host,
-            cfg->smarthost.port);
-        snprintf(out->host, sizeof(out->host), "%s", cfg->smarthost.host);
-        out->port = cfg->smarthost.port;
-        return;
-    }
-    char dom[CONFIG_HOST_MAX];
-    snprintf(dom, sizeof(dom), "%s", addr_domain(rcpt));
-    for (char *p = dom; *p; p++) {
-        if (*p >= 'A' && *p <= 'Z')
-            *p = (char)(*p - 'A' + 'a');
-    }
-    snprintf(out->key, sizeof(out->key), "mx:%s", dom);
-    snprintf(out->host, sizeof(out->host), "%s", dom);
-    out->port = cfg->delivery_port;
-}
-
 static struct sched_dest *
 dest_get(struct sched *s, const struct delivery_dest *dd)
 {
@@ -171,6 +146,9 @@ dest_get(struct sched *s, const struct delivery_dest *dd)
         d = xcalloc(1, sizeof(*d));
         d->d = *dd;
         map_put_str(s->dests, d->d.key, d);
+    } else if (d->d.n_hops != dd->n_hops ||
+        memcmp(d->d.hops, dd->hops, dd->n_hops * sizeof(dd->hops[0])) != 0) {
+        d->d = *dd; /* the route's hops changed with a reload */
     }
     return d;
 }
@@ -201,6 +179,8 @@ sched_kick(struct sched *s, struct sched_dest *d)
         delivery_kick(s->dl, &d->d, d->n_ready);
 }
 
+static void unit_wait_for_dest(struct sched *s, struct sched_unit *u);
+
 static void
 sched_due_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -212,6 +192,10 @@ sched_due_cb(evutil_socket_t fd, short what, void *arg)
         heap_remove(s, u);
         if (u->msg->env->held) {
             u->state = U_HELD;
+            continue;
+        }
+        if (u->dest->down_until_ms > now) {
+            unit_wait_for_dest(s, u);
             continue;
         }
         ready_push(u->dest, u);
@@ -268,10 +252,12 @@ msg_build_units(struct sched *s, struct sched_msg *m, int64_t next_try_ms)
         struct sched_unit *u = NULL;
         if (env->rcpts[i].state != RCPT_QUEUED)
             continue;
-        sched_route(s->cfg, env->rcpts[i].addr, &dd);
+        route_decide(s->cfg, env->sender, env->rcpts[i].addr, &dd);
         d = dest_get(s, &dd);
+        /* One unit (one transaction) per destination, of at most
+         * max_rcpts_per_txn recipients. */
         for (size_t k = 0; k < m->n_units; k++) {
-            if (m->units[k]->dest == d)
+            if (m->units[k]->dest == d && m->units[k]->n_rcpt < s->cfg->max_rcpts_per_txn)
                 u = m->units[k];
         }
         if (u == NULL) {
@@ -507,22 +493,59 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
     return act == DSN_ACTION_FAILED && dsn_wanted(m->env, idx, DSN_ACTION_FAILED);
 }
 
-static void
-dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n,
-    const char *relay)
+/* A job that reached no server at all, every recipient deferred: the
+ * whole destination is down. */
+static bool
+dest_failure(const struct delivery_rcpt_result *res, size_t n, const char *relay)
 {
-    struct sched *s = arg;
-    struct sched_unit *u = map_del_u64(s->flight, job_id);
-    struct sched_msg *m;
+    if (relay != NULL || n == 0)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (res[i].cls != DELIV_TEMP || res[i].from_remote)
+            return false;
+    }
+    return true;
+}
+
+/* Back a failing destination off as a whole (its waiting units are not
+ * tried before down_until), or clear the backoff after any contact. */
+static void
+dest_note(struct sched *s, struct sched_dest *d, bool failed)
+{
+    struct logline l;
+    if (!failed) {
+        if (d->down_count > 0) {
+            log_begin(&l, LOG_INFO, NULL, "sched", "destination_up");
+            log_str(&l, "destination", d->d.key);
+            log_end(&l);
+        }
+        d->down_count = 0;
+        d->down_until_ms = 0;
+        return;
+    }
+    d->down_count++;
+    d->down_until_ms = tern_now_ms() +
+        retry_delay_ms(s->cfg, d->down_count, (double)(random() % 1000000) / 1000000.0);
+    log_begin(&l, LOG_INFO, NULL, "sched", "destination_down");
+    log_str(&l, "destination", d->d.key);
+    log_int(&l, "failures", d->down_count);
+    log_int(&l, "retry_in_s", (d->down_until_ms - tern_now_ms() + 999) / 1000);
+    log_str(&l, "reason", d->last_error);
+    log_end(&l);
+}
+
+/* Apply the results of one unit's attempt (from delivery, or made up when
+ * a unit expires while its destination is down). */
+static void
+unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_result *res,
+    size_t n, const char *relay)
+{
+    struct sched_msg *m = u->msg;
     struct dsn_rcpt_result *dsn;
     size_t ndsn = 0, keep = 0;
     int64_t next_ms = 0;
-    if (u == NULL)
-        tern_panic("delivery answered unknown job %llu", (unsigned long long)job_id);
     TERN_ASSERT(n == u->n_rcpt);
-    m = u->msg;
-    m->n_flight--;
-    dsn = xcalloc(n, sizeof(*dsn));
+    dsn = xcalloc(n ? n : 1, sizeof(*dsn));
     for (size_t i = 0; i < n; i++) {
         size_t idx = u->rcpt[i];
         if (apply_result(s, m, idx, &res[i], relay, &next_ms, &dsn[ndsn]))
@@ -559,6 +582,8 @@ dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size
     }
     if (u->n_rcpt > 0) {
         u->next_try_ms = tern_now_ms() + next_ms;
+        if (u->dest->down_until_ms > u->next_try_ms)
+            u->next_try_ms = u->dest->down_until_ms;
         if (m->env->held)
             u->state = U_HELD;
         else
@@ -567,6 +592,42 @@ dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size
     } else {
         u->state = U_HELD; /* empty unit: never scheduled again */
     }
+}
+
+static void
+dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n,
+    const char *relay)
+{
+    struct sched *s = arg;
+    struct sched_unit *u = map_del_u64(s->flight, job_id);
+    if (u == NULL)
+        tern_panic("delivery answered unknown job %llu", (unsigned long long)job_id);
+    u->msg->n_flight--;
+    u->state = U_HELD;
+    /* Note the destination's state first: unit_apply may free u. */
+    dest_note(s, u->dest, dest_failure(res, n, relay));
+    unit_apply(s, u, res, n, relay);
+}
+
+/* A unit fell due while its destination is backed off: wait for the
+ * destination, or give up now when the message has expired meanwhile. */
+static void
+unit_wait_for_dest(struct sched *s, struct sched_unit *u)
+{
+    if (!retry_expired(s->cfg, u->msg->env->arrival_ms, tern_now_ms())) {
+        u->next_try_ms = u->dest->down_until_ms;
+        heap_push(s, u);
+        return;
+    }
+    struct delivery_rcpt_result *res = xcalloc(u->n_rcpt ? u->n_rcpt : 1, sizeof(*res));
+    for (size_t i = 0; i < u->n_rcpt; i++) {
+        res[i].cls = DELIV_TEMP;
+        STATUS_SET(&res[i].st, 451, "4.4.1", "destination %s unreachable: %s", u->dest->d.key,
+            u->dest->last_error ? u->dest->last_error : "no answer");
+    }
+    u->state = U_HELD;
+    unit_apply(s, u, res, u->n_rcpt, NULL);
+    free(res);
 }
 
 static bool
@@ -598,7 +659,7 @@ dl_next_job(void *arg, const char *dest_key, struct delivery_job *job)
 /* ---- life cycle and operator actions ---- */
 
 struct sched *
-sched_new(struct event_base *base, struct spool *sp, struct config *cfg)
+sched_new(struct event_base *base, struct spool *sp, struct dns *dns, struct config *cfg)
 {
     struct sched *s = xcalloc(1, sizeof(*s));
     struct delivery_callbacks cb = { dl_next_job, dl_done, s };
@@ -613,7 +674,7 @@ sched_new(struct event_base *base, struct spool *sp, struct config *cfg)
     s->dests = map_new();
     s->flight = map_new();
     s->timer = evtimer_new(base, sched_due_cb, s);
-    s->dl = delivery_new(base, sp, &cb);
+    s->dl = delivery_new(base, sp, dns, &cb);
     delivery_set_config(s->dl, cfg);
     return s;
 }
@@ -680,17 +741,14 @@ reroute_cb(const void *k, size_t kl, void *v, void *arg)
 void
 sched_set_config(struct sched *s, struct config *cfg)
 {
-    bool route_changed = strcmp(s->cfg->smarthost.host, cfg->smarthost.host) != 0 ||
-        s->cfg->smarthost.port != cfg->smarthost.port ||
-        s->cfg->delivery_port != cfg->delivery_port;
+    struct reroute_ctx c = { s, tern_now_ms() };
     config_unref(s->cfg);
     s->cfg = config_ref(cfg);
     delivery_set_config(s->dl, cfg);
-    if (route_changed) {
-        struct reroute_ctx c = { s, tern_now_ms() };
-        map_each(s->msgs, reroute_cb, &c);
-        sched_arm(s);
-    }
+    /* Routes, smarthosts or limits may have changed: group every message
+     * again (a reload is rare; this is one pass over the queue). */
+    map_each(s->msgs, reroute_cb, &c);
+    sched_arm(s);
 }
 
 static void

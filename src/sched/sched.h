@@ -20,6 +20,7 @@
 
 struct event_base;
 struct sched;
+struct dns;
 struct delivery;
 
 struct sched_stats {
@@ -29,7 +30,8 @@ struct sched_stats {
 
 /* cfg: a reference is taken (sched_set_config replaces it). The scheduler
  * creates and owns the delivery engine. */
-struct sched *sched_new(struct event_base *base, struct spool *sp, struct config *cfg);
+struct sched *sched_new(struct event_base *base, struct spool *sp, struct dns *dns,
+    struct config *cfg);
 void sched_free(struct sched *s); /* stops delivery first (answers in-flight jobs) */
 void sched_set_config(struct sched *s, struct config *cfg);
 

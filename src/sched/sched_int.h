@@ -18,6 +18,8 @@ struct sched_dest {
     struct sched_unit *ready_head, *ready_tail; /* FIFO of due units */
     size_t n_ready;
     char *last_error; /* owned; last temporary failure seen for this destination */
+    int64_t down_until_ms; /* backed off as a whole until then (0: up) */
+    uint32_t down_count;   /* consecutive attempts that reached no server */
 };
 
 struct sched_msg {

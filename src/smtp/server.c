@@ -1,7 +1,10 @@
 /*
- * SMTP listeners and session admission: binds smtp_listen, enforces the
- * total and per-address session limits (421 4.7.0) and keeps the session
- * table that commit callbacks use to find a session by id.
+ * SMTP listeners and session admission: binds smtp_listen (relay/MX),
+ * submission_listen and smtps_listen (each listener knows its role),
+ * enforces the total and per-address session limits (421 4.7.0) over all of
+ * them, keeps the session table that commit and AUTH callbacks use to find a
+ * session by id, and owns the TLS context and AUTH users of the current
+ * configuration (rebuilt on reload; sessions keep what they started with).
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -17,6 +20,7 @@
 #include "smtp_int.h"
 #include "util/cidr.h"
 #include "util/log.h"
+#include "util/parse.h"
 #include "util/util.h"
 
 /* The per-address key: the raw address bytes (v4-mapped v6 folded to v4). */
@@ -79,11 +83,13 @@ refuse(int fd, const char *peer, const char *why)
     log_end(&l);
 }
 
+#define AUTH_THROTTLE_MAX 100000 /* client addresses tracked for failed AUTH */
+
 static void
-accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen,
-    void *arg)
+accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
-    struct smtp_server *srv = arg;
+    struct smtp_listener *sl = arg;
+    struct smtp_server *srv = sl->srv;
     char peer[64];
     sockaddr_ntop(sa, peer, sizeof(peer));
     if (srv->shutting_down) {
@@ -103,7 +109,8 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     }
     evutil_make_socket_nonblocking(fd);
     per_ip_add(srv, sa, 1);
-    smtp_session_start(srv, fd, sa, salen);
+    if (!smtp_session_start(srv, fd, sa, salen, sl->role))
+        per_ip_add(srv, sa, -1);
 }
 
 static void
@@ -117,45 +124,84 @@ accept_error_cb(struct evconnlistener *lis, void *arg)
     /* EMFILE and friends: evconnlistener keeps listening; nothing else to do. */
 }
 
-static struct evconnlistener *
-bind_one(struct smtp_server *srv, const struct hostport *hp, struct buf *err)
+static const char *const role_setting[] = { "smtp_listen", "submission_listen", "smtps_listen" };
+
+static void
+listener_free(struct smtp_listener *sl)
+{
+    if (sl == NULL)
+        return;
+    evconnlistener_free(sl->lis);
+    free(sl);
+}
+
+static struct smtp_listener *
+bind_one(struct smtp_server *srv, const struct hostport *hp, enum smtp_role role, struct buf *err)
 {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     char spec[CONFIG_HOST_MAX + 16];
-    struct evconnlistener *lis;
+    struct smtp_listener *sl = xcalloc(1, sizeof(*sl));
     snprintf(spec, sizeof(spec), strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
     if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) < 0) {
-        buf_printf(err, "smtp_listen: %s is not a numeric address:port\n", spec);
+        buf_printf(err, "%s: %s is not a numeric address:port\n", role_setting[role], spec);
+        free(sl);
         return NULL;
     }
-    lis = evconnlistener_new_bind(srv->base, accept_cb, srv,
+    sl->srv = srv;
+    sl->role = role;
+    sl->lis = evconnlistener_new_bind(srv->base, accept_cb, sl,
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 511,
         (struct sockaddr *)&ss, len);
-    if (lis == NULL) {
-        buf_printf(err, "smtp_listen: cannot listen on %s: %s\n", spec, strerror(errno));
+    if (sl->lis == NULL) {
+        buf_printf(err, "%s: cannot listen on %s: %s\n", role_setting[role], spec, strerror(errno));
+        free(sl);
         return NULL;
     }
-    evconnlistener_set_error_cb(lis, accept_error_cb);
-    return lis;
+    evconnlistener_set_error_cb(sl->lis, accept_error_cb);
+    return sl;
+}
+
+/* The address list of one role. */
+static const struct hostport *
+role_list(const struct config *cfg, enum smtp_role role, size_t *n)
+{
+    switch (role) {
+    case SMTP_ROLE_RELAY:
+        *n = cfg->n_smtp_listen;
+        return cfg->smtp_listen;
+    case SMTP_ROLE_SUBMISSION:
+        *n = cfg->n_submission_listen;
+        return cfg->submission_listen;
+    case SMTP_ROLE_SMTPS:
+        *n = cfg->n_smtps_listen;
+        return cfg->smtps_listen;
+    }
+    tern_panic("role %d", (int)role);
 }
 
 static int
-bind_all(struct smtp_server *srv, const struct config *cfg, struct evconnlistener ***out,
-    size_t *n, struct buf *err)
+bind_all(struct smtp_server *srv, const struct config *cfg, struct smtp_listener ***out, size_t *n,
+    struct buf *err)
 {
-    struct evconnlistener **v = xcalloc(cfg->n_smtp_listen + 1, sizeof(*v));
-    for (size_t i = 0; i < cfg->n_smtp_listen; i++) {
-        v[i] = bind_one(srv, &cfg->smtp_listen[i], err);
-        if (v[i] == NULL) {
-            for (size_t k = 0; k < i; k++)
-                evconnlistener_free(v[k]);
-            free(v);
-            return -1;
+    size_t total = cfg->n_smtp_listen + cfg->n_submission_listen + cfg->n_smtps_listen, k = 0;
+    struct smtp_listener **v = xcalloc(total + 1, sizeof(*v));
+    for (int role = SMTP_ROLE_RELAY; role <= SMTP_ROLE_SMTPS; role++) {
+        size_t nr;
+        const struct hostport *hp = role_list(cfg, (enum smtp_role)role, &nr);
+        for (size_t i = 0; i < nr; i++) {
+            v[k] = bind_one(srv, &hp[i], (enum smtp_role)role, err);
+            if (v[k] == NULL) {
+                for (size_t j = 0; j < k; j++)
+                    listener_free(v[j]);
+                free(v);
+                return -1;
+            }
+            k++;
         }
     }
     *out = v;
-    *n = cfg->n_smtp_listen;
+    *n = k;
     return 0;
 }
 
@@ -163,10 +209,72 @@ static void
 unbind_all(struct smtp_server *srv)
 {
     for (size_t i = 0; i < srv->n_listeners; i++)
-        evconnlistener_free(srv->listeners[i]);
+        listener_free(srv->listeners[i]);
     free(srv->listeners);
     srv->listeners = NULL;
     srv->n_listeners = 0;
+}
+
+/* Build the TLS context and read the AUTH users of cfg. -1 with err when a
+ * file is bad (then nothing is returned). warn gets skipped users-file lines. */
+static int
+load_security(const struct config *cfg, struct tls_ctx **tls, struct auth_users **users,
+    struct buf *warn, struct buf *err)
+{
+    *users = NULL;
+    if (tls_server_ctx_new(cfg, tls, err) < 0)
+        return -1;
+    if (cfg->auth_users_file != NULL) {
+        *users = auth_users_new(cfg->auth_users_file);
+        if (auth_users_refresh(*users, true, warn, err) < 0) {
+            auth_users_free(*users);
+            *users = NULL;
+            tls_ctx_unref(*tls);
+            *tls = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void
+log_users_warnings(const struct buf *warn)
+{
+    struct logline l;
+    if (warn->len == 0)
+        return;
+    log_begin(&l, LOG_WARN, NULL, "smtp", "auth_users_bad_lines");
+    log_strn(&l, "detail", warn->data, warn->len);
+    log_end(&l);
+}
+
+int
+smtp_server_check(const struct config *cfg, struct buf *err)
+{
+    struct tls_ctx *tls;
+    struct auth_users *users;
+    struct buf warn = BUF_INIT;
+    int rc = load_security(cfg, &tls, &users, &warn, err);
+    if (rc == 0 && warn.len > 0) {
+        buf_append(err, warn.data, warn.len);
+        rc = -1;
+    }
+    buf_fini(&warn);
+    tls_ctx_unref(tls);
+    auth_users_free(users);
+    return rc;
+}
+
+/* Swap in the security objects of a new configuration. */
+static void
+set_security(struct smtp_server *srv, struct tls_ctx *tls, struct auth_users *users)
+{
+    tls_ctx_unref(srv->tls);
+    srv->tls = tls;
+    auth_users_free(srv->users);
+    srv->users = users;
+    if (users != NULL && srv->worker == NULL)
+        srv->worker = auth_worker_new(srv->base, smtp_auth_done, srv);
 }
 
 struct smtp_server *
@@ -178,8 +286,19 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
     srv->sp = sp;
     srv->sched = sch;
     srv->cfg = config_ref(cfg);
+    struct tls_ctx *tls;
+    struct auth_users *users;
+    struct buf warn = BUF_INIT;
     srv->sessions = map_new();
     srv->per_ip = map_new();
+    srv->throttle = auth_throttle_new(AUTH_THROTTLE_MAX);
+    if (load_security(cfg, &tls, &users, &warn, err) < 0) {
+        smtp_server_free(srv);
+        return NULL;
+    }
+    log_users_warnings(&warn);
+    buf_fini(&warn);
+    set_security(srv, tls, users);
     if (bind_all(srv, cfg, &srv->listeners, &srv->n_listeners, err) < 0) {
         smtp_server_free(srv);
         return NULL;
@@ -190,12 +309,16 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
 static bool
 same_listen(const struct config *a, const struct config *b)
 {
-    if (a->n_smtp_listen != b->n_smtp_listen)
-        return false;
-    for (size_t i = 0; i < a->n_smtp_listen; i++) {
-        if (strcmp(a->smtp_listen[i].host, b->smtp_listen[i].host) != 0 ||
-            a->smtp_listen[i].port != b->smtp_listen[i].port)
+    for (int role = SMTP_ROLE_RELAY; role <= SMTP_ROLE_SMTPS; role++) {
+        size_t na, nb;
+        const struct hostport *la = role_list(a, (enum smtp_role)role, &na);
+        const struct hostport *lb = role_list(b, (enum smtp_role)role, &nb);
+        if (na != nb)
             return false;
+        for (size_t i = 0; i < na; i++) {
+            if (strcmp(la[i].host, lb[i].host) != 0 || la[i].port != lb[i].port)
+                return false;
+        }
     }
     return true;
 }
@@ -203,8 +326,14 @@ same_listen(const struct config *a, const struct config *b)
 int
 smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err)
 {
+    struct tls_ctx *tls;
+    struct auth_users *users;
+    struct buf warn = BUF_INIT;
+    /* A bad certificate, key or users file refuses the whole reload. */
+    if (load_security(cfg, &tls, &users, &warn, err) < 0)
+        return -1;
     if (!same_listen(srv->cfg, cfg)) {
-        struct evconnlistener **v;
+        struct smtp_listener **v;
         size_t n;
         /* Free the old listeners first: the new set may reuse an address. */
         unbind_all(srv);
@@ -212,11 +341,17 @@ smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *
             struct buf ignore = BUF_INIT;
             bind_all(srv, srv->cfg, &srv->listeners, &srv->n_listeners, &ignore);
             buf_fini(&ignore);
+            tls_ctx_unref(tls);
+            auth_users_free(users);
+            buf_fini(&warn);
             return -1;
         }
         srv->listeners = v;
         srv->n_listeners = n;
     }
+    log_users_warnings(&warn);
+    buf_fini(&warn);
+    set_security(srv, tls, users);
     config_unref(srv->cfg);
     srv->cfg = config_ref(cfg);
     return 0;
@@ -252,6 +387,10 @@ shutdown_one(struct smtp_session *s)
      * commit callback first (the spool finishes in-flight commits). */
     if (s->state == SMTP_ST_COMMIT)
         return;
+    if (s->state == SMTP_ST_HANDSHAKE) {
+        smtp_session_kill(s); /* no reply can be sent mid-handshake */
+        return;
+    }
     smtp_session_close(s, 421, "4.3.2", "Service shutting down, try again later");
 }
 
@@ -287,6 +426,10 @@ smtp_server_free(struct smtp_server *srv)
     if (srv == NULL)
         return;
     unbind_all(srv);
+    auth_worker_free(srv->worker); /* joins the thread first */
+    auth_throttle_free(srv->throttle);
+    auth_users_free(srv->users);
+    tls_ctx_unref(srv->tls);
     map_free(srv->sessions);
     map_free(srv->per_ip);
     config_unref(srv->cfg);

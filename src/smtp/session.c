@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,18 +24,19 @@
 #include "util/util.h"
 
 #define SMTP_READ_CHUNK_MAX (1024 * 1024) /* stop reading beyond this much buffered input */
-#define SMTP_OUT_FLUSH (64 * 1024)
+#define SMTP_OUT_FLUSH      (64 * 1024)
 /* RFC 1870 §3, RFC 3461 §4.1, §5.1: extensions lengthen MAIL and RCPT lines. */
 #define SMTP_MAIL_LINE_MAX (SMTP_CMD_LINE_MAX + 26 + 100 + 64)
 #define SMTP_RCPT_LINE_MAX (SMTP_CMD_LINE_MAX + 500 + 64)
 #define SMTP_READ_LINE_MAX SMTP_RCPT_LINE_MAX
+/* RFC 4954 §4: AUTH lines and responses up to 12288 octets plus CRLF. */
+#define SMTP_AUTH_READ_MAX (AUTH_LINE_MAX + 2)
 
 static void session_read_cb(struct bufferevent *bev, void *arg);
-static void session_process(struct smtp_session *s);
 
 /* Read and write timeouts of the session (RFC 5321 §4.5.3.2). */
-static void
-session_timeout(struct smtp_session *s, int64_t ms)
+void
+smtp_session_timeout(struct smtp_session *s, int64_t ms)
 {
     struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
     bufferevent_set_timeouts(s->bev, &tv, &tv);
@@ -42,12 +44,8 @@ session_timeout(struct smtp_session *s, int64_t ms)
 
 /* ---- replies ---- */
 
-static void
-reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static void
-reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
+void
+smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
 {
     struct evbuffer *out = bufferevent_get_output(s->bev);
     char text[STATUS_TEXT_MAX];
@@ -64,12 +62,12 @@ reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
 static void
 reply_status(struct smtp_session *s, const struct tern_status *st)
 {
-    reply(s, st->code, st->esc, "%s", st->text);
+    smtp_reply(s, st->code, st->esc, "%s", st->text);
 }
 
 /* Count a protocol error; at the limit answer 421 and close. */
-static bool
-session_error(struct smtp_session *s)
+bool
+smtp_session_error(struct smtp_session *s)
 {
     if (++s->errors < s->cfg->max_errors)
         return false;
@@ -104,8 +102,8 @@ tx_free(struct smtp_tx *tx)
     free(tx);
 }
 
-static void
-tx_reset(struct smtp_session *s)
+void
+smtp_tx_reset(struct smtp_session *s)
 {
     tx_free(s->tx);
     s->tx = NULL;
@@ -121,8 +119,14 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     struct smtp_session *s = arg;
     s->srv->n_alive--;
     tx_free(s->tx);
+    smtp_auth_reset(s);
+    if (s->auth_timer)
+        event_free(s->auth_timer);
+    if (s->hs_timer)
+        event_free(s->hs_timer);
     if (s->bev)
         bufferevent_free(s->bev);
+    tls_ctx_unref(s->tls_ctx);
     config_unref(s->cfg);
     free(s->helo);
     free(s);
@@ -142,12 +146,37 @@ smtp_session_kill(struct smtp_session *s)
     event_base_once(s->srv->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
 }
 
+/* Under STARTTLS the last reply has only reached the plaintext bufferevent
+ * below the TLS filter when the filter's output drains: wait for that one. */
+static void
+under_drained_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct smtp_session *s = arg;
+    if (evbuffer_get_length(buf) == 0)
+        smtp_session_kill(s);
+}
+
+/* A closing session ends once its last reply has left (both layers under
+ * TLS); until then the write callbacks come back here. */
+static void
+kill_when_flushed(struct smtp_session *s)
+{
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
+        return; /* session_write_cb fires once it drains (low watermark 0) */
+    if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0) {
+        evbuffer_add_cb(bufferevent_get_output(under), under_drained_cb, s);
+        return;
+    }
+    smtp_session_kill(s);
+}
+
 static void
 session_write_cb(struct bufferevent *bev, void *arg)
 {
     struct smtp_session *s = arg;
-    if (s->state == SMTP_ST_CLOSING)
-        smtp_session_kill(s);
+    if (s->state == SMTP_ST_CLOSING && !s->dead)
+        kill_when_flushed(s);
 }
 
 void
@@ -156,22 +185,24 @@ smtp_session_close(struct smtp_session *s, int code, const char *esc, const char
     if (s->dead || s->state == SMTP_ST_CLOSING)
         return;
     if (code)
-        reply(s, code, esc, "%s", text);
+        smtp_reply(s, code, esc, "%s", text);
     s->state = SMTP_ST_CLOSING;
     bufferevent_disable(s->bev, EV_READ);
-    /* The write callback fires once the output has drained (low watermark 0). */
-    if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-        smtp_session_kill(s);
+    kill_when_flushed(s);
 }
 
 static void
 session_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct smtp_session *s = arg;
+    if (s->state == SMTP_ST_HANDSHAKE) {
+        smtp_tls_event(s, what);
+        return;
+    }
     if (what & BEV_EVENT_TIMEOUT) {
         struct logline l;
-        log_begin(&l, LOG_INFO, s->tx && s->tx->w ? spool_writer_qid(s->tx->w) : NULL, "smtp",
-            "timeout");
+        log_begin(
+            &l, LOG_INFO, s->tx && s->tx->w ? spool_writer_qid(s->tx->w) : NULL, "smtp", "timeout");
         log_int(&l, "sess", (int64_t)s->id);
         log_str(&l, "client", s->peer_str);
         log_end(&l);
@@ -202,6 +233,12 @@ add_received(struct smtp_session *s, const char *qid)
     struct smtp_tx *tx = s->tx;
     char date[64];
     const char *with = tx->env->smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP";
+    /* RFC 3848 / RFC 6531: S for TLS, A for AUTH (ESMTPSA, UTF8SMTPA...). */
+    const char *sa = !s->esmtp                ? ""
+                     : s->tls && s->auth_user ? "SA"
+                     : s->tls                 ? "S"
+                     : s->auth_user           ? "A"
+                                              : "";
     rfc5322_date(tern_now_ms(), date, sizeof(date));
     buf_append_str(&tx->out, "Received: from ");
     /* The HELO name is client-chosen: keep only printable non-space ASCII. */
@@ -209,8 +246,15 @@ add_received(struct smtp_session *s, const char *qid)
         unsigned char c = (unsigned char)*p;
         buf_append_char(&tx->out, (c > 32 && c < 127 && c != '(' && c != ')') ? (char)c : '?');
     }
-    buf_printf(&tx->out, " ([%s])\r\n\tby %s (tern) with %s id %s", s->peer_str,
-        s->cfg->hostname, with, qid);
+    buf_printf(&tx->out, " ([%s])\r\n", s->peer_str);
+    /* The TLS details as Postfix writes them. The authenticated user is
+     * left out on purpose (as Postfix's smtpd_sasl_authenticated_header=no):
+     * it would show every recipient a login name worth guessing passwords
+     * for; the log has it. */
+    if (s->tls)
+        buf_printf(&tx->out, "\t(using %s with cipher %s (%d/%d bits))\r\n", s->tls_info.version,
+            s->tls_info.cipher, s->tls_info.bits, s->tls_info.alg_bits);
+    buf_printf(&tx->out, "\tby %s (tern) with %s%s id %s", s->cfg->hostname, with, sa, qid);
     if (tx->env->n_rcpts == 1 && strpbrk(tx->env->rcpts[0].addr, "\r\n") == NULL &&
         strlen(tx->env->rcpts[0].addr) < 300)
         buf_printf(&tx->out, "\r\n\tfor <%s>", tx->env->rcpts[0].addr);
@@ -222,12 +266,12 @@ add_received(struct smtp_session *s, const char *qid)
 struct smtp_verb_entry {
     enum smtp_verb verb;
     const char *name;
-    unsigned states;  /* bit mask of enum smtp_state allowing it */
-    size_t line_max;  /* longest line accepted, including CRLF */
+    unsigned states; /* bit mask of enum smtp_state allowing it */
+    size_t line_max; /* longest line accepted, including CRLF */
     void (*fn)(struct smtp_session *s, const struct smtp_cmd *c);
 };
 
-#define ST(x) (1u << SMTP_ST_##x)
+#define ST(x)  (1u << SMTP_ST_##x)
 #define ST_ANY (ST(CONNECTED) | ST(READY) | ST(MAIL) | ST(RCPT))
 
 static void
@@ -235,11 +279,11 @@ cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
 {
     struct evbuffer *out = bufferevent_get_output(s->bev);
     if (c->arg_len == 0 || memchr(c->arg, ' ', c->arg_len) != NULL) {
-        reply(s, 501, "5.5.4", "Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
-        session_error(s);
+        smtp_reply(s, 501, "5.5.4", "Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
+        smtp_session_error(s);
         return;
     }
-    tx_reset(s);
+    smtp_tx_reset(s);
     free(s->helo);
     s->helo = xstrndup(c->arg, c->arg_len < 255 ? c->arg_len : 255);
     s->esmtp = esmtp;
@@ -250,9 +294,14 @@ cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
     }
     evbuffer_add_printf(out,
         "250-%s Hello [%s]\r\n250-PIPELINING\r\n250-SIZE %llu\r\n250-8BITMIME\r\n"
-        "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-DSN\r\n"
-        "250 HELP\r\n",
+        "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-CHUNKING\r\n250-DSN\r\n",
         s->cfg->hostname, s->peer_str, (unsigned long long)s->cfg->max_message_size);
+    /* RFC 3207 §4.2: no STARTTLS once TLS is on; AUTH only where allowed. */
+    if (smtp_starttls_offered(s))
+        evbuffer_add_printf(out, "250-STARTTLS\r\n");
+    if (smtp_auth_offered(s) && s->auth_user == NULL)
+        evbuffer_add_printf(out, "250-AUTH PLAIN LOGIN\r\n");
+    evbuffer_add_printf(out, "250 HELP\r\n");
 }
 
 static void
@@ -290,13 +339,22 @@ cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         reply_status(s, &st);
         free(addr);
         smtp_mail_params_fini(&mp);
-        session_error(s);
+        smtp_session_error(s);
         return;
     }
-    if (!mp.smtputf8 && has_non_ascii(addr)) {
-        reply(s, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
+    if (s->role != SMTP_ROLE_RELAY && s->auth_user == NULL) {
+        /* CONTRACT.md: submission needs AUTH, even from relay_networks. */
+        smtp_reply(s, 530, "5.7.0", "Authentication required");
+        log_refused(s, NULL, "authentication required", NULL);
+    } else if (s->auth_user != NULL &&
+               !auth_sender_allowed(s->cfg->auth_sender_login, s->auth_user, addr)) {
+        smtp_reply(
+            s, 553, "5.7.1", "<%s>: Sender address not owned by user %s", addr, s->auth_user);
+        log_refused(s, NULL, "sender not owned", addr);
+    } else if (!mp.smtputf8 && has_non_ascii(addr)) {
+        smtp_reply(s, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
     } else if (mp.has_size && mp.size > s->cfg->max_message_size) {
-        reply(s, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
+        smtp_reply(s, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
             (unsigned long long)s->cfg->max_message_size);
         log_refused(s, NULL, "size", NULL);
     } else {
@@ -312,7 +370,7 @@ cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         s->tx->env->helo = xstrdup(s->helo ? s->helo : "");
         s->tx->env->client_addr = xstrdup(s->peer_str);
         s->state = SMTP_ST_MAIL;
-        reply(s, 250, "2.1.0", "Ok");
+        smtp_reply(s, 250, "2.1.0", "Ok");
     }
     free(addr);
     smtp_mail_params_fini(&mp);
@@ -331,17 +389,18 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
             0 ||
         smtp_parse_rcpt_params(c->arg + used, c->arg_len - used, &rp, &st) < 0) {
         reply_status(s, &st);
-        session_error(s);
+        smtp_session_error(s);
     } else if (tx->env->n_rcpts >= s->cfg->max_recipients) {
-        reply(s, 452, "4.5.3", "Too many recipients");
-    } else if (!policy_may_relay(s->cfg, (struct sockaddr *)&s->peer, false, addr_domain(addr))) {
-        reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
+        smtp_reply(s, 452, "4.5.3", "Too many recipients");
+    } else if (!policy_may_relay(
+                   s->cfg, (struct sockaddr *)&s->peer, s->auth_user != NULL, addr_domain(addr))) {
+        smtp_reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
         log_refused(s, NULL, "relay denied", addr);
-        session_error(s);
+        smtp_session_error(s);
     } else {
         spool_env_add_rcpt(tx->env, addr, rp.orcpt, rp.notify);
         s->state = SMTP_ST_RCPT;
-        reply(s, 250, "2.1.5", "Ok");
+        smtp_reply(s, 250, "2.1.5", "Ok");
     }
     free(addr);
     smtp_rcpt_params_fini(&rp);
@@ -369,31 +428,31 @@ static void
 cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
 {
     if (c->arg_len != 0) {
-        reply(s, 501, "5.5.4", "Syntax: DATA");
+        smtp_reply(s, 501, "5.5.4", "Syntax: DATA");
         return;
     }
     if (!tx_open(s)) {
-        reply(s, 452, "4.3.1", "Insufficient system storage");
-        tx_reset(s);
+        smtp_reply(s, 452, "4.3.1", "Insufficient system storage");
+        smtp_tx_reset(s);
         return;
     }
     smtp_data_init(&s->tx->dec, SMTP_DATA_DOT);
     s->state = SMTP_ST_DATA;
-    session_timeout(s, s->cfg->data_timeout_ms);
-    reply(s, 354, "", "End data with <CR><LF>.<CR><LF>");
+    smtp_session_timeout(s, s->cfg->data_timeout_ms);
+    smtp_reply(s, 354, "", "End data with <CR><LF>.<CR><LF>");
 }
 
 static void
 cmd_rset(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    tx_reset(s);
-    reply(s, 250, "2.0.0", "Ok");
+    smtp_tx_reset(s);
+    smtp_reply(s, 250, "2.0.0", "Ok");
 }
 
 static void
 cmd_noop(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    reply(s, 250, "2.0.0", "Ok");
+    smtp_reply(s, 250, "2.0.0", "Ok");
 }
 
 static void
@@ -406,27 +465,20 @@ static void
 cmd_vrfy(struct smtp_session *s, const struct smtp_cmd *c)
 {
     /* RFC 5321 §3.5.3: neither confirm nor deny. */
-    reply(s, 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
+    smtp_reply(s, 252, "2.5.0", "Cannot VRFY user, but will accept message and attempt delivery");
 }
 
 static void
 cmd_expn(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    reply(s, 502, "5.5.1", "EXPN not available");
+    smtp_reply(s, 502, "5.5.1", "EXPN not available");
 }
 
 static void
 cmd_help(struct smtp_session *s, const struct smtp_cmd *c)
 {
-    reply(s, 214, "2.0.0",
+    smtp_reply(s, 214, "2.0.0",
         "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321");
-}
-
-static void
-cmd_not_offered(struct smtp_session *s, const struct smtp_cmd *c)
-{
-    reply(s, 502, "5.5.1", "Command not implemented");
-    session_error(s);
 }
 
 static void cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c);
@@ -445,8 +497,8 @@ static const struct smtp_verb_entry verbs[] = {
     { SMTP_V_VRFY, "VRFY", ST_ANY, SMTP_CMD_LINE_MAX, cmd_vrfy },
     { SMTP_V_EXPN, "EXPN", ST_ANY, SMTP_CMD_LINE_MAX, cmd_expn },
     { SMTP_V_HELP, "HELP", ST_ANY, SMTP_CMD_LINE_MAX, cmd_help },
-    { SMTP_V_STARTTLS, "STARTTLS", ST_ANY, SMTP_CMD_LINE_MAX, cmd_not_offered },
-    { SMTP_V_AUTH, "AUTH", ST_ANY, SMTP_CMD_LINE_MAX, cmd_not_offered },
+    { SMTP_V_STARTTLS, "STARTTLS", ST_ANY, SMTP_CMD_LINE_MAX, smtp_cmd_starttls },
+    { SMTP_V_AUTH, "AUTH", ST_ANY, SMTP_AUTH_READ_MAX, smtp_cmd_auth },
 };
 
 /* The reply for a verb that is known but not allowed in this state. */
@@ -454,13 +506,13 @@ static void
 reply_bad_sequence(struct smtp_session *s, enum smtp_verb v)
 {
     if (s->state == SMTP_ST_CONNECTED)
-        reply(s, 503, "5.5.1", "Error: send HELO/EHLO first");
+        smtp_reply(s, 503, "5.5.1", "Error: send HELO/EHLO first");
     else if (v == SMTP_V_MAIL)
-        reply(s, 503, "5.5.1", "Error: nested MAIL command");
+        smtp_reply(s, 503, "5.5.1", "Error: nested MAIL command");
     else if (v == SMTP_V_RCPT)
-        reply(s, 503, "5.5.1", "Error: need MAIL command");
+        smtp_reply(s, 503, "5.5.1", "Error: need MAIL command");
     else
-        reply(s, 503, "5.5.1", "Error: need RCPT command");
+        smtp_reply(s, 503, "5.5.1", "Error: need RCPT command");
 }
 
 static void
@@ -471,7 +523,7 @@ session_command(struct smtp_session *s, const char *line, size_t len)
     const struct smtp_verb_entry *e = NULL;
     if (smtp_parse_cmd(line, len, &c, &st) < 0) {
         reply_status(s, &st);
-        session_error(s);
+        smtp_session_error(s);
         return;
     }
     for (size_t i = 0; i < TERN_ARRAY_LEN(verbs); i++) {
@@ -479,14 +531,14 @@ session_command(struct smtp_session *s, const char *line, size_t len)
             e = &verbs[i];
     }
     if (e == NULL) {
-        reply(s, 500, "5.5.2", "Error: command not recognized");
-        session_error(s);
+        smtp_reply(s, 500, "5.5.2", "Error: command not recognized");
+        smtp_session_error(s);
     } else if (len + 2 > e->line_max) {
-        reply(s, 500, "5.5.2", "Error: line too long");
-        session_error(s);
+        smtp_reply(s, 500, "5.5.2", "Error: line too long");
+        smtp_session_error(s);
     } else if ((e->states & (1u << s->state)) == 0) {
         reply_bad_sequence(s, c.verb);
-        session_error(s);
+        smtp_session_error(s);
     } else {
         e->fn(s, &c);
     }
@@ -521,7 +573,8 @@ tx_rejected(struct smtp_session *s, struct tern_status *st)
         STATUS_SET(st, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
             (unsigned long long)s->cfg->max_message_size);
     else if (tx->dec.bad_eol)
-        STATUS_SET(st, 550, "5.5.2", "Message contains bare CR or LF line endings (RFC 5321 2.3.8)");
+        STATUS_SET(
+            st, 550, "5.5.2", "Message contains bare CR or LF line endings (RFC 5321 2.3.8)");
     else if (tx->dec.has_nul)
         STATUS_SET(st, 550, "5.6.0", "Message contains NUL bytes");
     else if (tx->dec.too_long)
@@ -539,9 +592,9 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     if (s == NULL || s->dead || s->state != SMTP_ST_COMMIT)
         return; /* the client left; the message is queued all the same */
     if (ok) {
-        reply(s, 250, "2.0.0", "Ok: queued as %s", qid);
+        smtp_reply(s, 250, "2.0.0", "Ok: queued as %s", qid);
     } else {
-        reply(s, 452, "4.3.1", "Insufficient system storage");
+        smtp_reply(s, 452, "4.3.1", "Insufficient system storage");
     }
     if (srv->shutting_down) {
         s->state = SMTP_ST_READY;
@@ -549,9 +602,9 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
         return;
     }
     s->state = SMTP_ST_READY;
-    session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
     bufferevent_enable(s->bev, EV_READ);
-    session_process(s);
+    smtp_session_process(s);
 }
 
 static void
@@ -561,12 +614,12 @@ tx_finish(struct smtp_session *s)
     struct tern_status st;
     struct logline l;
     const char *qid = spool_writer_qid(tx->w);
-    session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
     tx_flush(s);
     if (tx_rejected(s, &st)) {
         reply_status(s, &st);
         log_refused(s, qid, st.text, NULL);
-        tx_reset(s);
+        smtp_tx_reset(s);
         return;
     }
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
@@ -576,6 +629,12 @@ tx_finish(struct smtp_session *s)
     log_str(&l, "from", tx->env->sender);
     log_int(&l, "nrcpt", (int64_t)tx->env->n_rcpts);
     log_int(&l, "size", (int64_t)spool_writer_size(tx->w));
+    if (s->auth_user)
+        log_str(&l, "user", s->auth_user);
+    if (s->tls) {
+        log_str(&l, "tls", s->tls_info.version);
+        log_str(&l, "cipher", s->tls_info.cipher);
+    }
     log_end(&l);
     if (s->srv->sched)
         sched_count_received(s->srv->sched);
@@ -650,7 +709,7 @@ cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
     tx->chunk_left = size;
     tx->chunk_last = last;
     s->state = SMTP_ST_BDAT;
-    session_timeout(s, s->cfg->data_timeout_ms);
+    smtp_session_timeout(s, s->cfg->data_timeout_ms);
     if (size == 0)
         bdat_chunk_done(s); /* "BDAT 0 LAST": no bytes follow (RFC 3030 §2) */
 }
@@ -659,14 +718,13 @@ static void
 bdat_chunk_done(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
-    session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
     if (tx->bdat_failed) {
         reply_status(s, &tx->bdat_st);
         if (tx->chunk_last || tx->env->n_rcpts == 0) {
             tx_free(tx);
             s->tx = NULL;
-            s->state = s->bdat_prev_state == SMTP_ST_CONNECTED ? SMTP_ST_CONNECTED
-                                                               : SMTP_ST_READY;
+            s->state = s->bdat_prev_state == SMTP_ST_CONNECTED ? SMTP_ST_CONNECTED : SMTP_ST_READY;
         } else {
             s->state = SMTP_ST_RCPT;
         }
@@ -675,7 +733,7 @@ bdat_chunk_done(struct smtp_session *s)
     if (!tx->chunk_last) {
         tx_flush(s);
         s->state = SMTP_ST_RCPT; /* more BDAT (or RSET) may follow */
-        reply(s, 250, "2.0.0", "%llu octets received", (unsigned long long)tx->dec.out_bytes);
+        smtp_reply(s, 250, "2.0.0", "%llu octets received", (unsigned long long)tx->dec.out_bytes);
         return;
     }
     smtp_data_finish_bdat(&tx->dec, &tx->out);
@@ -711,19 +769,32 @@ session_bdat(struct smtp_session *s, struct evbuffer *in)
 
 /* Take one command line off the input. Returns 1 with the line in
  * line/len, 0 when more input is needed, -1 after an over-long line. */
+/* The longest line to read now: AUTH lines and responses may be longer. */
+static size_t
+line_limit(struct smtp_session *s, struct evbuffer *in)
+{
+    char head[5];
+    if (s->state == SMTP_ST_AUTH)
+        return SMTP_AUTH_READ_MAX;
+    if (evbuffer_copyout(in, head, sizeof(head)) == (ev_ssize_t)sizeof(head) &&
+        str_ieq(head, 4, "AUTH") && head[4] == ' ')
+        return SMTP_AUTH_READ_MAX;
+    return SMTP_READ_LINE_MAX;
+}
+
 static int
 read_command(struct smtp_session *s, struct evbuffer *in, char *line, size_t *len)
 {
-    size_t eol_len = 0;
+    size_t eol_len = 0, max = line_limit(s, in);
     struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
     if (p.pos < 0) {
-        if (evbuffer_get_length(in) > SMTP_READ_LINE_MAX) {
+        if (evbuffer_get_length(in) > max) {
             evbuffer_drain(in, evbuffer_get_length(in));
             s->discarding = true;
         }
         return 0;
     }
-    if (s->discarding || (size_t)p.pos > SMTP_READ_LINE_MAX) {
+    if (s->discarding || (size_t)p.pos > max) {
         evbuffer_drain(in, (size_t)p.pos + eol_len);
         s->discarding = false;
         return -1;
@@ -736,16 +807,20 @@ read_command(struct smtp_session *s, struct evbuffer *in, char *line, size_t *le
     return 1;
 }
 
-static void
-session_process(struct smtp_session *s)
+void
+smtp_session_process(struct smtp_session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
-    char line[SMTP_READ_LINE_MAX + 1];
+    char line[SMTP_AUTH_READ_MAX + 1];
     while (!s->dead && evbuffer_get_length(in) > 0) {
         size_t len = 0;
         int r;
-        if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT)
+        if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT ||
+            s->state == SMTP_ST_HANDSHAKE)
             return;
+        if (s->state == SMTP_ST_AUTH &&
+            (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY))
+            return; /* paused until the check is answered */
         if (s->state == SMTP_ST_DATA) {
             session_data(s, in);
             if (s->state == SMTP_ST_DATA)
@@ -762,47 +837,75 @@ session_process(struct smtp_session *s)
         if (r == 0)
             return;
         if (r < 0) {
-            reply(s, 500, "5.5.2", "Error: line too long");
-            session_error(s);
+            if (s->state == SMTP_ST_AUTH) {
+                smtp_auth_response(s, "", 0); /* an over-long response cannot decode */
+                continue;
+            }
+            smtp_reply(s, 500, "5.5.2", "Error: line too long");
+            smtp_session_error(s);
             continue;
         }
-        session_command(s, line, len);
+        if (s->state == SMTP_ST_AUTH)
+            smtp_auth_response(s, line, len);
+        else
+            session_command(s, line, len);
+        /* The line may have held a secret (AUTH). */
+        explicit_bzero(line, len);
+        if (s->state == SMTP_ST_HANDSHAKE)
+            return; /* STARTTLS: s->bev changed; the old input was discarded */
     }
 }
 
 static void
 session_read_cb(struct bufferevent *bev, void *arg)
 {
-    session_process(arg);
+    smtp_session_process(arg);
 }
 
 /* ---- start ---- */
 
 void
-smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen)
+smtp_session_callbacks(struct smtp_session *s)
+{
+    bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
+    bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_CHUNK_MAX);
+}
+
+bool
+smtp_session_start(
+    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role)
 {
     struct smtp_session *s = xcalloc(1, sizeof(*s));
-    struct timeval tmo;
     s->id = ++srv->next_id;
     s->srv = srv;
     s->cfg = config_ref(srv->cfg);
+    s->role = role;
+    s->tls_ctx = srv->tls ? tls_ctx_ref(srv->tls) : NULL;
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
     sockaddr_ntop(sa, s->peer_str, sizeof(s->peer_str));
     s->state = SMTP_ST_CONNECTED;
-    s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    if (role == SMTP_ROLE_SMTPS) {
+        if (s->tls_ctx == NULL || !smtp_tls_accept(s, fd))
+            s->bev = NULL;
+    } else {
+        s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    }
     if (s->bev == NULL) {
         evutil_closesocket(fd);
+        if (s->hs_timer)
+            event_free(s->hs_timer);
+        tls_ctx_unref(s->tls_ctx);
         config_unref(s->cfg);
         free(s);
-        return;
+        return false;
     }
     map_put_u64(srv->sessions, s->id, s);
     srv->n_alive++;
-    bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
-    bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_CHUNK_MAX);
-    tmo.tv_sec = s->cfg->smtp_timeout_ms / 1000;
-    tmo.tv_usec = (s->cfg->smtp_timeout_ms % 1000) * 1000;
-    bufferevent_set_timeouts(s->bev, &tmo, &tmo);
+    smtp_session_callbacks(s);
+    smtp_session_timeout(
+        s, role == SMTP_ROLE_SMTPS ? s->cfg->tls_handshake_timeout_ms : s->cfg->smtp_timeout_ms);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-    evbuffer_add_printf(bufferevent_get_output(s->bev), "220 %s ESMTP tern\r\n", s->cfg->hostname);
+    if (role != SMTP_ROLE_SMTPS)
+        smtp_reply(s, 220, "", "%s ESMTP tern", s->cfg->hostname);
+    return true;
 }

@@ -17,14 +17,16 @@ struct spool;
 struct sched;
 struct smtp_server;
 
-/* Bind every smtp_listen address of cfg (a reference is taken). NULL with a
- * message in err when an address cannot be bound. sch may be NULL (tests):
- * it is only told of received messages for its counters. */
+/* Bind every smtp_listen, submission_listen and smtps_listen address of cfg
+ * (a reference is taken), load the TLS certificate and the AUTH users. NULL
+ * with a message in err when an address cannot be bound or a file is bad.
+ * sch may be NULL (tests): it is only told of received messages. */
 struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch,
     struct config *cfg, struct buf *err);
-/* New sessions use cfg from now on; sessions in flight keep theirs. Listeners
- * are rebound when the addresses changed: -1 (and the old config kept) when a
- * new address cannot be bound. */
+/* New sessions use cfg (and its certificate and users file, re-read here)
+ * from now on; sessions in flight keep theirs. Listeners are rebound when the
+ * addresses changed: -1 (and the old config kept) when a new address cannot
+ * be bound or the certificate, key or users file is bad. */
 int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
 /* Stop accepting; idle sessions get 421 and are closed, sessions in a
  * transaction are abandoned (421, their tmp files discarded), sessions whose
@@ -37,5 +39,8 @@ size_t smtp_server_sessions(const struct smtp_server *srv);
  * writers go on the next loop pass). */
 size_t smtp_server_unfreed(const struct smtp_server *srv);
 void smtp_server_free(struct smtp_server *srv);
+/* ternd --check: load cfg's certificate/key and users file as the server
+ * would. 0, or -1 with one line per problem in err. */
+int smtp_server_check(const struct config *cfg, struct buf *err);
 
 #endif

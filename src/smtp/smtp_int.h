@@ -9,15 +9,18 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "auth.h"
 #include "data.h"
 #include "parse.h"
 #include "smtp.h"
 #include "spool/spool.h"
+#include "tls/tls.h"
 #include "util/buf.h"
 #include "util/map.h"
 
 struct bufferevent;
 struct evconnlistener;
+struct event;
 
 enum smtp_state {
     SMTP_ST_CONNECTED, /* before HELO/EHLO */
@@ -28,20 +31,41 @@ enum smtp_state {
     SMTP_ST_BDAT,      /* reading a BDAT chunk */
     SMTP_ST_COMMIT,    /* waiting for the spool to make the message durable */
     SMTP_ST_CLOSING,   /* flushing the last reply */
+    SMTP_ST_HANDSHAKE, /* TLS handshake (STARTTLS or smtps) in progress */
+    SMTP_ST_AUTH,      /* an AUTH exchange (RFC 4954) in progress */
+};
+
+/* What a listener is for (CONTRACT.md): relay/MX, submission with STARTTLS
+ * and AUTH required, or submission over implicit TLS (RFC 8314). */
+enum smtp_role { SMTP_ROLE_RELAY, SMTP_ROLE_SUBMISSION, SMTP_ROLE_SMTPS };
+
+enum smtp_auth_step {
+    SMTP_AUTH_NONE,
+    SMTP_AUTH_PLAIN,      /* waiting for the PLAIN response line */
+    SMTP_AUTH_LOGIN_USER, /* waiting for the LOGIN user name */
+    SMTP_AUTH_LOGIN_PASS, /* waiting for the LOGIN password */
+    SMTP_AUTH_CHECK,      /* the crypt worker is checking; input paused */
+    SMTP_AUTH_DELAY,      /* a failure is being answered after auth_failure_delay */
 };
 
 struct smtp_tx {
-    struct spool_env *env; /* owned: sender, params, recipients */
+    struct spool_env *env;  /* owned: sender, params, recipients */
     struct spool_writer *w; /* owned once DATA/BDAT started */
     struct smtp_data_dec dec;
-    struct buf out;         /* decoded bytes not yet handed to the writer */
+    struct buf out; /* decoded bytes not yet handed to the writer */
     bool too_big, io_error;
     int io_errno;
     /* BDAT */
-    uint64_t chunk_left;    /* bytes of the current chunk still to read */
+    uint64_t chunk_left; /* bytes of the current chunk still to read */
     bool chunk_last;
-    bool bdat_failed;       /* a reply has been decided; swallow the chunk */
+    bool bdat_failed; /* a reply has been decided; swallow the chunk */
     struct tern_status bdat_st;
+};
+
+struct smtp_listener {
+    struct smtp_server *srv;
+    enum smtp_role role;
+    struct evconnlistener *lis;
 };
 
 struct smtp_server {
@@ -49,10 +73,14 @@ struct smtp_server {
     struct spool *sp;
     struct sched *sched;
     struct config *cfg;
-    struct evconnlistener **listeners;
+    struct smtp_listener **listeners;
     size_t n_listeners;
-    struct map *sessions; /* id -> session */
-    struct map *per_ip;   /* address bytes -> count (uintptr_t) */
+    struct tls_ctx *tls;            /* server context of cfg; NULL: no TLS offered */
+    struct auth_users *users;       /* auth_users_file of cfg; NULL: no AUTH */
+    struct auth_throttle *throttle; /* failed AUTH per client address */
+    struct auth_worker *worker;     /* crypt checks off the loop */
+    struct map *sessions;           /* id -> session */
+    struct map *per_ip;             /* address bytes -> count (uintptr_t) */
     uint64_t next_id;
     size_t n_alive; /* sessions not yet freed (killed ones included) */
     bool shutting_down;
@@ -73,10 +101,52 @@ struct smtp_session {
     enum smtp_state bdat_prev_state;
     struct smtp_tx *tx;
     bool dead;
+    /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
+     * never shared between sessions. */
+    enum smtp_role role;
+    struct tls_ctx *tls_ctx; /* owned ref: the context this session's TLS uses */
+    bool tls;                /* the connection is encrypted (handshake done) */
+    struct tls_info tls_info;
+    struct event *hs_timer;   /* owned: handshake deadline */
+    struct event *auth_timer; /* owned: delayed 535 */
+    enum smtp_auth_step auth_step;
+    struct auth_creds *creds;      /* owned while an exchange runs; cleared before free */
+    char *auth_user;               /* owned: the authenticated identity, or NULL */
+    struct tern_status auth_reply; /* the answer held back by auth_timer */
+    bool auth_close;               /* close after auth_reply (lockout) */
 };
 
-/* session.c */
-void smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen);
+/* session.c. start: false when no session could be made (fd closed). */
+bool smtp_session_start(
+    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role);
+void smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Count a protocol error; true when the session was closed (421) for it. */
+bool smtp_session_error(struct smtp_session *s);
+/* Drop the transaction (state READY unless CONNECTED/CLOSING). */
+void smtp_tx_reset(struct smtp_session *s);
+/* Run buffered input (after a pause: commit, handshake, auth check). */
+void smtp_session_process(struct smtp_session *s);
+void smtp_session_timeout(struct smtp_session *s, int64_t ms);
+void smtp_session_callbacks(struct smtp_session *s); /* set read/write/event callbacks */
+
+/* session_tls.c: STARTTLS (RFC 3207) and implicit TLS (RFC 8314). */
+bool smtp_starttls_offered(const struct smtp_session *s);
+void smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c);
+/* Start the smtps handshake on a new connection; false when impossible. */
+bool smtp_tls_accept(struct smtp_session *s, int fd);
+/* Handshake done (BEV_EVENT_CONNECTED) or failed: called by the event cb. */
+void smtp_tls_event(struct smtp_session *s, short what);
+
+/* session_auth.c: AUTH (RFC 4954). */
+bool smtp_auth_offered(const struct smtp_session *s);
+void smtp_cmd_auth(struct smtp_session *s, const struct smtp_cmd *c);
+/* A response line of an AUTH exchange (without CRLF). */
+void smtp_auth_response(struct smtp_session *s, const char *line, size_t len);
+/* Forget everything of authentication (STARTTLS, end of session). */
+void smtp_auth_reset(struct smtp_session *s);
+/* The crypt worker's answer for session id (auth_done_fn). */
+void smtp_auth_done(uint64_t id, bool ok, void *arg);
 void smtp_session_close(struct smtp_session *s, int code, const char *esc, const char *text);
 /* End the session at once, no reply; freed from the loop later. */
 void smtp_session_kill(struct smtp_session *s);

@@ -5,6 +5,10 @@ Fixtures for the end-to-end tests.
   make_tern   make_tern(start=True, **settings) -> a Tern (ternd from $TERN_BUILD)
               with a config file written into the test's directory
   tern        make_tern() with the default settings
+  dnsmasq     a sysutil.Dnsmasq (not started: add records, then start();
+              stop()/restart() mid-test), stopped at teardown
+  make_sink   make_sink(host, port=None, meter=None) -> a started Sink on
+              that loopback address, stopped at teardown
 
 At teardown every ternd still running gets SIGTERM and must exit 0 within
 30 s; with TERN_ASAN its stderr must hold no sanitizer report.
@@ -26,6 +30,7 @@ from sysutil import (
     SLOW,
     WAIT,
     RawSMTP,
+    Dnsmasq,
     Sink,
     asan_errors,
     free_port,
@@ -343,3 +348,25 @@ def make_tern(tmp_path, sink):
 @pytest.fixture
 def tern(make_tern):
     return make_tern()
+
+
+@pytest.fixture
+def dnsmasq(tmp_path):
+    d = Dnsmasq(str(tmp_path / "dnsmasq"))
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def make_sink():
+    made = []
+
+    def make(host, port=None, meter=None):
+        s = Sink(port=port, host=host, meter=meter)
+        s.start()
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.stop()

@@ -1,7 +1,9 @@
 """
 Helpers for the end-to-end tests: port allocation, polling with deadlines,
 the programmable smarthost sink (aiosmtpd in a thread), a byte-exact SMTP
-client on raw sockets, log line parsing and DSN parsing.
+client on raw sockets, log line parsing and DSN parsing; for MX delivery,
+sinks on distinct loopback addresses sharing one port, a session meter over
+several sinks, a stdlib DNS query and a dnsmasq server (class Dnsmasq).
 """
 
 import asyncio
@@ -10,6 +12,7 @@ import json
 import os
 import re
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -249,9 +252,15 @@ class Sink:
       data_delay    seconds to wait before answering the final dot
     """
 
-    def __init__(self, port=None):
+    def __init__(self, port=None, host="127.0.0.1", meter=None):
+        """host: the (loopback) address to listen on; several sinks on
+        distinct addresses may share one port (MX tests). meter: an optional
+        SessionMeter that also counts this sink's sessions (a peak over
+        several sinks)."""
         self.lock = threading.Lock()
-        self.port = port or free_port()
+        self.host = host
+        self.meter = meter
+        self.port = port or free_port(host)
         self.messages = []
         self.mail_attempts = []
         self.rcpt_attempts = []
@@ -267,7 +276,7 @@ class Sink:
         self.controller = _SinkController(
             self,
             _SinkHandler(self),
-            hostname="127.0.0.1",
+            hostname=host,
             port=self.port,
             server_hostname="sink.test",
             decode_data=False,
@@ -282,6 +291,8 @@ class Sink:
         with self.lock:
             self.sessions_peak = 0
             self.sessions_total = 0
+        if self.meter is not None:
+            self.meter.reset_peak()
 
     def stop(self):
         self.controller.stop()
@@ -291,10 +302,14 @@ class Sink:
             self.sessions_open += 1
             self.sessions_total += 1
             self.sessions_peak = max(self.sessions_peak, self.sessions_open)
+        if self.meter is not None:
+            self.meter.open()
 
     def _session_close(self):
         with self.lock:
             self.sessions_open -= 1
+        if self.meter is not None:
+            self.meter.close()
 
     def rcpt_reply_for(self, addr):
         with self.lock:
@@ -555,3 +570,253 @@ def dsn_recipient_block(rcpt_blocks, addr):
             found.append(b)
     assert len(found) == 1, f"one block for {addr}, have {[dsn_field(b, 'Final-Recipient') for b in rcpt_blocks]}"
     return found[0]
+
+
+# --------------------------------------------------------------------------
+# MX delivery: sinks on several loopback addresses, a real DNS server
+
+
+class SessionMeter:
+    """Counts open sessions over several sinks (Sink(meter=...)): the peak
+    of their sum, for a global connection limit."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.current = 0
+        self.peak = 0
+
+    def open(self):
+        with self.lock:
+            self.current += 1
+            self.peak = max(self.peak, self.current)
+
+    def close(self):
+        with self.lock:
+            self.current -= 1
+
+    def reset_peak(self):
+        with self.lock:
+            self.peak = self.current
+
+
+def _bindable(host, port, kind):
+    with socket.socket(socket.AF_INET, kind) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_on(hosts, udp=False, tries=100):
+    """A port free for TCP (and UDP when udp) on every address of hosts a
+    moment ago: several sinks on distinct loopback addresses share it, the
+    way every MX host listens on port 25."""
+    for _ in range(tries):
+        port = free_port(hosts[0])
+        if all(_bindable(h, port, socket.SOCK_STREAM) for h in hosts) and (
+            not udp or all(_bindable(h, port, socket.SOCK_DGRAM) for h in hosts)
+        ):
+            return port
+    raise AssertionError(f"no port free on all of {hosts}")
+
+
+# DNS record types used by the tests
+DNS_A, DNS_MX, DNS_TXT = 1, 15, 16
+DNS_NOERROR, DNS_SERVFAIL, DNS_NXDOMAIN, DNS_REFUSED = 0, 2, 3, 5
+
+
+def _dns_name(msg, off, depth=0):
+    """(dotted name, offset after it) of a possibly compressed name."""
+    labels = []
+    end = None
+    for _ in range(128):
+        ln = msg[off]
+        if ln == 0:
+            off += 1
+            break
+        if ln & 0xC0 == 0xC0:
+            if end is None:
+                end = off + 2
+            off = ((ln & 0x3F) << 8) | msg[off + 1]
+            continue
+        labels.append(msg[off + 1 : off + 1 + ln].decode("ascii", "replace"))
+        off += 1 + ln
+    else:
+        raise ValueError("DNS name too long or looping")
+    return ".".join(labels) + ".", (end if end is not None else off)
+
+
+def dns_query(port, name, qtype, host="127.0.0.1", timeout=1.0):
+    """One UDP query; returns (rcode, [(type, ttl, value)]) for the answer
+    section. Values: A -> "1.2.3.4", MX -> (pref, "host."), TXT -> [bytes],
+    others -> raw rdata. Raises OSError/TimeoutError when nobody answers."""
+    tid = int.from_bytes(os.urandom(2), "big")
+    qname = b"".join(bytes([len(lb)]) + lb.encode() for lb in name.rstrip(".").split(".") if lb)
+    pkt = (
+        tid.to_bytes(2, "big")
+        + b"\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+        + qname
+        + b"\x00"
+        + qtype.to_bytes(2, "big")
+        + b"\x00\x01"
+    )
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.connect((host, port))
+        s.send(pkt)
+        deadline = time.monotonic() + timeout
+        while True:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                msg = s.recv(4096)
+            except socket.timeout:
+                raise TimeoutError(f"no DNS answer from {host}:{port}")
+            if len(msg) >= 12 and int.from_bytes(msg[:2], "big") == tid:
+                break
+    rcode = msg[3] & 0x0F
+    qd = int.from_bytes(msg[4:6], "big")
+    an = int.from_bytes(msg[6:8], "big")
+    off = 12
+    for _ in range(qd):
+        _, off = _dns_name(msg, off)
+        off += 4
+    answers = []
+    for _ in range(an):
+        _, off = _dns_name(msg, off)
+        typ = int.from_bytes(msg[off : off + 2], "big")
+        ttl = int.from_bytes(msg[off + 4 : off + 8], "big")
+        rdlen = int.from_bytes(msg[off + 8 : off + 10], "big")
+        rd = off + 10
+        rdata = msg[rd : rd + rdlen]
+        if typ == DNS_A and rdlen == 4:
+            val = socket.inet_ntoa(rdata)
+        elif typ == DNS_MX:
+            val = (int.from_bytes(rdata[:2], "big"), _dns_name(msg, rd + 2)[0])
+        elif typ == DNS_TXT:
+            val, i = [], 0
+            while i < len(rdata):
+                val.append(rdata[i + 1 : i + 1 + rdata[i]])
+                i += 1 + rdata[i]
+        else:
+            val = rdata
+        answers.append((typ, ttl, val))
+        off = rd + rdlen
+    return rcode, answers
+
+
+class Dnsmasq:
+    """dnsmasq on 127.0.0.1:port serving only what the test declares, under
+    .test (anything else under .test is NXDOMAIN, other names are REFUSED).
+    Records are added before start() (or before restart(), to change them);
+    stop() takes the server away mid-test (DNS down). TTLs are 0, so a
+    restarted server's records are seen at once."""
+
+    READY_NAME = "dnsmasq-ready.test"
+
+    def __init__(self, workdir, port=None):
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.port = port or free_port_on(["127.0.0.1"], udp=True)
+        self.log_path = os.path.join(workdir, "dnsmasq.log")
+        self.proc = None
+        self.clear()
+
+    # -- records
+
+    def clear(self):
+        self.args = [f"--host-record={self.READY_NAME},127.0.0.1"]
+
+    def mx(self, domain, host, pref=10):
+        self.args.append(f"--mx-host={domain},{host},{pref}")
+        return self
+
+    def null_mx(self, domain):
+        """RFC 7505: the single record "0 ." ("." as the target)."""
+        self.args.append(f"--mx-host={domain},.,0")
+        return self
+
+    def a(self, name, addr):
+        self.args.append(f"--host-record={name},{addr}")
+        return self
+
+    def txt(self, name, text):
+        self.args.append(f"--txt-record={name},{text}")
+        return self
+
+    def mx_host(self, domain, host, addr, pref=10):
+        """An MX record and the A record of its target."""
+        self.mx(domain, host, pref)
+        return self.a(host, addr)
+
+    # -- process
+
+    def argv(self):
+        return [
+            "dnsmasq",
+            "--no-daemon",
+            f"--port={self.port}",
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--no-resolv",
+            "--no-hosts",
+            "--conf-file=/dev/null",
+            f"--pid-file={os.path.join(self.workdir, 'dnsmasq.pid')}",
+            "--local=/test/",
+            "--local-ttl=0",
+            "--log-queries",
+            "--log-facility=-",
+            *self.args,
+        ]
+
+    def start(self, timeout=10.0):
+        assert not self.running(), "dnsmasq already running"
+        with open(self.log_path, "ab") as log:
+            log.write(b"=== dnsmasq start ===\n")
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.argv(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                rc = self.proc.returncode
+                raise AssertionError(f"dnsmasq exited with {rc}:\n{self.log_tail()}")
+            try:
+                rcode, ans = dns_query(self.port, self.READY_NAME, DNS_A, timeout=0.2)
+                if rcode == DNS_NOERROR and ans:
+                    return self
+            except (OSError, TimeoutError):
+                pass
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"dnsmasq not answering in {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.05)
+
+    def running(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        return self.start()
+
+    def query(self, name, qtype):
+        return dns_query(self.port, name, qtype)
+
+    def log_tail(self, n=30):
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-n:])
+        except OSError:
+            return ""

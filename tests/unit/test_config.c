@@ -372,7 +372,7 @@ test_errors(void **state)
         { "zero duration", NULL, "smtp_timeout=0s",
             "-o smtp_timeout: smtp_timeout must be greater than 0\n" },
         { "bad port in hostport", "smarthost = relay.example:99999\n", NULL,
-            "tern.conf:1: bad port \"99999\" in \"relay.example:99999\" for smarthost (1..65535)\n" },
+            "tern.conf:1: bad port \"99999\" in \"relay.example:99999\" in smarthost (1..65535)\n" },
         { "bad port in list", "smtp_listen = 127.0.0.1:25 [::1]:0\n", NULL,
             "tern.conf:1: bad port \"0\" in \"[::1]:0\" in smtp_listen (1..65535)\n" },
         { "missing port", "smtp_listen = 127.0.0.1\n", NULL,

@@ -1,8 +1,10 @@
 /*
- * Unit tests of the outbound SMTP client (src/delivery): the pure reply and
- * EHLO parsers from tables, then whole sessions against a scripted SMTP
- * server that runs in the same event loop (a libevent listener on 127.0.0.1).
- * Messages live in a real spool in a temporary directory.
+ * Unit tests of the outbound SMTP client (src/delivery): the pure reply,
+ * EHLO and target-order functions from tables, then whole sessions against
+ * scripted SMTP servers that run in the same event loop (libevent listeners
+ * on 127.0.0.1 and, for MX delivery, on 127.0.0.3-5 at one port), with a
+ * dnsmasq child process as the DNS server. Messages live in a real spool in
+ * a temporary directory.
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -16,15 +18,19 @@
 
 #include <arpa/inet.h>
 #include <cmocka.h>
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/listener.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #include "delivery/delivery.h"
 #include "delivery/delivery_int.h"
+#include "dns/dns.h"
 #include "spool/spool.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -337,20 +343,28 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     sconn_step(sc, ""); /* the greeting */
 }
 
+/* Listen on addr:port (port 0: any free one). */
 static void
-server_start(struct server *s, struct event_base *base)
+server_start_at(struct server *s, struct event_base *base, const char *addr, uint16_t port)
 {
     struct sockaddr_in sin;
     socklen_t len = sizeof(sin);
     memset(&sin, 0, sizeof(sin));
     sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(inet_pton(AF_INET, addr, &sin.sin_addr), 1);
+    sin.sin_port = htons(port);
     s->base = base;
     s->lis = evconnlistener_new_bind(base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
         16, (struct sockaddr *)&sin, sizeof(sin));
     assert_non_null(s->lis);
     getsockname(evconnlistener_get_fd(s->lis), (struct sockaddr *)&sin, &len);
     s->port = ntohs(sin.sin_port);
+}
+
+static void
+server_start(struct server *s, struct event_base *base)
+{
+    server_start_at(s, base, "127.0.0.1", 0);
 }
 
 static void
@@ -365,9 +379,143 @@ server_stop(struct server *s)
     buf_fini(&s->bodies);
 }
 
+/* ---- dnsmasq: the DNS server of the MX tests ---- */
+
+/* Shared by every test: the dnsmasq child's port and the one all MX sinks use. */
+static uint16_t mx_port, dns_port;
+
+/* A port free for UDP and TCP on 127.0.0.1 (and so likely elsewhere). */
+static uint16_t
+free_port(void)
+{
+    for (int tries = 0; tries < 50; tries++) {
+        struct sockaddr_in sin;
+        socklen_t len = sizeof(sin);
+        int u = socket(AF_INET, SOCK_DGRAM, 0), t = socket(AF_INET, SOCK_STREAM, 0);
+        uint16_t port;
+        bool ok;
+        memset(&sin, 0, sizeof(sin));
+        sin.sin_family = AF_INET;
+        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        assert_int_equal(bind(u, (struct sockaddr *)&sin, sizeof(sin)), 0);
+        getsockname(u, (struct sockaddr *)&sin, &len);
+        port = ntohs(sin.sin_port);
+        ok = bind(t, (struct sockaddr *)&sin, sizeof(sin)) == 0;
+        close(u);
+        close(t);
+        if (ok)
+            return port;
+    }
+    fail_msg("no free port");
+    return 0;
+}
+
+static bool
+udp_port_taken(uint16_t port)
+{
+    struct sockaddr_in sin;
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    bool taken;
+    memset(&sin, 0, sizeof(sin));
+    sin.sin_family = AF_INET;
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    sin.sin_port = htons(port);
+    taken = bind(u, (struct sockaddr *)&sin, sizeof(sin)) < 0 && errno == EADDRINUSE;
+    close(u);
+    return taken;
+}
+
+/* 127.0.0.3 and .4 run sinks (mx1, mx2), .5 greets with 554, .6 listens not. */
+static const char *const zone[] = {
+    "--mx-host=a.test,mx1.a.test,10",
+    "--mx-host=a.test,mx2.a.test,20",
+    "--host-record=mx1.a.test,127.0.0.3",
+    "--host-record=mx2.a.test,127.0.0.4",
+    "--mx-host=b.test,dead.b.test,10",
+    "--mx-host=b.test,mx2.a.test,20",
+    "--host-record=dead.b.test,127.0.0.6",
+    "--mx-host=refuse.test,greet554.test,10",
+    "--mx-host=refuse.test,mx2.a.test,20",
+    "--host-record=greet554.test,127.0.0.5",
+    "--mx-host=down.test,dead.b.test,10",
+    "--mx-host=nullmx.test,.,0",
+    "--host-record=implicit.test,127.0.0.3",
+    "--txt-record=noaddr.test,x",
+    "--mx-host=d1.test,mx1.a.test,10",
+    "--mx-host=d2.test,mx1.a.test,10",
+    "--mx-host=c.test,mx2.a.test,10",
+};
+
+static pid_t dnsmasq_pid;
+
+static int
+dnsmasq_setup(void **state)
+{
+    char port[32];
+    const char *argv[40];
+    size_t k = 0;
+    dns_port = free_port();
+    mx_port = free_port();
+    snprintf(port, sizeof(port), "--port=%u", dns_port);
+    argv[k++] = "dnsmasq";
+    argv[k++] = "--no-daemon";
+    argv[k++] = port;
+    argv[k++] = "--listen-address=127.0.0.1";
+    argv[k++] = "--bind-interfaces";
+    argv[k++] = "--no-resolv";
+    argv[k++] = "--no-hosts";
+    argv[k++] = "--conf-file=/dev/null";
+    argv[k++] = "--local=/test/";
+    argv[k++] = "--local-ttl=60";
+    for (size_t i = 0; i < TERN_ARRAY_LEN(zone); i++)
+        argv[k++] = zone[i];
+    argv[k] = NULL;
+    dnsmasq_pid = fork();
+    if (dnsmasq_pid < 0)
+        return -1;
+    if (dnsmasq_pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        dup2(null, 1);
+        dup2(null, 2);
+        execvp("dnsmasq", (char *const *)argv);
+        _exit(127);
+    }
+    for (int i = 0; i < 500 && !udp_port_taken(dns_port); i++)
+        usleep(10000);
+    return udp_port_taken(dns_port) ? 0 : -1;
+}
+
+static int
+dnsmasq_teardown(void **state)
+{
+    int st;
+    if (dnsmasq_pid > 0) {
+        kill(dnsmasq_pid, SIGTERM);
+        waitpid(dnsmasq_pid, &st, 0);
+    }
+    return 0;
+}
+
+static struct dns *
+dns_at(struct event_base *base, uint16_t port)
+{
+    struct hostport hp;
+    struct buf err = BUF_INIT;
+    struct dns *d;
+    memset(&hp, 0, sizeof(hp));
+    snprintf(hp.host, sizeof(hp.host), "127.0.0.1");
+    hp.port = port;
+    d = dns_new(base, &hp, 1, &err);
+    if (d == NULL)
+        fail_msg("dns_new: %s", err.data);
+    buf_fini(&err);
+    return d;
+}
+
 /* ---- harness: spool, config, delivery with a job queue ---- */
 
 #define MAX_JOBS 8
+#define N_MX     3 /* scripted MX servers on 127.0.0.3, .4, .5 */
 
 struct tres {
     uint64_t id;
@@ -383,30 +531,39 @@ struct harness {
     struct spool *sp;
     struct config cfg;
     struct server srv;
+    struct server mx[N_MX];
+    struct dns *dns;
     struct delivery *d;
-    struct delivery_dest dest;
+    struct delivery_dest dest; /* where add_job puts jobs */
     struct spool_env *envs[MAX_JOBS];
     size_t idx[MAX_JOBS][4];
     size_t n_rcpts[MAX_JOBS];
+    char job_key[MAX_JOBS][DELIVERY_DEST_MAX];
+    bool taken[MAX_JOBS];
     size_t n_jobs, next_job;
     struct tres res[MAX_JOBS];
     size_t n_res;
     bool committed;
+    size_t max_active; /* the most connections seen open at once */
 };
 
+/* The oldest job not handed out yet for key. */
 static bool
 h_next_job(void *arg, const char *key, struct delivery_job *job)
 {
     struct harness *h = arg;
-    assert_string_equal(key, h->dest.key);
-    if (h->next_job >= h->n_jobs)
-        return false;
-    job->id = 100 + h->next_job;
-    job->env = h->envs[h->next_job];
-    job->rcpt_idx = h->idx[h->next_job];
-    job->n_rcpts = h->n_rcpts[h->next_job];
-    h->next_job++;
-    return true;
+    for (size_t j = 0; j < h->n_jobs; j++) {
+        if (h->taken[j] || strcmp(h->job_key[j], key) != 0)
+            continue;
+        h->taken[j] = true;
+        job->id = 100 + j;
+        job->env = h->envs[j];
+        job->rcpt_idx = h->idx[j];
+        job->n_rcpts = h->n_rcpts[j];
+        h->next_job++;
+        return true;
+    }
+    return false;
 }
 
 static void
@@ -444,6 +601,8 @@ run_until(struct harness *h, bool (*cond)(struct harness *))
         if (tern_mono_ms() > end)
             fail_msg("timed out waiting for the test condition");
         event_base_loop(h->base, EVLOOP_ONCE);
+        if (h->d != NULL && delivery_active(h->d) > h->max_active)
+            h->max_active = delivery_active(h->d);
     }
     event_free(tick);
 }
@@ -520,8 +679,11 @@ add_job(struct harness *h, const char *sender, const char *const *rcpts, size_t 
     for (size_t i = 0; i < n; i++)
         h->idx[j][i] = i;
     h->n_rcpts[j] = n;
+    snprintf(h->job_key[j], sizeof(h->job_key[j]), "%s", h->dest.key);
     h->n_jobs++;
 }
+
+static struct harness *live_h; /* between h_new and h_free */
 
 static struct harness *
 h_new(const struct step *const *scripts, size_t n_scripts)
@@ -529,6 +691,16 @@ h_new(const struct step *const *scripts, size_t n_scripts)
     struct harness *h = xcalloc(1, sizeof(*h));
     struct buf err = BUF_INIT;
     struct delivery_callbacks cb = { h_next_job, h_done, h };
+    if (live_h != NULL) {
+        /* The previous test failed before h_free: close its listeners (the
+         * rest is left as is) so that the next tests can bind again. */
+        for (size_t i = 0; i < N_MX; i++) {
+            if (live_h->mx[i].lis != NULL)
+                evconnlistener_free(live_h->mx[i].lis);
+            live_h->mx[i].lis = NULL;
+        }
+    }
+    live_h = h;
     h->base = event_base_new();
     snprintf(h->dir, sizeof(h->dir), "/tmp/test_delivery.XXXXXX");
     assert_non_null(mkdtemp(h->dir));
@@ -546,10 +718,12 @@ h_new(const struct step *const *scripts, size_t n_scripts)
         h->srv.scripts[i] = scripts[i];
     h->srv.n_scripts = n_scripts;
     server_start(&h->srv, h->base);
-    h->d = delivery_new(h->base, h->sp, &cb);
-    snprintf(h->dest.host, sizeof(h->dest.host), "127.0.0.1");
-    h->dest.port = h->srv.port;
-    snprintf(h->dest.key, sizeof(h->dest.key), "smarthost:[127.0.0.1]:%u", h->srv.port);
+    h->dns = dns_at(h->base, dns_port);
+    h->d = delivery_new(h->base, h->sp, h->dns, &cb);
+    h->dest.n_hops = 1;
+    snprintf(h->dest.hops[0].host, sizeof(h->dest.hops[0].host), "127.0.0.1");
+    h->dest.hops[0].port = h->srv.port;
+    snprintf(h->dest.key, sizeof(h->dest.key), "smarthost");
     want_res = 0;
     return h;
 }
@@ -567,9 +741,13 @@ static void
 h_free(struct harness *h)
 {
     char cmd[128];
+    live_h = NULL;
     delivery_free(h->d);
     assert_int_equal(h->cfg.refs, 1); /* every reference given back */
+    dns_free(h->dns);
     server_stop(&h->srv);
+    for (size_t i = 0; i < N_MX; i++)
+        server_stop(&h->mx[i]);
     spool_free(h->sp);
     for (size_t i = 0; i < h->n_jobs; i++)
         spool_env_free(h->envs[i]);
@@ -847,11 +1025,11 @@ test_connect_refused_parallel(void **state)
     h->cfg.delivery_concurrency = 3;
     delivery_set_config(h->d, &h->cfg);
     delivery_kick(h->d, &h->dest, 4);
-    assert_int_equal(delivery_active(h->d), 3);
     want_res = 4;
     run_until(h, have_results);
     run_until(h, all_closed);
     run_for(h, 50);
+    assert_int_equal(h->max_active, 3); /* opened once the route was resolved */
     assert_int_equal(delivery_active(h->d), 0);
     for (size_t j = 0; j < 4; j++)
         check_rcpt(&h->res[j], 0, DELIV_TEMP, 421, "4.4.1", false);
@@ -975,7 +1153,7 @@ test_localhost_resolves(void **state)
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
     char want[64];
-    snprintf(h->dest.host, sizeof(h->dest.host), "localhost");
+    snprintf(h->dest.hops[0].host, sizeof(h->dest.hops[0].host), "localhost");
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
@@ -993,10 +1171,11 @@ test_greeting_554_defers(void **state)
     struct harness *h = h_new(sc, 1);
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
-    /* A refusing server is our own TEMP reason, never a bounce. */
+    /* A refusing server is our own TEMP reason, never a bounce; as the only
+     * host, the whole destination is down (no relay reached). */
     check_rcpt(&h->res[0], 0, DELIV_TEMP, 421, "4.4.0", false);
     assert_non_null(strstr(h->res[0].res[0].st.text, "554 go away"));
-    assert_true(h->res[0].has_relay);
+    assert_false(h->res[0].has_relay);
     run_until(h, all_closed);
     h_free(h);
 }
@@ -1016,9 +1195,9 @@ test_concurrency_limit(void **state)
     h->cfg.delivery_concurrency = 2;
     delivery_set_config(h->d, &h->cfg);
     delivery_kick(h->d, &h->dest, 3);
-    assert_int_equal(delivery_active(h->d), 2);
     want_res = 3;
     run_until(h, have_results);
+    assert_int_equal(h->max_active, 2);
     assert_int_equal(h->srv.n_conns, 2);
     run_until(h, all_closed);
     /* Three transactions over two connections (one of them may QUIT early,
@@ -1058,6 +1237,12 @@ test_idle_conn_takes_new_job(void **state)
     h_free(h);
 }
 
+static bool
+server_saw_quit(struct harness *h)
+{
+    return h->srv.log.data != NULL && strstr(h->srv.log.data, "QUIT\n") != NULL;
+}
+
 static void
 test_idle_timeout_quits(void **state)
 {
@@ -1067,6 +1252,7 @@ test_idle_timeout_quits(void **state)
     int64_t t0 = tern_mono_ms();
     delivery_set_config(h->d, &h->cfg);
     delivery_kick(h->d, &h->dest, 1); /* but next_job has nothing */
+    run_until(h, server_saw_quit);
     run_until(h, all_closed);
     assert_true(tern_mono_ms() - t0 >= 45);
     assert_string_equal(h->srv.log.data, "EHLO tern.test\nQUIT\n");
@@ -1163,6 +1349,391 @@ test_bad_reply_is_temp(void **state)
     h_free(h);
 }
 
+/* ---- target order (pure) ---- */
+
+static struct deliv_plan *
+order_plan(void)
+{
+    /* hop 0: h0 (pref 10, two addresses), h1 (pref 10), h2 (pref 20);
+     * hop 1: h3. */
+    static const struct {
+        uint16_t hop, pref, nt;
+    } hs[] = { { 0, 10, 2 }, { 0, 10, 1 }, { 0, 20, 1 }, { 1, 0, 1 } };
+    struct deliv_plan *p = xcalloc(1, sizeof(*p));
+    p->refs = 1;
+    p->hosts = xcalloc(4, sizeof(*p->hosts));
+    p->t = xcalloc(5, sizeof(*p->t));
+    for (size_t i = 0; i < 4; i++) {
+        struct plan_host *ph = &p->hosts[p->n_hosts++];
+        snprintf(ph->name, sizeof(ph->name), "h%zu", i);
+        ph->hop = hs[i].hop;
+        ph->pref = hs[i].pref;
+        ph->t0 = (uint16_t)p->n_t;
+        ph->nt = hs[i].nt;
+        for (size_t k = 0; k < hs[i].nt; k++) {
+            char a[16];
+            snprintf(a, sizeof(a), "10.0.%zu.%zu", i, k);
+            assert_int_equal(dns_literal(a, 25, &p->t[p->n_t].addr, &p->t[p->n_t].len), 0);
+            p->t[p->n_t++].host = (uint16_t)i;
+        }
+    }
+    return p;
+}
+
+static uint32_t
+seq_rnd(void *arg)
+{
+    uint32_t *x = arg;
+    *x = *x * 1103515245u + 12345u;
+    return *x >> 16;
+}
+
+static void
+test_plan_order(void **state)
+{
+    struct deliv_plan *p = order_plan();
+    size_t h0_first = 0, h1_first = 0, start, end;
+    for (uint32_t seed = 1; seed <= 200; seed++) {
+        uint16_t order[DELIV_TARGETS_MAX];
+        uint32_t x = seed;
+        assert_int_equal(plan_order(p, order, seq_rnd, &x), 5);
+        /* Targets 0,1 (h0, in order) and 2 (h1) in some host order, then
+         * h2's, then hop 1's. */
+        if (order[0] == 0) {
+            assert_int_equal(order[1], 1);
+            assert_int_equal(order[2], 2);
+            h0_first++;
+        } else {
+            assert_int_equal(order[0], 2);
+            assert_int_equal(order[1], 0);
+            assert_int_equal(order[2], 1);
+            h1_first++;
+        }
+        assert_int_equal(order[3], 3);
+        assert_int_equal(order[4], 4);
+    }
+    /* Equal preferences really spread over connections. */
+    assert_true(h0_first > 50 && h1_first > 50);
+    assert_true(plan_first_group(p, &start, &end));
+    assert_int_equal(start, 0);
+    assert_int_equal(end, 3);
+    p->t[0].failed = true;
+    assert_true(plan_first_group(p, &start, &end));
+    assert_int_equal(start, 1);
+    assert_int_equal(end, 3);
+    p->t[1].failed = p->t[2].failed = true;
+    assert_true(plan_first_group(p, &start, &end));
+    assert_int_equal(start, 3);
+    assert_int_equal(end, 4);
+    assert_true(plan_usable(p));
+    p->t[3].failed = p->t[4].failed = true;
+    assert_false(plan_first_group(p, &start, &end));
+    assert_false(plan_usable(p));
+    plan_unref(p);
+}
+
+/* ---- MX delivery against dnsmasq ---- */
+
+static const struct step mx_one[] = { GREET, EHLO_PIPE, { "MAIL", "250 ok\r\n", ACT_REPLY },
+    { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+    { ".", "250 2.0.0 ok\r\n", ACT_REPLY }, QUIT_OK, END };
+static const struct step mx_two[] = { GREET, EHLO_PIPE, { "MAIL", "250 ok\r\n", ACT_REPLY },
+    { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+    { ".", "250 2.0.0 ok\r\n", ACT_REPLY }, { "MAIL", "250 ok\r\n", ACT_REPLY },
+    { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+    { ".", "250 2.0.0 ok\r\n", ACT_REPLY }, QUIT_OK, END };
+static const struct step mx_four[] = { GREET, EHLO_PIPE, { "MAIL", "250 ok\r\n", ACT_REPLY },
+    { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+    { ".", "250 ok\r\n", ACT_REPLY }, { "MAIL", "250 ok\r\n", ACT_REPLY },
+    { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+    { ".", "250 ok\r\n", ACT_REPLY }, { "MAIL", "250 ok\r\n", ACT_REPLY },
+    { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+    { ".", "250 ok\r\n", ACT_REPLY }, { "MAIL", "250 ok\r\n", ACT_REPLY },
+    { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+    { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
+static const struct step no_conn[] = { END };
+
+static void
+mx_dest(struct delivery_dest *dd, const char *domain)
+{
+    memset(dd, 0, sizeof(*dd));
+    snprintf(dd->key, sizeof(dd->key), "mx:%s", domain);
+    snprintf(dd->hops[0].host, sizeof(dd->hops[0].host), "%s", domain);
+    dd->hops[0].port = mx_port;
+    dd->hops[0].mx = true;
+    dd->n_hops = 1;
+}
+
+/* Scripted sink i on 127.0.0.(3+i):mx_port. */
+static void
+mx_server(struct harness *h, size_t i, const struct step *script)
+{
+    char a[16];
+    h->mx[i].scripts[0] = script;
+    h->mx[i].n_scripts = 1;
+    snprintf(a, sizeof(a), "127.0.0.%zu", 3 + i);
+    server_start_at(&h->mx[i], h->base, a, mx_port);
+}
+
+static struct harness *
+h_mx(const char *domain)
+{
+    const struct step *sc[] = { no_conn };
+    struct harness *h = h_new(sc, 1);
+    mx_dest(&h->dest, domain);
+    return h;
+}
+
+static void
+check_relay(const struct tres *r, const char *host, const char *addr)
+{
+    char want[DELIV_RELAY_MAX];
+    snprintf(want, sizeof(want), "%s[%s]:%u", host, addr, mx_port);
+    assert_true(r->has_relay);
+    assert_string_equal(r->relay, want);
+}
+
+static void
+test_mx_preferred(void **state)
+{
+    struct harness *h = h_mx("a.test");
+    mx_server(h, 0, mx_one);
+    mx_server(h, 1, mx_one);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    h_go(h, 1);
+    check_rcpt(&h->res[0], 0, DELIV_OK, 250, "2.0.0", true);
+    check_relay(&h->res[0], "mx1.a.test", "127.0.0.3");
+    assert_int_equal(h->mx[0].n_conns, 1);
+    assert_int_equal(h->mx[1].n_conns, 0);
+    run_until(h, all_closed);
+    assert_int_equal(h->mx[0].errors, 0);
+    h_free(h);
+}
+
+static void
+test_mx_preferred_down(void **state)
+{
+    /* b.test: dead.b.test (127.0.0.6, nothing listens) at 10, mx2 at 20. A
+     * second message skips the host already found down. */
+    struct harness *h = h_mx("b.test");
+    mx_server(h, 1, mx_two);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    h_go(h, 2);
+    check_rcpt(&h->res[0], 0, DELIV_OK, 250, "2.0.0", true);
+    check_relay(&h->res[0], "mx2.a.test", "127.0.0.4");
+    check_rcpt(&h->res[1], 0, DELIV_OK, 250, "2.0.0", true);
+    run_until(h, all_closed);
+    assert_int_equal(h->mx[1].errors, 0);
+    h_free(h);
+}
+
+static void
+test_mx_greeting_refused_next(void **state)
+{
+    /* A 5xx greeting is a refusal: the next MX host gets the message. With
+     * one message per connection, the second connection skips the host the
+     * first one found refusing. */
+    static const struct step refuse[] = { { NULL, "554 5.7.1 go away\r\n", ACT_REPLY }, END };
+    struct harness *h = h_mx("refuse.test");
+    mx_server(h, 2, refuse);
+    mx_server(h, 1, mx_one);
+    h->cfg.delivery_max_msgs_per_conn = 1;
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    h_go(h, 2);
+    for (size_t j = 0; j < 2; j++) {
+        check_rcpt(&h->res[j], 0, DELIV_OK, 250, "2.0.0", true);
+        check_relay(&h->res[j], "mx2.a.test", "127.0.0.4");
+    }
+    assert_int_equal(h->mx[2].n_conns, 1);
+    assert_int_equal(h->mx[1].n_conns, 2);
+    run_until(h, all_closed);
+    h_free(h);
+}
+
+static void
+test_mx_failover_hops(void **state)
+{
+    /* Hop 1 is a dead literal, hop 2 is a.test whose preferred MX is down:
+     * the message reaches a.test's second MX. */
+    struct harness *h = h_mx("a.test");
+    mx_server(h, 1, mx_one);
+    snprintf(h->dest.key, sizeof(h->dest.key), "route:failover");
+    h->dest.hops[1] = h->dest.hops[0];
+    snprintf(h->dest.hops[0].host, sizeof(h->dest.hops[0].host), "127.0.0.6");
+    h->dest.hops[0].mx = false;
+    h->dest.n_hops = 2;
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    h_go(h, 1);
+    check_rcpt(&h->res[0], 0, DELIV_OK, 250, "2.0.0", true);
+    check_relay(&h->res[0], "mx2.a.test", "127.0.0.4");
+    run_until(h, all_closed);
+    h_free(h);
+}
+
+static void
+test_mx_implicit(void **state)
+{
+    /* implicit.test has an A record (127.0.0.3) and no MX (RFC 5321 §5.1). */
+    struct harness *h = h_mx("implicit.test");
+    mx_server(h, 0, mx_one);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    h_go(h, 1);
+    check_rcpt(&h->res[0], 0, DELIV_OK, 250, "2.0.0", true);
+    check_relay(&h->res[0], "implicit.test", "127.0.0.3");
+    run_until(h, all_closed);
+    h_free(h);
+}
+
+struct perm_case {
+    const char *name, *domain;
+    enum deliv_class cls;
+    int code;
+    const char *esc, *text;
+};
+
+static const struct perm_case perm_cases[] = {
+    { "null MX", "nullmx.test", DELIV_PERM, 556, "5.1.10", "null MX" },
+    { "nxdomain", "nx.test", DELIV_PERM, 550, "5.1.2", "not found" },
+    { "implicit MX without address", "noaddr.test", DELIV_PERM, 550, "5.1.2",
+        "no MX and no address" },
+    { "every MX host down", "down.test", DELIV_TEMP, 421, "4.4.1", "connect to 127.0.0.6" },
+};
+
+static void
+test_mx_failures(void **state)
+{
+    for (size_t i = 0; i < TERN_ARRAY_LEN(perm_cases); i++) {
+        const struct perm_case *tc = &perm_cases[i];
+        struct harness *h = h_mx(tc->domain);
+        add_job(h, "s@y.test", two_rcpts, 2, body1, false);
+        add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+        h_go(h, 2);
+        for (size_t j = 0; j < 2; j++) {
+            if (h->res[j].has_relay || strstr(h->res[j].res[0].st.text, tc->text) == NULL)
+                fail_msg("%s: relay %d reason '%s'", tc->name, h->res[j].has_relay,
+                    h->res[j].res[0].st.text);
+            check_rcpt(&h->res[j], 0, tc->cls, tc->code, tc->esc, false);
+        }
+        check_rcpt(&h->res[0], 1, tc->cls, tc->code, tc->esc, false);
+        run_until(h, all_closed);
+        /* No connection at all unless there was an address to try. */
+        if (tc->cls == DELIV_PERM)
+            assert_int_equal(h->max_active, 0);
+        h_free(h);
+    }
+}
+
+static void
+test_mx_dns_down(void **state)
+{
+    struct harness *h = h_mx("a.test");
+    struct hostport hp;
+    struct buf err = BUF_INIT;
+    memset(&hp, 0, sizeof(hp));
+    snprintf(hp.host, sizeof(hp.host), "127.0.0.1");
+    hp.port = free_port(); /* nothing answers there */
+    assert_int_equal(dns_set_servers(h->dns, &hp, 1, &err), 0);
+    buf_fini(&err);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    h_go(h, 1);
+    check_rcpt(&h->res[0], 0, DELIV_TEMP, 451, "4.4.3", false);
+    assert_false(h->res[0].has_relay);
+    if (strstr(h->res[0].res[0].st.text, "MX lookup of a.test failed") == NULL)
+        fail_msg("reason: %s", h->res[0].res[0].st.text);
+    assert_int_equal(h->max_active, 0);
+    h_free(h);
+}
+
+static bool
+one_idle(struct harness *h)
+{
+    return !TAILQ_EMPTY(&h->d->idle);
+}
+
+static void
+test_mx_connection_shared(void **state)
+{
+    /* d1.test and d2.test share mx1.a.test: d2's message goes over the idle
+     * connection d1 opened. */
+    struct harness *h = h_mx("d1.test");
+    struct delivery_dest d2;
+    mx_server(h, 0, mx_two);
+    h->cfg.idle_conn_timeout_ms = 5000;
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    h_go(h, 1);
+    run_until(h, one_idle);
+    mx_dest(&d2, "d2.test");
+    h->dest = d2;
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    want_res = 2;
+    delivery_kick(h->d, &d2, 1);
+    run_until(h, have_results);
+    check_rcpt(&h->res[1], 0, DELIV_OK, 250, "2.0.0", true);
+    check_relay(&h->res[1], "mx1.a.test", "127.0.0.3");
+    assert_int_equal(h->mx[0].n_conns, 1);
+    assert_int_equal(h->max_active, 1);
+    assert_int_equal(h->mx[0].errors, 0);
+    h_free(h);
+}
+
+static void
+test_mx_max_connections(void **state)
+{
+    /* One connection in total: c.test waits until a.test's idle connection
+     * is asked to QUIT, long before its idle timeout. */
+    struct harness *h = h_mx("a.test");
+    struct delivery_dest c;
+    int64_t t0;
+    mx_server(h, 0, mx_one);
+    mx_server(h, 1, mx_one);
+    h->cfg.idle_conn_timeout_ms = 8000;
+    h->cfg.max_connections = 1;
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    mx_dest(&c, "c.test");
+    h->dest = c;
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    mx_dest(&h->dest, "a.test");
+    delivery_set_config(h->d, &h->cfg);
+    want_res = 2;
+    t0 = tern_mono_ms();
+    delivery_kick(h->d, &h->dest, 1);
+    delivery_kick(h->d, &c, 1);
+    run_until(h, have_results);
+    assert_true(tern_mono_ms() - t0 < 4000);
+    for (size_t j = 0; j < 2; j++)
+        check_rcpt(&h->res[j], 0, DELIV_OK, 250, "2.0.0", true);
+    check_relay(&h->res[0], "mx1.a.test", "127.0.0.3");
+    check_relay(&h->res[1], "mx2.a.test", "127.0.0.4");
+    assert_int_equal(h->max_active, 1);
+    assert_int_equal(h->mx[0].errors + h->mx[1].errors, 0);
+    h_free(h);
+}
+
+static void
+test_mx_delivery_rate(void **state)
+{
+    /* 120 a minute: two at once (one second's burst), then one per 500 ms,
+     * over the one connection that waits for its budget. */
+    struct harness *h = h_mx("a.test");
+    int64_t t0;
+    mx_server(h, 0, mx_four);
+    h->cfg.idle_conn_timeout_ms = 5000;
+    h->cfg.delivery_rate = 120;
+    for (int i = 0; i < 4; i++)
+        add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    t0 = tern_mono_ms();
+    h_go(h, 4);
+    assert_true(tern_mono_ms() - t0 >= 900);
+    assert_true(tern_mono_ms() - t0 < 5000);
+    for (size_t j = 0; j < 4; j++)
+        check_rcpt(&h->res[j], 0, DELIV_OK, 250, "", true);
+    assert_int_equal(h->mx[0].n_conns, 1);
+    assert_int_equal(h->mx[0].errors, 0);
+    h_free(h);
+}
+
 int
 main(void)
 {
@@ -1195,8 +1766,19 @@ main(void)
         cmocka_unit_test(test_pipelined_354_without_rcpt),
         cmocka_unit_test(test_dsn_parameters),
         cmocka_unit_test(test_bad_reply_is_temp),
+        cmocka_unit_test(test_plan_order),
+        cmocka_unit_test(test_mx_preferred),
+        cmocka_unit_test(test_mx_preferred_down),
+        cmocka_unit_test(test_mx_greeting_refused_next),
+        cmocka_unit_test(test_mx_failover_hops),
+        cmocka_unit_test(test_mx_implicit),
+        cmocka_unit_test(test_mx_failures),
+        cmocka_unit_test(test_mx_dns_down),
+        cmocka_unit_test(test_mx_connection_shared),
+        cmocka_unit_test(test_mx_max_connections),
+        cmocka_unit_test(test_mx_delivery_rate),
     };
     signal(SIGPIPE, SIG_IGN); /* as ternd does: a peer closing mid-write */
     log_set_level(LOG_ERROR);
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, dnsmasq_setup, dnsmasq_teardown);
 }

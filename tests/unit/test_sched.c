@@ -26,6 +26,7 @@
 #include <sys/socket.h>
 
 #include "config/config.h"
+#include "dns/dns.h"
 #include "sched/sched.h"
 #include "spool/spool.h"
 #include "util/buf.h"
@@ -372,6 +373,7 @@ struct h {
     struct spool *sp;
     struct config *cfg;
     struct sched *s;
+    struct dns *dns;
     struct srv srv[2];              /* srv[1] only for rerouting */
     uint16_t port;                  /* the smarthost port of cfg */
     struct hooked hooks[MAX_HOOKS]; /* every commit, DSNs included */
@@ -480,7 +482,11 @@ h_start_sched(struct h *h)
     if (h->sp == NULL)
         fail_msg("spool_open: %s", err.data ? err.data : "?");
     buf_fini(&err);
-    h->s = sched_new(h->base, h->sp, h->cfg);
+    h->dns = dns_new(h->base, NULL, 0, &err);
+    if (h->dns == NULL)
+        fail_msg("dns_new: %s", err.data ? err.data : "?");
+    buf_fini(&err);
+    h->s = sched_new(h->base, h->sp, h->dns, h->cfg);
     spool_set_commit_hook(h->sp, commit_hook, h);
 }
 
@@ -506,6 +512,8 @@ h_stop_sched(struct h *h)
     spool_set_commit_hook(h->sp, NULL, NULL); /* as ternd: no sched_add after sched_free */
     sched_free(h->s);
     h->s = NULL;
+    dns_free(h->dns);
+    h->dns = NULL;
     spool_free(h->sp); /* drains the status updates */
     h->sp = NULL;
 }
@@ -863,7 +871,7 @@ test_list_and_summary(void **state)
     assert_int_equal(json_num(line, "size"), (long long)strlen(body));
     check_list(h, qid, false, queued, 2);
 
-    snprintf(dest, sizeof(dest), "smarthost:[127.0.0.1]:%u", h->port);
+    snprintf(dest, sizeof(dest), "smarthost");
     sched_summary_json(h->s, &out);
     assert_int_equal(count_lines(out.data), 1);
     assert_true(json_line(out.data, "destination", dest, line, sizeof(line)));
@@ -905,7 +913,7 @@ test_connection_refused(void **state)
     RUN_UNTIL(h, stats(h).deferred == 1, 5000);
     check_list(h, qid, false, once, 1);
 
-    snprintf(dest, sizeof(dest), "smarthost:[127.0.0.1]:%u", h->port);
+    snprintf(dest, sizeof(dest), "smarthost");
     sched_summary_json(h->s, &out);
     assert_true(json_line(out.data, "destination", dest, line, sizeof(line)));
     assert_null(strstr(line, "\"last_error\":null"));

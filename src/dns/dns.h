@@ -1,0 +1,89 @@
+/*
+ * Asynchronous DNS for the whole daemon: c-ares driven by the libevent loop
+ * (no threads, no blocking calls), with a TTL-bounded cache. Results keep
+ * "no such domain", "no records of this type", "null MX" and "try again
+ * later" apart, so the retry-or-bounce decision is made in one place
+ * (RFC 5321 §5.1, RFC 7505). Servers come from dns_resolvers or, when that
+ * is empty, /etc/resolv.conf.
+ */
+#ifndef TERN_DNS_H
+#define TERN_DNS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "config/config.h"
+#include "util/buf.h"
+
+struct event_base;
+struct dns;
+struct dns_query;
+
+#define DNS_NAME_MAX  255
+#define DNS_MX_MAX    32 /* MX records kept per domain */
+#define DNS_ADDRS_MAX 16 /* addresses kept per host */
+
+enum dns_rc {
+    DNS_OK,       /* records found */
+    DNS_NXDOMAIN, /* the name does not exist (permanent) */
+    DNS_NODATA,   /* the name exists, no records of this type */
+    DNS_NULLMX,   /* MX only: the single record "0 ." (RFC 7505) */
+    DNS_TEMP,     /* SERVFAIL, timeout, refused, no server reachable... */
+    DNS_BADNAME,  /* the name is not a valid domain name (permanent) */
+};
+
+struct dns_mx {
+    char host[DNS_NAME_MAX + 1]; /* lowercased, no trailing dot */
+    uint16_t pref;
+};
+
+struct dns_mx_result {
+    enum dns_rc rc;
+    struct dns_mx mx[DNS_MX_MAX]; /* sorted: RFC 5321 §5.1 preference order,
+                                     equal preferences shuffled */
+    size_t n;
+    char err[256]; /* a reason for logs and DSNs when rc != DNS_OK */
+};
+
+struct dns_addr_result {
+    enum dns_rc rc;
+    struct sockaddr_storage addr[DNS_ADDRS_MAX]; /* port filled in */
+    socklen_t len[DNS_ADDRS_MAX];
+    size_t n; /* ordered by the ip_family preference */
+    char err[256];
+};
+
+/* servers: dns_resolvers (n 0: the system's resolv.conf). NULL + err. */
+struct dns *dns_new(
+    struct event_base *base, const struct hostport *servers, size_t n, struct buf *err);
+/* Pending queries are cancelled: their callbacks never run. NULL is fine. */
+void dns_free(struct dns *d);
+/* Use other servers from now on (SIGHUP); clears the cache. 0 or -1 + err. */
+int dns_set_servers(struct dns *d, const struct hostport *servers, size_t n, struct buf *err);
+
+/* Callbacks run exactly once, always later from the event loop (never inside
+ * the lookup call), unless the query is cancelled first. The result is
+ * borrowed for the call. The handle is valid until the callback starts or
+ * dns_cancel() returns. */
+typedef void (*dns_mx_cb)(void *arg, const struct dns_mx_result *r);
+typedef void (*dns_addr_cb)(void *arg, const struct dns_addr_result *r);
+
+/* MX records of domain. */
+struct dns_query *dns_lookup_mx(struct dns *d, const char *domain, dns_mx_cb cb, void *arg);
+/* A and/or AAAA of host per fam, with port set in every address. An IP
+ * literal answers at once (still through the loop). "localhost" falls back
+ * to loopback (RFC 6761 §6.3). */
+struct dns_query *dns_lookup_addr(
+    struct dns *d, const char *host, uint16_t port, enum ip_family fam, dns_addr_cb cb, void *arg);
+void dns_cancel(struct dns_query *q);
+
+/* Pure helpers, for tests. */
+/* Sort by preference, shuffling runs of equal preference with rnd(arg)
+ * (RFC 5321 §5.1). */
+void dns_mx_sort(struct dns_mx *mx, size_t n, uint32_t (*rnd)(void *arg), void *arg);
+/* host is an IPv4 or IPv6 literal (no brackets): fill *ss and *len, 0; else -1. */
+int dns_literal(const char *host, uint16_t port, struct sockaddr_storage *ss, socklen_t *len);
+
+#endif

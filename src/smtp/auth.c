@@ -1,0 +1,567 @@
+/*
+ * AUTH building blocks without I/O on sockets: base64 and the PLAIN/LOGIN
+ * decoders, the users table read from auth_users_file, crypt(3) checks,
+ * the failure throttle and auth_sender_login. The users table and throttle
+ * belong to the loop thread; auth_check_password is thread safe.
+ */
+#include "auth.h"
+
+#include <crypt.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "util/map.h"
+#include "util/parse.h"
+#include "util/util.h"
+
+#define USERS_FILE_MAX  (16u * 1024 * 1024)
+#define USERS_LINE_MAX  1024
+#define USERS_COUNT_MAX 100000u
+#define HASH_MAX        512
+
+/* A yescrypt hash (default cost) of a random string: checked against when
+ * the table is empty, so an unknown user costs as much as a known one. */
+static const char dummy_yescrypt[] =
+    "$y$j9T$t.cayOb8nKgxrX3Nytz4t1$hkMMFdSn7owSm7jVavYGOMA1wXZfnKAJUXmrjBEmn7D";
+
+void
+auth_creds_clear(struct auth_creds *c)
+{
+    explicit_bzero(c, sizeof(*c));
+}
+
+/* ---- base64 ---- */
+
+static int
+b64_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+int
+auth_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *out_len)
+{
+    size_t o = 0;
+    *out_len = 0;
+    if (len == 1 && in[0] == '=')
+        return 0; /* RFC 4954 §4: an empty response */
+    if (len == 0 || len % 4 != 0)
+        return -1;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4];
+        size_t pad = 0;
+        for (int k = 0; k < 4; k++) {
+            unsigned char ch = (unsigned char)in[i + (size_t)k];
+            if (ch == '=' && i + 4 == len && k >= 2) {
+                v[k] = 0;
+                pad++;
+                continue;
+            }
+            if (pad > 0 || (v[k] = b64_val(ch)) < 0)
+                return -1; /* junk, or data after padding */
+        }
+        uint32_t n = ((uint32_t)v[0] << 18) | ((uint32_t)v[1] << 12) | ((uint32_t)v[2] << 6) |
+                     (uint32_t)v[3];
+        /* Canonical form: bits dropped by the padding must be zero. */
+        if ((pad == 1 && (n & 0xff)) || (pad == 2 && (n & 0xffff)))
+            return -1;
+        if (o + 3 - pad > cap)
+            return -1;
+        out[o++] = (unsigned char)(n >> 16);
+        if (pad < 2)
+            out[o++] = (unsigned char)(n >> 8);
+        if (pad < 1)
+            out[o++] = (unsigned char)n;
+    }
+    *out_len = o;
+    return 0;
+}
+
+/* ---- PLAIN and LOGIN ---- */
+
+enum auth_dec
+auth_plain_decode(const char *b64, size_t len, struct auth_creds *c)
+{
+    unsigned char raw[AUTH_LINE_MAX / 4 * 3 + 3];
+    size_t n;
+    enum auth_dec r = AUTH_DEC_BAD;
+    const unsigned char *nul1, *nul2, *authcid, *pw;
+    size_t zlen, ulen, plen;
+    auth_creds_clear(c);
+    if (len > AUTH_LINE_MAX || auth_b64_decode(b64, len, raw, sizeof(raw), &n) < 0)
+        goto out;
+    /* RFC 4616 §2: message = [authzid] UTF8NUL authcid UTF8NUL passwd */
+    nul1 = memchr(raw, '\0', n);
+    if (nul1 == NULL)
+        goto out;
+    nul2 = memchr(nul1 + 1, '\0', n - (size_t)(nul1 + 1 - raw));
+    if (nul2 == NULL || memchr(nul2 + 1, '\0', n - (size_t)(nul2 + 1 - raw)) != NULL)
+        goto out;
+    zlen = (size_t)(nul1 - raw);
+    authcid = nul1 + 1;
+    ulen = (size_t)(nul2 - authcid);
+    pw = nul2 + 1;
+    plen = n - (size_t)(pw - raw);
+    r = AUTH_DEC_DENIED;
+    if (ulen == 0 || plen == 0 || ulen > AUTH_USER_MAX || plen > AUTH_PASS_MAX)
+        goto out;
+    /* No proxy authorisation: an authzid must name the user itself. */
+    if (zlen != 0 && (zlen != ulen || memcmp(raw, authcid, ulen) != 0))
+        goto out;
+    memcpy(c->user, authcid, ulen);
+    memcpy(c->pass, pw, plen);
+    r = AUTH_DEC_OK;
+out:
+    explicit_bzero(raw, sizeof(raw));
+    if (r != AUTH_DEC_OK)
+        auth_creds_clear(c);
+    return r;
+}
+
+enum auth_dec
+auth_login_decode(const char *b64, size_t len, char *out, size_t cap)
+{
+    unsigned char raw[AUTH_LINE_MAX / 4 * 3 + 3];
+    size_t n;
+    enum auth_dec r = AUTH_DEC_BAD;
+    TERN_ASSERT(cap > 0);
+    out[0] = '\0';
+    if (len > AUTH_LINE_MAX || auth_b64_decode(b64, len, raw, sizeof(raw), &n) < 0)
+        goto out;
+    if (memchr(raw, '\0', n) != NULL)
+        goto out;
+    r = AUTH_DEC_DENIED;
+    if (n == 0 || n >= cap)
+        goto out;
+    memcpy(out, raw, n);
+    out[n] = '\0';
+    r = AUTH_DEC_OK;
+out:
+    explicit_bzero(raw, sizeof(raw));
+    return r;
+}
+
+/* ---- crypt ---- */
+
+static bool
+hash_supported(const char *h)
+{
+    static const char *const prefixes[] = { "$y$", "$gy$", "$7$", "$6$", "$5$", "$2b$", "$2y$",
+        "$2a$" };
+    bool known = false;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(prefixes); i++) {
+        if (strncmp(h, prefixes[i], strlen(prefixes[i])) == 0)
+            known = true;
+    }
+    return known && crypt_checksalt(h) == CRYPT_SALT_OK;
+}
+
+bool
+auth_check_password(const char *hash, const char *pass)
+{
+    struct crypt_data *cd = xcalloc(1, sizeof(*cd));
+    const char *h = crypt_rn(pass, hash, cd, (int)sizeof(*cd));
+    bool ok = false;
+    if (h != NULL && h[0] != '*') {
+        size_t a = strlen(h), b = strlen(hash);
+        unsigned char diff = a != b;
+        for (size_t i = 0; i < a && i < b; i++)
+            diff |= (unsigned char)(h[i] ^ hash[i]);
+        ok = diff == 0;
+    }
+    explicit_bzero(cd, sizeof(*cd));
+    free(cd);
+    return ok;
+}
+
+/* ---- users ---- */
+
+struct auth_users {
+    char *path;
+    struct map *users; /* user -> owned hash string */
+    char *dummy;       /* owned copy of one stored hash, or NULL */
+    bool loaded;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+};
+
+struct auth_users *
+auth_users_new(const char *path)
+{
+    struct auth_users *u = xcalloc(1, sizeof(*u));
+    u->path = xstrdup(path);
+    u->users = map_new();
+    return u;
+}
+
+static void
+free_val(const void *k, size_t kl, void *v, void *arg)
+{
+    secret_free(v);
+}
+
+static void
+users_clear(struct auth_users *u)
+{
+    map_each(u->users, free_val, NULL);
+    map_free(u->users);
+    u->users = map_new();
+    secret_free(u->dummy);
+    u->dummy = NULL;
+}
+
+void
+auth_users_free(struct auth_users *u)
+{
+    if (u == NULL)
+        return;
+    users_clear(u);
+    map_free(u->users);
+    free(u->path);
+    free(u);
+}
+
+const char *
+auth_users_path(const struct auth_users *u)
+{
+    return u->path;
+}
+
+size_t
+auth_users_count(const struct auth_users *u)
+{
+    return map_count(u->users);
+}
+
+const char *
+auth_users_hash(const struct auth_users *u, const char *user)
+{
+    return map_get_str(u->users, user);
+}
+
+const char *
+auth_users_dummy_hash(const struct auth_users *u)
+{
+    return u->dummy ? u->dummy : dummy_yescrypt;
+}
+
+/* One "user:hash" line (no end of line). NULL when good, else why not. */
+static const char *
+parse_user_line(struct auth_users *u, const char *p, size_t len)
+{
+    const char *colon = memchr(p, ':', len);
+    size_t ul, hl;
+    char *user, *hash;
+    if (colon == NULL)
+        return "expected user:hash";
+    ul = (size_t)(colon - p);
+    hl = len - ul - 1;
+    if (ul == 0 || ul > AUTH_USER_MAX)
+        return "bad user name length";
+    for (size_t i = 0; i < ul; i++) {
+        if ((unsigned char)p[i] < 0x21 || p[i] == 0x7f)
+            return "control character or space in user name";
+    }
+    if (hl == 0 || hl > HASH_MAX || memchr(colon + 1, ':', hl) != NULL)
+        return "bad hash field";
+    hash = xstrndup(colon + 1, hl);
+    if (!hash_supported(hash)) {
+        secret_free(hash);
+        return "unsupported hash (use yescrypt, sha512-crypt or bcrypt: ternctl passwd)";
+    }
+    if (map_count(u->users) >= USERS_COUNT_MAX) {
+        secret_free(hash);
+        return "too many users";
+    }
+    user = xstrndup(p, ul);
+    if (map_get_str(u->users, user) != NULL) {
+        free(user);
+        secret_free(hash);
+        return "duplicate user";
+    }
+    map_put_str(u->users, user, hash);
+    if (u->dummy == NULL)
+        u->dummy = xstrdup(hash);
+    free(user);
+    return NULL;
+}
+
+void
+auth_users_parse(struct auth_users *u, const char *text, size_t len, struct buf *warn)
+{
+    unsigned lineno = 0;
+    users_clear(u);
+    for (size_t i = 0; i < len;) {
+        const char *nl = memchr(text + i, '\n', len - i);
+        size_t ll = nl ? (size_t)(nl - (text + i)) : len - i;
+        const char *why = NULL;
+        const char *line = text + i;
+        lineno++;
+        i += ll + (nl ? 1 : 0);
+        if (ll > 0 && line[ll - 1] == '\r')
+            ll--;
+        if (ll == 0 || line[0] == '#')
+            continue;
+        if (ll > USERS_LINE_MAX)
+            why = "line too long";
+        else if (memchr(line, '\0', ll) != NULL)
+            why = "NUL byte";
+        else
+            why = parse_user_line(u, line, ll);
+        if (why != NULL && warn != NULL)
+            buf_printf(warn, "%s line %u: %s\n", u->path, lineno, why);
+    }
+}
+
+static int
+read_all(int fd, struct buf *out)
+{
+    for (;;) {
+        ssize_t r;
+        if (buf_reserve(out, 65536) < 0)
+            return -1;
+        r = read(fd, out->data + out->len, 65536);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -1;
+        if (r == 0)
+            return 0;
+        out->len += (size_t)r;
+        out->data[out->len] = '\0';
+        if (out->len > USERS_FILE_MAX) {
+            errno = EFBIG;
+            return -1;
+        }
+    }
+}
+
+int
+auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err)
+{
+    struct stat st;
+    struct buf text = BUF_INIT;
+    int fd = open(u->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) {
+        buf_printf(err, "auth_users_file %s: %s\n", u->path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        buf_printf(err, "auth_users_file %s: %s\n", u->path,
+            S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+        close(fd);
+        return -1;
+    }
+    if (!force && u->loaded && st.st_dev == u->dev && st.st_ino == u->ino &&
+        st.st_size == u->size && st.st_mtim.tv_sec == u->mtime.tv_sec &&
+        st.st_mtim.tv_nsec == u->mtime.tv_nsec) {
+        close(fd);
+        return 0;
+    }
+    if (read_all(fd, &text) < 0) {
+        buf_printf(err, "auth_users_file %s: %s\n", u->path, strerror(errno));
+        close(fd);
+        if (text.data)
+            explicit_bzero(text.data, text.len);
+        buf_fini(&text);
+        return -1;
+    }
+    close(fd); /* read-only: nothing to flush */
+    auth_users_parse(u, text.data ? text.data : "", text.len, warn);
+    if (text.data)
+        explicit_bzero(text.data, text.len);
+    buf_fini(&text);
+    u->loaded = true;
+    u->dev = st.st_dev;
+    u->ino = st.st_ino;
+    u->size = st.st_size;
+    u->mtime = st.st_mtim;
+    return 0;
+}
+
+/* ---- throttle ---- */
+
+struct throttle_entry {
+    uint32_t fails;
+    int64_t window_start;
+    int64_t locked_until;
+};
+
+struct auth_throttle {
+    struct map *m; /* key -> owned struct throttle_entry */
+    size_t max;
+};
+
+struct auth_throttle *
+auth_throttle_new(size_t max_entries)
+{
+    struct auth_throttle *t = xcalloc(1, sizeof(*t));
+    t->m = map_new();
+    t->max = max_entries;
+    return t;
+}
+
+static void
+free_entry(const void *k, size_t kl, void *v, void *arg)
+{
+    free(v);
+}
+
+void
+auth_throttle_free(struct auth_throttle *t)
+{
+    if (t == NULL)
+        return;
+    map_each(t->m, free_entry, NULL);
+    map_free(t->m);
+    free(t);
+}
+
+size_t
+auth_throttle_count(const struct auth_throttle *t)
+{
+    return map_count(t->m);
+}
+
+size_t
+auth_throttle_key(const struct sockaddr *sa, unsigned char key[16])
+{
+    if (sa->sa_family == AF_INET) {
+        memcpy(key, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+        return 4;
+    }
+    const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)sa;
+    if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr)) {
+        memcpy(key, s6->sin6_addr.s6_addr + 12, 4);
+        return 4;
+    }
+    /* One IPv6 client usually owns a whole /64. */
+    memcpy(key, s6->sin6_addr.s6_addr, 8);
+    return 8;
+}
+
+bool
+auth_throttle_locked(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms)
+{
+    struct throttle_entry *e = map_get(t->m, key, klen);
+    return e != NULL && e->locked_until > now_ms;
+}
+
+struct evict_ctx {
+    int64_t now, window;
+    unsigned char (*keys)[16];
+    size_t *lens;
+    size_t n;
+};
+
+/* An entry is stale when it locks nothing and its window is over. */
+static void
+collect_stale(const void *k, size_t kl, void *v, void *arg)
+{
+    struct evict_ctx *c = arg;
+    const struct throttle_entry *e = v;
+    if (e->locked_until <= c->now && c->now - e->window_start > c->window && kl <= 16) {
+        memcpy(c->keys[c->n], k, kl);
+        c->lens[c->n++] = kl;
+    }
+}
+
+static void
+evict(struct auth_throttle *t, int64_t now, int64_t window_ms)
+{
+    struct evict_ctx c = { now, window_ms, NULL, NULL, 0 };
+    size_t n = map_count(t->m);
+    c.keys = xcalloc(n + 1, sizeof(*c.keys));
+    c.lens = xcalloc(n + 1, sizeof(*c.lens));
+    map_each(t->m, collect_stale, &c);
+    for (size_t i = 0; i < c.n; i++)
+        free(map_del(t->m, c.keys[i], c.lens[i]));
+    free(c.keys);
+    free(c.lens);
+}
+
+bool
+auth_throttle_fail(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms,
+    const struct auth_limits *lim)
+{
+    struct throttle_entry *e = map_get(t->m, key, klen);
+    if (e == NULL) {
+        if (map_count(t->m) >= t->max)
+            evict(t, now_ms, lim->window_ms);
+        if (map_count(t->m) >= t->max)
+            return false; /* full of live entries: this address goes uncounted */
+        e = xcalloc(1, sizeof(*e));
+        map_put(t->m, key, klen, e);
+    }
+    if (e->fails == 0 || now_ms - e->window_start > lim->window_ms) {
+        e->fails = 0;
+        e->window_start = now_ms;
+    }
+    e->fails++;
+    if (e->fails >= lim->max_failures) {
+        e->locked_until = now_ms + lim->lockout_ms;
+        e->fails = 0; /* a new window starts after the lockout */
+        return true;
+    }
+    return false;
+}
+
+/* ---- auth_sender_login ---- */
+
+static bool
+item_matches(const char *it, size_t il, const char *sender)
+{
+    const char *at;
+    if (il == 2 && memcmp(it, "<>", 2) == 0)
+        return sender[0] == '\0';
+    if (sender[0] == '\0')
+        return false;
+    if (it[0] == '@') {
+        at = strrchr(sender, '@');
+        return at != NULL && str_ieq(it + 1, il - 1, at + 1);
+    }
+    return str_ieq(it, il, sender);
+}
+
+bool
+auth_sender_allowed(const char *spec, const char *user, const char *sender)
+{
+    size_t ulen = strlen(user);
+    if (spec == NULL || *spec == '\0')
+        return true;
+    for (const char *p = spec; *p != '\0';) {
+        size_t n = strcspn(p, " \t");
+        const char *eq = memchr(p, '=', n);
+        /* User names match exactly (they are case-sensitive in the file). */
+        if (eq != NULL && (size_t)(eq - p) == ulen && memcmp(p, user, ulen) == 0) {
+            for (const char *it = eq + 1; it < p + n;) {
+                size_t il = strcspn(it, ",");
+                if (il > (size_t)(p + n - it))
+                    il = (size_t)(p + n - it);
+                if (il > 0 && item_matches(it, il, sender))
+                    return true;
+                it += il + 1;
+            }
+        }
+        p += n;
+        p += strspn(p, " \t");
+    }
+    return false;
+}

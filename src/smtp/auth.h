@@ -1,0 +1,125 @@
+/*
+ * SMTP AUTH (RFC 4954) for the server: pure decoders for the PLAIN (RFC 4616)
+ * and LOGIN exchanges, the auth_users_file table (user:crypt-hash lines,
+ * re-read when the file changes), password verification with crypt(3), the
+ * per-address failure throttle, the auth_sender_login rule, and a worker
+ * thread that runs the (CPU-heavy) crypt calls off the event loop. Secrets are
+ * held in fixed buffers and cleared with explicit_bzero; nothing here logs them.
+ */
+#ifndef TERN_SMTP_AUTH_H
+#define TERN_SMTP_AUTH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "util/buf.h"
+#include "util/status.h"
+
+struct event_base;
+
+/* RFC 4954 §4: an AUTH command line or a response line is at most 12288
+ * octets (without CRLF here). */
+#define AUTH_LINE_MAX 12288
+#define AUTH_USER_MAX 255  /* bytes of an authentication identity */
+#define AUTH_PASS_MAX 1023 /* bytes of a password */
+
+struct auth_creds {
+    char user[AUTH_USER_MAX + 1];
+    char pass[AUTH_PASS_MAX + 1];
+};
+/* Clear a credentials buffer (explicit_bzero). */
+void auth_creds_clear(struct auth_creds *c);
+
+enum auth_dec {
+    AUTH_DEC_OK,
+    AUTH_DEC_BAD,    /* not valid base64 or not the mechanism's shape: 501 5.5.2 */
+    AUTH_DEC_DENIED, /* well formed but never acceptable (authzid of someone else,
+                        empty or over-long identity or password): a failed login */
+};
+
+/* Strict base64 (RFC 4648 §4): padding required, no whitespace, no junk
+ * after the padding. "=" alone is the empty string (RFC 4954 §4). Writes at
+ * most cap bytes. 0 ok (*out_len set), -1 bad or too long. */
+int auth_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *out_len);
+
+/* PLAIN: base64 of "[authzid] NUL authcid NUL passwd". An authzid is
+ * accepted only when equal to authcid (no proxy authorisation). */
+enum auth_dec auth_plain_decode(const char *b64, size_t len, struct auth_creds *c);
+/* One LOGIN field (user name or password): base64 of bytes with no NUL,
+ * non-empty, at most cap-1 bytes; out is NUL terminated. */
+enum auth_dec auth_login_decode(const char *b64, size_t len, char *out, size_t cap);
+
+/* ---- users ---- */
+
+struct auth_users;
+
+/* The table for path (borrowed string, copied). Nothing is read yet. */
+struct auth_users *auth_users_new(const char *path);
+void auth_users_free(struct auth_users *u);
+const char *auth_users_path(const struct auth_users *u);
+/* Re-read the file when its inode, size or mtime changed (or always with
+ * force). 0 when the table is current (bad lines are skipped and described
+ * in warn); -1 with err when the file cannot be read: the old table is kept. */
+int auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err);
+/* Parse a file's text into u (replacing the table). Bad lines are skipped
+ * and one message per bad line is appended to warn ("line N: ..."). */
+void auth_users_parse(struct auth_users *u, const char *text, size_t len, struct buf *warn);
+size_t auth_users_count(const struct auth_users *u);
+/* The stored hash of user (borrowed until the next refresh), or NULL. */
+const char *auth_users_hash(const struct auth_users *u, const char *user);
+/* A hash of the same cost as the table's (to check against when the user is
+ * unknown, so that timing does not tell whether a user exists). */
+const char *auth_users_dummy_hash(const struct auth_users *u);
+
+/* Does crypt(pass, hash) reproduce hash? Constant-time compare; false for
+ * any failure of crypt. Thread safe. */
+bool auth_check_password(const char *hash, const char *pass);
+
+/* ---- throttle of failed logins per client address ---- */
+
+struct auth_limits {
+    uint32_t max_failures; /* this many within window ... */
+    int64_t window_ms;
+    int64_t lockout_ms; /* ... lock the address out for this long */
+};
+
+struct auth_throttle;
+/* max_entries bounds the memory: beyond it expired entries are evicted and
+ * new addresses go untracked until room is made. */
+struct auth_throttle *auth_throttle_new(size_t max_entries);
+void auth_throttle_free(struct auth_throttle *t);
+/* The throttle key of a client: IPv4 address or the IPv6 /64. Returns its
+ * length (4 or 8). */
+size_t auth_throttle_key(const struct sockaddr *sa, unsigned char key[16]);
+bool auth_throttle_locked(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms);
+/* Count one failure; true when it locks the address out. */
+bool auth_throttle_fail(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms,
+    const struct auth_limits *lim);
+size_t auth_throttle_count(const struct auth_throttle *t);
+
+/* ---- auth_sender_login ---- */
+
+/* May user send as sender ("" = the null sender)? spec: the setting's text
+ * (NULL or "": everyone may use any sender). A user without an entry may
+ * use none. Items: full address (case-insensitive), "@domain" (the domain,
+ * case-insensitive), "<>" (the null sender). */
+bool auth_sender_allowed(const char *spec, const char *user, const char *sender);
+
+/* ---- the crypt worker ---- */
+
+struct auth_worker;
+/* done runs on the loop thread for each finished check, with the id given
+ * to submit. */
+typedef void auth_done_fn(uint64_t id, bool ok, void *arg);
+struct auth_worker *auth_worker_new(struct event_base *base, auth_done_fn *done, void *arg);
+/* Queue a check of pass against hash (both copied; the copy of pass is
+ * cleared after use). With force_fail the check runs but reports false
+ * (unknown users). -1 when the queue is full. */
+int auth_worker_submit(
+    struct auth_worker *w, uint64_t id, const char *hash, const char *pass, bool force_fail);
+/* Stop the thread (pending checks are dropped unanswered) and free. */
+void auth_worker_free(struct auth_worker *w);
+
+#endif

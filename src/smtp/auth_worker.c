@@ -1,0 +1,182 @@
+/*
+ * The crypt worker: one thread that runs password checks (a yescrypt check
+ * costs ~30 ms of CPU, too long for the event loop) and reports each result
+ * back to the loop thread by job id through a pipe. Jobs own copies of the
+ * hash and password; the password copy is cleared as soon as it is used.
+ */
+#include "auth.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+#define AUTH_QUEUE_MAX 64
+
+struct auth_job {
+    struct auth_job *next;
+    uint64_t id;
+    char *hash;
+    char *pass;
+    bool force_fail;
+    bool ok;
+};
+
+struct auth_worker {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct auth_job *todo, *todo_tail; /* guarded by mu */
+    struct auth_job *done;             /* guarded by mu; any order */
+    size_t pending;                    /* todo + running + done */
+    bool stop;
+    int pipe_rd, pipe_wr;
+    struct event *ev;
+    auth_done_fn *fn;
+    void *arg;
+};
+
+static void
+job_free(struct auth_job *j)
+{
+    free(j->hash);
+    secret_free(j->pass);
+    free(j);
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct auth_worker *w = arg;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        struct auth_job *j;
+        while (!w->stop && w->todo == NULL)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (w->stop)
+            break;
+        j = w->todo;
+        w->todo = j->next;
+        if (w->todo == NULL)
+            w->todo_tail = NULL;
+        pthread_mutex_unlock(&w->mu);
+        j->ok = auth_check_password(j->hash, j->pass) && !j->force_fail;
+        secret_free(j->pass);
+        j->pass = NULL;
+        pthread_mutex_lock(&w->mu);
+        j->next = w->done;
+        w->done = j;
+        /* A full pipe already holds a wake-up: the loop drains all of done. */
+        ssize_t r = write(w->pipe_wr, "x", 1);
+        (void)r;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static void
+wake_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct auth_worker *w = arg;
+    char tmp[64];
+    struct auth_job *list;
+    while (read(fd, tmp, sizeof(tmp)) > 0)
+        ;
+    pthread_mutex_lock(&w->mu);
+    list = w->done;
+    w->done = NULL;
+    pthread_mutex_unlock(&w->mu);
+    while (list != NULL) {
+        struct auth_job *j = list;
+        list = j->next;
+        pthread_mutex_lock(&w->mu);
+        w->pending--;
+        pthread_mutex_unlock(&w->mu);
+        w->fn(j->id, j->ok, w->arg);
+        job_free(j);
+    }
+}
+
+struct auth_worker *
+auth_worker_new(struct event_base *base, auth_done_fn *done, void *arg)
+{
+    struct auth_worker *w = xcalloc(1, sizeof(*w));
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
+        tern_panic("pipe2: %s", strerror(errno));
+    w->pipe_rd = p[0];
+    w->pipe_wr = p[1];
+    w->fn = done;
+    w->arg = arg;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->ev = event_new(base, w->pipe_rd, EV_READ | EV_PERSIST, wake_cb, w);
+    if (w->ev == NULL || event_add(w->ev, NULL) < 0)
+        tern_panic("auth worker event");
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        tern_panic("auth worker thread: %s", strerror(errno));
+    return w;
+}
+
+int
+auth_worker_submit(
+    struct auth_worker *w, uint64_t id, const char *hash, const char *pass, bool force_fail)
+{
+    struct auth_job *j;
+    pthread_mutex_lock(&w->mu);
+    if (w->pending >= AUTH_QUEUE_MAX) {
+        pthread_mutex_unlock(&w->mu);
+        return -1;
+    }
+    w->pending++;
+    pthread_mutex_unlock(&w->mu);
+    j = xcalloc(1, sizeof(*j));
+    j->id = id;
+    j->hash = xstrdup(hash);
+    j->pass = xstrdup(pass);
+    j->force_fail = force_fail;
+    pthread_mutex_lock(&w->mu);
+    if (w->todo_tail)
+        w->todo_tail->next = j;
+    else
+        w->todo = j;
+    w->todo_tail = j;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return 0;
+}
+
+static void
+free_list(struct auth_job *j)
+{
+    while (j != NULL) {
+        struct auth_job *next = j->next;
+        job_free(j);
+        j = next;
+    }
+}
+
+void
+auth_worker_free(struct auth_worker *w)
+{
+    if (w == NULL)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->stop = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    free_list(w->todo);
+    free_list(w->done);
+    event_free(w->ev);
+    close(w->pipe_rd);
+    close(w->pipe_wr);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+}

@@ -1,0 +1,285 @@
+/*
+ * The AUTH command (RFC 4954) in a session: PLAIN and LOGIN exchanges with
+ * or without an initial response, the password check on the crypt worker
+ * (input paused meanwhile; the answer finds the session again by id), a
+ * delayed 535 and the per-address lockout. The authenticated identity lives
+ * only in this session and is dropped by STARTTLS and at its end.
+ */
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "smtp_int.h"
+#include "util/log.h"
+#include "util/parse.h"
+#include "util/util.h"
+
+static bool
+is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)ss;
+        return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)ss;
+        if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
+            return s6->sin6_addr.s6_addr[12] == 127;
+        return IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
+    }
+    return false;
+}
+
+/* CONTRACT.md: never on plaintext outside loopback. */
+bool
+smtp_auth_offered(const struct smtp_session *s)
+{
+    if (s->srv->users == NULL || s->cfg->auth_users_file == NULL)
+        return false;
+    return s->tls || (s->cfg->auth_allow_plaintext_loopback && is_loopback(&s->peer));
+}
+
+static void
+end_exchange(struct smtp_session *s)
+{
+    if (s->creds != NULL) {
+        auth_creds_clear(s->creds);
+        FREE_NULL(&s->creds);
+    }
+    s->auth_step = SMTP_AUTH_NONE;
+    if (s->state == SMTP_ST_AUTH)
+        s->state = SMTP_ST_READY;
+}
+
+void
+smtp_auth_reset(struct smtp_session *s)
+{
+    end_exchange(s);
+    if (s->auth_timer)
+        evtimer_del(s->auth_timer);
+    secret_free(s->auth_user);
+    s->auth_user = NULL;
+    s->auth_close = false;
+}
+
+/* Resume reading after a paused step. */
+static void
+resume(struct smtp_session *s)
+{
+    bufferevent_enable(s->bev, EV_READ);
+    smtp_session_process(s);
+}
+
+static void
+auth_log(struct smtp_session *s, enum log_level lvl, const char *event, const char *user,
+    const char *reason)
+{
+    struct logline l;
+    log_begin(&l, lvl, NULL, "smtp", event);
+    log_int(&l, "sess", (int64_t)s->id);
+    log_str(&l, "client", s->peer_str);
+    if (user)
+        log_str(&l, "user", user);
+    if (reason)
+        log_str(&l, "reason", reason);
+    log_end(&l);
+}
+
+static void
+auth_timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_session *s = arg;
+    if (s->dead || s->auth_step != SMTP_AUTH_DELAY)
+        return;
+    end_exchange(s);
+    if (s->auth_close) {
+        smtp_session_close(s, s->auth_reply.code, s->auth_reply.esc, s->auth_reply.text);
+        return;
+    }
+    smtp_reply(s, s->auth_reply.code, s->auth_reply.esc, "%s", s->auth_reply.text);
+    resume(s);
+}
+
+/* A failed login: count it against the address, answer after a delay. */
+static void
+auth_failed(struct smtp_session *s, const char *reason)
+{
+    unsigned char key[16];
+    size_t kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
+    struct auth_limits lim = { s->cfg->auth_max_failures, s->cfg->auth_failure_window_ms,
+        s->cfg->auth_lockout_ms };
+    int64_t ms = s->cfg->auth_failure_delay_ms;
+    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
+    bool locked = auth_throttle_fail(s->srv->throttle, key, kl, tern_mono_ms(), &lim);
+    auth_log(s, LOG_WARN, "auth_failed", NULL, locked ? "lockout" : reason);
+    if (s->creds)
+        auth_creds_clear(s->creds);
+    s->auth_close = locked;
+    if (locked)
+        STATUS_SET(
+            &s->auth_reply, 421, "4.7.0", "Too many authentication failures, closing connection");
+    else
+        STATUS_SET(&s->auth_reply, 535, "5.7.8", "Error: authentication failed");
+    s->auth_step = SMTP_AUTH_DELAY;
+    bufferevent_disable(s->bev, EV_READ);
+    if (s->auth_timer == NULL)
+        s->auth_timer = evtimer_new(s->srv->base, auth_timer_cb, s);
+    evtimer_add(s->auth_timer, &tv);
+}
+
+/* Credentials complete: hand the check to the worker. */
+static void
+start_check(struct smtp_session *s)
+{
+    struct buf warn = BUF_INIT, err = BUF_INIT;
+    const char *hash;
+    bool unknown;
+    if (auth_users_refresh(s->srv->users, false, &warn, &err) < 0)
+        auth_log(s, LOG_ERROR, "auth_users_unreadable", NULL, err.data);
+    else if (warn.len > 0)
+        auth_log(s, LOG_WARN, "auth_users_bad_lines", NULL, warn.data);
+    buf_fini(&warn);
+    buf_fini(&err);
+    hash = auth_users_hash(s->srv->users, s->creds->user);
+    unknown = hash == NULL;
+    /* An unknown user costs a crypt all the same (no user enumeration). */
+    if (unknown)
+        hash = auth_users_dummy_hash(s->srv->users);
+    if (auth_worker_submit(s->srv->worker, s->id, hash, s->creds->pass, unknown) < 0) {
+        end_exchange(s);
+        smtp_reply(s, 454, "4.7.0", "Temporary authentication failure, try again later");
+        auth_log(s, LOG_WARN, "auth_failed", NULL, "worker queue full");
+        return;
+    }
+    explicit_bzero(s->creds->pass, sizeof(s->creds->pass));
+    s->auth_step = SMTP_AUTH_CHECK;
+    bufferevent_disable(s->bev, EV_READ);
+}
+
+void
+smtp_auth_done(uint64_t id, bool ok, void *arg)
+{
+    struct smtp_server *srv = arg;
+    struct smtp_session *s = map_get_u64(srv->sessions, id);
+    if (s == NULL || s->dead || s->state != SMTP_ST_AUTH || s->auth_step != SMTP_AUTH_CHECK)
+        return; /* the session went away meanwhile */
+    if (!ok) {
+        auth_failed(s, "bad credentials");
+        return;
+    }
+    s->auth_user = xstrdup(s->creds->user);
+    end_exchange(s);
+    auth_log(s, LOG_INFO, "auth", s->auth_user, NULL);
+    smtp_reply(s, 235, "2.7.0", "Authentication successful");
+    resume(s);
+}
+
+/* Feed one decoded step; b64/len is a response (or initial response). */
+static void
+auth_step(struct smtp_session *s, const char *b64, size_t len)
+{
+    enum auth_dec d;
+    switch (s->auth_step) {
+    case SMTP_AUTH_PLAIN:
+        d = auth_plain_decode(b64, len, s->creds);
+        break;
+    case SMTP_AUTH_LOGIN_USER:
+        d = auth_login_decode(b64, len, s->creds->user, sizeof(s->creds->user));
+        break;
+    case SMTP_AUTH_LOGIN_PASS:
+        d = auth_login_decode(b64, len, s->creds->pass, sizeof(s->creds->pass));
+        break;
+    default:
+        tern_panic("auth step %d", (int)s->auth_step);
+    }
+    if (d == AUTH_DEC_BAD) {
+        end_exchange(s);
+        smtp_reply(s, 501, "5.5.2", "Error: cannot decode response");
+        smtp_session_error(s);
+    } else if (d == AUTH_DEC_DENIED) {
+        auth_failed(s, "unacceptable credentials");
+    } else if (s->auth_step == SMTP_AUTH_LOGIN_USER) {
+        s->auth_step = SMTP_AUTH_LOGIN_PASS;
+        smtp_reply(s, 334, "", "UGFzc3dvcmQ6"); /* "Password:" */
+    } else {
+        start_check(s);
+    }
+}
+
+void
+smtp_auth_response(struct smtp_session *s, const char *line, size_t len)
+{
+    if (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY)
+        return; /* input is paused; nothing should arrive here */
+    if (len == 1 && line[0] == '*') {
+        end_exchange(s); /* RFC 4954 §4: the client cancelled */
+        smtp_reply(s, 501, "5.7.0", "Authentication cancelled");
+        return;
+    }
+    auth_step(s, line, len);
+}
+
+/* Why AUTH cannot start now, replied; false when it may. */
+static bool
+auth_refused(struct smtp_session *s)
+{
+    unsigned char key[16];
+    size_t kl;
+    if (s->srv->users == NULL || s->cfg->auth_users_file == NULL) {
+        smtp_reply(s, 502, "5.5.1", "Command not implemented");
+    } else if (!smtp_auth_offered(s)) {
+        /* RFC 4954 §4 */
+        smtp_reply(s, 538, "5.7.11", "Encryption required for requested authentication mechanism");
+    } else if (s->state == SMTP_ST_CONNECTED) {
+        smtp_reply(s, 503, "5.5.1", "Error: send EHLO first");
+    } else if (s->auth_user != NULL) {
+        smtp_reply(s, 503, "5.5.1", "Error: already authenticated");
+    } else if (s->tx != NULL) {
+        smtp_reply(s, 503, "5.5.1", "Error: MAIL transaction in progress");
+    } else {
+        kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
+        if (!auth_throttle_locked(s->srv->throttle, key, kl, tern_mono_ms()))
+            return false;
+        smtp_reply(s, 454, "4.7.0", "Too many authentication failures, try again later");
+        auth_log(s, LOG_WARN, "auth_refused", NULL, "locked out");
+        return true;
+    }
+    smtp_session_error(s);
+    return true;
+}
+
+void
+smtp_cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
+{
+    const char *sp = memchr(c->arg, ' ', c->arg_len);
+    size_t mlen = sp ? (size_t)(sp - c->arg) : c->arg_len;
+    const char *ir = sp ? sp + 1 : NULL;
+    size_t irlen = sp ? c->arg_len - mlen - 1 : 0;
+    if (auth_refused(s))
+        return;
+    if (str_ieq(c->arg, mlen, "PLAIN")) {
+        s->auth_step = SMTP_AUTH_PLAIN;
+    } else if (str_ieq(c->arg, mlen, "LOGIN")) {
+        s->auth_step = SMTP_AUTH_LOGIN_USER;
+    } else {
+        smtp_reply(s, 504, "5.5.4", "Unrecognized authentication type");
+        smtp_session_error(s);
+        return;
+    }
+    if (ir != NULL && (irlen == 0 || memchr(ir, ' ', irlen) != NULL)) {
+        s->auth_step = SMTP_AUTH_NONE;
+        smtp_reply(s, 501, "5.5.4", "Syntax: AUTH mechanism [initial-response]");
+        smtp_session_error(s);
+        return;
+    }
+    s->creds = xcalloc(1, sizeof(*s->creds));
+    s->state = SMTP_ST_AUTH;
+    if (ir != NULL)
+        auth_step(s, ir, irlen);
+    else if (s->auth_step == SMTP_AUTH_PLAIN)
+        smtp_reply(s, 334, "", "%s", ""); /* an empty challenge: "334 " */
+    else
+        smtp_reply(s, 334, "", "VXNlcm5hbWU6"); /* "Username:" */
+}

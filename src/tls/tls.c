@@ -1,0 +1,237 @@
+/*
+ * OpenSSL 3 contexts for tern: one server context per loaded configuration
+ * (certificate chain, key, minimum version, cipher lists) and client contexts
+ * for outbound TLS. struct tls_ctx owns one SSL_CTX reference; every SSL made
+ * from it holds its own, so dropping the last tls_ctx reference while
+ * connections are open is safe.
+ */
+#include "tls/tls.h"
+
+#include <errno.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "util/util.h"
+
+struct tls_ctx {
+    int refs;
+    SSL_CTX *ctx;
+};
+
+const char *
+tls_error_text(unsigned long err, char *buf, size_t cap, const char *fallback)
+{
+    unsigned long e = err ? err : ERR_get_error();
+    if (e == 0) {
+        snprintf(buf, cap, "%s", fallback);
+    } else {
+        char tmp[256];
+        ERR_error_string_n(e, tmp, sizeof(tmp));
+        snprintf(buf, cap, "%s", tmp);
+    }
+    ERR_clear_error();
+    return buf;
+}
+
+static void
+err_openssl(struct buf *err, const char *what, const char *arg)
+{
+    char t[256];
+    tls_error_text(0, t, sizeof(t), "unknown OpenSSL error");
+    buf_printf(err, "%s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "", t);
+}
+
+static struct tls_ctx *
+wrap(SSL_CTX *ctx)
+{
+    struct tls_ctx *t = xcalloc(1, sizeof(*t));
+    t->refs = 1;
+    t->ctx = ctx;
+    return t;
+}
+
+struct tls_ctx *
+tls_ctx_ref(struct tls_ctx *t)
+{
+    TERN_ASSERT(t != NULL && t->refs > 0);
+    t->refs++;
+    return t;
+}
+
+void
+tls_ctx_unref(struct tls_ctx *t)
+{
+    if (t == NULL)
+        return;
+    TERN_ASSERT(t->refs > 0);
+    if (--t->refs > 0)
+        return;
+    SSL_CTX_free(t->ctx);
+    free(t);
+}
+
+/* Version floor and cipher lists, shared by both directions. */
+static int
+set_common(SSL_CTX *ctx, int min_version, const char *ciphers, const char *suites, struct buf *err)
+{
+    int v = min_version == TLSVER_1_3 ? TLS1_3_VERSION : TLS1_2_VERSION;
+    if (!SSL_CTX_set_min_proto_version(ctx, v)) {
+        err_openssl(err, "tls_min_version", NULL);
+        return -1;
+    }
+    /* No compression (CRIME), no renegotiation (a DoS lever in TLS 1.2). */
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    if (ciphers && !SSL_CTX_set_cipher_list(ctx, ciphers)) {
+        err_openssl(err, "tls_ciphers: no usable cipher in", ciphers);
+        return -1;
+    }
+    if (suites && !SSL_CTX_set_ciphersuites(ctx, suites)) {
+        err_openssl(err, "tls_ciphersuites: bad list", suites);
+        return -1;
+    }
+    return 0;
+}
+
+/* A private key readable by others (or writable by group/others) is
+ * refused; group read is allowed for the Debian ssl-cert convention. */
+static int
+check_key_mode(const char *path, struct buf *err)
+{
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        buf_printf(err, "tls_key_file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) {
+        buf_printf(err,
+            "tls_key_file %s: readable by others or writable by group/others "
+            "(chmod 600 or 640)\n",
+            path);
+        return -1;
+    }
+    return 0;
+}
+
+int
+tls_server_ctx_new(const struct config *cfg, struct tls_ctx **out, struct buf *err)
+{
+    SSL_CTX *ctx;
+    static const unsigned char sid_ctx[] = "tern";
+    *out = NULL;
+    if (cfg->tls_cert_file == NULL || cfg->tls_key_file == NULL)
+        return 0;
+    if (check_key_mode(cfg->tls_key_file, err) < 0)
+        return -1;
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+        err_openssl(err, "tls: cannot create a context", NULL);
+        return -1;
+    }
+    if (set_common(ctx, cfg->tls_min_version, cfg->tls_ciphers, cfg->tls_ciphersuites, err) < 0)
+        goto fail;
+    SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1) {
+        err_openssl(err, "tls_cert_file", cfg->tls_cert_file);
+        goto fail;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key_file, SSL_FILETYPE_PEM) != 1) {
+        if (ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH)
+            err_openssl(err, "tls_key_file does not match tls_cert_file:", cfg->tls_key_file);
+        else
+            err_openssl(err, "tls_key_file", cfg->tls_key_file);
+        goto fail;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+        err_openssl(err, "tls_key_file does not match tls_cert_file:", cfg->tls_key_file);
+        goto fail;
+    }
+    *out = wrap(ctx);
+    return 0;
+fail:
+    SSL_CTX_free(ctx);
+    return -1;
+}
+
+struct tls_ctx *
+tls_client_ctx_new(const struct tls_client_opts *o, struct buf *err)
+{
+    SSL_CTX *ctx;
+    ERR_clear_error();
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        err_openssl(err, "tls: cannot create a context", NULL);
+        return NULL;
+    }
+    if (set_common(ctx, o->min_version, o->ciphers, o->ciphersuites, err) < 0)
+        goto fail;
+    /* Trust anchors are loaded even without verify: the result is still
+     * computed and logged (RFC 7435 opportunistic TLS reports it). */
+    if (o->ca_file != NULL) {
+        if (SSL_CTX_load_verify_locations(ctx, o->ca_file, NULL) != 1) {
+            err_openssl(err, "tls_ca_file", o->ca_file);
+            goto fail;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        err_openssl(err, "tls: system CA store", NULL);
+        goto fail;
+    }
+    SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    return wrap(ctx);
+fail:
+    SSL_CTX_free(ctx);
+    return NULL;
+}
+
+SSL *
+tls_server_ssl_new(struct tls_ctx *t)
+{
+    return SSL_new(t->ctx);
+}
+
+static bool
+is_address_literal(const char *s)
+{
+    return strchr(s, ':') != NULL || strspn(s, "0123456789.") == strlen(s);
+}
+
+SSL *
+tls_client_ssl_new(struct tls_ctx *t, const char *sni, const char *check_host)
+{
+    SSL *ssl = SSL_new(t->ctx);
+    if (ssl == NULL)
+        return NULL;
+    /* RFC 6066 §3: no address literals in SNI. */
+    if (sni != NULL && *sni != '\0' && !is_address_literal(sni) &&
+        SSL_set_tlsext_host_name(ssl, sni) != 1)
+        goto fail;
+    if (check_host != NULL && *check_host != '\0') {
+        SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+        if (SSL_set1_host(ssl, check_host) != 1)
+            goto fail;
+    }
+    return ssl;
+fail:
+    SSL_free(ssl);
+    return NULL;
+}
+
+void
+tls_describe(const SSL *ssl, struct tls_info *out)
+{
+    const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
+    memset(out, 0, sizeof(*out));
+    snprintf(out->version, sizeof(out->version), "%s", SSL_get_version(ssl));
+    snprintf(out->cipher, sizeof(out->cipher), "%s", c ? SSL_CIPHER_get_name(c) : "none");
+    if (c != NULL)
+        out->bits = SSL_CIPHER_get_bits(c, &out->alg_bits);
+    out->verified =
+        SSL_get0_peer_certificate(ssl) != NULL && SSL_get_verify_result(ssl) == X509_V_OK;
+}

@@ -1,0 +1,66 @@
+/*
+ * TLS contexts (OpenSSL 3) for both directions: a server context built from
+ * tls_cert_file/tls_key_file (chain, minimum version, cipher lists) and a
+ * client context (CA file or system store, verify on/off) with per-connection
+ * SNI and host-name checks. A struct tls_ctx is reference counted: a reload
+ * builds a new one and swaps it in, connections keep the one they started with.
+ * Only the event loop thread touches these objects.
+ */
+#ifndef TERN_TLS_H
+#define TERN_TLS_H
+
+#include <stdbool.h>
+
+#include "config/config.h"
+#include "util/buf.h"
+
+struct tls_ctx;
+typedef struct ssl_st SSL;
+
+/* Version, cipher and peer verification of an established connection. */
+struct tls_info {
+    char version[16];   /* "TLSv1.3" */
+    char cipher[64];    /* "TLS_AES_256_GCM_SHA384" */
+    int bits, alg_bits; /* secret bits used / the algorithm's bits */
+    bool verified;      /* peer certificate verified (client side: chain + host) */
+};
+
+/*
+ * The server context of cfg: NULL with *out NULL when no certificate is
+ * configured (TLS not offered). -1 with a message in err ("tls_cert_file
+ * FILE: ...") when the certificate, key, their match, the version or a cipher
+ * list is bad, or when the key file is readable by others. The caller owns
+ * the result (tls_ctx_unref).
+ */
+int tls_server_ctx_new(const struct config *cfg, struct tls_ctx **out, struct buf *err);
+
+struct tls_client_opts {
+    const char *ca_file; /* NULL: the system store */
+    bool verify;         /* check the peer chain (and the host name given per connection) */
+    int min_version;     /* enum tls_version */
+    const char *ciphers; /* NULL: OpenSSL's default */
+    const char *ciphersuites;
+};
+
+/* A client context for outbound STARTTLS / implicit TLS. NULL with err set
+ * when the CA file or a cipher list cannot be used. Caller owns. */
+struct tls_ctx *tls_client_ctx_new(const struct tls_client_opts *o, struct buf *err);
+
+struct tls_ctx *tls_ctx_ref(struct tls_ctx *t);
+void tls_ctx_unref(struct tls_ctx *t); /* NULL is fine */
+
+/* A new server-side SSL object (the caller owns it; it holds its own
+ * reference to the context). NULL on allocation failure. */
+SSL *tls_server_ssl_new(struct tls_ctx *t);
+/* A new client-side SSL: SNI set to sni (NULL or an address literal: none);
+ * with check_host (and a verifying context) the certificate must match
+ * check_host. Caller owns. NULL on failure. */
+SSL *tls_client_ssl_new(struct tls_ctx *t, const char *sni, const char *check_host);
+
+/* Describe an established connection. */
+void tls_describe(const SSL *ssl, struct tls_info *out);
+/* The last OpenSSL error of this thread as text (and clear the queue), or
+ * fallback when there is none. Returns buf. */
+const char *tls_error_text(unsigned long err, char *buf, size_t cap, const char *fallback);
+
+#endif
