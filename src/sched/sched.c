@@ -766,9 +766,17 @@ flush_cb(const void *k, size_t kl, void *v, void *arg)
     }
 }
 
+static void
+flush_dest_cb(const void *k, size_t kl, void *v, void *arg)
+{
+    struct sched_dest *d = v;
+    d->down_until_ms = 0; /* "retry everything now" includes backed-off destinations */
+}
+
 void
 sched_flush(struct sched *s)
 {
+    map_each(s->dests, flush_dest_cb, NULL);
     map_each(s->msgs, flush_cb, s);
     log_simple(LOG_INFO, "queue", "flush", NULL);
     sched_arm(s);
