@@ -356,8 +356,8 @@ deliv_dest_fill(struct delivery *d, struct deliv_dest *dest)
         if (c != NULL) {
             client_adopt(c, dest);
         } else if (global_cap_reached(d)) {
+            wait_enqueue(d, dest); /* first: the evicted slot may free at once */
             idle_evict(d, dest);
-            wait_enqueue(d, dest);
             return;
         } else {
             client_new(d, dest, d->cfg);
