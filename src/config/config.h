@@ -19,6 +19,7 @@
 struct hostport {
     char host[CONFIG_HOST_MAX]; /* no brackets; "" when unset */
     uint16_t port;
+    bool implicit_tls; /* smarthost only: "smtps://" prefix or port 465 (RFC 8314) */
 };
 
 enum tls_mode { TLS_NONE, TLS_OPPORTUNISTIC, TLS_REQUIRED };
@@ -30,6 +31,7 @@ struct route_hop {
     char host[CONFIG_HOST_MAX];
     uint16_t port;
     bool mx;
+    bool implicit_tls; /* "smtps://" prefix or port 465: TLS from the first byte (RFC 8314) */
 };
 
 #define ROUTE_HOPS_MAX 8
@@ -117,6 +119,9 @@ struct config {
     int64_t auth_lockout_ms;         /* how long a locked-out address gets 454 */
     int64_t auth_failure_delay_ms;   /* wait before answering 535 */
     char *auth_sender_login;         /* "user=addr|@domain[,...] ..." or NULL: no restriction */
+    /* --- outbound TLS and AUTH (issue 4) --- */
+    enum tls_mode mx_tls;             /* STARTTLS towards MX hosts */
+    int smarthost_auth_plaintext;     /* 0 no, 1 yes: send credentials without TLS */
 };
 
 /*

@@ -41,6 +41,23 @@ _Static_assert(LOG_DEBUG == 0 && LOG_INFO == 1 && LOG_WARN == 2 && LOG_ERROR == 
 _Static_assert(sizeof(enum tls_mode) == sizeof(int) && sizeof(enum log_format) == sizeof(int),
     "enum settings are stored as int");
 
+/* RFC 8314 §3: implicit TLS to a next hop is written "smtps://HOP"; its port
+ * defaults to 465, and a hop on port 465 without the prefix is implicit TLS
+ * too (465 is registered for submissions, never spoken in plaintext). */
+#define SMTPS_PREFIX     "smtps://"
+#define SMTPS_PREFIX_LEN (sizeof(SMTPS_PREFIX) - 1)
+#define SMTPS_PORT       465
+
+static bool
+strip_smtps(const char **item, size_t *len)
+{
+    if (*len < SMTPS_PREFIX_LEN || !str_ieq(*item, SMTPS_PREFIX_LEN, SMTPS_PREFIX))
+        return false;
+    *item += SMTPS_PREFIX_LEN;
+    *len -= SMTPS_PREFIX_LEN;
+    return true;
+}
+
 #define OFF(f) offsetof(struct config, f)
 
 const struct cfg_setting config_settings[] = {
@@ -95,7 +112,7 @@ const struct cfg_setting config_settings[] = {
         .off_n = OFF(n_smarthosts),
         .default_port = 25,
         .desc = "host:port or [addr]:port to send everything through (a list: failover in "
-                "order); empty: deliver by MX" },
+                "order; smtps://host[:port] or port 465: implicit TLS); empty: deliver by MX" },
     { .name = "smarthost_auth_file",
         .type = CFG_PATH,
         .def = "",
@@ -356,6 +373,20 @@ const struct cfg_setting config_settings[] = {
         .def = "",
         .off = OFF(auth_sender_login),
         .desc = "user=addr|@domain[,...] entries: the envelope senders each AUTH user may use" },
+    /* outbound TLS and AUTH (issue 4) */
+    { .name = "mx_tls",
+        .type = CFG_ENUM,
+        .def = "opportunistic",
+        .off = OFF(mx_tls),
+        .names = tls_names,
+        .desc = "STARTTLS towards MX hosts: none, opportunistic or required (verified chain and "
+                "MX host name)" },
+    { .name = "smarthost_auth_plaintext",
+        .type = CFG_ENUM,
+        .def = "no",
+        .off = OFF(smarthost_auth_plaintext),
+        .names = yesno_names,
+        .desc = "send smarthost_auth_file credentials over a connection without TLS: no or yes" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);
@@ -596,10 +627,14 @@ parse_one_hostport(const struct cfg_setting *s, const char *item, const char *in
 {
     char t[SHOWN_MAX];
     unsigned char tmp[16];
-    if (parse_hostport(item, hp->host, sizeof(hp->host), s->default_port, &hp->port) < 0) {
+    size_t ilen = strlen(item);
+    bool smtps = s->off == OFF(smarthosts) && strip_smtps(&item, &ilen);
+    if (parse_hostport(item, hp->host, sizeof(hp->host), smtps ? SMTPS_PORT : s->default_port,
+            &hp->port) < 0) {
         hostport_error(s, item, in, e);
         return -1;
     }
+    hp->implicit_tls = s->off == OFF(smarthosts) && (smtps || hp->port == SMTPS_PORT);
     if ((s->flags & CFG_F_NUMERIC) && inet_pton(AF_INET, hp->host, tmp) != 1 &&
         inet_pton(AF_INET6, hp->host, tmp) != 1) {
         cfg_error(e, "bad address \"%s\" %s %s (an IP address is needed)",
@@ -834,13 +869,15 @@ set_dkim(struct config *c, const struct cfg_setting *s, const char *v, struct cf
 /* ---- routes: MATCH=HOP[,HOP...] ---- */
 
 /* One hop: "[host]:port" / "[host]" (direct) or "host:port" / "host" (MX
- * lookup of host). Port 0 means delivery_port. */
+ * lookup of host), each with an optional "smtps://" prefix (implicit TLS,
+ * port 465 by default). Port 0 means delivery_port. */
 static int
 parse_route_hop(const char *item, size_t len, struct route_hop *hop)
 {
     char tmp[CONFIG_HOST_MAX + 16];
     const char *colon;
     uint64_t port = 0;
+    bool smtps = strip_smtps(&item, &len);
     if (len == 0 || len >= sizeof(tmp))
         return -1;
     memcpy(tmp, item, len);
@@ -866,7 +903,10 @@ parse_route_hop(const char *item, size_t len, struct route_hop *hop)
         return -1;
     if (colon && port == 0)
         return -1;
+    if (smtps && port == 0)
+        port = SMTPS_PORT;
     hop->port = (uint16_t)port;
+    hop->implicit_tls = smtps || port == SMTPS_PORT;
     str_lower(hop->host);
     if (!hop->mx) {
         unsigned char a[16];

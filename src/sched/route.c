@@ -70,6 +70,7 @@ route_decide(const struct config *cfg, const char *sender, const char *rcpt,
             snprintf(out->hops[i].host, sizeof(out->hops[i].host), "%s", cfg->smarthosts[i].host);
             out->hops[i].port = cfg->smarthosts[i].port;
             out->hops[i].mx = false;
+            out->hops[i].implicit_tls = cfg->smarthosts[i].implicit_tls;
             out->n_hops++;
         }
         return;

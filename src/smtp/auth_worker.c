@@ -31,9 +31,9 @@ struct auth_worker {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct auth_job *todo, *todo_tail; /* guarded by mu */
+    struct auth_job *waiting, *waiting_tail; /* guarded by mu */
     struct auth_job *done;             /* guarded by mu; any order */
-    size_t pending;                    /* todo + running + done */
+    size_t pending;                    /* waiting + running + done */
     bool stop;
     int pipe_rd, pipe_wr;
     struct event *ev;
@@ -56,14 +56,14 @@ worker_main(void *arg)
     pthread_mutex_lock(&w->mu);
     for (;;) {
         struct auth_job *j;
-        while (!w->stop && w->todo == NULL)
+        while (!w->stop && w->waiting == NULL)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->stop)
             break;
-        j = w->todo;
-        w->todo = j->next;
-        if (w->todo == NULL)
-            w->todo_tail = NULL;
+        j = w->waiting;
+        w->waiting = j->next;
+        if (w->waiting == NULL)
+            w->waiting_tail = NULL;
         pthread_mutex_unlock(&w->mu);
         j->ok = auth_check_password(j->hash, j->pass) && !j->force_fail;
         secret_free(j->pass);
@@ -141,11 +141,11 @@ auth_worker_submit(
     j->pass = xstrdup(pass);
     j->force_fail = force_fail;
     pthread_mutex_lock(&w->mu);
-    if (w->todo_tail)
-        w->todo_tail->next = j;
+    if (w->waiting_tail)
+        w->waiting_tail->next = j;
     else
-        w->todo = j;
-    w->todo_tail = j;
+        w->waiting = j;
+    w->waiting_tail = j;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     return 0;
@@ -171,7 +171,7 @@ auth_worker_free(struct auth_worker *w)
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);
-    free_list(w->todo);
+    free_list(w->waiting);
     free_list(w->done);
     event_free(w->ev);
     close(w->pipe_rd);

@@ -228,7 +228,7 @@ auth_refused(struct smtp_session *s)
     unsigned char key[16];
     size_t kl;
     if (s->srv->users == NULL || s->cfg->auth_users_file == NULL) {
-        smtp_reply(s, 502, "5.5.1", "Command not implemented");
+        smtp_reply(s, 502, "5.5.1", "Command not available");
     } else if (!smtp_auth_offered(s)) {
         /* RFC 4954 §4 */
         smtp_reply(s, 538, "5.7.11", "Encryption required for requested authentication mechanism");

@@ -81,7 +81,7 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
         return;
     }
     if (!smtp_starttls_offered(s)) {
-        smtp_reply(s, 502, "5.5.1", "Command not implemented");
+        smtp_reply(s, 502, "5.5.1", "Command not available");
         smtp_session_error(s);
         return;
     }
