@@ -5,7 +5,7 @@
 set -eu
 pkgs="meson ninja-build pkg-config gcc clang libclang-rt-14-dev libevent-dev libssl-dev
 libc-ares-dev libcrypt-dev libcmocka-dev python3 python3-pytest python3-aiosmtpd swaks
-dnsmasq-base python3-dkim openssl"
+dnsmasq-base python3-dkim python3-yaml openssl"
 missing=""
 for p in $pkgs; do
     if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then

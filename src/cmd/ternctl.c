@@ -9,6 +9,7 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <libgen.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,10 +19,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cmd/dnscheck.h"
 #include "config/config.h"
 #include "ctl/client.h"
 #include "ctl/json.h"
+#include "dkim/dkim.h"
 #include "util/buf.h"
+#include "util/parse.h"
 #include "util/util.h"
 #include "util/fsutil.h"
 
@@ -53,7 +57,7 @@ static const char usage_text[] =
     "  queue hold ID             hold a message\n"
     "  queue release ID          release a held message\n"
     "  passwd USER               add or change an AUTH user in auth_users_file\n"
-    "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N]\n"
+    "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--key-file PATH]\n"
     "  dns check DOMAIN [--json]\n";
 
 static int
@@ -556,16 +560,179 @@ cmd_passwd(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
     return ret;
 }
 
-/* --- later issues --- */
+/* --- dkim keygen --- */
+
+struct keygen_opts {
+    char domain[DKIM_DOMAIN_MAX + 1]; /* lowercased */
+    const char *selector, *key_file;
+    enum dkim_alg alg;
+    unsigned bits;
+    bool bits_set;
+};
+
+/* "--name VALUE" or "--name=VALUE" at argv[*i]: the value (advancing *i),
+ * or NULL when it is another argument (*missing: the value is absent). */
+static const char *
+opt_value(int argc, char **argv, int *i, const char *name, bool *missing)
+{
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0)
+        return NULL;
+    if (argv[*i][n] == '=')
+        return argv[*i] + n + 1;
+    if (argv[*i][n] != '\0')
+        return NULL;
+    if (*i + 1 >= argc) {
+        *missing = true;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
+/* A selector is a sequence of DNS labels (RFC 6376 §3.1). */
+static bool
+name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    return n > 0 && s[n - 1] != '.' && str_is_domain(s, n, false);
+}
 
 static int
-cmd_unavailable(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+keygen_option(int argc, char **argv, int *i, struct keygen_opts *o, bool *missing)
 {
+    const char *v;
+    uint64_t b;
+    if ((v = opt_value(argc, argv, i, "--algorithm", missing)) != NULL) {
+        if (strcmp(v, "rsa") != 0 && strcmp(v, "ed25519") != 0) {
+            fprintf(stderr, "ternctl: --algorithm is rsa or ed25519\n");
+            return -1;
+        }
+        o->alg = v[0] == 'r' ? DKIM_ALG_RSA_SHA256 : DKIM_ALG_ED25519_SHA256;
+    } else if ((v = opt_value(argc, argv, i, "--bits", missing)) != NULL) {
+        if (parse_u64(v, strlen(v), UINT32_MAX, &b) < 0 || b < DKIM_RSA_BITS_MIN ||
+            b > DKIM_RSA_BITS_MAX) {
+            fprintf(stderr, "ternctl: --bits is %d to %d\n", DKIM_RSA_BITS_MIN, DKIM_RSA_BITS_MAX);
+            return -1;
+        }
+        o->bits = (unsigned)b;
+        o->bits_set = true;
+    } else if ((v = opt_value(argc, argv, i, "--key-file", missing)) != NULL) {
+        o->key_file = v;
+    } else {
+        return 1; /* not an option of ours */
+    }
+    return 0;
+}
+
+static int
+keygen_args(int argc, char **argv, struct keygen_opts *o)
+{
+    int npos = 0;
+    for (int i = 0; i < argc; i++) {
+        bool missing = false;
+        int rc = keygen_option(argc, argv, &i, o, &missing);
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            continue;
+        if (missing || (argv[i][0] == '-' && argv[i][1] != '\0') || npos == 2) {
+            fprintf(stderr, "ternctl: dkim keygen: %s %s\n",
+                missing ? "no value for" : "unexpected argument", argv[i]);
+            return -1;
+        }
+        if (npos == 0 && strlen(argv[i]) >= sizeof(o->domain)) {
+            fprintf(stderr, "ternctl: bad domain (longer than %d)\n", DKIM_DOMAIN_MAX);
+            return -1;
+        }
+        if (npos++ == 0)
+            snprintf(o->domain, sizeof(o->domain), "%s", argv[i]);
+        else
+            o->selector = argv[i];
+    }
+    if (npos != 2) {
+        usage_error();
+        return -1;
+    }
+    str_lower(o->domain);
+    if (!name_ok(o->domain) || !name_ok(o->selector)) {
+        fprintf(stderr, "ternctl: bad %s \"%s\"\n", name_ok(o->domain) ? "selector" : "domain",
+            name_ok(o->domain) ? o->selector : o->domain);
+        return -1;
+    }
+    if (o->bits_set && o->alg != DKIM_ALG_RSA_SHA256) {
+        fprintf(stderr, "ternctl: --bits is for RSA keys only\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Print the record to publish and the setting to add. */
+static int
+keygen_print(const struct keygen_opts *o, const struct dkim_key *k, const char *path)
+{
+    struct buf txt = BUF_INIT, quoted = BUF_INIT;
+    const char *domain = o->domain;
+    int rc = EXIT_RUNTIME;
+    if (dkim_key_txt(k, &txt) == 0) {
+        dkim_txt_strings(txt.data, txt.len, &quoted);
+        printf("# DKIM key for %s, selector %s: %s, %u bits\n", domain, o->selector,
+            dkim_key_type(k), dkim_key_bits(k));
+        printf("# private key written to %s (mode 0600)\n", path);
+        printf("# publish this DNS TXT record (name, type, value):\n");
+        printf("%s._domainkey.%s TXT %s\n", o->selector, domain, quoted.data);
+        printf("# then add this entry to dkim_sign in the tern configuration:\n");
+        printf("dkim_sign = %s:%s:%s\n", domain, o->selector, path);
+        if (strpbrk(path, " \t") != NULL)
+            printf("# (dkim_sign entries are space separated: move the key to a path "
+                   "without spaces)\n");
+        rc = flush_stdout();
+    } else {
+        fprintf(stderr, "ternctl: cannot encode the public key\n");
+    }
+    buf_fini(&txt);
+    buf_fini(&quoted);
+    return rc;
+}
+
+static int
+cmd_dkim_keygen(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    struct keygen_opts o = { "", NULL, NULL, DKIM_ALG_RSA_SHA256, 2048, false };
+    struct buf err = BUF_INIT, def = BUF_INIT;
+    struct dkim_key *k;
+    char abs[PATH_MAX];
+    int rc;
+    (void)cmd;
     (void)ctx;
-    (void)argc;
-    (void)argv;
-    fprintf(stderr, "ternctl: %s %s is not available yet\n", cmd->word1, cmd->word2);
-    return EXIT_USAGE;
+    if (keygen_args(argc, argv, &o) < 0)
+        return EXIT_USAGE;
+    if (o.key_file == NULL) {
+        buf_printf(&def, "%s.%s.key", o.domain, o.selector);
+        o.key_file = def.data;
+    }
+    if (o.alg == DKIM_ALG_RSA_SHA256 && o.bits < 2048)
+        fprintf(stderr, "ternctl: warning: RSA keys under 2048 bits are weak and some "
+                        "receivers ignore them (RFC 8301)\n");
+    k = dkim_key_generate(o.alg, o.bits, &err);
+    if (k == NULL || dkim_key_save(k, o.key_file, &err) < 0) {
+        fprintf(stderr, "ternctl: %s\n", err.data ? err.data : "cannot make the key");
+        rc = EXIT_RUNTIME;
+    } else {
+        rc = keygen_print(&o, k, realpath(o.key_file, abs) != NULL ? abs : o.key_file);
+    }
+    dkim_key_free(k);
+    buf_fini(&err);
+    buf_fini(&def);
+    return rc;
+}
+
+/* --- dns check (src/cmd/dnscheck.c) --- */
+
+static int
+cmd_dns_check(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    (void)cmd;
+    return dnscheck_main(ctx->cfg, argc, argv);
 }
 
 static const struct command commands[] = {
@@ -576,8 +743,8 @@ static const struct command commands[] = {
     { "queue", "hold", "HOLD", cmd_queue_action, true },
     { "queue", "release", "RELEASE", cmd_queue_action, true },
     { "passwd", NULL, NULL, cmd_passwd, true },
-    { "dkim", "keygen", NULL, cmd_unavailable, false },
-    { "dns", "check", NULL, cmd_unavailable, false },
+    { "dkim", "keygen", NULL, cmd_dkim_keygen, false },
+    { "dns", "check", NULL, cmd_dns_check, true },
 };
 
 static const struct command *

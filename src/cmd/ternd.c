@@ -267,7 +267,10 @@ main(int argc, char **argv)
     int rc = parse_args(&t, argc, argv, &check);
     if (rc != 0)
         return rc;
-    t.cfg = config_load(t.path, t.overrides, t.n_overrides, check, &err);
+    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
+     * start as by --check, so a bad key stops ternd now, not at the first
+     * message. */
+    t.cfg = config_load(t.path, t.overrides, t.n_overrides, true, &err);
     if (t.cfg == NULL) {
         fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
         buf_fini(&err);

@@ -12,12 +12,15 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "config/config_int.h"
+#include "dkim/dkim.h"
+#include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
 
@@ -321,6 +324,20 @@ check_combinations(struct loader *ld)
     }
 }
 
+/* A dkim_sign key must load as an RSA or Ed25519 private key. */
+static void
+load_dkim_key(struct loader *ld, const struct dkim_entry *d)
+{
+    struct buf why = BUF_INIT;
+    char t[SHOWN_MAX];
+    if (ld->c->dkim_keys == NULL)
+        ld->c->dkim_keys = dkim_keyset_new();
+    if (dkim_keyset_add(ld->c->dkim_keys, d->domain, d->selector, d->keyfile, &why) < 0)
+        cfg_error(&ld->errs, "dkim_sign key file \"%s\": %s", cfg_shown(d->keyfile, t, sizeof(t)),
+            why.data ? why.data : "cannot load");
+    buf_fini(&why);
+}
+
 /* check_files: named files must be readable regular files; secrets private. */
 static void
 check_files(struct loader *ld)
@@ -337,9 +354,12 @@ check_files(struct loader *ld)
         (void)cfg_check_file(s->name, path, (s->flags & CFG_F_SECRET) != 0, &ld->errs);
     }
     for (size_t i = 0; i < ld->c->n_dkim_sign; i++) {
+        const struct dkim_entry *d = &ld->c->dkim_sign[i];
         where_of(ld, cfg_find("dkim_sign"));
-        (void)cfg_check_file("dkim_sign key file", ld->c->dkim_sign[i].keyfile, true, &ld->errs);
+        if (cfg_check_file("dkim_sign key file", d->keyfile, true, &ld->errs) == 0)
+            load_dkim_key(ld, d);
     }
+    ld->c->dkim_keys_loaded = true;
 }
 
 /* The machine's FQDN: the canonical name of gethostname(), else the bare
@@ -433,6 +453,37 @@ config_ref(struct config *c)
     return c;
 }
 
+/* Serialises the first load of a snapshot's keys (config_dkim_keys). */
+static pthread_mutex_t dkim_keys_mu = PTHREAD_MUTEX_INITIALIZER;
+
+struct dkim_keyset *
+config_dkim_keys(struct config *c)
+{
+    struct dkim_keyset *ks;
+    pthread_mutex_lock(&dkim_keys_mu);
+    for (size_t i = 0; !c->dkim_keys_loaded && i < c->n_dkim_sign; i++) {
+        const struct dkim_entry *d = &c->dkim_sign[i];
+        struct buf why = BUF_INIT;
+        struct logline l;
+        if (c->dkim_keys == NULL)
+            c->dkim_keys = dkim_keyset_new();
+        if (dkim_keyset_add(c->dkim_keys, d->domain, d->selector, d->keyfile, &why) == 0)
+            continue;
+        log_begin(&l, LOG_ERROR, NULL, "dkim", "key_unusable");
+        log_str(&l, "domain", d->domain);
+        log_str(&l, "selector", d->selector);
+        log_str(&l, "file", d->keyfile);
+        log_str(&l, "error", why.data ? why.data : "cannot load");
+        log_str(&l, "action", "mail of this entry is not signed");
+        log_end(&l);
+        buf_fini(&why);
+    }
+    c->dkim_keys_loaded = true;
+    ks = c->dkim_keys;
+    pthread_mutex_unlock(&dkim_keys_mu);
+    return ks;
+}
+
 void
 config_unref(struct config *c)
 {
@@ -443,6 +494,7 @@ config_unref(struct config *c)
         return;
     for (size_t i = 0; i < config_n_settings; i++)
         cfg_clear(c, &config_settings[i]);
+    dkim_keyset_unref(c->dkim_keys);
     free(c->path);
     free(c);
 }

@@ -52,6 +52,14 @@ struct dkim_entry {
     char *selector;
     char *keyfile;
 };
+/* dkim_canonicalization: header/body (RFC 6376 §3.4). */
+enum dkim_canon_setting {
+    DKIM_C_RELAXED_RELAXED,
+    DKIM_C_SIMPLE_SIMPLE,
+    DKIM_C_RELAXED_SIMPLE,
+    DKIM_C_SIMPLE_RELAXED,
+};
+struct dkim_keyset;
 
 struct config {
     int refs;
@@ -81,6 +89,9 @@ struct config {
     char *tls_cert_file, *tls_key_file, *tls_ca_file, *auth_users_file; /* NULL when empty */
     struct dkim_entry *dkim_sign;
     size_t n_dkim_sign;
+    /* Owned: the loaded keys of dkim_sign (config_dkim_keys), or NULL. */
+    struct dkim_keyset *dkim_keys;
+    bool dkim_keys_loaded;
     uint64_t max_message_size;
     int64_t retry_initial_ms, retry_max_ms, max_queue_lifetime_ms;
     struct hostport metrics_listen; /* host "" = off */
@@ -119,6 +130,11 @@ struct config {
     int64_t auth_lockout_ms;         /* how long a locked-out address gets 454 */
     int64_t auth_failure_delay_ms;   /* wait before answering 535 */
     char *auth_sender_login;         /* "user=addr|@domain[,...] ..." or NULL: no restriction */
+    /* --- SPF and dns check (issue 5) --- */
+    struct cidr *egress_addresses; /* addresses mail leaves from (/32, /128); none: discover */
+    size_t n_egress_addresses;
+    /* --- DKIM signing (issue 5) --- */
+    int dkim_canonicalization; /* enum dkim_canon_setting */
     /* --- outbound TLS and AUTH (issue 4) --- */
     enum tls_mode mx_tls;             /* STARTTLS towards MX hosts */
     int smarthost_auth_plaintext;     /* 0 no, 1 yes: send credentials without TLS */
@@ -135,6 +151,12 @@ struct config {
 struct config *config_load(const char *path, const char *const *overrides, size_t n_overrides,
     bool check_files, struct buf *errors);
 struct config *config_ref(struct config *c);
+/* The keys of dkim_sign: loaded by config_load when check_files is set (a
+ * key that does not load is then a configuration error), else at the first
+ * call, when entries whose key does not load are logged and left out.
+ * Borrowed: valid while c is referenced (take a dkim_keyset_ref to keep it
+ * longer). NULL when there are none. Thread safe. */
+struct dkim_keyset *config_dkim_keys(struct config *c);
 void config_unref(struct config *c); /* NULL is fine */
 
 /* Is the name a known setting? Used by tools that take -o. */

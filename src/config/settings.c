@@ -30,6 +30,8 @@ static const char *const loglevel_names[] = { "debug", "info", "warn", "error", 
 static const char *const ipfam_names[] = { "prefer-ipv4", "prefer-ipv6", "ipv4", "ipv6", NULL };
 static const char *const tlsver_names[] = { "TLSv1.2", "TLSv1.3", NULL };
 static const char *const yesno_names[] = { "no", "yes", NULL };
+static const char *const dkim_canon_names[] = { "relaxed/relaxed", "simple/simple",
+    "relaxed/simple", "simple/relaxed", NULL };
 
 /* Enum settings store the index into their names table. */
 _Static_assert(TLS_NONE == 0 && TLS_OPPORTUNISTIC == 1 && TLS_REQUIRED == 2, "tls_names");
@@ -37,6 +39,9 @@ _Static_assert(LOGFMT_TEXT == 0 && LOGFMT_JSON == 1, "logfmt_names");
 _Static_assert(IPFAM_PREFER_V4 == 0 && IPFAM_PREFER_V6 == 1 && IPFAM_V4 == 2 && IPFAM_V6 == 3,
     "ipfam_names");
 _Static_assert(TLSVER_1_2 == 0 && TLSVER_1_3 == 1, "tlsver_names");
+_Static_assert(DKIM_C_RELAXED_RELAXED == 0 && DKIM_C_SIMPLE_SIMPLE == 1 &&
+                   DKIM_C_RELAXED_SIMPLE == 2 && DKIM_C_SIMPLE_RELAXED == 3,
+    "dkim_canon_names");
 _Static_assert(LOG_DEBUG == 0 && LOG_INFO == 1 && LOG_WARN == 2 && LOG_ERROR == 3, "log levels");
 _Static_assert(sizeof(enum tls_mode) == sizeof(int) && sizeof(enum log_format) == sizeof(int),
     "enum settings are stored as int");
@@ -168,6 +173,13 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(dkim_sign),
         .off_n = OFF(n_dkim_sign),
         .desc = "domain:selector:keyfile entries; mail whose From domain matches is signed" },
+    { .name = "dkim_canonicalization",
+        .type = CFG_ENUM,
+        .def = "relaxed/relaxed",
+        .off = OFF(dkim_canonicalization),
+        .names = dkim_canon_names,
+        .desc = "DKIM header/body canonicalization: relaxed/relaxed, simple/simple, "
+                "relaxed/simple or simple/relaxed" },
     { .name = "max_message_size",
         .type = CFG_SIZE,
         .def = "52428800",
@@ -387,6 +399,14 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(smarthost_auth_plaintext),
         .names = yesno_names,
         .desc = "send smarthost_auth_file credentials over a connection without TLS: no or yes" },
+    /* SPF and dns check (issue 5) */
+    { .name = "egress_addresses",
+        .type = CFG_CIDR_LIST,
+        .def = "",
+        .off = OFF(egress_addresses),
+        .off_n = OFF(n_egress_addresses),
+        .desc = "the addresses tern sends mail from, checked against SPF and PTR by ternctl dns "
+                "check (empty: the addresses of the default route's interface)" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);
@@ -647,7 +667,7 @@ parse_one_hostport(const struct cfg_setting *s, const char *item, const char *in
 static int
 set_hostport(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
 {
-    struct hostport hp = { "", 0 };
+    struct hostport hp = { "", 0, false };
     if (*v != '\0' && parse_one_hostport(s, v, "for", &hp, e) < 0)
         return -1;
     *FIELD(c, s, struct hostport) = hp;

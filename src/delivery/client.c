@@ -17,9 +17,11 @@
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -64,11 +66,19 @@ static void on_tx_reply(struct deliv_conn *c, const struct tern_status *st);
 static void on_dot(struct deliv_conn *c, const struct tern_status *st);
 static void on_rset(struct deliv_conn *c, const struct tern_status *st);
 static void on_quit(struct deliv_conn *c, const struct tern_status *st);
+static void on_starttls(struct deliv_conn *c, const struct tern_status *st);
+static void on_auth(struct deliv_conn *c, const struct tern_status *st);
 static void to_connect(struct deliv_conn *c);
+static void to_tls(struct deliv_conn *c);
 static void to_reply(struct deliv_conn *c);
 static void to_idle(struct deliv_conn *c);
 static void to_quit(struct deliv_conn *c);
 static void conn_close(struct deliv_conn *c);
+static void creds_drop(struct deliv_conn *c);
+static void auth_begin(struct deliv_conn *c);
+static void read_cb(struct bufferevent *bev, void *arg);
+static void write_cb(struct bufferevent *bev, void *arg);
+static void event_cb(struct bufferevent *bev, short what, void *arg);
 
 /* What each state does with a complete reply and with its timer. A state
  * without on_reply does not expect one (protocol error). */
@@ -82,6 +92,9 @@ static const struct state_ops {
     [CS_GREETING] = { "greeting", on_greeting, to_reply },
     [CS_EHLO] = { "EHLO", on_ehlo, to_reply },
     [CS_HELO] = { "HELO", on_helo, to_reply },
+    [CS_STARTTLS] = { "STARTTLS", on_starttls, to_reply },
+    [CS_TLS] = { "TLS handshake", NULL, to_tls },
+    [CS_AUTH] = { "AUTH", on_auth, to_reply },
     [CS_IDLE] = { "idle", on_idle_reply, to_idle },
     [CS_TX] = { "MAIL", on_tx_reply, to_reply },
     [CS_BODY] = { "DATA", NULL, to_reply },
@@ -220,6 +233,17 @@ tx_report(struct deliv_conn *c, struct client_tx *tx)
 
 /* ---- closing ---- */
 
+/* Credentials are held only while AUTH runs (STYLE: clear secrets). */
+static void
+creds_drop(struct deliv_conn *c)
+{
+    if (c->creds == NULL)
+        return;
+    deliv_creds_clear(c->creds);
+    free(c->creds);
+    c->creds = NULL;
+}
+
 static void
 conn_close(struct deliv_conn *c)
 {
@@ -227,6 +251,7 @@ conn_close(struct deliv_conn *c)
     struct deliv_dest *dest = c->dest;
     TERN_ASSERT(c->tx == NULL && c->state != CS_DEAD);
     c->state = CS_DEAD;
+    creds_drop(c);
     deliv_idle_del(c->d, c);
     plan_unref(c->plan);
     c->plan = NULL;
@@ -251,7 +276,7 @@ static void
 conn_fail(struct deliv_conn *c, const struct tern_status *st, bool remote)
 {
     struct logline l;
-    if (!c->ready && c->tx == NULL && c->state >= CS_CONNECT && c->state <= CS_HELO) {
+    if (!c->ready && c->tx == NULL && c->state >= CS_SETUP_FIRST && c->state <= CS_SETUP_LAST) {
         target_failed(c, st); /* setup: try the next target */
         return;
     }
@@ -323,13 +348,32 @@ conn_host(const struct deliv_conn *c)
     return &c->plan->hosts[c->plan->t[c->order[c->cur]].host];
 }
 
+/* Forget what the last connection to a target learnt or set up. */
+static void
+target_reset(struct deliv_conn *c)
+{
+    c->reached = false;
+    c->tls_active = false;
+    c->implicit_tls = false;
+    c->authed = false;
+    c->auth_mech = AUTHM_NONE;
+    c->auth_step = 0;
+    memset(&c->tls, 0, sizeof(c->tls));
+    creds_drop(c);
+}
+
 /* The current target is down or refused us: mark it for the whole
  * destination and go on with the next one (RFC 5321 §5.1). */
 static void
 target_failed(struct deliv_conn *c, const struct tern_status *st)
 {
     struct logline l;
-    c->setup_err = *st;
+    /* The reason reported is the last one from a server that was reached
+     * (a TLS or AUTH refusal says more than a later connection refused). */
+    if (c->reached || !c->setup_err_reached) {
+        c->setup_err = *st;
+        c->setup_err_reached = c->reached;
+    }
     c->plan->t[c->order[c->cur]].failed = true;
     log_begin(&l, LOG_WARN, NULL, "delivery", "host_failed");
     log_str(&l, "dest", c->dest->d.key);
@@ -344,7 +388,8 @@ target_failed(struct deliv_conn *c, const struct tern_status *st)
     }
     evtimer_del(c->timer);
     reply_reset(&c->reply);
-    c->reached = false;
+    target_reset(c);
+    c->tls_plain_retry = false;
     c->cur++;
     connect_next(c);
 }
@@ -402,7 +447,7 @@ conn_on_reply(struct deliv_conn *c, const struct tern_status *st)
 {
     /* RFC 5321 §3.8: 421 may come at any time; the server is closing. */
     if (st->code == 421 && c->state != CS_QUIT) {
-        if (c->state <= CS_HELO)
+        if (c->state <= CS_SETUP_LAST)
             conn_refused(c, st);
         else
             conn_fail(c, st, true);
@@ -493,6 +538,14 @@ static void
 session_ready(struct deliv_conn *c)
 {
     struct logline l;
+    size_t n = strlen(c->relay);
+    /* The TLS summary travels with the relay into every per-recipient
+     * delivered/deferred line (sched.c log_result) and the DSN. */
+    if (c->tls_active)
+        snprintf(c->relay + n, sizeof(c->relay) - n, " tls=%s/%s/%s", c->tls.version, c->tls.cipher,
+            c->tls.verified ? "verified" : "unverified");
+    else
+        snprintf(c->relay + n, sizeof(c->relay) - n, " tls=none");
     c->ready = true;
     plan_unref(c->plan); /* setup is over: targets no longer matter */
     c->plan = NULL;
@@ -504,12 +557,313 @@ session_ready(struct deliv_conn *c)
     conn_next(c);
 }
 
+/* ---- TLS (RFC 3207, RFC 8314) and AUTH (RFC 4954) ---- */
+
+static const struct route_hop *
+conn_hop(const struct deliv_conn *c)
+{
+    uint16_t h = conn_host(c)->hop;
+    return h < c->dest->d.n_hops ? &c->dest->d.hops[h] : NULL;
+}
+
+/* A setup step failed for a reason of ours (TLS policy, AUTH): log it once
+ * and move on to the next target. */
+static void __attribute__((format(printf, 4, 5)))
+setup_fail(struct deliv_conn *c, const char *event, const char *esc, const char *fmt, ...)
+{
+    struct tern_status st;
+    struct logline l;
+    va_list ap;
+    st.code = 451;
+    snprintf(st.esc, sizeof(st.esc), "%s", esc);
+    va_start(ap, fmt);
+    vsnprintf(st.text, sizeof(st.text), fmt, ap);
+    va_end(ap);
+    log_begin(&l, LOG_WARN, NULL, "delivery", event);
+    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "host", conn_host(c)->name);
+    log_str(&l, "addr", c->peer);
+    log_str(&l, "reason", st.text);
+    log_end(&l);
+    target_failed(c, &st);
+}
+
+/* Reconnect to the same target in plaintext (opportunistic TLS whose
+ * handshake failed): the target is not marked failed. */
+static void
+target_retry_plain(struct deliv_conn *c)
+{
+    if (c->bev != NULL) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    evtimer_del(c->timer);
+    reply_reset(&c->reply);
+    target_reset(c);
+    c->tls_plain_retry = true;
+    connect_next(c);
+}
+
+/* Put TLS over the connection: after "220" to STARTTLS, or at once for
+ * implicit TLS. The SNI and the name checked are the MX host name or the
+ * hop's host (RFC 7672 §3.2.2 style; an address literal is checked against
+ * the certificate's IP addresses). */
+static void
+tls_start(struct deliv_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    const char *host = conn_host(c)->name;
+    size_t junk = evbuffer_get_length(in);
+    struct bufferevent *bev;
+    SSL *ssl;
+    if (junk > 0) {
+        /* RFC 3207 §4.2 (the client side of CVE-2011-0411): nothing the
+         * server sent in plaintext after its 220 may be read as a reply. */
+        struct logline l;
+        evbuffer_drain(in, junk);
+        log_begin(&l, LOG_WARN, NULL, "delivery", "starttls_pipelined");
+        log_str(&l, "addr", c->peer);
+        log_int(&l, "discarded", (int64_t)junk);
+        log_end(&l);
+    }
+    ssl = c->tls_ctx ? tls_client_ssl_new(c->tls_ctx, host, host) : NULL;
+    if (ssl == NULL) {
+        setup_fail(c, "tls_failed", "4.7.5", "%sTLS with %s not possible: %s",
+            c->tls_mode == TLS_REQUIRED ? "TLS required but " : "", c->peer,
+            c->tls_ctx ? "cannot create an SSL object" : c->d->tls_err);
+        return;
+    }
+    bev = bufferevent_openssl_filter_new(
+        c->d->base, c->bev, ssl, BUFFEREVENT_SSL_CONNECTING, BEV_OPT_CLOSE_ON_FREE);
+    if (bev == NULL) {
+        SSL_free(ssl);
+        tern_panic("bufferevent_openssl_filter_new failed");
+    }
+    bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    c->bev = bev;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    c->state = CS_TLS;
+    conn_arm(
+        c, c->cfg->tls_handshake_timeout_ms > 0 ? c->cfg->tls_handshake_timeout_ms : c->reply_ms);
+}
+
+static void
+tls_failed(struct deliv_conn *c, const char *why)
+{
+    struct logline l;
+    if (deliv_tls_fallback(c->tls_mode, c->implicit_tls)) {
+        /* RFC 7435 §6: opportunistic security falls back to clear text
+         * rather than fail; remembered so that the next connections to this
+         * address do not try again for a while. */
+        deliv_notls_add(c->d, c->peer);
+        log_begin(&l, LOG_WARN, NULL, "delivery", "tls_failed");
+        log_str(&l, "dest", c->dest->d.key);
+        log_str(&l, "host", conn_host(c)->name);
+        log_str(&l, "addr", c->peer);
+        log_str(&l, "reason", why);
+        log_str(&l, "fallback", "plaintext");
+        log_int(&l, "fallback_s", DELIV_NOTLS_MS / 1000);
+        log_end(&l);
+        target_retry_plain(c);
+        return;
+    }
+    setup_fail(c, "tls_failed", "4.7.5", "%sTLS handshake with %s failed: %s",
+        c->tls_mode == TLS_REQUIRED ? "TLS required but " : "", c->peer, why);
+}
+
+static void
+to_tls(struct deliv_conn *c)
+{
+    tls_failed(c, "handshake timed out");
+}
+
+static void
+tls_done(struct deliv_conn *c)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
+    struct logline l;
+    tls_describe(ssl, &c->tls);
+    if (!deliv_tls_accept(c->tls_mode, c->tls.verified)) {
+        char why[160];
+        setup_fail(c, "tls_failed", "4.7.5",
+            "TLS required but the certificate of %s (%s) did not verify: %s", conn_host(c)->name,
+            c->peer, tls_verify_text(ssl, why, sizeof(why)));
+        return;
+    }
+    c->tls_active = true;
+    log_begin(&l, LOG_INFO, NULL, "delivery", "tls");
+    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "host", conn_host(c)->name);
+    log_str(&l, "addr", c->peer);
+    log_str(&l, "mode", c->implicit_tls ? "implicit" : "starttls");
+    log_str(&l, "version", c->tls.version);
+    log_str(&l, "cipher", c->tls.cipher);
+    log_str(&l, "verified", c->tls.verified ? "yes" : "no");
+    log_end(&l);
+    if (c->implicit_tls) {
+        c->state = CS_GREETING;
+        conn_arm(c, c->reply_ms);
+        return;
+    }
+    /* RFC 3207 §4.2: discard what was learnt in clear, EHLO again. */
+    memset(&c->ext, 0, sizeof(c->ext));
+    c->state = CS_EHLO;
+    send_ehlo(c, "EHLO");
+}
+
+static void
+on_starttls(struct deliv_conn *c, const struct tern_status *st)
+{
+    if (st->code == 220) {
+        tls_start(c);
+        return;
+    }
+    if (c->tls_mode == TLS_REQUIRED) {
+        setup_fail(c, "tls_failed", "4.7.5", "TLS required but %s refused STARTTLS: %d %s", c->peer,
+            st->code, st->text);
+        return;
+    }
+    /* Opportunistic: the server declined; RFC 3207 §4 lets us go on. */
+    auth_begin(c);
+}
+
+static void
+auth_send(struct deliv_conn *c, const char *verb, const char *b64)
+{
+    struct buf b = BUF_INIT;
+    buf_printf(&b, "%s%s%s\r\n", verb, *verb && *b64 ? " " : "", b64);
+    conn_write(c, b.data, b.len);
+    explicit_bzero(b.data, b.len);
+    buf_fini(&b);
+    conn_arm(c, c->reply_ms);
+}
+
+/* Credentials for this hop: only for smarthost and route hops, never for
+ * MX hosts. 0 found, 1 none, -1 failed (the target failed). */
+static int
+auth_creds(struct deliv_conn *c, struct deliv_creds *cr)
+{
+    const struct route_hop *hop = conn_hop(c);
+    char err[STATUS_TEXT_MAX];
+    int rc;
+    memset(cr, 0, sizeof(*cr));
+    if (c->cfg->smarthost_auth_file == NULL || hop == NULL ||
+        strncmp(c->dest->d.key, "mx:", 3) == 0)
+        return 1;
+    rc = deliv_creds_load(c->cfg->smarthost_auth_file, hop->host,
+        strcmp(c->dest->d.key, "smarthost") == 0, cr, err, sizeof(err));
+    if (rc < 0)
+        setup_fail(c, "auth_failed", "4.7.0", "%s", err);
+    return rc;
+}
+
+static void
+auth_begin(struct deliv_conn *c)
+{
+    struct deliv_creds cr;
+    char b64[DELIV_AUTH_B64_MAX];
+    int rc = auth_creds(c, &cr);
+    if (rc < 0)
+        return;
+    c->auth_mech =
+        deliv_auth_choose(rc == 0, &c->ext, c->tls_active, c->cfg->smarthost_auth_plaintext != 0);
+    switch (c->auth_mech) {
+    case AUTHM_NONE:
+        deliv_creds_clear(&cr);
+        session_ready(c);
+        return;
+    case AUTHM_MISSING:
+        deliv_creds_clear(&cr);
+        setup_fail(c, "auth_failed", "4.7.0",
+            "credentials configured for %s but it offers no AUTH PLAIN or LOGIN%s", c->peer,
+            c->tls_active ? "" : " (without TLS)");
+        return;
+    case AUTHM_REFUSE:
+        deliv_creds_clear(&cr);
+        setup_fail(c, "auth_failed", "4.7.0",
+            "not sending credentials to %s without TLS (smarthost_auth_plaintext = no)", c->peer);
+        return;
+    case AUTHM_PLAIN:
+        if (deliv_auth_plain_resp(&cr, b64, sizeof(b64)) < 0)
+            tern_panic("AUTH PLAIN buffer too small");
+        auth_send(c, "AUTH PLAIN", b64);
+        explicit_bzero(b64, sizeof(b64));
+        break;
+    case AUTHM_LOGIN:
+        auth_send(c, "AUTH LOGIN", "");
+        break;
+    }
+    c->creds = xmalloc(sizeof(*c->creds));
+    *c->creds = cr;
+    deliv_creds_clear(&cr);
+    c->auth_step = 0;
+    c->state = CS_AUTH;
+}
+
+static void
+on_auth(struct deliv_conn *c, const struct tern_status *st)
+{
+    struct logline l;
+    if (c->auth_mech == AUTHM_LOGIN && st->code == 334 && c->auth_step < 2) {
+        /* RFC 4954 §4: each 334 asks for the next field (user, password). */
+        const char *f = c->auth_step == 0 ? c->creds->user : c->creds->pass;
+        char b64[DELIV_AUTH_B64_MAX];
+        if (deliv_b64((const unsigned char *)f, strlen(f), b64, sizeof(b64)) < 0)
+            tern_panic("AUTH LOGIN buffer too small");
+        auth_send(c, "", b64);
+        explicit_bzero(b64, sizeof(b64));
+        c->auth_step++;
+        return;
+    }
+    creds_drop(c);
+    if (st->code == 235) {
+        c->authed = true;
+        log_begin(&l, LOG_INFO, NULL, "delivery", "auth");
+        log_str(&l, "dest", c->dest->d.key);
+        log_str(&l, "addr", c->peer);
+        log_str(&l, "mech", c->auth_mech == AUTHM_PLAIN ? "PLAIN" : "LOGIN");
+        log_str(&l, "tls", c->tls_active ? "yes" : "no");
+        log_end(&l);
+        session_ready(c);
+        return;
+    }
+    /* A refused login is a configuration problem: defer, never bounce. */
+    setup_fail(c, "auth_failed", "4.7.0", "authentication at %s failed: %d %s%s%s", c->peer,
+        st->code, st->esc, st->esc[0] ? " " : "", st->text);
+}
+
+/* EHLO (or HELO) done in clear or under TLS: STARTTLS next, then AUTH. */
+static void
+session_setup_next(struct deliv_conn *c)
+{
+    if (!c->tls_active && !c->implicit_tls) {
+        bool cached = c->tls_plain_retry || deliv_notls_has(c->d, c->peer);
+        switch (deliv_tls_step(c->tls_mode, c->ext.starttls, cached)) {
+        case TLSS_STARTTLS:
+            if (c->tls_ctx == NULL && c->tls_mode != TLS_REQUIRED)
+                break; /* no usable client context: opportunistic goes on in clear */
+            conn_write_str(c, "STARTTLS\r\n");
+            c->state = CS_STARTTLS;
+            conn_arm(c, c->reply_ms);
+            return;
+        case TLSS_DEFER:
+            setup_fail(
+                c, "tls_failed", "4.7.5", "TLS required but %s does not offer STARTTLS", c->peer);
+            return;
+        case TLSS_PLAIN:
+            break;
+        }
+    }
+    auth_begin(c);
+}
+
 static void
 on_ehlo(struct deliv_conn *c, const struct tern_status *st)
 {
     if (st->code / 100 == 2) {
         c->ext = c->ext_new;
-        session_ready(c);
+        session_setup_next(c);
     } else if (st->code / 100 == 5) {
         /* RFC 5321 §3.2: a server that does not know EHLO gets HELO. */
         c->state = CS_HELO;
@@ -527,7 +881,7 @@ on_helo(struct deliv_conn *c, const struct tern_status *st)
         return;
     }
     memset(&c->ext, 0, sizeof(c->ext));
-    session_ready(c);
+    session_setup_next(c);
 }
 
 static void
@@ -566,13 +920,30 @@ event_cb(struct bufferevent *bev, short what, void *arg)
                                     ? ((const struct sockaddr_in *)&t->addr)->sin_port
                                     : ((const struct sockaddr_in6 *)&t->addr)->sin6_port));
             c->reached = true;
-            c->state = CS_GREETING;
             reply_reset(&c->reply);
+            c->implicit_tls = conn_hop(c) != NULL && conn_hop(c)->implicit_tls;
+            if (c->implicit_tls) {
+                tls_start(c); /* RFC 8314 §3.3: TLS first, the greeting after */
+                return;
+            }
+            c->state = CS_GREETING;
             conn_arm(c, c->reply_ms);
             return;
         }
         connect_failed(c, (what & BEV_EVENT_ERROR) && err != 0 ? evutil_socket_error_to_string(err)
                                                                : "connection closed");
+        return;
+    }
+    if (c->state == CS_TLS) {
+        char why[256];
+        if (what & BEV_EVENT_CONNECTED) {
+            tls_done(c);
+        } else if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+            unsigned long e = bufferevent_get_openssl_error(c->bev);
+            tls_failed(c, tls_error_text(e, why, sizeof(why),
+                              (what & BEV_EVENT_EOF) ? "connection closed during the handshake"
+                                                     : "handshake failed"));
+        }
         return;
     }
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
@@ -723,7 +1094,8 @@ put_mail(struct deliv_conn *c, const struct spool_env *env, struct buf *b)
 {
     buf_printf(b, "MAIL FROM:<%s>", env->sender);
     if (c->ext.size)
-        buf_printf(b, " SIZE=%" PRIu64, env->body_len);
+        buf_printf(b, " SIZE=%" PRIu64,
+            env->body_len + (env->prefix ? (uint64_t)strlen(env->prefix) : 0));
     if (env->body != BODY_7BIT && c->ext.eightbitmime)
         buf_append_str(b, " BODY=8BITMIME");
     if (env->smtputf8)
@@ -836,6 +1208,15 @@ body_start(struct deliv_conn *c)
     /* The write callback fires when the output drains to the low mark. */
     bufferevent_setwatermark(c->bev, EV_WRITE, DELIV_WRITE_LOW, 0);
     conn_arm(c, c->reply_ms);
+    if (tx->job.env->prefix != NULL) {
+        /* Header fields made once at commit (DKIM-Signature), sent above
+         * the stored message; dot-stuffed like the rest. */
+        buf_reset(&tx->out);
+        if (smtp_data_stuff(tx->job.env->prefix, strlen(tx->job.env->prefix), &tx->at_line_start,
+                &tx->out) < 0)
+            tern_panic("cannot grow the DATA buffer");
+        conn_write(c, tx->out.data, tx->out.len);
+    }
     body_fill(c);
 }
 
@@ -1040,6 +1421,8 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     c->connect_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DELIV_DEF_CONNECT_MS;
     c->reply_ms = cfg->delivery_timeout_ms > 0 ? cfg->delivery_timeout_ms : DELIV_DEF_TIMEOUT_MS;
     c->idle_ms = cfg->idle_conn_timeout_ms > 0 ? cfg->idle_conn_timeout_ms : DELIV_DEF_IDLE_MS;
+    c->tls_mode = deliv_tls_mode(cfg, dest->d.key);
+    c->tls_ctx = d->tls != NULL ? tls_ctx_ref(d->tls) : NULL;
     TERN_ASSERT(dest->plan != NULL);
     c->plan = plan_ref(dest->plan);
     c->n_order = plan_order(c->plan, c->order, deliv_rnd, d);
@@ -1057,7 +1440,7 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
 bool
 client_not_busy(const struct deliv_conn *c)
 {
-    return c->state <= CS_HELO || c->state == CS_IDLE;
+    return c->state <= CS_SETUP_LAST || c->state == CS_IDLE;
 }
 
 bool
@@ -1117,6 +1500,7 @@ client_free(struct deliv_conn *c)
     TERN_ASSERT(c->state == CS_DEAD && c->tx == NULL && c->bev == NULL);
     event_free(c->timer);
     event_free(c->wake);
+    tls_ctx_unref(c->tls_ctx);
     config_unref(c->cfg);
     free(c);
 }

@@ -51,6 +51,12 @@ deliv_fmt_addr(
         snprintf(addr_only, acap, "%s", a);
 }
 
+enum tls_mode
+deliv_tls_mode(const struct config *cfg, const char *dest_key)
+{
+    return strncmp(dest_key, "mx:", 3) == 0 ? cfg->mx_tls : cfg->smarthost_tls;
+}
+
 uint32_t
 deliv_rnd(void *arg)
 {
@@ -126,6 +132,7 @@ delivery_new(
     TAILQ_INIT(&d->idle);
     TAILQ_INIT(&d->dead);
     d->idle_by_addr = map_new();
+    d->notls = map_new();
     d->reap = event_new(base, -1, 0, reap_cb, d);
     if (d->reap == NULL)
         tern_panic("cannot create delivery reaper event");
@@ -137,12 +144,96 @@ delivery_new(
     return d;
 }
 
+/* The outbound TLS client context of cfg. Verification is computed but not
+ * enforced by OpenSSL (SSL_VERIFY_NONE): the client decides after the
+ * handshake, so that "required" can defer with the precise reason and
+ * "opportunistic" can log verified=no (RFC 7435 §1.3). */
+static void
+tls_client_rebuild(struct delivery *d, const struct config *cfg)
+{
+    struct tls_client_opts o = {
+        .ca_file = cfg->tls_ca_file,
+        .verify = false,
+        .min_version = cfg->tls_min_version,
+        .ciphers = cfg->tls_ciphers,
+        .ciphersuites = cfg->tls_ciphersuites,
+    };
+    struct buf err = BUF_INIT;
+    tls_ctx_unref(d->tls);
+    d->tls = tls_client_ctx_new(&o, &err);
+    d->tls_err[0] = '\0';
+    if (d->tls == NULL) {
+        struct logline l;
+        size_t n = err.len;
+        while (n > 0 && err.data[n - 1] == '\n')
+            n--;
+        snprintf(d->tls_err, sizeof(d->tls_err), "%.*s", (int)n, err.data ? err.data : "");
+        log_begin(&l, LOG_ERROR, NULL, "delivery", "tls_context_failed");
+        log_str(&l, "reason", d->tls_err);
+        log_end(&l);
+    }
+    buf_fini(&err);
+}
+
 void
 delivery_set_config(struct delivery *d, struct config *cfg)
 {
     struct config *old = d->cfg;
     d->cfg = config_ref(cfg);
+    tls_client_rebuild(d, cfg);
     config_unref(old);
+}
+
+/* ---- plaintext fallback after a failed opportunistic handshake ---- */
+
+struct notls_walk {
+    struct map *keep;
+    int64_t now;
+    bool all;
+};
+
+static void
+notls_keep_live(const void *key, size_t klen, void *val, void *arg)
+{
+    struct notls_walk *w = arg;
+    int64_t *until = val;
+    if (!w->all && *until > w->now)
+        map_put(w->keep, key, klen, until);
+    else
+        free(until);
+}
+
+/* Drop expired entries (every entry with all). The map cannot delete while
+ * walking, so the live entries move to a new one. */
+static void
+notls_purge(struct delivery *d, bool all)
+{
+    struct notls_walk w = { map_new(), tern_mono_ms(), all };
+    map_each(d->notls, notls_keep_live, &w);
+    map_free(d->notls);
+    d->notls = w.keep;
+}
+
+void
+deliv_notls_add(struct delivery *d, const char *addr)
+{
+    int64_t *until = map_get_str(d->notls, addr);
+    if (until == NULL) {
+        if (map_count(d->notls) >= DELIV_NOTLS_MAX)
+            notls_purge(d, false);
+        if (map_count(d->notls) >= DELIV_NOTLS_MAX)
+            return; /* full of live entries: this address just tries TLS again */
+        until = xmalloc(sizeof(*until));
+        map_put_str(d->notls, addr, until);
+    }
+    *until = tern_mono_ms() + DELIV_NOTLS_MS;
+}
+
+bool
+deliv_notls_has(struct delivery *d, const char *addr)
+{
+    const int64_t *until = map_get_str(d->notls, addr);
+    return until != NULL && *until > tern_mono_ms();
 }
 
 /* ---- delivery_rate: a token bucket per destination ---- */
@@ -278,6 +369,16 @@ wait_serve(struct delivery *d)
     event_active(d->reap, 0, 0);
 }
 
+/* May dest use c, set up for another destination? Not when either side
+ * requires TLS (the certificate was checked against the other's host name)
+ * or c logged in (its credentials belong to the other's hop). */
+static bool
+conn_shareable(const struct delivery *d, const struct deliv_conn *c, const struct deliv_dest *dest)
+{
+    return !c->authed && c->tls_mode != TLS_REQUIRED &&
+           deliv_tls_mode(d->cfg, dest->d.key) != TLS_REQUIRED;
+}
+
 /* An idle connection of another destination at one of the addresses of
  * dest's most preferred group, whose own destination has nothing due. */
 static struct deliv_conn *
@@ -299,7 +400,8 @@ idle_match(struct delivery *d, struct deliv_dest *dest)
             continue;
         TAILQ_FOREACH(c, &b->conns, addr_link)
         {
-            if (c->dest != dest && c->dest->n_due == 0 && !c->woken && c->n_msgs < c->max_msgs)
+            if (c->dest != dest && c->dest->n_due == 0 && !c->woken && c->n_msgs < c->max_msgs &&
+                conn_shareable(d, c, dest))
                 return c;
         }
     }
@@ -577,6 +679,9 @@ delivery_free(struct delivery *d)
     TERN_ASSERT(TAILQ_EMPTY(&d->dests));
     TERN_ASSERT(TAILQ_EMPTY(&d->idle));
     map_free(d->idle_by_addr);
+    notls_purge(d, true);
+    map_free(d->notls);
+    tls_ctx_unref(d->tls);
     event_free(d->reap);
     config_unref(d->cfg);
     free(d);

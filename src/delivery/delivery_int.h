@@ -21,6 +21,7 @@
 
 #include "delivery/delivery.h"
 #include "dns/dns.h"
+#include "tls/tls.h"
 #include "util/buf.h"
 #include "util/map.h"
 #include "util/status.h"
@@ -28,13 +29,13 @@
 struct bufferevent;
 struct event;
 
-#define DELIV_REPLY_LINE_MAX  4096         /* one reply line, without CRLF */
-#define DELIV_REPLY_LINES_MAX 100          /* lines of one multi-line reply */
-#define DELIV_CHUNK           (64 * 1024)  /* one pread of the message */
-#define DELIV_WRITE_HIGH      (256 * 1024) /* stop refilling above this */
-#define DELIV_WRITE_LOW       (64 * 1024)  /* refill when output drains to this */
-#define DELIV_CMD_MAX         4096         /* MAIL/RCPT with parameters */
-#define DELIV_RELAY_MAX       (CONFIG_HOST_MAX + 80)
+#define DELIV_REPLY_LINE_MAX  4096                    /* one reply line, without CRLF */
+#define DELIV_REPLY_LINES_MAX 100                     /* lines of one multi-line reply */
+#define DELIV_CHUNK           (64 * 1024)             /* one pread of the message */
+#define DELIV_WRITE_HIGH      (256 * 1024)            /* stop refilling above this */
+#define DELIV_WRITE_LOW       (64 * 1024)             /* refill when output drains to this */
+#define DELIV_CMD_MAX         4096                    /* MAIL/RCPT with parameters */
+#define DELIV_RELAY_MAX       (CONFIG_HOST_MAX + 200) /* with the " tls=..." summary */
 
 /* Fallbacks for a configuration that leaves a field zero (tests build one by
  * hand). */
@@ -78,11 +79,74 @@ struct ehlo_ext {
     bool chunking;     /* RFC 3030 */
     bool enhanced;     /* RFC 2034 */
     bool starttls;     /* RFC 3207 */
+    bool auth_plain;   /* RFC 4954 AUTH with PLAIN (RFC 4616) */
+    bool auth_login;   /* ... with LOGIN */
 };
 
 /* Parse one EHLO response line's text ("SIZE 1000") into e. Unknown
  * keywords are ignored; a SIZE whose value is not a number keeps size off. */
 void ehlo_parse_line(struct ehlo_ext *e, const char *text, size_t len);
+
+/* ---- secure.c: outbound TLS policy and smarthost AUTH (pure) ---- */
+
+#define DELIV_AUTH_USER_MAX 255
+#define DELIV_AUTH_PASS_MAX 255
+#define DELIV_AUTH_LINE_MAX 1024 /* one line of smarthost_auth_file */
+#define DELIV_AUTH_FILE_MAX (64 * 1024)
+#define DELIV_AUTH_B64_MAX  ((DELIV_AUTH_USER_MAX + DELIV_AUTH_PASS_MAX + 2 + 2) / 3 * 4 + 1)
+#define DELIV_NOTLS_MS      (60 * 60 * 1000) /* plaintext after a failed opportunistic handshake */
+#define DELIV_NOTLS_MAX     4096             /* addresses remembered */
+
+enum tls_step {
+    TLSS_PLAIN,    /* go on without TLS */
+    TLSS_STARTTLS, /* send STARTTLS */
+    TLSS_DEFER,    /* TLS required but not offered: this target fails */
+};
+
+/* Before STARTTLS: mode (smarthost_tls or mx_tls), whether the peer offered
+ * STARTTLS, and whether its address is in the plaintext-fallback cache. */
+enum tls_step deliv_tls_step(enum tls_mode mode, bool offered, bool fallback_cached);
+/* After a completed handshake: may the session go on? (required needs a
+ * verified chain and host name.) */
+bool deliv_tls_accept(enum tls_mode mode, bool verified);
+/* After a failed handshake: true = remember the address and reconnect to it
+ * in plaintext (opportunistic STARTTLS only); false = the target failed. */
+bool deliv_tls_fallback(enum tls_mode mode, bool implicit);
+
+struct deliv_creds {
+    char user[DELIV_AUTH_USER_MAX + 1];
+    char pass[DELIV_AUTH_PASS_MAX + 1];
+};
+
+enum auth_mech {
+    AUTHM_NONE,    /* no credentials for this hop: no AUTH */
+    AUTHM_PLAIN,   /* RFC 4616, with an initial response (RFC 4954 §4) */
+    AUTHM_LOGIN,   /* user name and password in two 334 rounds */
+    AUTHM_REFUSE,  /* credentials, but no TLS and smarthost_auth_plaintext = no: defer */
+    AUTHM_MISSING, /* credentials, but the server offers neither PLAIN nor LOGIN: defer */
+};
+
+/* PLAIN when offered, else LOGIN; never over plaintext unless allowed;
+ * never silently without AUTH when this hop has credentials. */
+enum auth_mech deliv_auth_choose(
+    bool have_creds, const struct ehlo_ext *e, bool tls, bool allow_plaintext);
+/* Base64 (RFC 4648 §4, padded) of in into out, NUL terminated; -1 when cap
+ * is too small. */
+int deliv_b64(const unsigned char *in, size_t n, char *out, size_t cap);
+/* The PLAIN initial response: base64 of NUL user NUL password. */
+int deliv_auth_plain_resp(const struct deliv_creds *c, char *out, size_t cap);
+void deliv_creds_clear(struct deliv_creds *c); /* explicit_bzero */
+/* Credentials for the next hop host from the text of smarthost_auth_file:
+ * a "host user:password" line for host (case-insensitive) wins; a bare
+ * "user:password" line is used when allow_default (the smarthost). Blank
+ * lines and # comments are skipped. 0 found, 1 none, -1 malformed (err
+ * names the line, never its text). */
+int deliv_creds_parse(const char *text, size_t len, const char *host, bool allow_default,
+    struct deliv_creds *out, char *err, size_t errcap);
+/* Read path (a regular file, at most DELIV_AUTH_FILE_MAX bytes, not
+ * readable by group or others) and deliv_creds_parse it. */
+int deliv_creds_load(const char *path, const char *host, bool allow_default,
+    struct deliv_creds *out, char *err, size_t errcap);
 
 /* ---- plan.c: where a destination's connections go ---- */
 
@@ -179,7 +243,10 @@ struct delivery {
     uint64_t next_conn_id;
     size_t n_active; /* open connections, all destinations */
     uint64_t rnd;
-    bool shutting; /* delivery_free is running */
+    bool shutting;       /* delivery_free is running */
+    struct tls_ctx *tls; /* outbound client context of cfg, or NULL (tls_err says why) */
+    char tls_err[256];
+    struct map *notls; /* "addr:port" -> int64_t * (mono ms until which no STARTTLS) */
 };
 
 #define DELIV_ADDR_KEY_MAX (INET6_ADDRSTRLEN + 16)
@@ -188,6 +255,9 @@ struct delivery {
 void deliv_fmt_addr(
     const struct sockaddr_storage *ss, char *out, size_t cap, char *addr_only, size_t acap);
 uint32_t deliv_rnd(void *d);
+/* The TLS policy of a destination: mx_tls for "mx:" keys, smarthost_tls
+ * for the smarthost and for routes. */
+enum tls_mode deliv_tls_mode(const struct config *cfg, const char *dest_key);
 /* Ask the scheduler for dest's next job; keeps dest->n_due in step. With
  * rated, the delivery_rate budget applies: false (n_due kept) while it is
  * exhausted, and the destination is woken when a message may go again. */
@@ -216,6 +286,10 @@ void deliv_conn_retire(
  * destination waiting for a connection slot (client_adopt) or QUIT it. */
 void deliv_idle_add(struct delivery *d, struct deliv_conn *c);
 void deliv_idle_del(struct delivery *d, struct deliv_conn *c);
+/* The plaintext-fallback cache of opportunistic TLS (RFC 7435 §6: fall back
+ * rather than fail). notls_add remembers addr for DELIV_NOTLS_MS. */
+void deliv_notls_add(struct delivery *d, const char *addr);
+bool deliv_notls_has(struct delivery *d, const char *addr);
 
 /* ---- client.c ---- */
 
@@ -225,15 +299,21 @@ enum conn_state {
     CS_GREETING, /* waiting for the 220 */
     CS_EHLO,
     CS_HELO,
-    CS_IDLE, /* no job: waits idle_conn_timeout for one */
-    CS_TX,   /* MAIL, RCPT..., DATA sent (all at once with PIPELINING) */
-    CS_BODY, /* streaming the message */
-    CS_DOT,  /* waiting for the reply to the final dot */
+    CS_STARTTLS, /* waiting for the 220 to STARTTLS */
+    CS_TLS,      /* TLS handshake (after STARTTLS, or first with implicit TLS) */
+    CS_AUTH,     /* AUTH exchange with the smarthost */
+    CS_IDLE,     /* no job: waits idle_conn_timeout for one */
+    CS_TX,       /* MAIL, RCPT..., DATA sent (all at once with PIPELINING) */
+    CS_BODY,     /* streaming the message */
+    CS_DOT,      /* waiting for the reply to the final dot */
     CS_RSET,
     CS_QUIT,
     CS_DEAD, /* retired */
     CS_N
 };
+/* States of the session setup: a failure there moves on to the next target. */
+#define CS_SETUP_FIRST CS_CONNECT
+#define CS_SETUP_LAST  CS_AUTH
 
 struct client_tx;
 
@@ -263,9 +343,21 @@ struct deliv_conn {
     struct ehlo_ext ext, ext_new;  /* in force / being parsed */
     struct reply_acc reply;
     struct tern_status setup_err; /* why the last target failed */
+    bool setup_err_reached;       /* ... and that target had accepted the TCP connection */
     uint32_t n_msgs, max_msgs;
     int64_t connect_ms, reply_ms, idle_ms;
     struct client_tx *tx; /* the job in flight, or NULL */
+    /* TLS and AUTH (issue 4) */
+    struct tls_ctx *tls_ctx; /* reference, or NULL when no client context could be made */
+    enum tls_mode tls_mode;  /* smarthost_tls or mx_tls for this destination */
+    bool implicit_tls;       /* the current target's hop is smtps:// */
+    bool tls_active;         /* handshake done on the current connection */
+    bool tls_plain_retry;    /* reconnecting in clear after a failed opportunistic handshake */
+    struct tls_info tls;     /* when tls_active */
+    enum auth_mech auth_mech;
+    bool authed;               /* AUTH succeeded on this connection */
+    int auth_step;             /* LOGIN: 0 user name asked, 1 password asked */
+    struct deliv_creds *creds; /* owned while AUTH runs; cleared and freed after */
 };
 
 /* A new connection for dest under cfg (a reference is taken) that tries the

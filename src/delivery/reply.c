@@ -122,6 +122,26 @@ reply_feed_line(
     return REPLY_DONE;
 }
 
+/* RFC 4954 §3: "AUTH" SP mechanism list; the pre-standard "AUTH=" form is
+ * still sent by some servers. */
+static void
+ehlo_parse_auth(struct ehlo_ext *e, const char *p, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        size_t w = i;
+        while (w < len && p[w] != ' ')
+            w++;
+        if (str_ieq(p + i, w - i, "PLAIN"))
+            e->auth_plain = true;
+        else if (str_ieq(p + i, w - i, "LOGIN"))
+            e->auth_login = true;
+        i = w;
+        while (i < len && p[i] == ' ')
+            i++;
+    }
+}
+
 void
 ehlo_parse_line(struct ehlo_ext *e, const char *text, size_t len)
 {
@@ -146,6 +166,10 @@ ehlo_parse_line(struct ehlo_ext *e, const char *text, size_t len)
         e->enhanced = true;
     } else if (str_ieq(text, w, "STARTTLS")) {
         e->starttls = true;
+    } else if (str_ieq(text, w, "AUTH")) {
+        ehlo_parse_auth(e, text + vstart, len - vstart);
+    } else if (w > 5 && str_ieq(text, 5, "AUTH=")) {
+        ehlo_parse_auth(e, text + 5, len - 5);
     } else if (str_ieq(text, w, "SIZE")) {
         /* RFC 1870 §4: "SIZE" [SP number]; no number or 0 = no fixed limit. */
         size_t vend = vstart;

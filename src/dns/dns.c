@@ -7,8 +7,8 @@
  * the lookup call. The dns object owns every query; a cancelled query's
  * sub-lookups stay allocated (orphaned) until c-ares lets go of them. A
  * channel replaced by dns_set_servers is destroyed once it holds no query.
- * New record types (TXT, PTR) need one rr_ops entry, a result type and a
- * public dns_lookup_* wrapper.
+ * Raw lookups (dns_lookup_rr: TXT, PTR, MX, A, AAAA as struct dns_rr_result)
+ * are cached in packed form under their own keys.
  */
 #include "dns/dns.h"
 
@@ -56,7 +56,7 @@ struct dns_sub {
     size_t n;
 };
 
-enum q_kind { Q_MX, Q_ADDR };
+enum q_kind { Q_MX, Q_ADDR, Q_RR };
 
 struct dns_query {
     LIST_ENTRY(dns_query) link;
@@ -64,6 +64,7 @@ struct dns_query {
     enum q_kind kind;
     dns_mx_cb mx_cb;
     dns_addr_cb addr_cb;
+    dns_rr_cb rr_cb;
     void *arg;
     char name[DNS_NAME_MAX + 1]; /* lowercased, no trailing dot */
     uint16_t port;
@@ -74,6 +75,7 @@ struct dns_query {
     union {
         struct dns_mx_result mx;
         struct dns_addr_result addr;
+        struct dns_rr_result *rr; /* owned; Q_RR */
     } res;
 };
 
@@ -96,7 +98,10 @@ struct rr_ops {
     /* A successful ares_query answer to records (owned, malloc'd). */
     enum dns_rc (*decode)(
         const unsigned char *abuf, int alen, void **recs, size_t *n, char *err, size_t errcap);
+    int cache_key; /* the qtype, or qtype | RAW_KEY for the packed raw form */
 };
+
+#define RAW_KEY 0x10000
 
 static enum dns_rc
 decode_mx(const unsigned char *abuf, int alen, void **recs, size_t *n, char *err, size_t errcap)
@@ -149,9 +154,31 @@ decode_aaaa(const unsigned char *abuf, int alen, void **recs, size_t *n, char *e
     return DNS_OK;
 }
 
-static const struct rr_ops rr_mx = { DNS_T_MX, sizeof(struct dns_mx), decode_mx };
-static const struct rr_ops rr_a = { DNS_T_A, sizeof(struct in_addr), decode_a };
-static const struct rr_ops rr_aaaa = { DNS_T_AAAA, sizeof(struct in6_addr), decode_aaaa };
+static const struct rr_ops rr_mx = { DNS_T_MX, sizeof(struct dns_mx), decode_mx, DNS_T_MX };
+static const struct rr_ops rr_a = { DNS_T_A, sizeof(struct in_addr), decode_a, DNS_T_A };
+static const struct rr_ops rr_aaaa = { DNS_T_AAAA, sizeof(struct in6_addr), decode_aaaa,
+    DNS_T_AAAA };
+
+/* Raw records: the "records" are the bytes of the packed blob (rr.c). */
+#define RAW_DECODER(fn, type)                                                                      \
+    static enum dns_rc fn(                                                                         \
+        const unsigned char *abuf, int alen, void **recs, size_t *n, char *err, size_t errcap)     \
+    {                                                                                              \
+        return dns_rr_pack(abuf, alen, type, recs, n, err, errcap);                                \
+    }
+RAW_DECODER(decode_raw_a, DNS_RR_A)
+RAW_DECODER(decode_raw_aaaa, DNS_RR_AAAA)
+RAW_DECODER(decode_raw_mx, DNS_RR_MX)
+RAW_DECODER(decode_raw_txt, DNS_RR_TXT)
+RAW_DECODER(decode_raw_ptr, DNS_RR_PTR)
+
+static const struct rr_ops rr_raw[] = {
+    { DNS_RR_A, 1, decode_raw_a, DNS_RR_A | RAW_KEY },
+    { DNS_RR_AAAA, 1, decode_raw_aaaa, DNS_RR_AAAA | RAW_KEY },
+    { DNS_RR_MX, 1, decode_raw_mx, DNS_RR_MX | RAW_KEY },
+    { DNS_RR_TXT, 1, decode_raw_txt, DNS_RR_TXT | RAW_KEY },
+    { DNS_RR_PTR, 1, decode_raw_ptr, DNS_RR_PTR | RAW_KEY },
+};
 
 /* Reason text for a non-temporary result (temporary ones carry c-ares's). */
 static void
@@ -418,6 +445,8 @@ query_free(struct dns_query *q)
         else
             sub_free(q->subs[i]);
     }
+    if (q->kind == Q_RR)
+        dns_rr_result_free(q->res.rr);
     event_free(q->deliver);
     free(q);
 }
@@ -490,12 +519,30 @@ finish_addr(struct dns_query *q)
 }
 
 static void
+finish_rr(struct dns_query *q)
+{
+    struct dns_sub *s = q->subs[0];
+    struct dns_rr_result *r = q->res.rr;
+    snprintf(r->err, sizeof(r->err), "%s", s->err);
+    if (s->rc != DNS_OK) {
+        r->rc = s->rc;
+        return;
+    }
+    if (dns_rr_unpack(s->recs, s->n, r) < 0 || r->n == 0) {
+        r->rc = DNS_TEMP;
+        snprintf(r->err, sizeof(r->err), "malformed cached answer");
+    }
+}
+
+static void
 sub_done(struct dns_query *q)
 {
     if (++q->n_done < q->n_subs)
         return;
     if (q->kind == Q_MX)
         finish_mx(q);
+    else if (q->kind == Q_RR)
+        finish_rr(q);
     else
         finish_addr(q);
     event_active(q->deliver, 0, 0);
@@ -508,11 +555,11 @@ sub_cache(struct dns *d, const char *name, struct dns_sub *s, const unsigned cha
     if (abuf == NULL || alen <= 0 || dns_packet_ttl(abuf, (size_t)alen, &ti) < 0)
         return;
     if ((s->rc == DNS_OK || s->rc == DNS_NULLMX) && ti.has_answer)
-        dns_cache_put(d->cache, s->ops->qtype, name, s->rc, s->recs, s->n, s->ops->rec_size,
+        dns_cache_put(d->cache, s->ops->cache_key, name, s->rc, s->recs, s->n, s->ops->rec_size,
             ti.answer < DNS_TTL_MAX ? ti.answer : DNS_TTL_MAX, tern_mono_ms());
     else if ((s->rc == DNS_NXDOMAIN || s->rc == DNS_NODATA) && ti.has_neg)
         /* RFC 2308 §5: without an SOA a negative answer is not cached. */
-        dns_cache_put(d->cache, s->ops->qtype, name, s->rc, NULL, 0, s->ops->rec_size,
+        dns_cache_put(d->cache, s->ops->cache_key, name, s->rc, NULL, 0, s->ops->rec_size,
             ti.neg < DNS_NEG_TTL_MAX ? ti.neg : DNS_NEG_TTL_MAX, tern_mono_ms());
 }
 
@@ -570,7 +617,7 @@ sub_launch(struct dns_query *q, struct dns_sub *s)
     const void *recs;
     size_t n;
     struct sub_ctx *ctx;
-    if (dns_cache_get(d->cache, s->ops->qtype, q->name, tern_mono_ms(), &s->rc, &recs, &n)) {
+    if (dns_cache_get(d->cache, s->ops->cache_key, q->name, tern_mono_ms(), &s->rc, &recs, &n)) {
         if (n > 0) {
             s->recs = xmalloc(n * s->ops->rec_size);
             memcpy(s->recs, recs, n * s->ops->rec_size);
@@ -600,6 +647,8 @@ deliver_cb(evutil_socket_t fd, short what, void *arg)
     LIST_REMOVE(q, link);
     if (q->kind == Q_MX)
         q->mx_cb(q->arg, &q->res.mx);
+    else if (q->kind == Q_RR)
+        q->rr_cb(q->arg, q->res.rr);
     else
         q->addr_cb(q->arg, &q->res.addr);
     query_free(q);
@@ -643,6 +692,9 @@ query_answer_now(struct dns_query *q, enum dns_rc rc)
     if (q->kind == Q_MX) {
         q->res.mx.rc = rc;
         rc_text(rc, q->res.mx.err, sizeof(q->res.mx.err));
+    } else if (q->kind == Q_RR) {
+        q->res.rr->rc = rc;
+        rc_text(rc, q->res.rr->err, sizeof(q->res.rr->err));
     } else {
         q->res.addr.rc = rc;
         if (rc != DNS_OK)
@@ -725,6 +777,56 @@ dns_lookup_addr(
     }
     for (size_t i = 0, n = q->n_subs; i < n; i++)
         sub_launch(q, q->subs[i]);
+    return q;
+}
+
+/* Lowercased, without the trailing dot: 1..63 octet labels, at most 253
+ * octets, printable ASCII without a backslash (c-ares's escape); else -1. Looser
+ * than name_norm: SPF and DKIM names hold '_' and other characters. */
+static int
+rr_name_norm(const char *in, char *out, size_t cap)
+{
+    size_t n = strnlen(in, DNS_NAME_MAX + 2), label = 0;
+    if (n > 0 && in[n - 1] == '.')
+        n--;
+    if (n == 0 || n > 253 || n >= cap)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)in[i];
+        if (ch <= 0x20 || ch >= 0x7f || ch == '\\')
+            return -1;
+        if (ch == '.') {
+            if (label == 0)
+                return -1;
+            label = 0;
+        } else if (++label > 63) {
+            return -1;
+        }
+    }
+    memcpy(out, in, n);
+    out[n] = '\0';
+    str_lower(out);
+    return 0;
+}
+
+struct dns_query *
+dns_lookup_rr(struct dns *d, const char *name, int type, dns_rr_cb cb, void *arg)
+{
+    struct dns_query *q = query_new(d, Q_RR, arg);
+    const struct rr_ops *ops = NULL;
+    q->rr_cb = cb;
+    q->res.rr = dns_rr_result_new(type, DNS_NODATA);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(rr_raw); i++) {
+        if (rr_raw[i].qtype == type)
+            ops = &rr_raw[i];
+    }
+    TERN_ASSERT(ops != NULL);
+    if (rr_name_norm(name, q->name, sizeof(q->name)) < 0) {
+        query_answer_now(q, DNS_BADNAME);
+        return q;
+    }
+    sub_add(q, ops);
+    sub_launch(q, q->subs[0]);
     return q;
 }
 

@@ -55,6 +55,52 @@ struct dns_addr_result {
     char err[256];
 };
 
+/* ---- raw records of one type (TXT, PTR, MX, A, AAAA), for SPF and checks ---- */
+
+enum dns_rrtype {
+    DNS_RR_A = 1,
+    DNS_RR_PTR = 12,
+    DNS_RR_MX = 15,
+    DNS_RR_TXT = 16,
+    DNS_RR_AAAA = 28,
+};
+
+#define DNS_RR_MAX      64    /* records kept per answer; more are dropped */
+#define DNS_RR_DATA_MAX 65535 /* bytes of one record's data */
+
+struct dns_rr {
+    uint16_t pref; /* MX preference; 0 otherwise */
+    size_t len;    /* bytes in data */
+    /* Owned by the result, NUL terminated. TXT: the character-strings of one
+     * record joined without separator (may hold NUL bytes: use len). MX, PTR:
+     * the host name, lowercased, no trailing dot ("" for the root). A, AAAA:
+     * the 4 or 16 address bytes in network order. */
+    char *data;
+};
+
+struct dns_rr_result {
+    int type;       /* enum dns_rrtype */
+    enum dns_rc rc; /* DNS_OK with n > 0, or why not (never DNS_NULLMX) */
+    size_t n;
+    struct dns_rr rr[DNS_RR_MAX]; /* in answer order */
+    bool truncated;               /* more than DNS_RR_MAX records were answered */
+    char err[256];
+};
+
+/* Results are heap objects so that tests (and a fake resolver) can build
+ * them: _new gives rc DNS_NODATA and no records; _add copies len bytes and
+ * sets rc DNS_OK (-1 when full or too long); _dup deep-copies; _free(NULL)
+ * is fine. */
+struct dns_rr_result *dns_rr_result_new(int type, enum dns_rc rc);
+int dns_rr_result_add(struct dns_rr_result *r, uint16_t pref, const void *data, size_t len);
+struct dns_rr_result *dns_rr_result_dup(const struct dns_rr_result *r);
+void dns_rr_result_free(struct dns_rr_result *r);
+
+/* The reverse-lookup name of an address (AF_INET, AF_INET6):
+ * "4.3.2.1.in-addr.arpa" or 32 nibbles + ".ip6.arpa" (RFC 3596 §2.5). 0 or -1
+ * (other family, or cap too small). */
+int dns_reverse_name(const struct sockaddr *sa, char *out, size_t cap);
+
 /* servers: dns_resolvers (n 0: the system's resolv.conf). NULL + err. */
 struct dns *dns_new(
     struct event_base *base, const struct hostport *servers, size_t n, struct buf *err);
@@ -77,6 +123,11 @@ struct dns_query *dns_lookup_mx(struct dns *d, const char *domain, dns_mx_cb cb,
  * to loopback (RFC 6761 §6.3). */
 struct dns_query *dns_lookup_addr(
     struct dns *d, const char *host, uint16_t port, enum ip_family fam, dns_addr_cb cb, void *arg);
+/* Records of type (enum dns_rrtype) at name, CNAMEs followed by the server.
+ * Names are checked for length and printable ASCII only (SPF and DKIM names
+ * hold '_'): DNS_BADNAME otherwise. The result is borrowed for the call. */
+typedef void (*dns_rr_cb)(void *arg, const struct dns_rr_result *r);
+struct dns_query *dns_lookup_rr(struct dns *d, const char *name, int type, dns_rr_cb cb, void *arg);
 void dns_cancel(struct dns_query *q);
 
 /* Pure helpers, for tests. */

@@ -56,6 +56,19 @@ int dns_packet_ttl(const unsigned char *pkt, size_t len, struct dns_ttl_info *ou
 enum dns_rc dns_mx_decode(
     const unsigned char *abuf, int alen, struct dns_mx *out, size_t *n, char *err, size_t errcap);
 
+/* Skip a (possibly compressed) name at *off in pkt[0..len); 0 or -1. */
+int dns_packet_skip_name(const unsigned char *pkt, size_t len, size_t *off);
+
+/* ---- rr.c: raw records ---- */
+
+/* Records of type (enum dns_rrtype) in the answer section, at most
+ * DNS_RR_MAX, packed into *blob (owned, *blob_len bytes) for the cache.
+ * DNS_OK, DNS_NODATA (none of that type) or DNS_TEMP (malformed). */
+enum dns_rc dns_rr_pack(const unsigned char *abuf, int alen, int type, void **blob,
+    size_t *blob_len, char *err, size_t errcap);
+/* Append the packed records to r. 0, or -1 when the blob is malformed. */
+int dns_rr_unpack(const void *blob, size_t len, struct dns_rr_result *r);
+
 /* ---- cache.c: answers by "qtype/name", least recently used evicted ---- */
 
 struct dns_cache;

@@ -99,6 +99,12 @@ skip_name(const unsigned char *pkt, size_t end, size_t *off)
     }
 }
 
+int
+dns_packet_skip_name(const unsigned char *pkt, size_t len, size_t *off)
+{
+    return skip_name(pkt, len, off);
+}
+
 static uint32_t
 ttl_value(uint32_t t)
 {

@@ -429,7 +429,14 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
         (long long)(d % 1000 < 0 ? 0 : d % 1000));
     log_begin(&l, LOG_INFO, m->env->qid, "delivery", event);
     log_str(&l, "to", r->addr);
-    log_str(&l, "relay", relay ? relay : "none");
+    if (relay != NULL && strstr(relay, " tls=") != NULL) {
+        /* delivery reports "host[addr]:port tls=VERSION/CIPHER/VERIFIED" */
+        const char *t = strstr(relay, " tls=");
+        log_strn(&l, "relay", relay, (size_t)(t - relay));
+        log_str(&l, "tls", t + 5);
+    } else {
+        log_str(&l, "relay", relay ? relay : "none");
+    }
     log_str(&l, strcmp(event, "delivered") == 0 ? "reply" : "reason", reply);
     log_str(&l, "delay", delay);
     log_int(&l, "attempts", r->attempts);
@@ -445,7 +452,7 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
  * DSN entry was written into *dr. */
 static bool
 apply_result(struct sched *s, struct sched_msg *m, size_t idx,
-    const struct delivery_rcpt_result *r, const char *relay, int64_t *next_ms,
+    const struct delivery_rcpt_result *r, const char *relay, const char *mta, int64_t *next_ms,
     struct dsn_rcpt_result *dr)
 {
     struct spool_rcpt *rc = &m->env->rcpts[idx];
@@ -457,7 +464,7 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
     rc->last_error = xstrdup(reply);
     memset(dr, 0, sizeof(*dr));
     dr->idx = idx;
-    dr->remote_mta = relay;
+    dr->remote_mta = mta;
     dr->from_remote = r->from_remote;
     dr->status = r->st;
     if (r->cls == DELIV_OK) {
@@ -544,11 +551,16 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     struct dsn_rcpt_result *dsn;
     size_t ndsn = 0, keep = 0;
     int64_t next_ms = 0;
+    char mta[CONFIG_HOST_MAX];
     TERN_ASSERT(n == u->n_rcpt);
+    /* The DSN's Remote-MTA is the host name alone: relay is
+     * "host[addr]:port tls=..." */
+    if (relay != NULL)
+        snprintf(mta, sizeof(mta), "%.*s", (int)strcspn(relay, "[ "), relay);
     dsn = xcalloc(n ? n : 1, sizeof(*dsn));
     for (size_t i = 0; i < n; i++) {
         size_t idx = u->rcpt[i];
-        if (apply_result(s, m, idx, &res[i], relay, &next_ms, &dsn[ndsn]))
+        if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dsn[ndsn]))
             ndsn++;
         if (m->env->rcpts[idx].state == RCPT_QUEUED)
             u->rcpt[keep++] = idx;

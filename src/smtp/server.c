@@ -12,6 +12,7 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -108,6 +109,9 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
         return;
     }
     evutil_make_socket_nonblocking(fd);
+    /* Replies are small writes: do not let Nagle hold them back behind a
+     * delayed ACK (visible as ~40 ms after a TLS 1.3 handshake). */
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
     per_ip_add(srv, sa, 1);
     if (!smtp_session_start(srv, fd, sa, salen, sl->role))
         per_ip_add(srv, sa, -1);

@@ -15,6 +15,7 @@
 #include <time.h>
 
 #include "config/config.h"
+#include "dkim/dkim.h"
 #include "policy.h"
 #include "sched/sched.h"
 #include "smtp_int.h"
@@ -97,6 +98,7 @@ tx_free(struct smtp_tx *tx)
         return;
     if (tx->w)
         spool_writer_abort(tx->w);
+    dkim_signer_free(tx->dkim);
     spool_env_free(tx->env);
     buf_fini(&tx->out);
     free(tx);
@@ -406,6 +408,84 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
     smtp_rcpt_params_fini(&rp);
 }
 
+/* ---- DKIM signing (RFC 6376): fed on the loop, finished at commit ---- */
+
+/* Only mail of our own clients (authenticated, or from relay_networks) is
+ * signed: mail from outside with one of our From domains must not get our
+ * signature. */
+static void
+tx_dkim_start(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    struct dkim_keyset *ks;
+    struct dkim_sign_opts o;
+    int c = s->cfg->dkim_canonicalization;
+    if (s->cfg->n_dkim_sign == 0 ||
+        !policy_may_relay(
+            s->cfg, (const struct sockaddr *)(const void *)&s->peer, s->auth_user != NULL, ""))
+        return;
+    ks = config_dkim_keys(s->cfg);
+    if (dkim_keyset_count(ks) == 0)
+        return;
+    bool relaxed_h = c == DKIM_C_RELAXED_RELAXED || c == DKIM_C_RELAXED_SIMPLE;
+    bool relaxed_b = c == DKIM_C_RELAXED_RELAXED || c == DKIM_C_SIMPLE_RELAXED;
+    o.header_canon = relaxed_h ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
+    o.body_canon = relaxed_b ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
+    o.timestamp = tern_now_ms() / 1000;
+    tx->dkim = dkim_signer_new(ks, &o);
+    tx->dkim_skip = tx->out.len; /* our Received field: not part of what is signed */
+}
+
+static void
+dkim_log_unsigned(const char *qid, const struct dkim_outcome *res)
+{
+    struct logline l;
+    log_begin(&l, res->problem ? LOG_WARN : LOG_DEBUG, qid, "dkim", "not_signed");
+    log_str(&l, "reason", res->reason);
+    log_end(&l);
+}
+
+/* Feed the bytes about to be written; drop a signer that will not sign. */
+static void
+tx_dkim_feed(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    size_t skip = tx->dkim_skip < tx->out.len ? tx->dkim_skip : tx->out.len;
+    struct dkim_outcome res;
+    tx->dkim_skip -= skip;
+    dkim_signer_feed(tx->dkim, tx->out.data + skip, tx->out.len - skip);
+    if (!dkim_signer_idle(tx->dkim))
+        return;
+    dkim_signer_finish(tx->dkim, NULL, &res); /* idle: makes nothing, tells why */
+    dkim_log_unsigned(spool_writer_qid(tx->w), &res);
+    dkim_signer_free(tx->dkim);
+    tx->dkim = NULL;
+}
+
+/* The spool finisher: the private-key operations, on a commit worker. */
+static int
+dkim_finisher(const char *qid, struct buf *prefix, void *arg)
+{
+    struct dkim_outcome res;
+    struct logline l;
+    size_t n = dkim_signer_finish(arg, prefix, &res);
+    if (n > 0) {
+        log_begin(&l, LOG_INFO, qid, "dkim", "signed");
+        log_str(&l, "domain", res.domain);
+        log_str(&l, "selectors", res.selectors);
+        log_end(&l);
+    }
+    if (res.reason != NULL)
+        dkim_log_unsigned(qid, &res);
+    return n > 0 ? 0 : -1;
+}
+
+static void
+dkim_finisher_free(void *arg)
+{
+    dkim_signer_free(arg);
+}
+
 /* Create the spool file and write the Received header: the start of DATA
  * and of the first BDAT chunk. */
 static bool
@@ -421,6 +501,7 @@ tx_open(struct smtp_session *s)
         return false;
     }
     add_received(s, spool_writer_qid(tx->w));
+    tx_dkim_start(s);
     return true;
 }
 
@@ -554,6 +635,8 @@ tx_flush(struct smtp_session *s)
         buf_reset(&tx->out);
         return !tx->io_error;
     }
+    if (tx->dkim != NULL && tx->out.len > 0)
+        tx_dkim_feed(s);
     if (tx->out.len && spool_writer_write(tx->w, tx->out.data, tx->out.len) < 0) {
         tx->io_error = true;
         tx->io_errno = errno;
@@ -638,6 +721,10 @@ tx_finish(struct smtp_session *s)
     log_end(&l);
     if (s->srv->sched)
         sched_count_received(s->srv->sched);
+    if (tx->dkim != NULL) {
+        spool_writer_set_finisher(tx->w, dkim_finisher, dkim_finisher_free, tx->dkim);
+        tx->dkim = NULL;
+    }
     spool_writer_commit(tx->w, commit_cb, s->id, s->srv);
     tx->w = NULL;
     tx_free(tx);

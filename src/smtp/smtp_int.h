@@ -19,6 +19,7 @@
 #include "util/map.h"
 
 struct bufferevent;
+struct dkim_signer;
 struct evconnlistener;
 struct event;
 
@@ -55,6 +56,11 @@ struct smtp_tx {
     struct buf out; /* decoded bytes not yet handed to the writer */
     bool too_big, io_error;
     int io_errno;
+    /* DKIM: fed every message byte handed to the writer but tern's own
+     * Received field (dkim_skip bytes at the start); handed to the spool
+     * writer as its finisher at the end of the message. */
+    struct dkim_signer *dkim; /* owned or NULL */
+    size_t dkim_skip;
     /* BDAT */
     uint64_t chunk_left; /* bytes of the current chunk still to read */
     bool chunk_last;

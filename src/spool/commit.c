@@ -4,7 +4,9 @@
  * pool of threads that fdatasync, close and rename it into queue/, then one
  * "dir syncer" thread fsyncs queue/ once for every rename made meanwhile
  * (group commit). Only then are completions handed to the loop thread via an
- * eventfd, where the commit hook and the writer's callback run.
+ * eventfd, where the commit hook and the writer's callback run. A writer's
+ * finisher (DKIM signing) runs on the worker thread just before fdatasync
+ * and may append the prefix record.
  */
 #include "spool/spool_int.h"
 
@@ -102,9 +104,21 @@ wr_append(struct spool_writer *w, const void *p, size_t n)
     return 0;
 }
 
+/* The finisher's argument goes once, run or not. */
+static void
+finisher_release(struct spool_writer *w)
+{
+    if (w->fin_free != NULL)
+        w->fin_free(w->fin_arg);
+    w->fin = NULL;
+    w->fin_free = NULL;
+    w->fin_arg = NULL;
+}
+
 static void
 writer_free(struct spool_writer *w)
 {
+    finisher_release(w);
     if (w->fd >= 0)
         close(w->fd); /* only on paths where the file is being discarded */
     spool_env_free(w->env);
@@ -169,6 +183,16 @@ spool_writer_write(struct spool_writer *w, const void *data, size_t len)
     return wr_append(w, data, len);
 }
 
+void
+spool_writer_set_finisher(
+    struct spool_writer *w, spool_finish_fn fn, void (*free_fn)(void *arg), void *arg)
+{
+    TERN_ASSERT(w->fin == NULL && w->fin_free == NULL);
+    w->fin = fn;
+    w->fin_free = free_fn;
+    w->fin_arg = arg;
+}
+
 uint64_t
 spool_writer_size(const struct spool_writer *w)
 {
@@ -196,6 +220,8 @@ initial_status(const struct spool_env *env, struct buf *b)
     }
     if (env->held)
         spool_status_held_line(b, true);
+    if (env->prefix != NULL && spool_prefix_valid(env->prefix, strlen(env->prefix)))
+        spool_status_prefix_line(b, env->prefix);
 }
 
 /* End marker, status records, the real header. -1 with w failed. */
@@ -290,14 +316,50 @@ log_commit_error(const char *qid, const char *what, int err)
     log_end(&l);
 }
 
-/* fdatasync, close, rename into queue/. 0 ok; -1 with w failed and the
- * tmp file removed. */
+/* Run the finisher (worker thread) and append its prefix record. 0 ok
+ * (with or without a prefix), -1 with errno when the record could not be
+ * written: the file is then not safe to commit. */
+static int
+run_finisher(struct spool_writer *w)
+{
+    struct buf pb = BUF_INIT, rec = BUF_INIT;
+    int rc = 0;
+    if (w->fin == NULL) {
+        finisher_release(w);
+        return 0;
+    }
+    if (w->fin(w->qid, &pb, w->fin_arg) == 0 && pb.len > 0) {
+        if (!spool_prefix_valid(pb.data, pb.len) || memchr(pb.data, '\0', pb.len) != NULL) {
+            struct logline l;
+            log_begin(&l, LOG_ERROR, w->qid, "spool", "prefix_refused");
+            log_int(&l, "len", (int64_t)pb.len);
+            log_end(&l);
+        } else {
+            spool_status_prefix_line(&rec, pb.data);
+            rc = fd_write_full(w->fd, rec.data, rec.len);
+            if (rc == 0) {
+                free(w->env->prefix);
+                w->env->prefix = buf_take(&pb);
+            }
+        }
+    }
+    finisher_release(w);
+    buf_fini(&pb);
+    buf_fini(&rec);
+    return rc;
+}
+
+/* Finish, fdatasync, close, rename into queue/. 0 ok; -1 with w failed and
+ * the tmp file removed. */
 static int
 sync_and_rename(struct spool *sp, struct spool_writer *w)
 {
     const char *what = NULL;
     int err = 0;
-    if (fdatasync(w->fd) < 0) {
+    if (run_finisher(w) < 0) {
+        what = "write prefix";
+        err = errno;
+    } else if (fdatasync(w->fd) < 0) {
         what = "fdatasync";
         err = errno;
     }

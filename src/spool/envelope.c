@@ -193,6 +193,7 @@ spool_env_free(struct spool_env *env)
     free(env->envid);
     free(env->helo);
     free(env->client_addr);
+    free(env->prefix);
     for (size_t i = 0; i < env->n_rcpts; i++)
         rcpt_fini(&env->rcpts[i]);
     free(env->rcpts);
@@ -215,6 +216,7 @@ spool_env_dup(const struct spool_env *env)
     d->envid = dup_opt(env->envid);
     d->helo = dup_opt(env->helo);
     d->client_addr = dup_opt(env->client_addr);
+    d->prefix = dup_opt(env->prefix);
     d->rcpts = NULL;
     if (env->n_rcpts > 0) {
         TERN_ASSERT(size_mul(rcpt_cap(env->n_rcpts), sizeof(*d->rcpts), &sz));
@@ -576,6 +578,51 @@ spool_status_held_line(struct buf *b, bool held)
     status_finish(b, start);
 }
 
+void
+spool_status_prefix_line(struct buf *b, const char *prefix)
+{
+    size_t start = b->len;
+    buf_append_str(b, "d ");
+    spool_esc(b, prefix, strlen(prefix));
+    status_finish(b, start);
+}
+
+bool
+spool_prefix_valid(const char *p, size_t n)
+{
+    bool bol = true;
+    if (n == 0 || n > SPOOL_PREFIX_MAX || p[0] == ' ' || p[0] == '\t')
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] == '\n' || p[i] == '\0')
+            return false; /* only as part of CRLF, below */
+        if (p[i] == '\r') {
+            if (i + 1 >= n || p[i + 1] != '\n' || bol)
+                return false; /* bare CR, or an empty line */
+            i++;
+            bol = true;
+            continue;
+        }
+        bol = false;
+    }
+    return bol;
+}
+
+static int
+status_prefix(struct spool_env *env, const char *v, size_t n)
+{
+    char *p;
+    if (n > 3 * SPOOL_PREFIX_MAX || spool_unesc(v, n, &p) < 0)
+        return -1;
+    if (!spool_prefix_valid(p, strlen(p))) {
+        free(p);
+        return -1;
+    }
+    free(env->prefix);
+    env->prefix = p;
+    return 0;
+}
+
 static int
 status_rcpt(struct spool_env *env, const char *v, size_t n)
 {
@@ -636,5 +683,7 @@ spool_status_apply(struct spool_env *env, const char *line, size_t len)
     }
     if (line[0] == 's')
         return status_rcpt(env, v, n);
+    if (line[0] == 'd')
+        return status_prefix(env, v, n);
     return -1;
 }

@@ -2,7 +2,8 @@
  * The durable queue. One file per message under SPOOL/queue/<qid>:
  * a fixed-width header, the envelope as text records, the message bytes
  * (exactly as they will be sent, CRLF line ends, not dot-stuffed), an end
- * marker, then appended status records (per-recipient results, hold).
+ * marker, then appended status records (per-recipient results, hold, and
+ * the header prefix made at commit: DKIM signatures, see below).
  * A message is written in SPOOL/tmp/, and committed by a pool of worker
  * threads: fdatasync, close, rename into queue/, one fsync of queue/ per batch;
  * only then is the writer's callback run (on the event loop thread) so the
@@ -63,6 +64,12 @@ struct spool_env {
     char *client_addr; /* owned or NULL */
     struct spool_rcpt *rcpts; /* owned array */
     size_t n_rcpts;
+    /* Owned or NULL: header fields to send before the message bytes, each
+     * CRLF-terminated (the DKIM-Signature fields made by a finisher at
+     * commit, see spool_writer_set_finisher). Not part of body_len; at most
+     * SPOOL_PREFIX_MAX bytes. Stored as a checked record after the end
+     * marker; spool_load and spool_walk fill it, spool_env_dup copies it. */
+    char *prefix;
     /* Filled by the spool when loaded: where the message bytes are. */
     uint64_t body_off, body_len;
 };
@@ -100,6 +107,17 @@ const char *spool_writer_qid(const struct spool_writer *w);
  * failed: only abort is allowed). */
 int spool_writer_write(struct spool_writer *w, const void *data, size_t len);
 uint64_t spool_writer_size(const struct spool_writer *w); /* message bytes so far */
+/* A finisher makes header fields for the prefix of a message once all its
+ * bytes are written, off the loop thread (DKIM signing): fn runs on a
+ * commit worker thread before the file is made durable, appends complete
+ * CRLF-terminated fields to prefix and returns 0, or -1 to add nothing (the
+ * message is committed all the same). fn must not touch loop-thread state.
+ * free_fn(arg), when not NULL, runs exactly once, after fn or when the
+ * message is aborted or fails, on any thread. One finisher per writer. */
+#define SPOOL_PREFIX_MAX 16384
+typedef int (*spool_finish_fn)(const char *qid, struct buf *prefix, void *arg);
+void spool_writer_set_finisher(
+    struct spool_writer *w, spool_finish_fn fn, void (*free_fn)(void *arg), void *arg);
 /* Discard: close and unlink the tmp file, free w. */
 void spool_writer_abort(struct spool_writer *w);
 /* Finish and commit asynchronously; w is consumed. cb runs later on the loop

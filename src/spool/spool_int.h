@@ -21,7 +21,9 @@
  *   envelope records "<tag> <value>...\n" from SPOOL_HDR_LEN to body=
  *   body     len= bytes, exactly as written
  *   end      "\nEND <crc32c of envelope records> <crc32c of body>\n"
- *   status   "s <idx> <state> <attempts> <error> <crc>\n", "h <0|1> <crc>\n"
+ *   status   "s <idx> <state> <attempts> <error> <crc>\n", "h <0|1> <crc>\n",
+ *            "d <escaped prefix> <crc>\n" (written before the commit's
+ *            fdatasync by the finisher; a later one replaces an earlier one)
  */
 #define SPOOL_MAGIC       "TERN1 "
 #define SPOOL_HDR_LEN     57
@@ -62,6 +64,11 @@ struct spool_env *spool_env_parse_end(struct spool_env_parser *p);
 void spool_status_rcpt_line(
     struct buf *b, size_t idx, enum rcpt_state st, uint32_t attempts, const char *err);
 void spool_status_held_line(struct buf *b, bool held);
+/* The prefix record (see spool.h: struct spool_env prefix). */
+void spool_status_prefix_line(struct buf *b, const char *prefix);
+/* Is p[n] acceptable as a prefix: 1..SPOOL_PREFIX_MAX bytes of header
+ * fields, each ending in CRLF, no bare CR or LF, no empty line? */
+bool spool_prefix_valid(const char *p, size_t n);
 /* Apply one status line (without "\n") to env: 0 applied, 1 bad check or
  * syntax (torn), -1 checked but invalid (damaged). */
 int spool_status_apply(struct spool_env *env, const char *line, size_t len);
@@ -90,6 +97,9 @@ struct spool_writer {
     uint32_t env_crc, body_crc;
     bool failed;
     int err;
+    spool_finish_fn fin; /* NULL: none, or already run */
+    void (*fin_free)(void *arg);
+    void *fin_arg;
     spool_commit_cb cb;
     uint64_t cb_id;
     void *cb_arg;

@@ -19,7 +19,10 @@
 #include "util/util.h"
 #include "util/fsutil.h"
 
-#define TAIL_WINDOW 8192 /* longer than any status record */
+/* Longer than any status record but the prefix record ("d", written before
+ * the commit's fdatasync, never torn); a line longer than the window is
+ * left alone by tail_cut. */
+#define TAIL_WINDOW 8192
 
 static void
 log_update_error(const char *qid, const char *what, int err)

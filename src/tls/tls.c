@@ -235,3 +235,16 @@ tls_describe(const SSL *ssl, struct tls_info *out)
     out->verified =
         SSL_get0_peer_certificate(ssl) != NULL && SSL_get_verify_result(ssl) == X509_V_OK;
 }
+
+const char *
+tls_verify_text(const SSL *ssl, char *buf, size_t cap)
+{
+    long r = SSL_get_verify_result(ssl);
+    if (SSL_get0_peer_certificate(ssl) == NULL)
+        snprintf(buf, cap, "no certificate");
+    else if (r == X509_V_OK)
+        snprintf(buf, cap, "ok");
+    else
+        snprintf(buf, cap, "%s", X509_verify_cert_error_string(r));
+    return buf;
+}

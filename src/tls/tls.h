@@ -59,6 +59,9 @@ SSL *tls_client_ssl_new(struct tls_ctx *t, const char *sni, const char *check_ho
 
 /* Describe an established connection. */
 void tls_describe(const SSL *ssl, struct tls_info *out);
+/* Why the peer's certificate did not verify ("self-signed certificate",
+ * "hostname mismatch", "no certificate"), or "ok". Returns buf. */
+const char *tls_verify_text(const SSL *ssl, char *buf, size_t cap);
 /* The last OpenSSL error of this thread as text (and clear the queue), or
  * fallback when there is none. Returns buf. */
 const char *tls_error_text(unsigned long err, char *buf, size_t cap, const char *fallback);

@@ -7,8 +7,9 @@ Fixtures for the end-to-end tests.
   tern        make_tern() with the default settings
   dnsmasq     a sysutil.Dnsmasq (not started: add records, then start();
               stop()/restart() mid-test), stopped at teardown
-  make_sink   make_sink(host, port=None, meter=None) -> a started Sink on
-              that loopback address, stopped at teardown
+  make_sink   make_sink(host, port=None, meter=None, **server_kw) -> a started
+              Sink on that loopback address (server_kw: aiosmtpd options such
+              as tls_context), stopped at teardown
 
 At teardown every ternd still running gets SIGTERM and must exit 0 within
 30 s; with TERN_ASAN its stderr must hold no sanitizer report.
@@ -361,8 +362,8 @@ def dnsmasq(tmp_path):
 def make_sink():
     made = []
 
-    def make(host, port=None, meter=None):
-        s = Sink(port=port, host=host, meter=meter)
+    def make(host, port=None, meter=None, **server_kw):
+        s = Sink(port=port, host=host, meter=meter, **server_kw)
         s.start()
         made.append(s)
         return s

@@ -149,6 +149,8 @@ class Transaction:
     rcpt_tos: list
     data: bytes
     when: float = field(default_factory=time.monotonic)
+    tls: str = None  # TLS version of the session ("TLSv1.3"), None in clear
+    login: str = None  # the AUTH user of the session, None without AUTH
 
 
 def default_rcpt_rule(addr):
@@ -209,10 +211,27 @@ class _SinkHandler:
             mail_options=list(envelope.mail_options),
             rcpt_tos=list(envelope.rcpt_tos),
             data=bytes(envelope.original_content or b""),
+            tls=_session_tls(server),
+            login=_session_login(session),
         )
         with s.lock:
             s.messages.append(tx)
         return reply or "250 2.0.0 sink accepted"
+
+
+def _session_tls(server):
+    """TLS version of an aiosmtpd session (STARTTLS or implicit), or None."""
+    transport = getattr(server, "transport", None)
+    obj = transport.get_extra_info("ssl_object") if transport is not None else None
+    return obj.version() if obj is not None else None
+
+
+def _session_login(session):
+    data = getattr(session, "auth_data", None)
+    if data is None or not getattr(session, "authenticated", False):
+        return None
+    login = getattr(data, "login", data)
+    return login.decode() if isinstance(login, bytes) else str(login)
 
 
 class _CountingSMTP(SMTP):
@@ -252,11 +271,13 @@ class Sink:
       data_delay    seconds to wait before answering the final dot
     """
 
-    def __init__(self, port=None, host="127.0.0.1", meter=None):
+    def __init__(self, port=None, host="127.0.0.1", meter=None, **server_kw):
         """host: the (loopback) address to listen on; several sinks on
         distinct addresses may share one port (MX tests). meter: an optional
         SessionMeter that also counts this sink's sessions (a peak over
-        several sinks)."""
+        several sinks). server_kw go to the aiosmtpd Controller: tls_context
+        (STARTTLS), require_starttls, authenticator, auth_require_tls,
+        ssl_context (implicit TLS)..."""
         self.lock = threading.Lock()
         self.host = host
         self.meter = meter
@@ -282,6 +303,7 @@ class Sink:
             decode_data=False,
             enable_SMTPUTF8=True,
             data_size_limit=64 * 1024 * 1024,
+            **server_kw,
         )
 
     def start(self):

@@ -180,14 +180,23 @@ static const char full_conf[] =
     "idle_conn_timeout = 0\n"
     "log_level = debug"; /* no newline at the end */
 
+/* A DKIM key that loads (check_files loads dkim_sign keys): Ed25519, PKCS#8. */
+static const char dkim_key_pem[] = "-----BEGIN PRIVATE KEY-----\n"
+                                   "MC4CAQAwBQYDK2VwBCIEINsKVMCsuJTPnIMGY+YcmXMJiEiTGOeTkTXPQn5lAlUm\n"
+                                   "-----END PRIVATE KEY-----\n";
+
 static void
 test_full_file(void **state)
 {
     struct buf errs = BUF_INIT;
     static const char *const files[] = { "smarthost.auth", "cert.pem", "key.pem", "ca.pem", "users",
         "dkim.key", "dkim:2.key" };
-    for (size_t i = 0; i < N(files); i++)
-        write_file(files[i], "x\n", 2, 0600);
+    for (size_t i = 0; i < N(files); i++) {
+        if (strstr(files[i], "dkim") != NULL)
+            write_file(files[i], dkim_key_pem, strlen(dkim_key_pem), 0600);
+        else
+            write_file(files[i], "x\n", 2, 0600);
+    }
     struct config *c = load_text(full_conf, NULL, 0, true, &errs);
     if (c == NULL)
         fail_msg("unexpected errors: %s", errs.data);
@@ -527,7 +536,7 @@ test_check_files(void **state)
 
     write_file("cert.pem", "x", 1, 0644);
     write_file("auth", "u:p\n", 4, 0640);
-    write_file("dkim.key", "k", 1, 0604);
+    write_file("dkim.key", dkim_key_pem, strlen(dkim_key_pem), 0604);
 
     /* Without check_files the names are only stored. */
     c = load_text(conf, NULL, 0, false, &errs);

@@ -156,7 +156,12 @@ static const struct ehlo_case ehlo_cases[] = {
     { "chunking", "CHUNKING", { .chunking = true } },
     { "enhanced", "ENHANCEDSTATUSCODES", { .enhanced = true } },
     { "prefix is not a keyword", "PIPELININGX", { .pipelining = false } },
-    { "unknown", "AUTH PLAIN", { .pipelining = false } },
+    { "unknown", "XFORWARD NAME ADDR", { .pipelining = false } },
+    { "auth plain login", "AUTH PLAIN LOGIN", { .auth_plain = true, .auth_login = true } },
+    { "auth login only", "auth CRAM-MD5 login", { .auth_login = true } },
+    { "auth= old form", "AUTH=LOGIN PLAIN", { .auth_plain = true, .auth_login = true } },
+    { "auth no plain prefix", "AUTH PLAINX", { .auth_plain = false } },
+    { "starttls", "STARTTLS", { .starttls = true } },
 };
 
 static void
@@ -819,7 +824,7 @@ test_two_rcpts_one_rejected(void **state)
     assert_string_equal(h->res[0].res[0].st.text, "queued as X");
     check_rcpt(&h->res[0], 1, DELIV_PERM, 550, "5.1.1", true);
     assert_string_equal(h->res[0].res[1].st.text, "no such user");
-    snprintf(want_relay, sizeof(want_relay), "127.0.0.1[127.0.0.1]:%u", h->srv.port);
+    snprintf(want_relay, sizeof(want_relay), "127.0.0.1[127.0.0.1]:%u tls=none", h->srv.port);
     assert_true(h->res[0].has_relay);
     assert_string_equal(h->res[0].relay, want_relay);
     run_until(h, all_closed); /* idle timeout, then QUIT */
@@ -1157,7 +1162,7 @@ test_localhost_resolves(void **state)
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
-    snprintf(want, sizeof(want), "localhost[127.0.0.1]:%u", h->srv.port);
+    snprintf(want, sizeof(want), "localhost[127.0.0.1]:%u tls=none", h->srv.port);
     assert_string_equal(h->res[0].relay, want);
     run_until(h, all_closed);
     h_free(h);
@@ -1488,7 +1493,7 @@ static void
 check_relay(const struct tres *r, const char *host, const char *addr)
 {
     char want[DELIV_RELAY_MAX];
-    snprintf(want, sizeof(want), "%s[%s]:%u", host, addr, mx_port);
+    snprintf(want, sizeof(want), "%s[%s]:%u tls=none", host, addr, mx_port);
     assert_true(r->has_relay);
     assert_string_equal(r->relay, want);
 }
