@@ -11,6 +11,7 @@ import email
 import json
 import os
 import re
+import random
 import socket
 import subprocess
 import threading
@@ -33,11 +34,22 @@ ENH_RE = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")
 # Small utilities
 
 
+_port_rng = random.Random()
+
 def free_port(host="127.0.0.1"):
-    """A TCP port that was free on host a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    """A TCP port that was free on host a moment ago. Chosen below the
+    kernel's ephemeral range (32768-60999 on Linux), so that no outgoing
+    connection of the daemons under test can take it before the server that
+    is meant to listen on it binds it."""
+    for _ in range(200):
+        port = _port_rng.randrange(10000, 32000)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port on {host}")
 
 
 def wait_for(pred, timeout=WAIT, interval=0.05, desc="condition"):
