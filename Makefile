@@ -10,12 +10,15 @@ RUN_DIR    ?= $(CURDIR)/run
 FUZZ_SECONDS ?= 20
 MESON_COMMON = -Dwerror=true -Dc_std=c17
 
-.PHONY: all deps build asan fuzz run test unit-test system-test fuzz-test format clean
+.PHONY: all deps test-deps build asan fuzz run test unit-test system-test fuzz-test format clean
 
 all: build
 
 deps:
 	@./scripts/install-deps.sh
+
+test-deps:
+	@./scripts/install-deps.sh --test
 
 $(BUILD)/build.ninja:
 	meson setup $(BUILD) $(MESON_COMMON) --buildtype=debugoptimized >/dev/null
@@ -31,17 +34,17 @@ $(FUZZ_BUILD)/build.ninja:
 build: deps $(BUILD)/build.ninja
 	ninja -C $(BUILD)
 
-asan: deps $(ASAN_BUILD)/build.ninja
+asan: test-deps $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 
-fuzz: deps $(FUZZ_BUILD)/build.ninja
+fuzz: test-deps $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)
 
 run: build
 	mkdir -p $(RUN_DIR)
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
-unit-test: build asan
+unit-test: test-deps build asan
 	meson test -C $(BUILD) --suite unit --print-errorlogs
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
