@@ -711,8 +711,18 @@ list_push(void **arr, size_t *n, size_t elem)
     return (char *)*arr + (*n)++ * elem;
 }
 
+/* Parse one list word into slot (zeroed, elem bytes); report and return -1
+ * when it is bad. */
+typedef int list_item_fn(const struct cfg_setting *s, const char *item, void *slot,
+    struct cfg_errs *e);
+/* Free n items of arr and arr itself. */
+typedef void list_free_fn(void *arr, size_t n);
+
+/* The one shape of every list setting: parse each space separated word into
+ * a new array; on any bad word report them all and keep the old value. */
 static int
-set_hostport_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+set_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e,
+    size_t elem, list_item_fn *parse, list_free_fn *free_list)
 {
     struct words *w = xmalloc(sizeof(*w));
     void *arr = NULL;
@@ -720,46 +730,53 @@ set_hostport_list(struct config *c, const struct cfg_setting *s, const char *v, 
     int rc = 0;
     w->p = v;
     while (next_word(w)) {
-        struct hostport *hp = list_push(&arr, &n, sizeof(*hp));
-        if (parse_one_hostport(s, w->item, "in", hp, e) < 0)
+        void *slot = list_push(&arr, &n, elem);
+        if (parse(s, w->item, slot, e) < 0)
             rc = -1;
     }
     free(w);
     if (rc < 0) {
-        free(arr);
+        free_list(arr, n);
         return -1;
     }
     cfg_clear(c, s);
-    *FIELD(c, s, struct hostport *) = arr;
+    *FIELD(c, s, void *) = arr;
     *COUNT(c, s) = n;
     return 0;
+}
+
+static void
+free_flat(void *arr, size_t n)
+{
+    free(arr);
+}
+
+static int
+hostport_item(const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e)
+{
+    return parse_one_hostport(s, item, "in", slot, e);
+}
+
+static int
+set_hostport_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
+{
+    return set_list(c, s, v, e, sizeof(struct hostport), hostport_item, free_flat);
+}
+
+static int
+cidr_item(const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    if (cidr_parse(item, slot) == 0)
+        return 0;
+    cfg_error(e, "bad CIDR \"%s\" in %s", cfg_shown(item, t, sizeof(t)), s->name);
+    return -1;
 }
 
 static int
 set_cidr_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
 {
-    struct words *w = xmalloc(sizeof(*w));
-    void *arr = NULL;
-    size_t n = 0;
-    int rc = 0;
-    char t[SHOWN_MAX];
-    w->p = v;
-    while (next_word(w)) {
-        struct cidr *net = list_push(&arr, &n, sizeof(*net));
-        if (cidr_parse(w->item, net) < 0) {
-            cfg_error(e, "bad CIDR \"%s\" in %s", cfg_shown(w->item, t, sizeof(t)), s->name);
-            rc = -1;
-        }
-    }
-    free(w);
-    if (rc < 0) {
-        free(arr);
-        return -1;
-    }
-    cfg_clear(c, s);
-    *FIELD(c, s, struct cidr *) = arr;
-    *COUNT(c, s) = n;
-    return 0;
+    return set_list(c, s, v, e, sizeof(struct cidr), cidr_item, free_flat);
 }
 
 /* Lowercased copy of a domain without its trailing dot, or NULL if bad. */
@@ -784,33 +801,28 @@ free_strv(char **v, size_t n)
     free(v);
 }
 
+static void
+free_strv_list(void *arr, size_t n)
+{
+    free_strv(arr, n);
+}
+
+static int
+domain_item(const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    /* Recipient domains may be internationalized (RFC 6531). */
+    *(char **)slot = domain_dup(item, strlen(item), true);
+    if (*(char **)slot != NULL)
+        return 0;
+    cfg_error(e, "bad domain \"%s\" in %s", cfg_shown(item, t, sizeof(t)), s->name);
+    return -1;
+}
+
 static int
 set_domain_list(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
 {
-    struct words *w = xmalloc(sizeof(*w));
-    void *arr = NULL;
-    size_t n = 0;
-    int rc = 0;
-    char t[SHOWN_MAX];
-    w->p = v;
-    while (next_word(w)) {
-        char **slot = list_push(&arr, &n, sizeof(char *));
-        /* Recipient domains may be internationalized (RFC 6531). */
-        *slot = domain_dup(w->item, strlen(w->item), true);
-        if (*slot == NULL) {
-            cfg_error(e, "bad domain \"%s\" in %s", cfg_shown(w->item, t, sizeof(t)), s->name);
-            rc = -1;
-        }
-    }
-    free(w);
-    if (rc < 0) {
-        free_strv(arr, n);
-        return -1;
-    }
-    cfg_clear(c, s);
-    *FIELD(c, s, char **) = arr;
-    *COUNT(c, s) = n;
-    return 0;
+    return set_list(c, s, v, e, sizeof(char *), domain_item, free_strv_list);
 }
 
 /* ---- dkim_sign: domain:selector:keyfile ---- */
@@ -862,28 +874,22 @@ free_dkim(struct dkim_entry *v, size_t n)
     free(v);
 }
 
+static void
+free_dkim_list(void *arr, size_t n)
+{
+    free_dkim(arr, n);
+}
+
+static int
+dkim_item(const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e)
+{
+    return parse_dkim_entry(s, item, slot, e);
+}
+
 static int
 set_dkim(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
 {
-    struct words *w = xmalloc(sizeof(*w));
-    void *arr = NULL;
-    size_t n = 0;
-    int rc = 0;
-    w->p = v;
-    while (next_word(w)) {
-        struct dkim_entry *d = list_push(&arr, &n, sizeof(*d));
-        if (parse_dkim_entry(s, w->item, d, e) < 0)
-            rc = -1;
-    }
-    free(w);
-    if (rc < 0) {
-        free_dkim(arr, n);
-        return -1;
-    }
-    cfg_clear(c, s);
-    *FIELD(c, s, struct dkim_entry *) = arr;
-    *COUNT(c, s) = n;
-    return 0;
+    return set_list(c, s, v, e, sizeof(struct dkim_entry), dkim_item, free_dkim_list);
 }
 
 /* ---- routes: MATCH=HOP[,HOP...] ---- */
@@ -973,34 +979,28 @@ free_routes(struct route *v, size_t n)
     free(v);
 }
 
+static void
+free_routes_list(void *arr, size_t n)
+{
+    free_routes(arr, n);
+}
+
+static int
+route_item(const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e)
+{
+    char t[SHOWN_MAX];
+    if (parse_route(item, slot) == 0)
+        return 0;
+    cfg_error(e,
+        "bad route \"%s\" in %s (use DOMAIN=HOP[,HOP...], HOP as [host]:port or host[:port])",
+        cfg_shown(item, t, sizeof(t)), s->name);
+    return -1;
+}
+
 static int
 set_routes(struct config *c, const struct cfg_setting *s, const char *v, struct cfg_errs *e)
 {
-    struct words *w = xmalloc(sizeof(*w));
-    struct route *arr = NULL;
-    size_t n = 0;
-    int rc = 0;
-    char t[SHOWN_MAX];
-    w->p = v;
-    while (next_word(w)) {
-        struct route *r = list_push((void **)&arr, &n, sizeof(*r));
-        if (parse_route(w->item, r) < 0) {
-            cfg_error(e,
-                "bad route \"%s\" in %s (use DOMAIN=HOP[,HOP...], HOP as [host]:port or "
-                "host[:port])",
-                cfg_shown(w->item, t, sizeof(t)), s->name);
-            rc = -1;
-        }
-    }
-    free(w);
-    if (rc < 0) {
-        free_routes(arr, n);
-        return -1;
-    }
-    cfg_clear(c, s);
-    *FIELD(c, s, struct route *) = arr;
-    *COUNT(c, s) = n;
-    return 0;
+    return set_list(c, s, v, e, sizeof(struct route), route_item, free_routes_list);
 }
 
 /* ---- dispatch by type ---- */
