@@ -28,6 +28,7 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
+#include "testnet.h"
 #include "delivery/delivery.h"
 #include "delivery/delivery_int.h"
 #include "dns/dns.h"
@@ -45,6 +46,15 @@ struct reply_case {
     const char *esc;
     const char *text;
 };
+
+static uint16_t
+must_free_port(void)
+{
+    uint16_t port = testnet_free_port();
+    if (port == 0)
+        fail_msg("no free port");
+    return port;
+}
 
 static const struct reply_case reply_cases[] = {
     { "single line", { "250 ok" }, REPLY_DONE, 250, "", "ok" },
@@ -389,47 +399,6 @@ server_stop(struct server *s)
 /* Shared by every test: the dnsmasq child's port and the one all MX sinks use. */
 static uint16_t mx_port, dns_port;
 
-/* A port free for UDP and TCP on 127.0.0.1 (and so likely elsewhere). */
-static uint16_t
-free_port(void)
-{
-    for (int tries = 0; tries < 50; tries++) {
-        struct sockaddr_in sin;
-        socklen_t len = sizeof(sin);
-        int u = socket(AF_INET, SOCK_DGRAM, 0), t = socket(AF_INET, SOCK_STREAM, 0);
-        uint16_t port;
-        bool ok;
-        memset(&sin, 0, sizeof(sin));
-        sin.sin_family = AF_INET;
-        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(bind(u, (struct sockaddr *)&sin, sizeof(sin)), 0);
-        getsockname(u, (struct sockaddr *)&sin, &len);
-        port = ntohs(sin.sin_port);
-        ok = bind(t, (struct sockaddr *)&sin, sizeof(sin)) == 0;
-        close(u);
-        close(t);
-        if (ok)
-            return port;
-    }
-    fail_msg("no free port");
-    return 0;
-}
-
-static bool
-udp_port_taken(uint16_t port)
-{
-    struct sockaddr_in sin;
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    bool taken;
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sin.sin_port = htons(port);
-    taken = bind(u, (struct sockaddr *)&sin, sizeof(sin)) < 0 && errno == EADDRINUSE;
-    close(u);
-    return taken;
-}
-
 /* 127.0.0.3 and .4 run sinks (mx1, mx2), .5 greets with 554, .6 listens not. */
 static const char *const zone[] = {
     "--mx-host=a.test,mx1.a.test,10",
@@ -459,8 +428,8 @@ dnsmasq_setup(void **state)
     char port[32];
     const char *argv[40];
     size_t k = 0;
-    dns_port = free_port();
-    mx_port = free_port();
+    dns_port = must_free_port();
+    mx_port = must_free_port();
     snprintf(port, sizeof(port), "--port=%u", dns_port);
     argv[k++] = "dnsmasq";
     argv[k++] = "--no-daemon";
@@ -485,9 +454,9 @@ dnsmasq_setup(void **state)
         execvp("dnsmasq", (char *const *)argv);
         _exit(127);
     }
-    for (int i = 0; i < 500 && !udp_port_taken(dns_port); i++)
+    for (int i = 0; i < 500 && !testnet_udp_port_taken(dns_port); i++)
         usleep(10000);
-    return udp_port_taken(dns_port) ? 0 : -1;
+    return testnet_udp_port_taken(dns_port) ? 0 : -1;
 }
 
 static int
@@ -1638,7 +1607,7 @@ test_mx_dns_down(void **state)
     struct buf err = BUF_INIT;
     memset(&hp, 0, sizeof(hp));
     snprintf(hp.host, sizeof(hp.host), "127.0.0.1");
-    hp.port = free_port(); /* nothing answers there */
+    hp.port = must_free_port(); /* nothing answers there */
     assert_int_equal(dns_set_servers(h->dns, &hp, 1, &err), 0);
     buf_fini(&err);
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);

@@ -26,12 +26,22 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
+#include "testnet.h"
 #include "dns/dns.h"
 #include "dns/dns_int.h"
 #include "util/log.h"
 #include "util/util.h"
 
 /* ---- classification ---- */
+
+static uint16_t
+must_free_port(void)
+{
+    uint16_t port = testnet_free_port();
+    if (port == 0)
+        fail_msg("no free port");
+    return port;
+}
 
 static const struct {
     const char *name;
@@ -487,47 +497,6 @@ struct dnsmasq {
     uint16_t port;
 };
 
-/* A port free for both UDP and TCP on 127.0.0.1 right now. */
-static uint16_t
-free_port(void)
-{
-    for (int tries = 0; tries < 50; tries++) {
-        struct sockaddr_in sin;
-        socklen_t len = sizeof(sin);
-        int u = socket(AF_INET, SOCK_DGRAM, 0), t = socket(AF_INET, SOCK_STREAM, 0);
-        uint16_t port;
-        bool ok;
-        memset(&sin, 0, sizeof(sin));
-        sin.sin_family = AF_INET;
-        sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        assert_int_equal(bind(u, (struct sockaddr *)&sin, sizeof(sin)), 0);
-        getsockname(u, (struct sockaddr *)&sin, &len);
-        port = ntohs(sin.sin_port);
-        ok = bind(t, (struct sockaddr *)&sin, sizeof(sin)) == 0;
-        close(u);
-        close(t);
-        if (ok)
-            return port;
-    }
-    fail_msg("no free port");
-    return 0;
-}
-
-static bool
-udp_port_taken(uint16_t port)
-{
-    struct sockaddr_in sin;
-    int u = socket(AF_INET, SOCK_DGRAM, 0);
-    bool taken;
-    memset(&sin, 0, sizeof(sin));
-    sin.sin_family = AF_INET;
-    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    sin.sin_port = htons(port);
-    taken = bind(u, (struct sockaddr *)&sin, sizeof(sin)) < 0 && errno == EADDRINUSE;
-    close(u);
-    return taken;
-}
-
 static const char *const zone[] = {
     "--mx-host=a.test,mx2.a.test,20",
     "--mx-host=a.test,mx1.a.test,10",
@@ -545,7 +514,7 @@ dnsmasq_start(struct dnsmasq *m)
     char port[32];
     const char *argv[40];
     size_t k = 0;
-    m->port = free_port();
+    m->port = must_free_port();
     snprintf(port, sizeof(port), "--port=%u", m->port);
     argv[k++] = "dnsmasq";
     argv[k++] = "--no-daemon";
@@ -569,9 +538,9 @@ dnsmasq_start(struct dnsmasq *m)
         execvp("dnsmasq", (char *const *)argv);
         _exit(127);
     }
-    for (int i = 0; i < 500 && !udp_port_taken(m->port); i++)
+    for (int i = 0; i < 500 && !testnet_udp_port_taken(m->port); i++)
         usleep(10000);
-    assert_true(udp_port_taken(m->port));
+    assert_true(testnet_udp_port_taken(m->port));
 }
 
 static void
@@ -813,7 +782,7 @@ static void
 test_dns_temp_no_server(void **state)
 {
     struct event_base *base = event_base_new();
-    struct dns *d = dns_at(base, free_port()); /* nothing listens there */
+    struct dns *d = dns_at(base, must_free_port()); /* nothing listens there */
     struct got g;
     int64_t t0 = tern_mono_ms();
     assert_int_equal(mx_of(base, d, "a.test", &g), DNS_TEMP);
