@@ -227,6 +227,8 @@ tx_report(struct deliv_conn *c, struct client_tx *tx)
     log_int(&l, "accepted", (int64_t)tx->n_accepted);
     log_int(&l, "code", tx->job.n_rcpts ? tx->res[0].st.code : 0);
     log_end(&l);
+    for (size_t i = 0; i < tx->job.n_rcpts; i++)
+        tx->res[i].peer_dsn = tx->res[i].from_remote && c->ext.dsn;
     c->d->cb.done(c->d->cb.arg, tx->job.id, tx->res, tx->job.n_rcpts, conn_relay(c));
     tx_free(tx);
 }

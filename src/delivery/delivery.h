@@ -48,6 +48,8 @@ struct delivery_rcpt_result {
     enum deliv_class cls;
     struct tern_status st; /* the peer's reply, or our own reason (connection refused...) */
     bool from_remote;      /* st is the remote server's reply */
+    bool peer_dsn;         /* the server offered DSN (RFC 3461): NOTIFY/ORCPT went with the
+                              recipient, so success notices are its job, not ours */
 };
 
 struct delivery_callbacks {

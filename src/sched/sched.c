@@ -497,7 +497,15 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
     s->st.queue_rcpts--;
     spool_update_rcpt(s->sp, m->env->qid, idx, rc->state, rc->attempts, rc->last_error);
     dr->action = act;
-    return act == DSN_ACTION_FAILED && dsn_wanted(m->env, idx, DSN_ACTION_FAILED);
+    if (act == DSN_ACTION_RELAYED) {
+        /* RFC 3461 §6.2.3: a next hop without DSN cannot honour
+         * NOTIFY=SUCCESS, so we report "relayed" ourselves. */
+        dr->status.code = r->st.code;
+        if (dr->status.esc[0] == '\0')
+            snprintf(dr->status.esc, sizeof(dr->status.esc), "2.0.0");
+        return !r->peer_dsn && dsn_wanted(m->env, idx, DSN_ACTION_RELAYED);
+    }
+    return dsn_wanted(m->env, idx, DSN_ACTION_FAILED);
 }
 
 /* A job that reached no server at all, every recipient deferred: the
@@ -548,8 +556,8 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     size_t n, const char *relay)
 {
     struct sched_msg *m = u->msg;
-    struct dsn_rcpt_result *dsn;
-    size_t ndsn = 0, keep = 0;
+    struct dsn_rcpt_result *dsn, *ok;
+    size_t ndsn = 0, nok = 0, keep = 0;
     int64_t next_ms = 0;
     char mta[CONFIG_HOST_MAX];
     TERN_ASSERT(n == u->n_rcpt);
@@ -558,10 +566,17 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     if (relay != NULL)
         snprintf(mta, sizeof(mta), "%.*s", (int)strcspn(relay, "[ "), relay);
     dsn = xcalloc(n ? n : 1, sizeof(*dsn));
+    ok = xcalloc(n ? n : 1, sizeof(*ok));
     for (size_t i = 0; i < n; i++) {
         size_t idx = u->rcpt[i];
-        if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dsn[ndsn]))
-            ndsn++;
+        struct dsn_rcpt_result dr;
+        if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dr)) {
+            /* Failures and success notices travel in separate reports. */
+            if (dr.action == DSN_ACTION_RELAYED)
+                ok[nok++] = dr;
+            else
+                dsn[ndsn++] = dr;
+        }
         if (m->env->rcpts[idx].state == RCPT_QUEUED)
             u->rcpt[keep++] = idx;
         /* The destination's last error (for the queue summary) is the
@@ -575,9 +590,12 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     }
     u->n_rcpt = keep;
     /* An operator's delete is silent, like postsuper -d: no DSN. */
-    if (!m->deleted)
+    if (!m->deleted) {
         sched_make_dsn(s, m, dsn, ndsn);
+        sched_make_dsn(s, m, ok, nok);
+    }
     free(dsn);
+    free(ok);
     if (m->deleted) {
         if (m->n_flight == 0)
             msg_finish(s, m, "deleted");

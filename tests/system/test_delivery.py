@@ -186,3 +186,29 @@ def test_connection_refused_is_retried(make_tern, sink):
         tern.wait_event("delivered", qid=qid)
     finally:
         later.stop()
+
+
+def test_relayed_dsn_when_next_hop_lacks_dsn(tern, sink):
+    """NOTIFY=SUCCESS to a next hop that does not offer DSN (the aiosmtpd sink
+    does not): tern itself reports Action: relayed (RFC 3461 §6.2.3), in a
+    report of its own; a recipient without NOTIFY=SUCCESS gets no notice."""
+    u = uid()
+    sender = f"succ-{u}@src.test"
+    asked, quiet = f"ok-s-{u}@example.org", f"ok-q-{u}@example.org"
+    with tern.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail(sender, options=["RET=HDRS", f"ENVID=env{u}"])[0] == 250
+        assert s.rcpt(asked, options=["NOTIFY=SUCCESS,FAILURE"])[0] == 250
+        assert s.rcpt(quiet)[0] == 250
+        assert s.data(message(f"success {u}", sender=sender))[0] == 250
+    sink.wait_to(asked)
+    dsn = sink.wait_dsn(sender)
+    assert len(dsn) == 1, [t.rcpt_tos for t in dsn]
+    _, per_msg, blocks, parts = parse_dsn(dsn[0].data)
+    assert dsn_field(per_msg, "Original-Envelope-Id") == f"env{u}", per_msg
+    b = dsn_recipient_block(blocks, asked)
+    assert dsn_field(b, "Action").lower() == "relayed", b
+    assert dsn_field(b, "Status").startswith("2."), b
+    assert len(blocks) == 1, "only the recipient that asked is reported"
+    # RET=HDRS: headers only, never the body
+    assert parts[2].get_content_type() == "text/rfc822-headers", parts[2].get_content_type()
