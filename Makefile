@@ -7,7 +7,7 @@ ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 PYTHON     ?= /usr/bin/python3
 RUN_DIR    ?= $(CURDIR)/run
-FUZZ_SECONDS ?= 20
+FUZZ_SECONDS ?= 30
 MESON_COMMON = -Dwerror=true -Dc_std=c17
 
 .PHONY: all deps test-deps build asan fuzz run test unit-test system-test fuzz-test format clean
