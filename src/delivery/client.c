@@ -364,6 +364,20 @@ target_reset(struct deliv_conn *c)
     creds_drop(c);
 }
 
+/* Close the socket of the current target and forget its session state,
+ * ready for connect_next(). */
+static void
+conn_drop_socket(struct deliv_conn *c)
+{
+    if (c->bev != NULL) {
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    evtimer_del(c->timer);
+    reply_reset(&c->reply);
+    target_reset(c);
+}
+
 /* The current target is down or refused us: mark it for the whole
  * destination and go on with the next one (RFC 5321 §5.1). */
 static void
@@ -384,13 +398,7 @@ target_failed(struct deliv_conn *c, const struct tern_status *st)
     log_str(&l, "phase", conn_phase(c));
     log_str(&l, "reason", st->text);
     log_end(&l);
-    if (c->bev != NULL) {
-        bufferevent_free(c->bev);
-        c->bev = NULL;
-    }
-    evtimer_del(c->timer);
-    reply_reset(&c->reply);
-    target_reset(c);
+    conn_drop_socket(c);
     c->tls_plain_retry = false;
     c->cur++;
     connect_next(c);
@@ -595,13 +603,7 @@ setup_fail(struct deliv_conn *c, const char *event, const char *esc, const char 
 static void
 target_retry_plain(struct deliv_conn *c)
 {
-    if (c->bev != NULL) {
-        bufferevent_free(c->bev);
-        c->bev = NULL;
-    }
-    evtimer_del(c->timer);
-    reply_reset(&c->reply);
-    target_reset(c);
+    conn_drop_socket(c);
     c->tls_plain_retry = true;
     connect_next(c);
 }

@@ -30,6 +30,7 @@
 #define SMTP_MAIL_LINE_MAX (SMTP_CMD_LINE_MAX + 26 + 100 + 64)
 #define SMTP_RCPT_LINE_MAX (SMTP_CMD_LINE_MAX + 500 + 64)
 #define SMTP_READ_LINE_MAX SMTP_RCPT_LINE_MAX
+#define SMTP_BDAT_SLACK    (1024 * 1024) /* see cmd_bdat */
 /* RFC 4954 §4: AUTH lines and responses up to 12288 octets plus CRLF. */
 #define SMTP_AUTH_READ_MAX (AUTH_LINE_MAX + 2)
 
@@ -771,6 +772,13 @@ cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
     if (parse_u64(c->arg, nlen, UINT64_MAX / 2, &size) < 0 || (sp && !last)) {
         /* Without a valid size the chunk cannot be skipped: the stream is lost. */
         smtp_session_close(s, 501, "5.5.4", "Syntax: BDAT size [LAST]; closing connection");
+        return;
+    }
+    if (size > s->cfg->max_message_size + SMTP_BDAT_SLACK) {
+        /* A chunk far larger than the whole size limit: reading gigabytes
+         * only to refuse them serves nobody, and the chunk cannot be
+         * skipped. A modest overshoot is read and refused politely below. */
+        smtp_session_close(s, 552, "5.3.4", "Message size exceeds fixed limit; closing connection");
         return;
     }
     s->bdat_prev_state = s->state;

@@ -137,23 +137,30 @@ name_under(const char *name, const char *dom)
 
 /* ---- macros ---- */
 
-/* The validated domain name of the client for %{p} (§5.5, §7.3), into out. */
+/* The PTR query name (in-addr.arpa / ip6.arpa) of the client address. */
 static int
-validated_name(struct spf_check *c, const char *domain, struct buf *out)
+client_reverse_name(const struct spf_check *c, char *rev, size_t cap)
 {
-    const struct dns_rr_result *ptr, *a;
     struct sockaddr_storage ss;
-    char rev[128];
-    size_t best = SIZE_MAX;
-    int best_rank = 0;
     memset(&ss, 0, sizeof(ss));
     ss.ss_family = (sa_family_t)c->family;
     if (c->family == AF_INET)
         memcpy(&((struct sockaddr_in *)&ss)->sin_addr, c->ip, 4);
     else
         memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, c->ip, 16);
+    return dns_reverse_name((struct sockaddr *)&ss, rev, cap);
+}
+
+/* The validated domain name of the client for %{p} (§5.5, §7.3), into out. */
+static int
+validated_name(struct spf_check *c, const char *domain, struct buf *out)
+{
+    const struct dns_rr_result *ptr, *a;
+    char rev[128];
+    size_t best = SIZE_MAX;
+    int best_rank = 0;
     buf_reset(out);
-    if (dns_reverse_name((struct sockaddr *)&ss, rev, sizeof(rev)) < 0)
+    if (client_reverse_name(c, rev, sizeof(rev)) < 0)
         return EV_OK;
     if (lookup(c, rev, DNS_RR_PTR, &ptr) == EV_NEED)
         return EV_NEED;
@@ -306,15 +313,8 @@ static enum mres
 mech_ptr(struct spf_check *c, const char *name)
 {
     const struct dns_rr_result *ptr, *a;
-    struct sockaddr_storage ss;
     char rev[128];
-    memset(&ss, 0, sizeof(ss));
-    ss.ss_family = (sa_family_t)c->family;
-    if (c->family == AF_INET)
-        memcpy(&((struct sockaddr_in *)&ss)->sin_addr, c->ip, 4);
-    else
-        memcpy(&((struct sockaddr_in6 *)&ss)->sin6_addr, c->ip, 16);
-    if (dns_reverse_name((struct sockaddr *)&ss, rev, sizeof(rev)) < 0)
+    if (client_reverse_name(c, rev, sizeof(rev)) < 0)
         return M_NOMATCH;
     if (lookup(c, rev, DNS_RR_PTR, &ptr) == EV_NEED)
         return M_NEED;

@@ -14,18 +14,6 @@
 #define DIGITS_MAX 3   /* "%{d999}" is already more than any name has */
 #define PARTS_MAX  128 /* a 253-octet name has at most 127 labels */
 
-static bool
-is_alpha(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
-}
-
-static bool
-is_digit(char ch)
-{
-    return ch >= '0' && ch <= '9';
-}
-
 static char
 lower(char ch)
 {
@@ -70,7 +58,7 @@ parse_macro(const char *s, size_t len, size_t *o, enum spf_macro_ctx ctx, struct
     if (!letter_ok(m->letter, ctx))
         return -1;
     i++;
-    while (i < len && is_digit(s[i])) {
+    while (i < len && spf_is_digit(s[i])) {
         if (++nd > DIGITS_MAX)
             return -1;
         m->digits = m->digits * 10 + (unsigned)(s[i++] - '0');
@@ -173,7 +161,7 @@ url_escape(struct buf *out, const char *s, size_t len)
     static const char hex[] = "0123456789ABCDEF";
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)s[i];
-        if (is_alpha((char)ch) || is_digit((char)ch) || ch == '-' || ch == '.' || ch == '_' ||
+        if (spf_is_alpha((char)ch) || spf_is_digit((char)ch) || ch == '-' || ch == '.' || ch == '_' ||
             ch == '~') {
             buf_append_char(out, (char)ch);
         } else {
@@ -222,7 +210,7 @@ expand_one(const struct macro *m, const struct spf_macro_env *env, struct buf *o
             buf_append_char(&tmp, '.');
         buf_append(&tmp, part[i], plen[i]);
     }
-    if (is_alpha(m->letter) && m->letter >= 'A' && m->letter <= 'Z')
+    if (spf_is_alpha(m->letter) && m->letter >= 'A' && m->letter <= 'Z')
         url_escape(out, tmp.data ? tmp.data : "", tmp.len);
     else
         buf_append(out, tmp.data ? tmp.data : "", tmp.len);
@@ -278,11 +266,11 @@ toplabel_ok(const char *s, size_t len)
     if (len == 0 || s[0] == '-' || s[len - 1] == '-')
         return false;
     for (size_t i = 0; i < len; i++) {
-        if (is_alpha(s[i]))
+        if (spf_is_alpha(s[i]))
             alpha = true;
         else if (s[i] == '-')
             dash = true;
-        else if (!is_digit(s[i]))
+        else if (!spf_is_digit(s[i]))
             return false;
     }
     return alpha || dash;

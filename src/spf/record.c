@@ -10,43 +10,16 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/parse.h"
 #include "util/util.h"
 
 #define SPF_VERSION     "v=spf1"
 #define SPF_VERSION_LEN 6
 
-static bool
-is_alpha(char ch)
-{
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
-}
-
-static bool
-is_digit(char ch)
-{
-    return ch >= '0' && ch <= '9';
-}
-
-static bool
-ieq(const char *a, size_t alen, const char *b)
-{
-    size_t blen = strlen(b);
-    if (alen != blen)
-        return false;
-    for (size_t i = 0; i < alen; i++) {
-        char x = a[i], y = b[i];
-        if (x >= 'A' && x <= 'Z')
-            x = (char)(x - 'A' + 'a');
-        if (x != y)
-            return false;
-    }
-    return true;
-}
-
 bool
 spf_record_is_spf(const char *txt, size_t len)
 {
-    return len >= SPF_VERSION_LEN && ieq(txt, SPF_VERSION_LEN, SPF_VERSION) &&
+    return len >= SPF_VERSION_LEN && str_ieq(txt, SPF_VERSION_LEN, SPF_VERSION) &&
            (len == SPF_VERSION_LEN || txt[SPF_VERSION_LEN] == ' ');
 }
 
@@ -72,7 +45,7 @@ cidr_value(const char *s, size_t len, unsigned max, unsigned *out)
     if (len == 0 || len > 3 || (len > 1 && s[0] == '0'))
         return -1;
     for (size_t i = 0; i < len; i++) {
-        if (!is_digit(s[i]))
+        if (!spf_is_digit(s[i]))
             return -1;
         v = v * 10 + (unsigned)(s[i] - '0');
     }
@@ -87,7 +60,7 @@ static size_t
 slash_digits_suffix(const char *s, size_t len)
 {
     size_t i = len;
-    while (i > 0 && is_digit(s[i - 1]))
+    while (i > 0 && spf_is_digit(s[i - 1]))
         i--;
     if (i == len || i == 0 || s[i - 1] != '/')
         return 0;
@@ -156,7 +129,7 @@ parse_mechanism(const char *s, size_t len, struct spf_term *t, struct spf_record
     while (nl < len && s[nl] != ':' && s[nl] != '/')
         nl++;
     for (size_t i = 0; i < TERN_ARRAY_LEN(mech_table) && !found; i++) {
-        if (ieq(s, nl, mech_table[i].name)) {
+        if (str_ieq(s, nl, mech_table[i].name)) {
             t->mech = mech_table[i].mech;
             found = true;
         }
@@ -195,10 +168,10 @@ static size_t
 modifier_name(const char *s, size_t len)
 {
     size_t i = 0;
-    if (len == 0 || !is_alpha(s[0]))
+    if (len == 0 || !spf_is_alpha(s[0]))
         return 0;
     while (
-        i < len && (is_alpha(s[i]) || is_digit(s[i]) || s[i] == '-' || s[i] == '_' || s[i] == '.'))
+        i < len && (spf_is_alpha(s[i]) || spf_is_digit(s[i]) || s[i] == '-' || s[i] == '_' || s[i] == '.'))
         i++;
     return (i < len && s[i] == '=') ? i : 0;
 }
@@ -211,10 +184,10 @@ parse_modifier(
     size_t vl = len - nl - 1;
     const char **slot = NULL;
     size_t *slot_len = NULL;
-    if (ieq(s, nl, "redirect")) {
+    if (str_ieq(s, nl, "redirect")) {
         slot = &rec->redirect;
         slot_len = &rec->redirect_len;
-    } else if (ieq(s, nl, "exp")) {
+    } else if (str_ieq(s, nl, "exp")) {
         slot = &rec->exp;
         slot_len = &rec->exp_len;
     }

@@ -17,6 +17,19 @@
 
 /* ---- macro.c ---- */
 
+/* ASCII character classes of the RFC 7208 ABNF (locale-independent). */
+static inline bool
+spf_is_alpha(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z');
+}
+
+static inline bool
+spf_is_digit(char ch)
+{
+    return ch >= '0' && ch <= '9';
+}
+
 /* Values of the macro letters (§7.3); NULL ones expand to "". */
 struct spf_macro_env {
     const char *s, *l, *o, *d, *i, *p, *v, *h, *c, *r, *t;

@@ -49,6 +49,21 @@ def test_size_limit(make_tern, sink):
     assert len(sink.snapshot()) == 1
 
 
+def test_bdat_chunk_over_limit_closes(make_tern, sink):
+    """A BDAT chunk bigger than the whole size limit cannot be skipped
+    usefully: 552 5.3.4 at once and the connection ends; nothing queued."""
+    tern = make_tern(max_message_size=10000)
+    u = uid()
+    with tern.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<bd-{u}@src.test>").code == 250
+        assert c.cmd(f"RCPT TO:<bd-{u}@example.org>").code == 250
+        r = c.cmd("BDAT 1000000000 LAST")
+        assert r.code == 552 and r.enh == "5.3.4", str(r)
+        assert c.wait_closed(5)
+    assert tern.queue_files() == [] and tern.tmp_files() == []
+
+
 def test_open_relay_refused(make_tern, sink):
     tern = make_tern(relay_networks="127.0.0.1/32", relay_domains="inbound.test")
     u = uid()

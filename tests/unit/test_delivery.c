@@ -473,13 +473,8 @@ dnsmasq_teardown(void **state)
 static struct dns *
 dns_at(struct event_base *base, uint16_t port)
 {
-    struct hostport hp;
     struct buf err = BUF_INIT;
-    struct dns *d;
-    memset(&hp, 0, sizeof(hp));
-    snprintf(hp.host, sizeof(hp.host), "127.0.0.1");
-    hp.port = port;
-    d = dns_new(base, &hp, 1, &err);
+    struct dns *d = testnet_dns_at(base, port, &err);
     if (d == NULL)
         fail_msg("dns_new: %s", err.data);
     buf_fini(&err);

@@ -6,11 +6,16 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
+
+#include "config/config.h"
+#include "dns/dns.h"
+#include "util/buf.h"
 
 static bool
 bindable(int type, uint16_t port)
@@ -57,4 +62,14 @@ testnet_udp_port_taken(uint16_t port)
     taken = bind(u, (struct sockaddr *)&sin, sizeof(sin)) < 0 && errno == EADDRINUSE;
     close(u);
     return taken;
+}
+
+struct dns *
+testnet_dns_at(struct event_base *base, uint16_t port, struct buf *err)
+{
+    struct hostport hp;
+    memset(&hp, 0, sizeof(hp));
+    snprintf(hp.host, sizeof(hp.host), "127.0.0.1");
+    hp.port = port;
+    return dns_new(base, &hp, 1, err);
 }

@@ -8,6 +8,10 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+struct event_base;
+struct dns;
+struct buf;
+
 /* A port free for both UDP and TCP on 127.0.0.1 a moment ago, chosen below
  * the kernel's ephemeral range (32768-60999) so that no outgoing connection
  * of the code under test can take it before the server binds it. 0 when
@@ -15,5 +19,9 @@
 uint16_t testnet_free_port(void);
 /* Is the UDP port bound on 127.0.0.1 (a DNS server is up)? */
 bool testnet_udp_port_taken(uint16_t port);
+
+/* A resolver whose only server is 127.0.0.1:port (a dnsmasq child or a
+ * port where nothing answers). NULL with err set on failure. */
+struct dns *testnet_dns_at(struct event_base *base, uint16_t port, struct buf *err);
 
 #endif
