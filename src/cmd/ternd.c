@@ -19,10 +19,11 @@
 #include "smtp/smtp.h"
 #include "spool/spool.h"
 #include "util/log.h"
+#include "util/loopq.h"
 #include "util/util.h"
 
 #define SHUTDOWN_GRACE_MS 10000
-#define MAX_OVERRIDES 256
+#define MAX_OVERRIDES     256
 
 struct ternd {
     const char *path;
@@ -30,6 +31,7 @@ struct ternd {
     size_t n_overrides;
     struct config *cfg;
     struct event_base *base;
+    struct loopq *inbox; /* the main loop's: spool completions, recovery */
     struct spool *sp;
     struct dns *dns;
     struct sched *sched;
@@ -155,9 +157,14 @@ static int
 start(struct ternd *t)
 {
     struct buf err = BUF_INIT;
-    long n;
     struct logline l;
-    t->sp = spool_open(t->cfg->spool_dir, t->base, &err);
+    struct spool_opts so = { t->cfg->spool_segment_size };
+    t->inbox = loopq_new(t->base);
+    if (t->inbox == NULL) {
+        buf_printf(&err, "cannot make the main loop's inbox: %s\n", strerror(errno));
+        goto fail;
+    }
+    t->sp = spool_open(t->cfg->spool_dir, t->inbox, &so, &err);
     if (t->sp == NULL)
         goto fail;
     t->dns = dns_new(t->base, t->cfg->dns_resolvers, t->cfg->n_dns_resolvers, &err);
@@ -165,23 +172,23 @@ start(struct ternd *t)
         goto fail;
     t->sched = sched_new(t->base, t->sp, t->dns, t->cfg);
     spool_set_commit_hook(t->sp, commit_hook, t);
-    n = sched_load_spool(t->sched);
     t->smtp = smtp_server_new(t->base, t->sp, t->sched, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
+    /* Listening already: the queue is read in the background. */
+    sched_load_spool(t->sched);
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);
     if (t->ctl == NULL)
         goto fail;
     if (t->cfg->metrics_listen.host[0] != '\0') {
-        t->metrics = metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp, status_json,
-            t, &err);
+        t->metrics =
+            metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp, status_json, t, &err);
         if (t->metrics == NULL)
             goto fail;
     }
     log_begin(&l, LOG_INFO, NULL, "main", "started");
     log_str(&l, "hostname", t->cfg->hostname);
     log_str(&l, "spool", t->cfg->spool_dir);
-    log_int(&l, "queued", n);
     log_end(&l);
     return 0;
 fail:
@@ -201,11 +208,17 @@ stop(struct ternd *t)
      * gone before spool_free. */
     for (int i = 0; i < 100 && smtp_server_unfreed(t->smtp) > 0; i++)
         event_base_loop(t->base, EVLOOP_NONBLOCK);
-    if (t->sp)
+    if (t->sp) {
+        /* Whatever recovery found goes to the scheduler before it stops. */
+        spool_recover_stop(t->sp);
+        loopq_run(t->inbox);
         spool_set_commit_hook(t->sp, NULL, NULL); /* late commits are loaded at next start */
+    }
     sched_free(t->sched);
     dns_free(t->dns);
-    spool_free(t->sp); /* finishes in-flight commits */
+    spool_free(t->sp); /* writes and syncs what is queued; callbacks posted */
+    if (t->inbox)
+        loopq_run(t->inbox);
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     smtp_server_free(t->smtp);
     ctl_server_free(t->ctl);
@@ -215,6 +228,7 @@ stop(struct ternd *t)
     event_free(t->sig_int);
     event_free(t->sig_hup);
     config_unref(t->cfg);
+    loopq_free(t->inbox);
     event_base_free(t->base);
 }
 

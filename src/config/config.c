@@ -20,6 +20,7 @@
 
 #include "config/config_int.h"
 #include "dkim/dkim.h"
+#include "spool/spool.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -321,6 +322,10 @@ check_combinations(struct loader *ld)
     if (c->retry_initial_ms > c->retry_max_ms) {
         where_of(ld, cfg_find(was_set(ld, "retry_initial") ? "retry_initial" : "retry_max"));
         cfg_error(&ld->errs, "retry_initial is longer than retry_max");
+    }
+    if (c->spool_segment_size < SPOOL_SEG_SIZE_MIN || c->spool_segment_size > SPOOL_SEG_SIZE_MAX) {
+        where_of(ld, cfg_find("spool_segment_size"));
+        cfg_error(&ld->errs, "spool_segment_size must be between 1m and 1024m");
     }
 }
 

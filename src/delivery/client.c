@@ -19,6 +19,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <openssl/ssl.h>
@@ -48,11 +49,13 @@ struct client_tx {
     size_t n_accepted;
     bool mail_failed;
     bool discard; /* 354 with no recipient accepted: send only "." */
-    int fd;       /* the spool file, or -1 */
-    uint64_t body_done;
-    bool at_line_start;
-    char tail[2]; /* last two body bytes */
-    char *chunk;  /* DELIV_CHUNK bytes while streaming */
+    /* The stored body (transmitted form: CRLF, dot-stuffed), as file
+     * segments on duplicated descriptors, so a compaction or deletion of
+     * the spool segment cannot pull bytes from under the output buffer. */
+    struct evbuffer_file_segment **segs;
+    uint64_t *seg_len;
+    size_t n_segs, cur_seg;
+    uint64_t seg_done; /* bytes of segs[cur_seg] handed to the output */
     struct buf out;
 };
 
@@ -168,8 +171,6 @@ tx_new(const struct delivery_job *job)
     tx->res = xcalloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*tx->res));
     tx->rst = xcalloc(job->n_rcpts ? job->n_rcpts : 1, 1);
     tx->sent = xcalloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*tx->sent));
-    tx->fd = -1;
-    tx->at_line_start = true;
     buf_init(&tx->out);
     return tx;
 }
@@ -179,12 +180,13 @@ tx_free(struct client_tx *tx)
 {
     if (tx == NULL)
         return;
-    if (tx->fd >= 0 && close(tx->fd) < 0)
-        log_simple(LOG_WARN, "delivery", "close_failed", "closing a queued message failed");
+    for (size_t i = 0; i < tx->n_segs; i++)
+        evbuffer_file_segment_free(tx->segs[i]); /* the output keeps its own references */
+    free(tx->segs);
+    free(tx->seg_len);
     free(tx->res);
     free(tx->rst);
     free(tx->sent);
-    free(tx->chunk);
     buf_fini(&tx->out);
     free(tx);
 }
@@ -1053,18 +1055,45 @@ env_has_8bit_addr(const struct spool_env *env, const struct client_tx *tx)
     return false;
 }
 
+/* The stored body's pieces as file segments (see struct client_tx). */
+static int
+tx_open_body(struct deliv_conn *c, struct client_tx *tx)
+{
+    const struct spool_body_piece *v;
+    size_t n;
+    struct spool_body *b = spool_body_open(c->d->sp, tx->job.env, &v, &n);
+    int rc = 0;
+    if (b == NULL)
+        return -1;
+    tx->segs = xcalloc(n ? n : 1, sizeof(*tx->segs));
+    tx->seg_len = xcalloc(n ? n : 1, sizeof(*tx->seg_len));
+    for (size_t i = 0; i < n && rc == 0; i++) {
+        int fd = fcntl(v[i].fd, F_DUPFD_CLOEXEC, 0);
+        struct evbuffer_file_segment *s =
+            fd < 0 ? NULL
+                   : evbuffer_file_segment_new(fd, (ev_off_t)v[i].off, (ev_off_t)v[i].len,
+                         EVBUF_FS_CLOSE_ON_FREE | EVBUF_FS_DISABLE_LOCKING);
+        if (s == NULL) {
+            if (fd >= 0)
+                close(fd);
+            rc = -1;
+            break;
+        }
+        tx->segs[tx->n_segs] = s;
+        tx->seg_len[tx->n_segs++] = v[i].len;
+    }
+    spool_body_close(b);
+    return rc;
+}
+
 /* Checks before anything is sent. -1: every recipient has its result. */
 static int
 tx_precheck(struct deliv_conn *c, struct client_tx *tx)
 {
     const struct spool_env *env = tx->job.env;
     struct tern_status st;
-    uint64_t end;
-    tx->fd = spool_open_message(c->d->sp, env->qid);
-    if (tx->fd < 0) {
+    if (tx_open_body(c, tx) < 0) {
         own_status(&st, 451, "4.3.0", "cannot open the queued message: %s", strerror(errno));
-    } else if (__builtin_add_overflow(env->body_off, env->body_len, &end) || end > INT64_MAX) {
-        own_status(&st, 451, "4.3.0", "damaged queued message");
     } else if (c->ext.size && c->ext.size_max > 0 && env->body_len > c->ext.size_max) {
         /* RFC 1870 §6.1: do not send what the server said it will refuse. */
         own_status(&st, 552, "5.3.4",
@@ -1098,8 +1127,8 @@ put_mail(struct deliv_conn *c, const struct spool_env *env, struct buf *b)
 {
     buf_printf(b, "MAIL FROM:<%s>", env->sender);
     if (c->ext.size)
-        buf_printf(b, " SIZE=%" PRIu64,
-            env->body_len + (env->prefix ? (uint64_t)strlen(env->prefix) : 0));
+        buf_printf(
+            b, " SIZE=%" PRIu64, env->body_len + (env->prefix ? (uint64_t)strlen(env->prefix) : 0));
     if (env->body != BODY_7BIT && c->ext.eightbitmime)
         buf_append_str(b, " BODY=8BITMIME");
     if (env->smtputf8)
@@ -1207,7 +1236,7 @@ static void
 body_start(struct deliv_conn *c)
 {
     struct client_tx *tx = c->tx;
-    tx->chunk = xmalloc(DELIV_CHUNK);
+    bool bol = true;
     c->state = CS_BODY;
     /* The write callback fires when the output drains to the low mark. */
     bufferevent_setwatermark(c->bev, EV_WRITE, DELIV_WRITE_LOW, 0);
@@ -1216,8 +1245,7 @@ body_start(struct deliv_conn *c)
         /* Header fields made once at commit (DKIM-Signature), sent above
          * the stored message; dot-stuffed like the rest. */
         buf_reset(&tx->out);
-        if (smtp_data_stuff(tx->job.env->prefix, strlen(tx->job.env->prefix), &tx->at_line_start,
-                &tx->out) < 0)
+        if (smtp_data_stuff(tx->job.env->prefix, strlen(tx->job.env->prefix), &bol, &tx->out) < 0)
             tern_panic("cannot grow the DATA buffer");
         conn_write(c, tx->out.data, tx->out.len);
     }
@@ -1225,59 +1253,41 @@ body_start(struct deliv_conn *c)
 }
 
 static void
-body_read_failed(struct deliv_conn *c, int err)
-{
-    struct tern_status st;
-    /* No final dot: the server discards the partial message. */
-    if (err != 0)
-        own_status(&st, 451, "4.3.0", "cannot read the queued message: %s", strerror(err));
-    else
-        own_status(&st, 451, "4.3.0", "cannot read the queued message: file is short");
-    conn_fail(c, &st, false);
-}
-
-static void
 body_finish(struct deliv_conn *c)
 {
-    struct client_tx *tx = c->tx;
-    /* The stored message ends with CRLF; be safe if it does not (§4.1.1.4). */
-    if (tx->job.env->body_len > 0 && (tx->tail[0] != '\r' || tx->tail[1] != '\n'))
-        conn_write_str(c, "\r\n");
+    /* The stored body is dot-stuffed and ends with CRLF (the spool makes
+     * sure of it): only the final dot is left (RFC 5321 §4.1.1.4). */
     conn_write_str(c, ".\r\n");
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     c->state = CS_DOT;
     conn_arm(c, c->reply_ms);
 }
 
+/* Hand the output the next pieces of the body, by reference: sendfile on a
+ * plain connection, read by the TLS layer otherwise; never more than
+ * DELIV_WRITE_HIGH ahead of the peer. */
 static void
 body_fill(struct deliv_conn *c)
 {
     struct client_tx *tx = c->tx;
-    const struct spool_env *env = tx->job.env;
     struct evbuffer *out = bufferevent_get_output(c->bev);
-    while (evbuffer_get_length(out) < DELIV_WRITE_HIGH && tx->body_done < env->body_len) {
-        uint64_t left = env->body_len - tx->body_done;
+    while (evbuffer_get_length(out) < DELIV_WRITE_HIGH && tx->cur_seg < tx->n_segs) {
+        uint64_t left = tx->seg_len[tx->cur_seg] - tx->seg_done;
         size_t want = left < DELIV_CHUNK ? (size_t)left : DELIV_CHUNK;
-        ssize_t n = pread(tx->fd, tx->chunk, want, (off_t)(env->body_off + tx->body_done));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            body_read_failed(c, n < 0 ? errno : 0);
+        if (want > 0 && evbuffer_add_file_segment(out, tx->segs[tx->cur_seg],
+                            (ev_off_t)tx->seg_done, (ev_off_t)want) < 0) {
+            struct tern_status st;
+            own_status(&st, 451, "4.3.0", "cannot read the queued message");
+            conn_fail(c, &st, false);
             return;
         }
-        if (n >= 2) {
-            tx->tail[0] = tx->chunk[n - 2];
-        } else {
-            tx->tail[0] = tx->tail[1];
+        tx->seg_done += want;
+        if (tx->seg_done == tx->seg_len[tx->cur_seg]) {
+            tx->cur_seg++;
+            tx->seg_done = 0;
         }
-        tx->tail[1] = tx->chunk[n - 1];
-        buf_reset(&tx->out);
-        if (smtp_data_stuff(tx->chunk, (size_t)n, &tx->at_line_start, &tx->out) < 0)
-            tern_panic("cannot grow the DATA buffer");
-        conn_write(c, tx->out.data, tx->out.len);
-        tx->body_done += (uint64_t)n;
     }
-    if (tx->body_done == env->body_len)
+    if (tx->cur_seg == tx->n_segs)
         body_finish(c);
 }
 

@@ -16,8 +16,8 @@
 #include <unistd.h>
 
 #include "util/buf.h"
-#include "util/util.h"
 #include "util/fsutil.h"
+#include "util/util.h"
 
 #define DSN_WIDTH          76   /* preferred line width */
 #define DSN_LINE_MAX       900  /* hard cap of our own lines (RFC 5322 §2.1.1 allows 998) */
@@ -328,8 +328,8 @@ fmt_date(char *dst, size_t cap, int64_t ms)
 enum dsn_ret_mode { RET_NONE, RET_FULL, RET_HDRS };
 
 struct dsn_orig {
-    int fd;
-    uint64_t off; /* where the message starts in fd */
+    const char *data; /* the original's content, its first `avail` bytes */
+    size_t avail;
     uint64_t len; /* bytes of it to return */
     enum dsn_ret_mode mode;
     const char *why; /* RET_HDRS: why only the headers, for part 1 */
@@ -337,17 +337,15 @@ struct dsn_orig {
     char *chunk;     /* DSN_CHUNK bytes, owned */
 };
 
-/* Read exactly n bytes at off (n <= DSN_CHUNK). 0, or -1 with errno. */
+/* Copy exactly n bytes at off (n <= DSN_CHUNK). 0, or -1 with errno. */
 static int
 orig_pread(const struct dsn_orig *g, uint64_t off, size_t n, char *dst)
 {
-    ssize_t r = fd_pread_full(g->fd, dst, n, g->off + off);
-    if (r < 0)
-        return -1;
-    if ((size_t)r < n) {
-        errno = EIO; /* the spool file is shorter than its envelope says */
+    if (off > g->avail || n > g->avail - off) {
+        errno = EIO; /* the stored message is shorter than its envelope says */
         return -1;
     }
+    memcpy(dst, g->data + off, n);
     return 0;
 }
 
@@ -438,12 +436,12 @@ orig_copy(struct dsn_out *o, struct dsn_orig *g)
 
 /* Decide what of the original is returned and how much of it. */
 static int
-orig_plan(struct dsn_orig *g, const struct spool_env *orig, int fd)
+orig_plan(struct dsn_orig *g, const struct spool_env *orig, const char *data, size_t avail)
 {
-    g->fd = fd;
-    g->off = orig->body_off;
+    g->data = data;
+    g->avail = avail;
     g->strip8 = orig->body == BODY_7BIT && !orig->smtputf8;
-    if (fd < 0 || orig->body_len == 0) {
+    if (data == NULL || orig->body_len == 0) {
         g->mode = RET_NONE;
         return 0;
     }
@@ -831,8 +829,8 @@ dsn_ctx_init(struct dsn_ctx *c, const struct config *cfg, const struct spool_env
 
 int
 dsn_write_message(const struct config *cfg, const struct spool_env *orig,
-    const struct dsn_rcpt_result *results, size_t n, int orig_fd, const char *dsn_qid,
-    int64_t now_ms, dsn_write_fn write, void *arg)
+    const struct dsn_rcpt_result *results, size_t n, const char *orig_data, size_t orig_avail,
+    const char *dsn_qid, int64_t now_ms, dsn_write_fn write, void *arg)
 {
     if (cfg == NULL || write == NULL || dsn_check_args(orig, results, n, dsn_qid) != 0) {
         errno = EINVAL;
@@ -843,7 +841,7 @@ dsn_write_message(const struct config *cfg, const struct spool_env *orig,
     int rc = -1;
     dsn_ctx_init(&c, cfg, orig, results, n, dsn_qid, now_ms);
     /* Read the original (and find a safe boundary) before writing anything. */
-    if (orig_plan(&c.g, orig, orig_fd) != 0 || pick_boundary(&c, dsn_qid) != 0)
+    if (orig_plan(&c.g, orig, orig_data, orig_avail) != 0 || pick_boundary(&c, dsn_qid) != 0)
         goto out;
     c.eightbit = c.utf8 || (c.g.mode != RET_NONE && !c.g.strip8);
     write_headers(&o, &c);

@@ -147,7 +147,7 @@ dest_get(struct sched *s, const struct delivery_dest *dd)
         d->d = *dd;
         map_put_str(s->dests, d->d.key, d);
     } else if (d->d.n_hops != dd->n_hops ||
-        memcmp(d->d.hops, dd->hops, dd->n_hops * sizeof(dd->hops[0])) != 0) {
+               memcmp(d->d.hops, dd->hops, dd->n_hops * sizeof(dd->hops[0])) != 0) {
         d->d = *dd; /* the route's hops changed with a reload */
     }
     return d;
@@ -328,16 +328,40 @@ sched_add(struct sched *s, const struct spool_env *env)
 }
 
 static void
-load_one(struct spool_env *env, void *arg)
+found_cb(const struct spool_entry *v, size_t n, void *arg)
 {
-    /* After a restart every queued message is due at once (contract). */
-    sched_take_env(arg, env, tern_now_ms());
+    struct sched *s = arg;
+    int64_t now = tern_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        struct spool_env *env = spool_load_checked(s->sp, v[i].qid);
+        if (env == NULL)
+            continue; /* damaged: the spool said so */
+        /* Retry times survive a restart; what is due is tried at once. */
+        sched_take_env(s, env, v[i].next_try_ms > now ? v[i].next_try_ms : now);
+    }
 }
 
-long
+static void
+recovered_cb(void *arg, long count)
+{
+    struct sched *s = arg;
+    struct logline l;
+    s->loaded = true;
+    log_begin(&l, LOG_INFO, NULL, "queue", "loaded");
+    log_int(&l, "messages", count);
+    log_end(&l);
+}
+
+void
 sched_load_spool(struct sched *s)
 {
-    return spool_walk(s->sp, load_one, s);
+    spool_recover(s->sp, found_cb, recovered_cb, s);
+}
+
+bool
+sched_loaded(const struct sched *s)
+{
+    return s->loaded;
 }
 
 /* Remove a finished or deleted message from memory and the spool. */
@@ -345,11 +369,9 @@ static void
 msg_finish(struct sched *s, struct sched_msg *m, const char *why)
 {
     struct logline l;
-    int rc = spool_remove(s->sp, m->env->qid);
-    log_begin(&l, rc == 0 ? LOG_INFO : LOG_ERROR, m->env->qid, "queue", "removed");
+    spool_remove(s->sp, m->env->qid);
+    log_begin(&l, LOG_INFO, m->env->qid, "queue", "removed");
     log_str(&l, "reason", why);
-    if (rc != 0)
-        log_errno(&l, errno);
     log_end(&l);
     s->st.queue_rcpts -= msg_pending(m);
     s->st.queue_messages--;
@@ -367,7 +389,29 @@ static int
 dsn_sink_write(void *arg, const void *data, size_t len)
 {
     struct dsn_sink *k = arg;
-    return spool_writer_write(k->w, data, len);
+    spool_writer_write(k->w, data, len);
+    return 0;
+}
+
+/* The first max bytes of a message's content (owned), for its DSN. */
+static char *
+read_original(struct sched *s, const struct spool_env *env, size_t max, size_t *len)
+{
+    struct spool_content *c = spool_content_open(s->sp, env);
+    struct buf b = BUF_INIT;
+    const char *p;
+    size_t n;
+    int r;
+    while (b.len < max && (r = spool_content_next(c, &p, &n)) == 1)
+        buf_append(&b, p, n < max - b.len ? n : max - b.len);
+    spool_content_close(c);
+    if (b.len < max && b.len < env->body_len) {
+        buf_fini(&b);
+        *len = 0;
+        return NULL;
+    }
+    *len = b.len;
+    return buf_take(&b);
 }
 
 /* Queue a DSN about results[0..n) of m's message. */
@@ -377,20 +421,21 @@ sched_make_dsn(struct sched *s, struct sched_msg *m, const struct dsn_rcpt_resul
     struct spool_env *denv;
     struct dsn_sink k;
     struct logline l;
-    int fd, rc;
+    char *orig;
+    size_t olen;
+    int rc;
     if (n == 0)
         return;
     denv = dsn_envelope(m->env);
     if (denv == NULL)
         return; /* no DSN to the null sender */
     k.w = spool_writer_new(s->sp, denv);
-    fd = spool_open_message(s->sp, m->env->qid);
-    rc = k.w ? dsn_write_message(s->cfg, m->env, res, n, fd, spool_writer_qid(k.w),
-                   tern_now_ms(), dsn_sink_write, &k)
-             : -1;
-    if (fd >= 0)
-        close(fd);
-    log_begin(&l, rc == 0 ? LOG_INFO : LOG_ERROR, m->env->qid, "dsn", rc == 0 ? "queued" : "failed");
+    orig = read_original(s, m->env, DSN_MAX_RETURN, &olen);
+    rc = dsn_write_message(s->cfg, m->env, res, n, orig, olen, spool_writer_qid(k.w), tern_now_ms(),
+        dsn_sink_write, &k);
+    free(orig);
+    log_begin(
+        &l, rc == 0 ? LOG_INFO : LOG_ERROR, m->env->qid, "dsn", rc == 0 ? "queued" : "failed");
     if (k.w)
         log_str(&l, "dsn_qid", spool_writer_qid(k.w));
     log_str(&l, "to", m->env->sender);
@@ -398,12 +443,8 @@ sched_make_dsn(struct sched *s, struct sched_msg *m, const struct dsn_rcpt_resul
     if (rc != 0)
         log_errno(&l, errno);
     log_end(&l);
-    if (k.w == NULL) {
-        spool_env_free(denv);
-        return;
-    }
     if (rc == 0)
-        spool_writer_commit(k.w, NULL, 0, NULL);
+        spool_writer_commit(k.w, NULL, NULL, 0, NULL);
     else
         spool_writer_abort(k.w);
     spool_env_free(denv);
@@ -451,9 +492,8 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
 /* Apply one recipient's result; returns true when it became final and a
  * DSN entry was written into *dr. */
 static bool
-apply_result(struct sched *s, struct sched_msg *m, size_t idx,
-    const struct delivery_rcpt_result *r, const char *relay, const char *mta, int64_t *next_ms,
-    struct dsn_rcpt_result *dr)
+apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct delivery_rcpt_result *r,
+    const char *relay, const char *mta, int64_t *next_ms, struct dsn_rcpt_result *dr)
 {
     struct spool_rcpt *rc = &m->env->rcpts[idx];
     char reply[STATUS_TEXT_MAX + 32];
@@ -472,21 +512,20 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
         s->st.delivered++;
         log_result("delivered", m, rc, relay, reply, 0);
         act = DSN_ACTION_RELAYED;
-    } else if (r->cls == DELIV_TEMP &&
-        !retry_expired(s->cfg, m->env->arrival_ms, tern_now_ms())) {
+    } else if (r->cls == DELIV_TEMP && !retry_expired(s->cfg, m->env->arrival_ms, tern_now_ms())) {
         double rnd = (double)(random() % 1000000) / 1000000.0;
         int64_t delay = retry_delay_ms(s->cfg, rc->attempts, rnd);
         if (*next_ms == 0 || delay < *next_ms)
             *next_ms = delay;
+        rc->next_try_ms = tern_now_ms() + delay;
         s->st.deferred++;
         log_result("deferred", m, rc, relay, reply, delay);
-        spool_update_rcpt(s->sp, m->env->qid, idx, rc->state, rc->attempts, rc->last_error);
         return false;
     } else if (r->cls == DELIV_TEMP) {
         rc->state = RCPT_FAILED;
         s->st.expired++;
-        STATUS_SET(&dr->status, r->st.code >= 400 && r->st.code < 500 ? r->st.code : 451,
-            "4.4.7", "delivery time expired; last error: %s", reply);
+        STATUS_SET(&dr->status, r->st.code >= 400 && r->st.code < 500 ? r->st.code : 451, "4.4.7",
+            "delivery time expired; last error: %s", reply);
         dr->from_remote = false;
         log_result("expired", m, rc, relay, reply, 0);
     } else {
@@ -495,7 +534,6 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
         log_result("bounced", m, rc, relay, reply, 0);
     }
     s->st.queue_rcpts--;
-    spool_update_rcpt(s->sp, m->env->qid, idx, rc->state, rc->attempts, rc->last_error);
     dr->action = act;
     if (act == DSN_ACTION_RELAYED) {
         /* RFC 3461 §6.2.3: a next hop without DSN cannot honour
@@ -539,8 +577,8 @@ dest_note(struct sched *s, struct sched_dest *d, bool failed)
         return;
     }
     d->down_count++;
-    d->down_until_ms = tern_now_ms() +
-        retry_delay_ms(s->cfg, d->down_count, (double)(random() % 1000000) / 1000000.0);
+    d->down_until_ms = tern_now_ms() + retry_delay_ms(s->cfg, d->down_count,
+                                           (double)(random() % 1000000) / 1000000.0);
     log_begin(&l, LOG_INFO, NULL, "sched", "destination_down");
     log_str(&l, "destination", d->d.key);
     log_int(&l, "failures", d->down_count);
@@ -552,8 +590,8 @@ dest_note(struct sched *s, struct sched_dest *d, bool failed)
 /* Apply the results of one unit's attempt (from delivery, or made up when
  * a unit expires while its destination is down). */
 static void
-unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_result *res,
-    size_t n, const char *relay)
+unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_result *res, size_t n,
+    const char *relay)
 {
     struct sched_msg *m = u->msg;
     struct dsn_rcpt_result *dsn, *ok;
@@ -583,9 +621,8 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
          * latest temporary failure, cleared by a success. */
         if (res[i].cls != DELIV_PERM) {
             free(u->dest->last_error);
-            u->dest->last_error = res[i].cls == DELIV_TEMP
-                ? xstrdup(m->env->rcpts[idx].last_error)
-                : NULL;
+            u->dest->last_error =
+                res[i].cls == DELIV_TEMP ? xstrdup(m->env->rcpts[idx].last_error) : NULL;
         }
     }
     u->n_rcpt = keep;
@@ -605,6 +642,9 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
         msg_finish(s, m, "done");
         return;
     }
+    /* The results of this attempt, for a restart (not synced on their own:
+     * see spool.h). */
+    spool_update_state(s->sp, m->env);
     if (m->reroute && m->n_flight == 0) {
         msg_rebuild(s, m, tern_now_ms() + next_ms);
         sched_arm(s);
@@ -625,8 +665,8 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
 }
 
 static void
-dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n,
-    const char *relay)
+dl_done(
+    void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n, const char *relay)
 {
     struct sched *s = arg;
     struct sched_unit *u = map_del_u64(s->flight, job_id);
@@ -840,7 +880,7 @@ sched_hold(struct sched *s, const char *qid, bool hold)
         return -1;
     if (m->env->held != hold) {
         m->env->held = hold;
-        spool_update_held(s->sp, qid, hold);
+        spool_update_state(s->sp, m->env);
     }
     log_begin(&l, LOG_INFO, qid, "queue", hold ? "held" : "released");
     log_end(&l);

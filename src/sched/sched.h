@@ -30,15 +30,18 @@ struct sched_stats {
 
 /* cfg: a reference is taken (sched_set_config replaces it). The scheduler
  * creates and owns the delivery engine. */
-struct sched *sched_new(struct event_base *base, struct spool *sp, struct dns *dns,
-    struct config *cfg);
+struct sched *sched_new(
+    struct event_base *base, struct spool *sp, struct dns *dns, struct config *cfg);
 void sched_free(struct sched *s); /* stops delivery first (answers in-flight jobs) */
 void sched_set_config(struct sched *s, struct config *cfg);
 
 /* Learn of a committed message (the spool commit hook; env is copied). */
 void sched_add(struct sched *s, const struct spool_env *env);
-/* Load the spool at start-up (takes ownership of each env). Returns count. */
-long sched_load_spool(struct sched *s);
+/* Load the spool at start-up, in the background: messages are added as
+ * recovery finds them. */
+void sched_load_spool(struct sched *s);
+/* Has the spool been read whole since sched_load_spool? */
+bool sched_loaded(const struct sched *s);
 
 /* Operator actions. 0 ok, -1 unknown queue id. */
 void sched_flush(struct sched *s);

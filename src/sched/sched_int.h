@@ -56,6 +56,7 @@ struct sched {
     size_t heap_len, heap_cap;
     uint64_t next_unit_id;
     struct sched_stats st;
+    bool loaded; /* the spool's recovery is done */
 };
 
 #endif

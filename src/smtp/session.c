@@ -463,9 +463,10 @@ tx_dkim_feed(struct smtp_session *s)
     tx->dkim = NULL;
 }
 
-/* The spool finisher: the private-key operations, on a commit worker. */
+/* The spool finisher: the private-key operations, on a worker thread. The
+ * signer was fed as the message came in, so body is not read here. */
 static int
-dkim_finisher(const char *qid, struct buf *prefix, void *arg)
+dkim_finisher(const char *qid, struct spool_content *body, struct buf *prefix, void *arg)
 {
     struct dkim_outcome res;
     struct logline l;
@@ -487,20 +488,14 @@ dkim_finisher_free(void *arg)
     dkim_signer_free(arg);
 }
 
-/* Create the spool file and write the Received header: the start of DATA
- * and of the first BDAT chunk. */
+/* Start the spool writer and write the Received header: the start of DATA
+ * and of the first BDAT chunk. (Nothing touches a disk before the commit,
+ * so this cannot fail.) */
 static bool
 tx_open(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
     tx->w = spool_writer_new(s->srv->sp, tx->env);
-    if (tx->w == NULL) {
-        struct logline l;
-        log_begin(&l, LOG_ERROR, NULL, "spool", "create_failed");
-        log_errno(&l, errno);
-        log_end(&l);
-        return false;
-    }
     add_received(s, spool_writer_qid(tx->w));
     tx_dkim_start(s);
     return true;
@@ -632,18 +627,16 @@ static bool
 tx_flush(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
-    if (tx->io_error || tx->too_big) {
+    if (tx->too_big) {
         buf_reset(&tx->out);
-        return !tx->io_error;
+        return true;
     }
     if (tx->dkim != NULL && tx->out.len > 0)
         tx_dkim_feed(s);
-    if (tx->out.len && spool_writer_write(tx->w, tx->out.data, tx->out.len) < 0) {
-        tx->io_error = true;
-        tx->io_errno = errno;
-    }
+    if (tx->out.len)
+        spool_writer_write(tx->w, tx->out.data, tx->out.len);
     buf_reset(&tx->out);
-    return !tx->io_error;
+    return true;
 }
 
 /* Why the message cannot be accepted, or false when it can. */
@@ -651,9 +644,7 @@ static bool
 tx_rejected(struct smtp_session *s, struct tern_status *st)
 {
     struct smtp_tx *tx = s->tx;
-    if (tx->io_error)
-        STATUS_SET(st, 452, "4.3.1", "Insufficient system storage");
-    else if (tx->too_big)
+    if (tx->too_big)
         STATUS_SET(st, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
             (unsigned long long)s->cfg->max_message_size);
     else if (tx->dec.bad_eol)
@@ -726,7 +717,7 @@ tx_finish(struct smtp_session *s)
         spool_writer_set_finisher(tx->w, dkim_finisher, dkim_finisher_free, tx->dkim);
         tx->dkim = NULL;
     }
-    spool_writer_commit(tx->w, commit_cb, s->id, s->srv);
+    spool_writer_commit(tx->w, spool_owner(s->srv->sp), commit_cb, s->id, s->srv);
     tx->w = NULL;
     tx_free(tx);
     s->tx = NULL;

@@ -54,8 +54,7 @@ struct smtp_tx {
     struct spool_writer *w; /* owned once DATA/BDAT started */
     struct smtp_data_dec dec;
     struct buf out; /* decoded bytes not yet handed to the writer */
-    bool too_big, io_error;
-    int io_errno;
+    bool too_big;
     /* DKIM: fed every message byte handed to the writer but tern's own
      * Received field (dkim_skip bytes at the start); handed to the spool
      * writer as its finisher at the end of the message. */

@@ -25,7 +25,7 @@ def test_retry_after_451(tern, sink):
     assert "4.3.0" in str(d.get("reason")) or "come back" in str(d.get("reason")), d["_raw"]
     assert str(d.get("attempts")) == "1", d["_raw"]
     assert sink.to(rcpt) == []
-    assert qid in tern.queue_files(), "a deferred message stays in the queue"
+    assert qid in tern.queued(), "a deferred message stays in the queue"
     # the next attempt fails too, then the sink recovers
     wait_for(lambda: sink.rcpt_attempt_count(rcpt) >= 2, desc="a second attempt")
     sink.rcpt_replies.clear()
@@ -36,7 +36,7 @@ def test_retry_after_451(tern, sink):
     evs = [r for r in tern.events(qid=qid) if r.get("event") in ("deferred", "delivered")]
     names = [r["event"] for r in evs]
     assert names[0] == "deferred" and names[-1] == "delivered" and names.count("delivered") == 1, names
-    wait_for(lambda: qid not in tern.queue_files(), desc="queue file removed after delivery")
+    wait_for(lambda: qid not in tern.queued(), desc="queue file removed after delivery")
     assert len(sink.to(rcpt)) == 1
     assert sink.from_null_to(sender) == [], "no DSN for a delivered message"
     # the interface names the key of the next retry time "next"
@@ -74,7 +74,7 @@ def test_dsn_on_permanent_failure(tern, sink):
     assert len(sink.wait_to(ok)) == 1
     b = tern.wait_event("bounced", qid=qid)
     assert b.get("to") == bad and "5.1.1" in str(b.get("reason")), b["_raw"]
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty after the DSN went out")
+    wait_for(lambda: tern.queued() == [], desc="queue empty after the DSN went out")
     assert len(sink.to(ok)) == 1
     assert sink.rcpt_attempt_count(bad) == 1, "a permanent failure is not retried"
     assert len(sink.from_null_to(sender)) == 1
@@ -101,12 +101,12 @@ def test_dsn_notify_never_and_null_sender(tern, sink):
                              and r.get("qid") != q1], desc="received line of the null-sender message")
     q2 = recv[0]["qid"]
     tern.wait_event("bounced", qid=q2)
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
     # barrier: a DSN that must be made, made after the two failures above
     s3 = f"barrier-{u}@src.test"
     tern.send(s3, [f"permfail-b-{u}@example.org"], message(f"barrier {u}", sender=s3))
     sink.wait_dsn(s3)
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
     assert sink.from_null_to(s1) == [], "DSN sent despite NOTIFY=NEVER"
     nulls = [t for t in sink.snapshot() if t.mail_from == ""]
     assert len(nulls) == 1 and [r.lower() for r in nulls[0].rcpt_tos] == [s3], [
@@ -131,7 +131,7 @@ def test_expiry(make_tern, sink):
     assert dsn_field(blk, "Status").split()[0] == "4.4.7"
     assert tern.events("expired", qid=qid), "an expired line with the qid"
     assert sink.rcpt_attempt_count(rcpt) >= 2, "retried before expiring"
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty after expiry")
+    wait_for(lambda: tern.queued() == [], desc="queue empty after expiry")
     assert sink.to(rcpt) == []
 
 

@@ -58,7 +58,7 @@ def test_relay_smtplib_exact_content(tern, sink):
         assert "127.0.0.1" in str(d.get("relay")), d["_raw"]
         assert str(d.get("reply", "")).startswith("250"), d["_raw"]
         assert "delay" in d, d["_raw"]
-    wait_for(lambda: not tern.queue_files(), desc="queue to empty")
+    wait_for(lambda: not tern.queued(), desc="queue to empty")
 
 
 def test_relay_swaks(tern, sink):

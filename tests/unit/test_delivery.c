@@ -28,12 +28,13 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "testnet.h"
 #include "delivery/delivery.h"
 #include "delivery/delivery_int.h"
 #include "dns/dns.h"
 #include "spool/spool.h"
+#include "testnet.h"
 #include "util/log.h"
+#include "util/loopq.h"
 #include "util/util.h"
 
 /* ---- pure parsers ---- */
@@ -495,6 +496,7 @@ struct tres {
 };
 
 struct harness {
+    struct loopq *q;
     struct event_base *base;
     char dir[64];
     struct spool *sp;
@@ -636,11 +638,11 @@ add_job(struct harness *h, const char *sender, const char *const *rcpts, size_t 
         spool_env_add_rcpt(e, rcpts[i], NULL, 0);
     w = spool_writer_new(h->sp, e);
     assert_non_null(w);
-    assert_int_equal(spool_writer_write(w, body, strlen(body)), 0);
+    spool_writer_write(w, body, strlen(body));
     snprintf(qid, sizeof(qid), "%s", e->qid);
     spool_env_free(e);
     h->committed = false;
-    spool_writer_commit(w, commit_cb, 1, h);
+    spool_writer_commit(w, h->q, commit_cb, 1, h);
     run_until(h, is_committed);
     h->envs[j] = spool_load(h->sp, qid);
     assert_non_null(h->envs[j]);
@@ -673,7 +675,8 @@ h_new(const struct step *const *scripts, size_t n_scripts)
     h->base = event_base_new();
     snprintf(h->dir, sizeof(h->dir), "/tmp/test_delivery.XXXXXX");
     assert_non_null(mkdtemp(h->dir));
-    h->sp = spool_open(h->dir, h->base, &err);
+    h->q = loopq_new(h->base);
+    h->sp = spool_open(h->dir, h->q, NULL, &err);
     assert_non_null(h->sp);
     buf_fini(&err);
     h->cfg.refs = 1;
@@ -718,6 +721,7 @@ h_free(struct harness *h)
     for (size_t i = 0; i < N_MX; i++)
         server_stop(&h->mx[i]);
     spool_free(h->sp);
+    loopq_free(h->q);
     for (size_t i = 0; i < h->n_jobs; i++)
         spool_env_free(h->envs[i]);
     event_base_free(h->base);

@@ -29,8 +29,10 @@
 #include "dns/dns.h"
 #include "sched/sched.h"
 #include "spool/spool.h"
+#include "spool/spool_int.h"
 #include "util/buf.h"
 #include "util/log.h"
+#include "util/loopq.h"
 #include "util/util.h"
 
 /* ---- the scripted SMTP server ---- */
@@ -369,6 +371,7 @@ struct hooked {
 
 struct h {
     struct event_base *base;
+    struct loopq *q;
     char dir[64];
     struct spool *sp;
     struct config *cfg;
@@ -478,7 +481,7 @@ static void
 h_start_sched(struct h *h)
 {
     struct buf err = BUF_INIT;
-    h->sp = spool_open(h->dir, h->base, &err);
+    h->sp = spool_open(h->dir, h->q, NULL, &err);
     if (h->sp == NULL)
         fail_msg("spool_open: %s", err.data ? err.data : "?");
     buf_fini(&err);
@@ -497,6 +500,8 @@ h_new(const struct rule *rules, size_t n_rules, const char *extra, bool closed)
     struct h *h = xcalloc(1, sizeof(*h));
     h->base = event_base_new();
     assert_non_null(h->base);
+    h->q = loopq_new(h->base);
+    assert_non_null(h->q);
     snprintf(h->dir, sizeof(h->dir), "/tmp/test_sched.XXXXXX");
     assert_non_null(mkdtemp(h->dir));
     srv_start(&h->srv[0], h->base, rules, n_rules);
@@ -509,17 +514,22 @@ h_new(const struct rule *rules, size_t n_rules, const char *extra, bool closed)
 static void
 h_stop_sched(struct h *h)
 {
+    spool_recover_stop(h->sp);
+    loopq_run(h->q);
     spool_set_commit_hook(h->sp, NULL, NULL); /* as ternd: no sched_add after sched_free */
     sched_free(h->s);
     h->s = NULL;
     dns_free(h->dns);
     h->dns = NULL;
-    spool_free(h->sp); /* drains the status updates */
+    spool_free(h->sp); /* writes the state records still queued */
     h->sp = NULL;
+    loopq_run(h->q);
 }
 
+static struct sched_stats stats(const struct h *h);
+
 /* Stop scheduler and spool, keep the files, start again with smarthost port:
- * returns sched_load_spool's count. */
+ * returns how many messages the scheduler loaded. */
 static long
 h_restart(struct h *h, uint16_t port, const char *extra)
 {
@@ -528,7 +538,9 @@ h_restart(struct h *h, uint16_t port, const char *extra)
     h->port = port;
     h->cfg = h_config(h, port, extra);
     h_start_sched(h);
-    return sched_load_spool(h->s);
+    sched_load_spool(h->s);
+    RUN_UNTIL(h, sched_loaded(h->s), 5000);
+    return (long)stats(h).queue_messages;
 }
 
 static void
@@ -539,6 +551,7 @@ h_free(struct h *h)
     config_unref(h->cfg);
     srv_stop(&h->srv[0]);
     srv_stop(&h->srv[1]);
+    loopq_free(h->q);
     event_base_free(h->base);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
     assert_int_equal(system(cmd), 0);
@@ -558,38 +571,33 @@ h_submit(struct h *h, const char *sender, const char *const *rcpts, size_t n, ch
         spool_env_add_rcpt(e, rcpts[i], NULL, 0);
     w = spool_writer_new(h->sp, e);
     assert_non_null(w);
-    assert_int_equal(spool_writer_write(w, body, strlen(body)), 0);
+    spool_writer_write(w, body, strlen(body));
     snprintf(qid, SPOOL_QID_LEN + 1, "%s", e->qid);
     spool_env_free(e);
     h->committed = false;
-    spool_writer_commit(w, commit_cb, 7, h);
+    spool_writer_commit(w, h->q, commit_cb, 7, h);
     RUN_UNTIL(h, h->committed, 3000);
     assert_true(h->commit_ok);
 }
 
-/* Messages in SPOOL/queue/. */
+/* Live messages in the spool, once every record asked for is written. */
 static size_t
 queue_count(const struct h *h)
 {
-    char path[128];
-    size_t n = 0;
-    struct dirent *de;
-    DIR *d;
-    snprintf(path, sizeof(path), "%s/queue", h->dir);
-    d = opendir(path);
-    assert_non_null(d);
-    while ((de = readdir(d)) != NULL)
-        n += de->d_name[0] != '.';
-    closedir(d);
-    return n;
+    struct spool_stats st;
+    spool_sync_wait(h->sp);
+    spool_get_stats(h->sp, &st);
+    return (size_t)st.live_messages;
 }
 
 static bool
 in_spool(const struct h *h, const char *qid)
 {
-    char path[128];
-    snprintf(path, sizeof(path), "%s/queue/%s", h->dir, qid);
-    return access(path, F_OK) == 0;
+    struct spool_env *env;
+    spool_sync_wait(h->sp);
+    env = spool_load(h->sp, qid);
+    spool_env_free(env);
+    return env != NULL;
 }
 
 static struct sched_stats
