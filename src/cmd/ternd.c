@@ -71,15 +71,23 @@ status_json(struct buf *out, void *arg)
 {
     struct ternd *t = arg;
     struct sched_stats st;
+    struct spool_stats ss;
     sched_get_stats(t->sched, &st);
+    spool_get_stats(t->sp, &ss);
     buf_printf(out,
         "{\"queue_messages\":%zu,\"queue_recipients\":%zu,\"sessions\":%zu,"
         "\"received\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
-        "\"expired\":%llu,\"uptime_s\":%lld}",
+        "\"expired\":%llu,\"uptime_s\":%lld,\"loading\":%s,"
+        "\"spool\":{\"batches\":%llu,\"syncs\":%llu,\"records\":%llu,\"segments\":%llu,"
+        "\"segments_deleted\":%llu,\"compacted\":%llu}}",
         st.queue_messages, st.queue_rcpts, smtp_server_sessions(t->smtp),
         (unsigned long long)st.received, (unsigned long long)st.delivered,
         (unsigned long long)st.deferred, (unsigned long long)st.bounced,
-        (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000));
+        (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000),
+        sched_loaded(t->sched) ? "false" : "true", (unsigned long long)ss.batches,
+        (unsigned long long)ss.syncs, (unsigned long long)ss.records,
+        (unsigned long long)ss.segments, (unsigned long long)ss.segments_deleted,
+        (unsigned long long)ss.compacted);
 }
 
 static void
