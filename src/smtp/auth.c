@@ -17,6 +17,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/fsutil.h"
 #include "util/map.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -355,6 +356,25 @@ read_all(int fd, struct buf *out)
     }
 }
 
+/* Anyone who can change the users file can add a login, and anyone who can
+ * read it can run a dictionary against the hashes: refuse a file writable by
+ * group or others, readable by others, or owned by someone but us or root.
+ * Group read is allowed (a group shared with ternctl's operators). */
+static bool
+users_file_untrusted(const char *path, const struct stat *st, struct buf *err)
+{
+    static const struct fs_private rule = { S_IFREG, S_IWGRP | S_IWOTH | S_IROTH, true, true };
+    struct buf why = BUF_INIT;
+    enum fs_trust t = fs_check_private(st, &rule, &why);
+    if (t != FS_TRUSTED)
+        buf_printf(err, "auth_users_file %s: %s%s\n", path, why.data,
+            t == FS_BAD_MODE    ? " (chmod 600 it)"
+            : t == FS_BAD_OWNER ? " (chown it)"
+                                : "");
+    buf_fini(&why);
+    return t != FS_TRUSTED;
+}
+
 int
 auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err)
 {
@@ -365,10 +385,13 @@ auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct bu
         buf_printf(err, "auth_users_file %s: %s\n", u->path, strerror(errno));
         return -1;
     }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        buf_printf(err, "auth_users_file %s: %s\n", u->path,
-            S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+    if (fstat(fd, &st) < 0) {
+        buf_printf(err, "auth_users_file %s: %s\n", u->path, strerror(errno));
         close(fd);
+        return -1;
+    }
+    if (users_file_untrusted(u->path, &st, err)) {
+        close(fd); /* read-only: nothing to flush */
         return -1;
     }
     if (!force && u->loaded && st.st_dev == u->dev && st.st_ino == u->ino &&

@@ -138,3 +138,66 @@ def test_guess_from_closed_session_still_counts(auth_tern):
         c.greeting()
         c.ehlo()
         assert c.cmd(f"AUTH PLAIN {plain('alice', PASSWORD)}").code == 454
+
+
+def login_as(t, user, password):
+    s = smtplib.SMTP("127.0.0.1", t.port, timeout=30 * SLOW)
+    try:
+        s.ehlo("client.test")
+        code, _ = s.docmd("AUTH", "PLAIN " + plain(user, password))
+        return code
+    finally:
+        s.close()
+
+
+@pytest.mark.parametrize("mode,why", [
+    (0o666, "writable by group or others"),
+    (0o620, "writable by group or others"),
+    (0o604, "readable by others"),
+])
+def test_users_file_open_to_others_refused(auth_tern, mode, why):
+    t = auth_tern(start=False)
+    t.users.chmod(mode)
+    p = t.ternd("-c", str(t.conf), "--check")
+    err = p.stderr.decode()
+    assert p.returncode == 2, (p.stdout, err)
+    assert f"auth_users_file {t.users}: {why}" in err, err
+    t.start(wait=False)
+    assert t.proc.wait(timeout=30 * SLOW) != 0, "ternd started with an unsafe users file"
+    t.expect_dead = True
+    assert f"auth_users_file {t.users}: {why}" in t.log_text()
+    # Group read alone is fine.
+    t.users.chmod(0o640)
+    p = t.ternd("-c", str(t.conf), "--check")
+    assert p.returncode == 0, p.stderr
+
+
+def test_users_file_owned_by_another_user_refused(auth_tern):
+    t = auth_tern(start=False)
+    os.chown(t.users, 65534, 65534)
+    p = t.ternd("-c", str(t.conf), "--check")
+    err = p.stderr.decode()
+    assert p.returncode == 2, (p.stdout, err)
+    assert f"auth_users_file {t.users}: owned by uid 65534" in err, err
+    t.start(wait=False)
+    assert t.proc.wait(timeout=30 * SLOW) != 0, "ternd started with another user's users file"
+    t.expect_dead = True
+    assert f"auth_users_file {t.users}: owned by uid 65534" in t.log_text()
+
+
+def test_users_file_opened_to_others_while_running(auth_tern):
+    t = auth_tern()
+    assert login_as(t, "alice", PASSWORD) == 235
+    # Someone who may not adds a user, and the file is left open to all.
+    add_user(t, "mallory", "mallory's password")
+    t.users.chmod(0o666)
+    assert login_as(t, "mallory", "mallory's password") == 535
+    ev = t.wait_event("auth_users_unreadable")
+    assert "writable by group or others" in ev["reason"], ev
+    assert login_as(t, "alice", PASSWORD) == 235, "the users read before are kept"
+    mark = t.log_mark()
+    t.send_signal(signal.SIGHUP)
+    ev = t.wait_event("reload_failed", since=mark)
+    assert f"auth_users_file {t.users}: writable by group or others" in ev["errors"], ev
+    assert login_as(t, "mallory", "mallory's password") == 535
+    assert login_as(t, "alice", PASSWORD) == 235

@@ -310,6 +310,72 @@ write_file(const char *path, const char *text)
     assert_non_null(f);
     assert_int_equal(fputs(text, f) >= 0, 1);
     assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path, 0600), 0);
+}
+
+/* A users file others could change or read is refused, and the table
+ * already loaded is kept. */
+static void
+test_users_file_trust(void **state)
+{
+    static const struct {
+        mode_t mode;
+        const char *want; /* NULL: accepted */
+    } cases[] = {
+        { 0600, NULL },
+        { 0400, NULL },
+        { 0640, NULL }, /* group read: operators sharing a group */
+        { 0660, "writable by group or others (chmod 600 it)" },
+        { 0602, "writable by group or others (chmod 600 it)" },
+        { 0666, "writable by group or others (chmod 600 it)" },
+        { 0604, "readable by others (chmod 600 it)" },
+        { 0644, "readable by others (chmod 600 it)" },
+    };
+    char dir[] = "/tmp/test_auth.XXXXXX", path[64], sub[64], line[256];
+    char *h = make_hash("$6$", "pw");
+    struct buf warn = BUF_INIT, err = BUF_INIT;
+    struct auth_users *u;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/users", dir);
+    snprintf(line, sizeof(line), "a:%s\n", h);
+    write_file(path, line);
+    u = auth_users_new(path);
+    assert_int_equal(auth_users_refresh(u, true, &warn, &err), 0);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        print_message("mode %o\n", (unsigned)cases[i].mode);
+        assert_int_equal(chmod(path, cases[i].mode), 0);
+        buf_reset(&err);
+        assert_int_equal(auth_users_refresh(u, true, &warn, &err), cases[i].want ? -1 : 0);
+        if (cases[i].want) {
+            assert_non_null(strstr(err.data, path));
+            assert_non_null(strstr(err.data, cases[i].want));
+        }
+        assert_non_null(auth_users_hash(u, "a"));
+    }
+    assert_int_equal(chmod(path, 0600), 0);
+    /* Owned by someone else (needs root to arrange). */
+    if (geteuid() == 0) {
+        assert_int_equal(chown(path, 65534, 65534), 0);
+        buf_reset(&err);
+        assert_int_equal(auth_users_refresh(u, true, &warn, &err), -1);
+        assert_non_null(strstr(err.data, "owned by uid 65534, not by uid 0"));
+        assert_int_equal(chown(path, 0, 0), 0);
+    }
+    /* Not a regular file. */
+    snprintf(sub, sizeof(sub), "%s/dir", dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    auth_users_free(u);
+    u = auth_users_new(sub);
+    buf_reset(&err);
+    assert_int_equal(auth_users_refresh(u, true, &warn, &err), -1);
+    assert_non_null(strstr(err.data, "not a regular file"));
+    assert_int_equal(rmdir(sub), 0);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(dir), 0);
+    auth_users_free(u);
+    buf_fini(&warn);
+    buf_fini(&err);
+    free(h);
 }
 
 static void
@@ -709,6 +775,7 @@ main(void)
         cmocka_unit_test(test_check_password),
         cmocka_unit_test(test_users_parse),
         cmocka_unit_test(test_users_refresh),
+        cmocka_unit_test(test_users_file_trust),
         cmocka_unit_test(test_throttle),
         cmocka_unit_test(test_throttle_parallel),
         cmocka_unit_test(test_throttle_flood),
