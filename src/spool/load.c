@@ -1,7 +1,7 @@
 /*
  * Reading committed messages: header, envelope records, end marker and the
  * appended status records, with every length bounded. A file that does not
- * parse is damaged, and so is a file ternd could not have made (not a
+ * parse is damaged, and so is an entry ternd could not have made (not a
  * regular file of the spool's owner): spool_walk moves it to corrupt/ and
  * never delivers it. A torn last status record (a crash mid-append) is
  * ignored.
@@ -327,6 +327,8 @@ spool_load(struct spool *sp, const char *qid)
 static const char *
 entry_problem(const struct spool *sp, const struct stat *st)
 {
+    if (S_ISLNK(st->st_mode))
+        return "symbolic link (not followed)";
     if (!S_ISREG(st->st_mode))
         return "not a regular file";
     if (st->st_uid != sp->owner)
@@ -335,17 +337,26 @@ entry_problem(const struct spool *sp, const struct stat *st)
 }
 
 /* Open queue/<name> for reading when it is what ternd itself puts there: a
- * regular file of the spool's owner. -1 with *reason when the entry is
- * something else, or with errno (ENOENT: gone). */
+ * regular file of the spool's owner. Looked at before it is opened (opening
+ * a device can do things), opened without following a link or waiting (a
+ * FIFO would block), and looked at again through the descriptor. -1 with
+ * *reason when the entry is something else, or with errno (ENOENT: gone). */
 static int
 open_queue_file(struct spool *sp, const char *name, const char **reason)
 {
     struct stat st;
     int fd;
     *reason = NULL;
-    fd = openat(sp->queue_fd, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fstatat(sp->queue_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
         return -1;
+    if ((*reason = entry_problem(sp, &st)) != NULL)
+        return -1;
+    fd = openat(sp->queue_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        if (errno == ELOOP)
+            *reason = "symbolic link (not followed)"; /* swapped in meanwhile */
+        return -1;
+    }
     if (fstat(fd, &st) < 0 || (*reason = entry_problem(sp, &st)) != NULL) {
         int e = errno;
         close(fd); /* read-only: nothing to lose */

@@ -1,10 +1,12 @@
 """What ternd trusts in its spool: a spool directory (or tmp/, queue/,
 corrupt/) that others could write to, or that belongs to another user, is
-refused at start and by --check; queue files that are not regular files
-of the spool's owner (planted files) are set aside and never delivered. The tests run as root and make
+refused at start and by --check; queue entries that are not regular files
+of the spool's owner (planted files, FIFOs, symbolic links) are set aside,
+never delivered, and never hang the start. The tests run as root and make
 another owner with os.chown (uid 65534, nobody)."""
 
 import os
+import signal
 import stat
 
 import pytest
@@ -112,3 +114,42 @@ def test_queue_file_of_another_owner_not_delivered(make_tern, sink):
     assert sink.to(planted) == []
     assert qid[planted] not in t.queue_files()
     assert t.ctl("queue", "list").stdout.decode().strip() == ""
+
+
+def test_fifo_in_queue_does_not_hang_start(make_tern, sink):
+    t = make_tern(start=False)
+    t.spool.mkdir(mode=0o700)
+    (t.spool / "queue").mkdir(mode=0o700)
+    fifo = t.spool / "queue" / "00000000000fff00"
+    os.mkfifo(fifo, 0o600)
+    t.start()  # serves: the FIFO was not waited on
+    u = uid()
+    r = f"after-fifo-{u}@example.org"
+    t.send(f"s-{u}@src.test", [r], message("after " + u, to=r))
+    assert sink.wait_to(r)
+    ev = t.wait_event("corrupt", qid=fifo.name)
+    assert "not a regular file" in ev["reason"], ev
+    assert (t.spool / "corrupt" / fifo.name).exists() and not fifo.exists()
+    rc, took = t.stop()
+    assert rc == 0
+
+
+def test_symlink_in_queue_not_followed(make_tern, sink):
+    t = make_tern(start=False)
+    (mine, linked), qid = queue_two(t, sink)
+    # A valid message moved out of the spool, reached through a symbolic
+    # link with its own queue id as the name.
+    q = t.spool / "queue"
+    outside = t.workdir / "outside-message"
+    os.rename(q / qid[linked], outside)
+    os.symlink(outside, q / qid[linked])
+    sink.accept_all()
+    mark = t.log_mark()
+    t.start()
+    assert sink.wait_to(mine)
+    ev = t.wait_event("corrupt", since=mark, qid=qid[linked])
+    assert "symbolic link" in ev["reason"], ev
+    assert sink.to(linked) == []
+    assert outside.is_file() and (t.spool / "corrupt" / qid[linked]).is_symlink()
+    rc, _ = t.stop(signal.SIGTERM)
+    assert rc == 0
