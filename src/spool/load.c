@@ -1,8 +1,10 @@
 /*
  * Reading committed messages: header, envelope records, end marker and the
  * appended status records, with every length bounded. A file that does not
- * parse is damaged: spool_walk moves it to corrupt/ and never delivers it.
- * A torn last status record (a crash mid-append) is ignored.
+ * parse is damaged, and so is an entry ternd could not have made (not a
+ * regular file of the spool's owner): spool_walk moves it to corrupt/ and
+ * never delivers it. A torn last status record (a crash mid-append) is
+ * ignored.
  */
 #include "spool/spool_int.h"
 
@@ -16,10 +18,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
-#include "util/fsutil.h"
 
 /* Buffered line reader over [off, end) of a file, using pread. */
 struct rd {
@@ -321,14 +323,67 @@ spool_load(struct spool *sp, const char *qid)
     return env;
 }
 
+/* Why an entry of queue/ is not one ternd made, or NULL when it may be. */
+static const char *
+entry_problem(const struct spool *sp, const struct stat *st)
+{
+    if (S_ISLNK(st->st_mode))
+        return "symbolic link (not followed)";
+    if (!S_ISREG(st->st_mode))
+        return "not a regular file";
+    if (st->st_uid != sp->owner)
+        return "not owned by the spool's owner";
+    return NULL;
+}
+
+/* Open queue/<name> for reading when it is what ternd itself puts there: a
+ * regular file of the spool's owner. Looked at before it is opened (opening
+ * a device can do things), opened without following a link or waiting (a
+ * FIFO would block), and looked at again through the descriptor. -1 with
+ * *reason when the entry is something else, or with errno (ENOENT: gone). */
+static int
+open_queue_file(struct spool *sp, const char *name, const char **reason)
+{
+    struct stat st;
+    int fd;
+    *reason = NULL;
+    if (fstatat(sp->queue_fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return -1;
+    if ((*reason = entry_problem(sp, &st)) != NULL)
+        return -1;
+    fd = openat(sp->queue_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        if (errno == ELOOP)
+            *reason = "symbolic link (not followed)"; /* swapped in meanwhile */
+        return -1;
+    }
+    if (fstat(fd, &st) < 0 || (*reason = entry_problem(sp, &st)) != NULL) {
+        int e = errno;
+        close(fd); /* read-only: nothing to lose */
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 int
 spool_open_message(struct spool *sp, const char *qid)
 {
+    const char *reason;
+    int fd;
     if (!spool_qid_valid(qid)) {
         errno = ENOENT; /* not a name the spool could hold */
         return -1;
     }
-    return openat(sp->queue_fd, qid, O_RDONLY | O_CLOEXEC);
+    fd = open_queue_file(sp, qid, &reason);
+    if (fd < 0 && reason != NULL) {
+        struct logline l;
+        log_begin(&l, LOG_WARN, qid, "spool", "open_refused");
+        log_str(&l, "reason", reason);
+        log_end(&l);
+        errno = EBADMSG;
+    }
+    return fd;
 }
 
 static void
@@ -353,7 +408,11 @@ walk_one(struct spool *sp, const char *name, spool_walk_fn fn, void *arg)
     const char *reason;
     struct spool_env *env;
     struct logline l;
-    int fd = openat(sp->queue_fd, name, O_RDONLY | O_CLOEXEC);
+    int fd = open_queue_file(sp, name, &reason);
+    if (fd < 0 && reason != NULL) {
+        move_corrupt(sp, name, reason);
+        return 0;
+    }
     if (fd < 0 && errno == ENOENT)
         return 0; /* removed meanwhile */
     if (fd < 0) {

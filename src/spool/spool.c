@@ -1,8 +1,9 @@
 /*
  * Spool life cycle: creating the directory layout (SPOOL/tmp, queue,
- * corrupt), removing never-acknowledged tmp/ leftovers at start-up, starting
- * and stopping the commit and update threads, and removing messages. The
- * directory fds are opened once; every file operation is relative to them.
+ * corrupt) and refusing one that others could write to, removing
+ * never-acknowledged tmp/ leftovers at start-up, starting and stopping the
+ * commit and update threads, and removing messages. The directory fds are
+ * opened once; every file operation is relative to them.
  */
 #include "spool/spool.h"
 
@@ -10,12 +11,14 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "spool/spool_int.h"
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -53,15 +56,93 @@ mkdir_p(const char *dir, bool *created)
     return 0;
 }
 
+/* Whoever can write to the spool can plant mail that ternd relays as its
+ * own: the spool and its subdirectories belong to the user ternd runs as
+ * (root when it runs as root) and nobody else may write to them. */
+static const struct fs_private spool_dir_rule = { S_IFDIR, S_IWGRP | S_IWOTH, true, false };
+
 static int
-open_subdir(struct spool *sp, const char *name, int *fd, bool *created)
+check_dir_fd(int fd, const char *path, uid_t *owner, struct buf *err)
 {
-    if (mkdirat(sp->dir_fd, name, 0700) == 0)
-        *created = true;
-    else if (errno != EEXIST)
+    struct stat st;
+    struct buf why = BUF_INIT;
+    enum fs_trust t;
+    if (fstat(fd, &st) < 0) {
+        buf_printf(err, "spool directory %s: %s\n", path, strerror(errno));
         return -1;
-    *fd = openat(sp->dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    return *fd < 0 ? -1 : 0;
+    }
+    t = fs_check_private(&st, &spool_dir_rule, &why);
+    if (t != FS_TRUSTED)
+        buf_printf(err, "spool directory %s: %s%s\n", path, why.data,
+            t == FS_BAD_MODE    ? " (chmod 700 it)"
+            : t == FS_BAD_OWNER ? " (chown it)"
+                                : "");
+    buf_fini(&why);
+    if (owner != NULL)
+        *owner = st.st_uid;
+    return t == FS_TRUSTED ? 0 : -1;
+}
+
+static bool
+is_symlink(int dir_fd, const char *name)
+{
+    struct stat st;
+    return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+}
+
+/* Open (with create, making it first) the subdirectory name of dir and check
+ * it. A symbolic link is not followed: it could lead anywhere. 0 with *fd
+ * (-1 when missing and not created), -1 with err. */
+static int
+open_subdir(int dir_fd, const char *dir, const char *name, bool create, int *fd, bool *created,
+    struct buf *err)
+{
+    char path[PATH_MAX];
+    *fd = -1;
+    snprintf(path, sizeof(path), "%s/%s", dir, name); /* for messages only */
+    if (create && mkdirat(dir_fd, name, 0700) == 0) {
+        *created = true;
+    } else if (create && errno != EEXIST) {
+        buf_printf(err, "cannot create spool subdirectory %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    *fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (*fd < 0 && errno == ENOENT && !create)
+        return 0;
+    /* O_NOFOLLOW with O_DIRECTORY fails with ENOTDIR or ELOOP on a link. */
+    if (*fd < 0 && (errno == ELOOP || errno == ENOTDIR) && is_symlink(dir_fd, name)) {
+        buf_printf(err, "spool directory %s: a symbolic link (not followed)\n", path);
+        return -1;
+    }
+    if (*fd < 0) {
+        buf_printf(err, "cannot open spool subdirectory %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return check_dir_fd(*fd, path, NULL, err);
+}
+
+static const char *const spool_subdirs[] = { "tmp", "queue", "corrupt" };
+
+int
+spool_check(const char *dir, struct buf *err)
+{
+    int rc, fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    bool unused = false;
+    if (fd < 0 && errno == ENOENT)
+        return 0; /* start-up makes it, mode 0700 */
+    if (fd < 0) {
+        buf_printf(err, "cannot open spool directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    rc = check_dir_fd(fd, dir, NULL, err);
+    for (size_t i = 0; rc == 0 && i < TERN_ARRAY_LEN(spool_subdirs); i++) {
+        int sub;
+        rc = open_subdir(fd, dir, spool_subdirs[i], false, &sub, &unused, err);
+        if (sub >= 0)
+            close(sub); /* directory: nothing buffered */
+    }
+    close(fd);
+    return rc;
 }
 
 /* Files in tmp/ were never acknowledged (no 250): remove them. */
@@ -99,23 +180,22 @@ open_layout(struct spool *sp, struct buf *err)
 {
     bool created = false, made;
     if (mkdir_p(sp->dir, &made) < 0) {
-        buf_printf(err, "cannot create spool directory %s: %s", sp->dir, strerror(errno));
+        buf_printf(err, "cannot create spool directory %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
     sp->dir_fd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (sp->dir_fd < 0) {
-        buf_printf(err, "cannot open spool directory %s: %s", sp->dir, strerror(errno));
+        buf_printf(err, "cannot open spool directory %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
-    if (open_subdir(sp, "tmp", &sp->tmp_fd, &created) < 0 ||
-        open_subdir(sp, "queue", &sp->queue_fd, &created) < 0 ||
-        open_subdir(sp, "corrupt", &sp->corrupt_fd, &created) < 0) {
-        buf_printf(err, "cannot create spool subdirectory in %s: %s", sp->dir, strerror(errno));
+    if (check_dir_fd(sp->dir_fd, sp->dir, &sp->owner, err) < 0 ||
+        open_subdir(sp->dir_fd, sp->dir, "tmp", true, &sp->tmp_fd, &created, err) < 0 ||
+        open_subdir(sp->dir_fd, sp->dir, "queue", true, &sp->queue_fd, &created, err) < 0 ||
+        open_subdir(sp->dir_fd, sp->dir, "corrupt", true, &sp->corrupt_fd, &created, err) < 0)
         return -1;
-    }
     /* The layout must survive a crash before the first message does. */
     if (created && fsync(sp->dir_fd) < 0) {
-        buf_printf(err, "fsync %s: %s", sp->dir, strerror(errno));
+        buf_printf(err, "fsync %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
     return 0;

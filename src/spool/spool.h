@@ -83,9 +83,15 @@ void spool_env_add_rcpt(struct spool_env *env, const char *addr, const char *orc
     unsigned notify);
 
 /* Open (creating with mode 0700 when missing) the spool at dir: makes tmp/,
- * queue/, corrupt/, removes tmp/ leftovers (never acknowledged), starts the
- * commit workers. Completions run on base's thread. NULL + message on error. */
+ * queue/, corrupt/, refuses them as spool_check does, removes tmp/ leftovers
+ * (never acknowledged), starts the commit workers. Completions run on base's
+ * thread. NULL + message on error. */
 struct spool *spool_open(const char *dir, struct event_base *base, struct buf *err);
+/* For --check: 0 when dir is missing (spool_open makes it) or it and its
+ * existing subdirectories may be trusted (owned by the user we run as, not
+ * writable by group or others, subdirectories no symbolic links); -1 with a
+ * message naming the directory and the problem otherwise. Creates nothing. */
+int spool_check(const char *dir, struct buf *err);
 /* Waits for in-flight commits to finish (their callbacks run), stops workers. */
 void spool_free(struct spool *sp);
 const char *spool_dir(const struct spool *sp);

@@ -11,6 +11,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "spool/spool.h"
 #include "util/buf.h"
@@ -115,6 +116,7 @@ struct spool_upd {
 struct spool {
     char *dir;
     int dir_fd, tmp_fd, queue_fd, corrupt_fd;
+    uid_t owner; /* of the spool: every queue file must be this user's */
     struct event_base *base;
     struct event *ev;
     int efd; /* eventfd: workers -> loop thread */

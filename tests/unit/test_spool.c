@@ -1,8 +1,9 @@
 /*
  * Unit tests of src/spool: the record codec (tables), and real files in a
  * mkdtemp directory for commit, load, status records, damage detection,
- * tmp/ clean-up and the group-commit pipeline (completions are received by
- * running a libevent loop, as the daemon does).
+ * tmp/ clean-up, what the spool refuses to trust (directories others may
+ * write to, queue entries ternd did not make) and the group-commit pipeline
+ * (completions are received by running a libevent loop, as the daemon does).
  */
 #include <setjmp.h> /* cmocka.h needs these first */
 #include <stdarg.h>
@@ -653,6 +654,115 @@ test_walk_corrupt(void **state)
     assert_int_equal(count_dir(f, "queue"), 0);
 }
 
+/* Entries of queue/ that ternd could not have made are set aside without
+ * being read: a FIFO (opening it must not block), a symbolic link to a good
+ * message (never followed), and, as root, a good message of another owner. */
+static void
+test_walk_untrusted_entries(void **state)
+{
+    struct fx *f = *state;
+    struct walk_seen seen = { 0 };
+    char body[100], p[256], target[256], link_qid[SPOOL_QID_LEN + 1];
+    int good, linked, foreign = -1, want_corrupt = 2;
+    memset(body, 'u', sizeof(body));
+    f->ncb = 0;
+    good = commit_one(f, NULL, body, sizeof(body));
+    linked = commit_one(f, NULL, body, sizeof(body));
+    if (geteuid() == 0)
+        foreign = commit_one(f, NULL, body, sizeof(body));
+    wait_cbs(f, foreign >= 0 ? 3 : 2);
+    /* The linked message moves out of queue/ and a link takes its place. */
+    memcpy(link_qid, f->qids[linked], sizeof(link_qid));
+    path_of(f, "queue", link_qid, p, sizeof(p));
+    snprintf(target, sizeof(target), "%s/outside", f->dir);
+    assert_int_equal(rename(p, target), 0);
+    assert_int_equal(symlink(target, p), 0);
+    path_of(f, "queue", "00000000000fff00", p, sizeof(p));
+    assert_int_equal(mkfifo(p, 0600), 0);
+    if (foreign >= 0) {
+        path_of(f, "queue", f->qids[foreign], p, sizeof(p));
+        assert_int_equal(chown(p, 65534, 65534), 0);
+        want_corrupt++;
+    }
+    assert_int_equal(spool_walk(f->sp, walk_fn, &seen), 1);
+    assert_int_equal(seen.n, 1);
+    assert_string_equal(seen.qids[0], f->qids[good]);
+    assert_true(exists(f, "corrupt", link_qid) && !exists(f, "queue", link_qid));
+    assert_true(exists(f, "corrupt", "00000000000fff00"));
+    assert_int_equal(count_dir(f, "corrupt"), want_corrupt);
+    assert_int_equal(access(target, F_OK), 0); /* the link's target is untouched */
+    /* Asked for by id, a link is refused too. */
+    path_of(f, "queue", link_qid, p, sizeof(p));
+    assert_int_equal(symlink(target, p), 0);
+    assert_int_equal(spool_open_message(f->sp, link_qid), -1);
+    assert_null(spool_load(f->sp, link_qid));
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(unlink(target), 0);
+}
+
+/* A spool (or subdirectory) others may write to, or that another user
+ * owns, is refused by spool_check and spool_open alike. */
+static void
+test_spool_trust(void **state)
+{
+    struct fx *f = *state;
+    static const struct {
+        const char *sub; /* "" for the spool itself */
+        mode_t mode;
+        const char *want; /* NULL: accepted */
+    } cases[] = {
+        { "", 0700, NULL },
+        { "", 0755, NULL },
+        { "", 0777, "writable by group or others" },
+        { "", 0770, "writable by group or others" },
+        { "", 01777, "writable by group or others" },
+        { "tmp", 0722, "writable by group or others" },
+        { "queue", 0777, "writable by group or others" },
+        { "corrupt", 0730, "writable by group or others" },
+        { "queue", 0750, NULL },
+    };
+    char missing[256];
+    spool_free(f->sp); /* one spool object per directory at a time */
+    f->sp = NULL;
+    snprintf(missing, sizeof(missing), "%s/not-yet", f->dir);
+    {
+        struct buf err = BUF_INIT;
+        assert_int_equal(spool_check(missing, &err), 0); /* made at start */
+        assert_int_equal(access(missing, F_OK), -1);     /* but not by --check */
+        buf_fini(&err);
+    }
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        char dir[256];
+        struct buf err = BUF_INIT, err2 = BUF_INIT;
+        struct spool *sp;
+        snprintf(dir, sizeof(dir), "%s%s%s", f->spool, cases[i].sub[0] ? "/" : "", cases[i].sub);
+        print_message("%s %o\n", dir, (unsigned)cases[i].mode);
+        assert_int_equal(chmod(dir, cases[i].mode), 0);
+        assert_int_equal(spool_check(f->spool, &err), cases[i].want ? -1 : 0);
+        sp = spool_open(f->spool, f->base, &err2);
+        if (cases[i].want != NULL) {
+            assert_null(sp);
+            assert_non_null(strstr(err.data, dir));
+            assert_non_null(strstr(err.data, cases[i].want));
+            assert_non_null(strstr(err2.data, cases[i].want));
+        } else {
+            assert_non_null(sp);
+        }
+        spool_free(sp);
+        assert_int_equal(chmod(dir, 0700), 0);
+        buf_fini(&err);
+        buf_fini(&err2);
+    }
+    if (geteuid() == 0) {
+        struct buf err = BUF_INIT;
+        assert_int_equal(chown(f->spool, 65534, 65534), 0);
+        assert_int_equal(spool_check(f->spool, &err), -1);
+        assert_non_null(strstr(err.data, "owned by uid 65534"));
+        assert_int_equal(chown(f->spool, 0, 0), 0);
+        buf_fini(&err);
+    }
+}
+
 static void
 test_tmp_leftovers(void **state)
 {
@@ -826,6 +936,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_status_applied, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_walk_corrupt, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_walk_untrusted_entries, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_trust, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tmp_leftovers, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_layout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_commits, setup, teardown),
