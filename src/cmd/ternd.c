@@ -298,8 +298,9 @@ main(int argc, char **argv)
         buf_fini(&err);
         return 2;
     }
-    /* Load the certificate, key and AUTH users as the server would. */
-    if (check && smtp_server_check(t.cfg, &err) < 0) {
+    /* Load the certificate, key and AUTH users as the server would, and
+     * look at the spool as start-up would (without creating it). */
+    if (check && (smtp_server_check(t.cfg, &err) < 0 || spool_check(t.cfg->spool_dir, &err) < 0)) {
         fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
         buf_fini(&err);
         config_unref(t.cfg);

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -1080,6 +1081,9 @@ cfg_check_file(const char *what, const char *path, bool secret, struct cfg_errs 
 {
     char t[SHOWN_MAX];
     struct stat st;
+    struct fs_private rule = { S_IFREG, 0, false, false };
+    struct buf why = BUF_INIT;
+    enum fs_trust trust;
     /* O_NONBLOCK: a FIFO named by mistake must not hang --check. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
@@ -1095,14 +1099,11 @@ cfg_check_file(const char *what, const char *path, bool secret, struct cfg_errs 
             e, "%s \"%s\": cannot read: %s", what, cfg_shown(path, t, sizeof(t)), strerror(err));
         return -1;
     }
-    if (!S_ISREG(st.st_mode)) {
-        cfg_error(e, "%s \"%s\": not a regular file", what, cfg_shown(path, t, sizeof(t)));
-        return -1;
-    }
-    if (secret && (st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
-        cfg_error(e, "%s \"%s\": readable by group or others (chmod 600 it)", what,
-            cfg_shown(path, t, sizeof(t)));
-        return -1;
-    }
-    return 0;
+    rule.deny = secret ? S_IRGRP | S_IROTH : 0;
+    trust = fs_check_private(&st, &rule, &why);
+    if (trust != FS_TRUSTED)
+        cfg_error(e, "%s \"%s\": %s%s", what, cfg_shown(path, t, sizeof(t)), why.data,
+            trust == FS_BAD_MODE ? " (chmod 600 it)" : "");
+    buf_fini(&why);
+    return trust == FS_TRUSTED ? 0 : -1;
 }

@@ -151,7 +151,7 @@ void smtp_auth_response(struct smtp_session *s, const char *line, size_t len);
 /* Forget everything of authentication (STARTTLS, end of session). */
 void smtp_auth_reset(struct smtp_session *s);
 /* The crypt worker's answer for session id (auth_done_fn). */
-void smtp_auth_done(uint64_t id, bool ok, void *arg);
+void smtp_auth_done(const struct auth_result *r, void *arg);
 void smtp_session_close(struct smtp_session *s, int code, const char *esc, const char *text);
 /* End the session at once, no reply; freed from the loop later. */
 void smtp_session_kill(struct smtp_session *s);

@@ -163,7 +163,7 @@ parse_header(const char *h, uint64_t *off, uint64_t *len)
 }
 
 int
-legacy_load(int dir_fd, const char *name, struct legacy_msg *out, const char **reason)
+legacy_load(int dir_fd, uid_t owner, const char *name, struct legacy_msg *out, const char **reason)
 {
     char h[OLD_HDR_LEN], end[OLD_END_LEN];
     struct rd r = { 0 };
@@ -175,14 +175,18 @@ legacy_load(int dir_fd, const char *name, struct legacy_msg *out, const char **r
     size_t ll;
     int rc;
     memset(out, 0, sizeof(*out));
-    out->fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    out->fd = openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
     *reason = NULL;
     if (out->fd < 0) {
-        *reason = "cannot open";
+        *reason = errno == ELOOP ? "a symbolic link (not followed)" : "cannot open";
         goto fail;
     }
     if (fstat(out->fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         *reason = "not a regular file";
+        goto fail;
+    }
+    if (st.st_uid != owner) {
+        *reason = "owned by another user than the spool's";
         goto fail;
     }
     if (fd_pread_full(out->fd, h, OLD_HDR_LEN, 0) != OLD_HDR_LEN ||
@@ -314,7 +318,7 @@ spool_migrate_legacy(struct spool *sp)
             log_old(de->d_name, "unexpected_file", NULL);
             continue;
         }
-        if (legacy_load(qfd, de->d_name, &m, &reason) < 0) {
+        if (legacy_load(qfd, sp->owner_uid, de->d_name, &m, &reason) < 0) {
             log_old(de->d_name, "corrupt", reason);
             renameat(qfd, de->d_name, sp->corrupt_fd, de->d_name);
             continue;

@@ -1,8 +1,9 @@
 /*
- * Spool life cycle: the directory layout (SPOOL/log, corrupt), the table of
- * existing segments read at open (recovery reads their contents later, in
- * the background), starting and stopping the threads, and the counters.
- * Every file operation is relative to directory fds opened once.
+ * Spool life cycle: the directory layout (SPOOL/log, corrupt) and refusing
+ * one that others could write to, the table of existing segments read at
+ * open (recovery reads their contents later, in the background), starting
+ * and stopping the threads, and the counters. Every file operation is
+ * relative to directory fds opened once.
  */
 #include "spool/spool.h"
 
@@ -10,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -51,14 +53,94 @@ mkdir_p(const char *dir)
     return 0;
 }
 
+/* Whoever can write to the spool can plant mail that ternd relays as its
+ * own: the spool and its subdirectories belong to the user ternd runs as
+ * (root when it runs as root) and nobody else may write to them. */
+static const struct fs_private spool_dir_rule = { S_IFDIR, S_IWGRP | S_IWOTH, true, false };
+
 static int
-open_subdir(int dir_fd, const char *name, bool create, bool *made)
+check_dir_fd(int fd, const char *path, uid_t *owner, struct buf *err)
 {
-    if (create && mkdirat(dir_fd, name, 0700) == 0 && made != NULL)
-        *made = true;
-    else if (create && errno != EEXIST)
+    struct stat st;
+    struct buf why = BUF_INIT;
+    enum fs_trust t;
+    if (fstat(fd, &st) < 0) {
+        buf_printf(err, "spool directory %s: %s\n", path, strerror(errno));
         return -1;
-    return openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    }
+    t = fs_check_private(&st, &spool_dir_rule, &why);
+    if (t != FS_TRUSTED)
+        buf_printf(err, "spool directory %s: %s%s\n", path, why.data,
+            t == FS_BAD_MODE    ? " (chmod 700 it)"
+            : t == FS_BAD_OWNER ? " (chown it)"
+                                : "");
+    buf_fini(&why);
+    if (owner != NULL)
+        *owner = st.st_uid;
+    return t == FS_TRUSTED ? 0 : -1;
+}
+
+static bool
+is_symlink(int dir_fd, const char *name)
+{
+    struct stat st;
+    return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+}
+
+/* Open (with create, making it first) the subdirectory name of dir and check
+ * it. A symbolic link is not followed: it could lead anywhere. 0 with *fd
+ * (-1 when missing and not created), -1 with err. */
+static int
+open_subdir(int dir_fd, const char *dir, const char *name, bool create, int *fd, bool *created,
+    struct buf *err)
+{
+    char path[PATH_MAX];
+    *fd = -1;
+    snprintf(path, sizeof(path), "%s/%s", dir, name); /* for messages only */
+    if (create && mkdirat(dir_fd, name, 0700) == 0) {
+        *created = true;
+    } else if (create && errno != EEXIST) {
+        buf_printf(err, "cannot create spool subdirectory %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    *fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (*fd < 0 && errno == ENOENT && !create)
+        return 0;
+    /* O_NOFOLLOW with O_DIRECTORY fails with ENOTDIR or ELOOP on a link. */
+    if (*fd < 0 && (errno == ELOOP || errno == ENOTDIR) && is_symlink(dir_fd, name)) {
+        buf_printf(err, "spool directory %s: a symbolic link (not followed)\n", path);
+        return -1;
+    }
+    if (*fd < 0) {
+        buf_printf(err, "cannot open spool subdirectory %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return check_dir_fd(*fd, path, NULL, err);
+}
+
+/* log/ and corrupt/, and queue/ and tmp/ of an old spool not yet converted. */
+static const char *const spool_subdirs[] = { "log", "corrupt", "queue", "tmp" };
+
+int
+spool_check(const char *dir, struct buf *err)
+{
+    int rc, fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    bool unused = false;
+    if (fd < 0 && errno == ENOENT)
+        return 0; /* start-up makes it, mode 0700 */
+    if (fd < 0) {
+        buf_printf(err, "cannot open spool directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    rc = check_dir_fd(fd, dir, NULL, err);
+    for (size_t i = 0; rc == 0 && i < TERN_ARRAY_LEN(spool_subdirs); i++) {
+        int sub;
+        rc = open_subdir(fd, dir, spool_subdirs[i], false, &sub, &unused, err);
+        if (sub >= 0)
+            close(sub); /* directory: nothing buffered */
+    }
+    close(fd);
+    return rc;
 }
 
 /* Open one existing segment file: a regular file of ours whose header names
@@ -166,12 +248,11 @@ open_layout(struct spool *sp, struct buf *err)
         buf_printf(err, "cannot open spool directory %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
-    sp->log_fd = open_subdir(sp->dir_fd, "log", true, &made);
-    sp->corrupt_fd = open_subdir(sp->dir_fd, "corrupt", true, &made);
-    if (sp->log_fd < 0 || sp->corrupt_fd < 0) {
-        buf_printf(err, "cannot create spool subdirectory in %s: %s\n", sp->dir, strerror(errno));
+    if (check_dir_fd(sp->dir_fd, sp->dir, &sp->owner_uid, err) < 0 ||
+        open_subdir(sp->dir_fd, sp->dir, "log", true, &sp->log_fd, &made, err) < 0 ||
+        open_subdir(sp->dir_fd, sp->dir, "corrupt", true, &sp->corrupt_fd, &made, err) < 0 ||
+        spool_check(sp->dir, err) < 0) /* an old queue/ or tmp/ too */
         return -1;
-    }
     /* The layout must survive a crash before the first message does. */
     if (made && fsync(sp->dir_fd) < 0) {
         buf_printf(err, "fsync %s: %s\n", sp->dir, strerror(errno));

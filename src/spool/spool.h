@@ -123,6 +123,11 @@ struct spool_opts {
  * a message in err on failure. */
 struct spool *spool_open(
     const char *dir, struct loopq *owner, const struct spool_opts *opts, struct buf *err);
+/* For --check: 0 when dir is missing (spool_open makes it) or it and its
+ * existing subdirectories may be trusted (owned by the user we run as, not
+ * writable by group or others, subdirectories no symbolic links); -1 with a
+ * message naming the directory and the problem otherwise. Creates nothing. */
+int spool_check(const char *dir, struct buf *err);
 /* Waits for every queued record to be written and synced (their callbacks
  * are posted), stops the threads. Every writer must be committed or aborted
  * first. */

@@ -17,6 +17,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "spool/spool.h"
 #include "util/buf.h"
@@ -184,6 +185,7 @@ void segtab_remove_first(struct segtab *t);
 struct spool {
     char *dir;
     int dir_fd, log_fd, corrupt_fd;
+    uid_t owner_uid; /* of the spool: every file in it must be this user's */
     struct loopq *owner;
     spool_commit_hook hook;
     void *hook_arg;
@@ -256,6 +258,7 @@ struct legacy_msg {
     uint64_t body_off;
 };
 /* Load one old queue file; NULL with *reason on damage, or errno. */
-int legacy_load(int dir_fd, const char *name, struct legacy_msg *out, const char **reason);
+int legacy_load(
+    int dir_fd, uid_t owner, const char *name, struct legacy_msg *out, const char **reason);
 
 #endif

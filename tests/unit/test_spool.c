@@ -761,6 +761,111 @@ test_offline_scan(void **state)
     buf_fini(&err);
 }
 
+/* ---- what the spool refuses to trust ---- */
+
+/* Entries of log/ that ternd could not have made are ignored without being
+ * read: a FIFO named like a segment (opening it must not block), a symbolic
+ * link to a good segment (never followed), and, as root, a good segment of
+ * another owner. */
+static void
+test_untrusted_segments(void **state)
+{
+    struct fx *f = *state;
+    char p[256], target[256];
+    fx_recover(f);
+    commit_one(f, 0, "x\r\n", 3);
+    run_until(f, &f->ncb, 1);
+    fx_close(f);
+    /* Segment 1 moves out of the spool; a link to it takes its place. */
+    snprintf(p, sizeof(p), "%s/log/0000000000000001.seg", f->spool);
+    snprintf(target, sizeof(target), "%s/outside.seg", f->dir);
+    assert_int_equal(rename(p, target), 0);
+    assert_int_equal(symlink(target, p), 0);
+    snprintf(p, sizeof(p), "%s/log/0000000000000001.idx", f->spool);
+    unlink(p);
+    snprintf(p, sizeof(p), "%s/log/00000000000fff00.seg", f->spool);
+    assert_int_equal(mkfifo(p, 0600), 0);
+    if (geteuid() == 0) {
+        char q[256];
+        snprintf(q, sizeof(q), "%s/log/0000000000000009.seg", f->spool);
+        assert_int_equal(link(target, q) == 0 || symlink(target, q) == 0, 1);
+        assert_int_equal(lchown(q, 65534, 65534), 0);
+    }
+    fx_recover(f);
+    assert_int_equal(f->nfound, 0);
+    assert_null(spool_load(f->sp, f->qids[0]));
+    assert_int_equal(access(target, F_OK), 0); /* the link's target is untouched */
+}
+
+/* A spool (or subdirectory) others may write to, or that another user
+ * owns, or a subdirectory that is a symbolic link, is refused by
+ * spool_check and spool_open alike. */
+static void
+test_spool_trust(void **state)
+{
+    struct fx *f = *state;
+    static const struct {
+        const char *sub; /* "" for the spool itself */
+        mode_t mode;
+        const char *want; /* NULL: accepted */
+    } cases[] = {
+        { "", 0700, NULL },
+        { "", 0755, NULL },
+        { "", 0777, "writable by group or others" },
+        { "", 0770, "writable by group or others" },
+        { "", 01777, "writable by group or others" },
+        { "log", 0722, "writable by group or others" },
+        { "corrupt", 0730, "writable by group or others" },
+        { "queue", 0777, "writable by group or others" }, /* an old spool's */
+        { "log", 0750, NULL },
+    };
+    char missing[256], p[256];
+    struct buf err = BUF_INIT;
+    snprintf(missing, sizeof(missing), "%s/not-yet", f->dir);
+    assert_int_equal(spool_check(missing, &err), 0); /* made at start */
+    assert_int_equal(access(missing, F_OK), -1);     /* but not by --check */
+    fx_recover(f);
+    fx_close(f);
+    snprintf(p, sizeof(p), "%s/queue", f->spool);
+    assert_int_equal(mkdir(p, 0700), 0);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        char dir[256];
+        struct buf err1 = BUF_INIT, err2 = BUF_INIT;
+        struct spool *sp;
+        snprintf(dir, sizeof(dir), "%s%s%s", f->spool, cases[i].sub[0] ? "/" : "", cases[i].sub);
+        print_message("%s %o\n", dir, (unsigned)cases[i].mode);
+        assert_int_equal(chmod(dir, cases[i].mode), 0);
+        assert_int_equal(spool_check(f->spool, &err1), cases[i].want ? -1 : 0);
+        sp = spool_open(f->spool, f->q, NULL, &err2);
+        if (cases[i].want != NULL) {
+            assert_null(sp);
+            assert_non_null(strstr(err1.data, dir));
+            assert_non_null(strstr(err1.data, cases[i].want));
+            assert_non_null(strstr(err2.data, cases[i].want));
+        } else {
+            assert_non_null(sp);
+        }
+        spool_free(sp);
+        assert_int_equal(chmod(dir, 0700), 0);
+        buf_fini(&err1);
+        buf_fini(&err2);
+    }
+    /* A subdirectory that is a symbolic link. */
+    assert_int_equal(rmdir(p), 0);
+    assert_int_equal(symlink(f->dir, p), 0);
+    assert_int_equal(spool_check(f->spool, &err), -1);
+    assert_non_null(strstr(err.data, "symbolic link"));
+    assert_int_equal(unlink(p), 0);
+    buf_reset(&err);
+    if (geteuid() == 0) {
+        assert_int_equal(chown(f->spool, 65534, 65534), 0);
+        assert_int_equal(spool_check(f->spool, &err), -1);
+        assert_non_null(strstr(err.data, "owned by uid 65534"));
+        assert_int_equal(chown(f->spool, 0, 0), 0);
+    }
+    buf_fini(&err);
+}
+
 /* ---- the old layout ---- */
 
 static void
@@ -851,6 +956,8 @@ main(void)
         cmocka_unit_test_setup_teardown(test_abort_spilled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_error, setup, teardown),
         cmocka_unit_test_setup_teardown(test_convert_old_spool, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_untrusted_segments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_spool_trust, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
