@@ -20,6 +20,7 @@
 
 struct bufferevent;
 struct dkim_signer;
+struct evbuffer;
 struct evconnlistener;
 struct event;
 
@@ -127,6 +128,10 @@ bool smtp_session_start(
     struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role);
 void smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+void smtp_reply_status(struct smtp_session *s, const struct tern_status *st);
+/* One "smtp refused" log line; qid and detail may be NULL. */
+void smtp_log_refused(
+    struct smtp_session *s, const char *qid, const char *reason, const char *detail);
 /* Count a protocol error; true when the session was closed (421) for it. */
 bool smtp_session_error(struct smtp_session *s);
 /* Drop the transaction (state READY unless CONNECTED/CLOSING). */
@@ -135,6 +140,15 @@ void smtp_tx_reset(struct smtp_session *s);
 void smtp_session_process(struct smtp_session *s);
 void smtp_session_timeout(struct smtp_session *s, int64_t ms);
 void smtp_session_callbacks(struct smtp_session *s); /* set read/write/event callbacks */
+
+/* session_data.c: DATA and BDAT. */
+void smtp_cmd_data(struct smtp_session *s, const struct smtp_cmd *c);
+void smtp_cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c);
+/* Feed buffered input to the message in state DATA / BDAT. */
+void smtp_data_in(struct smtp_session *s, struct evbuffer *in);
+void smtp_bdat_in(struct smtp_session *s, struct evbuffer *in);
+/* Free a transaction, aborting its spool writer (NULL is fine). */
+void smtp_tx_free(struct smtp_tx *tx);
 
 /* session_tls.c: STARTTLS (RFC 3207) and implicit TLS (RFC 8314). */
 bool smtp_starttls_offered(const struct smtp_session *s);
