@@ -208,7 +208,7 @@ struct smtp_verb_entry {
 };
 
 #define ST(x)  (1u << SMTP_ST_##x)
-#define ST_ANY (ST(CONNECTED) | ST(READY) | ST(MAIL) | ST(RCPT))
+#define ST_ANY (ST(CONNECTED) | ST(READY) | ST(MAIL) | ST(RCPT) | ST(CHUNKING))
 
 static void
 cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
@@ -404,6 +404,11 @@ reply_bad_sequence(struct smtp_session *s, enum smtp_verb v)
 {
     if (s->state == SMTP_ST_CONNECTED)
         smtp_reply(s, 503, "5.5.1", "Error: send HELO/EHLO first");
+    else if (s->state == SMTP_ST_CHUNKING && (v == SMTP_V_RCPT || v == SMTP_V_DATA))
+        /* RFC 3030 §3: no DATA after BDAT; the envelope went to the spool
+         * with the first chunk, so a later recipient could not be kept. */
+        smtp_reply(s, 503, "5.5.1", "Error: %s not allowed after BDAT; send RSET",
+            v == SMTP_V_RCPT ? "RCPT" : "DATA");
     else if (v == SMTP_V_MAIL)
         smtp_reply(s, 503, "5.5.1", "Error: nested MAIL command");
     else if (v == SMTP_V_RCPT)

@@ -170,6 +170,7 @@ static bool
 tx_open(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
+    TERN_ASSERT(tx->w == NULL); /* one writer per transaction */
     tx->w = spool_writer_new(s->srv->sp, tx->env);
     if (tx->w == NULL) {
         struct logline l;
@@ -396,13 +397,13 @@ bdat_chunk_done(struct smtp_session *s)
             s->tx = NULL;
             s->state = s->bdat_prev_state == SMTP_ST_CONNECTED ? SMTP_ST_CONNECTED : SMTP_ST_READY;
         } else {
-            s->state = SMTP_ST_RCPT;
+            s->state = SMTP_ST_CHUNKING;
         }
         return;
     }
     if (!tx->chunk_last) {
         tx_flush(s);
-        s->state = SMTP_ST_RCPT; /* more BDAT (or RSET) may follow */
+        s->state = SMTP_ST_CHUNKING; /* more BDAT (or RSET) may follow */
         smtp_reply(s, 250, "2.0.0", "%llu octets received", (unsigned long long)tx->dec.out_bytes);
         return;
     }

@@ -35,6 +35,9 @@ enum smtp_state {
     SMTP_ST_CLOSING,   /* flushing the last reply */
     SMTP_ST_HANDSHAKE, /* TLS handshake (STARTTLS or smtps) in progress */
     SMTP_ST_AUTH,      /* an AUTH exchange (RFC 4954) in progress */
+    /* A BDAT chunk of the transaction is in: only more BDAT (or RSET) may
+     * follow, RCPT and DATA get 503 (RFC 3030 §3). */
+    SMTP_ST_CHUNKING,
 };
 
 /* What a listener is for (CONTRACT.md): relay/MX, submission with STARTTLS

@@ -1,0 +1,70 @@
+"""Inbound SMTP under attack: BDAT/DATA mixing, envelope changes after BDAT,
+unread pipelined replies, slow (drip-feeding) clients, descriptor
+exhaustion, routing local parts, and how TLS sessions end."""
+
+import os
+import signal
+
+from sysutil import SLOW, message, uid, wait_for
+
+
+def open_fds(tern):
+    return len(os.listdir(f"/proc/{tern.proc.pid}/fd"))
+
+
+def test_data_after_bdat_refused(make_tern, sink):
+    """RFC 3030 §3: DATA after BDAT in one transaction is 503 5.5.1; no spool
+    writer outlives its transaction, and SIGTERM still ends cleanly."""
+    tern = make_tern(max_errors=100)  # each 503 counts as a protocol error
+    u = uid()
+    # one delivery first, so that the descriptors it keeps a while are counted
+    tern.send(f"warm-{u}@src.test", [f"warm-{u}@example.org"], message(f"warm {u}"))
+    sink.wait_to(f"warm-{u}@example.org")
+    base = open_fds(tern)
+    with tern.raw() as c:
+        c.ehlo()
+        for i in range(20):
+            assert c.cmd(f"MAIL FROM:<bd-{u}@src.test>").code == 250
+            assert c.cmd(f"RCPT TO:<bd{i}-{u}@example.org>").code == 250
+            c.send(b"BDAT 7\r\nhello\r\n")
+            assert c.reply().code == 250
+            r = c.cmd("DATA")
+            assert r.code == 503 and r.enh == "5.5.1", f"DATA after BDAT: {r}"
+            assert c.cmd("RSET").code == 250
+        # BDAT after a finished DATA transaction belongs to no transaction
+        assert c.cmd(f"MAIL FROM:<dd-{u}@src.test>").code == 250
+        assert c.cmd(f"RCPT TO:<dd-{u}@example.org>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(message(f"data {u}") + b".\r\n")
+        assert c.reply().code == 250
+        c.send(b"BDAT 5 LAST\r\nhello")
+        r = c.reply()
+        assert r.code == 503 and r.enh == "5.5.1", f"BDAT outside a transaction: {r}"
+        assert c.cmd("QUIT").code == 221
+    sink.wait_to(f"dd-{u}@example.org")
+    wait_for(lambda: tern.tmp_files() == [], desc="spool/tmp empty")
+    wait_for(lambda: open_fds(tern) <= base, desc=f"ternd back to {base} open descriptors")
+    assert not any(t.rcpt_tos[0].startswith("bd") for t in sink.snapshot())
+    rc, _ = tern.stop(signal.SIGTERM)
+    assert rc == 0, f"ternd exited {rc} after SIGTERM:\n{tern.log_tail()}"
+
+
+def test_rcpt_after_bdat_refused(make_tern, sink):
+    """The envelope is fixed once the first chunk is in: a later RCPT gets
+    503 5.5.1, never a 250 for a recipient that would then be dropped."""
+    tern = make_tern()
+    u = uid()
+    body = message(f"chunks {u}")
+    with tern.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<ch-{u}@src.test>").code == 250
+        assert c.cmd(f"RCPT TO:<first-{u}@example.org>").code == 250
+        c.send(f"BDAT {len(body)}\r\n".encode() + body)
+        assert c.reply().code == 250
+        r = c.cmd(f"RCPT TO:<late-{u}@example.org>")
+        assert r.code == 503 and r.enh == "5.5.1", f"RCPT after BDAT: {r}"
+        r = c.cmd("BDAT 0 LAST")
+        assert r.code == 250, str(r)
+    tx = sink.wait_to(f"first-{u}@example.org")[0]
+    assert [a.lower() for a in tx.rcpt_tos] == [f"first-{u}@example.org"]
+    assert sink.to(f"late-{u}@example.org") == []
