@@ -76,7 +76,7 @@ struct config {
     char *spool_dir;
     struct cidr *relay_networks;
     size_t n_relay_networks;
-    char **relay_domains; /* lowercased, no trailing dot */
+    char **relay_domains; /* lowercased, no trailing dot; ".d": subdomains of d */
     size_t n_relay_domains;
     struct hostport smarthost;   /* the first smarthost; host "" = deliver by MX */
     struct hostport *smarthosts; /* every smarthost, tried in order (failover) */

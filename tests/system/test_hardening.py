@@ -5,6 +5,7 @@ exhaustion, routing local parts, and how TLS sessions end."""
 import os
 import signal
 
+from conftest import REPO
 from sysutil import SLOW, message, uid, wait_for
 
 
@@ -68,3 +69,31 @@ def test_rcpt_after_bdat_refused(make_tern, sink):
     tx = sink.wait_to(f"first-{u}@example.org")[0]
     assert [a.lower() for a in tx.rcpt_tos] == [f"first-{u}@example.org"]
     assert sink.to(f"late-{u}@example.org") == []
+
+
+def readme_example_config():
+    """The example configuration file of README.md, as printed there."""
+    text = (REPO / "README.md").read_text()
+    start = text.index("# /etc/tern/tern.conf\n")
+    return text[start : text.index("```", start)]
+
+
+def test_relay_domains_leading_dot(make_tern, sink):
+    """A relay_domains entry with a leading dot means its subdomains, as the
+    README says; its own example configuration passes --check."""
+    tern = make_tern(relay_domains="inbound.test .inbound.test")
+    conf = tern.workdir / "readme.conf"
+    conf.write_text(readme_example_config())
+    assert "relay_domains" in conf.read_text() and ".example.com" in conf.read_text()
+    p = tern.ternd("-c", str(conf), "-o", f"spool_dir={tern.workdir / 'rspool'}", "--check")
+    assert p.returncode == 0, p.stderr.decode(errors="replace")
+    u = uid()
+    with tern.raw(source="127.0.0.2") as c:
+        c.ehlo("outsider.test")
+        assert c.cmd(f"MAIL FROM:<o-{u}@elsewhere.test>").code == 250
+        for ok in (f"a-{u}@inbound.test", f"b-{u}@mx.inbound.test", f"c-{u}@a.b.inbound.test"):
+            r = c.cmd(f"RCPT TO:<{ok}>")
+            assert r.code == 250, f"{ok}: {r}"
+        for bad in (f"d-{u}@xinbound.test", f"e-{u}@inbound.test.evil.test"):
+            r = c.cmd(f"RCPT TO:<{bad}>")
+            assert r.code == 554 and r.enh == "5.7.1", f"{bad}: {r}"

@@ -150,7 +150,7 @@ static const char full_conf[] =
     "smtps_listen = [::1]:465\n"
     "spool_dir = \"/var/spool/tern test\"   # quoted: keeps the space\n"
     "relay_networks = 10.1.2.3/8 192.168.0.0/16 2001:db8::/32 ::1\n"
-    "relay_domains = Example.COM. backup.example.net b\303\274cher.de\n"
+    "relay_domains = Example.COM. backup.example.net b\303\274cher.de .Sub.Example.COM.\n"
     "smarthost = [192.0.2.1]:587\n"
     "smarthost_auth_file = smarthost.auth\n"
     "smarthost_tls = REQUIRED\n"
@@ -213,10 +213,11 @@ test_full_file(void **state)
     assert_int_equal(c->relay_networks[0].addr[0], 10);
     assert_int_equal(c->relay_networks[0].addr[1], 0); /* host bits cleared */
     assert_int_equal(c->relay_networks[3].prefix, 128);
-    assert_int_equal(c->n_relay_domains, 3);
+    assert_int_equal(c->n_relay_domains, 4);
     assert_string_equal(c->relay_domains[0], "example.com");
     assert_string_equal(c->relay_domains[1], "backup.example.net");
     assert_string_equal(c->relay_domains[2], "b\303\274cher.de");
+    assert_string_equal(c->relay_domains[3], ".sub.example.com"); /* subdomains */
     assert_string_equal(c->smarthost.host, "192.0.2.1");
     assert_int_equal(c->smarthost.port, 587);
     assert_string_equal(c->smarthost_auth_file, "smarthost.auth");
@@ -404,6 +405,10 @@ test_errors(void **state)
             "tern.conf:1: bad number \"99999999999999999999\" for max_sessions (1..1000000)\n" },
         { "bad domain", "relay_domains = good.example bad..example\n", NULL,
             "tern.conf:1: bad domain \"bad..example\" in relay_domains\n" },
+        { "lone dot domain", "relay_domains = .example.com .\n", NULL,
+            "tern.conf:1: bad domain \".\" in relay_domains\n" },
+        { "two leading dots", "relay_domains = ..example.com\n", NULL,
+            "tern.conf:1: bad domain \"..example.com\" in relay_domains\n" },
         { "bad hostname", "hostname = -bad\n", NULL,
             "tern.conf:1: bad domain name \"-bad\" for hostname\n" },
         { "empty hostname", NULL, "hostname=", "-o hostname: hostname must not be empty\n" },
