@@ -328,8 +328,7 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
         smtp_session_error(s);
     } else if (tx->env->n_rcpts >= s->cfg->max_recipients) {
         smtp_reply(s, 452, "4.5.3", "Too many recipients");
-    } else if (!policy_may_relay(
-                   s->cfg, (struct sockaddr *)&s->peer, s->auth_user != NULL, addr_domain(addr))) {
+    } else if (!policy_may_relay(s->cfg, (struct sockaddr *)&s->peer, s->auth_user != NULL, addr)) {
         smtp_reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
         smtp_log_refused(s, NULL, "relay denied", addr);
         smtp_session_error(s);

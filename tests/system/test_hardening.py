@@ -97,3 +97,37 @@ def test_relay_domains_leading_dot(make_tern, sink):
         for bad in (f"d-{u}@xinbound.test", f"e-{u}@inbound.test.evil.test"):
             r = c.cmd(f"RCPT TO:<{bad}>")
             assert r.code == 554 and r.enh == "5.7.1", f"{bad}: {r}"
+
+
+def test_untrusted_routing_refused(make_tern, sink):
+    """A local part that routes on (%, !, a quoted @) is refused for
+    outsiders even to relay_domains, as Postfix's allow_untrusted_routing =
+    no does; source routes are dropped from both paths."""
+    tern = make_tern()
+    u = uid()
+    with tern.raw(source="127.0.0.2") as c:
+        c.ehlo("outsider.test")
+        assert c.cmd(f"MAIL FROM:<@hop.test:o-{u}@elsewhere.test>").code == 250
+        for victim in (
+            f"v1-{u}%evil.test@inbound.test",
+            f"evil.test!v2-{u}@inbound.test",
+            f'"v3-{u}@evil.test"@inbound.test',
+            f"@hop.test:v4-{u}%evil.test@inbound.test",
+        ):
+            r = c.cmd(f"RCPT TO:<{victim}>")
+            assert r.code == 554 and r.enh == "5.7.1", f"{victim}: {r}"
+            assert "Relay access denied" in r.text, str(r)
+        r = c.cmd(f"RCPT TO:<@a.test,@b.test:in-{u}@inbound.test>")
+        assert r.code == 250, str(r)
+        assert c.cmd("DATA").code == 354
+        c.send(message(f"routed {u}") + b".\r\n")
+        assert c.reply().code == 250
+    tx = sink.wait_to(f"in-{u}@inbound.test")[0]
+    assert tx.rcpt_tos == [f"in-{u}@inbound.test"], tx.rcpt_tos
+    assert tx.mail_from == f"o-{u}@elsewhere.test", tx.mail_from
+    # the relay's own clients may still use such addresses
+    with tern.raw(source="127.0.0.1") as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<i-{u}@src.test>").code == 250
+        r = c.cmd(f"RCPT TO:<own-{u}%other.test@inbound.test>")
+        assert r.code == 250, str(r)
