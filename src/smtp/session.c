@@ -50,6 +50,7 @@ smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, .
         evbuffer_add_printf(out, "%d %s %s\r\n", code, esc, text);
     else
         evbuffer_add_printf(out, "%d %s\r\n", code, text);
+    s->out_depth++;
 }
 
 void
@@ -152,12 +153,66 @@ kill_when_flushed(struct smtp_session *s)
     smtp_session_kill(s);
 }
 
+/* ---- replies the client has not read ---- */
+
+/* Bytes of replies still in tern: the session's output and, under STARTTLS,
+ * the plaintext bufferevent below the TLS filter. */
+static size_t
+out_backlog(struct smtp_session *s)
+{
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
+    if (under != NULL)
+        n += evbuffer_get_length(bufferevent_get_output(under));
+    return n;
+}
+
+/* May the session take input now? Not while tern itself is busy with it
+ * (commit, handshake, password check), closing, or waiting for the client
+ * to read its replies. */
+static bool
+read_wanted(const struct smtp_session *s)
+{
+    if (s->dead || s->out_paused)
+        return false;
+    if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT || s->state == SMTP_ST_HANDSHAKE)
+        return false;
+    return !(s->state == SMTP_ST_AUTH &&
+             (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
+}
+
+/* Too many replies unread: stop reading until the output drains (the write
+ * callback resumes). True when paused. */
+static bool
+out_blocked(struct smtp_session *s)
+{
+    if (s->out_paused)
+        return true;
+    if (s->out_depth < SMTP_PIPELINE_DEPTH_MAX && out_backlog(s) < SMTP_OUT_BACKLOG_MAX)
+        return false;
+    s->out_paused = true;
+    bufferevent_disable(s->bev, EV_READ);
+    return true;
+}
+
+/* The output drained (low watermark 0): every reply has left this layer. */
 static void
 session_write_cb(struct bufferevent *bev, void *arg)
 {
     struct smtp_session *s = arg;
-    if (s->state == SMTP_ST_CLOSING && !s->dead)
+    if (s->dead)
+        return;
+    s->out_depth = 0;
+    if (s->state == SMTP_ST_CLOSING) {
         kill_when_flushed(s);
+        return;
+    }
+    if (!s->out_paused)
+        return;
+    s->out_paused = false;
+    if (read_wanted(s))
+        bufferevent_enable(s->bev, EV_READ);
+    smtp_session_process(s);
 }
 
 void
@@ -225,7 +280,7 @@ cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
     s->esmtp = esmtp;
     s->state = SMTP_ST_READY;
     if (!esmtp) {
-        evbuffer_add_printf(out, "250 %s\r\n", s->cfg->hostname);
+        smtp_reply(s, 250, "", "%s", s->cfg->hostname);
         return;
     }
     evbuffer_add_printf(out,
@@ -238,6 +293,7 @@ cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
     if (smtp_auth_offered(s) && s->auth_user == NULL)
         evbuffer_add_printf(out, "250-AUTH PLAIN LOGIN\r\n");
     evbuffer_add_printf(out, "250 HELP\r\n");
+    s->out_depth++;
 }
 
 static void
@@ -497,6 +553,8 @@ smtp_session_process(struct smtp_session *s)
         int r;
         if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT ||
             s->state == SMTP_ST_HANDSHAKE)
+            return;
+        if (out_blocked(s))
             return;
         if (s->state == SMTP_ST_AUTH &&
             (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY))

@@ -18,6 +18,14 @@
 #include "util/buf.h"
 #include "util/map.h"
 
+/* Replies waiting in tern for a client that does not read them: at most
+ * this many bytes (both layers under STARTTLS) and this many replies since
+ * the output was last empty. Past either bound the session stops reading
+ * and answering until the client has taken its replies (as OpenSMTPD pauses
+ * the read side), so pipelining without reading cannot grow memory. */
+#define SMTP_OUT_BACKLOG_MAX    (64 * 1024)
+#define SMTP_PIPELINE_DEPTH_MAX 1000
+
 struct bufferevent;
 struct dkim_signer;
 struct evbuffer;
@@ -108,6 +116,10 @@ struct smtp_session {
     char *helo;
     unsigned errors;
     bool discarding; /* dropping the rest of an over-long command line */
+    /* Replies not yet taken by the client: replies added since the output
+     * was last empty, and whether reading is paused until it drains. */
+    unsigned out_depth;
+    bool out_paused;
     enum smtp_state bdat_prev_state;
     struct smtp_tx *tx;
     bool dead;

@@ -4,9 +4,11 @@ exhaustion, routing local parts, and how TLS sessions end."""
 
 import os
 import signal
+import socket
+import threading
 
 from conftest import REPO
-from sysutil import SLOW, message, uid, wait_for
+from sysutil import SLOW, holds_for, message, uid, wait_for
 
 
 def open_fds(tern):
@@ -131,3 +133,79 @@ def test_untrusted_routing_refused(make_tern, sink):
         assert c.cmd(f"MAIL FROM:<i-{u}@src.test>").code == 250
         r = c.cmd(f"RCPT TO:<own-{u}%other.test@inbound.test>")
         assert r.code == 250, str(r)
+
+
+def rss_kb(tern):
+    with open(f"/proc/{tern.proc.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+class Pipeliner:
+    """A client that sends n copies of a command line from a thread and
+    never reads, until told to drain; counts the reply lines it reads."""
+
+    def __init__(self, port, line, n, batch=10000):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=120 * SLOW)
+        self.chunk = line * batch
+        self.n = n - n % batch
+        self.sent = 0  # commands handed to the kernel
+        self.done = False
+        self.error = None
+        self.thread = threading.Thread(target=self._send, daemon=True)
+        self.thread.start()
+
+    def _send(self):
+        try:
+            per = self.chunk.count(b"\n")
+            while self.sent < self.n:
+                self.sock.sendall(self.chunk)
+                self.sent += per
+        except OSError as e:
+            self.error = e
+        self.done = True
+
+    def stalled(self, quiet=1.0):
+        """True when the sender is blocked: nothing sent for quiet seconds."""
+        last = self.sent
+        return holds_for(lambda: self.sent == last and not self.done, quiet)
+
+    def read_lines(self, want):
+        """Read until want reply lines (the greeting included) arrived."""
+        got, tail = 0, b""
+        while got < want:
+            data = self.sock.recv(1 << 20)
+            assert data, f"connection closed after {got} of {want} replies: {tail[-200:]!r}"
+            got += data.count(b"\n")
+            tail = (tail + data)[-400:]
+        return tail
+
+
+def test_unread_replies_bounded(make_tern, sink):
+    """A client pipelining tens of MB of commands without reading its
+    replies: ternd stops reading from it once its replies pile up, so its
+    memory stays small; others are served meanwhile; and once the client
+    reads, every command is answered and the session goes on."""
+    tern = make_tern()
+    base = rss_kb(tern)
+    p = Pipeliner(tern.port, b"HELP\r\n", 16 * 1024 * 1024 // 6)
+    try:
+        wait_for(lambda: p.done or p.stalled(), 60 * SLOW, interval=0, desc="sender blocked")
+        limit = 16 * 1024 * SLOW  # kB; without the bound it grows by hundreds of MB
+        assert holds_for(lambda: rss_kb(tern) - base < limit, 2.0), (
+            f"ternd grew from {base} kB to {rss_kb(tern)} kB for one client"
+        )
+        assert not p.done, f"ternd read all {p.n} commands without their replies being read"
+        u = uid()
+        tern.send(f"other-{u}@src.test", [f"other-{u}@example.org"], message(f"other {u}"))
+        sink.wait_to(f"other-{u}@example.org")
+        tail = p.read_lines(1 + p.n)
+        p.thread.join(60 * SLOW)
+        assert p.done and p.error is None, p.error
+        assert tail.endswith(b"; see RFC 5321\r\n"), tail  # the last HELP's reply
+        p.sock.sendall(b"NOOP\r\n")
+        assert p.read_lines(1).startswith(b"250 "), "the session goes on"
+    finally:
+        p.sock.close()
