@@ -108,6 +108,29 @@ client_listed(const struct config *cfg, const struct sockaddr *addr)
 }
 
 bool
+policy_trusted_client(const struct config *cfg, const struct sockaddr *addr)
+{
+    return addr != NULL && client_listed(cfg, addr);
+}
+
+const char *
+policy_admit_session(
+    const struct config *cfg, bool trusted, size_t sessions, size_t outsiders, size_t from_addr)
+{
+    if (sessions >= cfg->max_sessions)
+        return "max_sessions";
+    if (trusted)
+        return NULL; /* the relay's own networks: no share and no per-address limit */
+    /* The last reserved_sessions slots are never given to outsiders, so a
+     * crowd of slow strangers cannot lock out the relay's own clients. */
+    if (outsiders + cfg->reserved_sessions >= cfg->max_sessions)
+        return "reserved_sessions";
+    if (from_addr >= cfg->max_sessions_per_ip)
+        return "max_sessions_per_ip";
+    return NULL;
+}
+
+bool
 policy_local_routes(const char *local, size_t len)
 {
     /* The "percent hack" (user%other@relay), bang paths (other!user@relay)

@@ -1,7 +1,7 @@
 /*
  * Relay policy: the one pure function that decides whether a recipient may
  * be accepted from a client, so there is exactly one place to audit for
- * open-relay bugs.
+ * open-relay bugs; and the one that admits a new session.
  */
 #ifndef TERN_SMTP_POLICY_H
 #define TERN_SMTP_POLICY_H
@@ -29,6 +29,20 @@
  */
 bool policy_may_relay(
     const struct config *cfg, const struct sockaddr *addr, bool authenticated, const char *rcpt);
+
+/* Is addr in relay_networks (an IPv4-mapped IPv6 address as IPv4 too)? */
+bool policy_trusted_client(const struct config *cfg, const struct sockaddr *addr);
+
+/*
+ * May a new inbound connection become a session? NULL when it may, else the
+ * limit it meets ("max_sessions", "reserved_sessions", "max_sessions_per_ip")
+ * for the log. sessions: open now; outsiders: those of clients outside
+ * relay_networks; from_addr: those from this client's address. Clients in
+ * relay_networks (trusted) meet only max_sessions; others may not take the
+ * last reserved_sessions of them, nor more than max_sessions_per_ip.
+ */
+const char *policy_admit_session(
+    const struct config *cfg, bool trusted, size_t sessions, size_t outsiders, size_t from_addr);
 
 /* Does a local part (len bytes, quotes included) hold '%', '!' or '@', the
  * forms that ask the receiving host to relay the mail further? */

@@ -17,9 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "policy.h"
 #include "sched/sched.h"
 #include "smtp_int.h"
-#include "util/cidr.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -67,6 +67,8 @@ smtp_server_session_gone(struct smtp_server *srv, struct smtp_session *s)
 {
     map_del_u64(srv->sessions, s->id);
     per_ip_add(srv, (struct sockaddr *)&s->peer, -1);
+    if (s->outsider)
+        srv->n_outsiders--;
 }
 
 /* Refuse a connection over a limit with one line, without a session. */
@@ -92,20 +94,21 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     struct smtp_listener *sl = arg;
     struct smtp_server *srv = sl->srv;
     char peer[64];
+    const char *why;
+    bool outsider;
     sockaddr_ntop(sa, peer, sizeof(peer));
     if (srv->shutting_down) {
         close(fd);
         return;
     }
-    if (map_count(srv->sessions) >= srv->cfg->max_sessions) {
-        refuse(fd, peer, "max_sessions");
-        return;
-    }
     /* Like Postfix's anvil exceptions: the relay's own networks (applications
-     * that hand over bulk mail) are not limited per address. */
-    if (per_ip_count(srv, sa) >= srv->cfg->max_sessions_per_ip &&
-        !cidr_match_any(srv->cfg->relay_networks, srv->cfg->n_relay_networks, sa)) {
-        refuse(fd, peer, "max_sessions_per_ip");
+     * that hand over bulk mail) are not limited per address, and a share of
+     * the sessions is kept for them. */
+    outsider = !policy_trusted_client(srv->cfg, sa);
+    why = policy_admit_session(
+        srv->cfg, !outsider, map_count(srv->sessions), srv->n_outsiders, per_ip_count(srv, sa));
+    if (why != NULL) {
+        refuse(fd, peer, why);
         return;
     }
     evutil_make_socket_nonblocking(fd);
@@ -113,8 +116,11 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
      * delayed ACK (visible as ~40 ms after a TLS 1.3 handshake). */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
     per_ip_add(srv, sa, 1);
-    if (!smtp_session_start(srv, fd, sa, salen, sl->role))
+    srv->n_outsiders += outsider;
+    if (!smtp_session_start(srv, fd, sa, salen, sl->role, outsider)) {
         per_ip_add(srv, sa, -1);
+        srv->n_outsiders -= outsider;
+    }
 }
 
 static void

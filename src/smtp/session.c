@@ -25,14 +25,77 @@
 /* RFC 4954 §4: AUTH lines and responses up to 12288 octets plus CRLF. */
 #define SMTP_AUTH_READ_MAX (AUTH_LINE_MAX + 2)
 
+/* How long a closing session may take to flush its last reply (at most
+ * smtp_timeout). */
+#define SMTP_CLOSE_GRACE_MS 10000
+
 static void session_read_cb(struct bufferevent *bev, void *arg);
 
-/* Read and write timeouts of the session (RFC 5321 §4.5.3.2). */
-void
-smtp_session_timeout(struct smtp_session *s, int64_t ms)
+/* ---- deadlines (RFC 5321 §4.5.3.2) ---- */
+
+/* One timer per session, armed for an absolute time: a command line or a
+ * data transfer has a deadline, not an idle timeout, so a client dripping
+ * a byte now and then cannot hold its session longer (the idea of Postfix's
+ * smtpd_per_record_deadline). */
+static void
+deadline_arm(struct smtp_session *s)
 {
-    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
-    bufferevent_set_timeouts(s->bev, &tv, &tv);
+    int64_t left = s->deadline_ms - tern_mono_ms();
+    struct timeval tv;
+    if (left < 0)
+        left = 0;
+    tv.tv_sec = (time_t)(left / 1000);
+    tv.tv_usec = (suseconds_t)((left % 1000) * 1000);
+    evtimer_add(s->deadline, &tv);
+}
+
+void
+smtp_session_deadline(struct smtp_session *s, int64_t ms)
+{
+    s->deadline_ms = tern_mono_ms() + ms;
+    deadline_arm(s);
+}
+
+void
+smtp_session_data_progress(struct smtp_session *s, uint64_t bytes)
+{
+    s->deadline_ms = smtp_data_deadline(
+        s->deadline_ms, tern_mono_ms(), bytes, s->cfg->min_data_rate, s->cfg->data_timeout_ms);
+    deadline_arm(s);
+}
+
+/* Is tern itself busy with the session (the client waits for us)? */
+static bool
+session_busy(const struct smtp_session *s)
+{
+    return s->state == SMTP_ST_COMMIT || s->state == SMTP_ST_HANDSHAKE ||
+           (s->state == SMTP_ST_AUTH &&
+               (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
+}
+
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_session *s = arg;
+    struct logline l;
+    bool data = s->state == SMTP_ST_DATA || s->state == SMTP_ST_BDAT;
+    if (s->dead)
+        return;
+    if (s->state == SMTP_ST_CLOSING) {
+        smtp_session_kill(s); /* the client does not take its last reply */
+        return;
+    }
+    if (session_busy(s)) {
+        smtp_session_deadline(s, s->cfg->smtp_timeout_ms); /* our wait, not the client's */
+        return;
+    }
+    log_begin(
+        &l, LOG_INFO, s->tx && s->tx->w ? spool_writer_qid(s->tx->w) : NULL, "smtp", "timeout");
+    log_int(&l, "sess", (int64_t)s->id);
+    log_str(&l, "client", s->peer_str);
+    log_str(&l, "phase", data ? "data" : "command");
+    log_end(&l);
+    smtp_session_close(s, 421, "4.4.2", "Error: timeout exceeded");
 }
 
 /* ---- replies ---- */
@@ -106,6 +169,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
         event_free(s->auth_timer);
     if (s->hs_timer)
         event_free(s->hs_timer);
+    event_free(s->deadline);
     if (s->bev)
         bufferevent_free(s->bev);
     tls_ctx_unref(s->tls_ctx);
@@ -122,6 +186,7 @@ smtp_session_kill(struct smtp_session *s)
     if (s->dead)
         return;
     s->dead = true;
+    evtimer_del(s->deadline);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
     smtp_server_session_gone(s->srv, s);
@@ -224,6 +289,8 @@ smtp_session_close(struct smtp_session *s, int code, const char *esc, const char
         smtp_reply(s, code, esc, "%s", text);
     s->state = SMTP_ST_CLOSING;
     bufferevent_disable(s->bev, EV_READ);
+    smtp_session_deadline(s, s->cfg->smtp_timeout_ms < SMTP_CLOSE_GRACE_MS ? s->cfg->smtp_timeout_ms
+                                                                           : SMTP_CLOSE_GRACE_MS);
     kill_when_flushed(s);
 }
 
@@ -235,20 +302,9 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
         smtp_tls_event(s, what);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
-        struct logline l;
-        log_begin(
-            &l, LOG_INFO, s->tx && s->tx->w ? spool_writer_qid(s->tx->w) : NULL, "smtp", "timeout");
-        log_int(&l, "sess", (int64_t)s->id);
-        log_str(&l, "client", s->peer_str);
-        log_end(&l);
-        /* RFC 5321 §4.5.3.2: give up on an idle client; the write side may
-         * still be usable for the 421. */
-        bufferevent_enable(bev, EV_WRITE);
-        smtp_session_close(s, 421, "4.4.2", "Error: timeout exceeded");
-        return;
-    }
-    /* EOF or error: the client is gone; an unfinished transaction is dropped. */
+    /* EOF or error (no bufferevent timeouts are set: the deadline timer
+     * times the client): the client is gone; an unfinished transaction is
+     * dropped. */
     smtp_session_kill(s);
 }
 
@@ -574,6 +630,9 @@ smtp_session_process(struct smtp_session *s)
         r = read_command(s, in, line, &len);
         if (r == 0)
             return;
+        /* A line is in: the next one has its own deadline (a handler
+         * entering DATA, BDAT or closing sets another). */
+        smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
         if (r < 0) {
             if (s->state == SMTP_ST_AUTH) {
                 smtp_auth_response(s, "", 0); /* an over-long response cannot decode */
@@ -610,28 +669,35 @@ smtp_session_callbacks(struct smtp_session *s)
 }
 
 bool
-smtp_session_start(
-    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role)
+smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
+    enum smtp_role role, bool outsider)
 {
     struct smtp_session *s = xcalloc(1, sizeof(*s));
     s->id = ++srv->next_id;
     s->srv = srv;
+    s->outsider = outsider;
     s->cfg = config_ref(srv->cfg);
     s->role = role;
     s->tls_ctx = srv->tls ? tls_ctx_ref(srv->tls) : NULL;
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
     sockaddr_ntop(sa, s->peer_str, sizeof(s->peer_str));
     s->state = SMTP_ST_CONNECTED;
+    s->deadline = evtimer_new(srv->base, deadline_cb, s);
     if (role == SMTP_ROLE_SMTPS) {
         if (s->tls_ctx == NULL || !smtp_tls_accept(s, fd))
             s->bev = NULL;
     } else {
         s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
-    if (s->bev == NULL) {
-        evutil_closesocket(fd);
+    if (s->bev == NULL || s->deadline == NULL) {
+        if (s->bev != NULL)
+            bufferevent_free(s->bev);
+        else
+            evutil_closesocket(fd);
         if (s->hs_timer)
             event_free(s->hs_timer);
+        if (s->deadline)
+            event_free(s->deadline);
         tls_ctx_unref(s->tls_ctx);
         config_unref(s->cfg);
         free(s);
@@ -640,10 +706,11 @@ smtp_session_start(
     map_put_u64(srv->sessions, s->id, s);
     srv->n_alive++;
     smtp_session_callbacks(s);
-    smtp_session_timeout(
-        s, role == SMTP_ROLE_SMTPS ? s->cfg->tls_handshake_timeout_ms : s->cfg->smtp_timeout_ms);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-    if (role != SMTP_ROLE_SMTPS)
+    /* smtps: the handshake timer runs until the greeting. */
+    if (role != SMTP_ROLE_SMTPS) {
+        smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
         smtp_reply(s, 220, "", "%s ESMTP tern", s->cfg->hostname);
+    }
     return true;
 }

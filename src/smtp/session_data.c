@@ -198,7 +198,7 @@ smtp_cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
     }
     smtp_data_init(&s->tx->dec, SMTP_DATA_DOT);
     s->state = SMTP_ST_DATA;
-    smtp_session_timeout(s, s->cfg->data_timeout_ms);
+    smtp_session_deadline(s, s->cfg->data_timeout_ms);
     smtp_reply(s, 354, "", "End data with <CR><LF>.<CR><LF>");
 }
 
@@ -262,7 +262,7 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
         return;
     }
     s->state = SMTP_ST_READY;
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     bufferevent_enable(s->bev, EV_READ);
     smtp_session_process(s);
 }
@@ -274,7 +274,7 @@ tx_finish(struct smtp_session *s)
     struct tern_status st;
     struct logline l;
     const char *qid = spool_writer_qid(tx->w);
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     tx_flush(s);
     if (tx_rejected(s, &st)) {
         smtp_reply_status(s, &st);
@@ -329,6 +329,7 @@ smtp_data_in(struct smtp_session *s, struct evbuffer *in)
             tx_flush(s);
     }
     evbuffer_drain(in, used);
+    smtp_session_data_progress(s, used);
     if (tx->dec.ended)
         tx_finish(s);
 }
@@ -380,7 +381,7 @@ smtp_cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
     tx->chunk_left = size;
     tx->chunk_last = last;
     s->state = SMTP_ST_BDAT;
-    smtp_session_timeout(s, s->cfg->data_timeout_ms);
+    smtp_session_deadline(s, s->cfg->data_timeout_ms);
     if (size == 0)
         bdat_chunk_done(s); /* "BDAT 0 LAST": no bytes follow (RFC 3030 §2) */
 }
@@ -389,7 +390,7 @@ static void
 bdat_chunk_done(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     if (tx->bdat_failed) {
         smtp_reply_status(s, &tx->bdat_st);
         if (tx->chunk_last || tx->env->n_rcpts == 0) {
@@ -415,6 +416,7 @@ void
 smtp_bdat_in(struct smtp_session *s, struct evbuffer *in)
 {
     struct smtp_tx *tx = s->tx;
+    uint64_t used = 0;
     while (tx->chunk_left > 0 && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
         size_t take;
@@ -431,7 +433,9 @@ smtp_bdat_in(struct smtp_session *s, struct evbuffer *in)
         }
         evbuffer_drain(in, take);
         tx->chunk_left -= take;
+        used += take;
     }
+    smtp_session_data_progress(s, used);
     if (tx->chunk_left == 0)
         bdat_chunk_done(s);
 }

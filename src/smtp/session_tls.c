@@ -119,7 +119,6 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
     FREE_NULL(&s->helo);
     s->esmtp = false;
     smtp_auth_reset(s);
-    bufferevent_set_timeouts(under, NULL, NULL);
     bev = bufferevent_openssl_filter_new(
         s->srv->base, under, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
@@ -134,7 +133,6 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
     s->bev = bev;
     s->state = SMTP_ST_HANDSHAKE;
     smtp_session_callbacks(s);
-    smtp_session_timeout(s, s->cfg->tls_handshake_timeout_ms);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     hs_timer_start(s);
 }
@@ -168,7 +166,7 @@ smtp_tls_event(struct smtp_session *s, short what)
     s->tls = true;
     tls_describe(bufferevent_openssl_get_ssl(s->bev), &s->tls_info);
     s->state = SMTP_ST_CONNECTED;
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     log_begin(&l, LOG_INFO, NULL, "smtp", "tls");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);

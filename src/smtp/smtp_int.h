@@ -100,7 +100,8 @@ struct smtp_server {
     struct map *sessions;           /* id -> session */
     struct map *per_ip;             /* address bytes -> count (uintptr_t) */
     uint64_t next_id;
-    size_t n_alive; /* sessions not yet freed (killed ones included) */
+    size_t n_alive;     /* sessions not yet freed (killed ones included) */
+    size_t n_outsiders; /* sessions of clients outside relay_networks */
     bool shutting_down;
 };
 
@@ -123,6 +124,9 @@ struct smtp_session {
     enum smtp_state bdat_prev_state;
     struct smtp_tx *tx;
     bool dead;
+    bool outsider;          /* the client is outside relay_networks (counted in n_outsiders) */
+    struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
+    int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
     /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
      * never shared between sessions. */
     enum smtp_role role;
@@ -139,8 +143,8 @@ struct smtp_session {
 };
 
 /* session.c. start: false when no session could be made (fd closed). */
-bool smtp_session_start(
-    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role);
+bool smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
+    enum smtp_role role, bool outsider);
 void smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void smtp_reply_status(struct smtp_session *s, const struct tern_status *st);
@@ -153,7 +157,12 @@ bool smtp_session_error(struct smtp_session *s);
 void smtp_tx_reset(struct smtp_session *s);
 /* Run buffered input (after a pause: commit, handshake, auth check). */
 void smtp_session_process(struct smtp_session *s);
-void smtp_session_timeout(struct smtp_session *s, int64_t ms);
+/* The client has ms from now (the next command line, the data, the last
+ * reply's flush) before 421 4.4.2 and close; replaces the deadline set. */
+void smtp_session_deadline(struct smtp_session *s, int64_t ms);
+/* bytes of message data arrived: extend the data deadline (min_data_rate,
+ * at most data_timeout ahead). */
+void smtp_session_data_progress(struct smtp_session *s, uint64_t bytes);
 void smtp_session_callbacks(struct smtp_session *s); /* set read/write/event callbacks */
 
 /* session_data.c: DATA and BDAT. */

@@ -3,12 +3,14 @@ unread pipelined replies, slow (drip-feeding) clients, descriptor
 exhaustion, routing local parts, and how TLS sessions end."""
 
 import os
+import select
 import signal
 import socket
 import threading
+import time
 
 from conftest import REPO
-from sysutil import SLOW, holds_for, message, uid, wait_for
+from sysutil import SLOW, RawSMTP, holds_for, message, uid, wait_for
 
 
 def open_fds(tern):
@@ -207,5 +209,95 @@ def test_unread_replies_bounded(make_tern, sink):
         assert tail.endswith(b"; see RFC 5321\r\n"), tail  # the last HELP's reply
         p.sock.sendall(b"NOOP\r\n")
         assert p.read_lines(1).startswith(b"250 "), "the session goes on"
+    finally:
+        p.sock.close()
+
+
+def drip(sock, data, every):
+    """Send data one byte every `every` seconds until it is all sent or the
+    server answers; returns (what the server sent or b"", seconds taken)."""
+    t0 = time.monotonic()
+    for i in range(len(data)):
+        try:
+            sock.sendall(data[i : i + 1])
+        except OSError:
+            break
+        ready, _, _ = select.select([sock], [], [], every)
+        if ready:
+            break
+    sock.settimeout(5 * SLOW)
+    try:
+        got = sock.recv(4096)
+    except (socket.timeout, OSError):
+        got = b""
+    return got, time.monotonic() - t0
+
+
+def test_drip_feeding_cut_off(make_tern, sink):
+    """A command line or message data dripped a byte at a time gets 421
+    4.4.2 at its deadline: the bytes do not extend it."""
+    tern = make_tern(smtp_timeout="2s", data_timeout="2s")
+    line = b"EHLO " + b"d" * 60 + b"\r\n"  # 66 bytes: 13 s at 0.2 s a byte
+    with RawSMTP(tern.port, source="127.0.0.2") as c:
+        c.greeting()
+        got, took = drip(c.sock, line, 0.2)
+        assert got.startswith(b"421 4.4.2"), f"after {took:.1f}s: {got!r}"
+        assert took < 8 * SLOW, took
+        assert c.wait_closed(15 * SLOW)
+    u = uid()
+    data = message(f"drip {u}") + b".\r\n"
+    with RawSMTP(tern.port, source="127.0.0.2") as c:
+        c.greeting()
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<drip-{u}@src.test>").code == 250
+        assert c.cmd(f"RCPT TO:<drip-{u}@inbound.test>").code == 250
+        assert c.cmd("DATA").code == 354
+        got, took = drip(c.sock, data, 0.2)
+        assert got.startswith(b"421 4.4.2"), f"after {took:.1f}s: {got!r}"
+        assert took < 8 * SLOW, took
+        assert c.wait_closed(15 * SLOW)
+    assert tern.wait_event("timeout", phase="data")
+    wait_for(lambda: tern.tmp_files() == [], desc="the dropped message's tmp file removed")
+    assert sink.to(f"drip-{u}@inbound.test") == []
+
+
+def test_reserved_sessions_for_relay_networks(make_tern, sink):
+    """Outsiders (127.0.0.2.. here; relay_networks is 127.0.0.1/32) that
+    drip-feed their sessions cannot take the last reserved_sessions (by
+    default a tenth) of max_sessions: a relay_networks client still gets 220
+    and relays."""
+    tern = make_tern(max_sessions=30)
+    held = []
+    try:
+        refused = None
+        for i in range(30):
+            c = RawSMTP(tern.port, source=f"127.0.0.{2 + i % 3}")
+            held.append(c)
+            r = c.reply()
+            if r.code != 220:
+                refused = (i, r)
+                break
+            c.send(b"E")  # the start of a command line, never finished
+        assert refused is not None, "outsiders took every session"
+        i, r = refused
+        assert i == 27 and r.code == 421 and r.enh == "4.7.0", f"outsider #{i + 1}: {r}"
+        assert tern.wait_event("refused", reason="reserved_sessions")
+        u = uid()
+        tern.send(f"own-{u}@src.test", [f"own-{u}@example.org"], message(f"own {u}"), source="127.0.0.1")
+        sink.wait_to(f"own-{u}@example.org")
+    finally:
+        for c in held:
+            c.close()
+
+
+def test_unread_client_closed_at_deadline(make_tern):
+    """A client that pipelines and never reads is closed at the command
+    deadline, its unread replies dropped with it."""
+    tern = make_tern(smtp_timeout="2s")
+    base = open_fds(tern)
+    p = Pipeliner(tern.port, b"HELP\r\n", 4 * 1024 * 1024 // 6)
+    try:
+        tern.wait_event("timeout", phase="command", timeout=15 * SLOW)
+        wait_for(lambda: open_fds(tern) <= base, 15 * SLOW, desc="the session's socket closed")
     finally:
         p.sock.close()

@@ -128,9 +128,11 @@ test_defaults(void **state)
     assert_int_equal(c->max_recipients, 1000);
     assert_int_equal(c->max_sessions, 1000);
     assert_int_equal(c->max_sessions_per_ip, 100);
+    assert_int_equal(c->reserved_sessions, 100); /* a tenth of max_sessions */
     assert_int_equal(c->max_errors, 20);
     assert_int_equal(c->smtp_timeout_ms, 300000);
     assert_int_equal(c->data_timeout_ms, 180000);
+    assert_int_equal(c->min_data_rate, 500);
     assert_int_equal(c->delivery_concurrency, 20);
     assert_int_equal(c->delivery_max_msgs_per_conn, 100);
     assert_int_equal(c->connect_timeout_ms, 30000);
@@ -247,6 +249,7 @@ test_full_file(void **state)
     assert_int_equal(c->max_recipients, 50);
     assert_int_equal(c->max_sessions, 10);
     assert_int_equal(c->max_sessions_per_ip, 3);
+    assert_int_equal(c->reserved_sessions, 1); /* computed from max_sessions = 10 */
     assert_int_equal(c->max_errors, 5);
     assert_int_equal(c->smtp_timeout_ms, 120000);
     assert_int_equal(c->data_timeout_ms, 60000);
@@ -279,6 +282,7 @@ test_overrides(void **state)
         "max_errors=1",
         "max_errors=2", /* later overrides win over earlier ones */
         "log_format=json # comment",
+        "reserved_sessions=0", /* an explicit 0 wins over the computed default */
     };
     struct config *c = load_text("smtp_listen = 127.0.0.1:25\n"
                                  "relay_domains = example.com\n"
@@ -295,6 +299,7 @@ test_overrides(void **state)
     assert_string_equal(c->hostname, "relay.example");
     assert_int_equal(c->max_errors, 2);
     assert_int_equal(c->log_format, LOGFMT_JSON);
+    assert_int_equal(c->reserved_sessions, 0);
     config_unref(c);
 
     /* No file: built-in defaults plus overrides. */
@@ -423,6 +428,10 @@ test_errors(void **state)
             "tern.conf:1: tls_cert_file is set but tls_key_file is not\n" },
         { "smtps needs tls", NULL, "smtps_listen=127.0.0.1:465",
             "-o smtps_listen: smtps_listen needs tls_cert_file and tls_key_file\n" },
+        { "reserve too big", "max_sessions = 10\nreserved_sessions = 10\n", NULL,
+            "tern.conf:2: reserved_sessions (10) must be less than max_sessions (10)\n" },
+        { "zero data rate", NULL, "min_data_rate=0",
+            "-o min_data_rate: bad number \"0\" for min_data_rate (1..1000000000)\n" },
         { "retry order", "retry_max = 10s\n", NULL,
             "tern.conf:1: retry_initial is longer than retry_max\n" },
         { "untrusted text shown safely", "hostname = \"a\\\"b\x01\"\n", NULL,

@@ -179,6 +179,45 @@ test_domain_listed(void **state)
     assert_false(policy_domain_listed(NULL, 0, "example.com"));
 }
 
+/* Session admission: the total limit for everyone, the reserved share and
+ * the per-address limit for outsiders only. */
+static void
+test_admit_session(void **state)
+{
+    static const struct {
+        const char *name;
+        bool trusted;
+        size_t sessions, outsiders, from_addr;
+        const char *want; /* NULL: admitted */
+    } cases[] = {
+        { "empty", false, 0, 0, 0, NULL },
+        { "outsider below share", false, 6, 6, 0, NULL },
+        { "outsider share full", false, 7, 7, 0, "reserved_sessions" },
+        { "outsider, share full of insiders", false, 9, 2, 0, NULL },
+        { "insider in the reserve", true, 9, 7, 50, NULL },
+        { "insider at max", true, 10, 0, 0, "max_sessions" },
+        { "outsider at max", false, 10, 3, 0, "max_sessions" },
+        { "outsider per address", false, 2, 2, 2, "max_sessions_per_ip" },
+        { "insider not per address", true, 2, 0, 2, NULL },
+    };
+    struct config cfg;
+    memset(&cfg, 0, sizeof(cfg));
+    cfg.max_sessions = 10;
+    cfg.reserved_sessions = 3;
+    cfg.max_sessions_per_ip = 2;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        const char *got = policy_admit_session(
+            &cfg, cases[i].trusted, cases[i].sessions, cases[i].outsiders, cases[i].from_addr);
+        print_message("case %s\n", cases[i].name);
+        if (cases[i].want == NULL)
+            assert_null(got);
+        else
+            assert_string_equal(got, cases[i].want);
+    }
+    cfg.reserved_sessions = 0; /* no reserve: outsiders may take every session */
+    assert_null(policy_admit_session(&cfg, false, 9, 9, 0));
+}
+
 int
 main(void)
 {
@@ -186,6 +225,7 @@ main(void)
         cmocka_unit_test(test_may_relay),
         cmocka_unit_test(test_closed_by_default),
         cmocka_unit_test(test_domain_listed),
+        cmocka_unit_test(test_admit_session),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
