@@ -36,8 +36,8 @@ static const char *const dkim_canon_names[] = { "relaxed/relaxed", "simple/simpl
 /* Enum settings store the index into their names table. */
 _Static_assert(TLS_NONE == 0 && TLS_OPPORTUNISTIC == 1 && TLS_REQUIRED == 2, "tls_names");
 _Static_assert(LOGFMT_TEXT == 0 && LOGFMT_JSON == 1, "logfmt_names");
-_Static_assert(
-    IPFAM_PREFER_V4 == 0 && IPFAM_PREFER_V6 == 1 && IPFAM_V4 == 2 && IPFAM_V6 == 3, "ipfam_names");
+_Static_assert(IPFAM_PREFER_V4 == 0 && IPFAM_PREFER_V6 == 1 && IPFAM_V4 == 2 && IPFAM_V6 == 3,
+    "ipfam_names");
 _Static_assert(TLSVER_1_2 == 0 && TLSVER_1_3 == 1, "tlsver_names");
 _Static_assert(DKIM_C_RELAXED_RELAXED == 0 && DKIM_C_SIMPLE_SIMPLE == 1 &&
                    DKIM_C_RELAXED_SIMPLE == 2 && DKIM_C_SIMPLE_RELAXED == 3,
@@ -731,8 +731,8 @@ list_push(void **arr, size_t *n, size_t elem)
 
 /* Parse one list word into slot (zeroed, elem bytes); report and return -1
  * when it is bad. */
-typedef int list_item_fn(
-    const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e);
+typedef int list_item_fn(const struct cfg_setting *s, const char *item, void *slot,
+    struct cfg_errs *e);
 /* Free n items of arr and arr itself. */
 typedef void list_free_fn(void *arr, size_t n);
 
@@ -952,8 +952,8 @@ parse_route_hop(const char *item, size_t len, struct route_hop *hop)
         colon = strrchr(tmp, ':');
         if (colon && strchr(tmp, ':') != colon)
             return -1; /* a bare IPv6 literal: it needs [brackets] */
-        snprintf(
-            hop->host, sizeof(hop->host), "%.*s", (int)(colon ? (size_t)(colon - tmp) : len), tmp);
+        snprintf(hop->host, sizeof(hop->host), "%.*s",
+            (int)(colon ? (size_t)(colon - tmp) : len), tmp);
     }
     if (colon && parse_u64(colon + 1, strlen(colon + 1), 65535, &port) < 0)
         return -1;

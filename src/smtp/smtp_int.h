@@ -100,8 +100,10 @@ struct smtp_server {
     struct map *sessions;           /* id -> session */
     struct map *per_ip;             /* address bytes -> count (uintptr_t) */
     uint64_t next_id;
-    size_t n_alive;     /* sessions not yet freed (killed ones included) */
-    size_t n_outsiders; /* sessions of clients outside relay_networks */
+    size_t n_alive;             /* sessions not yet freed (killed ones included) */
+    size_t n_outsiders;         /* sessions of clients outside relay_networks */
+    struct event *accept_timer; /* owned: ends a pause of the listeners */
+    bool accept_paused;         /* accept() ran out of descriptors; listeners off */
     bool shutting_down;
 };
 

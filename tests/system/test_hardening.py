@@ -3,13 +3,15 @@ unread pipelined replies, slow (drip-feeding) clients, descriptor
 exhaustion, routing local parts, and how TLS sessions end."""
 
 import os
+import resource
 import select
 import signal
 import socket
+import subprocess
 import threading
 import time
 
-from conftest import REPO
+from conftest import REPO, binary, tool_env
 from sysutil import SLOW, RawSMTP, holds_for, message, uid, wait_for
 
 
@@ -301,3 +303,77 @@ def test_unread_client_closed_at_deadline(make_tern):
         wait_for(lambda: open_fds(tern) <= base, 15 * SLOW, desc="the session's socket closed")
     finally:
         p.sock.close()
+
+
+def nofile(soft, hard):
+    """A preexec hook: the child's RLIMIT_NOFILE."""
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def proc_nofile(pid):
+    """(soft, hard) RLIMIT_NOFILE of a running process."""
+    with open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+    raise AssertionError("no Max open files line")
+
+
+def test_fd_limit_sizing(make_tern):
+    """ternd raises its soft RLIMIT_NOFILE to the hard limit at start, and
+    refuses (exit 2, at start and with --check) a configuration whose
+    sessions and connections cannot fit in it."""
+    tern = make_tern(start=False, max_sessions=1000)
+    tern.preexec = nofile(1024, 1024)
+    tern.start(wait=False)
+    rc = tern.proc.wait(30 * SLOW)
+    tern.expect_dead = True
+    assert rc == 2, f"exit {rc}:\n{tern.log_tail()}"
+    log = tern.log_text()
+    assert "max_sessions = 1000" in log and "RLIMIT_NOFILE" in log and "1024" in log, log
+    argv = [binary("ternd"), "-c", str(tern.conf), "--check"]
+    p = subprocess.run(argv, capture_output=True, env=tool_env(), preexec_fn=nofile(1024, 1024),
+                       timeout=30 * SLOW)
+    assert p.returncode == 2 and b"max_sessions = 1000" in p.stderr, p.stderr
+    tern.update(max_sessions=300, max_connections=100)
+    p = subprocess.run(argv, capture_output=True, env=tool_env(), preexec_fn=nofile(1024, 1024),
+                       timeout=30 * SLOW)
+    assert p.returncode == 0, p.stderr
+    # started with a low soft limit, ternd takes what the hard limit allows
+    tern.update(max_sessions=1000, max_connections=500)
+    tern.preexec = nofile(256, 4096)
+    tern.start()
+    assert proc_nofile(tern.proc.pid) == (4096, 4096)
+    assert tern.wait_event("started", max_fds=4096)
+
+
+def test_accept_paused_when_out_of_fds(make_tern):
+    """Out of descriptors, the listeners pause (one log line per pause)
+    instead of spinning on accept(), and accept again once some are free."""
+    tern = make_tern()
+    pid = tern.proc.pid
+    soft, hard = proc_nofile(pid)
+    held = []
+    try:
+        # leave room for three more sessions only
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds(tern) + 3, hard))
+        for _ in range(3):
+            held.append(tern.raw())
+        late = RawSMTP(tern.port)  # in the listen backlog: accept() fails
+        held.append(late)
+        first = tern.wait_event("accept_paused")
+        assert "Too many open files" in first["_raw"] or first.get("errno"), first["_raw"]
+        t0 = time.monotonic()
+        # it rests, tries again, rests again: one line each time
+        wait_for(lambda: len(tern.events("accept_paused")) >= 2, desc="a second pause")
+        held.pop(0).close()  # a descriptor comes free
+        assert late.greeting().code == 220
+        took = time.monotonic() - t0
+        assert late.cmd("NOOP").code == 250
+        lines = len(tern.events("accept_paused")) + len(tern.events("accept_failed"))
+        assert lines <= 3 + 4 * took, f"{lines} accept lines in {took:.1f}s"
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        for c in held:
+            c.close()
