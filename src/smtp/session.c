@@ -170,6 +170,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     if (s->hs_timer)
         event_free(s->hs_timer);
     event_free(s->deadline);
+    event_free(s->flush_ev);
     if (s->bev)
         bufferevent_free(s->bev);
     tls_ctx_unref(s->tls_ctx);
@@ -193,27 +194,58 @@ smtp_session_kill(struct smtp_session *s)
     event_base_once(s->srv->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
 }
 
-/* Under STARTTLS the last reply has only reached the plaintext bufferevent
- * below the TLS filter when the filter's output drains: wait for that one. */
+static void kill_when_flushed(struct smtp_session *s);
+
+static void
+flush_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_session *s = arg;
+    if (!s->dead && s->state == SMTP_ST_CLOSING)
+        kill_when_flushed(s);
+}
+
+/* Under STARTTLS the last reply (and the close_notify after it) has only
+ * reached the plaintext bufferevent below the TLS filter when the filter's
+ * output drains: when that one is empty too, closing goes on, from the
+ * loop rather than from inside the buffer's own callback. */
 static void
 under_drained_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct smtp_session *s = arg;
-    if (evbuffer_get_length(buf) == 0)
-        smtp_session_kill(s);
+    if (evbuffer_get_length(buf) == 0 && !s->dead && s->state == SMTP_ST_CLOSING)
+        event_active(s->flush_ev, EV_TIMEOUT, 0);
+}
+
+/* Is the plaintext layer below the TLS filter still sending? Then watch it
+ * (once) and come back when it is empty. */
+static bool
+under_busy(struct smtp_session *s)
+{
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    if (under == NULL || evbuffer_get_length(bufferevent_get_output(under)) == 0)
+        return false;
+    if (!s->under_watched) {
+        evbuffer_add_cb(bufferevent_get_output(under), under_drained_cb, s);
+        s->under_watched = true;
+    }
+    return true;
 }
 
 /* A closing session ends once its last reply has left (both layers under
- * TLS); until then the write callbacks come back here. */
+ * TLS) and, on a TLS session, its close_notify after it; until then the
+ * write callbacks come back here. */
 static void
 kill_when_flushed(struct smtp_session *s)
 {
-    struct bufferevent *under = bufferevent_get_underlying(s->bev);
     if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
         return; /* session_write_cb fires once it drains (low watermark 0) */
-    if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0) {
-        evbuffer_add_cb(bufferevent_get_output(under), under_drained_cb, s);
+    if (under_busy(s))
         return;
+    if (s->tls && !s->tls_closed) {
+        s->tls_closed = true;
+        smtp_tls_close_notify(s);
+        if (under_busy(s))
+            return;
     }
     smtp_session_kill(s);
 }
@@ -683,13 +715,14 @@ smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, i
     sockaddr_ntop(sa, s->peer_str, sizeof(s->peer_str));
     s->state = SMTP_ST_CONNECTED;
     s->deadline = evtimer_new(srv->base, deadline_cb, s);
+    s->flush_ev = event_new(srv->base, -1, 0, flush_ev_cb, s);
     if (role == SMTP_ROLE_SMTPS) {
         if (s->tls_ctx == NULL || !smtp_tls_accept(s, fd))
             s->bev = NULL;
     } else {
         s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
     }
-    if (s->bev == NULL || s->deadline == NULL) {
+    if (s->bev == NULL || s->deadline == NULL || s->flush_ev == NULL) {
         if (s->bev != NULL)
             bufferevent_free(s->bev);
         else
@@ -698,6 +731,8 @@ smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, i
             event_free(s->hs_timer);
         if (s->deadline)
             event_free(s->deadline);
+        if (s->flush_ev)
+            event_free(s->flush_ev);
         tls_ctx_unref(s->tls_ctx);
         config_unref(s->cfg);
         free(s);

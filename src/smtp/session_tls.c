@@ -9,6 +9,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -152,12 +153,48 @@ log_tls_failure(struct smtp_session *s, short what)
     log_end(&l);
 }
 
+/* A failed STARTTLS handshake: OpenSSL wrote its alert (protocol_version,
+ * handshake_failure...) into the plaintext layer, whose writing libevent
+ * has just stopped. Send it on the socket before closing, so the client
+ * learns why (RFC 8446 §6.2). Best effort: one small write on a socket
+ * that has nothing else queued. With smtps the alert went to the socket
+ * directly. */
+static void
+send_alert(struct smtp_session *s)
+{
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    struct evbuffer *out = under ? bufferevent_get_output(under) : NULL;
+    if (out == NULL || evbuffer_get_length(out) == 0)
+        return;
+    /* A socket bufferevent keeps the front of its output frozen for
+     * everyone but itself. */
+    evbuffer_unfreeze(out, 1);
+    (void)evbuffer_write(out, bufferevent_getfd(under));
+    evbuffer_freeze(out, 1);
+}
+
+void
+smtp_tls_close_notify(struct smtp_session *s)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+    /* RFC 8446 §6.1: the side that ends the connection sends close_notify,
+     * so the peer can tell the end from a truncation. One direction is
+     * enough: the session ends here and the client's own close_notify is
+     * not waited for. Under STARTTLS it lands in the plaintext layer (the
+     * caller flushes it); with smtps it goes to the socket directly. A
+     * failure (the socket is full: a client that does not read) only loses
+     * the alert. */
+    if (ssl != NULL && SSL_shutdown(ssl) < 0)
+        ERR_clear_error();
+}
+
 void
 smtp_tls_event(struct smtp_session *s, short what)
 {
     struct logline l;
     if (!(what & BEV_EVENT_CONNECTED)) {
         log_tls_failure(s, what);
+        send_alert(s);
         smtp_session_kill(s);
         return;
     }

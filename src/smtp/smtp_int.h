@@ -129,6 +129,9 @@ struct smtp_session {
     bool outsider;          /* the client is outside relay_networks (counted in n_outsiders) */
     struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
     int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
+    struct event *flush_ev; /* owned: continues closing once the TLS layers drained */
+    bool under_watched;     /* under_drained_cb is on the plaintext layer's output */
+    bool tls_closed;        /* close_notify has been sent */
     /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
      * never shared between sessions. */
     enum smtp_role role;
@@ -183,6 +186,8 @@ void smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c);
 bool smtp_tls_accept(struct smtp_session *s, int fd);
 /* Handshake done (BEV_EVENT_CONNECTED) or failed: called by the event cb. */
 void smtp_tls_event(struct smtp_session *s, short what);
+/* Send close_notify on the session's TLS connection (tern ends it). */
+void smtp_tls_close_notify(struct smtp_session *s);
 
 /* session_auth.c: AUTH (RFC 4954). */
 bool smtp_auth_offered(const struct smtp_session *s);

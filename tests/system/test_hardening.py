@@ -7,12 +7,16 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
 
+import pytest
+
 from conftest import REPO, binary, tool_env
-from sysutil import SLOW, RawSMTP, holds_for, message, uid, wait_for
+from sysutil import SLOW, RawSMTP, free_port, holds_for, message, uid, wait_for
+from test_tls_auth import make_cert
 
 
 def open_fds(tern):
@@ -377,3 +381,94 @@ def test_accept_paused_when_out_of_fds(make_tern):
         resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
         for c in held:
             c.close()
+
+
+@pytest.fixture
+def tls_tern(make_tern, tmp_path):
+    """ternd with STARTTLS on smtp_listen and smtps on t.smtps_port."""
+
+    def make(**settings):
+        cert, key = make_cert(tmp_path, f"c{uid()}")
+        t = make_tern(start=False, tls_cert_file=cert, tls_key_file=key,
+                      smtps_listen=f"127.0.0.1:{free_port()}", **settings)
+        t.smtps_port = int(t.settings["smtps_listen"].rsplit(":", 1)[1])
+        return t.start()
+
+    return make
+
+
+def s_client(port, *args, stdin=b""):
+    p = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "tern.test",
+         "-crlf", "-ign_eof", *args],
+        input=stdin, capture_output=True, timeout=30 * SLOW,
+    )
+    return (p.stdout + p.stderr).decode(errors="replace")
+
+
+def tls_client_ctx():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def read_to_close_notify(ssock):
+    """Everything the server sends until it ends TLS; SSLEOFError when the
+    connection ends without close_notify."""
+    data = b""
+    while True:
+        chunk = ssock.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def test_tls_close_notify(tls_tern):
+    """When tern ends a TLS session (QUIT, a 421 at a deadline or at
+    shutdown) it sends close_notify before closing the socket (RFC 8446
+    6.1), so clients see a clean end, not a truncation."""
+    tern = tls_tern(smtp_timeout="2s")
+    out = s_client(tern.port, "-starttls", "smtp", stdin=b"EHLO x\nQUIT\n")
+    assert "221 2.0.0" in out, out
+    assert "unexpected eof" not in out, out
+    out = s_client(tern.smtps_port, stdin=b"EHLO x\nQUIT\n")
+    assert "221 2.0.0" in out and "unexpected eof" not in out, out
+    # a 421 at the command deadline, after STARTTLS
+    with socket.create_connection(("127.0.0.1", tern.port), timeout=15 * SLOW) as raw:
+        f = raw.makefile("rb")
+        assert f.readline().startswith(b"220")
+        raw.sendall(b"EHLO x\r\n")
+        while not f.readline().startswith(b"250 "):
+            pass
+        raw.sendall(b"STARTTLS\r\n")
+        assert f.readline().startswith(b"220")
+        ssock = tls_client_ctx().wrap_socket(raw, server_hostname="tern.test",
+                                             suppress_ragged_eofs=False)
+        # no new greeting after STARTTLS (RFC 3207 4.2): the 421, then the end
+        end = read_to_close_notify(ssock)
+        assert end.startswith(b"421 4.4.2"), end
+    # smtps, ended by SIGTERM with 421
+    raw = socket.create_connection(("127.0.0.1", tern.smtps_port), timeout=15 * SLOW)
+    ssock = tls_client_ctx().wrap_socket(raw, server_hostname="tern.test",
+                                         suppress_ragged_eofs=False)
+    with ssock:
+        first = ssock.recv(4096)
+        assert first.startswith(b"220 "), first
+        tern.proc.send_signal(signal.SIGTERM)
+        rest = read_to_close_notify(ssock)
+        assert b"421 4.3.2" in first + rest, first + rest
+    assert tern.proc.wait(30 * SLOW) == 0
+
+
+def test_tls_handshake_alert(tls_tern):
+    """A failed handshake ends with the alert OpenSSL made (here TLS 1.1
+    against the TLS 1.2 floor: protocol_version), over STARTTLS too."""
+    tern = tls_tern()
+    old = ("-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0")
+    out = s_client(tern.smtps_port, *old)
+    assert "alert protocol version" in out, out
+    out = s_client(tern.port, "-starttls", "smtp", *old)
+    assert "alert protocol version" in out, out
+    assert "unexpected eof" not in out, out
+    tern.wait_event("tls_failed")
