@@ -287,41 +287,52 @@ parse_args(struct ternd *t, int argc, char **argv, bool *check)
     return 0;
 }
 
+/* Load and check the configuration as --check does, and size it against
+ * the descriptor limit; -1 (reported) when it is bad. */
+static int
+load_config(struct ternd *t, bool check)
+{
+    struct buf err = BUF_INIT;
+    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
+     * start as by --check, so a bad key stops ternd now, not at the first
+     * message. */
+    t->cfg = config_load(t->path, t->overrides, t->n_overrides, true, &err);
+    if (t->cfg == NULL) {
+        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
+        buf_fini(&err);
+        return -1;
+    }
+    /* Load the certificate, key and AUTH users as the server would. */
+    if (check && smtp_server_check(t->cfg, &err) < 0) {
+        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
+        goto fail;
+    }
+    /* Out of descriptors the daemon could only refuse clients: a
+     * configuration that cannot fit is refused now. */
+    t->fd_limit = fd_limit(!check);
+    if (smtp_server_check_fds(t->cfg, t->fd_limit, &err) < 0) {
+        fprintf(stderr, "ternd: %s", err.data);
+        goto fail;
+    }
+    buf_fini(&err);
+    return 0;
+fail:
+    buf_fini(&err);
+    config_unref(t->cfg);
+    t->cfg = NULL;
+    return -1;
+}
+
 int
 main(int argc, char **argv)
 {
     static struct ternd t;
-    struct buf err = BUF_INIT;
     bool check = false;
     int rc = parse_args(&t, argc, argv, &check);
     if (rc != 0)
         return rc;
-    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
-     * start as by --check, so a bad key stops ternd now, not at the first
-     * message. */
-    t.cfg = config_load(t.path, t.overrides, t.n_overrides, true, &err);
-    if (t.cfg == NULL) {
-        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
-        buf_fini(&err);
+    if (load_config(&t, check) < 0)
         return 2;
-    }
-    /* Load the certificate, key and AUTH users as the server would. */
-    if (check && smtp_server_check(t.cfg, &err) < 0) {
-        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
-        buf_fini(&err);
-        config_unref(t.cfg);
-        return 2;
-    }
-    /* Out of descriptors the daemon could only refuse clients: a
-     * configuration that cannot fit is refused now. */
-    t.fd_limit = fd_limit(!check);
-    if (smtp_server_check_fds(t.cfg, t.fd_limit, &err) < 0) {
-        fprintf(stderr, "ternd: %s", err.data);
-        buf_fini(&err);
-        config_unref(t.cfg);
-        return 2;
-    }
-    buf_fini(&err);
     if (check) {
         printf("ternd: configuration %s is valid\n", t.path ? t.path : "(defaults)");
         config_unref(t.cfg);

@@ -128,8 +128,7 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
         return;
     }
     bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-    /* The filter stops encrypting into the plaintext layer at this mark, so
-     * unread replies stay bounded under TLS too (see out_blocked). */
+    /* Unread replies stay bounded under TLS too (see out_blocked). */
     bufferevent_setwatermark(under, EV_WRITE, 0, SMTP_OUT_BACKLOG_MAX);
     s->bev = bev;
     s->state = SMTP_ST_HANDSHAKE;
