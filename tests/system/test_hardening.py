@@ -345,11 +345,11 @@ def test_fd_limit_sizing(make_tern):
                        timeout=30 * SLOW)
     assert p.returncode == 0, p.stderr
     # started with a low soft limit, ternd takes what the hard limit allows
-    tern.update(max_sessions=1000, max_connections=500)
-    tern.preexec = nofile(256, 4096)
+    hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
+    tern.preexec = nofile(256, hard)
     tern.start()
-    assert proc_nofile(tern.proc.pid) == (4096, 4096)
-    assert tern.wait_event("started", max_fds=4096)
+    assert proc_nofile(tern.proc.pid) == (hard, hard)
+    assert tern.wait_event("started", max_fds=hard)
 
 
 def test_accept_paused_when_out_of_fds(make_tern):
