@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "config/config.h"
 #include "ctl/ctl.h"
@@ -41,6 +42,7 @@ struct ternd {
     struct event *sig_term, *sig_int, *sig_hup, *stop_timer;
     int64_t stop_deadline;
     int64_t started_ms;
+    uint64_t fd_limit; /* RLIMIT_NOFILE ternd runs with */
 };
 
 static void
@@ -90,6 +92,27 @@ status_json(struct buf *out, void *arg)
         (unsigned long long)ss.compacted);
 }
 
+/* The descriptor limit ternd runs with. Started for real (raise), the soft
+ * RLIMIT_NOFILE is raised to the hard limit first, as servers that hold a
+ * descriptor per client do; for --check, the limit it would get. */
+static uint64_t
+fd_limit(bool raise)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return UINT64_MAX; /* unknown: nothing to size against */
+    if (!raise)
+        return rl.rlim_max == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_max;
+    if (rl.rlim_cur != rl.rlim_max) {
+        struct rlimit want = { rl.rlim_max, rl.rlim_max };
+        /* An infinite hard limit is not a valid soft one for NOFILE on
+         * Linux (fs.nr_open caps it): then keep the soft limit. */
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl.rlim_cur = rl.rlim_max;
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+}
+
 static void
 reload(struct ternd *t)
 {
@@ -98,6 +121,10 @@ reload(struct ternd *t)
     struct logline l;
     if (cfg != NULL && strcmp(cfg->spool_dir, t->cfg->spool_dir) != 0) {
         buf_printf(&err, "spool_dir cannot change on reload (restart ternd)\n");
+        config_unref(cfg);
+        cfg = NULL;
+    }
+    if (cfg != NULL && smtp_server_check_fds(cfg, t->fd_limit, &err) < 0) {
         config_unref(cfg);
         cfg = NULL;
     }
@@ -197,6 +224,8 @@ start(struct ternd *t)
     log_begin(&l, LOG_INFO, NULL, "main", "started");
     log_str(&l, "hostname", t->cfg->hostname);
     log_str(&l, "spool", t->cfg->spool_dir);
+    if (t->fd_limit != UINT64_MAX)
+        log_int(&l, "max_fds", (int64_t)t->fd_limit);
     log_end(&l);
     return 0;
 fail:
@@ -280,33 +309,53 @@ parse_args(struct ternd *t, int argc, char **argv, bool *check)
     return 0;
 }
 
+/* Load and check the configuration as --check does, and size it against
+ * the descriptor limit; -1 (reported) when it is bad. */
+static int
+load_config(struct ternd *t, bool check)
+{
+    struct buf err = BUF_INIT;
+    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
+     * start as by --check, so a bad key stops ternd now, not at the first
+     * message. */
+    t->cfg = config_load(t->path, t->overrides, t->n_overrides, true, &err);
+    if (t->cfg == NULL) {
+        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
+        buf_fini(&err);
+        return -1;
+    }
+    /* Load the certificate, key and AUTH users as the server would, and
+     * look at the spool as start-up would (without creating it). */
+    if (check && (smtp_server_check(t->cfg, &err) < 0 || spool_check(t->cfg->spool_dir, &err) < 0)) {
+        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
+        goto fail;
+    }
+    /* Out of descriptors the daemon could only refuse clients: a
+     * configuration that cannot fit is refused now. */
+    t->fd_limit = fd_limit(!check);
+    if (smtp_server_check_fds(t->cfg, t->fd_limit, &err) < 0) {
+        fprintf(stderr, "ternd: %s", err.data);
+        goto fail;
+    }
+    buf_fini(&err);
+    return 0;
+fail:
+    buf_fini(&err);
+    config_unref(t->cfg);
+    t->cfg = NULL;
+    return -1;
+}
+
 int
 main(int argc, char **argv)
 {
     static struct ternd t;
-    struct buf err = BUF_INIT;
     bool check = false;
     int rc = parse_args(&t, argc, argv, &check);
     if (rc != 0)
         return rc;
-    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
-     * start as by --check, so a bad key stops ternd now, not at the first
-     * message. */
-    t.cfg = config_load(t.path, t.overrides, t.n_overrides, true, &err);
-    if (t.cfg == NULL) {
-        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
-        buf_fini(&err);
+    if (load_config(&t, check) < 0)
         return 2;
-    }
-    /* Load the certificate, key and AUTH users as the server would, and
-     * look at the spool as start-up would (without creating it). */
-    if (check && (smtp_server_check(t.cfg, &err) < 0 || spool_check(t.cfg->spool_dir, &err) < 0)) {
-        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
-        buf_fini(&err);
-        config_unref(t.cfg);
-        return 2;
-    }
-    buf_fini(&err);
     if (check) {
         printf("ternd: configuration %s is valid\n", t.path ? t.path : "(defaults)");
         config_unref(t.cfg);

@@ -76,7 +76,7 @@ struct config {
     char *spool_dir;
     struct cidr *relay_networks;
     size_t n_relay_networks;
-    char **relay_domains; /* lowercased, no trailing dot */
+    char **relay_domains; /* lowercased, no trailing dot; ".d": subdomains of d */
     size_t n_relay_domains;
     struct hostport smarthost;   /* the first smarthost; host "" = deliver by MX */
     struct hostport *smarthosts; /* every smarthost, tried in order (failover) */
@@ -99,46 +99,48 @@ struct config {
     enum log_format log_format;
 
     /* --- tern's own settings --- */
-    uint32_t max_recipients;             /* per message; 452 4.5.3 beyond */
-    uint32_t max_sessions;               /* total inbound sessions; 421 4.7.0 beyond */
-    uint32_t max_sessions_per_ip;        /* 421 4.7.0 beyond */
-    uint32_t max_errors;                 /* protocol errors before 421 and close */
-    int64_t smtp_timeout_ms;             /* idle wait for a command (RFC 5321 4.5.3.2: 5m) */
-    int64_t data_timeout_ms;             /* wait for the next data block (3m) */
-    uint32_t delivery_concurrency;       /* connections per destination */
+    uint32_t max_recipients;        /* per message; 452 4.5.3 beyond */
+    uint32_t max_sessions;          /* total inbound sessions; 421 4.7.0 beyond */
+    uint32_t max_sessions_per_ip;   /* 421 4.7.0 beyond */
+    uint32_t reserved_sessions;     /* of max_sessions, for relay_networks clients only */
+    uint32_t max_errors;            /* protocol errors before 421 and close */
+    int64_t smtp_timeout_ms;        /* deadline per command line (RFC 5321 4.5.3.2: 5m) */
+    int64_t data_timeout_ms;        /* data deadline, extended by min_data_rate (3m) */
+    uint32_t min_data_rate;         /* bytes/s that extend the data deadline */
+    uint32_t delivery_concurrency;  /* connections per destination */
     uint32_t delivery_max_msgs_per_conn; /* messages over one connection */
-    int64_t connect_timeout_ms;          /* outbound connect */
-    int64_t delivery_timeout_ms;         /* outbound per-reply wait */
-    int64_t idle_conn_timeout_ms;        /* keep an idle outbound connection this long */
-    int log_level;                       /* enum log_level */
+    int64_t connect_timeout_ms;     /* outbound connect */
+    int64_t delivery_timeout_ms;    /* outbound per-reply wait */
+    int64_t idle_conn_timeout_ms;   /* keep an idle outbound connection this long */
+    int log_level;                  /* enum log_level */
     /* --- routing and MX delivery (issue 3) --- */
-    struct route *routes; /* recipient domain -> next hops */
+    struct route *routes;           /* recipient domain -> next hops */
     size_t n_routes;
-    struct route *sender_routes; /* sender domain -> next hops */
+    struct route *sender_routes;    /* sender domain -> next hops */
     size_t n_sender_routes;
     enum ip_family ip_family;
-    uint32_t max_connections;   /* outbound connections in total */
-    uint32_t max_rcpts_per_txn; /* recipients in one outbound transaction */
-    uint32_t delivery_rate;     /* messages per minute per destination, 0 = no limit */
+    uint32_t max_connections;       /* outbound connections in total */
+    uint32_t max_rcpts_per_txn;     /* recipients in one outbound transaction */
+    uint32_t delivery_rate;         /* messages per minute per destination, 0 = no limit */
     /* --- inbound TLS and AUTH (issue 4) --- */
-    int tls_min_version;    /* enum tls_version */
-    char *tls_ciphers;      /* TLS 1.2 cipher list; NULL: OpenSSL's default */
-    char *tls_ciphersuites; /* TLS 1.3 cipher suites; NULL: OpenSSL's default */
+    int tls_min_version;             /* enum tls_version */
+    char *tls_ciphers;               /* TLS 1.2 cipher list; NULL: OpenSSL's default */
+    char *tls_ciphersuites;          /* TLS 1.3 cipher suites; NULL: OpenSSL's default */
     int64_t tls_handshake_timeout_ms;
     int auth_allow_plaintext_loopback; /* 0 no, 1 yes */
-    uint32_t auth_max_failures;        /* failed AUTH per client address before lockout */
-    int64_t auth_failure_window_ms;    /* ... counted within this window */
-    int64_t auth_lockout_ms;           /* how long a locked-out address gets 454 */
-    int64_t auth_failure_delay_ms;     /* wait before answering 535 */
-    char *auth_sender_login;           /* "user=addr|@domain[,...] ..." or NULL: no restriction */
+    uint32_t auth_max_failures;      /* failed AUTH per client address before lockout */
+    int64_t auth_failure_window_ms;  /* ... counted within this window */
+    int64_t auth_lockout_ms;         /* how long a locked-out address gets 454 */
+    int64_t auth_failure_delay_ms;   /* wait before answering 535 */
+    char *auth_sender_login;         /* "user=addr|@domain[,...] ..." or NULL: no restriction */
     /* --- SPF and dns check (issue 5) --- */
     struct cidr *egress_addresses; /* addresses mail leaves from (/32, /128); none: discover */
     size_t n_egress_addresses;
     /* --- DKIM signing (issue 5) --- */
     int dkim_canonicalization; /* enum dkim_canon_setting */
     /* --- outbound TLS and AUTH (issue 4) --- */
-    enum tls_mode mx_tls;         /* STARTTLS towards MX hosts */
-    int smarthost_auth_plaintext; /* 0 no, 1 yes: send credentials without TLS */
+    enum tls_mode mx_tls;             /* STARTTLS towards MX hosts */
+    int smarthost_auth_plaintext;     /* 0 no, 1 yes: send credentials without TLS */
 };
 
 /*

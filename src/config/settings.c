@@ -239,6 +239,14 @@ const struct cfg_setting config_settings[] = {
         .min = 1,
         .max = 1000000,
         .desc = "inbound sessions per client address; 421 4.7.0 beyond" },
+    { .name = "reserved_sessions",
+        .type = CFG_U32,
+        .def = NULL, /* computed: max_sessions / 10 */
+        .off = OFF(reserved_sessions),
+        .min = 0,
+        .max = 999999,
+        .desc = "sessions of max_sessions that only relay_networks clients may use (default: a "
+                "tenth of max_sessions)" },
     { .name = "max_errors",
         .type = CFG_U32,
         .def = "20",
@@ -250,12 +258,22 @@ const struct cfg_setting config_settings[] = {
         .type = CFG_DURATION,
         .def = "5m",
         .off = OFF(smtp_timeout_ms),
-        .desc = "idle wait for the next command (RFC 5321 4.5.3.2)" },
+        .desc = "deadline for each command line, from the end of the previous one (RFC 5321 "
+                "4.5.3.2); bytes trickling in do not extend it" },
     { .name = "data_timeout",
         .type = CFG_DURATION,
         .def = "3m",
         .off = OFF(data_timeout_ms),
-        .desc = "wait for the next block of message data" },
+        .desc = "deadline for message data (DATA, a BDAT chunk), extended by min_data_rate for "
+                "the bytes received but never beyond this much ahead" },
+    { .name = "min_data_rate",
+        .type = CFG_U32,
+        .def = "500",
+        .off = OFF(min_data_rate),
+        .min = 1,
+        .max = 1000000000,
+        .desc = "bytes per second of message data that keep a DATA or BDAT transfer going: each "
+                "byte extends the data deadline by 1/min_data_rate seconds" },
     { .name = "delivery_concurrency",
         .type = CFG_U32,
         .def = "20",
@@ -817,9 +835,21 @@ static int
 domain_item(const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e)
 {
     char t[SHOWN_MAX];
-    /* Recipient domains may be internationalized (RFC 6531). */
-    *(char **)slot = domain_dup(item, strlen(item), true);
-    if (*(char **)slot != NULL)
+    /* A leading dot means "its subdomains" (".example.com" matches
+     * "a.example.com", not "example.com"): kept on the stored entry, which
+     * the relay policy reads that way. Recipient domains may be
+     * internationalized (RFC 6531). */
+    size_t dot = item[0] == '.' ? 1 : 0;
+    char *d = domain_dup(item + dot, strlen(item) - dot, true);
+    if (d != NULL && dot) {
+        char *sub = xmalloc(strlen(d) + 2);
+        sub[0] = '.';
+        memcpy(sub + 1, d, strlen(d) + 1);
+        free(d);
+        d = sub;
+    }
+    *(char **)slot = d;
+    if (d != NULL)
         return 0;
     cfg_error(e, "bad domain \"%s\" in %s", cfg_shown(item, t, sizeof(t)), s->name);
     return -1;

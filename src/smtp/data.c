@@ -173,3 +173,18 @@ smtp_data_stuff(const char *in, size_t len, bool *at_line_start, struct buf *out
     }
     return buf_append(out, in + run, len - run);
 }
+
+int64_t
+smtp_data_deadline(
+    int64_t deadline_ms, int64_t now_ms, uint64_t bytes, uint32_t min_rate, int64_t max_ahead_ms)
+{
+    int64_t cap = now_ms + max_ahead_ms;
+    uint64_t credit;
+    if (deadline_ms >= cap)
+        return deadline_ms;
+    /* min_rate 0: no minimum, any byte gives the whole wait again. */
+    credit = (min_rate == 0 || bytes > UINT64_MAX / 1000) ? UINT64_MAX : bytes * 1000 / min_rate;
+    if (credit >= (uint64_t)(cap - deadline_ms))
+        return cap;
+    return deadline_ms + (int64_t)credit;
+}

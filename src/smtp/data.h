@@ -46,6 +46,13 @@ long smtp_data_feed(struct smtp_data_dec *d, const char *in, size_t len, struct 
  * it does not, CRLF is appended to out (returns true if it did). */
 bool smtp_data_finish_bdat(struct smtp_data_dec *d, struct buf *out);
 
+/* The deadline of a data transfer after bytes more arrived at now_ms (all
+ * times in ms): each byte extends it by 1/min_rate seconds (Postfix's
+ * smtpd_min_data_rate), but never beyond max_ahead_ms from now, so a fast
+ * burst cannot bank time for a later trickle. */
+int64_t smtp_data_deadline(
+    int64_t deadline_ms, int64_t now_ms, uint64_t bytes, uint32_t min_rate, int64_t max_ahead_ms);
+
 /* Encode for sending with DATA: add dot-stuffing. at_line_start tracks the
  * position between calls (start true). Appends to out; -1 if out cannot grow. */
 int smtp_data_stuff(const char *in, size_t len, bool *at_line_start, struct buf *out);

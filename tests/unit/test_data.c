@@ -407,6 +407,37 @@ test_roundtrip(void **state)
     }
 }
 
+/* The data deadline: 1/min_rate s per byte, never more than max_ahead from
+ * now, never moved back. */
+static void
+test_data_deadline(void **state)
+{
+    static const struct {
+        const char *name;
+        int64_t deadline, now;
+        uint64_t bytes;
+        uint32_t rate;
+        int64_t ahead, want;
+    } cases[] = {
+        { "no bytes", 10000, 5000, 0, 500, 180000, 10000 },
+        { "one byte drips 2 ms", 10000, 5000, 1, 500, 180000, 10002 },
+        { "slower rate rounds down", 10000, 5000, 1, 2000, 180000, 10000 },
+        { "a second's worth", 10000, 5000, 500, 500, 180000, 11000 },
+        { "capped at now + ahead", 10000, 5000, 50000000, 500, 180000, 185000 },
+        { "exactly at the cap", 0, 0, 90000, 500, 180000, 180000 },
+        { "already beyond the cap", 200000, 5000, 1000, 500, 180000, 200000 },
+        { "past deadline, fast burst", 1000, 5000, 500000, 500, 3000, 8000 },
+        { "huge count", 0, 0, UINT64_MAX, 1, 60000, 60000 },
+        { "rate 0: any byte gives the whole wait", 10000, 5000, 1, 0, 180000, 185000 },
+    };
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        print_message("case %s\n", cases[i].name);
+        assert_int_equal(smtp_data_deadline(cases[i].deadline, cases[i].now, cases[i].bytes,
+                             cases[i].rate, cases[i].ahead),
+            cases[i].want);
+    }
+}
+
 int
 main(void)
 {
@@ -418,6 +449,7 @@ main(void)
         cmocka_unit_test(test_bdat_line_length),
         cmocka_unit_test(test_stuff),
         cmocka_unit_test(test_roundtrip),
+        cmocka_unit_test(test_data_deadline),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
