@@ -28,11 +28,11 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "testnet.h"
 #include "delivery/delivery.h"
 #include "delivery/delivery_int.h"
 #include "dns/dns.h"
 #include "spool/spool.h"
+#include "testnet.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -65,6 +65,17 @@ static const struct reply_case reply_cases[] = {
         "4.3.0", "first second" },
     { "continuation pending", { "250-a", "250-b" }, REPLY_MORE, 250, "", "a b" },
     { "control chars replaced", { "250 a\tb\x01" }, REPLY_DONE, 250, "", "a?b?" },
+    { "UTF-8 kept", { "550 5.1.1 Empf\xc3\xa4nger \xe2\x9c\x89 \xf0\x9f\x90\xa6" }, REPLY_DONE, 550,
+        "5.1.1", "Empf\xc3\xa4nger \xe2\x9c\x89 \xf0\x9f\x90\xa6" },
+    { "bad UTF-8 replaced",
+        { "550 a\xc3(b\xff\xc0\xaf"
+          "c\xed\xa0\x80"
+          "d\xe2\x9c" },
+        REPLY_DONE, 550, "", "a?(b???c???d??" },
+    { "DEL and C1 replaced",
+        { "250 a\x7f\xc2\x85"
+          "b" },
+        REPLY_DONE, 250, "", "a??b" },
     { "code changes", { "250-a", "251 b" }, REPLY_BAD, 0, NULL, NULL },
     { "not digits", { "2x0 ok" }, REPLY_BAD, 0, NULL, NULL },
     { "short", { "25" }, REPLY_BAD, 0, NULL, NULL },
@@ -112,6 +123,13 @@ test_reply_limits(void **state)
     reply_reset(&a);
     assert_int_equal(reply_feed_line(&a, longl, sizeof(longl), &t, &tl), REPLY_DONE);
     assert_int_equal(strlen(a.st.text), STATUS_TEXT_MAX - 1);
+    /* A UTF-8 sequence is never cut in two at the limit. */
+    memset(longl, 'a', sizeof(longl));
+    memcpy(longl, "250 ", 4);
+    memcpy(longl + 4 + STATUS_TEXT_MAX - 2, "\xe2\x9c\x89", 3);
+    reply_reset(&a);
+    assert_int_equal(reply_feed_line(&a, longl, sizeof(longl), &t, &tl), REPLY_DONE);
+    assert_int_equal(strlen(a.st.text), STATUS_TEXT_MAX - 2);
     /* The next reply starts clean. */
     assert_int_equal(reply_feed_line(&a, "550 5.1.1 x", 11, &t, &tl), REPLY_DONE);
     assert_int_equal(reply_feed_line(&a, "250 y", 5, &t, &tl), REPLY_DONE);
