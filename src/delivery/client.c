@@ -260,7 +260,7 @@ conn_close(struct deliv_conn *c)
     evtimer_del(c->timer);
     event_del(c->wake);
     if (c->bev != NULL) {
-        bufferevent_free(c->bev); /* safe inside its callbacks: libevent defers */
+        deliv_bev_close(c->d, c->bev, !c->conn_error); /* safe inside its callbacks */
         c->bev = NULL;
     }
     log_begin(&l, LOG_DEBUG, NULL, "delivery", "closed");
@@ -358,6 +358,7 @@ target_reset(struct deliv_conn *c)
     c->tls_active = false;
     c->implicit_tls = false;
     c->authed = false;
+    c->conn_error = false;
     c->auth_mech = AUTHM_NONE;
     c->auth_step = 0;
     memset(&c->tls, 0, sizeof(c->tls));
@@ -370,7 +371,7 @@ static void
 conn_drop_socket(struct deliv_conn *c)
 {
     if (c->bev != NULL) {
-        bufferevent_free(c->bev);
+        deliv_bev_close(c->d, c->bev, !c->conn_error);
         c->bev = NULL;
     }
     evtimer_del(c->timer);
@@ -938,6 +939,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
                                                                : "connection closed");
         return;
     }
+    if (what & BEV_EVENT_ERROR)
+        c->conn_error = true;
     if (c->state == CS_TLS) {
         char why[256];
         if (what & BEV_EVENT_CONNECTED) {
@@ -1098,8 +1101,8 @@ put_mail(struct deliv_conn *c, const struct spool_env *env, struct buf *b)
 {
     buf_printf(b, "MAIL FROM:<%s>", env->sender);
     if (c->ext.size)
-        buf_printf(b, " SIZE=%" PRIu64,
-            env->body_len + (env->prefix ? (uint64_t)strlen(env->prefix) : 0));
+        buf_printf(
+            b, " SIZE=%" PRIu64, env->body_len + (env->prefix ? (uint64_t)strlen(env->prefix) : 0));
     if (env->body != BODY_7BIT && c->ext.eightbitmime)
         buf_append_str(b, " BODY=8BITMIME");
     if (env->smtputf8)
@@ -1216,8 +1219,8 @@ body_start(struct deliv_conn *c)
         /* Header fields made once at commit (DKIM-Signature), sent above
          * the stored message; dot-stuffed like the rest. */
         buf_reset(&tx->out);
-        if (smtp_data_stuff(tx->job.env->prefix, strlen(tx->job.env->prefix), &tx->at_line_start,
-                &tx->out) < 0)
+        if (smtp_data_stuff(
+                tx->job.env->prefix, strlen(tx->job.env->prefix), &tx->at_line_start, &tx->out) < 0)
             tern_panic("cannot grow the DATA buffer");
         conn_write(c, tx->out.data, tx->out.len);
     }

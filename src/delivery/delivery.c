@@ -131,6 +131,7 @@ delivery_new(
     TAILQ_INIT(&d->waiting);
     TAILQ_INIT(&d->idle);
     TAILQ_INIT(&d->dead);
+    TAILQ_INIT(&d->lingers);
     d->idle_by_addr = map_new();
     d->notls = map_new();
     d->reap = event_new(base, -1, 0, reap_cb, d);
@@ -676,6 +677,7 @@ delivery_free(struct delivery *d)
         dest->waiting = false;
     }
     reap_cb(-1, 0, d);
+    deliv_linger_purge(d);
     TERN_ASSERT(TAILQ_EMPTY(&d->dests));
     TERN_ASSERT(TAILQ_EMPTY(&d->idle));
     map_free(d->idle_by_addr);

@@ -209,6 +209,7 @@ bool plan_first_group(const struct deliv_plan *p, size_t *start, size_t *end);
 /* ---- delivery.c ---- */
 
 struct deliv_conn;
+struct deliv_linger;
 struct idle_bucket;
 
 struct deliv_dest {
@@ -247,6 +248,7 @@ struct delivery {
     struct tls_ctx *tls; /* outbound client context of cfg, or NULL (tls_err says why) */
     char tls_err[256];
     struct map *notls; /* "addr:port" -> int64_t * (mono ms until which no STARTTLS) */
+    TAILQ_HEAD(, deliv_linger) lingers; /* closed TLS connections flushing (linger.c) */
 };
 
 #define DELIV_ADDR_KEY_MAX (INET6_ADDRSTRLEN + 16)
@@ -290,6 +292,20 @@ void deliv_idle_del(struct delivery *d, struct deliv_conn *c);
  * rather than fail). notls_add remembers addr for DELIV_NOTLS_MS. */
 void deliv_notls_add(struct delivery *d, const char *addr);
 bool deliv_notls_has(struct delivery *d, const char *addr);
+
+/* ---- linger.c: closing TLS connections ---- */
+
+#define DELIV_LINGER_MS 2000 /* a closed TLS connection waits this long for the peer */
+
+/* Free a connection's bufferevent. For a TLS one, with tls_shutdown (no fatal
+ * TLS or socket error happened) a close_notify is queued first; whatever TLS
+ * records are queued (close_notify, or the alert of a failed handshake) are
+ * still written to the peer after bev is gone, then the socket is closed
+ * once the peer closes its side or DELIV_LINGER_MS pass. Safe inside bev's
+ * own callbacks. */
+void deliv_bev_close(struct delivery *d, struct bufferevent *bev, bool tls_shutdown);
+/* Drop every lingering socket at once (delivery_free). */
+void deliv_linger_purge(struct delivery *d);
 
 /* ---- client.c ---- */
 
@@ -353,6 +369,7 @@ struct deliv_conn {
     bool implicit_tls;       /* the current target's hop is smtps:// */
     bool tls_active;         /* handshake done on the current connection */
     bool tls_plain_retry;    /* reconnecting in clear after a failed opportunistic handshake */
+    bool conn_error;         /* the socket or TLS layer failed: no close_notify */
     struct tls_info tls;     /* when tls_active */
     enum auth_mech auth_mech;
     bool authed;               /* AUTH succeeded on this connection */
