@@ -28,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "delivery/mime7.h"
 #include "smtp/data.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -51,8 +52,9 @@ struct client_tx {
     int fd;       /* the spool file, or -1 */
     uint64_t body_done;
     bool at_line_start;
-    char tail[2]; /* last two body bytes */
-    char *chunk;  /* DELIV_CHUNK bytes while streaming */
+    char tail[2];          /* last two body bytes */
+    struct hdr_scan hscan; /* has the header section ended? */
+    char *chunk;           /* DELIV_CHUNK bytes while streaming */
     struct buf out;
 };
 
@@ -1246,6 +1248,11 @@ body_finish(struct deliv_conn *c)
     /* The stored message ends with CRLF; be safe if it does not (§4.1.1.4). */
     if (tx->job.env->body_len > 0 && (tx->tail[0] != '\r' || tx->tail[1] != '\n'))
         conn_write_str(c, "\r\n");
+    /* A message that is all header gets the empty line that ends the
+     * header section (RFC 5322 §2.1): receivers then see the fields as
+     * sent, and what the DKIM signer signed (dkim_signer_finish). */
+    if (!tx->hscan.done)
+        conn_write_str(c, "\r\n");
     conn_write_str(c, ".\r\n");
     bufferevent_setwatermark(c->bev, EV_WRITE, 0, 0);
     c->state = CS_DOT;
@@ -1274,6 +1281,8 @@ body_fill(struct deliv_conn *c)
             tx->tail[0] = tx->tail[1];
         }
         tx->tail[1] = tx->chunk[n - 1];
+        if (!tx->hscan.done)
+            hdr_scan_feed(&tx->hscan, tx->chunk, (size_t)n);
         buf_reset(&tx->out);
         if (smtp_data_stuff(tx->chunk, (size_t)n, &tx->at_line_start, &tx->out) < 0)
             tern_panic("cannot grow the DATA buffer");

@@ -873,10 +873,36 @@ test_dot_stuffing(void **state)
         { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
-    add_job(h, "s@y.test", one_rcpt, 1, ".first\r\nmid.dle\r\n.\r\n..two\r\nend\r\n", false);
+    add_job(h, "s@y.test", one_rcpt, 1, "X: y\r\n\r\n.first\r\nmid.dle\r\n.\r\n..two\r\nend\r\n",
+        false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
-    assert_string_equal(h->srv.bodies.data, "..first\r\nmid.dle\r\n..\r\n...two\r\nend\r\n|");
+    assert_string_equal(
+        h->srv.bodies.data, "X: y\r\n\r\n..first\r\nmid.dle\r\n..\r\n...two\r\nend\r\n|");
+    h_free(h);
+}
+
+/* A message that is all header (no empty line) is sent with its last line
+ * ended and the empty line that ends a header section. */
+static void
+test_header_only_gets_empty_line(void **state)
+{
+    static const struct step s1[] = { GREET, EHLO_PIPE, { "MAIL", "250 ok\r\n", ACT_REPLY },
+        { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+        { ".", "250 ok\r\n", ACT_REPLY }, { "MAIL", "250 ok\r\n", ACT_REPLY },
+        { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+        { ".", "250 ok\r\n", ACT_REPLY }, { "MAIL", "250 ok\r\n", ACT_REPLY },
+        { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+        { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
+    const struct step *sc[] = { s1 };
+    struct harness *h = h_new(sc, 1);
+    add_job(h, "s@y.test", one_rcpt, 1, "Subject: x\r\nFrom: y\r\n", false);
+    add_job(h, "s@y.test", one_rcpt, 1, "Subject: x\r\nFrom: y", false);
+    add_job(h, "s@y.test", one_rcpt, 1, "Subject: x\r\n\r\n", false); /* has it: unchanged */
+    h_go(h, 3);
+    assert_string_equal(h->srv.bodies.data, "Subject: x\r\nFrom: y\r\n\r\n|"
+                                            "Subject: x\r\nFrom: y\r\n\r\n|"
+                                            "Subject: x\r\n\r\n|");
     h_free(h);
 }
 
@@ -892,6 +918,8 @@ test_large_body_streams(void **state)
     struct harness *h = h_new(sc, 1);
     size_t nlines = 40000;
     struct buf body = BUF_INIT, want = BUF_INIT;
+    buf_append_str(&body, "X: y\r\n\r\n");
+    buf_append_str(&want, "X: y\r\n\r\n");
     for (size_t i = 0; i < nlines; i++) {
         const char *line =
             i % 3 == 0 ? ".line of text number xxxxxxxx\r\n" : "line of text number yyyyyyyyy\r\n";
@@ -1733,6 +1761,7 @@ main(void)
         cmocka_unit_test(test_pipelined_order),
         cmocka_unit_test(test_mail_451_all_temp),
         cmocka_unit_test(test_dot_stuffing),
+        cmocka_unit_test(test_header_only_gets_empty_line),
         cmocka_unit_test(test_large_body_streams),
         cmocka_unit_test(test_reuse_three_jobs),
         cmocka_unit_test(test_max_msgs_per_conn),
