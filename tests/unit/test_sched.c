@@ -806,6 +806,8 @@ test_mixed_results(void **state)
     assert_non_null(t);
     assert_int_equal(t->n_rcpts, 1);
     assert_true(in_spool(h, qid));
+    /* c is listed (dsn_pending) until its DSN is in the queue. */
+    RUN_UNTIL(h, h->n_hooks == 2, 5000);
     check_list(h, qid, false, after1, 1);
 
     /* The DSN: a new message from <> to the sender, about c only. */
