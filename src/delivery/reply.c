@@ -174,6 +174,8 @@ ehlo_parse_line(struct ehlo_ext *e, const char *text, size_t len)
         e->pipelining = true;
     } else if (str_ieq(text, w, "8BITMIME")) {
         e->eightbitmime = true;
+    } else if (str_ieq(text, w, "BINARYMIME")) {
+        e->binarymime = true;
     } else if (str_ieq(text, w, "SMTPUTF8")) {
         e->smtputf8 = true;
     } else if (str_ieq(text, w, "DSN")) {

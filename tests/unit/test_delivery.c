@@ -1159,6 +1159,39 @@ test_size_and_smtputf8_refused_locally(void **state)
     h_free(h);
 }
 
+/* A next hop without 8BITMIME gets the 8-bit message in 7-bit MIME, with
+ * SIZE= of the converted form and no BODY=; one that cannot be converted,
+ * and BINARYMIME content, are refused here with 5.6.3 (RFC 6152 §3, RFC
+ * 3030 §3). */
+static void
+test_8bit_to_7bit_next_hop(void **state)
+{
+    static const struct step s1[] = { GREET,
+        { "EHLO", "250-test\r\n250-PIPELINING\r\n250 SIZE 100000\r\n", ACT_REPLY },
+        { "MAIL FROM:<s@y.test> SIZE=138", "250 ok\r\n", ACT_REPLY },
+        { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+        { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
+    const struct step *sc[] = { s1 };
+    struct harness *h = h_new(sc, 1);
+    add_job(h, "s@y.test", one_rcpt, 1, "Subject: x\r\n\r\nd\xc3\xa9j\xc3\xa0 vu\r\n", false);
+    add_job(h, "s@y.test", one_rcpt, 1, "Content-Type: multipart/mixed\r\n\r\nno boundary \xe9\r\n",
+        false);
+    add_job(h, "s@y.test", one_rcpt, 1, "Subject: y\r\n\r\nbinary\r\n", false);
+    h->envs[2]->body = BODY_BINARYMIME;
+    h_go(h, 3);
+    check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
+    assert_string_equal(h->srv.bodies.data,
+        "Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\nd=C3=A9j=C3=A0 vu\r\n|");
+    check_rcpt(&h->res[1], 0, DELIV_PERM, 554, "5.6.3", false);
+    assert_non_null(strstr(h->res[1].res[0].st.text, "cannot be converted to 7 bit"));
+    check_rcpt(&h->res[2], 0, DELIV_PERM, 554, "5.6.3", false);
+    assert_non_null(strstr(h->res[2].res[0].st.text, "BINARYMIME"));
+    assert_null(strstr(h->srv.log.data, "BODY="));
+    assert_int_equal(h->srv.errors, 0);
+    h_free(h);
+}
+
 static void
 test_localhost_resolves(void **state)
 {
@@ -1773,6 +1806,7 @@ main(void)
         cmocka_unit_test(test_free_with_job_in_flight),
         cmocka_unit_test(test_421_at_rcpt),
         cmocka_unit_test(test_size_and_smtputf8_refused_locally),
+        cmocka_unit_test(test_8bit_to_7bit_next_hop),
         cmocka_unit_test(test_localhost_resolves),
         cmocka_unit_test(test_greeting_554_defers),
         cmocka_unit_test(test_concurrency_limit),
