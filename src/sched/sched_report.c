@@ -55,13 +55,15 @@ list_one(const void *k, size_t kl, void *v, void *arg)
         (unsigned long long)env->body_len);
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const struct spool_rcpt *r = &env->rcpts[i];
-        if (r->state != RCPT_QUEUED)
+        bool dsn = r->state == RCPT_FAILED_DSN || r->state == RCPT_DELIVERED_DSN;
+        if (r->state != RCPT_QUEUED && !dsn)
             continue;
         buf_append_str(out, first ? "{\"address\":" : ",{\"address\":");
         first = false;
         json_str(out, r->addr);
+        /* dsn_pending: final, the message waits until its DSN is made */
         buf_printf(out, ",\"status\":\"%s\",\"attempts\":%u,\"last_error\":",
-            rcpt_status(m, i), r->attempts);
+            dsn ? "dsn_pending" : rcpt_status(m, i), r->attempts);
         json_str(out, r->last_error);
         buf_append_char(out, '}');
     }
@@ -127,8 +129,9 @@ sched_summary_json(struct sched *s, struct buf *out)
     for (size_t i = 0; i < c.n; i++) {
         buf_append_str(out, "{\"destination\":");
         json_str(out, c.v[i].d->d.key);
-        buf_printf(out, ",\"messages\":%zu,\"recipients\":%zu,\"oldest\":%lld,\"last_error\":",
-            c.v[i].msgs, c.v[i].rcpts, (long long)(c.v[i].oldest_ms / 1000));
+        buf_printf(out,
+            ",\"messages\":%zu,\"recipients\":%zu,\"oldest\":%lld,\"last_error\":", c.v[i].msgs,
+            c.v[i].rcpts, (long long)(c.v[i].oldest_ms / 1000));
         json_str(out, c.v[i].d->last_error);
         buf_append_str(out, "}\n");
     }

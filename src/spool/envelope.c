@@ -637,7 +637,7 @@ status_rcpt(struct spool_env *env, const char *v, size_t n)
         !next_field(&sp, &fe, &ne) || !sp.end)
         return -1;
     if (get_num(fi, ni, SIZE_MAX, &idx) < 0 || idx >= env->n_rcpts ||
-        get_num(fs, ns, RCPT_FAILED, &st) < 0 || get_num(fa, na, UINT32_MAX, &att) < 0 ||
+        get_num(fs, ns, RCPT_STATE_LAST, &st) < 0 || get_num(fa, na, UINT32_MAX, &att) < 0 ||
         unesc_opt(fe, ne, &err) < 0)
         return -1;
     r = &env->rcpts[idx];

@@ -39,7 +39,13 @@ enum rcpt_state {
     RCPT_QUEUED,    /* not yet tried, or to be tried again (deferred when attempts > 0) */
     RCPT_DELIVERED, /* the next hop said 2xx */
     RCPT_FAILED,    /* permanent failure or expired; a DSN was made if asked */
+    /* Final, but the DSN it calls for is not yet in the queue: the message
+     * stays until it is (also across a restart). last_error holds the status
+     * to report. Then the recipient becomes RCPT_FAILED or RCPT_DELIVERED. */
+    RCPT_FAILED_DSN,
+    RCPT_DELIVERED_DSN, /* delivered; its success notice (NOTIFY=SUCCESS) is due */
 };
+#define RCPT_STATE_LAST RCPT_DELIVERED_DSN
 
 struct spool_rcpt {
     char *addr;  /* owned; as given, without <>; may be UTF-8 */
@@ -58,10 +64,10 @@ struct spool_env {
     enum dsn_ret ret;
     enum body_type body;
     bool smtputf8;
-    bool is_bounce;  /* made by tern (a DSN); failures of it are never bounced */
-    bool held;       /* by the operator */
-    char *helo;      /* owned or NULL: client identity, for DSNs and logs */
-    char *client_addr; /* owned or NULL */
+    bool is_bounce;           /* made by tern (a DSN); failures of it are never bounced */
+    bool held;                /* by the operator */
+    char *helo;               /* owned or NULL: client identity, for DSNs and logs */
+    char *client_addr;        /* owned or NULL */
     struct spool_rcpt *rcpts; /* owned array */
     size_t n_rcpts;
     /* Owned or NULL: header fields to send before the message bytes, each
@@ -79,8 +85,8 @@ void spool_env_free(struct spool_env *env);
 /* Deep copy. */
 struct spool_env *spool_env_dup(const struct spool_env *env);
 /* Add a recipient (copies addr/orcpt). */
-void spool_env_add_rcpt(struct spool_env *env, const char *addr, const char *orcpt,
-    unsigned notify);
+void spool_env_add_rcpt(
+    struct spool_env *env, const char *addr, const char *orcpt, unsigned notify);
 
 /* Open (creating with mode 0700 when missing) the spool at dir: makes tmp/,
  * queue/, corrupt/, refuses them as spool_check does, removes tmp/ leftovers
