@@ -188,3 +188,25 @@ smtp_data_deadline(
         return cap;
     return deadline_ms + (int64_t)credit;
 }
+
+/* ---- the end of the header section ---- */
+
+enum { HS_BOL, HS_BOL_CR, HS_MID, HS_MID_CR };
+
+void
+hdr_scan_feed(struct hdr_scan *h, const char *p, size_t n)
+{
+    int st = h->st;
+    for (size_t i = 0; i < n && !h->done; i++) {
+        char c = p[i];
+        if (st == HS_BOL_CR && c == '\n')
+            h->done = true;
+        else if (c == '\r')
+            st = st == HS_BOL ? HS_BOL_CR : HS_MID_CR;
+        else if (c == '\n' && st == HS_MID_CR)
+            st = HS_BOL;
+        else
+            st = HS_MID;
+    }
+    h->st = st;
+}

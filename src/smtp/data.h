@@ -57,4 +57,14 @@ int64_t smtp_data_deadline(
  * position between calls (start true). Appends to out; -1 if out cannot grow. */
 int smtp_data_stuff(const char *in, size_t len, bool *at_line_start, struct buf *out);
 
+/* ---- the end of the header section ---- */
+
+/* Finds the first empty line of a message (RFC 5322 §2.1) in a stream, as
+ * the DKIM signer does. */
+struct hdr_scan {
+    int st;
+    bool done; /* the empty line was seen */
+};
+void hdr_scan_feed(struct hdr_scan *h, const char *p, size_t n);
+
 #endif

@@ -202,6 +202,8 @@ tx_flush(struct smtp_session *s)
         buf_reset(&tx->out);
         return true;
     }
+    if (!tx->hscan.done)
+        hdr_scan_feed(&tx->hscan, tx->out.data, tx->out.len);
     if (tx->dkim != NULL && tx->out.len > 0)
         tx_dkim_feed(s);
     if (tx->out.len)
@@ -267,6 +269,13 @@ tx_finish(struct smtp_session *s)
         smtp_log_refused(s, qid, st.text, NULL);
         smtp_tx_reset(s);
         return;
+    }
+    /* A message that is all header gets the empty line that ends the header
+     * section (RFC 5322 §2.1): receivers then see the fields as sent, and it
+     * is what the DKIM signer signs. */
+    if (!tx->hscan.done) {
+        buf_append(&tx->out, "\r\n", 2);
+        tx_flush(s);
     }
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);

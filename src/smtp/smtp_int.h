@@ -67,6 +67,7 @@ struct smtp_tx {
     struct smtp_data_dec dec;
     struct buf out; /* decoded bytes not yet handed to the writer */
     bool too_big;
+    struct hdr_scan hscan; /* has the header section ended? */
     /* DKIM: fed every message byte handed to the writer but tern's own
      * Received field (dkim_skip bytes at the start); handed to the spool
      * writer as its finisher at the end of the message. */

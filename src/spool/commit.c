@@ -515,7 +515,8 @@ struct done_rec {
     struct item *it;
     uint64_t seg;
     uint32_t off, len;
-    bool written;
+    bool rec;     /* a record was appended for it */
+    bool written; /* ... and is in the file */
 };
 
 struct batch {
@@ -543,6 +544,32 @@ touch(struct batch *b, struct seg *s)
     b->touched[b->n_touched++] = s;
 }
 
+/* A write failed after written reached `end` in s: the records wholly
+ * before it stand (a STATE, say, ahead of a message too large for a full
+ * disk); the partial one is cut away so the next record follows the last
+ * good one. */
+static void
+keep_whole_records(struct batch *b, struct seg *s, uint64_t end)
+{
+    uint64_t good = s->end;
+    for (size_t i = b->first_unwritten; i < b->n_recs; i++) {
+        struct done_rec *d = &b->recs[i];
+        if (!d->rec || (uint64_t)d->off + d->len > end)
+            continue;
+        d->written = true;
+        if ((uint64_t)d->off + d->len > good)
+            good = (uint64_t)d->off + d->len;
+    }
+    if (good < end && ftruncate(s->fd, (off_t)good) < 0)
+        log_seg_error(s->seq, "truncate", errno);
+    if (good > s->end) {
+        s->end = good;
+        touch(b, s);
+        b->sp->dirty = true;
+    }
+    b->first_unwritten = b->n_recs;
+}
+
 /* Write what is pending to the active segment. */
 static int
 flush_pending(struct batch *b)
@@ -562,10 +589,7 @@ flush_pending(struct batch *b)
         if (k <= 0) {
             int e = k < 0 ? errno : EIO;
             log_seg_error(s->seq, "write", e);
-            /* Cut the partial write away so the next record follows the
-             * last good one. */
-            if (ftruncate(s->fd, (off_t)s->end) < 0)
-                log_seg_error(s->seq, "truncate", errno);
+            keep_whole_records(b, s, off);
             p->n_iov = 0;
             p->bytes = 0;
             p->n_hdrs = 0;
@@ -590,8 +614,10 @@ flush_pending(struct batch *b)
     p->n_iov = 0;
     p->bytes = 0;
     p->n_hdrs = 0;
-    for (size_t i = b->first_unwritten; i < b->n_recs; i++)
-        b->recs[i].written = true;
+    for (size_t i = b->first_unwritten; i < b->n_recs; i++) {
+        if (b->recs[i].rec)
+            b->recs[i].written = true;
+    }
     b->first_unwritten = b->n_recs;
     return 0;
 }
@@ -774,6 +800,7 @@ append_record(struct batch *b, struct item *it, uint8_t type, uint64_t qid, cons
     TERN_ASSERT(hb != NULL);
     rec_hdr_encode(&h, hb);
     d = note_done(b, it);
+    d->rec = true;
     d->seg = sp->active->seq;
     d->off = (uint32_t)(sp->active->end + p->bytes);
     d->len = (uint32_t)len;
@@ -1450,6 +1477,8 @@ static void
 commit_idle(void *arg)
 {
     struct spool *sp = arg;
+    if (sp->retry != NULL)
+        commit_batch(NULL, sp); /* STATE/DONE records a write error held back */
     if (sp->dirty && sp->active != NULL) {
         if (fdatasync(sp->active->fd) < 0)
             log_seg_error(sp->active->seq, "fdatasync", errno);

@@ -9,6 +9,7 @@ import struct
 import stat
 
 import dkim
+import pytest
 
 from sysutil import message, split_received, uid
 
@@ -285,3 +286,30 @@ def test_check_rejects_bad_keys(make_tern):
     good.chmod(0o600)
     p = t.ternd("-c", str(t.conf), "--check")
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("canon", ["relaxed/relaxed", "simple/simple", "relaxed/simple",
+                                   "simple/relaxed"])
+def test_headers_only_message_verifies(make_tern, sink, canon):
+    """A message that is only a header section (no empty line, no body; by
+    BDAT even without a final CRLF) is sent with its last line ended and
+    the empty line that ends a header section, and that is what is signed:
+    it verifies under every canonicalization pair."""
+    t, keys = dual_tern(make_tern, dkim_canonicalization=canon)
+    u = uid()
+    r1, r2 = f"h1-{u}@example.org", f"h2-{u}@example.org"
+    head = f"From: h-{u}@a.test\r\nTo: {r1}\r\nSubject: headers only {u}\r\n"
+    t.send(f"h-{u}@a.test", [r1], (head + "X-Folded: one\r\n  two \r\n").encode())
+    chunk = (head + "Message-ID: <" + u + "@a.test>").encode()  # no CRLF at the end
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<h-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{r2}>").code == 250
+        c.send(f"BDAT {len(chunk)} LAST\r\n".encode() + chunk)
+        assert c.reply().code == 250
+    got1, got2 = sink.wait_to(r1)[0].data, sink.wait_to(r2)[0].data
+    for got in (got1, got2):
+        tags = verify_all(got, keys, 2)
+        assert all(tg["c"] == canon for tg in tags)
+    assert got1.endswith(b"X-Folded: one\r\n  two \r\n\r\n"), got1[-60:]
+    assert got2.endswith(f"Message-ID: <{u}@a.test>\r\n\r\n".encode()), got2[-60:]
