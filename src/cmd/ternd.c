@@ -266,6 +266,7 @@ stop(struct ternd *t)
     event_free(t->sig_hup);
     config_unref(t->cfg);
     loopq_free(t->inbox);
+    log_detach_loop(); /* its flush event goes with the base */
     event_base_free(t->base);
 }
 
@@ -326,7 +327,8 @@ load_config(struct ternd *t, bool check)
     }
     /* Load the certificate, key and AUTH users as the server would, and
      * look at the spool as start-up would (without creating it). */
-    if (check && (smtp_server_check(t->cfg, &err) < 0 || spool_check(t->cfg->spool_dir, &err) < 0)) {
+    if (check &&
+        (smtp_server_check(t->cfg, &err) < 0 || spool_check(t->cfg->spool_dir, &err) < 0)) {
         fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
         goto fail;
     }
@@ -370,6 +372,9 @@ main(int argc, char **argv)
     t.base = event_base_new();
     if (t.base == NULL)
         tern_panic("event_base_new failed");
+    /* Lines of the main loop go out once per loop iteration. */
+    if (log_attach_loop(t.base) < 0)
+        tern_panic("cannot batch log lines");
     t.sig_term = evsignal_new(t.base, SIGTERM, signal_cb, &t);
     t.sig_int = evsignal_new(t.base, SIGINT, signal_cb, &t);
     t.sig_hup = evsignal_new(t.base, SIGHUP, signal_cb, &t);
