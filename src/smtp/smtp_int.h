@@ -64,12 +64,12 @@ enum smtp_auth_step {
 struct smtp_tx {
     struct spool_env *env;  /* owned: sender, params, recipients */
     struct spool_writer *w; /* owned once DATA/BDAT started */
-    struct smtp_data_dec dec;
-    struct buf out; /* decoded bytes not yet handed to the writer */
+    struct smtp_data_reader rd;
+    uint64_t max_size; /* max_message_size when the data started */
     bool too_big;
-    /* DKIM: fed every message byte handed to the writer but tern's own
-     * Received field (dkim_skip bytes at the start); handed to the spool
-     * writer as its finisher at the end of the message. */
+    /* DKIM: a signer for the spool writer's finisher, which reads the
+     * message at commit but tern's own Received field (dkim_skip bytes at
+     * the start of the content). */
     struct dkim_signer *dkim; /* owned or NULL */
     size_t dkim_skip;
     /* BDAT */
@@ -129,8 +129,8 @@ struct smtp_session {
     struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
     int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
     struct event *flush_ev; /* owned: continues closing once the TLS layers drained */
-    bool under_watched;     /* under_drained_cb is on the plaintext layer's output */
-    bool tls_closed;        /* close_notify has been sent */
+    bool under_watched; /* under_drained_cb is on the plaintext layer's output */
+    bool tls_closed;    /* close_notify has been sent */
     /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
      * never shared between sessions. */
     enum smtp_role role;
