@@ -308,7 +308,7 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     }
     s->state = SMTP_ST_READY;
     smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
-    bufferevent_enable(s->bev, EV_READ);
+    smtp_session_read(s, true);
     smtp_session_process(s);
 }
 
@@ -354,7 +354,7 @@ tx_finish(struct smtp_session *s)
     smtp_tx_free(tx);
     s->tx = NULL;
     s->state = SMTP_ST_COMMIT;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
 }
 
 /* DATA bytes in the input buffer: scanned, and moved to the writer. */

@@ -129,6 +129,11 @@ struct smtp_session {
     struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
     int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
     struct event *flush_ev; /* owned: continues closing once the TLS layers drained */
+    /* A plaintext socket is read by tern itself (see plain_read_cb), not
+     * by the bufferevent: owned, NULL once TLS is on or for smtps. */
+    struct event *rd_ev;
+    bool rd_on;         /* the session takes input (smtp_session_read) */
+    bool rd_added;      /* rd_ev is pending */
     bool under_watched; /* under_drained_cb is on the plaintext layer's output */
     bool tls_closed;    /* close_notify has been sent */
     /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
@@ -168,6 +173,11 @@ void smtp_session_deadline(struct smtp_session *s, int64_t ms);
  * at most data_timeout ahead). */
 void smtp_session_data_progress(struct smtp_session *s, uint64_t bytes);
 void smtp_session_callbacks(struct smtp_session *s); /* set read/write/event callbacks */
+/* Take input from the client, or stop (use this, not bufferevent_enable). */
+void smtp_session_read(struct smtp_session *s, bool on);
+/* Hand the reading of the plaintext socket back to the bufferevent (a TLS
+ * filter goes on top of it). */
+void smtp_session_plain_read_end(struct smtp_session *s);
 
 /* session_data.c: DATA and BDAT. */
 void smtp_cmd_data(struct smtp_session *s, const struct smtp_cmd *c);
