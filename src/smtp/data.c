@@ -11,7 +11,6 @@
 #include "data.h"
 
 #include <event2/buffer.h>
-#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -355,6 +354,22 @@ read_scan(struct smtp_data_reader *r, struct evbuffer *in, const struct smtp_dat
     }
 }
 
+/* The first bytes of in, as they lie in memory: false when it is empty. An
+ * empty chain at the front (libevent should not leave one) is passed over. */
+static bool
+first_piece(struct evbuffer *in, struct evbuffer_iovec *out)
+{
+    struct evbuffer_iovec v[4];
+    int n = evbuffer_peek(in, -1, NULL, v, 4);
+    for (int i = 0; i < n && i < 4; i++) {
+        if (v[i].iov_len > 0) {
+            *out = v[i];
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Decode and copy (after a stray dot): the content goes to the sink to be
  * stuffed again. */
 static int
@@ -366,7 +381,7 @@ read_copy(struct smtp_data_reader *r, struct evbuffer *in, const struct smtp_dat
         struct evbuffer_iovec v;
         enum smtp_scan_stop st;
         size_t take, o;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+        if (!first_piece(in, &v))
             break;
         take = v.iov_len < COPY_PIECE ? v.iov_len : COPY_PIECE;
         TERN_ASSERT(r->sc.pos == r->base);
@@ -407,7 +422,7 @@ smtp_bdat_read(struct smtp_data_reader *r, struct evbuffer *in, uint64_t max,
     while (used < max && evbuffer_get_length(in) > 0) {
         struct evbuffer_iovec v;
         size_t take;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+        if (!first_piece(in, &v))
             break;
         take = v.iov_len < max - used ? v.iov_len : (size_t)(max - used);
         (void)smtp_scan_feed(&r->sc, v.iov_base, take, NULL, NULL);
