@@ -830,6 +830,10 @@ smtp_session_callbacks(struct smtp_session *s)
 {
     bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_CHUNK_MAX);
+    /* A TLS bufferevent decrypts into input space reserved this much at a
+     * time (16 KiB by default): chains as large as a plaintext session's,
+     * which is read by plain_read_cb. */
+    bufferevent_set_max_single_read(s->bev, SMTP_READ_SIZE);
 }
 
 bool
