@@ -531,6 +531,9 @@ struct batch {
     bool need_sync;
     int err;                /* first write error of the batch */
     size_t first_unwritten; /* recs before this index are in a file */
+    /* Writers whose finisher reads their chunks: handed to the finisher
+     * pool once this batch has written them (its CHUNKs may be in it). */
+    struct workq_item *finish, **finish_tail;
 };
 
 static void
@@ -1046,6 +1049,7 @@ batch_init(struct batch *b, struct spool *sp)
 {
     memset(b, 0, sizeof(*b));
     b->sp = sp;
+    b->finish_tail = &b->finish;
     b->p.hdrs = xmalloc(BATCH_HDRS * sizeof(*b->p.hdrs));
     b->p.cap_hdrs = BATCH_HDRS;
 }
@@ -1388,9 +1392,12 @@ take_item(struct batch *b, struct item *it)
 {
     struct spool *sp = b->sp;
     if (it->kind == IT_FINISH) {
-        /* Its chunks are written: the finisher may read them now. */
+        /* Its last chunks may be in this very batch: the finisher may
+         * read them once the batch is written (commit_batch). */
         it->wq.run = prep_run;
-        workq_submit(sp->prepq, &it->wq);
+        it->wq.next = NULL;
+        *b->finish_tail = &it->wq;
+        b->finish_tail = &it->wq.next;
         return;
     }
     if (it->kind == IT_ABORT) {
@@ -1467,6 +1474,12 @@ commit_batch(struct workq_item *list, void *arg)
     sp->st.records += n_items;
     pthread_mutex_unlock(&sp->mu);
     apply_batch(sp, &b, err);
+    /* The batch is written: finishers may read their chunks now. */
+    while (b.finish != NULL) {
+        struct workq_item *next = b.finish->next;
+        workq_submit(sp->prepq, b.finish);
+        b.finish = next;
+    }
     batch_fini(&b);
     reclaim(sp);
     maybe_compact(sp);

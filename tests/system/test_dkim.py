@@ -189,6 +189,37 @@ def test_dot_stuffed_and_bdat_verify(make_tern, sink):
     verify_all(sink.wait_to(b)[0].data, keys, 1)
 
 
+def test_large_and_unstuffed_verify(make_tern, sink):
+    """The signer reads the message at commit: a body of 1 MB (stored in
+    pieces before its record) and one whose client did not stuff its dots
+    (the dots dropped, RFC 5321 4.5.2) both verify."""
+    t, keys = dual_tern(make_tern)
+    u = uid()
+    big, loose = f"big-{u}@example.org", f"loose-{u}@example.org"
+    body = b"".join(b"..%d %s\r\n" % (i, b"y" * (i % 120)) for i in range(16000))
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<g-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{big}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"From: <g@a.test>\r\nSubject: big " + u.encode() + b"\r\n\r\n" + body
+               + b".\r\n")
+        assert c.reply().code == 250
+        assert c.cmd(f"MAIL FROM:<l-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{loose}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"From: <l@a.test>\r\nSubject: loose " + u.encode()
+               + b"\r\n\r\n.not stuffed\r\n..stuffed\r\n.\r\n")
+        assert c.reply().code == 250
+        assert c.cmd("QUIT").code == 221
+    got = sink.wait_to(big)[0].data
+    assert got.endswith(body.replace(b"\r\n..", b"\r\n.")[1:])
+    verify_all(got, keys, 2)
+    got = sink.wait_to(loose)[0].data
+    assert got.endswith(b"\r\n\r\nnot stuffed\r\n.stuffed\r\n")
+    verify_all(got, keys, 2)
+
+
 def test_not_signed_for_outside_clients(make_tern, sink):
     """Mail from outside relay_networks (to a relay_domains recipient) is
     not signed even with one of our From domains."""
