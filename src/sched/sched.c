@@ -108,7 +108,7 @@ ready_push(struct sched_dest *d, struct sched_unit *u)
     else
         d->ready_head = u;
     d->ready_tail = u;
-    d->n_ready++;
+    d->d.n_ready++;
 }
 
 static void
@@ -123,7 +123,7 @@ ready_unlink(struct sched_dest *d, struct sched_unit *u)
     else
         d->ready_tail = u->rprev;
     u->rprev = u->rnext = NULL;
-    d->n_ready--;
+    d->d.n_ready--;
 }
 
 /* Take a unit out of whatever waiting structure holds it (not in flight). */
@@ -137,19 +137,97 @@ unit_detach(struct sched *s, struct sched_unit *u)
     u->state = U_HELD;
 }
 
+/* ---- the destination table ---- */
+
 static struct sched_dest *
 dest_get(struct sched *s, const struct delivery_dest *dd)
 {
     struct sched_dest *d = map_get_str(s->dests, dd->key);
     if (d == NULL) {
         d = xcalloc(1, sizeof(*d));
-        d->d = *dd;
+        memcpy(d->d.key, dd->key, sizeof(d->d.key));
+        memcpy(d->d.hops, dd->hops, sizeof(d->d.hops));
+        d->d.n_hops = dd->n_hops;
         map_put_str(s->dests, d->d.key, d);
     } else if (d->d.n_hops != dd->n_hops ||
                memcmp(d->d.hops, dd->hops, dd->n_hops * sizeof(dd->hops[0])) != 0) {
-        d->d = *dd; /* the route's hops changed with a reload */
+        /* The route's hops changed with a reload. */
+        memcpy(d->d.hops, dd->hops, sizeof(d->d.hops));
+        d->d.n_hops = dd->n_hops;
+        delivery_dest_changed(s->dl, &d->d);
     }
     return d;
+}
+
+static void
+dest_free(struct sched *s, struct sched_dest *d)
+{
+    map_del_str(s->dests, d->d.key);
+    free(d->last_error);
+    free(d);
+}
+
+static void
+gc_arm(struct sched *s)
+{
+    int64_t first = INT64_MAX, delay;
+    struct timeval tv;
+    for (struct sched_dest *d = s->dest_gc; d != NULL; d = d->gc_next) {
+        if (d->down_until_ms < first)
+            first = d->down_until_ms;
+    }
+    if (first == INT64_MAX) {
+        evtimer_del(s->gc_timer);
+        return;
+    }
+    delay = first - tern_now_ms();
+    if (delay < 0)
+        delay = 0;
+    tv.tv_sec = delay / 1000;
+    tv.tv_usec = (delay % 1000) * 1000;
+    evtimer_add(s->gc_timer, &tv);
+}
+
+/* Free d if nothing uses it: no unit, no delivery state, no backoff
+ * pending (a destination that is down stays known until it may be tried
+ * again, so that new mail for it waits too). */
+static void
+dest_maybe_free(struct sched *s, struct sched_dest *d)
+{
+    if (d->n_units > 0 || d->d.dl != NULL || d->in_gc)
+        return;
+    if (d->down_until_ms > tern_now_ms()) {
+        d->in_gc = true;
+        d->gc_next = s->dest_gc;
+        s->dest_gc = d;
+        gc_arm(s);
+        return;
+    }
+    dest_free(s, d);
+}
+
+static void
+gc_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct sched *s = arg;
+    struct sched_dest *list = s->dest_gc;
+    s->dest_gc = NULL;
+    while (list != NULL) {
+        struct sched_dest *d = list;
+        list = d->gc_next;
+        d->gc_next = NULL;
+        d->in_gc = false;
+        dest_maybe_free(s, d);
+    }
+    gc_arm(s);
+}
+
+static void
+dest_put(struct sched *s, struct sched_dest *d)
+{
+    TERN_ASSERT(d->n_units > 0);
+    if (--d->n_units == 0)
+        dest_maybe_free(s, d);
 }
 
 /* ---- timer ---- */
@@ -174,8 +252,8 @@ sched_arm(struct sched *s)
 static void
 sched_kick(struct sched *s, struct sched_dest *d)
 {
-    if (d->n_ready > 0)
-        delivery_kick(s->dl, &d->d, d->n_ready);
+    if (d->d.n_ready > 0)
+        delivery_kick(s->dl, &d->d);
 }
 
 static void unit_wait_for_dest(struct sched *s, struct sched_unit *u);
@@ -209,10 +287,11 @@ sched_due_cb(evutil_socket_t fd, short what, void *arg)
 /* ---- messages ---- */
 
 static void
-unit_free(struct sched_unit *u)
+unit_free(struct sched *s, struct sched_unit *u)
 {
     if (u == NULL)
         return;
+    dest_put(s, u->dest);
     free(u->rcpt);
     free(u);
 }
@@ -223,7 +302,7 @@ msg_free(struct sched *s, struct sched_msg *m)
     for (size_t i = 0; i < m->n_units; i++) {
         if (m->units[i]->state != U_FLIGHT)
             unit_detach(s, m->units[i]);
-        unit_free(m->units[i]);
+        unit_free(s, m->units[i]);
     }
     free(m->units);
     sched_notes_free(s, m);
@@ -265,6 +344,7 @@ msg_build_units(struct sched *s, struct sched_msg *m, int64_t next_try_ms)
             u->id = ++s->next_unit_id;
             u->msg = m;
             u->dest = d;
+            d->n_units++;
             u->heap_idx = SIZE_MAX;
             u->next_try_ms = next_try_ms;
             u->rcpt = xcalloc(env->n_rcpts, sizeof(*u->rcpt));
@@ -288,7 +368,7 @@ msg_rebuild(struct sched *s, struct sched_msg *m, int64_t next_try_ms)
     TERN_ASSERT(m->n_flight == 0);
     for (size_t i = 0; i < m->n_units; i++) {
         unit_detach(s, m->units[i]);
-        unit_free(m->units[i]);
+        unit_free(s, m->units[i]);
     }
     m->n_units = 0;
     m->reroute = false;
@@ -635,13 +715,11 @@ unit_wait_for_dest(struct sched *s, struct sched_unit *u)
 }
 
 static bool
-dl_next_job(void *arg, const char *dest_key, struct delivery_job *job)
+dl_next_job(void *arg, struct delivery_dest *dd, struct delivery_job *job)
 {
     struct sched *s = arg;
-    struct sched_dest *d = map_get_str(s->dests, dest_key);
+    struct sched_dest *d = (struct sched_dest *)dd; /* the first member */
     struct sched_unit *u;
-    if (d == NULL)
-        return false;
     while ((u = d->ready_head) != NULL) {
         ready_unlink(d, u);
         if (u->msg->env->held || u->n_rcpt == 0) {
@@ -660,13 +738,19 @@ dl_next_job(void *arg, const char *dest_key, struct delivery_job *job)
     return false;
 }
 
+static void
+dl_released(void *arg, struct delivery_dest *dd)
+{
+    dest_maybe_free(arg, (struct sched_dest *)dd);
+}
+
 /* ---- life cycle and operator actions ---- */
 
 struct sched *
 sched_new(struct event_base *base, struct spool *sp, struct dns *dns, struct config *cfg)
 {
     struct sched *s = xcalloc(1, sizeof(*s));
-    struct delivery_callbacks cb = { dl_next_job, dl_done, s };
+    struct delivery_callbacks cb = { dl_next_job, dl_done, dl_released, s };
     unsigned seed;
     if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != sizeof(seed))
         seed = (unsigned)tern_mono_ms();
@@ -678,6 +762,9 @@ sched_new(struct event_base *base, struct spool *sp, struct dns *dns, struct con
     s->dests = map_new();
     s->flight = map_new();
     s->timer = evtimer_new(base, sched_due_cb, s);
+    s->gc_timer = evtimer_new(base, gc_cb, s);
+    if (s->timer == NULL || s->gc_timer == NULL)
+        tern_panic("cannot create the scheduler's timers");
     sched_dsn_init(s);
     s->dl = delivery_new(base, sp, dns, &cb);
     delivery_set_config(s->dl, cfg);
@@ -688,8 +775,11 @@ static void
 free_msg_cb(const void *k, size_t kl, void *v, void *arg)
 {
     struct sched_msg *m = v;
-    for (size_t i = 0; i < m->n_units; i++)
-        unit_free(m->units[i]);
+    for (size_t i = 0; i < m->n_units; i++) {
+        m->units[i]->dest->n_units = 0; /* the table goes whole */
+        free(m->units[i]->rcpt);
+        free(m->units[i]);
+    }
     free(m->units);
     sched_notes_free(arg, m);
     spool_env_free(m->env);
@@ -712,6 +802,7 @@ sched_free(struct sched *s)
     delivery_free(s->dl); /* answers in-flight jobs through dl_done */
     s->dl = NULL;
     event_free(s->timer);
+    event_free(s->gc_timer);
     map_each(s->msgs, free_msg_cb, s);
     sched_dsn_fini(s);
     map_each(s->dests, free_dest_cb, NULL);
@@ -838,6 +929,7 @@ void
 sched_get_stats(const struct sched *s, struct sched_stats *st)
 {
     *st = s->st;
+    st->destinations = map_count(s->dests);
 }
 
 void

@@ -28,7 +28,8 @@ struct delivery;
 struct sched_stats {
     uint64_t received, delivered, deferred, bounced, expired; /* recipients, since start */
     size_t queue_messages, queue_rcpts;
-    size_t loaded; /* messages the spool's recovery found at start */
+    size_t loaded;       /* messages the spool's recovery found at start */
+    size_t destinations; /* entries of the destination table */
 };
 
 /* cfg: a reference is taken (sched_set_config replaces it). The scheduler

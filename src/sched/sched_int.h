@@ -5,6 +5,8 @@
 #ifndef TERN_SCHED_INT_H
 #define TERN_SCHED_INT_H
 
+#include <stddef.h>
+
 #include "delivery/delivery.h"
 #include "delivery/dsn.h"
 #include "sched.h"
@@ -15,14 +17,21 @@ struct sched_dsn_link;
 
 enum unit_state { U_WAIT, U_READY, U_FLIGHT, U_HELD };
 
+/* The one destination table: an entry is made when a unit first goes
+ * there and freed once it has no units, no delivery state (d.dl) and no
+ * backoff pending. Delivery reads d.n_ready, the ready list's length. */
 struct sched_dest {
-    struct delivery_dest d;
+    struct delivery_dest d;                     /* key, hops, n_ready, delivery's state */
     struct sched_unit *ready_head, *ready_tail; /* FIFO of due units */
-    size_t n_ready;
-    char *last_error;      /* owned; last temporary failure seen for this destination */
-    int64_t down_until_ms; /* backed off as a whole until then (0: up) */
-    uint32_t down_count;   /* consecutive attempts that reached no server */
+    size_t n_units;                             /* units of messages that go here */
+    char *last_error;           /* owned; last temporary failure seen for this destination */
+    int64_t down_until_ms;      /* backed off as a whole until then (0: up) */
+    uint32_t down_count;        /* consecutive attempts that reached no server */
+    struct sched_dest *gc_next; /* in s->dest_gc: unused but backed off */
+    bool in_gc;
 };
+/* Delivery hands back &d: the entry is found from it. */
+_Static_assert(offsetof(struct sched_dest, d) == 0, "delivery_dest first");
 
 /* A recipient whose DSN is not yet in the queue (state RCPT_FAILED_DSN or
  * RCPT_DELIVERED_DSN): what its report says. */
@@ -67,14 +76,16 @@ struct sched {
     struct config *cfg;
     struct delivery *dl;
     struct event *timer;
-    struct map *msgs;   /* qid -> sched_msg */
-    struct map *dests;  /* key -> sched_dest */
+    struct map *msgs;           /* qid -> sched_msg */
+    struct map *dests;          /* key -> sched_dest */
+    struct sched_dest *dest_gc; /* unused destinations kept until their backoff ends */
+    struct event *gc_timer;
     struct map *flight; /* unit id -> sched_unit */
     struct sched_unit **heap;
     size_t heap_len, heap_cap;
     uint64_t next_unit_id;
     struct sched_stats st;
-    bool loaded; /* the spool's recovery is done */
+    bool loaded;                      /* the spool's recovery is done */
     struct sched_dsn_link *dsn_link;  /* lets DSN commits that end after sched_free find no sched */
     struct event *dsn_timer;          /* DSN retries */
     struct sched_msg *dsn_retry_head; /* messages whose DSNs must be made again */

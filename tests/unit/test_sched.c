@@ -944,6 +944,35 @@ test_connection_refused(void **state)
     h_free(h);
 }
 
+/* A destination is known while it has work, connections or a backoff
+ * pending, and forgotten after: the table does not grow with every domain
+ * ever seen. */
+static void
+test_destination_freed(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    assert_int_equal(stats(h).destinations, 0);
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    assert_int_equal(stats(h).destinations, 1);
+    RUN_UNTIL(h, stats(h).delivered == 1, 5000);
+    /* The idle connection (idle_conn_timeout 1s) holds it... */
+    assert_int_equal(stats(h).destinations, 1);
+    /* ...until it closes. */
+    RUN_UNTIL(h, stats(h).destinations == 0, 5000);
+    h_free(h);
+
+    /* Backed off: kept until the backoff ends, with nothing queued. */
+    h = h_new(NULL, 0, NULL, true);
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1, 5000);
+    assert_int_equal(sched_delete(h->s, qid), 0);
+    run_for(h, 100);
+    assert_int_equal(stats(h).destinations, 1);
+    RUN_UNTIL(h, stats(h).destinations == 0, 5000);
+    h_free(h);
+}
+
 /* A held message is not delivered, even after a flush; release sends it. */
 static void
 test_hold_release(void **state)
@@ -1280,6 +1309,7 @@ main(void)
         cmocka_unit_test(test_mixed_results),
         cmocka_unit_test(test_list_and_summary),
         cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_destination_freed),
         cmocka_unit_test(test_hold_release),
         cmocka_unit_test(test_hold_in_flight),
         cmocka_unit_test(test_delete),
