@@ -27,6 +27,7 @@
 #include "util/buf.h"
 #include "util/map.h"
 #include "util/status.h"
+#include "util/workq.h"
 
 struct bufferevent;
 struct event;
@@ -336,8 +337,11 @@ enum conv_result {
     CONV_TEMP, /* could not read it or shutting down (why): try later */
 };
 
+struct conv_link;
+
 struct conv_job {
-    struct conv_job *next;
+    struct workq_item w;        /* first: the worker's item (util/workq.h) */
+    struct conv_link *link;     /* a reference: finds the engine when answered */
     uint64_t conn_id, job_id;   /* whose transaction */
     struct spool *sp;           /* borrowed: the spool the message is in */
     struct spool_env *env;      /* owned copy: what to read */
@@ -365,7 +369,8 @@ struct conv_job {
 void deliv_conv_submit(
     struct delivery *d, struct deliv_conn *c, uint64_t job_id, const struct spool_env *env);
 void deliv_conv_forget(struct delivery *d, struct deliv_conn *c);
-/* Stop the worker (a running job ends at its next chunk); drop all jobs. */
+/* Stop the worker (a running job ends at its next chunk); answers still
+ * on their way find no engine and are dropped. */
 void deliv_conv_stop(struct delivery *d);
 void conv_job_free(struct conv_job *j);
 
