@@ -77,12 +77,12 @@ status_json(struct buf *out, void *arg)
     sched_get_stats(t->sched, &st);
     spool_get_stats(t->sp, &ss);
     buf_printf(out,
-        "{\"queue_messages\":%zu,\"queue_recipients\":%zu,\"sessions\":%zu,"
+        "{\"queue_messages\":%zu,\"queue_recipients\":%zu,\"queue_active\":%zu,\"sessions\":%zu,"
         "\"received\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
         "\"expired\":%llu,\"uptime_s\":%lld,\"loading\":%s,"
         "\"spool\":{\"batches\":%llu,\"syncs\":%llu,\"records\":%llu,\"segments\":%llu,"
         "\"segments_deleted\":%llu,\"compacted\":%llu}}",
-        st.queue_messages, st.queue_rcpts, smtp_server_sessions(t->smtp),
+        st.queue_messages, st.queue_rcpts, st.active, smtp_server_sessions(t->smtp),
         (unsigned long long)st.received, (unsigned long long)st.delivered,
         (unsigned long long)st.deferred, (unsigned long long)st.bounced,
         (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000),
