@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1019,6 +1020,11 @@ connect_next(struct deliv_conn *c)
         c->state = CS_CONNECT;
         if (bufferevent_socket_connect(c->bev, (const struct sockaddr *)&t->addr, (int)t->len) ==
             0) {
+            /* The final dot and pipelined commands are small writes that
+             * follow larger ones: Nagle (RFC 896) would hold each for the
+             * peer's delayed ACK, some 40 ms per transaction. */
+            setsockopt(
+                bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
             conn_arm(c, c->connect_ms);
             return;
         }

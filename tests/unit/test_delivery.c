@@ -25,6 +25,7 @@
 #include <event2/listener.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -1110,6 +1111,32 @@ test_free_with_job_in_flight(void **state)
     h_free(h);
 }
 
+/* Outbound sockets go without Nagle: the final dot (and pipelined
+ * commands) must not wait for the peer's delayed ACK. */
+static void
+test_outbound_nodelay(void **state)
+{
+    static const struct step s1[] = { GREET, EHLO_PIPE, { "MAIL", "250 ok\r\n", ACT_REPLY },
+        { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "", ACT_SILENT }, END };
+    const struct step *sc[] = { s1 };
+    struct harness *h = h_new(sc, 1);
+    struct deliv_conn *c;
+    int on = 0;
+    socklen_t len = sizeof(on);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    delivery_set_config(h->d, &h->cfg);
+    delivery_kick(h->d, h->dest);
+    run_until(h, server_saw_data);
+    assert_non_null(h->dest->dl);
+    c = TAILQ_FIRST(&h->dest->dl->conns);
+    assert_non_null(c);
+    assert_int_equal(getsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+    assert_int_not_equal(on, 0);
+    delivery_free(h->d);
+    h->d = NULL;
+    h_free(h);
+}
+
 static void
 test_421_at_rcpt(void **state)
 {
@@ -1791,6 +1818,7 @@ main(void)
         cmocka_unit_test(test_ehlo_502_helo),
         cmocka_unit_test(test_reply_timeout),
         cmocka_unit_test(test_free_with_job_in_flight),
+        cmocka_unit_test(test_outbound_nodelay),
         cmocka_unit_test(test_421_at_rcpt),
         cmocka_unit_test(test_size_and_smtputf8_refused_locally),
         cmocka_unit_test(test_8bit_to_7bit_next_hop),
