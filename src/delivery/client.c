@@ -1090,7 +1090,9 @@ tx_precheck(struct deliv_conn *c, struct client_tx *tx)
 {
     const struct spool_env *env = tx->job.env;
     struct tern_status st;
+    bool unread = false;
     if (tx_open_body(c, tx) < 0) {
+        unread = errno == ENOENT; /* its segment is gone: the envelope is out of date */
         own_status(&st, 451, "4.3.0", "cannot open the queued message: %s", strerror(errno));
     } else if (c->ext.size && c->ext.size_max > 0 && env->body_len > c->ext.size_max) {
         /* RFC 1870 §6.1: do not send what the server said it will refuse. */
@@ -1125,6 +1127,8 @@ tx_precheck(struct deliv_conn *c, struct client_tx *tx)
         return env->body == BODY_8BITMIME && !c->ext.eightbitmime ? 1 : 0;
     }
     tx_set_all(tx, RS_DONE, &st, false, false);
+    for (size_t i = 0; i < tx->job.n_rcpts; i++)
+        tx->res[i].unread = unread;
     return -1;
 }
 

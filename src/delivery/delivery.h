@@ -62,6 +62,8 @@ struct delivery_rcpt_result {
     bool from_remote;      /* st is the remote server's reply */
     bool peer_dsn;         /* the server offered DSN (RFC 3461): NOTIFY/ORCPT went with the
                               recipient, so success notices are its job, not ours */
+    bool unread;           /* the stored message was not where the job's envelope said (the
+                              spool moved it): nothing was sent, read it again */
 };
 
 struct delivery_callbacks {

@@ -309,7 +309,15 @@ sched_msg_settle(struct sched *s, struct sched_msg *m)
         e->flags |= ENT_DSN;
     else
         e->flags &= (uint16_t)~ENT_DSN;
-    if (s->stopping || m->n_flight > 0 || m->n_notes > 0 || sched_msg_busy(m))
+    if (s->stopping || m->n_flight > 0 || m->n_notes > 0)
+        return;
+    if (m->reread) {
+        /* The spool moved it (compaction) after it was read: what is in
+         * memory no longer finds its body. Read it again, at once. */
+        msg_evict(s, m);
+        return;
+    }
+    if (sched_msg_busy(m))
         return;
     /* A unit already due is about to be handed to its destination; one due
      * within moments is cheaper to keep than to read back. */

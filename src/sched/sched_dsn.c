@@ -390,12 +390,11 @@ job_made(struct loopq_item *it)
         job_free(j);
         return;
     }
-    if (j->out != NULL && !s->stopping) {
+    if (j->out != NULL) {
+        /* Even when stopping: sched_free waits for the commit. */
         spool_writer_commit(j->out, s->inbox, dsn_committed, 0, j);
         return;
     }
-    if (j->out != NULL)
-        spool_writer_abort(j->out);
     m = job_msg(s, j);
     if (m != NULL)
         notes_settle(s, m, j, false);

@@ -140,6 +140,7 @@ struct sched_msg {
     size_t n_flight;          /* units at delivery */
     bool deleted;             /* deleted while in flight: finish the removal at done */
     bool reroute;             /* routing changed while in flight: rebuild units at done */
+    bool reread;              /* env is out of date (the spool moved the message): read again */
     struct sched_note *notes; /* owned: the DSNs still to make (sched_dsn.c) */
     size_t n_notes;
     uint32_t dsn_failures;       /* DSNs of it that could not be made in a row */

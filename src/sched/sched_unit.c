@@ -689,6 +689,15 @@ dl_done(
         tern_panic("delivery answered unknown job %llu", (unsigned long long)job_id);
     u->msg->n_flight--;
     u->state = U_HELD;
+    if (n > 0 && res[0].unread && !u->msg->deleted) {
+        /* Nothing was sent: no attempt, no result; due again once read
+         * again (sched_msg_settle). */
+        u->msg->reread = true;
+        u->next_ms = tern_mono_ms();
+        sched_unit_wait(s, u);
+        sched_msg_settle(s, u->msg);
+        return;
+    }
     dest_note(s, u->dest, dest_failure(res, n, relay));
     unit_apply(s, u, res, n, relay); /* may free u */
 }

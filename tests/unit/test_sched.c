@@ -1340,6 +1340,30 @@ test_list_slices(void **state)
     buf_fini(&sl.out);
 }
 
+/* A message whose stored copy moved after it was read (compaction: its
+ * old segment is gone) is read again and sent, without a failed attempt. */
+static void
+test_moved_body_read_again(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    uint32_t e;
+    h->srv[0].stall_greeting = true;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, h->srv[0].ungreeted != NULL, 5000);
+    e = sidx_find(&h->s->idx, strtoull(qid, NULL, 16));
+    assert_int_not_equal(e, SCHED_NONE);
+    assert_non_null(sidx_ent(&h->s->idx, e)->m);
+    assert_true(sidx_ent(&h->s->idx, e)->m->env->n_ext > 0);
+    sidx_ent(&h->s->idx, e)->m->env->ext[0].seg += 1000000; /* as after a compaction */
+    srv_greet(&h->srv[0]);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(stats(h).delivered, 1);
+    assert_int_equal(stats(h).deferred, 0);
+    assert_int_equal(h->srv[0].n_tx, 1);
+    h_free(h);
+}
+
 /* A unit holds at most max_rcpts_per_txn recipients. */
 static void
 test_units_split(void **state)
@@ -1716,6 +1740,7 @@ main(void)
         cmocka_unit_test(test_hold_out_of_memory),
         cmocka_unit_test(test_list_slices),
         cmocka_unit_test(test_units_split),
+        cmocka_unit_test(test_moved_body_read_again),
     };
     log_set_level(getenv("TEST_SCHED_LOG") ? LOG_DEBUG : LOG_WARN);
     return cmocka_run_group_tests(tests, NULL, NULL);
