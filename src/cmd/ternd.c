@@ -251,6 +251,10 @@ stop(struct ternd *t)
         loopq_run(t->inbox);
         spool_set_commit_hook(t->sp, NULL, NULL); /* late commits are loaded at next start */
     }
+    /* The control socket goes first: a request served after sched_free
+     * would find no scheduler, and a LIST under way is ended here. */
+    ctl_server_free(t->ctl);
+    t->ctl = NULL;
     sched_free(t->sched);
     dns_free(t->dns);
     spool_free(t->sp); /* writes and syncs what is queued; callbacks posted */
@@ -258,7 +262,6 @@ stop(struct ternd *t)
         loopq_run(t->inbox);
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     smtp_server_free(t->smtp);
-    ctl_server_free(t->ctl);
     if (t->stop_timer)
         event_free(t->stop_timer);
     event_free(t->sig_term);
