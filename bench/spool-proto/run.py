@@ -23,7 +23,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIZES = {"small": (2048, 20000), "large": (102400, 2000)}
 BENCH_SHAPES = ["files", "log-grow", "log-falloc", "log-recycle", "lmdb", "rocks-group",
-                "rocks-batch", "rocks-group-recycle", "rocks-group-blob", "rocks-batch-blob"]
+                "rocks-group-wide", "rocks-group-recycle", "rocks-batch", "rocks-group-blob-wide",
+                "rocks-batch-blob"]
 BLOB_ONLY_LARGE = True  # blob variants differ from the plain ones only above 16 KiB
 RECOVER_SHAPES = ["files", "log-recycle", "lmdb", "rocks-group"]
 CRASH_SHAPES = ["files", "log-grow", "log-recycle", "lmdb", "rocks-group", "rocks-batch"]
