@@ -66,6 +66,8 @@ def disk_name(path):
 
 def noise(base, seconds, out):
     """Device activity while we do nothing: what other users of the disk add."""
+    if seconds <= 0:
+        return
     name = disk_name(base)
     f0, s0 = disk_sample(name)
     time.sleep(seconds)
@@ -167,21 +169,21 @@ def med(vals):
 def table(lines):
     res = [parse(l) for l in lines if l.startswith("RESULT")]
     if res:
-        print("\n| shape | size | runs | " + " | ".join(BENCH_COLS) + " |")
-        print("|---|---|---|" + "---|" * len(BENCH_COLS))
+        print("\n| shape | size | producers | runs | " + " | ".join(BENCH_COLS) + " |")
+        print("|---|---|---|---|" + "---|" * len(BENCH_COLS))
         keys = []
         for r in res:
-            k = (r["size"], r["shape"])
+            k = (r["size"], r["shape"], r["producers"])
             if k not in keys:
                 keys.append(k)
         keys.sort(key=lambda k: (int(k[0]), BENCH_SHAPES.index(k[1]) if k[1] in BENCH_SHAPES
-                                 else 99))
+                                 else 99, int(k[2])))
         for k in keys:
-            rs = [r for r in res if (r["size"], r["shape"]) == k]
+            rs = [r for r in res if (r["size"], r["shape"], r["producers"]) == k]
             cells = [med([float(r[c]) for r in rs]) for c in BENCH_COLS]
-            print("| %s | %s | %d | %s |" % (k[1], "2 KiB" if k[0] == "2048" else
-                                             "%d KiB" % (int(k[0]) // 1024), len(rs),
-                                             " | ".join(cells)))
+            print("| %s | %s | %s | %d | %s |" % (k[1], "2 KiB" if k[0] == "2048" else
+                                                  "%d KiB" % (int(k[0]) // 1024), k[2], len(rs),
+                                                  " | ".join(cells)))
     rec = [parse(l) for l in lines if l.startswith("RECOVER")]
     if rec:
         print("\n| shape | cold | with_env | runs | live | recover_s | cpu_s | mb_read | rss_mb |")

@@ -6,7 +6,9 @@
  *   rocks-batch        one writer thread puts every queued message (and the
  *                      done marks) in one WriteBatch, written with sync=true
  *   ...-blob           values >= 16 KiB go to blob files (integrated BlobDB)
- *   ...-recycle        WAL files are reused (recycle_log_file_num = 4)
+ *   ...-recycle        WAL files are reused (recycle_log_file_num = 4); RocksDB
+ *                      7.8 silently turns that off unless wal_recovery_mode
+ *                      is kSkipAnyCorruptedRecords, so that is set too
  *   ...-wide           max_write_batch_group_size_bytes = 16 MiB: by default a
  *                      group led by a write under 128 KiB stops growing at
  *                      the leader's size + 128 KiB, one or two 100 KiB mails
@@ -95,8 +97,10 @@ make_options(const char *shape)
         rocksdb_options_set_min_blob_size(opt, BLOB_MIN);
         rocksdb_options_set_enable_blob_gc(opt, 1);
     }
-    if (has(shape, "recycle"))
+    if (has(shape, "recycle")) {
         rocksdb_options_set_recycle_log_file_num(opt, 4);
+        rocksdb_options_set_wal_recovery_mode(opt, 3 /* kSkipAnyCorruptedRecords */);
+    }
     if (has(shape, "wide")) {
         /* not in the C API of 7.8: through the options string parser */
         rocksdb_options_t *wide = rocksdb_options_create();
