@@ -495,12 +495,21 @@ drop_caches(void)
     close(fd);
 }
 
+/* Peak RSS of this process image in KiB (VmHWM: unlike ru_maxrss it does
+ * not carry the high-water mark of whatever ran before execve). */
 static long
-maxrss_kb(void)
+hwm_kb(void)
 {
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    return ru.ru_maxrss;
+    char line[256];
+    long kb = -1;
+    FILE *f = fopen("/proc/self/status", "r");
+    if (f == NULL)
+        return -1;
+    while (fgets(line, sizeof(line), f) != NULL)
+        if (sscanf(line, "VmHWM: %ld kB", &kb) == 1)
+            break;
+    fclose(f);
+    return kb;
 }
 
 static int
@@ -510,10 +519,8 @@ mode_recover(bool drop)
     struct recovery r = { 0 };
     int64_t t0, t1;
     double c0, c1;
-    long rss0;
     if (drop)
         drop_caches();
-    rss0 = maxrss_kb();
     c0 = cpu_s();
     t0 = now_ns();
     if (ops->recover(&g_opts, &r) != 0)
@@ -522,10 +529,10 @@ mode_recover(bool drop)
     c1 = cpu_s();
     printf("RECOVER shape=%s cold=%d with_env=%d live=%" PRIu64 " records=%" PRIu64
            " dones=%" PRIu64 " torn=%" PRIu64 " dropped=%" PRIu64 " env_bad=%" PRIu64
-           " mb_read=%.1f recover_s=%.3f cpu_s=%.3f rss_mb=%.1f note=%s\n",
+           " mb_read=%.1f recover_s=%.3f cpu_s=%.3f peak_rss_mb=%.1f note=%s\n",
         g_opts.shape, drop, g_opts.with_env, r.live, r.records, r.dones, r.torn, r.dropped,
         r.env_bad, (double)r.bytes / 1048576, (double)(t1 - t0) / 1e9, c1 - c0,
-        (double)(maxrss_kb() - rss0) / 1024, r.note[0] ? r.note : "-");
+        (double)hwm_kb() / 1024, r.note[0] ? r.note : "-");
     idmap_free(r.index);
     return 0;
 }

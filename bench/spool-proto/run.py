@@ -186,7 +186,8 @@ def table(lines):
                                                   " | ".join(cells)))
     rec = [parse(l) for l in lines if l.startswith("RECOVER")]
     if rec:
-        print("\n| shape | cold | with_env | runs | live | recover_s | cpu_s | mb_read | rss_mb |")
+        print("\n| shape | cold | with_env | runs | live | recover_s | cpu_s | mb_read | "
+              "peak_rss_mb |")
         print("|---|---|---|---|---|---|---|---|---|")
         keys = []
         for r in rec:
@@ -198,7 +199,8 @@ def table(lines):
             print("| %s | %s | %s | %d | %s | %s | %s | %s | %s |" % (
                 k[0], k[1], k[2], len(rs), rs[0]["live"],
                 med([float(r["recover_s"]) for r in rs]), med([float(r["cpu_s"]) for r in rs]),
-                med([float(r["mb_read"]) for r in rs]), med([float(r["rss_mb"]) for r in rs])))
+                med([float(r["mb_read"]) for r in rs]),
+                med([float(r.get("peak_rss_mb", "nan")) for r in rs])))
     cr = [parse(l) for l in lines if l.startswith("CRASH")]
     if cr:
         cols = ["killed_after_ms", "garbage_bytes", "acked", "done", "live_after", "lost_acked",
