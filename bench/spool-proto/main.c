@@ -193,7 +193,7 @@ find_ops(const char *shape)
 
 struct disk {
     char name[64];
-    uint64_t sectors_written, flushes;
+    uint64_t sectors_written, discards, flushes;
 };
 
 /* The block device holding dir, by major:minor in /proc/diskstats. */
@@ -216,13 +216,14 @@ disk_find(const char *dir, struct disk *d)
     fclose(f);
 }
 
-/* Field 10 is sectors written, field 20 flush requests completed. */
+/* After the name (numbering of the kernel's iostats.rst): field 7 is
+ * sectors written, 12 discards completed, 16 flush requests completed. */
 static void
 disk_read(struct disk *d)
 {
     char line[512];
     FILE *f = fopen("/proc/diskstats", "r");
-    d->sectors_written = d->flushes = 0;
+    d->sectors_written = d->discards = d->flushes = 0;
     if (f == NULL)
         return;
     while (fgets(line, sizeof(line), f) != NULL) {
@@ -235,6 +236,7 @@ disk_read(struct disk *d)
             &v[11], &v[12], &v[13], &v[14], &v[15], &v[16]);
         if (k >= 8 && strcmp(name, d->name) == 0) {
             d->sectors_written = v[6];
+            d->discards = k >= 13 ? v[11] : 0;
             d->flushes = k >= 17 ? v[15] : 0;
         }
     }
@@ -469,12 +471,14 @@ mode_run(void)
     msgs = s1.v[1] - s0.v[1];
     printf("RESULT shape=%s size=%zu count=%" PRIu64 " producers=%u done_delay_ms=%" PRId64
            " disk=%s msgs_per_s=%.1f cpu_ms_per_msg=%.4f flushes_per_msg=%.4f "
-           "kb_written_per_msg=%.2f syncs=%" PRIu64 " avg_batch=%.2f lat_p50_ms=%.3f "
+           "kb_written_per_msg=%.2f discards_per_msg=%.4f syncs=%" PRIu64
+           " avg_batch=%.2f lat_p50_ms=%.3f "
            "lat_p99_ms=%.3f wall_s=%.3f drain_s=%.3f close_ms=%.1f",
         g_opts.shape, g_opts.size, n, g_opts.producers, g_opts.done_delay_ms, d0.name,
         (double)n / ((double)(t_acked - t0) / 1e9), (c1 - c0) * 1000 / (double)n,
         (double)(d1.flushes - d0.flushes) / (double)n,
-        (double)(d1.sectors_written - d0.sectors_written) * 512 / 1024 / (double)n, syncs,
+        (double)(d1.sectors_written - d0.sectors_written) * 512 / 1024 / (double)n,
+        (double)(d1.discards - d0.discards) / (double)n, syncs,
         syncs ? (double)msgs / (double)syncs : 0.0, (double)lat[n / 2] / 1e6,
         (double)lat[n * 99 / 100] / 1e6, (double)(t_acked - t0) / 1e9,
         (double)(t_end - t_acked) / 1e9, (double)(t_close - t_end) / 1e6);

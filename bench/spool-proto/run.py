@@ -29,7 +29,7 @@ BLOB_ONLY_LARGE = True  # blob variants differ from the plain ones only above 16
 RECOVER_SHAPES = ["files", "log-recycle", "lmdb", "rocks-group"]
 CRASH_SHAPES = ["files", "log-grow", "log-recycle", "lmdb", "rocks-group", "rocks-batch"]
 BENCH_COLS = ["msgs_per_s", "cpu_ms_per_msg", "flushes_per_msg", "kb_written_per_msg",
-              "avg_batch", "lat_p50_ms", "lat_p99_ms", "drain_s"]
+              "discards_per_msg", "avg_batch", "lat_p50_ms", "lat_p99_ms", "drain_s"]
 
 
 def log(msg):
@@ -180,7 +180,8 @@ def table(lines):
                                  else 99, int(k[2])))
         for k in keys:
             rs = [r for r in res if (r["size"], r["shape"], r["producers"]) == k]
-            cells = [med([float(r[c]) for r in rs]) for c in BENCH_COLS]
+            cells = [med([float(r[c]) for r in rs if c in r]) if any(c in r for r in rs)
+                     else "-" for c in BENCH_COLS]
             print("| %s | %s | %s | %d | %s |" % (k[1], "2 KiB" if k[0] == "2048" else
                                                   "%d KiB" % (int(k[0]) // 1024), k[2], len(rs),
                                                   " | ".join(cells)))
@@ -200,7 +201,7 @@ def table(lines):
                 k[0], k[1], k[2], len(rs), rs[0]["live"],
                 med([float(r["recover_s"]) for r in rs]), med([float(r["cpu_s"]) for r in rs]),
                 med([float(r["mb_read"]) for r in rs]),
-                med([float(r.get("peak_rss_mb", "nan")) for r in rs])))
+                med([float(r["peak_rss_mb"]) for r in rs]) if "peak_rss_mb" in rs[0] else "-"))
     cr = [parse(l) for l in lines if l.startswith("CRASH")]
     if cr:
         cols = ["killed_after_ms", "garbage_bytes", "acked", "done", "live_after", "lost_acked",
