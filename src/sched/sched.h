@@ -73,7 +73,8 @@ struct sched_walk *sched_walk_start(struct sched *s, bool summary, sched_walk_fn
 void sched_walk_next(struct sched_walk *w);
 void sched_walk_cancel(struct sched_walk *w); /* NULL is fine */
 void sched_get_stats(const struct sched *s, struct sched_stats *st);
-/* Counter for messages accepted by the SMTP server (for metrics). */
+/* Counter for messages accepted by the SMTP server (for metrics). Any
+ * thread; the other sched calls belong to the main loop. */
 void sched_count_received(struct sched *s);
 
 #endif

@@ -25,8 +25,9 @@
 #define LOG_VALUE_MAX 512
 #define LOG_BATCH_MAX (64 * 1024) /* bytes of lines held back at most */
 
-static bool log_json;
-static enum log_level log_min = LOG_INFO;
+/* Set on the main loop (start, reload), read by every thread. */
+static atomic_bool log_json;
+static _Atomic int log_min = LOG_INFO;
 static int log_fd = 2;
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -45,13 +46,13 @@ static const char *const level_names[] = { "debug", "info", "warn", "error", "cr
 void
 log_set_json(bool json)
 {
-    log_json = json;
+    atomic_store_explicit(&log_json, json, memory_order_relaxed);
 }
 
 void
 log_set_level(enum log_level min)
 {
-    log_min = min;
+    atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
 
 void
@@ -215,8 +216,8 @@ log_begin(
 {
     buf_init(&l->b);
     l->lvl = lvl;
-    l->on = lvl >= log_min;
-    l->json = log_json;
+    l->on = (int)lvl >= atomic_load_explicit(&log_min, memory_order_relaxed);
+    l->json = atomic_load_explicit(&log_json, memory_order_relaxed);
     if (!l->on)
         return;
     if (qid == NULL || *qid == '\0')
