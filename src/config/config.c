@@ -443,6 +443,8 @@ config_load(const char *path, const char *const *overrides, size_t n_overrides,
     /* A tenth of the sessions is kept for relay_networks unless told. */
     if (!was_set(&ld, "reserved_sessions"))
         c->reserved_sessions = c->max_sessions / 10;
+    if (!was_set(&ld, "workers"))
+        c->workers = config_default_workers();
     check_combinations(&ld);
     if (check_files_too)
         check_files(&ld);
@@ -455,6 +457,15 @@ config_load(const char *path, const char *const *overrides, size_t n_overrides,
         return NULL;
     }
     return c;
+}
+
+uint32_t
+config_default_workers(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    return n > CONFIG_WORKERS_AUTO_MAX ? CONFIG_WORKERS_AUTO_MAX : (uint32_t)n;
 }
 
 struct config *

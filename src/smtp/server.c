@@ -1,10 +1,11 @@
 /*
  * SMTP listeners and session admission: binds smtp_listen (relay/MX),
- * submission_listen and smtps_listen (each listener knows its role),
- * enforces the total and per-address session limits (421 4.7.0) over all of
- * them, keeps the session table that commit and AUTH callbacks use to find a
- * session by id, and owns the TLS context and AUTH users of the current
- * configuration (rebuilt on reload; sessions keep what they started with).
+ * submission_listen and smtps_listen (each listener knows its role) for
+ * every receive loop, enforces the total and per-address session limits
+ * (421 4.7.0) over all of them and all loops, and owns the TLS context and
+ * AUTH users of the current configuration (rebuilt on reload; sessions keep
+ * what they started with). Each loop keeps the table of its sessions that
+ * commit and AUTH answers use to find a session by id.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -41,6 +42,7 @@ ip_key(const struct sockaddr *sa, unsigned char key[16])
     return 16;
 }
 
+/* Called with adm_mu held. */
 static void
 per_ip_add(struct smtp_server *srv, const struct sockaddr *sa, long delta)
 {
@@ -54,21 +56,44 @@ per_ip_add(struct smtp_server *srv, const struct sockaddr *sa, long delta)
         map_put(srv->per_ip, key, kl, (void *)n);
 }
 
-static size_t
-per_ip_count(struct smtp_server *srv, const struct sockaddr *sa)
+/* Admit a session under cfg's limits and count it, in one step over every
+ * loop: NULL, or why it is refused (nothing counted). */
+static const char *
+admit(struct smtp_server *srv, const struct config *cfg, const struct sockaddr *sa, bool outsider)
 {
     unsigned char key[16];
     size_t kl = ip_key(sa, key);
-    return (size_t)(uintptr_t)map_get(srv->per_ip, key, kl);
+    const char *why;
+    pthread_mutex_lock(&srv->adm_mu);
+    why = policy_admit_session(cfg, !outsider, srv->n_sessions, srv->n_outsiders,
+        (size_t)(uintptr_t)map_get(srv->per_ip, key, kl));
+    if (why == NULL) {
+        per_ip_add(srv, sa, 1);
+        srv->n_sessions++;
+        srv->n_outsiders += outsider;
+        atomic_store_explicit(&srv->n_open, srv->n_sessions, memory_order_relaxed);
+    }
+    pthread_mutex_unlock(&srv->adm_mu);
+    return why;
+}
+
+static void
+release(struct smtp_server *srv, const struct sockaddr *sa, bool outsider)
+{
+    pthread_mutex_lock(&srv->adm_mu);
+    per_ip_add(srv, sa, -1);
+    srv->n_sessions--;
+    srv->n_outsiders -= outsider;
+    atomic_store_explicit(&srv->n_open, srv->n_sessions, memory_order_relaxed);
+    pthread_mutex_unlock(&srv->adm_mu);
 }
 
 void
 smtp_server_session_gone(struct smtp_server *srv, struct smtp_session *s)
 {
-    map_del_u64(srv->sessions, s->id);
-    per_ip_add(srv, (struct sockaddr *)&s->peer, -1);
-    if (s->outsider)
-        srv->n_outsiders--;
+    map_del_u64(s->lp->sessions, s->id);
+    atomic_store_explicit(&s->lp->open, map_count(s->lp->sessions), memory_order_relaxed);
+    release(srv, (struct sockaddr *)&s->peer, s->outsider);
 }
 
 /* Refuse a connection over a limit with one line, without a session. */
@@ -93,21 +118,20 @@ static void
 accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
     struct smtp_listener *sl = arg;
-    struct smtp_server *srv = sl->srv;
+    struct smtp_loop *lp = sl->lp;
     char peer[64];
     const char *why;
     bool outsider;
     sockaddr_ntop(sa, peer, sizeof(peer));
-    if (srv->shutting_down) {
+    if (lp->shutting_down) {
         close(fd);
         return;
     }
     /* Like Postfix's anvil exceptions: the relay's own networks (applications
      * that hand over bulk mail) are not limited per address, and a share of
      * the sessions is kept for them. */
-    outsider = !policy_trusted_client(srv->cfg, sa);
-    why = policy_admit_session(
-        srv->cfg, !outsider, map_count(srv->sessions), srv->n_outsiders, per_ip_count(srv, sa));
+    outsider = !policy_trusted_client(lp->cfg, sa);
+    why = admit(lp->srv, lp->cfg, sa, outsider);
     if (why != NULL) {
         refuse(fd, peer, why);
         return;
@@ -116,49 +140,51 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     /* Replies are small writes: do not let Nagle hold them back behind a
      * delayed ACK (visible as ~40 ms after a TLS 1.3 handshake). */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
-    per_ip_add(srv, sa, 1);
-    srv->n_outsiders += outsider;
-    if (!smtp_session_start(srv, fd, sa, salen, sl->role, outsider)) {
-        per_ip_add(srv, sa, -1);
-        srv->n_outsiders -= outsider;
-    }
+    if (!smtp_session_start(lp, fd, sa, salen, sl->role, outsider))
+        release(lp->srv, sa, outsider);
 }
 
 /* Listening again after a pause (accept_error_cb). */
 static void
 accept_resume_cb(evutil_socket_t fd, short what, void *arg)
 {
-    struct smtp_server *srv = arg;
-    srv->accept_paused = false;
-    if (srv->shutting_down)
+    struct smtp_loop *lp = arg;
+    lp->accept_paused = false;
+    if (lp->shutting_down)
         return;
-    for (size_t i = 0; i < srv->n_listeners; i++)
-        evconnlistener_enable(srv->listeners[i]->lis);
+    for (size_t i = 0; i < lp->n_listeners; i++)
+        evconnlistener_enable(lp->listeners[i]->lis);
 }
 
 /* accept() failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM;
  * libevent retries the transient ones itself). The connection stays in the
  * backlog and the socket stays readable, so accepting again at once would
- * spin: stop every listener (descriptors are shared) and listen again in a
- * moment, as nginx and OpenSMTPD do, with one log line per pause. */
+ * spin: stop every listener of the loop (descriptors are shared; the other
+ * loops meet the same limit on their own) and listen again in a moment, as
+ * nginx and OpenSMTPD do, with one log line per pause. */
 static void
 accept_error_cb(struct evconnlistener *lis, void *arg)
 {
     struct smtp_listener *sl = arg;
-    struct smtp_server *srv = sl->srv;
+    struct smtp_loop *lp = sl->lp;
     struct timeval tv = { SMTP_ACCEPT_PAUSE_MS / 1000, (SMTP_ACCEPT_PAUSE_MS % 1000) * 1000 };
     struct logline l;
     int err = EVUTIL_SOCKET_ERROR();
-    for (size_t i = 0; i < srv->n_listeners; i++)
-        evconnlistener_disable(srv->listeners[i]->lis);
-    if (srv->accept_paused)
+    for (size_t i = 0; i < lp->n_listeners; i++)
+        evconnlistener_disable(lp->listeners[i]->lis);
+    if (lp->accept_paused)
         return;
-    srv->accept_paused = true;
-    evtimer_add(srv->accept_timer, &tv);
+    if (lp->accept_timer == NULL)
+        lp->accept_timer = evtimer_new(lp->base, accept_resume_cb, lp);
+    if (lp->accept_timer == NULL)
+        return; /* out of memory: the listeners stay off; the loop serves its sessions */
+    lp->accept_paused = true;
+    evtimer_add(lp->accept_timer, &tv);
     log_begin(&l, LOG_ERROR, NULL, "smtp", "accept_paused");
     log_errno(&l, err);
     log_int(&l, "pause_ms", SMTP_ACCEPT_PAUSE_MS);
-    log_int(&l, "sessions", (int64_t)map_count(srv->sessions));
+    log_int(&l, "sessions", (int64_t)atomic_load(&lp->srv->n_open));
+    log_int(&l, "worker", (int64_t)lp->idx);
     log_end(&l);
 }
 
@@ -173,31 +199,30 @@ listener_free(struct smtp_listener *sl)
     free(sl);
 }
 
-static struct smtp_listener *
-bind_one(struct smtp_server *srv, const struct hostport *hp, enum smtp_role role, struct buf *err)
+/* A listening socket for hp: SO_REUSEADDR as libevent sets it, and with
+ * several loops SO_REUSEPORT, so that each loop has a socket of its own on
+ * the address and the kernel spreads connections over them. -1 with err. */
+static int
+listen_one(const struct hostport *hp, enum smtp_role role, bool reuseport, struct buf *err)
 {
     struct sockaddr_storage ss;
-    int len = sizeof(ss);
+    int len = sizeof(ss), fd, on = 1;
     char spec[CONFIG_HOST_MAX + 16];
-    struct smtp_listener *sl = xcalloc(1, sizeof(*sl));
     snprintf(spec, sizeof(spec), strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
     if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) < 0) {
         buf_printf(err, "%s: %s is not a numeric address:port\n", role_setting[role], spec);
-        free(sl);
-        return NULL;
+        return -1;
     }
-    sl->srv = srv;
-    sl->role = role;
-    sl->lis = evconnlistener_new_bind(srv->base, accept_cb, sl,
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 511,
-        (struct sockaddr *)&ss, len);
-    if (sl->lis == NULL) {
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0) ||
+        bind(fd, (struct sockaddr *)&ss, (socklen_t)len) < 0 || listen(fd, 511) < 0) {
         buf_printf(err, "%s: cannot listen on %s: %s\n", role_setting[role], spec, strerror(errno));
-        free(sl);
-        return NULL;
+        if (fd >= 0)
+            close(fd);
+        return -1;
     }
-    evconnlistener_set_error_cb(sl->lis, accept_error_cb);
-    return sl;
+    return fd;
 }
 
 /* The address list of one role. */
@@ -218,39 +243,88 @@ role_list(const struct config *cfg, enum smtp_role role, size_t *n)
     tern_panic("role %d", (int)role);
 }
 
-static int
-bind_all(struct smtp_server *srv, const struct config *cfg, struct smtp_listener ***out, size_t *n,
-    struct buf *err)
+void
+smtp_listen_set_free(struct smtp_listen_set *set)
 {
-    size_t total = cfg->n_smtp_listen + cfg->n_submission_listen + cfg->n_smtps_listen, k = 0;
-    struct smtp_listener **v = xcalloc(total + 1, sizeof(*v));
+    if (set == NULL)
+        return;
+    for (size_t i = 0; i < set->n * set->n_loops; i++) {
+        if (set->fds[i] >= 0)
+            close(set->fds[i]);
+    }
+    free(set->fds);
+    free(set->roles);
+    free(set);
+}
+
+/* Bind every address of cfg once for each loop: NULL with err when one
+ * cannot be bound (nothing is left open). */
+static struct smtp_listen_set *
+bind_all(const struct config *cfg, size_t n_loops, struct buf *err)
+{
+    struct smtp_listen_set *set = xcalloc(1, sizeof(*set));
+    size_t k = 0;
+    set->n = cfg->n_smtp_listen + cfg->n_submission_listen + cfg->n_smtps_listen;
+    set->n_loops = n_loops;
+    set->roles = xcalloc(set->n + 1, sizeof(*set->roles));
+    set->fds = xcalloc(set->n * n_loops + 1, sizeof(*set->fds));
+    for (size_t i = 0; i < set->n * n_loops; i++)
+        set->fds[i] = -1;
     for (int role = SMTP_ROLE_RELAY; role <= SMTP_ROLE_SMTPS; role++) {
         size_t nr;
         const struct hostport *hp = role_list(cfg, (enum smtp_role)role, &nr);
-        for (size_t i = 0; i < nr; i++) {
-            v[k] = bind_one(srv, &hp[i], (enum smtp_role)role, err);
-            if (v[k] == NULL) {
-                for (size_t j = 0; j < k; j++)
-                    listener_free(v[j]);
-                free(v);
-                return -1;
+        for (size_t i = 0; i < nr; i++, k++) {
+            set->roles[k] = (enum smtp_role)role;
+            for (size_t l = 0; l < n_loops; l++) {
+                set->fds[l * set->n + k] = listen_one(&hp[i], set->roles[k], n_loops > 1, err);
+                if (set->fds[l * set->n + k] < 0) {
+                    smtp_listen_set_free(set);
+                    return NULL;
+                }
             }
-            k++;
         }
     }
-    *out = v;
-    *n = k;
-    return 0;
+    return set;
 }
 
-static void
-unbind_all(struct smtp_server *srv)
+void
+smtp_loop_unbind(struct smtp_loop *lp)
 {
-    for (size_t i = 0; i < srv->n_listeners; i++)
-        listener_free(srv->listeners[i]);
-    free(srv->listeners);
-    srv->listeners = NULL;
-    srv->n_listeners = 0;
+    for (size_t i = 0; i < lp->n_listeners; i++)
+        listener_free(lp->listeners[i]);
+    free(lp->listeners);
+    lp->listeners = NULL;
+    lp->n_listeners = 0;
+}
+
+void
+smtp_loop_listen(struct smtp_loop *lp, struct smtp_listen_set *set)
+{
+    struct logline l;
+    smtp_loop_unbind(lp);
+    lp->listeners = xcalloc(set->n + 1, sizeof(*lp->listeners));
+    for (size_t i = 0; i < set->n; i++) {
+        int *fd = &set->fds[lp->idx * set->n + i];
+        struct smtp_listener *sl = xcalloc(1, sizeof(*sl));
+        sl->lp = lp;
+        sl->role = set->roles[i];
+        sl->lis = evconnlistener_new(
+            lp->base, accept_cb, sl, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, *fd);
+        if (sl->lis == NULL) {
+            /* Out of memory: the address is served by the other loops. */
+            log_begin(&l, LOG_ERROR, NULL, "smtp", "listen_failed");
+            log_errno(&l, errno ? errno : ENOMEM);
+            log_int(&l, "worker", (int64_t)lp->idx);
+            log_end(&l);
+            free(sl);
+            continue;
+        }
+        *fd = -1;
+        evconnlistener_set_error_cb(sl->lis, accept_error_cb);
+        if (lp->accept_paused)
+            evconnlistener_disable(sl->lis);
+        lp->listeners[lp->n_listeners++] = sl;
+    }
 }
 
 /* Build the TLS context and read the AUTH users of cfg. -1 with err when a
@@ -303,16 +377,23 @@ smtp_server_check(const struct config *cfg, struct buf *err)
     return rc;
 }
 
-/* Swap in the security objects of a new configuration. */
+/* Swap in the security objects of a new configuration (main thread). The
+ * loops get their references of tls with the configuration. */
 static void
 set_security(struct smtp_server *srv, struct tls_ctx *tls, struct auth_users *users)
 {
+    struct auth_worker *w =
+        users != NULL && srv->worker == NULL ? auth_worker_new(smtp_auth_done) : NULL;
     tls_ctx_unref(srv->tls);
     srv->tls = tls;
+    /* The worker is there before any loop can see users. */
+    pthread_mutex_lock(&srv->auth_mu);
+    if (w != NULL)
+        srv->worker = w;
     auth_users_free(srv->users);
     srv->users = users;
-    if (users != NULL && srv->worker == NULL)
-        srv->worker = auth_worker_new(srv->base, smtp_auth_done, srv);
+    atomic_store(&srv->has_users, users != NULL);
+    pthread_mutex_unlock(&srv->auth_mu);
 }
 
 struct smtp_server *
@@ -320,16 +401,17 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
     struct buf *err)
 {
     struct smtp_server *srv = xcalloc(1, sizeof(*srv));
+    struct smtp_listen_set *set;
+    struct tls_ctx *tls;
+    struct auth_users *users;
+    struct buf warn = BUF_INIT;
     srv->base = base;
     srv->sp = sp;
     srv->sched = sch;
     srv->cfg = config_ref(cfg);
-    struct tls_ctx *tls;
-    struct auth_users *users;
-    struct buf warn = BUF_INIT;
-    srv->sessions = map_new();
+    pthread_mutex_init(&srv->auth_mu, NULL);
+    pthread_mutex_init(&srv->adm_mu, NULL);
     srv->per_ip = map_new();
-    srv->accept_timer = evtimer_new(base, accept_resume_cb, srv);
     srv->throttle = auth_throttle_new(AUTH_THROTTLE_MAX);
     if (load_security(cfg, &tls, &users, &warn, err) < 0) {
         smtp_server_free(srv);
@@ -338,10 +420,26 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
     log_users_warnings(&warn);
     buf_fini(&warn);
     set_security(srv, tls, users);
-    if (bind_all(srv, cfg, &srv->listeners, &srv->n_listeners, err) < 0) {
+    /* One loop is the main loop itself; more are threads of their own. */
+    srv->loops = xcalloc(cfg->workers, sizeof(*srv->loops));
+    for (unsigned i = 0; i < cfg->workers; i++) {
+        srv->loops[i] = smtp_loop_new(srv, i, cfg->workers > 1, err);
+        if (srv->loops[i] == NULL) {
+            smtp_server_free(srv);
+            return NULL;
+        }
+        srv->n_loops++;
+    }
+    set = bind_all(cfg, srv->n_loops, err);
+    if (set == NULL) {
         smtp_server_free(srv);
         return NULL;
     }
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_init(srv->loops[i], cfg, srv->tls, set);
+    smtp_listen_set_free(set);
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_start(srv->loops[i]);
     return srv;
 }
 
@@ -362,37 +460,67 @@ same_listen(const struct config *a, const struct config *b)
     return true;
 }
 
+/* The listeners of cfg for every loop when its addresses differ from the
+ * running ones: 0 with *set NULL when they are the same, -1 with err when
+ * one cannot be bound (the running listeners stay). */
+static int
+rebind(struct smtp_server *srv, const struct config *cfg, struct smtp_listen_set **set,
+    struct buf *err)
+{
+    *set = NULL;
+    if (same_listen(srv->cfg, cfg))
+        return 0;
+    if (srv->n_loops > 1) {
+        /* SO_REUSEPORT: the new sockets join while the old ones still
+         * listen, so no address is ever closed in between. */
+        *set = bind_all(cfg, srv->n_loops, err);
+        return *set != NULL ? 0 : -1;
+    }
+    /* One loop, the main one: free the old listeners first (the new set may
+     * reuse an address), and take them again when the new set fails. */
+    smtp_loop_unbind(srv->loops[0]);
+    *set = bind_all(cfg, 1, err);
+    if (*set != NULL)
+        return 0;
+    struct buf ignore = BUF_INIT;
+    struct smtp_listen_set *old = bind_all(srv->cfg, 1, &ignore);
+    buf_fini(&ignore);
+    if (old != NULL)
+        smtp_loop_listen(srv->loops[0], old);
+    smtp_listen_set_free(old);
+    return -1;
+}
+
 int
 smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err)
 {
     struct tls_ctx *tls;
     struct auth_users *users;
+    struct smtp_listen_set *set;
     struct buf warn = BUF_INIT;
+    if (cfg->workers != srv->n_loops) {
+        buf_printf(err, "workers cannot change on reload (restart ternd)\n");
+        return -1;
+    }
     /* A bad certificate, key or users file refuses the whole reload. */
     if (load_security(cfg, &tls, &users, &warn, err) < 0)
         return -1;
-    if (!same_listen(srv->cfg, cfg)) {
-        struct smtp_listener **v;
-        size_t n;
-        /* Free the old listeners first: the new set may reuse an address. */
-        unbind_all(srv);
-        if (bind_all(srv, cfg, &v, &n, err) < 0) {
-            struct buf ignore = BUF_INIT;
-            bind_all(srv, srv->cfg, &srv->listeners, &srv->n_listeners, &ignore);
-            buf_fini(&ignore);
-            tls_ctx_unref(tls);
-            auth_users_free(users);
-            buf_fini(&warn);
-            return -1;
-        }
-        srv->listeners = v;
-        srv->n_listeners = n;
+    if (rebind(srv, cfg, &set, err) < 0) {
+        tls_ctx_unref(tls);
+        auth_users_free(users);
+        buf_fini(&warn);
+        return -1;
     }
     log_users_warnings(&warn);
     buf_fini(&warn);
     set_security(srv, tls, users);
     config_unref(srv->cfg);
     srv->cfg = config_ref(cfg);
+    /* Each loop takes the new configuration at its next pass: sessions
+     * started from then on use it. */
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_post_config(srv->loops[i], cfg, srv->tls, set);
+    smtp_listen_set_free(set);
     return 0;
 }
 
@@ -434,12 +562,13 @@ collect_cb(const void *k, size_t kl, void *v, void *arg)
     c->v[c->n++] = v;
 }
 
-/* Apply fn to every session, walking a snapshot (fn may end sessions). */
+/* Apply fn to every session of the loop, walking a snapshot (fn may end
+ * sessions). */
 static void
-each_session(struct smtp_server *srv, void (*fn)(struct smtp_session *s))
+each_session(struct smtp_loop *lp, void (*fn)(struct smtp_session *s))
 {
-    struct session_list c = { xcalloc(map_count(srv->sessions) + 1, sizeof(*c.v)), 0 };
-    map_each(srv->sessions, collect_cb, &c);
+    struct session_list c = { xcalloc(map_count(lp->sessions) + 1, sizeof(*c.v)), 0 };
+    map_each(lp->sessions, collect_cb, &c);
     for (size_t i = 0; i < c.n; i++)
         fn(c.v[i]);
     free(c.v);
@@ -460,29 +589,65 @@ shutdown_one(struct smtp_session *s)
 }
 
 void
+smtp_loop_shutdown_sessions(struct smtp_loop *lp)
+{
+    lp->shutting_down = true;
+    smtp_loop_unbind(lp);
+    each_session(lp, shutdown_one);
+}
+
+void
+smtp_loop_kill_sessions(struct smtp_loop *lp)
+{
+    each_session(lp, smtp_session_kill);
+}
+
+void
 smtp_server_shutdown(struct smtp_server *srv)
 {
     srv->shutting_down = true;
-    unbind_all(srv);
-    each_session(srv, shutdown_one);
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_post_shutdown(srv->loops[i]);
 }
 
 void
 smtp_server_kill_all(struct smtp_server *srv)
 {
-    each_session(srv, smtp_session_kill);
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_stop(srv->loops[i]);
 }
 
 size_t
 smtp_server_unfreed(const struct smtp_server *srv)
 {
-    return srv ? srv->n_alive : 0;
+    size_t n = 0;
+    if (srv == NULL)
+        return 0;
+    /* A threaded loop is read only once its thread has ended. */
+    for (size_t i = 0; i < srv->n_loops; i++) {
+        if (!srv->loops[i]->threaded || srv->loops[i]->joined)
+            n += srv->loops[i]->n_alive;
+    }
+    return n;
 }
 
 size_t
 smtp_server_sessions(const struct smtp_server *srv)
 {
-    return map_count(srv->sessions);
+    return atomic_load_explicit(&srv->n_open, memory_order_relaxed);
+}
+
+void
+smtp_server_status_json(const struct smtp_server *srv, struct buf *out)
+{
+    buf_append_str(out, "[");
+    for (size_t i = 0; i < srv->n_loops; i++) {
+        const struct smtp_loop *lp = srv->loops[i];
+        buf_printf(out, "%s{\"sessions\":%zu,\"accepted\":%llu}", i ? "," : "",
+            atomic_load_explicit(&lp->open, memory_order_relaxed),
+            (unsigned long long)atomic_load_explicit(&lp->accepted, memory_order_relaxed));
+    }
+    buf_append_str(out, "]");
 }
 
 void
@@ -490,15 +655,19 @@ smtp_server_free(struct smtp_server *srv)
 {
     if (srv == NULL)
         return;
-    unbind_all(srv);
-    if (srv->accept_timer)
-        event_free(srv->accept_timer);
-    auth_worker_free(srv->worker); /* joins the thread first */
+    smtp_server_kill_all(srv); /* joins the loop threads */
+    /* Answers of checks still running are posted to the loops' inboxes,
+     * which are emptied (or freed) by smtp_loop_free below. */
+    auth_worker_free(srv->worker);
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_free(srv->loops[i]);
+    free(srv->loops);
     auth_throttle_free(srv->throttle);
     auth_users_free(srv->users);
     tls_ctx_unref(srv->tls);
-    map_free(srv->sessions);
     map_free(srv->per_ip);
+    pthread_mutex_destroy(&srv->auth_mu);
+    pthread_mutex_destroy(&srv->adm_mu);
     config_unref(srv->cfg);
     free(srv);
 }

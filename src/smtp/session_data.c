@@ -300,8 +300,8 @@ tx_rejected(struct smtp_session *s, struct tern_status *st)
 static void
 commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
 {
-    struct smtp_server *srv = arg;
-    struct smtp_session *s = map_get_u64(srv->sessions, id);
+    struct smtp_loop *lp = arg;
+    struct smtp_session *s = map_get_u64(lp->sessions, id);
     if (s == NULL || s->dead || s->state != SMTP_ST_COMMIT)
         return; /* the client left; the message is queued all the same */
     if (ok) {
@@ -309,7 +309,7 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     } else {
         smtp_reply(s, 452, "4.3.1", "Insufficient system storage");
     }
-    if (srv->shutting_down) {
+    if (lp->shutting_down) {
         s->state = SMTP_ST_READY;
         smtp_session_close(s, 421, "4.3.2", "Service shutting down, try again later");
         return;
@@ -362,7 +362,9 @@ tx_finish(struct smtp_session *s)
         tx->dkim = NULL;
         spool_writer_set_finisher(tx->w, dkim_finisher, dkim_finisher_free, j);
     }
-    spool_writer_commit(tx->w, spool_owner(s->srv->sp), commit_cb, s->id, s->srv);
+    /* The answer comes back to this session's loop; the scheduler learns of
+     * the message on the spool owner's (the main) loop. */
+    spool_writer_commit(tx->w, s->lp->inbox, commit_cb, s->id, s->lp);
     tx->w = NULL;
     smtp_tx_free(tx);
     s->tx = NULL;

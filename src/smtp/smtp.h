@@ -2,7 +2,9 @@
  * The SMTP server (RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
  * CHUNKING, DSN, ENHANCEDSTATUSCODES): listeners on smtp_listen, session
  * limits, and sessions that stream mail into the spool and answer 250 only
- * after the spool's commit callback. One event loop, no threads.
+ * after the spool's commit callback. Sessions run on `workers` receive
+ * loops: the main loop alone, or that many threads of their own. Every call
+ * here is made on the main loop's thread.
  */
 #ifndef TERN_SMTP_H
 #define TERN_SMTP_H
@@ -19,23 +21,29 @@ struct sched;
 struct smtp_server;
 
 /* Bind every smtp_listen, submission_listen and smtps_listen address of cfg
- * (a reference is taken), load the TLS certificate and the AUTH users. NULL
+ * (a reference is taken) for each of cfg->workers receive loops and start
+ * them, load the TLS certificate and the AUTH users. NULL
  * with a message in err when an address cannot be bound or a file is bad.
  * sch may be NULL (tests): it is only told of received messages. */
 struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch,
     struct config *cfg, struct buf *err);
 /* New sessions use cfg (and its certificate and users file, re-read here)
- * from now on; sessions in flight keep theirs. Listeners are rebound when the
- * addresses changed: -1 (and the old config kept) when a new address cannot
- * be bound or the certificate, key or users file is bad. */
+ * from now on (each loop takes it at its next pass); sessions in flight
+ * keep theirs. Listeners are rebound when the addresses changed: -1 (and the
+ * old config kept) when a new address cannot be bound, the certificate, key
+ * or users file is bad, or workers changed (it needs a restart). */
 int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
 /* Stop accepting; idle sessions get 421 and are closed, sessions in a
  * transaction are abandoned (421, their tmp files discarded), sessions whose
  * message is being committed get their answer first. */
 void smtp_server_shutdown(struct smtp_server *srv);
-/* Drop every remaining session without a reply (the end of a shutdown). */
+/* Drop every remaining session without a reply (the end of a shutdown);
+ * the loop threads end here, after freeing their sessions. */
 void smtp_server_kill_all(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);
+/* The receive loops for /status: a JSON array of {"sessions", "accepted"}
+ * per loop, appended to out. */
+void smtp_server_status_json(const struct smtp_server *srv, struct buf *out);
 /* Sessions not yet freed, ended ones included (their memory and spool
  * writers go on the next loop pass). */
 size_t smtp_server_unfreed(const struct smtp_server *srv);
