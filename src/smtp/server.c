@@ -225,6 +225,22 @@ listen_one(const struct hostport *hp, enum smtp_role role, bool reuseport, struc
     return fd;
 }
 
+/* Is hp free, or does some socket listen there already? With SO_REUSEPORT
+ * a second daemon of the same user could join our addresses and take a
+ * share of the connections unnoticed: a socket without it is bound (and
+ * closed) first, which fails as a lone listener would. -1 with err. */
+static int
+probe_free(const struct hostport *hp, enum smtp_role role, struct buf *err)
+{
+    int fd = listen_one(hp, role, false, err);
+    if (fd < 0)
+        return -1;
+    close(fd);
+    return 0;
+}
+
+static bool listening_on(const struct config *cfg, const struct hostport *hp);
+
 /* The address list of one role. */
 static const struct hostport *
 role_list(const struct config *cfg, enum smtp_role role, size_t *n)
@@ -258,9 +274,10 @@ smtp_listen_set_free(struct smtp_listen_set *set)
 }
 
 /* Bind every address of cfg once for each loop: NULL with err when one
- * cannot be bound (nothing is left open). */
+ * cannot be bound (nothing is left open). running: the configuration whose
+ * listeners are open (NULL at start): its addresses are ours already. */
 static struct smtp_listen_set *
-bind_all(const struct config *cfg, size_t n_loops, struct buf *err)
+bind_all(const struct config *cfg, const struct config *running, size_t n_loops, struct buf *err)
 {
     struct smtp_listen_set *set = xcalloc(1, sizeof(*set));
     size_t k = 0;
@@ -275,6 +292,11 @@ bind_all(const struct config *cfg, size_t n_loops, struct buf *err)
         const struct hostport *hp = role_list(cfg, (enum smtp_role)role, &nr);
         for (size_t i = 0; i < nr; i++, k++) {
             set->roles[k] = (enum smtp_role)role;
+            if (n_loops > 1 && !(running && listening_on(running, &hp[i])) &&
+                probe_free(&hp[i], set->roles[k], err) < 0) {
+                smtp_listen_set_free(set);
+                return NULL;
+            }
             for (size_t l = 0; l < n_loops; l++) {
                 set->fds[l * set->n + k] = listen_one(&hp[i], set->roles[k], n_loops > 1, err);
                 if (set->fds[l * set->n + k] < 0) {
@@ -430,7 +452,7 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
         }
         srv->n_loops++;
     }
-    set = bind_all(cfg, srv->n_loops, err);
+    set = bind_all(cfg, NULL, srv->n_loops, err);
     if (set == NULL) {
         smtp_server_free(srv);
         return NULL;
@@ -441,6 +463,21 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
     for (size_t i = 0; i < srv->n_loops; i++)
         smtp_loop_start(srv->loops[i]);
     return srv;
+}
+
+/* Does cfg listen on hp (in any role)? */
+static bool
+listening_on(const struct config *cfg, const struct hostport *hp)
+{
+    for (int role = SMTP_ROLE_RELAY; role <= SMTP_ROLE_SMTPS; role++) {
+        size_t n;
+        const struct hostport *v = role_list(cfg, (enum smtp_role)role, &n);
+        for (size_t i = 0; i < n; i++) {
+            if (strcmp(v[i].host, hp->host) == 0 && v[i].port == hp->port)
+                return true;
+        }
+    }
+    return false;
 }
 
 static bool
@@ -473,17 +510,17 @@ rebind(struct smtp_server *srv, const struct config *cfg, struct smtp_listen_set
     if (srv->n_loops > 1) {
         /* SO_REUSEPORT: the new sockets join while the old ones still
          * listen, so no address is ever closed in between. */
-        *set = bind_all(cfg, srv->n_loops, err);
+        *set = bind_all(cfg, srv->cfg, srv->n_loops, err);
         return *set != NULL ? 0 : -1;
     }
     /* One loop, the main one: free the old listeners first (the new set may
      * reuse an address), and take them again when the new set fails. */
     smtp_loop_unbind(srv->loops[0]);
-    *set = bind_all(cfg, 1, err);
+    *set = bind_all(cfg, NULL, 1, err);
     if (*set != NULL)
         return 0;
     struct buf ignore = BUF_INIT;
-    struct smtp_listen_set *old = bind_all(srv->cfg, 1, &ignore);
+    struct smtp_listen_set *old = bind_all(srv->cfg, NULL, 1, &ignore);
     buf_fini(&ignore);
     if (old != NULL)
         smtp_loop_listen(srv->loops[0], old);

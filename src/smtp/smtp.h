@@ -28,7 +28,7 @@ struct smtp_server;
 struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch,
     struct config *cfg, struct buf *err);
 /* New sessions use cfg (and its certificate and users file, re-read here)
- * from now on (each loop takes it at its next pass); sessions in flight
+ * from now on (each loop has taken it when this returns); sessions in flight
  * keep theirs. Listeners are rebound when the addresses changed: -1 (and the
  * old config kept) when a new address cannot be bound, the certificate, key
  * or users file is bad, or workers changed (it needs a restart). */

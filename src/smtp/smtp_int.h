@@ -285,9 +285,10 @@ struct smtp_loop *smtp_loop_new(
 void smtp_loop_init(
     struct smtp_loop *lp, struct config *cfg, struct tls_ctx *tls, struct smtp_listen_set *set);
 void smtp_loop_start(struct smtp_loop *lp);
-/* From the main thread, carried out on the loop at its next pass: new
- * sessions take cfg and tls (references taken); with set, the loop's
- * listeners are replaced by its sockets of set (taken from set now). */
+/* From the main thread, carried out on the loop at its next pass (these two
+ * return once it has been): new sessions take cfg and tls (references
+ * taken); with set, the loop's listeners are replaced by its sockets of set
+ * (taken from set now). */
 void smtp_loop_post_config(
     struct smtp_loop *lp, struct config *cfg, struct tls_ctx *tls, struct smtp_listen_set *set);
 void smtp_loop_post_shutdown(struct smtp_loop *lp);

@@ -26,11 +26,21 @@
 
 enum loop_cmd { LOOP_CONFIG, LOOP_SHUTDOWN, LOOP_STOP };
 
+/* The main thread waits for a loop to have carried out a message: after a
+ * reload or a shutdown returns, every loop acts on it. Loops never wait for
+ * the main thread, so this cannot deadlock, and a loop pass is short. */
+struct loop_sync {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+};
+
 /* A message from the main thread, carried out on the loop's thread. */
 struct loop_msg {
     struct loopq_item it;
     struct smtp_loop *lp;
     enum loop_cmd cmd;
+    struct loop_sync *sync;      /* the waiting main thread's, or NULL */
     struct config *cfg;          /* LOOP_CONFIG: ref */
     struct tls_ctx *tls;         /* LOOP_CONFIG: ref or NULL */
     struct smtp_listen_set *set; /* LOOP_CONFIG: owned or NULL; only this loop's sockets */
@@ -76,21 +86,46 @@ msg_run(struct loopq_item *it)
         break;
     }
     smtp_listen_set_free(m->set);
+    if (m->sync != NULL) {
+        struct loop_sync *y = m->sync;
+        free(m);
+        pthread_mutex_lock(&y->mu);
+        y->done = true;
+        pthread_cond_signal(&y->cv);
+        pthread_mutex_unlock(&y->mu); /* y may be gone from here on */
+        return;
+    }
     free(m);
 }
 
-/* Run m now when the loop is the main loop (the caller's own thread), else
- * post it to the loop's thread. */
+/* Carry m out on the loop: now when the loop is the main loop (the caller's
+ * own thread) or its thread has ended; else post it to the loop's thread
+ * and, with wait, return once it has run there. */
 static void
-send_msg(struct smtp_loop *lp, enum loop_cmd cmd, struct loop_msg *m)
+send_msg(struct smtp_loop *lp, enum loop_cmd cmd, struct loop_msg *m, bool wait)
 {
+    struct loop_sync y = { .done = false };
     m->lp = lp;
     m->cmd = cmd;
     m->it.fn = msg_run;
-    if (lp->threaded)
-        loopq_post(lp->inbox, &m->it);
-    else
+    if (!lp->threaded || lp->joined) {
         msg_run(&m->it);
+        return;
+    }
+    if (!wait) {
+        loopq_post(lp->inbox, &m->it);
+        return;
+    }
+    pthread_mutex_init(&y.mu, NULL);
+    pthread_cond_init(&y.cv, NULL);
+    m->sync = &y;
+    loopq_post(lp->inbox, &m->it);
+    pthread_mutex_lock(&y.mu);
+    while (!y.done)
+        pthread_cond_wait(&y.cv, &y.mu);
+    pthread_mutex_unlock(&y.mu);
+    pthread_cond_destroy(&y.cv);
+    pthread_mutex_destroy(&y.mu);
 }
 
 /* The main loop's base options (see ternd's): the epoll changelist. */
@@ -194,13 +229,13 @@ smtp_loop_post_config(
                 set->fds[i] = -1;
         }
     }
-    send_msg(lp, LOOP_CONFIG, m);
+    send_msg(lp, LOOP_CONFIG, m, true);
 }
 
 void
 smtp_loop_post_shutdown(struct smtp_loop *lp)
 {
-    send_msg(lp, LOOP_SHUTDOWN, xcalloc(1, sizeof(struct loop_msg)));
+    send_msg(lp, LOOP_SHUTDOWN, xcalloc(1, sizeof(struct loop_msg)), true);
 }
 
 void
@@ -213,7 +248,7 @@ smtp_loop_stop(struct smtp_loop *lp)
         smtp_loop_kill_sessions(lp);
         return;
     }
-    send_msg(lp, LOOP_STOP, xcalloc(1, sizeof(struct loop_msg)));
+    send_msg(lp, LOOP_STOP, xcalloc(1, sizeof(struct loop_msg)), false);
     pthread_join(lp->thread, NULL);
     lp->joined = true;
 }
