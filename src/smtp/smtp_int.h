@@ -113,7 +113,7 @@ struct smtp_loop {
     unsigned idx;
     bool threaded;
     pthread_t thread;
-    bool joined;             /* its thread has ended */
+    bool joined;             /* its thread has ended (or not yet started) */
     struct event_base *base; /* owned when threaded */
     /* Commit and AUTH answers for its sessions, and the main thread's
      * messages (workers.c). Owned when threaded; else the spool owner's. */

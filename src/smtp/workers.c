@@ -157,9 +157,11 @@ smtp_loop_new(struct smtp_server *srv, unsigned idx, bool threaded, struct buf *
         lp->base = new_base();
         lp->inbox = lp->base ? loopq_new(lp->base) : NULL;
     }
+    /* Until its thread starts, the main thread may act on the loop itself
+     * (as on one whose thread has ended). */
+    lp->joined = true;
     if (lp->base == NULL || lp->inbox == NULL) {
         buf_printf(err, "cannot make receive loop %u: %s\n", idx, strerror(errno ? errno : ENOMEM));
-        lp->joined = true; /* no thread was started */
         smtp_loop_free(lp);
         return NULL;
     }
@@ -199,6 +201,7 @@ smtp_loop_start(struct smtp_loop *lp)
     /* Signals are the main loop's (SIGHUP, SIGTERM): block them here. */
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
+    lp->joined = false;
     rc = pthread_create(&lp->thread, NULL, loop_main, lp);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc != 0)

@@ -55,11 +55,15 @@ log_set_level(enum log_level min)
     atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
 
+static void batch_write_locked(void);
+
 void
 log_set_fd(int fd)
 {
-    log_flush();
+    pthread_mutex_lock(&log_mu);
+    batch_write_locked();
     log_fd = fd;
+    pthread_mutex_unlock(&log_mu);
 }
 
 /* Nowhere is left to report a logging failure: give up on it. */

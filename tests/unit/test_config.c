@@ -185,10 +185,9 @@ static const char full_conf[] =
     "log_level = debug"; /* no newline at the end */
 
 /* A DKIM key that loads (check_files loads dkim_sign keys): Ed25519, PKCS#8. */
-static const char dkim_key_pem[] =
-    "-----BEGIN PRIVATE KEY-----\n"
-    "MC4CAQAwBQYDK2VwBCIEINsKVMCsuJTPnIMGY+YcmXMJiEiTGOeTkTXPQn5lAlUm\n"
-    "-----END PRIVATE KEY-----\n";
+static const char dkim_key_pem[] = "-----BEGIN PRIVATE KEY-----\n"
+                                   "MC4CAQAwBQYDK2VwBCIEINsKVMCsuJTPnIMGY+YcmXMJiEiTGOeTkTXPQn5lAlUm\n"
+                                   "-----END PRIVATE KEY-----\n";
 
 static void
 test_full_file(void **state)
