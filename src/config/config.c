@@ -471,7 +471,7 @@ config_default_workers(void)
 struct config *
 config_ref(struct config *c)
 {
-    TERN_ASSERT(c != NULL && c->refs > 0);
+    TERN_ASSERT(c != NULL && __atomic_load_n(&c->refs, __ATOMIC_RELAXED) > 0);
     /* Atomic: a worker thread may drop a reference off the loop. */
     __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
     return c;
@@ -513,7 +513,7 @@ config_unref(struct config *c)
 {
     if (c == NULL)
         return;
-    TERN_ASSERT(c->refs > 0);
+    TERN_ASSERT(__atomic_load_n(&c->refs, __ATOMIC_RELAXED) > 0);
     if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
     for (size_t i = 0; i < config_n_settings; i++)

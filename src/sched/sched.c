@@ -732,7 +732,7 @@ void
 sched_get_stats(const struct sched *s, struct sched_stats *st)
 {
     *st = s->st;
-    st->received = __atomic_load_n(&s->st.received, __ATOMIC_RELAXED);
+    st->received = __atomic_load_n(&s->received, __ATOMIC_RELAXED);
     st->destinations = map_count(s->dests);
     st->active = s->n_active;
 }
@@ -740,7 +740,7 @@ sched_get_stats(const struct sched *s, struct sched_stats *st)
 void
 sched_count_received(struct sched *s)
 {
-    /* Atomic: every receive loop counts here; the rest of st is the main
-     * loop's alone. */
-    __atomic_add_fetch(&s->st.received, 1, __ATOMIC_RELAXED);
+    /* Atomic, and apart from st (the main loop's alone): every receive
+     * loop counts here. */
+    __atomic_add_fetch(&s->received, 1, __ATOMIC_RELAXED);
 }
