@@ -567,8 +567,12 @@ uint64_t
 smtp_server_fds_needed(const struct config *cfg)
 {
     uint64_t listeners = cfg->n_smtp_listen + cfg->n_submission_listen + cfg->n_smtps_listen;
+    uint64_t loops = cfg->workers > 1 ? cfg->workers : 1;
+    /* Every loop has a socket of its own per address; a threaded one also
+     * its epoll and inbox descriptors. */
     return (uint64_t)cfg->max_sessions * SMTP_FDS_PER_SESSION +
-           (uint64_t)cfg->max_connections * SMTP_FDS_PER_DELIVERY + listeners + SMTP_FDS_RESERVE;
+           (uint64_t)cfg->max_connections * SMTP_FDS_PER_DELIVERY + listeners * loops +
+           (loops > 1 ? loops * SMTP_FDS_PER_LOOP : 0) + SMTP_FDS_RESERVE;
 }
 
 int

@@ -60,8 +60,10 @@ int smtp_server_check(const struct config *cfg, struct buf *err);
 #define SMTP_FDS_PER_SESSION  2
 #define SMTP_FDS_PER_DELIVERY 2
 #define SMTP_FDS_RESERVE      100
+#define SMTP_FDS_PER_LOOP     2 /* a receive thread's epoll and inbox */
 /* The descriptors ternd may need at once with cfg: max_sessions sessions,
- * max_connections deliveries, the listeners and the reserve. */
+ * max_connections deliveries, the listeners of every receive loop, the
+ * loop threads' own and the reserve. */
 uint64_t smtp_server_fds_needed(const struct config *cfg);
 /* 0 when smtp_server_fds_needed(cfg) fits in limit, else -1 with one line
  * in err naming the settings, the need and the limit. */
