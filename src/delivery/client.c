@@ -33,7 +33,7 @@
 #include <unistd.h>
 
 #include "delivery/mime7.h"
-#include "smtp/data.h"
+#include "proto/data.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -55,6 +55,9 @@ struct client_tx {
      * the spool segment cannot pull bytes from under the output buffer. */
     struct evbuffer_file_segment **segs;
     uint64_t *seg_len;
+    /* Held for the transaction: the spool reuses a segment's file only
+     * once nobody holds it, and these descriptors still read from it. */
+    struct spool_body *body;
     size_t n_segs, cur_seg;
     uint64_t seg_done; /* bytes of segs[cur_seg] handed to the output */
     struct buf out;
@@ -193,6 +196,7 @@ tx_free(struct client_tx *tx)
         evbuffer_file_segment_free(tx->segs[i]); /* the output keeps its own references */
     free(tx->segs);
     free(tx->seg_len);
+    spool_body_close(tx->body);
     free(tx->res);
     free(tx->rst);
     free(tx->sent);
@@ -206,7 +210,7 @@ rcpt_set(struct client_tx *tx, size_t i, const struct tern_status *st, bool remo
 {
     tx->res[i].st = *st;
     tx->res[i].from_remote = remote;
-    tx->res[i].cls = force_temp ? DELIV_TEMP : retry_classify(st->code);
+    tx->res[i].cls = force_temp ? DELIV_TEMP : deliv_classify(st->code);
     tx->rst[i] = RS_DONE;
 }
 
@@ -1079,7 +1083,7 @@ tx_open_body(struct deliv_conn *c, struct client_tx *tx)
         tx->segs[tx->n_segs] = s;
         tx->seg_len[tx->n_segs++] = v[i].len;
     }
-    spool_body_close(b);
+    tx->body = b;
     return rc;
 }
 
@@ -1220,8 +1224,7 @@ body_start(struct deliv_conn *c)
          * the converted form, sent above the stored message; dot-stuffed
          * like the rest. */
         buf_reset(&tx->out);
-        if (smtp_data_stuff(prefix, strlen(prefix), &bol, &tx->out) < 0)
-            tern_panic("cannot grow the DATA buffer");
+        smtp_data_stuff(prefix, strlen(prefix), &bol, &tx->out);
         conn_write(c, tx->out.data, tx->out.len);
     }
     body_fill(c);

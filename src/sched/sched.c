@@ -732,15 +732,6 @@ void
 sched_get_stats(const struct sched *s, struct sched_stats *st)
 {
     *st = s->st;
-    st->received = __atomic_load_n(&s->received, __ATOMIC_RELAXED);
     st->destinations = map_count(s->dests);
     st->active = s->n_active;
-}
-
-void
-sched_count_received(struct sched *s)
-{
-    /* Atomic, and apart from st (the main loop's alone): every receive
-     * loop counts here. */
-    __atomic_add_fetch(&s->received, 1, __ATOMIC_RELAXED);
 }

@@ -209,8 +209,7 @@ struct sched {
     uint32_t n_hints, cap_hints;
     struct map *hint_ids; /* key -> id + 1 */
 
-    struct sched_stats st; /* st.received unused: see received */
-    uint64_t received;     /* atomic: counted by every receive loop */
+    struct sched_stats st;
     bool loaded; /* the spool's recovery is done */
 
     size_t dsn_busy;                  /* DSN jobs being made or committed */

@@ -19,7 +19,6 @@
 #include <unistd.h>
 
 #include "policy.h"
-#include "sched/sched.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -419,8 +418,7 @@ set_security(struct smtp_server *srv, struct tls_ctx *tls, struct auth_users *us
 }
 
 struct smtp_server *
-smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, struct config *cfg,
-    struct buf *err)
+smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err)
 {
     struct smtp_server *srv = xcalloc(1, sizeof(*srv));
     struct smtp_listen_set *set;
@@ -429,7 +427,6 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
     struct buf warn = BUF_INIT;
     srv->base = base;
     srv->sp = sp;
-    srv->sched = sch;
     srv->cfg = config_ref(cfg);
     pthread_mutex_init(&srv->auth_mu, NULL);
     pthread_mutex_init(&srv->adm_mu, NULL);
@@ -689,6 +686,12 @@ smtp_server_status_json(const struct smtp_server *srv, struct buf *out)
             (unsigned long long)atomic_load_explicit(&lp->accepted, memory_order_relaxed));
     }
     buf_append_str(out, "]");
+}
+
+uint64_t
+smtp_server_received(const struct smtp_server *srv)
+{
+    return atomic_load_explicit(&srv->received, memory_order_relaxed);
 }
 
 void

@@ -17,16 +17,14 @@
 
 struct event_base;
 struct spool;
-struct sched;
 struct smtp_server;
 
 /* Bind every smtp_listen, submission_listen and smtps_listen address of cfg
  * (a reference is taken) for each of cfg->workers receive loops and start
- * them, load the TLS certificate and the AUTH users. NULL
- * with a message in err when an address cannot be bound or a file is bad.
- * sch may be NULL (tests): it is only told of received messages. */
-struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch,
-    struct config *cfg, struct buf *err);
+ * them, load the TLS certificate and the AUTH users. NULL with a message in
+ * err when an address cannot be bound or a file is bad. */
+struct smtp_server *smtp_server_new(
+    struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err);
 /* New sessions use cfg (and its certificate and users file, re-read here)
  * from now on (each loop has taken it when this returns); sessions in flight
  * keep theirs. Listeners are rebound when the addresses changed: -1 (and the
@@ -44,6 +42,9 @@ size_t smtp_server_sessions(const struct smtp_server *srv);
 /* The receive loops for /status: a JSON array of {"sessions", "accepted"}
  * per loop, appended to out. */
 void smtp_server_status_json(const struct smtp_server *srv, struct buf *out);
+/* Messages received and safely queued (counted once the spool committed
+ * them, whether or not the client stayed for the reply). */
+uint64_t smtp_server_received(const struct smtp_server *srv);
 /* Sessions not yet freed, ended ones included (their memory and spool
  * writers go on the next loop pass). */
 size_t smtp_server_unfreed(const struct smtp_server *srv);

@@ -18,8 +18,8 @@
 #include <sys/socket.h>
 
 #include "auth.h"
-#include "data.h"
-#include "parse.h"
+#include "proto/data.h"
+#include "proto/parse.h"
 #include "smtp.h"
 #include "spool/spool.h"
 #include "tls/tls.h"
@@ -136,7 +136,7 @@ struct smtp_loop {
 struct smtp_server {
     struct event_base *base; /* the main loop */
     struct spool *sp;
-    struct sched *sched;
+    atomic_uint_least64_t received; /* messages committed, by every loop */
     /* Main thread only: the current configuration and its TLS context
      * (each loop holds its own references, handed over in workers.c). */
     struct config *cfg;
@@ -190,7 +190,7 @@ struct smtp_session {
     bool rd_added;      /* rd_ev is pending */
     bool under_watched; /* under_drained_cb is on the plaintext layer's output */
     bool tls_closed;    /* close_notify has been sent */
-    /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
+    /* TLS and AUTH. Everything here is reset by STARTTLS and is
      * never shared between sessions. */
     enum smtp_role role;
     struct tls_ctx *tls_ctx; /* owned ref: the context this session's TLS uses */
