@@ -26,9 +26,9 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "testnet.h"
 #include "dns/dns.h"
 #include "dns/dns_int.h"
+#include "testnet.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -511,36 +511,21 @@ static const char *const zone[] = {
 static void
 dnsmasq_start(struct dnsmasq *m)
 {
-    char port[32];
-    const char *argv[40];
+    const char *args[TERN_ARRAY_LEN(zone) + 8];
     size_t k = 0;
-    m->port = must_free_port();
-    snprintf(port, sizeof(port), "--port=%u", m->port);
-    argv[k++] = "dnsmasq";
-    argv[k++] = "--no-daemon";
-    argv[k++] = port;
-    argv[k++] = "--listen-address=127.0.0.1";
-    argv[k++] = "--bind-interfaces";
-    argv[k++] = "--no-resolv";
-    argv[k++] = "--no-hosts";
-    argv[k++] = "--conf-file=/dev/null";
-    argv[k++] = "--local=/test/";
-    argv[k++] = "--local-ttl=300";
+    args[k++] = "--listen-address=127.0.0.1";
+    args[k++] = "--bind-interfaces";
+    args[k++] = "--no-resolv";
+    args[k++] = "--no-hosts";
+    args[k++] = "--conf-file=/dev/null";
+    args[k++] = "--local=/test/";
+    args[k++] = "--local-ttl=300";
     for (size_t i = 0; i < TERN_ARRAY_LEN(zone); i++)
-        argv[k++] = zone[i];
-    argv[k] = NULL;
-    m->pid = fork();
-    assert_true(m->pid >= 0);
-    if (m->pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, 1);
-        dup2(null, 2);
-        execvp("dnsmasq", (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 500 && !testnet_udp_port_taken(m->port); i++)
-        usleep(10000);
-    assert_true(testnet_udp_port_taken(m->port));
+        args[k++] = zone[i];
+    args[k] = NULL;
+    m->pid = testnet_dnsmasq_start(args, &m->port);
+    if (m->pid < 0)
+        fail_msg("dnsmasq did not start");
 }
 
 static void
