@@ -166,24 +166,10 @@ static const char *const auth_lines[] = {
 };
 
 static const char *const misc_cmds[] = {
-    "NOOP",
-    "NOOP hello",
-    "VRFY r1@example.net",
-    "EXPN list",
-    "HELP",
-    "FOO bar",
-    "DATA now",
-    "STARTTLS now",
-    "AUTH",
-    "AUTH CRAM-MD5",
-    "BDAT",
-    "BDAT x",
-    "BDAT 5 LASTX",
-    "BDAT 99999999999999999999",
-    "MAIL FROM:",
-    "RCPT TO:",
-    "mail from:<a@example.com>",
-    "",
+    "NOOP", "NOOP hello", "VRFY r1@example.net", "EXPN list", "HELP", "FOO bar", "DATA now",
+    "STARTTLS now", "AUTH", "AUTH CRAM-MD5", "BDAT", "BDAT x", "BDAT 5 LASTX",
+    "BDAT 99999999999999999999", "MAIL FROM:", "RCPT TO:", "mail from:<a@example.com>", "",
+    "BDAT 2000000 LAST", /* over either configuration's limit and slack */
 };
 
 static const char *const repeat_cmds[] = { "HELP\r\n", "NOOP\r\n", "EHLO x\r\n", "RSET\r\n" };
@@ -807,9 +793,14 @@ make_body(struct script *sc, struct buf *body)
     const uint8_t *p;
     size_t n;
     if ((k & 3) == 2) {
-        size_t lines = (size_t)sc_u8(sc) * 8;
-        for (size_t i = 0; i < lines; i++)
-            buf_append_str(body, "0123456789012345678901234567890123456789\r\n");
+        /* Many short lines, or lines over the 1000-octet limit (RFC 5321
+         * §4.5.3.1.6). */
+        size_t lines = (size_t)sc_u8(sc) * 8, width = (k & 4) ? 1200 : 40;
+        for (size_t i = 0; i < lines; i++) {
+            for (size_t j = 0; j < width; j++)
+                buf_append_char(body, (char)('0' + j % 10));
+            buf_append_str(body, "\r\n");
+        }
         return;
     }
     if ((k & 3) != 0) {
@@ -950,7 +941,16 @@ op_auth(struct client *c, struct script *sc)
 static void
 auth_response(struct client *c, uint8_t op)
 {
-    send_line(c, EX_AUTH, NULL, "%s", auth_lines[op % TERN_ARRAY_LEN(auth_lines)]);
+    if (op >= 0xf0) {
+        /* Longer than any AUTH line may be (RFC 4954 §4: 12288 octets). */
+        struct buf t = BUF_INIT;
+        while (t.len < 13000)
+            buf_append_char(&t, 'A');
+        send_bytes_line(c, EX_AUTH, t.data, t.len);
+        buf_fini(&t);
+    } else {
+        send_line(c, EX_AUTH, NULL, "%s", auth_lines[op % TERN_ARRAY_LEN(auth_lines)]);
+    }
     sync_replies(c);
 }
 
