@@ -169,7 +169,7 @@ static const char *const misc_cmds[] = {
     "NOOP", "NOOP hello", "VRFY r1@example.net", "EXPN list", "HELP", "FOO bar", "DATA now",
     "STARTTLS now", "AUTH", "AUTH CRAM-MD5", "BDAT", "BDAT x", "BDAT 5 LASTX",
     "BDAT 99999999999999999999", "MAIL FROM:", "RCPT TO:", "mail from:<a@example.com>", "",
-    "BDAT 2000000 LAST", /* over either configuration's limit and slack */
+    "BDAT 60000000 LAST", /* over either configuration's limit and its slack */
 };
 
 static const char *const repeat_cmds[] = { "HELP\r\n", "NOOP\r\n", "EHLO x\r\n", "RSET\r\n" };

@@ -107,6 +107,8 @@ SESSION = {
     "utf8": script(mode(), 20, ("ehlo", 4), ("mail", 6, 4), ("rcpt", 10, 0), DATA_HI),
     "data_line_too_long": script(mode(), 21, EHLO, MAIL, RCPT1, ("data", 2 | 4, 1), ("quit",)),
     "bdat_far_over_limit": script(mode(tight=True), 22, EHLO, MAIL, RCPT1, ("misc", 18)),
+    # BDAT before EHLO (swallowed, 503), then a chunk over the roomy limit.
+    "bdat_before_ehlo": script(mode(chunk=7), 16, ("bdat", 0, 0), MAIL, RCPT1, ("misc", 18)),
     # AUTH LOGIN, then a response longer than any AUTH line (op byte 0xf0).
     "auth_long_response": script(mode(), 23, EHLO, ("auth", 1), bytes([0xf0]), ("misc", 0)),
     "noop_too_long": script(mode(), 24, EHLO, ("long", 0x2d), ("misc", 0)),
