@@ -26,6 +26,7 @@ check_host(const char *h, size_t n)
 {
     CHECK(n <= DNS_NAME_MAX && strlen(h) == n);
     CHECK(n == 0 || h[n - 1] != '.');
+    CHECK(memchr(h, '\\', n) == NULL); /* no escaped label bytes: a host name */
     for (size_t i = 0; i < n; i++)
         CHECK(!(h[i] >= 'A' && h[i] <= 'Z'));
 }

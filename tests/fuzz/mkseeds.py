@@ -134,6 +134,11 @@ def packet(qname, qtype, answers, authority=(), flags=0x8180):
     return out
 
 
+def wire(*labels):
+    """A name from raw labels (which may hold dots or any byte)."""
+    return b"".join(bytes([len(l)]) + l for l in labels) + b"\0"
+
+
 PTR0 = b"\xc0\x0c"  # compression pointer to the question name
 
 
@@ -157,6 +162,11 @@ DNS = {
     "aaaa": packet("example.com", 28, [(PTR0, 28, 60, bytes(range(16)))]),
     "txt_strings": packet("example.com", 16, [(PTR0, 16, 60, b"\x0bv=spf1 -all\x00\x05 tail")]),
     "ptr": packet("1.2.0.192.in-addr.arpa", 12, [(PTR0, 12, 60, dname("Host.Example.com"))]),
+    # A dot and a byte c-ares must escape inside labels: no host name.
+    "ptr_escaped_labels": packet("1.2.0.192.in-addr.arpa", 12,
+                                 [(PTR0, 12, 60, wire(b"x.victim", b"test")),
+                                  (PTR0, 12, 60, wire(b"a\x01b", b"test")),
+                                  (PTR0, 12, 60, dname("ok.test"))]),
     "truncated": packet("example.com", 15, [(PTR0, 15, 300, mx(10, "mx1.example.com"))])[:40],
     "ttl_top_bit": packet("example.com", 1, [(PTR0, 1, 0x80000001, bytes([192, 0, 2, 9]))]),
 }
