@@ -24,10 +24,11 @@
 #include "ctl/client.h"
 #include "ctl/json.h"
 #include "dkim/dkim.h"
+#include "spool/spool.h"
 #include "util/buf.h"
+#include "util/fsutil.h"
 #include "util/parse.h"
 #include "util/util.h"
-#include "util/fsutil.h"
 
 #define EXIT_RUNTIME   1
 #define EXIT_USAGE     2
@@ -240,6 +241,40 @@ json_flag(int argc, char **argv, bool *json)
     return -1;
 }
 
+struct offline_list {
+    ctl_line_fn fn;
+    void *arg;
+    bool failed;
+};
+
+static void
+offline_one(struct spool_env *env, void *arg)
+{
+    struct offline_list *o = arg;
+    struct buf line = BUF_INIT;
+    spool_env_list_json(env, NULL, NULL, &line);
+    if (!o->failed && o->fn(line.data, line.len - 1, o->arg) < 0)
+        o->failed = true;
+    buf_fini(&line);
+    spool_env_free(env);
+}
+
+/* ternd is not running: read its spool directly (read-only; the spool's
+ * records are checked, so a spool being written is read safely too). */
+static enum ctl_rc
+list_offline(struct ctx *ctx, ctl_line_fn fn, void *arg, struct buf *msg)
+{
+    struct offline_list o = { fn, arg, false };
+    buf_reset(msg);
+    if (spool_scan(ctx->cfg->spool_dir, offline_one, &o, msg) < 0)
+        return CTL_FAIL;
+    if (o.failed) {
+        buf_append_str(msg, "bad queue list line");
+        return CTL_FAIL;
+    }
+    return CTL_OK;
+}
+
 static int
 cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
 {
@@ -251,9 +286,12 @@ cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv
     if (json_flag(argc, argv, &json) < 0)
         return usage_error();
     memset(&st, 0, sizeof(st));
-    if (list)
+    if (list) {
         rc = ctl_call(ctx->cfg->spool_dir, "LIST", CTL_TIMEOUT_MS,
             json ? print_raw_line : collect_row, &st, &msg);
+        if (rc == CTL_NODAEMON)
+            rc = list_offline(ctx, json ? print_raw_line : collect_row, &st, &msg);
+    }
     if (rc == CTL_OK && !list)
         rc = ctl_call(ctx->cfg->spool_dir, "SUMMARY", CTL_TIMEOUT_MS,
             json ? print_raw_line : collect_summary, &st, &msg);

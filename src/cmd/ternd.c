@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "config/config.h"
 #include "ctl/ctl.h"
@@ -19,10 +20,11 @@
 #include "smtp/smtp.h"
 #include "spool/spool.h"
 #include "util/log.h"
+#include "util/loopq.h"
 #include "util/util.h"
 
 #define SHUTDOWN_GRACE_MS 10000
-#define MAX_OVERRIDES 256
+#define MAX_OVERRIDES     256
 
 struct ternd {
     const char *path;
@@ -30,6 +32,7 @@ struct ternd {
     size_t n_overrides;
     struct config *cfg;
     struct event_base *base;
+    struct loopq *inbox; /* the main loop's: spool completions, recovery */
     struct spool *sp;
     struct dns *dns;
     struct sched *sched;
@@ -39,6 +42,7 @@ struct ternd {
     struct event *sig_term, *sig_int, *sig_hup, *stop_timer;
     int64_t stop_deadline;
     int64_t started_ms;
+    uint64_t fd_limit; /* RLIMIT_NOFILE ternd runs with */
 };
 
 static void
@@ -69,15 +73,44 @@ status_json(struct buf *out, void *arg)
 {
     struct ternd *t = arg;
     struct sched_stats st;
+    struct spool_stats ss;
     sched_get_stats(t->sched, &st);
+    spool_get_stats(t->sp, &ss);
     buf_printf(out,
         "{\"queue_messages\":%zu,\"queue_recipients\":%zu,\"sessions\":%zu,"
         "\"received\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
-        "\"expired\":%llu,\"uptime_s\":%lld}",
+        "\"expired\":%llu,\"uptime_s\":%lld,\"loading\":%s,"
+        "\"spool\":{\"batches\":%llu,\"syncs\":%llu,\"records\":%llu,\"segments\":%llu,"
+        "\"segments_deleted\":%llu,\"compacted\":%llu}}",
         st.queue_messages, st.queue_rcpts, smtp_server_sessions(t->smtp),
         (unsigned long long)st.received, (unsigned long long)st.delivered,
         (unsigned long long)st.deferred, (unsigned long long)st.bounced,
-        (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000));
+        (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000),
+        sched_loaded(t->sched) ? "false" : "true", (unsigned long long)ss.batches,
+        (unsigned long long)ss.syncs, (unsigned long long)ss.records,
+        (unsigned long long)ss.segments, (unsigned long long)ss.segments_deleted,
+        (unsigned long long)ss.compacted);
+}
+
+/* The descriptor limit ternd runs with. Started for real (raise), the soft
+ * RLIMIT_NOFILE is raised to the hard limit first, as servers that hold a
+ * descriptor per client do; for --check, the limit it would get. */
+static uint64_t
+fd_limit(bool raise)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return UINT64_MAX; /* unknown: nothing to size against */
+    if (!raise)
+        return rl.rlim_max == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_max;
+    if (rl.rlim_cur != rl.rlim_max) {
+        struct rlimit want = { rl.rlim_max, rl.rlim_max };
+        /* An infinite hard limit is not a valid soft one for NOFILE on
+         * Linux (fs.nr_open caps it): then keep the soft limit. */
+        if (setrlimit(RLIMIT_NOFILE, &want) == 0)
+            rl.rlim_cur = rl.rlim_max;
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
 }
 
 static void
@@ -88,6 +121,10 @@ reload(struct ternd *t)
     struct logline l;
     if (cfg != NULL && strcmp(cfg->spool_dir, t->cfg->spool_dir) != 0) {
         buf_printf(&err, "spool_dir cannot change on reload (restart ternd)\n");
+        config_unref(cfg);
+        cfg = NULL;
+    }
+    if (cfg != NULL && smtp_server_check_fds(cfg, t->fd_limit, &err) < 0) {
         config_unref(cfg);
         cfg = NULL;
     }
@@ -151,13 +188,36 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
     stop_poll_cb(-1, 0, t);
 }
 
+/* The main loop's base. With the changelist, libevent sends the epoll
+ * changes of one loop iteration together and drops those that cancel out
+ * (a bufferevent that stops and starts writing within one callback), so
+ * most of them cost no epoll_ctl at all. tern never dup()s a descriptor it
+ * polls, which the changelist requires. */
+static struct event_base *
+new_base(void)
+{
+    struct event_config *ec = event_config_new();
+    struct event_base *base;
+    if (ec == NULL)
+        return NULL;
+    event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
+    base = event_base_new_with_config(ec);
+    event_config_free(ec);
+    return base;
+}
+
 static int
 start(struct ternd *t)
 {
     struct buf err = BUF_INIT;
-    long n;
     struct logline l;
-    t->sp = spool_open(t->cfg->spool_dir, t->base, &err);
+    struct spool_opts so = { t->cfg->spool_segment_size };
+    t->inbox = loopq_new(t->base);
+    if (t->inbox == NULL) {
+        buf_printf(&err, "cannot make the main loop's inbox: %s\n", strerror(errno));
+        goto fail;
+    }
+    t->sp = spool_open(t->cfg->spool_dir, t->inbox, &so, &err);
     if (t->sp == NULL)
         goto fail;
     t->dns = dns_new(t->base, t->cfg->dns_resolvers, t->cfg->n_dns_resolvers, &err);
@@ -165,23 +225,25 @@ start(struct ternd *t)
         goto fail;
     t->sched = sched_new(t->base, t->sp, t->dns, t->cfg);
     spool_set_commit_hook(t->sp, commit_hook, t);
-    n = sched_load_spool(t->sched);
     t->smtp = smtp_server_new(t->base, t->sp, t->sched, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
+    /* Listening already: the queue is read in the background. */
+    sched_load_spool(t->sched);
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);
     if (t->ctl == NULL)
         goto fail;
     if (t->cfg->metrics_listen.host[0] != '\0') {
-        t->metrics = metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp, status_json,
-            t, &err);
+        t->metrics =
+            metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp, status_json, t, &err);
         if (t->metrics == NULL)
             goto fail;
     }
     log_begin(&l, LOG_INFO, NULL, "main", "started");
     log_str(&l, "hostname", t->cfg->hostname);
     log_str(&l, "spool", t->cfg->spool_dir);
-    log_int(&l, "queued", n);
+    if (t->fd_limit != UINT64_MAX)
+        log_int(&l, "max_fds", (int64_t)t->fd_limit);
     log_end(&l);
     return 0;
 fail:
@@ -201,11 +263,17 @@ stop(struct ternd *t)
      * gone before spool_free. */
     for (int i = 0; i < 100 && smtp_server_unfreed(t->smtp) > 0; i++)
         event_base_loop(t->base, EVLOOP_NONBLOCK);
-    if (t->sp)
+    if (t->sp) {
+        /* Whatever recovery found goes to the scheduler before it stops. */
+        spool_recover_stop(t->sp);
+        loopq_run(t->inbox);
         spool_set_commit_hook(t->sp, NULL, NULL); /* late commits are loaded at next start */
+    }
     sched_free(t->sched);
     dns_free(t->dns);
-    spool_free(t->sp); /* finishes in-flight commits */
+    spool_free(t->sp); /* writes and syncs what is queued; callbacks posted */
+    if (t->inbox)
+        loopq_run(t->inbox);
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     smtp_server_free(t->smtp);
     ctl_server_free(t->ctl);
@@ -215,6 +283,8 @@ stop(struct ternd *t)
     event_free(t->sig_int);
     event_free(t->sig_hup);
     config_unref(t->cfg);
+    loopq_free(t->inbox);
+    log_detach_loop(); /* its flush event goes with the base */
     event_base_free(t->base);
 }
 
@@ -258,32 +328,54 @@ parse_args(struct ternd *t, int argc, char **argv, bool *check)
     return 0;
 }
 
+/* Load and check the configuration as --check does, and size it against
+ * the descriptor limit; -1 (reported) when it is bad. */
+static int
+load_config(struct ternd *t, bool check)
+{
+    struct buf err = BUF_INIT;
+    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
+     * start as by --check, so a bad key stops ternd now, not at the first
+     * message. */
+    t->cfg = config_load(t->path, t->overrides, t->n_overrides, true, &err);
+    if (t->cfg == NULL) {
+        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
+        buf_fini(&err);
+        return -1;
+    }
+    /* Load the certificate, key and AUTH users as the server would, and
+     * look at the spool as start-up would (without creating it). */
+    if (check &&
+        (smtp_server_check(t->cfg, &err) < 0 || spool_check(t->cfg->spool_dir, &err) < 0)) {
+        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
+        goto fail;
+    }
+    /* Out of descriptors the daemon could only refuse clients: a
+     * configuration that cannot fit is refused now. */
+    t->fd_limit = fd_limit(!check);
+    if (smtp_server_check_fds(t->cfg, t->fd_limit, &err) < 0) {
+        fprintf(stderr, "ternd: %s", err.data);
+        goto fail;
+    }
+    buf_fini(&err);
+    return 0;
+fail:
+    buf_fini(&err);
+    config_unref(t->cfg);
+    t->cfg = NULL;
+    return -1;
+}
+
 int
 main(int argc, char **argv)
 {
     static struct ternd t;
-    struct buf err = BUF_INIT;
     bool check = false;
     int rc = parse_args(&t, argc, argv, &check);
     if (rc != 0)
         return rc;
-    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
-     * start as by --check, so a bad key stops ternd now, not at the first
-     * message. */
-    t.cfg = config_load(t.path, t.overrides, t.n_overrides, true, &err);
-    if (t.cfg == NULL) {
-        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
-        buf_fini(&err);
+    if (load_config(&t, check) < 0)
         return 2;
-    }
-    /* Load the certificate, key and AUTH users as the server would. */
-    if (check && smtp_server_check(t.cfg, &err) < 0) {
-        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
-        buf_fini(&err);
-        config_unref(t.cfg);
-        return 2;
-    }
-    buf_fini(&err);
     if (check) {
         printf("ternd: configuration %s is valid\n", t.path ? t.path : "(defaults)");
         config_unref(t.cfg);
@@ -295,9 +387,12 @@ main(int argc, char **argv)
      * 452 4.3.1), not kill the daemon. */
     signal(SIGXFSZ, SIG_IGN);
     t.started_ms = tern_now_ms();
-    t.base = event_base_new();
+    t.base = new_base();
     if (t.base == NULL)
         tern_panic("event_base_new failed");
+    /* Lines of the main loop go out once per loop iteration. */
+    if (log_attach_loop(t.base) < 0)
+        tern_panic("cannot batch log lines");
     t.sig_term = evsignal_new(t.base, SIGTERM, signal_cb, &t);
     t.sig_int = evsignal_new(t.base, SIGINT, signal_cb, &t);
     t.sig_hup = evsignal_new(t.base, SIGHUP, signal_cb, &t);

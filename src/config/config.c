@@ -20,6 +20,7 @@
 
 #include "config/config_int.h"
 #include "dkim/dkim.h"
+#include "spool/spool.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -318,9 +319,18 @@ check_combinations(struct loader *ld)
         where_of(ld, cfg_find("smtps_listen"));
         cfg_error(&ld->errs, "smtps_listen needs tls_cert_file and tls_key_file");
     }
+    if (c->reserved_sessions >= c->max_sessions) {
+        where_of(ld, cfg_find("reserved_sessions"));
+        cfg_error(&ld->errs, "reserved_sessions (%u) must be less than max_sessions (%u)",
+            (unsigned)c->reserved_sessions, (unsigned)c->max_sessions);
+    }
     if (c->retry_initial_ms > c->retry_max_ms) {
         where_of(ld, cfg_find(was_set(ld, "retry_initial") ? "retry_initial" : "retry_max"));
         cfg_error(&ld->errs, "retry_initial is longer than retry_max");
+    }
+    if (c->spool_segment_size < SPOOL_SEG_SIZE_MIN || c->spool_segment_size > SPOOL_SEG_SIZE_MAX) {
+        where_of(ld, cfg_find("spool_segment_size"));
+        cfg_error(&ld->errs, "spool_segment_size must be between 1m and 1024m");
     }
 }
 
@@ -430,6 +440,9 @@ config_load(const char *path, const char *const *overrides, size_t n_overrides,
         c->smarthost = c->smarthosts[0];
     else
         memset(&c->smarthost, 0, sizeof(c->smarthost));
+    /* A tenth of the sessions is kept for relay_networks unless told. */
+    if (!was_set(&ld, "reserved_sessions"))
+        c->reserved_sessions = c->max_sessions / 10;
     check_combinations(&ld);
     if (check_files_too)
         check_files(&ld);

@@ -76,7 +76,7 @@ struct config {
     char *spool_dir;
     struct cidr *relay_networks;
     size_t n_relay_networks;
-    char **relay_domains; /* lowercased, no trailing dot */
+    char **relay_domains; /* lowercased, no trailing dot; ".d": subdomains of d */
     size_t n_relay_domains;
     struct hostport smarthost;   /* the first smarthost; host "" = deliver by MX */
     struct hostport *smarthosts; /* every smarthost, tried in order (failover) */
@@ -93,6 +93,7 @@ struct config {
     struct dkim_keyset *dkim_keys;
     bool dkim_keys_loaded;
     uint64_t max_message_size;
+    uint64_t spool_segment_size;
     int64_t retry_initial_ms, retry_max_ms, max_queue_lifetime_ms;
     struct hostport metrics_listen; /* host "" = off */
     enum log_format log_format;
@@ -101,9 +102,11 @@ struct config {
     uint32_t max_recipients;        /* per message; 452 4.5.3 beyond */
     uint32_t max_sessions;          /* total inbound sessions; 421 4.7.0 beyond */
     uint32_t max_sessions_per_ip;   /* 421 4.7.0 beyond */
+    uint32_t reserved_sessions;     /* of max_sessions, for relay_networks clients only */
     uint32_t max_errors;            /* protocol errors before 421 and close */
-    int64_t smtp_timeout_ms;        /* idle wait for a command (RFC 5321 4.5.3.2: 5m) */
-    int64_t data_timeout_ms;        /* wait for the next data block (3m) */
+    int64_t smtp_timeout_ms;        /* deadline per command line (RFC 5321 4.5.3.2: 5m) */
+    int64_t data_timeout_ms;        /* data deadline, extended by min_data_rate (3m) */
+    uint32_t min_data_rate;         /* bytes/s that extend the data deadline */
     uint32_t delivery_concurrency;  /* connections per destination */
     uint32_t delivery_max_msgs_per_conn; /* messages over one connection */
     int64_t connect_timeout_ms;     /* outbound connect */

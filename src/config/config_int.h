@@ -24,7 +24,7 @@ enum cfg_type {
     CFG_HOSTPORT,      /* struct hostport; host "" when empty */
     CFG_HOSTPORT_LIST, /* struct hostport *, size_t count */
     CFG_CIDR_LIST,     /* struct cidr *, size_t count */
-    CFG_DOMAIN_LIST,   /* char **, size_t count; lowercased, no trailing dot */
+    CFG_DOMAIN_LIST,   /* char **, size_t count; lowercased, no trailing dot, ".d" = subdomains */
     CFG_SIZE,          /* uint64_t bytes */
     CFG_DURATION,      /* int64_t milliseconds */
     CFG_U32,           /* uint32_t within [min, max] */

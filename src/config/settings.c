@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -36,8 +37,8 @@ static const char *const dkim_canon_names[] = { "relaxed/relaxed", "simple/simpl
 /* Enum settings store the index into their names table. */
 _Static_assert(TLS_NONE == 0 && TLS_OPPORTUNISTIC == 1 && TLS_REQUIRED == 2, "tls_names");
 _Static_assert(LOGFMT_TEXT == 0 && LOGFMT_JSON == 1, "logfmt_names");
-_Static_assert(IPFAM_PREFER_V4 == 0 && IPFAM_PREFER_V6 == 1 && IPFAM_V4 == 2 && IPFAM_V6 == 3,
-    "ipfam_names");
+_Static_assert(
+    IPFAM_PREFER_V4 == 0 && IPFAM_PREFER_V6 == 1 && IPFAM_V4 == 2 && IPFAM_V6 == 3, "ipfam_names");
 _Static_assert(TLSVER_1_2 == 0 && TLSVER_1_3 == 1, "tlsver_names");
 _Static_assert(DKIM_C_RELAXED_RELAXED == 0 && DKIM_C_SIMPLE_SIMPLE == 1 &&
                    DKIM_C_RELAXED_SIMPLE == 2 && DKIM_C_SIMPLE_RELAXED == 3,
@@ -185,6 +186,11 @@ const struct cfg_setting config_settings[] = {
         .def = "52428800",
         .off = OFF(max_message_size),
         .desc = "largest message in bytes (k, m, g suffixes); advertised with SIZE" },
+    { .name = "spool_segment_size",
+        .type = CFG_SIZE,
+        .def = "64m",
+        .off = OFF(spool_segment_size),
+        .desc = "size of the spool's log segments (advanced: the unit of reclaiming space)" },
     { .name = "retry_initial",
         .type = CFG_DURATION,
         .def = "1m",
@@ -233,6 +239,14 @@ const struct cfg_setting config_settings[] = {
         .min = 1,
         .max = 1000000,
         .desc = "inbound sessions per client address; 421 4.7.0 beyond" },
+    { .name = "reserved_sessions",
+        .type = CFG_U32,
+        .def = NULL, /* computed: max_sessions / 10 */
+        .off = OFF(reserved_sessions),
+        .min = 0,
+        .max = 999999,
+        .desc = "sessions of max_sessions that only relay_networks clients may use (default: a "
+                "tenth of max_sessions)" },
     { .name = "max_errors",
         .type = CFG_U32,
         .def = "20",
@@ -244,12 +258,22 @@ const struct cfg_setting config_settings[] = {
         .type = CFG_DURATION,
         .def = "5m",
         .off = OFF(smtp_timeout_ms),
-        .desc = "idle wait for the next command (RFC 5321 4.5.3.2)" },
+        .desc = "deadline for each command line, from the end of the previous one (RFC 5321 "
+                "4.5.3.2); bytes trickling in do not extend it" },
     { .name = "data_timeout",
         .type = CFG_DURATION,
         .def = "3m",
         .off = OFF(data_timeout_ms),
-        .desc = "wait for the next block of message data" },
+        .desc = "deadline for message data (DATA, a BDAT chunk), extended by min_data_rate for "
+                "the bytes received but never beyond this much ahead" },
+    { .name = "min_data_rate",
+        .type = CFG_U32,
+        .def = "500",
+        .off = OFF(min_data_rate),
+        .min = 1,
+        .max = 1000000000,
+        .desc = "bytes per second of message data that keep a DATA or BDAT transfer going: each "
+                "byte extends the data deadline by 1/min_data_rate seconds" },
     { .name = "delivery_concurrency",
         .type = CFG_U32,
         .def = "20",
@@ -713,8 +737,8 @@ list_push(void **arr, size_t *n, size_t elem)
 
 /* Parse one list word into slot (zeroed, elem bytes); report and return -1
  * when it is bad. */
-typedef int list_item_fn(const struct cfg_setting *s, const char *item, void *slot,
-    struct cfg_errs *e);
+typedef int list_item_fn(
+    const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e);
 /* Free n items of arr and arr itself. */
 typedef void list_free_fn(void *arr, size_t n);
 
@@ -811,9 +835,21 @@ static int
 domain_item(const struct cfg_setting *s, const char *item, void *slot, struct cfg_errs *e)
 {
     char t[SHOWN_MAX];
-    /* Recipient domains may be internationalized (RFC 6531). */
-    *(char **)slot = domain_dup(item, strlen(item), true);
-    if (*(char **)slot != NULL)
+    /* A leading dot means "its subdomains" (".example.com" matches
+     * "a.example.com", not "example.com"): kept on the stored entry, which
+     * the relay policy reads that way. Recipient domains may be
+     * internationalized (RFC 6531). */
+    size_t dot = item[0] == '.' ? 1 : 0;
+    char *d = domain_dup(item + dot, strlen(item) - dot, true);
+    if (d != NULL && dot) {
+        char *sub = xmalloc(strlen(d) + 2);
+        sub[0] = '.';
+        memcpy(sub + 1, d, strlen(d) + 1);
+        free(d);
+        d = sub;
+    }
+    *(char **)slot = d;
+    if (d != NULL)
         return 0;
     cfg_error(e, "bad domain \"%s\" in %s", cfg_shown(item, t, sizeof(t)), s->name);
     return -1;
@@ -922,8 +958,8 @@ parse_route_hop(const char *item, size_t len, struct route_hop *hop)
         colon = strrchr(tmp, ':');
         if (colon && strchr(tmp, ':') != colon)
             return -1; /* a bare IPv6 literal: it needs [brackets] */
-        snprintf(hop->host, sizeof(hop->host), "%.*s",
-            (int)(colon ? (size_t)(colon - tmp) : len), tmp);
+        snprintf(
+            hop->host, sizeof(hop->host), "%.*s", (int)(colon ? (size_t)(colon - tmp) : len), tmp);
     }
     if (colon && parse_u64(colon + 1, strlen(colon + 1), 65535, &port) < 0)
         return -1;
@@ -1075,6 +1111,9 @@ cfg_check_file(const char *what, const char *path, bool secret, struct cfg_errs 
 {
     char t[SHOWN_MAX];
     struct stat st;
+    struct fs_private rule = { S_IFREG, 0, false, false };
+    struct buf why = BUF_INIT;
+    enum fs_trust trust;
     /* O_NONBLOCK: a FIFO named by mistake must not hang --check. */
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     if (fd < 0) {
@@ -1090,14 +1129,11 @@ cfg_check_file(const char *what, const char *path, bool secret, struct cfg_errs 
             e, "%s \"%s\": cannot read: %s", what, cfg_shown(path, t, sizeof(t)), strerror(err));
         return -1;
     }
-    if (!S_ISREG(st.st_mode)) {
-        cfg_error(e, "%s \"%s\": not a regular file", what, cfg_shown(path, t, sizeof(t)));
-        return -1;
-    }
-    if (secret && (st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
-        cfg_error(e, "%s \"%s\": readable by group or others (chmod 600 it)", what,
-            cfg_shown(path, t, sizeof(t)));
-        return -1;
-    }
-    return 0;
+    rule.deny = secret ? S_IRGRP | S_IROTH : 0;
+    trust = fs_check_private(&st, &rule, &why);
+    if (trust != FS_TRUSTED)
+        cfg_error(e, "%s \"%s\": %s%s", what, cfg_shown(path, t, sizeof(t)), why.data,
+            trust == FS_BAD_MODE ? " (chmod 600 it)" : "");
+    buf_fini(&why);
+    return trust == FS_TRUSTED ? 0 : -1;
 }

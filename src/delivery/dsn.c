@@ -16,8 +16,9 @@
 #include <unistd.h>
 
 #include "util/buf.h"
-#include "util/util.h"
 #include "util/fsutil.h"
+#include "util/parse.h"
+#include "util/util.h"
 
 #define DSN_WIDTH          76   /* preferred line width */
 #define DSN_LINE_MAX       900  /* hard cap of our own lines (RFC 5322 §2.1.1 allows 998) */
@@ -109,41 +110,12 @@ out_flush(struct dsn_out *o)
 
 /* ---------- cleaning untrusted text ---------- */
 
-/* Length of a well-formed UTF-8 sequence (RFC 3629) at p, 0 if none. */
-static size_t
-utf8_len(const unsigned char *p, size_t n)
-{
-    size_t len;
-    unsigned min;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        min = 0x80;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        min = 0x800;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    unsigned cp = p[0] & (0x7f >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 /* Append s as one line of text: every run of control characters (CR, LF,
  * NUL, TAB ...) becomes one space, leading/trailing spaces go, 8-bit bytes
- * stay only when utf8 and well-formed (else '?'). At most DSN_FIELD_MAX
- * input bytes are looked at. */
+ * stay only when utf8 and well-formed UTF-8 that is no C1 control (RFC 6533
+ * allows UTF-8 in the global report types); otherwise each character or
+ * stray byte becomes one '?', so a plain report stays ASCII. At most
+ * DSN_FIELD_MAX input bytes are looked at. */
 static void
 out_clean(struct dsn_out *o, const char *s, bool utf8)
 {
@@ -160,10 +132,11 @@ out_clean(struct dsn_out *o, const char *s, bool utf8)
             out_char(o, ' ');
         space = false;
         any = true;
-        size_t ul = p[i] >= 0x80 ? utf8_len(p + i, n - i) : 1;
-        if (p[i] >= 0x80 && (!utf8 || ul == 0)) {
+        size_t ul = p[i] >= 0x80 ? utf8_seq_len(p + i, n - i) : 1;
+        bool c1 = ul == 2 && p[i] == 0xc2 && p[i + 1] < 0xa0;
+        if (p[i] >= 0x80 && (!utf8 || ul == 0 || c1)) {
             out_char(o, '?');
-            i++;
+            i += ul > 0 ? ul : 1;
         } else {
             out_mem(o, p + i, ul);
             i += ul;
@@ -328,8 +301,8 @@ fmt_date(char *dst, size_t cap, int64_t ms)
 enum dsn_ret_mode { RET_NONE, RET_FULL, RET_HDRS };
 
 struct dsn_orig {
-    int fd;
-    uint64_t off; /* where the message starts in fd */
+    const char *data; /* the original's content, its first `avail` bytes */
+    size_t avail;
     uint64_t len; /* bytes of it to return */
     enum dsn_ret_mode mode;
     const char *why; /* RET_HDRS: why only the headers, for part 1 */
@@ -337,17 +310,15 @@ struct dsn_orig {
     char *chunk;     /* DSN_CHUNK bytes, owned */
 };
 
-/* Read exactly n bytes at off (n <= DSN_CHUNK). 0, or -1 with errno. */
+/* Copy exactly n bytes at off (n <= DSN_CHUNK). 0, or -1 with errno. */
 static int
 orig_pread(const struct dsn_orig *g, uint64_t off, size_t n, char *dst)
 {
-    ssize_t r = fd_pread_full(g->fd, dst, n, g->off + off);
-    if (r < 0)
-        return -1;
-    if ((size_t)r < n) {
-        errno = EIO; /* the spool file is shorter than its envelope says */
+    if (off > g->avail || n > g->avail - off) {
+        errno = EIO; /* the stored message is shorter than its envelope says */
         return -1;
     }
+    memcpy(dst, g->data + off, n);
     return 0;
 }
 
@@ -438,12 +409,12 @@ orig_copy(struct dsn_out *o, struct dsn_orig *g)
 
 /* Decide what of the original is returned and how much of it. */
 static int
-orig_plan(struct dsn_orig *g, const struct spool_env *orig, int fd)
+orig_plan(struct dsn_orig *g, const struct spool_env *orig, const char *data, size_t avail)
 {
-    g->fd = fd;
-    g->off = orig->body_off;
+    g->data = data;
+    g->avail = avail;
     g->strip8 = orig->body == BODY_7BIT && !orig->smtputf8;
-    if (fd < 0 || orig->body_len == 0) {
+    if (data == NULL || orig->body_len == 0) {
         g->mode = RET_NONE;
         return 0;
     }
@@ -831,8 +802,8 @@ dsn_ctx_init(struct dsn_ctx *c, const struct config *cfg, const struct spool_env
 
 int
 dsn_write_message(const struct config *cfg, const struct spool_env *orig,
-    const struct dsn_rcpt_result *results, size_t n, int orig_fd, const char *dsn_qid,
-    int64_t now_ms, dsn_write_fn write, void *arg)
+    const struct dsn_rcpt_result *results, size_t n, const char *orig_data, size_t orig_avail,
+    const char *dsn_qid, int64_t now_ms, dsn_write_fn write, void *arg)
 {
     if (cfg == NULL || write == NULL || dsn_check_args(orig, results, n, dsn_qid) != 0) {
         errno = EINVAL;
@@ -843,7 +814,7 @@ dsn_write_message(const struct config *cfg, const struct spool_env *orig,
     int rc = -1;
     dsn_ctx_init(&c, cfg, orig, results, n, dsn_qid, now_ms);
     /* Read the original (and find a safe boundary) before writing anything. */
-    if (orig_plan(&c.g, orig, orig_fd) != 0 || pick_boundary(&c, dsn_qid) != 0)
+    if (orig_plan(&c.g, orig, orig_data, orig_avail) != 0 || pick_boundary(&c, dsn_qid) != 0)
         goto out;
     c.eightbit = c.utf8 || (c.g.mode != RET_NONE && !c.g.strip8);
     write_headers(&o, &c);

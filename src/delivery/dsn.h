@@ -18,11 +18,11 @@
 enum dsn_action { DSN_ACTION_FAILED, DSN_ACTION_DELAYED, DSN_ACTION_DELIVERED, DSN_ACTION_RELAYED };
 
 struct dsn_rcpt_result {
-    size_t idx;                 /* index into the original env->rcpts */
+    size_t idx; /* index into the original env->rcpts */
     enum dsn_action action;
-    struct tern_status status;  /* e.g. 550 5.1.1 "user unknown", or 4.4.7 for expiry */
-    const char *remote_mta;     /* borrowed, NULL when none was reached */
-    bool from_remote;           /* status is a reply from remote_mta (Diagnostic-Code: smtp;) */
+    struct tern_status status; /* e.g. 550 5.1.1 "user unknown", or 4.4.7 for expiry */
+    const char *remote_mta;    /* borrowed, NULL when none was reached */
+    bool from_remote;          /* status is a reply from remote_mta (Diagnostic-Code: smtp;) */
 };
 
 /* Should a DSN of this action be sent for this recipient of env?
@@ -41,16 +41,16 @@ typedef int (*dsn_write_fn)(void *arg, const void *data, size_t len);
 /*
  * Write the whole DSN message (headers and multipart/report body, CRLF line
  * ends) through write(arg, ...). orig is the original envelope, results the
- * recipients to report on. orig_fd/orig->body_off/body_len give the original
- * message: included whole as message/rfc822 when RET=FULL or RET unset and
- * it is at most DSN_MAX_RETURN bytes, else its header section as
- * text/rfc822-headers. orig_fd < 0: no original part. dsn_qid names the
- * report in its Message-ID. now_ms dates it. Returns 0, or -1 when write
- * failed or the original could not be read.
+ * recipients to report on. orig_data holds the first orig_avail bytes of the
+ * original's content (at least min(orig->body_len, DSN_MAX_RETURN); NULL:
+ * no original part): included whole as message/rfc822 when RET=FULL or RET
+ * unset and it is at most DSN_MAX_RETURN bytes, else its header section as
+ * text/rfc822-headers. dsn_qid names the report in its Message-ID. now_ms
+ * dates it. Returns 0, or -1 when write failed or the original was short.
  */
 #define DSN_MAX_RETURN (1024 * 1024)
 int dsn_write_message(const struct config *cfg, const struct spool_env *orig,
-    const struct dsn_rcpt_result *results, size_t n, int orig_fd, const char *dsn_qid,
-    int64_t now_ms, dsn_write_fn write, void *arg);
+    const struct dsn_rcpt_result *results, size_t n, const char *orig_data, size_t orig_avail,
+    const char *dsn_qid, int64_t now_ms, dsn_write_fn write, void *arg);
 
 #endif

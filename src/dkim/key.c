@@ -50,6 +50,8 @@ no_password(char *buf, int size, int rwflag, void *u)
 static char *
 read_key_file(const char *path, size_t *len, struct buf *err)
 {
+    static const struct fs_private rule = { S_IFREG, S_IRGRP | S_IROTH, false, false };
+    enum fs_trust t;
     struct stat st;
     char *data = NULL;
     ssize_t k;
@@ -60,10 +62,9 @@ read_key_file(const char *path, size_t *len, struct buf *err)
     }
     if (fstat(fd, &st) < 0) {
         buf_printf(err, "cannot read: %s", strerror(errno));
-    } else if (!S_ISREG(st.st_mode)) {
-        buf_printf(err, "not a regular file");
-    } else if ((st.st_mode & (S_IRGRP | S_IROTH)) != 0) {
-        buf_printf(err, "readable by group or others (chmod 600 it)");
+    } else if ((t = fs_check_private(&st, &rule, err)) != FS_TRUSTED) {
+        if (t == FS_BAD_MODE)
+            buf_printf(err, " (chmod 600 it)");
     } else if (st.st_size > DKIM_KEYFILE_MAX) {
         buf_printf(err, "larger than %d bytes: not a key", DKIM_KEYFILE_MAX);
     } else {

@@ -48,8 +48,8 @@ hops_from_route(const struct config *cfg, const struct route *r, struct delivery
 }
 
 void
-route_decide(const struct config *cfg, const char *sender, const char *rcpt,
-    struct delivery_dest *out)
+route_decide(
+    const struct config *cfg, const char *sender, const char *rcpt, struct delivery_dest *out)
 {
     const char *rdom = addr_domain(rcpt);
     const struct route *r;

@@ -14,7 +14,6 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "delivery/dsn.h"
 #include "retry.h"
 #include "route.h"
 #include "sched_int.h"
@@ -147,7 +146,7 @@ dest_get(struct sched *s, const struct delivery_dest *dd)
         d->d = *dd;
         map_put_str(s->dests, d->d.key, d);
     } else if (d->d.n_hops != dd->n_hops ||
-        memcmp(d->d.hops, dd->hops, dd->n_hops * sizeof(dd->hops[0])) != 0) {
+               memcmp(d->d.hops, dd->hops, dd->n_hops * sizeof(dd->hops[0])) != 0) {
         d->d = *dd; /* the route's hops changed with a reload */
     }
     return d;
@@ -227,12 +226,13 @@ msg_free(struct sched *s, struct sched_msg *m)
         unit_free(m->units[i]);
     }
     free(m->units);
+    sched_notes_free(s, m);
     spool_env_free(m->env);
     free(m);
 }
 
-static size_t
-msg_pending(const struct sched_msg *m)
+size_t
+sched_msg_pending(const struct sched_msg *m)
 {
     size_t n = 0;
     for (size_t i = 0; i < m->env->n_rcpts; i++)
@@ -307,8 +307,10 @@ sched_take_env(struct sched *s, struct spool_env *env, int64_t next_try_ms)
     m->env = env;
     map_put_str(s->msgs, env->qid, m);
     s->st.queue_messages++;
-    s->st.queue_rcpts += msg_pending(m);
-    if (msg_pending(m) == 0) {
+    s->st.queue_rcpts += sched_msg_pending(m);
+    /* DSNs not yet made when the daemon stopped (sched_dsn.c). */
+    sched_notes_load(m);
+    if (sched_msg_pending(m) == 0 && m->n_notes == 0) {
         /* Every recipient already final (a crash after the last result but
          * before the removal): finish the removal now. */
         map_del_str(s->msgs, env->qid);
@@ -319,6 +321,7 @@ sched_take_env(struct sched *s, struct spool_env *env, int64_t next_try_ms)
     }
     msg_build_units(s, m, next_try_ms);
     sched_arm(s);
+    sched_dsn_make(s, m);
 }
 
 void
@@ -328,86 +331,58 @@ sched_add(struct sched *s, const struct spool_env *env)
 }
 
 static void
-load_one(struct spool_env *env, void *arg)
+found_cb(const struct spool_entry *v, size_t n, void *arg)
 {
-    /* After a restart every queued message is due at once (contract). */
-    sched_take_env(arg, env, tern_now_ms());
+    struct sched *s = arg;
+    int64_t now = tern_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        struct spool_env *env = spool_load_checked(s->sp, v[i].qid);
+        if (env == NULL)
+            continue; /* damaged: the spool said so */
+        /* Retry times survive a restart; what is due is tried at once. */
+        sched_take_env(s, env, v[i].next_try_ms > now ? v[i].next_try_ms : now);
+    }
 }
 
-long
+static void
+recovered_cb(void *arg, long count)
+{
+    struct sched *s = arg;
+    struct logline l;
+    s->loaded = true;
+    s->st.loaded = (size_t)count;
+    log_begin(&l, LOG_INFO, NULL, "queue", "loaded");
+    log_int(&l, "messages", count);
+    log_end(&l);
+}
+
+void
 sched_load_spool(struct sched *s)
 {
-    return spool_walk(s->sp, load_one, s);
+    spool_recover(s->sp, found_cb, recovered_cb, s);
 }
 
-/* Remove a finished or deleted message from memory and the spool. */
-static void
-msg_finish(struct sched *s, struct sched_msg *m, const char *why)
+bool
+sched_loaded(const struct sched *s)
+{
+    return s->loaded;
+}
+
+void
+sched_msg_finish(struct sched *s, struct sched_msg *m, const char *why)
 {
     struct logline l;
-    int rc = spool_remove(s->sp, m->env->qid);
-    log_begin(&l, rc == 0 ? LOG_INFO : LOG_ERROR, m->env->qid, "queue", "removed");
+    spool_remove(s->sp, m->env->qid);
+    log_begin(&l, LOG_INFO, m->env->qid, "queue", "removed");
     log_str(&l, "reason", why);
-    if (rc != 0)
-        log_errno(&l, errno);
     log_end(&l);
-    s->st.queue_rcpts -= msg_pending(m);
+    s->st.queue_rcpts -= sched_msg_pending(m);
     s->st.queue_messages--;
     map_del_str(s->msgs, m->env->qid);
     msg_free(s, m);
 }
 
 /* ---- results ---- */
-
-struct dsn_sink {
-    struct spool_writer *w;
-};
-
-static int
-dsn_sink_write(void *arg, const void *data, size_t len)
-{
-    struct dsn_sink *k = arg;
-    return spool_writer_write(k->w, data, len);
-}
-
-/* Queue a DSN about results[0..n) of m's message. */
-static void
-sched_make_dsn(struct sched *s, struct sched_msg *m, const struct dsn_rcpt_result *res, size_t n)
-{
-    struct spool_env *denv;
-    struct dsn_sink k;
-    struct logline l;
-    int fd, rc;
-    if (n == 0)
-        return;
-    denv = dsn_envelope(m->env);
-    if (denv == NULL)
-        return; /* no DSN to the null sender */
-    k.w = spool_writer_new(s->sp, denv);
-    fd = spool_open_message(s->sp, m->env->qid);
-    rc = k.w ? dsn_write_message(s->cfg, m->env, res, n, fd, spool_writer_qid(k.w),
-                   tern_now_ms(), dsn_sink_write, &k)
-             : -1;
-    if (fd >= 0)
-        close(fd);
-    log_begin(&l, rc == 0 ? LOG_INFO : LOG_ERROR, m->env->qid, "dsn", rc == 0 ? "queued" : "failed");
-    if (k.w)
-        log_str(&l, "dsn_qid", spool_writer_qid(k.w));
-    log_str(&l, "to", m->env->sender);
-    log_int(&l, "nrcpt", (int64_t)n);
-    if (rc != 0)
-        log_errno(&l, errno);
-    log_end(&l);
-    if (k.w == NULL) {
-        spool_env_free(denv);
-        return;
-    }
-    if (rc == 0)
-        spool_writer_commit(k.w, NULL, 0, NULL);
-    else
-        spool_writer_abort(k.w);
-    spool_env_free(denv);
-}
 
 static void
 format_reply(const struct tern_status *st, char *out, size_t cap)
@@ -448,16 +423,18 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
     log_end(&l);
 }
 
-/* Apply one recipient's result; returns true when it became final and a
- * DSN entry was written into *dr. */
+/* Apply one recipient's result; returns true when it became final and wants
+ * a DSN, described in *dr: its state is then RCPT_FAILED_DSN or
+ * RCPT_DELIVERED_DSN with the status to report as last_error, so that the
+ * DSN can still be made after a restart (sched_dsn.c). */
 static bool
-apply_result(struct sched *s, struct sched_msg *m, size_t idx,
-    const struct delivery_rcpt_result *r, const char *relay, const char *mta, int64_t *next_ms,
-    struct dsn_rcpt_result *dr)
+apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct delivery_rcpt_result *r,
+    const char *relay, const char *mta, int64_t *next_ms, struct dsn_rcpt_result *dr)
 {
     struct spool_rcpt *rc = &m->env->rcpts[idx];
     char reply[STATUS_TEXT_MAX + 32];
     enum dsn_action act = DSN_ACTION_FAILED;
+    bool want;
     format_reply(&r->st, reply, sizeof(reply));
     rc->attempts++;
     free(rc->last_error);
@@ -472,21 +449,20 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
         s->st.delivered++;
         log_result("delivered", m, rc, relay, reply, 0);
         act = DSN_ACTION_RELAYED;
-    } else if (r->cls == DELIV_TEMP &&
-        !retry_expired(s->cfg, m->env->arrival_ms, tern_now_ms())) {
+    } else if (r->cls == DELIV_TEMP && !retry_expired(s->cfg, m->env->arrival_ms, tern_now_ms())) {
         double rnd = (double)(random() % 1000000) / 1000000.0;
         int64_t delay = retry_delay_ms(s->cfg, rc->attempts, rnd);
         if (*next_ms == 0 || delay < *next_ms)
             *next_ms = delay;
+        rc->next_try_ms = tern_now_ms() + delay;
         s->st.deferred++;
         log_result("deferred", m, rc, relay, reply, delay);
-        spool_update_rcpt(s->sp, m->env->qid, idx, rc->state, rc->attempts, rc->last_error);
         return false;
     } else if (r->cls == DELIV_TEMP) {
         rc->state = RCPT_FAILED;
         s->st.expired++;
-        STATUS_SET(&dr->status, r->st.code >= 400 && r->st.code < 500 ? r->st.code : 451,
-            "4.4.7", "delivery time expired; last error: %s", reply);
+        STATUS_SET(&dr->status, r->st.code >= 400 && r->st.code < 500 ? r->st.code : 451, "4.4.7",
+            "delivery time expired; last error: %s", reply);
         dr->from_remote = false;
         log_result("expired", m, rc, relay, reply, 0);
     } else {
@@ -495,7 +471,6 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
         log_result("bounced", m, rc, relay, reply, 0);
     }
     s->st.queue_rcpts--;
-    spool_update_rcpt(s->sp, m->env->qid, idx, rc->state, rc->attempts, rc->last_error);
     dr->action = act;
     if (act == DSN_ACTION_RELAYED) {
         /* RFC 3461 §6.2.3: a next hop without DSN cannot honour
@@ -503,9 +478,17 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx,
         dr->status.code = r->st.code;
         if (dr->status.esc[0] == '\0')
             snprintf(dr->status.esc, sizeof(dr->status.esc), "2.0.0");
-        return !r->peer_dsn && dsn_wanted(m->env, idx, DSN_ACTION_RELAYED);
+        want = !r->peer_dsn && dsn_wanted(m->env, idx, DSN_ACTION_RELAYED);
+    } else {
+        want = dsn_wanted(m->env, idx, DSN_ACTION_FAILED);
     }
-    return dsn_wanted(m->env, idx, DSN_ACTION_FAILED);
+    if (want) {
+        rc->state = act == DSN_ACTION_RELAYED ? RCPT_DELIVERED_DSN : RCPT_FAILED_DSN;
+        format_reply(&dr->status, reply, sizeof(reply));
+        free(rc->last_error);
+        rc->last_error = xstrdup(reply);
+    }
+    return want;
 }
 
 /* A job that reached no server at all, every recipient deferred: the
@@ -539,8 +522,8 @@ dest_note(struct sched *s, struct sched_dest *d, bool failed)
         return;
     }
     d->down_count++;
-    d->down_until_ms = tern_now_ms() +
-        retry_delay_ms(s->cfg, d->down_count, (double)(random() % 1000000) / 1000000.0);
+    d->down_until_ms = tern_now_ms() + retry_delay_ms(s->cfg, d->down_count,
+                                           (double)(random() % 1000000) / 1000000.0);
     log_begin(&l, LOG_INFO, NULL, "sched", "destination_down");
     log_str(&l, "destination", d->d.key);
     log_int(&l, "failures", d->down_count);
@@ -552,12 +535,11 @@ dest_note(struct sched *s, struct sched_dest *d, bool failed)
 /* Apply the results of one unit's attempt (from delivery, or made up when
  * a unit expires while its destination is down). */
 static void
-unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_result *res,
-    size_t n, const char *relay)
+unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_result *res, size_t n,
+    const char *relay)
 {
     struct sched_msg *m = u->msg;
-    struct dsn_rcpt_result *dsn, *ok;
-    size_t ndsn = 0, nok = 0, keep = 0;
+    size_t keep = 0;
     int64_t next_ms = 0;
     char mta[CONFIG_HOST_MAX];
     TERN_ASSERT(n == u->n_rcpt);
@@ -565,46 +547,38 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
      * "host[addr]:port tls=..." */
     if (relay != NULL)
         snprintf(mta, sizeof(mta), "%.*s", (int)strcspn(relay, "[ "), relay);
-    dsn = xcalloc(n ? n : 1, sizeof(*dsn));
-    ok = xcalloc(n ? n : 1, sizeof(*ok));
     for (size_t i = 0; i < n; i++) {
         size_t idx = u->rcpt[i];
         struct dsn_rcpt_result dr;
-        if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dr)) {
-            /* Failures and success notices travel in separate reports. */
-            if (dr.action == DSN_ACTION_RELAYED)
-                ok[nok++] = dr;
-            else
-                dsn[ndsn++] = dr;
-        }
+        if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dr))
+            sched_note_add(m, &dr);
         if (m->env->rcpts[idx].state == RCPT_QUEUED)
             u->rcpt[keep++] = idx;
         /* The destination's last error (for the queue summary) is the
          * latest temporary failure, cleared by a success. */
         if (res[i].cls != DELIV_PERM) {
             free(u->dest->last_error);
-            u->dest->last_error = res[i].cls == DELIV_TEMP
-                ? xstrdup(m->env->rcpts[idx].last_error)
-                : NULL;
+            u->dest->last_error =
+                res[i].cls == DELIV_TEMP ? xstrdup(m->env->rcpts[idx].last_error) : NULL;
         }
     }
     u->n_rcpt = keep;
     /* An operator's delete is silent, like postsuper -d: no DSN. */
-    if (!m->deleted) {
-        sched_make_dsn(s, m, dsn, ndsn);
-        sched_make_dsn(s, m, ok, nok);
-    }
-    free(dsn);
-    free(ok);
     if (m->deleted) {
         if (m->n_flight == 0)
-            msg_finish(s, m, "deleted");
+            sched_msg_finish(s, m, "deleted");
         return;
     }
-    if (msg_pending(m) == 0) {
-        msg_finish(s, m, "done");
+    sched_dsn_make(s, m);
+    if (sched_msg_pending(m) == 0 && m->n_notes == 0 && m->n_flight == 0) {
+        sched_msg_finish(s, m, "done");
         return;
     }
+    /* The results of this attempt, for a restart (not synced on their own:
+     * see spool.h). */
+    spool_update_state(s->sp, m->env);
+    if (sched_msg_pending(m) == 0)
+        return; /* every recipient final: it goes once its DSNs are queued (sched_dsn.c) */
     if (m->reroute && m->n_flight == 0) {
         msg_rebuild(s, m, tern_now_ms() + next_ms);
         sched_arm(s);
@@ -625,8 +599,8 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
 }
 
 static void
-dl_done(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n,
-    const char *relay)
+dl_done(
+    void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n, const char *relay)
 {
     struct sched *s = arg;
     struct sched_unit *u = map_del_u64(s->flight, job_id);
@@ -704,6 +678,7 @@ sched_new(struct event_base *base, struct spool *sp, struct dns *dns, struct con
     s->dests = map_new();
     s->flight = map_new();
     s->timer = evtimer_new(base, sched_due_cb, s);
+    sched_dsn_init(s);
     s->dl = delivery_new(base, sp, dns, &cb);
     delivery_set_config(s->dl, cfg);
     return s;
@@ -716,6 +691,7 @@ free_msg_cb(const void *k, size_t kl, void *v, void *arg)
     for (size_t i = 0; i < m->n_units; i++)
         unit_free(m->units[i]);
     free(m->units);
+    sched_notes_free(arg, m);
     spool_env_free(m->env);
     free(m);
 }
@@ -736,7 +712,8 @@ sched_free(struct sched *s)
     delivery_free(s->dl); /* answers in-flight jobs through dl_done */
     s->dl = NULL;
     event_free(s->timer);
-    map_each(s->msgs, free_msg_cb, NULL);
+    map_each(s->msgs, free_msg_cb, s);
+    sched_dsn_fini(s);
     map_each(s->dests, free_dest_cb, NULL);
     map_free(s->msgs);
     map_free(s->dests);
@@ -826,7 +803,7 @@ sched_delete(struct sched *s, const char *qid)
         m->deleted = true; /* finished when delivery answers */
         return 0;
     }
-    msg_finish(s, m, "deleted by operator");
+    sched_msg_finish(s, m, "deleted by operator");
     sched_arm(s);
     return 0;
 }
@@ -840,7 +817,7 @@ sched_hold(struct sched *s, const char *qid, bool hold)
         return -1;
     if (m->env->held != hold) {
         m->env->held = hold;
-        spool_update_held(s->sp, qid, hold);
+        spool_update_state(s->sp, m->env);
     }
     log_begin(&l, LOG_INFO, qid, "queue", hold ? "held" : "released");
     log_end(&l);

@@ -23,8 +23,9 @@ json_str(struct buf *out, const char *s)
 }
 
 static const char *
-rcpt_status(const struct sched_msg *m, size_t idx)
+rcpt_status(size_t idx, void *arg)
 {
+    const struct sched_msg *m = arg;
     for (size_t i = 0; i < m->n_units; i++) {
         const struct sched_unit *u = m->units[i];
         if (u->state != U_FLIGHT)
@@ -34,38 +35,15 @@ rcpt_status(const struct sched_msg *m, size_t idx)
                 return "delivering";
         }
     }
-    return m->env->rcpts[idx].attempts > 0 ? "deferred" : "queued";
+    return NULL;
 }
 
 static void
 list_one(const void *k, size_t kl, void *v, void *arg)
 {
-    const struct sched_msg *m = v;
-    const struct spool_env *env = m->env;
-    struct buf *out = arg;
-    bool first = true;
-    if (m->deleted)
-        return;
-    buf_append_str(out, "{\"id\":");
-    json_str(out, env->qid);
-    buf_append_str(out, ",\"sender\":");
-    json_str(out, env->sender);
-    buf_printf(out, ",\"arrival\":%lld,\"held\":%s,\"size\":%llu,\"recipients\":[",
-        (long long)(env->arrival_ms / 1000), env->held ? "true" : "false",
-        (unsigned long long)env->body_len);
-    for (size_t i = 0; i < env->n_rcpts; i++) {
-        const struct spool_rcpt *r = &env->rcpts[i];
-        if (r->state != RCPT_QUEUED)
-            continue;
-        buf_append_str(out, first ? "{\"address\":" : ",{\"address\":");
-        first = false;
-        json_str(out, r->addr);
-        buf_printf(out, ",\"status\":\"%s\",\"attempts\":%u,\"last_error\":",
-            rcpt_status(m, i), r->attempts);
-        json_str(out, r->last_error);
-        buf_append_char(out, '}');
-    }
-    buf_append_str(out, "]}\n");
+    struct sched_msg *m = v;
+    if (!m->deleted)
+        spool_env_list_json(m->env, rcpt_status, m, arg);
 }
 
 void
@@ -127,8 +105,9 @@ sched_summary_json(struct sched *s, struct buf *out)
     for (size_t i = 0; i < c.n; i++) {
         buf_append_str(out, "{\"destination\":");
         json_str(out, c.v[i].d->d.key);
-        buf_printf(out, ",\"messages\":%zu,\"recipients\":%zu,\"oldest\":%lld,\"last_error\":",
-            c.v[i].msgs, c.v[i].rcpts, (long long)(c.v[i].oldest_ms / 1000));
+        buf_printf(out,
+            ",\"messages\":%zu,\"recipients\":%zu,\"oldest\":%lld,\"last_error\":", c.v[i].msgs,
+            c.v[i].rcpts, (long long)(c.v[i].oldest_ms / 1000));
         json_str(out, c.v[i].d->last_error);
         buf_append_str(out, "}\n");
     }

@@ -6,15 +6,18 @@
  */
 #include "auth.h"
 
+#include <arpa/inet.h>
 #include <crypt.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "util/fsutil.h"
 #include "util/map.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -353,6 +356,25 @@ read_all(int fd, struct buf *out)
     }
 }
 
+/* Anyone who can change the users file can add a login, and anyone who can
+ * read it can run a dictionary against the hashes: refuse a file writable by
+ * group or others, readable by others, or owned by someone but us or root.
+ * Group read is allowed (a group shared with ternctl's operators). */
+static bool
+users_file_untrusted(const char *path, const struct stat *st, struct buf *err)
+{
+    static const struct fs_private rule = { S_IFREG, S_IWGRP | S_IWOTH | S_IROTH, true, true };
+    struct buf why = BUF_INIT;
+    enum fs_trust t = fs_check_private(st, &rule, &why);
+    if (t != FS_TRUSTED)
+        buf_printf(err, "auth_users_file %s: %s%s\n", path, why.data,
+            t == FS_BAD_MODE    ? " (chmod 600 it)"
+            : t == FS_BAD_OWNER ? " (chown it)"
+                                : "");
+    buf_fini(&why);
+    return t != FS_TRUSTED;
+}
+
 int
 auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err)
 {
@@ -363,10 +385,13 @@ auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct bu
         buf_printf(err, "auth_users_file %s: %s\n", u->path, strerror(errno));
         return -1;
     }
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
-        buf_printf(err, "auth_users_file %s: %s\n", u->path,
-            S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+    if (fstat(fd, &st) < 0) {
+        buf_printf(err, "auth_users_file %s: %s\n", u->path, strerror(errno));
         close(fd);
+        return -1;
+    }
+    if (users_file_untrusted(u->path, &st, err)) {
+        close(fd); /* read-only: nothing to flush */
         return -1;
     }
     if (!force && u->loaded && st.st_dev == u->dev && st.st_ino == u->ino &&
@@ -398,8 +423,11 @@ auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct bu
 
 /* ---- throttle ---- */
 
+/* charged counts the attempts of the current window that did not succeed:
+ * confirmed failures plus the inflight checks not answered yet. */
 struct throttle_entry {
-    uint32_t fails;
+    uint32_t charged;
+    uint32_t inflight;
     int64_t window_start;
     int64_t locked_until;
 };
@@ -441,7 +469,7 @@ auth_throttle_count(const struct auth_throttle *t)
 }
 
 size_t
-auth_throttle_key(const struct sockaddr *sa, unsigned char key[16])
+auth_throttle_key(const struct sockaddr *sa, unsigned char key[AUTH_KEY_MAX])
 {
     if (sa->sa_family == AF_INET) {
         memcpy(key, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
@@ -457,27 +485,64 @@ auth_throttle_key(const struct sockaddr *sa, unsigned char key[16])
     return 8;
 }
 
-bool
-auth_throttle_locked(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms)
+void
+auth_throttle_key_str(const void *key, size_t klen, char *out, size_t cap)
 {
-    struct throttle_entry *e = map_get(t->m, key, klen);
-    return e != NULL && e->locked_until > now_ms;
+    unsigned char a6[16] = { 0 };
+    char tmp[INET6_ADDRSTRLEN];
+    if (cap == 0)
+        return;
+    out[0] = '\0';
+    if (klen == 4) {
+        inet_ntop(AF_INET, key, out, (socklen_t)cap);
+    } else if (klen == 8) {
+        memcpy(a6, key, 8);
+        if (inet_ntop(AF_INET6, a6, tmp, sizeof(tmp)) != NULL)
+            snprintf(out, cap, "%s/64", tmp);
+    }
+}
+
+/* A new window starts when the old one is over; checks still in flight
+ * stay charged to it. */
+static void
+roll_window(struct throttle_entry *e, int64_t now, const struct auth_limits *lim)
+{
+    if (e->charged == 0 || now - e->window_start > lim->window_ms) {
+        e->charged = e->inflight;
+        e->window_start = now;
+    }
+}
+
+bool
+auth_throttle_blocked(const struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms,
+    const struct auth_limits *lim)
+{
+    const struct throttle_entry *e = map_get(t->m, key, klen);
+    uint32_t charged;
+    if (e == NULL)
+        return false;
+    if (e->locked_until > now_ms)
+        return true;
+    charged = now_ms - e->window_start > lim->window_ms ? e->inflight : e->charged;
+    return charged >= lim->max_failures;
 }
 
 struct evict_ctx {
     int64_t now, window;
-    unsigned char (*keys)[16];
+    unsigned char (*keys)[AUTH_KEY_MAX];
     size_t *lens;
     size_t n;
 };
 
-/* An entry is stale when it locks nothing and its window is over. */
+/* An entry is stale when it locks nothing, has no check in flight and its
+ * window is over. */
 static void
 collect_stale(const void *k, size_t kl, void *v, void *arg)
 {
     struct evict_ctx *c = arg;
     const struct throttle_entry *e = v;
-    if (e->locked_until <= c->now && c->now - e->window_start > c->window && kl <= 16) {
+    if (e->locked_until <= c->now && e->inflight == 0 && c->now - e->window_start > c->window &&
+        kl <= AUTH_KEY_MAX) {
         memcpy(c->keys[c->n], k, kl);
         c->lens[c->n++] = kl;
     }
@@ -497,30 +562,80 @@ evict(struct auth_throttle *t, int64_t now, int64_t window_ms)
     free(c.lens);
 }
 
+/* The entry of key, made when missing; NULL when the table is full. */
+static struct throttle_entry *
+entry_get(struct auth_throttle *t, const void *key, size_t klen, int64_t now,
+    const struct auth_limits *lim)
+{
+    struct throttle_entry *e = map_get(t->m, key, klen);
+    if (e != NULL)
+        return e;
+    if (map_count(t->m) >= t->max)
+        evict(t, now, lim->window_ms);
+    if (map_count(t->m) >= t->max)
+        return NULL;
+    e = xcalloc(1, sizeof(*e));
+    e->window_start = now;
+    map_put(t->m, key, klen, e);
+    return e;
+}
+
+/* Lock the address once its answered failures reach the limit. */
+static bool
+lock_if_due(struct throttle_entry *e, int64_t now, const struct auth_limits *lim)
+{
+    if (e->charged - e->inflight < lim->max_failures)
+        return false;
+    e->locked_until = now + lim->lockout_ms;
+    e->charged = e->inflight; /* a new window starts after the lockout */
+    e->window_start = now;
+    return true;
+}
+
+bool
+auth_throttle_begin(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms,
+    const struct auth_limits *lim)
+{
+    struct throttle_entry *e = entry_get(t, key, klen, now_ms, lim);
+    if (e == NULL || e->locked_until > now_ms)
+        return false;
+    roll_window(e, now_ms, lim);
+    if (e->charged >= lim->max_failures)
+        return false;
+    e->charged++;
+    e->inflight++;
+    return true;
+}
+
+bool
+auth_throttle_end(struct auth_throttle *t, const void *key, size_t klen, bool failed,
+    int64_t now_ms, const struct auth_limits *lim)
+{
+    struct throttle_entry *e = map_get(t->m, key, klen);
+    if (e == NULL || e->inflight == 0)
+        return false; /* never charged by begin */
+    e->inflight--;
+    if (!failed) {
+        if (e->charged > e->inflight)
+            e->charged--;
+        return false;
+    }
+    if (e->charged < e->inflight + 1)
+        e->charged = e->inflight + 1; /* the window rolled over meanwhile */
+    return lock_if_due(e, now_ms, lim);
+}
+
 bool
 auth_throttle_fail(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms,
     const struct auth_limits *lim)
 {
-    struct throttle_entry *e = map_get(t->m, key, klen);
-    if (e == NULL) {
-        if (map_count(t->m) >= t->max)
-            evict(t, now_ms, lim->window_ms);
-        if (map_count(t->m) >= t->max)
-            return false; /* full of live entries: this address goes uncounted */
-        e = xcalloc(1, sizeof(*e));
-        map_put(t->m, key, klen, e);
-    }
-    if (e->fails == 0 || now_ms - e->window_start > lim->window_ms) {
-        e->fails = 0;
-        e->window_start = now_ms;
-    }
-    e->fails++;
-    if (e->fails >= lim->max_failures) {
-        e->locked_until = now_ms + lim->lockout_ms;
-        e->fails = 0; /* a new window starts after the lockout */
-        return true;
-    }
-    return false;
+    struct throttle_entry *e = entry_get(t, key, klen, now_ms, lim);
+    if (e == NULL)
+        return false;
+    roll_window(e, now_ms, lim);
+    if (e->charged < UINT32_MAX)
+        e->charged++;
+    return lock_if_due(e, now_ms, lim);
 }
 
 /* ---- auth_sender_login ---- */

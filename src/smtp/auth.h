@@ -3,8 +3,9 @@
  * and LOGIN exchanges, the auth_users_file table (user:crypt-hash lines,
  * re-read when the file changes), password verification with crypt(3), the
  * per-address failure throttle, the auth_sender_login rule, and a worker
- * thread that runs the (CPU-heavy) crypt calls off the event loop. Secrets are
- * held in fixed buffers and cleared with explicit_bzero; nothing here logs them.
+ * thread that runs the (CPU-heavy) crypt calls off the event loop, fed by a
+ * queue that serves client addresses in turn. Secrets are held in fixed
+ * buffers and cleared with explicit_bzero; nothing here logs them.
  */
 #ifndef TERN_SMTP_AUTH_H
 #define TERN_SMTP_AUTH_H
@@ -79,25 +80,68 @@ bool auth_check_password(const char *hash, const char *pass);
 
 /* ---- throttle of failed logins per client address ---- */
 
+/* A password check is charged to its client's address before it runs and
+ * given back only when it succeeds (or never ran), so parallel sessions
+ * cannot get more than max_failures guesses checked per address and window:
+ * checks in flight count as failures until they are answered. */
 struct auth_limits {
     uint32_t max_failures; /* this many within window ... */
     int64_t window_ms;
     int64_t lockout_ms; /* ... lock the address out for this long */
 };
 
+#define AUTH_KEY_MAX 16 /* bytes of a throttle key */
+
 struct auth_throttle;
-/* max_entries bounds the memory: beyond it expired entries are evicted and
- * new addresses go untracked until room is made. */
+/* max_entries bounds the memory: beyond it stale entries are evicted, and
+ * while the table is full of live ones a new address may not start a check
+ * (failing closed: an address that cannot be counted gets no guesses). */
 struct auth_throttle *auth_throttle_new(size_t max_entries);
 void auth_throttle_free(struct auth_throttle *t);
 /* The throttle key of a client: IPv4 address or the IPv6 /64. Returns its
  * length (4 or 8). */
-size_t auth_throttle_key(const struct sockaddr *sa, unsigned char key[16]);
-bool auth_throttle_locked(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms);
-/* Count one failure; true when it locks the address out. */
+size_t auth_throttle_key(const struct sockaddr *sa, unsigned char key[AUTH_KEY_MAX]);
+/* The key as text for logs: "192.0.2.7" or "2001:db8:1:2::/64". */
+void auth_throttle_key_str(const void *key, size_t klen, char *out, size_t cap);
+/* May the address not start an attempt now: locked out, or its whole
+ * budget is already charged (failed or in flight) within the window? */
+bool auth_throttle_blocked(const struct auth_throttle *t, const void *key, size_t klen,
+    int64_t now_ms, const struct auth_limits *lim);
+/* Charge one attempt before its password is checked. false (nothing
+ * charged) when the address is blocked or cannot be tracked. */
+bool auth_throttle_begin(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms,
+    const struct auth_limits *lim);
+/* The attempt charged by begin is over: failed keeps the charge (and may
+ * lock the address: returns true then); otherwise it is given back. */
+bool auth_throttle_end(struct auth_throttle *t, const void *key, size_t klen, bool failed,
+    int64_t now_ms, const struct auth_limits *lim);
+/* Count one failure that needed no check (unacceptable credentials); true
+ * when it locks the address out. */
 bool auth_throttle_fail(struct auth_throttle *t, const void *key, size_t klen, int64_t now_ms,
     const struct auth_limits *lim);
 size_t auth_throttle_count(const struct auth_throttle *t);
+
+/* ---- fair queue of checks ---- */
+
+/* Checks waiting for the crypt worker, one FIFO per client key, served
+ * round-robin: an address flooding AUTH holds at most per_key_max places
+ * and waits its turn, so another address's check waits for at most one
+ * check of each address ahead of it. Items are embedded in the caller's
+ * objects and stay owned by the caller; the queue only links them. */
+struct auth_fairq_item {
+    struct auth_fairq_item *next;
+};
+struct auth_fairq;
+struct auth_fairq *auth_fairq_new(size_t per_key_max, size_t total_max);
+/* Items still queued are forgotten, not freed (pop them first). */
+void auth_fairq_free(struct auth_fairq *q);
+/* Queue it under key. -1 when the key already has per_key_max items
+ * waiting or the queue holds total_max. */
+int auth_fairq_push(struct auth_fairq *q, const void *key, size_t klen, struct auth_fairq_item *it);
+/* The next item: the oldest of the key whose turn it is; NULL when empty. */
+struct auth_fairq_item *auth_fairq_pop(struct auth_fairq *q);
+size_t auth_fairq_len(const struct auth_fairq *q);
+size_t auth_fairq_key_len(const struct auth_fairq *q, const void *key, size_t klen);
 
 /* ---- auth_sender_login ---- */
 
@@ -109,16 +153,28 @@ bool auth_sender_allowed(const char *spec, const char *user, const char *sender)
 
 /* ---- the crypt worker ---- */
 
+/* The answer to one check, handed to done on the loop thread. */
+struct auth_result {
+    uint64_t id; /* as given to submit */
+    bool ok;
+    size_t klen; /* the client key given to submit */
+    unsigned char key[AUTH_KEY_MAX];
+};
+
+#define AUTH_QUEUE_PER_KEY 16   /* checks one client key may have waiting */
+#define AUTH_QUEUE_MAX     1024 /* checks waiting in all */
+
 struct auth_worker;
-/* done runs on the loop thread for each finished check, with the id given
- * to submit. */
-typedef void auth_done_fn(uint64_t id, bool ok, void *arg);
+/* done runs on the loop thread for each finished check (also when the
+ * session that asked is gone: the throttle needs every answer). */
+typedef void auth_done_fn(const struct auth_result *r, void *arg);
 struct auth_worker *auth_worker_new(struct event_base *base, auth_done_fn *done, void *arg);
 /* Queue a check of pass against hash (both copied; the copy of pass is
- * cleared after use). With force_fail the check runs but reports false
- * (unknown users). -1 when the queue is full. */
-int auth_worker_submit(
-    struct auth_worker *w, uint64_t id, const char *hash, const char *pass, bool force_fail);
+ * cleared after use) for the client key (see the fair queue). With
+ * force_fail the check runs but reports false (unknown users). -1 when the
+ * key's share of the queue, or the queue, is full. */
+int auth_worker_submit(struct auth_worker *w, uint64_t id, const void *key, size_t klen,
+    const char *hash, const char *pass, bool force_fail);
 /* Stop the thread (pending checks are dropped unanswered) and free. */
 void auth_worker_free(struct auth_worker *w);
 

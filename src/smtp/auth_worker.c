@@ -1,8 +1,10 @@
 /*
  * The crypt worker: one thread that runs password checks (a yescrypt check
  * costs ~30 ms of CPU, too long for the event loop) and reports each result
- * back to the loop thread by job id through a pipe. Jobs own copies of the
- * hash and password; the password copy is cleared as soon as it is used.
+ * back to the loop thread by job id through a pipe. Waiting checks sit in a
+ * fair queue keyed by client address, so no address can hold more than its
+ * share of the thread. Jobs own copies of the hash and password; the
+ * password copy is cleared as soon as it is used.
  */
 #include "auth.h"
 
@@ -16,24 +18,21 @@
 
 #include "util/util.h"
 
-#define AUTH_QUEUE_MAX 64
-
 struct auth_job {
-    struct auth_job *next;
-    uint64_t id;
+    struct auth_fairq_item link; /* first: a queued item is its job */
+    struct auth_job *next;       /* in done */
+    struct auth_result res;
     char *hash;
     char *pass;
     bool force_fail;
-    bool ok;
 };
 
 struct auth_worker {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    struct auth_job *waiting, *waiting_tail; /* guarded by mu */
-    struct auth_job *done;             /* guarded by mu; any order */
-    size_t pending;                    /* waiting + running + done */
+    struct auth_fairq *waiting; /* guarded by mu */
+    struct auth_job *done;      /* guarded by mu; any order */
     bool stop;
     int pipe_rd, pipe_wr;
     struct event *ev;
@@ -56,16 +55,13 @@ worker_main(void *arg)
     pthread_mutex_lock(&w->mu);
     for (;;) {
         struct auth_job *j;
-        while (!w->stop && w->waiting == NULL)
+        while (!w->stop && auth_fairq_len(w->waiting) == 0)
             pthread_cond_wait(&w->cv, &w->mu);
         if (w->stop)
             break;
-        j = w->waiting;
-        w->waiting = j->next;
-        if (w->waiting == NULL)
-            w->waiting_tail = NULL;
+        j = (struct auth_job *)(void *)auth_fairq_pop(w->waiting);
         pthread_mutex_unlock(&w->mu);
-        j->ok = auth_check_password(j->hash, j->pass) && !j->force_fail;
+        j->res.ok = auth_check_password(j->hash, j->pass) && !j->force_fail;
         secret_free(j->pass);
         j->pass = NULL;
         pthread_mutex_lock(&w->mu);
@@ -94,10 +90,7 @@ wake_cb(evutil_socket_t fd, short what, void *arg)
     while (list != NULL) {
         struct auth_job *j = list;
         list = j->next;
-        pthread_mutex_lock(&w->mu);
-        w->pending--;
-        pthread_mutex_unlock(&w->mu);
-        w->fn(j->id, j->ok, w->arg);
+        w->fn(&j->res, w->arg);
         job_free(j);
     }
 }
@@ -113,6 +106,7 @@ auth_worker_new(struct event_base *base, auth_done_fn *done, void *arg)
     w->pipe_wr = p[1];
     w->fn = done;
     w->arg = arg;
+    w->waiting = auth_fairq_new(AUTH_QUEUE_PER_KEY, AUTH_QUEUE_MAX);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     w->ev = event_new(base, w->pipe_rd, EV_READ | EV_PERSIST, wake_cb, w);
@@ -124,31 +118,26 @@ auth_worker_new(struct event_base *base, auth_done_fn *done, void *arg)
 }
 
 int
-auth_worker_submit(
-    struct auth_worker *w, uint64_t id, const char *hash, const char *pass, bool force_fail)
+auth_worker_submit(struct auth_worker *w, uint64_t id, const void *key, size_t klen,
+    const char *hash, const char *pass, bool force_fail)
 {
-    struct auth_job *j;
-    pthread_mutex_lock(&w->mu);
-    if (w->pending >= AUTH_QUEUE_MAX) {
-        pthread_mutex_unlock(&w->mu);
-        return -1;
-    }
-    w->pending++;
-    pthread_mutex_unlock(&w->mu);
-    j = xcalloc(1, sizeof(*j));
-    j->id = id;
+    struct auth_job *j = xcalloc(1, sizeof(*j));
+    int rc;
+    TERN_ASSERT(klen <= AUTH_KEY_MAX);
+    j->res.id = id;
+    j->res.klen = klen;
+    memcpy(j->res.key, key, klen);
     j->hash = xstrdup(hash);
     j->pass = xstrdup(pass);
     j->force_fail = force_fail;
     pthread_mutex_lock(&w->mu);
-    if (w->waiting_tail)
-        w->waiting_tail->next = j;
-    else
-        w->waiting = j;
-    w->waiting_tail = j;
-    pthread_cond_signal(&w->cv);
+    rc = auth_fairq_push(w->waiting, key, klen, &j->link);
+    if (rc == 0)
+        pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    return 0;
+    if (rc < 0)
+        job_free(j);
+    return rc;
 }
 
 static void
@@ -171,7 +160,9 @@ auth_worker_free(struct auth_worker *w)
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
     pthread_join(w->thread, NULL);
-    free_list(w->waiting);
+    for (struct auth_fairq_item *it; (it = auth_fairq_pop(w->waiting)) != NULL;)
+        job_free((struct auth_job *)(void *)it);
+    auth_fairq_free(w->waiting);
     free_list(w->done);
     event_free(w->ev);
     close(w->pipe_rd);

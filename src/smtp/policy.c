@@ -1,8 +1,9 @@
 /*
- * Relay policy: the single place that decides whether a recipient domain may
- * be accepted from a client (no open relay). Pure: reads the configuration
+ * Relay policy: the single place that decides whether a recipient may be
+ * accepted from a client (no open relay). Pure: reads the configuration
  * snapshot and the client address, keeps nothing. Anything odd about the
- * domain (empty, address literal, empty labels) fails closed.
+ * domain (empty, address literal, empty labels) or a local part that routes
+ * elsewhere fails closed.
  */
 #include "policy.h"
 
@@ -107,13 +108,60 @@ client_listed(const struct config *cfg, const struct sockaddr *addr)
 }
 
 bool
-policy_may_relay(const struct config *cfg, const struct sockaddr *addr, bool authenticated,
-    const char *rcpt_domain)
+policy_trusted_client(const struct config *cfg, const struct sockaddr *addr)
 {
+    return addr != NULL && client_listed(cfg, addr);
+}
+
+const char *
+policy_admit_session(
+    const struct config *cfg, bool trusted, size_t sessions, size_t outsiders, size_t from_addr)
+{
+    if (sessions >= cfg->max_sessions)
+        return "max_sessions";
+    if (trusted)
+        return NULL; /* the relay's own networks: no share and no per-address limit */
+    /* The last reserved_sessions slots are never given to outsiders, so a
+     * crowd of slow strangers cannot lock out the relay's own clients. */
+    if (outsiders + cfg->reserved_sessions >= cfg->max_sessions)
+        return "reserved_sessions";
+    if (from_addr >= cfg->max_sessions_per_ip)
+        return "max_sessions_per_ip";
+    return NULL;
+}
+
+bool
+policy_local_routes(const char *local, size_t len)
+{
+    /* The "percent hack" (user%other@relay), bang paths (other!user@relay)
+     * and a quoted '@' ("user@other"@relay) all ask the host of the domain
+     * to pass the mail on to another one: the local part is that host's to
+     * interpret (RFC 5321 §2.3.11), and many still route on these
+     * (RFC 1123 §5.2.16). */
+    for (size_t i = 0; i < len; i++) {
+        if (local[i] == '%' || local[i] == '!' || local[i] == '@')
+            return true;
+    }
+    return false;
+}
+
+bool
+policy_may_relay(
+    const struct config *cfg, const struct sockaddr *addr, bool authenticated, const char *rcpt)
+{
+    const char *at;
     TERN_ASSERT(cfg != NULL);
     if (authenticated)
         return true;
     if (addr != NULL && client_listed(cfg, addr))
         return true;
-    return policy_domain_listed(cfg->relay_domains, cfg->n_relay_domains, rcpt_domain);
+    at = rcpt != NULL ? strrchr(rcpt, '@') : NULL;
+    if (at == NULL)
+        return false; /* no domain ("<postmaster>"): only our own clients */
+    /* Like Postfix with allow_untrusted_routing = no: a listed domain does
+     * not carry mail from outsiders that its local part routes on, or the
+     * backup MX would relay to any domain in two hops. */
+    if (policy_local_routes(rcpt, (size_t)(at - rcpt)))
+        return false;
+    return policy_domain_listed(cfg->relay_domains, cfg->n_relay_domains, at + 1);
 }

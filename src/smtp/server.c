@@ -17,9 +17,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "policy.h"
 #include "sched/sched.h"
 #include "smtp_int.h"
-#include "util/cidr.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
@@ -67,6 +67,8 @@ smtp_server_session_gone(struct smtp_server *srv, struct smtp_session *s)
 {
     map_del_u64(srv->sessions, s->id);
     per_ip_add(srv, (struct sockaddr *)&s->peer, -1);
+    if (s->outsider)
+        srv->n_outsiders--;
 }
 
 /* Refuse a connection over a limit with one line, without a session. */
@@ -84,7 +86,8 @@ refuse(int fd, const char *peer, const char *why)
     log_end(&l);
 }
 
-#define AUTH_THROTTLE_MAX 100000 /* client addresses tracked for failed AUTH */
+#define AUTH_THROTTLE_MAX    100000 /* client addresses tracked for failed AUTH */
+#define SMTP_ACCEPT_PAUSE_MS 500    /* listeners rest this long after accept() ran out */
 
 static void
 accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
@@ -92,20 +95,21 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     struct smtp_listener *sl = arg;
     struct smtp_server *srv = sl->srv;
     char peer[64];
+    const char *why;
+    bool outsider;
     sockaddr_ntop(sa, peer, sizeof(peer));
     if (srv->shutting_down) {
         close(fd);
         return;
     }
-    if (map_count(srv->sessions) >= srv->cfg->max_sessions) {
-        refuse(fd, peer, "max_sessions");
-        return;
-    }
     /* Like Postfix's anvil exceptions: the relay's own networks (applications
-     * that hand over bulk mail) are not limited per address. */
-    if (per_ip_count(srv, sa) >= srv->cfg->max_sessions_per_ip &&
-        !cidr_match_any(srv->cfg->relay_networks, srv->cfg->n_relay_networks, sa)) {
-        refuse(fd, peer, "max_sessions_per_ip");
+     * that hand over bulk mail) are not limited per address, and a share of
+     * the sessions is kept for them. */
+    outsider = !policy_trusted_client(srv->cfg, sa);
+    why = policy_admit_session(
+        srv->cfg, !outsider, map_count(srv->sessions), srv->n_outsiders, per_ip_count(srv, sa));
+    if (why != NULL) {
+        refuse(fd, peer, why);
         return;
     }
     evutil_make_socket_nonblocking(fd);
@@ -113,19 +117,49 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
      * delayed ACK (visible as ~40 ms after a TLS 1.3 handshake). */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
     per_ip_add(srv, sa, 1);
-    if (!smtp_session_start(srv, fd, sa, salen, sl->role))
+    srv->n_outsiders += outsider;
+    if (!smtp_session_start(srv, fd, sa, salen, sl->role, outsider)) {
         per_ip_add(srv, sa, -1);
+        srv->n_outsiders -= outsider;
+    }
 }
 
+/* Listening again after a pause (accept_error_cb). */
+static void
+accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_server *srv = arg;
+    srv->accept_paused = false;
+    if (srv->shutting_down)
+        return;
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        evconnlistener_enable(srv->listeners[i]->lis);
+}
+
+/* accept() failed for want of a resource (EMFILE, ENFILE, ENOBUFS, ENOMEM;
+ * libevent retries the transient ones itself). The connection stays in the
+ * backlog and the socket stays readable, so accepting again at once would
+ * spin: stop every listener (descriptors are shared) and listen again in a
+ * moment, as nginx and OpenSMTPD do, with one log line per pause. */
 static void
 accept_error_cb(struct evconnlistener *lis, void *arg)
 {
+    struct smtp_listener *sl = arg;
+    struct smtp_server *srv = sl->srv;
+    struct timeval tv = { SMTP_ACCEPT_PAUSE_MS / 1000, (SMTP_ACCEPT_PAUSE_MS % 1000) * 1000 };
     struct logline l;
     int err = EVUTIL_SOCKET_ERROR();
-    log_begin(&l, LOG_ERROR, NULL, "smtp", "accept_failed");
+    for (size_t i = 0; i < srv->n_listeners; i++)
+        evconnlistener_disable(srv->listeners[i]->lis);
+    if (srv->accept_paused)
+        return;
+    srv->accept_paused = true;
+    evtimer_add(srv->accept_timer, &tv);
+    log_begin(&l, LOG_ERROR, NULL, "smtp", "accept_paused");
     log_errno(&l, err);
+    log_int(&l, "pause_ms", SMTP_ACCEPT_PAUSE_MS);
+    log_int(&l, "sessions", (int64_t)map_count(srv->sessions));
     log_end(&l);
-    /* EMFILE and friends: evconnlistener keeps listening; nothing else to do. */
 }
 
 static const char *const role_setting[] = { "smtp_listen", "submission_listen", "smtps_listen" };
@@ -295,6 +329,7 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, st
     struct buf warn = BUF_INIT;
     srv->sessions = map_new();
     srv->per_ip = map_new();
+    srv->accept_timer = evtimer_new(base, accept_resume_cb, srv);
     srv->throttle = auth_throttle_new(AUTH_THROTTLE_MAX);
     if (load_security(cfg, &tls, &users, &warn, err) < 0) {
         smtp_server_free(srv);
@@ -359,6 +394,32 @@ smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *
     config_unref(srv->cfg);
     srv->cfg = config_ref(cfg);
     return 0;
+}
+
+/* ---- file descriptors ---- */
+
+uint64_t
+smtp_server_fds_needed(const struct config *cfg)
+{
+    uint64_t listeners = cfg->n_smtp_listen + cfg->n_submission_listen + cfg->n_smtps_listen;
+    return (uint64_t)cfg->max_sessions * SMTP_FDS_PER_SESSION +
+           (uint64_t)cfg->max_connections * SMTP_FDS_PER_DELIVERY + listeners + SMTP_FDS_RESERVE;
+}
+
+int
+smtp_server_check_fds(const struct config *cfg, uint64_t limit, struct buf *err)
+{
+    uint64_t need = smtp_server_fds_needed(cfg);
+    if (need <= limit)
+        return 0;
+    buf_printf(err,
+        "max_sessions = %u and max_connections = %u need up to %llu file descriptors "
+        "(%d per session, %d per outbound connection, %d more for the daemon itself), but the "
+        "limit (RLIMIT_NOFILE) is %llu: lower max_sessions or max_connections, or raise the "
+        "limit (ulimit -n, LimitNOFILE= in the systemd unit)\n",
+        (unsigned)cfg->max_sessions, (unsigned)cfg->max_connections, (unsigned long long)need,
+        SMTP_FDS_PER_SESSION, SMTP_FDS_PER_DELIVERY, SMTP_FDS_RESERVE, (unsigned long long)limit);
+    return -1;
 }
 
 struct session_list {
@@ -430,6 +491,8 @@ smtp_server_free(struct smtp_server *srv)
     if (srv == NULL)
         return;
     unbind_all(srv);
+    if (srv->accept_timer)
+        event_free(srv->accept_timer);
     auth_worker_free(srv->worker); /* joins the thread first */
     auth_throttle_free(srv->throttle);
     auth_users_free(srv->users);

@@ -1,47 +1,108 @@
 /*
- * One inbound SMTP session: a bounded command reader, a verb table whose
- * handlers check (state, syntax, policy) before they act, and the DATA/BDAT
- * paths that stream decoded bytes into a spool writer. A message is answered
- * 250 only from the spool's commit callback, which finds the session again by
- * id: a session that went away meanwhile is simply not answered.
+ * One inbound SMTP session: a bounded command reader and a verb table whose
+ * handlers check (state, syntax, policy) before they act; replies, errors,
+ * closing and freeing. The DATA/BDAT path (session_data.c) streams the
+ * message into a spool writer owned by the transaction.
  */
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
-#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
+#include <sys/uio.h>
 
 #include "config/config.h"
-#include "dkim/dkim.h"
 #include "policy.h"
-#include "sched/sched.h"
 #include "smtp_int.h"
-#include "util/cidr.h"
 #include "util/log.h"
 #include "util/parse.h"
 #include "util/util.h"
 
 #define SMTP_READ_CHUNK_MAX (1024 * 1024) /* stop reading beyond this much buffered input */
-#define SMTP_OUT_FLUSH      (64 * 1024)
+/* One read of a plaintext socket: a new chain of the input buffer is then
+ * one 64 KiB allocation (libevent adds its header and rounds up to a power
+ * of two). */
+#define SMTP_READ_SIZE (64 * 1024 - 512)
 /* RFC 1870 §3, RFC 3461 §4.1, §5.1: extensions lengthen MAIL and RCPT lines. */
 #define SMTP_MAIL_LINE_MAX (SMTP_CMD_LINE_MAX + 26 + 100 + 64)
 #define SMTP_RCPT_LINE_MAX (SMTP_CMD_LINE_MAX + 500 + 64)
 #define SMTP_READ_LINE_MAX SMTP_RCPT_LINE_MAX
-#define SMTP_BDAT_SLACK    (1024 * 1024) /* see cmd_bdat */
 /* RFC 4954 §4: AUTH lines and responses up to 12288 octets plus CRLF. */
 #define SMTP_AUTH_READ_MAX (AUTH_LINE_MAX + 2)
 
-static void session_read_cb(struct bufferevent *bev, void *arg);
+/* How long a closing session may take to flush its last reply (at most
+ * smtp_timeout). */
+#define SMTP_CLOSE_GRACE_MS 10000
 
-/* Read and write timeouts of the session (RFC 5321 §4.5.3.2). */
-void
-smtp_session_timeout(struct smtp_session *s, int64_t ms)
+static void session_read_cb(struct bufferevent *bev, void *arg);
+static void session_event_cb(struct bufferevent *bev, short what, void *arg);
+
+/* ---- deadlines (RFC 5321 §4.5.3.2) ---- */
+
+/* One timer per session, armed for an absolute time: a command line or a
+ * data transfer has a deadline, not an idle timeout, so a client dripping
+ * a byte now and then cannot hold its session longer (the idea of Postfix's
+ * smtpd_per_record_deadline). */
+static void
+deadline_arm(struct smtp_session *s)
 {
-    struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
-    bufferevent_set_timeouts(s->bev, &tv, &tv);
+    int64_t left = s->deadline_ms - tern_mono_ms();
+    struct timeval tv;
+    if (left < 0)
+        left = 0;
+    tv.tv_sec = (time_t)(left / 1000);
+    tv.tv_usec = (suseconds_t)((left % 1000) * 1000);
+    evtimer_add(s->deadline, &tv);
+}
+
+void
+smtp_session_deadline(struct smtp_session *s, int64_t ms)
+{
+    s->deadline_ms = tern_mono_ms() + ms;
+    deadline_arm(s);
+}
+
+void
+smtp_session_data_progress(struct smtp_session *s, uint64_t bytes)
+{
+    s->deadline_ms = smtp_data_deadline(
+        s->deadline_ms, tern_mono_ms(), bytes, s->cfg->min_data_rate, s->cfg->data_timeout_ms);
+    deadline_arm(s);
+}
+
+/* Is tern itself busy with the session (the client waits for us)? */
+static bool
+session_busy(const struct smtp_session *s)
+{
+    return s->state == SMTP_ST_COMMIT || s->state == SMTP_ST_HANDSHAKE ||
+           (s->state == SMTP_ST_AUTH &&
+               (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
+}
+
+static void
+deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_session *s = arg;
+    struct logline l;
+    bool data = s->state == SMTP_ST_DATA || s->state == SMTP_ST_BDAT;
+    if (s->dead)
+        return;
+    if (s->state == SMTP_ST_CLOSING) {
+        smtp_session_kill(s); /* the client does not take its last reply */
+        return;
+    }
+    if (session_busy(s)) {
+        smtp_session_deadline(s, s->cfg->smtp_timeout_ms); /* our wait, not the client's */
+        return;
+    }
+    log_begin(
+        &l, LOG_INFO, s->tx && s->tx->w ? spool_writer_qid(s->tx->w) : NULL, "smtp", "timeout");
+    log_int(&l, "sess", (int64_t)s->id);
+    log_str(&l, "client", s->peer_str);
+    log_str(&l, "phase", data ? "data" : "command");
+    log_end(&l);
+    smtp_session_close(s, 421, "4.4.2", "Error: timeout exceeded");
 }
 
 /* ---- replies ---- */
@@ -59,10 +120,11 @@ smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, .
         evbuffer_add_printf(out, "%d %s %s\r\n", code, esc, text);
     else
         evbuffer_add_printf(out, "%d %s\r\n", code, text);
+    s->out_depth++;
 }
 
-static void
-reply_status(struct smtp_session *s, const struct tern_status *st)
+void
+smtp_reply_status(struct smtp_session *s, const struct tern_status *st)
 {
     smtp_reply(s, st->code, st->esc, "%s", st->text);
 }
@@ -77,8 +139,8 @@ smtp_session_error(struct smtp_session *s)
     return true;
 }
 
-static void
-log_refused(struct smtp_session *s, const char *qid, const char *reason, const char *detail)
+void
+smtp_log_refused(struct smtp_session *s, const char *qid, const char *reason, const char *detail)
 {
     struct logline l;
     log_begin(&l, LOG_INFO, qid, "smtp", "refused");
@@ -92,23 +154,10 @@ log_refused(struct smtp_session *s, const char *qid, const char *reason, const c
 
 /* ---- transactions ---- */
 
-static void
-tx_free(struct smtp_tx *tx)
-{
-    if (tx == NULL)
-        return;
-    if (tx->w)
-        spool_writer_abort(tx->w);
-    dkim_signer_free(tx->dkim);
-    spool_env_free(tx->env);
-    buf_fini(&tx->out);
-    free(tx);
-}
-
 void
 smtp_tx_reset(struct smtp_session *s)
 {
-    tx_free(s->tx);
+    smtp_tx_free(s->tx);
     s->tx = NULL;
     if (s->state != SMTP_ST_CONNECTED && s->state != SMTP_ST_CLOSING)
         s->state = SMTP_ST_READY;
@@ -121,12 +170,16 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct smtp_session *s = arg;
     s->srv->n_alive--;
-    tx_free(s->tx);
+    smtp_tx_free(s->tx);
     smtp_auth_reset(s);
     if (s->auth_timer)
         event_free(s->auth_timer);
     if (s->hs_timer)
         event_free(s->hs_timer);
+    event_free(s->deadline);
+    event_free(s->flush_ev);
+    if (s->rd_ev)
+        event_free(s->rd_ev); /* before the bufferevent closes the socket */
     if (s->bev)
         bufferevent_free(s->bev);
     tls_ctx_unref(s->tls_ctx);
@@ -143,43 +196,130 @@ smtp_session_kill(struct smtp_session *s)
     if (s->dead)
         return;
     s->dead = true;
+    evtimer_del(s->deadline);
+    smtp_session_read(s, false);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
     smtp_server_session_gone(s->srv, s);
     event_base_once(s->srv->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
 }
 
-/* Under STARTTLS the last reply has only reached the plaintext bufferevent
- * below the TLS filter when the filter's output drains: wait for that one. */
+static void kill_when_flushed(struct smtp_session *s);
+
+static void
+flush_ev_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_session *s = arg;
+    if (!s->dead && s->state == SMTP_ST_CLOSING)
+        kill_when_flushed(s);
+}
+
+/* Under STARTTLS the last reply (and the close_notify after it) has only
+ * reached the plaintext bufferevent below the TLS filter when the filter's
+ * output drains: when that one is empty too, closing goes on, from the
+ * loop rather than from inside the buffer's own callback. */
 static void
 under_drained_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct smtp_session *s = arg;
-    if (evbuffer_get_length(buf) == 0)
-        smtp_session_kill(s);
+    if (evbuffer_get_length(buf) == 0 && !s->dead && s->state == SMTP_ST_CLOSING)
+        event_active(s->flush_ev, EV_TIMEOUT, 0);
+}
+
+/* Is the plaintext layer below the TLS filter still sending? Then watch it
+ * (once) and come back when it is empty. */
+static bool
+under_busy(struct smtp_session *s)
+{
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    if (under == NULL || evbuffer_get_length(bufferevent_get_output(under)) == 0)
+        return false;
+    if (!s->under_watched) {
+        evbuffer_add_cb(bufferevent_get_output(under), under_drained_cb, s);
+        s->under_watched = true;
+    }
+    return true;
 }
 
 /* A closing session ends once its last reply has left (both layers under
- * TLS); until then the write callbacks come back here. */
+ * TLS) and, on a TLS session, its close_notify after it; until then the
+ * write callbacks come back here. */
 static void
 kill_when_flushed(struct smtp_session *s)
 {
-    struct bufferevent *under = bufferevent_get_underlying(s->bev);
     if (evbuffer_get_length(bufferevent_get_output(s->bev)) > 0)
         return; /* session_write_cb fires once it drains (low watermark 0) */
-    if (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0) {
-        evbuffer_add_cb(bufferevent_get_output(under), under_drained_cb, s);
+    if (under_busy(s))
         return;
+    if (s->tls && !s->tls_closed) {
+        s->tls_closed = true;
+        smtp_tls_close_notify(s);
+        if (under_busy(s))
+            return;
     }
     smtp_session_kill(s);
 }
 
+/* ---- replies the client has not read ---- */
+
+/* Bytes of replies still in tern: the session's output and, under STARTTLS,
+ * the plaintext bufferevent below the TLS filter. */
+static size_t
+out_backlog(struct smtp_session *s)
+{
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
+    if (under != NULL)
+        n += evbuffer_get_length(bufferevent_get_output(under));
+    return n;
+}
+
+/* May the session take input now? Not while tern itself is busy with it
+ * (commit, handshake, password check), closing, or waiting for the client
+ * to read its replies. */
+static bool
+read_wanted(const struct smtp_session *s)
+{
+    if (s->dead || s->out_paused)
+        return false;
+    if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT || s->state == SMTP_ST_HANDSHAKE)
+        return false;
+    return !(s->state == SMTP_ST_AUTH &&
+             (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
+}
+
+/* Too many replies unread: stop reading until the output drains (the write
+ * callback resumes). True when paused. */
+static bool
+out_blocked(struct smtp_session *s)
+{
+    if (s->out_paused)
+        return true;
+    if (s->out_depth < SMTP_PIPELINE_DEPTH_MAX && out_backlog(s) < SMTP_OUT_BACKLOG_MAX)
+        return false;
+    s->out_paused = true;
+    smtp_session_read(s, false);
+    return true;
+}
+
+/* The output drained (low watermark 0): every reply has left this layer. */
 static void
 session_write_cb(struct bufferevent *bev, void *arg)
 {
     struct smtp_session *s = arg;
-    if (s->state == SMTP_ST_CLOSING && !s->dead)
+    if (s->dead)
+        return;
+    s->out_depth = 0;
+    if (s->state == SMTP_ST_CLOSING) {
         kill_when_flushed(s);
+        return;
+    }
+    if (!s->out_paused)
+        return;
+    s->out_paused = false;
+    if (read_wanted(s))
+        smtp_session_read(s, true);
+    smtp_session_process(s);
 }
 
 void
@@ -190,7 +330,9 @@ smtp_session_close(struct smtp_session *s, int code, const char *esc, const char
     if (code)
         smtp_reply(s, code, esc, "%s", text);
     s->state = SMTP_ST_CLOSING;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
+    smtp_session_deadline(s, s->cfg->smtp_timeout_ms < SMTP_CLOSE_GRACE_MS ? s->cfg->smtp_timeout_ms
+                                                                           : SMTP_CLOSE_GRACE_MS);
     kill_when_flushed(s);
 }
 
@@ -202,66 +344,10 @@ session_event_cb(struct bufferevent *bev, short what, void *arg)
         smtp_tls_event(s, what);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT) {
-        struct logline l;
-        log_begin(
-            &l, LOG_INFO, s->tx && s->tx->w ? spool_writer_qid(s->tx->w) : NULL, "smtp", "timeout");
-        log_int(&l, "sess", (int64_t)s->id);
-        log_str(&l, "client", s->peer_str);
-        log_end(&l);
-        /* RFC 5321 §4.5.3.2: give up on an idle client; the write side may
-         * still be usable for the 421. */
-        bufferevent_enable(bev, EV_WRITE);
-        smtp_session_close(s, 421, "4.4.2", "Error: timeout exceeded");
-        return;
-    }
-    /* EOF or error: the client is gone; an unfinished transaction is dropped. */
+    /* EOF or error (no bufferevent timeouts are set: the deadline timer
+     * times the client): the client is gone; an unfinished transaction is
+     * dropped. */
     smtp_session_kill(s);
-}
-
-/* ---- the Received header (RFC 5321 §4.4, RFC 3848) ---- */
-
-static void
-rfc5322_date(int64_t ms, char *out, size_t cap)
-{
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, cap, "%a, %d %b %Y %H:%M:%S +0000", &tm);
-}
-
-static void
-add_received(struct smtp_session *s, const char *qid)
-{
-    struct smtp_tx *tx = s->tx;
-    char date[64];
-    const char *with = tx->env->smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP";
-    /* RFC 3848 / RFC 6531: S for TLS, A for AUTH (ESMTPSA, UTF8SMTPA...). */
-    const char *sa = !s->esmtp                ? ""
-                     : s->tls && s->auth_user ? "SA"
-                     : s->tls                 ? "S"
-                     : s->auth_user           ? "A"
-                                              : "";
-    rfc5322_date(tern_now_ms(), date, sizeof(date));
-    buf_append_str(&tx->out, "Received: from ");
-    /* The HELO name is client-chosen: keep only printable non-space ASCII. */
-    for (const char *p = s->helo ? s->helo : "unknown"; *p; p++) {
-        unsigned char c = (unsigned char)*p;
-        buf_append_char(&tx->out, (c > 32 && c < 127 && c != '(' && c != ')') ? (char)c : '?');
-    }
-    buf_printf(&tx->out, " ([%s])\r\n", s->peer_str);
-    /* The TLS details as Postfix writes them. The authenticated user is
-     * left out on purpose (as Postfix's smtpd_sasl_authenticated_header=no):
-     * it would show every recipient a login name worth guessing passwords
-     * for; the log has it. */
-    if (s->tls)
-        buf_printf(&tx->out, "\t(using %s with cipher %s (%d/%d bits))\r\n", s->tls_info.version,
-            s->tls_info.cipher, s->tls_info.bits, s->tls_info.alg_bits);
-    buf_printf(&tx->out, "\tby %s (tern) with %s%s id %s", s->cfg->hostname, with, sa, qid);
-    if (tx->env->n_rcpts == 1 && strpbrk(tx->env->rcpts[0].addr, "\r\n") == NULL &&
-        strlen(tx->env->rcpts[0].addr) < 300)
-        buf_printf(&tx->out, "\r\n\tfor <%s>", tx->env->rcpts[0].addr);
-    buf_printf(&tx->out, "; %s\r\n", date);
 }
 
 /* ---- commands ---- */
@@ -275,7 +361,7 @@ struct smtp_verb_entry {
 };
 
 #define ST(x)  (1u << SMTP_ST_##x)
-#define ST_ANY (ST(CONNECTED) | ST(READY) | ST(MAIL) | ST(RCPT))
+#define ST_ANY (ST(CONNECTED) | ST(READY) | ST(MAIL) | ST(RCPT) | ST(CHUNKING))
 
 static void
 cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
@@ -292,7 +378,7 @@ cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
     s->esmtp = esmtp;
     s->state = SMTP_ST_READY;
     if (!esmtp) {
-        evbuffer_add_printf(out, "250 %s\r\n", s->cfg->hostname);
+        smtp_reply(s, 250, "", "%s", s->cfg->hostname);
         return;
     }
     evbuffer_add_printf(out,
@@ -305,6 +391,7 @@ cmd_helo(struct smtp_session *s, const struct smtp_cmd *c, bool esmtp)
     if (smtp_auth_offered(s) && s->auth_user == NULL)
         evbuffer_add_printf(out, "250-AUTH PLAIN LOGIN\r\n");
     evbuffer_add_printf(out, "250 HELP\r\n");
+    s->out_depth++;
 }
 
 static void
@@ -339,7 +426,7 @@ cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
     memset(&mp, 0, sizeof(mp));
     if (smtp_parse_path(c->arg, c->arg_len, true, false, true, &addr, &used, &st) < 0 ||
         smtp_parse_mail_params(c->arg + used, c->arg_len - used, &mp, &st) < 0) {
-        reply_status(s, &st);
+        smtp_reply_status(s, &st);
         free(addr);
         smtp_mail_params_fini(&mp);
         smtp_session_error(s);
@@ -348,18 +435,18 @@ cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
     if (s->role != SMTP_ROLE_RELAY && s->auth_user == NULL) {
         /* CONTRACT.md: submission needs AUTH, even from relay_networks. */
         smtp_reply(s, 530, "5.7.0", "Authentication required");
-        log_refused(s, NULL, "authentication required", NULL);
+        smtp_log_refused(s, NULL, "authentication required", NULL);
     } else if (s->auth_user != NULL &&
                !auth_sender_allowed(s->cfg->auth_sender_login, s->auth_user, addr)) {
         smtp_reply(
             s, 553, "5.7.1", "<%s>: Sender address not owned by user %s", addr, s->auth_user);
-        log_refused(s, NULL, "sender not owned", addr);
+        smtp_log_refused(s, NULL, "sender not owned", addr);
     } else if (!mp.smtputf8 && has_non_ascii(addr)) {
         smtp_reply(s, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
     } else if (mp.has_size && mp.size > s->cfg->max_message_size) {
         smtp_reply(s, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
             (unsigned long long)s->cfg->max_message_size);
-        log_refused(s, NULL, "size", NULL);
+        smtp_log_refused(s, NULL, "size", NULL);
     } else {
         s->tx = xcalloc(1, sizeof(*s->tx));
         s->tx->env = xcalloc(1, sizeof(*s->tx->env));
@@ -391,14 +478,13 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
     if (smtp_parse_path(c->arg, c->arg_len, false, true, tx->env->smtputf8, &addr, &used, &st) <
             0 ||
         smtp_parse_rcpt_params(c->arg + used, c->arg_len - used, &rp, &st) < 0) {
-        reply_status(s, &st);
+        smtp_reply_status(s, &st);
         smtp_session_error(s);
     } else if (tx->env->n_rcpts >= s->cfg->max_recipients) {
         smtp_reply(s, 452, "4.5.3", "Too many recipients");
-    } else if (!policy_may_relay(
-                   s->cfg, (struct sockaddr *)&s->peer, s->auth_user != NULL, addr_domain(addr))) {
+    } else if (!policy_may_relay(s->cfg, (struct sockaddr *)&s->peer, s->auth_user != NULL, addr)) {
         smtp_reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
-        log_refused(s, NULL, "relay denied", addr);
+        smtp_log_refused(s, NULL, "relay denied", addr);
         smtp_session_error(s);
     } else {
         spool_env_add_rcpt(tx->env, addr, rp.orcpt, rp.notify);
@@ -407,121 +493,6 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
     }
     free(addr);
     smtp_rcpt_params_fini(&rp);
-}
-
-/* ---- DKIM signing (RFC 6376): fed on the loop, finished at commit ---- */
-
-/* Only mail of our own clients (authenticated, or from relay_networks) is
- * signed: mail from outside with one of our From domains must not get our
- * signature. */
-static void
-tx_dkim_start(struct smtp_session *s)
-{
-    struct smtp_tx *tx = s->tx;
-    struct dkim_keyset *ks;
-    struct dkim_sign_opts o;
-    int c = s->cfg->dkim_canonicalization;
-    if (s->cfg->n_dkim_sign == 0 ||
-        !policy_may_relay(
-            s->cfg, (const struct sockaddr *)(const void *)&s->peer, s->auth_user != NULL, ""))
-        return;
-    ks = config_dkim_keys(s->cfg);
-    if (dkim_keyset_count(ks) == 0)
-        return;
-    bool relaxed_h = c == DKIM_C_RELAXED_RELAXED || c == DKIM_C_RELAXED_SIMPLE;
-    bool relaxed_b = c == DKIM_C_RELAXED_RELAXED || c == DKIM_C_SIMPLE_RELAXED;
-    o.header_canon = relaxed_h ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
-    o.body_canon = relaxed_b ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
-    o.timestamp = tern_now_ms() / 1000;
-    tx->dkim = dkim_signer_new(ks, &o);
-    tx->dkim_skip = tx->out.len; /* our Received field: not part of what is signed */
-}
-
-static void
-dkim_log_unsigned(const char *qid, const struct dkim_outcome *res)
-{
-    struct logline l;
-    log_begin(&l, res->problem ? LOG_WARN : LOG_DEBUG, qid, "dkim", "not_signed");
-    log_str(&l, "reason", res->reason);
-    log_end(&l);
-}
-
-/* Feed the bytes about to be written; drop a signer that will not sign. */
-static void
-tx_dkim_feed(struct smtp_session *s)
-{
-    struct smtp_tx *tx = s->tx;
-    size_t skip = tx->dkim_skip < tx->out.len ? tx->dkim_skip : tx->out.len;
-    struct dkim_outcome res;
-    tx->dkim_skip -= skip;
-    dkim_signer_feed(tx->dkim, tx->out.data + skip, tx->out.len - skip);
-    if (!dkim_signer_idle(tx->dkim))
-        return;
-    dkim_signer_finish(tx->dkim, NULL, &res); /* idle: makes nothing, tells why */
-    dkim_log_unsigned(spool_writer_qid(tx->w), &res);
-    dkim_signer_free(tx->dkim);
-    tx->dkim = NULL;
-}
-
-/* The spool finisher: the private-key operations, on a commit worker. */
-static int
-dkim_finisher(const char *qid, struct buf *prefix, void *arg)
-{
-    struct dkim_outcome res;
-    struct logline l;
-    size_t n = dkim_signer_finish(arg, prefix, &res);
-    if (n > 0) {
-        log_begin(&l, LOG_INFO, qid, "dkim", "signed");
-        log_str(&l, "domain", res.domain);
-        log_str(&l, "selectors", res.selectors);
-        log_end(&l);
-    }
-    if (res.reason != NULL)
-        dkim_log_unsigned(qid, &res);
-    return n > 0 ? 0 : -1;
-}
-
-static void
-dkim_finisher_free(void *arg)
-{
-    dkim_signer_free(arg);
-}
-
-/* Create the spool file and write the Received header: the start of DATA
- * and of the first BDAT chunk. */
-static bool
-tx_open(struct smtp_session *s)
-{
-    struct smtp_tx *tx = s->tx;
-    tx->w = spool_writer_new(s->srv->sp, tx->env);
-    if (tx->w == NULL) {
-        struct logline l;
-        log_begin(&l, LOG_ERROR, NULL, "spool", "create_failed");
-        log_errno(&l, errno);
-        log_end(&l);
-        return false;
-    }
-    add_received(s, spool_writer_qid(tx->w));
-    tx_dkim_start(s);
-    return true;
-}
-
-static void
-cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
-{
-    if (c->arg_len != 0) {
-        smtp_reply(s, 501, "5.5.4", "Syntax: DATA");
-        return;
-    }
-    if (!tx_open(s)) {
-        smtp_reply(s, 452, "4.3.1", "Insufficient system storage");
-        smtp_tx_reset(s);
-        return;
-    }
-    smtp_data_init(&s->tx->dec, SMTP_DATA_DOT);
-    s->state = SMTP_ST_DATA;
-    smtp_session_timeout(s, s->cfg->data_timeout_ms);
-    smtp_reply(s, 354, "", "End data with <CR><LF>.<CR><LF>");
 }
 
 static void
@@ -563,16 +534,13 @@ cmd_help(struct smtp_session *s, const struct smtp_cmd *c)
         "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP; see RFC 5321");
 }
 
-static void cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c);
-static void bdat_chunk_done(struct smtp_session *s);
-
 static const struct smtp_verb_entry verbs[] = {
     { SMTP_V_HELO, "HELO", ST_ANY, SMTP_CMD_LINE_MAX, cmd_helo_plain },
     { SMTP_V_EHLO, "EHLO", ST_ANY, SMTP_CMD_LINE_MAX, cmd_ehlo },
     { SMTP_V_MAIL, "MAIL", ST(READY), SMTP_MAIL_LINE_MAX, cmd_mail },
     { SMTP_V_RCPT, "RCPT", ST(MAIL) | ST(RCPT), SMTP_RCPT_LINE_MAX, cmd_rcpt },
-    { SMTP_V_DATA, "DATA", ST(RCPT), SMTP_CMD_LINE_MAX, cmd_data },
-    { SMTP_V_BDAT, "BDAT", ST_ANY, SMTP_CMD_LINE_MAX, cmd_bdat },
+    { SMTP_V_DATA, "DATA", ST(RCPT), SMTP_CMD_LINE_MAX, smtp_cmd_data },
+    { SMTP_V_BDAT, "BDAT", ST_ANY, SMTP_CMD_LINE_MAX, smtp_cmd_bdat },
     { SMTP_V_RSET, "RSET", ST_ANY, SMTP_CMD_LINE_MAX, cmd_rset },
     { SMTP_V_NOOP, "NOOP", ST_ANY, SMTP_CMD_LINE_MAX, cmd_noop },
     { SMTP_V_QUIT, "QUIT", ST_ANY, SMTP_CMD_LINE_MAX, cmd_quit },
@@ -589,6 +557,11 @@ reply_bad_sequence(struct smtp_session *s, enum smtp_verb v)
 {
     if (s->state == SMTP_ST_CONNECTED)
         smtp_reply(s, 503, "5.5.1", "Error: send HELO/EHLO first");
+    else if (s->state == SMTP_ST_CHUNKING && (v == SMTP_V_RCPT || v == SMTP_V_DATA))
+        /* RFC 3030 §3: no DATA after BDAT; the envelope went to the spool
+         * with the first chunk, so a later recipient could not be kept. */
+        smtp_reply(s, 503, "5.5.1", "Error: %s not allowed after BDAT; send RSET",
+            v == SMTP_V_RCPT ? "RCPT" : "DATA");
     else if (v == SMTP_V_MAIL)
         smtp_reply(s, 503, "5.5.1", "Error: nested MAIL command");
     else if (v == SMTP_V_RCPT)
@@ -604,7 +577,7 @@ session_command(struct smtp_session *s, const char *line, size_t len)
     struct tern_status st;
     const struct smtp_verb_entry *e = NULL;
     if (smtp_parse_cmd(line, len, &c, &st) < 0) {
-        reply_status(s, &st);
+        smtp_reply_status(s, &st);
         smtp_session_error(s);
         return;
     }
@@ -624,240 +597,6 @@ session_command(struct smtp_session *s, const char *line, size_t len)
     } else {
         e->fn(s, &c);
     }
-}
-
-/* ---- message end: checks, then commit ---- */
-
-static bool
-tx_flush(struct smtp_session *s)
-{
-    struct smtp_tx *tx = s->tx;
-    if (tx->io_error || tx->too_big) {
-        buf_reset(&tx->out);
-        return !tx->io_error;
-    }
-    if (tx->dkim != NULL && tx->out.len > 0)
-        tx_dkim_feed(s);
-    if (tx->out.len && spool_writer_write(tx->w, tx->out.data, tx->out.len) < 0) {
-        tx->io_error = true;
-        tx->io_errno = errno;
-    }
-    buf_reset(&tx->out);
-    return !tx->io_error;
-}
-
-/* Why the message cannot be accepted, or false when it can. */
-static bool
-tx_rejected(struct smtp_session *s, struct tern_status *st)
-{
-    struct smtp_tx *tx = s->tx;
-    if (tx->io_error)
-        STATUS_SET(st, 452, "4.3.1", "Insufficient system storage");
-    else if (tx->too_big)
-        STATUS_SET(st, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
-            (unsigned long long)s->cfg->max_message_size);
-    else if (tx->dec.bad_eol)
-        STATUS_SET(
-            st, 550, "5.5.2", "Message contains bare CR or LF line endings (RFC 5321 2.3.8)");
-    else if (tx->dec.has_nul)
-        STATUS_SET(st, 550, "5.6.0", "Message contains NUL bytes");
-    else if (tx->dec.too_long)
-        STATUS_SET(st, 500, "5.5.2", "Message line too long (limit %d octets)", SMTP_TEXT_LINE_MAX);
-    else
-        return false;
-    return true;
-}
-
-static void
-commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
-{
-    struct smtp_server *srv = arg;
-    struct smtp_session *s = map_get_u64(srv->sessions, id);
-    if (s == NULL || s->dead || s->state != SMTP_ST_COMMIT)
-        return; /* the client left; the message is queued all the same */
-    if (ok) {
-        smtp_reply(s, 250, "2.0.0", "Ok: queued as %s", qid);
-    } else {
-        smtp_reply(s, 452, "4.3.1", "Insufficient system storage");
-    }
-    if (srv->shutting_down) {
-        s->state = SMTP_ST_READY;
-        smtp_session_close(s, 421, "4.3.2", "Service shutting down, try again later");
-        return;
-    }
-    s->state = SMTP_ST_READY;
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
-    bufferevent_enable(s->bev, EV_READ);
-    smtp_session_process(s);
-}
-
-static void
-tx_finish(struct smtp_session *s)
-{
-    struct smtp_tx *tx = s->tx;
-    struct tern_status st;
-    struct logline l;
-    const char *qid = spool_writer_qid(tx->w);
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
-    tx_flush(s);
-    if (tx_rejected(s, &st)) {
-        reply_status(s, &st);
-        log_refused(s, qid, st.text, NULL);
-        smtp_tx_reset(s);
-        return;
-    }
-    log_begin(&l, LOG_INFO, qid, "smtp", "received");
-    log_int(&l, "sess", (int64_t)s->id);
-    log_str(&l, "client", s->peer_str);
-    log_str(&l, "helo", s->helo);
-    log_str(&l, "from", tx->env->sender);
-    log_int(&l, "nrcpt", (int64_t)tx->env->n_rcpts);
-    log_int(&l, "size", (int64_t)spool_writer_size(tx->w));
-    if (s->auth_user)
-        log_str(&l, "user", s->auth_user);
-    if (s->tls) {
-        log_str(&l, "tls", s->tls_info.version);
-        log_str(&l, "cipher", s->tls_info.cipher);
-    }
-    log_end(&l);
-    if (s->srv->sched)
-        sched_count_received(s->srv->sched);
-    if (tx->dkim != NULL) {
-        spool_writer_set_finisher(tx->w, dkim_finisher, dkim_finisher_free, tx->dkim);
-        tx->dkim = NULL;
-    }
-    spool_writer_commit(tx->w, commit_cb, s->id, s->srv);
-    tx->w = NULL;
-    tx_free(tx);
-    s->tx = NULL;
-    s->state = SMTP_ST_COMMIT;
-    bufferevent_disable(s->bev, EV_READ);
-}
-
-/* Feed DATA bytes from the input buffer to the decoder. */
-static void
-session_data(struct smtp_session *s, struct evbuffer *in)
-{
-    struct smtp_tx *tx = s->tx;
-    struct evbuffer_iovec v[8];
-    int n = evbuffer_peek(in, -1, NULL, v, 8);
-    size_t used = 0;
-    for (int i = 0; i < n && i < 8 && !tx->dec.ended; i++) {
-        long r = smtp_data_feed(&tx->dec, v[i].iov_base, v[i].iov_len, &tx->out);
-        if (r < 0)
-            tern_panic("data buffer cannot grow");
-        used += (size_t)r;
-        if (tx->dec.out_bytes > s->cfg->max_message_size)
-            tx->too_big = true;
-        if (tx->out.len >= SMTP_OUT_FLUSH || tx->too_big)
-            tx_flush(s);
-    }
-    evbuffer_drain(in, used);
-    if (tx->dec.ended)
-        tx_finish(s);
-}
-
-/* ---- BDAT (RFC 3030) ---- */
-
-static void
-cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
-{
-    struct smtp_tx *tx = s->tx;
-    uint64_t size;
-    const char *sp = memchr(c->arg, ' ', c->arg_len);
-    size_t nlen = sp ? (size_t)(sp - c->arg) : c->arg_len;
-    bool last = false;
-    if (sp && str_ieq(sp + 1, c->arg_len - nlen - 1, "LAST"))
-        last = true;
-    if (parse_u64(c->arg, nlen, UINT64_MAX / 2, &size) < 0 || (sp && !last)) {
-        /* Without a valid size the chunk cannot be skipped: the stream is lost. */
-        smtp_session_close(s, 501, "5.5.4", "Syntax: BDAT size [LAST]; closing connection");
-        return;
-    }
-    if (size > s->cfg->max_message_size + SMTP_BDAT_SLACK) {
-        /* A chunk far larger than the whole size limit: reading gigabytes
-         * only to refuse them serves nobody, and the chunk cannot be
-         * skipped. A modest overshoot is read and refused politely below. */
-        smtp_session_close(s, 552, "5.3.4", "Message size exceeds fixed limit; closing connection");
-        return;
-    }
-    s->bdat_prev_state = s->state;
-    if (tx == NULL || tx->env->n_rcpts == 0) {
-        /* Swallow the chunk, then answer (RFC 3030 §3). */
-        if (tx == NULL) {
-            s->tx = tx = xcalloc(1, sizeof(*tx));
-            tx->env = xcalloc(1, sizeof(*tx->env));
-        }
-        tx->bdat_failed = true;
-        STATUS_SET(&tx->bdat_st, 503, "5.5.1", "%s",
-            s->state == SMTP_ST_CONNECTED ? "Error: send HELO/EHLO first"
-            : s->state == SMTP_ST_READY   ? "Error: need MAIL command"
-                                          : "Error: need RCPT command");
-    } else if (tx->w == NULL && !tx->bdat_failed) {
-        if (!tx_open(s)) {
-            tx->bdat_failed = true;
-            STATUS_SET(&tx->bdat_st, 452, "4.3.1", "Insufficient system storage");
-        } else {
-            smtp_data_init(&tx->dec, SMTP_DATA_BDAT);
-        }
-    }
-    tx->chunk_left = size;
-    tx->chunk_last = last;
-    s->state = SMTP_ST_BDAT;
-    smtp_session_timeout(s, s->cfg->data_timeout_ms);
-    if (size == 0)
-        bdat_chunk_done(s); /* "BDAT 0 LAST": no bytes follow (RFC 3030 §2) */
-}
-
-static void
-bdat_chunk_done(struct smtp_session *s)
-{
-    struct smtp_tx *tx = s->tx;
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
-    if (tx->bdat_failed) {
-        reply_status(s, &tx->bdat_st);
-        if (tx->chunk_last || tx->env->n_rcpts == 0) {
-            tx_free(tx);
-            s->tx = NULL;
-            s->state = s->bdat_prev_state == SMTP_ST_CONNECTED ? SMTP_ST_CONNECTED : SMTP_ST_READY;
-        } else {
-            s->state = SMTP_ST_RCPT;
-        }
-        return;
-    }
-    if (!tx->chunk_last) {
-        tx_flush(s);
-        s->state = SMTP_ST_RCPT; /* more BDAT (or RSET) may follow */
-        smtp_reply(s, 250, "2.0.0", "%llu octets received", (unsigned long long)tx->dec.out_bytes);
-        return;
-    }
-    smtp_data_finish_bdat(&tx->dec, &tx->out);
-    tx_finish(s);
-}
-
-static void
-session_bdat(struct smtp_session *s, struct evbuffer *in)
-{
-    struct smtp_tx *tx = s->tx;
-    while (tx->chunk_left > 0 && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
-        size_t take;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        take = v.iov_len < tx->chunk_left ? v.iov_len : (size_t)tx->chunk_left;
-        if (!tx->bdat_failed) {
-            if (smtp_data_feed(&tx->dec, v.iov_base, take, &tx->out) < 0)
-                tern_panic("data buffer cannot grow");
-            if (tx->dec.out_bytes > s->cfg->max_message_size)
-                tx->too_big = true;
-            if (tx->out.len >= SMTP_OUT_FLUSH || tx->too_big)
-                tx_flush(s);
-        }
-        evbuffer_drain(in, take);
-        tx->chunk_left -= take;
-    }
-    if (tx->chunk_left == 0)
-        bdat_chunk_done(s);
 }
 
 /* ---- the input loop ---- */
@@ -902,8 +641,10 @@ read_command(struct smtp_session *s, struct evbuffer *in, char *line, size_t *le
     return 1;
 }
 
-void
-smtp_session_process(struct smtp_session *s)
+static void plain_read_update(struct smtp_session *s);
+
+static void
+process_input(struct smtp_session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     char line[SMTP_AUTH_READ_MAX + 1];
@@ -913,17 +654,19 @@ smtp_session_process(struct smtp_session *s)
         if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT ||
             s->state == SMTP_ST_HANDSHAKE)
             return;
+        if (out_blocked(s))
+            return;
         if (s->state == SMTP_ST_AUTH &&
             (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY))
             return; /* paused until the check is answered */
         if (s->state == SMTP_ST_DATA) {
-            session_data(s, in);
+            smtp_data_in(s, in);
             if (s->state == SMTP_ST_DATA)
                 return; /* need more bytes */
             continue;
         }
         if (s->state == SMTP_ST_BDAT) {
-            session_bdat(s, in);
+            smtp_bdat_in(s, in);
             if (s->state == SMTP_ST_BDAT)
                 return;
             continue;
@@ -931,6 +674,9 @@ smtp_session_process(struct smtp_session *s)
         r = read_command(s, in, line, &len);
         if (r == 0)
             return;
+        /* A line is in: the next one has its own deadline (a handler
+         * entering DATA, BDAT or closing sets another). */
+        smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
         if (r < 0) {
             if (s->state == SMTP_ST_AUTH) {
                 smtp_auth_response(s, "", 0); /* an over-long response cannot decode */
@@ -951,10 +697,130 @@ smtp_session_process(struct smtp_session *s)
     }
 }
 
+void
+smtp_session_process(struct smtp_session *s)
+{
+    process_input(s);
+    /* Input drained (or filled up): reading a plaintext socket may go on
+     * (or stop). */
+    if (!s->dead && s->rd_ev != NULL)
+        plain_read_update(s);
+}
+
 static void
 session_read_cb(struct bufferevent *bev, void *arg)
 {
     smtp_session_process(arg);
+}
+
+/* ---- reading a plaintext socket ---- */
+
+/*
+ * libevent 2.1 reads a socket bufferevent at most 4096 bytes at a time, and
+ * asks ioctl(FIONREAD) before every read. A plaintext session is read here
+ * instead: one readv of up to SMTP_READ_SIZE into space reserved at the end
+ * of the input buffer (the free room of its last chain first, so chains fill
+ * up), and nothing else. The bufferevent still does the writing; its read
+ * side stays off. Buffered input is bounded as with the bufferevent's
+ * watermark: no reading while SMTP_READ_CHUNK_MAX bytes wait.
+ */
+
+static void
+plain_read_update(struct smtp_session *s)
+{
+    bool on = s->rd_on && !s->dead &&
+              evbuffer_get_length(bufferevent_get_input(s->bev)) < SMTP_READ_CHUNK_MAX;
+    if (on == s->rd_added)
+        return;
+    if (on)
+        event_add(s->rd_ev, NULL);
+    else
+        event_del(s->rd_ev);
+    s->rd_added = on;
+}
+
+void
+smtp_session_read(struct smtp_session *s, bool on)
+{
+    if (s->rd_ev == NULL) {
+        if (on)
+            bufferevent_enable(s->bev, EV_READ);
+        else
+            bufferevent_disable(s->bev, EV_READ);
+        return;
+    }
+    s->rd_on = on;
+    plain_read_update(s);
+}
+
+void
+smtp_session_plain_read_end(struct smtp_session *s)
+{
+    if (s->rd_ev == NULL)
+        return;
+    event_free(s->rd_ev);
+    s->rd_ev = NULL;
+    s->rd_added = false;
+}
+
+/* readv into the reserved space: bytes read, 0 at EOF, -1 with errno. */
+static ssize_t
+plain_readv(evutil_socket_t fd, struct evbuffer *in, size_t want)
+{
+    struct evbuffer_iovec v[2];
+    struct iovec iov[2];
+    size_t left = want;
+    ssize_t r;
+    int n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+    if (n <= 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    do
+        r = readv(fd, iov, n);
+    while (r < 0 && errno == EINTR);
+    left = r > 0 ? (size_t)r : 0;
+    for (int i = 0; i < n; i++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    evbuffer_commit_space(in, v, r <= 0 ? 0 : v[0].iov_len < (size_t)r ? n : 1);
+    return r;
+}
+
+static void
+plain_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_session *s = arg;
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t have = evbuffer_get_length(in);
+    ssize_t r;
+    if (s->dead || have >= SMTP_READ_CHUNK_MAX) {
+        plain_read_update(s);
+        return;
+    }
+    /* The socket bufferevent keeps the end of its input frozen for anyone
+     * but itself. */
+    evbuffer_unfreeze(in, 0);
+    r = plain_readv(fd, in,
+        SMTP_READ_CHUNK_MAX - have < SMTP_READ_SIZE ? SMTP_READ_CHUNK_MAX - have : SMTP_READ_SIZE);
+    evbuffer_freeze(in, 0);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (r <= 0) {
+        /* As the bufferevent would report it. */
+        session_event_cb(s->bev, BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), s);
+        return;
+    }
+    smtp_session_process(s);
 }
 
 /* ---- start ---- */
@@ -964,31 +830,49 @@ smtp_session_callbacks(struct smtp_session *s)
 {
     bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_CHUNK_MAX);
+    /* A TLS bufferevent decrypts into input space reserved this much at a
+     * time (16 KiB by default): chains as large as a plaintext session's,
+     * which is read by plain_read_cb. */
+    bufferevent_set_max_single_read(s->bev, SMTP_READ_SIZE);
 }
 
 bool
-smtp_session_start(
-    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role)
+smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
+    enum smtp_role role, bool outsider)
 {
     struct smtp_session *s = xcalloc(1, sizeof(*s));
     s->id = ++srv->next_id;
     s->srv = srv;
+    s->outsider = outsider;
     s->cfg = config_ref(srv->cfg);
     s->role = role;
     s->tls_ctx = srv->tls ? tls_ctx_ref(srv->tls) : NULL;
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
     sockaddr_ntop(sa, s->peer_str, sizeof(s->peer_str));
     s->state = SMTP_ST_CONNECTED;
+    s->deadline = evtimer_new(srv->base, deadline_cb, s);
+    s->flush_ev = event_new(srv->base, -1, 0, flush_ev_cb, s);
     if (role == SMTP_ROLE_SMTPS) {
         if (s->tls_ctx == NULL || !smtp_tls_accept(s, fd))
             s->bev = NULL;
     } else {
         s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        s->rd_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, plain_read_cb, s);
     }
-    if (s->bev == NULL) {
-        evutil_closesocket(fd);
+    if (s->bev == NULL || s->deadline == NULL || s->flush_ev == NULL ||
+        (role != SMTP_ROLE_SMTPS && s->rd_ev == NULL)) {
+        if (s->rd_ev)
+            event_free(s->rd_ev);
+        if (s->bev != NULL)
+            bufferevent_free(s->bev);
+        else
+            evutil_closesocket(fd);
         if (s->hs_timer)
             event_free(s->hs_timer);
+        if (s->deadline)
+            event_free(s->deadline);
+        if (s->flush_ev)
+            event_free(s->flush_ev);
         tls_ctx_unref(s->tls_ctx);
         config_unref(s->cfg);
         free(s);
@@ -997,10 +881,12 @@ smtp_session_start(
     map_put_u64(srv->sessions, s->id, s);
     srv->n_alive++;
     smtp_session_callbacks(s);
-    smtp_session_timeout(
-        s, role == SMTP_ROLE_SMTPS ? s->cfg->tls_handshake_timeout_ms : s->cfg->smtp_timeout_ms);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
-    if (role != SMTP_ROLE_SMTPS)
+    bufferevent_enable(s->bev, EV_WRITE);
+    smtp_session_read(s, true);
+    /* smtps: the handshake timer runs until the greeting. */
+    if (role != SMTP_ROLE_SMTPS) {
+        smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
         smtp_reply(s, 220, "", "%s ESMTP tern", s->cfg->hostname);
+    }
     return true;
 }

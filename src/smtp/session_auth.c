@@ -2,9 +2,12 @@
  * The AUTH command (RFC 4954) in a session: PLAIN and LOGIN exchanges with
  * or without an initial response, the password check on the crypt worker
  * (input paused meanwhile; the answer finds the session again by id), a
- * delayed 535 and the per-address lockout. The authenticated identity lives
- * only in this session and is dropped by STARTTLS and at its end.
+ * delayed 535 and the per-address lockout. Each check is charged to the
+ * client's address before it is queued and settled when its answer comes,
+ * whether or not the session is still there. The authenticated identity
+ * lives only in this session and is dropped by STARTTLS and at its end.
  */
+#include <arpa/inet.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <netinet/in.h>
@@ -68,7 +71,7 @@ smtp_auth_reset(struct smtp_session *s)
 static void
 resume(struct smtp_session *s)
 {
-    bufferevent_enable(s->bev, EV_READ);
+    smtp_session_read(s, true);
     smtp_session_process(s);
 }
 
@@ -102,17 +105,21 @@ auth_timer_cb(evutil_socket_t fd, short what, void *arg)
     resume(s);
 }
 
-/* A failed login: count it against the address, answer after a delay. */
-static void
-auth_failed(struct smtp_session *s, const char *reason)
+/* The throttle belongs to the server: the current configuration sets it. */
+static struct auth_limits
+limits_of(const struct smtp_server *srv)
 {
-    unsigned char key[16];
-    size_t kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
-    struct auth_limits lim = { s->cfg->auth_max_failures, s->cfg->auth_failure_window_ms,
-        s->cfg->auth_lockout_ms };
+    struct auth_limits lim = { srv->cfg->auth_max_failures, srv->cfg->auth_failure_window_ms,
+        srv->cfg->auth_lockout_ms };
+    return lim;
+}
+
+/* A failed login: answer after a delay, closing when it locked the address. */
+static void
+auth_failed(struct smtp_session *s, const char *reason, bool locked)
+{
     int64_t ms = s->cfg->auth_failure_delay_ms;
     struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
-    bool locked = auth_throttle_fail(s->srv->throttle, key, kl, tern_mono_ms(), &lim);
     auth_log(s, LOG_WARN, "auth_failed", NULL, locked ? "lockout" : reason);
     if (s->creds)
         auth_creds_clear(s->creds);
@@ -123,50 +130,108 @@ auth_failed(struct smtp_session *s, const char *reason)
     else
         STATUS_SET(&s->auth_reply, 535, "5.7.8", "Error: authentication failed");
     s->auth_step = SMTP_AUTH_DELAY;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
     if (s->auth_timer == NULL)
         s->auth_timer = evtimer_new(s->srv->base, auth_timer_cb, s);
     evtimer_add(s->auth_timer, &tv);
 }
 
-/* Credentials complete: hand the check to the worker. */
+/* Credentials that can never succeed: a failure without a check. */
 static void
-start_check(struct smtp_session *s)
+auth_denied(struct smtp_session *s)
+{
+    unsigned char key[AUTH_KEY_MAX];
+    size_t kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
+    struct auth_limits lim = limits_of(s->srv);
+    bool locked = auth_throttle_fail(s->srv->throttle, key, kl, tern_mono_ms(), &lim);
+    auth_failed(s, "unacceptable credentials", locked);
+}
+
+/* No check for now: 454, and the exchange is over. */
+static void
+auth_try_later(struct smtp_session *s, const char *text, const char *reason)
+{
+    end_exchange(s);
+    smtp_reply(s, 454, "4.7.0", "%s", text);
+    auth_log(s, LOG_WARN, "auth_refused", NULL, reason);
+}
+
+static void
+refresh_users(struct smtp_session *s)
 {
     struct buf warn = BUF_INIT, err = BUF_INIT;
-    const char *hash;
-    bool unknown;
     if (auth_users_refresh(s->srv->users, false, &warn, &err) < 0)
         auth_log(s, LOG_ERROR, "auth_users_unreadable", NULL, err.data);
     else if (warn.len > 0)
         auth_log(s, LOG_WARN, "auth_users_bad_lines", NULL, warn.data);
     buf_fini(&warn);
     buf_fini(&err);
+}
+
+/* Credentials complete: charge the attempt to the address, then hand the
+ * check to the worker. */
+static void
+start_check(struct smtp_session *s)
+{
+    unsigned char key[AUTH_KEY_MAX];
+    size_t kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
+    struct auth_limits lim = limits_of(s->srv);
+    const char *hash;
+    bool unknown;
+    if (!auth_throttle_begin(s->srv->throttle, key, kl, tern_mono_ms(), &lim)) {
+        auth_try_later(s, "Too many authentication failures, try again later", "locked out");
+        return;
+    }
+    refresh_users(s);
     hash = auth_users_hash(s->srv->users, s->creds->user);
     unknown = hash == NULL;
     /* An unknown user costs a crypt all the same (no user enumeration). */
     if (unknown)
         hash = auth_users_dummy_hash(s->srv->users);
-    if (auth_worker_submit(s->srv->worker, s->id, hash, s->creds->pass, unknown) < 0) {
-        end_exchange(s);
-        smtp_reply(s, 454, "4.7.0", "Temporary authentication failure, try again later");
-        auth_log(s, LOG_WARN, "auth_failed", NULL, "worker queue full");
+    if (auth_worker_submit(s->srv->worker, s->id, key, kl, hash, s->creds->pass, unknown) < 0) {
+        /* Never checked: the attempt is given back. */
+        auth_throttle_end(s->srv->throttle, key, kl, false, tern_mono_ms(), &lim);
+        auth_try_later(s, "Temporary authentication failure, try again later", "worker queue full");
         return;
     }
     explicit_bzero(s->creds->pass, sizeof(s->creds->pass));
     s->auth_step = SMTP_AUTH_CHECK;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
+}
+
+/* One line per password check run (the count an operator audits). */
+static void
+log_check(const struct auth_result *r, bool locked)
+{
+    struct logline l;
+    char client[INET6_ADDRSTRLEN + 4];
+    auth_throttle_key_str(r->key, r->klen, client, sizeof(client));
+    log_begin(&l, LOG_DEBUG, NULL, "smtp", "auth_check");
+    log_int(&l, "sess", (int64_t)r->id);
+    log_str(&l, "client", client);
+    log_str(&l, "result", r->ok ? "ok" : "failed");
+    log_end(&l);
+    if (!locked)
+        return;
+    log_begin(&l, LOG_WARN, NULL, "smtp", "auth_lockout");
+    log_str(&l, "client", client);
+    log_end(&l);
 }
 
 void
-smtp_auth_done(uint64_t id, bool ok, void *arg)
+smtp_auth_done(const struct auth_result *r, void *arg)
 {
     struct smtp_server *srv = arg;
-    struct smtp_session *s = map_get_u64(srv->sessions, id);
+    struct smtp_session *s = map_get_u64(srv->sessions, r->id);
+    struct auth_limits lim = limits_of(srv);
+    /* Settled even when the session is gone: hanging up does not take a
+     * failed guess back. */
+    bool locked = auth_throttle_end(srv->throttle, r->key, r->klen, !r->ok, tern_mono_ms(), &lim);
+    log_check(r, locked);
     if (s == NULL || s->dead || s->state != SMTP_ST_AUTH || s->auth_step != SMTP_AUTH_CHECK)
         return; /* the session went away meanwhile */
-    if (!ok) {
-        auth_failed(s, "bad credentials");
+    if (!r->ok) {
+        auth_failed(s, "bad credentials", locked);
         return;
     }
     s->auth_user = xstrdup(s->creds->user);
@@ -199,7 +264,7 @@ auth_step(struct smtp_session *s, const char *b64, size_t len)
         smtp_reply(s, 501, "5.5.2", "Error: cannot decode response");
         smtp_session_error(s);
     } else if (d == AUTH_DEC_DENIED) {
-        auth_failed(s, "unacceptable credentials");
+        auth_denied(s);
     } else if (s->auth_step == SMTP_AUTH_LOGIN_USER) {
         s->auth_step = SMTP_AUTH_LOGIN_PASS;
         smtp_reply(s, 334, "", "UGFzc3dvcmQ6"); /* "Password:" */
@@ -225,7 +290,8 @@ smtp_auth_response(struct smtp_session *s, const char *line, size_t len)
 static bool
 auth_refused(struct smtp_session *s)
 {
-    unsigned char key[16];
+    unsigned char key[AUTH_KEY_MAX];
+    struct auth_limits lim = limits_of(s->srv);
     size_t kl;
     if (s->srv->users == NULL || s->cfg->auth_users_file == NULL) {
         smtp_reply(s, 502, "5.5.1", "Command not available");
@@ -240,7 +306,7 @@ auth_refused(struct smtp_session *s)
         smtp_reply(s, 503, "5.5.1", "Error: MAIL transaction in progress");
     } else {
         kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
-        if (!auth_throttle_locked(s->srv->throttle, key, kl, tern_mono_ms()))
+        if (!auth_throttle_blocked(s->srv->throttle, key, kl, tern_mono_ms(), &lim))
             return false;
         smtp_reply(s, 454, "4.7.0", "Too many authentication failures, try again later");
         auth_log(s, LOG_WARN, "auth_refused", NULL, "locked out");

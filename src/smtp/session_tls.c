@@ -9,6 +9,7 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,7 +120,7 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
     FREE_NULL(&s->helo);
     s->esmtp = false;
     smtp_auth_reset(s);
-    bufferevent_set_timeouts(under, NULL, NULL);
+    smtp_session_plain_read_end(s);
     bev = bufferevent_openssl_filter_new(
         s->srv->base, under, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
@@ -128,10 +129,11 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
         return;
     }
     bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+    /* Unread replies stay bounded under TLS too (see out_blocked). */
+    bufferevent_setwatermark(under, EV_WRITE, 0, SMTP_OUT_BACKLOG_MAX);
     s->bev = bev;
     s->state = SMTP_ST_HANDSHAKE;
     smtp_session_callbacks(s);
-    smtp_session_timeout(s, s->cfg->tls_handshake_timeout_ms);
     bufferevent_enable(s->bev, EV_READ | EV_WRITE);
     hs_timer_start(s);
 }
@@ -151,12 +153,48 @@ log_tls_failure(struct smtp_session *s, short what)
     log_end(&l);
 }
 
+/* A failed STARTTLS handshake: OpenSSL wrote its alert (protocol_version,
+ * handshake_failure...) into the plaintext layer, whose writing libevent
+ * has just stopped. Send it on the socket before closing, so the client
+ * learns why (RFC 8446 §6.2). Best effort: one small write on a socket
+ * that has nothing else queued. With smtps the alert went to the socket
+ * directly. */
+static void
+send_alert(struct smtp_session *s)
+{
+    struct bufferevent *under = bufferevent_get_underlying(s->bev);
+    struct evbuffer *out = under ? bufferevent_get_output(under) : NULL;
+    if (out == NULL || evbuffer_get_length(out) == 0)
+        return;
+    /* A socket bufferevent keeps the front of its output frozen for
+     * everyone but itself. */
+    evbuffer_unfreeze(out, 1);
+    (void)evbuffer_write(out, bufferevent_getfd(under));
+    evbuffer_freeze(out, 1);
+}
+
+void
+smtp_tls_close_notify(struct smtp_session *s)
+{
+    SSL *ssl = bufferevent_openssl_get_ssl(s->bev);
+    /* RFC 8446 §6.1: the side that ends the connection sends close_notify,
+     * so the peer can tell the end from a truncation. One direction is
+     * enough: the session ends here and the client's own close_notify is
+     * not waited for. Under STARTTLS it lands in the plaintext layer (the
+     * caller flushes it); with smtps it goes to the socket directly. A
+     * failure (the socket is full: a client that does not read) only loses
+     * the alert. */
+    if (ssl != NULL && SSL_shutdown(ssl) < 0)
+        ERR_clear_error();
+}
+
 void
 smtp_tls_event(struct smtp_session *s, short what)
 {
     struct logline l;
     if (!(what & BEV_EVENT_CONNECTED)) {
         log_tls_failure(s, what);
+        send_alert(s);
         smtp_session_kill(s);
         return;
     }
@@ -165,7 +203,7 @@ smtp_tls_event(struct smtp_session *s, short what)
     s->tls = true;
     tls_describe(bufferevent_openssl_get_ssl(s->bev), &s->tls_info);
     s->state = SMTP_ST_CONNECTED;
-    smtp_session_timeout(s, s->cfg->smtp_timeout_ms);
+    smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     log_begin(&l, LOG_INFO, NULL, "smtp", "tls");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);

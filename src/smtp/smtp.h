@@ -8,6 +8,7 @@
 #define TERN_SMTP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "config/config.h"
 #include "util/buf.h"
@@ -42,5 +43,20 @@ void smtp_server_free(struct smtp_server *srv);
 /* ternd --check: load cfg's certificate/key and users file as the server
  * would. 0, or -1 with one line per problem in err. */
 int smtp_server_check(const struct config *cfg, struct buf *err);
+
+/* File descriptors one inbound session may hold (its socket, a spool
+ * writer), one outbound connection (its socket, the queue file it sends),
+ * and the daemon besides them (event loop, spool directories and commit
+ * eventfd, log, DNS sockets, control and metrics clients, the AUTH worker
+ * pipe, files opened for a moment, a margin). */
+#define SMTP_FDS_PER_SESSION  2
+#define SMTP_FDS_PER_DELIVERY 2
+#define SMTP_FDS_RESERVE      100
+/* The descriptors ternd may need at once with cfg: max_sessions sessions,
+ * max_connections deliveries, the listeners and the reserve. */
+uint64_t smtp_server_fds_needed(const struct config *cfg);
+/* 0 when smtp_server_fds_needed(cfg) fits in limit, else -1 with one line
+ * in err naming the settings, the need and the limit. */
+int smtp_server_check_fds(const struct config *cfg, uint64_t limit, struct buf *err);
 
 #endif

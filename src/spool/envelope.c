@@ -1,8 +1,9 @@
 /*
- * Envelope and status record codec of the spool file format (see
- * spool_int.h). Values are %XX-escaped so no CR, LF, NUL or space appears
- * raw; a lone "-" stands for an absent (NULL) value. Every parser here takes
- * (ptr, len) of one line from a hostile file and bounds everything.
+ * Part A texts of spool records: the envelope of a MSG record and the state
+ * snapshot of a STATE record, as "<tag> <value>...\n" lines. Values are
+ * %XX-escaped so no CR, LF, NUL or space appears raw; a lone "-" stands for
+ * an absent (NULL) value. Every parser here takes (ptr, len) from a hostile
+ * file and bounds everything; the record CRC is checked before these run.
  */
 #include "spool/spool_int.h"
 
@@ -13,61 +14,6 @@
 
 #include "util/parse.h"
 #include "util/util.h"
-
-/* --- CRC-32C (Castagnoli), slicing by 8 --- */
-
-static uint32_t crc_tab[8][256];
-static pthread_once_t crc_once = PTHREAD_ONCE_INIT;
-
-static void
-crc_init(void)
-{
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-        crc_tab[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 8; t++)
-            crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xff];
-}
-
-uint32_t
-spool_crc32c(uint32_t crc, const void *p, size_t n)
-{
-    const unsigned char *s = p;
-    pthread_once(&crc_once, crc_init);
-    crc = ~crc;
-#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-    while (n >= 8) {
-        uint64_t w;
-        memcpy(&w, s, 8);
-        w ^= crc;
-        crc = crc_tab[7][w & 0xff] ^ crc_tab[6][(w >> 8) & 0xff] ^ crc_tab[5][(w >> 16) & 0xff] ^
-              crc_tab[4][(w >> 24) & 0xff] ^ crc_tab[3][(w >> 32) & 0xff] ^
-              crc_tab[2][(w >> 40) & 0xff] ^ crc_tab[1][(w >> 48) & 0xff] ^ crc_tab[0][w >> 56];
-        s += 8;
-        n -= 8;
-    }
-#endif
-    while (n-- > 0)
-        crc = (crc >> 8) ^ crc_tab[0][(crc ^ *s++) & 0xff];
-    return ~crc;
-}
-
-bool
-spool_qid_valid(const char *qid)
-{
-    if (qid == NULL)
-        return false;
-    for (size_t i = 0; i < SPOOL_QID_LEN; i++) {
-        char c = qid[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return false;
-    }
-    return qid[SPOOL_QID_LEN] == '\0';
-}
 
 /* --- escaping --- */
 
@@ -194,6 +140,7 @@ spool_env_free(struct spool_env *env)
     free(env->helo);
     free(env->client_addr);
     free(env->prefix);
+    free(env->ext);
     for (size_t i = 0; i < env->n_rcpts; i++)
         rcpt_fini(&env->rcpts[i]);
     free(env->rcpts);
@@ -217,6 +164,12 @@ spool_env_dup(const struct spool_env *env)
     d->helo = dup_opt(env->helo);
     d->client_addr = dup_opt(env->client_addr);
     d->prefix = dup_opt(env->prefix);
+    d->ext = NULL;
+    if (env->n_ext > 0) {
+        TERN_ASSERT(size_mul(env->n_ext, sizeof(*d->ext), &sz));
+        d->ext = xmalloc(sz);
+        memcpy(d->ext, env->ext, sz);
+    }
     d->rcpts = NULL;
     if (env->n_rcpts > 0) {
         TERN_ASSERT(size_mul(rcpt_cap(env->n_rcpts), sizeof(*d->rcpts), &sz));
@@ -318,7 +271,20 @@ spool_env_encode(const struct spool_env *env, struct buf *out)
         buf_printf(out, " %u", r->notify);
         rc |= line_end(out, start);
     }
-    if (rc != 0) {
+    if (rc == 0) {
+        size_t start = line_begin(out, 'L');
+        buf_printf(out, "%" PRIu64 " %" PRIu64, env->body_len, env->stored_len);
+        rc |= line_end(out, start);
+    }
+    for (size_t i = 0; i < env->n_ext && rc == 0; i++) {
+        size_t start = line_begin(out, 'x');
+        buf_printf(out, "%" PRIu64 " %" PRIu64 " %" PRIu64, env->ext[i].seg, env->ext[i].off,
+            env->ext[i].len);
+        rc |= line_end(out, start);
+    }
+    if (rc == 0 && env->prefix != NULL)
+        rc |= put_str(out, 'p', env->prefix, false);
+    if (rc != 0 || env->n_ext > SPOOL_EXT_MAX) {
         errno = EINVAL;
         return -1;
     }
@@ -501,90 +467,324 @@ parse_rcpt(struct spool_env *env, const char *v, size_t n)
     return 0;
 }
 
-void
-spool_env_parser_init(struct spool_env_parser *p)
-{
-    p->env = xcalloc(1, sizeof(*p->env));
-    p->next_field = 0;
-}
+/* --- decoding a MSG part A --- */
 
-void
-spool_env_parser_fini(struct spool_env_parser *p)
-{
-    spool_env_free(p->env);
-    p->env = NULL;
-}
+/* Walks the lines of a part A: each ends in "\n"; no NUL. */
+struct lines {
+    const char *p;
+    size_t left;
+};
 
-int
-spool_env_parse_line(struct spool_env_parser *p, const char *line, size_t len)
+/* Next line without its "\n": 1, 0 at the end, -1 when the last line has
+ * no "\n" or a line is too long. */
+static int
+next_line(struct lines *ls, const char **line, size_t *len)
 {
-    if (p->env == NULL || len < 2 || line[1] != ' ')
+    const char *nl;
+    if (ls->left == 0)
+        return 0;
+    nl = memchr(ls->p, '\n', ls->left);
+    if (nl == NULL || (size_t)(nl - ls->p) > SPOOL_LINE_MAX)
         return -1;
-    if (p->next_field < TERN_ARRAY_LEN(env_fields)) {
-        if (line[0] != env_fields[p->next_field].tag)
-            return -1;
-        return env_fields[p->next_field++].parse(p->env, line + 2, len - 2);
+    *line = ls->p;
+    *len = (size_t)(nl - ls->p);
+    ls->left -= *len + 1;
+    ls->p = nl + 1;
+    return *len >= 2 && (*line)[1] == ' ' ? 1 : -1;
+}
+
+static int
+parse_sizes(struct spool_env *env, const char *v, size_t n)
+{
+    struct fsplit sp;
+    const char *a, *b;
+    size_t na, nb;
+    fsplit_init(&sp, v, n);
+    if (!next_field(&sp, &a, &na) || !next_field(&sp, &b, &nb) || !sp.end)
+        return -1;
+    if (get_num(a, na, INT64_MAX, &env->body_len) < 0 ||
+        get_num(b, nb, INT64_MAX, &env->stored_len) < 0)
+        return -1;
+    return 0;
+}
+
+static int
+parse_ext(struct spool_env *env, const char *v, size_t n)
+{
+    struct fsplit sp;
+    const char *a, *b, *c;
+    size_t na, nb, nc;
+    struct spool_extent x;
+    fsplit_init(&sp, v, n);
+    if (env->n_ext >= SPOOL_EXT_MAX || !next_field(&sp, &a, &na) || !next_field(&sp, &b, &nb) ||
+        !next_field(&sp, &c, &nc) || !sp.end)
+        return -1;
+    if (get_num(a, na, UINT64_MAX, &x.seg) < 0 || get_num(b, nb, SEG_SIZE_MAX, &x.off) < 0 ||
+        get_num(c, nc, SEG_SIZE_MAX, &x.len) < 0 || x.len == 0)
+        return -1;
+    if ((env->n_ext & (env->n_ext + 1)) == 0 || env->n_ext == 0) {
+        size_t cap = env->n_ext ? (env->n_ext + 1) * 2 : 4;
+        env->ext = xrealloc(env->ext, cap * sizeof(*env->ext));
     }
-    if (line[0] != 'T')
+    env->ext[env->n_ext++] = x;
+    return 0;
+}
+
+static int
+parse_prefix(struct spool_env *env, const char *v, size_t n)
+{
+    char *p;
+    if (env->prefix != NULL || n > 3 * SPOOL_PREFIX_MAX || spool_unesc(v, n, &p) < 0)
         return -1;
-    return parse_rcpt(p->env, line + 2, len - 2);
+    if (!spool_prefix_valid(p, strlen(p))) {
+        free(p);
+        return -1;
+    }
+    env->prefix = p;
+    return 0;
 }
 
 struct spool_env *
-spool_env_parse_end(struct spool_env_parser *p)
+spool_env_decode(const char *p, size_t n)
 {
-    struct spool_env *env = p->env;
-    if (env == NULL || p->next_field < TERN_ARRAY_LEN(env_fields) || env->n_rcpts == 0)
-        return NULL;
-    p->env = NULL;
+    struct lines ls = { p, n };
+    struct spool_env *env = xcalloc(1, sizeof(*env));
+    size_t field = 0;
+    bool sizes = false;
+    const char *line;
+    size_t len;
+    int r;
+    if (memchr(p, '\0', n) != NULL)
+        goto bad;
+    while ((r = next_line(&ls, &line, &len)) == 1) {
+        const char *v = line + 2;
+        size_t vn = len - 2;
+        int rc;
+        if (field < TERN_ARRAY_LEN(env_fields)) {
+            if (line[0] != env_fields[field].tag)
+                goto bad;
+            rc = env_fields[field++].parse(env, v, vn);
+        } else if (line[0] == 'T' && !sizes) {
+            rc = parse_rcpt(env, v, vn);
+        } else if (line[0] == 'L' && !sizes && env->n_rcpts > 0) {
+            rc = parse_sizes(env, v, vn);
+            sizes = true;
+        } else if (line[0] == 'x' && sizes && env->prefix == NULL) {
+            rc = parse_ext(env, v, vn);
+        } else if (line[0] == 'p' && sizes) {
+            rc = parse_prefix(env, v, vn);
+        } else {
+            rc = -1;
+        }
+        if (rc < 0)
+            goto bad;
+    }
+    if (r < 0 || !sizes)
+        goto bad;
     return env;
+bad:
+    spool_env_free(env);
+    return NULL;
 }
 
-/* --- status records --- */
+/* The old layout's envelope lines (no sizes, extents or prefix): for
+ * legacy.c, one line at a time. */
+int
+spool_env_legacy_line(struct spool_env *env, size_t *field, const char *line, size_t len)
+{
+    if (len < 2 || line[1] != ' ')
+        return -1;
+    if (*field < TERN_ARRAY_LEN(env_fields)) {
+        if (line[0] != env_fields[*field].tag)
+            return -1;
+        return env_fields[(*field)++].parse(env, line + 2, len - 2);
+    }
+    if (line[0] != 'T')
+        return -1;
+    return parse_rcpt(env, line + 2, len - 2);
+}
+
+bool
+spool_env_legacy_complete(const struct spool_env *env, size_t field)
+{
+    return field == TERN_ARRAY_LEN(env_fields) && env->n_rcpts > 0;
+}
+
+/* --- STATE records --- */
 
 static void
-status_finish(struct buf *b, size_t start)
+put_error(struct buf *b, const char *err)
 {
-    uint32_t crc = spool_crc32c(0, b->data + start, b->len - start);
-    buf_printf(b, " %08" PRIx32 "\n", crc);
-}
-
-void
-spool_status_rcpt_line(
-    struct buf *b, size_t idx, enum rcpt_state st, uint32_t attempts, const char *err)
-{
-    size_t start = b->len;
-    buf_printf(b, "s %zu %d %" PRIu32 " ", idx, (int)st, attempts);
+    size_t n;
     if (err == NULL) {
         buf_append_char(b, '-');
-    } else {
-        size_t n = strlen(err);
-        if (n > SPOOL_ERR_MAX) {
-            n = SPOOL_ERR_MAX;
-            /* do not cut a UTF-8 sequence in the middle */
-            while (n > 0 && ((unsigned char)err[n] & 0xc0) == 0x80)
-                n--;
-        }
-        spool_esc(b, err, n);
+        return;
     }
-    status_finish(b, start);
+    n = strlen(err);
+    if (n > SPOOL_ERR_MAX) {
+        n = SPOOL_ERR_MAX;
+        /* do not cut a UTF-8 sequence in the middle */
+        while (n > 0 && ((unsigned char)err[n] & 0xc0) == 0x80)
+            n--;
+    }
+    spool_esc(b, err, n);
 }
 
 void
-spool_status_held_line(struct buf *b, bool held)
+spool_state_encode(const struct spool_env *env, struct buf *out)
 {
-    size_t start = b->len;
-    buf_printf(b, "h %d", held ? 1 : 0);
-    status_finish(b, start);
+    buf_printf(out, "h %d\n", env->held ? 1 : 0);
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        const struct spool_rcpt *r = &env->rcpts[i];
+        /* Every recipient, so recovery learns the whole state from here. */
+        buf_printf(out, "r %zu %d %" PRIu32 " %" PRIu32 " %" PRId64 " ", i, (int)r->state,
+            r->attempts, r->flags, r->next_try_ms < 0 ? 0 : r->next_try_ms);
+        put_error(out, r->last_error);
+        buf_append_char(out, '\n');
+    }
 }
 
-void
-spool_status_prefix_line(struct buf *b, const char *prefix)
+struct rcpt_line {
+    uint64_t idx, state, attempts, flags, next;
+    const char *err;
+    size_t nerr;
+};
+
+static int
+parse_rcpt_state(const char *v, size_t n, struct rcpt_line *o)
 {
-    size_t start = b->len;
-    buf_append_str(b, "d ");
-    spool_esc(b, prefix, strlen(prefix));
-    status_finish(b, start);
+    struct fsplit sp;
+    const char *f[5];
+    size_t nf[5];
+    fsplit_init(&sp, v, n);
+    for (int i = 0; i < 5; i++) {
+        if (!next_field(&sp, &f[i], &nf[i]))
+            return -1;
+    }
+    if (!next_field(&sp, &o->err, &o->nerr) || !sp.end)
+        return -1;
+    if (get_num(f[0], nf[0], SPOOL_RCPT_MAX, &o->idx) < 0 ||
+        get_num(f[1], nf[1], RCPT_STATE_LAST, &o->state) < 0 ||
+        get_num(f[2], nf[2], UINT32_MAX, &o->attempts) < 0 ||
+        get_num(f[3], nf[3], UINT32_MAX, &o->flags) < 0 ||
+        get_num(f[4], nf[4], INT64_MAX, &o->next) < 0)
+        return -1;
+    return 0;
+}
+
+/* Walk a STATE part A: held into *held, each recipient line to fn. */
+static int
+state_walk(const char *p, size_t n, bool *held, int (*fn)(const struct rcpt_line *rl, void *arg),
+    void *arg)
+{
+    struct lines ls = { p, n };
+    const char *line;
+    size_t len;
+    int r;
+    bool seen_h = false;
+    if (memchr(p, '\0', n) != NULL)
+        return -1;
+    while ((r = next_line(&ls, &line, &len)) == 1) {
+        struct rcpt_line rl;
+        if (line[0] == 'h' && !seen_h && len == 3 && (line[2] == '0' || line[2] == '1')) {
+            *held = line[2] == '1';
+            seen_h = true;
+        } else if (line[0] == 'r' && seen_h) {
+            if (parse_rcpt_state(line + 2, len - 2, &rl) < 0 || fn(&rl, arg) < 0)
+                return -1;
+        } else {
+            return -1;
+        }
+    }
+    return r < 0 || !seen_h ? -1 : 0;
+}
+
+static int
+apply_rcpt(const struct rcpt_line *rl, void *arg)
+{
+    struct spool_env *env = arg;
+    struct spool_rcpt *r;
+    char *err;
+    if (rl->idx >= env->n_rcpts || unesc_opt(rl->err, rl->nerr, &err) < 0)
+        return -1;
+    r = &env->rcpts[rl->idx];
+    r->state = (enum rcpt_state)rl->state;
+    r->attempts = (uint32_t)rl->attempts;
+    r->flags = (uint32_t)rl->flags;
+    r->next_try_ms = (int64_t)rl->next;
+    free(r->last_error);
+    r->last_error = err;
+    return 0;
+}
+
+int
+spool_state_apply(struct spool_env *env, const char *p, size_t n)
+{
+    /* A snapshot: what it does not mention is in its initial state. */
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        struct spool_rcpt *r = &env->rcpts[i];
+        r->state = RCPT_QUEUED;
+        r->attempts = 0;
+        r->flags = 0;
+        r->next_try_ms = 0;
+        FREE_NULL(&r->last_error);
+    }
+    return state_walk(p, n, &env->held, apply_rcpt, env);
+}
+
+struct summary {
+    int64_t next;
+    uint32_t pending;
+    bool any_queued;
+};
+
+static int
+sum_rcpt(const struct rcpt_line *rl, void *arg)
+{
+    struct summary *s = arg;
+    if (rl->state == RCPT_QUEUED) {
+        if (!s->any_queued || (int64_t)rl->next < s->next)
+            s->next = (int64_t)rl->next;
+        s->any_queued = true;
+    }
+    if (rl->state == RCPT_QUEUED || rl->state == RCPT_FAILED_DSN || rl->state == RCPT_DELIVERED_DSN)
+        s->pending++;
+    return 0;
+}
+
+int
+spool_state_summary(const char *p, size_t n, int64_t *next_try_ms, uint32_t *pending, bool *held)
+{
+    struct summary s = { 0, 0, false };
+    if (state_walk(p, n, held, sum_rcpt, &s) < 0)
+        return -1;
+    *next_try_ms = s.next;
+    *pending = s.pending;
+    return 0;
+}
+
+uint32_t
+spool_env_pending(const struct spool_env *env)
+{
+    uint32_t n = 0;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        const struct spool_rcpt *r = &env->rcpts[i];
+        n += r->state == RCPT_QUEUED || r->state == RCPT_FAILED_DSN ||
+             r->state == RCPT_DELIVERED_DSN;
+    }
+    return n;
+}
+
+int64_t
+spool_env_next_try(const struct spool_env *env)
+{
+    int64_t next = INT64_MAX;
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        const struct spool_rcpt *r = &env->rcpts[i];
+        if (r->state == RCPT_QUEUED && r->next_try_ms < next)
+            next = r->next_try_ms;
+    }
+    return next == INT64_MAX ? 0 : next;
 }
 
 bool
@@ -606,84 +806,4 @@ spool_prefix_valid(const char *p, size_t n)
         bol = false;
     }
     return bol;
-}
-
-static int
-status_prefix(struct spool_env *env, const char *v, size_t n)
-{
-    char *p;
-    if (n > 3 * SPOOL_PREFIX_MAX || spool_unesc(v, n, &p) < 0)
-        return -1;
-    if (!spool_prefix_valid(p, strlen(p))) {
-        free(p);
-        return -1;
-    }
-    free(env->prefix);
-    env->prefix = p;
-    return 0;
-}
-
-static int
-status_rcpt(struct spool_env *env, const char *v, size_t n)
-{
-    struct fsplit sp;
-    const char *fi, *fs, *fa, *fe;
-    size_t ni, ns, na, ne;
-    uint64_t idx, st, att;
-    char *err;
-    struct spool_rcpt *r;
-    fsplit_init(&sp, v, n);
-    if (!next_field(&sp, &fi, &ni) || !next_field(&sp, &fs, &ns) || !next_field(&sp, &fa, &na) ||
-        !next_field(&sp, &fe, &ne) || !sp.end)
-        return -1;
-    if (get_num(fi, ni, SIZE_MAX, &idx) < 0 || idx >= env->n_rcpts ||
-        get_num(fs, ns, RCPT_FAILED, &st) < 0 || get_num(fa, na, UINT32_MAX, &att) < 0 ||
-        unesc_opt(fe, ne, &err) < 0)
-        return -1;
-    r = &env->rcpts[idx];
-    r->state = (enum rcpt_state)st;
-    r->attempts = (uint32_t)att;
-    free(r->last_error);
-    r->last_error = err;
-    return 0;
-}
-
-bool
-spool_status_check(const char *line, size_t len)
-{
-    uint32_t want = 0;
-    /* "<record> <8 lowercase hex>" */
-    if (len < 2 + 9 || line[len - 9] != ' ')
-        return false;
-    for (size_t i = len - 8; i < len; i++) {
-        int v = hexval(line[i]);
-        if (v < 0 || (line[i] >= 'A' && line[i] <= 'F'))
-            return false;
-        want = want << 4 | (uint32_t)v;
-    }
-    return spool_crc32c(0, line, len - 9) == want;
-}
-
-int
-spool_status_apply(struct spool_env *env, const char *line, size_t len)
-{
-    const char *v;
-    size_t n;
-    if (!spool_status_check(line, len))
-        return 1;
-    if (line[1] != ' ')
-        return -1;
-    v = line + 2;
-    n = len - 9 - 2;
-    if (line[0] == 'h') {
-        if (n != 1 || (v[0] != '0' && v[0] != '1'))
-            return -1;
-        env->held = v[0] == '1';
-        return 0;
-    }
-    if (line[0] == 's')
-        return status_rcpt(env, v, n);
-    if (line[0] == 'd')
-        return status_prefix(env, v, n);
-    return -1;
 }

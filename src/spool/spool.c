@@ -1,8 +1,9 @@
 /*
- * Spool life cycle: creating the directory layout (SPOOL/tmp, queue,
- * corrupt), removing never-acknowledged tmp/ leftovers at start-up, starting
- * and stopping the commit and update threads, and removing messages. The
- * directory fds are opened once; every file operation is relative to them.
+ * Spool life cycle: the directory layout (SPOOL/log, corrupt) and refusing
+ * one that others could write to, the table of existing segments read at
+ * open (recovery reads their contents later, in the background), starting
+ * and stopping the threads, and the counters. Every file operation is
+ * relative to directory fds opened once.
  */
 #include "spool/spool.h"
 
@@ -10,23 +11,24 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "spool/spool_int.h"
+#include "util/fsutil.h"
 #include "util/log.h"
 #include "util/util.h"
 
-/* mkdir -p: parents 0755, the spool itself 0700. *created if it was made. */
+/* mkdir -p: parents 0755, the spool itself 0700. */
 static int
-mkdir_p(const char *dir, bool *created)
+mkdir_p(const char *dir)
 {
     char path[PATH_MAX];
     size_t n = strlen(dir);
     struct stat st;
-    *created = false;
     if (n == 0 || n >= sizeof(path)) {
         errno = ENAMETOOLONG;
         return -1;
@@ -40,9 +42,7 @@ mkdir_p(const char *dir, bool *created)
             return -1;
         path[i] = '/';
     }
-    if (mkdir(path, 0700) == 0)
-        *created = true;
-    else if (errno != EEXIST)
+    if (mkdir(path, 0700) < 0 && errno != EEXIST)
         return -1;
     if (stat(path, &st) < 0)
         return -1;
@@ -53,88 +53,240 @@ mkdir_p(const char *dir, bool *created)
     return 0;
 }
 
+/* Whoever can write to the spool can plant mail that ternd relays as its
+ * own: the spool and its subdirectories belong to the user ternd runs as
+ * (root when it runs as root) and nobody else may write to them. */
+static const struct fs_private spool_dir_rule = { S_IFDIR, S_IWGRP | S_IWOTH, true, false };
+
 static int
-open_subdir(struct spool *sp, const char *name, int *fd, bool *created)
+check_dir_fd(int fd, const char *path, uid_t *owner, struct buf *err)
 {
-    if (mkdirat(sp->dir_fd, name, 0700) == 0)
-        *created = true;
-    else if (errno != EEXIST)
+    struct stat st;
+    struct buf why = BUF_INIT;
+    enum fs_trust t;
+    if (fstat(fd, &st) < 0) {
+        buf_printf(err, "spool directory %s: %s\n", path, strerror(errno));
         return -1;
-    *fd = openat(sp->dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    return *fd < 0 ? -1 : 0;
+    }
+    t = fs_check_private(&st, &spool_dir_rule, &why);
+    if (t != FS_TRUSTED)
+        buf_printf(err, "spool directory %s: %s%s\n", path, why.data,
+            t == FS_BAD_MODE    ? " (chmod 700 it)"
+            : t == FS_BAD_OWNER ? " (chown it)"
+                                : "");
+    buf_fini(&why);
+    if (owner != NULL)
+        *owner = st.st_uid;
+    return t == FS_TRUSTED ? 0 : -1;
 }
 
-/* Files in tmp/ were never acknowledged (no 250): remove them. */
-static void
-clean_tmp(struct spool *sp)
+static bool
+is_symlink(int dir_fd, const char *name)
 {
+    struct stat st;
+    return fstatat(dir_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode);
+}
+
+/* Open (with create, making it first) the subdirectory name of dir and check
+ * it. A symbolic link is not followed: it could lead anywhere. 0 with *fd
+ * (-1 when missing and not created), -1 with err. */
+static int
+open_subdir(int dir_fd, const char *dir, const char *name, bool create, int *fd, bool *created,
+    struct buf *err)
+{
+    char path[PATH_MAX];
+    *fd = -1;
+    snprintf(path, sizeof(path), "%s/%s", dir, name); /* for messages only */
+    if (create && mkdirat(dir_fd, name, 0700) == 0) {
+        *created = true;
+    } else if (create && errno != EEXIST) {
+        buf_printf(err, "cannot create spool subdirectory %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    *fd = openat(dir_fd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    if (*fd < 0 && errno == ENOENT && !create)
+        return 0;
+    /* O_NOFOLLOW with O_DIRECTORY fails with ENOTDIR or ELOOP on a link. */
+    if (*fd < 0 && (errno == ELOOP || errno == ENOTDIR) && is_symlink(dir_fd, name)) {
+        buf_printf(err, "spool directory %s: a symbolic link (not followed)\n", path);
+        return -1;
+    }
+    if (*fd < 0) {
+        buf_printf(err, "cannot open spool subdirectory %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    return check_dir_fd(*fd, path, NULL, err);
+}
+
+/* log/ and corrupt/, and queue/ and tmp/ of an old spool not yet converted. */
+static const char *const spool_subdirs[] = { "log", "corrupt", "queue", "tmp" };
+
+int
+spool_check(const char *dir, struct buf *err)
+{
+    int rc, fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    bool unused = false;
+    if (fd < 0 && errno == ENOENT)
+        return 0; /* start-up makes it, mode 0700 */
+    if (fd < 0) {
+        buf_printf(err, "cannot open spool directory %s: %s\n", dir, strerror(errno));
+        return -1;
+    }
+    rc = check_dir_fd(fd, dir, NULL, err);
+    for (size_t i = 0; rc == 0 && i < TERN_ARRAY_LEN(spool_subdirs); i++) {
+        int sub;
+        rc = open_subdir(fd, dir, spool_subdirs[i], false, &sub, &unused, err);
+        if (sub >= 0)
+            close(sub); /* directory: nothing buffered */
+    }
+    close(fd);
+    return rc;
+}
+
+/* Open one existing segment file: a regular file of ours whose header names
+ * the same sequence as its file name. NULL (logged) otherwise. */
+static struct seg *
+open_existing(int log_fd, const char *name, uint64_t seq, uid_t owner)
+{
+    unsigned char hdr[SEG_HDR_LEN];
+    struct stat st;
+    uint64_t hseq;
+    struct seg *s;
+    const char *why = NULL;
+    int fd = openat(log_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) {
+        why = strerror(errno);
+    } else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        why = "not a regular file";
+    } else if (st.st_uid != owner) {
+        why = "not owned by the spool's user";
+    } else if (fd_pread_full(fd, hdr, SEG_HDR_LEN, 0) != SEG_HDR_LEN ||
+               seg_hdr_decode(hdr, &hseq) < 0 || hseq != seq) {
+        why = "bad segment header";
+    }
+    if (why != NULL) {
+        struct logline l;
+        log_begin(&l, LOG_ERROR, NULL, "spool", "segment_ignored");
+        log_str(&l, "segment", name);
+        log_str(&l, "reason", why);
+        log_end(&l);
+        if (fd >= 0)
+            close(fd);
+        return NULL;
+    }
+    s = xcalloc(1, sizeof(*s));
+    s->seq = seq;
+    s->fd = fd;
+    s->end = (uint64_t)st.st_size;
+    s->sealed = true;
+    return s;
+}
+
+static int
+cmp_seq(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Fill the segment table from log/ (sorted by sequence). */
+int
+spool_list_segments(int log_fd, struct segtab *t, uint64_t *next_seq)
+{
+    DIR *d;
     struct dirent *de;
-    int dfd = openat(sp->tmp_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
-    if (d == NULL) {
+    uint64_t *seqs = NULL, max = 0;
+    size_t n = 0, cap = 0;
+    struct stat dst;
+    int dfd = openat(log_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    /* Segment files belong to whoever owns log/ (the daemon's user; a tool
+     * run by root reads them too). */
+    if (dfd < 0 || fstat(dfd, &dst) < 0 || (d = fdopendir(dfd)) == NULL) {
         if (dfd >= 0)
             close(dfd);
-        log_simple(LOG_ERROR, "spool", "tmp_unreadable", strerror(errno));
-        return;
+        return -1;
     }
     while ((de = readdir(d)) != NULL) {
-        struct logline l;
-        int rc;
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+        uint64_t seq;
+        bool is_idx;
+        if (!seg_name_parse(de->d_name, &seq, &is_idx) || is_idx)
             continue;
-        rc = unlinkat(sp->tmp_fd, de->d_name, 0);
-        log_begin(&l, rc == 0 ? LOG_INFO : LOG_WARN,
-            spool_qid_valid(de->d_name) ? de->d_name : NULL, "spool", "tmp_removed");
-        if (!spool_qid_valid(de->d_name))
-            log_str(&l, "name", de->d_name);
-        if (rc < 0)
-            log_errno(&l, errno);
-        log_end(&l);
+        if (n == cap) {
+            cap = cap ? cap * 2 : 64;
+            seqs = xrealloc(seqs, cap * sizeof(*seqs));
+        }
+        seqs[n++] = seq;
+        if (seq > max)
+            max = seq;
     }
     closedir(d);
+    if (n > 0)
+        qsort(seqs, n, sizeof(*seqs), cmp_seq);
+    for (size_t i = 0; i < n; i++) {
+        char name[32];
+        struct seg *s;
+        seg_name(seqs[i], "seg", name, sizeof(name));
+        s = open_existing(log_fd, name, seqs[i], dst.st_uid);
+        if (s != NULL)
+            segtab_add(t, s);
+    }
+    free(seqs);
+    *next_seq = max + 1;
+    return 0;
 }
 
 static int
 open_layout(struct spool *sp, struct buf *err)
 {
-    bool created = false, made;
-    if (mkdir_p(sp->dir, &made) < 0) {
-        buf_printf(err, "cannot create spool directory %s: %s", sp->dir, strerror(errno));
+    bool made = false;
+    if (mkdir_p(sp->dir) < 0) {
+        buf_printf(err, "cannot create spool directory %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
     sp->dir_fd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (sp->dir_fd < 0) {
-        buf_printf(err, "cannot open spool directory %s: %s", sp->dir, strerror(errno));
+        buf_printf(err, "cannot open spool directory %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
-    if (open_subdir(sp, "tmp", &sp->tmp_fd, &created) < 0 ||
-        open_subdir(sp, "queue", &sp->queue_fd, &created) < 0 ||
-        open_subdir(sp, "corrupt", &sp->corrupt_fd, &created) < 0) {
-        buf_printf(err, "cannot create spool subdirectory in %s: %s", sp->dir, strerror(errno));
+    if (check_dir_fd(sp->dir_fd, sp->dir, &sp->owner_uid, err) < 0 ||
+        open_subdir(sp->dir_fd, sp->dir, "log", true, &sp->log_fd, &made, err) < 0 ||
+        open_subdir(sp->dir_fd, sp->dir, "corrupt", true, &sp->corrupt_fd, &made, err) < 0 ||
+        spool_check(sp->dir, err) < 0) /* an old queue/ or tmp/ too */
         return -1;
-    }
     /* The layout must survive a crash before the first message does. */
-    if (created && fsync(sp->dir_fd) < 0) {
-        buf_printf(err, "fsync %s: %s", sp->dir, strerror(errno));
+    if (made && fsync(sp->dir_fd) < 0) {
+        buf_printf(err, "fsync %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
     return 0;
 }
 
 struct spool *
-spool_open(const char *dir, struct event_base *base, struct buf *err)
+spool_open(const char *dir, struct loopq *owner, const struct spool_opts *opts, struct buf *err)
 {
     struct buf dummy = BUF_INIT;
     struct spool *sp = xcalloc(1, sizeof(*sp));
     if (err == NULL)
         err = &dummy;
     sp->dir = xstrdup(dir);
-    sp->base = base;
-    sp->dir_fd = sp->tmp_fd = sp->queue_fd = sp->corrupt_fd = sp->efd = -1;
+    sp->owner = owner;
+    sp->seg_size = opts && opts->segment_size ? opts->segment_size : SPOOL_SEG_SIZE_DEF;
+    if (sp->seg_size < SPOOL_SEG_SIZE_MIN)
+        sp->seg_size = SPOOL_SEG_SIZE_MIN;
+    if (sp->seg_size > SEG_SIZE_MAX)
+        sp->seg_size = SEG_SIZE_MAX;
+    sp->dir_fd = sp->log_fd = sp->corrupt_fd = -1;
+    pthread_mutex_init(&sp->mu, NULL);
+    index_init(&sp->idx);
     if (open_layout(sp, err) < 0)
         goto fail;
-    clean_tmp(sp);
-    if (spool_update_start(sp, err) < 0 || spool_commit_start(sp, err) < 0)
+    if (spool_list_segments(sp->log_fd, &sp->segs, &sp->next_seq) < 0) {
+        buf_printf(err, "cannot read %s/log: %s\n", sp->dir, strerror(errno));
+        goto fail;
+    }
+    sp->st.segments = sp->segs.n;
+    sp->recover_upto = sp->next_seq - 1;
+    if (spool_commit_start(sp, err) < 0)
         goto fail;
     buf_fini(&dummy);
     return sp;
@@ -157,13 +309,22 @@ spool_free(struct spool *sp)
 {
     if (sp == NULL)
         return;
-    /* An open writer would point at freed memory: the caller must abort it. */
-    TERN_ASSERT(sp->n_writers == 0);
-    spool_commit_stop(sp);
-    spool_update_stop(sp);
+    spool_recover_join(sp);
+    if (sp->commitq != NULL)
+        spool_commit_stop(sp);
+    for (size_t i = 0; i < sp->segs.n; i++) {
+        struct seg *s = sp->segs.v[i];
+        TERN_ASSERT(s->refs == 0); /* every body handle is closed by now */
+        if (s->fd >= 0)
+            close(s->fd);
+        free(s->recs);
+        free(s);
+    }
+    free(sp->segs.v);
+    index_fini(&sp->idx);
+    pthread_mutex_destroy(&sp->mu);
     close_fd(&sp->dir_fd);
-    close_fd(&sp->tmp_fd);
-    close_fd(&sp->queue_fd);
+    close_fd(&sp->log_fd);
     close_fd(&sp->corrupt_fd);
     free(sp->dir);
     free(sp);
@@ -175,6 +336,12 @@ spool_dir(const struct spool *sp)
     return sp->dir;
 }
 
+struct loopq *
+spool_owner(const struct spool *sp)
+{
+    return sp->owner;
+}
+
 void
 spool_set_commit_hook(struct spool *sp, spool_commit_hook fn, void *arg)
 {
@@ -182,12 +349,21 @@ spool_set_commit_hook(struct spool *sp, spool_commit_hook fn, void *arg)
     sp->hook_arg = arg;
 }
 
-int
-spool_remove(struct spool *sp, const char *qid)
+bool
+spool_recovered(struct spool *sp)
 {
-    if (!spool_qid_valid(qid)) {
-        errno = ENOENT;
-        return -1;
-    }
-    return unlinkat(sp->queue_fd, qid, 0);
+    bool r;
+    pthread_mutex_lock(&sp->mu);
+    r = sp->recovered;
+    pthread_mutex_unlock(&sp->mu);
+    return r;
+}
+
+void
+spool_get_stats(struct spool *sp, struct spool_stats *st)
+{
+    pthread_mutex_lock(&sp->mu);
+    *st = sp->st;
+    st->live_messages = sp->idx.live;
+    pthread_mutex_unlock(&sp->mu);
 }

@@ -1,14 +1,22 @@
 /*
- * The durable queue. One file per message under SPOOL/queue/<qid>:
- * a fixed-width header, the envelope as text records, the message bytes
- * (exactly as they will be sent, CRLF line ends, not dot-stuffed), an end
- * marker, then appended status records (per-recipient results, hold, and
- * the header prefix made at commit: DKIM signatures, see below).
- * A message is written in SPOOL/tmp/, and committed by a pool of worker
- * threads: fdatasync, close, rename into queue/, one fsync of queue/ per batch;
- * only then is the writer's callback run (on the event loop thread) so the
- * SMTP session can answer 250. Damaged files are moved to SPOOL/corrupt/.
- * The spool is the truth; the scheduler is a cache rebuilt by spool_walk().
+ * The durable queue: an append-only log of segment files under SPOOL/log/.
+ * Every message is one MSG record (its envelope and, in the form in which it
+ * is transmitted after DATA, its body; a huge body is spilled ahead of it in
+ * CHUNK records), followed over its life by STATE records (a snapshot of its
+ * per-recipient state, each replacing the one before) and finally a DONE
+ * record. One commit thread writes every record: a batch of messages costs
+ * one fdatasync, and a writer's callback (the SMTP 250) runs only after the
+ * sync that covered its MSG record. STATE and DONE records are not synced on
+ * their own: they ride with the next batch, or an idle-time sync within
+ * SPOOL_LAZY_SYNC_MS. Segments are deleted whole, oldest first, when no live
+ * message has its MSG record there; a nearly dead oldest segment is compacted
+ * (its few live messages written again at the head). The spool is the truth;
+ * the scheduler is a cache of it, rebuilt by spool_recover() at start.
+ *
+ * Threads: spool_open's owner loop gets the commit hook and the recovery
+ * batches. Writers may be used on any thread, one thread at a time, and say
+ * which loop their commit callback runs on. Other calls are thread safe
+ * unless they say otherwise.
  */
 #ifndef TERN_SPOOL_H
 #define TERN_SPOOL_H
@@ -19,11 +27,18 @@
 
 #include "util/buf.h"
 
-struct event_base;
+struct evbuffer;
+struct loopq;
 struct spool;
 struct spool_writer;
+struct spool_content;
 
-#define SPOOL_QID_LEN 16 /* hex characters */
+#define SPOOL_QID_LEN      16                  /* hex characters */
+#define SPOOL_PREFIX_MAX   16384               /* bytes of header fields sent before the body */
+#define SPOOL_LAZY_SYNC_MS 1000                /* unsynced STATE/DONE records reach the disk */
+#define SPOOL_SEG_SIZE_DEF (64u * 1024 * 1024) /* default segment size */
+#define SPOOL_SEG_SIZE_MIN (1024u * 1024)
+#define SPOOL_SEG_SIZE_MAX (1024u * 1024 * 1024) /* offsets fit in 32 bits */
 
 /* RFC 3461 DSN NOTIFY bits; 0 means the client gave none (default: FAILURE). */
 enum {
@@ -39,7 +54,16 @@ enum rcpt_state {
     RCPT_QUEUED,    /* not yet tried, or to be tried again (deferred when attempts > 0) */
     RCPT_DELIVERED, /* the next hop said 2xx */
     RCPT_FAILED,    /* permanent failure or expired; a DSN was made if asked */
+    /* Final, but the DSN it calls for is not yet in the queue: the message
+     * stays until it is (also across a restart). last_error holds the status
+     * to report. Then the recipient becomes RCPT_FAILED or RCPT_DELIVERED. */
+    RCPT_FAILED_DSN,
+    RCPT_DELIVERED_DSN, /* delivered; its success notice (NOTIFY=SUCCESS) is due */
 };
+#define RCPT_STATE_LAST RCPT_DELIVERED_DSN
+
+/* Per-recipient flags kept in STATE records (none defined yet: kept so
+ * that a later one needs no format change). */
 
 struct spool_rcpt {
     char *addr;  /* owned; as given, without <>; may be UTF-8 */
@@ -47,7 +71,15 @@ struct spool_rcpt {
     unsigned notify;
     enum rcpt_state state;
     uint32_t attempts;
-    char *last_error; /* owned or NULL: last reply or reason, one line */
+    uint32_t flags;      /* reserved, 0 */
+    int64_t next_try_ms; /* wall clock of the next attempt; 0 = at once */
+    char *last_error;    /* owned or NULL: last reply or reason, one line */
+};
+
+/* Where a piece of a stored body is: bytes [off, off+len) of segment seg. */
+struct spool_extent {
+    uint64_t seg;
+    uint64_t off, len;
 };
 
 struct spool_env {
@@ -58,20 +90,23 @@ struct spool_env {
     enum dsn_ret ret;
     enum body_type body;
     bool smtputf8;
-    bool is_bounce;  /* made by tern (a DSN); failures of it are never bounced */
-    bool held;       /* by the operator */
-    char *helo;      /* owned or NULL: client identity, for DSNs and logs */
-    char *client_addr; /* owned or NULL */
+    bool is_bounce;           /* made by tern (a DSN); failures of it are never bounced */
+    bool held;                /* by the operator */
+    char *helo;               /* owned or NULL: client identity, for DSNs and logs */
+    char *client_addr;        /* owned or NULL */
     struct spool_rcpt *rcpts; /* owned array */
     size_t n_rcpts;
-    /* Owned or NULL: header fields to send before the message bytes, each
-     * CRLF-terminated (the DKIM-Signature fields made by a finisher at
-     * commit, see spool_writer_set_finisher). Not part of body_len; at most
-     * SPOOL_PREFIX_MAX bytes. Stored as a checked record after the end
-     * marker; spool_load and spool_walk fill it, spool_env_dup copies it. */
+    /* Owned or NULL: header fields sent before the body, each CRLF
+     * terminated (DKIM-Signature fields made at commit by the writer's
+     * finisher); not part of the body, at most SPOOL_PREFIX_MAX bytes. */
     char *prefix;
-    /* Filled by the spool when loaded: where the message bytes are. */
-    uint64_t body_off, body_len;
+    /* Filled by the spool (commit, load): the body. body_len counts the
+     * content (what RFC 1870 SIZE counts: no stuffing dots); the stored form
+     * is stored_len bytes in ext[0..n_ext) in order, CRLF line ends,
+     * dot-stuffed, without the final ".\r\n". */
+    uint64_t body_len, stored_len;
+    struct spool_extent *ext; /* owned */
+    size_t n_ext;
 };
 
 /* Deep free of a loaded or built envelope (NULL fine). */
@@ -79,75 +114,170 @@ void spool_env_free(struct spool_env *env);
 /* Deep copy. */
 struct spool_env *spool_env_dup(const struct spool_env *env);
 /* Add a recipient (copies addr/orcpt). */
-void spool_env_add_rcpt(struct spool_env *env, const char *addr, const char *orcpt,
-    unsigned notify);
+void spool_env_add_rcpt(
+    struct spool_env *env, const char *addr, const char *orcpt, unsigned notify);
 
-/* Open (creating with mode 0700 when missing) the spool at dir: makes tmp/,
- * queue/, corrupt/, removes tmp/ leftovers (never acknowledged), starts the
- * commit workers. Completions run on base's thread. NULL + message on error. */
-struct spool *spool_open(const char *dir, struct event_base *base, struct buf *err);
-/* Waits for in-flight commits to finish (their callbacks run), stops workers. */
+struct spool_opts {
+    uint64_t segment_size; /* 0: SPOOL_SEG_SIZE_DEF */
+};
+
+/* Open (creating with mode 0700 when missing) the spool at dir, start the
+ * commit thread and the readers. Nothing is loaded: call spool_recover().
+ * owner: the loop that gets the commit hook and recovery batches. NULL and
+ * a message in err on failure. */
+struct spool *spool_open(
+    const char *dir, struct loopq *owner, const struct spool_opts *opts, struct buf *err);
+/* For --check: 0 when dir is missing (spool_open makes it) or it and its
+ * existing subdirectories may be trusted (owned by the user we run as, not
+ * writable by group or others, subdirectories no symbolic links); -1 with a
+ * message naming the directory and the problem otherwise. Creates nothing. */
+int spool_check(const char *dir, struct buf *err);
+/* Waits for every queued record to be written and synced (their callbacks
+ * are posted), stops the threads. Every writer must be committed or aborted
+ * first. */
 void spool_free(struct spool *sp);
 const char *spool_dir(const struct spool *sp);
+/* The owner loop's inbox given to spool_open. */
+struct loopq *spool_owner(const struct spool *sp);
 
-/* Called on the loop thread once per committed message, before the writer's
- * own callback: the scheduler uses it to learn of new mail. env is borrowed
- * for the call. */
+/* Runs on the owner loop once per committed message, before the writer's
+ * own callback is posted: the scheduler learns of new mail. env is
+ * borrowed for the call (extents filled). */
 typedef void (*spool_commit_hook)(const struct spool_env *env, void *arg);
 void spool_set_commit_hook(struct spool *sp, spool_commit_hook fn, void *arg);
+
+/* --- start-up --- */
+
+/* What recovery knows of a live message without reading it whole. */
+struct spool_entry {
+    char qid[SPOOL_QID_LEN + 1];
+    int64_t arrival_ms;
+    int64_t next_try_ms; /* earliest next attempt over its queued recipients */
+    uint32_t n_pending;  /* recipients still queued or with a DSN pending */
+    bool held, is_bounce;
+};
+/* Rebuild the index in a background thread: fn gets batches of entries on
+ * the owner loop (the array is borrowed for the call), then done(arg,
+ * count) once. Damaged records are reported and set aside (corrupt/), a
+ * torn tail is cut off. Messages committed meanwhile are not included (the
+ * commit hook reports them). Old one-file-per-message spools (queue/) are
+ * converted into the log first. Call once. */
+typedef void (*spool_found_fn)(const struct spool_entry *v, size_t n, void *arg);
+void spool_recover(
+    struct spool *sp, spool_found_fn fn, void (*done)(void *arg, long count), void *arg);
+/* Until recovery is done, a qid may be unknown that is in fact queued. */
+bool spool_recovered(struct spool *sp);
+/* Stop a recovery in progress (at shutdown) and wait for its thread; what
+ * it already found is posted. No-op when none runs. */
+void spool_recover_stop(struct spool *sp);
 
 /* --- writing a new message --- */
 
 /* Start a message with this envelope (deep-copied; qid and arrival_ms are
- * assigned here and written back into env). Creates the tmp file and writes
- * the header and envelope. NULL on error with errno set (ENOSPC, EIO...). */
+ * assigned here and written back into env). Never fails: nothing touches a
+ * disk before the commit (a huge body is spilled by the commit thread). */
 struct spool_writer *spool_writer_new(struct spool *sp, struct spool_env *env);
 const char *spool_writer_qid(const struct spool_writer *w);
-/* Append message bytes. -1 with errno on I/O error (the writer is then
- * failed: only abort is allowed). */
-int spool_writer_write(struct spool_writer *w, const void *data, size_t len);
-uint64_t spool_writer_size(const struct spool_writer *w); /* message bytes so far */
-/* A finisher makes header fields for the prefix of a message once all its
- * bytes are written, off the loop thread (DKIM signing): fn runs on a
- * commit worker thread before the file is made durable, appends complete
- * CRLF-terminated fields to prefix and returns 0, or -1 to add nothing (the
- * message is committed all the same). fn must not touch loop-thread state.
- * free_fn(arg), when not NULL, runs exactly once, after fn or when the
- * message is aborted or fails, on any thread. One finisher per writer. */
-#define SPOOL_PREFIX_MAX 16384
-typedef int (*spool_finish_fn)(const char *qid, struct buf *prefix, void *arg);
+/* Append n bytes of src that are already in transmitted form (CRLF line
+ * ends, dot-stuffed: DATA as received, without its final ".\r\n"). Whole
+ * chains of src are moved, not copied. content_n is what they count
+ * without stuffing dots. */
+void spool_writer_add_stuffed(
+    struct spool_writer *w, struct evbuffer *src, size_t n, uint64_t content_n);
+/* Append message content (not stuffed; stuffed here as it is copied). */
+void spool_writer_write(struct spool_writer *w, const void *data, size_t len);
+uint64_t spool_writer_size(const struct spool_writer *w); /* content bytes so far */
+/* A finisher makes header fields for the prefix once all of the message is
+ * there (DKIM signing), on a worker thread before the commit: fn reads the
+ * content from body, appends complete CRLF-terminated fields to prefix and
+ * returns 0, or -1 to add nothing (the message is committed all the same).
+ * free_fn(arg), when not NULL, runs exactly once, on any thread. */
+typedef int (*spool_finish_fn)(
+    const char *qid, struct spool_content *body, struct buf *prefix, void *arg);
 void spool_writer_set_finisher(
     struct spool_writer *w, spool_finish_fn fn, void (*free_fn)(void *arg), void *arg);
-/* Discard: close and unlink the tmp file, free w. */
+/* Discard; w is consumed. */
 void spool_writer_abort(struct spool_writer *w);
-/* Finish and commit asynchronously; w is consumed. cb runs later on the loop
- * thread with ok=false (and errno value err) if the message could not be made
- * durable (it is then removed). cb may be NULL. cb_id is handed back as is:
- * use an id, never a pointer that may die. */
+/* Commit; w is consumed. cb (may be NULL) runs later on to's loop with ok
+ * false (and the errno value err: ENOSPC, EIO...) when the message could
+ * not be made durable. cb_id is handed back as is: use an id, never a
+ * pointer that may die. */
 typedef void (*spool_commit_cb)(uint64_t cb_id, const char *qid, bool ok, int err, void *arg);
-void spool_writer_commit(struct spool_writer *w, spool_commit_cb cb, uint64_t cb_id, void *arg);
+void spool_writer_commit(
+    struct spool_writer *w, struct loopq *to, spool_commit_cb cb, uint64_t cb_id, void *arg);
 
-/* --- reading and updating committed messages --- */
+/* --- the life of a committed message --- */
 
-/* Visit every committed message (start-up). Damaged files are moved to
- * corrupt/ with a log line and skipped. fn gets an owned env. Returns the
- * number visited, -1 if the queue directory cannot be read. */
-typedef void (*spool_walk_fn)(struct spool_env *env, void *arg);
-long spool_walk(struct spool *sp, spool_walk_fn fn, void *arg);
-/* Load one message's envelope with status applied. Owned result or NULL
- * (errno ENOENT when no such message). */
+/* Record env's mutable state (recipient states, attempts, next attempt
+ * times, flags, last errors, held) as the message's newest STATE. Not
+ * synced by itself (see the top of this file). */
+void spool_update_state(struct spool *sp, const struct spool_env *env);
+/* The message is finished (every recipient final and its DSNs durable) or
+ * deleted: it is forgotten and its space reclaimed with its segment. */
+void spool_remove(struct spool *sp, const char *qid);
+/* Request a sync of everything written so far; cb runs on to's loop when
+ * it is durable (used before a DSN's original may go, and at stop). */
+void spool_sync(struct spool *sp, struct loopq *to, void (*cb)(void *arg, int err), void *arg);
+
+/* --- reading --- */
+
+/* The envelope with its newest state and body extents, read on a reader
+ * thread; a body never verified since it was read from disk is checked
+ * (CRC) and read ahead into the page cache first. cb runs on to's loop with
+ * an owned env, or NULL and errno (ENOENT: no such live message; EBADMSG:
+ * damaged, set aside). */
+typedef void (*spool_load_cb)(uint64_t id, struct spool_env *env, int err, void *arg);
+void spool_load_async(
+    struct spool *sp, const char *qid, struct loopq *to, spool_load_cb cb, uint64_t id, void *arg);
+/* The same, synchronously (worker threads, tools): NULL with errno. The
+ * body is not checked. */
 struct spool_env *spool_load(struct spool *sp, const char *qid);
-/* Open the message file for reading the body: returns an fd (caller closes)
- * positioned nowhere in particular; use pread at env->body_off. -1 on error. */
-int spool_open_message(struct spool *sp, const char *qid);
+/* As spool_load, with the body checked as spool_load_async does. */
+struct spool_env *spool_load_checked(struct spool *sp, const char *qid);
 
-/* Append a recipient status record (durably, off the loop thread; in order
- * per message). Fire and forget: failures are logged. */
-void spool_update_rcpt(struct spool *sp, const char *qid, size_t idx, enum rcpt_state state,
-    uint32_t attempts, const char *last_error);
-/* Append a hold (true) / release (false) record. */
-void spool_update_held(struct spool *sp, const char *qid, bool held);
-/* Remove a finished or deleted message. 0 ok, -1 with errno. */
-int spool_remove(struct spool *sp, const char *qid);
+/* The stored body as file pieces for sendfile: open references to the
+ * segment files of env's extents, valid until spool_body_close (a
+ * compaction or deletion meanwhile does not take the bytes away). */
+struct spool_body_piece {
+    int fd;
+    uint64_t off, len;
+};
+struct spool_body;
+struct spool_body *spool_body_open(
+    struct spool *sp, const struct spool_env *env, const struct spool_body_piece **v, size_t *n);
+void spool_body_close(struct spool_body *b); /* NULL is fine */
+
+/* Sequential reader of a message's content (dot-stuffing removed): for
+ * DSNs, conversions and signing, on worker threads (it reads files). */
+struct spool_content *spool_content_open(struct spool *sp, const struct spool_env *env);
+/* Next piece in *p, *n (valid until the next call): 1, 0 at the end, -1 on
+ * a read error (errno) or a body shorter than recorded (EBADMSG). */
+int spool_content_next(struct spool_content *c, const char **p, size_t *n);
+void spool_content_close(struct spool_content *c); /* NULL is fine */
+
+/* An unnamed file on the spool's file system (O_TMPFILE in log/): scratch
+ * space for a converted copy of a message; it goes with its last
+ * descriptor. -1 with errno. */
+int spool_tmpfile(struct spool *sp);
+
+/* Read the spool at dir without a daemon and without changing anything:
+ * fn gets every live message (an owned env with state and extents), in
+ * arrival order of their records. -1 and err when dir is not a spool. */
+long spool_scan(
+    const char *dir, void (*fn)(struct spool_env *env, void *arg), void *arg, struct buf *err);
+
+/* The `ternctl queue list --json` line of env (CONTRACT.md) appended to out:
+ * status(idx) names a recipient's status when the caller knows better than
+ * the envelope ("delivering"), or returns NULL; status may be NULL. */
+void spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t idx, void *arg),
+    void *arg, struct buf *out);
+
+/* Counters for metrics and tests. */
+struct spool_stats {
+    uint64_t batches, syncs, records, bytes; /* since open */
+    uint64_t segments, segments_deleted, compacted;
+    uint64_t live_messages;
+};
+void spool_get_stats(struct spool *sp, struct spool_stats *st);
 
 #endif

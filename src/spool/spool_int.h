@@ -1,8 +1,14 @@
 /*
- * Private to src/spool: the file format constants, the envelope and status
- * record codec (envelope.c), the loader (load.c), the commit pipeline
- * (commit.c) and the status updater (update.c). struct spool is owned by
- * spool_open()'s caller; writers and queued jobs point back to it.
+ * Private to src/spool. The record format (record.c), the envelope and state
+ * codec (envelope.c), the index of live messages and the segment table
+ * (index.c), the commit thread and writers (commit.c), readers (read.c),
+ * recovery and the offline scan (recover.c), and the reader of the old
+ * one-file-per-message layout, kept to convert it (legacy.c).
+ *
+ * Ownership and threads: struct spool is owned by spool_open's caller. The
+ * index and the segment table are guarded by sp->mu; the commit thread is
+ * the only one that writes files or changes the table's files (create,
+ * seal, delete), readers only read. Live counts change under sp->mu.
  */
 #ifndef TERN_SPOOL_INT_H
 #define TERN_SPOOL_INT_H
@@ -11,143 +17,248 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "spool/spool.h"
 #include "util/buf.h"
+#include "util/loopq.h"
+#include "util/workq.h"
 
-/* File layout:
- *   header   "TERN1 body=<20 digits> len=<20 digits>\n" (SPOOL_HDR_LEN bytes;
- *            "TERN1 uncommitted" padded with spaces until commit)
- *   envelope records "<tag> <value>...\n" from SPOOL_HDR_LEN to body=
- *   body     len= bytes, exactly as written
- *   end      "\nEND <crc32c of envelope records> <crc32c of body>\n"
- *   status   "s <idx> <state> <attempts> <error> <crc>\n", "h <0|1> <crc>\n",
- *            "d <escaped prefix> <crc>\n" (written before the commit's
- *            fdatasync by the finisher; a later one replaces an earlier one)
+/* ---- record.c: the on-disk format ----
+ *
+ * A segment file starts with a 64-byte header, then records, each a 48-byte
+ * header and its payload (part A, then part B):
+ *   u32 magic  u8 type  u8 version  u16 flags  u32 len_a  u32 len_b
+ *   u64 qid    u64 seg (the file's own sequence)  u32 crc_a  u32 crc_b
+ *   u32 reserved  u32 crc_hdr (CRC-32C of the 44 bytes before it)
+ * all little-endian. A record whose header does not check, whose seg is not
+ * the file's, or whose parts do not check ends the readable part of the
+ * segment (a torn tail) or, inside a sealed segment, is damage.
  */
-#define SPOOL_MAGIC       "TERN1 "
-#define SPOOL_HDR_LEN     57
-#define SPOOL_HDR_PENDING "TERN1 uncommitted"
-#define SPOOL_END_LEN     23
-#define SPOOL_LINE_MAX    65536  /* any record line, newline excluded */
-#define SPOOL_RCPT_MAX    100000 /* recipients per message */
-#define SPOOL_ERR_MAX     1000   /* bytes of last_error kept in a status record */
-#define SPOOL_WBUF_SIZE   65536  /* writer's user-space buffer */
-#ifndef SPOOL_COMMIT_THREADS
-#define SPOOL_COMMIT_THREADS 8
-#endif
+#define SEG_FILE_MAGIC "TERNSEG1"
+#define SEG_HDR_LEN    64
+#define REC_HDR_LEN    48
+#define REC_MAGIC      0x31435254u /* "TRC1" */
+#define REC_VERSION    1
+#define IDX_FILE_MAGIC "TERNIDX1"
+#define SEG_SIZE_MAX   SPOOL_SEG_SIZE_MAX
 
-/* --- envelope.c --- */
-uint32_t spool_crc32c(uint32_t crc, const void *p, size_t n);
+enum rec_type { REC_MSG = 1, REC_CHUNK = 2, REC_STATE = 3, REC_DONE = 4 };
+
+struct rec_hdr {
+    uint8_t type, version;
+    uint16_t flags;
+    uint32_t len_a, len_b;
+    uint64_t qid;
+    uint64_t seg;
+    uint32_t crc_a, crc_b;
+};
+
+void rec_hdr_encode(const struct rec_hdr *h, unsigned char out[REC_HDR_LEN]);
+/* 0 ok; -1 when the magic, version, type or header CRC is wrong. */
+int rec_hdr_decode(const unsigned char in[REC_HDR_LEN], struct rec_hdr *h);
+void seg_hdr_encode(uint64_t seq, int64_t created_ms, unsigned char out[SEG_HDR_LEN]);
+int seg_hdr_decode(const unsigned char in[SEG_HDR_LEN], uint64_t *seq);
+/* "0000000000000abc.seg" / ".idx" into out (at least 24 bytes). */
+void seg_name(uint64_t seq, const char *ext, char *out, size_t cap);
+/* Parse a segment file name; false when it is not one. */
+bool seg_name_parse(const char *name, uint64_t *seq, bool *is_idx);
+
+/* qid text <-> number (16 lowercase hex digits). */
 bool spool_qid_valid(const char *qid);
-/* Append s[n] escaped (%XX for bytes < 0x21, '%', 0x7f; a lone "-" too). */
+uint64_t qid_num(const char *qid);
+void qid_text(uint64_t n, char out[SPOOL_QID_LEN + 1]);
+
+/* One entry of a sealed segment's .idx: where a record is and what recovery
+ * needs to know of it without reading it. */
+struct idx_rec {
+    uint8_t type;
+    uint8_t held, is_bounce;
+    uint32_t off, len; /* the whole record */
+    uint64_t qid;
+    uint64_t home; /* MSG: the segment of its first chunk (0: this one) */
+    int64_t t1;    /* MSG: arrival_ms; STATE: earliest next attempt */
+    uint32_t n;    /* MSG: recipients; STATE: recipients pending */
+};
+#define IDX_REC_LEN 48
+void idx_rec_encode(const struct idx_rec *r, unsigned char out[IDX_REC_LEN]);
+void idx_rec_decode(const unsigned char in[IDX_REC_LEN], struct idx_rec *r);
+
+/* ---- envelope.c: part A texts ----
+ * Values are %XX-escaped so no CR, LF, NUL or space appears raw; a lone "-"
+ * stands for NULL. */
 void spool_esc(struct buf *b, const char *s, size_t n);
-/* Decode an escaped value; rejects raw forbidden bytes, bad %XX and NUL.
- * Owned result in *out. 0 ok, -1 bad. */
 int spool_unesc(const char *p, size_t n, char **out);
-/* Envelope records (no header) for env. -1 (errno EINVAL) when a line would
- * be longer than SPOOL_LINE_MAX or there are no or too many recipients. */
+/* The MSG record's part A: envelope, body sizes, spilled extents, prefix.
+ * -1 (errno EINVAL) when a line would be too long or there are no or too
+ * many recipients. */
 int spool_env_encode(const struct spool_env *env, struct buf *out);
-
-struct spool_env_parser {
-    struct spool_env *env; /* owned by the parser until taken */
-    size_t next_field;
-};
-void spool_env_parser_init(struct spool_env_parser *p);
-void spool_env_parser_fini(struct spool_env_parser *p);
-/* One record line without its "\n". 0 ok, -1 bad. */
-int spool_env_parse_line(struct spool_env_parser *p, const char *line, size_t len);
-/* All records seen: the owned envelope, or NULL when incomplete. */
-struct spool_env *spool_env_parse_end(struct spool_env_parser *p);
-
-/* Status records, complete with check and "\n". */
-void spool_status_rcpt_line(
-    struct buf *b, size_t idx, enum rcpt_state st, uint32_t attempts, const char *err);
-void spool_status_held_line(struct buf *b, bool held);
-/* The prefix record (see spool.h: struct spool_env prefix). */
-void spool_status_prefix_line(struct buf *b, const char *prefix);
-/* Is p[n] acceptable as a prefix: 1..SPOOL_PREFIX_MAX bytes of header
- * fields, each ending in CRLF, no bare CR or LF, no empty line? */
+/* Parse a MSG part A; NULL when damaged. ext lines are returned in
+ * env->ext (the caller appends part B's own extent). */
+struct spool_env *spool_env_decode(const char *p, size_t n);
+/* The old layout's envelope lines, one at a time (legacy.c); field counts
+ * the fixed fields seen so far (start at 0). */
+int spool_env_legacy_line(struct spool_env *env, size_t *field, const char *line, size_t len);
+bool spool_env_legacy_complete(const struct spool_env *env, size_t field);
+/* A STATE part A for env; and applying one (0 ok, -1 damaged). */
+void spool_state_encode(const struct spool_env *env, struct buf *out);
+int spool_state_apply(struct spool_env *env, const char *p, size_t n);
+/* What recovery keeps of a STATE: -1 damaged. */
+int spool_state_summary(
+    const char *p, size_t n, int64_t *next_try_ms, uint32_t *pending, bool *held);
+/* Is p[n] acceptable as a prefix (1..SPOOL_PREFIX_MAX bytes of header
+ * fields, each ending in CRLF, no bare CR or LF, no empty line)? */
 bool spool_prefix_valid(const char *p, size_t n);
-/* Apply one status line (without "\n") to env: 0 applied, 1 bad check or
- * syntax (torn), -1 checked but invalid (damaged). */
-int spool_status_apply(struct spool_env *env, const char *line, size_t len);
-/* Does a status line (without "\n") carry a good check? */
-bool spool_status_check(const char *line, size_t len);
+/* The content a recipient list and state imply is still owed. */
+uint32_t spool_env_pending(const struct spool_env *env);
+int64_t spool_env_next_try(const struct spool_env *env);
 
-/* --- load.c --- */
-/* Load from an open file. On damage returns NULL with *reason set; on an
- * I/O error NULL with errno set and *reason NULL. verify_body re-reads the
- * body to check its checksum. */
-struct spool_env *spool_load_fd(int fd, const char *qid, bool verify_body, const char **reason);
-/* Parse a committed header line; 0 ok, -1 bad (reason set). */
-int spool_parse_header(const char *h, uint64_t *body_off, uint64_t *body_len, const char **reason);
+#define SPOOL_LINE_MAX 65536  /* any part A line, newline excluded */
+#define SPOOL_RCPT_MAX 100000 /* recipients per message */
+#define SPOOL_ERR_MAX  1000   /* bytes of last_error kept */
+#define SPOOL_EXT_MAX  100000 /* spilled extents of one message */
 
-/* --- commit.c --- */
-struct spool_writer {
-    struct spool *sp;
-    struct spool_writer *next; /* in one of the pipeline lists */
-    int fd;
-    char qid[SPOOL_QID_LEN + 1];
-    struct spool_env *env; /* owned deep copy */
-    char *wbuf;            /* owned, SPOOL_WBUF_SIZE; NULL after commit */
-    size_t wlen;
-    uint64_t flushed; /* bytes written to fd */
-    uint64_t body_off, body_len;
-    uint32_t env_crc, body_crc;
-    bool failed;
-    int err;
-    spool_finish_fn fin; /* NULL: none, or already run */
-    void (*fin_free)(void *arg);
-    void *fin_arg;
-    spool_commit_cb cb;
-    uint64_t cb_id;
-    void *cb_arg;
+/* ---- index.c: live messages and segments ---- */
+
+struct seg {
+    uint64_t seq;
+    int fd;        /* open for reading (and writing while active) */
+    uint64_t end;  /* bytes of valid records (from 0, header included) */
+    uint64_t live; /* live messages whose home is here */
+    uint64_t live_bytes;
+    uint32_t refs;        /* open body handles and reads in progress */
+    bool sealed;          /* no more records will be written */
+    bool doomed;          /* deleted from disk: close the fd when refs drop */
+    struct idx_rec *recs; /* active segment only: its records, for the .idx */
+    size_t n_recs, cap_recs;
 };
 
-struct spool_upd {
-    struct spool_upd *next;
-    char qid[SPOOL_QID_LEN + 1];
-    size_t len;
-    char line[]; /* complete record line */
+struct loc {
+    uint64_t seg;
+    uint32_t off, len;
 };
+
+struct meta_item;
+struct evbuffer;
+
+/* A live message's home is the oldest segment holding any of its records
+ * (its first spilled chunk, else its MSG record): segments go oldest first,
+ * so nothing of it can go while its home stays. */
+struct ient {
+    uint64_t qid;
+    uint64_t home;
+    struct loc msg, state;     /* state.len == 0: none */
+    struct meta_item *pending; /* a STATE not yet written (commit.c), or NULL */
+    uint32_t msg_bytes;        /* the MSG record and its chunks, for compaction */
+    bool verified;             /* the body was written or checked by this process */
+    bool dead;                 /* slot free */
+};
+
+struct index {
+    struct ient *v; /* slab */
+    size_t n, cap;
+    uint32_t *free_list;
+    size_t n_free, cap_free;
+    uint32_t *tab; /* open addressing: slot+1, 0 empty, UINT32_MAX deleted */
+    size_t tab_cap, tab_used;
+    size_t live;
+};
+
+void index_init(struct index *x);
+void index_fini(struct index *x);
+struct ient *index_get(struct index *x, uint64_t qid);
+/* Insert or find; *created tells which. */
+struct ient *index_put(struct index *x, uint64_t qid, bool *created);
+void index_del(struct index *x, uint64_t qid);
+
+/* The segment table: sorted by seq, oldest first. */
+struct segtab {
+    struct seg **v;
+    size_t n, cap;
+};
+struct seg *segtab_find(struct segtab *t, uint64_t seq);
+void segtab_add(struct segtab *t, struct seg *s); /* seq larger than every other */
+void segtab_remove_first(struct segtab *t);
+
+/* ---- the spool ---- */
 
 struct spool {
     char *dir;
-    int dir_fd, tmp_fd, queue_fd, corrupt_fd;
-    struct event_base *base;
-    struct event *ev;
-    int efd; /* eventfd: workers -> loop thread */
+    int dir_fd, log_fd, corrupt_fd;
+    uid_t owner_uid; /* of the spool: every file in it must be this user's */
+    struct loopq *owner;
     spool_commit_hook hook;
     void *hook_arg;
-    size_t n_writers; /* open writers (loop thread only) */
+    uint64_t seg_size;
 
-    pthread_mutex_t mu; /* guards the three lists, inflight, stopping */
-    pthread_cond_t work_cond, sync_cond, done_cond;
-    struct spool_writer *work_head, **work_tail; /* to fdatasync + rename */
-    struct spool_writer *sync_head, **sync_tail; /* renamed, awaiting dir fsync */
-    struct spool_writer *done_head, **done_tail; /* for the loop thread */
-    size_t inflight;                             /* committed, callback not yet run */
-    bool stopping;
-    pthread_t workers[SPOOL_COMMIT_THREADS];
-    pthread_t syncer;
-    bool threads_started;
+    pthread_mutex_t mu; /* index, segtab, stats, recovered */
+    struct index idx;
+    struct segtab segs;
+    struct spool_stats st;
+    bool recovered;
+    bool readonly;         /* spool_scan: never write, never set aside */
+    uint64_t recover_upto; /* the newest segment that existed at open */
 
-    pthread_mutex_t umu;
-    pthread_cond_t ucond;
-    struct spool_upd *uhead, **utail;
-    bool ustop;
-    pthread_t updater;
-    bool updater_started;
+    /* commit thread state (only that thread touches these) */
+    struct seg *active; /* the segment being written */
+    uint64_t next_seq;
+    bool dirty;               /* written since the last sync */
+    bool dirty_dir;           /* a segment file was created since log/ was synced */
+    struct workq_item *retry; /* STATE/DONE items that failed to write */
+    int64_t last_compact_ms;
+
+    struct workq *commitq; /* the commit thread (batch queue) */
+    struct workq *prepq;   /* finishers (DKIM) before commit */
+    struct workq *readq;   /* loads, content reads */
+    pthread_t recover_thread;
+    bool recover_started;
+    _Atomic bool recover_cancel;
 };
 
+/* commit.c */
+/* A writer that keeps env's qid and arrival (the conversion of old spools). */
+struct spool_writer *spool_writer_new_keep(struct spool *sp, const struct spool_env *env);
+/* Write s->recs as its .idx (not synced: it can always be rebuilt). */
+void spool_write_idx(struct spool *sp, struct seg *s);
+/* Block the calling (non-loop) thread until everything submitted so far is
+ * durable: 0 or an errno value. */
+int spool_sync_wait(struct spool *sp);
 int spool_commit_start(struct spool *sp, struct buf *err);
-/* Drain in-flight commits (running callbacks) and join the threads. */
 void spool_commit_stop(struct spool *sp);
+/* Under sp->mu: the STATE part A waiting to be written for e (appended to
+ * out when not NULL); false when none is waiting. */
+bool spool_pending_state_locked(const struct ient *e, struct buf *out);
+void spool_pending_state_forget_locked(struct spool *sp, struct meta_item *m);
+/* index.c: segment references (readers, body handles), under sp->mu. */
+void seg_ref(struct seg *s);
+void seg_unref_locked(struct spool *sp, struct seg *s);
 
-/* --- update.c --- */
-int spool_update_start(struct spool *sp, struct buf *err);
-/* Write every queued update, then join the thread. */
-void spool_update_stop(struct spool *sp);
+/* read.c */
+/* A content reader over a writer's spilled extents and its in-memory rest
+ * (borrowed: valid while the writer is). */
+struct spool_content *spool_content_writer(
+    struct spool *sp, const struct spool_extent *ext, size_t n_ext, struct evbuffer *rest);
+/* Read [off, off+n) of segment seq into a malloc'd buffer (owned by the
+ * caller). -1 with errno. Takes and drops a reference. */
+int spool_read_at(struct spool *sp, uint64_t seq, uint64_t off, size_t n, char **out);
+/* Load qid's envelope with state and extents (no body check). */
+struct spool_env *spool_load_locked_ent(struct spool *sp, const struct ient *e);
+
+/* recover.c */
+void spool_recover_join(struct spool *sp);
+/* spool.c: the segments in log/, oldest first, owned by uid. */
+int spool_list_segments(int log_fd, struct segtab *t, uint64_t *next_seq);
+/* legacy.c: convert SPOOL/queue (one file per message) into the log. */
+void spool_migrate_legacy(struct spool *sp);
+
+/* legacy.c: the old one-file-per-message layout (SPOOL/queue/<qid>). */
+struct legacy_msg {
+    struct spool_env *env; /* owned, with the old state applied */
+    int fd;                /* the old file, open; body at body_off */
+    uint64_t body_off;
+};
+/* Load one old queue file; NULL with *reason on damage, or errno. */
+int legacy_load(
+    int dir_fd, uid_t owner, const char *name, struct legacy_msg *out, const char **reason);
 
 #endif

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "util/fsutil.h"
 #include "util/util.h"
 
 struct tls_ctx {
@@ -103,19 +104,20 @@ set_common(SSL_CTX *ctx, int min_version, const char *ciphers, const char *suite
 static int
 check_key_mode(const char *path, struct buf *err)
 {
+    static const struct fs_private rule = { S_IFREG, S_IROTH | S_IWOTH | S_IWGRP, false, false };
     struct stat st;
+    struct buf why = BUF_INIT;
+    enum fs_trust t;
     if (stat(path, &st) < 0) {
         buf_printf(err, "tls_key_file %s: %s\n", path, strerror(errno));
         return -1;
     }
-    if (st.st_mode & (S_IROTH | S_IWOTH | S_IWGRP)) {
-        buf_printf(err,
-            "tls_key_file %s: readable by others or writable by group/others "
-            "(chmod 600 or 640)\n",
-            path);
-        return -1;
-    }
-    return 0;
+    t = fs_check_private(&st, &rule, &why);
+    if (t != FS_TRUSTED)
+        buf_printf(err, "tls_key_file %s: %s%s\n", path, why.data,
+            t == FS_BAD_MODE ? " (chmod 600 or 640)" : "");
+    buf_fini(&why);
+    return t == FS_TRUSTED ? 0 : -1;
 }
 
 int

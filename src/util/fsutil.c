@@ -1,6 +1,6 @@
 /*
  * Whole-buffer read and write loops, shared by the spool, DSN writer and
- * the command-line tools.
+ * the command-line tools, and the trust rule for private files.
  */
 #include "fsutil.h"
 
@@ -41,4 +41,29 @@ fd_pread_full(int fd, void *p, size_t n, uint64_t off)
         got += (size_t)k;
     }
     return (ssize_t)got;
+}
+
+enum fs_trust
+fs_check_private(const struct stat *st, const struct fs_private *p, struct buf *why)
+{
+    mode_t bad = st->st_mode & p->deny;
+    uid_t me = geteuid();
+    if ((st->st_mode & S_IFMT) != p->type) {
+        buf_printf(why, "not a %s", p->type == S_IFDIR ? "directory" : "regular file");
+        return FS_BAD_TYPE;
+    }
+    if (bad & (S_IWGRP | S_IWOTH)) {
+        buf_printf(why, "writable by group or others");
+        return FS_BAD_MODE;
+    }
+    if (bad != 0) {
+        buf_printf(why, "readable by %s", (p->deny & S_IRGRP) ? "group or others" : "others");
+        return FS_BAD_MODE;
+    }
+    if (p->own && st->st_uid != me && !(p->or_root && st->st_uid == 0)) {
+        buf_printf(why, "owned by uid %lu, not by uid %lu that ternd runs as%s",
+            (unsigned long)st->st_uid, (unsigned long)me, p->or_root ? " (or root)" : "");
+        return FS_BAD_OWNER;
+    }
+    return FS_TRUSTED;
 }

@@ -15,6 +15,7 @@ At teardown every ternd still running gets SIGTERM and must exit 0 within
 30 s; with TERN_ASAN its stderr must hold no sanitizer report.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -219,13 +220,13 @@ class Tern:
 
     # -- spool
 
-    def queue_files(self):
-        q = self.spool / "queue"
-        return sorted(p.name for p in q.iterdir()) if q.is_dir() else []
-
-    def tmp_files(self):
-        t = self.spool / "tmp"
-        return sorted(p.name for p in t.iterdir()) if t.is_dir() else []
+    def queued(self):
+        """Queue ids of the messages in the queue, as `ternctl queue list`
+        shows them (from the running daemon, or read from the spool while
+        it is stopped)."""
+        p = self.ctl("queue", "list", "--json")
+        assert p.returncode == 0, f"ternctl queue list failed: {p.stderr}"
+        return sorted(json.loads(line)["id"] for line in p.stdout.splitlines() if line.strip())
 
     # -- clients
 

@@ -25,7 +25,7 @@ def test_retry_after_451(tern, sink):
     assert "4.3.0" in str(d.get("reason")) or "come back" in str(d.get("reason")), d["_raw"]
     assert str(d.get("attempts")) == "1", d["_raw"]
     assert sink.to(rcpt) == []
-    assert qid in tern.queue_files(), "a deferred message stays in the queue"
+    assert qid in tern.queued(), "a deferred message stays in the queue"
     # the next attempt fails too, then the sink recovers
     wait_for(lambda: sink.rcpt_attempt_count(rcpt) >= 2, desc="a second attempt")
     sink.rcpt_replies.clear()
@@ -36,7 +36,7 @@ def test_retry_after_451(tern, sink):
     evs = [r for r in tern.events(qid=qid) if r.get("event") in ("deferred", "delivered")]
     names = [r["event"] for r in evs]
     assert names[0] == "deferred" and names[-1] == "delivered" and names.count("delivered") == 1, names
-    wait_for(lambda: qid not in tern.queue_files(), desc="queue file removed after delivery")
+    wait_for(lambda: qid not in tern.queued(), desc="queue file removed after delivery")
     assert len(sink.to(rcpt)) == 1
     assert sink.from_null_to(sender) == [], "no DSN for a delivered message"
     # the interface names the key of the next retry time "next"
@@ -74,7 +74,7 @@ def test_dsn_on_permanent_failure(tern, sink):
     assert len(sink.wait_to(ok)) == 1
     b = tern.wait_event("bounced", qid=qid)
     assert b.get("to") == bad and "5.1.1" in str(b.get("reason")), b["_raw"]
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty after the DSN went out")
+    wait_for(lambda: tern.queued() == [], desc="queue empty after the DSN went out")
     assert len(sink.to(ok)) == 1
     assert sink.rcpt_attempt_count(bad) == 1, "a permanent failure is not retried"
     assert len(sink.from_null_to(sender)) == 1
@@ -101,12 +101,12 @@ def test_dsn_notify_never_and_null_sender(tern, sink):
                              and r.get("qid") != q1], desc="received line of the null-sender message")
     q2 = recv[0]["qid"]
     tern.wait_event("bounced", qid=q2)
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
     # barrier: a DSN that must be made, made after the two failures above
     s3 = f"barrier-{u}@src.test"
     tern.send(s3, [f"permfail-b-{u}@example.org"], message(f"barrier {u}", sender=s3))
     sink.wait_dsn(s3)
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
     assert sink.from_null_to(s1) == [], "DSN sent despite NOTIFY=NEVER"
     nulls = [t for t in sink.snapshot() if t.mail_from == ""]
     assert len(nulls) == 1 and [r.lower() for r in nulls[0].rcpt_tos] == [s3], [
@@ -131,7 +131,7 @@ def test_expiry(make_tern, sink):
     assert dsn_field(blk, "Status").split()[0] == "4.4.7"
     assert tern.events("expired", qid=qid), "an expired line with the qid"
     assert sink.rcpt_attempt_count(rcpt) >= 2, "retried before expiring"
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty after expiry")
+    wait_for(lambda: tern.queued() == [], desc="queue empty after expiry")
     assert sink.to(rcpt) == []
 
 
@@ -212,3 +212,41 @@ def test_relayed_dsn_when_next_hop_lacks_dsn(tern, sink):
     assert len(blocks) == 1, "only the recipient that asked is reported"
     # RET=HDRS: headers only, never the body
     assert parts[2].get_content_type() == "text/rfc822-headers", parts[2].get_content_type()
+
+
+def _report_part(data, ctype):
+    """The raw bytes of the DSN part of type ctype (header and content)."""
+    start = data.index(b"Content-Type: " + ctype)
+    end = data.index(b"\r\n--=_tern", start)
+    return data[start:end]
+
+
+def test_utf8_reply_kept_in_global_dsn(tern, sink):
+    """A next hop's UTF-8 reply text stays UTF-8 in the DSN of an SMTPUTF8
+    message (message/global-delivery-status, RFC 6533), and becomes ASCII
+    in the plain message/delivery-status of an ordinary message (invalid
+    UTF-8 and control characters: tests/unit/test_delivery.c)."""
+    u = uid()
+    text = "Empfänger unbekannt: 受信者 ✉"
+    sink.rcpt_rule = lambda a: (f"550 5.1.1 {text} end" if a.startswith("permfail") else None)
+    s8, s7 = f"jörg-{u}@src.test", f"plain-{u}@src.test"
+    r8, r7 = f"permfail-ü-{u}@example.org", f"permfail-a-{u}@example.org"
+    with tern.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<{s8}> BODY=8BITMIME SMTPUTF8".encode()).code == 250
+        assert c.cmd(f"RCPT TO:<{r8}>".encode()).code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(f"From: <{s8}>\r\nSubject: u8 {u}\r\n\r\nGrüße\r\n.\r\n".encode())
+        assert c.reply().code == 250
+        assert c.cmd(f"MAIL FROM:<{s7}>").code == 250
+        assert c.cmd(f"RCPT TO:<{r7}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(f"From: <{s7}>\r\nSubject: a {u}\r\n\r\nhello\r\n.\r\n".encode())
+        assert c.reply().code == 250
+    d8 = sink.wait_dsn(s8)[0].data
+    d7 = sink.wait_dsn(s7)[0].data
+    part8 = _report_part(d8, b"message/global-delivery-status")
+    assert f"smtp; 550 5.1.1 {text} end".encode() in b" ".join(part8.split()), part8
+    part7 = _report_part(d7, b"message/delivery-status")
+    assert all(b < 0x80 for b in part7), part7
+    assert b"smtp; 550 5.1.1 Empf?nger unbekannt: ??? ? end" in b" ".join(part7.split()), part7

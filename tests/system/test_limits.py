@@ -33,7 +33,7 @@ def test_size_limit(make_tern, sink):
         c.send(big + b".\r\n")
         r = c.reply()
         assert r.code == 552 and r.enh == "5.3.4", str(r)
-        assert tern.queue_files() == [], "a refused message must not be queued"
+        assert tern.queued() == [], "a refused message must not be queued"
         # and the same with BDAT
         assert c.cmd(f"MAIL FROM:<big-{u}@src.test>").code == 250
         assert c.cmd(f"RCPT TO:<bigb-{u}@example.org>").code == 250
@@ -43,7 +43,7 @@ def test_size_limit(make_tern, sink):
         # the session goes on
         r = c.cmd("NOOP")
         assert r.code == 250, str(r)
-    assert tern.queue_files() == []
+    assert tern.queued() == []
     barrier(tern, sink, u)
     assert sink.to(f"big-{u}@example.org") == [] and sink.to(f"bigb-{u}@example.org") == []
     assert len(sink.snapshot()) == 1
@@ -61,7 +61,7 @@ def test_bdat_chunk_over_limit_closes(make_tern, sink):
         r = c.cmd("BDAT 1000000000 LAST")
         assert r.code == 552 and r.enh == "5.3.4", str(r)
         assert c.wait_closed(5 * SLOW)
-    assert tern.queue_files() == [] and tern.tmp_files() == []
+    assert tern.queued() == []
 
 
 def test_open_relay_refused(make_tern, sink):
@@ -138,7 +138,7 @@ def test_text_line_limit(tern, sink):
         assert r.code == 250, f"a 1000-octet line (with CRLF) is allowed: {r}"
     assert split_received(sink.wait_to(f"ok-{u}@example.org")[0].data)[1] == ok_line
     assert sink.to(f"long-{u}@example.org") == []
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
 
 
 SMUGGLE = ["\n.\n", "\r.\r", "\n.\r\n", "\r\n.\n", "\r.\r\n", "\r\n.\r", "\n.\r"]
@@ -170,7 +170,7 @@ def test_smtp_smuggling(tern, sink, variant):
     assert sink.to(smuggled_rcpt) == [], "smuggled message was relayed"
     assert sink.to(f"front-{u}@example.org") == [], "message with bare CR/LF was relayed"
     assert not any(b"smuggled" in t.data for t in sink.snapshot())
-    assert tern.queue_files() == [] or wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    assert tern.queued() == [] or wait_for(lambda: tern.queued() == [], desc="queue empty")
 
 
 def test_max_recipients(make_tern, sink):
@@ -213,7 +213,7 @@ def test_idle_timeout(make_tern):
         r = c.reply(timeout=15 * SLOW)
         assert r.code == 421 and r.enh and r.enh.startswith("4."), str(r)
         assert c.wait_closed(5 * SLOW)
-    assert tern.queue_files() == []
+    assert tern.queued() == []
 
 
 def test_sessions_per_ip(make_tern):

@@ -243,7 +243,7 @@ def test_null_mx_prompt_dsn(mx):
     for blk in parse_dsn(body)[2]:
         assert ok not in (dsn_field(blk, "Final-Recipient") or "")
     wait_all([good], [ok])
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
     assert len(dsn_sink.from_null_to(sender)) == 1
 
 
@@ -264,7 +264,7 @@ def test_nxdomain_dsn(mx):
     b = tern.wait_event("bounced", qid=qid, to=bad)
     assert "5.1.2" in str(b.get("reason")), b["_raw"]
     assert tern.events("deferred", qid=qid) == []
-    wait_for(lambda: tern.queue_files() == [], desc="queue empty")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
 
 
 def test_dns_down_defers_then_delivers(mx):
@@ -289,14 +289,14 @@ def test_dns_down_defers_then_delivers(mx):
     # it keeps being retried (retry_initial 1s), never bounced
     wait_for(lambda: len(tern.events("deferred", qid=qid)) >= 2, desc="a second deferral")
     assert tern.events("bounced", qid=qid) == []
-    assert qid in tern.queue_files()
+    assert qid in tern.queued()
     assert s.to(rcpt) == []
     # DNS is back: a flush delivers it
     mx.dns.start()
     tern.ctl("queue", "flush")
     tern.wait_event("delivered", qid=qid, timeout=PROMPT)
     wait_all([s], [rcpt])
-    wait_for(lambda: qid not in tern.queue_files(), desc="queue file removed")
+    wait_for(lambda: qid not in tern.queued(), desc="queue file removed")
     assert dsn_sink.from_null_to(sender) == [] or all(
         "delayed" in m.data.decode(errors="replace").lower() for m in dsn_sink.from_null_to(sender)
     ), "no failure DSN for a message that was delivered"

@@ -78,10 +78,10 @@ def test_queue_commands(tern, sink):
     tern.send(sender2, [rcpt2], message(f"ctl del {u}", sender=sender2))
     qid2 = tern.qid_of(sender2)
     tern.wait_event("deferred", qid=qid2)
-    assert qid2 in tern.queue_files()
+    assert qid2 in tern.queued()
     p = tern.ctl("queue", "delete", qid2)
     assert p.returncode == 0, p.stderr
-    wait_for(lambda: qid2 not in tern.queue_files(), desc="queue file removed")
+    wait_for(lambda: qid2 not in tern.queued(), desc="queue file removed")
     assert entry(tern, qid2) is None
     sink.rcpt_replies.clear()
     n = sink.rcpt_attempt_count(rcpt2)

@@ -3,7 +3,8 @@
  * decoding (hostile base64, NULs in the wrong places, authzid rules, length
  * bounds), crypt(3) verification with yescrypt, sha512-crypt and bcrypt, the
  * users file (bad lines, re-read on change), the failure throttle state
- * machine, auth_sender_login and the crypt worker thread.
+ * machine (checks charged before they run), the fair queue of checks,
+ * auth_sender_login and the crypt worker thread.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -309,6 +310,72 @@ write_file(const char *path, const char *text)
     assert_non_null(f);
     assert_int_equal(fputs(text, f) >= 0, 1);
     assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path, 0600), 0);
+}
+
+/* A users file others could change or read is refused, and the table
+ * already loaded is kept. */
+static void
+test_users_file_trust(void **state)
+{
+    static const struct {
+        mode_t mode;
+        const char *want; /* NULL: accepted */
+    } cases[] = {
+        { 0600, NULL },
+        { 0400, NULL },
+        { 0640, NULL }, /* group read: operators sharing a group */
+        { 0660, "writable by group or others (chmod 600 it)" },
+        { 0602, "writable by group or others (chmod 600 it)" },
+        { 0666, "writable by group or others (chmod 600 it)" },
+        { 0604, "readable by others (chmod 600 it)" },
+        { 0644, "readable by others (chmod 600 it)" },
+    };
+    char dir[] = "/tmp/test_auth.XXXXXX", path[64], sub[64], line[256];
+    char *h = make_hash("$6$", "pw");
+    struct buf warn = BUF_INIT, err = BUF_INIT;
+    struct auth_users *u;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/users", dir);
+    snprintf(line, sizeof(line), "a:%s\n", h);
+    write_file(path, line);
+    u = auth_users_new(path);
+    assert_int_equal(auth_users_refresh(u, true, &warn, &err), 0);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        print_message("mode %o\n", (unsigned)cases[i].mode);
+        assert_int_equal(chmod(path, cases[i].mode), 0);
+        buf_reset(&err);
+        assert_int_equal(auth_users_refresh(u, true, &warn, &err), cases[i].want ? -1 : 0);
+        if (cases[i].want) {
+            assert_non_null(strstr(err.data, path));
+            assert_non_null(strstr(err.data, cases[i].want));
+        }
+        assert_non_null(auth_users_hash(u, "a"));
+    }
+    assert_int_equal(chmod(path, 0600), 0);
+    /* Owned by someone else (needs root to arrange). */
+    if (geteuid() == 0) {
+        assert_int_equal(chown(path, 65534, 65534), 0);
+        buf_reset(&err);
+        assert_int_equal(auth_users_refresh(u, true, &warn, &err), -1);
+        assert_non_null(strstr(err.data, "owned by uid 65534, not by uid 0"));
+        assert_int_equal(chown(path, 0, 0), 0);
+    }
+    /* Not a regular file. */
+    snprintf(sub, sizeof(sub), "%s/dir", dir);
+    assert_int_equal(mkdir(sub, 0700), 0);
+    auth_users_free(u);
+    u = auth_users_new(sub);
+    buf_reset(&err);
+    assert_int_equal(auth_users_refresh(u, true, &warn, &err), -1);
+    assert_non_null(strstr(err.data, "not a regular file"));
+    assert_int_equal(rmdir(sub), 0);
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(rmdir(dir), 0);
+    auth_users_free(u);
+    buf_fini(&warn);
+    buf_fini(&err);
+    free(h);
 }
 
 static void
@@ -357,49 +424,77 @@ test_users_refresh(void **state)
     free(h);
 }
 
+enum thr_op { BEGIN, END_OK, END_FAIL, FAIL, BLOCKED };
+
+struct thr_step {
+    const char *name;
+    enum thr_op op;
+    int64_t t;
+    bool want; /* BEGIN: charged; END_*, FAIL: locks now; BLOCKED: is blocked */
+};
+
+static void
+run_steps(struct auth_throttle *t, const void *k, size_t kl, const struct auth_limits *lim,
+    const struct thr_step *steps, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        bool got = false;
+        print_message("step %s\n", steps[i].name);
+        switch (steps[i].op) {
+        case BEGIN:
+            got = auth_throttle_begin(t, k, kl, steps[i].t, lim);
+            break;
+        case END_OK:
+        case END_FAIL:
+            got = auth_throttle_end(t, k, kl, steps[i].op == END_FAIL, steps[i].t, lim);
+            break;
+        case FAIL:
+            got = auth_throttle_fail(t, k, kl, steps[i].t, lim);
+            break;
+        case BLOCKED:
+            got = auth_throttle_blocked(t, k, kl, steps[i].t, lim);
+            break;
+        }
+        assert_int_equal(got, steps[i].want);
+    }
+}
+
+/* Failures one after another (no check in flight). */
 static void
 test_throttle(void **state)
 {
     static const struct auth_limits lim = { 3, 600000, 60000 };
-    enum op { FAIL, LOCKED };
-    static const struct {
-        const char *name;
-        enum op op;
-        int64_t t;
-        bool want; /* FAIL: locks now; LOCKED: is locked */
-    } steps[] = {
-        { "start unlocked", LOCKED, 0, false },
+    static const struct thr_step steps[] = {
+        { "start unlocked", BLOCKED, 0, false },
         { "fail 1", FAIL, 1000, false },
         { "fail 2", FAIL, 2000, false },
-        { "still open", LOCKED, 2500, false },
+        { "still open", BLOCKED, 2500, false },
         { "fail 3 locks", FAIL, 3000, true },
-        { "locked", LOCKED, 3001, true },
-        { "locked near end", LOCKED, 62999, true },
-        { "lock over", LOCKED, 63000, false },
+        { "locked", BLOCKED, 3001, true },
+        { "no check while locked", BEGIN, 3002, false },
+        { "locked near end", BLOCKED, 62999, true },
+        { "lock over", BLOCKED, 63000, false },
         { "fresh window 1", FAIL, 64000, false },
         { "fresh window 2", FAIL, 65000, false },
         { "window expires", FAIL, 65000 + 600001, false },
         { "counts again 2", FAIL, 65000 + 600002, false },
         { "locks again", FAIL, 65000 + 600003, true },
-        { "locked again", LOCKED, 65000 + 600004, true },
+        { "locked again", BLOCKED, 65000 + 600004, true },
     };
     struct auth_throttle *t = auth_throttle_new(4);
     struct sockaddr_in a;
     struct sockaddr_in6 b6, c6;
-    unsigned char ka[16], kb[16], kc[16];
+    unsigned char ka[AUTH_KEY_MAX], kb[AUTH_KEY_MAX], kc[AUTH_KEY_MAX];
+    char text[64];
     size_t la, lb, lc;
     memset(&a, 0, sizeof(a));
     a.sin_family = AF_INET;
     inet_pton(AF_INET, "192.0.2.7", &a.sin_addr);
     la = auth_throttle_key((struct sockaddr *)&a, ka);
     assert_int_equal(la, 4);
-    for (size_t i = 0; i < TERN_ARRAY_LEN(steps); i++) {
-        print_message("step %s\n", steps[i].name);
-        if (steps[i].op == FAIL)
-            assert_int_equal(auth_throttle_fail(t, ka, la, steps[i].t, &lim), steps[i].want);
-        else
-            assert_int_equal(auth_throttle_locked(t, ka, la, steps[i].t), steps[i].want);
-    }
+    auth_throttle_key_str(ka, la, text, sizeof(text));
+    assert_string_equal(text, "192.0.2.7");
+    run_steps(t, ka, la, &lim, steps, TERN_ARRAY_LEN(steps));
     /* IPv6: one /64 is one client; another /64 is not affected. */
     memset(&b6, 0, sizeof(b6));
     b6.sin6_family = AF_INET6;
@@ -410,6 +505,8 @@ test_throttle(void **state)
     lc = auth_throttle_key((struct sockaddr *)&c6, kc);
     assert_int_equal(lb, 8);
     assert_memory_equal(kb, kc, 8);
+    auth_throttle_key_str(kb, lb, text, sizeof(text));
+    assert_string_equal(text, "2001:db8:1:2::/64");
     inet_pton(AF_INET6, "2001:db8:1:3::1", &c6.sin6_addr);
     lc = auth_throttle_key((struct sockaddr *)&c6, kc);
     assert_memory_not_equal(kb, kc, 8);
@@ -420,17 +517,159 @@ test_throttle(void **state)
     assert_memory_equal(kc, ka, 4);
     auth_throttle_free(t);
 
-    /* Bounded memory: full of live entries, new addresses go untracked;
-     * once entries are stale they are evicted. */
+    /* Bounded memory: while full of live entries a new address may not
+     * start a check (it could not be counted); stale entries are evicted,
+     * but never one with a check in flight. */
+    static const struct auth_limits lim1 = { 1, 600000, 60000 };
+    uint32_t k0 = 0, k1 = 1, k3 = 3, k4 = 4, k9 = 9;
     t = auth_throttle_new(2);
-    for (uint32_t i = 0; i < 2; i++)
-        assert_false(auth_throttle_fail(t, &i, sizeof(i), 1000, &lim));
-    uint32_t k3 = 3;
+    assert_false(auth_throttle_fail(t, &k0, sizeof(k0), 1000, &lim));
+    assert_false(auth_throttle_fail(t, &k1, sizeof(k1), 1000, &lim));
+    assert_false(auth_throttle_begin(t, &k3, sizeof(k3), 2000, &lim));
     assert_false(auth_throttle_fail(t, &k3, sizeof(k3), 2000, &lim));
     assert_int_equal(auth_throttle_count(t), 2);
-    assert_false(auth_throttle_fail(t, &k3, sizeof(k3), 1000 + 600001, &lim));
+    assert_true(auth_throttle_begin(t, &k3, sizeof(k3), 1000 + 600001, &lim));
     assert_int_equal(auth_throttle_count(t), 1);
+    assert_false(auth_throttle_fail(t, &k4, sizeof(k4), 1000 + 600001, &lim));
+    assert_int_equal(auth_throttle_count(t), 2);
+    assert_false(auth_throttle_fail(t, &k9, sizeof(k9), 3000000, &lim)); /* evicts k4 */
+    assert_int_equal(auth_throttle_count(t), 2);
+    assert_true(auth_throttle_end(t, &k3, sizeof(k3), true, 3000000, &lim1)); /* still there */
     auth_throttle_free(t);
+}
+
+/* Checks in flight: charged before they run, given back on success. */
+static void
+test_throttle_parallel(void **state)
+{
+    static const struct auth_limits lim = { 3, 600000, 60000 };
+    static const struct thr_step steps[] = {
+        { "first check", BEGIN, 0, true },
+        { "second check", BEGIN, 0, true },
+        { "third check", BEGIN, 0, true },
+        { "budget in flight", BEGIN, 0, false },
+        { "blocked while in flight", BLOCKED, 0, true },
+        { "a success gives back", END_OK, 10, false },
+        { "room for one more", BEGIN, 10, true },
+        { "full again", BEGIN, 10, false },
+        { "failure 1 stays charged", END_FAIL, 20, false },
+        { "still full", BEGIN, 20, false },
+        { "failure 2", END_FAIL, 30, false },
+        { "failure 3 locks", END_FAIL, 40, true },
+        { "locked", BLOCKED, 41, true },
+        { "no check while locked", BEGIN, 50, false },
+        { "an answer never asked for", END_FAIL, 50, false },
+        { "lock over", BLOCKED, 60040, false },
+        { "checks again", BEGIN, 60040, true },
+        { "success", END_OK, 60050, false },
+        { "after a success 1", BEGIN, 60060, true },
+        { "after a success 2", BEGIN, 60060, true },
+        { "after a success 3", BEGIN, 60060, true },
+        { "after a success: full", BEGIN, 60060, false },
+        /* The window ends while checks are in flight: they stay charged. */
+        { "late failure", END_FAIL, 60060 + 600001, false },
+        { "new window, two in flight", BEGIN, 60060 + 600002, true },
+        { "full with two in flight", BEGIN, 60060 + 600002, false },
+        { "fail a", END_FAIL, 60060 + 600003, false },
+        { "fail b", END_FAIL, 60060 + 600003, false },
+        { "fail c locks", END_FAIL, 60060 + 600003, true },
+    };
+    struct auth_throttle *t = auth_throttle_new(4);
+    uint32_t k = 7, other = 8;
+    run_steps(t, &k, sizeof(k), &lim, steps, TERN_ARRAY_LEN(steps));
+    /* Another address is unaffected by all of this. */
+    assert_false(auth_throttle_blocked(t, &other, sizeof(other), 60060 + 600004, &lim));
+    assert_true(auth_throttle_begin(t, &other, sizeof(other), 60060 + 600004, &lim));
+    auth_throttle_free(t);
+}
+
+/* A flood of 100 parallel guesses from one address: 5 are checked. */
+static void
+test_throttle_flood(void **state)
+{
+    static const struct auth_limits lim = { 5, 600000, 3600000 };
+    struct auth_throttle *t = auth_throttle_new(100);
+    uint32_t k = 1;
+    int charged = 0, locks = 0;
+    for (int i = 0; i < 100; i++)
+        charged += auth_throttle_begin(t, &k, sizeof(k), 1000, &lim);
+    assert_int_equal(charged, 5);
+    for (int i = 0; i < charged; i++)
+        locks += auth_throttle_end(t, &k, sizeof(k), true, 2000, &lim);
+    assert_int_equal(locks, 1);
+    for (int i = 0; i < 100; i++)
+        assert_false(auth_throttle_begin(t, &k, sizeof(k), 3000 + i, &lim));
+    auth_throttle_free(t);
+}
+
+struct fq_job {
+    struct auth_fairq_item link;
+    int tag;
+};
+
+/* Round-robin across keys, FIFO within a key, bounded per key and in all. */
+static void
+test_fairq(void **state)
+{
+    enum { PUSH, POP };
+    static const struct {
+        int op;
+        char key;
+        int tag;  /* PUSH: the item; POP: the item expected (0: none) */
+        int want; /* PUSH: 0 or -1 */
+    } steps[] = {
+        { POP, 0, 0, 0 },
+        { PUSH, 'a', 1, 0 },
+        { PUSH, 'a', 2, 0 },
+        { PUSH, 'a', 3, -1 }, /* a's share is 2 */
+        { PUSH, 'b', 4, 0 },
+        { PUSH, 'c', 5, 0 },
+        { PUSH, 'c', 6, 0 },
+        { PUSH, 'd', 7, -1 }, /* 5 in all */
+        { POP, 0, 1, 0 },
+        { PUSH, 'a', 8, 0 }, /* a has room again, and waits its turn */
+        { POP, 0, 4, 0 },
+        { POP, 0, 5, 0 },
+        { PUSH, 'b', 9, 0 }, /* b had nothing left: joins at the end */
+        { POP, 0, 2, 0 },
+        { POP, 0, 6, 0 },
+        { POP, 0, 9, 0 },
+        { POP, 0, 8, 0 },
+        { POP, 0, 0, 0 },
+        { PUSH, 'd', 10, 0 },
+        { POP, 0, 10, 0 },
+    };
+    struct fq_job jobs[16];
+    struct auth_fairq *q = auth_fairq_new(2, 5);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(steps); i++) {
+        print_message("step %zu\n", i);
+        if (steps[i].op == PUSH) {
+            struct fq_job *j = &jobs[steps[i].tag];
+            j->tag = steps[i].tag;
+            assert_int_equal(auth_fairq_push(q, &steps[i].key, 1, &j->link), steps[i].want);
+        } else {
+            struct fq_job *j = (struct fq_job *)(void *)auth_fairq_pop(q);
+            assert_int_equal(j ? j->tag : 0, steps[i].tag);
+        }
+    }
+    assert_int_equal(auth_fairq_len(q), 0);
+    auth_fairq_free(q);
+
+    /* One address fills its whole share; another's check is next but one. */
+    static struct fq_job flood[AUTH_QUEUE_PER_KEY + 1], mine;
+    unsigned char attacker[4] = { 127, 0, 0, 2 }, user[4] = { 127, 0, 0, 1 };
+    q = auth_fairq_new(AUTH_QUEUE_PER_KEY, AUTH_QUEUE_MAX);
+    for (int i = 0; i <= AUTH_QUEUE_PER_KEY; i++)
+        assert_int_equal(
+            auth_fairq_push(q, attacker, 4, &flood[i].link), i < AUTH_QUEUE_PER_KEY ? 0 : -1);
+    assert_int_equal(auth_fairq_key_len(q, attacker, 4), AUTH_QUEUE_PER_KEY);
+    assert_ptr_equal(auth_fairq_pop(q), &flood[0].link);
+    assert_int_equal(auth_fairq_push(q, user, 4, &mine.link), 0);
+    assert_ptr_equal(auth_fairq_pop(q), &flood[1].link);
+    assert_ptr_equal(auth_fairq_pop(q), &mine.link);
+    assert_int_equal(auth_fairq_key_len(q, user, 4), 0);
+    assert_int_equal(auth_fairq_len(q), AUTH_QUEUE_PER_KEY - 2);
+    auth_fairq_free(q); /* items still queued are the caller's */
 }
 
 static void
@@ -472,15 +711,18 @@ test_sender_allowed(void **state)
 struct done_state {
     int n;
     bool ok[8];
+    unsigned char key[8][AUTH_KEY_MAX];
     struct event_base *base;
 };
 
 static void
-done_cb(uint64_t id, bool ok, void *arg)
+done_cb(const struct auth_result *r, void *arg)
 {
     struct done_state *d = arg;
-    assert_true(id < 8);
-    d->ok[id] = ok;
+    assert_true(r->id < 8);
+    assert_int_equal(r->klen, 4);
+    d->ok[r->id] = r->ok;
+    memcpy(d->key[r->id], r->key, r->klen);
     if (++d->n == 4)
         event_base_loopbreak(d->base);
 }
@@ -493,13 +735,15 @@ test_worker(void **state)
     struct event_base *base = event_base_new();
     struct auth_worker *w;
     struct timeval tv = { 20, 0 };
+    unsigned char ka[4] = { 192, 0, 2, 1 }, kb[4] = { 192, 0, 2, 2 };
+    int refused = 0;
     memset(&d, 0, sizeof(d));
     d.base = base;
     w = auth_worker_new(base, done_cb, &d);
-    assert_int_equal(auth_worker_submit(w, 1, h, "pw", false), 0);
-    assert_int_equal(auth_worker_submit(w, 2, h, "wrong", false), 0);
-    assert_int_equal(auth_worker_submit(w, 3, h, "pw", true), 0); /* unknown user */
-    assert_int_equal(auth_worker_submit(w, 4, "*", "pw", false), 0);
+    assert_int_equal(auth_worker_submit(w, 1, ka, 4, h, "pw", false), 0);
+    assert_int_equal(auth_worker_submit(w, 2, kb, 4, h, "wrong", false), 0);
+    assert_int_equal(auth_worker_submit(w, 3, ka, 4, h, "pw", true), 0); /* unknown user */
+    assert_int_equal(auth_worker_submit(w, 4, kb, 4, "*", "pw", false), 0);
     event_base_loopexit(base, &tv);
     event_base_dispatch(base);
     assert_int_equal(d.n, 4);
@@ -507,9 +751,15 @@ test_worker(void **state)
     assert_false(d.ok[2]);
     assert_false(d.ok[3]);
     assert_false(d.ok[4]);
+    assert_memory_equal(d.key[1], ka, 4);
+    assert_memory_equal(d.key[2], kb, 4);
+    /* One key gets its share of the queue and no more (one check may
+     * already be running, out of the queue). */
+    for (uint64_t i = 0; i < AUTH_QUEUE_PER_KEY + 2; i++)
+        refused += auth_worker_submit(w, 5, ka, 4, h, "pw", false) < 0;
+    assert_true(refused >= 1 && refused <= 2);
+    assert_int_equal(auth_worker_submit(w, 6, kb, 4, h, "pw", false), 0);
     /* Free with jobs still queued: no answers, no leaks. */
-    for (uint64_t i = 0; i < 3; i++)
-        assert_int_equal(auth_worker_submit(w, 5, h, "pw", false), 0);
     auth_worker_free(w);
     event_base_free(base);
     free(h);
@@ -525,7 +775,11 @@ main(void)
         cmocka_unit_test(test_check_password),
         cmocka_unit_test(test_users_parse),
         cmocka_unit_test(test_users_refresh),
+        cmocka_unit_test(test_users_file_trust),
         cmocka_unit_test(test_throttle),
+        cmocka_unit_test(test_throttle_parallel),
+        cmocka_unit_test(test_throttle_flood),
+        cmocka_unit_test(test_fairq),
         cmocka_unit_test(test_sender_allowed),
         cmocka_unit_test(test_worker),
     };

@@ -128,9 +128,11 @@ test_defaults(void **state)
     assert_int_equal(c->max_recipients, 1000);
     assert_int_equal(c->max_sessions, 1000);
     assert_int_equal(c->max_sessions_per_ip, 100);
+    assert_int_equal(c->reserved_sessions, 100); /* a tenth of max_sessions */
     assert_int_equal(c->max_errors, 20);
     assert_int_equal(c->smtp_timeout_ms, 300000);
     assert_int_equal(c->data_timeout_ms, 180000);
+    assert_int_equal(c->min_data_rate, 500);
     assert_int_equal(c->delivery_concurrency, 20);
     assert_int_equal(c->delivery_max_msgs_per_conn, 100);
     assert_int_equal(c->connect_timeout_ms, 30000);
@@ -150,7 +152,7 @@ static const char full_conf[] =
     "smtps_listen = [::1]:465\n"
     "spool_dir = \"/var/spool/tern test\"   # quoted: keeps the space\n"
     "relay_networks = 10.1.2.3/8 192.168.0.0/16 2001:db8::/32 ::1\n"
-    "relay_domains = Example.COM. backup.example.net b\303\274cher.de\n"
+    "relay_domains = Example.COM. backup.example.net b\303\274cher.de .Sub.Example.COM.\n"
     "smarthost = [192.0.2.1]:587\n"
     "smarthost_auth_file = smarthost.auth\n"
     "smarthost_tls = REQUIRED\n"
@@ -213,10 +215,11 @@ test_full_file(void **state)
     assert_int_equal(c->relay_networks[0].addr[0], 10);
     assert_int_equal(c->relay_networks[0].addr[1], 0); /* host bits cleared */
     assert_int_equal(c->relay_networks[3].prefix, 128);
-    assert_int_equal(c->n_relay_domains, 3);
+    assert_int_equal(c->n_relay_domains, 4);
     assert_string_equal(c->relay_domains[0], "example.com");
     assert_string_equal(c->relay_domains[1], "backup.example.net");
     assert_string_equal(c->relay_domains[2], "b\303\274cher.de");
+    assert_string_equal(c->relay_domains[3], ".sub.example.com"); /* subdomains */
     assert_string_equal(c->smarthost.host, "192.0.2.1");
     assert_int_equal(c->smarthost.port, 587);
     assert_string_equal(c->smarthost_auth_file, "smarthost.auth");
@@ -246,6 +249,7 @@ test_full_file(void **state)
     assert_int_equal(c->max_recipients, 50);
     assert_int_equal(c->max_sessions, 10);
     assert_int_equal(c->max_sessions_per_ip, 3);
+    assert_int_equal(c->reserved_sessions, 1); /* computed from max_sessions = 10 */
     assert_int_equal(c->max_errors, 5);
     assert_int_equal(c->smtp_timeout_ms, 120000);
     assert_int_equal(c->data_timeout_ms, 60000);
@@ -278,6 +282,7 @@ test_overrides(void **state)
         "max_errors=1",
         "max_errors=2", /* later overrides win over earlier ones */
         "log_format=json # comment",
+        "reserved_sessions=0", /* an explicit 0 wins over the computed default */
     };
     struct config *c = load_text("smtp_listen = 127.0.0.1:25\n"
                                  "relay_domains = example.com\n"
@@ -294,6 +299,7 @@ test_overrides(void **state)
     assert_string_equal(c->hostname, "relay.example");
     assert_int_equal(c->max_errors, 2);
     assert_int_equal(c->log_format, LOGFMT_JSON);
+    assert_int_equal(c->reserved_sessions, 0);
     config_unref(c);
 
     /* No file: built-in defaults plus overrides. */
@@ -404,6 +410,10 @@ test_errors(void **state)
             "tern.conf:1: bad number \"99999999999999999999\" for max_sessions (1..1000000)\n" },
         { "bad domain", "relay_domains = good.example bad..example\n", NULL,
             "tern.conf:1: bad domain \"bad..example\" in relay_domains\n" },
+        { "lone dot domain", "relay_domains = .example.com .\n", NULL,
+            "tern.conf:1: bad domain \".\" in relay_domains\n" },
+        { "two leading dots", "relay_domains = ..example.com\n", NULL,
+            "tern.conf:1: bad domain \"..example.com\" in relay_domains\n" },
         { "bad hostname", "hostname = -bad\n", NULL,
             "tern.conf:1: bad domain name \"-bad\" for hostname\n" },
         { "empty hostname", NULL, "hostname=", "-o hostname: hostname must not be empty\n" },
@@ -418,6 +428,10 @@ test_errors(void **state)
             "tern.conf:1: tls_cert_file is set but tls_key_file is not\n" },
         { "smtps needs tls", NULL, "smtps_listen=127.0.0.1:465",
             "-o smtps_listen: smtps_listen needs tls_cert_file and tls_key_file\n" },
+        { "reserve too big", "max_sessions = 10\nreserved_sessions = 10\n", NULL,
+            "tern.conf:2: reserved_sessions (10) must be less than max_sessions (10)\n" },
+        { "zero data rate", NULL, "min_data_rate=0",
+            "-o min_data_rate: bad number \"0\" for min_data_rate (1..1000000000)\n" },
         { "retry order", "retry_max = 10s\n", NULL,
             "tern.conf:1: retry_initial is longer than retry_max\n" },
         { "untrusted text shown safely", "hostname = \"a\\\"b\x01\"\n", NULL,

@@ -29,8 +29,10 @@
 #include "dns/dns.h"
 #include "sched/sched.h"
 #include "spool/spool.h"
+#include "spool/spool_int.h"
 #include "util/buf.h"
 #include "util/log.h"
+#include "util/loopq.h"
 #include "util/util.h"
 
 /* ---- the scripted SMTP server ---- */
@@ -369,6 +371,7 @@ struct hooked {
 
 struct h {
     struct event_base *base;
+    struct loopq *q;
     char dir[64];
     struct spool *sp;
     struct config *cfg;
@@ -478,7 +481,7 @@ static void
 h_start_sched(struct h *h)
 {
     struct buf err = BUF_INIT;
-    h->sp = spool_open(h->dir, h->base, &err);
+    h->sp = spool_open(h->dir, h->q, NULL, &err);
     if (h->sp == NULL)
         fail_msg("spool_open: %s", err.data ? err.data : "?");
     buf_fini(&err);
@@ -497,6 +500,8 @@ h_new(const struct rule *rules, size_t n_rules, const char *extra, bool closed)
     struct h *h = xcalloc(1, sizeof(*h));
     h->base = event_base_new();
     assert_non_null(h->base);
+    h->q = loopq_new(h->base);
+    assert_non_null(h->q);
     snprintf(h->dir, sizeof(h->dir), "/tmp/test_sched.XXXXXX");
     assert_non_null(mkdtemp(h->dir));
     srv_start(&h->srv[0], h->base, rules, n_rules);
@@ -509,17 +514,22 @@ h_new(const struct rule *rules, size_t n_rules, const char *extra, bool closed)
 static void
 h_stop_sched(struct h *h)
 {
+    spool_recover_stop(h->sp);
+    loopq_run(h->q);
     spool_set_commit_hook(h->sp, NULL, NULL); /* as ternd: no sched_add after sched_free */
     sched_free(h->s);
     h->s = NULL;
     dns_free(h->dns);
     h->dns = NULL;
-    spool_free(h->sp); /* drains the status updates */
+    spool_free(h->sp); /* writes the state records still queued */
     h->sp = NULL;
+    loopq_run(h->q);
 }
 
+static struct sched_stats stats(const struct h *h);
+
 /* Stop scheduler and spool, keep the files, start again with smarthost port:
- * returns sched_load_spool's count. */
+ * returns how many messages the scheduler loaded. */
 static long
 h_restart(struct h *h, uint16_t port, const char *extra)
 {
@@ -528,7 +538,9 @@ h_restart(struct h *h, uint16_t port, const char *extra)
     h->port = port;
     h->cfg = h_config(h, port, extra);
     h_start_sched(h);
-    return sched_load_spool(h->s);
+    sched_load_spool(h->s);
+    RUN_UNTIL(h, sched_loaded(h->s), 5000);
+    return (long)stats(h).loaded;
 }
 
 static void
@@ -539,6 +551,7 @@ h_free(struct h *h)
     config_unref(h->cfg);
     srv_stop(&h->srv[0]);
     srv_stop(&h->srv[1]);
+    loopq_free(h->q);
     event_base_free(h->base);
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", h->dir);
     assert_int_equal(system(cmd), 0);
@@ -558,38 +571,33 @@ h_submit(struct h *h, const char *sender, const char *const *rcpts, size_t n, ch
         spool_env_add_rcpt(e, rcpts[i], NULL, 0);
     w = spool_writer_new(h->sp, e);
     assert_non_null(w);
-    assert_int_equal(spool_writer_write(w, body, strlen(body)), 0);
+    spool_writer_write(w, body, strlen(body));
     snprintf(qid, SPOOL_QID_LEN + 1, "%s", e->qid);
     spool_env_free(e);
     h->committed = false;
-    spool_writer_commit(w, commit_cb, 7, h);
+    spool_writer_commit(w, h->q, commit_cb, 7, h);
     RUN_UNTIL(h, h->committed, 3000);
     assert_true(h->commit_ok);
 }
 
-/* Messages in SPOOL/queue/. */
+/* Live messages in the spool, once every record asked for is written. */
 static size_t
 queue_count(const struct h *h)
 {
-    char path[128];
-    size_t n = 0;
-    struct dirent *de;
-    DIR *d;
-    snprintf(path, sizeof(path), "%s/queue", h->dir);
-    d = opendir(path);
-    assert_non_null(d);
-    while ((de = readdir(d)) != NULL)
-        n += de->d_name[0] != '.';
-    closedir(d);
-    return n;
+    struct spool_stats st;
+    spool_sync_wait(h->sp);
+    spool_get_stats(h->sp, &st);
+    return (size_t)st.live_messages;
 }
 
 static bool
 in_spool(const struct h *h, const char *qid)
 {
-    char path[128];
-    snprintf(path, sizeof(path), "%s/queue/%s", h->dir, qid);
-    return access(path, F_OK) == 0;
+    struct spool_env *env;
+    spool_sync_wait(h->sp);
+    env = spool_load(h->sp, qid);
+    spool_env_free(env);
+    return env != NULL;
 }
 
 static struct sched_stats
@@ -806,6 +814,8 @@ test_mixed_results(void **state)
     assert_non_null(t);
     assert_int_equal(t->n_rcpts, 1);
     assert_true(in_spool(h, qid));
+    /* c is listed (dsn_pending) until its DSN is in the queue. */
+    RUN_UNTIL(h, h->n_hooks == 2, 5000);
     check_list(h, qid, false, after1, 1);
 
     /* The DSN: a new message from <> to the sender, about c only. */
@@ -1118,6 +1128,59 @@ test_restart(void **state)
     h_free(h);
 }
 
+/* Recipients recorded as final but with their DSN not yet made (the daemon
+ * stopped before the DSN could be written) get it at the next start, and
+ * only then does the message leave the spool; they are never sent again. */
+static void
+test_restart_dsn_pending(void **state)
+{
+    static const char *const ab[] = { "a@x.test", "b@x.test" };
+    struct h *h = h_new(NULL, 0, NULL, true);
+    char q[SPOOL_QID_LEN + 1];
+    const struct srv_tx *failed = NULL, *relayed = NULL;
+    h_submit(h, "s@x.test", ab, 2, q);
+    assert_int_equal(sched_hold(h->s, q, true), 0); /* no attempt of ours meanwhile */
+    {
+        /* As the spool would hold it after such a stop. */
+        struct spool_env *env = spool_load(h->sp, q);
+        assert_non_null(env);
+        env->held = true;
+        env->rcpts[0].state = RCPT_FAILED_DSN;
+        env->rcpts[0].attempts = 1;
+        env->rcpts[0].last_error = xstrdup("550 5.1.1 no such user");
+        env->rcpts[1].state = RCPT_DELIVERED_DSN;
+        env->rcpts[1].attempts = 1;
+        env->rcpts[1].last_error = xstrdup("250 2.0.0 ok");
+        spool_update_state(h->sp, env);
+        spool_env_free(env);
+    }
+
+    /* The DSNs are made as soon as the message is loaded (while they are
+     * being made, queue list says dsn_pending: tests/system/test_spool.py). */
+    assert_int_equal(h_restart(h, h->srv[0].port, NULL), 1);
+    RUN_UNTIL(h, h->srv[0].n_tx == 2 && queue_count(h) == 0, 5000);
+    for (size_t i = 0; i < h->srv[0].n_tx; i++) {
+        const struct srv_tx *t = &h->srv[0].tx[i];
+        assert_string_equal(t->from, "");
+        assert_string_equal(t->rcpts[0], "s@x.test");
+        if (strstr(t->body.data, "Action: failed") != NULL)
+            failed = t;
+        else if (strstr(t->body.data, "Action: relayed") != NULL)
+            relayed = t;
+    }
+    assert_non_null(failed);
+    assert_non_null(relayed);
+    assert_non_null(strstr(failed->body.data, "Final-Recipient: rfc822; a@x.test"));
+    assert_non_null(strstr(failed->body.data, "Status: 5.1.1"));
+    assert_non_null(strstr(failed->body.data, "no such user"));
+    assert_null(strstr(failed->body.data, "Final-Recipient: rfc822; b@x.test"));
+    assert_non_null(strstr(relayed->body.data, "Final-Recipient: rfc822; b@x.test"));
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 0);
+    assert_int_equal(srv_hits(&h->srv[0], "b@x.test"), 0);
+    assert_int_equal(stats(h).queue_messages, 0);
+    h_free(h);
+}
+
 /* After a restart only the recipients still pending are sent again. */
 static void
 test_restart_partial(void **state)
@@ -1223,6 +1286,7 @@ main(void)
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_no_dsn_loops),
         cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_restart_dsn_pending),
         cmocka_unit_test(test_restart_partial),
         cmocka_unit_test(test_restart_in_flight),
         cmocka_unit_test(test_reroute_waiting),

@@ -1,0 +1,59 @@
+/*
+ * The JSON line of `ternctl queue list --json` (CONTRACT.md) for one
+ * envelope, shared by the daemon (which knows what is being delivered) and
+ * ternctl reading a stopped daemon's spool.
+ */
+#include "spool/spool.h"
+
+#include <inttypes.h>
+#include <string.h>
+
+static void
+json_str(struct buf *out, const char *s)
+{
+    if (s == NULL) {
+        buf_append_str(out, "null");
+        return;
+    }
+    buf_append_char(out, '"');
+    buf_append_json(out, s, strlen(s));
+    buf_append_char(out, '"');
+}
+
+void
+spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t idx, void *arg),
+    void *arg, struct buf *out)
+{
+    bool first = true;
+    buf_append_str(out, "{\"id\":");
+    json_str(out, env->qid);
+    buf_append_str(out, ",\"sender\":");
+    json_str(out, env->sender);
+    buf_printf(out, ",\"arrival\":%" PRId64 ",\"held\":%s,\"size\":%" PRIu64 ",\"recipients\":[",
+        env->arrival_ms / 1000, env->held ? "true" : "false", env->body_len);
+    for (size_t i = 0; i < env->n_rcpts; i++) {
+        const struct spool_rcpt *r = &env->rcpts[i];
+        const char *st = status ? status(i, arg) : NULL;
+        bool dsn = r->state == RCPT_FAILED_DSN || r->state == RCPT_DELIVERED_DSN;
+        if (r->state != RCPT_QUEUED && !dsn)
+            continue;
+        /* dsn_pending: final, the message waits until its DSN is made */
+        if (dsn)
+            st = "dsn_pending";
+        else if (st == NULL)
+            st = r->attempts > 0 ? "deferred" : "queued";
+        buf_append_str(out, first ? "{\"address\":" : ",{\"address\":");
+        first = false;
+        json_str(out, r->addr);
+        buf_printf(
+            out, ",\"status\":\"%s\",\"attempts\":%" PRIu32 ",\"next_attempt\":", st, r->attempts);
+        if (r->next_try_ms > 0)
+            buf_printf(out, "%" PRId64, r->next_try_ms / 1000);
+        else
+            buf_append_str(out, "null");
+        buf_append_str(out, ",\"last_error\":");
+        json_str(out, r->last_error);
+        buf_append_char(out, '}');
+    }
+    buf_append_str(out, "]}\n");
+}
