@@ -3,15 +3,21 @@
 
 fuzz_session inputs are scripts (see the comment at the top of
 fuzz_session.c): a mode byte, a seed byte, then ops named as in its op table.
-fuzz_dns seeds are DNS answers, fuzz_spool seeds queue files in the spool
-format of src/spool/spool_int.h, fuzz_reply seeds server replies. Run it
-after changing an op table or the spool format, and commit the result:
+fuzz_dns seeds are DNS answers, fuzz_reply seeds server replies.
+fuzz_spool seeds are cut from a real spool written by tests/fuzz/spool_seeds
+(segments, their .idx, record headers, MSG and STATE part A), plus a spilled
+message and old-layout queue files made here. Run it after changing an op
+table or the spool format, with the fuzz build (default build-fuzz) that
+holds spool_seeds, and commit the result (the queue ids and times in the
+spool seeds change on every run):
 
-    /usr/bin/python3 tests/fuzz/mkseeds.py
+    /usr/bin/python3 tests/fuzz/mkseeds.py [BUILD_DIR]
 """
 import os
 import struct
+import subprocess
 import sys
+import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -173,8 +179,10 @@ DNS = {
 DNS = {k: b"\x00" + v for k, v in DNS.items()}
 DNS["cache_blob"] = b"\x01" + b"\x00" + struct.pack(">HI", 10, 3) + b"a.b"
 
-# ---- fuzz_spool: byte 0 = repair flags (see fuzz_spool.c), then the file ----
+# ---- fuzz_spool: byte 0 = reader and flags (see fuzz_spool.c), then its input ----
 
+SP_HDR, SP_ENV, SP_STATE, SP_SEG, SP_LEGACY = range(5)
+SP_REPAIR, SP_OTHER_QID = 0x08, 0x10
 QID = "0123456789abcdef"
 
 
@@ -185,6 +193,9 @@ def crc32c(data):
         for _ in range(8):
             crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
     return crc ^ 0xFFFFFFFF
+
+
+# The old one-file-per-message layout, read only to convert it (legacy.c).
 
 
 def status(rec):
@@ -204,19 +215,101 @@ ENV = [b"Q " + QID.encode(), b"A 1700000000000", b"S a@example.com", b"E -", b"R
        b"U 0", b"X 0", b"H client.example", b"C 127.0.0.1", b"T r1@example.net - 0",
        b"T r2@example.net rfc822;r2+40example.net 6"]
 BODY = b"Received: from x\r\nSubject: hi\r\n\r\nhello\r\n"
+LEG, LEG_FIX = bytes([SP_LEGACY]), bytes([SP_LEGACY | SP_REPAIR])
 SPOOL = {
-    "plain": b"\x08" + queue_file(ENV, BODY),
-    "statuses": b"\x08" + queue_file(ENV, BODY, status(b"s 0 1 1 250%202.0.0%20ok") +
-                                    status(b"s 1 0 2 -") + status(b"h 1") +
-                                    status(b"d DKIM-Signature:%20v=1;%20a=ed25519-sha256\r\n"
-                                           .replace(b"\r\n", b"%0D%0A")) + status(b"h 0")),
-    "torn_tail": b"\x00" + queue_file(ENV, BODY, status(b"h 1") + b"s 0 2 1 gone 1234"),
-    "escapes": b"\x08" + queue_file(
+    "legacy_plain": LEG + queue_file(ENV, BODY),
+    "legacy_statuses": LEG + queue_file(ENV, BODY, status(b"s 0 1 1 250%202.0.0%20ok") +
+                                        status(b"s 1 0 2 -") + status(b"h 1") +
+                                        status(b"d DKIM-Signature:%20v=1;%20a=ed25519-sha256"
+                                               b"%0D%0A") + status(b"h 0")),
+    "legacy_torn_tail": LEG + queue_file(ENV, BODY, status(b"h 1") + b"s 0 2 1 gone 1234"),
+    "legacy_escapes": LEG + queue_file(
         [b"Q " + QID.encode(), b"A 0", b"S %2D", b"E QQ+2B", b"R 2", b"B 2", b"U 1", b"X 1",
          b"H -", b"C -", b"T %C3%BC@example.net - 15"], b""),
-    "repair_me": b"\x03" + queue_file(ENV, BODY, status(b"s 1 2 7 550%205.1.1")),
-    "uncommitted": b"\x00" + b"TERN1 uncommitted".ljust(56) + b"\n" + b"Q " + QID.encode() + b"\n",
+    "legacy_repair_me": LEG_FIX + queue_file(ENV, BODY, status(b"s 1 2 7 550%205.1.1")),
+    "legacy_other_name": bytes([SP_LEGACY | SP_OTHER_QID]) + queue_file(ENV, BODY),
 }
+
+# Segments (spool_int.h): a 64-byte file header, then records, each a 48-byte
+# header (u32 magic, u8 type, u8 version, u16 flags, u32 len_a, u32 len_b,
+# u64 qid, u64 seg, u32 crc_a, u32 crc_b, u32 reserved, u32 crc_hdr) and its
+# parts A and B.
+REC = struct.Struct("<IBBHIIQQIIII")
+REC_TYPES = {1: "msg", 2: "chunk", 3: "state", 4: "done"}
+
+
+def records(seg):
+    off = 64
+    while off + REC.size <= len(seg):
+        f = REC.unpack_from(seg, off)
+        la, lb = f[4], f[5]
+        yield f[1], seg[off:off + REC.size], seg[off + REC.size:off + REC.size + la]
+        off += REC.size + la + lb
+
+
+def seg_header(seq):
+    h = b"TERNSEG1" + struct.pack("<QQ", seq, 0)
+    h = h.ljust(60, b"\0")
+    return h + struct.pack("<I", crc32c(h))
+
+
+def record(typ, qid, seq, a, b=b""):
+    h = REC.pack(0x31435254, typ, 1, 0, len(a), len(b), qid, seq, crc32c(a), crc32c(b), 0, 0)
+    return h[:44] + struct.pack("<I", crc32c(h[:44])) + a + b
+
+
+def seg_input(layout, *parts, repair=False):
+    """parts: one segment, or (segment 1, .idx of 1 or b"", segment 2)."""
+    out = bytes([SP_SEG | (SP_REPAIR if repair else 0), layout])
+    lens = [len(parts[0]), len(parts[1]) if len(parts) > 1 else 0]
+    return out + struct.pack("<HH", *lens) + b"".join(parts)
+
+
+def spilled_message():
+    """A message whose body was spilled ahead of its MSG record in a CHUNK
+    (real ones are at least 256 KiB): its part A names the chunk's bytes."""
+    chunk = b"Subject: big\r\n\r\n" + b"..spilled line\r\n" * 4
+    tail = b"end\r\n"
+    stored = len(chunk) + len(tail)
+    qid = 0x1234
+    a = (b"Q %016x\nA 1700000000000\nS s@example.com\nE -\nR 0\nB 0\nU 0\nX 0\n"
+         b"H -\nC -\nT r@example.net - 0\nL %d %d\nx 1 %d %d\n"
+         % (qid, stored - 4, stored, 64 + REC.size, len(chunk)))
+    return (seg_header(1) + record(2, qid, 1, b"", chunk) + record(1, qid, 1, a, tail) +
+            record(3, qid, 1, b"h 0\nr 0 0 1 0 1700000060000 -\n"))
+
+
+def spool_seeds(build):
+    """Seeds cut from a spool written by the spool itself (spool_seeds)."""
+    prog = os.path.join(build, "tests", "fuzz", "spool_seeds")
+    seeds = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([prog, os.path.join(tmp, "spool")], check=True)
+        log = os.path.join(tmp, "spool", "log")
+
+        def read(name):
+            with open(os.path.join(log, name), "rb") as f:
+                return f.read()
+        seg1, idx1, seg2 = read("%016x.seg" % 1), read("%016x.idx" % 1), read("%016x.seg" % 2)
+    seeds["seg_real"] = seg_input(0, seg1)
+    seeds["seg_real_repair"] = seg_input(0, seg1, repair=True)
+    seeds["seg_two_idx"] = seg_input(3, seg1, idx1, seg2)
+    seeds["seg_two_scanned"] = seg_input(1, seg1, b"", seg2)
+    seeds["seg_torn"] = seg_input(0, seg1[:len(seg1) - 30])
+    seeds["seg_spilled"] = seg_input(0, spilled_message(), repair=True)
+    n = {}
+    for seg in (seg1, seg2):
+        for typ, hdr, a in records(seg):
+            name = REC_TYPES.get(typ, "rec")
+            n[name] = n.get(name, 0) + 1
+            tag = "%s%d" % (name, n[name])
+            seeds["hdr_" + tag] = bytes([SP_HDR]) + hdr
+            if typ == 1:
+                seeds["env_" + tag] = bytes([SP_ENV]) + a
+            elif typ == 3:
+                seeds["state_" + tag] = bytes([SP_STATE, 1]) + a
+    return seeds
+
 
 # ---- fuzz_reply: byte 0 (bit 0: enhanced code mode), then lines ----
 
@@ -234,15 +327,21 @@ REPLY = {
 def write(target, seeds):
     d = os.path.join(HERE, "seeds", target)
     os.makedirs(d, exist_ok=True)
+    for old in os.listdir(d):
+        if old not in seeds:
+            os.unlink(os.path.join(d, old))
     for name, data in seeds.items():
         with open(os.path.join(d, name), "wb") as f:
             f.write(data)
 
 
 def main():
+    build = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "..", "build-fuzz")
     write("fuzz_session", SESSION)
     write("fuzz_dns", DNS)
-    write("fuzz_spool", SPOOL)
+    spool = dict(SPOOL)
+    spool.update(spool_seeds(build))
+    write("fuzz_spool", spool)
     write("fuzz_reply", REPLY)
     return 0
 
