@@ -10,7 +10,11 @@
  * smtps; bit 4 the tight configuration; bit 5 "reckless": pipeline message
  * bodies without waiting for 354 and send BDAT chunks of the wrong size;
  * bits 6-7 the largest write: all, 7, 64 or 512 bytes). Byte 1 seeds the
- * split and pipelining choices. Then ops, each an opcode byte and its
+ * split and pipelining choices. Connections are admitted as a listener
+ * admits them (session limits, the share kept for relay_networks,
+ * per-address counts; the tight configuration allows 4 sessions, 1 kept,
+ * 2 per outside address), and the "conn" op opens extra idle connections
+ * from any of the four addresses. Then ops, each an opcode byte and its
  * arguments (see the op table at the end; tests/fuzz/mkseeds.py writes
  * scripts from readable names). A reply of 334 makes the next op byte pick
  * an AUTH response instead.
@@ -20,16 +24,17 @@
  * answered once the session is idle; a RCPT gets 250 only inside a
  * transaction and a message is accepted only with recipients; a message
  * answered "250 queued as ID" is in the queue at that moment with exactly the
- * recipients that got 250 (in order), the exact sender and the bytes sent;
- * the reply backlog of a client that stops reading stays bounded; and when
- * the session has ended no session, spool writer, tmp/ or corrupt/ file or
- * descriptor is left. Unless reckless, the client behaves as RFC 5321 and
- * RFC 3030 ask, so these are the server's promises.
+ * recipients that got 250 (in order), the exact sender and the bytes sent
+ * (read back through the spool's content reader); after a BDAT chunk no
+ * RCPT gets 250 and no DATA 354 (RFC 3030 §3); the reply backlog of a
+ * client that stops reading stays bounded; an extra connection gets either
+ * the greeting or one 421 4.7.0 line, the server never holds more sessions
+ * than max_sessions nor gives the reserved ones to outsiders, and its
+ * per-address and outsider counts match the live sessions; and when every
+ * connection has ended no session, count, corrupt/ file or descriptor is
+ * left. Unless reckless, the client behaves as RFC 5321 and RFC 3030 ask,
+ * so these are the server's promises.
  *
- * TERN_FUZZ_AVOID (space or comma separated) makes the client avoid inputs
- * that trip known bugs being fixed elsewhere: "bdat-data" (DATA after a BDAT
- * chunk), "bdat-rcpt" (RCPT after a BDAT chunk), "backlog" (a client that
- * stops reading). Either BDAT entry also turns reckless mode off.
  * TERN_FUZZ_TMPDIR: where the world is made (default /dev/shm); TERN_FUZZ_LOG
  * set: the server's log goes to stderr (to read what an input does).
  */
@@ -53,7 +58,9 @@
 #include "fuzz_check.h"
 #include "session_world.h"
 #include "smtp/smtp_int.h"
+#include "spool/spool.h"
 #include "util/buf.h"
+#include "util/map.h"
 #include "util/util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -66,9 +73,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define REPLY_LINE_MAX     (STATUS_TEXT_MAX + 32) /* code, enhanced code, text */
 #define SERVER_SNDBUF      32768                  /* small, so that a backlog shows early */
 #define IDLE_STABLE_PASSES 3
+#define EXTRA_MAX          6 /* extra connections an input may hold open */
 
 static struct fuzz_world W;
-static bool avoid_bdat_data, avoid_bdat_rcpt, avoid_backlog;
 
 /* ---- the tables the script indexes ---- */
 
@@ -242,7 +249,15 @@ struct model {
     bool auth_cont;     /* the last reply was 334: the next line is a response */
     bool data_go;       /* the last DATA got 354 */
     bool tls_go;        /* the last STARTTLS got 220 */
-    bool bdat_sent;     /* a BDAT chunk without LAST went out in this transaction */
+    bool bdat_open;     /* a BDAT chunk without LAST got 250 in this transaction */
+};
+
+/* An extra connection: admitted or refused, then left idle. */
+struct extra {
+    int fd;
+    bool trusted; /* from relay_networks */
+    uint64_t recvd;
+    struct buf first; /* what it has been sent, up to the first line end */
 };
 
 struct client {
@@ -266,6 +281,8 @@ struct client {
     struct expect *exp;
     size_t exp_head, n_exp, cap_exp;
     struct model m;
+    struct extra extra[EXTRA_MAX];
+    size_t n_extra;
 };
 
 static uint32_t
@@ -311,6 +328,7 @@ tx_reset(struct model *m)
     m->in_tx = false;
     m->sender = NULL;
     m->n_rcpt = 0;
+    m->bdat_open = false;
     buf_reset(&m->content);
 }
 
@@ -332,19 +350,25 @@ session(struct client *c)
 
 /* ---- checking an accepted message against what was sent ---- */
 
+/* The stored message, read back as delivery reads it: tern's Received
+ * field, then what the client sent. */
 static void
-check_body(const char *qid, const struct spool_env *env, const struct buf *want)
+check_body(const struct spool_env *env, const struct buf *want)
 {
-    int fd = spool_open_message(W.sp, qid);
-    char *body;
-    CHECK(fd >= 0);
-    CHECK(env->body_len >= want->len && env->body_len < (64u << 20));
-    body = xmalloc(env->body_len + 1);
-    CHECK(pread(fd, body, env->body_len, (off_t)env->body_off) == (ssize_t)env->body_len);
-    close(fd);
-    CHECK(env->body_len >= 10 && memcmp(body, "Received: ", 10) == 0);
-    CHECK(want->len == 0 || memcmp(body + env->body_len - want->len, want->data, want->len) == 0);
-    free(body);
+    struct spool_content *sc = spool_content_open(W.sp, env);
+    struct buf got = BUF_INIT;
+    const char *p;
+    size_t n;
+    int r;
+    CHECK(sc != NULL);
+    while ((r = spool_content_next(sc, &p, &n)) == 1)
+        buf_append(&got, p, n);
+    CHECK(r == 0);
+    spool_content_close(sc);
+    CHECK(got.len == env->body_len && got.len >= want->len);
+    CHECK(got.len >= 10 && memcmp(got.data, "Received: ", 10) == 0);
+    CHECK(want->len == 0 || memcmp(got.data + got.len - want->len, want->data, want->len) == 0);
+    buf_fini(&got);
 }
 
 /* "250 2.0.0 Ok: queued as ID": the message must be in the queue now with
@@ -370,7 +394,17 @@ check_accepted(struct client *c, const struct buf *meant)
     buf_append(&want, meant->data ? meant->data : "", meant->len);
     if (want.len > 0 && (want.len < 2 || memcmp(want.data + want.len - 2, "\r\n", 2) != 0))
         buf_append(&want, "\r\n", 2);
-    check_body(qid, env, &want);
+    /* A message that is all header gets the empty line that ends it (RFC
+     * 5322 §2.1); tern's Received field before it ends in CRLF. */
+    {
+        struct buf all = BUF_INIT;
+        buf_append(&all, "\r\n", 2);
+        buf_append(&all, want.data ? want.data : "", want.len);
+        if (memmem(all.data, all.len, "\r\n\r\n", 4) == NULL)
+            buf_append(&want, "\r\n", 2);
+        buf_fini(&all);
+    }
+    check_body(env, &want);
     buf_fini(&want);
     spool_env_free(env);
 }
@@ -381,6 +415,9 @@ static void
 on_rcpt_ok(struct model *m, const char *exact)
 {
     CHECK(m->in_tx); /* RFC 5321 §4.1.4: RCPT only after MAIL */
+    /* RFC 3030 §3: after a chunk, only BDAT or RSET; a recipient accepted
+     * now would not be in the message. */
+    CHECK(!m->bdat_open);
     if (m->n_rcpt == m->cap_rcpt) {
         m->cap_rcpt = m->cap_rcpt ? 2 * m->cap_rcpt : 8;
         m->rcpt = xrealloc(m->rcpt, m->cap_rcpt * sizeof(*m->rcpt));
@@ -429,7 +466,7 @@ on_reply(struct client *c, int code)
     case EX_DATA:
         m->data_go = code == 354;
         if (code == 354)
-            CHECK(m->in_tx && m->n_rcpt > 0);
+            CHECK(m->in_tx && m->n_rcpt > 0 && !m->bdat_open);
         else if (code == 452)
             tx_reset(m);
         break;
@@ -439,10 +476,13 @@ on_reply(struct client *c, int code)
         tx_reset(m);
         break;
     case EX_BDAT:
-        if (code == 250)
+        if (code == 250) {
+            CHECK(m->in_tx && m->n_rcpt > 0);
             buf_append(&m->content, e->data.data ? e->data.data : "", e->data.len);
-        else if (m->n_rcpt == 0)
+            m->bdat_open = true;
+        } else if (m->n_rcpt == 0) {
             tx_reset(m);
+        }
         break;
     case EX_BDAT_LAST:
         if (code == 250) {
@@ -599,15 +639,32 @@ static bool
 server_busy(struct client *c)
 {
     struct smtp_session *s = session(c);
-    size_t live = s != NULL ? 1 : 0;
-    if (world_inflight(&W) > 0 || smtp_server_unfreed(c->srv) > live)
+    if (smtp_server_unfreed(c->srv) > smtp_server_sessions(c->srv))
         return true;
-    return s != NULL && s->state == SMTP_ST_AUTH &&
-           (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY);
+    if (s == NULL)
+        return false;
+    return s->state == SMTP_ST_COMMIT ||
+           (s->state == SMTP_ST_AUTH &&
+               (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
+}
+
+/* What an extra connection is sent: its first line is kept, the rest (a
+ * session's replies, were any asked for) dropped. */
+static void
+extra_read(struct extra *x)
+{
+    char b[4096];
+    ssize_t r;
+    while (x->fd >= 0 && (r = read(x->fd, b, sizeof(b))) > 0) {
+        size_t room = REPLY_LINE_MAX + 2 - x->first.len;
+        x->recvd += (uint64_t)r;
+        if (x->first.len < REPLY_LINE_MAX + 2)
+            buf_append(&x->first, b, (size_t)r < room ? (size_t)r : room);
+    }
 }
 
 struct fingerprint {
-    uint64_t sent, recvd;
+    uint64_t sent, recvd, extra_recvd;
     size_t out, in, alive, sin, sout;
     int pend_c, state;
 };
@@ -622,6 +679,8 @@ take_fingerprint(struct client *c, struct fingerprint *f)
     f->out = c->out.len;
     f->in = c->in.len;
     f->alive = smtp_server_unfreed(c->srv);
+    for (size_t i = 0; i < c->n_extra; i++)
+        f->extra_recvd += c->extra[i].recvd;
     if (c->fd >= 0)
         ioctl(c->fd, FIONREAD, &f->pend_c);
     if (s != NULL) {
@@ -643,6 +702,8 @@ run_until_idle(struct client *c)
         client_write(c);
         event_base_loop(W.base, EVLOOP_NONBLOCK);
         client_read(c);
+        for (size_t k = 0; k < c->n_extra; k++)
+            extra_read(&c->extra[k]);
         if (server_busy(c)) {
             event_base_loop(W.base, EVLOOP_ONCE);
             stable = 0;
@@ -779,8 +840,6 @@ op_rcpt(struct client *c, struct script *sc)
 {
     const struct addr *a = &rcpts[sc_u8(sc) % TERN_ARRAY_LEN(rcpts)];
     const char *p = rcpt_params[sc_u8(sc) % TERN_ARRAY_LEN(rcpt_params)];
-    if (avoid_bdat_rcpt && c->m.bdat_sent)
-        return;
     send_line(c, EX_RCPT, a->exact, "RCPT TO:%s%s", a->path, p);
 }
 
@@ -834,8 +893,6 @@ op_data(struct client *c, struct script *sc)
 {
     struct buf body = BUF_INIT;
     make_body(sc, &body);
-    if (avoid_bdat_data && c->m.bdat_sent)
-        goto out;
     if (c->reckless) {
         /* Body right behind the command, sometimes not even stuffed. */
         send_str(c, "DATA\r\n");
@@ -879,7 +936,6 @@ op_bdat(struct client *c, struct script *sc)
     if (c->m.on)
         buf_append(&c->exp[c->exp_head + c->n_exp - 1].data, chunk.data ? chunk.data : "", len);
     buf_append(&c->out, chunk.data ? chunk.data : "", len);
-    c->m.bdat_sent = !last;
     buf_fini(&chunk);
 }
 
@@ -888,7 +944,6 @@ op_rset(struct client *c, struct script *sc)
 {
     (void)sc;
     send_line(c, EX_RSET, NULL, "RSET");
-    c->m.bdat_sent = false;
 }
 
 static void
@@ -913,7 +968,6 @@ op_starttls(struct client *c, struct script *sc)
     sync_replies(c);
     if (!c->m.on || !c->m.tls_go || c->eof)
         return;
-    c->m.bdat_sent = false;
     if (k & 1) {
         send_str(c, "EHLO not a TLS handshake\r\n"); /* the handshake fails */
         c->raw_in = true;
@@ -1012,8 +1066,6 @@ op_flood(struct client *c, struct script *sc)
 {
     size_t count = ((size_t)sc_u8(sc) << 8 | sc_u8(sc)) % (REPEAT_MAX + 1);
     const char *cmd = repeat_cmds[sc_u8(sc) % TERN_ARRAY_LEN(repeat_cmds)];
-    if (avoid_backlog)
-        return;
     sync_replies(c);
     c->reading = false;
     model_off(c);
@@ -1054,6 +1106,98 @@ op_raw(struct client *c, struct script *sc)
     buf_fini(&t);
 }
 
+/* ---- admission ---- */
+
+static const char refusal[] = "421 4.7.0 Too many connections, try again later\r\n";
+
+static socklen_t peer_addr(uint8_t which, struct sockaddr_storage *ss);
+
+struct tally {
+    struct map *per_ip;
+    size_t outsiders, sessions;
+};
+
+/* The listener's per-address key: the address bytes, v4-mapped as v4. */
+static size_t
+addr_key(const struct sockaddr_storage *ss, unsigned char key[16])
+{
+    if (ss->ss_family == AF_INET) {
+        memcpy(key, &((const struct sockaddr_in *)(const void *)ss)->sin_addr, 4);
+        return 4;
+    }
+    memcpy(key, &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 16);
+    return 16;
+}
+
+static void
+tally_one(const void *key, size_t klen, void *val, void *arg)
+{
+    struct tally *t = arg;
+    struct smtp_session *s = val;
+    unsigned char k[16];
+    size_t kl = addr_key(&s->peer, k);
+    uintptr_t n = (uintptr_t)map_get(t->per_ip, k, kl);
+    (void)key;
+    (void)klen;
+    map_put(t->per_ip, k, kl, (void *)(n + 1));
+    t->outsiders += s->outsider;
+    t->sessions++;
+}
+
+static void
+compare_count(const void *key, size_t klen, void *val, void *arg)
+{
+    struct tally *t = arg;
+    CHECK(map_get(t->per_ip, key, klen) == val);
+}
+
+/* The server's admission counts are those of its live sessions, and within
+ * the limits of its configuration. */
+static void
+check_admission(struct smtp_server *srv)
+{
+    const struct config *cfg = srv->cfg;
+    struct tally t = { map_new(), 0, 0 };
+    map_each(srv->sessions, tally_one, &t);
+    CHECK(t.sessions <= cfg->max_sessions);
+    CHECK(t.outsiders == srv->n_outsiders);
+    CHECK(map_count(t.per_ip) == map_count(srv->per_ip));
+    map_each(srv->per_ip, compare_count, &t);
+    /* Outsiders never get the reserved share, nor more than their due
+     * per address (relay_networks clients are not limited per address). */
+    if (cfg->reserved_sessions < cfg->max_sessions)
+        CHECK(srv->n_outsiders + cfg->reserved_sessions <= cfg->max_sessions);
+    map_free(t.per_ip);
+}
+
+/* One more connection from one of the four addresses, admitted as the
+ * listener admits it, then left idle: it gets the greeting, or one 421
+ * line and is closed. */
+static void
+op_conn(struct client *c, struct script *sc)
+{
+    struct sockaddr_storage ss;
+    socklen_t sl = peer_addr(sc_u8(sc) & 3, &ss);
+    struct extra *x;
+    int sv[2];
+    if (c->n_extra == EXTRA_MAX)
+        return;
+    x = &c->extra[c->n_extra++];
+    memset(x, 0, sizeof(*x));
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+    x->fd = sv[1];
+    smtp_server_admit(c->srv, sv[0], (struct sockaddr *)&ss, (int)sl, SMTP_ROLE_RELAY);
+    check_admission(c->srv);
+    run_until_idle(c);
+    CHECK(x->first.len >= 4);
+    if (memcmp(x->first.data, "220 ", 4) != 0) {
+        char b[16];
+        CHECK(x->first.len == sizeof(refusal) - 1 &&
+              memcmp(x->first.data, refusal, x->first.len) == 0);
+        CHECK(read(x->fd, b, sizeof(b)) == 0); /* closed */
+    }
+}
+
 struct op {
     const char *name; /* for tests/fuzz/seeds/session.py */
     void (*fn)(struct client *c, struct script *sc);
@@ -1077,38 +1221,28 @@ static const struct op ops[] = {
     { "flood", op_flood },
     { "eof", op_eof },
     { "raw", op_raw },
+    { "conn", op_conn },
 };
 
 /* ---- one input ---- */
 
-static void
-avoid_init(void)
-{
-    const char *a = getenv("TERN_FUZZ_AVOID");
-    if (a == NULL)
-        return;
-    avoid_bdat_data = strstr(a, "bdat-data") != NULL;
-    avoid_bdat_rcpt = strstr(a, "bdat-rcpt") != NULL;
-    avoid_backlog = strstr(a, "backlog") != NULL;
-}
-
 static socklen_t
-peer_addr(uint8_t mode, struct sockaddr_storage *ss)
+peer_addr(uint8_t which, struct sockaddr_storage *ss)
 {
     static const char *const v4[] = { "127.0.0.1", "192.0.2.7" };
     static const char *const v6[] = { "::1", "2001:db8::7" };
     memset(ss, 0, sizeof(*ss));
-    if ((mode & 2) == 0) {
+    if ((which & 2) == 0) {
         struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
         s4->sin_family = AF_INET;
         s4->sin_port = htons(40000);
-        inet_pton(AF_INET, v4[mode & 1], &s4->sin_addr);
+        inet_pton(AF_INET, v4[which & 1], &s4->sin_addr);
         return sizeof(*s4);
     }
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
     s6->sin6_family = AF_INET6;
     s6->sin6_port = htons(40000);
-    inet_pton(AF_INET6, v6[mode & 1], &s6->sin6_addr);
+    inet_pton(AF_INET6, v6[which & 1], &s6->sin6_addr);
     return sizeof(*s6);
 }
 
@@ -1125,7 +1259,7 @@ client_start(struct client *c, uint8_t mode, uint8_t seed)
     setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &(int){ SERVER_SNDBUF }, sizeof(int));
     c->fd = sv[1];
     c->srv = W.srv[(mode >> 4) & 1];
-    c->reckless = (mode & 0x20) && !avoid_bdat_data && !avoid_bdat_rcpt;
+    c->reckless = mode & 0x20;
     c->max_chunk = chunks[mode >> 6];
     c->rng = 0x9e3779b9u ^ seed;
     c->reading = true;
@@ -1134,12 +1268,14 @@ client_start(struct client *c, uint8_t mode, uint8_t seed)
      * input afresh. */
     auth_throttle_free(c->srv->throttle);
     c->srv->throttle = auth_throttle_new(THROTTLE_ENTRIES);
-    world_count_peer(c->srv, (struct sockaddr *)&ss);
-    CHECK(smtp_session_start(c->srv, sv[0], (struct sockaddr *)&ss, (int)sl,
+    /* The first connection of an input: always admitted. */
+    smtp_server_admit(c->srv, sv[0], (struct sockaddr *)&ss, (int)sl,
         role == 3   ? SMTP_ROLE_SMTPS
         : role == 2 ? SMTP_ROLE_SUBMISSION
-                    : SMTP_ROLE_RELAY));
+                    : SMTP_ROLE_RELAY);
+    CHECK(smtp_server_sessions(c->srv) == 1);
     c->sess_id = c->srv->next_id;
+    check_admission(c->srv);
     if (role == 3 && !client_handshake(c))
         return;
     if (c->m.on)
@@ -1156,7 +1292,12 @@ client_end(struct client *c)
     close(c->fd);
     c->fd = -1;
     c->eof = true;
-    run_until_idle(c); /* the session notices and ends */
+    for (size_t i = 0; i < c->n_extra; i++) {
+        close(c->extra[i].fd);
+        c->extra[i].fd = -1;
+        buf_fini(&c->extra[i].first);
+    }
+    run_until_idle(c); /* the sessions notice and end */
     expect_drop_all(c);
     free(c->exp);
     free(c->m.rcpt);
@@ -1174,12 +1315,11 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t fds;
     if (!ready) {
         world_init(&W);
-        avoid_init();
         ready = true;
     }
     if (size < 2)
         return 0;
-    fds = world_open_fds();
+    fds = world_open_fds(&W);
     client_start(&c, data[0], data[1]);
     while (sc.n > 0 && !c.eof && !c.shut) {
         uint8_t op = sc_u8(&sc);
@@ -1191,14 +1331,13 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             run_until_idle(&c);
     }
     client_end(&c);
-    /* The session has ended and left nothing behind. */
+    world_settle(&W);
+    /* The sessions have ended and left nothing behind. */
     CHECK(smtp_server_sessions(c.srv) == 0);
     CHECK(smtp_server_unfreed(c.srv) == 0);
-    CHECK(world_inflight(&W) == 0);
-    CHECK(world_open_writers(&W) == 0);
-    CHECK(world_dir_entries(W.tmp_dir) == 0);
+    CHECK(map_count(c.srv->per_ip) == 0 && c.srv->n_outsiders == 0);
     CHECK(world_dir_entries(W.corrupt_dir) == 0);
-    CHECK(world_open_fds() == fds);
     world_clear_queue(&W);
+    CHECK(world_open_fds(&W) == fds);
     return 0;
 }

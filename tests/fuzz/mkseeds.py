@@ -24,7 +24,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # ---- fuzz_session ----
 
 OPS = ["ehlo", "helo", "mail", "rcpt", "data", "bdat", "rset", "quit", "starttls", "auth",
-       "junk", "misc", "long", "sync", "flood", "eof", "raw"]
+       "junk", "misc", "long", "sync", "flood", "eof", "raw", "conn"]
 
 PEERS = {"127.0.0.1": 0, "192.0.2.7": 1, "::1": 2, "2001:db8::7": 3}
 ROLES = {"relay": 0, "submission": 2, "smtps": 3}
@@ -75,9 +75,8 @@ SESSION = {
                           bdat(b"Subject: c\r\n\r\n", False), bdat(b"one\r\ntwo", True)),
     "bdat_zero_last": script(mode(), 4, EHLO, MAIL, RCPT1, bdat(b"x\r\n", False),
                              bdat(b"", True)),
-    # Known bugs fixed on other branches: these trip invariants without
-    # TERN_FUZZ_AVOID (a leaked spool writer; a recipient told 250 then
-    # dropped; an unbounded reply backlog).
+    # After a BDAT chunk, DATA and RCPT get 503 (RFC 3030 3); a client that
+    # stops reading is paused, its backlog bounded.
     "bdat_then_data": script(mode(), 5, EHLO, MAIL, RCPT1, bdat(b"a\r\n", False), DATA_HI),
     "rcpt_after_bdat": script(mode(), 6, EHLO, MAIL, RCPT1, bdat(b"a\r\n", False), RCPT2,
                               bdat(b"b\r\n", True)),
@@ -118,6 +117,15 @@ SESSION = {
     # AUTH LOGIN, then a response longer than any AUTH line (op byte 0xf0).
     "auth_long_response": script(mode(), 23, EHLO, ("auth", 1), bytes([0xf0]), ("misc", 0)),
     "noop_too_long": script(mode(), 24, EHLO, ("long", 0x2d), ("misc", 0)),
+    # Admission (tight: 4 sessions, 1 kept for relay_networks, 2 per outside
+    # address): a second from the same outsider, a third refused, another
+    # outsider, a trusted one, then one over max_sessions.
+    "admission": script(mode(peer="192.0.2.7", tight=True), 25, EHLO, ("conn", 1), ("conn", 1),
+                        ("conn", 3), ("conn", 0), ("conn", 2), MAIL, RCPT1, DATA_HI),
+    # The reserved share: outsiders fill what is theirs, relay_networks
+    # clients still get in.
+    "reserved_share": script(mode(peer="2001:db8::7", tight=True), 26, ("conn", 1), ("conn", 1),
+                             ("conn", 3), ("conn", 2), ("quit",)),
 }
 
 # ---- fuzz_dns: byte 0 (bit 0: also unpack as a cache blob), then the packet ----

@@ -8,8 +8,6 @@
 #   run.sh --each BUILD_DIR   FUZZ_SECONDS (default 3600) for each target
 #                             (make fuzz-long), corpus kept in
 #                             FUZZ_CORPUS (default BUILD_DIR/fuzz-corpus)
-# TERN_FUZZ_AVOID lists known bugs the session fuzzer steers around (see
-# fuzz_session.c); set it empty to hunt them.
 set -u
 
 each=0
@@ -39,15 +37,9 @@ else
     PER=$((SECONDS_SET / N))
 fi
 [ "$PER" -ge 1 ] || PER=1
-# Bugs being fixed on other branches (a spool writer leaked by DATA after a
-# BDAT chunk, a recipient accepted after a BDAT chunk and dropped, replies
-# piling up for a client that does not read): drop them from this list once
-# the fixes are merged.
-TERN_FUZZ_AVOID=${TERN_FUZZ_AVOID-bdat-data bdat-rcpt backlog}
-export TERN_FUZZ_AVOID
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/tern-fuzz.XXXXXX") || exit 1
-# The session fuzzer's spool commits every message: tmpfs when there is one.
+# The session and spool fuzzers write spool files: tmpfs when there is one.
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then
     SHM=$(mktemp -d /dev/shm/tern-fuzz.XXXXXX) || exit 1
 else
@@ -56,7 +48,6 @@ else
 fi
 TERN_FUZZ_TMPDIR=$SHM
 export TERN_FUZZ_TMPDIR
-[ -n "$TERN_FUZZ_AVOID" ] && echo "fuzz: avoiding known bugs: $TERN_FUZZ_AVOID"
 failed=0
 for t in $TARGETS; do
     bin=$BUILD/tests/fuzz/$t

@@ -24,7 +24,9 @@
 #include "smtp/smtp_int.h"
 #include "spool/spool_int.h"
 #include "util/log.h"
+#include "util/loopq.h"
 #include "util/map.h"
+#include "util/util.h"
 
 static char *world_dir; /* for the exit handler */
 
@@ -140,7 +142,7 @@ static struct smtp_server *
 make_server(struct fuzz_world *w, bool tight)
 {
     char o[12][PATH_MAX + 64];
-    const char *ov[16];
+    const char *ov[24];
     size_t n = 0;
     struct buf err = BUF_INIT;
     struct config *cfg;
@@ -163,6 +165,11 @@ make_server(struct fuzz_world *w, bool tight)
         ov[n++] = "max_recipients=3";
         ov[n++] = "max_errors=5";
         ov[n++] = "auth_max_failures=2";
+        /* Admission: a few sessions, one kept for relay_networks, two per
+         * outside address (the fuzzer opens extra connections). */
+        ov[n++] = "max_sessions=4";
+        ov[n++] = "reserved_sessions=1";
+        ov[n++] = "max_sessions_per_ip=2";
     }
     cfg = config_load(NULL, ov, n, false, &err);
     if (cfg == NULL)
@@ -173,6 +180,35 @@ make_server(struct fuzz_world *w, bool tight)
     config_unref(cfg);
     buf_fini(&err);
     return srv;
+}
+
+/* Every committed message, so that it can be removed after the input. */
+static void
+on_commit(const struct spool_env *env, void *arg)
+{
+    struct fuzz_world *w = arg;
+    if (w->n_qids == w->cap_qids) {
+        w->cap_qids = w->cap_qids ? 2 * w->cap_qids : 64;
+        w->qids = xrealloc(w->qids, w->cap_qids * sizeof(*w->qids));
+    }
+    memcpy(w->qids[w->n_qids++], env->qid, SPOOL_QID_LEN + 1);
+}
+
+static void
+on_found(const struct spool_entry *v, size_t n, void *arg)
+{
+    (void)v;
+    (void)arg;
+    if (n > 0)
+        die("the new spool is not empty", NULL);
+}
+
+static void
+on_recovered(void *arg, long count)
+{
+    struct fuzz_world *w = arg;
+    (void)count;
+    w->recovered = true;
 }
 
 void
@@ -205,16 +241,23 @@ world_init(struct fuzz_world *w)
     make_dkim_key(path);
     snprintf(path, sizeof(path), "%s/users", w->dir);
     write_private(path, put_users, NULL);
-    snprintf(w->tmp_dir, sizeof(w->tmp_dir), "%s/spool/tmp", w->dir);
-    snprintf(w->queue_dir, sizeof(w->queue_dir), "%s/spool/queue", w->dir);
     snprintf(w->corrupt_dir, sizeof(w->corrupt_dir), "%s/spool/corrupt", w->dir);
     snprintf(path, sizeof(path), "%s/spool", w->dir);
     w->base = event_base_new();
     if (w->base == NULL)
         die("event_base_new", NULL);
-    w->sp = spool_open(path, w->base, &err);
+    w->q = loopq_new(w->base);
+    if (w->q == NULL)
+        die("loopq_new", NULL);
+    /* Small segments: the messages of each input are removed after it, and
+     * whole dead segments are reclaimed. */
+    w->sp = spool_open(path, w->q, &(struct spool_opts){ SPOOL_SEG_SIZE_MIN }, &err);
     if (w->sp == NULL)
         die("spool_open", err.data);
+    spool_set_commit_hook(w->sp, on_commit, w);
+    spool_recover(w->sp, on_found, on_recovered, w);
+    while (!w->recovered)
+        event_base_loop(w->base, EVLOOP_ONCE);
     w->srv[0] = make_server(w, false);
     w->srv[1] = make_server(w, true);
     w->client_tls = SSL_CTX_new(TLS_client_method());
@@ -223,22 +266,6 @@ world_init(struct fuzz_world *w)
     SSL_CTX_set_verify(w->client_tls, SSL_VERIFY_NONE, NULL);
     SSL_CTX_set_mode(w->client_tls, SSL_MODE_ENABLE_PARTIAL_WRITE);
     buf_fini(&err);
-}
-
-size_t
-world_inflight(struct fuzz_world *w)
-{
-    size_t n;
-    pthread_mutex_lock(&w->sp->mu);
-    n = w->sp->inflight;
-    pthread_mutex_unlock(&w->sp->mu);
-    return n;
-}
-
-size_t
-world_open_writers(struct fuzz_world *w)
-{
-    return w->sp->n_writers;
 }
 
 size_t
@@ -257,40 +284,55 @@ world_dir_entries(const char *path)
     return n;
 }
 
+static void
+synced(void *arg, int err)
+{
+    struct fuzz_world *w = arg;
+    if (err != 0)
+        die("spool_sync", strerror(err));
+    w->synced = true;
+}
+
+void
+world_settle(struct fuzz_world *w)
+{
+    w->synced = false;
+    spool_sync(w->sp, w->q, synced, w);
+    while (!w->synced)
+        event_base_loop(w->base, EVLOOP_ONCE);
+}
+
 void
 world_clear_queue(struct fuzz_world *w)
 {
-    DIR *d = opendir(w->queue_dir);
-    struct dirent *de;
-    if (d == NULL)
-        return;
-    while ((de = readdir(d)) != NULL) {
-        if (de->d_name[0] != '.')
-            unlinkat(dirfd(d), de->d_name, 0);
-    }
-    closedir(d);
+    for (size_t i = 0; i < w->n_qids; i++)
+        spool_remove(w->sp, w->qids[i]);
+    w->n_qids = 0;
+    world_settle(w);
 }
 
 size_t
-world_open_fds(void)
+world_open_fds(struct fuzz_world *w)
 {
-    /* The directory stream's own descriptor is counted: the same each time. */
-    return world_dir_entries("/proc/self/fd");
-}
-
-void
-world_count_peer(struct smtp_server *srv, const struct sockaddr *sa)
-{
-    /* The key the listener uses: the address bytes, v4-mapped folded to v4. */
-    unsigned char key[16];
-    size_t kl = 16;
-    uintptr_t n;
-    if (sa->sa_family == AF_INET) {
-        memcpy(key, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
-        kl = 4;
-    } else {
-        memcpy(key, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+    /* The directory stream's own descriptor is counted: the same each time.
+     * The spool's segment files are not: it opens, rotates and deletes
+     * them as it needs. */
+    char log_dir[PATH_MAX + 16], link[PATH_MAX];
+    DIR *d = opendir("/proc/self/fd");
+    struct dirent *de;
+    size_t n = 0, ll;
+    if (d == NULL)
+        die("/proc/self/fd", NULL);
+    ll = (size_t)snprintf(log_dir, sizeof(log_dir), "%s/spool/log/", w->dir);
+    while ((de = readdir(d)) != NULL) {
+        ssize_t k;
+        if (de->d_name[0] == '.')
+            continue;
+        k = readlinkat(dirfd(d), de->d_name, link, sizeof(link) - 1);
+        if (k > 0 && (size_t)k >= ll && memcmp(link, log_dir, ll) == 0)
+            continue;
+        n++;
     }
-    n = (uintptr_t)map_get(srv->per_ip, key, kl);
-    map_put(srv->per_ip, key, kl, (void *)(n + 1));
+    closedir(d);
+    return n;
 }
