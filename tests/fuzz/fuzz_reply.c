@@ -7,9 +7,10 @@
  * each line for every class. Invariants: the accept/reject decision of
  * reply_feed_line matches RFC 5321 §4.2 as written below; a complete reply
  * has a code in range, an enhanced code only when it is a well-formed one of
- * the reply's class, and text of printable ASCII only; the borrowed text
- * lies inside the line; EHLO parsing is idempotent; reply_esc_len finds
- * exactly RFC 3463 §2 class.subject.detail followed by a space or the end.
+ * the reply's class, and text of printable ASCII and well-formed UTF-8
+ * without controls; the borrowed text lies inside the line; EHLO parsing is
+ * idempotent; reply_esc_len finds exactly RFC 3463 §2 class.subject.detail
+ * followed by a space or the end.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -18,6 +19,7 @@
 
 #include "delivery/delivery_int.h"
 #include "fuzz_check.h"
+#include "util/parse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -72,8 +74,16 @@ check_done(const struct reply_acc *a, int first_code)
     CHECK(st->code == first_code);
     CHECK(el < sizeof(st->esc) && tl < sizeof(st->text));
     CHECK(el == 0 || ref_esc_len(st->esc, el, st->code / 100) == el);
-    for (size_t i = 0; i < tl; i++)
-        CHECK(st->text[i] >= 0x20 && st->text[i] < 0x7f);
+    /* Printable ASCII or well-formed UTF-8 (RFC 6531 §3.7.4.2), never a C1
+     * control (U+0080..U+009F). */
+    for (size_t i = 0; i < tl;) {
+        const unsigned char *u = (const unsigned char *)st->text + i;
+        size_t k = u[0] < 0x80 ? 1 : utf8_seq_len(u, tl - i);
+        CHECK(k > 0);
+        CHECK(k > 1 || (u[0] >= 0x20 && u[0] < 0x7f));
+        CHECK(!(u[0] == 0xc2 && u[1] < 0xa0));
+        i += k;
+    }
 }
 
 static void
