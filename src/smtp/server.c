@@ -88,11 +88,10 @@ refuse(int fd, const char *peer, const char *why)
 #define AUTH_THROTTLE_MAX    100000 /* client addresses tracked for failed AUTH */
 #define SMTP_ACCEPT_PAUSE_MS 500    /* listeners rest this long after accept() ran out */
 
-static void
-accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+void
+smtp_server_admit(
+    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role)
 {
-    struct smtp_listener *sl = arg;
-    struct smtp_server *srv = sl->srv;
     char peer[64];
     const char *why;
     bool outsider;
@@ -117,10 +116,17 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
     per_ip_add(srv, sa, 1);
     srv->n_outsiders += outsider;
-    if (!smtp_session_start(srv, fd, sa, salen, sl->role, outsider)) {
+    if (!smtp_session_start(srv, fd, sa, salen, role, outsider)) {
         per_ip_add(srv, sa, -1);
         srv->n_outsiders -= outsider;
     }
+}
+
+static void
+accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    struct smtp_listener *sl = arg;
+    smtp_server_admit(sl->srv, fd, sa, salen, sl->role);
 }
 
 /* Listening again after a pause (accept_error_cb). */

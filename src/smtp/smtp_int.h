@@ -152,6 +152,11 @@ struct smtp_session {
     bool auth_close;               /* close after auth_reply (lockout) */
 };
 
+/* server.c: admit a new connection as a listener does (session limits,
+ * the share kept for relay_networks, per-address counts): a session is
+ * started on fd, or fd gets one 421 line and is closed. fd is owned. */
+void smtp_server_admit(
+    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role);
 /* session.c. start: false when no session could be made (fd closed). */
 bool smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
     enum smtp_role role, bool outsider);

@@ -304,6 +304,55 @@ class Tern:
         return problems
 
 
+# What the suite needs from the machine beyond the build, each with the
+# Debian package that provides it (scripts/install-deps.sh --test installs
+# them all). Checked once at the start: a missing piece fails the run at
+# once with its package name, not dozens of tests later with a riddle.
+PYTHON_MODULES = [("aiosmtpd", "python3-aiosmtpd"), ("dkim", "python3-dkim"),
+                  ("nacl", "python3-nacl"), ("yaml", "python3-yaml")]
+PROGRAMS = [("swaks", "swaks"), ("dnsmasq", "dnsmasq-base"), ("openssl", "openssl"),
+            ("/usr/sbin/postfix", "postfix"), ("/usr/sbin/sendmail", "postfix"),
+            ("/usr/sbin/postqueue", "postfix")]
+# swaks --support lines ("=== TLS supported") and what makes them so.
+SWAKS_FEATURES = [("TLS", "libnet-ssleay-perl"), ("Basic AUTH", "perl")]
+# Postfix's SASL client (test_postfix_client) needs the PLAIN and LOGIN plugins.
+SASL_PLUGINS = [("libplain.so", "libsasl2-modules"), ("liblogin.so", "libsasl2-modules")]
+
+
+def missing_test_dependencies():
+    """[(what, Debian package)] for every missing piece."""
+    import importlib.util
+
+    missing = []
+    for mod, pkg in PYTHON_MODULES:
+        if importlib.util.find_spec(mod) is None:
+            missing.append((f"python module {mod}", pkg))
+    for prog, pkg in PROGRAMS:
+        if shutil.which(prog) is None:
+            missing.append((f"program {prog}", pkg))
+    if shutil.which("swaks") is not None:
+        p = subprocess.run(["swaks", "--support"], capture_output=True, timeout=30)
+        out = p.stdout.decode(errors="replace")
+        for feature, pkg in SWAKS_FEATURES:
+            if f"=== {feature} supported" not in out:
+                missing.append((f"swaks {feature} support", pkg))
+    sasl_dirs = [Path("/usr/lib/sasl2"), *Path("/usr/lib").glob("*/sasl2")]
+    for plugin, pkg in SASL_PLUGINS:
+        if not any(any(d.glob(f"{plugin}*")) for d in sasl_dirs):
+            missing.append((f"Cyrus SASL plugin {plugin}", pkg))
+    return missing
+
+
+def pytest_sessionstart(session):
+    missing = missing_test_dependencies()
+    if missing:
+        pkgs = sorted({pkg for _, pkg in missing})
+        lines = "\n".join(f"  {what}: install {pkg}" for what, pkg in missing)
+        pytest.exit(f"the system tests need:\n{lines}\n"
+                    f"run scripts/install-deps.sh --test (apt-get install {' '.join(pkgs)})",
+                    returncode=3)
+
+
 @pytest.fixture(autouse=True)
 def _deadline():
     """Hard cap per test so that one hang cannot stall the suite."""

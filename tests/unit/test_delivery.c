@@ -445,38 +445,21 @@ static pid_t dnsmasq_pid;
 static int
 dnsmasq_setup(void **state)
 {
-    char port[32];
-    const char *argv[40];
+    const char *args[TERN_ARRAY_LEN(zone) + 8];
     size_t k = 0;
-    dns_port = must_free_port();
     mx_port = must_free_port();
-    snprintf(port, sizeof(port), "--port=%u", dns_port);
-    argv[k++] = "dnsmasq";
-    argv[k++] = "--no-daemon";
-    argv[k++] = port;
-    argv[k++] = "--listen-address=127.0.0.1";
-    argv[k++] = "--bind-interfaces";
-    argv[k++] = "--no-resolv";
-    argv[k++] = "--no-hosts";
-    argv[k++] = "--conf-file=/dev/null";
-    argv[k++] = "--local=/test/";
-    argv[k++] = "--local-ttl=60";
+    args[k++] = "--listen-address=127.0.0.1";
+    args[k++] = "--bind-interfaces";
+    args[k++] = "--no-resolv";
+    args[k++] = "--no-hosts";
+    args[k++] = "--conf-file=/dev/null";
+    args[k++] = "--local=/test/";
+    args[k++] = "--local-ttl=60";
     for (size_t i = 0; i < TERN_ARRAY_LEN(zone); i++)
-        argv[k++] = zone[i];
-    argv[k] = NULL;
-    dnsmasq_pid = fork();
-    if (dnsmasq_pid < 0)
-        return -1;
-    if (dnsmasq_pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, 1);
-        dup2(null, 2);
-        execvp("dnsmasq", (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 500 && !testnet_udp_port_taken(dns_port); i++)
-        usleep(10000);
-    return testnet_udp_port_taken(dns_port) ? 0 : -1;
+        args[k++] = zone[i];
+    args[k] = NULL;
+    dnsmasq_pid = testnet_dnsmasq_start(args, &dns_port);
+    return dnsmasq_pid > 0 ? 0 : -1;
 }
 
 static int
