@@ -5,7 +5,7 @@
 #   install-deps.sh --test   also everything the test suite uses
 set -eu
 pkgs="meson ninja-build pkg-config gcc libevent-dev libssl-dev libc-ares-dev libcrypt-dev openssl
-libcmocka-dev python3"
+libcmocka-dev python3 libseccomp-dev"
 if [ "${1:-}" = "--test" ]; then
     # Real peers and verifiers for the end-to-end tests, libFuzzer (clang),
     # and a private Postfix instance used as a SASL client of tern.

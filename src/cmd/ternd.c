@@ -193,7 +193,7 @@ start(struct ternd *t)
 {
     struct buf err = BUF_INIT;
     struct logline l;
-    struct spool_opts so = { t->cfg->spool_segment_size };
+    struct spool_opts so = { .segment_size = t->cfg->spool_segment_size };
     t->inbox = loopq_new(t->base);
     if (t->inbox == NULL) {
         buf_printf(&err, "cannot make the main loop's inbox: %s\n", strerror(errno));

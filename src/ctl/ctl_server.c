@@ -24,7 +24,16 @@
 
 #define CTL_TIMEOUT_S 30
 
+static int given_fd = -1;
+
+void
+ctl_server_give_socket(int fd)
+{
+    given_fd = fd;
+}
+
 struct ctl_server {
+    bool given; /* the socket file is the parent's to remove */
     struct event_base *base;
     struct evconnlistener *lis;
     struct sched *sched;
@@ -75,7 +84,7 @@ ctl_dispatch(struct ctl_server *c, char *line, struct buf *out)
     } else if (strcmp(line, "FLUSH") == 0 && !arg) {
         sched_flush(c->sched);
     } else if (strcmp(line, "DELETE") == 0 || strcmp(line, "HOLD") == 0 ||
-        strcmp(line, "RELEASE") == 0) {
+               strcmp(line, "RELEASE") == 0) {
         if (arg == NULL || !qid_valid(arg))
             rc = -1;
         else if (line[0] == 'D')
@@ -127,8 +136,8 @@ done:
 }
 
 static void
-ctl_accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen,
-    void *arg)
+ctl_accept_cb(
+    struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
     struct ctl_server *c = arg;
     struct timeval tmo = { CTL_TIMEOUT_S, 0 };
@@ -156,6 +165,17 @@ ctl_server_new(struct event_base *base, const char *spool_dir, struct sched *sch
     c->sched = sch;
     c->status = status;
     c->status_arg = status_arg;
+    if (given_fd >= 0) {
+        c->given = true;
+        c->lis = evconnlistener_new(
+            base, ctl_accept_cb, c, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, given_fd);
+        given_fd = -1;
+        if (c->lis == NULL) {
+            buf_printf(err, "cannot listen on %s: %s\n", c->path, strerror(errno));
+            goto fail;
+        }
+        return c;
+    }
     memset(&sun, 0, sizeof(sun));
     sun.sun_family = AF_UNIX;
     if (strlen(c->path) >= sizeof(sun.sun_path)) {
@@ -188,7 +208,8 @@ ctl_server_free(struct ctl_server *c)
     if (c == NULL)
         return;
     evconnlistener_free(c->lis);
-    unlink(c->path);
+    if (!c->given)
+        unlink(c->path);
     free(c->path);
     free(c);
 }

@@ -9,6 +9,7 @@
 #include <event2/http.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sched/sched.h"
 #include "smtp/smtp.h"
@@ -34,8 +35,8 @@ metrics_render(struct buf *out, const struct sched *sch, size_t sessions)
 {
     struct sched_stats st;
     sched_get_stats(sch, &st);
-    counter(out, "tern_messages_received_total", "Messages accepted by the SMTP server.",
-        "counter", st.received);
+    counter(out, "tern_messages_received_total", "Messages accepted by the SMTP server.", "counter",
+        st.received);
     counter(out, "tern_messages_delivered_total", "Recipients delivered to the next hop.",
         "counter", st.delivered);
     counter(out, "tern_messages_deferred_total", "Delivery attempts that failed temporarily.",
@@ -46,8 +47,8 @@ metrics_render(struct buf *out, const struct sched *sch, size_t sessions)
     counter(out, "tern_messages_expired_total", "Recipients given up after max_queue_lifetime.",
         "counter", st.expired);
     counter(out, "tern_queue_messages", "Messages in the queue.", "gauge", st.queue_messages);
-    counter(out, "tern_queue_recipients", "Recipients waiting in the queue.", "gauge",
-        st.queue_rcpts);
+    counter(
+        out, "tern_queue_recipients", "Recipients waiting in the queue.", "gauge", st.queue_rcpts);
     counter(out, "tern_smtp_sessions", "Open inbound SMTP sessions.", "gauge", sessions);
 }
 
@@ -82,6 +83,14 @@ status_cb(struct evhttp_request *req, void *arg)
     buf_fini(&b);
 }
 
+static int given_fd = -1;
+
+void
+metrics_give_socket(int fd)
+{
+    given_fd = fd;
+}
+
 struct metrics *
 metrics_new(struct event_base *base, const struct hostport *listen, struct sched *sch,
     struct smtp_server *smtp, void (*status)(struct buf *out, void *arg), void *status_arg,
@@ -93,7 +102,16 @@ metrics_new(struct event_base *base, const struct hostport *listen, struct sched
     m->status = status;
     m->status_arg = status_arg;
     m->http = evhttp_new(base);
-    if (m->http == NULL || evhttp_bind_socket(m->http, listen->host, listen->port) < 0) {
+    if (m->http != NULL && given_fd >= 0) {
+        int fd = given_fd;
+        given_fd = -1;
+        if (evhttp_accept_socket_with_handle(m->http, fd) == NULL) {
+            close(fd);
+            buf_printf(err, "metrics_listen: cannot listen on %s:%u\n", listen->host, listen->port);
+            metrics_free(m);
+            return NULL;
+        }
+    } else if (m->http == NULL || evhttp_bind_socket(m->http, listen->host, listen->port) < 0) {
         buf_printf(err, "metrics_listen: cannot listen on %s:%u\n", listen->host, listen->port);
         metrics_free(m);
         return NULL;

@@ -40,6 +40,15 @@ size_t smtp_server_sessions(const struct smtp_server *srv);
  * writers go on the next loop pass). */
 size_t smtp_server_unfreed(const struct smtp_server *srv);
 void smtp_server_free(struct smtp_server *srv);
+/* ternd's relay binds nothing itself: the parent's sockets for role (0
+ * smtp_listen, 1 submission_listen, 2 smtps_listen) and hp are given here
+ * before smtp_server_new or smtp_server_set_config takes them; those not
+ * taken are closed by smtp_server_drop_given. */
+void smtp_server_give_socket(int role, const struct hostport *hp, int fd);
+void smtp_server_drop_given(void);
+/* ternd's relay: AUTH is checked by the keys process over auth_fd, which
+ * alone reads auth_users_file. */
+void smtp_server_use_keys(int auth_fd);
 /* ternd --check: load cfg's certificate/key and users file as the server
  * would. 0, or -1 with one line per problem in err. */
 int smtp_server_check(const struct config *cfg, struct buf *err);

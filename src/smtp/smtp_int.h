@@ -82,6 +82,7 @@ struct smtp_tx {
 struct smtp_listener {
     struct smtp_server *srv;
     enum smtp_role role;
+    struct hostport hp;
     struct evconnlistener *lis;
 };
 
@@ -96,6 +97,7 @@ struct smtp_server {
     struct auth_users *users;       /* auth_users_file of cfg; NULL: no AUTH */
     struct auth_throttle *throttle; /* failed AUTH per client address */
     struct auth_worker *worker;     /* crypt checks off the loop */
+    bool auth_remote_on;            /* AUTH checked by the keys process (no users here) */
     struct map *sessions;           /* id -> session */
     struct map *per_ip;             /* address bytes -> count (uintptr_t) */
     uint64_t next_id;
@@ -105,6 +107,9 @@ struct smtp_server {
     bool accept_paused;         /* accept() ran out of descriptors; listeners off */
     bool shutting_down;
 };
+
+/* Is AUTH configured (a users table here, or the keys process's)? */
+bool smtp_server_auth_on(const struct smtp_server *srv);
 
 struct smtp_session {
     uint64_t id;
