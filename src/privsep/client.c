@@ -22,12 +22,16 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "dkim/dkim.h"
 #include "tls/tls.h"
 #include "util/log.h"
 #include "util/util.h"
+
+#define PS_CALL_TIMEOUT_S 10
 
 struct chan {
     int fd;
@@ -44,6 +48,10 @@ static EC_KEY_METHOD *ec_meth;
 void
 ps_client_init(int tls_fd, int dkim_fd, int a_fd)
 {
+    /* A hung keys process must not hang the relay's loop for good. */
+    struct timeval tv = { PS_CALL_TIMEOUT_S, 0 };
+    setsockopt(tls_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(dkim_fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     tls_chan.fd = tls_fd;
     dkim_chan.fd = dkim_fd;
     auth_fd = a_fd;
@@ -64,10 +72,13 @@ call(struct chan *c, struct ps_msg *q, struct ps_msg *rep)
     pthread_mutex_lock(&c->mu);
     q->id = ++c->next_id;
     if (c->fd >= 0 && ps_send(c->fd, q, -1) == 0) {
-        /* Replies come in order; one that is not ours is a broken peer. */
-        r = ps_recv(c->fd, rep, &fd);
-        if (fd >= 0)
-            close(fd);
+        /* Replies come in order; a late one to a request that timed out
+         * is skipped. */
+        do {
+            r = ps_recv(c->fd, rep, &fd);
+            if (fd >= 0)
+                close(fd);
+        } while (r == 1 && rep->type == PS_REPLY && rep->id < q->id);
         if (r == 1 && (rep->type != PS_REPLY || rep->id != q->id))
             r = -1;
     }

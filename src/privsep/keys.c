@@ -174,8 +174,8 @@ mgf1(unsigned char *mask, size_t len, const unsigned char *seed, size_t n, const
 /* RFC 8017 §9.1.2 steps 4-10 without the hash comparison: is em (the
  * whole modulus-sized block) an EMSA-PSS encoding with MGF1 and a salt as
  * long as the hash (RFC 8446 §4.2.3), for SHA-256, -384 or -512? */
-static bool
-is_pss_block(const unsigned char *em, size_t len, int mod_bits)
+bool
+ps_pss_block_ok(const unsigned char *em, size_t len, int mod_bits)
 {
     const EVP_MD *mds[] = { EVP_sha256(), EVP_sha384(), EVP_sha512() };
     size_t em_bits = (size_t)mod_bits - 1, em_len = (em_bits + 7) / 8;
@@ -236,7 +236,7 @@ tls_sign(const struct ps_msg *q, EVP_PKEY *k, struct ps_msg *rep)
             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) == 1)
             rc = pkey_sign(ctx, q->data, q->len, rep);
         else if (q->arg == RSA_NO_PADDING && q->len == kl &&
-                 is_pss_block(q->data, q->len, EVP_PKEY_get_bits(k)) &&
+                 ps_pss_block_ok(q->data, q->len, EVP_PKEY_get_bits(k)) &&
                  EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_NO_PADDING) == 1)
             rc = pkey_sign(ctx, q->data, q->len, rep);
     }

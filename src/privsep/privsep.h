@@ -124,6 +124,11 @@ struct ps_keys_fds {
     int parent, tls, dkim, auth;
 };
 #define PS_AUTH_THREADS 2 /* crypt(3) checks run on this many threads */
+/* Is em[len] (an RSA operation's input for a modulus of mod_bits) a
+ * well-formed EMSA-PSS encoding (RFC 8017 §9.1.2 steps 4-10, MGF1 with
+ * SHA-256/384/512, salt as long as the hash)? The only raw RSA input the
+ * keys process takes: it can then only sign, never decrypt. */
+bool ps_pss_block_ok(const unsigned char *em, size_t len, int mod_bits);
 /* Serve until the parent's socket closes; returns the exit status. */
 int ps_keys_main(const struct ps_keys_fds *fds);
 
