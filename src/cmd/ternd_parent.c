@@ -661,6 +661,10 @@ ternd_parent_main(struct ternd_boot *b)
     p.b = b;
     p.lock_fd = p.relay_fd = p.keys_fd = b->spool_fd = b->ctl_fd = -1;
     signal(SIGPIPE, SIG_IGN);
+    /* Not root, the relay has our uid: it must not read the secrets out of
+     * our memory either (root's memory is out of its reach anyway). */
+    if (geteuid() != 0)
+        (void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (ternd_read_config(b->path, &text, &err) < 0) {
         fprintf(stderr, "ternd: %s", err.data);
         return 2;

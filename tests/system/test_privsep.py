@@ -405,3 +405,41 @@ def test_default_configuration_file(tmp_path):
             os.remove(path)
         if made_dir:
             os.rmdir("/etc/tern")
+
+
+def test_started_as_user_keeps_the_split(make_tern, tmp_path):
+    """Not root: the same three processes, all as the user who started it."""
+    pw = pwd.getpwnam(TEST_USER)
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, pw.pw_uid, pw.pw_gid)
+    cert, key = make_cert(home, "srv", "ec")
+    os.chown(key, pw.pw_uid, pw.pw_gid)
+    t = make_tern(start=False, spool_dir=home / "spool", tls_cert_file=cert, tls_key_file=key,
+                  user="no-such-user-matters-not")
+
+    def become():
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+
+    t.preexec = become
+    t.spool = home / "spool"
+    t.start()
+    parent, kids = processes(t)
+    for p in [parent, *kids]:
+        assert status(p)["Uid"] == [str(pw.pw_uid)] * 4, p
+    for k in kids:
+        st = status(k)
+        assert st["NoNewPrivs"] == ["1"] and st["Seccomp"] == ["2"], k
+        assert int(st["CapEff"][0], 16) == 0, k
+    assert starttls_plain(t.port) == "TLSv1.3"
+
+
+def starttls_plain(port):
+    s = smtplib.SMTP("127.0.0.1", port, timeout=15 * SLOW)
+    s.ehlo("client.test")
+    s.starttls(context=client_ctx())
+    got = s.sock.version()
+    s.quit()
+    return got
