@@ -470,6 +470,17 @@ bind_ctl(struct parent *p, struct buf *err)
     return 0;
 }
 
+/* At the end: the control socket goes with the daemon (the lock is still
+ * ours, so it is no other ternd's). */
+static void
+remove_ctl(struct parent *p)
+{
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof(path), "%s/%s", p->cfg->spool_dir, CTL_SOCKET_NAME) <
+        sizeof(path))
+        unlink(path);
+}
+
 static int
 bind_listeners(struct parent *p, struct buf *err)
 {
@@ -660,7 +671,12 @@ ternd_parent_main(struct ternd_boot *b)
     int rc;
     p.b = b;
     p.lock_fd = p.relay_fd = p.keys_fd = b->spool_fd = b->ctl_fd = -1;
+    /* Until the loop watches them (and in the children, which inherit
+     * this), the signals an operator or logrotate sends must not kill. */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
     /* Not root, the relay has our uid: it must not read the secrets out of
      * our memory either (root's memory is out of its reach anyway). */
     if (geteuid() != 0)
@@ -688,6 +704,7 @@ ternd_parent_main(struct ternd_boot *b)
     }
     buf_fini(&err);
     rc = run(&p);
+    remove_ctl(&p);
     close_fd(&p.relay_fd);
     close_fd(&p.keys_fd);
     config_unref(p.cfg);
