@@ -416,6 +416,19 @@ parse_args(struct ternd_boot *b, int argc, char **argv, bool *check)
     return 0;
 }
 
+/* The keys process signs for RSA and ECDSA certificates only. */
+static int
+check_cert_type(const struct config *cfg, struct buf *err)
+{
+    struct buf pem = BUF_INIT;
+    int rc = 0;
+    if (cfg->tls_cert_file != NULL &&
+        ternd_read_file("tls_cert_file", cfg->tls_cert_file, &pem, err) == 0)
+        rc = ps_check_cert(pem.data, pem.len, err);
+    buf_fini(&pem);
+    return rc;
+}
+
 /* --check: everything start-up would refuse, without starting: the
  * configuration and the files it names (certificate and key, AUTH users,
  * DKIM keys), the user, the spool as that user would find it, the listen
@@ -438,11 +451,13 @@ check(struct ternd_boot *b)
      * often checked for a start as root. */
     if (ps_ident_lookup(cfg->user, true, &id, &err) < 0)
         id.uid = geteuid();
-    if (smtp_server_check(cfg, &err) < 0 ||
-        spool_check_as(cfg->spool_dir, geteuid() == 0 ? id.uid : geteuid(), geteuid() == 0, &err) <
-            0 ||
-        ps_listen_check(cfg, &err) < 0 ||
-        smtp_server_check_fds(cfg, ternd_fd_limit(false), &err) < 0 || err.len > 0) {
+    /* Every check runs, so one pass names every problem. */
+    (void)smtp_server_check(cfg, &err);
+    (void)check_cert_type(cfg, &err);
+    (void)spool_check_as(cfg->spool_dir, geteuid() == 0 ? id.uid : geteuid(), geteuid() == 0, &err);
+    (void)ps_listen_check(cfg, &err);
+    (void)smtp_server_check_fds(cfg, ternd_fd_limit(false), &err);
+    if (err.len > 0) {
         fprintf(stderr, "ternd: %s", err.data);
     } else {
         printf("ternd: configuration %s is valid\n", b->path ? b->path : "(defaults)");

@@ -45,6 +45,8 @@ int ternd_relay_main(struct ternd_boot *b);
 int ternd_parent_main(struct ternd_boot *b);
 /* The descriptor limit (raise: the soft limit raised to the hard one). */
 uint64_t ternd_fd_limit(bool raise);
+/* A whole public file (at most 1 MiB) into out; -1 with err naming what. */
+int ternd_read_file(const char *what, const char *path, struct buf *out, struct buf *err);
 /* Put the configuration text of b->path into out (empty for defaults). -1
  * with err. */
 int ternd_read_config(const char *path, struct buf *out, struct buf *err);

@@ -87,6 +87,13 @@ read_file(const char *what, const char *path, size_t max, struct buf *out, struc
 }
 
 int
+ternd_read_file(const char *what, const char *path, struct buf *out, struct buf *err)
+{
+    errno = 0;
+    return read_file(what, path, KEY_FILE_MAX, out, err);
+}
+
+int
 ternd_read_config(const char *path, struct buf *out, struct buf *err)
 {
     if (path == NULL)
@@ -117,6 +124,7 @@ make_blobs(const struct config *cfg, const struct buf *text, struct buf *keys, s
         ps_blob_add(relay, PS_R_CONFIG, "", 0);
     if (cfg->tls_cert_file != NULL) {
         if (read_file("tls_cert_file", cfg->tls_cert_file, KEY_FILE_MAX, &pem, err) < 0 ||
+            ps_check_cert(pem.data, pem.len, err) < 0 ||
             (ps_blob_add(relay, PS_R_CERT, pem.data, pem.len), buf_reset(&pem),
                 read_file("tls_key_file", cfg->tls_key_file, KEY_FILE_MAX, &pem, err) < 0))
             goto fail;

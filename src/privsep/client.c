@@ -189,6 +189,21 @@ remote_key(uint32_t gen, X509 *leaf, struct buf *err)
 }
 
 int
+ps_check_cert(const char *chain, size_t len, struct buf *err)
+{
+    BIO *bio = BIO_new_mem_buf(chain, (int)len);
+    X509 *leaf = bio ? PEM_read_bio_X509(bio, NULL, NULL, NULL) : NULL;
+    EVP_PKEY *pub = leaf ? X509_get0_pubkey(leaf) : NULL;
+    int rc = pub != NULL && (EVP_PKEY_is_a(pub, "RSA") || EVP_PKEY_is_a(pub, "EC")) ? 0 : -1;
+    BIO_free(bio);
+    X509_free(leaf);
+    ERR_clear_error();
+    if (rc < 0)
+        buf_printf(err, "tls_cert_file: only RSA and ECDSA certificates are supported\n");
+    return rc;
+}
+
+int
 ps_client_set_tls(uint32_t gen, const char *chain, size_t len, struct buf *err)
 {
     BIO *bio;

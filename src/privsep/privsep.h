@@ -144,6 +144,9 @@ int ps_client_auth_fd(void);
  * NULL) as the one tls_server_ctx_new uses, signing through the keys
  * process. -1 with err. */
 int ps_client_set_tls(uint32_t gen, const char *chain, size_t len, struct buf *err);
+/* Can the keys process sign for the leaf of chain (PEM): RSA or ECDSA
+ * (there is no hook for Ed25519 private keys)? 0, or -1 with err. */
+int ps_check_cert(const char *chain, size_t len, struct buf *err);
 /* A DKIM key set for cfg whose keys sign through the keys process: entry i
  * of cfg->dkim_sign has meta[i] (alg 0xffffffff: not loaded). Owned. */
 struct dkim_keyset *ps_client_dkim_keys(

@@ -367,6 +367,17 @@ def test_check_fails_on_what_would_stop_the_start(make_tern, tmp_path):
     t.update(spool_dir=other)
     rc, err = check(t)
     assert rc == 2 and f"spool directory {other}: owned by uid 65534" in err, err
+    # an Ed25519 certificate: no way to sign for it from the keys process
+    t.update(spool_dir=t.spool)
+    cert, key = tmp_path / "ed.crt", tmp_path / "ed.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ed25519", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=tern.test"],
+                   check=True, capture_output=True, timeout=60)
+    key.chmod(0o600)
+    t.update(tls_cert_file=cert, tls_key_file=key)
+    rc, err = check(t)
+    assert rc == 2 and "only RSA and ECDSA certificates" in err, err
+    t.update(tls_cert_file=None, tls_key_file=None, spool_dir=other)
     # ... and start-up refuses the same.
     t.start(wait=False)
     assert t.proc.wait(timeout=30 * SLOW) != 0
