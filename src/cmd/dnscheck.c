@@ -302,6 +302,25 @@ egress_terms(const struct ck *k, struct buf *out)
     }
 }
 
+/* Terms for the smarthosts: "a:HOST" names a domain whose A/AAAA records
+ * match (RFC 7208 §5.3), so an address literal ("[192.0.2.25]") needs
+ * "ip4:"/"ip6:" instead (§5.6); "a:192.0.2.25" is not a valid domain-spec. */
+static void
+smarthost_terms(const struct ck *k, struct buf *out)
+{
+    for (size_t i = 0; i < k->cfg->n_smarthosts; i++) {
+        const char *host = k->cfg->smarthosts[i].host;
+        struct sockaddr_storage ss;
+        socklen_t len;
+        char t[INET6_ADDRSTRLEN];
+        if (dns_literal(host, 0, &ss, &len) == 0)
+            buf_printf(out, "%sip%c:%s", out->len ? " " : "", ss.ss_family == AF_INET ? '4' : '6',
+                addr_text(&ss, t, sizeof(t)));
+        else
+            buf_printf(out, "%sa:%s", out->len ? " " : "", host);
+    }
+}
+
 /* The record to publish: the existing one with the missing address terms
  * added after "v=spf1", or a new one. */
 static char *
@@ -314,7 +333,7 @@ spf_fix(const struct ck *k, const char *existing, const struct sockaddr_storage 
         buf_printf(&terms, "ip%c:%s", missing->ss_family == AF_INET ? '4' : '6',
             addr_text(missing, t, sizeof(t)));
     } else if (k->cfg->n_smarthosts > 0) {
-        buf_printf(&terms, "a:%s", k->cfg->smarthosts[0].host);
+        smarthost_terms(k, &terms);
     } else {
         egress_terms(k, &terms);
     }

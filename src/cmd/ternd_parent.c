@@ -553,8 +553,14 @@ fork_children(struct parent *p, struct buf *err)
         buf_printf(err, "socketpair: %s\n", strerror(errno));
         return -1;
     }
+    /* No batched line may be written twice (by a child's copy too). */
+    log_flush();
     p->keys = fork();
     if (p->keys == 0) {
+        /* Log lines of the main loop are batched per process and thread:
+         * the child starts without the parent's batching (the keys process
+         * writes each line at once; the relay attaches its own loop). */
+        log_detach_loop();
         /* Nothing of the network, the spool or the relay's ends. */
         for (size_t i = 0; i < b->n_socks; i++)
             close(b->socks[i].fd);
@@ -587,6 +593,7 @@ fork_children(struct parent *p, struct buf *err)
     p->keys_fd = pk[0];
     p->relay = fork();
     if (p->relay == 0) {
+        log_detach_loop();
         close(p->keys_fd);
         close(pr[0]);
         close(p->lock_fd); /* the parent holds the lock */

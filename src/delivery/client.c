@@ -7,9 +7,11 @@
  * pulled from the scheduler one at a time until the per-connection limit or
  * the idle timeout, then QUIT. With PIPELINING (RFC 2920) MAIL, RCPTs and
  * DATA go out in one write. The body is streamed from the spool file with a
- * bounded output buffer. The connection owns its job (client_tx) until the
- * done callback, which runs exactly once per job; a closed connection is
- * retired and freed later by the reaper (delivery.c).
+ * bounded output buffer; for a server without 8BITMIME an 8-bit message is
+ * first planned off the loop (convert.c) and converted while it streams.
+ * The connection owns its job (client_tx) until the done callback, which
+ * runs exactly once per job; a closed connection is retired and freed later
+ * by the reaper (delivery.c).
  */
 #include "delivery/delivery_int.h"
 
@@ -29,12 +31,10 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "delivery/mime7.h"
 #include "smtp/data.h"
 #include "util/log.h"
 #include "util/util.h"
-
-#define ESMTP_ENVID_MAX 100 /* RFC 3461 §4.4 */
-#define ADDR_SEND_MAX   512
 
 enum rcpt_st { RS_PENDING, RS_ACCEPTED, RS_DONE };
 
@@ -57,6 +57,12 @@ struct client_tx {
     size_t n_segs, cur_seg;
     uint64_t seg_done; /* bytes of segs[cur_seg] handed to the output */
     struct buf out;
+    /* 7-bit conversion for a next hop without 8BITMIME (convert.c): the
+     * converted form, made by a worker in a file of its own, replaces segs */
+    bool converted;
+    uint64_t conv_len; /* octets of the converted form (SIZE=) */
+    bool prefix_set;   /* prefix replaces env->prefix (signatures made again) */
+    char *prefix;      /* owned or NULL */
 };
 
 static void conn_next(struct deliv_conn *c);
@@ -75,6 +81,7 @@ static void to_connect(struct deliv_conn *c);
 static void to_tls(struct deliv_conn *c);
 static void to_reply(struct deliv_conn *c);
 static void to_idle(struct deliv_conn *c);
+static void to_convert(struct deliv_conn *c);
 static void to_quit(struct deliv_conn *c);
 static void conn_close(struct deliv_conn *c);
 static void creds_drop(struct deliv_conn *c);
@@ -99,6 +106,7 @@ static const struct state_ops {
     [CS_TLS] = { "TLS handshake", NULL, to_tls },
     [CS_AUTH] = { "AUTH", on_auth, to_reply },
     [CS_IDLE] = { "idle", on_idle_reply, to_idle },
+    [CS_CONVERT] = { "conversion", NULL, to_convert },
     [CS_TX] = { "MAIL", on_tx_reply, to_reply },
     [CS_BODY] = { "DATA", NULL, to_reply },
     [CS_DOT] = { "DATA", on_dot, to_reply },
@@ -188,6 +196,7 @@ tx_free(struct client_tx *tx)
     free(tx->rst);
     free(tx->sent);
     buf_fini(&tx->out);
+    free(tx->prefix);
     free(tx);
 }
 
@@ -257,12 +266,13 @@ conn_close(struct deliv_conn *c)
     c->state = CS_DEAD;
     creds_drop(c);
     deliv_idle_del(c->d, c);
+    deliv_conv_forget(c->d, c);
     plan_unref(c->plan);
     c->plan = NULL;
     evtimer_del(c->timer);
     event_del(c->wake);
     if (c->bev != NULL) {
-        bufferevent_free(c->bev); /* safe inside its callbacks: libevent defers */
+        deliv_bev_close(c->d, c->bev, !c->conn_error); /* safe inside its callbacks */
         c->bev = NULL;
     }
     log_begin(&l, LOG_DEBUG, NULL, "delivery", "closed");
@@ -360,6 +370,7 @@ target_reset(struct deliv_conn *c)
     c->tls_active = false;
     c->implicit_tls = false;
     c->authed = false;
+    c->conn_error = false;
     c->auth_mech = AUTHM_NONE;
     c->auth_step = 0;
     memset(&c->tls, 0, sizeof(c->tls));
@@ -372,7 +383,7 @@ static void
 conn_drop_socket(struct deliv_conn *c)
 {
     if (c->bev != NULL) {
-        bufferevent_free(c->bev);
+        deliv_bev_close(c->d, c->bev, !c->conn_error);
         c->bev = NULL;
     }
     evtimer_del(c->timer);
@@ -436,6 +447,14 @@ static void
 to_idle(struct deliv_conn *c)
 {
     conn_quit(c);
+}
+
+static void
+to_convert(struct deliv_conn *c)
+{
+    struct tern_status st;
+    own_status(&st, 451, "4.3.0", "converting the message to 7 bit for %s took too long", c->peer);
+    conn_fail(c, &st, false);
 }
 
 static void
@@ -940,6 +959,8 @@ event_cb(struct bufferevent *bev, short what, void *arg)
                                                                : "connection closed");
         return;
     }
+    if (what & BEV_EVENT_ERROR)
+        c->conn_error = true;
     if (c->state == CS_TLS) {
         char why[256];
         if (what & BEV_EVENT_CONNECTED) {
@@ -1010,36 +1031,6 @@ connect_next(struct deliv_conn *c)
 /* ---- transactions ---- */
 
 static bool
-addr_sendable(const char *a, size_t max)
-{
-    size_t n = strnlen(a, max + 1);
-    if (n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)a[i];
-        if (ch < 0x20 || ch == 0x7f)
-            return false;
-    }
-    return true;
-}
-
-/* xtext values (ENVID, ORCPT) go out as given: printable, no space, no '='
- * except ORCPT's ';' form; anything else is dropped rather than sent. */
-static bool
-xtext_sendable(const char *s, size_t max)
-{
-    size_t n = strnlen(s, max + 1);
-    if (n == 0 || n > max)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch <= 0x20 || ch >= 0x7f || ch == '=')
-            return false;
-    }
-    return true;
-}
-
-static bool
 env_has_8bit_addr(const struct spool_env *env, const struct client_tx *tx)
 {
     for (const char *p = env->sender; *p; p++) {
@@ -1086,7 +1077,8 @@ tx_open_body(struct deliv_conn *c, struct client_tx *tx)
     return rc;
 }
 
-/* Checks before anything is sent. -1: every recipient has its result. */
+/* Checks before anything is sent. -1: every recipient has its result; 1:
+ * the message must be converted to 7 bit first (RFC 6152 §3). */
 static int
 tx_precheck(struct deliv_conn *c, struct client_tx *tx)
 {
@@ -1104,72 +1096,30 @@ tx_precheck(struct deliv_conn *c, struct client_tx *tx)
         bool addr8 = env_has_8bit_addr(env, tx);
         own_status(&st, 550, addr8 ? "5.6.7" : "5.6.9", "%s does not support SMTPUTF8%s", c->relay,
             addr8 ? " (non-ASCII address)" : "");
-    } else if (!addr_sendable(env->sender, ADDR_SEND_MAX)) {
+    } else if (env->body == BODY_BINARYMIME) {
+        /* RFC 3030 §3: binary content goes only by BDAT to a server with
+         * BINARYMIME; this client sends DATA, so the content cannot be
+         * relayed as it is (X.6.3: conversion required but not supported). */
+        own_status(&st, 554, "5.6.3", "%s: BINARYMIME content cannot be sent%s", c->relay,
+            c->ext.binarymime ? " with DATA" : " (no BINARYMIME there)");
+    } else if (!deliv_addr_sendable(env->sender, DELIV_ADDR_SEND_MAX)) {
         own_status(&st, 553, "5.1.7", "sender address cannot be sent");
     } else {
         own_status(&st, 553, "5.1.3", "recipient address cannot be sent");
         for (size_t i = 0; i < tx->job.n_rcpts; i++) {
             size_t idx = tx->job.rcpt_idx[i];
             TERN_ASSERT(idx < env->n_rcpts);
-            if (addr_sendable(env->rcpts[idx].addr, ADDR_SEND_MAX))
+            if (deliv_addr_sendable(env->rcpts[idx].addr, DELIV_ADDR_SEND_MAX))
                 tx->sent[tx->n_sent++] = i;
             else
                 rcpt_set(tx, i, &st, false, false);
         }
-        return tx->n_sent > 0 ? 0 : -1;
+        if (tx->n_sent == 0)
+            return -1;
+        return env->body == BODY_8BITMIME && !c->ext.eightbitmime ? 1 : 0;
     }
     tx_set_all(tx, RS_DONE, &st, false, false);
     return -1;
-}
-
-static void
-put_mail(struct deliv_conn *c, const struct spool_env *env, struct buf *b)
-{
-    buf_printf(b, "MAIL FROM:<%s>", env->sender);
-    if (c->ext.size)
-        buf_printf(
-            b, " SIZE=%" PRIu64, env->body_len + (env->prefix ? (uint64_t)strlen(env->prefix) : 0));
-    if (env->body != BODY_7BIT && c->ext.eightbitmime)
-        buf_append_str(b, " BODY=8BITMIME");
-    if (env->smtputf8)
-        buf_append_str(b, " SMTPUTF8");
-    if (c->ext.dsn) {
-        /* RFC 3461 §4.3, §4.4: pass the client's DSN request on. */
-        if (env->ret != DSN_RET_UNSET)
-            buf_append_str(b, env->ret == DSN_RET_FULL ? " RET=FULL" : " RET=HDRS");
-        if (env->envid != NULL && xtext_sendable(env->envid, ESMTP_ENVID_MAX))
-            buf_printf(b, " ENVID=%s", env->envid);
-    }
-    buf_append_str(b, "\r\n");
-}
-
-static void
-put_rcpt(struct deliv_conn *c, const struct spool_rcpt *r, struct buf *b)
-{
-    buf_printf(b, "RCPT TO:<%s>", r->addr);
-    if (c->ext.dsn && r->notify != 0) {
-        /* RFC 3461 §4.1: NEVER alone, or a list of SUCCESS, FAILURE, DELAY. */
-        if (r->notify & DSN_NOTIFY_NEVER) {
-            buf_append_str(b, " NOTIFY=NEVER");
-        } else {
-            const char *sep = " NOTIFY=";
-            static const struct {
-                unsigned bit;
-                const char *name;
-            } bits[] = { { DSN_NOTIFY_SUCCESS, "SUCCESS" }, { DSN_NOTIFY_FAILURE, "FAILURE" },
-                { DSN_NOTIFY_DELAY, "DELAY" } };
-            for (size_t i = 0; i < TERN_ARRAY_LEN(bits); i++) {
-                if (r->notify & bits[i].bit) {
-                    buf_printf(b, "%s%s", sep, bits[i].name);
-                    sep = ",";
-                }
-            }
-        }
-    }
-    if (c->ext.dsn && r->orcpt != NULL && addr_sendable(r->orcpt, ADDR_SEND_MAX) &&
-        strchr(r->orcpt, ' ') == NULL)
-        buf_printf(b, " ORCPT=%s", r->orcpt);
-    buf_append_str(b, "\r\n");
 }
 
 /* Command number n of the transaction: 0 MAIL, 1..n_sent RCPT, then DATA. */
@@ -1177,12 +1127,16 @@ static void
 put_cmd(struct deliv_conn *c, size_t n, struct buf *b)
 {
     struct client_tx *tx = c->tx;
-    if (n == 0)
-        put_mail(c, tx->job.env, b);
-    else if (n <= tx->n_sent)
-        put_rcpt(c, &tx->job.env->rcpts[tx->job.rcpt_idx[tx->sent[n - 1]]], b);
-    else
+    if (n == 0) {
+        const char *prefix = tx->prefix_set ? tx->prefix : tx->job.env->prefix;
+        uint64_t size = (tx->converted ? tx->conv_len : tx->job.env->body_len) +
+                        (prefix ? (uint64_t)strlen(prefix) : 0);
+        deliv_put_mail(&c->ext, tx->job.env, size, b);
+    } else if (n <= tx->n_sent) {
+        deliv_put_rcpt(&c->ext, &tx->job.env->rcpts[tx->job.rcpt_idx[tx->sent[n - 1]]], b);
+    } else {
         buf_append_str(b, "DATA\r\n");
+    }
 }
 
 /* Send the next command, or with PIPELINING all of them (RFC 2920 §3.1:
@@ -1203,13 +1157,21 @@ static bool
 tx_begin(struct deliv_conn *c, const struct delivery_job *job)
 {
     struct client_tx *tx = tx_new(job);
+    int rc;
     deliv_idle_del(c->d, c);
     c->tx = tx;
-    if (tx_precheck(c, tx) < 0) {
+    rc = tx_precheck(c, tx);
+    if (rc < 0) {
         tx_report(c, tx);
         return false;
     }
     c->n_msgs++;
+    if (rc == 1) {
+        deliv_conv_submit(c->d, c, job->id, job->env);
+        c->state = CS_CONVERT;
+        conn_arm(c, c->reply_ms);
+        return true;
+    }
     c->state = CS_TX;
     tx_send(c);
     return true;
@@ -1237,15 +1199,18 @@ body_start(struct deliv_conn *c)
 {
     struct client_tx *tx = c->tx;
     bool bol = true;
+    const char *prefix;
     c->state = CS_BODY;
     /* The write callback fires when the output drains to the low mark. */
     bufferevent_setwatermark(c->bev, EV_WRITE, DELIV_WRITE_LOW, 0);
     conn_arm(c, c->reply_ms);
-    if (tx->job.env->prefix != NULL) {
-        /* Header fields made once at commit (DKIM-Signature), sent above
-         * the stored message; dot-stuffed like the rest. */
+    prefix = tx->prefix_set ? tx->prefix : tx->job.env->prefix;
+    if (prefix != NULL) {
+        /* Header fields made once at commit (DKIM-Signature), or again for
+         * the converted form, sent above the stored message; dot-stuffed
+         * like the rest. */
         buf_reset(&tx->out);
-        if (smtp_data_stuff(tx->job.env->prefix, strlen(tx->job.env->prefix), &bol, &tx->out) < 0)
+        if (smtp_data_stuff(prefix, strlen(prefix), &bol, &tx->out) < 0)
             tern_panic("cannot grow the DATA buffer");
         conn_write(c, tx->out.data, tx->out.len);
     }
@@ -1517,4 +1482,78 @@ client_free(struct deliv_conn *c)
     tls_ctx_unref(c->tls_ctx);
     config_unref(c->cfg);
     free(c);
+}
+
+/* Send the converted form (its file, made by the worker) instead of the
+ * stored body. */
+static int
+tx_use_converted(struct client_tx *tx, struct conv_job *j)
+{
+    int fd = fcntl(j->out_fd, F_DUPFD_CLOEXEC, 0);
+    struct evbuffer_file_segment *seg =
+        fd < 0 ? NULL
+               : evbuffer_file_segment_new(fd, 0, (ev_off_t)j->out_stored,
+                     EVBUF_FS_CLOSE_ON_FREE | EVBUF_FS_DISABLE_LOCKING);
+    if (seg == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    for (size_t i = 0; i < tx->n_segs; i++)
+        evbuffer_file_segment_free(tx->segs[i]);
+    tx->segs[0] = seg;
+    tx->seg_len[0] = j->out_stored;
+    tx->n_segs = 1;
+    tx->converted = true;
+    return 0;
+}
+
+void
+client_conv_done(struct deliv_conn *c, struct conv_job *j)
+{
+    struct client_tx *tx = c->tx;
+    struct tern_status st;
+    struct logline l;
+    if (c->state != CS_CONVERT || tx == NULL || tx->job.id != j->job_id)
+        return; /* the transaction ended meanwhile */
+    evtimer_del(c->timer);
+    if (j->result == CONV_PERM || j->result == CONV_TEMP) {
+        if (j->result == CONV_PERM) /* RFC 6152 §3: convert, or return it */
+            own_status(&st, 554, "5.6.3",
+                "%s does not support 8BITMIME and the message cannot be converted to 7 bit: %s",
+                c->relay, j->why);
+        else
+            own_status(&st, 451, "4.3.0", "cannot convert the message to 7 bit: %s", j->why);
+        tx_set_all(tx, RS_DONE, &st, false, j->result == CONV_TEMP);
+        tx_report(c, tx);
+        conn_next(c);
+        return;
+    }
+    if (j->result == CONV_OK && tx_use_converted(tx, j) < 0) {
+        own_status(&st, 451, "4.3.0", "cannot send the converted message: %s", strerror(errno));
+        tx_set_all(tx, RS_DONE, &st, false, true);
+        tx_report(c, tx);
+        conn_next(c);
+        return;
+    }
+    if (j->result == CONV_OK) {
+        tx->conv_len = j->out_len;
+        tx->prefix_set = j->resign;
+        tx->prefix = j->resign && j->prefix.len > 0 ? buf_take(&j->prefix) : NULL;
+        log_begin(&l, LOG_INFO, tx->job.env->qid, "delivery", "converted");
+        log_str(&l, "dest", c->dest->d.key);
+        log_str(&l, "relay", c->relay);
+        log_int(&l, "parts", (int64_t)j->plan.n_leaves);
+        log_int(&l, "size", (int64_t)tx->conv_len);
+        if (j->resign)
+            log_str(&l, "dkim", j->dres.n_sigs > 0 ? "resigned" : "dropped");
+        log_end(&l);
+        if (j->resign && j->dres.n_sigs == 0) {
+            log_begin(&l, LOG_WARN, tx->job.env->qid, "dkim", "not_signed");
+            log_str(&l, "reason", j->dres.reason ? j->dres.reason : "no key for the From domain");
+            log_end(&l);
+        }
+    }
+    c->state = CS_TX;
+    tx_send(c);
 }

@@ -131,6 +131,8 @@ delivery_new(
     TAILQ_INIT(&d->waiting);
     TAILQ_INIT(&d->idle);
     TAILQ_INIT(&d->dead);
+    TAILQ_INIT(&d->lingers);
+    d->convs = map_new();
     d->idle_by_addr = map_new();
     d->notls = map_new();
     d->reap = event_new(base, -1, 0, reap_cb, d);
@@ -676,6 +678,9 @@ delivery_free(struct delivery *d)
         dest->waiting = false;
     }
     reap_cb(-1, 0, d);
+    deliv_linger_purge(d);
+    deliv_conv_stop(d);
+    map_free(d->convs);
     TERN_ASSERT(TAILQ_EMPTY(&d->dests));
     TERN_ASSERT(TAILQ_EMPTY(&d->idle));
     map_free(d->idle_by_addr);

@@ -20,6 +20,8 @@
 #include <sys/socket.h>
 
 #include "delivery/delivery.h"
+#include "delivery/mime7.h"
+#include "dkim/dkim.h"
 #include "dns/dns.h"
 #include "tls/tls.h"
 #include "util/buf.h"
@@ -74,6 +76,7 @@ struct ehlo_ext {
     bool size;       /* RFC 1870; size_max 0 = no fixed limit */
     uint64_t size_max;
     bool eightbitmime; /* RFC 6152 */
+    bool binarymime;   /* RFC 3030 */
     bool smtputf8;     /* RFC 6531 */
     bool dsn;          /* RFC 3461 */
     bool chunking;     /* RFC 3030 */
@@ -209,6 +212,8 @@ bool plan_first_group(const struct deliv_plan *p, size_t *start, size_t *end);
 /* ---- delivery.c ---- */
 
 struct deliv_conn;
+struct deliv_convw;
+struct deliv_linger;
 struct idle_bucket;
 
 struct deliv_dest {
@@ -247,6 +252,9 @@ struct delivery {
     struct tls_ctx *tls; /* outbound client context of cfg, or NULL (tls_err says why) */
     char tls_err[256];
     struct map *notls; /* "addr:port" -> int64_t * (mono ms until which no STARTTLS) */
+    TAILQ_HEAD(, deliv_linger) lingers; /* closed TLS connections flushing (linger.c) */
+    struct deliv_convw *convw;          /* the conversion worker (convert.c), once started */
+    struct map *convs; /* conn id -> struct deliv_conn * waiting for a conversion */
 };
 
 #define DELIV_ADDR_KEY_MAX (INET6_ADDRSTRLEN + 16)
@@ -291,6 +299,75 @@ void deliv_idle_del(struct delivery *d, struct deliv_conn *c);
 void deliv_notls_add(struct delivery *d, const char *addr);
 bool deliv_notls_has(struct delivery *d, const char *addr);
 
+/* ---- txcmd.c: transaction command lines (pure) ---- */
+
+#define DELIV_ADDR_SEND_MAX 512
+
+/* Printable (no control characters) and at most max octets. */
+bool deliv_addr_sendable(const char *a, size_t max);
+/* "MAIL FROM:<...>" CRLF with the parameters e allows; size: the octets that
+ * will be sent (for SIZE=). */
+void deliv_put_mail(
+    const struct ehlo_ext *e, const struct spool_env *env, uint64_t size, struct buf *b);
+/* "RCPT TO:<...>" CRLF, with NOTIFY and ORCPT when e offers DSN. */
+void deliv_put_rcpt(const struct ehlo_ext *e, const struct spool_rcpt *r, struct buf *b);
+
+/* ---- linger.c: closing TLS connections ---- */
+
+#define DELIV_LINGER_MS 2000 /* a closed TLS connection waits this long for the peer */
+
+/* Free a connection's bufferevent. For a TLS one, with tls_shutdown (no fatal
+ * TLS or socket error happened) a close_notify is queued first; whatever TLS
+ * records are queued (close_notify, or the alert of a failed handshake) are
+ * still written to the peer after bev is gone, then the socket is closed
+ * once the peer closes its side or DELIV_LINGER_MS pass. Safe inside bev's
+ * own callbacks. */
+void deliv_bev_close(struct delivery *d, struct bufferevent *bev, bool tls_shutdown);
+/* Drop every lingering socket at once (delivery_free). */
+void deliv_linger_purge(struct delivery *d);
+
+/* ---- convert.c: 7-bit conversion off the loop ---- */
+
+enum conv_result {
+    CONV_OK,   /* plan and converted size (and new prefix) ready */
+    CONV_ASIS, /* nothing 8-bit to convert: send the message as stored */
+    CONV_PERM, /* cannot be converted (why): bounce */
+    CONV_TEMP, /* could not read it or shutting down (why): try later */
+};
+
+struct conv_job {
+    struct conv_job *next;
+    uint64_t conn_id, job_id;   /* whose transaction */
+    struct spool *sp;           /* borrowed: the spool the message is in */
+    struct spool_env *env;      /* owned copy: what to read */
+    bool resign;                /* it carries our DKIM signatures: replace them */
+    bool lossy;                 /* a DSN: see mime7_lossy */
+    struct dkim_signer *signer; /* owned or NULL: signs the converted form */
+    /* results, read on the loop thread once the job is answered */
+    enum conv_result result;
+    char why[160];
+    struct mime7_plan plan;
+    uint64_t out_len;         /* octets of the converted form */
+    int out_fd;               /* owned: an unnamed file with the converted form, stuffed */
+    uint64_t out_stored;      /* its size */
+    struct buf out_buf;       /* stuffed output not yet written */
+    bool out_bol;             /* stuffing: the next byte starts a line */
+    int out_err;              /* the file could not be written */
+    struct buf prefix;        /* the new DKIM-Signature fields (resign) */
+    struct dkim_outcome dres; /* how the signing went */
+};
+
+/* Convert env's message (read from the spool on the worker) for connection
+ * c's transaction job_id, into an unnamed file the client then sends.
+ * client_conv_done(c, job) runs later on the loop thread unless c closes
+ * first (deliv_conv_forget). */
+void deliv_conv_submit(
+    struct delivery *d, struct deliv_conn *c, uint64_t job_id, const struct spool_env *env);
+void deliv_conv_forget(struct delivery *d, struct deliv_conn *c);
+/* Stop the worker (a running job ends at its next chunk); drop all jobs. */
+void deliv_conv_stop(struct delivery *d);
+void conv_job_free(struct conv_job *j);
+
 /* ---- client.c ---- */
 
 enum conn_state {
@@ -303,6 +380,7 @@ enum conn_state {
     CS_TLS,      /* TLS handshake (after STARTTLS, or first with implicit TLS) */
     CS_AUTH,     /* AUTH exchange with the smarthost */
     CS_IDLE,     /* no job: waits idle_conn_timeout for one */
+    CS_CONVERT,  /* a job waits for its 7-bit conversion (convert.c) */
     CS_TX,       /* MAIL, RCPT..., DATA sent (all at once with PIPELINING) */
     CS_BODY,     /* streaming the message */
     CS_DOT,      /* waiting for the reply to the final dot */
@@ -353,6 +431,7 @@ struct deliv_conn {
     bool implicit_tls;       /* the current target's hop is smtps:// */
     bool tls_active;         /* handshake done on the current connection */
     bool tls_plain_retry;    /* reconnecting in clear after a failed opportunistic handshake */
+    bool conn_error;         /* the socket or TLS layer failed: no close_notify */
     struct tls_info tls;     /* when tls_active */
     enum auth_mech auth_mech;
     bool authed;               /* AUTH succeeded on this connection */
@@ -378,5 +457,8 @@ void client_quit_idle(struct deliv_conn *c);
 void client_shutdown(struct deliv_conn *c);
 /* Free a retired connection (the reaper only). */
 void client_free(struct deliv_conn *c);
+/* The conversion of c's job is done: go on with the transaction (the
+ * job's results may be taken; the caller frees it). */
+void client_conv_done(struct deliv_conn *c, struct conv_job *j);
 
 #endif

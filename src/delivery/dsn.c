@@ -17,6 +17,7 @@
 
 #include "util/buf.h"
 #include "util/fsutil.h"
+#include "util/parse.h"
 #include "util/util.h"
 
 #define DSN_WIDTH          76   /* preferred line width */
@@ -109,41 +110,12 @@ out_flush(struct dsn_out *o)
 
 /* ---------- cleaning untrusted text ---------- */
 
-/* Length of a well-formed UTF-8 sequence (RFC 3629) at p, 0 if none. */
-static size_t
-utf8_len(const unsigned char *p, size_t n)
-{
-    size_t len;
-    unsigned min;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
-        len = 2;
-        min = 0x80;
-    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
-        len = 3;
-        min = 0x800;
-    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
-        len = 4;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if (n < len)
-        return 0;
-    unsigned cp = p[0] & (0x7f >> len);
-    for (size_t i = 1; i < len; i++) {
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-        cp = (cp << 6) | (p[i] & 0x3f);
-    }
-    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return 0;
-    return len;
-}
-
 /* Append s as one line of text: every run of control characters (CR, LF,
  * NUL, TAB ...) becomes one space, leading/trailing spaces go, 8-bit bytes
- * stay only when utf8 and well-formed (else '?'). At most DSN_FIELD_MAX
- * input bytes are looked at. */
+ * stay only when utf8 and well-formed UTF-8 that is no C1 control (RFC 6533
+ * allows UTF-8 in the global report types); otherwise each character or
+ * stray byte becomes one '?', so a plain report stays ASCII. At most
+ * DSN_FIELD_MAX input bytes are looked at. */
 static void
 out_clean(struct dsn_out *o, const char *s, bool utf8)
 {
@@ -160,10 +132,11 @@ out_clean(struct dsn_out *o, const char *s, bool utf8)
             out_char(o, ' ');
         space = false;
         any = true;
-        size_t ul = p[i] >= 0x80 ? utf8_len(p + i, n - i) : 1;
-        if (p[i] >= 0x80 && (!utf8 || ul == 0)) {
+        size_t ul = p[i] >= 0x80 ? utf8_seq_len(p + i, n - i) : 1;
+        bool c1 = ul == 2 && p[i] == 0xc2 && p[i + 1] < 0xa0;
+        if (p[i] >= 0x80 && (!utf8 || ul == 0 || c1)) {
             out_char(o, '?');
-            i++;
+            i += ul > 0 ? ul : 1;
         } else {
             out_mem(o, p + i, ul);
             i += ul;

@@ -49,17 +49,35 @@ reply_esc_len(const char *s, size_t len, int cls)
     return i;
 }
 
-/* Append text to the joined reply text: control and non-ASCII bytes become
- * '?', lines are joined with one space, the result is cut at the limit. */
+/* Append text to the joined reply text: control characters (C0, DEL, C1)
+ * and bytes that are not part of well-formed UTF-8 become '?', well-formed UTF-8 is kept (an
+ * SMTPUTF8 server may answer in UTF-8, RFC 6531 §3.7.4.2; whoever shows the
+ * text decides whether it may stay, e.g. the DSN, RFC 6533 §3), lines are
+ * joined with one space, the result is cut at the limit between characters. */
 static void
 text_append(struct reply_acc *a, const char *t, size_t n)
 {
     size_t cap = sizeof(a->st.text) - 1;
     if (a->text_len > 0 && a->text_len < cap && n > 0)
         a->st.text[a->text_len++] = ' ';
-    for (size_t i = 0; i < n && a->text_len < cap; i++) {
+    for (size_t i = 0; i < n && a->text_len < cap;) {
         unsigned char ch = (unsigned char)t[i];
+        size_t ul = ch >= 0x80 ? utf8_seq_len((const unsigned char *)t + i, n - i) : 0;
+        if (ul == 2 && ch == 0xc2 && (unsigned char)t[i + 1] < 0xa0) {
+            a->st.text[a->text_len++] = '?'; /* a C1 control, U+0080..U+009F */
+            i += ul;
+            continue;
+        }
+        if (ul > 0) {
+            if (a->text_len + ul > cap)
+                break;
+            memcpy(a->st.text + a->text_len, t + i, ul);
+            a->text_len += ul;
+            i += ul;
+            continue;
+        }
         a->st.text[a->text_len++] = (ch < 0x20 || ch >= 0x7f) ? '?' : (char)ch;
+        i++;
     }
     a->st.text[a->text_len] = '\0';
 }
@@ -156,6 +174,8 @@ ehlo_parse_line(struct ehlo_ext *e, const char *text, size_t len)
         e->pipelining = true;
     } else if (str_ieq(text, w, "8BITMIME")) {
         e->eightbitmime = true;
+    } else if (str_ieq(text, w, "BINARYMIME")) {
+        e->binarymime = true;
     } else if (str_ieq(text, w, "SMTPUTF8")) {
         e->smtputf8 = true;
     } else if (str_ieq(text, w, "DSN")) {

@@ -334,8 +334,16 @@ dkim_signer_finish(struct dkim_signer *s, struct buf *out, struct dkim_outcome *
     unsigned char digest[EVP_MAX_MD_SIZE];
     unsigned dl = 0;
     TERN_ASSERT(s->st != SG_DONE);
-    if (s->st == SG_HEADER)
-        header_done(s); /* no empty line: all header, empty body */
+    if (s->st == SG_HEADER) {
+        /* No empty line: all header, empty body. Delivery ends the last
+         * line and adds the empty line that ends the header section (RFC
+         * 5322 §2.1); sign that form, so that a "simple" signature covers
+         * exactly the fields sent (RFC 6376 §3.4.1). */
+        if (s->hdr.len > 0 && (s->hdr.len < 2 || s->hdr.data[s->hdr.len - 2] != '\r' ||
+                                  s->hdr.data[s->hdr.len - 1] != '\n'))
+            buf_append(&s->hdr, "\r\n", 2);
+        header_done(s);
+    }
     if (s->st != SG_BODY) {
         outcome_set(res, s);
         s->st = SG_DONE;

@@ -14,7 +14,6 @@
 #include <sys/random.h>
 #include <unistd.h>
 
-#include "delivery/dsn.h"
 #include "retry.h"
 #include "route.h"
 #include "sched_int.h"
@@ -227,12 +226,13 @@ msg_free(struct sched *s, struct sched_msg *m)
         unit_free(m->units[i]);
     }
     free(m->units);
+    sched_notes_free(s, m);
     spool_env_free(m->env);
     free(m);
 }
 
-static size_t
-msg_pending(const struct sched_msg *m)
+size_t
+sched_msg_pending(const struct sched_msg *m)
 {
     size_t n = 0;
     for (size_t i = 0; i < m->env->n_rcpts; i++)
@@ -307,8 +307,10 @@ sched_take_env(struct sched *s, struct spool_env *env, int64_t next_try_ms)
     m->env = env;
     map_put_str(s->msgs, env->qid, m);
     s->st.queue_messages++;
-    s->st.queue_rcpts += msg_pending(m);
-    if (msg_pending(m) == 0) {
+    s->st.queue_rcpts += sched_msg_pending(m);
+    /* DSNs not yet made when the daemon stopped (sched_dsn.c). */
+    sched_notes_load(m);
+    if (sched_msg_pending(m) == 0 && m->n_notes == 0) {
         /* Every recipient already final (a crash after the last result but
          * before the removal): finish the removal now. */
         map_del_str(s->msgs, env->qid);
@@ -319,6 +321,7 @@ sched_take_env(struct sched *s, struct spool_env *env, int64_t next_try_ms)
     }
     msg_build_units(s, m, next_try_ms);
     sched_arm(s);
+    sched_dsn_make(s, m);
 }
 
 void
@@ -347,6 +350,7 @@ recovered_cb(void *arg, long count)
     struct sched *s = arg;
     struct logline l;
     s->loaded = true;
+    s->st.loaded = (size_t)count;
     log_begin(&l, LOG_INFO, NULL, "queue", "loaded");
     log_int(&l, "messages", count);
     log_end(&l);
@@ -364,91 +368,21 @@ sched_loaded(const struct sched *s)
     return s->loaded;
 }
 
-/* Remove a finished or deleted message from memory and the spool. */
-static void
-msg_finish(struct sched *s, struct sched_msg *m, const char *why)
+void
+sched_msg_finish(struct sched *s, struct sched_msg *m, const char *why)
 {
     struct logline l;
     spool_remove(s->sp, m->env->qid);
     log_begin(&l, LOG_INFO, m->env->qid, "queue", "removed");
     log_str(&l, "reason", why);
     log_end(&l);
-    s->st.queue_rcpts -= msg_pending(m);
+    s->st.queue_rcpts -= sched_msg_pending(m);
     s->st.queue_messages--;
     map_del_str(s->msgs, m->env->qid);
     msg_free(s, m);
 }
 
 /* ---- results ---- */
-
-struct dsn_sink {
-    struct spool_writer *w;
-};
-
-static int
-dsn_sink_write(void *arg, const void *data, size_t len)
-{
-    struct dsn_sink *k = arg;
-    spool_writer_write(k->w, data, len);
-    return 0;
-}
-
-/* The first max bytes of a message's content (owned), for its DSN. */
-static char *
-read_original(struct sched *s, const struct spool_env *env, size_t max, size_t *len)
-{
-    struct spool_content *c = spool_content_open(s->sp, env);
-    struct buf b = BUF_INIT;
-    const char *p;
-    size_t n;
-    int r;
-    while (b.len < max && (r = spool_content_next(c, &p, &n)) == 1)
-        buf_append(&b, p, n < max - b.len ? n : max - b.len);
-    spool_content_close(c);
-    if (b.len < max && b.len < env->body_len) {
-        buf_fini(&b);
-        *len = 0;
-        return NULL;
-    }
-    *len = b.len;
-    return buf_take(&b);
-}
-
-/* Queue a DSN about results[0..n) of m's message. */
-static void
-sched_make_dsn(struct sched *s, struct sched_msg *m, const struct dsn_rcpt_result *res, size_t n)
-{
-    struct spool_env *denv;
-    struct dsn_sink k;
-    struct logline l;
-    char *orig;
-    size_t olen;
-    int rc;
-    if (n == 0)
-        return;
-    denv = dsn_envelope(m->env);
-    if (denv == NULL)
-        return; /* no DSN to the null sender */
-    k.w = spool_writer_new(s->sp, denv);
-    orig = read_original(s, m->env, DSN_MAX_RETURN, &olen);
-    rc = dsn_write_message(s->cfg, m->env, res, n, orig, olen, spool_writer_qid(k.w), tern_now_ms(),
-        dsn_sink_write, &k);
-    free(orig);
-    log_begin(
-        &l, rc == 0 ? LOG_INFO : LOG_ERROR, m->env->qid, "dsn", rc == 0 ? "queued" : "failed");
-    if (k.w)
-        log_str(&l, "dsn_qid", spool_writer_qid(k.w));
-    log_str(&l, "to", m->env->sender);
-    log_int(&l, "nrcpt", (int64_t)n);
-    if (rc != 0)
-        log_errno(&l, errno);
-    log_end(&l);
-    if (rc == 0)
-        spool_writer_commit(k.w, NULL, NULL, 0, NULL);
-    else
-        spool_writer_abort(k.w);
-    spool_env_free(denv);
-}
 
 static void
 format_reply(const struct tern_status *st, char *out, size_t cap)
@@ -489,8 +423,10 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
     log_end(&l);
 }
 
-/* Apply one recipient's result; returns true when it became final and a
- * DSN entry was written into *dr. */
+/* Apply one recipient's result; returns true when it became final and wants
+ * a DSN, described in *dr: its state is then RCPT_FAILED_DSN or
+ * RCPT_DELIVERED_DSN with the status to report as last_error, so that the
+ * DSN can still be made after a restart (sched_dsn.c). */
 static bool
 apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct delivery_rcpt_result *r,
     const char *relay, const char *mta, int64_t *next_ms, struct dsn_rcpt_result *dr)
@@ -498,6 +434,7 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct deli
     struct spool_rcpt *rc = &m->env->rcpts[idx];
     char reply[STATUS_TEXT_MAX + 32];
     enum dsn_action act = DSN_ACTION_FAILED;
+    bool want;
     format_reply(&r->st, reply, sizeof(reply));
     rc->attempts++;
     free(rc->last_error);
@@ -541,9 +478,17 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct deli
         dr->status.code = r->st.code;
         if (dr->status.esc[0] == '\0')
             snprintf(dr->status.esc, sizeof(dr->status.esc), "2.0.0");
-        return !r->peer_dsn && dsn_wanted(m->env, idx, DSN_ACTION_RELAYED);
+        want = !r->peer_dsn && dsn_wanted(m->env, idx, DSN_ACTION_RELAYED);
+    } else {
+        want = dsn_wanted(m->env, idx, DSN_ACTION_FAILED);
     }
-    return dsn_wanted(m->env, idx, DSN_ACTION_FAILED);
+    if (want) {
+        rc->state = act == DSN_ACTION_RELAYED ? RCPT_DELIVERED_DSN : RCPT_FAILED_DSN;
+        format_reply(&dr->status, reply, sizeof(reply));
+        free(rc->last_error);
+        rc->last_error = xstrdup(reply);
+    }
+    return want;
 }
 
 /* A job that reached no server at all, every recipient deferred: the
@@ -594,8 +539,7 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     const char *relay)
 {
     struct sched_msg *m = u->msg;
-    struct dsn_rcpt_result *dsn, *ok;
-    size_t ndsn = 0, nok = 0, keep = 0;
+    size_t keep = 0;
     int64_t next_ms = 0;
     char mta[CONFIG_HOST_MAX];
     TERN_ASSERT(n == u->n_rcpt);
@@ -603,18 +547,11 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
      * "host[addr]:port tls=..." */
     if (relay != NULL)
         snprintf(mta, sizeof(mta), "%.*s", (int)strcspn(relay, "[ "), relay);
-    dsn = xcalloc(n ? n : 1, sizeof(*dsn));
-    ok = xcalloc(n ? n : 1, sizeof(*ok));
     for (size_t i = 0; i < n; i++) {
         size_t idx = u->rcpt[i];
         struct dsn_rcpt_result dr;
-        if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dr)) {
-            /* Failures and success notices travel in separate reports. */
-            if (dr.action == DSN_ACTION_RELAYED)
-                ok[nok++] = dr;
-            else
-                dsn[ndsn++] = dr;
-        }
+        if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dr))
+            sched_note_add(m, &dr);
         if (m->env->rcpts[idx].state == RCPT_QUEUED)
             u->rcpt[keep++] = idx;
         /* The destination's last error (for the queue summary) is the
@@ -627,24 +564,21 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     }
     u->n_rcpt = keep;
     /* An operator's delete is silent, like postsuper -d: no DSN. */
-    if (!m->deleted) {
-        sched_make_dsn(s, m, dsn, ndsn);
-        sched_make_dsn(s, m, ok, nok);
-    }
-    free(dsn);
-    free(ok);
     if (m->deleted) {
         if (m->n_flight == 0)
-            msg_finish(s, m, "deleted");
+            sched_msg_finish(s, m, "deleted");
         return;
     }
-    if (msg_pending(m) == 0) {
-        msg_finish(s, m, "done");
+    sched_dsn_make(s, m);
+    if (sched_msg_pending(m) == 0 && m->n_notes == 0 && m->n_flight == 0) {
+        sched_msg_finish(s, m, "done");
         return;
     }
     /* The results of this attempt, for a restart (not synced on their own:
      * see spool.h). */
     spool_update_state(s->sp, m->env);
+    if (sched_msg_pending(m) == 0)
+        return; /* every recipient final: it goes once its DSNs are queued (sched_dsn.c) */
     if (m->reroute && m->n_flight == 0) {
         msg_rebuild(s, m, tern_now_ms() + next_ms);
         sched_arm(s);
@@ -744,6 +678,7 @@ sched_new(struct event_base *base, struct spool *sp, struct dns *dns, struct con
     s->dests = map_new();
     s->flight = map_new();
     s->timer = evtimer_new(base, sched_due_cb, s);
+    sched_dsn_init(s);
     s->dl = delivery_new(base, sp, dns, &cb);
     delivery_set_config(s->dl, cfg);
     return s;
@@ -756,6 +691,7 @@ free_msg_cb(const void *k, size_t kl, void *v, void *arg)
     for (size_t i = 0; i < m->n_units; i++)
         unit_free(m->units[i]);
     free(m->units);
+    sched_notes_free(arg, m);
     spool_env_free(m->env);
     free(m);
 }
@@ -776,7 +712,8 @@ sched_free(struct sched *s)
     delivery_free(s->dl); /* answers in-flight jobs through dl_done */
     s->dl = NULL;
     event_free(s->timer);
-    map_each(s->msgs, free_msg_cb, NULL);
+    map_each(s->msgs, free_msg_cb, s);
+    sched_dsn_fini(s);
     map_each(s->dests, free_dest_cb, NULL);
     map_free(s->msgs);
     map_free(s->dests);
@@ -866,7 +803,7 @@ sched_delete(struct sched *s, const char *qid)
         m->deleted = true; /* finished when delivery answers */
         return 0;
     }
-    msg_finish(s, m, "deleted by operator");
+    sched_msg_finish(s, m, "deleted by operator");
     sched_arm(s);
     return 0;
 }

@@ -4,8 +4,10 @@
  * destination; a unit waits in a min-heap ordered by its next attempt time,
  * then in its destination's ready list, then is in flight at delivery.
  * Results come back per recipient; the scheduler writes them to the spool,
- * applies the retry policy (sched/retry.h), makes DSNs (delivery/dsn.h) and
- * removes a message once every recipient is final. It owns the envelopes.
+ * applies the retry policy (sched/retry.h), makes DSNs (delivery/dsn.h; a
+ * DSN that cannot be written is tried again, sched_dsn.c) and removes a
+ * message once every recipient is final and its DSNs are queued. It owns
+ * the envelopes.
  */
 #ifndef TERN_SCHED_H
 #define TERN_SCHED_H
@@ -26,6 +28,7 @@ struct delivery;
 struct sched_stats {
     uint64_t received, delivered, deferred, bounced, expired; /* recipients, since start */
     size_t queue_messages, queue_rcpts;
+    size_t loaded; /* messages the spool's recovery found at start */
 };
 
 /* cfg: a reference is taken (sched_set_config replaces it). The scheduler

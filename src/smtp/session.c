@@ -4,11 +4,13 @@
  * closing and freeing. The DATA/BDAT path (session_data.c) streams the
  * message into a spool writer owned by the transaction.
  */
+#include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "config/config.h"
 #include "policy.h"
@@ -18,6 +20,10 @@
 #include "util/util.h"
 
 #define SMTP_READ_CHUNK_MAX (1024 * 1024) /* stop reading beyond this much buffered input */
+/* One read of a plaintext socket: a new chain of the input buffer is then
+ * one 64 KiB allocation (libevent adds its header and rounds up to a power
+ * of two). */
+#define SMTP_READ_SIZE (64 * 1024 - 512)
 /* RFC 1870 §3, RFC 3461 §4.1, §5.1: extensions lengthen MAIL and RCPT lines. */
 #define SMTP_MAIL_LINE_MAX (SMTP_CMD_LINE_MAX + 26 + 100 + 64)
 #define SMTP_RCPT_LINE_MAX (SMTP_CMD_LINE_MAX + 500 + 64)
@@ -30,6 +36,7 @@
 #define SMTP_CLOSE_GRACE_MS 10000
 
 static void session_read_cb(struct bufferevent *bev, void *arg);
+static void session_event_cb(struct bufferevent *bev, short what, void *arg);
 
 /* ---- deadlines (RFC 5321 §4.5.3.2) ---- */
 
@@ -171,6 +178,8 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
         event_free(s->hs_timer);
     event_free(s->deadline);
     event_free(s->flush_ev);
+    if (s->rd_ev)
+        event_free(s->rd_ev); /* before the bufferevent closes the socket */
     if (s->bev)
         bufferevent_free(s->bev);
     tls_ctx_unref(s->tls_ctx);
@@ -188,6 +197,7 @@ smtp_session_kill(struct smtp_session *s)
         return;
     s->dead = true;
     evtimer_del(s->deadline);
+    smtp_session_read(s, false);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
     smtp_server_session_gone(s->srv, s);
@@ -288,7 +298,7 @@ out_blocked(struct smtp_session *s)
     if (s->out_depth < SMTP_PIPELINE_DEPTH_MAX && out_backlog(s) < SMTP_OUT_BACKLOG_MAX)
         return false;
     s->out_paused = true;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
     return true;
 }
 
@@ -308,7 +318,7 @@ session_write_cb(struct bufferevent *bev, void *arg)
         return;
     s->out_paused = false;
     if (read_wanted(s))
-        bufferevent_enable(s->bev, EV_READ);
+        smtp_session_read(s, true);
     smtp_session_process(s);
 }
 
@@ -320,7 +330,7 @@ smtp_session_close(struct smtp_session *s, int code, const char *esc, const char
     if (code)
         smtp_reply(s, code, esc, "%s", text);
     s->state = SMTP_ST_CLOSING;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
     smtp_session_deadline(s, s->cfg->smtp_timeout_ms < SMTP_CLOSE_GRACE_MS ? s->cfg->smtp_timeout_ms
                                                                            : SMTP_CLOSE_GRACE_MS);
     kill_when_flushed(s);
@@ -631,8 +641,10 @@ read_command(struct smtp_session *s, struct evbuffer *in, char *line, size_t *le
     return 1;
 }
 
-void
-smtp_session_process(struct smtp_session *s)
+static void plain_read_update(struct smtp_session *s);
+
+static void
+process_input(struct smtp_session *s)
 {
     struct evbuffer *in = bufferevent_get_input(s->bev);
     char line[SMTP_AUTH_READ_MAX + 1];
@@ -685,10 +697,130 @@ smtp_session_process(struct smtp_session *s)
     }
 }
 
+void
+smtp_session_process(struct smtp_session *s)
+{
+    process_input(s);
+    /* Input drained (or filled up): reading a plaintext socket may go on
+     * (or stop). */
+    if (!s->dead && s->rd_ev != NULL)
+        plain_read_update(s);
+}
+
 static void
 session_read_cb(struct bufferevent *bev, void *arg)
 {
     smtp_session_process(arg);
+}
+
+/* ---- reading a plaintext socket ---- */
+
+/*
+ * libevent 2.1 reads a socket bufferevent at most 4096 bytes at a time, and
+ * asks ioctl(FIONREAD) before every read. A plaintext session is read here
+ * instead: one readv of up to SMTP_READ_SIZE into space reserved at the end
+ * of the input buffer (the free room of its last chain first, so chains fill
+ * up), and nothing else. The bufferevent still does the writing; its read
+ * side stays off. Buffered input is bounded as with the bufferevent's
+ * watermark: no reading while SMTP_READ_CHUNK_MAX bytes wait.
+ */
+
+static void
+plain_read_update(struct smtp_session *s)
+{
+    bool on = s->rd_on && !s->dead &&
+              evbuffer_get_length(bufferevent_get_input(s->bev)) < SMTP_READ_CHUNK_MAX;
+    if (on == s->rd_added)
+        return;
+    if (on)
+        event_add(s->rd_ev, NULL);
+    else
+        event_del(s->rd_ev);
+    s->rd_added = on;
+}
+
+void
+smtp_session_read(struct smtp_session *s, bool on)
+{
+    if (s->rd_ev == NULL) {
+        if (on)
+            bufferevent_enable(s->bev, EV_READ);
+        else
+            bufferevent_disable(s->bev, EV_READ);
+        return;
+    }
+    s->rd_on = on;
+    plain_read_update(s);
+}
+
+void
+smtp_session_plain_read_end(struct smtp_session *s)
+{
+    if (s->rd_ev == NULL)
+        return;
+    event_free(s->rd_ev);
+    s->rd_ev = NULL;
+    s->rd_added = false;
+}
+
+/* readv into the reserved space: bytes read, 0 at EOF, -1 with errno. */
+static ssize_t
+plain_readv(evutil_socket_t fd, struct evbuffer *in, size_t want)
+{
+    struct evbuffer_iovec v[2];
+    struct iovec iov[2];
+    size_t left = want;
+    ssize_t r;
+    int n = evbuffer_reserve_space(in, (ev_ssize_t)want, v, 2);
+    if (n <= 0) {
+        errno = ENOMEM;
+        return -1;
+    }
+    for (int i = 0; i < n; i++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    do
+        r = readv(fd, iov, n);
+    while (r < 0 && errno == EINTR);
+    left = r > 0 ? (size_t)r : 0;
+    for (int i = 0; i < n; i++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    evbuffer_commit_space(in, v, r <= 0 ? 0 : v[0].iov_len < (size_t)r ? n : 1);
+    return r;
+}
+
+static void
+plain_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct smtp_session *s = arg;
+    struct evbuffer *in = bufferevent_get_input(s->bev);
+    size_t have = evbuffer_get_length(in);
+    ssize_t r;
+    if (s->dead || have >= SMTP_READ_CHUNK_MAX) {
+        plain_read_update(s);
+        return;
+    }
+    /* The socket bufferevent keeps the end of its input frozen for anyone
+     * but itself. */
+    evbuffer_unfreeze(in, 0);
+    r = plain_readv(fd, in,
+        SMTP_READ_CHUNK_MAX - have < SMTP_READ_SIZE ? SMTP_READ_CHUNK_MAX - have : SMTP_READ_SIZE);
+    evbuffer_freeze(in, 0);
+    if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        return;
+    if (r <= 0) {
+        /* As the bufferevent would report it. */
+        session_event_cb(s->bev, BEV_EVENT_READING | (r == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR), s);
+        return;
+    }
+    smtp_session_process(s);
 }
 
 /* ---- start ---- */
@@ -698,6 +830,10 @@ smtp_session_callbacks(struct smtp_session *s)
 {
     bufferevent_setcb(s->bev, session_read_cb, session_write_cb, session_event_cb, s);
     bufferevent_setwatermark(s->bev, EV_READ, 0, SMTP_READ_CHUNK_MAX);
+    /* A TLS bufferevent decrypts into input space reserved this much at a
+     * time (16 KiB by default): chains as large as a plaintext session's,
+     * which is read by plain_read_cb. */
+    bufferevent_set_max_single_read(s->bev, SMTP_READ_SIZE);
 }
 
 bool
@@ -721,8 +857,12 @@ smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, i
             s->bev = NULL;
     } else {
         s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        s->rd_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, plain_read_cb, s);
     }
-    if (s->bev == NULL || s->deadline == NULL || s->flush_ev == NULL) {
+    if (s->bev == NULL || s->deadline == NULL || s->flush_ev == NULL ||
+        (role != SMTP_ROLE_SMTPS && s->rd_ev == NULL)) {
+        if (s->rd_ev)
+            event_free(s->rd_ev);
         if (s->bev != NULL)
             bufferevent_free(s->bev);
         else
@@ -741,7 +881,8 @@ smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, i
     map_put_u64(srv->sessions, s->id, s);
     srv->n_alive++;
     smtp_session_callbacks(s);
-    bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+    bufferevent_enable(s->bev, EV_WRITE);
+    smtp_session_read(s, true);
     /* smtps: the handshake timer runs until the greeting. */
     if (role != SMTP_ROLE_SMTPS) {
         smtp_session_deadline(s, s->cfg->smtp_timeout_ms);

@@ -71,7 +71,7 @@ smtp_auth_reset(struct smtp_session *s)
 static void
 resume(struct smtp_session *s)
 {
-    bufferevent_enable(s->bev, EV_READ);
+    smtp_session_read(s, true);
     smtp_session_process(s);
 }
 
@@ -130,7 +130,7 @@ auth_failed(struct smtp_session *s, const char *reason, bool locked)
     else
         STATUS_SET(&s->auth_reply, 535, "5.7.8", "Error: authentication failed");
     s->auth_step = SMTP_AUTH_DELAY;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
     if (s->auth_timer == NULL)
         s->auth_timer = evtimer_new(s->srv->base, auth_timer_cb, s);
     evtimer_add(s->auth_timer, &tv);
@@ -204,7 +204,7 @@ start_check(struct smtp_session *s)
     }
     explicit_bzero(s->creds->pass, sizeof(s->creds->pass));
     s->auth_step = SMTP_AUTH_CHECK;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
 }
 
 /* One line per password check run (the count an operator audits). */

@@ -1,9 +1,13 @@
 /*
  * The message path of a session: DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030)
- * stream decoded bytes into a spool writer owned by the transaction, with
- * tern's Received field first and DKIM signing fed on the way. A message is
- * answered 250 only from the spool's commit callback, which finds the
- * session again by id: a session that went away meanwhile is not answered.
+ * into a spool writer owned by the transaction, tern's Received field first.
+ * DATA bytes are stored as received (moved out of the input buffer, not
+ * copied); BDAT bytes are copied in and stuffed. A message that will be
+ * refused (too big, bare CR/LF, NUL, long line) is not stored further. DKIM
+ * signing reads the message on a spool worker at commit, not on the loop.
+ * A message is answered 250 only from the spool's commit callback, which
+ * finds the session again by id: a session that went away meanwhile is not
+ * answered.
  */
 #include <errno.h>
 #include <event2/buffer.h>
@@ -22,10 +26,8 @@
 #include "util/parse.h"
 #include "util/util.h"
 
-#define SMTP_OUT_FLUSH  (64 * 1024)
 #define SMTP_BDAT_SLACK (1024 * 1024) /* see smtp_cmd_bdat */
 
-static bool tx_flush(struct smtp_session *s);
 static void bdat_chunk_done(struct smtp_session *s);
 
 void
@@ -37,7 +39,7 @@ smtp_tx_free(struct smtp_tx *tx)
         spool_writer_abort(tx->w);
     dkim_signer_free(tx->dkim);
     spool_env_free(tx->env);
-    buf_fini(&tx->out);
+    smtp_data_reader_fini(&tx->rd);
     free(tx);
 }
 
@@ -52,8 +54,9 @@ rfc5322_date(int64_t ms, char *out, size_t cap)
     strftime(out, cap, "%a, %d %b %Y %H:%M:%S +0000", &tm);
 }
 
+/* The field, CRLF-terminated, appended to out. */
 static void
-add_received(struct smtp_session *s, const char *qid)
+add_received(struct smtp_session *s, const char *qid, struct buf *out)
 {
     struct smtp_tx *tx = s->tx;
     char date[64];
@@ -65,28 +68,28 @@ add_received(struct smtp_session *s, const char *qid)
                      : s->auth_user           ? "A"
                                               : "";
     rfc5322_date(tern_now_ms(), date, sizeof(date));
-    buf_append_str(&tx->out, "Received: from ");
+    buf_append_str(out, "Received: from ");
     /* The HELO name is client-chosen: keep only printable non-space ASCII. */
     for (const char *p = s->helo ? s->helo : "unknown"; *p; p++) {
         unsigned char c = (unsigned char)*p;
-        buf_append_char(&tx->out, (c > 32 && c < 127 && c != '(' && c != ')') ? (char)c : '?');
+        buf_append_char(out, (c > 32 && c < 127 && c != '(' && c != ')') ? (char)c : '?');
     }
-    buf_printf(&tx->out, " ([%s])\r\n", s->peer_str);
+    buf_printf(out, " ([%s])\r\n", s->peer_str);
     /* The TLS details as Postfix writes them. The authenticated user is
      * left out on purpose (as Postfix's smtpd_sasl_authenticated_header=no):
      * it would show every recipient a login name worth guessing passwords
      * for; the log has it. */
     if (s->tls)
-        buf_printf(&tx->out, "\t(using %s with cipher %s (%d/%d bits))\r\n", s->tls_info.version,
+        buf_printf(out, "\t(using %s with cipher %s (%d/%d bits))\r\n", s->tls_info.version,
             s->tls_info.cipher, s->tls_info.bits, s->tls_info.alg_bits);
-    buf_printf(&tx->out, "\tby %s (tern) with %s%s id %s", s->cfg->hostname, with, sa, qid);
+    buf_printf(out, "\tby %s (tern) with %s%s id %s", s->cfg->hostname, with, sa, qid);
     if (tx->env->n_rcpts == 1 && strpbrk(tx->env->rcpts[0].addr, "\r\n") == NULL &&
         strlen(tx->env->rcpts[0].addr) < 300)
-        buf_printf(&tx->out, "\r\n\tfor <%s>", tx->env->rcpts[0].addr);
-    buf_printf(&tx->out, "; %s\r\n", date);
+        buf_printf(out, "\r\n\tfor <%s>", tx->env->rcpts[0].addr);
+    buf_printf(out, "; %s\r\n", date);
 }
 
-/* ---- DKIM signing (RFC 6376): fed on the loop, finished at commit ---- */
+/* ---- DKIM signing (RFC 6376): at commit, on a spool worker ---- */
 
 /* Only mail of our own clients (authenticated, or from relay_networks) is
  * signed: mail from outside with one of our From domains must not get our
@@ -111,7 +114,6 @@ tx_dkim_start(struct smtp_session *s)
     o.body_canon = relaxed_b ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
     o.timestamp = tern_now_ms() / 1000;
     tx->dkim = dkim_signer_new(ks, &o);
-    tx->dkim_skip = tx->out.len; /* our Received field: not part of what is signed */
 }
 
 static void
@@ -123,31 +125,55 @@ dkim_log_unsigned(const char *qid, const struct dkim_outcome *res)
     log_end(&l);
 }
 
-/* Feed the bytes about to be written; drop a signer that will not sign. */
-static void
-tx_dkim_feed(struct smtp_session *s)
+/* What the finisher needs: the signer, and how many bytes at the start of
+ * the content are tern's own Received field (not signed: it is not the
+ * author's, and a next hop may well re-fold it). */
+struct dkim_job {
+    struct dkim_signer *signer; /* owned */
+    size_t skip;
+};
+
+/* Feed the content but the first skip bytes; stop once the signer knows it
+ * will not sign. 0, or -1 with errno when the content cannot be read. */
+static int
+dkim_feed_content(struct dkim_job *j, struct spool_content *body)
 {
-    struct smtp_tx *tx = s->tx;
-    size_t skip = tx->dkim_skip < tx->out.len ? tx->dkim_skip : tx->out.len;
-    struct dkim_outcome res;
-    tx->dkim_skip -= skip;
-    dkim_signer_feed(tx->dkim, tx->out.data + skip, tx->out.len - skip);
-    if (!dkim_signer_idle(tx->dkim))
-        return;
-    dkim_signer_finish(tx->dkim, NULL, &res); /* idle: makes nothing, tells why */
-    dkim_log_unsigned(spool_writer_qid(tx->w), &res);
-    dkim_signer_free(tx->dkim);
-    tx->dkim = NULL;
+    const char *p;
+    size_t n;
+    while (!dkim_signer_idle(j->signer)) {
+        int r = spool_content_next(body, &p, &n);
+        size_t k;
+        if (r <= 0)
+            return r;
+        k = j->skip < n ? j->skip : n;
+        j->skip -= k;
+        dkim_signer_feed(j->signer, p + k, n - k);
+    }
+    return 0;
 }
 
-/* The spool finisher: the private-key operations, on a worker thread. The
- * signer was fed as the message came in, so body is not read here. */
+/* The spool finisher, on a worker thread: the hashing and the private-key
+ * operations, with the whole message at hand. */
 static int
 dkim_finisher(const char *qid, struct spool_content *body, struct buf *prefix, void *arg)
 {
+    struct dkim_job *j = arg;
     struct dkim_outcome res;
     struct logline l;
-    size_t n = dkim_signer_finish(arg, prefix, &res);
+    size_t n;
+    if (dkim_feed_content(j, body) < 0) {
+        log_begin(&l, LOG_WARN, qid, "dkim", "not_signed");
+        log_str(&l, "reason", "cannot read the message");
+        log_errno(&l, errno);
+        log_end(&l);
+        return -1;
+    }
+    if (dkim_signer_idle(j->signer)) {
+        dkim_signer_finish(j->signer, NULL, &res); /* idle: makes nothing, tells why */
+        dkim_log_unsigned(qid, &res);
+        return -1;
+    }
+    n = dkim_signer_finish(j->signer, prefix, &res);
     if (n > 0) {
         log_begin(&l, LOG_INFO, qid, "dkim", "signed");
         log_str(&l, "domain", res.domain);
@@ -162,7 +188,9 @@ dkim_finisher(const char *qid, struct spool_content *body, struct buf *prefix, v
 static void
 dkim_finisher_free(void *arg)
 {
-    dkim_signer_free(arg);
+    struct dkim_job *j = arg;
+    dkim_signer_free(j->signer);
+    free(j);
 }
 
 /* Start the spool writer and write the Received header: the start of DATA
@@ -172,9 +200,14 @@ static void
 tx_open(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
+    struct buf rcvd = BUF_INIT;
     TERN_ASSERT(tx->w == NULL); /* one writer per transaction */
     tx->w = spool_writer_new(s->srv->sp, tx->env);
-    add_received(s, spool_writer_qid(tx->w));
+    tx->max_size = s->cfg->max_message_size;
+    add_received(s, spool_writer_qid(tx->w), &rcvd);
+    spool_writer_write(tx->w, rcvd.data, rcvd.len);
+    tx->dkim_skip = rcvd.len;
+    buf_fini(&rcvd);
     tx_dkim_start(s);
 }
 
@@ -186,7 +219,7 @@ smtp_cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
         return;
     }
     tx_open(s);
-    smtp_data_init(&s->tx->dec, SMTP_DATA_DOT);
+    smtp_data_reader_init(&s->tx->rd, SMTP_DATA_DOT);
     s->state = SMTP_ST_DATA;
     smtp_session_deadline(s, s->cfg->data_timeout_ms);
     smtp_reply(s, 354, "", "End data with <CR><LF>.<CR><LF>");
@@ -194,20 +227,54 @@ smtp_cmd_data(struct smtp_session *s, const struct smtp_cmd *c)
 
 /* ---- message end: checks, then commit ---- */
 
+/* The message will be refused: what comes is not stored any more. The
+ * scanner may have counted a little beyond what the sink is given; a size
+ * past the limit stays past it all the same. */
 static bool
-tx_flush(struct smtp_session *s)
+tx_discarding(struct smtp_tx *tx)
 {
-    struct smtp_tx *tx = s->tx;
-    if (tx->too_big) {
-        buf_reset(&tx->out);
-        return true;
+    const struct smtp_scan *sc = &tx->rd.sc;
+    if (sc->content > tx->max_size)
+        tx->too_big = true;
+    return tx->too_big || sc->bad_eol || sc->has_nul || sc->too_long;
+}
+
+/* The reader's sink: the transaction's spool writer. */
+static void
+sink_stuffed(void *arg, struct evbuffer *src, size_t n, uint64_t content)
+{
+    struct smtp_tx *tx = arg;
+    if (!tx_discarding(tx)) {
+        if (!tx->hscan.done)
+            hdr_scan_feed_evbuffer(&tx->hscan, src, n);
+        spool_writer_add_stuffed(tx->w, src, n, content);
+    } else if (evbuffer_drain(src, n) < 0)
+        tern_panic("evbuffer_drain failed");
+}
+
+static void
+sink_plain(void *arg, const char *p, size_t n)
+{
+    struct smtp_tx *tx = arg;
+    if (!tx_discarding(tx)) {
+        if (!tx->hscan.done)
+            hdr_scan_feed(&tx->hscan, p, n);
+        spool_writer_write(tx->w, p, n);
     }
-    if (tx->dkim != NULL && tx->out.len > 0)
-        tx_dkim_feed(s);
-    if (tx->out.len)
-        spool_writer_write(tx->w, tx->out.data, tx->out.len);
-    buf_reset(&tx->out);
-    return true;
+}
+
+/* The CRLF that ends a BDAT message lacking it: not held against the size
+ * limit (a message of exactly the limit without it is accepted). */
+static void
+sink_final(void *arg, const char *p, size_t n)
+{
+    struct smtp_tx *tx = arg;
+    const struct smtp_scan *sc = &tx->rd.sc;
+    if (!tx->too_big && !sc->bad_eol && !sc->has_nul && !sc->too_long) {
+        if (!tx->hscan.done)
+            hdr_scan_feed(&tx->hscan, p, n);
+        spool_writer_write(tx->w, p, n);
+    }
 }
 
 /* Why the message cannot be accepted, or false when it can. */
@@ -218,12 +285,12 @@ tx_rejected(struct smtp_session *s, struct tern_status *st)
     if (tx->too_big)
         STATUS_SET(st, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
             (unsigned long long)s->cfg->max_message_size);
-    else if (tx->dec.bad_eol)
+    else if (tx->rd.sc.bad_eol)
         STATUS_SET(
             st, 550, "5.5.2", "Message contains bare CR or LF line endings (RFC 5321 2.3.8)");
-    else if (tx->dec.has_nul)
+    else if (tx->rd.sc.has_nul)
         STATUS_SET(st, 550, "5.6.0", "Message contains NUL bytes");
-    else if (tx->dec.too_long)
+    else if (tx->rd.sc.too_long)
         STATUS_SET(st, 500, "5.5.2", "Message line too long (limit %d octets)", SMTP_TEXT_LINE_MAX);
     else
         return false;
@@ -249,7 +316,7 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     }
     s->state = SMTP_ST_READY;
     smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
-    bufferevent_enable(s->bev, EV_READ);
+    smtp_session_read(s, true);
     smtp_session_process(s);
 }
 
@@ -261,13 +328,17 @@ tx_finish(struct smtp_session *s)
     struct logline l;
     const char *qid = spool_writer_qid(tx->w);
     smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
-    tx_flush(s);
     if (tx_rejected(s, &st)) {
         smtp_reply_status(s, &st);
         smtp_log_refused(s, qid, st.text, NULL);
         smtp_tx_reset(s);
         return;
     }
+    /* A message that is all header gets the empty line that ends the header
+     * section (RFC 5322 §2.1): receivers then see the fields as sent, and it
+     * is what the DKIM signer signs. */
+    if (!tx->hscan.done)
+        spool_writer_write(tx->w, "\r\n", 2);
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
@@ -285,38 +356,32 @@ tx_finish(struct smtp_session *s)
     if (s->srv->sched)
         sched_count_received(s->srv->sched);
     if (tx->dkim != NULL) {
-        spool_writer_set_finisher(tx->w, dkim_finisher, dkim_finisher_free, tx->dkim);
+        struct dkim_job *j = xcalloc(1, sizeof(*j));
+        j->signer = tx->dkim;
+        j->skip = tx->dkim_skip;
         tx->dkim = NULL;
+        spool_writer_set_finisher(tx->w, dkim_finisher, dkim_finisher_free, j);
     }
     spool_writer_commit(tx->w, spool_owner(s->srv->sp), commit_cb, s->id, s->srv);
     tx->w = NULL;
     smtp_tx_free(tx);
     s->tx = NULL;
     s->state = SMTP_ST_COMMIT;
-    bufferevent_disable(s->bev, EV_READ);
+    smtp_session_read(s, false);
 }
 
-/* Feed DATA bytes from the input buffer to the decoder. */
+/* DATA bytes in the input buffer: scanned, and moved to the writer. */
 void
 smtp_data_in(struct smtp_session *s, struct evbuffer *in)
 {
     struct smtp_tx *tx = s->tx;
-    struct evbuffer_iovec v[8];
-    int n = evbuffer_peek(in, -1, NULL, v, 8);
-    size_t used = 0;
-    for (int i = 0; i < n && i < 8 && !tx->dec.ended; i++) {
-        long r = smtp_data_feed(&tx->dec, v[i].iov_base, v[i].iov_len, &tx->out);
-        if (r < 0)
-            tern_panic("data buffer cannot grow");
-        used += (size_t)r;
-        if (tx->dec.out_bytes > s->cfg->max_message_size)
-            tx->too_big = true;
-        if (tx->out.len >= SMTP_OUT_FLUSH || tx->too_big)
-            tx_flush(s);
-    }
-    evbuffer_drain(in, used);
+    struct smtp_data_sink sink = { sink_stuffed, sink_plain, tx };
+    uint64_t used = 0;
+    bool ended = smtp_data_read(&tx->rd, in, &sink, &used);
+    if (tx->rd.sc.content > tx->max_size)
+        tx->too_big = true;
     smtp_session_data_progress(s, used);
-    if (tx->dec.ended)
+    if (ended)
         tx_finish(s);
 }
 
@@ -358,7 +423,7 @@ smtp_cmd_bdat(struct smtp_session *s, const struct smtp_cmd *c)
                                           : "Error: need RCPT command");
     } else if (tx->w == NULL && !tx->bdat_failed) {
         tx_open(s);
-        smtp_data_init(&tx->dec, SMTP_DATA_BDAT);
+        smtp_data_reader_init(&tx->rd, SMTP_DATA_BDAT);
     }
     tx->chunk_left = size;
     tx->chunk_last = last;
@@ -385,12 +450,11 @@ bdat_chunk_done(struct smtp_session *s)
         return;
     }
     if (!tx->chunk_last) {
-        tx_flush(s);
         s->state = SMTP_ST_CHUNKING; /* more BDAT (or RSET) may follow */
-        smtp_reply(s, 250, "2.0.0", "%llu octets received", (unsigned long long)tx->dec.out_bytes);
+        smtp_reply(s, 250, "2.0.0", "%llu octets received", (unsigned long long)tx->rd.sc.content);
         return;
     }
-    smtp_data_finish_bdat(&tx->dec, &tx->out);
+    smtp_bdat_finish(&tx->rd, &(struct smtp_data_sink){ sink_stuffed, sink_final, tx });
     tx_finish(s);
 }
 
@@ -398,25 +462,19 @@ void
 smtp_bdat_in(struct smtp_session *s, struct evbuffer *in)
 {
     struct smtp_tx *tx = s->tx;
-    uint64_t used = 0;
-    while (tx->chunk_left > 0 && evbuffer_get_length(in) > 0) {
-        struct evbuffer_iovec v;
-        size_t take;
-        if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
-            break;
-        take = v.iov_len < tx->chunk_left ? v.iov_len : (size_t)tx->chunk_left;
-        if (!tx->bdat_failed) {
-            if (smtp_data_feed(&tx->dec, v.iov_base, take, &tx->out) < 0)
-                tern_panic("data buffer cannot grow");
-            if (tx->dec.out_bytes > s->cfg->max_message_size)
-                tx->too_big = true;
-            if (tx->out.len >= SMTP_OUT_FLUSH || tx->too_big)
-                tx_flush(s);
-        }
-        evbuffer_drain(in, take);
-        tx->chunk_left -= take;
-        used += take;
+    struct smtp_data_sink sink = { sink_stuffed, sink_plain, tx };
+    size_t used;
+    if (tx->bdat_failed) {
+        size_t have = evbuffer_get_length(in);
+        used = have < tx->chunk_left ? have : (size_t)tx->chunk_left;
+        if (evbuffer_drain(in, used) < 0)
+            tern_panic("evbuffer_drain failed");
+    } else {
+        used = smtp_bdat_read(&tx->rd, in, tx->chunk_left, &sink);
+        if (tx->rd.sc.content > tx->max_size)
+            tx->too_big = true;
     }
+    tx->chunk_left -= used;
     smtp_session_data_progress(s, used);
     if (tx->chunk_left == 0)
         bdat_chunk_done(s);

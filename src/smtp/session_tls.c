@@ -120,6 +120,7 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
     FREE_NULL(&s->helo);
     s->esmtp = false;
     smtp_auth_reset(s);
+    smtp_session_plain_read_end(s);
     bev = bufferevent_openssl_filter_new(
         s->srv->base, under, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {

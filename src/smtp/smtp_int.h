@@ -64,12 +64,13 @@ enum smtp_auth_step {
 struct smtp_tx {
     struct spool_env *env;  /* owned: sender, params, recipients */
     struct spool_writer *w; /* owned once DATA/BDAT started */
-    struct smtp_data_dec dec;
-    struct buf out; /* decoded bytes not yet handed to the writer */
+    struct smtp_data_reader rd;
+    uint64_t max_size; /* max_message_size when the data started */
     bool too_big;
-    /* DKIM: fed every message byte handed to the writer but tern's own
-     * Received field (dkim_skip bytes at the start); handed to the spool
-     * writer as its finisher at the end of the message. */
+    struct hdr_scan hscan; /* has the header section ended? */
+    /* DKIM: a signer for the spool writer's finisher, which reads the
+     * message at commit but tern's own Received field (dkim_skip bytes at
+     * the start of the content). */
     struct dkim_signer *dkim; /* owned or NULL */
     size_t dkim_skip;
     /* BDAT */
@@ -134,8 +135,13 @@ struct smtp_session {
     struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
     int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
     struct event *flush_ev; /* owned: continues closing once the TLS layers drained */
-    bool under_watched;     /* under_drained_cb is on the plaintext layer's output */
-    bool tls_closed;        /* close_notify has been sent */
+    /* A plaintext socket is read by tern itself (see plain_read_cb), not
+     * by the bufferevent: owned, NULL once TLS is on or for smtps. */
+    struct event *rd_ev;
+    bool rd_on;         /* the session takes input (smtp_session_read) */
+    bool rd_added;      /* rd_ev is pending */
+    bool under_watched; /* under_drained_cb is on the plaintext layer's output */
+    bool tls_closed;    /* close_notify has been sent */
     /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
      * never shared between sessions. */
     enum smtp_role role;
@@ -173,6 +179,11 @@ void smtp_session_deadline(struct smtp_session *s, int64_t ms);
  * at most data_timeout ahead). */
 void smtp_session_data_progress(struct smtp_session *s, uint64_t bytes);
 void smtp_session_callbacks(struct smtp_session *s); /* set read/write/event callbacks */
+/* Take input from the client, or stop (use this, not bufferevent_enable). */
+void smtp_session_read(struct smtp_session *s, bool on);
+/* Hand the reading of the plaintext socket back to the bufferevent (a TLS
+ * filter goes on top of it). */
+void smtp_session_plain_read_end(struct smtp_session *s);
 
 /* session_data.c: DATA and BDAT. */
 void smtp_cmd_data(struct smtp_session *s, const struct smtp_cmd *c);

@@ -515,7 +515,8 @@ struct done_rec {
     struct item *it;
     uint64_t seg;
     uint32_t off, len;
-    bool written;
+    bool rec;     /* a record was appended for it */
+    bool written; /* ... and is in the file */
 };
 
 struct batch {
@@ -530,6 +531,9 @@ struct batch {
     bool need_sync;
     int err;                /* first write error of the batch */
     size_t first_unwritten; /* recs before this index are in a file */
+    /* Writers whose finisher reads their chunks: handed to the finisher
+     * pool once this batch has written them (its CHUNKs may be in it). */
+    struct workq_item *finish, **finish_tail;
 };
 
 static void
@@ -541,6 +545,32 @@ touch(struct batch *b, struct seg *s)
     }
     TERN_ASSERT(b->n_touched < TERN_ARRAY_LEN(b->touched));
     b->touched[b->n_touched++] = s;
+}
+
+/* A write failed after written reached `end` in s: the records wholly
+ * before it stand (a STATE, say, ahead of a message too large for a full
+ * disk); the partial one is cut away so the next record follows the last
+ * good one. */
+static void
+keep_whole_records(struct batch *b, struct seg *s, uint64_t end)
+{
+    uint64_t good = s->end;
+    for (size_t i = b->first_unwritten; i < b->n_recs; i++) {
+        struct done_rec *d = &b->recs[i];
+        if (!d->rec || (uint64_t)d->off + d->len > end)
+            continue;
+        d->written = true;
+        if ((uint64_t)d->off + d->len > good)
+            good = (uint64_t)d->off + d->len;
+    }
+    if (good < end && ftruncate(s->fd, (off_t)good) < 0)
+        log_seg_error(s->seq, "truncate", errno);
+    if (good > s->end) {
+        s->end = good;
+        touch(b, s);
+        b->sp->dirty = true;
+    }
+    b->first_unwritten = b->n_recs;
 }
 
 /* Write what is pending to the active segment. */
@@ -562,10 +592,7 @@ flush_pending(struct batch *b)
         if (k <= 0) {
             int e = k < 0 ? errno : EIO;
             log_seg_error(s->seq, "write", e);
-            /* Cut the partial write away so the next record follows the
-             * last good one. */
-            if (ftruncate(s->fd, (off_t)s->end) < 0)
-                log_seg_error(s->seq, "truncate", errno);
+            keep_whole_records(b, s, off);
             p->n_iov = 0;
             p->bytes = 0;
             p->n_hdrs = 0;
@@ -590,8 +617,10 @@ flush_pending(struct batch *b)
     p->n_iov = 0;
     p->bytes = 0;
     p->n_hdrs = 0;
-    for (size_t i = b->first_unwritten; i < b->n_recs; i++)
-        b->recs[i].written = true;
+    for (size_t i = b->first_unwritten; i < b->n_recs; i++) {
+        if (b->recs[i].rec)
+            b->recs[i].written = true;
+    }
     b->first_unwritten = b->n_recs;
     return 0;
 }
@@ -774,6 +803,7 @@ append_record(struct batch *b, struct item *it, uint8_t type, uint64_t qid, cons
     TERN_ASSERT(hb != NULL);
     rec_hdr_encode(&h, hb);
     d = note_done(b, it);
+    d->rec = true;
     d->seg = sp->active->seq;
     d->off = (uint32_t)(sp->active->end + p->bytes);
     d->len = (uint32_t)len;
@@ -1019,6 +1049,7 @@ batch_init(struct batch *b, struct spool *sp)
 {
     memset(b, 0, sizeof(*b));
     b->sp = sp;
+    b->finish_tail = &b->finish;
     b->p.hdrs = xmalloc(BATCH_HDRS * sizeof(*b->p.hdrs));
     b->p.cap_hdrs = BATCH_HDRS;
 }
@@ -1361,9 +1392,12 @@ take_item(struct batch *b, struct item *it)
 {
     struct spool *sp = b->sp;
     if (it->kind == IT_FINISH) {
-        /* Its chunks are written: the finisher may read them now. */
+        /* Its last chunks may be in this very batch: the finisher may
+         * read them once the batch is written (commit_batch). */
         it->wq.run = prep_run;
-        workq_submit(sp->prepq, &it->wq);
+        it->wq.next = NULL;
+        *b->finish_tail = &it->wq;
+        b->finish_tail = &it->wq.next;
         return;
     }
     if (it->kind == IT_ABORT) {
@@ -1440,6 +1474,12 @@ commit_batch(struct workq_item *list, void *arg)
     sp->st.records += n_items;
     pthread_mutex_unlock(&sp->mu);
     apply_batch(sp, &b, err);
+    /* The batch is written: finishers may read their chunks now. */
+    while (b.finish != NULL) {
+        struct workq_item *next = b.finish->next;
+        workq_submit(sp->prepq, b.finish);
+        b.finish = next;
+    }
     batch_fini(&b);
     reclaim(sp);
     maybe_compact(sp);
@@ -1450,6 +1490,8 @@ static void
 commit_idle(void *arg)
 {
     struct spool *sp = arg;
+    if (sp->retry != NULL)
+        commit_batch(NULL, sp); /* STATE/DONE records a write error held back */
     if (sp->dirty && sp->active != NULL) {
         if (fdatasync(sp->active->fd) < 0)
             log_seg_error(sp->active->seq, "fdatasync", errno);

@@ -664,7 +664,7 @@ parse_rcpt_state(const char *v, size_t n, struct rcpt_line *o)
     if (!next_field(&sp, &o->err, &o->nerr) || !sp.end)
         return -1;
     if (get_num(f[0], nf[0], SPOOL_RCPT_MAX, &o->idx) < 0 ||
-        get_num(f[1], nf[1], RCPT_FAILED, &o->state) < 0 ||
+        get_num(f[1], nf[1], RCPT_STATE_LAST, &o->state) < 0 ||
         get_num(f[2], nf[2], UINT32_MAX, &o->attempts) < 0 ||
         get_num(f[3], nf[3], UINT32_MAX, &o->flags) < 0 ||
         get_num(f[4], nf[4], INT64_MAX, &o->next) < 0)
@@ -747,7 +747,7 @@ sum_rcpt(const struct rcpt_line *rl, void *arg)
             s->next = (int64_t)rl->next;
         s->any_queued = true;
     }
-    if (rl->state == RCPT_QUEUED || (rl->flags & SPOOL_RCPT_DSN_PENDING) != 0)
+    if (rl->state == RCPT_QUEUED || rl->state == RCPT_FAILED_DSN || rl->state == RCPT_DELIVERED_DSN)
         s->pending++;
     return 0;
 }
@@ -769,7 +769,8 @@ spool_env_pending(const struct spool_env *env)
     uint32_t n = 0;
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const struct spool_rcpt *r = &env->rcpts[i];
-        n += r->state == RCPT_QUEUED || (r->flags & SPOOL_RCPT_DSN_PENDING) != 0;
+        n += r->state == RCPT_QUEUED || r->state == RCPT_FAILED_DSN ||
+             r->state == RCPT_DELIVERED_DSN;
     }
     return n;
 }

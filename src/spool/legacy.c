@@ -138,7 +138,7 @@ status_apply(struct spool_env *env, const char *line, size_t len)
         k++;
     }
     if (parse_u64(f[0], nf[0], SIZE_MAX, &idx) < 0 || idx >= env->n_rcpts ||
-        parse_u64(f[1], nf[1], RCPT_FAILED, &st) < 0 ||
+        parse_u64(f[1], nf[1], RCPT_STATE_LAST, &st) < 0 ||
         parse_u64(f[2], nf[2], UINT32_MAX, &att) < 0)
         return -1;
     if (nf[3] == 1 && f[3][0] == '-')

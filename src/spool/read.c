@@ -353,6 +353,12 @@ spool_body_close(struct spool_body *b)
     free(b);
 }
 
+int
+spool_tmpfile(struct spool *sp)
+{
+    return openat(sp->log_fd, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+}
+
 /* ---- content (unstuffed) ---- */
 
 struct spool_content {

@@ -34,9 +34,13 @@ spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t id
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const struct spool_rcpt *r = &env->rcpts[i];
         const char *st = status ? status(i, arg) : NULL;
-        if (r->state != RCPT_QUEUED)
+        bool dsn = r->state == RCPT_FAILED_DSN || r->state == RCPT_DELIVERED_DSN;
+        if (r->state != RCPT_QUEUED && !dsn)
             continue;
-        if (st == NULL)
+        /* dsn_pending: final, the message waits until its DSN is made */
+        if (dsn)
+            st = "dsn_pending";
+        else if (st == NULL)
             st = r->attempts > 0 ? "deferred" : "queued";
         buf_append_str(out, first ? "{\"address\":" : ",{\"address\":");
         first = false;

@@ -55,12 +55,16 @@ enum rcpt_state {
     RCPT_QUEUED,    /* not yet tried, or to be tried again (deferred when attempts > 0) */
     RCPT_DELIVERED, /* the next hop said 2xx */
     RCPT_FAILED,    /* permanent failure or expired; a DSN was made if asked */
+    /* Final, but the DSN it calls for is not yet in the queue: the message
+     * stays until it is (also across a restart). last_error holds the status
+     * to report. Then the recipient becomes RCPT_FAILED or RCPT_DELIVERED. */
+    RCPT_FAILED_DSN,
+    RCPT_DELIVERED_DSN, /* delivered; its success notice (NOTIFY=SUCCESS) is due */
 };
+#define RCPT_STATE_LAST RCPT_DELIVERED_DSN
 
-/* Per-recipient flags kept in STATE records. */
-enum {
-    SPOOL_RCPT_DSN_PENDING = 1 << 0, /* final, but the DSN about it is not yet durable */
-};
+/* Per-recipient flags kept in STATE records (none defined yet: kept so
+ * that a later one needs no format change). */
 
 struct spool_rcpt {
     char *addr;  /* owned; as given, without <>; may be UTF-8 */
@@ -68,7 +72,7 @@ struct spool_rcpt {
     unsigned notify;
     enum rcpt_state state;
     uint32_t attempts;
-    uint32_t flags;      /* SPOOL_RCPT_* */
+    uint32_t flags;      /* reserved, 0 */
     int64_t next_try_ms; /* wall clock of the next attempt; 0 = at once */
     char *last_error;    /* owned or NULL: last reply or reason, one line */
 };
@@ -267,6 +271,11 @@ struct spool_content *spool_content_open(struct spool *sp, const struct spool_en
  * a read error (errno) or a body shorter than recorded (EBADMSG). */
 int spool_content_next(struct spool_content *c, const char **p, size_t *n);
 void spool_content_close(struct spool_content *c); /* NULL is fine */
+
+/* An unnamed file on the spool's file system (O_TMPFILE in log/): scratch
+ * space for a converted copy of a message; it goes with its last
+ * descriptor. -1 with errno. */
+int spool_tmpfile(struct spool *sp);
 
 /* Read the spool at dir without a daemon and without changing anything:
  * fn gets every live message (an owned env with state and extents), in

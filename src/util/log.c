@@ -1,21 +1,44 @@
 /*
- * Log line builder. A line is assembled in memory and written with a single
- * write(2) so that lines from the committer threads never interleave.
+ * Log line builder. A line is assembled in memory, then written whole, so
+ * lines from worker threads never interleave. A thread running an event
+ * loop batches its lines in one static buffer (whole lines only, shared by
+ * every thread under one mutex, so the order of lines is the order of
+ * log_end calls) and writes them with one write(2) per loop iteration: an
+ * event made active by the first line of a burst runs after the events
+ * already active, before the loop can sleep. The buffer never moves, so a
+ * crash handler can still write what it holds.
  */
 #include "log.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #define LOG_VALUE_MAX 512
+#define LOG_BATCH_MAX (64 * 1024) /* bytes of lines held back at most */
 
 static bool log_json;
 static enum log_level log_min = LOG_INFO;
 static int log_fd = 2;
+
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static char log_batch[LOG_BATCH_MAX];
+/* Bytes of whole lines in log_batch. Written under log_mu; read without it
+ * only by the crash handler. */
+static atomic_size_t log_batch_len;
+static _Thread_local struct event *log_flush_ev; /* this thread's loop batches */
+static _Thread_local bool log_flush_armed;       /* log_flush_ev is active */
+static atomic_bool log_hooked;                   /* crash handlers and atexit installed */
+static const int log_crash_sigs[] = { SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT };
+static struct sigaction log_old_act[sizeof(log_crash_sigs) / sizeof(log_crash_sigs[0])];
 
 static const char *const level_names[] = { "debug", "info", "warn", "error", "crit" };
 
@@ -34,7 +57,105 @@ log_set_level(enum log_level min)
 void
 log_set_fd(int fd)
 {
+    log_flush();
     log_fd = fd;
+}
+
+/* Nowhere is left to report a logging failure: give up on it. */
+static void
+write_all(const char *p, size_t n)
+{
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = write(log_fd, p + off, n - off);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            break;
+        off += (size_t)w;
+    }
+}
+
+/* Called with log_mu held. */
+static void
+batch_write_locked(void)
+{
+    size_t n = atomic_load_explicit(&log_batch_len, memory_order_relaxed);
+    if (n == 0)
+        return;
+    write_all(log_batch, n);
+    atomic_store_explicit(&log_batch_len, 0, memory_order_release);
+}
+
+void
+log_flush(void)
+{
+    pthread_mutex_lock(&log_mu);
+    batch_write_locked();
+    pthread_mutex_unlock(&log_mu);
+}
+
+static void
+flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    log_flush_armed = false;
+    log_flush();
+}
+
+/* A crash: write the whole lines held (write(2) is async-signal safe; the
+ * mutex is not taken, the thread holding it may be the one that crashed),
+ * then hand the signal to the handler that was there before. A fault
+ * (si_code > 0) happens again on return; a signal sent by kill or raise
+ * (abort) is raised again, and delivered once this handler returns. */
+static void
+crash_cb(int sig, siginfo_t *si, void *uc)
+{
+    int saved = errno;
+    size_t n = atomic_exchange(&log_batch_len, 0);
+    write_all(log_batch, n);
+    for (size_t i = 0; i < sizeof(log_crash_sigs) / sizeof(log_crash_sigs[0]); i++) {
+        if (log_crash_sigs[i] == sig)
+            sigaction(sig, &log_old_act[i], NULL);
+    }
+    if (si == NULL || si->si_code <= 0)
+        raise(sig);
+    errno = saved;
+}
+
+static void
+hook_exit_and_crash(void)
+{
+    struct sigaction sa;
+    if (atomic_exchange(&log_hooked, true))
+        return;
+    atexit(log_flush);
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = crash_cb;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < sizeof(log_crash_sigs) / sizeof(log_crash_sigs[0]); i++)
+        sigaction(log_crash_sigs[i], &sa, &log_old_act[i]);
+}
+
+int
+log_attach_loop(struct event_base *base)
+{
+    log_detach_loop();
+    log_flush_ev = event_new(base, -1, 0, flush_cb, NULL);
+    if (log_flush_ev == NULL)
+        return -1;
+    hook_exit_and_crash();
+    return 0;
+}
+
+void
+log_detach_loop(void)
+{
+    log_flush();
+    if (log_flush_ev != NULL)
+        event_free(log_flush_ev);
+    log_flush_ev = NULL;
+    log_flush_armed = false;
 }
 
 static void
@@ -89,10 +210,11 @@ add_kv(struct logline *l, const char *key, const char *val, size_t n, bool raw)
 }
 
 void
-log_begin(struct logline *l, enum log_level lvl, const char *qid, const char *subsys,
-    const char *event)
+log_begin(
+    struct logline *l, enum log_level lvl, const char *qid, const char *subsys, const char *event)
 {
     buf_init(&l->b);
+    l->lvl = lvl;
     l->on = lvl >= log_min;
     l->json = log_json;
     if (!l->on)
@@ -149,21 +271,35 @@ log_errno(struct logline *l, int err)
 void
 log_end(struct logline *l)
 {
-    size_t off = 0;
+    size_t n, have;
     if (!l->on) {
         buf_fini(&l->b);
         return;
     }
     buf_append_str(&l->b, l->json ? "}\n" : "\n");
-    while (off < l->b.len) {
-        ssize_t w = write(log_fd, l->b.data + off, l->b.len - off);
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            break; /* nowhere left to report a logging failure */
-        off += (size_t)w;
+    n = l->b.len;
+    pthread_mutex_lock(&log_mu);
+    if (log_flush_ev == NULL || l->lvl >= LOG_ERROR || n > LOG_BATCH_MAX) {
+        /* Lines batched before it go first: the order stays. */
+        batch_write_locked();
+        write_all(l->b.data, n);
+        pthread_mutex_unlock(&log_mu);
+        buf_fini(&l->b);
+        return;
     }
+    have = atomic_load_explicit(&log_batch_len, memory_order_relaxed);
+    if (have + n > LOG_BATCH_MAX) {
+        batch_write_locked();
+        have = 0;
+    }
+    memcpy(log_batch + have, l->b.data, n);
+    atomic_store_explicit(&log_batch_len, have + n, memory_order_release);
+    pthread_mutex_unlock(&log_mu);
     buf_fini(&l->b);
+    if (!log_flush_armed) {
+        log_flush_armed = true;
+        event_active(log_flush_ev, EV_TIMEOUT, 0);
+    }
 }
 
 void

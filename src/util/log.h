@@ -2,6 +2,8 @@
  * Structured logging: one event per line, `level qid=… sess=… subsystem
  * event key=value …` in text form or the same keys as one JSON object.
  * Untrusted values are escaped and shortened here, so callers pass raw text.
+ * Lines logged on an event loop's thread (log_attach_loop) are batched and
+ * written once per loop iteration; every other line is written at once.
  *
  *     struct logline l;
  *     log_begin(&l, LOG_INFO, qid, "smtp", "received");
@@ -17,10 +19,13 @@
 
 #include "buf.h"
 
+struct event_base;
+
 enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR, LOG_CRIT };
 
 struct logline {
     struct buf b;
+    enum log_level lvl;
     bool on; /* false when the level is filtered out */
     bool json;
 };
@@ -32,13 +37,29 @@ void log_set_level(enum log_level min);
 void log_set_fd(int fd);
 
 /* qid may be NULL ("-"). */
-void log_begin(struct logline *l, enum log_level lvl, const char *qid, const char *subsys,
-    const char *event);
+void log_begin(
+    struct logline *l, enum log_level lvl, const char *qid, const char *subsys, const char *event);
 void log_str(struct logline *l, const char *key, const char *val);
 void log_strn(struct logline *l, const char *key, const char *val, size_t n);
 void log_int(struct logline *l, const char *key, int64_t val);
 void log_errno(struct logline *l, int err); /* key "error" = strerror(err) */
-void log_end(struct logline *l); /* writes the line with one write(2) */
+/* Ends the line. Written with one write(2) (with the lines batched before
+ * it) at once, or, on a thread with an attached loop, at the end of the
+ * loop's current iteration; error and crit lines are always written at once. */
+void log_end(struct logline *l);
+
+/* Batch the lines of the calling thread, which runs base's loop: they are
+ * written together (one write per burst, whole lines, in order) before the
+ * loop next sleeps, and at once when an error line comes, at exit(), or
+ * when the process crashes (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT; the
+ * previous handler then runs). Only kill -9 can lose a batched line. -1
+ * when the flush event cannot be made (lines are then written at once). */
+int log_attach_loop(struct event_base *base);
+/* Write what is batched and stop batching on this thread (before its
+ * loop's base is freed). */
+void log_detach_loop(void);
+/* Write what is batched now. Thread safe. */
+void log_flush(void);
 
 /* One-liner for the common case of a message with no keys but "msg". */
 void log_simple(enum log_level lvl, const char *subsys, const char *event, const char *msg);

@@ -212,8 +212,7 @@ str_ieq(const char *a, size_t alen, const char *b)
     return b[i] == '\0';
 }
 
-/* Length of the well-formed UTF-8 sequence (2..4 bytes) at s, or 0. */
-static size_t
+size_t
 utf8_seq_len(const unsigned char *s, size_t avail)
 {
     size_t n;

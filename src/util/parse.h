@@ -30,5 +30,8 @@ bool str_ieq(const char *a, size_t alen, const char *b);
 /* Is s a syntactically valid DNS domain name (LDH labels, dots, optional
  * trailing dot, <= 253 octets; UTF-8 labels allowed when utf8 is true)? */
 bool str_is_domain(const char *s, size_t len, bool utf8);
+/* Length of the well-formed UTF-8 sequence (2..4 bytes, RFC 3629: no
+ * overlong forms, surrogates or values past U+10FFFF) at s[avail], or 0. */
+size_t utf8_seq_len(const unsigned char *s, size_t avail);
 
 #endif

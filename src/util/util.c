@@ -9,10 +9,13 @@
 #include <string.h>
 #include <time.h>
 
+#include "log.h"
+
 _Noreturn void
 tern_panic_at(const char *file, int line, const char *fmt, ...)
 {
     va_list ap;
+    log_flush(); /* the lines before the panic come before it */
     fprintf(stderr, "crit qid=- panic at %s:%d: ", file, line);
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);

@@ -1,5 +1,6 @@
 /*
- * libFuzzer target: the DATA/BDAT decoder and the dot-stuffing encoder.
+ * libFuzzer target: the reference DATA/BDAT decoder (tests/unit/data_ref.c,
+ * what fuzz_data_diff holds the reader to) and the dot-stuffing encoder.
  * Byte 0 picks the mode, bytes 1..4 seed the split points, the rest is the
  * payload. Invariants (abort on violation): chunked and one-shot decoding
  * agree; output never exceeds the input consumed; without bad_eol the output
@@ -13,13 +14,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "data_ref.h"
 #include "fuzz_check.h"
 #include "smtp/data.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 struct run {
-    struct smtp_data_dec d;
+    struct ref_data_dec d;
     struct buf out;
     size_t consumed;
 };
@@ -37,7 +39,7 @@ decode(enum smtp_data_mode mode, const char *in, size_t len, uint32_t seed, stru
 {
     size_t pos = 0;
     uint32_t maxc = seed % 67 + 1;
-    smtp_data_init(&r->d, mode);
+    ref_data_init(&r->d, mode);
     buf_init(&r->out);
     r->consumed = 0;
     do {
@@ -45,7 +47,7 @@ decode(enum smtp_data_mode mode, const char *in, size_t len, uint32_t seed, stru
         long n;
         if (chunk > len - pos)
             chunk = len - pos;
-        n = smtp_data_feed(&r->d, in + pos, chunk, &r->out);
+        n = ref_data_feed(&r->d, in + pos, chunk, &r->out);
         CHECK(n >= 0 && (size_t)n <= chunk);
         r->consumed += (size_t)n;
         if (r->d.ended)
@@ -157,7 +159,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (mode == SMTP_DATA_BDAT) {
         CHECK(!one.d.ended && one.consumed == len && one.out.len == len);
         CHECK(len == 0 || memcmp(one.out.data, in, len) == 0);
-        (void)smtp_data_finish_bdat(&one.d, &one.out);
+        (void)ref_data_finish_bdat(&one.d, &one.out);
         CHECK(one.out.len == 0 ||
               (one.out.len >= 2 && memcmp(one.out.data + one.out.len - 2, "\r\n", 2) == 0));
         /* The payload itself as message content: stuffing must protect it. */

@@ -12,7 +12,7 @@ if [ $# -ne 1 ] || [ ! -d "$1" ]; then
 fi
 BUILD=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
-TARGETS="fuzz_cmd fuzz_data fuzz_path fuzz_dnsauth"
+TARGETS="fuzz_cmd fuzz_data fuzz_data_diff fuzz_path fuzz_dnsauth"
 TOTAL=${FUZZ_SECONDS:-20}
 case $TOTAL in
     '' | *[!0-9]*) echo "FUZZ_SECONDS must be a whole number" >&2; exit 2 ;;

@@ -212,3 +212,41 @@ def test_relayed_dsn_when_next_hop_lacks_dsn(tern, sink):
     assert len(blocks) == 1, "only the recipient that asked is reported"
     # RET=HDRS: headers only, never the body
     assert parts[2].get_content_type() == "text/rfc822-headers", parts[2].get_content_type()
+
+
+def _report_part(data, ctype):
+    """The raw bytes of the DSN part of type ctype (header and content)."""
+    start = data.index(b"Content-Type: " + ctype)
+    end = data.index(b"\r\n--=_tern", start)
+    return data[start:end]
+
+
+def test_utf8_reply_kept_in_global_dsn(tern, sink):
+    """A next hop's UTF-8 reply text stays UTF-8 in the DSN of an SMTPUTF8
+    message (message/global-delivery-status, RFC 6533), and becomes ASCII
+    in the plain message/delivery-status of an ordinary message (invalid
+    UTF-8 and control characters: tests/unit/test_delivery.c)."""
+    u = uid()
+    text = "Empfänger unbekannt: 受信者 ✉"
+    sink.rcpt_rule = lambda a: (f"550 5.1.1 {text} end" if a.startswith("permfail") else None)
+    s8, s7 = f"jörg-{u}@src.test", f"plain-{u}@src.test"
+    r8, r7 = f"permfail-ü-{u}@example.org", f"permfail-a-{u}@example.org"
+    with tern.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<{s8}> BODY=8BITMIME SMTPUTF8".encode()).code == 250
+        assert c.cmd(f"RCPT TO:<{r8}>".encode()).code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(f"From: <{s8}>\r\nSubject: u8 {u}\r\n\r\nGrüße\r\n.\r\n".encode())
+        assert c.reply().code == 250
+        assert c.cmd(f"MAIL FROM:<{s7}>").code == 250
+        assert c.cmd(f"RCPT TO:<{r7}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(f"From: <{s7}>\r\nSubject: a {u}\r\n\r\nhello\r\n.\r\n".encode())
+        assert c.reply().code == 250
+    d8 = sink.wait_dsn(s8)[0].data
+    d7 = sink.wait_dsn(s7)[0].data
+    part8 = _report_part(d8, b"message/global-delivery-status")
+    assert f"smtp; 550 5.1.1 {text} end".encode() in b" ".join(part8.split()), part8
+    part7 = _report_part(d7, b"message/delivery-status")
+    assert all(b < 0x80 for b in part7), part7
+    assert b"smtp; 550 5.1.1 Empf?nger unbekannt: ??? ? end" in b" ".join(part7.split()), part7

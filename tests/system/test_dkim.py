@@ -9,6 +9,7 @@ import struct
 import stat
 
 import dkim
+import pytest
 
 from sysutil import message, split_received, uid
 
@@ -188,6 +189,37 @@ def test_dot_stuffed_and_bdat_verify(make_tern, sink):
     verify_all(sink.wait_to(b)[0].data, keys, 1)
 
 
+def test_large_and_unstuffed_verify(make_tern, sink):
+    """The signer reads the message at commit: a body of 1 MB (stored in
+    pieces before its record) and one whose client did not stuff its dots
+    (the dots dropped, RFC 5321 4.5.2) both verify."""
+    t, keys = dual_tern(make_tern)
+    u = uid()
+    big, loose = f"big-{u}@example.org", f"loose-{u}@example.org"
+    body = b"".join(b"..%d %s\r\n" % (i, b"y" * (i % 120)) for i in range(16000))
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<g-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{big}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"From: <g@a.test>\r\nSubject: big " + u.encode() + b"\r\n\r\n" + body
+               + b".\r\n")
+        assert c.reply().code == 250
+        assert c.cmd(f"MAIL FROM:<l-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{loose}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(b"From: <l@a.test>\r\nSubject: loose " + u.encode()
+               + b"\r\n\r\n.not stuffed\r\n..stuffed\r\n.\r\n")
+        assert c.reply().code == 250
+        assert c.cmd("QUIT").code == 221
+    got = sink.wait_to(big)[0].data
+    assert got.endswith(body.replace(b"\r\n..", b"\r\n.")[1:])
+    verify_all(got, keys, 2)
+    got = sink.wait_to(loose)[0].data
+    assert got.endswith(b"\r\n\r\nnot stuffed\r\n.stuffed\r\n")
+    verify_all(got, keys, 2)
+
+
 def test_not_signed_for_outside_clients(make_tern, sink):
     """Mail from outside relay_networks (to a relay_domains recipient) is
     not signed even with one of our From domains."""
@@ -285,3 +317,30 @@ def test_check_rejects_bad_keys(make_tern):
     good.chmod(0o600)
     p = t.ternd("-c", str(t.conf), "--check")
     assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.parametrize("canon", ["relaxed/relaxed", "simple/simple", "relaxed/simple",
+                                   "simple/relaxed"])
+def test_headers_only_message_verifies(make_tern, sink, canon):
+    """A message that is only a header section (no empty line, no body; by
+    BDAT even without a final CRLF) is sent with its last line ended and
+    the empty line that ends a header section, and that is what is signed:
+    it verifies under every canonicalization pair."""
+    t, keys = dual_tern(make_tern, dkim_canonicalization=canon)
+    u = uid()
+    r1, r2 = f"h1-{u}@example.org", f"h2-{u}@example.org"
+    head = f"From: h-{u}@a.test\r\nTo: {r1}\r\nSubject: headers only {u}\r\n"
+    t.send(f"h-{u}@a.test", [r1], (head + "X-Folded: one\r\n  two \r\n").encode())
+    chunk = (head + "Message-ID: <" + u + "@a.test>").encode()  # no CRLF at the end
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<h-{u}@a.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{r2}>").code == 250
+        c.send(f"BDAT {len(chunk)} LAST\r\n".encode() + chunk)
+        assert c.reply().code == 250
+    got1, got2 = sink.wait_to(r1)[0].data, sink.wait_to(r2)[0].data
+    for got in (got1, got2):
+        tags = verify_all(got, keys, 2)
+        assert all(tg["c"] == canon for tg in tags)
+    assert got1.endswith(b"X-Folded: one\r\n  two \r\n\r\n"), got1[-60:]
+    assert got2.endswith(f"Message-ID: <{u}@a.test>\r\n\r\n".encode()), got2[-60:]

@@ -198,3 +198,19 @@ def test_usage_and_config_errors(world):
     assert rc == 2 and not lines
     rc, lines, err = world.check(DOMAIN, egress_addresses="127.0.0.0/24")
     assert rc == 2 and "egress_addresses" in err and not lines
+
+
+@pytest.mark.parametrize("smarthost,term", [
+    ("[192.0.2.25]:25", "ip4:192.0.2.25"),
+    ("[2001:db8::25]:25", "ip6:2001:db8::25"),
+    ("relay.example.test:25", "a:relay.example.test"),
+])
+def test_spf_advice_for_smarthost(world, smarthost, term):
+    """The SPF record advised for a smarthost given as an address literal
+    uses ip4:/ip6: (a: takes a domain, RFC 7208 5.3); a named smarthost
+    keeps a:."""
+    rc, lines, _ = world.zone(spf=None).check(DOMAIN, smarthost=smarthost)
+    assert rc == 1, lines
+    bad = lines_of(lines, f"FAIL SPF: no SPF record at {DOMAIN}")
+    assert len(bad) == 1, lines
+    assert bad[0].endswith(f'; publish: {DOMAIN}. TXT "v=spf1 {term} -all"'), bad

@@ -385,3 +385,166 @@ def test_mx_opportunistic_default_and_no_auth_to_mx(mxw, certs, tmp_path):
     (tx,) = s.wait_to(rcpt)
     assert tx.tls == "TLSv1.3" and tx.login is None
     assert a.attempts == []
+
+
+# --------------------------------------------------------------------------
+# Closing TLS sessions (close_notify, alerts)
+
+
+class ClosePeer:
+    """A one-connection SMTP server on raw sockets (thread) that speaks TLS
+    through Python's ssl directly, so the end of the session can be seen:
+    after "221" it reads on, and gets a clean end of the TLS stream only
+    when tern sent close_notify (unexpected EOFs are not ignored here, so a
+    bare close raises ssl.SSLError "unexpected eof"). mode: "starttls" or
+    "implicit"; with bad_hello the ServerHello it sends is malformed, and
+    what tern sends back (an alert record, or nothing) is kept in .after.
+    Later connections are refused with 421 in clear."""
+
+    def __init__(self, ctx, mode, bad_hello=False):
+        import socket
+        import threading
+        ctx.options &= ~getattr(ssl, "OP_IGNORE_UNEXPECTED_EOF", 0)
+        self.ctx, self.mode, self.bad_hello = ctx, mode, bad_hello
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.result = None  # "close_notify", or the exception text
+        self.after = None
+        self.delivered = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.sock.close()
+
+    @staticmethod
+    def _line(f):
+        ln = f.readline(4096)
+        if not ln:
+            raise EOFError("client closed")
+        return ln.rstrip(b"\r\n")
+
+    def _run(self):
+        try:
+            conn, _ = self.sock.accept()
+        except OSError:
+            return
+        conn.settimeout(10 * SLOW)
+        try:
+            self._session(conn)
+        except Exception as e:  # recorded for the test to report
+            if self.result is None:
+                self.result = f"{type(e).__name__}: {e}"
+        finally:
+            conn.close()
+        while True:  # tern falls back or retries: turn it away
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            c.sendall(b"421 4.3.0 closed for this test\r\n")
+            c.close()
+
+    def _session(self, conn):
+        if self.mode == "implicit":
+            conn = self._wrap(conn)
+        conn.sendall(b"220 close.test ESMTP\r\n")
+        f = conn.makefile("rb")
+        while True:
+            ln = self._line(f)
+            verb = ln[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                ext = b"250-STARTTLS\r\n" if self.mode == "starttls" and not isinstance(
+                    conn, ssl.SSLSocket) else b""
+                conn.sendall(b"250-close.test\r\n" + ext + b"250 PIPELINING\r\n")
+            elif verb == b"STAR":
+                conn.sendall(b"220 2.0.0 go ahead\r\n")
+                if self.bad_hello:
+                    self._bad_handshake(conn)
+                    return
+                conn = self._wrap(conn)
+                f = conn.makefile("rb")
+            elif verb in (b"MAIL", b"RCPT"):
+                conn.sendall(b"250 2.0.0 ok\r\n")
+            elif verb == b"DATA":
+                conn.sendall(b"354 go on\r\n")
+                while self._line(f) != b".":
+                    pass
+                self.delivered = True
+                conn.sendall(b"250 2.0.0 queued\r\n")
+            elif verb == b"QUIT":
+                conn.sendall(b"221 2.0.0 bye\r\n")
+                f.close()
+                rest = conn.recv(64)  # b"" at close_notify; raises at a bare EOF
+                self.result = "close_notify" if rest == b"" else f"more data {rest!r}"
+                return
+            else:
+                conn.sendall(b"502 5.5.2 what\r\n")
+
+    def _wrap(self, conn):
+        return self.ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False)
+
+    def _recv_exact(self, conn, n):
+        data = b""
+        while len(data) < n:
+            chunk = conn.recv(n - len(data))
+            if not chunk:
+                raise EOFError("client closed")
+            data += chunk
+        return data
+
+    def _bad_handshake(self, conn):
+        """Read the ClientHello, answer a ServerHello without a body (a
+        decode error for the client), then keep what the client sends."""
+        hdr = self._recv_exact(conn, 5)
+        assert hdr[0] == 22, hdr  # a handshake record
+        self._recv_exact(conn, int.from_bytes(hdr[3:5], "big"))
+        conn.sendall(bytes([22, 3, 3, 0, 4, 2, 0, 0, 0]))
+        data = b""
+        while True:
+            try:
+                chunk = conn.recv(4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        self.after = data
+        self.result = "done"
+
+
+@pytest.mark.parametrize("mode", ["starttls", "implicit"])
+def test_close_notify_after_quit(make_tern, certs, mode):
+    """After QUIT tern ends its TLS session with close_notify (RFC 8446
+    §6.1) and flushes it before closing the socket: the peer sees a clean
+    end of the TLS stream, not a truncation."""
+    peer = ClosePeer(server_ctx(*certs.selfsigned), mode)
+    try:
+        hop = (f"smtps://[127.0.0.1]:{peer.port}" if mode == "implicit"
+               else f"127.0.0.1:{peer.port}")
+        t = make_tern(smarthost=hop, smarthost_tls="opportunistic")
+        qid, _ = send_one(t, uid())
+        delivered(t, qid)
+        wait_for(lambda: peer.result is not None, desc="the end of the TLS session")
+        assert peer.result == "close_notify", peer.result
+        assert peer.delivered
+    finally:
+        peer.close()
+
+
+def test_failed_handshake_alert_reaches_peer(make_tern, certs):
+    """A handshake that tern's side fails (a malformed ServerHello) ends
+    with OpenSSL's alert record on the wire before the socket closes."""
+    peer = ClosePeer(server_ctx(*certs.selfsigned), "starttls", bad_hello=True)
+    try:
+        t = make_tern(smarthost=f"127.0.0.1:{peer.port}", smarthost_tls="opportunistic")
+        send_one(t, uid())
+        t.wait_event("tls_failed")
+        wait_for(lambda: peer.result is not None, desc="the end of the handshake")
+        assert peer.result == "done", peer.result
+        # TLS record: content type 21 (alert), version, length 2, level 2 (fatal)
+        assert peer.after[:1] == b"\x15" and peer.after[5:6] == b"\x02", peer.after
+    finally:
+        peer.close()

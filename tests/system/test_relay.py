@@ -128,6 +128,55 @@ def test_dot_stuffing(tern, sink):
     assert rest2 == original2, rest2
 
 
+def test_unstuffed_dot_lines(tern, sink):
+    """A client that does not stuff its dots: a line of "." and more is
+    stored and relayed without that dot (RFC 5321 4.5.2), and the stuffed
+    lines after it still come out right."""
+    u = uid()
+    rcpt = f"nodots-{u}@example.org"
+    sent = (b"Subject: unstuffed " + u.encode() + b"\r\n\r\n.hidden\r\nplain\r\n"
+            b"..stuffed\r\n.x\r\n..\r\nend\r\n")
+    relayed = (b"Subject: unstuffed " + u.encode() + b"\r\n\r\nhidden\r\nplain\r\n"
+               b".stuffed\r\nx\r\n.\r\nend\r\n")
+    with tern.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<n-{u}@src.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(sent + b".\r\n")
+        rep = c.reply()
+        assert rep.code == 250, str(rep)
+        assert c.cmd("QUIT").code == 221
+    assert split_received(sink.wait_to(rcpt)[0].data)[1] == relayed
+
+
+def test_large_message_exact(tern, sink):
+    """A 1.5 MB message (stored in several pieces before its record) sent in
+    writes of odd sizes comes out byte for byte, dots and all."""
+    u = uid()
+    rcpt = f"big-{u}@example.org"
+    lines = [b"Subject: big " + u.encode(), b""]
+    for i in range(20000):
+        lines.append((b"." if i % 7 == 0 else b"") + b"line %d " % i + b"x" * (i % 90))
+    original = b"".join(ln + b"\r\n" for ln in lines)
+    stuffed = b"".join((b"." + ln if ln.startswith(b".") else ln) + b"\r\n" for ln in lines)
+    with tern.raw() as c:
+        c.ehlo()
+        assert c.cmd(f"MAIL FROM:<big-{u}@src.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{rcpt}>").code == 250
+        assert c.cmd("DATA").code == 354
+        data, off, step = stuffed + b".\r\n", 0, 1
+        while off < len(data):
+            c.send(data[off:off + step])
+            off += step
+            step = step * 7 % 100003 + 1
+        rep = c.reply()
+        assert rep.code == 250, str(rep)
+        assert c.cmd("QUIT").code == 221
+    qid = rep.text.split()[-1]
+    check_relayed(tern, sink.wait_to(rcpt)[0], original, qid)
+
+
 def test_pipelining(tern, sink):
     u = uid()
     a, b = f"p1-{u}@example.org", f"p2-{u}@example.org"

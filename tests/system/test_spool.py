@@ -1,5 +1,6 @@
 """Spool robustness: I/O errors while receiving, damaged queue files."""
 
+import re
 import resource
 
 from sysutil import WAIT, message, uid, wait_for
@@ -84,3 +85,83 @@ def test_damaged_messages_are_set_aside(make_tern, sink):
     assert b"doomed" in (corrupt / qid).read_bytes() or b"DOOMED" in (corrupt / qid).read_bytes()
     assert sink.to(bad) == [], "a damaged message is never delivered"
     wait_for(lambda: tern.queued() == [], WAIT, desc="queue drained")
+
+
+# --------------------------------------------------------------------------
+# A DSN that cannot be written (full disk) keeps the original until it is
+
+
+LONG_REASON = "x" * 360  # makes the report longer than the original's records
+
+
+def _bounce_blocked_by_fsize(tern, sink):
+    """Queue a message whose recipient then fails for good while the file
+    size limit (RLIMIT_FSIZE, a stand-in for a full disk) lets the spool
+    append status records to the original but not write the DSN, which is
+    a little larger. Returns (qid, sender, rcpt) once a DSN was tried."""
+    u = uid()
+    sender, rcpt = f"fs-{u}@src.test", f"permfail-{u}@example.org"
+    sink.rcpt_rule = lambda a: "451 4.3.0 not yet"
+    tern.send(sender, [rcpt], message("fsize " + u, sender=sender, to=rcpt,
+                                      body=(b"0123456789abcdef" * 60 + b"\r\n") * 100))
+    qid = tern.qid_of(sender)
+    tern.wait_event("deferred", qid=qid)
+    path = max((tern.spool / "log").glob("*.seg"))  # the segment being written
+    wait_for(lambda: b"\nr 0 0 1 0 " in path.read_bytes(), desc="the deferral recorded")
+    size = path.stat().st_size
+    tern.prlimit_relay(resource.RLIMIT_FSIZE, (size + 1000, resource.RLIM_INFINITY))
+    sink.rcpt_rule = lambda a: f"550 5.1.1 {LONG_REASON}" if a.startswith("permfail") else None
+    tern.wait_event("bounced", qid=qid)
+    wait_for(lambda: [e for e in tern.events(qid=qid) if e.get("subsystem") == "dsn"],
+             desc="a DSN attempt")
+    return qid, sender, rcpt
+
+
+def _dsn_failures(tern, qid):
+    return [e for e in tern.events("failed", qid=qid) if e.get("subsystem") == "dsn"]
+
+
+def test_dsn_retried_until_written(make_tern, sink):
+    """A DSN that cannot be made (EFBIG here) does not lose the bounce: the
+    original and its failed recipient stay queued, the DSN is tried again
+    after the retry delay, and once it is written the sender gets it and
+    only then is the original removed."""
+    tern = make_tern()
+    qid, sender, rcpt = _bounce_blocked_by_fsize(tern, sink)
+    assert not tern.events("removed", qid=qid), "the original was removed without its DSN"
+    assert qid in tern.queued()
+    ev = _dsn_failures(tern, qid)[0]
+    assert "File too large" in ev.get("error", ""), ev["_raw"]
+    # tried again, and again failing while the limit holds
+    wait_for(lambda: len(_dsn_failures(tern, qid)) >= 2, desc="a second DSN attempt")
+    assert qid in tern.queued() and sink.from_null_to(sender) == []
+    p = tern.ctl("queue", "list", "--json")
+    assert p.returncode == 0 and '"status":"dsn_pending"' in p.stdout.decode(), p.stdout
+    tern.prlimit_relay(resource.RLIMIT_FSIZE,
+                       (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    dsn = sink.wait_dsn(sender)
+    assert len(dsn) == 1 and rcpt.encode() in dsn[0].data and LONG_REASON.encode() in dsn[0].data
+    tern.wait_event("removed", qid=qid, reason="done")
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
+    assert len(sink.from_null_to(sender)) == 1
+    assert sink.rcpt_attempt_count(rcpt) == 2, "the failed recipient is not tried again"
+
+
+def test_dsn_pending_survives_restart(make_tern, sink):
+    """The spool records a failed recipient whose DSN is not yet made in a
+    state of its own, so a daemon stopped before the DSN could be written
+    makes it at its next start."""
+    tern = make_tern()
+    qid, sender, rcpt = _bounce_blocked_by_fsize(tern, sink)
+    assert not tern.events("removed", qid=qid), "the original was removed without its DSN"
+    rc, _ = tern.stop()
+    assert rc == 0
+    raw = b"".join(p.read_bytes() for p in sorted((tern.spool / "log").glob("*.seg")))
+    # the STATE record: recipient 0 in RCPT_FAILED_DSN (3), 2 attempts
+    assert re.search(rb"\nr 0 3 2 0 \d+ 550%205\.1\.1%20", raw), raw[-400:]
+    assert sink.from_null_to(sender) == []
+    tern.start()  # no file size limit now
+    dsn = sink.wait_dsn(sender)
+    assert len(dsn) == 1 and rcpt.encode() in dsn[0].data
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
+    assert sink.rcpt_attempt_count(rcpt) == 2, "the failed recipient is not tried again"

@@ -223,6 +223,26 @@ def test_smtps_implicit_tls(tls_tern, sink):
     t.wait_event("tls_failed")
 
 
+def test_large_messages_over_tls(tls_tern, sink):
+    """Over STARTTLS and smtps (input decrypted by libevent, not read by
+    tern itself), a 1 MB message with dotted lines comes out byte for
+    byte."""
+    t = tls_tern()
+    u = uid()
+    body = b"".join((b"." if i % 5 == 0 else b"") + b"tls line %d %s\r\n" % (i, b"z" * (i % 70))
+                    for i in range(15000))
+    for name, s in (("starttls", tls_smtp(t.port)),
+                    ("smtps", smtplib.SMTP_SSL("127.0.0.1", t.smtps_port, context=client_ctx(),
+                                               timeout=15 * SLOW))):
+        rcpt = f"{name}-{u}@example.org"
+        data = message(f"{name} {u}", body, to=rcpt)
+        s.ehlo("client.test")
+        s.login("alice", PASSWORD)
+        s.sendmail("alice@src.test", [rcpt], data)  # smtplib stuffs the dots
+        s.quit()
+        assert split_received(sink.wait_to(rcpt)[0].data)[1] == data, name
+
+
 def test_injection_after_starttls_not_executed(tls_tern):
     t = tls_tern()
     with RawSMTP(t.port) as c:

@@ -1,8 +1,12 @@
 /*
- * Unit tests for the DATA/BDAT decoder and the dot-stuffing encoder. Every
- * DATA case is decoded in one piece, byte by byte and at every 2-way split,
- * and all must agree (the decoder may not depend on read boundaries). The
- * 2023 SMTP-smuggling variants must never end the data.
+ * Unit tests for the DATA/BDAT reader and the dot-stuffing encoder. The
+ * tables say what the byte-at-a-time reference decoder (data_ref.c) makes
+ * of each input, decoded in one piece, byte by byte and at every 2-way
+ * split; the reader (src/smtp/data.c) must agree with the reference on
+ * every input and split: the same verdict, content size and consumed bytes,
+ * and as stored bytes the reference's output stuffed again. The 2023
+ * SMTP-smuggling variants must never end the data. The reader moves whole
+ * chains of the input buffer and keeps the last one until it is full.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -13,6 +17,9 @@
 
 #include <cmocka.h>
 
+#include <event2/buffer.h>
+
+#include "data_ref.h"
 #include "smtp/data.h"
 #include "util/util.h"
 
@@ -20,7 +27,7 @@
 #define ALL    ((size_t)-1)
 
 struct result {
-    struct smtp_data_dec d;
+    struct ref_data_dec d;
     struct buf out;
     size_t consumed;
 };
@@ -31,19 +38,19 @@ decode_cuts(enum smtp_data_mode mode, const char *in, size_t len, const size_t *
     struct result *r)
 {
     size_t pos = 0, k;
-    smtp_data_init(&r->d, mode);
+    ref_data_init(&r->d, mode);
     buf_init(&r->out);
     r->consumed = 0;
     for (k = 0; k <= ncuts; k++) {
         size_t end = k < ncuts ? cuts[k] : len;
-        long n = smtp_data_feed(&r->d, in + pos, end - pos, &r->out);
+        long n = ref_data_feed(&r->d, in + pos, end - pos, &r->out);
         assert_true(n >= 0);
         assert_true((size_t)n <= end - pos);
         r->consumed += (size_t)n;
         if (r->d.ended) {
             /* Nothing more is taken once the data has ended. */
             assert_int_equal(
-                smtp_data_feed(&r->d, in + pos + (size_t)n, len - pos - (size_t)n, &r->out), 0);
+                ref_data_feed(&r->d, in + pos + (size_t)n, len - pos - (size_t)n, &r->out), 0);
             return;
         }
         assert_int_equal((size_t)n, end - pos);
@@ -67,7 +74,46 @@ assert_same(const struct result *a, const struct result *b)
     assert_true(a->d.out_bytes == b->d.out_bytes);
 }
 
-/* One-shot, byte-by-byte and every 2-way split must agree; returns one-shot. */
+/* The reader fed in[0..len) in pieces ending at cuts[] agrees with the
+ * reference. */
+static void
+reader_cuts(enum smtp_data_mode mode, const char *in, size_t len, const size_t *cuts, size_t ncuts,
+    uint32_t layout, const struct ref_outcome *ref)
+{
+    struct ref_outcome r;
+    const char *err = ref_outcome_reader(mode, in, len, cuts, ncuts, layout, &r);
+    if (err == NULL)
+        err = ref_outcome_compare(mode, ref, &r);
+    if (err != NULL)
+        fail_msg("reader: %s (len %zu, %zu cuts, layout %x)", err, len, ncuts, layout);
+    ref_outcome_fini(&r);
+}
+
+/* The reader in one piece, byte by byte, and at every 2-way split (at most
+ * max of them), each with the pieces in chains of their own and appended
+ * into one, agrees with the reference. */
+static void
+reader_all_ways(enum smtp_data_mode mode, const char *in, size_t len, size_t max)
+{
+    static const uint32_t layouts[] = { 0, 0x7fffffff, 0x55555555, 0xaaaaaaaa | 1u << 31 };
+    struct ref_outcome ref;
+    size_t *cuts = xcalloc(len + 1, sizeof(*cuts));
+    size_t step = len / max + 1;
+    ref_outcome_reference(mode, in, len, &ref);
+    for (size_t i = 1; i < len; i++)
+        cuts[i - 1] = i;
+    for (size_t k = 0; k < TERN_ARRAY_LEN(layouts); k++) {
+        reader_cuts(mode, in, len, NULL, 0, layouts[k], &ref);
+        reader_cuts(mode, in, len, cuts, len > 0 ? len - 1 : 0, layouts[k], &ref);
+        for (size_t i = 1; i < len; i += step)
+            reader_cuts(mode, in, len, &i, 1, layouts[k], &ref);
+    }
+    ref_outcome_fini(&ref);
+    free(cuts);
+}
+
+/* One-shot, byte-by-byte and every 2-way split must agree; returns one-shot.
+ * The reader must agree with it all ways. */
 static void
 decode_all_ways(enum smtp_data_mode mode, const char *in, size_t len, struct result *one)
 {
@@ -88,6 +134,7 @@ decode_all_ways(enum smtp_data_mode mode, const char *in, size_t len, struct res
         buf_fini(&r.out);
     }
     free(cuts);
+    reader_all_ways(mode, in, len, SIZE_MAX / 2);
 }
 
 struct data_case {
@@ -247,6 +294,7 @@ test_data_line_length(void **state)
         memcpy(in + n, "short\r\n.\r\n", 10);
         n += 10;
         decode_cuts(SMTP_DATA_DOT, in, n, NULL, 0, &r);
+        reader_all_ways(SMTP_DATA_DOT, in, n, 40);
         assert_true(r.d.ended);
         assert_int_equal(r.d.too_long, cases[i].too_long);
         assert_int_equal(r.out.len, n - 3 - (cases[i].dot ? 1 : 0));
@@ -284,7 +332,7 @@ test_bdat(void **state)
         assert_false(r.d.ended);
         assert_int_equal(r.out.len, cases[i].len);
         assert_memory_equal(r.out.data, cases[i].in, cases[i].len);
-        assert_int_equal(smtp_data_finish_bdat(&r.d, &r.out), cases[i].appended);
+        assert_int_equal(ref_data_finish_bdat(&r.d, &r.out), cases[i].appended);
         assert_int_equal(r.out.len, cases[i].len + tl);
         assert_memory_equal(r.out.data + cases[i].len, cases[i].tail, tl);
         assert_true(r.d.out_bytes == r.out.len);
@@ -300,9 +348,11 @@ test_bdat_line_length(void **state)
     char in[1100];
     struct result r;
     memset(in, 'a', sizeof(in));
+    reader_all_ways(SMTP_DATA_BDAT, in, 998, 40);
+    reader_all_ways(SMTP_DATA_BDAT, in, 999, 40);
     decode_cuts(SMTP_DATA_BDAT, in, 998, NULL, 0, &r);
     assert_false(r.d.too_long);
-    assert_true(smtp_data_finish_bdat(&r.d, &r.out));
+    assert_true(ref_data_finish_bdat(&r.d, &r.out));
     assert_false(r.d.too_long);
     buf_fini(&r.out);
     decode_cuts(SMTP_DATA_BDAT, in, 999, NULL, 0, &r);
@@ -407,6 +457,191 @@ test_roundtrip(void **state)
     }
 }
 
+/* ---- the reader ---- */
+
+/* What is stored: the bytes as received; after a dot that is not stuffing
+ * (dropped, RFC 5321 §4.5.2) the content stuffed again the standard way. */
+static void
+test_reader_stored(void **state)
+{
+    static const struct {
+        const char *name;
+        const char *in;
+        size_t len;
+        const char *stored;
+        size_t stored_len;
+        uint64_t content;
+    } cases[] = {
+        { "plain", S("a\r\nb\r\n.\r\nNEXT"), S("a\r\nb\r\n"), 6 },
+        { "stuffed lines", S("..a\r\n..\r\n...\r\n.\r\n"), S("..a\r\n..\r\n...\r\n"), 11 },
+        { "stray dot", S(".foo\r\n.\r\n"), S("foo\r\n"), 5 },
+        { "stray then stuffed", S(".foo\r\n..bar\r\n.\r\n"), S("foo\r\n..bar\r\n"), 11 },
+        { "stray dots", S("a\r\n.b\r\n.c\r\n.\r\n"), S("a\r\nb\r\nc\r\n"), 9 },
+        { "empty", S(".\r\n"), S(""), 0 },
+    };
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        struct ref_outcome r;
+        print_message("case %s\n", cases[i].name);
+        assert_null(ref_outcome_reader(SMTP_DATA_DOT, cases[i].in, cases[i].len, NULL, 0, 0, &r));
+        assert_true(r.ended);
+        assert_int_equal(r.stored.len, cases[i].stored_len);
+        assert_memory_equal(r.stored.data, cases[i].stored, cases[i].stored_len);
+        assert_int_equal(r.content, cases[i].content);
+        ref_outcome_fini(&r);
+        reader_all_ways(SMTP_DATA_DOT, cases[i].in, cases[i].len, SIZE_MAX / 2);
+    }
+}
+
+/* Deterministic pseudo-random inputs built from the pieces that matter,
+ * fed in random pieces and layouts: the reader agrees with the reference. */
+static void
+test_reader_random(void **state)
+{
+    static const char *const pieces[] = { ".", "..", "\r", "\n", "\r\n", "\r\n.\r\n", "a",
+        "0123456789abcdefghijklmnopqrstu", "\0", ".\r", ".\n", "\r\n.", "x\r\n" };
+    static const size_t piece_len[] = { 1, 2, 1, 1, 2, 5, 1, 31, 1, 2, 2, 3, 3 };
+    uint32_t seed = 4242;
+    for (int iter = 0; iter < 3000; iter++) {
+        char m[1200];
+        size_t n = 0, cuts[8], ncuts = 0;
+        struct ref_outcome ref;
+        enum smtp_data_mode mode = iter % 3 == 2 ? SMTP_DATA_BDAT : SMTP_DATA_DOT;
+        int np;
+        seed = seed * 1103515245u + 12345u;
+        np = (int)((seed >> 16) % 36);
+        for (int k = 0; k < np; k++) {
+            size_t p;
+            seed = seed * 1103515245u + 12345u;
+            p = (seed >> 16) % TERN_ARRAY_LEN(pieces);
+            memcpy(m + n, pieces[p], piece_len[p]);
+            n += piece_len[p];
+        }
+        /* Now and then a line near the length limit. */
+        if (iter % 50 == 0) {
+            size_t run = 990 + (size_t)(iter / 50) % 16;
+            if (n + run < sizeof(m)) {
+                memset(m + n, 'L', run);
+                n += run;
+            }
+        }
+        for (size_t c = 0; c < 8 && n > 1; c++) {
+            seed = seed * 1103515245u + 12345u;
+            size_t cut = 1 + (seed >> 16) % (n - 1);
+            if (ncuts == 0 || cut > cuts[ncuts - 1])
+                cuts[ncuts++] = cut;
+        }
+        seed = seed * 1103515245u + 12345u;
+        ref_outcome_reference(mode, m, n, &ref);
+        reader_cuts(mode, m, n, cuts, ncuts, seed, &ref);
+        reader_cuts(mode, m, n, NULL, 0, seed, &ref);
+        ref_outcome_fini(&ref);
+    }
+}
+
+/* The sink of the chain tests: moves what it is given and counts calls. */
+struct chain_sink {
+    struct evbuffer *to;
+    int calls;
+    uint64_t content;
+};
+
+static void
+chain_stuffed(void *arg, struct evbuffer *src, size_t n, uint64_t content)
+{
+    struct chain_sink *c = arg;
+    assert_int_equal(evbuffer_remove_buffer(src, c->to, n), (int)n);
+    c->calls++;
+    c->content += content;
+}
+
+static void
+chain_plain(void *arg, const char *p, size_t n)
+{
+    fail_msg("no plain bytes expected");
+}
+
+/* Full chains are handed over as they are: their bytes stay where they
+ * were read (no copy). */
+static void
+test_reader_moves_chains(void **state)
+{
+    struct evbuffer *in = evbuffer_new(), *part;
+    struct chain_sink c = { evbuffer_new(), 0, 0 };
+    struct smtp_data_sink sink = { chain_stuffed, chain_plain, &c };
+    struct smtp_data_reader r;
+    struct evbuffer_iovec v[3], w[4];
+    char lines[4000];
+    uint64_t used;
+    memset(lines, 'm', sizeof(lines));
+    for (int i = 0; i < 40; i++)
+        memcpy(lines + 100 * i + 98, "\r\n", 2);
+    /* Three chains of 40 lines each, read separately. */
+    for (int k = 0; k < 3; k++) {
+        part = evbuffer_new();
+        evbuffer_add(part, lines, sizeof(lines));
+        evbuffer_add_buffer(in, part);
+        evbuffer_free(part);
+    }
+    assert_int_equal(evbuffer_peek(in, -1, NULL, v, 3), 3);
+    smtp_data_reader_init(&r, SMTP_DATA_DOT);
+    assert_false(smtp_data_read(&r, in, &sink, &used));
+    assert_int_equal(used, 12000);
+    /* The first two went over; the last one waits for more. */
+    assert_int_equal(evbuffer_get_length(c.to), 8000);
+    assert_int_equal(evbuffer_get_length(in), 4000);
+    assert_int_equal(evbuffer_peek(c.to, -1, NULL, w, 4), 2);
+    assert_ptr_equal(w[0].iov_base, v[0].iov_base);
+    assert_ptr_equal(w[1].iov_base, v[1].iov_base);
+    /* The end of data comes in a chain of its own. */
+    part = evbuffer_new();
+    evbuffer_add(part, ".\r\nQUIT\r\n", 9);
+    evbuffer_add_buffer(in, part);
+    evbuffer_free(part);
+    assert_true(smtp_data_read(&r, in, &sink, &used));
+    assert_int_equal(evbuffer_get_length(c.to), 12000);
+    assert_int_equal(evbuffer_peek(c.to, -1, NULL, w, 4), 3);
+    assert_ptr_equal(w[2].iov_base, v[2].iov_base);
+    assert_int_equal(c.content, 12000);
+    assert_int_equal(r.sc.content, 12000);
+    assert_int_equal(evbuffer_get_length(in), 6); /* QUIT\r\n */
+    smtp_data_reader_fini(&r);
+    evbuffer_free(in);
+    evbuffer_free(c.to);
+}
+
+/* A trickle into one chain: nothing is handed over before the end of data
+ * (no chain with a few bytes in it goes to the writer), then all at once. */
+static void
+test_reader_trickle(void **state)
+{
+    static const char msg[] = "Subject: x\r\n\r\n..body\r\n.\r\n";
+    struct evbuffer *in = evbuffer_new();
+    struct chain_sink c = { evbuffer_new(), 0, 0 };
+    struct smtp_data_sink sink = { chain_stuffed, chain_plain, &c };
+    struct smtp_data_reader r;
+    uint64_t used, total = 0;
+    bool ended = false;
+    smtp_data_reader_init(&r, SMTP_DATA_DOT);
+    evbuffer_expand(in, 4096); /* one chain with room for it all */
+    for (size_t i = 0; i < sizeof(msg) - 1; i++) {
+        assert_false(ended);
+        evbuffer_add(in, msg + i, 1);
+        ended = smtp_data_read(&r, in, &sink, &used);
+        total += used;
+        if (!ended)
+            assert_int_equal(c.calls, 0);
+    }
+    assert_true(ended);
+    assert_int_equal(total, sizeof(msg) - 1);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(evbuffer_get_length(c.to), sizeof(msg) - 1 - 3);
+    assert_int_equal(c.content, sizeof(msg) - 1 - 3 - 1); /* the stuffing dot */
+    assert_int_equal(evbuffer_get_length(in), 0);
+    smtp_data_reader_fini(&r);
+    evbuffer_free(in);
+    evbuffer_free(c.to);
+}
+
 /* The data deadline: 1/min_rate s per byte, never more than max_ahead from
  * now, never moved back. */
 static void
@@ -450,6 +685,10 @@ main(void)
         cmocka_unit_test(test_stuff),
         cmocka_unit_test(test_roundtrip),
         cmocka_unit_test(test_data_deadline),
+        cmocka_unit_test(test_reader_stored),
+        cmocka_unit_test(test_reader_random),
+        cmocka_unit_test(test_reader_moves_chains),
+        cmocka_unit_test(test_reader_trickle),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -66,6 +66,17 @@ static const struct reply_case reply_cases[] = {
         "4.3.0", "first second" },
     { "continuation pending", { "250-a", "250-b" }, REPLY_MORE, 250, "", "a b" },
     { "control chars replaced", { "250 a\tb\x01" }, REPLY_DONE, 250, "", "a?b?" },
+    { "UTF-8 kept", { "550 5.1.1 Empf\xc3\xa4nger \xe2\x9c\x89 \xf0\x9f\x90\xa6" }, REPLY_DONE, 550,
+        "5.1.1", "Empf\xc3\xa4nger \xe2\x9c\x89 \xf0\x9f\x90\xa6" },
+    { "bad UTF-8 replaced",
+        { "550 a\xc3(b\xff\xc0\xaf"
+          "c\xed\xa0\x80"
+          "d\xe2\x9c" },
+        REPLY_DONE, 550, "", "a?(b???c???d??" },
+    { "DEL and C1 replaced",
+        { "250 a\x7f\xc2\x85"
+          "b" },
+        REPLY_DONE, 250, "", "a??b" },
     { "code changes", { "250-a", "251 b" }, REPLY_BAD, 0, NULL, NULL },
     { "not digits", { "2x0 ok" }, REPLY_BAD, 0, NULL, NULL },
     { "short", { "25" }, REPLY_BAD, 0, NULL, NULL },
@@ -113,6 +124,13 @@ test_reply_limits(void **state)
     reply_reset(&a);
     assert_int_equal(reply_feed_line(&a, longl, sizeof(longl), &t, &tl), REPLY_DONE);
     assert_int_equal(strlen(a.st.text), STATUS_TEXT_MAX - 1);
+    /* A UTF-8 sequence is never cut in two at the limit. */
+    memset(longl, 'a', sizeof(longl));
+    memcpy(longl, "250 ", 4);
+    memcpy(longl + 4 + STATUS_TEXT_MAX - 2, "\xe2\x9c\x89", 3);
+    reply_reset(&a);
+    assert_int_equal(reply_feed_line(&a, longl, sizeof(longl), &t, &tl), REPLY_DONE);
+    assert_int_equal(strlen(a.st.text), STATUS_TEXT_MAX - 2);
     /* The next reply starts clean. */
     assert_int_equal(reply_feed_line(&a, "550 5.1.1 x", 11, &t, &tl), REPLY_DONE);
     assert_int_equal(reply_feed_line(&a, "250 y", 5, &t, &tl), REPLY_DONE);
@@ -859,10 +877,12 @@ test_dot_stuffing(void **state)
         { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
-    add_job(h, "s@y.test", one_rcpt, 1, ".first\r\nmid.dle\r\n.\r\n..two\r\nend\r\n", false);
+    add_job(h, "s@y.test", one_rcpt, 1, "X: y\r\n\r\n.first\r\nmid.dle\r\n.\r\n..two\r\nend\r\n",
+        false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
-    assert_string_equal(h->srv.bodies.data, "..first\r\nmid.dle\r\n..\r\n...two\r\nend\r\n|");
+    assert_string_equal(
+        h->srv.bodies.data, "X: y\r\n\r\n..first\r\nmid.dle\r\n..\r\n...two\r\nend\r\n|");
     h_free(h);
 }
 
@@ -878,6 +898,8 @@ test_large_body_streams(void **state)
     struct harness *h = h_new(sc, 1);
     size_t nlines = 40000;
     struct buf body = BUF_INIT, want = BUF_INIT;
+    buf_append_str(&body, "X: y\r\n\r\n");
+    buf_append_str(&want, "X: y\r\n\r\n");
     for (size_t i = 0; i < nlines; i++) {
         const char *line =
             i % 3 == 0 ? ".line of text number xxxxxxxx\r\n" : "line of text number yyyyyyyyy\r\n";
@@ -1113,6 +1135,39 @@ test_size_and_smtputf8_refused_locally(void **state)
     check_rcpt(&h->res[1], 0, DELIV_PERM, 550, "5.6.7", false);
     run_until(h, all_closed);
     assert_null(strstr(h->srv.log.data, "MAIL"));
+    assert_int_equal(h->srv.errors, 0);
+    h_free(h);
+}
+
+/* A next hop without 8BITMIME gets the 8-bit message in 7-bit MIME, with
+ * SIZE= of the converted form and no BODY=; one that cannot be converted,
+ * and BINARYMIME content, are refused here with 5.6.3 (RFC 6152 §3, RFC
+ * 3030 §3). */
+static void
+test_8bit_to_7bit_next_hop(void **state)
+{
+    static const struct step s1[] = { GREET,
+        { "EHLO", "250-test\r\n250-PIPELINING\r\n250 SIZE 100000\r\n", ACT_REPLY },
+        { "MAIL FROM:<s@y.test> SIZE=138", "250 ok\r\n", ACT_REPLY },
+        { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "354 go\r\n", ACT_REPLY },
+        { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
+    const struct step *sc[] = { s1 };
+    struct harness *h = h_new(sc, 1);
+    add_job(h, "s@y.test", one_rcpt, 1, "Subject: x\r\n\r\nd\xc3\xa9j\xc3\xa0 vu\r\n", false);
+    add_job(h, "s@y.test", one_rcpt, 1, "Content-Type: multipart/mixed\r\n\r\nno boundary \xe9\r\n",
+        false);
+    add_job(h, "s@y.test", one_rcpt, 1, "Subject: y\r\n\r\nbinary\r\n", false);
+    h->envs[2]->body = BODY_BINARYMIME;
+    h_go(h, 3);
+    check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
+    assert_string_equal(h->srv.bodies.data,
+        "Subject: x\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        "Content-Transfer-Encoding: quoted-printable\r\n\r\nd=C3=A9j=C3=A0 vu\r\n|");
+    check_rcpt(&h->res[1], 0, DELIV_PERM, 554, "5.6.3", false);
+    assert_non_null(strstr(h->res[1].res[0].st.text, "cannot be converted to 7 bit"));
+    check_rcpt(&h->res[2], 0, DELIV_PERM, 554, "5.6.3", false);
+    assert_non_null(strstr(h->res[2].res[0].st.text, "BINARYMIME"));
+    assert_null(strstr(h->srv.log.data, "BODY="));
     assert_int_equal(h->srv.errors, 0);
     h_free(h);
 }
@@ -1730,6 +1785,7 @@ main(void)
         cmocka_unit_test(test_free_with_job_in_flight),
         cmocka_unit_test(test_421_at_rcpt),
         cmocka_unit_test(test_size_and_smtputf8_refused_locally),
+        cmocka_unit_test(test_8bit_to_7bit_next_hop),
         cmocka_unit_test(test_localhost_resolves),
         cmocka_unit_test(test_greeting_554_defers),
         cmocka_unit_test(test_concurrency_limit),

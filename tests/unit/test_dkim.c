@@ -848,19 +848,40 @@ corpus(struct buf *m, size_t i)
     case 11: /* bare CR inside lines, tabs */
         buf_printf(m, "%s\r\na\rb\r\n\t\tx\t\r\n", hdr);
         break;
+    case 12: /* header only, its last line without CRLF (BDAT) */
+        buf_append(m, hdr, strlen(hdr) - 2);
+        break;
     default:
         TERN_ASSERT(0);
     }
 }
 
-#define CORPUS_N 12
+#define CORPUS_N 13
 
 static size_t
 corpus_sigs(size_t i)
 {
     /* example.com: RSA + Ed25519; others one key */
-    static const size_t n[CORPUS_N] = { 2, 2, 2, 2, 2, 2, 1, 2, 2, 1, 1, 2 };
+    static const size_t n[CORPUS_N] = { 2, 2, 2, 2, 2, 2, 1, 2, 2, 1, 1, 2, 2 };
     return n[i];
+}
+
+/* Append m as delivery sends it: a message without the empty line that
+ * ends the header section gets its last line ended and that line added. */
+static void
+as_sent(struct buf *out, const struct buf *m)
+{
+    bool bol = true, end = false;
+    buf_append(out, m->data, m->len);
+    for (size_t i = 0; i < m->len && !end; i++) {
+        end = bol && m->data[i] == '\r' && i + 1 < m->len && m->data[i + 1] == '\n';
+        bol = m->data[i] == '\n' && i > 0 && m->data[i - 1] == '\r';
+    }
+    if (end)
+        return;
+    if (m->len < 2 || memcmp(m->data + m->len - 2, "\r\n", 2) != 0)
+        buf_append(out, "\r\n", 2);
+    buf_append(out, "\r\n", 2);
 }
 
 /* Run the checker over dir; its exit status. */
@@ -921,7 +942,7 @@ test_corpus_verifies(void **state)
                                             : i == 10 ? "example.net"
                                                       : "example.com");
             check_lines(&out);
-            buf_append(&out, msg.data, msg.len);
+            as_sent(&out, &msg);
             snprintf(name, sizeof(name), "m%02zu-c%zu.eml", i, c);
             path_in(p, sizeof(p), dir, name);
             write_file(p, out.data, out.len, 0644);

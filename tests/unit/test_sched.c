@@ -540,7 +540,7 @@ h_restart(struct h *h, uint16_t port, const char *extra)
     h_start_sched(h);
     sched_load_spool(h->s);
     RUN_UNTIL(h, sched_loaded(h->s), 5000);
-    return (long)stats(h).queue_messages;
+    return (long)stats(h).loaded;
 }
 
 static void
@@ -814,6 +814,8 @@ test_mixed_results(void **state)
     assert_non_null(t);
     assert_int_equal(t->n_rcpts, 1);
     assert_true(in_spool(h, qid));
+    /* c is listed (dsn_pending) until its DSN is in the queue. */
+    RUN_UNTIL(h, h->n_hooks == 2, 5000);
     check_list(h, qid, false, after1, 1);
 
     /* The DSN: a new message from <> to the sender, about c only. */
@@ -1126,6 +1128,59 @@ test_restart(void **state)
     h_free(h);
 }
 
+/* Recipients recorded as final but with their DSN not yet made (the daemon
+ * stopped before the DSN could be written) get it at the next start, and
+ * only then does the message leave the spool; they are never sent again. */
+static void
+test_restart_dsn_pending(void **state)
+{
+    static const char *const ab[] = { "a@x.test", "b@x.test" };
+    struct h *h = h_new(NULL, 0, NULL, true);
+    char q[SPOOL_QID_LEN + 1];
+    const struct srv_tx *failed = NULL, *relayed = NULL;
+    h_submit(h, "s@x.test", ab, 2, q);
+    assert_int_equal(sched_hold(h->s, q, true), 0); /* no attempt of ours meanwhile */
+    {
+        /* As the spool would hold it after such a stop. */
+        struct spool_env *env = spool_load(h->sp, q);
+        assert_non_null(env);
+        env->held = true;
+        env->rcpts[0].state = RCPT_FAILED_DSN;
+        env->rcpts[0].attempts = 1;
+        env->rcpts[0].last_error = xstrdup("550 5.1.1 no such user");
+        env->rcpts[1].state = RCPT_DELIVERED_DSN;
+        env->rcpts[1].attempts = 1;
+        env->rcpts[1].last_error = xstrdup("250 2.0.0 ok");
+        spool_update_state(h->sp, env);
+        spool_env_free(env);
+    }
+
+    /* The DSNs are made as soon as the message is loaded (while they are
+     * being made, queue list says dsn_pending: tests/system/test_spool.py). */
+    assert_int_equal(h_restart(h, h->srv[0].port, NULL), 1);
+    RUN_UNTIL(h, h->srv[0].n_tx == 2 && queue_count(h) == 0, 5000);
+    for (size_t i = 0; i < h->srv[0].n_tx; i++) {
+        const struct srv_tx *t = &h->srv[0].tx[i];
+        assert_string_equal(t->from, "");
+        assert_string_equal(t->rcpts[0], "s@x.test");
+        if (strstr(t->body.data, "Action: failed") != NULL)
+            failed = t;
+        else if (strstr(t->body.data, "Action: relayed") != NULL)
+            relayed = t;
+    }
+    assert_non_null(failed);
+    assert_non_null(relayed);
+    assert_non_null(strstr(failed->body.data, "Final-Recipient: rfc822; a@x.test"));
+    assert_non_null(strstr(failed->body.data, "Status: 5.1.1"));
+    assert_non_null(strstr(failed->body.data, "no such user"));
+    assert_null(strstr(failed->body.data, "Final-Recipient: rfc822; b@x.test"));
+    assert_non_null(strstr(relayed->body.data, "Final-Recipient: rfc822; b@x.test"));
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 0);
+    assert_int_equal(srv_hits(&h->srv[0], "b@x.test"), 0);
+    assert_int_equal(stats(h).queue_messages, 0);
+    h_free(h);
+}
+
 /* After a restart only the recipients still pending are sent again. */
 static void
 test_restart_partial(void **state)
@@ -1231,6 +1286,7 @@ main(void)
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_no_dsn_loops),
         cmocka_unit_test(test_restart),
+        cmocka_unit_test(test_restart_dsn_pending),
         cmocka_unit_test(test_restart_partial),
         cmocka_unit_test(test_restart_in_flight),
         cmocka_unit_test(test_reroute_waiting),

@@ -302,8 +302,7 @@ test_state_roundtrip(void **state)
     e->rcpts[1].attempts = 2;
     e->rcpts[1].next_try_ms = 99000;
     e->rcpts[1].last_error = xstrdup("451 4.3.0 try \"later\" %");
-    e->rcpts[2].state = RCPT_FAILED;
-    e->rcpts[2].flags = SPOOL_RCPT_DSN_PENDING;
+    e->rcpts[2].state = RCPT_FAILED_DSN;
     spool_state_encode(e, &b);
     d->rcpts[0].attempts = 7; /* a snapshot replaces what was there */
     assert_int_equal(spool_state_apply(d, b.data, b.len), 0);
@@ -312,7 +311,7 @@ test_state_roundtrip(void **state)
     assert_int_equal(d->rcpts[0].attempts, 1);
     assert_int_equal(d->rcpts[1].next_try_ms, 99000);
     assert_string_equal(d->rcpts[1].last_error, "451 4.3.0 try \"later\" %");
-    assert_int_equal(d->rcpts[2].flags, SPOOL_RCPT_DSN_PENDING);
+    assert_int_equal(d->rcpts[2].state, RCPT_FAILED_DSN);
     assert_int_equal(spool_state_summary(b.data, b.len, &next, &pending, &held), 0);
     assert_int_equal(next, 99000);
     assert_int_equal(pending, 2); /* one queued, one DSN owed */
