@@ -215,6 +215,46 @@ log_target_open(const char *target, bool *syslog, struct buf *err)
     return fd;
 }
 
+int
+log_target_check(const char *target, struct buf *err)
+{
+    struct stat st;
+    bool syslog;
+    if (target != NULL && target[0] == '/') {
+        /* Not created by a check: the file if it is there, else its
+         * directory, must take writes from us. */
+        char dir[4096];
+        const char *slash = strrchr(target, '/');
+        size_t n = (size_t)(slash - target);
+        if (stat(target, &st) == 0) {
+            if (!S_ISREG(st.st_mode) || access(target, W_OK) < 0) {
+                buf_printf(err, "log_target %s: %s\n", target,
+                    S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+                return -1;
+            }
+            return 0;
+        }
+        if (n >= sizeof(dir))
+            n = sizeof(dir) - 1;
+        memcpy(dir, target, n);
+        dir[n == 0 ? 1 : n] = '\0';
+        if (n == 0)
+            dir[0] = '/';
+        if (access(dir, W_OK | X_OK) < 0) {
+            buf_printf(
+                err, "log_target %s: cannot create it in %s: %s\n", target, dir, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    int fd = log_target_open(target, &syslog, err);
+    if (fd < 0)
+        return -1;
+    if (fd > 2)
+        close(fd); /* a socket: nothing written */
+    return 0;
+}
+
 size_t
 log_format_ts(int64_t unix_ms, char *out, size_t cap)
 {

@@ -43,6 +43,9 @@ void log_set_fd(int fd);
  * only). Returns the descriptor (close-on-exec), or -1 with err. Reads the
  * time zone for syslog's header (call before a sandbox forbids it). */
 int log_target_open(const char *target, bool *syslog, struct buf *err);
+/* ternd --check: could log_target_open(target) succeed? A file is not
+ * created (its directory is checked instead). 0, or -1 with err. */
+int log_target_check(const char *target, struct buf *err);
 /* Write lines to fd from now on: what is batched goes to the previous
  * descriptor first, which is closed when it was owned. owned: fd is closed
  * when replaced. syslog: one datagram per line with a syslog header (no
