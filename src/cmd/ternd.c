@@ -231,6 +231,16 @@ parent_message(struct ternd *t, struct config **cfg, struct buf *err)
         *cfg = config_of_blob(t, m.gen, fd, err);
         return 1;
     }
+    if (m.type == PS_LOG && fd >= 0) {
+        /* The parent reopened log_target (SIGUSR1, or a reload that
+         * changed it): what is batched goes to the old one first. */
+        struct logline l;
+        log_use(fd, true, m.arg != 0);
+        log_begin(&l, LOG_INFO, NULL, "main", "log_reopened");
+        log_str(&l, "process", "relay");
+        log_end(&l);
+        return 0;
+    }
     if (fd >= 0)
         close(fd);
     return 0;
@@ -479,6 +489,7 @@ check(struct ternd_boot *b)
     (void)spool_check_as(cfg->spool_dir, geteuid() == 0 ? id.uid : geteuid(), geteuid() == 0, &err);
     (void)ps_listen_check(cfg, &err);
     (void)smtp_server_check_fds(cfg, ternd_fd_limit(false), &err);
+    (void)log_target_check(cfg->log_target, &err);
     if (err.len > 0) {
         fprintf(stderr, "ternd: %s", err.data);
     } else {

@@ -399,6 +399,57 @@ child_gone(struct parent *p, pid_t pid, int status)
     stop_children(p);
 }
 
+/* log_target, opened here (as root when started so, so a root-owned
+ * /var/log works) and used by this process. The children write through
+ * the same open file (inherited at fork, then passed over their sockets
+ * on each reopen) rather than sending their lines here: the relay's lines
+ * cost no copy and no extra hop, and lines written to the old descriptor
+ * after a rename land, whole, in the rotated file. -1 with err. */
+static int
+open_log(const char *target, bool *syslog, struct buf *err)
+{
+    int fd = log_target_open(target, syslog, err);
+    if (fd < 0)
+        return -1;
+    log_use(fd, fd > 2, *syslog);
+    return fd;
+}
+
+/* SIGUSR1 (logrotate's postrotate) or a reload that changed log_target:
+ * open it again and hand it to both children. A failure keeps the old
+ * descriptor and says so there. */
+static void
+reopen_log(struct parent *p, const char *why)
+{
+    struct buf err = BUF_INIT;
+    struct logline l;
+    struct ps_msg m;
+    bool syslog;
+    int fd = open_log(p->cfg->log_target, &syslog, &err);
+    if (fd < 0) {
+        log_begin(&l, LOG_ERROR, NULL, "main", "log_reopen_failed");
+        log_strn(&l, "error", err.data ? err.data : "", err.len);
+        log_end(&l);
+        buf_fini(&err);
+        return;
+    }
+    memset(&m, 0, sizeof(m));
+    m.type = PS_LOG;
+    m.arg = syslog;
+    /* Each child gets its own copy (SCM_RIGHTS); a failure means the child
+     * is gone, which SIGCHLD reports. */
+    if (!p->keys_done)
+        (void)ps_send(p->keys_fd, &m, fd);
+    if (!p->relay_done)
+        (void)ps_send(p->relay_fd, &m, fd);
+    log_begin(&l, LOG_INFO, NULL, "main", "log_reopened");
+    log_str(&l, "process", "parent");
+    log_str(&l, "target", p->cfg->log_target);
+    log_str(&l, "reason", why);
+    log_end(&l);
+    buf_fini(&err);
+}
+
 static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
@@ -416,21 +467,31 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
         if (p->relay_done && p->keys_done)
             event_base_loopbreak(p->base);
         break;
-    case SIGHUP:
+    case SIGHUP: {
+        char *target;
         if (p->stopping)
             break;
+        target = xstrdup(p->cfg->log_target);
         if (ternd_read_config(p->b->path, &text, &err) < 0 || load_generation(p, &text, &err) < 0) {
             log_begin(&l, LOG_ERROR, NULL, "config", "reload_failed");
             log_strn(&l, "errors", err.data ? err.data : "", err.len);
             log_str(&l, "action", "keeping the running configuration");
             log_end(&l);
+        } else if (strcmp(target, p->cfg->log_target) != 0) {
+            reopen_log(p, "reload");
         }
+        free(target);
         clear_buf(&text);
         buf_fini(&err);
         break;
+    }
     case SIGUSR1:
+        /* logrotate moved the file away: write to a new one. */
+        if (!p->stopping)
+            reopen_log(p, "SIGUSR1");
+        break;
     case SIGUSR2:
-        /* The hook for reopening log files; nothing to reopen on stderr. */
+        /* Watched so that it never kills; nothing to do. */
         break;
     default:
         if (!p->stopping) {
@@ -628,12 +689,16 @@ static int
 prepare(struct parent *p, const struct buf *text, struct buf *err)
 {
     struct ternd_boot *b = p->b;
+    bool syslog;
     int rc;
     p->cfg = config_load_text(
         b->path, b->path ? text->data : NULL, text->len, b->overrides, b->n_overrides, false, err);
     if (p->cfg == NULL)
         return 2;
     apply_log_settings(p->cfg);
+    /* Opened before the fork: the children inherit it. */
+    if (open_log(p->cfg->log_target, &syslog, err) < 0)
+        return 1;
     if (ps_ident_lookup(p->cfg->user, geteuid() == 0, &p->id, err) < 0)
         return 2;
     /* Out of descriptors the daemon could only refuse clients: a

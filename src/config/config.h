@@ -98,6 +98,7 @@ struct config {
     int64_t retry_initial_ms, retry_max_ms, max_queue_lifetime_ms;
     struct hostport metrics_listen; /* host "" = off */
     enum log_format log_format;
+    char *log_target; /* "stderr", "syslog" or an absolute file path */
 
     /* --- tern's own settings --- */
     uint32_t max_recipients;        /* per message; 452 4.5.3 beyond */

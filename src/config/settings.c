@@ -228,6 +228,13 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(log_format),
         .names = logfmt_names,
         .desc = "log line format: text or json" },
+    { .name = "log_target",
+        .type = CFG_STRING,
+        .def = "stderr",
+        .off = OFF(log_target),
+        .flags = CFG_F_NONEMPTY | CFG_F_LOGDEST,
+        .desc = "where log lines go: stderr, syslog (facility mail) or an absolute file path "
+                "(reopened on SIGUSR1)" },
     /* tern's own settings */
     { .name = "max_recipients",
         .type = CFG_U32,
@@ -558,6 +565,12 @@ set_string(struct config *c, const struct cfg_setting *s, const char *v, struct 
     char t[SHOWN_MAX];
     if ((s->flags & CFG_F_DOMAIN) && *v != '\0' && !str_is_domain(v, strlen(v), false)) {
         cfg_error(e, "bad domain name \"%s\" for %s", cfg_shown(v, t, sizeof(t)), s->name);
+        return -1;
+    }
+    if ((s->flags & CFG_F_LOGDEST) && strcmp(v, "stderr") != 0 && strcmp(v, "syslog") != 0 &&
+        (v[0] != '/' || strlen(v) >= PATH_MAX)) {
+        cfg_error(e, "%s must be stderr, syslog or an absolute file path, not \"%s\"", s->name,
+            cfg_shown(v, t, sizeof(t)));
         return -1;
     }
     if (s->type == CFG_PATH && strlen(v) >= PATH_MAX) {

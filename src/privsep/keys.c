@@ -431,6 +431,8 @@ parent_loop(void)
             take_keys(&m, fd);
         } else if (m.type == PS_USERS && fd >= 0) {
             take_users(&m, fd);
+        } else if (m.type == PS_LOG && fd >= 0) {
+            log_use(fd, true, m.arg != 0); /* the log file reopened (SIGUSR1) */
         } else if (m.type == PS_SYNCED) {
             pthread_mutex_lock(&K.mu);
             if (m.id > K.synced)

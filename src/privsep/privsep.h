@@ -72,6 +72,8 @@ enum ps_type {
     /* parent -> relay */
     PS_CONFIG,   /* fd: a blob with the configuration of generation gen */
     PS_LISTENER, /* fd: a new listening socket for role/host/port */
+    /* parent -> relay and keys */
+    PS_LOG, /* fd: where log lines go from now on; arg: 1 for syslog's socket */
 };
 
 #define PS_DATA_MAX 1024 /* RSA-4096 needs 512 */

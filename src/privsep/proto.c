@@ -84,7 +84,7 @@ ps_recv(int sock, struct ps_msg *m, int *fd)
         return 0;
     /* A truncated message, or one of another size, is never acted on. */
     if ((size_t)r != sizeof(*m) || (mh.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) ||
-        m->type < PS_TLS_RSA_SIGN || m->type > PS_LISTENER || m->len > PS_DATA_MAX) {
+        m->type < PS_TLS_RSA_SIGN || m->type > PS_LOG || m->len > PS_DATA_MAX) {
         if (*fd >= 0)
             close(*fd);
         *fd = -1;
