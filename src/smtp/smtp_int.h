@@ -155,6 +155,13 @@ struct smtp_session {
     char *auth_user;               /* owned: the authenticated identity, or NULL */
     struct tern_status auth_reply; /* the answer held back by auth_timer */
     bool auth_close;               /* close after auth_reply (lockout) */
+    /* For the disconnect line (session_log.c): commands by verb, those
+     * answered 4xx/5xx, the one the replies answer now. */
+    int64_t started_ms; /* tern_mono_ms() at connect */
+    uint32_t cmd_n[SMTP_V_COUNT], cmd_fail[SMTP_V_COUNT];
+    enum smtp_verb cur_verb;
+    bool cur_failed; /* cur_verb was counted as failed */
+    bool counting;   /* a command was read and replies count against it */
 };
 
 /* session.c. start: false when no session could be made (fd closed). */
@@ -163,9 +170,19 @@ bool smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *
 void smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void smtp_reply_status(struct smtp_session *s, const struct tern_status *st);
-/* One "smtp refused" log line; qid and detail may be NULL. */
+/* session_log.c: the session's log lines. One "smtp refused" line; qid,
+ * from and to may be NULL (from: the transaction's sender when there is
+ * one). */
 void smtp_log_refused(
-    struct smtp_session *s, const char *qid, const char *reason, const char *detail);
+    struct smtp_session *s, const char *qid, const char *reason, const char *from, const char *to);
+/* "smtp connect" (and the start of the session's duration). */
+void smtp_log_connect(struct smtp_session *s);
+/* "smtp disconnect": HELO name, TLS, AUTH user, counts, errors, duration. */
+void smtp_log_disconnect(struct smtp_session *s);
+/* A command line of verb v was read (SMTP_V_UNKNOWN: unrecognised). */
+void smtp_count_command(struct smtp_session *s, enum smtp_verb v);
+/* A reply with code went to the client: a 4xx/5xx fails the command. */
+void smtp_count_reply(struct smtp_session *s, int code);
 /* Count a protocol error; true when the session was closed (421) for it. */
 bool smtp_session_error(struct smtp_session *s);
 /* Drop the transaction (state READY unless CONNECTED/CLOSING). */
