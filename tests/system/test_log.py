@@ -13,6 +13,7 @@ import socket
 
 from conftest import TEST_USER
 from sysutil import TS_RE, message, parse_log, uid, wait_for
+from test_tls_auth import PASSWORD, tls_smtp, tls_tern  # noqa: F401 (a fixture)
 
 DELAYS = re.compile(r"^\d+\.\d{2}/\d+\.\d{2}/\d+\.\d{2}/\d+\.\d{2}$")
 
@@ -222,3 +223,24 @@ def test_refusal_carries_client_helo_from_to(make_tern, sink):
         "127.0.0.1", "outsider.test", "who@src.test", "someone@example.org"), r["_raw"]
     d = t.wait_event("disconnect", helo="outsider.test")
     assert d["rcpt"] == "0/1", d["_raw"]
+
+
+def test_disconnect_after_tls_and_auth(tls_tern, sink):
+    """The disconnect line names the TLS version and cipher and the AUTH
+    user; a refused AUTH counts as a failed command."""
+    t = tls_tern()
+    s = tls_smtp(t.sub_port)
+    s.user, s.password = "alice", "wrong-" + PASSWORD
+    try:
+        s.auth("PLAIN", s.auth_plain)  # one mechanism: one failed AUTH command
+    except smtplib.SMTPAuthenticationError:
+        pass
+    s.user, s.password = "alice", PASSWORD
+    s.auth("PLAIN", s.auth_plain)
+    s.quit()
+    d = t.wait_event("disconnect", user="alice")
+    assert d["tls"].startswith("TLSv1.") and d["cipher"], d["_raw"]
+    assert d["helo"] == "client.test" and d["starttls"] == "1", d["_raw"]
+    assert d["auth"] == "1/2" and d["ehlo"] == "2", d["_raw"]
+    c = t.events("connect", sess=d["sess"])
+    assert c and c[0]["listener"] == "submission"
