@@ -341,6 +341,7 @@ start(struct ternd *t)
     t->smtp = smtp_server_new(t->base, t->sp, t->sched, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
+    smtp_server_set_dns(t->smtp, t->dns);
     /* Listening already: the queue is read in the background. */
     sched_load_spool(t->sched);
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);

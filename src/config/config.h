@@ -99,6 +99,7 @@ struct config {
     struct hostport metrics_listen; /* host "" = off */
     enum log_format log_format;
     char *log_target; /* "stderr", "syslog" or an absolute file path */
+    int smtpd_peername_lookup; /* 0 no, 1 yes: clients' names for the log (PTR, confirmed) */
 
     /* --- tern's own settings --- */
     uint32_t max_recipients;        /* per message; 452 4.5.3 beyond */

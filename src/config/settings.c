@@ -235,6 +235,13 @@ const struct cfg_setting config_settings[] = {
         .flags = CFG_F_NONEMPTY | CFG_F_LOGDEST,
         .desc = "where log lines go: stderr, syslog (facility mail) or an absolute file path "
                 "(reopened on SIGUSR1)" },
+    { .name = "smtpd_peername_lookup",
+        .type = CFG_ENUM,
+        .def = "yes",
+        .off = OFF(smtpd_peername_lookup),
+        .names = yesno_names,
+        .desc = "look up each client's name (PTR, confirmed by its address records) for the "
+                "log: no or yes" },
     /* tern's own settings */
     { .name = "max_recipients",
         .type = CFG_U32,

@@ -455,6 +455,12 @@ same_listen(const struct config *a, const struct config *b)
     return true;
 }
 
+void
+smtp_server_set_dns(struct smtp_server *srv, struct dns *dns)
+{
+    srv->dns = dns;
+}
+
 int
 smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err)
 {

@@ -185,6 +185,9 @@ smtp_session_kill(struct smtp_session *s)
         return;
     s->dead = true;
     smtp_log_disconnect(s);
+    /* Now, not at the free: ternd frees the resolver right after killing
+     * every session. */
+    smtp_name_cancel(s);
     evtimer_del(s->deadline);
     smtp_session_read(s, false);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
@@ -874,6 +877,7 @@ smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, i
     map_put_u64(srv->sessions, s->id, s);
     srv->n_alive++;
     smtp_log_connect(s);
+    smtp_name_start(s);
     smtp_session_callbacks(s);
     bufferevent_enable(s->bev, EV_WRITE);
     smtp_session_read(s, true);

@@ -352,6 +352,8 @@ tx_finish(struct smtp_session *s)
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
+    if (smtp_client_name(s) != NULL)
+        log_str(&l, "client_name", smtp_client_name(s));
     log_str(&l, "helo", s->helo);
     log_str(&l, "from", tx->env->sender);
     log_int(&l, "nrcpt", (int64_t)tx->env->n_rcpts);

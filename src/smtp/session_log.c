@@ -101,6 +101,8 @@ smtp_log_disconnect(struct smtp_session *s)
     log_begin(&l, LOG_INFO, NULL, "smtp", "disconnect");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
+    if (smtp_client_name(s) != NULL)
+        log_str(&l, "client_name", smtp_client_name(s));
     if (s->helo != NULL)
         log_str(&l, "helo", s->helo);
     if (s->tls) {
@@ -133,6 +135,8 @@ smtp_log_refused(
     log_begin(&l, LOG_INFO, qid, "smtp", "refused");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
+    if (smtp_client_name(s) != NULL)
+        log_str(&l, "client_name", smtp_client_name(s));
     log_str(&l, "helo", s->helo);
     if (from != NULL)
         log_str(&l, "from", from);

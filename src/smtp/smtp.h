@@ -28,6 +28,10 @@ struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, s
  * from now on; sessions in flight keep theirs. Listeners are rebound when the
  * addresses changed: -1 (and the old config kept) when a new address cannot
  * be bound or the certificate, key or users file is bad. */
+/* Look up clients' names for the log with dns (borrowed; it must outlive
+ * the server's sessions), when smtpd_peername_lookup says so. */
+struct dns;
+void smtp_server_set_dns(struct smtp_server *srv, struct dns *dns);
 int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
 /* Stop accepting; idle sessions get 421 and are closed, sessions in a
  * transaction are abandoned (421, their tmp files discarded), sessions whose

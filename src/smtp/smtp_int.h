@@ -28,6 +28,8 @@
 
 struct bufferevent;
 struct dkim_signer;
+struct dns;
+struct dns_query;
 struct evbuffer;
 struct evconnlistener;
 struct event;
@@ -89,6 +91,7 @@ struct smtp_listener {
 
 struct smtp_server {
     struct event_base *base;
+    struct dns *dns; /* borrowed (smtp_server_set_dns), or NULL: no name lookups */
     struct spool *sp;
     struct sched *sched;
     struct config *cfg;
@@ -162,6 +165,10 @@ struct smtp_session {
     enum smtp_verb cur_verb;
     bool cur_failed; /* cur_verb was counted as failed */
     bool counting;   /* a command was read and replies count against it */
+    /* The client's name for the log (session_name.c). */
+    enum { SMTP_NAME_OFF, SMTP_NAME_PENDING, SMTP_NAME_KNOWN, SMTP_NAME_UNKNOWN } name_state;
+    struct dns_query *name_q; /* the lookup in flight, or NULL */
+    char client_name[256];    /* the PTR name; the client's only when KNOWN */
 };
 
 /* session.c. start: false when no session could be made (fd closed). */
@@ -183,6 +190,13 @@ void smtp_log_disconnect(struct smtp_session *s);
 void smtp_count_command(struct smtp_session *s, enum smtp_verb v);
 /* A reply with code went to the client: a 4xx/5xx fails the command. */
 void smtp_count_reply(struct smtp_session *s, int code);
+/* session_name.c: start looking up the client's name (when
+ * smtpd_peername_lookup and a resolver); cancel it (session end). */
+void smtp_name_start(struct smtp_session *s);
+void smtp_name_cancel(struct smtp_session *s);
+/* The name for the log: the confirmed name, "unknown", or NULL when
+ * lookups are off. Borrowed from s. */
+const char *smtp_client_name(const struct smtp_session *s);
 /* Count a protocol error; true when the session was closed (421) for it. */
 bool smtp_session_error(struct smtp_session *s);
 /* Drop the transaction (state READY unless CONNECTED/CLOSING). */

@@ -244,3 +244,33 @@ def test_disconnect_after_tls_and_auth(tls_tern, sink):
     assert d["auth"] == "1/2" and d["ehlo"] == "2", d["_raw"]
     c = t.events("connect", sess=d["sess"])
     assert c and c[0]["listener"] == "submission"
+
+
+def test_client_name_confirmed(make_tern, sink, dnsmasq):
+    """The client's name on its lines: the PTR name when its address
+    records lead back to the client; "unknown" when they do not (a
+    reverse zone alone cannot name a client) or there is none."""
+    dnsmasq.a("mta.client.test", "127.0.0.2")  # A and PTR
+    dnsmasq.args.append("--ptr-record=3.0.0.127.in-addr.arpa,liar.client.test")
+    dnsmasq.a("liar.client.test", "127.0.0.9")
+    dnsmasq.start()
+    t = make_tern(dns_resolvers=f"127.0.0.1:{dnsmasq.port}", relay_networks="127.0.0.0/8",
+                  log_level="debug")
+    for source, want in (("127.0.0.2", "mta.client.test"), ("127.0.0.3", "unknown"),
+                         ("127.0.0.4", "unknown")):
+        sender = f"n-{uid()}@src.test"
+        s = t.smtp(source)
+        s.ehlo("named.test")
+        t.wait_event("client_name", client=source)
+        s.sendmail(sender, [f"n-{uid()}@example.org"], message("named", sender=sender))
+        s.quit()
+        assert t.wait_event("client_name", client=source)["name"] == want
+        assert t.wait_event("received", **{"from": sender})["client_name"] == want
+        d = t.wait_event("disconnect", client=source)
+        assert d["client_name"] == want, d["_raw"]
+    t.update(smtpd_peername_lookup="no")
+    t.send_signal(signal.SIGHUP)
+    wait_for(lambda: t.events("reloaded"), desc="reloaded")
+    sender = f"off-{uid()}@src.test"
+    t.send(sender, [f"off-{uid()}@example.org"], message("off", sender=sender))
+    assert "client_name" not in t.wait_event("received", **{"from": sender})
