@@ -86,7 +86,7 @@ status_json(struct buf *out, void *arg)
         "\"spool\":{\"batches\":%llu,\"syncs\":%llu,\"records\":%llu,\"segments\":%llu,"
         "\"segments_deleted\":%llu,\"compacted\":%llu}}",
         st.queue_messages, st.queue_rcpts, st.active, smtp_server_sessions(t->smtp),
-        (unsigned long long)st.received, (unsigned long long)st.delivered,
+        (unsigned long long)smtp_server_received(t->smtp), (unsigned long long)st.delivered,
         (unsigned long long)st.deferred, (unsigned long long)st.bounced,
         (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000),
         sched_loaded(t->sched) ? "false" : "true", (unsigned long long)ss.batches,
@@ -338,7 +338,7 @@ start(struct ternd *t)
         goto fail;
     t->sched = sched_new(t->base, t->sp, t->dns, t->cfg);
     spool_set_commit_hook(t->sp, commit_hook, t);
-    t->smtp = smtp_server_new(t->base, t->sp, t->sched, t->cfg, &err);
+    t->smtp = smtp_server_new(t->base, t->sp, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
     smtp_server_set_dns(t->smtp, t->dns);

@@ -70,8 +70,8 @@ read_file(const char *what, const char *path, size_t max, struct buf *out, struc
     struct stat st;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
     ssize_t k = -1;
-    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size <= max &&
-        buf_reserve(out, (size_t)st.st_size) == 0) {
+    if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && (size_t)st.st_size <= max) {
+        buf_reserve(out, (size_t)st.st_size);
         k = fd_pread_full(fd, out->data + out->len, (size_t)st.st_size, 0);
         if (k >= 0) {
             out->len += (size_t)k;

@@ -478,12 +478,11 @@ cfg_error(struct cfg_errs *e, const char *fmt, ...)
     e->n++;
     if (e->n > CONFIG_ERRORS_MAX)
         return;
-    if (buf_printf(e->out, "%s: ", e->where) < 0)
-        return;
+    buf_printf(e->out, "%s: ", e->where);
     va_start(ap, fmt);
-    (void)buf_vprintf(e->out, fmt, ap);
+    buf_vprintf(e->out, fmt, ap);
     va_end(ap);
-    (void)buf_append_char(e->out, '\n');
+    buf_append_char(e->out, '\n');
 }
 
 const char *

@@ -33,7 +33,7 @@
 #include <unistd.h>
 
 #include "delivery/mime7.h"
-#include "smtp/data.h"
+#include "proto/data.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -208,7 +208,7 @@ rcpt_set(struct client_tx *tx, size_t i, const struct tern_status *st, bool remo
 {
     tx->res[i].st = *st;
     tx->res[i].from_remote = remote;
-    tx->res[i].cls = force_temp ? DELIV_TEMP : retry_classify(st->code);
+    tx->res[i].cls = force_temp ? DELIV_TEMP : deliv_classify(st->code);
     tx->rst[i] = RS_DONE;
 }
 
@@ -1236,8 +1236,7 @@ body_start(struct deliv_conn *c)
          * the converted form, sent above the stored message; dot-stuffed
          * like the rest. */
         buf_reset(&tx->out);
-        if (smtp_data_stuff(prefix, strlen(prefix), &bol, &tx->out) < 0)
-            tern_panic("cannot grow the DATA buffer");
+        smtp_data_stuff(prefix, strlen(prefix), &bol, &tx->out);
         conn_write(c, tx->out.data, tx->out.len);
     }
     body_fill(c);

@@ -24,7 +24,7 @@
 #include <unistd.h>
 
 #include "dkim/dkim.h"
-#include "smtp/data.h"
+#include "proto/data.h"
 #include "util/fsutil.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -122,8 +122,7 @@ convert_out(const char *p, size_t n, void *arg)
     j->out_len += n;
     if (j->signer != NULL && !dkim_signer_idle(j->signer))
         dkim_signer_feed(j->signer, p, n);
-    if (smtp_data_stuff(p, n, &j->out_bol, &j->out_buf) < 0)
-        tern_panic("cannot grow the conversion buffer");
+    smtp_data_stuff(p, n, &j->out_bol, &j->out_buf);
     if (j->out_buf.len >= CONV_CHUNK)
         flush_out(j);
 }

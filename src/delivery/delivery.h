@@ -16,7 +16,6 @@
 #include <stdint.h>
 
 #include "config/config.h"
-#include "sched/retry.h"
 #include "spool/spool.h"
 #include "util/status.h"
 
@@ -25,6 +24,21 @@ struct delivery;
 struct dns;
 
 #define DELIVERY_DEST_MAX 300
+
+/* What a next hop's reply means for a recipient. */
+enum deliv_class { DELIV_OK, DELIV_TEMP, DELIV_PERM };
+
+/* Classify an SMTP reply code from the next hop: 2xx OK, 5xx PERM, anything
+ * else (4xx, garbage, 0 for "no reply/connection problem") TEMP. */
+static inline enum deliv_class
+deliv_classify(int code)
+{
+    if (code >= 200 && code <= 299)
+        return DELIV_OK;
+    if (code >= 500 && code <= 599)
+        return DELIV_PERM;
+    return DELIV_TEMP;
+}
 
 struct deliv_dest; /* delivery's own state of a destination (delivery_int.h) */
 

@@ -31,12 +31,12 @@ counter(struct buf *out, const char *name, const char *help, const char *type, u
 }
 
 void
-metrics_render(struct buf *out, const struct sched *sch, size_t sessions)
+metrics_render(struct buf *out, const struct sched *sch, size_t sessions, uint64_t received)
 {
     struct sched_stats st;
     sched_get_stats(sch, &st);
     counter(out, "tern_messages_received_total", "Messages accepted by the SMTP server.", "counter",
-        st.received);
+        received);
     counter(out, "tern_messages_delivered_total", "Recipients delivered to the next hop.",
         "counter", st.delivered);
     counter(out, "tern_messages_deferred_total", "Delivery attempts that failed temporarily.",
@@ -67,7 +67,7 @@ metrics_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
     struct buf b = BUF_INIT;
-    metrics_render(&b, m->sched, smtp_server_sessions(m->smtp));
+    metrics_render(&b, m->sched, smtp_server_sessions(m->smtp), smtp_server_received(m->smtp));
     reply_buf(req, "text/plain; version=0.0.4; charset=utf-8", &b);
     buf_fini(&b);
 }

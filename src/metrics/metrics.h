@@ -24,6 +24,6 @@ void metrics_free(struct metrics *m); /* NULL is fine */
 void metrics_give_socket(int fd);
 
 /* The Prometheus text for the given numbers (pure, for tests). */
-void metrics_render(struct buf *out, const struct sched *sch, size_t sessions);
+void metrics_render(struct buf *out, const struct sched *sch, size_t sessions, uint64_t received);
 
 #endif

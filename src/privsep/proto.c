@@ -132,8 +132,8 @@ ps_blob_read(int fd, struct buf *out)
 {
     struct stat st;
     ssize_t k = -1;
-    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= (off_t)PS_BLOB_MAX &&
-        buf_reserve(out, (size_t)st.st_size) == 0) {
+    if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= (off_t)PS_BLOB_MAX) {
+        buf_reserve(out, (size_t)st.st_size);
         k = fd_pread_full(fd, out->data, (size_t)st.st_size, 0);
         if (k == (ssize_t)st.st_size) {
             out->len = (size_t)k;

@@ -735,9 +735,3 @@ sched_get_stats(const struct sched *s, struct sched_stats *st)
     st->destinations = map_count(s->dests);
     st->active = s->n_active;
 }
-
-void
-sched_count_received(struct sched *s)
-{
-    s->st.received++;
-}

@@ -30,7 +30,7 @@ struct dns;
 struct delivery;
 
 struct sched_stats {
-    uint64_t received, delivered, deferred, bounced, expired; /* recipients, since start */
+    uint64_t delivered, deferred, bounced, expired; /* recipients, since start */
     size_t queue_messages, queue_rcpts;
     size_t loaded;       /* messages the spool's recovery found at start */
     size_t destinations; /* entries of the destination table */
@@ -74,6 +74,5 @@ void sched_walk_next(struct sched_walk *w);
 void sched_walk_cancel(struct sched_walk *w); /* NULL is fine */
 void sched_get_stats(const struct sched *s, struct sched_stats *st);
 /* Counter for messages accepted by the SMTP server (for metrics). */
-void sched_count_received(struct sched *s);
 
 #endif

@@ -19,7 +19,6 @@
 
 #include "policy.h"
 #include "privsep/privsep.h"
-#include "sched/sched.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -409,13 +408,11 @@ set_security(struct smtp_server *srv, const struct config *cfg, struct tls_ctx *
 }
 
 struct smtp_server *
-smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, struct config *cfg,
-    struct buf *err)
+smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err)
 {
     struct smtp_server *srv = xcalloc(1, sizeof(*srv));
     srv->base = base;
     srv->sp = sp;
-    srv->sched = sch;
     srv->cfg = config_ref(cfg);
     struct tls_ctx *tls;
     struct auth_users *users;
@@ -580,6 +577,12 @@ size_t
 smtp_server_sessions(const struct smtp_server *srv)
 {
     return map_count(srv->sessions);
+}
+
+uint64_t
+smtp_server_received(const struct smtp_server *srv)
+{
+    return srv->received;
 }
 
 void
