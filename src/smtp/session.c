@@ -678,6 +678,7 @@ process_input(struct smtp_session *s)
                 smtp_auth_response(s, "", 0); /* an over-long response cannot decode */
                 continue;
             }
+            smtp_count_command(s, SMTP_V_UNKNOWN); /* no verb could be read */
             smtp_reply(s, 500, "5.5.2", "Error: line too long");
             smtp_session_error(s);
             continue;

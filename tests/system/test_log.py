@@ -163,6 +163,7 @@ def test_session_connect_and_disconnect(make_tern, sink):
     assert s.rcpt(rcpt)[0] == 250
     assert s.docmd("RCPT TO:<not an address")[0] == 501
     assert s.docmd("FROB")[0] == 500
+    assert s.docmd("NOOP " + "x" * 5000)[0] == 500  # over-long: no verb, the NOOP not counted
     assert s.data(message("counted", sender="cd@src.test"))[0] == 250
     s.quit()
     d = t.wait_event("disconnect", helo="counted.test")
@@ -171,8 +172,9 @@ def test_session_connect_and_disconnect(make_tern, sink):
     assert len(c) == 1 and c[0]["client"] == "127.0.0.1" and c[0]["listener"] == "smtp"
     assert d["client"] == "127.0.0.1"
     assert (d["ehlo"], d["mail"], d["rcpt"], d["data"], d["quit"], d["unknown"]) == (
-        "1", "1", "1/2", "1", "1", "0/1"), d["_raw"]
-    assert d["commands"] == "5/7" and d["errors"] == "2", d["_raw"]
+        "1", "1", "1/2", "1", "1", "0/2"), d["_raw"]
+    assert "noop" not in d
+    assert d["commands"] == "5/8" and d["errors"] == "3", d["_raw"]
     assert re.match(r"^\d+\.\d{3}s$", d["duration"]), d["_raw"]
     assert "tls" not in d and "user" not in d
     # the lines of that session are between its connect and disconnect
