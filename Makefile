@@ -46,6 +46,10 @@ fuzz: test-deps $(FUZZ_BUILD)/build.ninja
 
 run: build
 	mkdir -p $(RUN_DIR)
+	@# started as root, ternd's relay and keys process run as the account tern
+	@if [ "$$(id -u)" -eq 0 ] && ! id tern >/dev/null 2>&1; then \
+	    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+	        --shell /usr/sbin/nologin tern; fi
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
 unit-test: test-deps build asan

@@ -8,9 +8,10 @@
 # modules behind swaks's TLS and AUTH; tests/system/conftest.py checks the
 # same list at the start of the suite and names what is missing.
 set -eu
-# Compiler, build system and libraries; openssl for the tools and tests.
+# Compiler, build system and libraries (libseccomp for the process
+# filters); openssl for the tools and tests.
 pkgs="meson ninja-build pkg-config gcc libc6-dev libevent-dev libssl-dev libc-ares-dev
-libcrypt-dev openssl libcmocka-dev python3"
+libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev"
 if [ "${1:-}" = "--test" ]; then
     # libFuzzer (clang and its runtime); pytest and the Python peers and
     # verifiers (aiosmtpd sinks, dkimpy with PyNaCl for ed25519, PyYAML for

@@ -64,6 +64,11 @@ const char *auth_users_path(const struct auth_users *u);
  * force). 0 when the table is current (bad lines are skipped and described
  * in warn); -1 with err when the file cannot be read: the old table is kept. */
 int auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err);
+/* The same, returning 1 when the file was read (changed, or force; its
+ * text is then appended to copy, which ternd's parent hands to the keys
+ * process), 0 when the table was current, -1 on error. */
+int auth_users_refresh_text(
+    struct auth_users *u, bool force, struct buf *warn, struct buf *err, struct buf *copy);
 /* Parse a file's text into u (replacing the table). Bad lines are skipped
  * and one message per bad line is appended to warn ("line N: ..."). */
 void auth_users_parse(struct auth_users *u, const char *text, size_t len, struct buf *warn);
@@ -177,5 +182,17 @@ int auth_worker_submit(struct auth_worker *w, uint64_t id, const void *key, size
     const char *hash, const char *pass, bool force_fail);
 /* Stop the thread (pending checks are dropped unanswered) and free. */
 void auth_worker_free(struct auth_worker *w);
+
+/* A worker whose checks run in ternd's keys process, which alone holds the
+ * hashes (sock: the relay's socket to it). The fair queue stays here and at
+ * most inflight checks are over there at once, so the order in which
+ * addresses are served is decided as for the local worker. */
+struct auth_worker *auth_worker_new_remote(
+    struct event_base *base, int sock, size_t inflight, auth_done_fn *done, void *arg);
+bool auth_worker_is_remote(const struct auth_worker *w);
+/* Queue a check of user's password (copied, cleared once sent). -1 as for
+ * auth_worker_submit. */
+int auth_worker_submit_user(struct auth_worker *w, uint64_t id, const void *key, size_t klen,
+    const char *user, const char *pass);
 
 #endif

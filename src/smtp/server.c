@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "policy.h"
+#include "privsep/privsep.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -178,31 +179,87 @@ listener_free(struct smtp_listener *sl)
     free(sl);
 }
 
+/* Sockets bound by ternd's parent, waiting for the listener of their
+ * address (smtp_server_give_socket). */
+struct given {
+    int role;
+    struct hostport hp;
+    int fd;
+};
+static struct given *given_v;
+static size_t given_n;
+
+void
+smtp_server_give_socket(int role, const struct hostport *hp, int fd)
+{
+    given_v = xrealloc(given_v, (given_n + 1) * sizeof(*given_v));
+    given_v[given_n].role = role;
+    given_v[given_n].hp = *hp;
+    given_v[given_n++].fd = fd;
+}
+
+void
+smtp_server_drop_given(void)
+{
+    for (size_t i = 0; i < given_n; i++)
+        close(given_v[i].fd); /* a listening socket: nothing to flush */
+    free(given_v);
+    given_v = NULL;
+    given_n = 0;
+}
+
+static bool
+same_hp(const struct hostport *a, const struct hostport *b)
+{
+    return strcmp(a->host, b->host) == 0 && a->port == b->port;
+}
+
+static int
+take_given(enum smtp_role role, const struct hostport *hp)
+{
+    for (size_t i = 0; i < given_n; i++) {
+        int fd = given_v[i].fd;
+        if (given_v[i].role != (int)role || !same_hp(&given_v[i].hp, hp))
+            continue;
+        given_v[i] = given_v[--given_n];
+        return fd;
+    }
+    return -1;
+}
+
 static struct smtp_listener *
 bind_one(struct smtp_server *srv, const struct hostport *hp, enum smtp_role role, struct buf *err)
 {
-    struct sockaddr_storage ss;
-    int len = sizeof(ss);
-    char spec[CONFIG_HOST_MAX + 16];
-    struct smtp_listener *sl = xcalloc(1, sizeof(*sl));
-    snprintf(spec, sizeof(spec), strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
-    if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) < 0) {
-        buf_printf(err, "%s: %s is not a numeric address:port\n", role_setting[role], spec);
-        free(sl);
+    struct smtp_listener *sl;
+    int fd = take_given(role, hp);
+    if (fd < 0 && ps_listen_tcp(role_setting[role], hp, &fd, err) < 0)
         return NULL;
-    }
+    sl = xcalloc(1, sizeof(*sl));
     sl->srv = srv;
     sl->role = role;
-    sl->lis = evconnlistener_new_bind(srv->base, accept_cb, sl,
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, 511,
-        (struct sockaddr *)&ss, len);
+    sl->hp = *hp;
+    sl->lis = evconnlistener_new(
+        srv->base, accept_cb, sl, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, fd);
     if (sl->lis == NULL) {
-        buf_printf(err, "%s: cannot listen on %s: %s\n", role_setting[role], spec, strerror(errno));
+        buf_printf(
+            err, "%s: cannot listen on %s: %s\n", role_setting[role], hp->host, strerror(errno));
+        close(fd);
         free(sl);
         return NULL;
     }
     evconnlistener_set_error_cb(sl->lis, accept_error_cb);
     return sl;
+}
+
+/* The index in old of the listener already on hp for role, or SIZE_MAX. */
+static size_t
+find_kept(struct smtp_listener **old, size_t n_old, const struct hostport *hp, enum smtp_role role)
+{
+    for (size_t i = 0; i < n_old; i++) {
+        if (old[i] != NULL && old[i]->role == role && same_hp(&old[i]->hp, hp))
+            return i;
+    }
+    return SIZE_MAX;
 }
 
 /* The address list of one role. */
@@ -223,26 +280,42 @@ role_list(const struct config *cfg, enum smtp_role role, size_t *n)
     tern_panic("role %d", (int)role);
 }
 
+/* The listeners of cfg: those of old on the same address are kept (taken
+ * out of old: a socket passed by ternd's parent cannot be bound again by
+ * the relay), the others bound or taken from the given sockets. On failure
+ * the kept ones go back into old and the new ones are closed. */
 static int
-bind_all(struct smtp_server *srv, const struct config *cfg, struct smtp_listener ***out, size_t *n,
-    struct buf *err)
+bind_all(struct smtp_server *srv, const struct config *cfg, struct smtp_listener **old,
+    size_t n_old, struct smtp_listener ***out, size_t *n, struct buf *err)
 {
     size_t total = cfg->n_smtp_listen + cfg->n_submission_listen + cfg->n_smtps_listen, k = 0;
     struct smtp_listener **v = xcalloc(total + 1, sizeof(*v));
+    size_t *from = xcalloc(total + 1, sizeof(*from));
     for (int role = SMTP_ROLE_RELAY; role <= SMTP_ROLE_SMTPS; role++) {
         size_t nr;
         const struct hostport *hp = role_list(cfg, (enum smtp_role)role, &nr);
-        for (size_t i = 0; i < nr; i++) {
-            v[k] = bind_one(srv, &hp[i], (enum smtp_role)role, err);
-            if (v[k] == NULL) {
-                for (size_t j = 0; j < k; j++)
-                    listener_free(v[j]);
-                free(v);
-                return -1;
+        for (size_t i = 0; i < nr; i++, k++) {
+            from[k] = find_kept(old, n_old, &hp[i], (enum smtp_role)role);
+            if (from[k] != SIZE_MAX) {
+                v[k] = old[from[k]];
+                old[from[k]] = NULL;
+                continue;
             }
-            k++;
+            v[k] = bind_one(srv, &hp[i], (enum smtp_role)role, err);
+            if (v[k] != NULL)
+                continue;
+            for (size_t j = 0; j < k; j++) {
+                if (from[j] != SIZE_MAX)
+                    old[from[j]] = v[j];
+                else
+                    listener_free(v[j]);
+            }
+            free(v);
+            free(from);
+            return -1;
         }
     }
+    free(from);
     *out = v;
     *n = k;
     return 0;
@@ -252,10 +325,25 @@ static void
 unbind_all(struct smtp_server *srv)
 {
     for (size_t i = 0; i < srv->n_listeners; i++)
-        listener_free(srv->listeners[i]);
+        listener_free(srv->listeners[i]); /* NULL: kept by a new set */
     free(srv->listeners);
     srv->listeners = NULL;
     srv->n_listeners = 0;
+}
+
+/* ternd's relay: AUTH checks go to the keys process (smtp_server_use_keys). */
+static int remote_auth_fd = -1;
+
+void
+smtp_server_use_keys(int auth_fd)
+{
+    remote_auth_fd = auth_fd;
+}
+
+bool
+smtp_server_auth_on(const struct smtp_server *srv)
+{
+    return srv->users != NULL || srv->auth_remote_on;
 }
 
 /* Build the TLS context and read the AUTH users of cfg. -1 with err when a
@@ -267,7 +355,7 @@ load_security(const struct config *cfg, struct tls_ctx **tls, struct auth_users 
     *users = NULL;
     if (tls_server_ctx_new(cfg, tls, err) < 0)
         return -1;
-    if (cfg->auth_users_file != NULL) {
+    if (cfg->auth_users_file != NULL && remote_auth_fd < 0) {
         *users = auth_users_new(cfg->auth_users_file);
         if (auth_users_refresh(*users, true, warn, err) < 0) {
             auth_users_free(*users);
@@ -310,13 +398,18 @@ smtp_server_check(const struct config *cfg, struct buf *err)
 
 /* Swap in the security objects of a new configuration. */
 static void
-set_security(struct smtp_server *srv, struct tls_ctx *tls, struct auth_users *users)
+set_security(struct smtp_server *srv, const struct config *cfg, struct tls_ctx *tls,
+    struct auth_users *users)
 {
     tls_ctx_unref(srv->tls);
     srv->tls = tls;
     auth_users_free(srv->users);
     srv->users = users;
-    if (users != NULL && srv->worker == NULL)
+    srv->auth_remote_on = remote_auth_fd >= 0 && cfg->auth_users_file != NULL;
+    if (srv->auth_remote_on && srv->worker == NULL)
+        srv->worker =
+            auth_worker_new_remote(srv->base, remote_auth_fd, PS_AUTH_THREADS, smtp_auth_done, srv);
+    else if (users != NULL && srv->worker == NULL)
         srv->worker = auth_worker_new(srv->base, smtp_auth_done, srv);
 }
 
@@ -340,8 +433,8 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, s
     }
     log_users_warnings(&warn);
     buf_fini(&warn);
-    set_security(srv, tls, users);
-    if (bind_all(srv, cfg, &srv->listeners, &srv->n_listeners, err) < 0) {
+    set_security(srv, cfg, tls, users);
+    if (bind_all(srv, cfg, NULL, 0, &srv->listeners, &srv->n_listeners, err) < 0) {
         smtp_server_free(srv);
         return NULL;
     }
@@ -365,6 +458,12 @@ same_listen(const struct config *a, const struct config *b)
     return true;
 }
 
+void
+smtp_server_set_dns(struct smtp_server *srv, struct dns *dns)
+{
+    srv->dns = dns;
+}
+
 int
 smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err)
 {
@@ -377,23 +476,21 @@ smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *
     if (!same_listen(srv->cfg, cfg)) {
         struct smtp_listener **v;
         size_t n;
-        /* Free the old listeners first: the new set may reuse an address. */
-        unbind_all(srv);
-        if (bind_all(srv, cfg, &v, &n, err) < 0) {
-            struct buf ignore = BUF_INIT;
-            bind_all(srv, srv->cfg, &srv->listeners, &srv->n_listeners, &ignore);
-            buf_fini(&ignore);
+        /* Listeners on addresses kept stay open (no connection is refused
+         * meanwhile); the others close once the new set is complete. */
+        if (bind_all(srv, cfg, srv->listeners, srv->n_listeners, &v, &n, err) < 0) {
             tls_ctx_unref(tls);
             auth_users_free(users);
             buf_fini(&warn);
             return -1;
         }
+        unbind_all(srv);
         srv->listeners = v;
         srv->n_listeners = n;
     }
     log_users_warnings(&warn);
     buf_fini(&warn);
-    set_security(srv, tls, users);
+    set_security(srv, cfg, tls, users);
     config_unref(srv->cfg);
     srv->cfg = config_ref(cfg);
     return 0;

@@ -39,7 +39,7 @@ is_loopback(const struct sockaddr_storage *ss)
 bool
 smtp_auth_offered(const struct smtp_session *s)
 {
-    if (s->srv->users == NULL || s->cfg->auth_users_file == NULL)
+    if (!smtp_server_auth_on(s->srv) || s->cfg->auth_users_file == NULL)
         return false;
     return s->tls || (s->cfg->auth_allow_plaintext_loopback && is_loopback(&s->peer));
 }
@@ -178,17 +178,25 @@ start_check(struct smtp_session *s)
     struct auth_limits lim = limits_of(s->srv);
     const char *hash;
     bool unknown;
+    int rc;
     if (!auth_throttle_begin(s->srv->throttle, key, kl, tern_mono_ms(), &lim)) {
         auth_try_later(s, "Too many authentication failures, try again later", "locked out");
         return;
     }
-    refresh_users(s);
-    hash = auth_users_hash(s->srv->users, s->creds->user);
-    unknown = hash == NULL;
-    /* An unknown user costs a crypt all the same (no user enumeration). */
-    if (unknown)
-        hash = auth_users_dummy_hash(s->srv->users);
-    if (auth_worker_submit(s->srv->worker, s->id, key, kl, hash, s->creds->pass, unknown) < 0) {
+    if (auth_worker_is_remote(s->srv->worker)) {
+        /* The keys process looks the user up (the hashes are there). */
+        rc =
+            auth_worker_submit_user(s->srv->worker, s->id, key, kl, s->creds->user, s->creds->pass);
+    } else {
+        refresh_users(s);
+        hash = auth_users_hash(s->srv->users, s->creds->user);
+        unknown = hash == NULL;
+        /* An unknown user costs a crypt all the same (no user enumeration). */
+        if (unknown)
+            hash = auth_users_dummy_hash(s->srv->users);
+        rc = auth_worker_submit(s->srv->worker, s->id, key, kl, hash, s->creds->pass, unknown);
+    }
+    if (rc < 0) {
         /* Never checked: the attempt is given back. */
         auth_throttle_end(s->srv->throttle, key, kl, false, tern_mono_ms(), &lim);
         auth_try_later(s, "Temporary authentication failure, try again later", "worker queue full");
@@ -293,7 +301,7 @@ auth_refused(struct smtp_session *s)
     unsigned char key[AUTH_KEY_MAX];
     struct auth_limits lim = limits_of(s->srv);
     size_t kl;
-    if (s->srv->users == NULL || s->cfg->auth_users_file == NULL) {
+    if (!smtp_server_auth_on(s->srv) || s->cfg->auth_users_file == NULL) {
         smtp_reply(s, 502, "5.5.1", "Command not available");
     } else if (!smtp_auth_offered(s)) {
         /* RFC 4954 §4 */

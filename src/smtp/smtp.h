@@ -26,6 +26,10 @@ struct smtp_server *smtp_server_new(
  * from now on; sessions in flight keep theirs. Listeners are rebound when the
  * addresses changed: -1 (and the old config kept) when a new address cannot
  * be bound or the certificate, key or users file is bad. */
+/* Look up clients' names for the log with dns (borrowed; it must outlive
+ * the server's sessions), when smtpd_peername_lookup says so. */
+struct dns;
+void smtp_server_set_dns(struct smtp_server *srv, struct dns *dns);
 int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
 /* Stop accepting; idle sessions get 421 and are closed, sessions in a
  * transaction are abandoned (421, their tmp files discarded), sessions whose
@@ -41,6 +45,15 @@ uint64_t smtp_server_received(const struct smtp_server *srv);
  * writers go on the next loop pass). */
 size_t smtp_server_unfreed(const struct smtp_server *srv);
 void smtp_server_free(struct smtp_server *srv);
+/* ternd's relay binds nothing itself: the parent's sockets for role (0
+ * smtp_listen, 1 submission_listen, 2 smtps_listen) and hp are given here
+ * before smtp_server_new or smtp_server_set_config takes them; those not
+ * taken are closed by smtp_server_drop_given. */
+void smtp_server_give_socket(int role, const struct hostport *hp, int fd);
+void smtp_server_drop_given(void);
+/* ternd's relay: AUTH is checked by the keys process over auth_fd, which
+ * alone reads auth_users_file. */
+void smtp_server_use_keys(int auth_fd);
 /* ternd --check: load cfg's certificate/key and users file as the server
  * would. 0, or -1 with one line per problem in err. */
 int smtp_server_check(const struct config *cfg, struct buf *err);

@@ -28,6 +28,8 @@
 
 struct bufferevent;
 struct dkim_signer;
+struct dns;
+struct dns_query;
 struct evbuffer;
 struct evconnlistener;
 struct event;
@@ -83,11 +85,13 @@ struct smtp_tx {
 struct smtp_listener {
     struct smtp_server *srv;
     enum smtp_role role;
+    struct hostport hp;
     struct evconnlistener *lis;
 };
 
 struct smtp_server {
     struct event_base *base;
+    struct dns *dns; /* borrowed (smtp_server_set_dns), or NULL: no name lookups */
     struct spool *sp;
     uint64_t received; /* messages committed */
     struct config *cfg;
@@ -97,6 +101,7 @@ struct smtp_server {
     struct auth_users *users;       /* auth_users_file of cfg; NULL: no AUTH */
     struct auth_throttle *throttle; /* failed AUTH per client address */
     struct auth_worker *worker;     /* crypt checks off the loop */
+    bool auth_remote_on;            /* AUTH checked by the keys process (no users here) */
     struct map *sessions;           /* id -> session */
     struct map *per_ip;             /* address bytes -> count (uintptr_t) */
     uint64_t next_id;
@@ -106,6 +111,9 @@ struct smtp_server {
     bool accept_paused;         /* accept() ran out of descriptors; listeners off */
     bool shutting_down;
 };
+
+/* Is AUTH configured (a users table here, or the keys process's)? */
+bool smtp_server_auth_on(const struct smtp_server *srv);
 
 struct smtp_session {
     uint64_t id;
@@ -150,6 +158,17 @@ struct smtp_session {
     char *auth_user;               /* owned: the authenticated identity, or NULL */
     struct tern_status auth_reply; /* the answer held back by auth_timer */
     bool auth_close;               /* close after auth_reply (lockout) */
+    /* For the disconnect line (session_log.c): commands by verb, those
+     * answered 4xx/5xx, the one the replies answer now. */
+    int64_t started_ms; /* tern_mono_ms() at connect */
+    uint32_t cmd_n[SMTP_V_COUNT], cmd_fail[SMTP_V_COUNT];
+    enum smtp_verb cur_verb;
+    bool cur_failed; /* cur_verb was counted as failed */
+    bool counting;   /* a command was read and replies count against it */
+    /* The client's name for the log (session_name.c). */
+    enum { SMTP_NAME_OFF, SMTP_NAME_PENDING, SMTP_NAME_KNOWN, SMTP_NAME_UNKNOWN } name_state;
+    struct dns_query *name_q; /* the lookup in flight, or NULL */
+    char client_name[256];    /* the PTR name; the client's only when KNOWN */
 };
 
 /* server.c: admit a new connection as a listener does (session limits,
@@ -163,9 +182,26 @@ bool smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *
 void smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void smtp_reply_status(struct smtp_session *s, const struct tern_status *st);
-/* One "smtp refused" log line; qid and detail may be NULL. */
+/* session_log.c: the session's log lines. One "smtp refused" line; qid,
+ * from and to may be NULL (from: the transaction's sender when there is
+ * one). */
 void smtp_log_refused(
-    struct smtp_session *s, const char *qid, const char *reason, const char *detail);
+    struct smtp_session *s, const char *qid, const char *reason, const char *from, const char *to);
+/* "smtp connect" (and the start of the session's duration). */
+void smtp_log_connect(struct smtp_session *s);
+/* "smtp disconnect": HELO name, TLS, AUTH user, counts, errors, duration. */
+void smtp_log_disconnect(struct smtp_session *s);
+/* A command line of verb v was read (SMTP_V_UNKNOWN: unrecognised). */
+void smtp_count_command(struct smtp_session *s, enum smtp_verb v);
+/* A reply with code went to the client: a 4xx/5xx fails the command. */
+void smtp_count_reply(struct smtp_session *s, int code);
+/* session_name.c: start looking up the client's name (when
+ * smtpd_peername_lookup and a resolver); cancel it (session end). */
+void smtp_name_start(struct smtp_session *s);
+void smtp_name_cancel(struct smtp_session *s);
+/* The name for the log: the confirmed name, "unknown", or NULL when
+ * lookups are off. Borrowed from s. */
+const char *smtp_client_name(const struct smtp_session *s);
 /* Count a protocol error; true when the session was closed (421) for it. */
 bool smtp_session_error(struct smtp_session *s);
 /* Drop the transaction (state READY unless CONNECTED/CLOSING). */

@@ -251,7 +251,7 @@ world_init(struct fuzz_world *w)
         die("loopq_new", NULL);
     /* Small segments: the messages of each input are removed after it, and
      * whole dead segments are reclaimed. */
-    w->sp = spool_open(path, w->q, &(struct spool_opts){ SPOOL_SEG_SIZE_MIN }, &err);
+    w->sp = spool_open(path, w->q, &(struct spool_opts){ .segment_size = SPOOL_SEG_SIZE_MIN }, &err);
     if (w->sp == NULL)
         die("spool_open", err.data);
     spool_set_commit_hook(w->sp, on_commit, w);

@@ -61,7 +61,7 @@ static void
 fx_open(struct fx *f)
 {
     struct buf err = BUF_INIT;
-    struct spool_opts o = { f->seg_size };
+    struct spool_opts o = { .segment_size = f->seg_size };
     f->sp = spool_open(f->spool, f->q, &o, &err);
     if (f->sp == NULL)
         fail_msg("spool_open: %s", err.data ? err.data : "?");
