@@ -2,15 +2,19 @@
 #   make run    install missing packages, build, run ternd on 127.0.0.1:2525
 #   make test   install missing packages, build (normal + ASan/UBSan + fuzz),
 #               run unit, fuzz and end-to-end tests
+#   make fuzz-long  run each libFuzzer target for FUZZ_SECONDS (default an
+#               hour), keeping the corpus in build-fuzz/fuzz-corpus
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 PYTHON     ?= /usr/bin/python3
 RUN_DIR    ?= $(CURDIR)/run
-FUZZ_SECONDS ?= 30
+FUZZ_TEST_SECONDS ?= 30
+FUZZ_SECONDS ?= 3600
 MESON_COMMON = -Dwerror=true -Dc_std=c17
 
-.PHONY: all deps test-deps build asan fuzz run test unit-test system-test fuzz-test format clean
+.PHONY: all deps test-deps build asan fuzz run test unit-test system-test fuzz-test fuzz-long \
+	format clean
 
 all: build
 
@@ -38,10 +42,14 @@ asan: test-deps $(ASAN_BUILD)/build.ninja
 	ninja -C $(ASAN_BUILD)
 
 fuzz: test-deps $(FUZZ_BUILD)/build.ninja
-	ninja -C $(FUZZ_BUILD)
+	ninja -C $(FUZZ_BUILD) fuzz-targets
 
 run: build
 	mkdir -p $(RUN_DIR)
+	@# started as root, ternd's relay and keys process run as the account tern
+	@if [ "$$(id -u)" -eq 0 ] && ! id tern >/dev/null 2>&1; then \
+	    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+	        --shell /usr/sbin/nologin tern; fi
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
 unit-test: test-deps build asan
@@ -50,7 +58,10 @@ unit-test: test-deps build asan
 	    meson test -C $(ASAN_BUILD) --suite unit --print-errorlogs
 
 fuzz-test: fuzz
-	FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh $(FUZZ_BUILD)
+	FUZZ_SECONDS=$(FUZZ_TEST_SECONDS) ./tests/fuzz/run.sh $(FUZZ_BUILD)
+
+fuzz-long: fuzz
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh --each $(FUZZ_BUILD)
 
 system-test: build asan
 	TERN_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q tests/system

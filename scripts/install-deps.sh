@@ -3,14 +3,25 @@
 # everything is present; needs root (or sudo) only when something is missing.
 #   install-deps.sh          build and run
 #   install-deps.sh --test   also everything the test suite uses
+# Packages are installed without their Recommends (a small, predictable
+# set), so every package a test relies on is named here, down to the Perl
+# modules behind swaks's TLS and AUTH; tests/system/conftest.py checks the
+# same list at the start of the suite and names what is missing.
 set -eu
-pkgs="meson ninja-build pkg-config gcc libevent-dev libssl-dev libc-ares-dev libcrypt-dev openssl
-libcmocka-dev python3"
+# Compiler, build system and libraries (libseccomp for the process
+# filters); openssl for the tools and tests.
+pkgs="meson ninja-build pkg-config gcc libc6-dev libevent-dev libssl-dev libc-ares-dev
+libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev"
 if [ "${1:-}" = "--test" ]; then
-    # Real peers and verifiers for the end-to-end tests, libFuzzer (clang),
-    # and a private Postfix instance used as a SASL client of tern.
-    pkgs="$pkgs clang libclang-rt-14-dev python3-pytest python3-aiosmtpd
-swaks dnsmasq-base python3-dkim python3-yaml postfix libsasl2-modules"
+    # libFuzzer (clang and its runtime); pytest and the Python peers and
+    # verifiers (aiosmtpd sinks, dkimpy with PyNaCl for ed25519, PyYAML for
+    # the RFC 7208 suite); swaks with Net::SSLeay and IO::Socket::SSL for
+    # STARTTLS and Authen::SASL for AUTH; dnsmasq for MX and DNS tests; a
+    # private Postfix instance as a SASL client of tern, with the Cyrus
+    # PLAIN/LOGIN plugins.
+    pkgs="$pkgs clang libclang-rt-14-dev python3-pytest python3-aiosmtpd python3-dkim
+python3-nacl python3-yaml swaks perl libnet-ssleay-perl libio-socket-ssl-perl
+libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
 fi
 missing=""
 for p in $pkgs; do

@@ -847,6 +847,9 @@ main(int argc, char **argv)
             return usage_error();
         }
     }
+    /* CONTRACT.md: with no -c, the system file when there is one. */
+    if (cfg_path == NULL && access(CONFIG_DEFAULT_FILE, F_OK) == 0)
+        cfg_path = CONFIG_DEFAULT_FILE;
     cmd = find_command(argc - optind, argv + optind, &used);
     if (cmd == NULL)
         return usage_error();

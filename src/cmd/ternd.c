@@ -1,7 +1,9 @@
 /*
- * ternd: the relay daemon. Argument parsing and wiring only: configuration,
- * spool, scheduler (which owns delivery), SMTP server and control socket on
- * one event loop; SIGHUP reloads, SIGTERM/SIGINT stop cleanly.
+ * ternd: argument parsing, --check, and the relay process's wiring:
+ * spool, scheduler (which owns delivery), SMTP server, control socket and
+ * metrics on one event loop, all on sockets and directories the parent
+ * (ternd_parent.c) opened. The relay takes each configuration from the
+ * parent (reload included) and stops cleanly on SIGTERM/SIGINT.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -11,11 +13,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
+#include "cmd/ternd.h"
 #include "config/config.h"
 #include "ctl/ctl.h"
 #include "dns/dns.h"
 #include "metrics/metrics.h"
+#include "privsep/privsep.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
 #include "spool/spool.h"
@@ -24,13 +29,11 @@
 #include "util/util.h"
 
 #define SHUTDOWN_GRACE_MS 10000
-#define MAX_OVERRIDES     256
 
 struct ternd {
-    const char *path;
-    const char *overrides[MAX_OVERRIDES];
-    size_t n_overrides;
+    struct ternd_boot *boot;
     struct config *cfg;
+    struct event *parent_ev;
     struct event_base *base;
     struct loopq *inbox; /* the main loop's: spool completions, recovery */
     struct spool *sp;
@@ -39,17 +42,17 @@ struct ternd {
     struct smtp_server *smtp;
     struct ctl_server *ctl;
     struct metrics *metrics;
-    struct event *sig_term, *sig_int, *sig_hup, *stop_timer;
+    struct event *sig_term, *sig_int, *stop_timer;
     int64_t stop_deadline;
     int64_t started_ms;
-    uint64_t fd_limit; /* RLIMIT_NOFILE ternd runs with */
 };
 
 static void
 usage(FILE *f)
 {
     fprintf(f, "usage: ternd [-c FILE] [-o name=value]... [--check]\n"
-               "  -c FILE        configuration file (default: built-in defaults)\n"
+               "  -c FILE        configuration file (default: " CONFIG_DEFAULT_FILE
+               " when it exists, else built-in defaults)\n"
                "  -o name=value  override one setting (repeatable)\n"
                "  --check        validate the configuration and exit (0 good, 2 bad)\n");
 }
@@ -97,8 +100,8 @@ status_json(struct buf *out, void *arg)
 /* The descriptor limit ternd runs with. Started for real (raise), the soft
  * RLIMIT_NOFILE is raised to the hard limit first, as servers that hold a
  * descriptor per client do; for --check, the limit it would get. */
-static uint64_t
-fd_limit(bool raise)
+uint64_t
+ternd_fd_limit(bool raise)
 {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
@@ -115,18 +118,19 @@ fd_limit(bool raise)
     return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
 }
 
+/* Apply a configuration the parent sent (its listeners were given first).
+ * A relay-side failure keeps the running configuration. */
 static void
-reload(struct ternd *t)
+reload(struct ternd *t, struct config *cfg)
 {
     struct buf err = BUF_INIT;
-    struct config *cfg = config_load(t->path, t->overrides, t->n_overrides, true, &err);
     struct logline l;
     if (cfg != NULL && strcmp(cfg->spool_dir, t->cfg->spool_dir) != 0) {
         buf_printf(&err, "spool_dir cannot change on reload (restart ternd)\n");
         config_unref(cfg);
         cfg = NULL;
     }
-    if (cfg != NULL && smtp_server_check_fds(cfg, t->fd_limit, &err) < 0) {
+    if (cfg != NULL && smtp_server_check_fds(cfg, t->boot->fd_limit, &err) < 0) {
         config_unref(cfg);
         cfg = NULL;
     }
@@ -134,6 +138,7 @@ reload(struct ternd *t)
         config_unref(cfg);
         cfg = NULL;
     }
+    smtp_server_drop_given(); /* sockets of a refused configuration */
     if (cfg == NULL) {
         log_begin(&l, LOG_ERROR, NULL, "config", "reload_failed");
         log_strn(&l, "errors", err.data ? err.data : "", err.len);
@@ -154,8 +159,120 @@ reload(struct ternd *t)
     t->cfg = cfg;
     apply_log_settings(cfg);
     log_begin(&l, LOG_INFO, NULL, "config", "reloaded");
-    log_str(&l, "file", t->path ? t->path : "(defaults)");
+    log_str(&l, "file", t->boot->path ? t->boot->path : "(defaults)");
     log_end(&l);
+}
+
+/* The configuration of a PS_CONFIG blob: the file's text parsed as the
+ * parent parsed it, the certificate chain and the DKIM key descriptions
+ * of the keys process's generation gen. NULL with err. */
+static struct config *
+config_of_blob(struct ternd *t, uint32_t gen, int fd, struct buf *err)
+{
+    struct buf b = BUF_INIT;
+    struct ps_dkim_meta meta[1024];
+    const char *text = NULL, *chain = NULL, *p;
+    size_t text_len = 0, chain_len = 0, n_meta = 0, off = 0, n;
+    struct config *cfg = NULL;
+    uint32_t type;
+    int r;
+    if (ps_blob_read(fd, &b) < 0) {
+        buf_printf(err, "cannot read the configuration from the parent\n");
+        goto out;
+    }
+    while ((r = ps_blob_next(&b, &off, &type, &p, &n)) == 1) {
+        if (type == PS_R_CONFIG) {
+            text = p;
+            text_len = n;
+        } else if (type == PS_R_CERT) {
+            chain = p;
+            chain_len = n;
+        } else if (type == PS_R_DKIM && n == sizeof(meta[0]) && n_meta < TERN_ARRAY_LEN(meta)) {
+            memcpy(&meta[n_meta++], p, n);
+        }
+    }
+    if (r < 0 || text == NULL) {
+        buf_printf(err, "bad configuration message from the parent\n");
+        goto out;
+    }
+    cfg = config_load_text(t->boot->path, t->boot->path ? text : NULL, text_len, t->boot->overrides,
+        t->boot->n_overrides, false, err);
+    if (cfg == NULL)
+        goto out;
+    if (ps_client_set_tls(gen, chain, chain_len, err) < 0) {
+        config_unref(cfg);
+        cfg = NULL;
+        goto out;
+    }
+    config_set_dkim_keys(cfg, ps_client_dkim_keys(gen, cfg, meta, n_meta));
+out:
+    buf_fini(&b);
+    return cfg;
+}
+
+/* One message of the parent: a listener for the next configuration, or
+ * the configuration. 1 with *cfg for a configuration, 0 for anything
+ * else, -1 when the parent is gone or broken. */
+static int
+parent_message(struct ternd *t, struct config **cfg, struct buf *err)
+{
+    struct ps_msg m;
+    int fd, r = ps_recv(t->boot->parent_fd, &m, &fd);
+    *cfg = NULL;
+    if (r <= 0)
+        return -1;
+    if (m.type == PS_LISTENER && fd >= 0 && m.idx < 3) {
+        struct hostport hp;
+        memset(&hp, 0, sizeof(hp));
+        snprintf(hp.host, sizeof(hp.host), "%s", m.host);
+        hp.port = (uint16_t)m.arg;
+        smtp_server_give_socket((int)m.idx, &hp, fd);
+        return 0;
+    }
+    if (m.type == PS_CONFIG && fd >= 0) {
+        *cfg = config_of_blob(t, m.gen, fd, err);
+        return 1;
+    }
+    if (m.type == PS_LOG && fd >= 0) {
+        /* The parent reopened log_target (SIGUSR1, or a reload that
+         * changed it): what is batched goes to the old one first. */
+        struct logline l;
+        log_use(fd, true, m.arg != 0);
+        log_begin(&l, LOG_INFO, NULL, "main", "log_reopened");
+        log_str(&l, "process", "relay");
+        log_end(&l);
+        return 0;
+    }
+    if (fd >= 0)
+        close(fd);
+    return 0;
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg);
+
+static void
+parent_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct ternd *t = arg;
+    struct buf err = BUF_INIT;
+    struct config *cfg;
+    int r = parent_message(t, &cfg, &err);
+    if (r < 0) {
+        /* The parent is gone: nobody can reload or watch us; stop cleanly. */
+        event_del(t->parent_ev);
+        log_simple(LOG_ERROR, "main", "parent_gone", "stopping");
+        signal_cb(SIGTERM, 0, t);
+    } else if (r == 1 && cfg == NULL) {
+        struct logline l;
+        log_begin(&l, LOG_ERROR, NULL, "config", "reload_failed");
+        log_strn(&l, "errors", err.data ? err.data : "", err.len);
+        log_str(&l, "action", "keeping the running configuration");
+        log_end(&l);
+        smtp_server_drop_given();
+    } else if (r == 1) {
+        reload(t, cfg);
+    }
+    buf_fini(&err);
 }
 
 static void
@@ -175,10 +292,6 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     struct ternd *t = arg;
     struct logline l;
-    if (sig == SIGHUP) {
-        reload(t);
-        return;
-    }
     if (t->stop_timer != NULL)
         return; /* already stopping */
     log_begin(&l, LOG_INFO, NULL, "main", "stopping");
@@ -213,7 +326,7 @@ start(struct ternd *t)
 {
     struct buf err = BUF_INIT;
     struct logline l;
-    struct spool_opts so = { t->cfg->spool_segment_size };
+    struct spool_opts so = { t->cfg->spool_segment_size, true, t->boot->spool_fd };
     t->inbox = loopq_new(t->base);
     if (t->inbox == NULL) {
         buf_printf(&err, "cannot make the main loop's inbox: %s\n", strerror(errno));
@@ -230,6 +343,7 @@ start(struct ternd *t)
     t->smtp = smtp_server_new(t->base, t->sp, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
+    smtp_server_set_dns(t->smtp, t->dns);
     /* Listening already: the queue is read in the background. */
     sched_load_spool(t->sched);
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);
@@ -244,8 +358,8 @@ start(struct ternd *t)
     log_begin(&l, LOG_INFO, NULL, "main", "started");
     log_str(&l, "hostname", t->cfg->hostname);
     log_str(&l, "spool", t->cfg->spool_dir);
-    if (t->fd_limit != UINT64_MAX)
-        log_int(&l, "max_fds", (int64_t)t->fd_limit);
+    if (t->boot->fd_limit != UINT64_MAX)
+        log_int(&l, "max_fds", (int64_t)t->boot->fd_limit);
     log_end(&l);
     return 0;
 fail:
@@ -286,7 +400,8 @@ stop(struct ternd *t)
         event_free(t->stop_timer);
     event_free(t->sig_term);
     event_free(t->sig_int);
-    event_free(t->sig_hup);
+    if (t->parent_ev)
+        event_free(t->parent_ev);
     config_unref(t->cfg);
     loopq_free(t->inbox);
     log_detach_loop(); /* its flush event goes with the base */
@@ -294,7 +409,7 @@ stop(struct ternd *t)
 }
 
 static int
-parse_args(struct ternd *t, int argc, char **argv, bool *check)
+parse_args(struct ternd_boot *b, int argc, char **argv, bool *check)
 {
     static const struct option opts[] = { { "check", no_argument, NULL, 'k' },
         { "help", no_argument, NULL, 'h' }, { "version", no_argument, NULL, 'V' },
@@ -303,14 +418,14 @@ parse_args(struct ternd *t, int argc, char **argv, bool *check)
     while ((c = getopt_long(argc, argv, "c:o:h", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
-            t->path = optarg;
+            b->path = optarg;
             break;
         case 'o':
-            if (t->n_overrides == MAX_OVERRIDES) {
+            if (b->n_overrides == TERND_MAX_OVERRIDES) {
                 fprintf(stderr, "ternd: too many -o options\n");
                 return 2;
             }
-            t->overrides[t->n_overrides++] = optarg;
+            b->overrides[b->n_overrides++] = optarg;
             break;
         case 'k':
             *check = true;
@@ -330,67 +445,105 @@ parse_args(struct ternd *t, int argc, char **argv, bool *check)
         usage(stderr);
         return 2;
     }
+    /* CONTRACT.md: with no -c, the system file when there is one. */
+    if (b->path == NULL && access(CONFIG_DEFAULT_FILE, F_OK) == 0)
+        b->path = CONFIG_DEFAULT_FILE;
     return 0;
 }
 
-/* Load and check the configuration as --check does, and size it against
- * the descriptor limit; -1 (reported) when it is bad. */
+/* The keys process signs for RSA and ECDSA certificates only. */
 static int
-load_config(struct ternd *t, bool check)
+check_cert_type(const struct config *cfg, struct buf *err)
+{
+    struct buf pem = BUF_INIT;
+    int rc = 0;
+    if (cfg->tls_cert_file != NULL &&
+        ternd_read_file("tls_cert_file", cfg->tls_cert_file, &pem, err) == 0)
+        rc = ps_check_cert(pem.data, pem.len, err);
+    buf_fini(&pem);
+    return rc;
+}
+
+/* --check: everything start-up would refuse, without starting: the
+ * configuration and the files it names (certificate and key, AUTH users,
+ * DKIM keys), the user, the spool as that user would find it, the listen
+ * addresses (syntax, overlaps, and that each is an address of this machine:
+ * bound on port 0, never on the real port, which a running ternd holds) and
+ * the descriptor limit. */
+static int
+check(struct ternd_boot *b)
 {
     struct buf err = BUF_INIT;
-    /* Files named by the configuration (TLS, AUTH, DKIM keys) are checked at
-     * start as by --check, so a bad key stops ternd now, not at the first
-     * message. */
-    t->cfg = config_load(t->path, t->overrides, t->n_overrides, true, &err);
-    if (t->cfg == NULL) {
+    struct ps_ident id;
+    struct config *cfg = config_load(b->path, b->overrides, b->n_overrides, true, &err);
+    int rc = 2;
+    if (cfg == NULL) {
         fprintf(stderr, "%s", err.data ? err.data : "ternd: bad configuration\n");
         buf_fini(&err);
-        return -1;
+        return 2;
     }
-    /* Load the certificate, key and AUTH users as the server would, and
-     * look at the spool as start-up would (without creating it). */
-    if (check &&
-        (smtp_server_check(t->cfg, &err) < 0 || spool_check(t->cfg->spool_dir, &err) < 0)) {
-        fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
-        goto fail;
-    }
-    /* Out of descriptors the daemon could only refuse clients: a
-     * configuration that cannot fit is refused now. */
-    t->fd_limit = fd_limit(!check);
-    if (smtp_server_check_fds(t->cfg, t->fd_limit, &err) < 0) {
+    /* The user is looked up even when not run as root: the file is most
+     * often checked for a start as root. */
+    if (ps_ident_lookup(cfg->user, true, &id, &err) < 0)
+        id.uid = geteuid();
+    /* Every check runs, so one pass names every problem. */
+    (void)smtp_server_check(cfg, &err);
+    (void)check_cert_type(cfg, &err);
+    (void)spool_check_as(cfg->spool_dir, geteuid() == 0 ? id.uid : geteuid(), geteuid() == 0, &err);
+    (void)ps_listen_check(cfg, &err);
+    (void)smtp_server_check_fds(cfg, ternd_fd_limit(false), &err);
+    (void)log_target_check(cfg->log_target, &err);
+    if (err.len > 0) {
         fprintf(stderr, "ternd: %s", err.data);
-        goto fail;
+    } else {
+        printf("ternd: configuration %s is valid\n", b->path ? b->path : "(defaults)");
+        rc = 0;
     }
     buf_fini(&err);
-    return 0;
-fail:
-    buf_fini(&err);
-    config_unref(t->cfg);
-    t->cfg = NULL;
-    return -1;
+    config_unref(cfg);
+    return rc;
 }
 
 int
-main(int argc, char **argv)
+ternd_relay_main(struct ternd_boot *b)
 {
     static struct ternd t;
-    bool check = false;
-    int rc = parse_args(&t, argc, argv, &check);
-    if (rc != 0)
-        return rc;
-    if (load_config(&t, check) < 0)
-        return 2;
-    if (check) {
-        printf("ternd: configuration %s is valid\n", t.path ? t.path : "(defaults)");
-        config_unref(t.cfg);
-        return 0;
-    }
-    apply_log_settings(t.cfg);
-    signal(SIGPIPE, SIG_IGN);
+    struct buf err = BUF_INIT;
+    struct config *cfg = NULL;
+    int r;
+    t.boot = b;
     /* A file-size limit must show up as EFBIG on the spool write (answered
-     * 452 4.3.1), not kill the daemon. */
+     * 452 4.3.1), not kill the daemon; HUP goes to the parent, USR1/USR2
+     * (log reopening) are the parent's to act on. */
+    signal(SIGPIPE, SIG_IGN);
     signal(SIGXFSZ, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGUSR1, SIG_IGN);
+    signal(SIGUSR2, SIG_IGN);
+    ps_client_init(b->tls_fd, b->dkim_fd, b->auth_fd);
+    smtp_server_use_keys(b->auth_fd);
+    for (size_t i = 0; i < b->n_socks; i++) {
+        if (b->socks[i].role == TERND_ROLE_METRICS)
+            metrics_give_socket(b->socks[i].fd);
+        else
+            smtp_server_give_socket(b->socks[i].role, &b->socks[i].hp, b->socks[i].fd);
+    }
+    ctl_server_give_socket(b->ctl_fd);
+    /* The first configuration comes once the parent has checked it and
+     * the keys process holds its keys. */
+    while ((r = parent_message(&t, &cfg, &err)) == 0)
+        ;
+    if (r < 0 || cfg == NULL) {
+        if (r > 0)
+            fprintf(stderr, "ternd: %s", err.data ? err.data : "bad configuration\n");
+        buf_fini(&err);
+        return 1;
+    }
+    buf_fini(&err);
+    config_unref(b->cfg);
+    b->cfg = NULL;
+    t.cfg = cfg;
+    apply_log_settings(t.cfg);
     t.started_ms = tern_now_ms();
     t.base = new_base();
     if (t.base == NULL)
@@ -400,16 +553,30 @@ main(int argc, char **argv)
         tern_panic("cannot batch log lines");
     t.sig_term = evsignal_new(t.base, SIGTERM, signal_cb, &t);
     t.sig_int = evsignal_new(t.base, SIGINT, signal_cb, &t);
-    t.sig_hup = evsignal_new(t.base, SIGHUP, signal_cb, &t);
+    t.parent_ev = event_new(t.base, b->parent_fd, EV_READ | EV_PERSIST, parent_cb, &t);
     evsignal_add(t.sig_term, NULL);
     evsignal_add(t.sig_int, NULL);
-    evsignal_add(t.sig_hup, NULL);
+    event_add(t.parent_ev, NULL);
     if (start(&t) < 0) {
         stop(&t);
         return 1;
     }
+    smtp_server_drop_given();
     event_base_dispatch(t.base);
     stop(&t);
     log_simple(LOG_INFO, "main", "stopped", NULL);
     return 0;
+}
+
+int
+main(int argc, char **argv)
+{
+    static struct ternd_boot b;
+    bool do_check = false;
+    int rc = parse_args(&b, argc, argv, &do_check);
+    if (rc != 0)
+        return rc;
+    if (do_check)
+        return check(&b);
+    return ternd_parent_main(&b);
 }

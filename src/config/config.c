@@ -30,6 +30,8 @@
 struct loader {
     struct config *c;
     const char *path;
+    const char *text; /* the file's bytes when given (config_load_text), else NULL */
+    size_t text_len;
     struct cfg_errs errs;
     unsigned *line_of; /* per setting: file line that set it, 0 if none */
     bool *by_override; /* per setting: an override set it */
@@ -178,9 +180,13 @@ load_file(struct loader *ld)
     unsigned lineno = 1;
     bool too_long = false, nul = false;
     int ch;
-    FILE *f = fopen(ld->path, "re");
+    FILE *f;
 
     snprintf(ld->where, sizeof(ld->where), "%s", ld->path);
+    if (ld->text != NULL && ld->text_len == 0)
+        return; /* an empty file (fmemopen needs a byte) */
+    /* Text handed over by ternd's parent is parsed exactly as the file. */
+    f = ld->text != NULL ? fmemopen((void *)ld->text, ld->text_len, "r") : fopen(ld->path, "re");
     if (f == NULL) {
         cfg_error(&ld->errs, "cannot read: %s", strerror(errno));
         return;
@@ -413,6 +419,13 @@ struct config *
 config_load(const char *path, const char *const *overrides, size_t n_overrides,
     bool check_files_too, struct buf *errors)
 {
+    return config_load_text(path, NULL, 0, overrides, n_overrides, check_files_too, errors);
+}
+
+struct config *
+config_load_text(const char *path, const char *text, size_t text_len, const char *const *overrides,
+    size_t n_overrides, bool check_files_too, struct buf *errors)
+{
     struct loader ld;
     struct config *c = xcalloc(1, sizeof(*c));
 
@@ -422,6 +435,8 @@ config_load(const char *path, const char *const *overrides, size_t n_overrides,
     memset(&ld, 0, sizeof(ld));
     ld.c = c;
     ld.path = path;
+    ld.text = text;
+    ld.text_len = text_len;
     ld.errs.out = errors;
     ld.errs.where = ld.where;
     ld.line_of = xcalloc(config_n_settings, sizeof(*ld.line_of));
@@ -506,6 +521,16 @@ config_dkim_keys(struct config *c)
     ks = c->dkim_keys;
     pthread_mutex_unlock(&dkim_keys_mu);
     return ks;
+}
+
+void
+config_set_dkim_keys(struct config *c, struct dkim_keyset *ks)
+{
+    pthread_mutex_lock(&dkim_keys_mu);
+    dkim_keyset_unref(c->dkim_keys);
+    c->dkim_keys = ks;
+    c->dkim_keys_loaded = true;
+    pthread_mutex_unlock(&dkim_keys_mu);
 }
 
 void

@@ -74,6 +74,7 @@ struct config {
     struct hostport *smtps_listen;
     size_t n_smtps_listen;
     char *spool_dir;
+    char *user; /* the unprivileged account (when started as root) */
     struct cidr *relay_networks;
     size_t n_relay_networks;
     char **relay_domains; /* lowercased, no trailing dot; ".d": subdomains of d */
@@ -97,6 +98,8 @@ struct config {
     int64_t retry_initial_ms, retry_max_ms, max_queue_lifetime_ms;
     struct hostport metrics_listen; /* host "" = off */
     enum log_format log_format;
+    char *log_target; /* "stderr", "syslog" or an absolute file path */
+    int smtpd_peername_lookup; /* 0 no, 1 yes: clients' names for the log (PTR, confirmed) */
 
     /* --- tern's own settings --- */
     uint32_t max_recipients;        /* per message; 452 4.5.3 beyond */
@@ -155,6 +158,11 @@ struct config {
  */
 struct config *config_load(const char *path, const char *const *overrides, size_t n_overrides,
     bool check_files, struct buf *errors);
+/* The same with the file's bytes given (text[text_len]; path names it in
+ * messages): ternd's relay parses what its parent read, so both see one
+ * file even when the relay could not open it. */
+struct config *config_load_text(const char *path, const char *text, size_t text_len,
+    const char *const *overrides, size_t n_overrides, bool check_files, struct buf *errors);
 struct config *config_ref(struct config *c);
 /* The keys of dkim_sign: loaded by config_load when check_files is set (a
  * key that does not load is then a configuration error), else at the first
@@ -162,7 +170,13 @@ struct config *config_ref(struct config *c);
  * Borrowed: valid while c is referenced (take a dkim_keyset_ref to keep it
  * longer). NULL when there are none. Thread safe. */
 struct dkim_keyset *config_dkim_keys(struct config *c);
+/* Install the keys of dkim_sign (owned reference taken over; NULL: none)
+ * before the snapshot is shared: the relay's keys sign through the keys
+ * process and are never loaded from the files. */
+void config_set_dkim_keys(struct config *c, struct dkim_keyset *ks);
 void config_unref(struct config *c); /* NULL is fine */
+/* The configuration file used when no -c is given and it exists. */
+#define CONFIG_DEFAULT_FILE "/etc/tern/tern.conf"
 
 /* Is the name a known setting? Used by tools that take -o. */
 bool config_is_setting(const char *name);

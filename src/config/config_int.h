@@ -41,6 +41,7 @@ enum cfg_type {
 #define CFG_F_ZERO_OK  0x08u /* a duration of 0 is allowed */
 #define CFG_F_FILE     0x10u /* a file checked for readability by check_files */
 #define CFG_F_SECRET   0x20u /* ... that must not be readable by group or others */
+#define CFG_F_LOGDEST  0x40u /* CFG_STRING: "stderr", "syslog" or an absolute path */
 
 struct cfg_setting {
     const char *name;

@@ -80,18 +80,21 @@ const struct cfg_setting config_settings[] = {
         .def = "127.0.0.1:2525",
         .off = OFF(smtp_listen),
         .off_n = OFF(n_smtp_listen),
+        .flags = CFG_F_NUMERIC,
         .desc = "addresses for relay/MX traffic, addr:port or [v6]:port" },
     { .name = "submission_listen",
         .type = CFG_HOSTPORT_LIST,
         .def = "",
         .off = OFF(submission_listen),
         .off_n = OFF(n_submission_listen),
+        .flags = CFG_F_NUMERIC,
         .desc = "addresses for submission: STARTTLS offered, AUTH required before MAIL" },
     { .name = "smtps_listen",
         .type = CFG_HOSTPORT_LIST,
         .def = "",
         .off = OFF(smtps_listen),
         .off_n = OFF(n_smtps_listen),
+        .flags = CFG_F_NUMERIC,
         .desc = "addresses for implicit TLS submission (RFC 8314)" },
     { .name = "spool_dir",
         .type = CFG_PATH,
@@ -99,6 +102,13 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(spool_dir),
         .flags = CFG_F_NONEMPTY,
         .desc = "where the durable queue lives" },
+    { .name = "user",
+        .type = CFG_STRING,
+        .def = "tern",
+        .off = OFF(user),
+        .flags = CFG_F_NONEMPTY,
+        .desc = "the account that every process reading the network, the spool or message "
+                "content runs as when ternd is started as root" },
     { .name = "relay_networks",
         .type = CFG_CIDR_LIST,
         .def = "127.0.0.0/8 ::1/128",
@@ -210,6 +220,7 @@ const struct cfg_setting config_settings[] = {
         .type = CFG_HOSTPORT,
         .def = "",
         .off = OFF(metrics_listen),
+        .flags = CFG_F_NUMERIC,
         .desc = "addr:port of the HTTP /metrics and /status endpoint; empty: off" },
     { .name = "log_format",
         .type = CFG_ENUM,
@@ -217,6 +228,20 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(log_format),
         .names = logfmt_names,
         .desc = "log line format: text or json" },
+    { .name = "log_target",
+        .type = CFG_STRING,
+        .def = "stderr",
+        .off = OFF(log_target),
+        .flags = CFG_F_NONEMPTY | CFG_F_LOGDEST,
+        .desc = "where log lines go: stderr, syslog (facility mail) or an absolute file path "
+                "(reopened on SIGUSR1)" },
+    { .name = "smtpd_peername_lookup",
+        .type = CFG_ENUM,
+        .def = "yes",
+        .off = OFF(smtpd_peername_lookup),
+        .names = yesno_names,
+        .desc = "look up each client's name (PTR, confirmed by its address records) for the "
+                "log: no or yes" },
     /* tern's own settings */
     { .name = "max_recipients",
         .type = CFG_U32,
@@ -554,6 +579,12 @@ set_string(struct config *c, const struct cfg_setting *s, const char *v, struct 
     char t[SHOWN_MAX];
     if ((s->flags & CFG_F_DOMAIN) && *v != '\0' && !str_is_domain(v, strlen(v), false)) {
         cfg_error(e, "bad domain name \"%s\" for %s", cfg_shown(v, t, sizeof(t)), s->name);
+        return -1;
+    }
+    if ((s->flags & CFG_F_LOGDEST) && strcmp(v, "stderr") != 0 && strcmp(v, "syslog") != 0 &&
+        (v[0] != '/' || strlen(v) >= PATH_MAX)) {
+        cfg_error(e, "%s must be stderr, syslog or an absolute file path, not \"%s\"", s->name,
+            cfg_shown(v, t, sizeof(t)));
         return -1;
     }
     if (s->type == CFG_PATH && strlen(v) >= PATH_MAX) {

@@ -20,7 +20,7 @@
 #define TERN_CTL_H
 
 #define CTL_SOCKET_NAME "ctl.sock"
-#define CTL_LINE_MAX 1024
+#define CTL_LINE_MAX    1024
 
 #include "util/buf.h"
 
@@ -30,9 +30,11 @@ struct ctl_server;
 
 /* Listen on SPOOL_DIR/ctl.sock (a stale socket file is replaced). status
  * appends the STATUS object (without newline). NULL + err on failure. */
-struct ctl_server *ctl_server_new(struct event_base *base, const char *spool_dir,
-    struct sched *sch, void (*status)(struct buf *out, void *arg), void *status_arg,
-    struct buf *err);
+struct ctl_server *ctl_server_new(struct event_base *base, const char *spool_dir, struct sched *sch,
+    void (*status)(struct buf *out, void *arg), void *status_arg, struct buf *err);
+/* ternd's relay: the next ctl_server_new listens on fd (bound by the
+ * parent, which also removes the file) instead of binding. */
+void ctl_server_give_socket(int fd);
 /* Close the socket, remove the file, drop connections. NULL is fine. */
 void ctl_server_free(struct ctl_server *c);
 

@@ -34,7 +34,16 @@ struct ctl_conn {
     struct ctl_conn *prev, *next;
 };
 
+static int given_fd = -1;
+
+void
+ctl_server_give_socket(int fd)
+{
+    given_fd = fd;
+}
+
 struct ctl_server {
+    bool given; /* the socket file is the parent's to remove */
     struct event_base *base;
     struct evconnlistener *lis;
     struct sched *sched;
@@ -230,6 +239,17 @@ ctl_server_new(struct event_base *base, const char *spool_dir, struct sched *sch
     c->sched = sch;
     c->status = status;
     c->status_arg = status_arg;
+    if (given_fd >= 0) {
+        c->given = true;
+        c->lis = evconnlistener_new(
+            base, ctl_accept_cb, c, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, given_fd);
+        given_fd = -1;
+        if (c->lis == NULL) {
+            buf_printf(err, "cannot listen on %s: %s\n", c->path, strerror(errno));
+            goto fail;
+        }
+        return c;
+    }
     memset(&sun, 0, sizeof(sun));
     sun.sun_family = AF_UNIX;
     if (strlen(c->path) >= sizeof(sun.sun_path)) {
@@ -264,7 +284,8 @@ ctl_server_free(struct ctl_server *c)
     while (c->conns != NULL)
         conn_free(c->conns);
     evconnlistener_free(c->lis);
-    unlink(c->path);
+    if (!c->given)
+        unlink(c->path);
     free(c->path);
     free(c);
 }

@@ -64,9 +64,11 @@ struct client_tx {
     /* 7-bit conversion for a next hop without 8BITMIME (convert.c): the
      * converted form, made by a worker in a file of its own, replaces segs */
     bool converted;
-    uint64_t conv_len; /* octets of the converted form (SIZE=) */
-    bool prefix_set;   /* prefix replaces env->prefix (signatures made again) */
-    char *prefix;      /* owned or NULL */
+    uint64_t conv_len;        /* octets of the converted form (SIZE=) */
+    bool prefix_set;          /* prefix replaces env->prefix (signatures made again) */
+    char *prefix;             /* owned or NULL */
+    int64_t t_begin;          /* tern_mono_ms() when the transaction began */
+    int64_t setup_ms, tls_ms; /* charged to this job: the connection's first */
 };
 
 static void conn_next(struct deliv_conn *c);
@@ -243,8 +245,12 @@ tx_report(struct deliv_conn *c, struct client_tx *tx)
     log_int(&l, "accepted", (int64_t)tx->n_accepted);
     log_int(&l, "code", tx->job.n_rcpts ? tx->res[0].st.code : 0);
     log_end(&l);
-    for (size_t i = 0; i < tx->job.n_rcpts; i++)
+    for (size_t i = 0; i < tx->job.n_rcpts; i++) {
         tx->res[i].peer_dsn = tx->res[i].from_remote && c->ext.dsn;
+        tx->res[i].setup_ms = tx->setup_ms;
+        tx->res[i].tls_ms = tx->tls_ms;
+        tx->res[i].xfer_ms = tern_mono_ms() - tx->t_begin;
+    }
     c->d->cb.done(c->d->cb.arg, tx->job.id, tx->res, tx->job.n_rcpts, conn_relay(c));
     tx_free(tx);
 }
@@ -583,6 +589,8 @@ session_ready(struct deliv_conn *c)
     else
         snprintf(c->relay + n, sizeof(c->relay) - n, " tls=none");
     c->ready = true;
+    c->setup_ms = tern_mono_ms() - c->t_setup + c->dns_ms - c->tls_ms;
+    c->setup_pending = true;
     plan_unref(c->plan); /* setup is over: targets no longer matter */
     c->plan = NULL;
     log_begin(&l, LOG_DEBUG, NULL, "delivery", "session_ready");
@@ -646,6 +654,7 @@ tls_start(struct deliv_conn *c)
     size_t junk = evbuffer_get_length(in);
     struct bufferevent *bev;
     SSL *ssl;
+    c->t_tls = tern_mono_ms();
     if (junk > 0) {
         /* RFC 3207 §4.2 (the client side of CVE-2011-0411): nothing the
          * server sent in plaintext after its 220 may be read as a reply. */
@@ -713,6 +722,7 @@ tls_done(struct deliv_conn *c)
 {
     SSL *ssl = bufferevent_openssl_get_ssl(c->bev);
     struct logline l;
+    c->tls_ms += tern_mono_ms() - c->t_tls;
     tls_describe(ssl, &c->tls);
     if (!deliv_tls_accept(c->tls_mode, c->tls.verified)) {
         char why[160];
@@ -1174,6 +1184,12 @@ tx_begin(struct deliv_conn *c, const struct delivery_job *job)
     int rc;
     deliv_idle_del(c->d, c);
     c->tx = tx;
+    tx->t_begin = tern_mono_ms();
+    if (c->setup_pending) {
+        tx->setup_ms = c->setup_ms > 0 ? c->setup_ms : 0;
+        tx->tls_ms = c->tls_ms;
+        c->setup_pending = false;
+    }
     rc = tx_precheck(c, tx);
     if (rc < 0) {
         tx_report(c, tx);
@@ -1418,6 +1434,11 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     TERN_ASSERT(dest->plan != NULL);
     c->plan = plan_ref(dest->plan);
     c->n_order = plan_order(c->plan, c->order, deliv_rnd, d);
+    c->t_setup = tern_mono_ms();
+    if (!c->plan->dns_charged) {
+        c->dns_ms = c->plan->dns_ms; /* the lookups were made for this connection */
+        c->plan->dns_charged = true;
+    }
     c->timer = evtimer_new(d->base, timer_cb, c);
     c->wake = event_new(d->base, -1, 0, wake_cb, c);
     if (c->timer == NULL || c->wake == NULL)

@@ -78,6 +78,11 @@ struct delivery_rcpt_result {
                               recipient, so success notices are its job, not ours */
     bool unread;           /* the stored message was not where the job's envelope said (the
                               spool moved it): nothing was sent, read it again */
+    /* Where the attempt's time went, in ms (the log's delays=, after
+     * Postfix): setting the connection up (DNS, TCP, greeting, EHLO, AUTH),
+     * its TLS handshake, and the transaction. A reused connection's setup
+     * and handshake cost this job nothing; zero when no server was reached. */
+    int64_t setup_ms, tls_ms, xfer_ms;
 };
 
 struct delivery_callbacks {
@@ -114,5 +119,15 @@ size_t delivery_active(const struct delivery *d);
  * DELIV_TEMP "421 4.3.2 shutting down" (a 250 already received for the
  * final dot is still reported as OK). Then frees d. */
 void delivery_free(struct delivery *d);
+
+/* The log's delays=a/b/c/d (Postfix's form, seconds with two decimals):
+ * a the queue wait before the attempt, then r's setup, TLS and transfer
+ * times; a is what is left of total_ms (arrival to now) once those are
+ * taken, never below 0. Writes at most cap bytes (NUL included). */
+void delivery_format_delays(
+    int64_t total_ms, const struct delivery_rcpt_result *r, char *out, size_t cap);
+/* The dsn= of a result's reply: its enhanced status code, or X.0.0 from
+ * the class of its code (RFC 3463 §3.1) when the server gave none. */
+void delivery_format_dsn(const struct tern_status *st, char *out, size_t cap);
 
 #endif

@@ -177,6 +177,8 @@ struct plan_target {
 struct deliv_plan {
     int refs;
     int64_t built_ms;        /* tern_mono_ms() */
+    int64_t dns_ms;          /* how long resolving it took; charged to the first connection */
+    bool dns_charged;        /* ... which has taken it */
     struct plan_host *hosts; /* owned */
     size_t n_hosts;
     struct plan_target *t; /* owned */
@@ -443,6 +445,12 @@ struct deliv_conn {
     bool authed;               /* AUTH succeeded on this connection */
     int auth_step;             /* LOGIN: 0 user name asked, 1 password asked */
     struct deliv_creds *creds; /* owned while AUTH runs; cleared and freed after */
+    /* Times for the first job's delays= (tern_mono_ms()): setup began (the
+     * plan's DNS time before it, when this connection was its first), the
+     * handshake began and what handshakes took; once ready, the setup and
+     * TLS durations wait for the first transaction. */
+    int64_t t_setup, t_tls, dns_ms, tls_ms, setup_ms;
+    bool setup_pending;
 };
 
 /* A new connection for dest under cfg (a reference is taken) that tries the

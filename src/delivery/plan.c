@@ -50,6 +50,7 @@ struct plan_build {
     size_t n_hosts;
     size_t pending; /* lookups in flight */
     struct event *fin;
+    int64_t started_ms; /* tern_mono_ms(): the plan's dns_ms counts from here */
 };
 
 /* ---- plans ---- */
@@ -303,6 +304,7 @@ build_assemble(struct plan_build *b)
     struct deliv_plan *p = xcalloc(1, sizeof(*p));
     p->refs = 1;
     p->built_ms = tern_mono_ms();
+    p->dns_ms = p->built_ms - b->started_ms;
     p->hosts = xcalloc(DELIV_HOSTS_MAX, sizeof(*p->hosts));
     p->t = xcalloc(DELIV_TARGETS_MAX, sizeof(*p->t));
     for (size_t k = 0; k < b->n_hops; k++) {
@@ -404,6 +406,7 @@ plan_build_start(struct delivery *d, struct deliv_dest *dest, enum ip_family fam
     b->dest = dest;
     b->fam = fam;
     b->cb = cb;
+    b->started_ms = tern_mono_ms();
     b->fin = event_new(d->base, -1, 0, fin_cb, b);
     if (b->fin == NULL)
         tern_panic("cannot create delivery event");

@@ -6,6 +6,7 @@
  */
 #include "delivery/delivery_int.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "util/parse.h"
@@ -203,4 +204,36 @@ ehlo_parse_line(struct ehlo_ext *e, const char *text, size_t len)
             e->size_max = v;
         }
     }
+}
+
+/* ---- log fields ---- */
+
+static void
+secs(int64_t ms, char *out, size_t cap)
+{
+    int64_t cs = ms < 0 ? 0 : (ms + 5) / 10; /* rounded to hundredths */
+    snprintf(out, cap, "%lld.%02lld", (long long)(cs / 100), (long long)(cs % 100));
+}
+
+void
+delivery_format_delays(
+    int64_t total_ms, const struct delivery_rcpt_result *r, char *out, size_t cap)
+{
+    char a[32], b[32], c[32], d[32];
+    int64_t wait = total_ms - r->setup_ms - r->tls_ms - r->xfer_ms;
+    secs(wait, a, sizeof(a));
+    secs(r->setup_ms, b, sizeof(b));
+    secs(r->tls_ms, c, sizeof(c));
+    secs(r->xfer_ms, d, sizeof(d));
+    snprintf(out, cap, "%s/%s/%s/%s", a, b, c, d);
+}
+
+void
+delivery_format_dsn(const struct tern_status *st, char *out, size_t cap)
+{
+    int cls = st->code / 100;
+    if (st->esc[0] != '\0')
+        snprintf(out, cap, "%s", st->esc);
+    else
+        snprintf(out, cap, "%d.0.0", cls == 2 || cls == 4 || cls == 5 ? cls : 4);
 }

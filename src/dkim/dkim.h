@@ -41,6 +41,13 @@ struct dkim_key *dkim_key_load(const char *path, struct buf *err);
  * Owned result, or NULL with text in err. */
 struct dkim_key *dkim_key_generate(enum dkim_alg alg, unsigned bits, struct buf *err);
 void dkim_key_free(struct dkim_key *k); /* NULL fine */
+/* A key held by another process (ternd's keys process): signing hands the
+ * SHA-256 digest of the signed data to fn with (gen, idx), which writes
+ * the signature (at most *siglen bytes) and returns 0, or -1. Owned. */
+typedef int dkim_remote_fn(uint32_t gen, uint32_t idx, enum dkim_alg alg,
+    const unsigned char digest[32], unsigned char *sig, size_t *siglen);
+struct dkim_key *dkim_key_new_remote(
+    enum dkim_alg alg, unsigned bits, dkim_remote_fn *fn, uint32_t gen, uint32_t idx);
 enum dkim_alg dkim_key_alg(const struct dkim_key *k);
 unsigned dkim_key_bits(const struct dkim_key *k); /* 256 for Ed25519 */
 /* "rsa" or "ed25519": the k= value of the key record. */
@@ -64,7 +71,12 @@ struct dkim_keyset *dkim_keyset_new(void); /* empty, refs 1 */
  * with text in err (the set is unchanged). */
 int dkim_keyset_add(struct dkim_keyset *ks, const char *domain, const char *selector,
     const char *path, struct buf *err);
+/* Add an entry with a key made elsewhere (k is taken over, even on error). */
+int dkim_keyset_add_key(struct dkim_keyset *ks, const char *domain, const char *selector,
+    struct dkim_key *k, struct buf *err);
 size_t dkim_keyset_count(const struct dkim_keyset *ks); /* NULL: 0 */
+/* The key of entry i (borrowed, i < count). */
+const struct dkim_key *dkim_keyset_key(const struct dkim_keyset *ks, size_t i);
 /* Thread safe; unref of the last reference frees the keys. NULL fine. */
 struct dkim_keyset *dkim_keyset_ref(struct dkim_keyset *ks);
 void dkim_keyset_unref(struct dkim_keyset *ks);

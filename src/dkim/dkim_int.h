@@ -53,9 +53,11 @@ size_t dkim_hdr_select(const struct dkim_hdr *h, struct buf *hlist, size_t *orde
 
 /* key.c */
 struct dkim_key {
-    struct evp_pkey_st *pkey; /* owned (EVP_PKEY) */
+    struct evp_pkey_st *pkey; /* owned (EVP_PKEY); NULL for a remote key */
     enum dkim_alg alg;
     unsigned bits;
+    dkim_remote_fn *remote; /* signs through the keys process */
+    uint32_t gen, idx;
 };
 
 struct dkim_keyset_entry {

@@ -160,6 +160,19 @@ dkim_key_generate(enum dkim_alg alg, unsigned bits, struct buf *err)
     return k;
 }
 
+struct dkim_key *
+dkim_key_new_remote(
+    enum dkim_alg alg, unsigned bits, dkim_remote_fn *fn, uint32_t gen, uint32_t idx)
+{
+    struct dkim_key *k = xcalloc(1, sizeof(*k));
+    k->alg = alg;
+    k->bits = bits;
+    k->remote = fn;
+    k->gen = gen;
+    k->idx = idx;
+    return k;
+}
+
 void
 dkim_key_free(struct dkim_key *k)
 {
@@ -293,9 +306,7 @@ int
 dkim_keyset_add(struct dkim_keyset *ks, const char *domain, const char *selector, const char *path,
     struct buf *err)
 {
-    struct dkim_keyset_entry *e;
     struct dkim_key *k;
-    size_t sz;
     if (strlen(domain) > DKIM_DOMAIN_MAX || !str_is_domain(domain, strlen(domain), false)) {
         buf_printf(err, "bad domain");
         return -1;
@@ -303,6 +314,20 @@ dkim_keyset_add(struct dkim_keyset *ks, const char *domain, const char *selector
     k = dkim_key_load(path, err);
     if (k == NULL)
         return -1;
+    return dkim_keyset_add_key(ks, domain, selector, k, err);
+}
+
+int
+dkim_keyset_add_key(struct dkim_keyset *ks, const char *domain, const char *selector,
+    struct dkim_key *k, struct buf *err)
+{
+    struct dkim_keyset_entry *e;
+    size_t sz;
+    if (strlen(domain) > DKIM_DOMAIN_MAX || !str_is_domain(domain, strlen(domain), false)) {
+        buf_printf(err, "bad domain");
+        dkim_key_free(k);
+        return -1;
+    }
     TERN_ASSERT(size_mul(ks->n + 1, sizeof(*ks->e), &sz));
     ks->e = xrealloc(ks->e, sz);
     e = &ks->e[ks->n++];
@@ -319,6 +344,13 @@ size_t
 dkim_keyset_count(const struct dkim_keyset *ks)
 {
     return ks ? ks->n : 0;
+}
+
+const struct dkim_key *
+dkim_keyset_key(const struct dkim_keyset *ks, size_t i)
+{
+    TERN_ASSERT(i < ks->n);
+    return ks->e[i].key;
 }
 
 struct dkim_keyset *

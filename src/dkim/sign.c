@@ -259,8 +259,19 @@ sig_field_end(const char *b64, size_t n, struct buf *out)
 static int
 sign_data(const struct dkim_key *k, const struct buf *data, unsigned char *sig, size_t *siglen)
 {
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD_CTX *ctx;
     int ok;
+    if (k->remote != NULL) {
+        /* Both algorithms sign the SHA-256 of the data (RFC 6376 §3.7, RFC
+         * 8463 §3): only the digest leaves this process. */
+        unsigned char h[32];
+        unsigned hl = 0;
+        if (EVP_Digest(data->data, data->len, h, &hl, EVP_sha256(), NULL) != 1 || hl != 32)
+            return -1;
+        *siglen = SIG_MAX;
+        return k->remote(k->gen, k->idx, k->alg, h, sig, siglen);
+    }
+    ctx = EVP_MD_CTX_new();
     TERN_ASSERT(ctx != NULL);
     if (k->alg == DKIM_ALG_RSA_SHA256) {
         ok = EVP_DigestSignInit(ctx, NULL, EVP_sha256(), NULL, k->pkey) == 1 &&

@@ -148,7 +148,10 @@ get16(const unsigned char *p)
 }
 
 /* A name in rdata at off (compression followed by c-ares), lowercased,
- * without trailing dot, into out. */
+ * without trailing dot, into out. 0, -1 when malformed, 1 when it is no
+ * host name: c-ares writes a dot, backslash or unprintable byte inside a
+ * label as a backslash escape, which no host name has (RFC 1123 §2.1) and
+ * which would make "x\.victim.test" look like a name under victim.test. */
 static int
 rdata_name(const unsigned char *abuf, int alen, size_t off, size_t end, struct buf *out)
 {
@@ -159,6 +162,10 @@ rdata_name(const unsigned char *abuf, int alen, size_t off, size_t end, struct b
     if (enclen <= 0 || (size_t)enclen > end - off) {
         ares_free_string(s);
         return -1;
+    }
+    if (strchr(s, '\\') != NULL) {
+        ares_free_string(s);
+        return 1;
     }
     buf_reset(out);
     buf_append_str(out, s);
@@ -172,7 +179,8 @@ rdata_name(const unsigned char *abuf, int alen, size_t off, size_t end, struct b
     return 0;
 }
 
-/* One record's rdata [rd, rd+rdlen) of type into blob. -1: malformed. */
+/* One record's rdata [rd, rd+rdlen) of type into blob. -1: malformed; 1:
+ * skipped (a PTR or MX target that is no host name). */
 static int
 decode_rdata(const unsigned char *abuf, int alen, int type, size_t rd, size_t rdlen,
     struct buf *blob, struct buf *tmp)
@@ -187,15 +195,14 @@ decode_rdata(const unsigned char *abuf, int alen, int type, size_t rd, size_t rd
         pack_one(blob, 0, p, rdlen);
         return 0;
     case DNS_RR_PTR:
-        if (rdata_name(abuf, alen, rd, end, tmp) < 0)
-            return -1;
-        pack_one(blob, 0, tmp->data ? tmp->data : "", tmp->len);
+    case DNS_RR_MX: {
+        size_t name_off = type == DNS_RR_MX ? 2 : 0;
+        int rc = rdlen < name_off + 1 ? -1 : rdata_name(abuf, alen, rd + name_off, end, tmp);
+        if (rc != 0)
+            return rc;
+        pack_one(blob, type == DNS_RR_MX ? get16(p) : 0, tmp->data ? tmp->data : "", tmp->len);
         return 0;
-    case DNS_RR_MX:
-        if (rdlen < 3 || rdata_name(abuf, alen, rd + 2, end, tmp) < 0)
-            return -1;
-        pack_one(blob, get16(p), tmp->data ? tmp->data : "", tmp->len);
-        return 0;
+    }
     case DNS_RR_TXT:
         /* RFC 1035 §3.3.14: one or more <character-string>s. */
         buf_reset(tmp);
@@ -218,7 +225,7 @@ dns_rr_pack(const unsigned char *abuf, int alen, int type, void **out, size_t *o
     size_t errcap)
 {
     struct buf blob = BUF_INIT, tmp = BUF_INIT;
-    size_t len = alen > 0 ? (size_t)alen : 0, off = DNS_HDR_LEN, kept = 0;
+    size_t len = alen > 0 ? (size_t)alen : 0, off = DNS_HDR_LEN, kept = 0, skipped = 0;
     unsigned qd, an;
     bool trunc = false;
     *out = NULL;
@@ -252,13 +259,26 @@ dns_rr_pack(const unsigned char *abuf, int alen, int type, void **out, size_t *o
             trunc = true;
             continue;
         }
-        if (decode_rdata(abuf, alen, type, rd, rdlen, &blob, &tmp) < 0)
+        switch (decode_rdata(abuf, alen, type, rd, rdlen, &blob, &tmp)) {
+        case 0:
+            kept++;
+            break;
+        case 1:
+            skipped++;
+            break;
+        default:
             goto bad;
-        kept++;
+        }
     }
     buf_fini(&tmp);
     if (kept == 0) {
         buf_fini(&blob);
+        /* As for MX lookups (dns_mx_decode): answers that name no usable
+         * host are a failure of the domain's DNS, not an absence. */
+        if (skipped > 0) {
+            snprintf(err, errcap, "no usable host name (%zu records)", skipped);
+            return DNS_TEMP;
+        }
         snprintf(err, errcap, "no records of this type");
         return DNS_NODATA;
     }

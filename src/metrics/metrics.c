@@ -9,6 +9,7 @@
 #include <event2/http.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "sched/sched.h"
 #include "smtp/smtp.h"
@@ -82,6 +83,14 @@ status_cb(struct evhttp_request *req, void *arg)
     buf_fini(&b);
 }
 
+static int given_fd = -1;
+
+void
+metrics_give_socket(int fd)
+{
+    given_fd = fd;
+}
+
 struct metrics *
 metrics_new(struct event_base *base, const struct hostport *listen, struct sched *sch,
     struct smtp_server *smtp, void (*status)(struct buf *out, void *arg), void *status_arg,
@@ -93,7 +102,16 @@ metrics_new(struct event_base *base, const struct hostport *listen, struct sched
     m->status = status;
     m->status_arg = status_arg;
     m->http = evhttp_new(base);
-    if (m->http == NULL || evhttp_bind_socket(m->http, listen->host, listen->port) < 0) {
+    if (m->http != NULL && given_fd >= 0) {
+        int fd = given_fd;
+        given_fd = -1;
+        if (evhttp_accept_socket_with_handle(m->http, fd) == NULL) {
+            close(fd);
+            buf_printf(err, "metrics_listen: cannot listen on %s:%u\n", listen->host, listen->port);
+            metrics_free(m);
+            return NULL;
+        }
+    } else if (m->http == NULL || evhttp_bind_socket(m->http, listen->host, listen->port) < 0) {
         buf_printf(err, "metrics_listen: cannot listen on %s:%u\n", listen->host, listen->port);
         metrics_free(m);
         return NULL;

@@ -20,6 +20,8 @@ struct metrics *metrics_new(struct event_base *base, const struct hostport *list
     struct sched *sch, struct smtp_server *smtp, void (*status)(struct buf *out, void *arg),
     void *status_arg, struct buf *err);
 void metrics_free(struct metrics *m); /* NULL is fine */
+/* ternd's relay: the next metrics_new serves fd (bound by the parent). */
+void metrics_give_socket(int fd);
 
 /* The Prometheus text for the given numbers (pure, for tests). */
 void metrics_render(struct buf *out, const struct sched *sch, size_t sessions, uint64_t received);

@@ -483,6 +483,35 @@ smtp_data_deadline(
 /* ---- the end of the header section ---- */
 
 enum { HS_BOL, HS_BOL_CR, HS_MID, HS_MID_CR };
+/* Message-ID capture: looking for the field name at a line's start,
+ * skipping another field's line, inside the value, finished. */
+enum { MID_SEEK, MID_SKIP, MID_VALUE, MID_DONE };
+
+/* One header byte c; bol: c starts a line. */
+static void
+msgid_feed(struct hdr_scan *h, char c, bool bol)
+{
+    static const char name[] = "message-id:";
+    unsigned char u = (unsigned char)c;
+    if (bol && h->mid_st == MID_VALUE && c != ' ' && c != '\t') {
+        h->mid_st = MID_DONE; /* not a continuation line: the field ended */
+        return;
+    }
+    if (bol && h->mid_st != MID_VALUE && h->mid_st != MID_DONE) {
+        h->mid_st = MID_SEEK;
+        h->mid_name = 0;
+    }
+    if (h->mid_st == MID_SEEK) {
+        if ((u >= 'A' && u <= 'Z' ? u + 32 : u) != (unsigned char)name[h->mid_name])
+            h->mid_st = MID_SKIP;
+        else if (++h->mid_name == sizeof(name) - 1)
+            h->mid_st = MID_VALUE;
+    } else if (h->mid_st == MID_VALUE && c != '\r' && c != '\n' &&
+               !(h->mid_len == 0 && (c == ' ' || c == '\t')) && h->mid_len < HDR_MSGID_MAX) {
+        h->mid[h->mid_len++] = (u > ' ' && u < 0x7f) ? c : (c == ' ' || c == '\t') ? ' ' : '?';
+        h->mid[h->mid_len] = '\0';
+    }
+}
 
 void
 hdr_scan_feed(struct hdr_scan *h, const char *p, size_t n)
@@ -490,6 +519,8 @@ hdr_scan_feed(struct hdr_scan *h, const char *p, size_t n)
     int st = h->st;
     for (size_t i = 0; i < n && !h->done; i++) {
         char c = p[i];
+        if (h->want_msgid && h->mid_st != MID_DONE)
+            msgid_feed(h, c, st == HS_BOL);
         if (st == HS_BOL_CR && c == '\n')
             h->done = true;
         else if (c == '\r')

@@ -124,10 +124,18 @@ void smtp_data_stuff(const char *in, size_t len, bool *at_line_start, struct buf
 /* ---- the end of the header section ---- */
 
 /* Finds the first empty line of a message (RFC 5322 §2.1) in a stream, as
- * the DKIM signer does. */
+ * the DKIM signer does. With want_msgid it also keeps the value of the
+ * first Message-ID field (RFC 5322 §3.6.4), for the log: unfolded, leading
+ * blanks dropped, bytes outside printable ASCII as '?', at most
+ * HDR_MSGID_MAX bytes (the rest dropped), NUL terminated. */
+#define HDR_MSGID_MAX 200
 struct hdr_scan {
     int st;
-    bool done; /* the empty line was seen */
+    bool done;       /* the empty line was seen */
+    bool want_msgid; /* set by the caller before feeding */
+    unsigned char mid_st, mid_name;
+    size_t mid_len;
+    char mid[HDR_MSGID_MAX + 1];
 };
 void hdr_scan_feed(struct hdr_scan *h, const char *p, size_t n);
 /* The same over the first n bytes of an evbuffer (not drained). */

@@ -35,6 +35,7 @@ enum smtp_verb {
     SMTP_V_HELP,
     SMTP_V_STARTTLS,
     SMTP_V_AUTH,
+    SMTP_V_COUNT /* not a verb: how many there are */
 };
 
 struct smtp_cmd {

@@ -498,15 +498,21 @@ format_reply(const struct tern_status *st, char *out, size_t cap)
         snprintf(out, cap, "%d %s", st->code, st->text);
 }
 
+/* One line per recipient per attempt (Postfix's "status=" line): relay,
+ * reply, delay since arrival, delays=a/b/c/d, dsn=, status=. st: the
+ * status the recipient ends with (an expiry's own, else the reply). */
 static void
 log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt *r,
-    const char *relay, const char *reply, int64_t next_ms)
+    const struct delivery_rcpt_result *res, const struct tern_status *st, const char *relay,
+    const char *reply, int64_t next_ms)
 {
     struct logline l;
-    char delay[32];
+    char delay[32], delays[128], dsn[16];
     int64_t d = tern_now_ms() - m->env->arrival_ms;
     snprintf(delay, sizeof(delay), "%lld.%03llds", (long long)(d / 1000),
         (long long)(d % 1000 < 0 ? 0 : d % 1000));
+    delivery_format_delays(d, res, delays, sizeof(delays));
+    delivery_format_dsn(st, dsn, sizeof(dsn));
     log_begin(&l, LOG_INFO, m->env->qid, "delivery", event);
     log_str(&l, "to", r->addr);
     if (relay != NULL && strstr(relay, " tls=") != NULL) {
@@ -519,6 +525,9 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
     }
     log_str(&l, strcmp(event, "delivered") == 0 ? "reply" : "reason", reply);
     log_str(&l, "delay", delay);
+    log_str(&l, "delays", delays);
+    log_str(&l, "dsn", dsn);
+    log_str(&l, "status", strcmp(event, "delivered") == 0 ? "sent" : event);
     log_int(&l, "attempts", r->attempts);
     if (next_ms > 0) {
         char next[32];
@@ -580,7 +589,7 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct deli
     if (r->cls == DELIV_OK) {
         rc->state = RCPT_DELIVERED;
         s->st.delivered++;
-        log_result("delivered", m, rc, relay, reply, 0);
+        log_result("delivered", m, rc, r, &r->st, relay, reply, 0);
         act = DSN_ACTION_RELAYED;
     } else if (r->cls == DELIV_TEMP && !retry_expired(s->cfg, m->env->arrival_ms, tern_now_ms())) {
         double rnd = (double)(random() % 1000000) / 1000000.0;
@@ -589,7 +598,7 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct deli
             *next_ms = delay;
         rc->next_try_ms = tern_now_ms() + delay; /* stored: wall clock */
         s->st.deferred++;
-        log_result("deferred", m, rc, relay, reply, delay);
+        log_result("deferred", m, rc, r, &r->st, relay, reply, delay);
         return false;
     } else if (r->cls == DELIV_TEMP) {
         rc->state = RCPT_FAILED;
@@ -597,11 +606,11 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct deli
         STATUS_SET(&dr->status, r->st.code >= 400 && r->st.code < 500 ? r->st.code : 451, "4.4.7",
             "delivery time expired; last error: %s", reply);
         dr->from_remote = false;
-        log_result("expired", m, rc, relay, reply, 0);
+        log_result("expired", m, rc, r, &dr->status, relay, reply, 0);
     } else {
         rc->state = RCPT_FAILED;
         s->st.bounced++;
-        log_result("bounced", m, rc, relay, reply, 0);
+        log_result("bounced", m, rc, r, &r->st, relay, reply, 0);
     }
     return final_wants_dsn(m, idx, r, act, dr);
 }

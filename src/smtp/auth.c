@@ -377,6 +377,13 @@ users_file_untrusted(const char *path, const struct stat *st, struct buf *err)
 int
 auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err)
 {
+    return auth_users_refresh_text(u, force, warn, err, NULL) < 0 ? -1 : 0;
+}
+
+int
+auth_users_refresh_text(
+    struct auth_users *u, bool force, struct buf *warn, struct buf *err, struct buf *copy)
+{
     struct stat st;
     struct buf text = BUF_INIT;
     int fd = open(u->path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -409,6 +416,8 @@ auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct bu
     }
     close(fd); /* read-only: nothing to flush */
     auth_users_parse(u, text.data ? text.data : "", text.len, warn);
+    if (copy != NULL)
+        buf_append(copy, text.data ? text.data : "", text.len);
     if (text.data)
         explicit_bzero(text.data, text.len);
     buf_fini(&text);
@@ -417,7 +426,7 @@ auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct bu
     u->ino = st.st_ino;
     u->size = st.st_size;
     u->mtime = st.st_mtim;
-    return 0;
+    return 1;
 }
 
 /* ---- throttle ---- */

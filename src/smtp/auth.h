@@ -62,6 +62,11 @@ const char *auth_users_path(const struct auth_users *u);
  * force). 0 when the table is current (bad lines are skipped and described
  * in warn); -1 with err when the file cannot be read: the old table is kept. */
 int auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err);
+/* The same, returning 1 when the file was read (changed, or force; its
+ * text is then appended to copy, which ternd's parent hands to the keys
+ * process), 0 when the table was current, -1 on error. */
+int auth_users_refresh_text(
+    struct auth_users *u, bool force, struct buf *warn, struct buf *err, struct buf *copy);
 /* Parse a file's text into u (replacing the table). Bad lines are skipped
  * and one message per bad line is appended to warn ("line N: ..."). */
 void auth_users_parse(struct auth_users *u, const char *text, size_t len, struct buf *warn);
@@ -163,6 +168,7 @@ struct auth_result {
 #define AUTH_QUEUE_MAX     1024 /* checks waiting in all */
 
 struct auth_worker;
+struct event_base;
 struct loopq;
 /* done runs on the loop of the inbox given to submit, once for each
  * finished check (also when the session that asked is gone: the throttle
@@ -179,5 +185,21 @@ int auth_worker_submit(struct auth_worker *w, struct loopq *to, void *arg, uint6
 /* Stop the thread (pending checks are dropped unanswered) and free. Answers
  * already posted stay in their inboxes and run (or are freed) with them. */
 void auth_worker_free(struct auth_worker *w);
+
+/* A worker whose checks run in ternd's keys process, which alone holds the
+ * hashes (sock: the relay's socket to it). The fair queue stays here and at
+ * most inflight checks are over there at once, so the order in which
+ * addresses are served is decided as for the local worker. The keys
+ * process's replies are read on base's loop (the main loop), and each
+ * answer is posted to the inbox of the loop that asked, as the local
+ * worker's are. */
+struct auth_worker *auth_worker_new_remote(
+    struct event_base *base, int sock, size_t inflight, auth_done_fn *done);
+bool auth_worker_is_remote(const struct auth_worker *w);
+/* Queue a check of user's password (copied, cleared once sent); its answer
+ * goes to done(r, arg) on to's loop. -1 as for auth_worker_submit. Any
+ * thread. */
+int auth_worker_submit_user(struct auth_worker *w, struct loopq *to, void *arg, uint64_t id,
+    const void *key, size_t klen, const char *user, const char *pass);
 
 #endif

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "policy.h"
+#include "privsep/privsep.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -113,11 +114,11 @@ refuse(int fd, const char *peer, const char *why)
 #define AUTH_THROTTLE_MAX    100000 /* client addresses tracked for failed AUTH */
 #define SMTP_ACCEPT_PAUSE_MS 500    /* listeners rest this long after accept() ran out */
 
+/* Admit a connection accepted on lp: a session is started on fd (owned),
+ * or fd gets one 421 line and is closed. */
 static void
-accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+loop_admit(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int salen, enum smtp_role role)
 {
-    struct smtp_listener *sl = arg;
-    struct smtp_loop *lp = sl->lp;
     char peer[64];
     const char *why;
     bool outsider;
@@ -139,8 +140,22 @@ accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, i
     /* Replies are small writes: do not let Nagle hold them back behind a
      * delayed ACK (visible as ~40 ms after a TLS 1.3 handshake). */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
-    if (!smtp_session_start(lp, fd, sa, salen, sl->role, outsider))
+    if (!smtp_session_start(lp, fd, sa, salen, role, outsider))
         release(lp->srv, sa, outsider);
+}
+
+void
+smtp_server_admit(
+    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role)
+{
+    loop_admit(srv->loops[0], fd, sa, salen, role);
+}
+
+static void
+accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    struct smtp_listener *sl = arg;
+    loop_admit(sl->lp, fd, sa, salen, sl->role);
 }
 
 /* Listening again after a pause (accept_error_cb). */
@@ -198,47 +213,77 @@ listener_free(struct smtp_listener *sl)
     free(sl);
 }
 
-/* A listening socket for hp: SO_REUSEADDR as libevent sets it, and with
- * several loops SO_REUSEPORT, so that each loop has a socket of its own on
- * the address and the kernel spreads connections over them. -1 with err. */
-static int
-listen_one(const struct hostport *hp, enum smtp_role role, bool reuseport, struct buf *err)
+/* Sockets bound by ternd's parent, waiting for the listeners of their
+ * address (smtp_server_give_socket). Main thread only. */
+struct given {
+    int role;
+    struct hostport hp;
+    int fd;
+};
+static struct given *given_v;
+static size_t given_n;
+
+void
+smtp_server_give_socket(int role, const struct hostport *hp, int fd)
 {
-    struct sockaddr_storage ss;
-    int len = sizeof(ss), fd, on = 1;
-    char spec[CONFIG_HOST_MAX + 16];
-    snprintf(spec, sizeof(spec), strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
-    if (evutil_parse_sockaddr_port(spec, (struct sockaddr *)&ss, &len) < 0) {
-        buf_printf(err, "%s: %s is not a numeric address:port\n", role_setting[role], spec);
-        return -1;
-    }
-    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) < 0 ||
-        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof(on)) < 0) ||
-        bind(fd, (struct sockaddr *)&ss, (socklen_t)len) < 0 || listen(fd, 511) < 0) {
-        buf_printf(err, "%s: cannot listen on %s: %s\n", role_setting[role], spec, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    return fd;
+    given_v = xrealloc(given_v, (given_n + 1) * sizeof(*given_v));
+    given_v[given_n].role = role;
+    given_v[given_n].hp = *hp;
+    given_v[given_n++].fd = fd;
 }
 
-/* Is hp free, or does some socket listen there already? With SO_REUSEPORT
- * a second daemon of the same user could join our addresses and take a
- * share of the connections unnoticed: a socket without it is bound (and
- * closed) first, which fails as a lone listener would. -1 with err. */
-static int
-probe_free(const struct hostport *hp, enum smtp_role role, struct buf *err)
+void
+smtp_server_drop_given(void)
 {
-    int fd = listen_one(hp, role, false, err);
-    if (fd < 0)
-        return -1;
-    close(fd);
-    return 0;
+    for (size_t i = 0; i < given_n; i++)
+        close(given_v[i].fd); /* a listening socket: nothing to flush */
+    free(given_v);
+    given_v = NULL;
+    given_n = 0;
 }
 
-static bool listening_on(const struct config *cfg, const struct hostport *hp);
+static bool
+same_hp(const struct hostport *a, const struct hostport *b)
+{
+    return strcmp(a->host, b->host) == 0 && a->port == b->port;
+}
+
+static int
+take_given(enum smtp_role role, const struct hostport *hp)
+{
+    for (size_t i = 0; i < given_n; i++) {
+        int fd = given_v[i].fd;
+        if (given_v[i].role != (int)role || !same_hp(&given_v[i].hp, hp))
+            continue;
+        given_v[i] = given_v[--given_n];
+        return fd;
+    }
+    return -1;
+}
+
+/* The sockets of hp for n loops (fds[n]): those ternd's parent gave (one
+ * per loop), else bound here as a group (tests, fuzzers). -1 with err
+ * (nothing left open). */
+static int
+listen_group(const struct hostport *hp, enum smtp_role role, size_t n, int *fds, struct buf *err)
+{
+    size_t k = 0;
+    while (k < n && (fds[k] = take_given(role, hp)) >= 0)
+        k++;
+    if (k == n)
+        return 0;
+    if (k == 0)
+        return ps_listen_tcp_group(role_setting[role], hp, n, fds, err);
+    /* The parent binds as many as there are loops: fewer means a change of
+     * workers it did not refuse. */
+    buf_printf(err, "%s: %s port %u: %zu listening sockets given for %zu receive loops\n",
+        role_setting[role], hp->host, hp->port, k, n);
+    while (k > 0)
+        close(fds[--k]);
+    return -1;
+}
+
+static bool listening_on(const struct config *cfg, enum smtp_role role, const struct hostport *hp);
 
 /* The address list of one role. */
 static const struct hostport *
@@ -268,21 +313,27 @@ smtp_listen_set_free(struct smtp_listen_set *set)
             close(set->fds[i]);
     }
     free(set->fds);
+    free(set->hps);
     free(set->roles);
     free(set);
 }
 
-/* Bind every address of cfg once for each loop: NULL with err when one
+/* The sockets of cfg's addresses for every loop: NULL with err when one
  * cannot be bound (nothing is left open). running: the configuration whose
- * listeners are open (NULL at start): its addresses are ours already. */
+ * listeners are open (NULL at start): an address it listens on in the same
+ * role is kept as it is (fds -1), since a socket given by ternd's parent
+ * cannot be bound again here. Each loop gets a socket of its own on an
+ * address (SO_REUSEPORT with several). */
 static struct smtp_listen_set *
 bind_all(const struct config *cfg, const struct config *running, size_t n_loops, struct buf *err)
 {
     struct smtp_listen_set *set = xcalloc(1, sizeof(*set));
+    int *group = xcalloc(n_loops, sizeof(*group));
     size_t k = 0;
     set->n = cfg->n_smtp_listen + cfg->n_submission_listen + cfg->n_smtps_listen;
     set->n_loops = n_loops;
     set->roles = xcalloc(set->n + 1, sizeof(*set->roles));
+    set->hps = xcalloc(set->n + 1, sizeof(*set->hps));
     set->fds = xcalloc(set->n * n_loops + 1, sizeof(*set->fds));
     for (size_t i = 0; i < set->n * n_loops; i++)
         set->fds[i] = -1;
@@ -291,20 +342,19 @@ bind_all(const struct config *cfg, const struct config *running, size_t n_loops,
         const struct hostport *hp = role_list(cfg, (enum smtp_role)role, &nr);
         for (size_t i = 0; i < nr; i++, k++) {
             set->roles[k] = (enum smtp_role)role;
-            if (n_loops > 1 && !(running && listening_on(running, &hp[i])) &&
-                probe_free(&hp[i], set->roles[k], err) < 0) {
+            set->hps[k] = hp[i];
+            if (running != NULL && listening_on(running, set->roles[k], &hp[i]))
+                continue;
+            if (listen_group(&hp[i], set->roles[k], n_loops, group, err) < 0) {
                 smtp_listen_set_free(set);
+                free(group);
                 return NULL;
             }
-            for (size_t l = 0; l < n_loops; l++) {
-                set->fds[l * set->n + k] = listen_one(&hp[i], set->roles[k], n_loops > 1, err);
-                if (set->fds[l * set->n + k] < 0) {
-                    smtp_listen_set_free(set);
-                    return NULL;
-                }
-            }
+            for (size_t l = 0; l < n_loops; l++)
+                set->fds[l * set->n + k] = group[l];
         }
     }
+    free(group);
     return set;
 }
 
@@ -318,17 +368,41 @@ smtp_loop_unbind(struct smtp_loop *lp)
     lp->n_listeners = 0;
 }
 
+/* The index of lp's listener on hp in role, or SIZE_MAX. */
+static size_t
+find_kept(const struct smtp_loop *lp, enum smtp_role role, const struct hostport *hp)
+{
+    for (size_t i = 0; i < lp->n_listeners; i++) {
+        if (lp->listeners[i] != NULL && lp->listeners[i]->role == role &&
+            same_hp(&lp->listeners[i]->hp, hp))
+            return i;
+    }
+    return SIZE_MAX;
+}
+
 void
 smtp_loop_listen(struct smtp_loop *lp, struct smtp_listen_set *set)
 {
+    struct smtp_listener **v = xcalloc(set->n + 1, sizeof(*v));
+    size_t n = 0;
     struct logline l;
-    smtp_loop_unbind(lp);
-    lp->listeners = xcalloc(set->n + 1, sizeof(*lp->listeners));
     for (size_t i = 0; i < set->n; i++) {
         int *fd = &set->fds[lp->idx * set->n + i];
-        struct smtp_listener *sl = xcalloc(1, sizeof(*sl));
+        struct smtp_listener *sl;
+        size_t kept = find_kept(lp, set->roles[i], &set->hps[i]);
+        if (*fd < 0) {
+            /* An address the loop listens on already: it stays open, so
+             * no connection is refused during a reload. */
+            if (kept != SIZE_MAX) {
+                v[n++] = lp->listeners[kept];
+                lp->listeners[kept] = NULL;
+            }
+            continue;
+        }
+        sl = xcalloc(1, sizeof(*sl));
         sl->lp = lp;
         sl->role = set->roles[i];
+        sl->hp = set->hps[i];
         sl->lis = evconnlistener_new(
             lp->base, accept_cb, sl, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, -1, *fd);
         if (sl->lis == NULL) {
@@ -344,8 +418,26 @@ smtp_loop_listen(struct smtp_loop *lp, struct smtp_listen_set *set)
         evconnlistener_set_error_cb(sl->lis, accept_error_cb);
         if (lp->accept_paused)
             evconnlistener_disable(sl->lis);
-        lp->listeners[lp->n_listeners++] = sl;
+        v[n++] = sl;
     }
+    smtp_loop_unbind(lp); /* the addresses dropped */
+    lp->listeners = v;
+    lp->n_listeners = n;
+}
+
+/* ternd's relay: AUTH checks go to the keys process (smtp_server_use_keys). */
+static int remote_auth_fd = -1;
+
+void
+smtp_server_use_keys(int auth_fd)
+{
+    remote_auth_fd = auth_fd;
+}
+
+bool
+smtp_server_auth_on(const struct smtp_server *srv)
+{
+    return atomic_load(&srv->has_users) || atomic_load(&srv->auth_remote_on);
 }
 
 /* Build the TLS context and read the AUTH users of cfg. -1 with err when a
@@ -357,7 +449,7 @@ load_security(const struct config *cfg, struct tls_ctx **tls, struct auth_users 
     *users = NULL;
     if (tls_server_ctx_new(cfg, tls, err) < 0)
         return -1;
-    if (cfg->auth_users_file != NULL) {
+    if (cfg->auth_users_file != NULL && remote_auth_fd < 0) {
         *users = auth_users_new(cfg->auth_users_file);
         if (auth_users_refresh(*users, true, warn, err) < 0) {
             auth_users_free(*users);
@@ -401,10 +493,15 @@ smtp_server_check(const struct config *cfg, struct buf *err)
 /* Swap in the security objects of a new configuration (main thread). The
  * loops get their references of tls with the configuration. */
 static void
-set_security(struct smtp_server *srv, struct tls_ctx *tls, struct auth_users *users)
+set_security(struct smtp_server *srv, const struct config *cfg, struct tls_ctx *tls,
+    struct auth_users *users)
 {
-    struct auth_worker *w =
-        users != NULL && srv->worker == NULL ? auth_worker_new(smtp_auth_done) : NULL;
+    bool remote = remote_auth_fd >= 0 && cfg->auth_users_file != NULL;
+    struct auth_worker *w = NULL;
+    if (remote && srv->worker == NULL)
+        w = auth_worker_new_remote(srv->base, remote_auth_fd, PS_AUTH_THREADS, smtp_auth_done);
+    else if (users != NULL && srv->worker == NULL)
+        w = auth_worker_new(smtp_auth_done);
     tls_ctx_unref(srv->tls);
     srv->tls = tls;
     /* The worker is there before any loop can see users. */
@@ -414,6 +511,7 @@ set_security(struct smtp_server *srv, struct tls_ctx *tls, struct auth_users *us
     auth_users_free(srv->users);
     srv->users = users;
     atomic_store(&srv->has_users, users != NULL);
+    atomic_store(&srv->auth_remote_on, remote);
     pthread_mutex_unlock(&srv->auth_mu);
 }
 
@@ -438,7 +536,7 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, s
     }
     log_users_warnings(&warn);
     buf_fini(&warn);
-    set_security(srv, tls, users);
+    set_security(srv, cfg, tls, users);
     /* One loop is the main loop itself; more are threads of their own. */
     srv->loops = xcalloc(cfg->workers, sizeof(*srv->loops));
     for (unsigned i = 0; i < cfg->workers; i++) {
@@ -462,17 +560,15 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, s
     return srv;
 }
 
-/* Does cfg listen on hp (in any role)? */
+/* Does cfg listen on hp in role? */
 static bool
-listening_on(const struct config *cfg, const struct hostport *hp)
+listening_on(const struct config *cfg, enum smtp_role role, const struct hostport *hp)
 {
-    for (int role = SMTP_ROLE_RELAY; role <= SMTP_ROLE_SMTPS; role++) {
-        size_t n;
-        const struct hostport *v = role_list(cfg, (enum smtp_role)role, &n);
-        for (size_t i = 0; i < n; i++) {
-            if (strcmp(v[i].host, hp->host) == 0 && v[i].port == hp->port)
-                return true;
-        }
+    size_t n;
+    const struct hostport *v = role_list(cfg, role, &n);
+    for (size_t i = 0; i < n; i++) {
+        if (same_hp(&v[i], hp))
+            return true;
     }
     return false;
 }
@@ -494,9 +590,10 @@ same_listen(const struct config *a, const struct config *b)
     return true;
 }
 
-/* The listeners of cfg for every loop when its addresses differ from the
- * running ones: 0 with *set NULL when they are the same, -1 with err when
- * one cannot be bound (the running listeners stay). */
+/* The sockets of cfg's new addresses for every loop when its addresses
+ * differ from the running ones: 0 with *set NULL when they are the same,
+ * -1 with err when one cannot be bound (the running listeners stay). The
+ * loops close the dropped addresses once the set is theirs. */
 static int
 rebind(struct smtp_server *srv, const struct config *cfg, struct smtp_listen_set **set,
     struct buf *err)
@@ -504,25 +601,16 @@ rebind(struct smtp_server *srv, const struct config *cfg, struct smtp_listen_set
     *set = NULL;
     if (same_listen(srv->cfg, cfg))
         return 0;
-    if (srv->n_loops > 1) {
-        /* SO_REUSEPORT: the new sockets join while the old ones still
-         * listen, so no address is ever closed in between. */
-        *set = bind_all(cfg, srv->cfg, srv->n_loops, err);
-        return *set != NULL ? 0 : -1;
-    }
-    /* One loop, the main one: free the old listeners first (the new set may
-     * reuse an address), and take them again when the new set fails. */
-    smtp_loop_unbind(srv->loops[0]);
-    *set = bind_all(cfg, NULL, 1, err);
-    if (*set != NULL)
-        return 0;
-    struct buf ignore = BUF_INIT;
-    struct smtp_listen_set *old = bind_all(srv->cfg, NULL, 1, &ignore);
-    buf_fini(&ignore);
-    if (old != NULL)
-        smtp_loop_listen(srv->loops[0], old);
-    smtp_listen_set_free(old);
-    return -1;
+    *set = bind_all(cfg, srv->cfg, srv->n_loops, err);
+    return *set != NULL ? 0 : -1;
+}
+
+void
+smtp_server_set_dns(struct smtp_server *srv, struct dns *dns)
+{
+    srv->dns = dns;
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_post_dns(srv->loops[i], dns);
 }
 
 int
@@ -547,7 +635,7 @@ smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *
     }
     log_users_warnings(&warn);
     buf_fini(&warn);
-    set_security(srv, tls, users);
+    set_security(srv, cfg, tls, users);
     config_unref(srv->cfg);
     srv->cfg = config_ref(cfg);
     /* Each loop takes the new configuration at its next pass: sessions

@@ -116,6 +116,7 @@ smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    smtp_count_reply(s, code);
     if (esc && *esc)
         evbuffer_add_printf(out, "%d %s %s\r\n", code, esc, text);
     else
@@ -137,19 +138,6 @@ smtp_session_error(struct smtp_session *s)
         return false;
     smtp_session_close(s, 421, "4.7.0", "Too many errors, closing connection");
     return true;
-}
-
-void
-smtp_log_refused(struct smtp_session *s, const char *qid, const char *reason, const char *detail)
-{
-    struct logline l;
-    log_begin(&l, LOG_INFO, qid, "smtp", "refused");
-    log_int(&l, "sess", (int64_t)s->id);
-    log_str(&l, "client", s->peer_str);
-    log_str(&l, "reason", reason);
-    if (detail)
-        log_str(&l, "detail", detail);
-    log_end(&l);
 }
 
 /* ---- transactions ---- */
@@ -196,6 +184,10 @@ smtp_session_kill(struct smtp_session *s)
     if (s->dead)
         return;
     s->dead = true;
+    smtp_log_disconnect(s);
+    /* Now, not at the free: ternd frees the resolver right after killing
+     * every session. */
+    smtp_name_cancel(s);
     evtimer_del(s->deadline);
     smtp_session_read(s, false);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
@@ -327,6 +319,7 @@ smtp_session_close(struct smtp_session *s, int code, const char *esc, const char
 {
     if (s->dead || s->state == SMTP_ST_CLOSING)
         return;
+    s->counting = false; /* our 421 (timeout, shutdown, limits) fails no command */
     if (code)
         smtp_reply(s, code, esc, "%s", text);
     s->state = SMTP_ST_CLOSING;
@@ -435,20 +428,21 @@ cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
     if (s->role != SMTP_ROLE_RELAY && s->auth_user == NULL) {
         /* CONTRACT.md: submission needs AUTH, even from relay_networks. */
         smtp_reply(s, 530, "5.7.0", "Authentication required");
-        smtp_log_refused(s, NULL, "authentication required", NULL);
+        smtp_log_refused(s, NULL, "authentication required", addr, NULL);
     } else if (s->auth_user != NULL &&
                !auth_sender_allowed(s->cfg->auth_sender_login, s->auth_user, addr)) {
         smtp_reply(
             s, 553, "5.7.1", "<%s>: Sender address not owned by user %s", addr, s->auth_user);
-        smtp_log_refused(s, NULL, "sender not owned", addr);
+        smtp_log_refused(s, NULL, "sender not owned", addr, NULL);
     } else if (!mp.smtputf8 && has_non_ascii(addr)) {
         smtp_reply(s, 553, "5.6.7", "Non-ASCII address requires SMTPUTF8");
     } else if (mp.has_size && mp.size > s->cfg->max_message_size) {
         smtp_reply(s, 552, "5.3.4", "Message size exceeds fixed limit of %llu bytes",
             (unsigned long long)s->cfg->max_message_size);
-        smtp_log_refused(s, NULL, "size", NULL);
+        smtp_log_refused(s, NULL, "size", addr, NULL);
     } else {
         s->tx = xcalloc(1, sizeof(*s->tx));
+        s->tx->hscan.want_msgid = true; /* for the received line */
         s->tx->env = xcalloc(1, sizeof(*s->tx->env));
         s->tx->env->sender = addr;
         addr = NULL;
@@ -484,7 +478,7 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
         smtp_reply(s, 452, "4.5.3", "Too many recipients");
     } else if (!policy_may_relay(s->cfg, (struct sockaddr *)&s->peer, s->auth_user != NULL, addr)) {
         smtp_reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
-        smtp_log_refused(s, NULL, "relay denied", addr);
+        smtp_log_refused(s, NULL, "relay denied", NULL, addr);
         smtp_session_error(s);
     } else {
         spool_env_add_rcpt(tx->env, addr, rp.orcpt, rp.notify);
@@ -577,6 +571,7 @@ session_command(struct smtp_session *s, const char *line, size_t len)
     struct tern_status st;
     const struct smtp_verb_entry *e = NULL;
     if (smtp_parse_cmd(line, len, &c, &st) < 0) {
+        smtp_count_command(s, SMTP_V_UNKNOWN);
         smtp_reply_status(s, &st);
         smtp_session_error(s);
         return;
@@ -585,6 +580,7 @@ session_command(struct smtp_session *s, const char *line, size_t len)
         if (verbs[i].verb == c.verb)
             e = &verbs[i];
     }
+    smtp_count_command(s, e != NULL ? c.verb : SMTP_V_UNKNOWN);
     if (e == NULL) {
         smtp_reply(s, 500, "5.5.2", "Error: command not recognized");
         smtp_session_error(s);
@@ -682,6 +678,7 @@ process_input(struct smtp_session *s)
                 smtp_auth_response(s, "", 0); /* an over-long response cannot decode */
                 continue;
             }
+            smtp_count_command(s, SMTP_V_UNKNOWN); /* no verb could be read */
             smtp_reply(s, 500, "5.5.2", "Error: line too long");
             smtp_session_error(s);
             continue;
@@ -884,6 +881,8 @@ smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int 
     atomic_store_explicit(&lp->open, map_count(lp->sessions), memory_order_relaxed);
     atomic_fetch_add_explicit(&lp->accepted, 1, memory_order_relaxed);
     lp->n_alive++;
+    smtp_log_connect(s);
+    smtp_name_start(s);
     smtp_session_callbacks(s);
     bufferevent_enable(s->bev, EV_WRITE);
     smtp_session_read(s, true);

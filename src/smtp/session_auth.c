@@ -41,7 +41,7 @@ is_loopback(const struct sockaddr_storage *ss)
 bool
 smtp_auth_offered(const struct smtp_session *s)
 {
-    if (!atomic_load(&s->srv->has_users) || s->cfg->auth_users_file == NULL)
+    if (!smtp_server_auth_on(s->srv) || s->cfg->auth_users_file == NULL)
         return false;
     return s->tls || (s->cfg->auth_allow_plaintext_loopback && is_loopback(&s->peer));
 }
@@ -184,19 +184,28 @@ submit_check(struct smtp_session *s, const unsigned char *key, size_t kl)
     struct smtp_server *srv = s->srv;
     struct auth_limits lim = limits_of(s->lp);
     const char *hash;
-    bool unknown;
-    if (srv->users == NULL)
+    bool unknown, remote = srv->worker != NULL && auth_worker_is_remote(srv->worker);
+    int rc;
+    if (srv->users == NULL && !(remote && atomic_load(&srv->auth_remote_on)))
         return "no users"; /* a reload dropped auth_users_file */
     if (!auth_throttle_begin(srv->throttle, key, kl, tern_mono_ms(), &lim))
         return "locked out";
-    refresh_users(s);
-    hash = auth_users_hash(srv->users, s->creds->user);
-    unknown = hash == NULL;
-    /* An unknown user costs a crypt all the same (no user enumeration). */
-    if (unknown)
-        hash = auth_users_dummy_hash(srv->users);
-    if (auth_worker_submit(
-            srv->worker, s->lp->inbox, s->lp, s->id, key, kl, hash, s->creds->pass, unknown) < 0) {
+    if (remote) {
+        /* The keys process looks the user up (the hashes are there); the
+         * answer comes back to this session's loop all the same. */
+        rc = auth_worker_submit_user(
+            srv->worker, s->lp->inbox, s->lp, s->id, key, kl, s->creds->user, s->creds->pass);
+    } else {
+        refresh_users(s);
+        hash = auth_users_hash(srv->users, s->creds->user);
+        unknown = hash == NULL;
+        /* An unknown user costs a crypt all the same (no user enumeration). */
+        if (unknown)
+            hash = auth_users_dummy_hash(srv->users);
+        rc = auth_worker_submit(
+            srv->worker, s->lp->inbox, s->lp, s->id, key, kl, hash, s->creds->pass, unknown);
+    }
+    if (rc < 0) {
         /* Never checked: the attempt is given back. */
         auth_throttle_end(srv->throttle, key, kl, false, tern_mono_ms(), &lim);
         return "worker queue full";
@@ -326,7 +335,7 @@ auth_refused(struct smtp_session *s)
     struct auth_limits lim = limits_of(s->lp);
     size_t kl;
     bool blocked;
-    if (!atomic_load(&s->srv->has_users) || s->cfg->auth_users_file == NULL) {
+    if (!smtp_server_auth_on(s->srv) || s->cfg->auth_users_file == NULL) {
         smtp_reply(s, 502, "5.5.1", "Command not available");
     } else if (!smtp_auth_offered(s)) {
         /* RFC 4954 §4 */

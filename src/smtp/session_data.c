@@ -321,6 +321,16 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     smtp_session_process(s);
 }
 
+/* The Message-ID seen in the header, without trailing blanks (borrowed
+ * from h). */
+static const char *
+msgid_trim(struct hdr_scan *h)
+{
+    while (h->mid_len > 0 && h->mid[h->mid_len - 1] == ' ')
+        h->mid[--h->mid_len] = '\0';
+    return h->mid_len > 0 ? h->mid : "-";
+}
+
 static void
 tx_finish(struct smtp_session *s)
 {
@@ -331,7 +341,7 @@ tx_finish(struct smtp_session *s)
     smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     if (tx_rejected(s, &st)) {
         smtp_reply_status(s, &st);
-        smtp_log_refused(s, qid, st.text, NULL);
+        smtp_log_refused(s, qid, st.text, NULL, NULL);
         smtp_tx_reset(s);
         return;
     }
@@ -343,10 +353,13 @@ tx_finish(struct smtp_session *s)
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
+    if (smtp_client_name(s) != NULL)
+        log_str(&l, "client_name", smtp_client_name(s));
     log_str(&l, "helo", s->helo);
     log_str(&l, "from", tx->env->sender);
     log_int(&l, "nrcpt", (int64_t)tx->env->n_rcpts);
     log_int(&l, "size", (int64_t)spool_writer_size(tx->w));
+    log_str(&l, "message_id", msgid_trim(&tx->hscan));
     if (s->auth_user)
         log_str(&l, "user", s->auth_user);
     if (s->tls) {

@@ -27,10 +27,17 @@ struct smtp_server *smtp_server_new(
     struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err);
 /* New sessions use cfg (and its certificate and users file, re-read here)
  * from now on (each loop has taken it when this returns); sessions in flight
- * keep theirs. Listeners are rebound when the addresses changed: -1 (and the
- * old config kept) when a new address cannot be bound, the certificate, key
- * or users file is bad, or workers changed (it needs a restart). */
+ * keep theirs. Listeners are opened for new addresses and closed for
+ * dropped ones (those kept stay open): -1 (and the old config kept) when a
+ * new address cannot be bound, the certificate, key or users file is bad,
+ * or workers changed (it needs a restart). */
 int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
+/* Look up clients' names for the log with dns (borrowed; it must outlive
+ * the server's sessions), when smtpd_peername_lookup says so. Threaded
+ * receive loops get resolvers of their own (cfg's dns_resolvers, followed
+ * on reload): a resolver belongs to one event loop. */
+struct dns;
+void smtp_server_set_dns(struct smtp_server *srv, struct dns *dns);
 /* Stop accepting; idle sessions get 421 and are closed, sessions in a
  * transaction are abandoned (421, their tmp files discarded), sessions whose
  * message is being committed get their answer first. */
@@ -49,6 +56,15 @@ uint64_t smtp_server_received(const struct smtp_server *srv);
  * writers go on the next loop pass). */
 size_t smtp_server_unfreed(const struct smtp_server *srv);
 void smtp_server_free(struct smtp_server *srv);
+/* ternd's relay binds nothing itself: the parent's sockets for role (0
+ * smtp_listen, 1 submission_listen, 2 smtps_listen) and hp, one per receive
+ * loop, are given here before smtp_server_new or smtp_server_set_config
+ * takes them; those not taken are closed by smtp_server_drop_given. */
+void smtp_server_give_socket(int role, const struct hostport *hp, int fd);
+void smtp_server_drop_given(void);
+/* ternd's relay: AUTH is checked by the keys process over auth_fd, which
+ * alone reads auth_users_file. */
+void smtp_server_use_keys(int auth_fd);
 /* ternd --check: load cfg's certificate/key and users file as the server
  * would. 0, or -1 with one line per problem in err. */
 int smtp_server_check(const struct config *cfg, struct buf *err);

@@ -36,6 +36,8 @@
 
 struct bufferevent;
 struct dkim_signer;
+struct dns;
+struct dns_query;
 struct loopq;
 struct evbuffer;
 struct evconnlistener;
@@ -92,16 +94,20 @@ struct smtp_tx {
 struct smtp_listener {
     struct smtp_loop *lp;
     enum smtp_role role;
+    struct hostport hp;
     struct evconnlistener *lis;
 };
 
-/* Listening sockets bound on the main thread (so that a bind error is known
- * at once), n addresses for each of n_loops loops: fds[loop * n + i], -1
- * once a loop has taken it. With several loops every socket has
- * SO_REUSEPORT and the kernel spreads new connections over the loops. */
+/* Listening sockets for the loops, n addresses each: fds[loop * n + i]
+ * (-1 once the loop has taken it). With several loops each address has an
+ * SO_REUSEPORT group of one socket per loop (bound by ternd's parent and
+ * passed, or bound here without it), and the kernel spreads new
+ * connections over them. fds of an address that the running configuration
+ * listens on already are all -1: each loop keeps its listener there. */
 struct smtp_listen_set {
     size_t n, n_loops;
     enum smtp_role *roles; /* owned, n */
+    struct hostport *hps;  /* owned, n */
     int *fds;              /* owned, n * n_loops */
 };
 
@@ -118,6 +124,10 @@ struct smtp_loop {
     /* Commit and AUTH answers for its sessions, and the main thread's
      * messages (workers.c). Owned when threaded; else the spool owner's. */
     struct loopq *inbox;
+    /* Client name lookups of its sessions: a resolver on the loop's own
+     * base when threaded (owned), else the server's (borrowed); NULL: no
+     * lookups. */
+    struct dns *dns;
     struct config *cfg;  /* ref: the configuration new sessions take */
     struct tls_ctx *tls; /* ref or NULL: the TLS context new sessions take */
     struct smtp_listener **listeners;
@@ -135,6 +145,7 @@ struct smtp_loop {
 
 struct smtp_server {
     struct event_base *base; /* the main loop */
+    struct dns *dns;         /* borrowed (smtp_server_set_dns), or NULL: no name lookups */
     struct spool *sp;
     atomic_uint_least64_t received; /* messages committed, by every loop */
     /* Main thread only: the current configuration and its TLS context
@@ -146,9 +157,10 @@ struct smtp_server {
     bool shutting_down;
     struct auth_worker *worker; /* crypt checks off the loops; thread safe */
     pthread_mutex_t auth_mu;
-    struct auth_users *users;       /* guarded by auth_mu; NULL: no AUTH */
+    struct auth_users *users;       /* guarded by auth_mu; NULL: no AUTH here */
     struct auth_throttle *throttle; /* guarded by auth_mu: failed AUTH per address */
     atomic_bool has_users;          /* users != NULL */
+    atomic_bool auth_remote_on;     /* AUTH checked by the keys process (no users here) */
     /* Admission over every loop (max_sessions, max_sessions_per_ip,
      * reserved_sessions), checked and counted in one step. */
     pthread_mutex_t adm_mu;
@@ -158,6 +170,9 @@ struct smtp_server {
     atomic_size_t n_open; /* n_sessions, for readers without the lock */
     atomic_uint_least64_t next_id;
 };
+
+/* Is AUTH configured (a users table here, or the keys process's)? */
+bool smtp_server_auth_on(const struct smtp_server *srv);
 
 struct smtp_session {
     uint64_t id; /* unique over every loop */
@@ -203,17 +218,50 @@ struct smtp_session {
     char *auth_user;               /* owned: the authenticated identity, or NULL */
     struct tern_status auth_reply; /* the answer held back by auth_timer */
     bool auth_close;               /* close after auth_reply (lockout) */
+    /* For the disconnect line (session_log.c): commands by verb, those
+     * answered 4xx/5xx, the one the replies answer now. */
+    int64_t started_ms; /* tern_mono_ms() at connect */
+    uint32_t cmd_n[SMTP_V_COUNT], cmd_fail[SMTP_V_COUNT];
+    enum smtp_verb cur_verb;
+    bool cur_failed; /* cur_verb was counted as failed */
+    bool counting;   /* a command was read and replies count against it */
+    /* The client's name for the log (session_name.c). */
+    enum { SMTP_NAME_OFF, SMTP_NAME_PENDING, SMTP_NAME_KNOWN, SMTP_NAME_UNKNOWN } name_state;
+    struct dns_query *name_q; /* the lookup in flight, or NULL */
+    char client_name[256];    /* the PTR name; the client's only when KNOWN */
 };
 
+/* server.c: admit a new connection as a listener does (session limits,
+ * the share kept for relay_networks, per-address counts): a session is
+ * started on fd, or fd gets one 421 line and is closed. fd is owned. */
+void smtp_server_admit(
+    struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role);
 /* session.c. start: false when no session could be made (fd closed). */
 bool smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int salen,
     enum smtp_role role, bool outsider);
 void smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 void smtp_reply_status(struct smtp_session *s, const struct tern_status *st);
-/* One "smtp refused" log line; qid and detail may be NULL. */
+/* session_log.c: the session's log lines. One "smtp refused" line; qid,
+ * from and to may be NULL (from: the transaction's sender when there is
+ * one). */
 void smtp_log_refused(
-    struct smtp_session *s, const char *qid, const char *reason, const char *detail);
+    struct smtp_session *s, const char *qid, const char *reason, const char *from, const char *to);
+/* "smtp connect" (and the start of the session's duration). */
+void smtp_log_connect(struct smtp_session *s);
+/* "smtp disconnect": HELO name, TLS, AUTH user, counts, errors, duration. */
+void smtp_log_disconnect(struct smtp_session *s);
+/* A command line of verb v was read (SMTP_V_UNKNOWN: unrecognised). */
+void smtp_count_command(struct smtp_session *s, enum smtp_verb v);
+/* A reply with code went to the client: a 4xx/5xx fails the command. */
+void smtp_count_reply(struct smtp_session *s, int code);
+/* session_name.c: start looking up the client's name (when
+ * smtpd_peername_lookup and a resolver); cancel it (session end). */
+void smtp_name_start(struct smtp_session *s);
+void smtp_name_cancel(struct smtp_session *s);
+/* The name for the log: the confirmed name, "unknown", or NULL when
+ * lookups are off. Borrowed from s. */
+const char *smtp_client_name(const struct smtp_session *s);
 /* Count a protocol error; true when the session was closed (421) for it. */
 bool smtp_session_error(struct smtp_session *s);
 /* Drop the transaction (state READY unless CONNECTED/CLOSING). */
@@ -292,6 +340,9 @@ void smtp_loop_start(struct smtp_loop *lp);
 void smtp_loop_post_config(
     struct smtp_loop *lp, struct config *cfg, struct tls_ctx *tls, struct smtp_listen_set *set);
 void smtp_loop_post_shutdown(struct smtp_loop *lp);
+/* Client name lookups from now on: the main loop uses dns, a threaded loop
+ * a resolver of its own (when dns is not NULL). Returns once done. */
+void smtp_loop_post_dns(struct smtp_loop *lp, struct dns *dns);
 /* Main thread: end every session of the loop without a reply; a threaded
  * loop then drains its frees and its thread is joined. */
 void smtp_loop_stop(struct smtp_loop *lp);

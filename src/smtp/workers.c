@@ -7,6 +7,10 @@
  * a threaded loop only through its inbox (a new configuration, shutdown,
  * stop); spool commits and AUTH answers come back to the session's own loop
  * through the same inbox. A loop's own state is touched by its thread alone.
+ * Each loop has its own socket of an SO_REUSEPORT group per address (ternd's
+ * parent binds a group and passes it; a reload passes groups for new
+ * addresses only, and the loops keep their sockets of the others), and a
+ * threaded loop looks client names up with a resolver of its own.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -15,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dns/dns.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/loopq.h"
@@ -24,7 +29,7 @@
  * take one or two). */
 #define LOOP_DRAIN_PASSES 100
 
-enum loop_cmd { LOOP_CONFIG, LOOP_SHUTDOWN, LOOP_STOP };
+enum loop_cmd { LOOP_CONFIG, LOOP_DNS, LOOP_SHUTDOWN, LOOP_STOP };
 
 /* The main thread waits for a loop to have carried out a message: after a
  * reload or a shutdown returns, every loop acts on it. Loops never wait for
@@ -44,7 +49,50 @@ struct loop_msg {
     struct config *cfg;          /* LOOP_CONFIG: ref */
     struct tls_ctx *tls;         /* LOOP_CONFIG: ref or NULL */
     struct smtp_listen_set *set; /* LOOP_CONFIG: owned or NULL; only this loop's sockets */
+    struct dns *dns;             /* LOOP_DNS: the main loop's resolver (borrowed) or NULL */
 };
+
+static bool
+same_resolvers(const struct config *a, const struct config *b)
+{
+    if (a->n_dns_resolvers != b->n_dns_resolvers)
+        return false;
+    for (size_t i = 0; i < a->n_dns_resolvers; i++) {
+        if (strcmp(a->dns_resolvers[i].host, b->dns_resolvers[i].host) != 0 ||
+            a->dns_resolvers[i].port != b->dns_resolvers[i].port)
+            return false;
+    }
+    return true;
+}
+
+static void
+log_dns_error(const struct smtp_loop *lp, const struct buf *err)
+{
+    struct logline l;
+    log_begin(&l, LOG_ERROR, NULL, "smtp", "resolver_failed");
+    log_strn(&l, "detail", err->data ? err->data : "", err->len);
+    log_int(&l, "worker", (int64_t)lp->idx);
+    log_end(&l);
+}
+
+/* LOOP_DNS: the main loop uses the server's resolver; a threaded loop makes
+ * its own on its base (a resolver and its queries belong to one loop), with
+ * the same servers. Without one the loop's sessions log no client names. */
+static void
+set_dns(struct smtp_loop *lp, struct dns *dns)
+{
+    struct buf err = BUF_INIT;
+    if (!lp->threaded) {
+        lp->dns = dns;
+        return;
+    }
+    if (dns == NULL || lp->dns != NULL)
+        return;
+    lp->dns = dns_new(lp->base, lp->cfg->dns_resolvers, lp->cfg->n_dns_resolvers, &err);
+    if (lp->dns == NULL)
+        log_dns_error(lp, &err);
+    buf_fini(&err);
+}
 
 static void
 set_config(struct smtp_loop *lp, struct config *cfg, struct tls_ctx *tls)
@@ -67,10 +115,20 @@ msg_run(struct loopq_item *it)
             tls_ctx_unref(m->tls);
             break;
         }
+        if (lp->threaded && lp->dns != NULL && !same_resolvers(lp->cfg, m->cfg)) {
+            struct buf err = BUF_INIT;
+            if (dns_set_servers(lp->dns, m->cfg->dns_resolvers, m->cfg->n_dns_resolvers, &err) < 0)
+                log_dns_error(lp, &err); /* the old servers stay */
+            buf_fini(&err);
+        }
         set_config(lp, m->cfg, m->tls);
         /* A loop that stopped accepting does not start again. */
         if (m->set != NULL && !lp->shutting_down)
             smtp_loop_listen(lp, m->set);
+        break;
+    case LOOP_DNS:
+        if (!lp->stopped)
+            set_dns(lp, m->dns);
         break;
     case LOOP_SHUTDOWN:
         if (!lp->stopped)
@@ -186,6 +244,8 @@ loop_main(void *arg)
     event_base_dispatch(lp->base); /* until LOOP_STOP */
     for (int i = 0; i < LOOP_DRAIN_PASSES && lp->n_alive > 0; i++)
         event_base_loop(lp->base, EVLOOP_NONBLOCK);
+    dns_free(lp->dns); /* its sessions are gone, and their lookups with them */
+    lp->dns = NULL;
     log_detach_loop();
     return NULL;
 }
@@ -224,6 +284,8 @@ smtp_loop_post_config(
         m->set->n_loops = set->n_loops;
         m->set->roles = xcalloc(set->n + 1, sizeof(*m->set->roles));
         memcpy(m->set->roles, set->roles, set->n * sizeof(*set->roles));
+        m->set->hps = xcalloc(set->n + 1, sizeof(*m->set->hps));
+        memcpy(m->set->hps, set->hps, set->n * sizeof(*set->hps));
         m->set->fds = xcalloc(set->n * set->n_loops + 1, sizeof(*m->set->fds));
         for (size_t i = 0; i < set->n * set->n_loops; i++) {
             bool mine = i / set->n == lp->idx;
@@ -233,6 +295,15 @@ smtp_loop_post_config(
         }
     }
     send_msg(lp, LOOP_CONFIG, m, true);
+}
+
+void
+smtp_loop_post_dns(struct smtp_loop *lp, struct dns *dns)
+{
+    struct loop_msg *m = xcalloc(1, sizeof(*m));
+    m->dns = dns;
+    /* Waited for: loops make their resolvers one after the other. */
+    send_msg(lp, LOOP_DNS, m, true);
 }
 
 void
@@ -275,6 +346,8 @@ smtp_loop_free(struct smtp_loop *lp)
     smtp_loop_unbind(lp);
     if (lp->accept_timer)
         event_free(lp->accept_timer);
+    if (lp->threaded)
+        dns_free(lp->dns); /* a thread that never ran */
     map_free(lp->sessions);
     config_unref(lp->cfg);
     tls_ctx_unref(lp->tls);

@@ -117,7 +117,10 @@ status_apply(struct spool_env *env, const char *line, size_t len)
         return 0;
     }
     if (line[0] == 'd') {
-        if (spool_unesc(v, n, &p) < 0 || !spool_prefix_valid(p, strlen(p))) {
+        /* spool_unesc sets p only when it succeeds. */
+        if (spool_unesc(v, n, &p) < 0)
+            return -1;
+        if (!spool_prefix_valid(p, strlen(p))) {
             free(p);
             return -1;
         }

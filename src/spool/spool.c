@@ -23,8 +23,8 @@
 #include "util/util.h"
 
 /* mkdir -p: parents 0755, the spool itself 0700. */
-static int
-mkdir_p(const char *dir)
+int
+spool_mkdir_p(const char *dir)
 {
     char path[PATH_MAX];
     size_t n = strlen(dir);
@@ -59,8 +59,9 @@ mkdir_p(const char *dir)
 static const struct fs_private spool_dir_rule = { S_IFDIR, S_IWGRP | S_IWOTH, true, false };
 
 static int
-check_dir_fd(int fd, const char *path, uid_t *owner, struct buf *err)
+check_dir_as(int fd, const char *path, uid_t as, bool root_ok, uid_t *owner, struct buf *err)
 {
+    struct fs_private rule = spool_dir_rule;
     struct stat st;
     struct buf why = BUF_INIT;
     enum fs_trust t;
@@ -68,7 +69,8 @@ check_dir_fd(int fd, const char *path, uid_t *owner, struct buf *err)
         buf_printf(err, "spool directory %s: %s\n", path, strerror(errno));
         return -1;
     }
-    t = fs_check_private(&st, &spool_dir_rule, &why);
+    rule.or_root = root_ok;
+    t = fs_check_private_as(&st, &rule, as, &why);
     if (t != FS_TRUSTED)
         buf_printf(err, "spool directory %s: %s%s\n", path, why.data,
             t == FS_BAD_MODE    ? " (chmod 700 it)"
@@ -78,6 +80,12 @@ check_dir_fd(int fd, const char *path, uid_t *owner, struct buf *err)
     if (owner != NULL)
         *owner = st.st_uid;
     return t == FS_TRUSTED ? 0 : -1;
+}
+
+static int
+check_dir_fd(int fd, const char *path, uid_t *owner, struct buf *err)
+{
+    return check_dir_as(fd, path, geteuid(), false, owner, err);
 }
 
 static bool
@@ -91,8 +99,8 @@ is_symlink(int dir_fd, const char *name)
  * it. A symbolic link is not followed: it could lead anywhere. 0 with *fd
  * (-1 when missing and not created), -1 with err. */
 static int
-open_subdir(int dir_fd, const char *dir, const char *name, bool create, int *fd, bool *created,
-    struct buf *err)
+open_subdir_as(int dir_fd, const char *dir, const char *name, bool create, int *fd, bool *created,
+    uid_t as, bool root_ok, struct buf *err)
 {
     char path[PATH_MAX];
     *fd = -1;
@@ -115,30 +123,86 @@ open_subdir(int dir_fd, const char *dir, const char *name, bool create, int *fd,
         buf_printf(err, "cannot open spool subdirectory %s: %s\n", path, strerror(errno));
         return -1;
     }
-    return check_dir_fd(*fd, path, NULL, err);
+    return check_dir_as(*fd, path, as, root_ok, NULL, err);
+}
+
+static int
+open_subdir(int dir_fd, const char *dir, const char *name, bool create, int *fd, bool *created,
+    struct buf *err)
+{
+    return open_subdir_as(dir_fd, dir, name, create, fd, created, geteuid(), false, err);
 }
 
 /* log/ and corrupt/, and queue/ and tmp/ of an old spool not yet converted. */
 static const char *const spool_subdirs[] = { "log", "corrupt", "queue", "tmp" };
 
+static int
+check_subdirs(int fd, const char *dir, uid_t as, bool root_ok, struct buf *err)
+{
+    bool unused = false;
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < TERN_ARRAY_LEN(spool_subdirs); i++) {
+        int sub;
+        rc = open_subdir_as(fd, dir, spool_subdirs[i], false, &sub, &unused, as, root_ok, err);
+        if (sub >= 0)
+            close(sub); /* directory: nothing buffered */
+    }
+    return rc;
+}
+
+/* A missing spool is made at start: its nearest existing ancestor must be
+ * a directory we may write to. */
+static int
+check_creatable(const char *dir, struct buf *err)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    snprintf(path, sizeof(path), "%s", dir);
+    for (;;) {
+        char *slash = strrchr(path, '/');
+        if (slash == NULL) {
+            snprintf(path, sizeof(path), ".");
+        } else if (slash == path) {
+            path[1] = '\0';
+        } else {
+            *slash = '\0';
+        }
+        if (stat(path, &st) == 0)
+            break;
+        if (errno != ENOENT || strcmp(path, "/") == 0 || strcmp(path, ".") == 0) {
+            buf_printf(
+                err, "spool_dir %s: cannot be created: %s: %s\n", dir, path, strerror(errno));
+            return -1;
+        }
+    }
+    if (!S_ISDIR(st.st_mode) || access(path, W_OK | X_OK) < 0) {
+        buf_printf(err, "spool_dir %s: cannot be created: %s is %s\n", dir, path,
+            S_ISDIR(st.st_mode) ? "not writable" : "not a directory");
+        return -1;
+    }
+    return 0;
+}
+
 int
 spool_check(const char *dir, struct buf *err)
 {
+    return spool_check_as(dir, geteuid(), false, err);
+}
+
+int
+spool_check_as(const char *dir, uid_t uid, bool root_ok, struct buf *err)
+{
     int rc, fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    bool unused = false;
     if (fd < 0 && errno == ENOENT)
-        return 0; /* start-up makes it, mode 0700 */
+        return check_creatable(dir, err); /* start-up makes it, mode 0700 */
     if (fd < 0) {
         buf_printf(err, "cannot open spool directory %s: %s\n", dir, strerror(errno));
         return -1;
     }
-    rc = check_dir_fd(fd, dir, NULL, err);
-    for (size_t i = 0; rc == 0 && i < TERN_ARRAY_LEN(spool_subdirs); i++) {
-        int sub;
-        rc = open_subdir(fd, dir, spool_subdirs[i], false, &sub, &unused, err);
-        if (sub >= 0)
-            close(sub); /* directory: nothing buffered */
-    }
+    /* ternd started as root hands a root-owned spool over (root_ok). */
+    rc = check_dir_as(fd, dir, uid, root_ok, NULL, err);
+    if (rc == 0)
+        rc = check_subdirs(fd, dir, uid, root_ok, err);
     close(fd);
     return rc;
 }
@@ -155,7 +219,15 @@ open_existing(int log_fd, const char *name, uint64_t seq, uid_t owner)
     const char *why = NULL;
     int fd = openat(log_fd, name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) {
-        why = strerror(errno);
+        /* The relay may not even open what another user planted: say what
+         * it is rather than "Permission denied". */
+        int e = errno;
+        if (fstatat(log_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISREG(st.st_mode))
+            why = "not a regular file";
+        else if (fstatat(log_fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && st.st_uid != owner)
+            why = "not owned by the spool's user";
+        else
+            why = strerror(e);
     } else if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         why = "not a regular file";
     } else if (st.st_uid != owner) {
@@ -239,11 +311,12 @@ static int
 open_layout(struct spool *sp, struct buf *err)
 {
     bool made = false;
-    if (mkdir_p(sp->dir) < 0) {
+    if (sp->dir_fd < 0 && spool_mkdir_p(sp->dir) < 0) {
         buf_printf(err, "cannot create spool directory %s: %s\n", sp->dir, strerror(errno));
         return -1;
     }
-    sp->dir_fd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (sp->dir_fd < 0)
+        sp->dir_fd = open(sp->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (sp->dir_fd < 0) {
         buf_printf(err, "cannot open spool directory %s: %s\n", sp->dir, strerror(errno));
         return -1;
@@ -251,7 +324,7 @@ open_layout(struct spool *sp, struct buf *err)
     if (check_dir_fd(sp->dir_fd, sp->dir, &sp->owner_uid, err) < 0 ||
         open_subdir(sp->dir_fd, sp->dir, "log", true, &sp->log_fd, &made, err) < 0 ||
         open_subdir(sp->dir_fd, sp->dir, "corrupt", true, &sp->corrupt_fd, &made, err) < 0 ||
-        spool_check(sp->dir, err) < 0) /* an old queue/ or tmp/ too */
+        check_subdirs(sp->dir_fd, sp->dir, geteuid(), false, err) < 0) /* old queue/, tmp/ */
         return -1;
     /* The layout must survive a crash before the first message does. */
     if (made && fsync(sp->dir_fd) < 0) {
@@ -276,6 +349,8 @@ spool_open(const char *dir, struct loopq *owner, const struct spool_opts *opts, 
     if (sp->seg_size > SEG_SIZE_MAX)
         sp->seg_size = SEG_SIZE_MAX;
     sp->dir_fd = sp->log_fd = sp->corrupt_fd = -1;
+    if (opts != NULL && opts->use_dir_fd)
+        sp->dir_fd = opts->dir_fd;
     pthread_mutex_init(&sp->mu, NULL);
     index_init(&sp->idx);
     if (open_layout(sp, err) < 0)

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "util/buf.h"
 
@@ -119,6 +120,8 @@ void spool_env_add_rcpt(
 
 struct spool_opts {
     uint64_t segment_size; /* 0: SPOOL_SEG_SIZE_DEF */
+    bool use_dir_fd;       /* dir is open already as dir_fd (taken over) */
+    int dir_fd;
 };
 
 /* Open (creating with mode 0700 when missing) the spool at dir, start the
@@ -132,6 +135,20 @@ struct spool *spool_open(
  * writable by group or others, subdirectories no symbolic links); -1 with a
  * message naming the directory and the problem otherwise. Creates nothing. */
 int spool_check(const char *dir, struct buf *err);
+/* The same for the processes that will run as uid (root_ok: ternd started
+ * as root, which hands a root-owned spool to uid). A missing spool must be
+ * creatable: its nearest existing ancestor a writable directory. */
+int spool_check_as(const char *dir, uid_t uid, bool root_ok, struct buf *err);
+
+/* ternd's parent, before anything else in the spool is touched: make the
+ * spool (mode 0700) if missing, take the lock SPOOL/lock for the daemon's
+ * life (flock; the holder's pid written in it) and, when hand_over (started
+ * as root), give a root-owned spool and everything in it to uid:gid. The
+ * open lock (*lock_fd, kept open by the daemon) and spool directory
+ * (*dir_fd) are returned. -1 with err; -2 when another ternd holds the
+ * lock (err names its pid). */
+int spool_prepare(const char *dir, uid_t uid, gid_t gid, bool hand_over, int *lock_fd, int *dir_fd,
+    struct buf *err);
 /* Waits for every queued record to be written and synced (their callbacks
  * are posted), stops the threads. Every writer must be committed or aborted
  * first. */

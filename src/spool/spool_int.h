@@ -288,4 +288,7 @@ struct legacy_msg {
 int legacy_load(
     int dir_fd, uid_t owner, const char *name, struct legacy_msg *out, const char **reason);
 
+/* mkdir -p: parents 0755, the spool itself 0700. */
+int spool_mkdir_p(const char *dir);
+
 #endif

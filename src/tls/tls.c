@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <stdio.h>
@@ -45,6 +46,61 @@ err_openssl(struct buf *err, const char *what, const char *arg)
     char t[256];
     tls_error_text(0, t, sizeof(t), "unknown OpenSSL error");
     buf_printf(err, "%s%s%s: %s\n", what, arg ? " " : "", arg ? arg : "", t);
+}
+
+/* The relay's certificate chain and remote key (tls_set_server_material). */
+static struct {
+    struct buf chain;
+    EVP_PKEY *key;
+} remote = { BUF_INIT, NULL };
+
+void
+tls_set_server_material(const char *chain, size_t len, EVP_PKEY *key)
+{
+    buf_reset(&remote.chain);
+    EVP_PKEY_free(remote.key);
+    remote.key = NULL;
+    if (key == NULL)
+        return;
+    buf_append(&remote.chain, chain, len);
+    EVP_PKEY_up_ref(key);
+    remote.key = key;
+}
+
+/* The chain of remote.chain (leaf first) and remote.key into ctx. */
+static int
+use_remote(SSL_CTX *ctx, const struct config *cfg, struct buf *err)
+{
+    BIO *bio = BIO_new_mem_buf(remote.chain.data, (int)remote.chain.len);
+    X509 *x = bio ? PEM_read_bio_X509_AUX(bio, NULL, NULL, NULL) : NULL;
+    int ok = x != NULL && SSL_CTX_use_certificate(ctx, x) == 1;
+    X509_free(x);
+    while (ok && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (SSL_CTX_add0_chain_cert(ctx, x) != 1) {
+            X509_free(x);
+            ok = 0;
+        }
+    }
+    BIO_free(bio);
+    if (!ok) {
+        err_openssl(err, "tls_cert_file", cfg->tls_cert_file);
+        return -1;
+    }
+    ERR_clear_error(); /* the end of the chain */
+    if (SSL_CTX_use_PrivateKey(ctx, remote.key) != 1 || SSL_CTX_check_private_key(ctx) != 1) {
+        err_openssl(err, "tls_key_file does not match tls_cert_file:", cfg->tls_key_file);
+        return -1;
+    }
+    /* No static-RSA key exchange: the keys process never decrypts. */
+    struct buf list = BUF_INIT;
+    buf_printf(&list, "%s:!kRSA", cfg->tls_ciphers ? cfg->tls_ciphers : "DEFAULT");
+    ok = SSL_CTX_set_cipher_list(ctx, list.data);
+    buf_fini(&list);
+    if (!ok) {
+        err_openssl(err, "tls_ciphers: no usable cipher in", cfg->tls_ciphers);
+        return -1;
+    }
+    return 0;
 }
 
 static struct tls_ctx *
@@ -129,7 +185,7 @@ tls_server_ctx_new(const struct config *cfg, struct tls_ctx **out, struct buf *e
     *out = NULL;
     if (cfg->tls_cert_file == NULL || cfg->tls_key_file == NULL)
         return 0;
-    if (check_key_mode(cfg->tls_key_file, err) < 0)
+    if (remote.key == NULL && check_key_mode(cfg->tls_key_file, err) < 0)
         return -1;
     ERR_clear_error();
     ctx = SSL_CTX_new(TLS_server_method());
@@ -141,6 +197,12 @@ tls_server_ctx_new(const struct config *cfg, struct tls_ctx **out, struct buf *e
         goto fail;
     SSL_CTX_set_options(ctx, SSL_OP_CIPHER_SERVER_PREFERENCE);
     SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+    if (remote.key != NULL) {
+        if (use_remote(ctx, cfg, err) < 0)
+            goto fail;
+        *out = wrap(ctx);
+        return 0;
+    }
     if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert_file) != 1) {
         err_openssl(err, "tls_cert_file", cfg->tls_cert_file);
         goto fail;

@@ -34,6 +34,17 @@ struct tls_info {
  */
 int tls_server_ctx_new(const struct config *cfg, struct tls_ctx **out, struct buf *err);
 
+/*
+ * ternd's relay has no key file to read: the certificate chain (PEM, copied)
+ * and a key whose private operations run in the keys process (a reference
+ * is taken) become what tls_server_ctx_new uses from now on instead of
+ * tls_cert_file and tls_key_file. Such a context refuses static-RSA key
+ * exchange (no kRSA ciphers): the key is used to sign, never to decrypt.
+ * key NULL: back to the files.
+ */
+typedef struct evp_pkey_st EVP_PKEY;
+void tls_set_server_material(const char *chain, size_t len, EVP_PKEY *key);
+
 struct tls_client_opts {
     const char *ca_file; /* NULL: the system store */
     bool verify;         /* check the peer chain (and the host name given per connection) */

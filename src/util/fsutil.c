@@ -66,8 +66,13 @@ fd_pread_full(int fd, void *p, size_t n, uint64_t off)
 enum fs_trust
 fs_check_private(const struct stat *st, const struct fs_private *p, struct buf *why)
 {
+    return fs_check_private_as(st, p, geteuid(), why);
+}
+
+enum fs_trust
+fs_check_private_as(const struct stat *st, const struct fs_private *p, uid_t me, struct buf *why)
+{
     mode_t bad = st->st_mode & p->deny;
-    uid_t me = geteuid();
     if ((st->st_mode & S_IFMT) != p->type) {
         buf_printf(why, "not a %s", p->type == S_IFDIR ? "directory" : "regular file");
         return FS_BAD_TYPE;

@@ -41,5 +41,9 @@ enum fs_trust { FS_TRUSTED, FS_BAD_TYPE, FS_BAD_MODE, FS_BAD_OWNER };
  * as"), for the caller to prefix with the file's name and follow with the
  * remedy it knows (chmod 600, chown). */
 enum fs_trust fs_check_private(const struct stat *st, const struct fs_private *p, struct buf *why);
+/* The same for a process that will run as uid (ternd's parent checks what
+ * its relay will own). */
+enum fs_trust fs_check_private_as(
+    const struct stat *st, const struct fs_private *p, uid_t uid, struct buf *why);
 
 #endif

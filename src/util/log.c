@@ -6,12 +6,17 @@
  * log_end calls) and writes them with one write(2) per loop iteration: an
  * event made active by the first line of a burst runs after the events
  * already active, before the loop can sleep. The buffer never moves, so a
- * crash handler can still write what it holds.
+ * crash handler can still write what it holds. Lines go to one descriptor:
+ * stderr, a log file opened in append mode, or a datagram socket connected
+ * to syslog (then each line is its own datagram with an RFC 3164 header,
+ * as syslog(3) sends it). Text lines start with an RFC 3339 timestamp
+ * (UTC, milliseconds); syslog lines carry syslog's own instead.
  */
 #include "log.h"
 
 #include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
@@ -19,16 +24,26 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
 #define LOG_VALUE_MAX 512
 #define LOG_BATCH_MAX (64 * 1024) /* bytes of lines held back at most */
 
+#define LOG_SYSLOG_DEFAULT "/dev/log"
+#define LOG_FACILITY_MAIL  2 /* RFC 5424 §6.2.1 */
+
 /* Set on the main loop (start, reload), read by every thread. */
 static atomic_bool log_json;
 static _Atomic int log_min = LOG_INFO;
+/* Changed under log_mu only (log_use); read without it by log_begin, which
+ * at worst formats one line for the previous kind of target. */
 static int log_fd = 2;
+static bool log_fd_owned;         /* opened by log_target_open: closed when replaced */
+static atomic_bool log_to_syslog; /* log_fd is a datagram socket to syslog */
 
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
 static char log_batch[LOG_BATCH_MAX];
@@ -55,20 +70,9 @@ log_set_level(enum log_level min)
     atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
 
-static void batch_write_locked(void);
-
-void
-log_set_fd(int fd)
-{
-    pthread_mutex_lock(&log_mu);
-    batch_write_locked();
-    log_fd = fd;
-    pthread_mutex_unlock(&log_mu);
-}
-
 /* Nowhere is left to report a logging failure: give up on it. */
 static void
-write_all(const char *p, size_t n)
+write_stream(const char *p, size_t n)
 {
     size_t off = 0;
     while (off < n) {
@@ -79,6 +83,35 @@ write_all(const char *p, size_t n)
             break;
         off += (size_t)w;
     }
+}
+
+/* One datagram per line, without its newline (syslog's framing); a line
+ * the socket refuses (no syslog daemon, its queue full) is dropped, as
+ * syslog(3) drops it. send(2) is async-signal safe: the crash handler
+ * comes here too. */
+static void
+write_syslog(const char *p, size_t n)
+{
+    while (n > 0) {
+        const char *nl = memchr(p, '\n', n);
+        size_t len = nl != NULL ? (size_t)(nl - p) : n;
+        ssize_t w;
+        do
+            w = send(log_fd, p, len, MSG_NOSIGNAL);
+        while (w < 0 && errno == EINTR);
+        len += nl != NULL;
+        p += len;
+        n -= len;
+    }
+}
+
+static void
+write_all(const char *p, size_t n)
+{
+    if (atomic_load_explicit(&log_to_syslog, memory_order_relaxed))
+        write_syslog(p, n);
+    else
+        write_stream(p, n);
 }
 
 /* Called with log_mu held. */
@@ -98,6 +131,169 @@ log_flush(void)
     pthread_mutex_lock(&log_mu);
     batch_write_locked();
     pthread_mutex_unlock(&log_mu);
+}
+
+void
+log_use(int fd, bool owned, bool syslog)
+{
+    pthread_mutex_lock(&log_mu);
+    /* What is batched belongs to the old target: a rotated file keeps
+     * every line written before the reopen. */
+    batch_write_locked();
+    if (log_fd_owned && log_fd != fd)
+        close(log_fd); /* written with write(2): nothing buffered */
+    log_fd = fd;
+    log_fd_owned = owned;
+    atomic_store(&log_to_syslog, syslog);
+    pthread_mutex_unlock(&log_mu);
+}
+
+void
+log_set_fd(int fd)
+{
+    log_use(fd, false, false);
+}
+
+/* A datagram socket connected to syslog's (TERN_SYSLOG_PATH in tests). */
+static int
+syslog_connect(struct buf *err)
+{
+    const char *path = getenv("TERN_SYSLOG_PATH");
+    struct sockaddr_un sun;
+    int fd;
+    if (path == NULL || *path == '\0')
+        path = LOG_SYSLOG_DEFAULT;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    if (strlen(path) >= sizeof(sun.sun_path)) {
+        buf_printf(err, "log_target syslog: socket path too long: %s\n", path);
+        return -1;
+    }
+    memcpy(sun.sun_path, path, strlen(path));
+    fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+        buf_printf(err, "log_target syslog: cannot connect to %s: %s\n", path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int
+log_target_open(const char *target, bool *syslog, struct buf *err)
+{
+    int fd;
+    *syslog = false;
+    /* syslog lines carry local time; the zone is read now, while files
+     * can still be opened (ternd's children cannot). */
+    tzset();
+    if (target == NULL || *target == '\0' || strcmp(target, "stderr") == 0)
+        return 2;
+    if (strcmp(target, "syslog") == 0) {
+        *syslog = true;
+        return syslog_connect(err);
+    }
+    if (target[0] != '/') {
+        buf_printf(err, "log_target %s: not stderr, syslog or an absolute path\n", target);
+        return -1;
+    }
+    /* Append mode: lines of every process land whole at the end, and a
+     * file moved away by logrotate keeps what was written before the
+     * reopen. 0640: a log holds addresses, not for everyone. */
+    fd = open(target, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOCTTY | O_NONBLOCK, 0640);
+    if (fd < 0) {
+        buf_printf(err, "log_target %s: cannot open: %s\n", target, strerror(errno));
+        return -1;
+    }
+    /* Not a FIFO or a device that could block the loop: a regular file. */
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        buf_printf(err, "log_target %s: not a regular file\n", target);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+int
+log_target_check(const char *target, struct buf *err)
+{
+    struct stat st;
+    bool syslog;
+    if (target != NULL && target[0] == '/') {
+        /* Not created by a check: the file if it is there, else its
+         * directory, must take writes from us. */
+        char dir[4096];
+        const char *slash = strrchr(target, '/');
+        size_t n = (size_t)(slash - target);
+        if (stat(target, &st) == 0) {
+            if (!S_ISREG(st.st_mode) || access(target, W_OK) < 0) {
+                buf_printf(err, "log_target %s: %s\n", target,
+                    S_ISREG(st.st_mode) ? strerror(errno) : "not a regular file");
+                return -1;
+            }
+            return 0;
+        }
+        if (n >= sizeof(dir))
+            n = sizeof(dir) - 1;
+        memcpy(dir, target, n);
+        dir[n == 0 ? 1 : n] = '\0';
+        if (n == 0)
+            dir[0] = '/';
+        if (access(dir, W_OK | X_OK) < 0) {
+            buf_printf(
+                err, "log_target %s: cannot create it in %s: %s\n", target, dir, strerror(errno));
+            return -1;
+        }
+        return 0;
+    }
+    int fd = log_target_open(target, &syslog, err);
+    if (fd < 0)
+        return -1;
+    if (fd > 2)
+        close(fd); /* a socket: nothing written */
+    return 0;
+}
+
+size_t
+log_format_ts(int64_t unix_ms, char *out, size_t cap)
+{
+    struct tm tm;
+    time_t secs;
+    int n;
+    if (unix_ms < 0)
+        unix_ms = 0;
+    secs = (time_t)(unix_ms / 1000);
+    if (gmtime_r(&secs, &tm) == NULL || tm.tm_year + 1900 > 9999)
+        return 0;
+    n = snprintf(out, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+        tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (int)(unix_ms % 1000));
+    return n > 0 && (size_t)n < cap ? (size_t)n : 0;
+}
+
+static int64_t
+now_unix_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The RFC 3164 header syslog(3) sends to /dev/log: priority (facility mail,
+ * the level's severity), local time, "ternd[pid]: ". */
+static void
+syslog_header(struct buf *b, enum log_level lvl)
+{
+    static const int sev[] = { 7, 6, 4, 3, 2 }; /* debug info warning err crit */
+    static const char *const mon[] = { "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+        "Sep", "Oct", "Nov", "Dec" };
+    struct tm tm;
+    time_t now = time(NULL);
+    if (localtime_r(&now, &tm) == NULL)
+        memset(&tm, 0, sizeof(tm));
+    buf_printf(b, "<%d>%s %2d %02d:%02d:%02d ternd[%ld]: ", LOG_FACILITY_MAIL * 8 + sev[lvl],
+        mon[tm.tm_mon % 12], tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)getpid());
 }
 
 static void
@@ -218,22 +414,29 @@ void
 log_begin(
     struct logline *l, enum log_level lvl, const char *qid, const char *subsys, const char *event)
 {
+    char ts[LOG_TS_MAX];
+    bool text_ts = true;
     buf_init(&l->b);
     l->lvl = lvl;
     l->on = (int)lvl >= atomic_load_explicit(&log_min, memory_order_relaxed);
     l->json = atomic_load_explicit(&log_json, memory_order_relaxed);
     if (!l->on)
         return;
+    if (log_format_ts(now_unix_ms(), ts, sizeof(ts)) == 0)
+        ts[0] = '\0';
     if (qid == NULL || *qid == '\0')
         qid = "-";
+    if (atomic_load_explicit(&log_to_syslog, memory_order_relaxed)) {
+        syslog_header(&l->b, lvl);
+        text_ts = false; /* syslog stamps the line itself */
+    }
     if (l->json) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        buf_printf(&l->b, "{\"ts\":%lld.%03ld,\"level\":\"%s\",\"qid\":\"", (long long)ts.tv_sec,
-            ts.tv_nsec / 1000000, level_names[lvl]);
+        buf_printf(&l->b, "{\"ts\":\"%s\",\"level\":\"%s\",\"qid\":\"", ts, level_names[lvl]);
         buf_append_json(&l->b, qid, strlen(qid));
         buf_printf(&l->b, "\",\"subsystem\":\"%s\",\"event\":\"%s\"", subsys, event);
     } else {
+        if (text_ts)
+            buf_printf(&l->b, "%s ", ts);
         buf_printf(&l->b, "%s qid=%s %s %s", level_names[lvl], qid, subsys, event);
     }
 }

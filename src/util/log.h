@@ -1,6 +1,7 @@
 /*
- * Structured logging: one event per line, `level qid=… sess=… subsystem
- * event key=value …` in text form or the same keys as one JSON object.
+ * Structured logging: one event per line, `TIMESTAMP level qid=… sess=…
+ * subsystem event key=value …` in text form or the same keys (and "ts") as
+ * one JSON object; to stderr, a file or syslog (log_target_open, log_use).
  * Untrusted values are escaped and shortened here, so callers pass raw text.
  * Lines logged on an event loop's thread (log_attach_loop) are batched and
  * written once per loop iteration; every other line is written at once.
@@ -33,8 +34,29 @@ struct logline {
 /* Global settings; safe to change between lines (not thread safe). */
 void log_set_json(bool json);
 void log_set_level(enum log_level min);
-/* Redirect output to fd (default 2). */
+/* Redirect output to fd (default 2); fd stays the caller's. */
 void log_set_fd(int fd);
+
+/* log_target: "stderr" (2, *syslog false), "syslog" (a datagram socket
+ * connected to /dev/log, or to $TERN_SYSLOG_PATH for tests; *syslog true)
+ * or an absolute path (opened for appending, created 0640, a regular file
+ * only). Returns the descriptor (close-on-exec), or -1 with err. Reads the
+ * time zone for syslog's header (call before a sandbox forbids it). */
+int log_target_open(const char *target, bool *syslog, struct buf *err);
+/* ternd --check: could log_target_open(target) succeed? A file is not
+ * created (its directory is checked instead). 0, or -1 with err. */
+int log_target_check(const char *target, struct buf *err);
+/* Write lines to fd from now on: what is batched goes to the previous
+ * descriptor first, which is closed when it was owned. owned: fd is closed
+ * when replaced. syslog: one datagram per line with a syslog header (no
+ * timestamp in text lines then). Thread safe. */
+void log_use(int fd, bool owned, bool syslog);
+
+/* "2026-12-02T21:30:01.123Z" (RFC 3339, UTC, milliseconds) for a time in
+ * ms since the Unix epoch (negative: the epoch); its length, or 0 when
+ * cap < LOG_TS_MAX. */
+#define LOG_TS_MAX 32
+size_t log_format_ts(int64_t unix_ms, char *out, size_t cap);
 
 /* qid may be NULL ("-"). */
 void log_begin(

@@ -75,13 +75,17 @@ single_main(void *arg)
     pthread_mutex_lock(&q->mu);
     while (wait_work(q, -1, &timed_out)) {
         struct workq_item *it = q->head;
+        struct loopq *to = it->to;
         q->head = it->next;
         if (q->head == NULL)
             q->tail = &q->head;
         pthread_mutex_unlock(&q->mu);
         it->next = NULL;
         it->run(it);
-        workq_done(it);
+        /* Without an inbox the item is run's to hand on or free: it may be
+         * gone already. */
+        if (to != NULL)
+            loopq_post(to, &it->done);
         pthread_mutex_lock(&q->mu);
         q->pending--;
     }

@@ -4,6 +4,9 @@
  * workq_item: run() on a worker thread, then, when the item names an inbox,
  * its done function on that loop's thread (util/loopq.h). Items are
  * intrusive; submitting never allocates. Worker threads block every signal.
+ * An item submitted without an inbox (to NULL) belongs to its run function
+ * once it runs: run may submit it to another queue or free it, and the
+ * worker never touches it again.
  *
  * Two kinds of queue:
  *   workq_new(name, n)            n workers, each runs one item at a time;

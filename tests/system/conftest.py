@@ -42,6 +42,9 @@ from sysutil import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
+# Started as root, ternd runs its relay and keys process as `user`: the
+# tests make an account of their own for that (tern_user) and remove it.
+TEST_USER = f"terntest{os.getpid()}" if os.geteuid() == 0 else None
 BUILD = Path(os.environ.get("TERN_BUILD") or (REPO / "build")).resolve()
 START_DEADLINE = 10.0 * (2 if ASAN else 1)
 TEST_DEADLINE = 120 * (2 if ASAN else 1)
@@ -93,6 +96,8 @@ class Tern:
         # loops (races show up where sessions run on several threads).
         if os.environ.get("TERN_TEST_WORKERS"):
             self.settings["workers"] = os.environ["TERN_TEST_WORKERS"]
+        if TEST_USER:
+            self.settings["user"] = TEST_USER
         self.update(**settings)
 
     # -- configuration
@@ -155,6 +160,57 @@ class Tern:
                 last = repr(e)
             time.sleep(0.05)
         raise AssertionError(f"ternd not ready in {timeout}s ({last}):\n{self.log_tail()}")
+
+    def children(self):
+        """The pids of ternd's child processes (the relay and the keys process)."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+
+    def relay_pid(self):
+        """The relay: the child that holds the smtp_listen socket (the one
+        whose descriptors, memory and limits the SMTP load shows in)."""
+        inodes = set()
+        for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(path) as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    if int(cols[1].split(":")[1], 16) == self.port and cols[3] == "0A":
+                        inodes.add(f"socket:[{cols[9]}]")
+
+        def find():
+            for k in self.children():
+                try:
+                    fds = os.listdir(f"/proc/{k}/fd")
+                except OSError:
+                    continue
+                for fd in fds:
+                    try:
+                        if os.readlink(f"/proc/{k}/fd/{fd}") in inodes:
+                            return k
+                    except OSError:
+                        pass
+            return None
+
+        return wait_for(find, START_DEADLINE, desc=f"the relay listening on {self.port}")
+
+    def prlimit_relay(self, resource_id, limits):
+        """prlimit(2) on the relay, done as its user (root here may lack
+        CAP_SYS_RESOURCE, which another user's process would need)."""
+        pid = self.relay_pid()
+        code = ("import resource,sys\n"
+                "resource.prlimit(int(sys.argv[1]), int(sys.argv[2]),"
+                " (int(sys.argv[3]), int(sys.argv[4])))\n")
+        st = os.stat(f"/proc/{pid}")
+
+        def become():
+            if os.geteuid() == 0 and st.st_uid != 0:
+                os.setgroups([])
+                os.setgid(st.st_gid)
+                os.setuid(st.st_uid)
+
+        subprocess.run(["/usr/bin/python3", "-c", code, str(pid), str(resource_id),
+                        str(limits[0]), str(limits[1])], check=True, preexec_fn=become,
+                       timeout=30)
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -309,6 +365,55 @@ class Tern:
         return problems
 
 
+# What the suite needs from the machine beyond the build, each with the
+# Debian package that provides it (scripts/install-deps.sh --test installs
+# them all). Checked once at the start: a missing piece fails the run at
+# once with its package name, not dozens of tests later with a riddle.
+PYTHON_MODULES = [("aiosmtpd", "python3-aiosmtpd"), ("dkim", "python3-dkim"),
+                  ("nacl", "python3-nacl"), ("yaml", "python3-yaml")]
+PROGRAMS = [("swaks", "swaks"), ("dnsmasq", "dnsmasq-base"), ("openssl", "openssl"),
+            ("/usr/sbin/postfix", "postfix"), ("/usr/sbin/sendmail", "postfix"),
+            ("/usr/sbin/postqueue", "postfix")]
+# swaks --support lines ("=== TLS supported") and what makes them so.
+SWAKS_FEATURES = [("TLS", "libnet-ssleay-perl"), ("Basic AUTH", "perl")]
+# Postfix's SASL client (test_postfix_client) needs the PLAIN and LOGIN plugins.
+SASL_PLUGINS = [("libplain.so", "libsasl2-modules"), ("liblogin.so", "libsasl2-modules")]
+
+
+def missing_test_dependencies():
+    """[(what, Debian package)] for every missing piece."""
+    import importlib.util
+
+    missing = []
+    for mod, pkg in PYTHON_MODULES:
+        if importlib.util.find_spec(mod) is None:
+            missing.append((f"python module {mod}", pkg))
+    for prog, pkg in PROGRAMS:
+        if shutil.which(prog) is None:
+            missing.append((f"program {prog}", pkg))
+    if shutil.which("swaks") is not None:
+        p = subprocess.run(["swaks", "--support"], capture_output=True, timeout=30)
+        out = p.stdout.decode(errors="replace")
+        for feature, pkg in SWAKS_FEATURES:
+            if f"=== {feature} supported" not in out:
+                missing.append((f"swaks {feature} support", pkg))
+    sasl_dirs = [Path("/usr/lib/sasl2"), *Path("/usr/lib").glob("*/sasl2")]
+    for plugin, pkg in SASL_PLUGINS:
+        if not any(any(d.glob(f"{plugin}*")) for d in sasl_dirs):
+            missing.append((f"Cyrus SASL plugin {plugin}", pkg))
+    return missing
+
+
+def pytest_sessionstart(session):
+    missing = missing_test_dependencies()
+    if missing:
+        pkgs = sorted({pkg for _, pkg in missing})
+        lines = "\n".join(f"  {what}: install {pkg}" for what, pkg in missing)
+        pytest.exit(f"the system tests need:\n{lines}\n"
+                    f"run scripts/install-deps.sh --test (apt-get install {' '.join(pkgs)})",
+                    returncode=3)
+
+
 @pytest.fixture(autouse=True)
 def _deadline():
     """Hard cap per test so that one hang cannot stall the suite."""
@@ -323,6 +428,38 @@ def _deadline():
     signal.signal(signal.SIGALRM, old)
 
 
+@pytest.fixture(scope="session")
+def tern_user():
+    """The account ternd's relay and keys process run as (None when the
+    tests do not run as root: ternd then stays the user it is)."""
+    if TEST_USER is None:
+        yield None
+        return
+    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
+                    "--shell", "/usr/sbin/nologin", TEST_USER], check=True)
+    yield TEST_USER
+    subprocess.run(["userdel", TEST_USER], check=False)
+
+
+def let_user_through(path):
+    """Let the relay's user reach files under path (x on the directories
+    up to /tmp), as it reaches /etc/tern in production."""
+    p = Path(path)
+    while str(p) not in ("/", "/tmp"):
+        st = p.stat()
+        os.chmod(p, st.st_mode | 0o011)
+        p = p.parent
+
+
+def give_to_user(path):
+    """Make path (a file the relay reads itself, e.g. smarthost_auth_file)
+    the relay user's."""
+    if TEST_USER:
+        import pwd
+        pw = pwd.getpwnam(TEST_USER)
+        os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
 @pytest.fixture
 def sink():
     s = Sink()
@@ -332,8 +469,9 @@ def sink():
 
 
 @pytest.fixture
-def make_tern(tmp_path, sink):
+def make_tern(tmp_path, sink, tern_user):
     made = []
+    let_user_through(tmp_path)
 
     def make(start=True, **settings):
         d = tmp_path / f"tern{len(made)}"

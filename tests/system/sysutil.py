@@ -93,8 +93,10 @@ def asan_errors(text):
 
 
 # --------------------------------------------------------------------------
-# Log lines: "level qid=QID subsystem event key=value ..." or JSON objects
+# Log lines: "TIMESTAMP level qid=QID subsystem event key=value ..." or JSON
+# objects (TIMESTAMP: RFC 3339 with milliseconds, e.g. 2026-12-02T21:30:01.123Z)
 
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}(?:Z|[+-]\d{2}:\d{2})$")
 _TOKEN = re.compile(r'([A-Za-z_][A-Za-z0-9_.-]*)=("(?:[^"\\]|\\.)*"|\S*)|(\S+)')
 LEVELS = ("debug", "info", "warn", "error", "crit")
 
@@ -116,9 +118,12 @@ def parse_log_line(line):
         obj["_json"] = True
         return obj
     toks = list(_TOKEN.finditer(line))
+    ts = None
+    if toks and toks[0].group(3) is not None and TS_RE.match(toks[0].group(3)):
+        ts = toks.pop(0).group(3)
     if not toks or toks[0].group(3) is None or toks[0].group(3).lower() not in LEVELS:
         return None
-    rec = {"level": toks[0].group(3).lower(), "_raw": line, "_json": False}
+    rec = {"level": toks[0].group(3).lower(), "_raw": line, "_json": False, "ts": ts}
     bare = []
     for m in toks[1:]:
         if m.group(3) is not None:

@@ -20,7 +20,7 @@ from test_tls_auth import make_cert
 
 
 def open_fds(tern):
-    return len(os.listdir(f"/proc/{tern.proc.pid}/fd"))
+    return len(os.listdir(f"/proc/{tern.relay_pid()}/fd"))
 
 
 def test_data_after_bdat_refused(make_tern, sink):
@@ -95,7 +95,8 @@ def test_relay_domains_leading_dot(make_tern, sink):
     conf = tern.workdir / "readme.conf"
     conf.write_text(readme_example_config())
     assert "relay_domains" in conf.read_text() and ".example.com" in conf.read_text()
-    p = tern.ternd("-c", str(conf), "-o", f"spool_dir={tern.workdir / 'rspool'}", "--check")
+    p = tern.ternd("-c", str(conf), "-o", f"spool_dir={tern.workdir / 'rspool'}",
+                   "-o", f"user={tern.settings.get('user', 'tern')}", "--check")
     assert p.returncode == 0, p.stderr.decode(errors="replace")
     u = uid()
     with tern.raw(source="127.0.0.2") as c:
@@ -144,7 +145,7 @@ def test_untrusted_routing_refused(make_tern, sink):
 
 
 def rss_kb(tern):
-    with open(f"/proc/{tern.proc.pid}/status") as f:
+    with open(f"/proc/{tern.relay_pid()}/status") as f:
         for line in f:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
@@ -348,7 +349,7 @@ def test_fd_limit_sizing(make_tern):
     hard = min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     tern.preexec = nofile(256, hard)
     tern.start()
-    assert proc_nofile(tern.proc.pid) == (hard, hard)
+    assert proc_nofile(tern.relay_pid()) == (hard, hard)
     assert tern.wait_event("started", max_fds=hard)
 
 
@@ -356,12 +357,12 @@ def test_accept_paused_when_out_of_fds(make_tern):
     """Out of descriptors, the listeners pause (one log line per pause)
     instead of spinning on accept(), and accept again once some are free."""
     tern = make_tern()
-    pid = tern.proc.pid
+    pid = tern.relay_pid()
     soft, hard = proc_nofile(pid)
     held = []
     try:
         # leave room for three more sessions only
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (open_fds(tern) + 3, hard))
+        tern.prlimit_relay(resource.RLIMIT_NOFILE, (open_fds(tern) + 3, hard))
         for _ in range(3):
             held.append(tern.raw())
         late = RawSMTP(tern.port)  # in the listen backlog: accept() fails
@@ -378,7 +379,7 @@ def test_accept_paused_when_out_of_fds(make_tern):
         lines = len(tern.events("accept_paused")) + len(tern.events("accept_failed"))
         assert lines <= 3 + 4 * took, f"{lines} accept lines in {took:.1f}s"
     finally:
-        resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
+        tern.prlimit_relay(resource.RLIMIT_NOFILE, (soft, hard))
         for c in held:
             c.close()
 

@@ -60,7 +60,7 @@ def test_bdat_chunk_over_limit_closes(make_tern, sink):
         assert c.cmd(f"RCPT TO:<bd-{u}@example.org>").code == 250
         r = c.cmd("BDAT 1000000000 LAST")
         assert r.code == 552 and r.enh == "5.3.4", str(r)
-        assert c.wait_closed(5)
+        assert c.wait_closed(5 * SLOW)
     assert tern.queued() == []
 
 

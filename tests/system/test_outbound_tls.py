@@ -10,6 +10,7 @@ import subprocess
 import pytest
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
+from conftest import give_to_user
 from sysutil import SLOW, WAIT, Sink, holds_for, message, uid, wait_for
 
 USER, PASSWORD = "relayuser", "s3cret:with colon"
@@ -122,6 +123,7 @@ def auth_file(tmp_path, text):
     p = tmp_path / f"auth-{uid()}"
     p.write_text(text)
     p.chmod(0o600)
+    give_to_user(p)  # read by the relay, as ternd's user, at each connection
     return p
 
 

@@ -8,11 +8,11 @@ user and the postdrop group)."""
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -57,6 +57,22 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 """
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def running_as(pid, program):
+    """Is pid alive and still that program (not a reused pid)?"""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip() == program
+    except OSError:
+        return False
 
 
 def run(argv, timeout=30, **kw):
@@ -129,19 +145,40 @@ append_dot_mydomain = no
         self.wait(self.master_pid, 10 * SLOW, "the Postfix master pid file")
 
     def reload(self):
+        """postfix reload, which only signals the master: wait until it has
+        re-read its configuration and every queue manager and delivery
+        process started before (with the old configuration in memory) has
+        exited, so that the next delivery attempt uses the new one."""
+        old = self.daemon_pids("qmgr", "smtp")  # {pid: program}
+        before = self.log_count("postfix/master", "reload --")
         p = self.postfix("reload")
         assert p.returncode == 0, p.stderr.decode(errors="replace")
+        self.wait(lambda: self.log_count("postfix/master", "reload --") > before, 10 * SLOW,
+                  "the Postfix master's 'reload' line")
+        self.wait(lambda: not any(running_as(p, prog) for p, prog in old.items()), 10 * SLOW,
+                  f"the Postfix processes {old} to exit after the reload")
+
+    def flush(self):
+        p = run([POSTQUEUE, "-c", str(self.etc), "-f"])
+        assert p.returncode == 0, p.stderr.decode(errors="replace")
+
+    def daemon_pids(self, *programs):
+        """{pid: program} of the given Postfix programs that have logged."""
+        return {int(m.group(2)): m.group(1)
+                for m in re.finditer(r" postfix/(\w+)\[(\d+)\]:", self.log_text())
+                if m.group(1) in programs}
+
+    def log_count(self, program, text):
+        """Lines of the maillog from program (e.g. "postfix/smtp") holding text."""
+        return sum(1 for ln in self.log_text().splitlines()
+                   if f" {program}[" in ln and text in ln)
 
     def master_pid(self):
         try:
             pid = int((self.spool / "pid" / "master.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        return pid
+        return pid if pid_alive(pid) else None
 
     def sendmail(self, sender, rcpt, data):
         p = run([SENDMAIL, "-C", str(self.etc), "-f", sender, "-i", rcpt], input=data)
@@ -177,10 +214,9 @@ append_dot_mydomain = no
             pid = self.master_pid()
             self.postfix("stop")
             if pid is not None:
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline and self.master_pid() == pid:
-                    time.sleep(0.1)
-                if self.master_pid() == pid:
+                try:
+                    wait_for(lambda: self.master_pid() != pid, 10 * SLOW, desc="postfix stop")
+                except AssertionError:
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -253,11 +289,14 @@ def test_postfix_wrong_password_stays_queued(postfix_relay, sink):
     # Postfix's showq gives the reason as soon as the delivery agent logged
     # it, while the message may still be in the active queue: wait for both.
     def deferred_with_535():
+        # The deferral reason shows (from the defer log) while the message
+        # is still in the active queue: wait for the queue move as well.
         for q in pf.queue():
             if q.get("queue_name") != "deferred":
                 continue
             for r in q.get("recipients", []):
-                if r.get("address") == rcpt and "535" in r.get("delay_reason", ""):
+                if (q.get("queue_name") == "deferred" and r.get("address") == rcpt
+                        and "535" in r.get("delay_reason", "")):
                     return q
         return None
 
@@ -270,20 +309,11 @@ def test_postfix_wrong_password_stays_queued(postfix_relay, sink):
     assert sink.to(rcpt) == [], "the message reached the sink"
     assert not sink.snapshot(), sink.snapshot()
 
-    # Fix the credentials, reload, flush: the same message now goes through.
+    # Fix the credentials, reload (see PrivatePostfix.reload), flush: the
+    # same message now goes through.
     pf.write_config(USER, PASSWORD)
     pf.reload()
-    # The reload is asynchronous and qmgr may hold the destination back for
-    # a moment after the failure: flush again until it goes (bounded).
-    last_flush = [0.0]
-
-    def delivered_after_flush():
-        if time.monotonic() - last_flush[0] >= 2.0:
-            p = run([POSTQUEUE, "-c", str(pf.etc), "-f"])
-            assert p.returncode == 0, p.stderr.decode(errors="replace")
-            last_flush[0] = time.monotonic()
-        return sink.to(rcpt)
-
-    m = pf.wait(delivered_after_flush, 2 * DELIVERY_WAIT, "the message after the fix")[0]
+    pf.flush()
+    m = pf.wait(lambda: sink.to(rcpt), DELIVERY_WAIT, "the message after the fix")[0]
     assert "with ESMTPSA" in split_received(m.data)[0][0]
     t.wait_event("received", user=USER)

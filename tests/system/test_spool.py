@@ -109,7 +109,7 @@ def _bounce_blocked_by_fsize(tern, sink):
     path = max((tern.spool / "log").glob("*.seg"))  # the segment being written
     wait_for(lambda: b"\nr 0 0 1 0 " in path.read_bytes(), desc="the deferral recorded")
     size = path.stat().st_size
-    resource.prlimit(tern.proc.pid, resource.RLIMIT_FSIZE, (size + 1000, resource.RLIM_INFINITY))
+    tern.prlimit_relay(resource.RLIMIT_FSIZE, (size + 1000, resource.RLIM_INFINITY))
     sink.rcpt_rule = lambda a: f"550 5.1.1 {LONG_REASON}" if a.startswith("permfail") else None
     tern.wait_event("bounced", qid=qid)
     wait_for(lambda: [e for e in tern.events(qid=qid) if e.get("subsystem") == "dsn"],
@@ -137,8 +137,8 @@ def test_dsn_retried_until_written(make_tern, sink):
     assert qid in tern.queued() and sink.from_null_to(sender) == []
     p = tern.ctl("queue", "list", "--json")
     assert p.returncode == 0 and '"status":"dsn_pending"' in p.stdout.decode(), p.stdout
-    resource.prlimit(tern.proc.pid, resource.RLIMIT_FSIZE,
-                     (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    tern.prlimit_relay(resource.RLIMIT_FSIZE,
+                       (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
     dsn = sink.wait_dsn(sender)
     assert len(dsn) == 1 and rcpt.encode() in dsn[0].data and LONG_REASON.encode() in dsn[0].data
     tern.wait_event("removed", qid=qid, reason="done")

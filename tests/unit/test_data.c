@@ -12,6 +12,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -673,6 +674,51 @@ test_data_deadline(void **state)
     }
 }
 
+/* The Message-ID kept for the log: the first field's value, unfolded,
+ * bounded, controls and 8-bit bytes as '?', whatever the split of the
+ * input; none after the header section or without the field. */
+static void
+test_header_message_id(void **state)
+{
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        { "Message-ID: <a@b>\r\nSubject: x\r\n\r\nbody\r\n", "<a@b>" },
+        { "subject: x\r\nmessage-id:<c@d>\r\n\r\n", "<c@d>" },
+        { "MESSAGE-ID:   <e@f>\r\n\r\n", "<e@f>" },
+        { "Message-ID:\r\n <folded@x>\r\n\r\n", "<folded@x>" },
+        { "Message-ID: <1@x>\r\nMessage-ID: <2@x>\r\n\r\n", "<1@x>" },
+        { "X-Message-ID: <no@x>\r\n\r\n", "" }, { "Subject: Message-ID: <no@x>\r\n\r\n", "" },
+        { "Subject: x\r\n\r\nMessage-ID: <body@x>\r\n", "" },
+        { "Message-ID: <a\x01"
+          "b\xff"
+          "c@x>\r\n\r\n",
+            "<a?b?c@x>" },
+        { "Message-ID: <last@x>", "<last@x>" }, /* header-only, unterminated */
+    };
+    char longer[600];
+    int n = snprintf(longer, sizeof(longer), "Message-ID: <%0300d@x>\r\n\r\n", 7);
+    for (size_t i = 0; i <= TERN_ARRAY_LEN(cases); i++) {
+        const char *in = i < TERN_ARRAY_LEN(cases) ? cases[i].in : longer;
+        size_t len = i < TERN_ARRAY_LEN(cases) ? strlen(in) : (size_t)n;
+        for (size_t step = 1; step <= len; step = step * 2 + 1) {
+            struct hdr_scan h;
+            memset(&h, 0, sizeof(h));
+            h.want_msgid = true;
+            for (size_t k = 0; k < len; k += step)
+                hdr_scan_feed(&h, in + k, len - k < step ? len - k : step);
+            if (i < TERN_ARRAY_LEN(cases)) {
+                assert_int_equal(h.mid_len, strlen(cases[i].want));
+                assert_memory_equal(h.mid, cases[i].want, h.mid_len);
+            } else {
+                assert_int_equal(h.mid_len, HDR_MSGID_MAX);
+                assert_memory_equal(h.mid, "<0000", 5);
+                assert_int_equal(h.mid[HDR_MSGID_MAX], '\0');
+            }
+        }
+    }
+}
+
 int
 main(void)
 {
@@ -689,6 +735,7 @@ main(void)
         cmocka_unit_test(test_reader_random),
         cmocka_unit_test(test_reader_moves_chains),
         cmocka_unit_test(test_reader_trickle),
+        cmocka_unit_test(test_header_message_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -445,38 +445,21 @@ static pid_t dnsmasq_pid;
 static int
 dnsmasq_setup(void **state)
 {
-    char port[32];
-    const char *argv[40];
+    const char *args[TERN_ARRAY_LEN(zone) + 8];
     size_t k = 0;
-    dns_port = must_free_port();
     mx_port = must_free_port();
-    snprintf(port, sizeof(port), "--port=%u", dns_port);
-    argv[k++] = "dnsmasq";
-    argv[k++] = "--no-daemon";
-    argv[k++] = port;
-    argv[k++] = "--listen-address=127.0.0.1";
-    argv[k++] = "--bind-interfaces";
-    argv[k++] = "--no-resolv";
-    argv[k++] = "--no-hosts";
-    argv[k++] = "--conf-file=/dev/null";
-    argv[k++] = "--local=/test/";
-    argv[k++] = "--local-ttl=60";
+    args[k++] = "--listen-address=127.0.0.1";
+    args[k++] = "--bind-interfaces";
+    args[k++] = "--no-resolv";
+    args[k++] = "--no-hosts";
+    args[k++] = "--conf-file=/dev/null";
+    args[k++] = "--local=/test/";
+    args[k++] = "--local-ttl=60";
     for (size_t i = 0; i < TERN_ARRAY_LEN(zone); i++)
-        argv[k++] = zone[i];
-    argv[k] = NULL;
-    dnsmasq_pid = fork();
-    if (dnsmasq_pid < 0)
-        return -1;
-    if (dnsmasq_pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, 1);
-        dup2(null, 2);
-        execvp("dnsmasq", (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 500 && !testnet_udp_port_taken(dns_port); i++)
-        usleep(10000);
-    return testnet_udp_port_taken(dns_port) ? 0 : -1;
+        args[k++] = zone[i];
+    args[k] = NULL;
+    dnsmasq_pid = testnet_dnsmasq_start(args, &dns_port);
+    return dnsmasq_pid > 0 ? 0 : -1;
 }
 
 static int
@@ -1797,11 +1780,54 @@ test_mx_delivery_rate(void **state)
     h_free(h);
 }
 
+/* The log's delays= and dsn= fields. */
+static void
+test_log_fields(void **state)
+{
+    static const struct {
+        int64_t total, setup, tls, xfer;
+        const char *want;
+    } dl[] = {
+        { 0, 0, 0, 0, "0.00/0.00/0.00/0.00" },
+        { 1234, 100, 50, 4, "1.08/0.10/0.05/0.00" },
+        { 61005, 0, 0, 1005, "60.00/0.00/0.00/1.01" }, /* rounded to hundredths */
+        { 100, 80, 30, 20, "0.00/0.08/0.03/0.02" },    /* the wait never goes below 0 */
+        { 86400000 * 5LL, 0, 0, 0, "432000.00/0.00/0.00/0.00" },
+    };
+    static const struct {
+        int code;
+        const char *esc, *want;
+    } ds[] = {
+        { 250, "2.0.0", "2.0.0" }, { 550, "5.1.1", "5.1.1" }, { 250, "", "2.0.0" },
+        { 451, "", "4.0.0" }, { 554, "", "5.0.0" },
+        { 0, "", "4.0.0" }, /* no reply at all (connection failed) */
+    };
+    char out[128];
+    for (size_t i = 0; i < TERN_ARRAY_LEN(dl); i++) {
+        struct delivery_rcpt_result r;
+        memset(&r, 0, sizeof(r));
+        r.setup_ms = dl[i].setup;
+        r.tls_ms = dl[i].tls;
+        r.xfer_ms = dl[i].xfer;
+        delivery_format_delays(dl[i].total, &r, out, sizeof(out));
+        assert_string_equal(out, dl[i].want);
+    }
+    for (size_t i = 0; i < TERN_ARRAY_LEN(ds); i++) {
+        struct tern_status st;
+        memset(&st, 0, sizeof(st));
+        st.code = ds[i].code;
+        snprintf(st.esc, sizeof(st.esc), "%s", ds[i].esc);
+        delivery_format_dsn(&st, out, sizeof(out));
+        assert_string_equal(out, ds[i].want);
+    }
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reply_parse),
+        cmocka_unit_test(test_log_fields),
         cmocka_unit_test(test_reply_limits),
         cmocka_unit_test(test_esc_len),
         cmocka_unit_test(test_ehlo_parse),

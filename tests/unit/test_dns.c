@@ -26,9 +26,9 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 
-#include "testnet.h"
 #include "dns/dns.h"
 #include "dns/dns_int.h"
+#include "testnet.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -430,6 +430,88 @@ test_mx_decode(void **state)
     buf_fini(&got);
 }
 
+/* ---- raw records: host names in PTR and MX rdata ---- */
+
+/* Wire labels from "l1|l2|...": a label may hold any byte but '|' and NUL. */
+static void
+put_labels(struct buf *b, const char *labels)
+{
+    while (*labels) {
+        const char *bar = strchr(labels, '|');
+        size_t n = bar ? (size_t)(bar - labels) : strlen(labels);
+        buf_append_char(b, (char)n);
+        buf_append(b, labels, n);
+        labels += n + (bar != NULL);
+    }
+    buf_append_char(b, 0);
+}
+
+struct rrname_case {
+    const char *name;
+    int type;               /* DNS_RR_PTR or DNS_RR_MX */
+    const char *targets[3]; /* wire labels, NULL-terminated */
+    enum dns_rc want;
+    const char *want_names; /* space separated, in answer order */
+};
+
+/* c-ares spells a label's dot, backslash or unprintable byte with a
+ * backslash escape: no host name has one (RFC 1123 §2.1), and passed on it
+ * would make name_under() and suffix checks see labels that are not there. */
+static const struct rrname_case rrname_cases[] = {
+    { "plain PTR", DNS_RR_PTR, { "Host|Example|COM" }, DNS_OK, "host.example.com" },
+    { "PTR to the root", DNS_RR_PTR, { "" }, DNS_OK, "" },
+    { "dot inside a label dropped", DNS_RR_PTR, { "x.victim|test", "ok|test" }, DNS_OK, "ok.test" },
+    { "only a dotted label", DNS_RR_PTR, { "x.victim|test" }, DNS_TEMP, "" },
+    { "label ending in a dot", DNS_RR_PTR, { "trail.|test" }, DNS_TEMP, "" },
+    { "unprintable byte", DNS_RR_PTR, { "x\001y|test" }, DNS_TEMP, "" },
+    { "backslash", DNS_RR_PTR, { "back\\slash|test", "mx|test" }, DNS_OK, "mx.test" },
+    { "MX with a dotted label", DNS_RR_MX, { "a.b|test", "mx|test" }, DNS_OK, "mx.test" },
+};
+
+static void
+test_rr_host_names(void **state)
+{
+    struct buf b = BUF_INIT, r = BUF_INIT, got = BUF_INIT;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(rrname_cases); i++) {
+        const struct rrname_case *tc = &rrname_cases[i];
+        struct dns_rr_result *res = dns_rr_result_new(tc->type, DNS_NODATA);
+        void *blob = NULL;
+        size_t blen = 0, n = 0;
+        char err[128] = "";
+        enum dns_rc rc;
+        while (n < 3 && tc->targets[n] != NULL)
+            n++;
+        buf_reset(&b);
+        put_hdr(&b, 0, 1, (unsigned)n, 0);
+        put_name(&b, "q.test");
+        put16(&b, (unsigned)tc->type);
+        put16(&b, 1);
+        for (size_t k = 0; k < n; k++) {
+            buf_reset(&r);
+            if (tc->type == DNS_RR_MX)
+                put16(&r, 10);
+            put_labels(&r, tc->targets[k]);
+            put_rr_ptr(&b, (unsigned)tc->type, 60, &r);
+        }
+        rc = dns_rr_pack(
+            (unsigned char *)b.data, (int)b.len, tc->type, &blob, &blen, err, sizeof(err));
+        buf_reset(&got);
+        if (rc == DNS_OK) {
+            assert_int_equal(dns_rr_unpack(blob, blen, res), 0);
+            for (size_t k = 0; k < res->n; k++)
+                buf_printf(&got, "%s%s", k ? " " : "", res->rr[k].data);
+        }
+        if (rc != tc->want || strcmp(got.data ? got.data : "", tc->want_names) != 0)
+            fail_msg("%s: got %s '%s' want %s '%s' (%s)", tc->name, dns_rc_name(rc),
+                got.data ? got.data : "", dns_rc_name(tc->want), tc->want_names, err);
+        free(blob);
+        dns_rr_result_free(res);
+    }
+    buf_fini(&b);
+    buf_fini(&r);
+    buf_fini(&got);
+}
+
 /* ---- cache ---- */
 
 static void
@@ -511,36 +593,21 @@ static const char *const zone[] = {
 static void
 dnsmasq_start(struct dnsmasq *m)
 {
-    char port[32];
-    const char *argv[40];
+    const char *args[TERN_ARRAY_LEN(zone) + 8];
     size_t k = 0;
-    m->port = must_free_port();
-    snprintf(port, sizeof(port), "--port=%u", m->port);
-    argv[k++] = "dnsmasq";
-    argv[k++] = "--no-daemon";
-    argv[k++] = port;
-    argv[k++] = "--listen-address=127.0.0.1";
-    argv[k++] = "--bind-interfaces";
-    argv[k++] = "--no-resolv";
-    argv[k++] = "--no-hosts";
-    argv[k++] = "--conf-file=/dev/null";
-    argv[k++] = "--local=/test/";
-    argv[k++] = "--local-ttl=300";
+    args[k++] = "--listen-address=127.0.0.1";
+    args[k++] = "--bind-interfaces";
+    args[k++] = "--no-resolv";
+    args[k++] = "--no-hosts";
+    args[k++] = "--conf-file=/dev/null";
+    args[k++] = "--local=/test/";
+    args[k++] = "--local-ttl=300";
     for (size_t i = 0; i < TERN_ARRAY_LEN(zone); i++)
-        argv[k++] = zone[i];
-    argv[k] = NULL;
-    m->pid = fork();
-    assert_true(m->pid >= 0);
-    if (m->pid == 0) {
-        int null = open("/dev/null", O_RDWR);
-        dup2(null, 1);
-        dup2(null, 2);
-        execvp("dnsmasq", (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 500 && !testnet_udp_port_taken(m->port); i++)
-        usleep(10000);
-    assert_true(testnet_udp_port_taken(m->port));
+        args[k++] = zone[i];
+    args[k] = NULL;
+    m->pid = testnet_dnsmasq_start(args, &m->port);
+    if (m->pid < 0)
+        fail_msg("dnsmasq did not start");
 }
 
 static void
@@ -835,6 +902,7 @@ main(void)
         cmocka_unit_test(test_packet_ttl),
         cmocka_unit_test(test_packet_hostile),
         cmocka_unit_test(test_mx_decode),
+        cmocka_unit_test(test_rr_host_names),
         cmocka_unit_test(test_cache),
         cmocka_unit_test(test_literal),
         cmocka_unit_test(test_dnsmasq_mx),

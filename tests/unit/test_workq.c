@@ -16,6 +16,7 @@
 
 #include <event2/event.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 
 #include "util/crc32c.h"
@@ -204,6 +205,77 @@ idle_fn(void *arg)
     atomic_fetch_add(&c->idles, 1);
 }
 
+/* An item without an inbox may be handed on by its own run: here to a
+ * second queue, which completes it on the loop, where it is freed (the
+ * spool's signing pool passes a message to the commit thread that way). The
+ * first worker must not touch it after run: each run waits until its item
+ * is gone, so a worker that still reads it reads freed memory. */
+struct relay_job {
+    struct workq_item w;
+    struct workq *next;
+    struct loopq *q;
+    atomic_int *gone;
+    int *done;
+};
+
+static void
+relay_second(struct workq_item *it)
+{
+    (void)it;
+}
+
+static void
+relay_done(struct loopq_item *it)
+{
+    struct relay_job *j = (struct relay_job *)((char *)it - offsetof(struct relay_job, w.done));
+    atomic_int *gone = j->gone;
+    (*j->done)++;
+    free(j);
+    atomic_store(gone, 1);
+}
+
+static void
+relay_first(struct workq_item *it)
+{
+    struct relay_job *j = (struct relay_job *)it;
+    atomic_int *gone = j->gone;
+    j->w.run = relay_second;
+    j->w.to = j->q;
+    j->w.done.fn = relay_done;
+    workq_submit(j->next, &j->w);
+    while (!atomic_load(gone))
+        sched_yield();
+}
+
+static void
+test_workq_hand_on(void **state)
+{
+    enum { N = 50 };
+    struct event_base *base = event_base_new();
+    struct loopq *q = loopq_new(base);
+    struct workq *first = workq_new("t1", 2), *second = workq_new("t2", 2);
+    atomic_int gone[N];
+    int done = 0;
+    for (int i = 0; i < N; i++) {
+        struct relay_job *j = xcalloc(1, sizeof(*j));
+        atomic_init(&gone[i], 0);
+        j->w.run = relay_first;
+        j->next = second;
+        j->q = q;
+        j->gone = &gone[i];
+        j->done = &done;
+        workq_submit(first, &j->w);
+    }
+    while (done < N)
+        event_base_loop(base, EVLOOP_ONCE);
+    workq_free(first);
+    workq_free(second);
+    loopq_run(q);
+    assert_int_equal(done, N); /* each completed once */
+    loopq_free(q);
+    event_base_free(base);
+}
+
 static void
 test_workq_batches(void **state)
 {
@@ -246,6 +318,7 @@ main(void)
         cmocka_unit_test(test_loopq_order),
         cmocka_unit_test(test_workq_runs_all),
         cmocka_unit_test(test_workq_batches),
+        cmocka_unit_test(test_workq_hand_on),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
