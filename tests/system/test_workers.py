@@ -1,14 +1,23 @@
 """Several receive loops (workers): sessions spread over every loop by
-SO_REUSEPORT, limits that hold over all of them, reload and SIGTERM with
-sessions on every loop."""
+SO_REUSEPORT (ternd's parent binds a socket per loop), limits that hold over
+all of them, reload (new addresses bound by the parent for every loop, kept
+ones untouched) and SIGTERM with sessions on every loop, AUTH answered on
+the asking loop through the keys process, and the loop threads under the
+relay's seccomp filter."""
 
+import base64
 import json
+import os
 import re
 import signal
+import socket
 import threading
 import urllib.request
 
+import pytest
+
 from sysutil import SLOW, WAIT, RawSMTP, free_port, message, wait_for
+from test_tls_auth import PASSWORD, add_user
 
 WORKERS = 2
 
@@ -41,7 +50,7 @@ def per_loop(t):
     return [w["sessions"] for w in status(t)["workers"]]
 
 
-def open_until_spread(t, n, source=None, limit=40, greeting=None):
+def open_until_spread(t, n, source=None, limit=40, greeting=None, port=None):
     """n open sessions (greeted; with greeting, that text in each greeting)
     with at least one on every loop: sessions are dropped and opened again
     until the kernel's spreading put one on each (each new one has an even
@@ -49,7 +58,7 @@ def open_until_spread(t, n, source=None, limit=40, greeting=None):
     held = []
     for _ in range(limit):
         while len(held) < n:
-            c = RawSMTP(t.port, source=source)
+            c = RawSMTP(port or t.port, source=source)
             g = c.greeting()
             assert greeting is None or greeting in g.text, g
             held.append(c)
@@ -210,3 +219,113 @@ def test_sigterm_with_sessions_on_every_loop_loses_nothing(make_tern, sink):
         desc="every acknowledged message delivered after the restart",
     )
     assert "never finished" not in subjects(sink, "term@example.org")
+
+
+def listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5 * SLOW).close()
+        return True
+    except OSError:
+        return False
+
+
+def test_reload_new_address_reaches_every_loop_and_kept_ones_stay(make_tern, sink):
+    t = start(make_tern)
+    extra = free_port()
+    # A session of the kept address, open across both reloads.
+    kept = RawSMTP(t.port)
+    kept.greeting()
+    kept.ehlo()
+    mark = t.log_mark()
+    t.update(smtp_listen=f"127.0.0.1:{t.port} 127.0.0.1:{extra}")
+    t.send_signal(signal.SIGHUP)
+    t.wait_event("reloaded", since=mark)
+    # The new address, bound by the parent for each loop, is served by
+    # every loop; the kept one still is.
+    kept.close()
+    wait_for(lambda: status(t)["sessions"] == 0, WAIT, desc="the kept session to end")
+    for c in open_until_spread(t, 4, port=extra):
+        c.close()
+    wait_for(lambda: status(t)["sessions"] == 0, WAIT, desc="the new address's sessions to end")
+    for c in open_until_spread(t, 4):
+        c.close()
+    wait_for(lambda: status(t)["sessions"] == 0, WAIT, desc="the old address's sessions to end")
+    # A session in flight on an address the next reload keeps goes on.
+    kept = RawSMTP(extra)
+    kept.greeting()
+    kept.ehlo()
+    mark = t.log_mark()
+    t.update(smtp_listen=f"127.0.0.1:{extra}")
+    t.send_signal(signal.SIGHUP)
+    t.wait_event("reloaded", since=mark)
+    assert transaction(kept, "across reloads").code == 250
+    kept.cmd("QUIT")
+    kept.close()
+    sink.wait_to("w@example.org")
+    # The dropped address is closed by every loop (no loop keeps its
+    # socket of the group open).
+    wait_for(lambda: not listening(t.port), WAIT, desc="the dropped address closed")
+    for c in open_until_spread(t, 4, port=extra):
+        c.close()
+
+
+def auth_plain(c, user, password):
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    return c.cmd(f"AUTH PLAIN {token}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the keys process split)")
+def test_auth_through_the_keys_process_answers_on_every_loop(make_tern, tmp_path):
+    port = free_port()
+    t = make_tern(
+        start=False,
+        workers=WORKERS,
+        metrics_listen=f"127.0.0.1:{port}",
+        auth_users_file=tmp_path / "users",
+        auth_allow_plaintext_loopback="yes",
+        auth_failure_delay="0s",
+    )
+    t.metrics_port = port
+    add_user(t, "alice", PASSWORD)
+    t.start()
+    held = open_until_spread(t, 6)
+    # Each session's check goes to the keys process and its answer comes
+    # back to the loop that asked: every session, on either loop, gets it.
+    for c in held:
+        assert c.ehlo().code == 250
+        r = auth_plain(c, "alice", PASSWORD)
+        assert r.code == 235, r
+    bad = RawSMTP(t.port)
+    bad.greeting()
+    bad.ehlo()
+    r = auth_plain(bad, "alice", "not it")
+    assert r.code == 535, r
+    for c in held + [bad]:
+        c.close()
+
+
+def test_receive_loops_run_under_seccomp(make_tern):
+    t = start(make_tern)
+    relay = t.relay_pid()
+
+    def loops():
+        out = {}
+        for tid in os.listdir(f"/proc/{relay}/task"):
+            try:
+                with open(f"/proc/{relay}/task/{tid}/comm") as f:
+                    name = f.read().strip()
+                with open(f"/proc/{relay}/task/{tid}/status") as f:
+                    st = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                continue
+            if name.startswith("smtp-"):
+                out[name] = st["Seccomp"].strip()
+        return out
+
+    got = wait_for(lambda: len(loops()) == WORKERS and loops(), WAIT, desc="the loop threads")
+    assert got == {f"smtp-{i}": "2" for i in range(WORKERS)}, got
+    # And they serve under it: a message through each loop.
+    for i, c in enumerate(open_until_spread(t, 4)):
+        c.ehlo()
+        assert transaction(c, f"filtered {i}").code == 250
+        c.close()
