@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "ctl/ctl.h"
 #include "dns/dns.h"
+#include "maildrop/maildrop.h"
 #include "metrics/metrics.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
@@ -39,6 +40,7 @@ struct ternd {
     struct smtp_server *smtp;
     struct ctl_server *ctl;
     struct metrics *metrics;
+    struct pickup *pickup;
     struct event *sig_term, *sig_int, *sig_hup, *stop_timer;
     int64_t stop_deadline;
     int64_t started_ms;
@@ -148,6 +150,8 @@ reload(struct ternd *t)
     }
     buf_fini(&err);
     sched_set_config(t->sched, cfg);
+    if (t->pickup != NULL)
+        pickup_set_config(t->pickup, cfg);
     config_unref(t->cfg);
     t->cfg = cfg;
     apply_log_settings(cfg);
@@ -206,6 +210,27 @@ new_base(void)
     return base;
 }
 
+/* The maildrop of tern-sendmail (made here when missing) and its pickup. */
+static int
+start_pickup(struct ternd *t, struct buf *err)
+{
+    struct buf warn = BUF_INIT;
+    struct logline l;
+    if (maildrop_prepare(t->cfg->maildrop_dir, t->cfg->maildrop_group, &warn, err) < 0) {
+        buf_fini(&warn);
+        return -1;
+    }
+    if (warn.len > 0) {
+        log_begin(&l, LOG_WARN, NULL, "pickup", "maildrop_private");
+        log_str(&l, "dir", t->cfg->maildrop_dir);
+        log_str(&l, "reason", warn.data);
+        log_end(&l);
+    }
+    buf_fini(&warn);
+    t->pickup = pickup_new(t->base, t->inbox, t->sp, t->sched, t->cfg, err);
+    return t->pickup != NULL ? 0 : -1;
+}
+
 static int
 start(struct ternd *t)
 {
@@ -232,6 +257,8 @@ start(struct ternd *t)
     sched_load_spool(t->sched);
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);
     if (t->ctl == NULL)
+        goto fail;
+    if (start_pickup(t, &err) < 0)
         goto fail;
     if (t->cfg->metrics_listen.host[0] != '\0') {
         t->metrics =
@@ -263,6 +290,9 @@ stop(struct ternd *t)
      * gone before spool_free. */
     for (int i = 0; i < 100 && smtp_server_unfreed(t->smtp) > 0; i++)
         event_base_loop(t->base, EVLOOP_NONBLOCK);
+    /* The pickup's last job comes back with the inbox run below, while the
+     * spool is open. */
+    pickup_stop(t->pickup);
     if (t->sp) {
         /* Whatever recovery found goes to the scheduler before it stops. */
         spool_recover_stop(t->sp);
@@ -274,6 +304,7 @@ stop(struct ternd *t)
     spool_free(t->sp); /* writes and syncs what is queued; callbacks posted */
     if (t->inbox)
         loopq_run(t->inbox);
+    pickup_free(t->pickup); /* its commit, if any, has called back */
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     smtp_server_free(t->smtp);
     ctl_server_free(t->ctl);
@@ -345,8 +376,8 @@ load_config(struct ternd *t, bool check)
     }
     /* Load the certificate, key and AUTH users as the server would, and
      * look at the spool as start-up would (without creating it). */
-    if (check &&
-        (smtp_server_check(t->cfg, &err) < 0 || spool_check(t->cfg->spool_dir, &err) < 0)) {
+    if (check && (smtp_server_check(t->cfg, &err) < 0 || spool_check(t->cfg->spool_dir, &err) < 0 ||
+                     maildrop_check(t->cfg->maildrop_dir, &err) < 0)) {
         fprintf(stderr, "%s", err.data ? err.data : "ternd: bad TLS or AUTH files\n");
         goto fail;
     }
