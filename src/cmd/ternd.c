@@ -253,12 +253,14 @@ start(struct ternd *t)
     t->smtp = smtp_server_new(t->base, t->sp, t->sched, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
+    /* Claims a crash left in the maildrop are settled before the queue is
+     * loaded, so before any of its messages can be delivered and removed. */
+    if (start_pickup(t, &err) < 0)
+        goto fail;
     /* Listening already: the queue is read in the background. */
     sched_load_spool(t->sched);
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);
     if (t->ctl == NULL)
-        goto fail;
-    if (start_pickup(t, &err) < 0)
         goto fail;
     if (t->cfg->metrics_listen.host[0] != '\0') {
         t->metrics =

@@ -137,7 +137,8 @@ struct pickup;
 
 /* Watch cfg's maildrop_dir (prepared) and pick up its files: at start once
  * the spool's recovery is done, when inotify reports a new name, and every
- * MAILDROP_SCAN_MS. inbox: the loop's inbox (spool commits and worker
+ * MAILDROP_SCAN_MS. Call it before the queue is loaded (sched_load_spool):
+ * it settles the claims a crash left against the spool as it was. inbox: the loop's inbox (spool commits and worker
  * results come back there). sch may be NULL (counts only). NULL and err
  * when the directory cannot be opened. */
 #define MAILDROP_SCAN_MS 30000

@@ -4,10 +4,12 @@
  * its files one by one: the worker checks a file (regular, one link, size
  * bounded, strict format), claims it by renaming it c.ID.QID (directory
  * synced), writes the message into a spool writer; the loop commits it and,
- * once it is durable, unlinks the claimed file. A claimed file found later
- * (a stop or kill between claim and unlink) is unlinked when QID is queued
- * and picked up again when not, so nothing is lost and nothing doubled.
- * Files that fail a check are moved to corrupt/ with one log line.
+ * once it is durable, unlinks the claimed file. Claimed files left by a
+ * stop or kill between claim and unlink are settled at start, before the
+ * queue is loaded (so before anything of it can be delivered and removed):
+ * unlinked when the spool holds QID, renamed back to d.ID when it does not;
+ * so nothing is lost and nothing doubled. Files that fail a check are moved
+ * to corrupt/ with one log line.
  */
 #include "maildrop/maildrop.h"
 
@@ -643,6 +645,82 @@ open_dirs(struct pickup *p, struct buf *err)
     return 0;
 }
 
+/* ---- start: settle the claims of the previous run ---- */
+
+struct claims {
+    char (*qid)[SPOOL_QID_LEN + 1];
+    char **name;
+    bool *live;
+    size_t n;
+};
+
+static void
+claims_mark(struct spool_env *env, void *arg)
+{
+    struct claims *c = arg;
+    for (size_t i = 0; i < c->n; i++)
+        if (strcmp(c->qid[i], env->qid) == 0)
+            c->live[i] = true;
+    spool_env_free(env);
+}
+
+static void
+claims_list(struct pickup *p, struct claims *c)
+{
+    int fd = openat(p->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    struct dirent *de;
+    char qid[SPOOL_QID_LEN + 1];
+    if (d == NULL) {
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    while ((de = readdir(d)) != NULL) {
+        if (maildrop_name_kind(de->d_name, qid) != MAILDROP_N_CLAIMED)
+            continue;
+        c->qid = xrealloc(c->qid, (c->n + 1) * sizeof(*c->qid));
+        c->name = xrealloc(c->name, (c->n + 1) * sizeof(*c->name));
+        memcpy(c->qid[c->n], qid, sizeof(qid));
+        c->name[c->n++] = xstrdup(de->d_name);
+    }
+    closedir(d);
+    c->live = xcalloc(c->n ? c->n : 1, sizeof(*c->live));
+}
+
+/* Only after a crash are there claims: then the spool is read once
+ * (read-only, as ternctl does without a daemon) to learn which are queued. */
+static void
+settle_claims(struct pickup *p)
+{
+    struct claims c = { NULL, NULL, NULL, 0 };
+    struct buf err = BUF_INIT;
+    claims_list(p, &c);
+    if (c.n > 0 && spool_scan(p->cfg->spool_dir, claims_mark, &c, &err) < 0) {
+        log_file(LOG_ERROR, NULL, "claims_unsettled", p->dir, err.data, 0);
+        goto out;
+    }
+    for (size_t i = 0; i < c.n; i++) {
+        char back[MAILDROP_NAME_MAX];
+        snprintf(back, sizeof(back), "d.%.*s", MAILDROP_ID_HEX, c.name[i] + 2);
+        if (c.live[i] ? unlinkat(p->dirfd, c.name[i], 0) < 0
+                      : renameat(p->dirfd, c.name[i], p->dirfd, back) < 0)
+            log_file(LOG_ERROR, c.qid[i], "claim_unsettled", c.name[i], NULL, errno);
+        else
+            log_file(
+                LOG_INFO, c.qid[i], c.live[i] ? "already_queued" : "unclaimed", c.name[i], NULL, 0);
+    }
+    if (c.n > 0)
+        (void)fsync(p->dirfd);
+out:
+    for (size_t i = 0; i < c.n; i++)
+        free(c.name[i]);
+    free(c.name);
+    free(c.qid);
+    free(c.live);
+    buf_fini(&err);
+}
+
 struct pickup *
 pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp, struct sched *sch,
     struct config *cfg, struct buf *err)
@@ -661,6 +739,7 @@ pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp, struc
         pickup_free(p);
         return NULL;
     }
+    settle_claims(p);
     /* Without inotify (no instances left) the periodic scan still runs. */
     p->inofd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
     if (p->inofd >= 0 && inotify_add_watch(p->inofd, p->dir, IN_MOVED_TO | IN_ONLYDIR) >= 0) {
