@@ -28,6 +28,7 @@
 
 #include "config/config.h"
 #include "sched/sched.h"
+#include "smtp/smtp.h"
 #include "spool/spool.h"
 #include "util/fsutil.h"
 #include "util/log.h"
@@ -297,7 +298,7 @@ make_env(struct pickup_job *j, const struct dropfile *f)
 }
 
 /* RFC 5321 §4.4: tern's trace field; "from userid" as Postfix's pickup. */
-static void
+static size_t
 write_received(
     struct pickup_job *j, const struct dropfile *f, const char *qid, struct spool_writer *w)
 {
@@ -305,12 +306,15 @@ write_received(
     char date[64];
     time_t t = time(NULL);
     struct tm tm;
+    size_t n;
     gmtime_r(&t, &tm);
     strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
     buf_printf(&r, "Received: by %s (tern, from userid %u)\r\n\tid %s; %s\r\n", j->cfg->hostname,
         (unsigned)f->st.st_uid, qid, date);
     spool_writer_write(w, r.data, r.len);
+    n = r.len;
     buf_fini(&r);
+    return n;
 }
 
 /* Claim the file for qid: renamed c.ID.QID and the directory synced, so a
@@ -349,6 +353,7 @@ pick(struct pickup_job *j)
     struct spool_env *env = NULL;
     struct spool_writer *w;
     const char *why;
+    size_t skip;
     memset(&f, 0, sizeof(f));
     f.fd = -1;
     why = open_drop(j, &f);
@@ -364,7 +369,7 @@ pick(struct pickup_job *j)
         spool_writer_abort(w);
         goto out;
     }
-    write_received(j, &f, spool_writer_qid(w), w);
+    skip = write_received(j, &f, spool_writer_qid(w), w);
     /* Read again into the writer; the bytes must still pass the check. */
     buf_reset(&err);
     if (read_body(&f, w, &err) < 0) {
@@ -374,6 +379,8 @@ pick(struct pickup_job *j)
         goto out;
     }
     log_received(spool_writer_qid(w), j->name, &f, env);
+    /* Local users' mail is signed as relay_networks clients' is. */
+    smtp_dkim_at_commit(j->cfg, w, skip);
     j->w = w;
 out:
     if (f.fd >= 0)

@@ -409,3 +409,26 @@ def test_check_refuses_bad_maildrop(make_tern, sink):
     tern.update(maildrop_dir=str(tern.spool) + "/drop")
     p = tern.ternd("-c", str(tern.conf), "--check")
     assert p.returncode == 2 and b"outside spool_dir" in p.stderr, p.stderr
+
+
+def test_picked_up_mail_is_dkim_signed(make_tern, sink):
+    """Local submission is our users' mail: signed like relay_networks mail."""
+    from test_dkim import Keys, keygen, verify_all
+
+    tern = make_tern(start=False)
+    keys = Keys()
+    keygen(tern, keys, "a.test", "sel1", "--algorithm", "ed25519")
+    tern.update(dkim_sign=" ".join(keys.entries))
+    tern.start()
+    rc, _ = tern.stop()
+    assert rc == 0
+    u = uid()
+    rcpt = f"signed-{u}@example.org"
+    p = tern.sendmail(["-f", f"me-{u}@a.test", rcpt],
+        f"From: Me <me-{u}@a.test>\nSubject: signed {u}\n\nbody\n".encode())
+    assert p.returncode == 0, p.stderr
+    tern.start()
+    t = sink.wait_to(rcpt)[0]
+    tags = verify_all(t.data, keys, 1)
+    assert tags[0]["d"] == "a.test" and tags[0]["s"] == "sel1"
+    assert t.data.index(b"DKIM-Signature:") < t.data.index(b"Received: by tern.test")
