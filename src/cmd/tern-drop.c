@@ -25,6 +25,17 @@
 #define READ_CHUNK 65536
 #define INPUT_MAX  (MAILDROP_HEAD_MAX + MAILDROP_MSG_MAX + MAILDROP_TRAILER_LEN)
 
+#ifdef __SANITIZE_ADDRESS__
+/* Sanitizer builds only: LeakSanitizer works by ptrace-ing the process,
+ * which a setgid process is not allowed (it is not dumpable). */
+const char *__asan_default_options(void);
+const char *
+__asan_default_options(void)
+{
+    return "detect_leaks=0";
+}
+#endif
+
 /* A setgid program started with 0, 1 or 2 closed would hand that number to
  * the next file it opens, and a message meant for stderr could land in a
  * drop file: make sure they are open. */
