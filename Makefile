@@ -42,6 +42,9 @@ fuzz: test-deps $(FUZZ_BUILD)/build.ninja
 
 run: build
 	mkdir -p $(RUN_DIR)
+	@# the maildrop's group: users' tern-sendmail leaves mail there while ternd is down
+	@if [ "$$(id -u)" -eq 0 ] && ! getent group tern-drop >/dev/null; then \
+	    groupadd --system tern-drop; fi
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
 unit-test: test-deps build asan
