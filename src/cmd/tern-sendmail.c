@@ -665,6 +665,10 @@ drop(const struct config *cfg, const char *sender, const struct inject_addrs *rc
             (unsigned long long)cfg->max_message_size);
         return EX_DATAERR;
     }
+    if (rcpts->n > cfg->max_recipients) {
+        say("more recipients than max_recipients (%u)", (unsigned)cfg->max_recipients);
+        return EX_DATAERR;
+    }
     if (maildrop_format_head(sender, rcpts->v, rcpts->n, msg->len, &data, &err) < 0) {
         say("cannot queue the message: %s", err.data);
         buf_fini(&err);

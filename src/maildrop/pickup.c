@@ -216,6 +216,10 @@ check_drop(struct pickup_job *j, struct dropfile *f, struct buf *err)
         goto out;
     }
     r = -1;
+    if (f->h.n_rcpts > j->cfg->max_recipients) {
+        buf_append_str(err, "more recipients than max_recipients");
+        goto out;
+    }
     if ((uint64_t)f->st.st_size != f->h.head_len + f->h.size + MAILDROP_TRAILER_LEN) {
         buf_append_str(err, (uint64_t)f->st.st_size < f->h.head_len + f->h.size
                                 ? "truncated message"

@@ -262,7 +262,7 @@ def test_pickup_while_running(make_tern, sink):
 
 
 def test_hostile_drop_files(make_tern, sink):
-    tern = make_tern(max_message_size="64k")
+    tern = make_tern(max_message_size="64k", max_recipients="2")
     d = drop_dir(tern)
     u = uid()
     passwd = Path("/etc/passwd").read_bytes()
@@ -280,7 +280,9 @@ def test_hostile_drop_files(make_tern, sink):
     os.link(d / "junk-name", tern.shortdir / "second-link")
     (d / hexname(8)).write_bytes(good)
     os.link(d / hexname(8), tern.shortdir / "link-to-8")
-    hostile = [hexname(i) for i in range(1, 9)] + ["junk-name"]
+    (d / hexname(11)).write_bytes(drop_file([f"r{i}-{u}@example.org" for i in range(3)],
+        b"Subject: many\r\n\r\nx\r\n"))
+    hostile = [hexname(i) for i in list(range(1, 9)) + [11]] + ["junk-name"]
     ok_rcpt = f"ok-{u}@example.org"
     place(tern, hexname(9), drop_file([ok_rcpt], f"Subject: ok {u}\r\n\r\nfine\r\n".encode()))
     sink.wait_to(ok_rcpt, timeout=10 * SLOW)
@@ -291,7 +293,8 @@ def test_hostile_drop_files(make_tern, sink):
     assert tern.running()
     assert Path("/etc/passwd").read_bytes() == passwd
     assert os.path.islink(d / "corrupt" / hexname(1)), "the link itself moved, not followed"
-    for r in (f"t-{u}@example.org", f"lf-{u}@example.org", f"big-{u}@example.org"):
+    for r in (f"t-{u}@example.org", f"lf-{u}@example.org", f"big-{u}@example.org",
+            f"r0-{u}@example.org"):
         assert not sink.to(r)
     # nothing comes back and no line repeats on later passes
     n = len(tern.events("corrupt"))
