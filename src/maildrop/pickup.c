@@ -58,6 +58,7 @@ struct pickup_job {
     struct spool_writer *w; /* owned until committed */
     char claimed[MAILDROP_NAME_MAX];
     bool refused; /* could not be moved aside: skip it from now on */
+    bool acted;   /* the file was taken, moved or removed */
 };
 
 struct pickup {
@@ -74,7 +75,8 @@ struct pickup {
     struct pickup_job *job; /* the one in flight */
     char **names;           /* this pass's names, taken from a list job */
     size_t n_names, next;
-    bool more; /* the listing was cut at PICKUP_PASS_MAX */
+    bool more;     /* the listing was cut at PICKUP_PASS_MAX */
+    bool progress; /* a file of this pass was acted on */
     char *refused[PICKUP_REFUSED_MAX];
     size_t n_refused;
 };
@@ -109,6 +111,7 @@ move_aside(struct pickup_job *j, const char *name, const char *reason)
     }
     /* The move is made durable so that a refused file does not come back. */
     (void)fsync(j->p->corruptfd);
+    j->acted = true;
     log_begin(&l, LOG_WARN, NULL, "pickup", "corrupt");
     log_str(&l, "file", name);
     log_str(&l, "reason", reason);
@@ -117,11 +120,23 @@ move_aside(struct pickup_job *j, const char *name, const char *reason)
 }
 
 static void
+add_name(char ***v, size_t *n, const char *name)
+{
+    *v = xrealloc(*v, (*n + 1) * sizeof(**v));
+    (*v)[(*n)++] = xstrdup(name);
+}
+
+/* The names of one pass: ready and claimed files (and strangers, to be set
+ * aside) first, t. files only in the room left, so files being written
+ * never keep the next ones out of a pass. */
+static void
 list_run(struct pickup_job *j)
 {
     int fd = openat(j->p->dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     struct dirent *de;
+    char **tmp = NULL;
+    size_t n_tmp = 0;
     if (d == NULL) {
         log_file(LOG_ERROR, NULL, "list_failed", ".", NULL, errno);
         if (fd >= 0)
@@ -129,17 +144,26 @@ list_run(struct pickup_job *j)
         return;
     }
     while ((de = readdir(d)) != NULL) {
+        enum maildrop_name k = maildrop_name_kind(de->d_name, NULL);
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0 ||
-            maildrop_name_kind(de->d_name, NULL) == MAILDROP_N_CORRUPT)
+            k == MAILDROP_N_CORRUPT)
             continue;
-        if (j->n_names == PICKUP_PASS_MAX) {
+        if (k == MAILDROP_N_TMP && n_tmp < PICKUP_PASS_MAX)
+            add_name(&tmp, &n_tmp, de->d_name);
+        else if (k != MAILDROP_N_TMP && j->n_names < PICKUP_PASS_MAX)
+            add_name(&j->names, &j->n_names, de->d_name);
+        else
             j->full = true;
-            break;
-        }
-        j->names = xrealloc(j->names, (j->n_names + 1) * sizeof(*j->names));
-        j->names[j->n_names++] = xstrdup(de->d_name);
     }
     closedir(d);
+    for (size_t i = 0; i < n_tmp; i++) {
+        if (j->n_names < PICKUP_PASS_MAX)
+            add_name(&j->names, &j->n_names, tmp[i]);
+        else
+            j->full = true;
+        free(tmp[i]);
+    }
+    free(tmp);
 }
 
 /* A t. file is the helper's while it writes; an old one was never
@@ -155,8 +179,10 @@ tmp_check(struct pickup_job *j)
         return;
     }
     if (st.st_mtime < time(NULL) - PICKUP_TMP_AGE_S) {
-        if (unlinkat(j->p->dirfd, j->name, 0) == 0)
+        if (unlinkat(j->p->dirfd, j->name, 0) == 0) {
             log_file(LOG_WARN, NULL, "stale_removed", j->name, "unfinished for an hour", 0);
+            j->acted = true;
+        }
     }
 }
 
@@ -401,8 +427,10 @@ claimed_check(struct pickup_job *j, const char *qid)
     struct spool_env *env = spool_load(j->p->sp, qid);
     if (env != NULL) {
         spool_env_free(env);
-        if (unlinkat(j->p->dirfd, j->name, 0) == 0)
+        if (unlinkat(j->p->dirfd, j->name, 0) == 0) {
             log_file(LOG_INFO, qid, "already_queued", j->name, NULL, 0);
+            j->acted = true;
+        }
         return;
     }
     if (errno != ENOENT) {
@@ -507,6 +535,7 @@ pass_start(struct pickup *p)
     }
     p->busy = true;
     p->again = false;
+    p->progress = false;
     job_submit(p, JOB_LIST, NULL);
 }
 
@@ -515,7 +544,9 @@ pass_end(struct pickup *p)
 {
     pass_clear(p);
     p->busy = false;
-    if ((p->again || p->more) && !p->stopping)
+    /* More names than one pass takes: go on while it gets somewhere (names
+     * that stay, such as files being written, wait for the next scan). */
+    if ((p->again || (p->more && p->progress)) && !p->stopping)
         pass_start(p);
 }
 
@@ -561,6 +592,7 @@ job_done(struct loopq_item *it)
     }
     if (j->refused && !is_refused(p, j->name) && p->n_refused < PICKUP_REFUSED_MAX)
         p->refused[p->n_refused++] = xstrdup(j->name);
+    p->progress |= j->acted || j->w != NULL;
     if (j->w != NULL && !p->stopping) {
         struct spool_writer *w = j->w;
         j->w = NULL;

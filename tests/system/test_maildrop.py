@@ -435,3 +435,34 @@ def test_picked_up_mail_is_dkim_signed(make_tern, sink):
     tags = verify_all(t.data, keys, 1)
     assert tags[0]["d"] == "a.test" and tags[0]["s"] == "sel1"
     assert t.data.index(b"DKIM-Signature:") < t.data.index(b"Received: by tern.test")
+
+
+def test_more_files_than_one_pass(make_tern, sink):
+    """A pass takes 256 names: the rest follow at once, not at the next scan;
+    young t. files (being written) neither block nor spin the passes."""
+    tern = first_run(make_tern, retry_initial="1h", retry_max="1h")
+    u = uid()
+    sink.data_reply = "451 4.3.0 not now"
+    n = 300
+    for i in range(n):
+        place(tern, hexname(0x2000 + i), drop_file([f"m{i}-{u}@example.org"], b"S: x\r\n\r\nx\r\n"))
+    d = drop_dir(tern)
+    for i in range(300):
+        (d / ("t." + f"{0x9000 + i:032x}")).write_bytes(b"being written")
+    mark = tern.log_mark()
+    tern.start()
+    wait_for(lambda: len(tern.events("received", since=mark, subsystem="pickup")) == n,
+        timeout=20 * SLOW, desc="every file picked up")
+    assert all(p.startswith("t.") for p in drop_files(tern))
+    wait_for(lambda: len(tern.events("deferred", since=mark, subsystem="delivery")) == n,
+        timeout=20 * SLOW, desc="every message tried once")
+    # The t. files stay, and passes do not run over them again and again:
+    # ternd is idle (a loop would burn a whole core).
+    cpu0 = cpu_seconds(tern.proc.pid)
+    assert holds_for(lambda: len(drop_files(tern)) == 300, 2.0)
+    assert cpu_seconds(tern.proc.pid) - cpu0 < 1.0, "ternd keeps busy with the maildrop"
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
