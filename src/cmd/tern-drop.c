@@ -54,8 +54,7 @@ read_input(struct buf *in)
 {
     for (;;) {
         ssize_t n;
-        if (buf_reserve(in, READ_CHUNK) < 0)
-            return -1;
+        buf_reserve(in, READ_CHUNK);
         n = read(STDIN_FILENO, in->data + in->len, READ_CHUNK);
         if (n < 0 && errno == EINTR)
             continue;

@@ -31,9 +31,9 @@
 
 #include "config/config.h"
 #include "ctl/client.h"
-#include "ctl/inject.h"
 #include "maildrop/maildrop.h"
-#include "smtp/data.h"
+#include "proto/data.h"
+#include "proto/inject.h"
 #include "util/buf.h"
 #include "util/fsutil.h"
 #include "util/parse.h"
@@ -337,10 +337,11 @@ smtp_getline(struct smtpc *c, int timeout_ms, struct buf *line)
             buf_consume(&c->in, n + 1);
             return 0;
         }
-        if (c->in.len > INJECT_REPLY_LINE_MAX || buf_reserve(&c->in, IO_CHUNK) < 0) {
+        if (c->in.len > INJECT_REPLY_LINE_MAX) {
             errno = EPROTO;
             return -1;
         }
+        buf_reserve(&c->in, IO_CHUNK);
         ssize_t r = recv(c->fd, c->in.data + c->in.len, IO_CHUNK, 0);
         if (r > 0) {
             c->in.len += (size_t)r;
@@ -419,9 +420,8 @@ smtp_send_data(struct smtpc *c, const struct buf *msg)
     for (size_t off = 0; off < msg->len && r == 0; off += IO_CHUNK) {
         size_t n = msg->len - off < IO_CHUNK ? msg->len - off : IO_CHUNK;
         buf_reset(&out);
-        r = smtp_data_stuff(msg->data + off, n, &bol, &out);
-        if (r == 0)
-            r = smtp_write(c, out.data, out.len);
+        smtp_data_stuff(msg->data + off, n, &bol, &out);
+        r = smtp_write(c, out.data, out.len);
     }
     buf_fini(&out);
     if (r < 0 || smtp_write(c, ".\r\n", 3) < 0 || smtp_reply(c, DOT_TIMEOUT_MS, false) < 0)

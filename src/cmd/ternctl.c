@@ -380,8 +380,7 @@ read_auth_file(const char *path, struct buf *out, struct stat *st_out)
     }
     for (;;) {
         ssize_t r;
-        if (buf_reserve(out, 65536) < 0)
-            goto fail;
+        buf_reserve(out, 65536);
         r = read(fd, out->data + out->len, 65536);
         if (r < 0 && errno == EINTR)
             continue;

@@ -79,13 +79,14 @@ status_json(struct buf *out, void *arg)
     sched_get_stats(t->sched, &st);
     spool_get_stats(t->sp, &ss);
     buf_printf(out,
-        "{\"queue_messages\":%zu,\"queue_recipients\":%zu,\"sessions\":%zu,"
-        "\"received\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
+        "{\"queue_messages\":%zu,\"queue_recipients\":%zu,\"queue_active\":%zu,\"sessions\":%zu,"
+        "\"received\":%llu,\"picked_up\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
         "\"expired\":%llu,\"uptime_s\":%lld,\"loading\":%s,"
         "\"spool\":{\"batches\":%llu,\"syncs\":%llu,\"records\":%llu,\"segments\":%llu,"
         "\"segments_deleted\":%llu,\"compacted\":%llu}}",
-        st.queue_messages, st.queue_rcpts, smtp_server_sessions(t->smtp),
-        (unsigned long long)st.received, (unsigned long long)st.delivered,
+        st.queue_messages, st.queue_rcpts, st.active, smtp_server_sessions(t->smtp),
+        (unsigned long long)smtp_server_received(t->smtp),
+        (unsigned long long)pickup_count(t->pickup), (unsigned long long)st.delivered,
         (unsigned long long)st.deferred, (unsigned long long)st.bounced,
         (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000),
         sched_loaded(t->sched) ? "false" : "true", (unsigned long long)ss.batches,
@@ -250,7 +251,7 @@ start(struct ternd *t)
         goto fail;
     t->sched = sched_new(t->base, t->sp, t->dns, t->cfg);
     spool_set_commit_hook(t->sp, commit_hook, t);
-    t->smtp = smtp_server_new(t->base, t->sp, t->sched, t->cfg, &err);
+    t->smtp = smtp_server_new(t->base, t->sp, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
     /* Claims a crash left in the maildrop are settled before the queue is
@@ -301,6 +302,10 @@ stop(struct ternd *t)
         loopq_run(t->inbox);
         spool_set_commit_hook(t->sp, NULL, NULL); /* late commits are loaded at next start */
     }
+    /* The control socket goes first: a request served after sched_free
+     * would find no scheduler, and a LIST under way is ended here. */
+    ctl_server_free(t->ctl);
+    t->ctl = NULL;
     sched_free(t->sched);
     dns_free(t->dns);
     spool_free(t->sp); /* writes and syncs what is queued; callbacks posted */
@@ -309,7 +314,6 @@ stop(struct ternd *t)
     pickup_free(t->pickup); /* its commit, if any, has called back */
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     smtp_server_free(t->smtp);
-    ctl_server_free(t->ctl);
     if (t->stop_timer)
         event_free(t->stop_timer);
     event_free(t->sig_term);

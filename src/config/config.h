@@ -121,6 +121,7 @@ struct config {
     enum ip_family ip_family;
     uint32_t max_connections;       /* outbound connections in total */
     uint32_t max_rcpts_per_txn;     /* recipients in one outbound transaction */
+    uint32_t active_limit;          /* queued messages held in memory whole */
     uint32_t delivery_rate;         /* messages per minute per destination, 0 = no limit */
     /* --- inbound TLS and AUTH (issue 4) --- */
     int tls_min_version;             /* enum tls_version */

@@ -345,6 +345,14 @@ const struct cfg_setting config_settings[] = {
         .min = 1,
         .max = 100000,
         .desc = "recipients in one outbound transaction; more go in further transactions" },
+    { .name = "active_limit",
+        .type = CFG_U32,
+        .def = "20000",
+        .off = OFF(active_limit),
+        .min = 1,
+        .max = 10000000,
+        .desc = "queued messages held in memory whole (Postfix's qmgr_message_active_limit); "
+                "the others wait on disk, indexed in a few dozen bytes each" },
     { .name = "delivery_rate",
         .type = CFG_U32,
         .def = "0",
@@ -457,12 +465,11 @@ cfg_error(struct cfg_errs *e, const char *fmt, ...)
     e->n++;
     if (e->n > CONFIG_ERRORS_MAX)
         return;
-    if (buf_printf(e->out, "%s: ", e->where) < 0)
-        return;
+    buf_printf(e->out, "%s: ", e->where);
     va_start(ap, fmt);
-    (void)buf_vprintf(e->out, fmt, ap);
+    buf_vprintf(e->out, fmt, ap);
     va_end(ap);
-    (void)buf_append_char(e->out, '\n');
+    buf_append_char(e->out, '\n');
 }
 
 const char *

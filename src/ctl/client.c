@@ -152,8 +152,7 @@ read_reply(int fd, int timeout_ms, ctl_line_fn fn, void *arg, struct buf *msg)
     struct buf rb = BUF_INIT;
     enum ctl_rc rc = CTL_FAIL;
     for (;;) {
-        if (buf_reserve(&rb, CTL_READ_CHUNK) < 0)
-            break;
+        buf_reserve(&rb, CTL_READ_CHUNK);
         ssize_t n = read(fd, rb.data + rb.len, CTL_READ_CHUNK);
         if (n < 0 && errno == EINTR)
             continue;

@@ -1,7 +1,9 @@
 /*
  * The daemon's side of the control socket (protocol in ctl.h): one request
- * line per connection, answered from the scheduler's in-memory view, so the
- * operator sees exactly what the daemon sees. Connections are bounded in
+ * line per connection, answered from the scheduler's view, so the operator
+ * sees exactly what the daemon sees. LIST and SUMMARY are streamed as the
+ * scheduler walks the queue (most of it may be on disk), a slice at a time
+ * and only while the client keeps reading. Connections are bounded in
  * request size and time.
  */
 #include "ctl.h"
@@ -23,6 +25,14 @@
 #include "util/util.h"
 
 #define CTL_TIMEOUT_S 30
+#define CTL_OUT_LOW   (64 * 1024) /* a walk goes on once the output drains to this */
+
+struct ctl_conn {
+    struct ctl_server *srv;
+    struct bufferevent *bev;
+    struct sched_walk *walk; /* LIST or SUMMARY under way */
+    struct ctl_conn *prev, *next;
+};
 
 struct ctl_server {
     struct event_base *base;
@@ -31,6 +41,7 @@ struct ctl_server {
     char *path;
     void (*status)(struct buf *out, void *arg);
     void *status_arg;
+    struct ctl_conn *conns;
 };
 
 static bool
@@ -45,37 +56,89 @@ qid_valid(const char *q)
 }
 
 static void
+conn_free(struct ctl_conn *cc)
+{
+    sched_walk_cancel(cc->walk);
+    if (cc->prev != NULL)
+        cc->prev->next = cc->next;
+    else
+        cc->srv->conns = cc->next;
+    if (cc->next != NULL)
+        cc->next->prev = cc->prev;
+    bufferevent_free(cc->bev);
+    free(cc);
+}
+
+static void
 ctl_conn_close_cb(struct bufferevent *bev, void *arg)
 {
     if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
-        bufferevent_free(bev);
+        conn_free(arg);
 }
 
 static void
 ctl_event_cb(struct bufferevent *bev, short what, void *arg)
 {
-    bufferevent_free(bev);
+    conn_free(arg);
 }
 
-/* Run one request; data lines and the final OK/ERR go to out. */
+/* Close once the reply is out. */
 static void
-ctl_dispatch(struct ctl_server *c, char *line, struct buf *out)
+conn_finish(struct ctl_conn *cc)
 {
+    bufferevent_disable(cc->bev, EV_READ);
+    bufferevent_setwatermark(cc->bev, EV_WRITE, 0, 0);
+    bufferevent_setcb(cc->bev, NULL, ctl_conn_close_cb, ctl_event_cb, cc);
+    ctl_conn_close_cb(cc->bev, cc);
+}
+
+/* The output drained: the walk may go on. */
+static void
+walk_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct ctl_conn *cc = arg;
+    if (cc->walk != NULL)
+        sched_walk_next(cc->walk);
+}
+
+static void
+walk_cb(void *arg, const char *data, size_t len, enum sched_walk_ev ev)
+{
+    struct ctl_conn *cc = arg;
+    struct evbuffer *out = bufferevent_get_output(cc->bev);
+    evbuffer_add(out, data, len);
+    if (ev == SCHED_WALK_MORE) {
+        if (evbuffer_get_length(out) <= CTL_OUT_LOW)
+            sched_walk_next(cc->walk);
+        return;
+    }
+    cc->walk = NULL; /* gone after this call */
+    evbuffer_add_printf(out, ev == SCHED_WALK_DONE ? "OK\n" : "ERR stopping\n");
+    conn_finish(cc);
+}
+
+/* Run one request; data lines and the final OK/ERR go to out. LIST and
+ * SUMMARY start a walk instead: true. */
+static bool
+ctl_dispatch(struct ctl_conn *cc, char *line, struct buf *out)
+{
+    struct ctl_server *c = cc->srv;
     char *arg = strchr(line, ' ');
     int rc = 0;
     if (arg)
         *arg++ = '\0';
-    if (strcmp(line, "LIST") == 0 && !arg) {
-        sched_list_json(c->sched, out);
-    } else if (strcmp(line, "SUMMARY") == 0 && !arg) {
-        sched_summary_json(c->sched, out);
+    if ((strcmp(line, "LIST") == 0 || strcmp(line, "SUMMARY") == 0) && !arg) {
+        bufferevent_setwatermark(cc->bev, EV_WRITE, CTL_OUT_LOW, 0);
+        bufferevent_setcb(cc->bev, NULL, walk_write_cb, ctl_event_cb, cc);
+        cc->walk = sched_walk_start(c->sched, line[0] == 'S', walk_cb, cc);
+        return true;
     } else if (strcmp(line, "STATUS") == 0 && !arg) {
         c->status(out, c->status_arg);
         buf_append_char(out, '\n');
     } else if (strcmp(line, "FLUSH") == 0 && !arg) {
         sched_flush(c->sched);
     } else if (strcmp(line, "DELETE") == 0 || strcmp(line, "HOLD") == 0 ||
-        strcmp(line, "RELEASE") == 0) {
+               strcmp(line, "RELEASE") == 0) {
         if (arg == NULL || !qid_valid(arg))
             rc = -1;
         else if (line[0] == 'D')
@@ -84,19 +147,20 @@ ctl_dispatch(struct ctl_server *c, char *line, struct buf *out)
             rc = sched_hold(c->sched, arg, line[0] == 'H');
         if (rc < 0) {
             buf_append_str(out, "ERR unknown queue id\n");
-            return;
+            return false;
         }
     } else {
         buf_append_str(out, "ERR unknown request\n");
-        return;
+        return false;
     }
     buf_append_str(out, "OK\n");
+    return false;
 }
 
 static void
 ctl_read_cb(struct bufferevent *bev, void *arg)
 {
-    struct ctl_server *c = arg;
+    struct ctl_conn *cc = arg;
     struct evbuffer *in = bufferevent_get_input(bev);
     size_t eol = 0;
     struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol, EVBUFFER_EOL_LF);
@@ -117,27 +181,37 @@ ctl_read_cb(struct bufferevent *bev, void *arg)
     line[p.pos] = '\0';
     if (p.pos > 0 && line[p.pos - 1] == '\r')
         line[p.pos - 1] = '\0';
-    ctl_dispatch(c, line, &out);
+    bufferevent_disable(bev, EV_READ);
+    if (ctl_dispatch(cc, line, &out)) {
+        buf_fini(&out);
+        return; /* the walk answers */
+    }
     bufferevent_write(bev, out.data, out.len);
     buf_fini(&out);
 done:
-    bufferevent_disable(bev, EV_READ);
-    bufferevent_setcb(bev, NULL, ctl_conn_close_cb, ctl_event_cb, c);
-    ctl_conn_close_cb(bev, c);
+    conn_finish(cc);
 }
 
 static void
-ctl_accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen,
-    void *arg)
+ctl_accept_cb(
+    struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
 {
     struct ctl_server *c = arg;
     struct timeval tmo = { CTL_TIMEOUT_S, 0 };
     struct bufferevent *bev = bufferevent_socket_new(c->base, fd, BEV_OPT_CLOSE_ON_FREE);
+    struct ctl_conn *cc;
     if (bev == NULL) {
         close(fd);
         return;
     }
-    bufferevent_setcb(bev, ctl_read_cb, NULL, ctl_event_cb, c);
+    cc = xcalloc(1, sizeof(*cc));
+    cc->srv = c;
+    cc->bev = bev;
+    cc->next = c->conns;
+    if (c->conns != NULL)
+        c->conns->prev = cc;
+    c->conns = cc;
+    bufferevent_setcb(bev, ctl_read_cb, NULL, ctl_event_cb, cc);
     bufferevent_set_timeouts(bev, &tmo, &tmo);
     bufferevent_enable(bev, EV_READ | EV_WRITE);
 }
@@ -187,6 +261,8 @@ ctl_server_free(struct ctl_server *c)
 {
     if (c == NULL)
         return;
+    while (c->conns != NULL)
+        conn_free(c->conns);
     evconnlistener_free(c->lis);
     unlink(c->path);
     free(c->path);

@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/ssl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -32,7 +33,7 @@
 #include <unistd.h>
 
 #include "delivery/mime7.h"
-#include "smtp/data.h"
+#include "proto/data.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -205,7 +206,7 @@ rcpt_set(struct client_tx *tx, size_t i, const struct tern_status *st, bool remo
 {
     tx->res[i].st = *st;
     tx->res[i].from_remote = remote;
-    tx->res[i].cls = force_temp ? DELIV_TEMP : retry_classify(st->code);
+    tx->res[i].cls = force_temp ? DELIV_TEMP : deliv_classify(st->code);
     tx->rst[i] = RS_DONE;
 }
 
@@ -233,7 +234,7 @@ tx_report(struct deliv_conn *c, struct client_tx *tx)
         c->tx = NULL;
     log_begin(&l, LOG_DEBUG, tx->job.env->qid, "delivery", "transaction");
     log_str(&l, "relay", conn_relay(c) ? c->relay : "none");
-    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "dest", c->dest->d->key);
     log_int(&l, "rcpts", (int64_t)tx->job.n_rcpts);
     log_int(&l, "accepted", (int64_t)tx->n_accepted);
     log_int(&l, "code", tx->job.n_rcpts ? tx->res[0].st.code : 0);
@@ -276,7 +277,7 @@ conn_close(struct deliv_conn *c)
         c->bev = NULL;
     }
     log_begin(&l, LOG_DEBUG, NULL, "delivery", "closed");
-    log_str(&l, "dest", dest->d.key);
+    log_str(&l, "dest", dest->d->key);
     log_str(&l, "peer", c->peer);
     log_int(&l, "msgs", c->n_msgs);
     log_end(&l);
@@ -295,7 +296,7 @@ conn_fail(struct deliv_conn *c, const struct tern_status *st, bool remote)
         return;
     }
     log_begin(&l, LOG_DEBUG, c->tx ? c->tx->job.env->qid : NULL, "delivery", "session_failed");
-    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "dest", c->dest->d->key);
     log_str(&l, "phase", conn_phase(c));
     log_int(&l, "code", st->code);
     log_str(&l, "reason", st->text);
@@ -405,7 +406,7 @@ target_failed(struct deliv_conn *c, const struct tern_status *st)
     }
     c->plan->t[c->order[c->cur]].failed = true;
     log_begin(&l, LOG_WARN, NULL, "delivery", "host_failed");
-    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "dest", c->dest->d->key);
     log_str(&l, "host", conn_host(c)->name);
     log_str(&l, "addr", c->peer);
     log_str(&l, "phase", conn_phase(c));
@@ -594,7 +595,7 @@ static const struct route_hop *
 conn_hop(const struct deliv_conn *c)
 {
     uint16_t h = conn_host(c)->hop;
-    return h < c->dest->d.n_hops ? &c->dest->d.hops[h] : NULL;
+    return h < c->dest->d->n_hops ? &c->dest->d->hops[h] : NULL;
 }
 
 /* A setup step failed for a reason of ours (TLS policy, AUTH): log it once
@@ -611,7 +612,7 @@ setup_fail(struct deliv_conn *c, const char *event, const char *esc, const char 
     vsnprintf(st.text, sizeof(st.text), fmt, ap);
     va_end(ap);
     log_begin(&l, LOG_WARN, NULL, "delivery", event);
-    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "dest", c->dest->d->key);
     log_str(&l, "host", conn_host(c)->name);
     log_str(&l, "addr", c->peer);
     log_str(&l, "reason", st.text);
@@ -683,7 +684,7 @@ tls_failed(struct deliv_conn *c, const char *why)
          * address do not try again for a while. */
         deliv_notls_add(c->d, c->peer);
         log_begin(&l, LOG_WARN, NULL, "delivery", "tls_failed");
-        log_str(&l, "dest", c->dest->d.key);
+        log_str(&l, "dest", c->dest->d->key);
         log_str(&l, "host", conn_host(c)->name);
         log_str(&l, "addr", c->peer);
         log_str(&l, "reason", why);
@@ -718,7 +719,7 @@ tls_done(struct deliv_conn *c)
     }
     c->tls_active = true;
     log_begin(&l, LOG_INFO, NULL, "delivery", "tls");
-    log_str(&l, "dest", c->dest->d.key);
+    log_str(&l, "dest", c->dest->d->key);
     log_str(&l, "host", conn_host(c)->name);
     log_str(&l, "addr", c->peer);
     log_str(&l, "mode", c->implicit_tls ? "implicit" : "starttls");
@@ -774,10 +775,10 @@ auth_creds(struct deliv_conn *c, struct deliv_creds *cr)
     int rc;
     memset(cr, 0, sizeof(*cr));
     if (c->cfg->smarthost_auth_file == NULL || hop == NULL ||
-        strncmp(c->dest->d.key, "mx:", 3) == 0)
+        strncmp(c->dest->d->key, "mx:", 3) == 0)
         return 1;
     rc = deliv_creds_load(c->cfg->smarthost_auth_file, hop->host,
-        strcmp(c->dest->d.key, "smarthost") == 0, cr, err, sizeof(err));
+        strcmp(c->dest->d->key, "smarthost") == 0, cr, err, sizeof(err));
     if (rc < 0)
         setup_fail(c, "auth_failed", "4.7.0", "%s", err);
     return rc;
@@ -845,7 +846,7 @@ on_auth(struct deliv_conn *c, const struct tern_status *st)
     if (st->code == 235) {
         c->authed = true;
         log_begin(&l, LOG_INFO, NULL, "delivery", "auth");
-        log_str(&l, "dest", c->dest->d.key);
+        log_str(&l, "dest", c->dest->d->key);
         log_str(&l, "addr", c->peer);
         log_str(&l, "mech", c->auth_mech == AUTHM_PLAIN ? "PLAIN" : "LOGIN");
         log_str(&l, "tls", c->tls_active ? "yes" : "no");
@@ -993,9 +994,9 @@ conn_give_up(struct deliv_conn *c)
     struct delivery *d = c->d;
     struct logline l;
     if (st.code == 0)
-        own_status(&st, 421, "4.4.1", "no address to connect to for %s", dest->d.key);
+        own_status(&st, 421, "4.4.1", "no address to connect to for %s", dest->d->key);
     log_begin(&l, LOG_WARN, NULL, "delivery", "dest_unreachable");
-    log_str(&l, "dest", dest->d.key);
+    log_str(&l, "dest", dest->d->key);
     log_str(&l, "reason", st.text);
     log_end(&l);
     conn_close(c);
@@ -1019,6 +1020,11 @@ connect_next(struct deliv_conn *c)
         c->state = CS_CONNECT;
         if (bufferevent_socket_connect(c->bev, (const struct sockaddr *)&t->addr, (int)t->len) ==
             0) {
+            /* The final dot and pipelined commands are small writes that
+             * follow larger ones: Nagle (RFC 896) would hold each for the
+             * peer's delayed ACK, some 40 ms per transaction. */
+            setsockopt(
+                bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &(int){ 1 }, sizeof(int));
             conn_arm(c, c->connect_ms);
             return;
         }
@@ -1084,7 +1090,9 @@ tx_precheck(struct deliv_conn *c, struct client_tx *tx)
 {
     const struct spool_env *env = tx->job.env;
     struct tern_status st;
+    bool unread = false;
     if (tx_open_body(c, tx) < 0) {
+        unread = errno == ENOENT; /* its segment is gone: the envelope is out of date */
         own_status(&st, 451, "4.3.0", "cannot open the queued message: %s", strerror(errno));
     } else if (c->ext.size && c->ext.size_max > 0 && env->body_len > c->ext.size_max) {
         /* RFC 1870 §6.1: do not send what the server said it will refuse. */
@@ -1119,6 +1127,8 @@ tx_precheck(struct deliv_conn *c, struct client_tx *tx)
         return env->body == BODY_8BITMIME && !c->ext.eightbitmime ? 1 : 0;
     }
     tx_set_all(tx, RS_DONE, &st, false, false);
+    for (size_t i = 0; i < tx->job.n_rcpts; i++)
+        tx->res[i].unread = unread;
     return -1;
 }
 
@@ -1210,8 +1220,7 @@ body_start(struct deliv_conn *c)
          * the converted form, sent above the stored message; dot-stuffed
          * like the rest. */
         buf_reset(&tx->out);
-        if (smtp_data_stuff(prefix, strlen(prefix), &bol, &tx->out) < 0)
-            tern_panic("cannot grow the DATA buffer");
+        smtp_data_stuff(prefix, strlen(prefix), &bol, &tx->out);
         conn_write(c, tx->out.data, tx->out.len);
     }
     body_fill(c);
@@ -1400,7 +1409,7 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     c->connect_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DELIV_DEF_CONNECT_MS;
     c->reply_ms = cfg->delivery_timeout_ms > 0 ? cfg->delivery_timeout_ms : DELIV_DEF_TIMEOUT_MS;
     c->idle_ms = cfg->idle_conn_timeout_ms > 0 ? cfg->idle_conn_timeout_ms : DELIV_DEF_IDLE_MS;
-    c->tls_mode = deliv_tls_mode(cfg, dest->d.key);
+    c->tls_mode = deliv_tls_mode(cfg, dest->d->key);
     c->tls_ctx = d->tls != NULL ? tls_ctx_ref(d->tls) : NULL;
     TERN_ASSERT(dest->plan != NULL);
     c->plan = plan_ref(dest->plan);
@@ -1439,8 +1448,8 @@ client_adopt(struct deliv_conn *c, struct deliv_dest *dest)
     struct logline l;
     TERN_ASSERT(c->state == CS_IDLE && c->tx == NULL && old != dest);
     log_begin(&l, LOG_INFO, NULL, "delivery", "conn_shared");
-    log_str(&l, "from", old->d.key);
-    log_str(&l, "dest", dest->d.key);
+    log_str(&l, "from", old->d->key);
+    log_str(&l, "dest", dest->d->key);
     log_str(&l, "relay", c->relay);
     log_end(&l);
     TAILQ_REMOVE(&old->conns, c, dest_link);
@@ -1541,7 +1550,7 @@ client_conv_done(struct deliv_conn *c, struct conv_job *j)
         tx->prefix_set = j->resign;
         tx->prefix = j->resign && j->prefix.len > 0 ? buf_take(&j->prefix) : NULL;
         log_begin(&l, LOG_INFO, tx->job.env->qid, "delivery", "converted");
-        log_str(&l, "dest", c->dest->d.key);
+        log_str(&l, "dest", c->dest->d->key);
         log_str(&l, "relay", c->relay);
         log_int(&l, "parts", (int64_t)j->plan.n_leaves);
         log_int(&l, "size", (int64_t)tx->conv_len);

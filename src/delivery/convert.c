@@ -1,7 +1,8 @@
 /*
  * The 7-bit conversion of a message for a next hop without 8BITMIME, off
- * the event loop: one worker thread per delivery engine (started with the
- * first job) reads the queued message from its spool file and runs the
+ * the event loop: a work queue with one worker per delivery engine (made
+ * with the first job; util/workq.h) reads the queued message from the
+ * spool and runs the
  * converter (mime7.h) over it, first to plan the conversion, then, when
  * something must change, to measure the converted form (for SIZE=) and,
  * when the message carries tern's DKIM signatures, to sign that form again
@@ -9,39 +10,48 @@
  * longer verify). The client then converts once more while it sends: the
  * same bytes and plan give the same form. Memory stays bounded: one read
  * chunk and the converter's own state. A job is answered on the loop
- * thread, by connection id (d->convs), never through a pointer to a
- * connection that may have closed meanwhile.
+ * thread through the spool owner's inbox (util/loopq.h), by connection id
+ * (d->convs), never through a pointer to a connection that may have closed
+ * meanwhile; after delivery_free a job finds an empty link and is dropped.
  */
 #include "delivery/delivery_int.h"
 
 #include <errno.h>
-#include <event2/event.h>
-#include <pthread.h>
-#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <unistd.h>
 
 #include "dkim/dkim.h"
-#include "smtp/data.h"
+#include "proto/data.h"
 #include "util/fsutil.h"
 #include "util/log.h"
 #include "util/util.h"
+#include "util/workq.h"
 
 #define CONV_CHUNK (64 * 1024)
 
-struct deliv_convw {
-    pthread_t thread;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    struct conv_job *wait_head, **wait_tail; /* guarded by mu */
-    struct conv_job *done;                   /* guarded by mu */
-    bool stop;                               /* guarded by mu; read between chunks too */
-    int efd;
-    struct event *ev;
+/* What a job finds when it is answered: the delivery engine, or NULL once
+ * it stopped. refs (the engine's and one per job) change on the loop
+ * thread only; stop is read by the worker between chunks. */
+struct conv_link {
+    struct delivery *d;
+    atomic_bool stop;
+    unsigned refs;
 };
+
+struct deliv_convw {
+    struct workq *q;
+    struct conv_link *link;
+};
+
+static void
+link_unref(struct conv_link *k)
+{
+    if (--k->refs == 0)
+        free(k);
+}
 
 void
 conv_job_free(struct conv_job *j)
@@ -59,13 +69,9 @@ conv_job_free(struct conv_job *j)
 }
 
 static bool
-stopping(struct deliv_convw *w)
+stopping(const struct conv_job *j)
 {
-    bool s;
-    pthread_mutex_lock(&w->mu);
-    s = w->stop;
-    pthread_mutex_unlock(&w->mu);
-    return s;
+    return atomic_load_explicit(&j->link->stop, memory_order_relaxed);
 }
 
 static void
@@ -78,14 +84,14 @@ set_result(struct conv_job *j, enum conv_result r, const char *why)
 /* Feed the whole message's content to m. 0, or -1 with the job's result
  * set. */
 static int
-read_through(struct deliv_convw *w, struct conv_job *j, struct mime7 *m)
+read_through(struct conv_job *j, struct mime7 *m)
 {
     struct spool_content *c = spool_content_open(j->sp, j->env);
     const char *p;
     size_t n;
     int r;
     while ((r = spool_content_next(c, &p, &n)) == 1) {
-        if (stopping(w)) {
+        if (stopping(j)) {
             spool_content_close(c);
             set_result(j, CONV_TEMP, "shutting down");
             return -1;
@@ -116,8 +122,7 @@ convert_out(const char *p, size_t n, void *arg)
     j->out_len += n;
     if (j->signer != NULL && !dkim_signer_idle(j->signer))
         dkim_signer_feed(j->signer, p, n);
-    if (smtp_data_stuff(p, n, &j->out_bol, &j->out_buf) < 0)
-        tern_panic("cannot grow the conversion buffer");
+    smtp_data_stuff(p, n, &j->out_bol, &j->out_buf);
     if (j->out_buf.len >= CONV_CHUNK)
         flush_out(j);
 }
@@ -133,14 +138,16 @@ flush_out(struct conv_job *j)
     buf_reset(&j->out_buf);
 }
 
+/* The worker: plan, then convert into the job's file. */
 static void
-conv_run(struct deliv_convw *w, struct conv_job *j)
+conv_run(struct workq_item *wi)
 {
+    struct conv_job *j = (struct conv_job *)wi; /* the first member */
     struct mime7 *m = mime7_new(MIME7_SCAN, &j->plan, NULL, NULL);
     int rc;
     if (j->lossy)
         mime7_lossy(m);
-    rc = read_through(w, j, m);
+    rc = read_through(j, m);
     mime7_free(m);
     if (rc == 0 && !j->plan.needed) {
         set_result(j, CONV_ASIS, "");
@@ -155,7 +162,7 @@ conv_run(struct deliv_convw *w, struct conv_job *j)
     }
     j->out_bol = true;
     m = mime7_new(MIME7_CONVERT, &j->plan, convert_out, j);
-    rc = read_through(w, j, m);
+    rc = read_through(j, m);
     mime7_free(m);
     if (rc == 0)
         flush_out(j);
@@ -170,81 +177,30 @@ conv_run(struct deliv_convw *w, struct conv_job *j)
     }
 }
 
-static void *
-worker_main(void *arg)
-{
-    struct deliv_convw *w = arg;
-    pthread_mutex_lock(&w->mu);
-    for (;;) {
-        struct conv_job *j;
-        uint64_t one = 1;
-        while (!w->stop && w->wait_head == NULL)
-            pthread_cond_wait(&w->cv, &w->mu);
-        if (w->stop)
-            break;
-        j = w->wait_head;
-        w->wait_head = j->next;
-        if (w->wait_head == NULL)
-            w->wait_tail = &w->wait_head;
-        pthread_mutex_unlock(&w->mu);
-        conv_run(w, j);
-        pthread_mutex_lock(&w->mu);
-        j->next = w->done;
-        w->done = j;
-        if (write(w->efd, &one, sizeof(one)) < 0) {
-            /* the counter cannot overflow here; nothing else can fail */
-        }
-    }
-    pthread_mutex_unlock(&w->mu);
-    return NULL;
-}
-
-/* Loop thread: answer the finished jobs. */
+/* Loop thread: answer the job, unless its connection or the engine is
+ * gone. */
 static void
-done_cb(evutil_socket_t fd, short what, void *arg)
+conv_done(struct loopq_item *it)
 {
-    struct delivery *d = arg;
-    struct deliv_convw *w = d->convw;
-    struct conv_job *list;
-    uint64_t v;
-    if (read(w->efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-        log_simple(LOG_ERROR, "delivery", "eventfd_read_failed", strerror(errno));
-    pthread_mutex_lock(&w->mu);
-    list = w->done;
-    w->done = NULL;
-    pthread_mutex_unlock(&w->mu);
-    while (list != NULL) {
-        struct conv_job *j = list;
-        struct deliv_conn *c = map_del_u64(d->convs, j->conn_id);
-        list = j->next;
+    struct conv_job *j = (struct conv_job *)((char *)it - offsetof(struct conv_job, w.done));
+    struct conv_link *k = j->link;
+    if (k->d != NULL) {
+        struct deliv_conn *c = map_del_u64(k->d->convs, j->conn_id);
         if (c != NULL)
             client_conv_done(c, j);
-        conv_job_free(j);
     }
+    conv_job_free(j);
+    link_unref(k);
 }
 
 static struct deliv_convw *
-worker_start(struct delivery *d)
+worker_start(void)
 {
     struct deliv_convw *w = xcalloc(1, sizeof(*w));
-    sigset_t all, old;
-    int rc;
-    pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
-    w->wait_tail = &w->wait_head;
-    w->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (w->efd < 0)
-        tern_panic("eventfd: %s", strerror(errno));
-    w->ev = event_new(d->base, w->efd, EV_READ | EV_PERSIST, done_cb, d);
-    if (w->ev == NULL || event_add(w->ev, NULL) < 0)
-        tern_panic("cannot register the conversion event");
-    /* Signals are for the loop thread. */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    rc = pthread_create(&w->thread, NULL, worker_main, w);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0)
-        tern_panic("conversion thread: %s", strerror(rc));
+    w->q = workq_new("tern-convert", 1);
+    w->link = xcalloc(1, sizeof(*w->link));
+    atomic_init(&w->link->stop, false);
+    w->link->refs = 1;
     return w;
 }
 
@@ -271,9 +227,16 @@ deliv_conv_submit(
     struct delivery *d, struct deliv_conn *c, uint64_t job_id, const struct spool_env *env)
 {
     struct conv_job *j;
-    if (d->convw == NULL)
-        d->convw = worker_start(d);
+    if (d->convw == NULL) {
+        d->convw = worker_start();
+        d->convw->link->d = d;
+    }
     j = xcalloc(1, sizeof(*j));
+    j->w.run = conv_run;
+    j->w.to = spool_owner(d->sp);
+    j->w.done.fn = conv_done;
+    j->link = d->convw->link;
+    j->link->refs++;
     j->conn_id = c->id;
     j->job_id = job_id;
     j->sp = d->sp;
@@ -287,11 +250,7 @@ deliv_conv_submit(
     j->lossy = env->is_bounce; /* a DSN cannot be bounced: better damaged than lost */
     j->signer = j->resign ? resigner(c->cfg) : NULL;
     map_put_u64(d->convs, c->id, c);
-    pthread_mutex_lock(&d->convw->mu);
-    *d->convw->wait_tail = j;
-    d->convw->wait_tail = &j->next;
-    pthread_cond_signal(&d->convw->cv);
-    pthread_mutex_unlock(&d->convw->mu);
+    workq_submit(d->convw->q, &j->w);
 }
 
 void
@@ -300,33 +259,18 @@ deliv_conv_forget(struct delivery *d, struct deliv_conn *c)
     map_del_u64(d->convs, c->id);
 }
 
-static void
-free_list(struct conv_job *j)
-{
-    while (j != NULL) {
-        struct conv_job *next = j->next;
-        conv_job_free(j);
-        j = next;
-    }
-}
-
 void
 deliv_conv_stop(struct delivery *d)
 {
     struct deliv_convw *w = d->convw;
     if (w == NULL)
         return;
-    pthread_mutex_lock(&w->mu);
-    w->stop = true; /* a running job stops at its next chunk */
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
-    free_list(w->wait_head);
-    free_list(w->done);
-    event_free(w->ev);
-    close(w->efd);
-    pthread_cond_destroy(&w->cv);
-    pthread_mutex_destroy(&w->mu);
+    /* A running job stops at its next chunk, queued ones at their first;
+     * their answers, posted to the loop, then find no engine. */
+    atomic_store(&w->link->stop, true);
+    workq_free(w->q);
+    w->link->d = NULL;
+    link_unref(w->link);
     free(w);
     d->convw = NULL;
 }

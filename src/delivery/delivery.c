@@ -8,8 +8,11 @@
  * checked before each job is taken). Idle connections are indexed by peer
  * address, so a destination whose plan leads to the same address:port
  * adopts one instead of connecting again. Closed connections wait on the
- * dead list and are freed by the reaper event; an empty destination is
- * freed there too. The SMTP conversation itself lives in client.c.
+ * dead list and are freed by the reaper event; a destination's state with
+ * nothing left in it is freed there too, and its owner told. The
+ * destinations themselves (key, hops, how many jobs are ready) belong to
+ * the caller: delivery keeps no count of its own. The SMTP conversation
+ * itself lives in client.c.
  */
 #include "delivery/delivery.h"
 
@@ -92,6 +95,7 @@ dest_unused(const struct deliv_dest *dest)
 static void
 dest_free(struct delivery *d, struct deliv_dest *dest)
 {
+    struct delivery_dest *dd = dest->d;
     TAILQ_REMOVE(&d->dests, dest, link);
     if (dest->waiting)
         TAILQ_REMOVE(&d->waiting, dest, wait_link);
@@ -99,6 +103,9 @@ dest_free(struct delivery *d, struct deliv_dest *dest)
     plan_unref(dest->plan);
     event_free(dest->rate_ev);
     free(dest);
+    dd->dl = NULL;
+    if (d->cb.released != NULL)
+        d->cb.released(d->cb.arg, dd);
 }
 
 static void
@@ -295,7 +302,7 @@ rate_cb(evutil_socket_t fd, short what, void *arg)
     size_t woken = 0;
     TAILQ_FOREACH(c, &dest->conns, dest_link)
     {
-        if (woken < dest->n_due && client_wake(c))
+        if (woken < dest->d->n_ready && client_wake(c))
             woken++;
     }
     deliv_dest_fill(d, dest);
@@ -304,46 +311,47 @@ rate_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---- destinations ---- */
 
-static struct deliv_dest *
-dest_get(struct delivery *d, const struct delivery_dest *dd)
+/* Forget the plan and let the connections to the old hops go (busy ones
+ * after their transaction). */
+static void
+dest_reset(struct deliv_dest *dest)
 {
-    struct deliv_dest *dest;
     struct deliv_conn *c, *cn;
-    TAILQ_FOREACH(dest, &d->dests, link)
-    {
-        if (strcmp(dest->d.key, dd->key) == 0)
-            break;
-    }
-    if (dest == NULL) {
-        dest = xcalloc(1, sizeof(*dest));
-        dest->owner = d;
-        dest->rate_ev = evtimer_new(d->base, rate_cb, dest);
-        if (dest->rate_ev == NULL)
-            tern_panic("cannot create delivery rate timer");
-        TAILQ_INIT(&dest->conns);
-        TAILQ_INSERT_TAIL(&d->dests, dest, link);
-    } else if (dest->d.n_hops == dd->n_hops &&
-               memcmp(dest->d.hops, dd->hops, dd->n_hops * sizeof(dd->hops[0])) == 0) {
-        return dest;
-    }
-    /* New, or its hops changed with a reload: resolve again, and let the
-     * connections to the old hops go (busy ones after their transaction). */
     dest->gen++;
     for (c = TAILQ_FIRST(&dest->conns); c != NULL; c = cn) {
         cn = TAILQ_NEXT(c, dest_link);
         client_quit_idle(c);
     }
-    dest->d = *dd;
-    dest->d.key[sizeof(dest->d.key) - 1] = '\0';
-    if (dest->d.n_hops > ROUTE_HOPS_MAX)
-        dest->d.n_hops = ROUTE_HOPS_MAX;
-    for (size_t i = 0; i < dest->d.n_hops; i++)
-        dest->d.hops[i].host[sizeof(dest->d.hops[i].host) - 1] = '\0';
     plan_build_cancel(dest->build);
     dest->build = NULL;
     plan_unref(dest->plan);
     dest->plan = NULL;
+}
+
+/* Delivery's state of dd, made on first use. */
+static struct deliv_dest *
+dest_get(struct delivery *d, struct delivery_dest *dd)
+{
+    struct deliv_dest *dest = dd->dl;
+    if (dest != NULL)
+        return dest;
+    dest = xcalloc(1, sizeof(*dest));
+    dest->owner = d;
+    dest->d = dd;
+    dest->rate_ev = evtimer_new(d->base, rate_cb, dest);
+    if (dest->rate_ev == NULL)
+        tern_panic("cannot create delivery rate timer");
+    TAILQ_INIT(&dest->conns);
+    TAILQ_INSERT_TAIL(&d->dests, dest, link);
+    dd->dl = dest;
     return dest;
+}
+
+void
+delivery_dest_changed(struct delivery *d, struct delivery_dest *dd)
+{
+    if (dd->dl != NULL)
+        dest_reset(dd->dl);
 }
 
 static void
@@ -378,7 +386,7 @@ static bool
 conn_shareable(const struct delivery *d, const struct deliv_conn *c, const struct deliv_dest *dest)
 {
     return !c->authed && c->tls_mode != TLS_REQUIRED &&
-           deliv_tls_mode(d->cfg, dest->d.key) != TLS_REQUIRED;
+           deliv_tls_mode(d->cfg, dest->d->key) != TLS_REQUIRED;
 }
 
 /* An idle connection of another destination at one of the addresses of
@@ -402,8 +410,8 @@ idle_match(struct delivery *d, struct deliv_dest *dest)
             continue;
         TAILQ_FOREACH(c, &b->conns, addr_link)
         {
-            if (c->dest != dest && c->dest->n_due == 0 && !c->woken && c->n_msgs < c->max_msgs &&
-                conn_shareable(d, c, dest))
+            if (c->dest != dest && c->dest->d->n_ready == 0 && !c->woken &&
+                c->n_msgs < c->max_msgs && conn_shareable(d, c, dest))
                 return c;
         }
     }
@@ -418,7 +426,7 @@ idle_evict(struct delivery *d, struct deliv_dest *dest)
     struct deliv_conn *c;
     TAILQ_FOREACH(c, &d->idle, idle_link)
     {
-        if (c->dest != dest && c->dest->n_due == 0 && !c->woken) {
+        if (c->dest != dest && c->dest->d->n_ready == 0 && !c->woken) {
             client_quit_idle(c);
             return;
         }
@@ -443,19 +451,19 @@ plan_fresh(const struct deliv_dest *dest)
 void
 deliv_dest_fill(struct delivery *d, struct deliv_dest *dest)
 {
-    size_t free_conns = 0;
+    size_t free_conns = 0, n_ready = dest->d->n_ready;
     struct deliv_conn *c;
-    if (d->shutting || d->cfg == NULL || dest->n_due == 0 || dest->waiting)
+    if (d->shutting || d->cfg == NULL || n_ready == 0 || dest->waiting)
         return;
     TAILQ_FOREACH(c, &dest->conns, dest_link)
     free_conns += client_not_busy(c);
-    if (free_conns >= dest->n_due || dest->n_conns >= dest_limit(d) || !rate_allows(d, dest))
+    if (free_conns >= n_ready || dest->n_conns >= dest_limit(d) || !rate_allows(d, dest))
         return;
     if (!plan_fresh(dest)) {
         dest_start_build(d, dest);
         return;
     }
-    while (dest->n_conns < dest_limit(d) && free_conns < dest->n_due) {
+    while (dest->n_conns < dest_limit(d) && free_conns < n_ready) {
         c = idle_match(d, dest);
         if (c != NULL) {
             client_adopt(c, dest);
@@ -494,7 +502,7 @@ dest_plan_done(struct delivery *d, struct deliv_dest *dest, struct deliv_plan *p
 }
 
 void
-delivery_kick(struct delivery *d, const struct delivery_dest *dd, size_t n_due)
+delivery_kick(struct delivery *d, struct delivery_dest *dd)
 {
     struct deliv_dest *dest;
     struct deliv_conn *c;
@@ -506,11 +514,10 @@ delivery_kick(struct delivery *d, const struct delivery_dest *dd, size_t n_due)
         return;
     }
     dest = dest_get(d, dd);
-    dest->n_due = n_due;
     /* Idle connections first; they ask from the loop, not inside this call. */
     TAILQ_FOREACH(c, &dest->conns, dest_link)
     {
-        if (woken < n_due && client_wake(c))
+        if (woken < dd->n_ready && client_wake(c))
             woken++;
     }
     deliv_dest_fill(d, dest);
@@ -527,12 +534,8 @@ deliv_take_job(struct delivery *d, struct deliv_dest *dest, struct delivery_job 
         return false;
     if (rated && !rate_allows(d, dest))
         return false;
-    if (!d->cb.next_job(d->cb.arg, dest->d.key, job)) {
-        dest->n_due = 0;
+    if (!d->cb.next_job(d->cb.arg, dest->d, job))
         return false;
-    }
-    if (dest->n_due > 0)
-        dest->n_due--;
     if (rated && d->cfg->delivery_rate > 0)
         dest->tokens -= TOKEN;
     return true;
@@ -558,7 +561,7 @@ deliv_dest_fail_jobs(
     }
     log_begin(&l, cls == DELIV_PERM ? LOG_WARN : LOG_INFO, NULL, "delivery",
         cls == DELIV_PERM ? "dest_failed" : "dest_deferred");
-    log_str(&l, "dest", dest->d.key);
+    log_str(&l, "dest", dest->d->key);
     log_int(&l, "jobs", (int64_t)n);
     log_int(&l, "code", st->code);
     log_str(&l, "reason", st->text);
@@ -603,7 +606,7 @@ deliv_conn_retire(struct delivery *d, struct deliv_conn *c, struct deliv_dest *d
         event_active(d->reap, 0, 0);
         wait_serve(d);
         /* Work may remain that this connection would have taken. */
-        if (refill && dest->n_due > 0)
+        if (refill && dest->d->n_ready > 0)
             deliv_dest_fill(d, dest);
     }
 }

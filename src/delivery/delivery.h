@@ -16,7 +16,6 @@
 #include <stdint.h>
 
 #include "config/config.h"
-#include "sched/retry.h"
 #include "spool/spool.h"
 #include "util/status.h"
 
@@ -26,15 +25,42 @@ struct dns;
 
 #define DELIVERY_DEST_MAX 300
 
-/* Where a job goes. The key groups jobs that may share a connection:
- * "mx:DOMAIN" (the domain's MX hosts, implicit MX, null MX), "smarthost"
- * (the smarthost list) or "route:NAME" (a route's hops). The hops are tried
- * in order until one accepts a connection (failover); a hop with mx set has
- * its MX records looked up, one without is connected to directly. */
+/* What a next hop's reply means for a recipient. */
+enum deliv_class { DELIV_OK, DELIV_TEMP, DELIV_PERM };
+
+/* Classify an SMTP reply code from the next hop: 2xx OK, 5xx PERM, anything
+ * else (4xx, garbage, 0 for "no reply/connection problem") TEMP. */
+static inline enum deliv_class
+deliv_classify(int code)
+{
+    if (code >= 200 && code <= 299)
+        return DELIV_OK;
+    if (code >= 500 && code <= 599)
+        return DELIV_PERM;
+    return DELIV_TEMP;
+}
+
+struct deliv_dest; /* delivery's own state of a destination (delivery_int.h) */
+
+/* Where a job goes: an entry of the caller's destination table (the
+ * scheduler owns them), borrowed by delivery while dl is not NULL. The key
+ * groups jobs that may share a connection: "mx:DOMAIN" (the domain's MX
+ * hosts, implicit MX, null MX), "smarthost" (the smarthost list) or
+ * "route:NAME" (a route's hops). The hops are tried in order until one
+ * accepts a connection (failover); a hop with mx set has its MX records
+ * looked up, one without is connected to directly. */
 struct delivery_dest {
     char key[DELIVERY_DEST_MAX];
     struct route_hop hops[ROUTE_HOPS_MAX];
     size_t n_hops;
+    /* Jobs the owner has ready for this destination (what next_job would
+     * hand out): the owner keeps it current, delivery only reads it. */
+    size_t n_ready;
+    /* Delivery's state of the destination (connections, plan, rate
+     * bucket): made by delivery_kick, dropped by delivery once nothing of
+     * it is left (then the released callback runs). The owner never
+     * touches it and keeps the entry alive while it is not NULL. */
+    struct deliv_dest *dl;
 };
 
 struct delivery_job {
@@ -50,16 +76,22 @@ struct delivery_rcpt_result {
     bool from_remote;      /* st is the remote server's reply */
     bool peer_dsn;         /* the server offered DSN (RFC 3461): NOTIFY/ORCPT went with the
                               recipient, so success notices are its job, not ours */
+    bool unread;           /* the stored message was not where the job's envelope said (the
+                              spool moved it): nothing was sent, read it again */
 };
 
 struct delivery_callbacks {
-    /* Next due job for dest, or false when none. The job stays valid until
-     * done(job.id) is called. */
-    bool (*next_job)(void *arg, const char *dest_key, struct delivery_job *job);
+    /* Next due job for dest, or false when none (the owner updates
+     * dest->n_ready). The job stays valid until done(job.id) is called. */
+    bool (*next_job)(void *arg, struct delivery_dest *dest, struct delivery_job *job);
     /* Results for every recipient of the job, in job order. relay: "host[addr]:port"
      * or NULL when no server was reached. Called on the loop thread, once. */
     void (*done)(void *arg, uint64_t job_id, const struct delivery_rcpt_result *res, size_t n,
         const char *relay);
+    /* Delivery dropped its state of dest (dest->dl is NULL again): the
+     * owner may free the entry. Runs from the loop or delivery_free, never
+     * inside delivery_kick or delivery_dest_changed. */
+    void (*released)(void *arg, struct delivery_dest *dest);
     void *arg;
 };
 
@@ -70,8 +102,12 @@ struct delivery *delivery_new(struct event_base *base, struct spool *sp, struct 
 /* Take a new configuration snapshot for connections opened from now on (a
  * reference is taken; the caller keeps its own). */
 void delivery_set_config(struct delivery *d, struct config *cfg);
-/* dest has n_due jobs waiting: open connections as limits allow. dest is copied. */
-void delivery_kick(struct delivery *d, const struct delivery_dest *dest, size_t n_due);
+/* dest has dest->n_ready jobs waiting: wake its idle connections and open
+ * new ones as limits allow. dest stays borrowed while dest->dl is set. */
+void delivery_kick(struct delivery *d, struct delivery_dest *dest);
+/* dest's hops changed (a reload): its connections to the old hops QUIT
+ * (busy ones after their transaction) and the plan is made again. */
+void delivery_dest_changed(struct delivery *d, struct delivery_dest *dest);
 /* Connections currently open (for metrics and tests). */
 size_t delivery_active(const struct delivery *d);
 /* Stop: every connection is closed at once; jobs in flight are answered with

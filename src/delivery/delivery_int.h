@@ -27,6 +27,7 @@
 #include "util/buf.h"
 #include "util/map.h"
 #include "util/status.h"
+#include "util/workq.h"
 
 struct bufferevent;
 struct event;
@@ -216,14 +217,15 @@ struct deliv_convw;
 struct deliv_linger;
 struct idle_bucket;
 
+/* Delivery's state of one destination, hung off the owner's entry
+ * (delivery_dest.dl); how many jobs are ready is read from that entry. */
 struct deliv_dest {
     TAILQ_ENTRY(deliv_dest) link;
     TAILQ_ENTRY(deliv_dest) wait_link; /* in d->waiting when waiting */
-    struct delivery_dest d;
+    struct delivery_dest *d;           /* the owner's entry: key, hops, n_ready */
     struct delivery *owner;
     TAILQ_HEAD(, deliv_conn) conns; /* open connections (not retired) */
     size_t n_conns;
-    size_t n_due;             /* due jobs as last told by delivery_kick, less jobs taken */
     uint32_t gen;             /* bumped when the hops change (reload): older connections QUIT */
     bool waiting;             /* for a global connection slot (max_connections) */
     struct deliv_plan *plan;  /* reference; NULL until resolved */
@@ -266,9 +268,9 @@ uint32_t deliv_rnd(void *d);
 /* The TLS policy of a destination: mx_tls for "mx:" keys, smarthost_tls
  * for the smarthost and for routes. */
 enum tls_mode deliv_tls_mode(const struct config *cfg, const char *dest_key);
-/* Ask the scheduler for dest's next job; keeps dest->n_due in step. With
- * rated, the delivery_rate budget applies: false (n_due kept) while it is
- * exhausted, and the destination is woken when a message may go again. */
+/* Ask the scheduler for dest's next job. With rated, the delivery_rate
+ * budget applies: false while it is exhausted, and the destination is
+ * woken when a message may go again. */
 bool deliv_take_job(
     struct delivery *d, struct deliv_dest *dest, struct delivery_job *job, bool rated);
 /* Answer every due job of dest with st (for each recipient), no relay. */
@@ -335,8 +337,11 @@ enum conv_result {
     CONV_TEMP, /* could not read it or shutting down (why): try later */
 };
 
+struct conv_link;
+
 struct conv_job {
-    struct conv_job *next;
+    struct workq_item w;        /* first: the worker's item (util/workq.h) */
+    struct conv_link *link;     /* a reference: finds the engine when answered */
     uint64_t conn_id, job_id;   /* whose transaction */
     struct spool *sp;           /* borrowed: the spool the message is in */
     struct spool_env *env;      /* owned copy: what to read */
@@ -364,7 +369,8 @@ struct conv_job {
 void deliv_conv_submit(
     struct delivery *d, struct deliv_conn *c, uint64_t job_id, const struct spool_env *env);
 void deliv_conv_forget(struct delivery *d, struct deliv_conn *c);
-/* Stop the worker (a running job ends at its next chunk); drop all jobs. */
+/* Stop the worker (a running job ends at its next chunk); answers still
+ * on their way find no engine and are dropped. */
 void deliv_conv_stop(struct delivery *d);
 void conv_job_free(struct conv_job *j);
 

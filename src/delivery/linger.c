@@ -114,8 +114,9 @@ take_pending(struct bufferevent *under, struct buf *out)
     struct evbuffer *eb = bufferevent_get_output(under);
     size_t n = evbuffer_get_length(eb);
     int got;
-    if (n == 0 || n > LINGER_OUT_MAX || buf_reserve(out, n) < 0)
+    if (n == 0 || n > LINGER_OUT_MAX)
         return false;
+    buf_reserve(out, n);
     evbuffer_unfreeze(eb, 1);
     got = evbuffer_remove(eb, out->data, n);
     evbuffer_freeze(eb, 1);

@@ -109,8 +109,7 @@ out_put(struct mime7 *m, const char *p, size_t n)
 {
     if (m->mode != MIME7_CONVERT)
         return;
-    if (buf_append(&m->ob, p, n) < 0)
-        tern_panic("cannot grow the conversion buffer");
+    buf_append(&m->ob, p, n);
     if (m->ob.len >= OUT_FLUSH)
         out_flush(m);
 }

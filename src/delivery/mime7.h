@@ -24,7 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "smtp/data.h" /* struct hdr_scan */
+#include "proto/data.h" /* struct hdr_scan */
 #include "util/buf.h"
 
 /* ---- 8-bit to 7-bit conversion ---- */

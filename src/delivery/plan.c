@@ -174,7 +174,7 @@ static void
 host_add(struct plan_build *b, const char *name, uint16_t hop, uint16_t pref, bool implicit)
 {
     struct bhost *h;
-    const struct route_hop *rh = &b->dest->d.hops[hop];
+    const struct route_hop *rh = &b->dest->d->hops[hop];
     uint16_t port = rh->port
                         ? rh->port
                         : (b->d->cfg && b->d->cfg->delivery_port ? b->d->cfg->delivery_port : 25);
@@ -217,7 +217,7 @@ mx_cb(void *arg, const struct dns_mx_result *r)
 {
     struct bhop *hop = arg;
     struct plan_build *b = hop->b;
-    const char *dom = b->dest->d.hops[hop->idx].host;
+    const char *dom = b->dest->d->hops[hop->idx].host;
     hop->q = NULL;
     switch (r->rc) {
     case DNS_OK:
@@ -273,7 +273,7 @@ log_host_failed(const struct plan_build *b, const struct bhost *h)
 {
     struct logline l;
     log_begin(&l, LOG_INFO, NULL, "delivery", "host_unresolved");
-    log_str(&l, "dest", b->dest->d.key);
+    log_str(&l, "dest", b->dest->d->key);
     log_str(&l, "host", h->name);
     log_str(&l, "error", h->res->err);
     log_end(&l);
@@ -283,7 +283,7 @@ log_host_failed(const struct plan_build *b, const struct bhost *h)
 static void
 hop_no_address(struct plan_build *b, struct bhop *hop, const struct bhost *first)
 {
-    const struct route_hop *rh = &b->dest->d.hops[hop->idx];
+    const struct route_hop *rh = &b->dest->d->hops[hop->idx];
     if (first == NULL) {
         hop_fail(hop, false, 451, "4.4.3", "no host to connect to for %s%s", rh->host, "");
     } else if (first->implicit && first->res->rc != DNS_TEMP) {
@@ -333,7 +333,7 @@ log_plan(const struct plan_build *b, const struct deliv_plan *p)
     struct logline l;
     char a[DELIV_ADDR_KEY_MAX];
     log_begin(&l, LOG_INFO, NULL, "delivery", "route_resolved");
-    log_str(&l, "dest", b->dest->d.key);
+    log_str(&l, "dest", b->dest->d->key);
     log_int(&l, "hosts", (int64_t)p->n_hosts);
     log_int(&l, "addrs", (int64_t)p->n_t);
     if (p->n_t > 0) {
@@ -359,8 +359,8 @@ build_reason(const struct plan_build *b, struct tern_status *st, bool *perm)
             continue;
         }
         log_begin(&l, hop->perm ? LOG_WARN : LOG_INFO, NULL, "delivery", "hop_failed");
-        log_str(&l, "dest", b->dest->d.key);
-        log_str(&l, "host", b->dest->d.hops[hop->idx].host);
+        log_str(&l, "dest", b->dest->d->key);
+        log_str(&l, "host", b->dest->d->hops[hop->idx].host);
         log_int(&l, "code", hop->st.code);
         log_str(&l, "reason", hop->st.text);
         log_end(&l);
@@ -369,7 +369,7 @@ build_reason(const struct plan_build *b, struct tern_status *st, bool *perm)
         *perm = *perm && hop->perm;
     }
     if (st->code == 0) {
-        STATUS_SET(st, 451, "4.4.3", "no route to %s", b->dest->d.key);
+        STATUS_SET(st, 451, "4.4.3", "no route to %s", b->dest->d->key);
         *perm = false;
     }
 }
@@ -407,9 +407,9 @@ plan_build_start(struct delivery *d, struct deliv_dest *dest, enum ip_family fam
     b->fin = event_new(d->base, -1, 0, fin_cb, b);
     if (b->fin == NULL)
         tern_panic("cannot create delivery event");
-    b->n_hops = dest->d.n_hops < ROUTE_HOPS_MAX ? dest->d.n_hops : ROUTE_HOPS_MAX;
+    b->n_hops = dest->d->n_hops < ROUTE_HOPS_MAX ? dest->d->n_hops : ROUTE_HOPS_MAX;
     for (size_t k = 0; k < b->n_hops; k++) {
-        const struct route_hop *rh = &dest->d.hops[k];
+        const struct route_hop *rh = &dest->d->hops[k];
         struct bhop *hop = &b->hops[k];
         hop->b = b;
         hop->idx = (uint16_t)k;

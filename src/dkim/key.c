@@ -29,7 +29,7 @@ dkim_b64(const void *p, size_t n, struct buf *out)
     size_t need;
     TERN_ASSERT(n <= (size_t)INT32_MAX / 2);
     need = (n + 2) / 3 * 4;
-    TERN_ASSERT(buf_reserve(out, need) == 0);
+    buf_reserve(out, need);
     EVP_EncodeBlock((unsigned char *)out->data + out->len, p, (int)n);
     out->len += need;
     out->data[out->len] = '\0';

@@ -138,12 +138,15 @@ struct pickup;
 /* Watch cfg's maildrop_dir (prepared) and pick up its files: at start once
  * the spool's recovery is done, when inotify reports a new name, and every
  * MAILDROP_SCAN_MS. Call it before the queue is loaded (sched_load_spool):
- * it settles the claims a crash left against the spool as it was. inbox: the loop's inbox (spool commits and worker
- * results come back there). sch may be NULL (counts only). NULL and err
- * when the directory cannot be opened. */
+ * it settles the claims a crash left against the spool as it was. inbox:
+ * the loop's inbox (spool commits and worker results come back there). sch
+ * (may be NULL) tells when the queue is loaded. NULL and err when the
+ * directory cannot be opened. */
 #define MAILDROP_SCAN_MS 30000
 struct pickup *pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp,
     struct sched *sch, struct config *cfg, struct buf *err);
+/* Messages picked up and committed since the start (0 for NULL). */
+uint64_t pickup_count(const struct pickup *p);
 /* A reloaded configuration (hostname, max_message_size, dkim); the
  * directory stays the one of the start. */
 void pickup_set_config(struct pickup *p, struct config *cfg);

@@ -79,6 +79,7 @@ struct pickup {
     bool progress; /* a file of this pass was acted on */
     char *refused[PICKUP_REFUSED_MAX];
     size_t n_refused;
+    uint64_t picked_up; /* messages committed to the spool */
 };
 
 static void pass_next(struct pickup *p);
@@ -559,6 +560,7 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     TERN_ASSERT(j != NULL && j->w == NULL);
     p->job = NULL;
     if (ok) {
+        p->picked_up++;
         /* Only now, with the message durable in the spool. */
         if (unlinkat(p->dirfd, j->claimed, 0) < 0)
             log_file(LOG_ERROR, qid, "unlink_failed", j->claimed, NULL, errno);
@@ -597,8 +599,6 @@ job_done(struct loopq_item *it)
         struct spool_writer *w = j->w;
         j->w = NULL;
         p->job = j;
-        if (p->sch != NULL)
-            sched_count_received(p->sch);
         spool_writer_commit(w, p->inbox, commit_cb, 0, p);
         return;
     }
@@ -795,6 +795,12 @@ pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp, struc
     p->timer = evtimer_new(base, timer_cb, p);
     evtimer_add(p->timer, &now);
     return p;
+}
+
+uint64_t
+pickup_count(const struct pickup *p)
+{
+    return p != NULL ? p->picked_up : 0;
 }
 
 void

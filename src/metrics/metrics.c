@@ -30,12 +30,12 @@ counter(struct buf *out, const char *name, const char *help, const char *type, u
 }
 
 void
-metrics_render(struct buf *out, const struct sched *sch, size_t sessions)
+metrics_render(struct buf *out, const struct sched *sch, size_t sessions, uint64_t received)
 {
     struct sched_stats st;
     sched_get_stats(sch, &st);
-    counter(out, "tern_messages_received_total", "Messages accepted by the SMTP server.",
-        "counter", st.received);
+    counter(out, "tern_messages_received_total", "Messages accepted by the SMTP server.", "counter",
+        received);
     counter(out, "tern_messages_delivered_total", "Recipients delivered to the next hop.",
         "counter", st.delivered);
     counter(out, "tern_messages_deferred_total", "Delivery attempts that failed temporarily.",
@@ -46,8 +46,8 @@ metrics_render(struct buf *out, const struct sched *sch, size_t sessions)
     counter(out, "tern_messages_expired_total", "Recipients given up after max_queue_lifetime.",
         "counter", st.expired);
     counter(out, "tern_queue_messages", "Messages in the queue.", "gauge", st.queue_messages);
-    counter(out, "tern_queue_recipients", "Recipients waiting in the queue.", "gauge",
-        st.queue_rcpts);
+    counter(
+        out, "tern_queue_recipients", "Recipients waiting in the queue.", "gauge", st.queue_rcpts);
     counter(out, "tern_smtp_sessions", "Open inbound SMTP sessions.", "gauge", sessions);
 }
 
@@ -66,7 +66,7 @@ metrics_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
     struct buf b = BUF_INIT;
-    metrics_render(&b, m->sched, smtp_server_sessions(m->smtp));
+    metrics_render(&b, m->sched, smtp_server_sessions(m->smtp), smtp_server_received(m->smtp));
     reply_buf(req, "text/plain; version=0.0.4; charset=utf-8", &b);
     buf_fini(&b);
 }

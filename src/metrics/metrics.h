@@ -22,6 +22,6 @@ struct metrics *metrics_new(struct event_base *base, const struct hostport *list
 void metrics_free(struct metrics *m); /* NULL is fine */
 
 /* The Prometheus text for the given numbers (pure, for tests). */
-void metrics_render(struct buf *out, const struct sched *sch, size_t sessions);
+void metrics_render(struct buf *out, const struct sched *sch, size_t sessions, uint64_t received);
 
 #endif

@@ -56,13 +56,3 @@ retry_expired(const struct config *cfg, int64_t arrival_ms, int64_t now_ms)
         return cfg->max_queue_lifetime_ms < 0; /* overflowed down: long past; up: never */
     return deadline <= now_ms;
 }
-
-enum deliv_class
-retry_classify(int code)
-{
-    if (code >= 200 && code <= 299)
-        return DELIV_OK;
-    if (code >= 500 && code <= 599)
-        return DELIV_PERM;
-    return DELIV_TEMP; /* 4xx, 0 (no reply), and anything malformed */
-}

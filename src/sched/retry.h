@@ -10,8 +10,6 @@
 
 #include "config/config.h"
 
-enum deliv_class { DELIV_OK, DELIV_TEMP, DELIV_PERM };
-
 /* Delay before attempt number attempts+1 after attempts failures (>= 1):
  * retry_initial * 2^(attempts-1), capped at retry_max, then jittered by a
  * factor in [0.8, 1.2) chosen by rnd in [0, 1) (and still capped at
@@ -21,9 +19,5 @@ int64_t retry_delay_ms(const struct config *cfg, uint32_t attempts, double rnd);
 /* Has a message that arrived at arrival_ms expired at now_ms
  * (arrival + max_queue_lifetime <= now)? */
 bool retry_expired(const struct config *cfg, int64_t arrival_ms, int64_t now_ms);
-
-/* Classify an SMTP reply code from the next hop: 2xx OK, 5xx PERM, anything
- * else (4xx, garbage, 0 for "no reply/connection problem") TEMP. */
-enum deliv_class retry_classify(int code);
 
 #endif

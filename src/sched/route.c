@@ -8,7 +8,7 @@
 #include <string.h>
 #include <strings.h>
 
-#include "smtp/parse.h"
+#include "proto/parse.h"
 
 const struct route *
 route_find(const struct route *routes, size_t n, const char *domain)

@@ -1,16 +1,17 @@
 /*
  * DSNs that are never lost. A recipient whose final result calls for a DSN
  * is written to the spool as RCPT_FAILED_DSN (or RCPT_DELIVERED_DSN for a
- * success notice) and gets a note here; the DSN is made as a new message
- * and committed, and only when the commit says it is durable are those
- * recipients written as RCPT_FAILED / RCPT_DELIVERED, after which the
- * original may be removed. A DSN that cannot be made or committed (ENOSPC,
- * EFBIG...) is made again after a retry delay, for as long as it takes; a
- * restart finds the RCPT_*_DSN records and makes it from them. A crash
- * between the DSN's commit and the status record gives a second copy,
- * never none. Commits end on the loop thread, possibly after sched_free
- * (spool_free finishes them): a job reaches the scheduler only through a
- * reference-counted link that sched_dsn_fini empties.
+ * success notice) and gets a note here; the DSN is made as a new message on
+ * a worker thread (reading the original and writing the report are too
+ * slow for the loop) from a copy of the envelope, and committed; only when
+ * the commit says it is durable are those recipients written as
+ * RCPT_FAILED / RCPT_DELIVERED, after which the original may be removed. A
+ * message keeps its place in memory while it has notes. A DSN that cannot
+ * be made or committed (ENOSPC, EFBIG...) is made again after a retry
+ * delay, for as long as it takes; a restart finds the RCPT_*_DSN records
+ * and makes it from them. A crash between the DSN's commit and the status
+ * record gives a second copy, never none. Stopping waits for the DSNs under
+ * way (sched_free), so their originals are brought up to date first.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -22,44 +23,40 @@
 #include "sched_int.h"
 #include "util/log.h"
 #include "util/util.h"
+#include "util/workq.h"
 
-struct sched_dsn_link {
-    struct sched *s; /* NULL once the scheduler is gone */
-    unsigned refs;   /* the scheduler's, and one per DSN being committed */
-};
-
-/* What to write to the original's spool file once its DSN is durable. */
+/* What to write to the original once its DSN is durable. */
 struct dsn_job_rcpt {
     size_t idx;
     enum rcpt_state final;
-    uint32_t attempts;
-    char *last_error; /* owned or NULL */
 };
 
 struct dsn_job {
-    struct sched_dsn_link *link; /* a reference */
+    struct workq_item w;     /* first: the worker's item */
+    struct sched_link *link; /* a reference */
     struct spool *sp;
-    char qid[SPOOL_QID_LEN + 1]; /* the original */
-    char *to;                    /* owned: the DSN's recipient, for the log */
+    struct config *cfg;          /* a reference, read by the worker */
+    struct spool_env *orig;      /* owned copy: what the worker reads */
+    struct dsn_rcpt_result *res; /* owned, with owned remote_mta strings */
     struct dsn_job_rcpt *r;      /* owned */
     size_t n;
+    int64_t now_ms;              /* wall clock: the report's date */
+    char qid[SPOOL_QID_LEN + 1]; /* the original */
+    /* made by the worker */
+    struct spool_writer *out; /* the DSN, written, not yet committed */
+    int err;
 };
-
-static void
-link_unref(struct sched_dsn_link *k)
-{
-    if (--k->refs == 0)
-        free(k);
-}
 
 static void
 job_free(struct dsn_job *j)
 {
     for (size_t i = 0; i < j->n; i++)
-        free(j->r[i].last_error);
+        free((char *)j->res[i].remote_mta);
+    free(j->res);
     free(j->r);
-    free(j->to);
-    link_unref(j->link);
+    spool_env_free(j->orig);
+    config_unref(j->cfg);
+    sched_link_unref(j->link);
     free(j);
 }
 
@@ -170,7 +167,7 @@ dsn_arm(struct sched *s)
         evtimer_del(s->dsn_timer);
         return;
     }
-    delay = first - tern_now_ms();
+    delay = first - tern_mono_ms();
     if (delay < 0)
         delay = 0;
     tv.tv_sec = delay / 1000;
@@ -189,7 +186,7 @@ dsn_plan(struct sched *s, struct sched_msg *m)
         m->dsn_retry = s->dsn_retry_head;
         s->dsn_retry_head = m;
     }
-    m->dsn_retry_ms = tern_now_ms() + retry_delay_ms(s->cfg, m->dsn_failures, rnd);
+    m->dsn_retry_ms = tern_mono_ms() + retry_delay_ms(s->cfg, m->dsn_failures, rnd);
     dsn_arm(s);
 }
 
@@ -197,7 +194,7 @@ static void
 dsn_due_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct sched *s = arg;
-    int64_t now = tern_now_ms();
+    int64_t now = tern_mono_ms();
     struct sched_msg *due = NULL, **pp = &s->dsn_retry_head;
     while (*pp != NULL) {
         struct sched_msg *m = *pp;
@@ -219,17 +216,12 @@ dsn_due_cb(evutil_socket_t fd, short what, void *arg)
     dsn_arm(s);
 }
 
-/* ---- making one DSN ---- */
-
-struct dsn_sink {
-    struct spool_writer *w;
-};
+/* ---- making one DSN (worker thread) ---- */
 
 static int
 dsn_sink_write(void *arg, const void *data, size_t len)
 {
-    struct dsn_sink *k = arg;
-    spool_writer_write(k->w, data, len);
+    spool_writer_write(arg, data, len);
     return 0;
 }
 
@@ -255,22 +247,54 @@ read_original(struct spool *sp, const struct spool_env *env, size_t max, size_t 
     return buf_take(&b);
 }
 
-/* The DSN of job j is durable: its recipients become final in the spool,
- * also when the scheduler is gone (stopping), so that the next start makes
- * no second DSN. m is the message when the scheduler still has it. */
+/* Write the DSN into a new spool writer (committed on the loop). */
 static void
-record_final(struct dsn_job *j, struct sched_msg *m)
+job_run(struct workq_item *wi)
 {
-    struct spool_env *env = m != NULL ? m->env : spool_load(j->sp, j->qid);
-    if (env == NULL)
-        return; /* removed meanwhile: nothing left to record */
-    for (size_t i = 0; i < j->n; i++) {
-        if (j->r[i].idx < env->n_rcpts)
-            env->rcpts[j->r[i].idx].state = j->r[i].final;
+    struct dsn_job *j = (struct dsn_job *)wi;
+    struct spool_env *denv;
+    char *orig;
+    size_t olen;
+    int rc;
+    if (atomic_load(&j->link->cancel)) {
+        j->err = ECANCELED; /* stopping: made again at the next start */
+        return;
     }
-    spool_update_state(j->sp, env);
-    if (m == NULL)
-        spool_env_free(env);
+    denv = dsn_envelope(j->orig);
+    if (denv == NULL) {
+        j->err = EINVAL; /* no DSN to the null sender: dsn_wanted prevents it */
+        return;
+    }
+    j->out = spool_writer_new(j->sp, denv);
+    spool_env_free(denv);
+    orig = read_original(j->sp, j->orig, DSN_MAX_RETURN, &olen);
+    errno = 0;
+    rc = dsn_write_message(j->cfg, j->orig, j->res, j->n, orig, olen, spool_writer_qid(j->out),
+        j->now_ms, dsn_sink_write, j->out);
+    free(orig);
+    if (rc != 0) {
+        j->err = errno ? errno : EIO;
+        spool_writer_abort(j->out);
+        j->out = NULL;
+    }
+}
+
+/* ---- settling a DSN (loop thread) ---- */
+
+/* m when it is still in memory and not deleted. */
+static struct sched_msg *
+job_msg(struct sched *s, const struct dsn_job *j)
+{
+    uint64_t q = 0;
+    uint32_t h;
+    struct sched_ent *e;
+    for (size_t i = 0; i < SPOOL_QID_LEN; i++)
+        q = q << 4 | (uint64_t)(j->qid[i] <= '9' ? j->qid[i] - '0' : j->qid[i] - 'a' + 10);
+    h = sidx_find(&s->idx, q);
+    if (h == SCHED_NONE)
+        return NULL;
+    e = sidx_ent(&s->idx, h);
+    return e->m != NULL && !e->m->deleted ? e->m : NULL;
 }
 
 static void
@@ -285,13 +309,13 @@ dsn_log(const char *qid, const char *dsn_qid, const char *to, size_t n, int err,
     if (err != 0) {
         log_errno(&l, err);
         if (retry_ms > 0)
-            log_int(&l, "retry_in_s", (retry_ms - tern_now_ms() + 999) / 1000);
+            log_int(&l, "retry_in_s", (retry_ms - tern_mono_ms() + 999) / 1000);
     }
     log_end(&l);
 }
 
-/* Settle the notes of m that job carried: gone when the DSN is durable,
- * to be made again when not. */
+/* Settle the notes of m that job carried: gone when the DSN is durable
+ * (the recipients final in the spool), to be made again when not. */
 static void
 notes_settle(struct sched *s, struct sched_msg *m, const struct dsn_job *j, bool ok)
 {
@@ -312,10 +336,27 @@ notes_settle(struct sched *s, struct sched_msg *m, const struct dsn_job *j, bool
         m->notes[keep++] = *n;
     }
     m->n_notes = keep;
-    if (ok)
+    if (ok) {
         m->dsn_failures = 0;
-    else
+        spool_update_state(s->sp, m->env);
+    } else if (!s->stopping) {
         dsn_plan(s, m);
+    }
+}
+
+static void
+job_end(struct sched *s, struct dsn_job *j, struct sched_msg *m, bool ok)
+{
+    if (m != NULL && !ok)
+        sched_msg_settle(s, m);
+    if (m != NULL && ok) {
+        if (sched_msg_pending(m) == 0 && m->n_notes == 0 && m->n_flight == 0)
+            sched_msg_finish(s, m, "done");
+        else
+            sched_msg_settle(s, m);
+    }
+    s->dsn_busy--;
+    job_free(j);
 }
 
 static void
@@ -323,118 +364,107 @@ dsn_committed(uint64_t cb_id, const char *dsn_qid, bool ok, int err, void *arg)
 {
     struct dsn_job *j = arg;
     struct sched *s = j->link->s;
-    struct sched_msg *m = s != NULL ? map_get_str(s->msgs, j->qid) : NULL;
-    if (m != NULL && !m->deleted)
+    struct sched_msg *m;
+    if (s == NULL) {
+        job_free(j); /* sched_free gave up waiting: made again at the next start */
+        return;
+    }
+    m = job_msg(s, j);
+    if (m != NULL)
         notes_settle(s, m, j, ok);
-    if (ok)
-        record_final(j, m != NULL && !m->deleted ? m : NULL);
-    dsn_log(
-        j->qid, dsn_qid, j->to, j->n, ok ? 0 : (err ? err : EIO), m != NULL ? m->dsn_retry_ms : 0);
-    if (m != NULL && !m->deleted && sched_msg_pending(m) == 0 && m->n_notes == 0 &&
-        m->n_flight == 0)
-        sched_msg_finish(s, m, "done");
-    job_free(j);
+    dsn_log(j->qid, dsn_qid, j->orig->sender, j->n, ok ? 0 : (err ? err : EIO),
+        m != NULL ? m->dsn_retry_ms : 0);
+    job_end(s, j, m, ok);
+}
+
+/* The worker made the DSN (or could not): commit it. */
+static void
+job_made(struct loopq_item *it)
+{
+    struct dsn_job *j = (struct dsn_job *)((char *)it - offsetof(struct dsn_job, w.done));
+    struct sched *s = j->link->s;
+    struct sched_msg *m;
+    if (s == NULL) {
+        /* sched_free gave up waiting: the spool may be gone, the writer
+         * is left as it is; the DSN is made again at the next start. */
+        job_free(j);
+        return;
+    }
+    if (j->out != NULL) {
+        /* Even when stopping: sched_free waits for the commit. */
+        spool_writer_commit(j->out, s->inbox, dsn_committed, 0, j);
+        return;
+    }
+    m = job_msg(s, j);
+    if (m != NULL)
+        notes_settle(s, m, j, false);
+    if (j->err != ECANCELED)
+        dsn_log(j->qid, NULL, j->orig->sender, j->n, j->err ? j->err : EIO,
+            m != NULL ? m->dsn_retry_ms : 0);
+    job_end(s, j, m, false);
 }
 
 static struct dsn_job *
-job_new(struct sched *s, const struct sched_msg *m, const struct dsn_rcpt_result *res, size_t n)
+job_new(struct sched *s, const struct sched_msg *m, const struct sched_note *const *notes, size_t n)
 {
     struct dsn_job *j = xcalloc(1, sizeof(*j));
-    j->link = s->dsn_link;
-    j->link->refs++;
+    j->w.run = job_run;
+    j->w.to = s->inbox;
+    j->w.done.fn = job_made;
+    j->link = sched_link_ref(s);
     j->sp = s->sp;
+    j->cfg = config_ref(s->cfg);
+    j->orig = spool_env_dup(m->env);
+    j->now_ms = tern_now_ms();
     memcpy(j->qid, m->env->qid, sizeof(j->qid));
-    j->to = xstrdup(m->env->sender);
+    j->res = xcalloc(n, sizeof(*j->res));
     j->r = xcalloc(n, sizeof(*j->r));
     j->n = n;
     for (size_t i = 0; i < n; i++) {
-        const struct spool_rcpt *r = &m->env->rcpts[res[i].idx];
-        j->r[i].idx = res[i].idx;
-        j->r[i].final = res[i].action == DSN_ACTION_FAILED ? RCPT_FAILED : RCPT_DELIVERED;
-        j->r[i].attempts = r->attempts;
-        j->r[i].last_error = r->last_error ? xstrdup(r->last_error) : NULL;
+        const struct sched_note *no = notes[i];
+        j->res[i].idx = no->idx;
+        j->res[i].action = no->action;
+        j->res[i].status = no->status;
+        j->res[i].remote_mta = no->remote_mta ? xstrdup(no->remote_mta) : NULL;
+        j->res[i].from_remote = no->from_remote;
+        j->r[i].idx = no->idx;
+        j->r[i].final = no->action == DSN_ACTION_FAILED ? RCPT_FAILED : RCPT_DELIVERED;
     }
     return j;
 }
 
-/* Write the DSN about res[0..n) and start its commit. 0 started (the
- * outcome comes to dsn_committed), -1 failed at once (errno set). */
-static int
-dsn_start(struct sched *s, struct sched_msg *m, const struct dsn_rcpt_result *res, size_t n)
-{
-    struct spool_env *denv = dsn_envelope(m->env);
-    struct spool_writer *w;
-    struct dsn_sink k;
-    char *orig;
-    size_t olen;
-    int rc, err;
-    if (denv == NULL) {
-        errno = EINVAL; /* no DSN to the null sender: dsn_wanted prevents it */
-        return -1;
-    }
-    w = spool_writer_new(s->sp, denv);
-    orig = read_original(s->sp, m->env, DSN_MAX_RETURN, &olen);
-    k.w = w;
-    rc = dsn_write_message(
-        s->cfg, m->env, res, n, orig, olen, spool_writer_qid(w), tern_now_ms(), dsn_sink_write, &k);
-    err = errno;
-    free(orig);
-    spool_env_free(denv);
-    if (rc != 0) {
-        spool_writer_abort(w);
-        errno = err ? err : EIO;
-        return -1;
-    }
-    spool_writer_commit(w, spool_owner(s->sp), dsn_committed, 0, job_new(s, m, res, n));
-    return 0;
-}
-
 /* Failures and success notices travel in separate reports. */
-static bool
+static void
 dsn_make_one(struct sched *s, struct sched_msg *m, enum dsn_action action)
 {
-    struct dsn_rcpt_result *res = xcalloc(m->n_notes ? m->n_notes : 1, sizeof(*res));
+    const struct sched_note **v = xcalloc(m->n_notes ? m->n_notes : 1, sizeof(*v));
     size_t n = 0;
-    bool ok = true;
     for (size_t i = 0; i < m->n_notes; i++) {
-        const struct sched_note *no = &m->notes[i];
-        if (no->flight || no->action != action)
-            continue;
-        res[n].idx = no->idx;
-        res[n].action = no->action;
-        res[n].status = no->status;
-        res[n].remote_mta = no->remote_mta;
-        res[n].from_remote = no->from_remote;
-        n++;
+        if (!m->notes[i].flight && m->notes[i].action == action)
+            v[n++] = &m->notes[i];
     }
-    if (n > 0 && dsn_start(s, m, res, n) < 0) {
-        int err = errno;
-        dsn_plan(s, m);
-        dsn_log(m->env->qid, NULL, m->env->sender, n, err, m->dsn_retry_ms);
-        ok = false;
-    } else if (n > 0) {
+    if (n > 0) {
+        struct dsn_job *j = job_new(s, m, v, n);
         for (size_t i = 0; i < m->n_notes; i++)
             m->notes[i].flight |= m->notes[i].action == action;
+        s->dsn_busy++;
+        workq_submit(s->wq, &j->w);
     }
-    free(res);
-    return ok;
+    free(v);
 }
 
 void
 sched_dsn_make(struct sched *s, struct sched_msg *m)
 {
-    if (m->deleted || m->n_notes == 0)
+    if (m->deleted || m->n_notes == 0 || s->stopping || m->dsn_retry_ms != 0)
         return;
-    if (dsn_make_one(s, m, DSN_ACTION_FAILED))
-        dsn_make_one(s, m, DSN_ACTION_RELAYED);
+    dsn_make_one(s, m, DSN_ACTION_FAILED);
+    dsn_make_one(s, m, DSN_ACTION_RELAYED);
 }
 
 void
 sched_dsn_init(struct sched *s)
 {
-    s->dsn_link = xcalloc(1, sizeof(*s->dsn_link));
-    s->dsn_link->s = s;
-    s->dsn_link->refs = 1;
     s->dsn_timer = evtimer_new(s->base, dsn_due_cb, s);
     if (s->dsn_timer == NULL)
         tern_panic("cannot create the DSN retry timer");
@@ -443,9 +473,6 @@ sched_dsn_init(struct sched *s)
 void
 sched_dsn_fini(struct sched *s)
 {
-    s->dsn_link->s = NULL;
-    link_unref(s->dsn_link);
-    s->dsn_link = NULL;
     event_free(s->dsn_timer);
     s->dsn_timer = NULL;
     s->dsn_retry_head = NULL;

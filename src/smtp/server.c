@@ -18,7 +18,6 @@
 #include <unistd.h>
 
 #include "policy.h"
-#include "sched/sched.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -316,13 +315,11 @@ set_security(struct smtp_server *srv, struct tls_ctx *tls, struct auth_users *us
 }
 
 struct smtp_server *
-smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch, struct config *cfg,
-    struct buf *err)
+smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err)
 {
     struct smtp_server *srv = xcalloc(1, sizeof(*srv));
     srv->base = base;
     srv->sp = sp;
-    srv->sched = sch;
     srv->cfg = config_ref(cfg);
     struct tls_ctx *tls;
     struct auth_users *users;
@@ -483,6 +480,12 @@ size_t
 smtp_server_sessions(const struct smtp_server *srv)
 {
     return map_count(srv->sessions);
+}
+
+uint64_t
+smtp_server_received(const struct smtp_server *srv)
+{
+    return srv->received;
 }
 
 void

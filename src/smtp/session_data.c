@@ -20,7 +20,6 @@
 #include "config/config.h"
 #include "dkim/dkim.h"
 #include "policy.h"
-#include "sched/sched.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -327,6 +326,8 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
 {
     struct smtp_server *srv = arg;
     struct smtp_session *s = map_get_u64(srv->sessions, id);
+    if (ok)
+        srv->received++;
     if (s == NULL || s->dead || s->state != SMTP_ST_COMMIT)
         return; /* the client left; the message is queued all the same */
     if (ok) {
@@ -378,8 +379,6 @@ tx_finish(struct smtp_session *s)
         log_str(&l, "cipher", s->tls_info.cipher);
     }
     log_end(&l);
-    if (s->srv->sched)
-        sched_count_received(s->srv->sched);
     if (tx->dkim != NULL) {
         dkim_attach(tx->w, tx->dkim, tx->dkim_skip);
         tx->dkim = NULL;

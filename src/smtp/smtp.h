@@ -15,15 +15,13 @@
 
 struct event_base;
 struct spool;
-struct sched;
 struct smtp_server;
 
 /* Bind every smtp_listen, submission_listen and smtps_listen address of cfg
  * (a reference is taken), load the TLS certificate and the AUTH users. NULL
- * with a message in err when an address cannot be bound or a file is bad.
- * sch may be NULL (tests): it is only told of received messages. */
-struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, struct sched *sch,
-    struct config *cfg, struct buf *err);
+ * with a message in err when an address cannot be bound or a file is bad. */
+struct smtp_server *smtp_server_new(
+    struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err);
 /* New sessions use cfg (and its certificate and users file, re-read here)
  * from now on; sessions in flight keep theirs. Listeners are rebound when the
  * addresses changed: -1 (and the old config kept) when a new address cannot
@@ -36,6 +34,9 @@ void smtp_server_shutdown(struct smtp_server *srv);
 /* Drop every remaining session without a reply (the end of a shutdown). */
 void smtp_server_kill_all(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);
+/* Messages received and safely queued (counted once the spool committed
+ * them, whether or not the client stayed for the reply). */
+uint64_t smtp_server_received(const struct smtp_server *srv);
 /* Sessions not yet freed, ended ones included (their memory and spool
  * writers go on the next loop pass). */
 size_t smtp_server_unfreed(const struct smtp_server *srv);

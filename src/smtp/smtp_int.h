@@ -10,8 +10,8 @@
 #include <sys/socket.h>
 
 #include "auth.h"
-#include "data.h"
-#include "parse.h"
+#include "proto/data.h"
+#include "proto/parse.h"
 #include "smtp.h"
 #include "spool/spool.h"
 #include "tls/tls.h"
@@ -89,7 +89,7 @@ struct smtp_listener {
 struct smtp_server {
     struct event_base *base;
     struct spool *sp;
-    struct sched *sched;
+    uint64_t received; /* messages committed */
     struct config *cfg;
     struct smtp_listener **listeners;
     size_t n_listeners;

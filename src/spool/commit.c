@@ -1351,6 +1351,16 @@ maybe_compact(struct spool *sp)
         pthread_mutex_unlock(&sp->mu);
         return;
     }
+    /* Only a segment whose live messages stayed put for a whole interval
+     * (deferred mail) is worth copying; one being delivered empties itself
+     * and goes whole. */
+    if (s->seq != sp->compact_seq || s->live < sp->compact_live) {
+        sp->compact_seq = s->seq;
+        sp->compact_live = s->live;
+        sp->last_compact_ms = now;
+        pthread_mutex_unlock(&sp->mu);
+        return;
+    }
     seq = s->seq;
     qids = live_in(sp, seq, &n);
     pthread_mutex_unlock(&sp->mu);

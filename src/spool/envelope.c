@@ -221,7 +221,8 @@ line_end(struct buf *b, size_t start)
 {
     if (b->len - start > SPOOL_LINE_MAX)
         return -1;
-    return buf_append_char(b, '\n');
+    buf_append_char(b, '\n');
+    return 0;
 }
 
 static int

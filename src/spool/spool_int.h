@@ -206,6 +206,10 @@ struct spool {
     bool dirty_dir;           /* a segment file was created since log/ was synced */
     struct workq_item *retry; /* STATE/DONE items that failed to write */
     int64_t last_compact_ms;
+    /* The oldest segment as last looked at for compaction, and its live
+     * messages then: a segment still losing messages is draining, and
+     * copying them forward would only race their delivery. */
+    uint64_t compact_seq, compact_live;
 
     struct workq *commitq; /* the commit thread (batch queue) */
     struct workq *prepq;   /* finishers (DKIM) before commit */

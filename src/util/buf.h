@@ -16,19 +16,23 @@ struct buf {
     size_t cap; /* allocated bytes, including the spare NUL */
 };
 
-#define BUF_INIT {NULL, 0, 0}
+#define BUF_INIT                                                                                   \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 void buf_init(struct buf *b);
 void buf_fini(struct buf *b); /* frees data; buf is empty and reusable */
-/* Make room for n more bytes (plus the NUL). Returns -1 on overflow. */
-int buf_reserve(struct buf *b, size_t n);
-int buf_append(struct buf *b, const void *p, size_t n);
-int buf_append_str(struct buf *b, const char *s);
-int buf_append_char(struct buf *b, char c);
-int buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-int buf_vprintf(struct buf *b, const char *fmt, va_list ap);
+/* Make room for n more bytes (plus the NUL). None of these can fail:
+ * running out of memory or a size overflow ends the process. */
+void buf_reserve(struct buf *b, size_t n);
+void buf_append(struct buf *b, const void *p, size_t n);
+void buf_append_str(struct buf *b, const char *s);
+void buf_append_char(struct buf *b, char c);
+void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 /* Append s escaped for a JSON string body (no quotes added). */
-int buf_append_json(struct buf *b, const char *s, size_t n);
+void buf_append_json(struct buf *b, const char *s, size_t n);
 /* Drop the first n bytes. */
 void buf_consume(struct buf *b, size_t n);
 void buf_reset(struct buf *b); /* len = 0, keeps memory */

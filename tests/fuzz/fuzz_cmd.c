@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "fuzz_check.h"
-#include "smtp/parse.h"
+#include "proto/parse.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

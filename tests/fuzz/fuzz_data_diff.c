@@ -1,5 +1,5 @@
 /*
- * libFuzzer target: the DATA/BDAT reader (src/smtp/data.c) against the
+ * libFuzzer target: the DATA/BDAT reader (src/proto/data.c) against the
  * byte-at-a-time reference decoder (tests/unit/data_ref.c). Byte 0 picks
  * the mode, bytes 1..4 seed the split points and the chain layout of the
  * input buffer, the rest is the payload. The reader, fed in those pieces as

@@ -1,6 +1,6 @@
 /*
  * The byte-at-a-time DATA / BDAT decoder that tern used before the scanner
- * (src/smtp/data.c), kept only as the reference of the differential tests
+ * (src/proto/data.c), kept only as the reference of the differential tests
  * (tests/unit/test_data.c, tests/fuzz/fuzz_data_diff.c): a streaming state
  * machine that removes dot-stuffing (RFC 5321 §4.5.2), finds the end of data
  * (only CRLF "." CRLF, the start of the data counting as after a CRLF) and
@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "smtp/data.h"
+#include "proto/data.h"
 #include "util/buf.h"
 
 struct ref_data_dec {
@@ -62,7 +62,7 @@ struct ref_outcome {
 void ref_outcome_reference(
     enum smtp_data_mode mode, const char *in, size_t len, struct ref_outcome *o);
 
-/* The reader of src/smtp/data.c, fed as a session feeds it: the input
+/* The reader of src/proto/data.c, fed as a session feeds it: the input
  * arrives in pieces ending at cuts[0..ncuts) (ascending, < len) and len;
  * bit i of layout says whether piece i is added to the input buffer as
  * chains of its own or appended into the last one; the reader runs after

@@ -18,8 +18,8 @@
 
 #include "ctl/client.h"
 #include "ctl/ctl.h"
-#include "ctl/inject.h"
 #include "ctl/json.h"
+#include "proto/inject.h"
 #include "util/buf.h"
 #include "util/util.h"
 

@@ -25,6 +25,7 @@
 #include <event2/listener.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -523,11 +524,14 @@ struct harness {
     struct server mx[N_MX];
     struct dns *dns;
     struct delivery *d;
-    struct delivery_dest dest; /* where add_job puts jobs */
+    /* The destination table, as the scheduler keeps one: dest is where
+     * add_job puts jobs, and each entry counts its jobs not taken. */
+    struct delivery_dest dests[2];
+    struct delivery_dest *dest;
     struct spool_env *envs[MAX_JOBS];
     size_t idx[MAX_JOBS][4];
     size_t n_rcpts[MAX_JOBS];
-    char job_key[MAX_JOBS][DELIVERY_DEST_MAX];
+    struct delivery_dest *job_dest[MAX_JOBS];
     bool taken[MAX_JOBS];
     size_t n_jobs, next_job;
     struct tres res[MAX_JOBS];
@@ -536,15 +540,17 @@ struct harness {
     size_t max_active; /* the most connections seen open at once */
 };
 
-/* The oldest job not handed out yet for key. */
+/* The oldest job not handed out yet for dest. */
 static bool
-h_next_job(void *arg, const char *key, struct delivery_job *job)
+h_next_job(void *arg, struct delivery_dest *dest, struct delivery_job *job)
 {
     struct harness *h = arg;
     for (size_t j = 0; j < h->n_jobs; j++) {
-        if (h->taken[j] || strcmp(h->job_key[j], key) != 0)
+        if (h->taken[j] || h->job_dest[j] != dest)
             continue;
         h->taken[j] = true;
+        assert_true(dest->n_ready > 0);
+        dest->n_ready--;
         job->id = 100 + j;
         job->env = h->envs[j];
         job->rcpt_idx = h->idx[j];
@@ -552,6 +558,7 @@ h_next_job(void *arg, const char *key, struct delivery_job *job)
         h->next_job++;
         return true;
     }
+    dest->n_ready = 0;
     return false;
 }
 
@@ -668,7 +675,8 @@ add_job(struct harness *h, const char *sender, const char *const *rcpts, size_t 
     for (size_t i = 0; i < n; i++)
         h->idx[j][i] = i;
     h->n_rcpts[j] = n;
-    snprintf(h->job_key[j], sizeof(h->job_key[j]), "%s", h->dest.key);
+    h->job_dest[j] = h->dest;
+    h->dest->n_ready++;
     h->n_jobs++;
 }
 
@@ -679,7 +687,7 @@ h_new(const struct step *const *scripts, size_t n_scripts)
 {
     struct harness *h = xcalloc(1, sizeof(*h));
     struct buf err = BUF_INIT;
-    struct delivery_callbacks cb = { h_next_job, h_done, h };
+    struct delivery_callbacks cb = { h_next_job, h_done, NULL, h };
     if (live_h != NULL) {
         /* The previous test failed before h_free: close its listeners (the
          * rest is left as is) so that the next tests can bind again. */
@@ -710,10 +718,11 @@ h_new(const struct step *const *scripts, size_t n_scripts)
     server_start(&h->srv, h->base);
     h->dns = dns_at(h->base, dns_port);
     h->d = delivery_new(h->base, h->sp, h->dns, &cb);
-    h->dest.n_hops = 1;
-    snprintf(h->dest.hops[0].host, sizeof(h->dest.hops[0].host), "127.0.0.1");
-    h->dest.hops[0].port = h->srv.port;
-    snprintf(h->dest.key, sizeof(h->dest.key), "smarthost");
+    h->dest = &h->dests[0];
+    h->dest->n_hops = 1;
+    snprintf(h->dest->hops[0].host, sizeof(h->dest->hops[0].host), "127.0.0.1");
+    h->dest->hops[0].port = h->srv.port;
+    snprintf(h->dest->key, sizeof(h->dest->key), "smarthost");
     want_res = 0;
     return h;
 }
@@ -723,7 +732,7 @@ h_go(struct harness *h, size_t n_results)
 {
     delivery_set_config(h->d, &h->cfg);
     want_res = n_results;
-    delivery_kick(h->d, &h->dest, h->n_jobs);
+    delivery_kick(h->d, h->dest);
     run_until(h, have_results);
 }
 
@@ -1019,7 +1028,7 @@ test_connect_refused_parallel(void **state)
         add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h->cfg.delivery_concurrency = 3;
     delivery_set_config(h->d, &h->cfg);
-    delivery_kick(h->d, &h->dest, 4);
+    delivery_kick(h->d, h->dest);
     want_res = 4;
     run_until(h, have_results);
     run_until(h, all_closed);
@@ -1087,7 +1096,7 @@ test_free_with_job_in_flight(void **state)
     struct harness *h = h_new(sc, 1);
     add_job(h, "s@y.test", two_rcpts, 2, body1, false);
     delivery_set_config(h->d, &h->cfg);
-    delivery_kick(h->d, &h->dest, 1);
+    delivery_kick(h->d, h->dest);
     run_until(h, server_saw_data);
     run_for(h, 100); /* the client reads the MAIL and RCPT replies */
     assert_int_equal(h->n_res, 0);
@@ -1099,6 +1108,32 @@ test_free_with_job_in_flight(void **state)
     check_rcpt(&h->res[0], 0, DELIV_PERM, 550, "5.1.1", true);
     check_rcpt(&h->res[0], 1, DELIV_TEMP, 421, "4.3.2", false);
     assert_string_equal(h->res[0].res[1].st.text, "shutting down");
+    h_free(h);
+}
+
+/* Outbound sockets go without Nagle: the final dot (and pipelined
+ * commands) must not wait for the peer's delayed ACK. */
+static void
+test_outbound_nodelay(void **state)
+{
+    static const struct step s1[] = { GREET, EHLO_PIPE, { "MAIL", "250 ok\r\n", ACT_REPLY },
+        { "RCPT", "250 ok\r\n", ACT_REPLY }, { "DATA", "", ACT_SILENT }, END };
+    const struct step *sc[] = { s1 };
+    struct harness *h = h_new(sc, 1);
+    struct deliv_conn *c;
+    int on = 0;
+    socklen_t len = sizeof(on);
+    add_job(h, "s@y.test", one_rcpt, 1, body1, false);
+    delivery_set_config(h->d, &h->cfg);
+    delivery_kick(h->d, h->dest);
+    run_until(h, server_saw_data);
+    assert_non_null(h->dest->dl);
+    c = TAILQ_FIRST(&h->dest->dl->conns);
+    assert_non_null(c);
+    assert_int_equal(getsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &on, &len), 0);
+    assert_int_not_equal(on, 0);
+    delivery_free(h->d);
+    h->d = NULL;
     h_free(h);
 }
 
@@ -1181,7 +1216,7 @@ test_localhost_resolves(void **state)
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
     char want[64];
-    snprintf(h->dest.hops[0].host, sizeof(h->dest.hops[0].host), "localhost");
+    snprintf(h->dest->hops[0].host, sizeof(h->dest->hops[0].host), "localhost");
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
@@ -1222,7 +1257,7 @@ test_concurrency_limit(void **state)
         add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h->cfg.delivery_concurrency = 2;
     delivery_set_config(h->d, &h->cfg);
-    delivery_kick(h->d, &h->dest, 3);
+    delivery_kick(h->d, h->dest);
     want_res = 3;
     run_until(h, have_results);
     assert_int_equal(h->max_active, 2);
@@ -1256,7 +1291,7 @@ test_idle_conn_takes_new_job(void **state)
     assert_int_equal(delivery_active(h->d), 1);
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     want_res = 2;
-    delivery_kick(h->d, &h->dest, 1);
+    delivery_kick(h->d, h->dest);
     assert_int_equal(delivery_active(h->d), 1); /* the idle one is reused */
     run_until(h, have_results);
     assert_int_equal(h->srv.n_conns, 1);
@@ -1279,7 +1314,8 @@ test_idle_timeout_quits(void **state)
     struct harness *h = h_new(sc, 1);
     int64_t t0 = tern_mono_ms();
     delivery_set_config(h->d, &h->cfg);
-    delivery_kick(h->d, &h->dest, 1); /* but next_job has nothing */
+    h->dest->n_ready = 1; /* but next_job has nothing */
+    delivery_kick(h->d, h->dest);
     run_until(h, server_saw_quit);
     run_until(h, all_closed);
     assert_true(tern_mono_ms() - t0 >= 45);
@@ -1508,7 +1544,7 @@ h_mx(const char *domain)
 {
     const struct step *sc[] = { no_conn };
     struct harness *h = h_new(sc, 1);
-    mx_dest(&h->dest, domain);
+    mx_dest(h->dest, domain);
     return h;
 }
 
@@ -1587,11 +1623,11 @@ test_mx_failover_hops(void **state)
      * the message reaches a.test's second MX. */
     struct harness *h = h_mx("a.test");
     mx_server(h, 1, mx_one);
-    snprintf(h->dest.key, sizeof(h->dest.key), "route:failover");
-    h->dest.hops[1] = h->dest.hops[0];
-    snprintf(h->dest.hops[0].host, sizeof(h->dest.hops[0].host), "127.0.0.6");
-    h->dest.hops[0].mx = false;
-    h->dest.n_hops = 2;
+    snprintf(h->dest->key, sizeof(h->dest->key), "route:failover");
+    h->dest->hops[1] = h->dest->hops[0];
+    snprintf(h->dest->hops[0].host, sizeof(h->dest->hops[0].host), "127.0.0.6");
+    h->dest->hops[0].mx = false;
+    h->dest->n_hops = 2;
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "2.0.0", true);
@@ -1686,17 +1722,16 @@ test_mx_connection_shared(void **state)
     /* d1.test and d2.test share mx1.a.test: d2's message goes over the idle
      * connection d1 opened. */
     struct harness *h = h_mx("d1.test");
-    struct delivery_dest d2;
     mx_server(h, 0, mx_two);
     h->cfg.idle_conn_timeout_ms = 5000;
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
     run_until(h, one_idle);
-    mx_dest(&d2, "d2.test");
-    h->dest = d2;
+    h->dest = &h->dests[1];
+    mx_dest(h->dest, "d2.test");
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     want_res = 2;
-    delivery_kick(h->d, &d2, 1);
+    delivery_kick(h->d, h->dest);
     run_until(h, have_results);
     check_rcpt(&h->res[1], 0, DELIV_OK, 250, "2.0.0", true);
     check_relay(&h->res[1], "mx1.a.test", "127.0.0.3");
@@ -1712,22 +1747,22 @@ test_mx_max_connections(void **state)
     /* One connection in total: c.test waits until a.test's idle connection
      * is asked to QUIT, long before its idle timeout. */
     struct harness *h = h_mx("a.test");
-    struct delivery_dest c;
+    struct delivery_dest *a = h->dest, *c = &h->dests[1];
     int64_t t0;
     mx_server(h, 0, mx_one);
     mx_server(h, 1, mx_one);
     h->cfg.idle_conn_timeout_ms = 8000;
     h->cfg.max_connections = 1;
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
-    mx_dest(&c, "c.test");
+    mx_dest(c, "c.test");
     h->dest = c;
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
-    mx_dest(&h->dest, "a.test");
+    h->dest = a;
     delivery_set_config(h->d, &h->cfg);
     want_res = 2;
     t0 = tern_mono_ms();
-    delivery_kick(h->d, &h->dest, 1);
-    delivery_kick(h->d, &c, 1);
+    delivery_kick(h->d, a);
+    delivery_kick(h->d, c);
     run_until(h, have_results);
     assert_true(tern_mono_ms() - t0 < 4000);
     for (size_t j = 0; j < 2; j++)
@@ -1783,6 +1818,7 @@ main(void)
         cmocka_unit_test(test_ehlo_502_helo),
         cmocka_unit_test(test_reply_timeout),
         cmocka_unit_test(test_free_with_job_in_flight),
+        cmocka_unit_test(test_outbound_nodelay),
         cmocka_unit_test(test_421_at_rcpt),
         cmocka_unit_test(test_size_and_smtputf8_refused_locally),
         cmocka_unit_test(test_8bit_to_7bit_next_hop),

@@ -134,7 +134,8 @@ sink_write(void *arg, const void *data, size_t len)
         return -1;
     if (len > s->max_write)
         s->max_write = len;
-    return buf_append(&s->b, data, len);
+    buf_append(&s->b, data, len);
+    return 0;
 }
 
 static const char orig_msg[] = "Received: from client.example.org ([192.0.2.1])\r\n"
@@ -323,7 +324,7 @@ golden_check(const char *name, const struct buf *got)
     char chunk[4096];
     size_t n;
     while ((n = fread(chunk, 1, sizeof(chunk), f)) > 0)
-        assert_int_equal(buf_append(&want, chunk, n), 0);
+        buf_append(&want, chunk, n);
     fclose(f);
     size_t i = 0;
     while (i < want.len && i < got->len && want.data[i] == got->data[i])

@@ -10,6 +10,7 @@
 
 #include <cmocka.h>
 
+#include "delivery/delivery.h"
 #include "sched/retry.h"
 #include "util/util.h"
 
@@ -166,7 +167,7 @@ test_classify_table(void **state)
 {
     (void)state;
     for (size_t i = 0; i < TERN_ARRAY_LEN(class_cases); i++) {
-        enum deliv_class got = retry_classify(class_cases[i].code);
+        enum deliv_class got = deliv_classify(class_cases[i].code);
         if (got != class_cases[i].want)
             fail_msg(
                 "code %d: got %d want %d", class_cases[i].code, (int)got, (int)class_cases[i].want);

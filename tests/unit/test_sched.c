@@ -28,6 +28,7 @@
 #include "config/config.h"
 #include "dns/dns.h"
 #include "sched/sched.h"
+#include "sched/sched_int.h"
 #include "spool/spool.h"
 #include "spool/spool_int.h"
 #include "util/buf.h"
@@ -75,6 +76,8 @@ struct srv {
     unsigned rule_hits[SRV_MAX_RULES]; /* RCPTs seen per rule */
     bool stall_dot;                    /* do not answer the final dot until srv_release */
     struct sconn *stalled;
+    bool stall_greeting; /* do not greet until srv_greet */
+    struct sconn *ungreeted;
     struct srv_tx tx[SRV_MAX_TX]; /* transactions answered 250 after the dot */
     size_t n_tx;
     unsigned n_mail; /* MAIL commands seen */
@@ -100,6 +103,8 @@ sconn_close(struct sconn *sc)
     }
     if (s->stalled == sc)
         s->stalled = NULL;
+    if (s->ungreeted == sc)
+        s->ungreeted = NULL;
     bufferevent_free(sc->bev);
     tx_reset(&sc->cur);
     free(sc);
@@ -268,7 +273,21 @@ srv_accept_cb(
     s->conns[i] = sc;
     bufferevent_setcb(sc->bev, srv_read_cb, srv_write_cb, srv_event_cb, sc);
     bufferevent_enable(sc->bev, EV_READ | EV_WRITE);
+    if (s->stall_greeting && s->ungreeted == NULL) {
+        s->ungreeted = sc; /* the client waits: its job stays queued */
+        return;
+    }
     sconn_say(sc, "220 test.example ESMTP");
+}
+
+/* Send the greeting that stall_greeting held back. */
+static void
+srv_greet(struct srv *s)
+{
+    assert_non_null(s->ungreeted);
+    s->stall_greeting = false;
+    sconn_say(s->ungreeted, "220 test.example ESMTP");
+    s->ungreeted = NULL;
 }
 
 static void
@@ -453,12 +472,12 @@ static const char *const base_overrides[] = {
     "delivery_timeout=3s",
 };
 
-/* extra: one more "-o" setting or NULL. */
+/* extra: more "-o" settings separated by ';', or NULL. */
 static struct config *
 h_config(struct h *h, uint16_t port, const char *extra)
 {
     const char *ov[16];
-    char smarthost[64], spool[128];
+    char smarthost[64], spool[128], more[256];
     size_t n = 0;
     struct buf err = BUF_INIT;
     struct config *cfg;
@@ -468,8 +487,9 @@ h_config(struct h *h, uint16_t port, const char *extra)
         ov[n++] = base_overrides[i];
     ov[n++] = smarthost;
     ov[n++] = spool;
-    if (extra != NULL)
-        ov[n++] = extra;
+    snprintf(more, sizeof(more), "%s", extra != NULL ? extra : "");
+    for (char *p = more, *sv = NULL; (p = strtok_r(p, ";", &sv)) != NULL && n < 16; p = NULL)
+        ov[n++] = p;
     cfg = config_load(NULL, ov, n, false, &err);
     if (cfg == NULL)
         fail_msg("config_load: %s", err.data ? err.data : "?");
@@ -580,6 +600,34 @@ h_submit(struct h *h, const char *sender, const char *const *rcpts, size_t n, ch
     assert_true(h->commit_ok);
 }
 
+static size_t n_committed;
+
+static void
+many_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
+{
+    assert_true(ok);
+    n_committed++;
+}
+
+/* n messages from sender to rcpt, committed together (one sync). */
+static void
+h_submit_many(struct h *h, const char *sender, const char *rcpt, size_t n)
+{
+    n_committed = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct spool_env *e = xcalloc(1, sizeof(*e));
+        struct spool_writer *w;
+        e->sender = xstrdup(sender);
+        e->body = BODY_7BIT;
+        spool_env_add_rcpt(e, rcpt, NULL, 0);
+        w = spool_writer_new(h->sp, e);
+        spool_writer_write(w, body, strlen(body));
+        spool_env_free(e);
+        spool_writer_commit(w, h->q, many_cb, i, h);
+    }
+    RUN_UNTIL(h, n_committed == n, 10000);
+}
+
 /* Live messages in the spool, once every record asked for is written. */
 static size_t
 queue_count(const struct h *h)
@@ -617,6 +665,34 @@ count_lines(const char *s)
     return n;
 }
 
+/* ---- LIST and SUMMARY, as the control socket streams them ---- */
+
+struct walk_out {
+    struct buf *out;
+    struct sched_walk *w;
+    bool done;
+};
+
+static void
+walk_fn(void *arg, const char *data, size_t len, enum sched_walk_ev ev)
+{
+    struct walk_out *o = arg;
+    buf_append(o->out, data, len);
+    if (ev == SCHED_WALK_MORE)
+        sched_walk_next(o->w);
+    else
+        o->done = true;
+}
+
+/* The whole LIST (or SUMMARY) reply, the loop running meanwhile. */
+static void
+walk_json(struct h *h, bool summary, struct buf *out)
+{
+    struct walk_out o = { out, NULL, false };
+    o.w = sched_walk_start(h->s, summary, walk_fn, &o);
+    RUN_UNTIL(h, o.done, 5000);
+}
+
 /* ---- reading the JSON lines by string matching ---- */
 
 /* Copy the line of out that starts with {"id":"qid" into line; false if none. */
@@ -645,7 +721,7 @@ static void
 list_line(struct h *h, const char *qid, char *line, size_t cap)
 {
     struct buf out = BUF_INIT;
-    sched_list_json(h->s, &out);
+    walk_json(h, false, &out);
     if (!json_line(out.data, "id", qid, line, cap))
         fail_msg("no list line for %s in:\n%s", qid, out.data ? out.data : "");
     buf_fini(&out);
@@ -727,7 +803,7 @@ list_count(struct h *h)
 {
     struct buf out = BUF_INIT;
     size_t n;
-    sched_list_json(h->s, &out);
+    walk_json(h, false, &out);
     n = count_lines(out.data);
     buf_fini(&out);
     return n;
@@ -739,6 +815,103 @@ static const char *const rcpt_b[] = { "b@x.test" };
 static const char *const rcpt_c[] = { "c@x.test" };
 
 /* ---- tests ---- */
+
+/* ---- the index ---- */
+
+static uint64_t
+test_rnd(uint64_t *x)
+{
+    *x ^= *x << 13;
+    *x ^= *x >> 7;
+    *x ^= *x << 17;
+    return *x;
+}
+
+/* The index finds what was added and only that, through deletes and slot
+ * reuse; its heap gives entries back by (next_s, qid). */
+static void
+test_index(void **state)
+{
+    static const struct {
+        uint32_t n;    /* entries */
+        uint32_t del;  /* every del-th is deleted (0: none) */
+        uint32_t span; /* next_s drawn from [0, span) */
+    } cases[] = { { 1, 0, 1 }, { 100, 2, 10 }, { 5000, 3, 1000 }, { 20000, 7, 3 } };
+    for (size_t c = 0; c < TERN_ARRAY_LEN(cases); c++) {
+        struct sched_index x;
+        uint64_t r = 0x9e3779b97f4a7c15ull + c, *q = xcalloc(cases[c].n, sizeof(*q));
+        uint32_t prev_s = 0, n = 0;
+        uint64_t prev_q = 0;
+        sidx_init(&x);
+        for (uint32_t i = 0; i < cases[c].n; i++) {
+            uint32_t h;
+            q[i] = test_rnd(&r) | 1;
+            h = sidx_add(&x, q[i]);
+            sidx_ent(&x, h)->next_s = (uint32_t)(test_rnd(&r) % cases[c].span);
+            sidx_heap_push(&x, h);
+        }
+        for (uint32_t i = 0; i < cases[c].n; i++) {
+            uint32_t h = sidx_find(&x, q[i]);
+            assert_int_not_equal(h, SCHED_NONE);
+            assert_true(sidx_ent(&x, h)->qid == q[i]);
+            if (cases[c].del && i % cases[c].del == 0)
+                sidx_del(&x, h);
+        }
+        assert_int_equal(sidx_find(&x, 0), SCHED_NONE); /* never added (all odd) */
+        for (uint32_t i = 0; i < cases[c].n; i++) {
+            bool gone = cases[c].del && i % cases[c].del == 0;
+            assert_true((sidx_find(&x, q[i]) == SCHED_NONE) == gone);
+        }
+        /* Slots are reused and deleted entries can come back. */
+        for (uint32_t i = 0; cases[c].del && i < cases[c].n; i += cases[c].del) {
+            uint32_t h = sidx_add(&x, q[i]);
+            sidx_ent(&x, h)->next_s = cases[c].span; /* after every other */
+            sidx_heap_push(&x, h);
+        }
+        assert_int_equal(x.live, cases[c].n);
+        assert_true(x.n <= cases[c].n);
+        while (sidx_heap_top(&x) != SCHED_NONE) {
+            uint32_t h = sidx_heap_top(&x);
+            const struct sched_ent *e = sidx_ent(&x, h);
+            assert_true(e->next_s > prev_s || (e->next_s == prev_s && (n == 0 || e->qid > prev_q)));
+            prev_s = e->next_s;
+            prev_q = e->qid;
+            sidx_heap_remove(&x, h);
+            sidx_del(&x, h);
+            n++;
+        }
+        assert_int_equal(n, cases[c].n);
+        assert_int_equal(x.live, 0);
+        sidx_fini(&x);
+        free(q);
+    }
+}
+
+/* A flush makes every waiting entry due, oldest qid first. */
+static void
+test_index_all_due(void **state)
+{
+    struct sched_index x;
+    static const uint32_t next[] = { 50, 3, 900, 7, 7, 1000 };
+    uint64_t prev = 0;
+    sidx_init(&x);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(next); i++) {
+        uint32_t h = sidx_add(&x, 100 - i); /* later entries, smaller qids */
+        sidx_ent(&x, h)->next_s = next[i];
+        sidx_heap_push(&x, h);
+    }
+    sidx_heap_all_due(&x, 5);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(next); i++) {
+        uint32_t h = sidx_heap_top(&x);
+        const struct sched_ent *e = sidx_ent(&x, h);
+        assert_true(e->next_s == (next[100 - e->qid] < 5 ? next[100 - e->qid] : 5));
+        if (e->next_s == 5)
+            assert_true(e->qid > prev);
+        prev = e->next_s == 5 ? e->qid : 0;
+        sidx_heap_remove(&x, h);
+    }
+    sidx_fini(&x);
+}
 
 /* Three recipients, one transaction, then the message leaves the spool. */
 static void
@@ -777,9 +950,6 @@ test_deliver_three(void **state)
     assert_int_equal(st.expired, 0);
     assert_int_equal(st.queue_messages, 0);
     assert_int_equal(st.queue_rcpts, 0);
-    assert_int_equal(st.received, 0);
-    sched_count_received(h->s);
-    assert_int_equal(stats(h).received, 1);
     assert_int_equal(list_count(h), 0);
     assert_int_equal(h->n_hooks, 1); /* no DSN */
     h_free(h);
@@ -871,8 +1041,10 @@ test_list_and_summary(void **state)
     struct buf out = BUF_INIT;
     int64_t now_s;
     h->srv[0].stall_dot = true;
+    h->srv[0].stall_greeting = true;
     h_submit(h, "s@x.test", ab, 2, qid);
     now_s = tern_now_ms() / 1000;
+    RUN_UNTIL(h, h->srv[0].ungreeted != NULL, 5000); /* ready, not yet taken */
 
     list_line(h, qid, line, sizeof(line));
     assert_int_equal(list_count(h), 1);
@@ -882,7 +1054,7 @@ test_list_and_summary(void **state)
     check_list(h, qid, false, queued, 2);
 
     snprintf(dest, sizeof(dest), "smarthost");
-    sched_summary_json(h->s, &out);
+    walk_json(h, true, &out);
     assert_int_equal(count_lines(out.data), 1);
     assert_true(json_line(out.data, "destination", dest, line, sizeof(line)));
     assert_int_equal(json_num(line, "messages"), 1);
@@ -891,6 +1063,7 @@ test_list_and_summary(void **state)
     assert_non_null(strstr(line, "\"last_error\":null"));
     buf_reset(&out);
 
+    srv_greet(&h->srv[0]);
     RUN_UNTIL(h, h->srv[0].stalled != NULL, 5000);
     check_list(h, qid, false, delivering, 2);
     srv_release(&h->srv[0], "451 4.3.0 disk full");
@@ -903,7 +1076,7 @@ test_list_and_summary(void **state)
     assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "b@x.test"));
     assert_int_equal(stats(h).delivered, 2);
     assert_int_equal(list_count(h), 0);
-    sched_summary_json(h->s, &out);
+    walk_json(h, true, &out);
     assert_int_equal(out.len, 0);
     buf_fini(&out);
     h_free(h);
@@ -924,7 +1097,7 @@ test_connection_refused(void **state)
     check_list(h, qid, false, once, 1);
 
     snprintf(dest, sizeof(dest), "smarthost");
-    sched_summary_json(h->s, &out);
+    walk_json(h, true, &out);
     assert_true(json_line(out.data, "destination", dest, line, sizeof(line)));
     assert_null(strstr(line, "\"last_error\":null"));
     assert_non_null(strstr(line, "\"last_error\":\""));
@@ -941,6 +1114,270 @@ test_connection_refused(void **state)
     assert_int_equal(list_count(h), 0);
     assert_int_equal(stats(h).queue_messages, 0);
     assert_int_equal(stats(h).queue_rcpts, 0);
+    h_free(h);
+}
+
+/* A destination is known while it has work, connections or a backoff
+ * pending, and forgotten after: the table does not grow with every domain
+ * ever seen. */
+static void
+test_destination_freed(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    assert_int_equal(stats(h).destinations, 0);
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    assert_int_equal(stats(h).destinations, 1);
+    RUN_UNTIL(h, stats(h).delivered == 1, 5000);
+    /* The idle connection (idle_conn_timeout 1s) holds it... */
+    assert_int_equal(stats(h).destinations, 1);
+    /* ...until it closes. */
+    RUN_UNTIL(h, stats(h).destinations == 0, 5000);
+    h_free(h);
+
+    /* Backed off: kept until the backoff ends, with nothing queued. */
+    h = h_new(NULL, 0, NULL, true);
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1, 5000);
+    assert_int_equal(sched_delete(h->s, qid), 0);
+    run_for(h, 100);
+    assert_int_equal(stats(h).destinations, 1);
+    RUN_UNTIL(h, stats(h).destinations == 0, 5000);
+    h_free(h);
+}
+
+/* ---- the active set ---- */
+
+static size_t max_active_seen;
+
+static bool
+watch_active(struct h *h)
+{
+    if (stats(h).active > max_active_seen)
+        max_active_seen = stats(h).active;
+    return true;
+}
+
+/* At most active_limit messages are in memory; the others wait as index
+ * entries, are read back as room frees, and all go out. */
+static void
+test_active_limit(void **state)
+{
+    struct h *h = h_new(NULL, 0, "active_limit=2", false);
+    struct buf out = BUF_INIT;
+    h->srv[0].stall_dot = true; /* the first transaction waits */
+    h_submit_many(h, "s@x.test", "a@x.test", 6);
+    max_active_seen = 0;
+    RUN_UNTIL(h, watch_active(h) && h->srv[0].stalled != NULL, 5000);
+    assert_int_equal(stats(h).queue_messages, 6);
+    assert_true(stats(h).active <= 2);
+    walk_json(h, false, &out); /* listed whether in memory or not */
+    assert_int_equal(count_lines(out.data), 6);
+    buf_fini(&out);
+    srv_release(&h->srv[0], "250 2.0.0 ok");
+    RUN_UNTIL(h, watch_active(h) && queue_count(h) == 0, 10000);
+    assert_int_equal(stats(h).delivered, 6);
+    assert_int_equal(stats(h).queue_messages, 0);
+    assert_int_equal(stats(h).active, 0);
+    assert_true(max_active_seen <= 2);
+    h_free(h);
+}
+
+/* A message that can only wait leaves memory; new mail for a destination
+ * that is backed off waits for it at once, without an attempt of its own;
+ * LIST and SUMMARY still show everything. */
+static void
+test_waiting_out_of_memory(void **state)
+{
+    static const struct want_rcpt tried[] = { { "a@x.test", "deferred", 1, "" } };
+    static const struct want_rcpt waits[] = { { "b@x.test", "queued", 0, "null" } };
+    struct h *h = h_new(NULL, 0, "retry_initial=10s;retry_max=20s", true);
+    char q1[SPOOL_QID_LEN + 1], q2[SPOOL_QID_LEN + 1], line[4096];
+    struct buf out = BUF_INIT;
+    h_submit(h, "s@x.test", rcpt_a, 1, q1);
+    RUN_UNTIL(h, stats(h).deferred == 1 && stats(h).active == 0, 5000);
+    h_submit(h, "s@x.test", rcpt_b, 1, q2);
+    RUN_UNTIL(h, stats(h).active == 0, 5000);
+    run_for(h, 100);
+    assert_int_equal(stats(h).deferred, 1);
+    assert_int_equal(stats(h).queue_messages, 2);
+    assert_int_equal(stats(h).queue_rcpts, 2);
+    check_list(h, q1, false, tried, 1);
+    check_list(h, q2, false, waits, 1);
+    walk_json(h, true, &out);
+    assert_true(json_line(out.data, "destination", "smarthost", line, sizeof(line)));
+    assert_int_equal(json_num(line, "messages"), 2);
+    assert_int_equal(json_num(line, "recipients"), 2);
+    assert_non_null(strstr(line, "Connection refused"));
+    buf_fini(&out);
+    h_free(h);
+}
+
+/* Recovery makes index entries, not loads: after a restart nothing that
+ * is not due is read, yet all of it is listed; a flush sends it. */
+static void
+test_restart_not_loaded(void **state)
+{
+    const char *slow = "retry_initial=10s;retry_max=20s";
+    struct h *h = h_new(NULL, 0, slow, true);
+    struct buf out = BUF_INIT;
+    h_submit_many(h, "s@x.test", "a@x.test", 5);
+    RUN_UNTIL(h, stats(h).deferred >= 1 && stats(h).active == 0, 5000);
+    assert_int_equal(h->n_hooks, 5);
+    for (size_t i = 0; i < 5; i++) {
+        /* as if each had been tried and deferred for a minute */
+        struct spool_env *env = spool_load(h->sp, h->hooks[i].qid);
+        assert_non_null(env);
+        env->rcpts[0].attempts = 1;
+        env->rcpts[0].next_try_ms = tern_now_ms() + 60000;
+        spool_update_state(h->sp, env);
+        spool_env_free(env);
+    }
+
+    assert_int_equal(h_restart(h, h->port, slow), 5);
+    run_for(h, 200);
+    assert_int_equal(stats(h).queue_messages, 5);
+    assert_int_equal(stats(h).active, 0);
+    walk_json(h, false, &out);
+    assert_int_equal(count_lines(out.data), 5);
+    buf_fini(&out);
+
+    h_restart(h, h->srv[0].port, slow);
+    sched_flush(h->s);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(stats(h).delivered, 5);
+    h_free(h);
+}
+
+/* Holding a message that is not in memory is recorded in the spool (it is
+ * still held after a restart); releasing it sends it. */
+static void
+test_hold_out_of_memory(void **state)
+{
+    const char *slow = "retry_initial=10s;retry_max=20s";
+    static const struct want_rcpt tried[] = { { "a@x.test", "deferred", 1, "" } };
+    struct h *h = h_new(NULL, 0, slow, true);
+    char qid[SPOOL_QID_LEN + 1];
+    struct spool_env *env;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1 && stats(h).active == 0, 5000);
+    assert_int_equal(sched_hold(h->s, qid, true), 0);
+    check_list(h, qid, true, tried, 1);
+    RUN_UNTIL(h,
+        (env = spool_load(h->sp, qid)) != NULL && env->held ? true : (spool_env_free(env), false),
+        5000);
+    spool_env_free(env);
+
+    assert_int_equal(h_restart(h, h->srv[0].port, slow), 1);
+    check_list(h, qid, true, tried, 1);
+    sched_flush(h->s);
+    run_for(h, 300);
+    assert_int_equal(h->srv[0].n_mail, 0);
+    assert_int_equal(sched_hold(h->s, qid, false), 0);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(stats(h).delivered, 1);
+    h_free(h);
+}
+
+/* LIST over many messages out of memory comes in slices, and a walk whose
+ * consumer goes away mid-way is dropped cleanly. */
+struct slices {
+    struct sched_walk *w;
+    struct buf out;
+    size_t more;
+    bool done, stop_after_first;
+};
+
+static void
+slices_fn(void *arg, const char *data, size_t len, enum sched_walk_ev ev)
+{
+    struct slices *sl = arg;
+    buf_append(&sl->out, data, len);
+    if (ev != SCHED_WALK_MORE) {
+        sl->done = true;
+        return;
+    }
+    sl->more++;
+    if (sl->stop_after_first) {
+        sched_walk_cancel(sl->w);
+        sl->done = true;
+        return;
+    }
+    sched_walk_next(sl->w);
+}
+
+static void
+test_list_slices(void **state)
+{
+    struct h *h = h_new(NULL, 0, "retry_initial=10s;retry_max=20s;active_limit=10", true);
+    struct slices sl;
+    h_submit_many(h, "s@x.test", "a@x.test", 600);
+    RUN_UNTIL(h, stats(h).active == 0 && stats(h).queue_messages == 600, 10000);
+
+    memset(&sl, 0, sizeof(sl));
+    sl.w = sched_walk_start(h->s, false, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    assert_int_equal(count_lines(sl.out.data), 600);
+    assert_true(sl.more >= 2);
+    buf_fini(&sl.out);
+
+    memset(&sl, 0, sizeof(sl));
+    sl.stop_after_first = true;
+    sl.w = sched_walk_start(h->s, false, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    run_for(h, 200); /* a read under way, if any, finds no walk */
+    assert_true(count_lines(sl.out.data) < 600);
+    buf_fini(&sl.out);
+
+    /* Stopping with a walk under way ends it. */
+    memset(&sl, 0, sizeof(sl));
+    sl.w = sched_walk_start(h->s, true, slices_fn, &sl);
+    h_free(h);
+    assert_true(sl.done);
+    buf_fini(&sl.out);
+}
+
+/* A message whose stored copy moved after it was read (compaction: its
+ * old segment is gone) is read again and sent, without a failed attempt. */
+static void
+test_moved_body_read_again(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    uint32_t e;
+    h->srv[0].stall_greeting = true;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, h->srv[0].ungreeted != NULL, 5000);
+    e = sidx_find(&h->s->idx, strtoull(qid, NULL, 16));
+    assert_int_not_equal(e, SCHED_NONE);
+    assert_non_null(sidx_ent(&h->s->idx, e)->m);
+    assert_true(sidx_ent(&h->s->idx, e)->m->env->n_ext > 0);
+    sidx_ent(&h->s->idx, e)->m->env->ext[0].seg += 1000000; /* as after a compaction */
+    srv_greet(&h->srv[0]);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(stats(h).delivered, 1);
+    assert_int_equal(stats(h).deferred, 0);
+    assert_int_equal(h->srv[0].n_tx, 1);
+    h_free(h);
+}
+
+/* A unit holds at most max_rcpts_per_txn recipients. */
+static void
+test_units_split(void **state)
+{
+    static const char *const five[] = { "a@x.test", "b@x.test", "c@x.test", "d@x.test",
+        "e@x.test" };
+    struct h *h = h_new(NULL, 0, "max_rcpts_per_txn=2", false);
+    char qid[SPOOL_QID_LEN + 1];
+    size_t total = 0;
+    h_submit(h, "s@x.test", five, 5, qid);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(h->srv[0].n_tx, 3);
+    for (size_t i = 0; i < h->srv[0].n_tx; i++) {
+        assert_true(h->srv[0].tx[i].n_rcpts <= 2);
+        total += h->srv[0].tx[i].n_rcpts;
+    }
+    assert_int_equal(total, 5);
     h_free(h);
 }
 
@@ -1276,10 +1713,13 @@ int
 main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_index),
+        cmocka_unit_test(test_index_all_due),
         cmocka_unit_test(test_deliver_three),
         cmocka_unit_test(test_mixed_results),
         cmocka_unit_test(test_list_and_summary),
         cmocka_unit_test(test_connection_refused),
+        cmocka_unit_test(test_destination_freed),
         cmocka_unit_test(test_hold_release),
         cmocka_unit_test(test_hold_in_flight),
         cmocka_unit_test(test_delete),
@@ -1291,6 +1731,13 @@ main(void)
         cmocka_unit_test(test_restart_in_flight),
         cmocka_unit_test(test_reroute_waiting),
         cmocka_unit_test(test_reroute_in_flight),
+        cmocka_unit_test(test_active_limit),
+        cmocka_unit_test(test_waiting_out_of_memory),
+        cmocka_unit_test(test_restart_not_loaded),
+        cmocka_unit_test(test_hold_out_of_memory),
+        cmocka_unit_test(test_list_slices),
+        cmocka_unit_test(test_units_split),
+        cmocka_unit_test(test_moved_body_read_again),
     };
     log_set_level(getenv("TEST_SCHED_LOG") ? LOG_DEBUG : LOG_WARN);
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,7 +13,7 @@
 
 #include <cmocka.h>
 
-#include "smtp/parse.h"
+#include "proto/parse.h"
 #include "util/util.h"
 
 #define S(lit) lit, sizeof(lit) - 1

@@ -558,6 +558,52 @@ test_rotation_and_reclaim(void **state)
     free(body);
 }
 
+/* Messages of the oldest segment that are being delivered (removed one
+ * after another) are not copied forward: the segment empties by itself. */
+static void
+test_no_compaction_while_draining(void **state)
+{
+    struct fx *f = *state;
+    char *body = xmalloc(50000);
+    struct spool_env *env;
+    struct spool_stats st;
+    memset(body, 'y', 50000);
+    memcpy(body + 49998, "\r\n", 2);
+    f->seg_size = 1024 * 1024;
+    fx_recover(f);
+    for (int i = 0; i < 100; i++)
+        commit_one(f, (uint64_t)i, body, 50000);
+    run_until(f, &f->ncb, 100);
+    env = spool_load(f->sp, f->qids[0]);
+    env->rcpts[0].attempts = 3;
+    spool_update_state(f->sp, env);
+    spool_env_free(env);
+    /* Messages 0..4 stay (a quarter of a segment at most: worth compacting
+     * if they stayed put), the rest go now. */
+    for (int i = 5; i < 100; i++)
+        spool_remove(f->sp, f->qids[i]);
+    /* 1..4 are delivered one every 400 ms: never compacted. */
+    for (int i = 1; i <= 4; i++) {
+        for (int k = 0; k < 20; k++) {
+            spool_sync_wait(f->sp);
+            usleep(20000);
+        }
+        spool_get_stats(f->sp, &st);
+        assert_int_equal(st.compacted, 0);
+        spool_remove(f->sp, f->qids[i]);
+    }
+    /* Message 0 stays put: it is copied forward within a few intervals. */
+    for (int i = 0; i < 300; i++) {
+        spool_get_stats(f->sp, &st);
+        if (st.compacted > 0)
+            break;
+        spool_sync_wait(f->sp);
+        usleep(20000);
+    }
+    assert_int_equal(st.compacted, 1);
+    free(body);
+}
+
 static void
 test_compaction(void **state)
 {
@@ -949,6 +995,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_state_done_reopen, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rotation_and_reclaim, setup, teardown),
         cmocka_unit_test_setup_teardown(test_compaction, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_compaction_while_draining, setup, teardown),
         cmocka_unit_test_setup_teardown(test_torn_tail, setup, teardown),
         cmocka_unit_test_setup_teardown(test_offline_scan, setup, teardown),
         cmocka_unit_test_setup_teardown(test_damaged_middle, setup, teardown),

@@ -4,7 +4,7 @@
  * and parse RFC 5322 address lists. Pure functions over (ptr, len) input;
  * every buffer growth is checked against the INJECT_* limits first.
  */
-#include "inject.h"
+#include "proto/inject.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -287,8 +287,8 @@ reader_line(struct inject_reader *r)
         return 1;
     if (r->out.len + n + 2 > r->max)
         return -1;
-    if (buf_append(&r->out, r->line.data, n) < 0 || buf_append(&r->out, "\r\n", 2) < 0)
-        return -1;
+    buf_append(&r->out, r->line.data, n);
+    buf_append(&r->out, "\r\n", 2);
     buf_reset(&r->line);
     return 0;
 }
@@ -301,8 +301,7 @@ inject_reader_feed(struct inject_reader *r, const char *p, size_t n)
         size_t take = nl != NULL ? (size_t)(nl - p) : n;
         if (r->out.len + r->line.len + take > r->max)
             return -1;
-        if (buf_append(&r->line, p, take) < 0)
-            return -1;
+        buf_append(&r->line, p, take);
         if (nl == NULL)
             return 0;
         int rc = reader_line(r);
@@ -475,10 +474,7 @@ inject_build(const struct inject_opts *o, const char *msg, size_t len, struct bu
      * the input had none or went straight to body text. */
     if (!(len - body >= 2 && msg[body] == '\r' && msg[body + 1] == '\n'))
         buf_append(out, "\r\n", 2);
-    if (buf_append(out, msg + body, len - body) < 0) {
-        buf_append_str(err, "message too large");
-        return -1;
-    }
+    buf_append(out, msg + body, len - body);
     return 0;
 }
 

@@ -8,7 +8,7 @@
  * §4.1.1.4; SMTP smuggling). The readers work on the session's input
  * evbuffer in place (evbuffer_peek) and hand the stored bytes on.
  */
-#include "data.h"
+#include "proto/data.h"
 
 #include <event2/buffer.h>
 #include <stdlib.h>
@@ -450,19 +450,19 @@ smtp_bdat_finish(struct smtp_data_reader *r, const struct smtp_data_sink *sink)
  * stuffing after a bare CR or LF too protects a next hop that (wrongly)
  * takes them for line ends. *at_line_start is "the last byte was CR or LF".
  */
-int
+void
 smtp_data_stuff(const char *in, size_t len, bool *at_line_start, struct buf *out)
 {
     size_t i, run = 0;
     for (i = 0; i < len; i++) {
         if (in[i] == '.' && *at_line_start) {
-            if (buf_append(out, in + run, i - run) < 0 || buf_append_char(out, '.') < 0)
-                return -1;
+            buf_append(out, in + run, i - run);
+            buf_append_char(out, '.');
             run = i;
         }
         *at_line_start = in[i] == '\r' || in[i] == '\n';
     }
-    return buf_append(out, in + run, len - run);
+    buf_append(out, in + run, len - run);
 }
 
 int64_t

@@ -4,7 +4,7 @@
  * xtext. Input is (ptr, len) and never trusted; every scan is bounded by len
  * and by the RFC limits in parse.h. Strings handed out are owned by the caller.
  */
-#include "parse.h"
+#include "proto/parse.h"
 
 #include <arpa/inet.h>
 #include <stdlib.h>

@@ -5,8 +5,8 @@
  * To/Cc/Bcc, Bcc removed, missing Date/Message-ID/From added), an RFC 5322
  * address-list parser and the SMTP reply-line parser. All sizes are bounded.
  */
-#ifndef TERN_CTL_INJECT_H
-#define TERN_CTL_INJECT_H
+#ifndef TERN_PROTO_INJECT_H
+#define TERN_PROTO_INJECT_H
 
 #include <stdbool.h>
 #include <stddef.h>

@@ -18,8 +18,8 @@
  * BDAT bytes are not stuffed: the BDAT reader checks them the same way and
  * copies them to the sink, which stuffs them.
  */
-#ifndef TERN_SMTP_DATA_H
-#define TERN_SMTP_DATA_H
+#ifndef TERN_PROTO_DATA_H
+#define TERN_PROTO_DATA_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -118,8 +118,8 @@ int64_t smtp_data_deadline(
     int64_t deadline_ms, int64_t now_ms, uint64_t bytes, uint32_t min_rate, int64_t max_ahead_ms);
 
 /* Encode for sending with DATA: add dot-stuffing. at_line_start tracks the
- * position between calls (start true). Appends to out; -1 if out cannot grow. */
-int smtp_data_stuff(const char *in, size_t len, bool *at_line_start, struct buf *out);
+ * position between calls (start true). Appends to out. */
+void smtp_data_stuff(const char *in, size_t len, bool *at_line_start, struct buf *out);
 
 /* ---- the end of the header section ---- */
 

@@ -4,8 +4,8 @@
  * NOTIFY, ORCPT) and xtext (RFC 3461 §4). No I/O, no allocation except the
  * strings handed out (caller owns). Every length is bounded here.
  */
-#ifndef TERN_SMTP_PARSE_H
-#define TERN_SMTP_PARSE_H
+#ifndef TERN_PROTO_PARSE_H
+#define TERN_PROTO_PARSE_H
 
 #include <stdbool.h>
 #include <stddef.h>
@@ -15,9 +15,9 @@
 #include "util/status.h"
 
 #define SMTP_CMD_LINE_MAX 512 /* RFC 5321 §4.5.3.1.4, including CRLF */
-#define SMTP_PATH_MAX 256     /* §4.5.3.1.3, including <> */
-#define SMTP_LOCAL_MAX 64     /* §4.5.3.1.1 */
-#define SMTP_DOMAIN_MAX 255   /* §4.5.3.1.2 */
+#define SMTP_PATH_MAX     256 /* §4.5.3.1.3, including <> */
+#define SMTP_LOCAL_MAX    64  /* §4.5.3.1.1 */
+#define SMTP_DOMAIN_MAX   255 /* §4.5.3.1.2 */
 
 enum smtp_verb {
     SMTP_V_UNKNOWN,
@@ -81,10 +81,10 @@ struct smtp_rcpt_params {
 /* Parse the space separated keyword[=value] list after the path. Keywords
  * are case-insensitive; unknown keyword: 555 5.5.4; a repeated keyword or a
  * bad value: 501 5.5.4. NOTIFY=NEVER may not be combined with others. */
-int smtp_parse_mail_params(const char *s, size_t len, struct smtp_mail_params *p,
-    struct tern_status *st);
-int smtp_parse_rcpt_params(const char *s, size_t len, struct smtp_rcpt_params *p,
-    struct tern_status *st);
+int smtp_parse_mail_params(
+    const char *s, size_t len, struct smtp_mail_params *p, struct tern_status *st);
+int smtp_parse_rcpt_params(
+    const char *s, size_t len, struct smtp_rcpt_params *p, struct tern_status *st);
 void smtp_mail_params_fini(struct smtp_mail_params *p);
 void smtp_rcpt_params_fini(struct smtp_rcpt_params *p);
 
