@@ -217,17 +217,23 @@ start_pickup(struct ternd *t, struct buf *err)
 {
     struct buf warn = BUF_INIT;
     struct logline l;
-    if (maildrop_prepare(t->cfg->maildrop_dir, t->cfg->maildrop_group, &warn, err) < 0) {
+    int r = maildrop_prepare(t->cfg->maildrop_dir, t->cfg->maildrop_group, &warn, err);
+    if (r < 0) {
         buf_fini(&warn);
         return -1;
     }
+    /* A maildrop that cannot be made costs local submission while ternd is
+     * down, not the relay: it runs on without one. */
     if (warn.len > 0) {
-        log_begin(&l, LOG_WARN, NULL, "pickup", "maildrop_private");
+        log_begin(&l, r == 1 ? LOG_ERROR : LOG_WARN, NULL, "pickup",
+            r == 1 ? "no_maildrop" : "maildrop_private");
         log_str(&l, "dir", t->cfg->maildrop_dir);
         log_str(&l, "reason", warn.data);
         log_end(&l);
     }
     buf_fini(&warn);
+    if (r == 1)
+        return 0;
     t->pickup = pickup_new(t->base, t->inbox, t->sp, t->sched, t->cfg, err);
     return t->pickup != NULL ? 0 : -1;
 }

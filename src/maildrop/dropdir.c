@@ -122,8 +122,8 @@ maildrop_prepare(const char *dir, const char *group_name, struct buf *warn, stru
     struct stat st;
     int fd, r = -1;
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-        buf_printf(err, "maildrop_dir %s: cannot create it: %s\n", dir, strerror(errno));
-        return -1;
+        buf_printf(warn, "cannot create %s: %s", dir, strerror(errno));
+        return 1;
     }
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {

@@ -120,7 +120,8 @@ bool maildrop_dir_usable(const struct stat *st, gid_t gid);
  * may be given (else 0700 and *warn says why), and its corrupt/
  * subdirectory (0700). An existing dir must be a directory (not a symbolic
  * link) owned by the user we run as; its mode and group are set as above.
- * 0, or -1 with a message naming dir and the problem. */
+ * 0; 1 when dir is missing and cannot be made (*warn says why: ternd runs
+ * without a maildrop); -1 with a message naming dir and the problem. */
 int maildrop_prepare(const char *dir, const char *group_name, struct buf *warn, struct buf *err);
 /* For --check: 0 when dir is missing or a directory owned by the user we
  * run as; -1 with a message otherwise. Changes nothing. */

@@ -466,3 +466,23 @@ def test_more_files_than_one_pass(make_tern, sink):
 def cpu_seconds(pid):
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_maildrop_that_cannot_be_made_does_not_stop_ternd(make_tern, sink):
+    tern = make_tern(start=False)
+    tern.update(maildrop_dir=str(tern.shortdir / "missing" / "drop"))
+    tern.start()
+    rec = tern.wait_event("no_maildrop", subsystem="pickup")
+    assert rec["level"] == "error" and "missing/drop" in rec["reason"], rec
+    u = uid()
+    tern.send(f"s-{u}@src.test", [f"r-{u}@example.org"], f"Subject: {u}\r\n\r\nx\r\n")
+    sink.wait_to(f"r-{u}@example.org")
+    # an existing one that is not a directory is refused, as --check says
+    rc, _ = tern.stop()
+    assert rc == 0
+    (tern.shortdir / "missing").mkdir()
+    (tern.shortdir / "missing" / "drop").write_text("x")
+    tern.start(wait=False)
+    assert tern.proc.wait(10 * SLOW) == 1
+    tern.expect_dead = True
+    assert "maildrop_dir" in tern.log_tail(5)
