@@ -1,6 +1,6 @@
 /*
  * tern-sendmail: a sendmail-compatible injector. Reads a message on stdin,
- * builds it (src/ctl/inject.h) and submits it over SMTP to the first
+ * builds it (src/proto/inject.h) and submits it over SMTP to the first
  * smtp_listen address of the configuration (-C FILE or $TERN_CONFIG, else
  * /etc/tern/tern.conf when it exists), else 127.0.0.1:2525. When ternd
  * cannot take it (not running, or a temporary failure), the message goes
