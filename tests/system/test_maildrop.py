@@ -486,3 +486,17 @@ def test_maildrop_that_cannot_be_made_does_not_stop_ternd(make_tern, sink):
     assert tern.proc.wait(10 * SLOW) == 1
     tern.expect_dead = True
     assert "maildrop_dir" in tern.log_tail(5)
+
+
+def test_start_fixes_the_maildrop_mode(make_tern, sink):
+    """An existing maildrop open to others is closed at start: 0700 without
+    the group (only root and ternd's user may submit), 1730 with it."""
+    tern = make_tern(start=False, maildrop_group=f"nosuchgroup{uid()[:6]}")
+    d = drop_dir(tern)
+    d.mkdir()
+    os.chmod(d, 0o777)
+    tern.start()
+    assert d.stat().st_mode & 0o7777 == 0o700, oct(d.stat().st_mode)
+    assert (d / "corrupt").stat().st_mode & 0o7777 == 0o700
+    rec = tern.wait_event("maildrop_private", subsystem="pickup")
+    assert "does not exist" in rec["reason"], rec
