@@ -457,10 +457,10 @@ def test_more_files_than_one_pass(make_tern, sink):
     wait_for(lambda: len(tern.events("deferred", since=mark, subsystem="delivery")) == n,
         timeout=20 * SLOW, desc="every message tried once")
     # The t. files stay, and passes do not run over them again and again:
-    # ternd is idle (a loop would burn a whole core).
+    # ternd is idle (passes going round would take a good part of a core).
     cpu0 = cpu_seconds(tern.proc.pid)
     assert holds_for(lambda: len(drop_files(tern)) == 300, 2.0)
-    assert cpu_seconds(tern.proc.pid) - cpu0 < 1.0, "ternd keeps busy with the maildrop"
+    assert cpu_seconds(tern.proc.pid) - cpu0 < 0.2, "ternd keeps busy with the maildrop"
 
 
 def cpu_seconds(pid):
