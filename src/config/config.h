@@ -113,7 +113,7 @@ struct config {
     int64_t delivery_timeout_ms;    /* outbound per-reply wait */
     int64_t idle_conn_timeout_ms;   /* keep an idle outbound connection this long */
     int log_level;                  /* enum log_level */
-    /* --- routing and MX delivery (issue 3) --- */
+    /* --- routing and MX delivery --- */
     struct route *routes;           /* recipient domain -> next hops */
     size_t n_routes;
     struct route *sender_routes;    /* sender domain -> next hops */
@@ -123,7 +123,7 @@ struct config {
     uint32_t max_rcpts_per_txn;     /* recipients in one outbound transaction */
     uint32_t active_limit;          /* queued messages held in memory whole */
     uint32_t delivery_rate;         /* messages per minute per destination, 0 = no limit */
-    /* --- inbound TLS and AUTH (issue 4) --- */
+    /* --- inbound TLS and AUTH --- */
     int tls_min_version;             /* enum tls_version */
     char *tls_ciphers;               /* TLS 1.2 cipher list; NULL: OpenSSL's default */
     char *tls_ciphersuites;          /* TLS 1.3 cipher suites; NULL: OpenSSL's default */
@@ -134,12 +134,12 @@ struct config {
     int64_t auth_lockout_ms;         /* how long a locked-out address gets 454 */
     int64_t auth_failure_delay_ms;   /* wait before answering 535 */
     char *auth_sender_login;         /* "user=addr|@domain[,...] ..." or NULL: no restriction */
-    /* --- SPF and dns check (issue 5) --- */
+    /* --- SPF and dns check --- */
     struct cidr *egress_addresses; /* addresses mail leaves from (/32, /128); none: discover */
     size_t n_egress_addresses;
-    /* --- DKIM signing (issue 5) --- */
+    /* --- DKIM signing --- */
     int dkim_canonicalization; /* enum dkim_canon_setting */
-    /* --- outbound TLS and AUTH (issue 4) --- */
+    /* --- outbound TLS and AUTH --- */
     enum tls_mode mx_tls;             /* STARTTLS towards MX hosts */
     int smarthost_auth_plaintext;     /* 0 no, 1 yes: send credentials without TLS */
     /* --- local submission while ternd is down --- */

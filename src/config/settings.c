@@ -360,7 +360,7 @@ const struct cfg_setting config_settings[] = {
         .min = 0,
         .max = 10000000,
         .desc = "messages per minute per destination (0: no limit)" },
-    /* inbound TLS and AUTH (issue 4) */
+    /* inbound TLS and AUTH */
     { .name = "tls_min_version",
         .type = CFG_ENUM,
         .def = "TLSv1.2",
@@ -417,7 +417,7 @@ const struct cfg_setting config_settings[] = {
         .def = "",
         .off = OFF(auth_sender_login),
         .desc = "user=addr|@domain[,...] entries: the envelope senders each AUTH user may use" },
-    /* outbound TLS and AUTH (issue 4) */
+    /* outbound TLS and AUTH */
     { .name = "mx_tls",
         .type = CFG_ENUM,
         .def = "opportunistic",
@@ -431,7 +431,7 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(smarthost_auth_plaintext),
         .names = yesno_names,
         .desc = "send smarthost_auth_file credentials over a connection without TLS: no or yes" },
-    /* SPF and dns check (issue 5) */
+    /* SPF and dns check */
     { .name = "egress_addresses",
         .type = CFG_CIDR_LIST,
         .def = "",

@@ -431,7 +431,7 @@ struct deliv_conn {
     uint32_t n_msgs, max_msgs;
     int64_t connect_ms, reply_ms, idle_ms;
     struct client_tx *tx; /* the job in flight, or NULL */
-    /* TLS and AUTH (issue 4) */
+    /* TLS and AUTH */
     struct tls_ctx *tls_ctx; /* reference, or NULL when no client context could be made */
     enum tls_mode tls_mode;  /* smarthost_tls or mx_tls for this destination */
     bool implicit_tls;       /* the current target's hop is smtps:// */

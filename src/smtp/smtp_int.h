@@ -137,7 +137,7 @@ struct smtp_session {
     bool rd_added;      /* rd_ev is pending */
     bool under_watched; /* under_drained_cb is on the plaintext layer's output */
     bool tls_closed;    /* close_notify has been sent */
-    /* TLS and AUTH (issue 4). Everything here is reset by STARTTLS and is
+    /* TLS and AUTH. Everything here is reset by STARTTLS and is
      * never shared between sessions. */
     enum smtp_role role;
     struct tls_ctx *tls_ctx; /* owned ref: the context this session's TLS uses */

@@ -11,6 +11,7 @@
  */
 #include "spool/spool_int.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <fcntl.h>
@@ -399,7 +400,215 @@ log_seg_error(uint64_t seq, const char *what, int err)
     log_end(&l);
 }
 
-/* A new active segment (file created, header written). -1 with errno. */
+/* ---------------------------------------------------------------- spares */
+
+/* Bytes written to a segment before a spare is made (or a quarter of a
+ * smaller segment): a spool that sees little mail never spends a whole
+ * segment of zeros. */
+#define SPARE_AFTER (1024u * 1024)
+#define ZERO_CHUNK  (1024u * 1024)
+
+static void
+log_spare_error(uint64_t num, const char *what, int err)
+{
+    struct logline l;
+    char name[32];
+    spare_name(num, name, sizeof(name));
+    log_begin(&l, LOG_ERROR, NULL, "spool", "segment_error");
+    log_str(&l, "segment", name);
+    log_str(&l, "op", what);
+    log_errno(&l, err);
+    log_end(&l);
+}
+
+/* Write zeros over [from, to) of fd. */
+static int
+zero_fill(int fd, uint64_t from, uint64_t to)
+{
+    char *z;
+    int rc = 0;
+    if (from >= to)
+        return 0;
+    z = xcalloc(1, ZERO_CHUNK);
+    while (from < to && rc == 0) {
+        size_t n = to - from < ZERO_CHUNK ? (size_t)(to - from) : ZERO_CHUNK;
+        ssize_t k = pwrite(fd, z, n, (off_t)from);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            rc = -1;
+        else
+            from += (uint64_t)k;
+    }
+    free(z);
+    return rc;
+}
+
+/* The spare worker: make a spare file (or finish a reclaimed segment
+ * renamed to its spare name) a whole segment long, every block written and
+ * synced, then offer it to the commit thread. */
+static void
+spare_run(struct workq_item *it)
+{
+    struct spare_job *j = (struct spare_job *)it;
+    struct spool *sp = j->sp;
+    char name[32];
+    struct stat st;
+    const char *op = NULL;
+    int fd = j->fd, err = 0;
+    spare_name(j->num, name, sizeof(name));
+    if (fd < 0) {
+        fd = openat(sp->log_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            op = "create";
+    }
+    if (op == NULL && fstat(fd, &st) < 0)
+        op = "stat";
+    if (op == NULL && (uint64_t)st.st_size > sp->seg_size && ftruncate(fd, (off_t)sp->seg_size) < 0)
+        op = "truncate";
+    if (op == NULL &&
+        zero_fill(fd, (uint64_t)st.st_size < sp->seg_size ? (uint64_t)st.st_size : sp->seg_size,
+            sp->seg_size) < 0)
+        op = "fill";
+    if (op == NULL && fdatasync(fd) < 0)
+        op = "fdatasync";
+    if (op != NULL)
+        err = errno;
+    pthread_mutex_lock(&sp->mu);
+    if (op == NULL && sp->n_spares < SPOOL_SPARES_MAX) {
+        sp->spare_fd[sp->n_spares] = fd;
+        sp->spare_num[sp->n_spares] = j->num;
+        sp->n_spares++;
+        fd = -1;
+    }
+    sp->spare_busy = false;
+    pthread_mutex_unlock(&sp->mu);
+    if (op != NULL)
+        log_spare_error(j->num, op, err);
+    if (fd >= 0) {
+        close(fd);
+        unlinkat(sp->log_fd, name, 0);
+    }
+}
+
+/* Under sp->mu: can a spare job start? It is then marked busy, and its
+ * number is *num. */
+static bool
+spare_claim_locked(struct spool *sp, uint64_t *num)
+{
+    if (sp->spareq == NULL || sp->readonly || sp->spare_busy || sp->n_spares >= SPOOL_SPARES_MAX)
+        return false;
+    sp->spare_busy = true;
+    *num = sp->next_spare++;
+    return true;
+}
+
+static void
+spare_submit(struct spool *sp, int fd, uint64_t num)
+{
+    struct spare_job *j = &sp->spare_job;
+    memset(&j->wq, 0, sizeof(j->wq));
+    j->wq.run = spare_run;
+    j->sp = sp;
+    j->fd = fd;
+    j->num = num;
+    workq_submit(sp->spareq, &j->wq);
+}
+
+/* After a batch: once the active segment has seen some mail and no spare
+ * waits, make one. */
+static void
+spare_maybe(struct spool *sp)
+{
+    uint64_t num;
+    bool go;
+    if (sp->active == NULL ||
+        sp->active->end < (sp->seg_size / 4 < SPARE_AFTER ? sp->seg_size / 4 : SPARE_AFTER))
+        return;
+    pthread_mutex_lock(&sp->mu);
+    go = sp->n_spares == 0 && spare_claim_locked(sp, &num);
+    pthread_mutex_unlock(&sp->mu);
+    if (go)
+        spare_submit(sp, -1, num);
+}
+
+static bool
+spare_ready(struct spool *sp)
+{
+    bool r;
+    pthread_mutex_lock(&sp->mu);
+    r = sp->n_spares > 0;
+    pthread_mutex_unlock(&sp->mu);
+    return r;
+}
+
+/* A spare made segment name (its header written first: a crash leaves
+ * either the spare or the named segment with its own header). The fd, or
+ * -1 when there is no spare or it failed (logged, the spare dropped). */
+static int
+seg_from_spare(struct spool *sp, const char *name, const unsigned char *hdr)
+{
+    char sname[32];
+    uint64_t num;
+    int fd;
+    pthread_mutex_lock(&sp->mu);
+    if (sp->n_spares == 0) {
+        pthread_mutex_unlock(&sp->mu);
+        return -1;
+    }
+    sp->n_spares--;
+    fd = sp->spare_fd[sp->n_spares];
+    num = sp->spare_num[sp->n_spares];
+    pthread_mutex_unlock(&sp->mu);
+    spare_name(num, sname, sizeof(sname));
+    if (fd_pwrite_full(fd, hdr, SEG_HDR_LEN, 0) < 0 ||
+        renameat(sp->log_fd, sname, sp->log_fd, name) < 0) {
+        log_spare_error(num, "reuse", errno);
+        close(fd);
+        unlinkat(sp->log_fd, sname, 0);
+        return -1;
+    }
+    return fd;
+}
+
+/* At start: spares left by the last run, a whole segment long, are used
+ * again; others (a crash while filling, another segment size) go. */
+static void
+spares_load(struct spool *sp)
+{
+    int dfd = openat(sp->log_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+    struct dirent *de;
+    if (d == NULL) {
+        if (dfd >= 0)
+            close(dfd);
+        return;
+    }
+    while ((de = readdir(d)) != NULL) {
+        uint64_t num;
+        struct stat st;
+        int fd;
+        if (!spare_name_parse(de->d_name, &num))
+            continue;
+        if (num >= sp->next_spare)
+            sp->next_spare = num + 1;
+        fd = openat(sp->log_fd, de->d_name, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd >= 0 && fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == sp->owner_uid &&
+            (uint64_t)st.st_size == sp->seg_size && sp->n_spares < SPOOL_SPARES_MAX) {
+            sp->spare_fd[sp->n_spares] = fd;
+            sp->spare_num[sp->n_spares] = num;
+            sp->n_spares++;
+            continue;
+        }
+        if (fd >= 0)
+            close(fd);
+        unlinkat(sp->log_fd, de->d_name, 0);
+    }
+    closedir(d);
+}
+
+/* A new active segment (from a spare, else a new file; header written).
+ * -1 with errno. */
 static int
 seg_create(struct spool *sp)
 {
@@ -408,22 +617,28 @@ seg_create(struct spool *sp)
     struct seg *s;
     uint64_t seq = sp->next_seq;
     int fd;
+    bool prealloc;
     seg_name(seq, "seg", name, sizeof(name));
-    fd = openat(sp->log_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0)
-        return -1;
     seg_hdr_encode(seq, tern_now_ms(), hdr);
-    if (fd_write_full(fd, hdr, SEG_HDR_LEN) < 0) {
-        int e = errno;
-        close(fd);
-        unlinkat(sp->log_fd, name, 0);
-        errno = e;
-        return -1;
+    fd = seg_from_spare(sp, name, hdr);
+    prealloc = fd >= 0;
+    if (fd < 0) {
+        fd = openat(sp->log_fd, name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (fd < 0)
+            return -1;
+        if (fd_write_full(fd, hdr, SEG_HDR_LEN) < 0) {
+            int e = errno;
+            close(fd);
+            unlinkat(sp->log_fd, name, 0);
+            errno = e;
+            return -1;
+        }
     }
     s = xcalloc(1, sizeof(*s));
     s->seq = seq;
     s->fd = fd;
     s->end = SEG_HDR_LEN;
+    s->prealloc = prealloc;
     sp->next_seq++;
     pthread_mutex_lock(&sp->mu);
     segtab_add(&sp->segs, s);
@@ -471,6 +686,19 @@ spool_write_idx(struct spool *sp, struct seg *s)
     buf_fini(&b);
     FREE_NULL(&s->recs);
     s->n_recs = s->cap_recs = 0;
+}
+
+/* A segment made from a spare goes on past its last record with zeros or
+ * its earlier life's bytes: an all-zero record header right after the last
+ * record marks the clean end for a scan that has no .idx (written before
+ * the sync that seals the segment). */
+static void
+end_mark(struct seg *s, uint64_t seg_size)
+{
+    static const unsigned char zero[REC_HDR_LEN];
+    if (s->prealloc && s->end + REC_HDR_LEN <= seg_size &&
+        fd_pwrite_full(s->fd, zero, REC_HDR_LEN, s->end) < 0)
+        log_seg_error(s->seq, "end mark", errno);
 }
 
 static void
@@ -637,11 +865,15 @@ room_for(struct batch *b, uint64_t len)
         errno = EFBIG;
         return -1;
     }
-    if (old != NULL && old->end + b->p.bytes + len <= sp->seg_size)
+    /* A segment that grows makes every sync a journal commit too: once a
+     * spare is ready, the rest goes there. */
+    if (old != NULL && old->end + b->p.bytes + len <= sp->seg_size &&
+        (old->prealloc || !spare_ready(sp)))
         return 0;
     if (old != NULL) {
         if (flush_pending(b) < 0)
             return -1;
+        end_mark(old, sp->seg_size);
         if (fdatasync(old->fd) < 0) {
             b->err = errno;
             log_seg_error(old->seq, "fdatasync", b->err);
@@ -1289,6 +1521,8 @@ reclaim(struct spool *sp)
     for (;;) {
         struct seg *s;
         char name[32];
+        uint64_t num = 0;
+        bool recycle;
         pthread_mutex_lock(&sp->mu);
         s = sp->segs.n > 0 ? sp->segs.v[0] : NULL;
         if (!sp->recovered || s == NULL || s == sp->active || !s->sealed || s->live > 0) {
@@ -1298,11 +1532,32 @@ reclaim(struct spool *sp)
         segtab_remove_first(&sp->segs);
         sp->st.segments_deleted++;
         s->doomed = true;
+        /* Out of the table, nobody can take it any more: with no holder
+         * left (a delivery keeps its body handle while it sends), the file
+         * is reused as a spare instead of being deleted. */
+        recycle = s->refs == 0 && spare_claim_locked(sp, &num);
         seg_ref(s);
         pthread_mutex_unlock(&sp->mu);
         seg_name(s->seq, "seg", name, sizeof(name));
-        if (unlinkat(sp->log_fd, name, 0) < 0 && errno != ENOENT)
+        if (recycle) {
+            char sname[32];
+            int fd = -1;
+            spare_name(num, sname, sizeof(sname));
+            if (renameat(sp->log_fd, name, sp->log_fd, sname) == 0)
+                fd = openat(sp->log_fd, sname, O_RDWR | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+            if (fd >= 0) {
+                spare_submit(sp, fd, num);
+            } else {
+                log_seg_error(s->seq, "reuse", errno);
+                unlinkat(sp->log_fd, name, 0);
+                unlinkat(sp->log_fd, sname, 0);
+                pthread_mutex_lock(&sp->mu);
+                sp->spare_busy = false;
+                pthread_mutex_unlock(&sp->mu);
+            }
+        } else if (unlinkat(sp->log_fd, name, 0) < 0 && errno != ENOENT) {
             log_seg_error(s->seq, "unlink", errno);
+        }
         seg_name(s->seq, "idx", name, sizeof(name));
         unlinkat(sp->log_fd, name, 0); /* may not exist */
         pthread_mutex_lock(&sp->mu);
@@ -1493,6 +1748,7 @@ commit_batch(struct workq_item *list, void *arg)
     batch_fini(&b);
     reclaim(sp);
     maybe_compact(sp);
+    spare_maybe(sp);
 }
 
 /* Nothing arrived for a while: make the lazy records durable. */
@@ -1515,6 +1771,8 @@ commit_idle(void *arg)
 int
 spool_commit_start(struct spool *sp, struct buf *err)
 {
+    spares_load(sp);
+    sp->spareq = workq_new("tern-spare", 1);
     sp->commitq = workq_new_batch("tern-commit", commit_batch, commit_idle, SPOOL_LAZY_SYNC_MS, sp);
     sp->prepq = workq_new("tern-sign", PREP_THREADS);
     sp->readq = workq_new("tern-read", READ_THREADS);
@@ -1531,6 +1789,12 @@ spool_commit_stop(struct spool *sp)
     sp->readq = NULL;
     workq_free(sp->commitq); /* runs the last batch and the idle sync */
     sp->commitq = NULL;
+    /* After the commit thread, which may have handed it a reclaimed file. */
+    workq_free(sp->spareq);
+    sp->spareq = NULL;
+    for (size_t i = 0; i < sp->n_spares; i++)
+        close(sp->spare_fd[i]);
+    sp->n_spares = 0;
     while (sp->retry != NULL) {
         struct meta_item *m = (struct meta_item *)sp->retry;
         sp->retry = m->it.wq.next;
@@ -1538,7 +1802,8 @@ spool_commit_stop(struct spool *sp)
         free(m);
     }
     if (sp->active != NULL) {
-        if (sp->dirty && fdatasync(sp->active->fd) < 0)
+        end_mark(sp->active, sp->seg_size);
+        if (fdatasync(sp->active->fd) < 0)
             log_seg_error(sp->active->seq, "fdatasync", errno);
         seal_active(sp);
     }

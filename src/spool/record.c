@@ -119,6 +119,31 @@ seg_name(uint64_t seq, const char *ext, char *out, size_t cap)
     snprintf(out, cap, "%016" PRIx64 ".%s", seq, ext);
 }
 
+void
+spare_name(uint64_t num, char *out, size_t cap)
+{
+    snprintf(out, cap, "spare.%016llx", (unsigned long long)num);
+}
+
+bool
+spare_name_parse(const char *name, uint64_t *num)
+{
+    uint64_t v = 0;
+    if (strlen(name) != 22 || strncmp(name, "spare.", 6) != 0)
+        return false;
+    for (int i = 6; i < 22; i++) {
+        char c = name[i];
+        if (c >= '0' && c <= '9')
+            v = v << 4 | (uint64_t)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            v = v << 4 | (uint64_t)(c - 'a' + 10);
+        else
+            return false;
+    }
+    *num = v;
+    return true;
+}
+
 bool
 seg_name_parse(const char *name, uint64_t *seq, bool *is_idx)
 {

@@ -222,6 +222,18 @@ log_scan_stop(const struct seg *s, uint64_t off, bool torn, const char *why)
     log_end(&l);
 }
 
+/* Past the last record of a segment made from a spare: zeros, or a whole
+ * record header of the file's earlier life (its sequence is older). */
+static bool
+stale_tail(const unsigned char hb[REC_HDR_LEN], uint64_t seq)
+{
+    static const unsigned char zero[REC_HDR_LEN];
+    struct rec_hdr old;
+    if (memcmp(hb, zero, REC_HDR_LEN) == 0)
+        return true;
+    return rec_hdr_decode(hb, &old) == 0 && old.seg < seq;
+}
+
 /* Scan a segment record by record; check part B too when check_b. The
  * records found are kept in s->recs (for its .idx). */
 static void
@@ -241,7 +253,10 @@ scan_seg(struct recov *r, struct seg *s, bool check_b)
             break;
         }
         if (rec_hdr_decode(hb, &h) < 0 || h.seg != s->seq) {
-            why = "bad record header";
+            /* A reused file goes on with zeros or with the records of its
+             * earlier life (an older sequence): the clean end of this one. */
+            if (!stale_tail(hb, s->seq))
+                why = "bad record header";
             break;
         }
         len = (uint64_t)REC_HDR_LEN + h.len_a + h.len_b;

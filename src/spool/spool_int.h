@@ -35,13 +35,17 @@
  * the file's, or whose parts do not check ends the readable part of the
  * segment (a torn tail) or, inside a sealed segment, is damage.
  */
-#define SEG_FILE_MAGIC "TERNSEG1"
-#define SEG_HDR_LEN    64
-#define REC_HDR_LEN    48
-#define REC_MAGIC      0x31435254u /* "TRC1" */
-#define REC_VERSION    1
-#define IDX_FILE_MAGIC "TERNIDX1"
-#define SEG_SIZE_MAX   SPOOL_SEG_SIZE_MAX
+#define SEG_FILE_MAGIC   "TERNSEG1"
+#define SEG_HDR_LEN      64
+#define REC_HDR_LEN      48
+#define REC_MAGIC        0x31435254u /* "TRC1" */
+#define REC_VERSION      1
+#define IDX_FILE_MAGIC   "TERNIDX1"
+#define SEG_SIZE_MAX     SPOOL_SEG_SIZE_MAX
+#define SPOOL_SPARES_MAX 2
+/* "spare.<16 hex digits>" into out (at least 24 bytes); parse one. */
+void spare_name(uint64_t num, char *out, size_t cap);
+bool spare_name_parse(const char *name, uint64_t *num);
 
 enum rec_type { REC_MSG = 1, REC_CHUNK = 2, REC_STATE = 3, REC_DONE = 4 };
 
@@ -128,6 +132,7 @@ struct seg {
     uint64_t live_bytes;
     uint32_t refs;        /* open body handles and reads in progress */
     bool sealed;          /* no more records will be written */
+    bool prealloc;        /* made from a spare: its blocks are all written */
     bool doomed;          /* deleted from disk: close the fd when refs drop */
     struct idx_rec *recs; /* active segment only: its records, for the .idx */
     size_t n_recs, cap_recs;
@@ -210,6 +215,24 @@ struct spool {
      * messages then: a segment still losing messages is draining, and
      * copying them forward would only race their delivery. */
     uint64_t compact_seq, compact_live;
+
+    /* Spare segment files, written whole (zeros, or a reclaimed segment's
+     * old records) before they are needed: records then overwrite
+     * allocated blocks, so a batch's fdatasync is one device flush instead
+     * of a journal commit as well. The commit thread takes them; one job
+     * at a time on spareq makes or tops up the next. Under mu. */
+    struct workq *spareq;
+    struct spare_job {
+        struct workq_item wq;
+        struct spool *sp;
+        int fd;       /* a reclaimed segment renamed to its spare name, or -1 */
+        uint64_t num; /* its spare number */
+    } spare_job;
+    bool spare_busy;
+    int spare_fd[SPOOL_SPARES_MAX];
+    uint64_t spare_num[SPOOL_SPARES_MAX];
+    size_t n_spares;
+    uint64_t next_spare;
 
     struct workq *commitq; /* the commit thread (batch queue) */
     struct workq *prepq;   /* finishers (DKIM) before commit */

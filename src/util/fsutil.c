@@ -26,6 +26,26 @@ fd_write_full(int fd, const void *p, size_t n)
     return 0;
 }
 
+int
+fd_pwrite_full(int fd, const void *p, size_t n, uint64_t off)
+{
+    const char *c = p;
+    while (n > 0) {
+        ssize_t k = pwrite(fd, c, n, (off_t)off);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (k == 0)
+                errno = EIO;
+            return -1;
+        }
+        c += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
+    }
+    return 0;
+}
+
 ssize_t
 fd_pread_full(int fd, void *p, size_t n, uint64_t off)
 {

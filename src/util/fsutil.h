@@ -18,6 +18,8 @@
 /* Write all n bytes. 0, or -1 with errno (EIO for a write that made no
  * progress). */
 int fd_write_full(int fd, const void *p, size_t n);
+/* The same at offset off (the file offset is not used or moved). */
+int fd_pwrite_full(int fd, const void *p, size_t n, uint64_t off);
 /* Read up to n bytes at off, stopping early only at end of file. Returns the
  * number read (short at EOF), or -1 with errno. */
 ssize_t fd_pread_full(int fd, void *p, size_t n, uint64_t off);

@@ -1,4 +1,4 @@
-"""DKIM signing (issue 5): keys made with `ternctl dkim keygen`, mail signed
+"""DKIM signing: keys made with `ternctl dkim keygen`, mail signed
 by ternd verified with dkimpy (python3-dkim; its DNS lookups answered from
 the records keygen printed), mail that must not be signed, the signatures
 stored in the spool, and `--check` on broken keys."""

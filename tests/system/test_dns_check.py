@@ -1,4 +1,4 @@
-"""`ternctl dns check DOMAIN` (issue 5) against zones served by dnsmasq on a
+"""`ternctl dns check DOMAIN` against zones served by dnsmasq on a
 loopback port: all good; missing SPF; SPF not covering the egress address;
 DKIM key mismatch; no DMARC; DMARC p=reject without alignment; --json; usage
 errors. Each gives its expected finding line and exit status.

@@ -1,4 +1,4 @@
-"""Direct delivery by MX (issue 3): a real DNS server (dnsmasq on a loopback
+"""Direct delivery by MX: a real DNS server (dnsmasq on a loopback
 port, .test names only) and sinks on distinct loopback addresses that all
 listen on delivery_port, the way every MX host listens on port 25.
 

@@ -1,4 +1,4 @@
-"""Outbound TLS and smarthost AUTH (issue 4) against real peers: aiosmtpd
+"""Outbound TLS and smarthost AUTH against real peers: aiosmtpd
 sinks with STARTTLS (tls_context), implicit TLS (ssl_context) and an
 authenticator; certificates (a test CA, leaves, self-signed) made with
 `openssl` in each test's directory."""

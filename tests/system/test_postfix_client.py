@@ -1,4 +1,4 @@
-"""A real Postfix relays through tern (issue 4): a private Postfix instance
+"""A real Postfix relays through tern: a private Postfix instance
 (own config, queue and data directories under /tmp, no smtpd listening at
 all, chroot off, logging to a file through postlogd) with `relayhost` set to
 tern's submission port, STARTTLS required and SASL credentials from a

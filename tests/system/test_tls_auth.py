@@ -1,4 +1,4 @@
-"""Inbound TLS (STARTTLS, smtps) and SMTP AUTH (issue 4), with real peers:
+"""Inbound TLS (STARTTLS, smtps) and SMTP AUTH, with real peers:
 Python smtplib/ssl, swaks and openssl s_client against ternd, certificates
 made by `openssl req -x509` in each test's directory."""
 
