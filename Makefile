@@ -50,6 +50,9 @@ run: build
 	@if [ "$$(id -u)" -eq 0 ] && ! id tern >/dev/null 2>&1; then \
 	    useradd --system --user-group --no-create-home --home-dir /nonexistent \
 	        --shell /usr/sbin/nologin tern; fi
+	@# the maildrop's group: users' tern-sendmail leaves mail there while ternd is down
+	@if [ "$$(id -u)" -eq 0 ] && ! getent group tern-drop >/dev/null; then \
+	    groupadd --system tern-drop; fi
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
 unit-test: test-deps build asan

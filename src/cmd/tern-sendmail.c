@@ -1,29 +1,41 @@
 /*
  * tern-sendmail: a sendmail-compatible injector. Reads a message on stdin,
- * builds it (src/ctl/inject.h) and submits it over SMTP to the first
- * smtp_listen address of the configuration (-C FILE or $TERN_CONFIG), else
- * 127.0.0.1:2525. A short-lived command: blocking I/O, every wait bounded by
- * poll() timeouts. Exit codes are sendmail's (sysexits.h).
+ * builds it (src/proto/inject.h) and submits it over SMTP to the first
+ * smtp_listen address of the configuration (-C FILE or $TERN_CONFIG, else
+ * /etc/tern/tern.conf when it exists), else 127.0.0.1:2525. When ternd
+ * cannot take it (not running, or a temporary failure), the message goes
+ * into the maildrop (src/maildrop/maildrop.h), directly when we may write
+ * there, else through the setgid helper tern-drop; ternd picks it up. As
+ * `mailq` or with -bp it lists the queue instead. A short-lived command:
+ * blocking I/O, every wait bounded by poll() timeouts. Exit codes are
+ * sendmail's (sysexits.h).
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
+#include <libgen.h>
 #include <netdb.h>
 #include <poll.h>
 #include <pwd.h>
+#include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <sysexits.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "config/config.h"
+#include "ctl/client.h"
+#include "maildrop/maildrop.h"
 #include "proto/data.h"
 #include "proto/inject.h"
 #include "util/buf.h"
+#include "util/fsutil.h"
 #include "util/parse.h"
 #include "util/util.h"
 
@@ -35,11 +47,19 @@
 #define QUIT_TIMEOUT_MS    5000
 #define IO_CHUNK           65536
 
+#ifndef CONFIG_DEFAULT_FILE
+#define CONFIG_DEFAULT_FILE "/etc/tern/tern.conf"
+#endif
+#ifndef TERN_DROP_PATH
+#define TERN_DROP_PATH "/usr/libexec/tern-drop"
+#endif
+
 struct opts {
     bool extract;       /* -t */
     bool ignore_dots;   /* -i / -oi */
     const char *sender; /* -f / -r, NULL when not given */
     const char *config; /* -C */
+    bool list;          /* -bp, or called as mailq */
     char **rcpt_args;
     int n_rcpt_args;
 };
@@ -61,7 +81,8 @@ usage(const char *why)
     if (why != NULL)
         fprintf(stderr, "tern-sendmail: %s\n", why);
     fputs("usage: tern-sendmail [-t] [-i] [-f SENDER] [-F NAME] [-C FILE] [-oXXX] [-bm] [--] "
-          "[RECIPIENT...]\n",
+          "[RECIPIENT...]\n"
+          "       tern-sendmail -bp [-C FILE]   (or mailq [-C FILE]): list the queue\n",
         stderr);
     return EX_USAGE;
 }
@@ -91,8 +112,10 @@ parse_args(int argc, char **argv, struct opts *o)
                 o->ignore_dots = true;
             break;
         case 'b':
-            if (strcmp(optarg, "m") != 0)
-                return usage("only -bm (deliver mail) is supported");
+            if (strcmp(optarg, "p") == 0)
+                o->list = true;
+            else if (strcmp(optarg, "m") != 0)
+                return usage("only -bm (deliver mail) and -bp (list the queue) are supported");
             break;
         case '?':
             return usage("unknown option");
@@ -103,6 +126,31 @@ parse_args(int argc, char **argv, struct opts *o)
     o->rcpt_args = argv + optind;
     o->n_rcpt_args = argc - optind;
     return 0;
+}
+
+/* What went wrong talking to ternd: shown only when the message could not
+ * be left in the maildrop either (a fallback that works is silent, as
+ * sendmail's queueing is). */
+static struct buf smtp_notes = BUF_INIT;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void
+say(const char *fmt, ...)
+{
+    va_list ap;
+    buf_append_str(&smtp_notes, "tern-sendmail: ");
+    va_start(ap, fmt);
+    buf_vprintf(&smtp_notes, fmt, ap);
+    va_end(ap);
+    buf_append_char(&smtp_notes, '\n');
+}
+
+static void
+say_flush(void)
+{
+    if (smtp_notes.len > 0)
+        fputs(smtp_notes.data, stderr);
+    buf_fini(&smtp_notes);
 }
 
 /* --- addresses --- */
@@ -244,15 +292,14 @@ smtp_connect(struct smtpc *c, const char *host, uint16_t port)
     snprintf(ports, sizeof(ports), "%u", (unsigned)port);
     r = getaddrinfo(host, ports, &hints, &res);
     if (r != 0) {
-        fprintf(stderr, "tern-sendmail: cannot resolve %s: %s\n", host, gai_strerror(r));
+        say("cannot resolve %s: %s", host, gai_strerror(r));
         return -1;
     }
     c->fd = -1;
     for (struct addrinfo *ai = res; ai != NULL && c->fd < 0; ai = ai->ai_next)
         c->fd = connect_addr(ai);
     if (c->fd < 0)
-        fprintf(stderr, "tern-sendmail: cannot connect to %s port %u: %s\n", host, (unsigned)port,
-            strerror(errno));
+        say("cannot connect to %s port %u: %s", host, (unsigned)port, strerror(errno));
     freeaddrinfo(res);
     return c->fd < 0 ? -1 : 0;
 }
@@ -400,10 +447,10 @@ fail_step(struct smtpc *c, const char *step, int code, bool rcpt)
 {
     if (code < 0) {
         c->broken = true;
-        fprintf(stderr, "tern-sendmail: %s: %s\n", step, strerror(errno));
+        say("%s: %s", step, strerror(errno));
         return errno == EPROTO ? EX_PROTOCOL : EX_TEMPFAIL;
     }
-    fprintf(stderr, "tern-sendmail: %s rejected: %s\n", step, c->reply.data ? c->reply.data : "");
+    say("%s rejected: %s", step, c->reply.data ? c->reply.data : "");
     if (code >= 400 && code < 500)
         return EX_TEMPFAIL;
     if (rcpt && (code == 550 || code == 551 || code == 553))
@@ -429,8 +476,7 @@ smtp_hello(struct smtpc *c, const struct submission *s)
     if (code != 250)
         return fail_step(c, "EHLO", code, false);
     if (s->utf8 && !c->ext_smtputf8) {
-        fprintf(stderr, "tern-sendmail: the message needs SMTPUTF8, which %s does not offer\n",
-            s->host);
+        say("the message needs SMTPUTF8, which %s does not offer", s->host);
         return EX_DATAERR;
     }
     return 0;
@@ -563,9 +609,124 @@ make_msgid(const char *hostname, char *out, size_t cap)
         out, cap, "<%016llx.%lld@%s>", (unsigned long long)rnd, (long long)time(NULL), hostname);
 }
 
+/* --- the maildrop, when ternd cannot take the message --- */
+
+/* Run tern-drop on dir with the drop file on its stdin. */
+static int
+run_helper(const char *dir, const struct buf *data)
+{
+    const char *helper = getenv("TERN_DROP_HELPER");
+    int p[2], status = 0, e = 0;
+    pid_t pid;
+    if (helper == NULL || helper[0] == '\0')
+        helper = TERN_DROP_PATH;
+    if (pipe2(p, O_CLOEXEC) < 0) {
+        say("cannot run %s: %s", helper, strerror(errno));
+        return EX_TEMPFAIL;
+    }
+    pid = fork();
+    if (pid == 0) {
+        if (dup2(p[0], STDIN_FILENO) < 0)
+            _exit(EX_OSERR);
+        execl(helper, "tern-drop", dir, (char *)NULL);
+        fprintf(stderr, "tern-sendmail: cannot run %s: %s\n", helper, strerror(errno));
+        _exit(EX_TEMPFAIL);
+    }
+    close(p[0]);
+    if (pid < 0 || fd_write_full(p[1], data->data, data->len) < 0)
+        e = errno;
+    close(p[1]);
+    if (pid < 0) {
+        say("cannot run %s: %s", helper, strerror(e));
+        return EX_TEMPFAIL;
+    }
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (WIFEXITED(status) && WEXITSTATUS(status) == 0 && e == 0)
+        return 0;
+    say("%s did not store the message (%s %d)", helper,
+        WIFEXITED(status) ? "exit status" : "signal",
+        WIFEXITED(status) ? WEXITSTATUS(status) : WTERMSIG(status));
+    return WIFEXITED(status) && WEXITSTATUS(status) == EX_DATAERR ? EX_DATAERR : EX_TEMPFAIL;
+}
+
+/* Leave the message in the maildrop: written here when we may (root,
+ * ternd's user), else by tern-drop. sender NULL: not given (ternd names
+ * the file's owner). 0 once it is on disk. */
+static int
+drop(const struct config *cfg, const char *sender, const struct inject_addrs *rcpts,
+    const struct buf *msg)
+{
+    struct buf data = BUF_INIT, err = BUF_INIT;
+    char name[MAILDROP_NAME_MAX];
+    int fd, ret = EX_TEMPFAIL;
+    if (msg->len > cfg->max_message_size) {
+        say("message larger than max_message_size (%llu bytes)",
+            (unsigned long long)cfg->max_message_size);
+        return EX_DATAERR;
+    }
+    if (rcpts->n > cfg->max_recipients) {
+        say("more recipients than max_recipients (%u)", (unsigned)cfg->max_recipients);
+        return EX_DATAERR;
+    }
+    if (maildrop_format_head(sender, rcpts->v, rcpts->n, msg->len, &data, &err) < 0) {
+        say("cannot queue the message: %s", err.data);
+        buf_fini(&err);
+        return EX_DATAERR;
+    }
+    buf_append(&data, msg->data, msg->len);
+    buf_append(&data, MAILDROP_TRAILER, MAILDROP_TRAILER_LEN);
+    fd = open(cfg->maildrop_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0 && maildrop_write(fd, data.data, data.len, name) == 0)
+        ret = 0;
+    else if (errno == EACCES || errno == EPERM)
+        ret = run_helper(cfg->maildrop_dir, &data);
+    else
+        say("cannot store the message in %s: %s%s", cfg->maildrop_dir, strerror(errno),
+            errno == ENOENT ? " (ternd makes it when it starts)" : "");
+    if (fd >= 0)
+        close(fd);
+    buf_fini(&data);
+    buf_fini(&err);
+    return ret;
+}
+
+/* -bp, mailq: the queue as `ternctl queue list` shows it. */
+static int
+list_queue(const struct config *cfg, const char *prog)
+{
+    struct ctl_list l = { prog, NULL, 0, 0, false };
+    struct buf msg = BUF_INIT;
+    bool offline = false;
+    int ret = 0;
+    enum ctl_rc rc = ctl_list_fetch(cfg->spool_dir, ctl_list_collect, &l, &offline, &msg);
+    if (rc == CTL_OK) {
+        ctl_list_print(&l, stdout);
+        if (fflush(stdout) != 0 || ferror(stdout))
+            ret = EX_IOERR;
+        else if (l.bad)
+            ret = EX_SOFTWARE;
+    } else if (offline || (access(cfg->spool_dir, X_OK) < 0 && errno == EACCES)) {
+        /* As Postfix's postqueue: without the daemon, or without the right
+         * to reach it, there is no report. */
+        fprintf(stderr,
+            "%s: queue report unavailable: the mail system is down, or the queue is readable "
+            "only by root and ternd's user (%s)\n",
+            prog, msg.len ? msg.data : cfg->spool_dir);
+        ret = EX_UNAVAILABLE;
+    } else {
+        fprintf(stderr, "%s: %s\n", prog, msg.len ? msg.data : "cannot list the queue");
+        ret = EX_TEMPFAIL;
+    }
+    ctl_list_fini(&l);
+    buf_fini(&msg);
+    return ret;
+}
+
 /* Build the message and the recipient list, then submit. */
 static int
-run(const struct opts *o, const char *hostname, const struct hostport *to, const char *sender)
+run(const struct opts *o, const struct config *cfg, const char *hostname, const struct hostport *to,
+    const char *sender)
 {
     struct inject_reader rd;
     struct inject_addrs rcpts = { NULL, 0, 0 }, hdr = { NULL, 0, 0 };
@@ -600,7 +761,13 @@ run(const struct opts *o, const char *hostname, const struct hostport *to, const
         struct submission s = { to->host, to->port, hostname, sender, &rcpts, &msg, utf8,
             info.body_8bit };
         ret = submit(&s);
+        /* ternd not reachable, or not able to take it now: the maildrop. */
+        if (ret == EX_TEMPFAIL || ret == EX_PROTOCOL)
+            ret = drop(cfg, o->sender != NULL ? sender : NULL, &rcpts, &msg);
     }
+    if (ret != 0)
+        say_flush();
+    buf_fini(&smtp_notes);
     free(from);
     inject_addrs_fini(&rcpts);
     inject_addrs_fini(&hdr);
@@ -618,18 +785,34 @@ main(int argc, char **argv)
     char hostname[CONFIG_HOST_MAX];
     char *sender;
     int ret;
+    const char *path, *prog = basename(argv[0]);
+    struct buf err = BUF_INIT;
     memset(&o, 0, sizeof(o));
     if ((ret = parse_args(argc, argv, &o)) != 0)
         return ret;
-    ret = load_target(
-        o.config != NULL ? o.config : getenv("TERN_CONFIG"), &cfg, &to, hostname, sizeof(hostname));
+    o.list |= strcmp(prog, "mailq") == 0;
+    path = o.config != NULL ? o.config : getenv("TERN_CONFIG");
+    if (path == NULL && access(CONFIG_DEFAULT_FILE, F_OK) == 0)
+        path = CONFIG_DEFAULT_FILE;
+    ret = load_target(path, &cfg, &to, hostname, sizeof(hostname));
     if (ret != 0)
         return ret;
+    /* The spool and maildrop directories: the built-in ones without a file. */
+    if (cfg == NULL && (cfg = config_load(NULL, NULL, 0, false, &err)) == NULL)
+        tern_panic("the built-in configuration does not load: %s", err.data);
+    buf_fini(&err);
+    /* A SIGPIPE from a helper that exits early must not kill us. */
+    signal(SIGPIPE, SIG_IGN);
+    if (o.list) {
+        ret = list_queue(cfg, prog);
+        config_unref(cfg);
+        return ret;
+    }
     sender = make_sender(o.sender, hostname);
     if (sender == NULL)
         ret = EX_USAGE;
     else
-        ret = run(&o, hostname, &to, sender);
+        ret = run(&o, cfg, hostname, &to, sender);
     free(sender);
     config_unref(cfg);
     return ret;

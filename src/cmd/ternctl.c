@@ -30,12 +30,10 @@
 #include "util/parse.h"
 #include "util/util.h"
 
-#define EXIT_RUNTIME   1
-#define EXIT_USAGE     2
-#define OVERRIDES_MAX  256
-#define PASSWORD_MAX   1024
-#define SENDER_COL_MAX 40
-#define RCPTS_COL_MAX  60
+#define EXIT_RUNTIME  1
+#define EXIT_USAGE    2
+#define OVERRIDES_MAX 256
+#define PASSWORD_MAX  1024
 
 struct ctx {
     struct config *cfg;
@@ -99,8 +97,7 @@ flush_stdout(void)
 /* --- queue list / summary --- */
 
 struct list_state {
-    struct ctl_row *rows;
-    size_t n, cap;
+    struct ctl_list list;
     struct json **sums; /* SUMMARY objects */
     size_t n_sums, cap_sums;
     bool bad; /* a line could not be understood */
@@ -112,28 +109,6 @@ print_raw_line(const char *line, size_t len, void *arg)
     (void)arg;
     if (fwrite(line, 1, len, stdout) != len || fputc('\n', stdout) == EOF)
         return -1;
-    return 0;
-}
-
-static int
-collect_row(const char *line, size_t len, void *arg)
-{
-    struct list_state *st = arg;
-    struct json *obj = NULL;
-    struct buf err = BUF_INIT;
-    struct ctl_row row;
-    if (json_parse(line, len, &obj, &err) < 0 || ctl_row_from_json(obj, now_s(), &row, &err) < 0) {
-        fprintf(stderr, "ternctl: skipping a LIST line: %s\n", err.data);
-        st->bad = true;
-    } else {
-        if (st->n == st->cap) {
-            st->cap = st->cap ? st->cap * 2 : 64;
-            st->rows = xrealloc(st->rows, st->cap * sizeof(*st->rows));
-        }
-        st->rows[st->n++] = row;
-    }
-    json_free(obj);
-    buf_fini(&err);
     return 0;
 }
 
@@ -162,40 +137,10 @@ collect_summary(const char *line, size_t len, void *arg)
 static void
 list_state_fini(struct list_state *st)
 {
-    for (size_t i = 0; i < st->n; i++)
-        ctl_row_fini(&st->rows[i]);
-    free(st->rows);
+    ctl_list_fini(&st->list);
     for (size_t i = 0; i < st->n_sums; i++)
         json_free(st->sums[i]);
     free(st->sums);
-}
-
-static int
-col_width(size_t w, size_t min, size_t max)
-{
-    return (int)(w < min ? min : (w > max ? max : w));
-}
-
-static void
-print_rows(const struct list_state *st)
-{
-    size_t ws = 0, wr = 0;
-    /* Every line starts with its queue id (CONTRACT.md): no header line, and
-     * an empty queue prints nothing. */
-    if (st->n == 0)
-        return;
-    for (size_t i = 0; i < st->n; i++) {
-        size_t a = strlen(st->rows[i].sender), b = strlen(st->rows[i].rcpts);
-        ws = a > ws ? a : ws;
-        wr = b > wr ? b : wr;
-    }
-    int s = col_width(ws, 6, SENDER_COL_MAX), r = col_width(wr, 10, RCPTS_COL_MAX);
-    for (size_t i = 0; i < st->n; i++) {
-        const struct ctl_row *row = &st->rows[i];
-        printf("%-16s  %-7s  %-4s  %-*s  %-*s  %5u  %s\n", row->id, row->age,
-            row->held ? "yes" : "no", s, row->sender, r, row->rcpts, row->attempts,
-            row->last_error);
-    }
 }
 
 static bool
@@ -241,57 +186,21 @@ json_flag(int argc, char **argv, bool *json)
     return -1;
 }
 
-struct offline_list {
-    ctl_line_fn fn;
-    void *arg;
-    bool failed;
-};
-
-static void
-offline_one(struct spool_env *env, void *arg)
-{
-    struct offline_list *o = arg;
-    struct buf line = BUF_INIT;
-    spool_env_list_json(env, NULL, NULL, &line);
-    if (!o->failed && o->fn(line.data, line.len - 1, o->arg) < 0)
-        o->failed = true;
-    buf_fini(&line);
-    spool_env_free(env);
-}
-
-/* ternd is not running: read its spool directly (read-only; the spool's
- * records are checked, so a spool being written is read safely too). */
-static enum ctl_rc
-list_offline(struct ctx *ctx, ctl_line_fn fn, void *arg, struct buf *msg)
-{
-    struct offline_list o = { fn, arg, false };
-    buf_reset(msg);
-    if (spool_scan(ctx->cfg->spool_dir, offline_one, &o, msg) < 0)
-        return CTL_FAIL;
-    if (o.failed) {
-        buf_append_str(msg, "bad queue list line");
-        return CTL_FAIL;
-    }
-    return CTL_OK;
-}
-
 static int
 cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
 {
     struct list_state st;
     struct buf msg = BUF_INIT;
-    bool json, list = strcmp(cmd->word2, "list") == 0;
+    bool json, offline, list = strcmp(cmd->word2, "list") == 0;
     enum ctl_rc rc = CTL_OK;
     int ret = 0;
     if (json_flag(argc, argv, &json) < 0)
         return usage_error();
     memset(&st, 0, sizeof(st));
-    if (list) {
-        rc = ctl_call(ctx->cfg->spool_dir, "LIST", CTL_TIMEOUT_MS,
-            json ? print_raw_line : collect_row, &st, &msg);
-        if (rc == CTL_NODAEMON)
-            rc = list_offline(ctx, json ? print_raw_line : collect_row, &st, &msg);
-    }
+    st.list.prog = "ternctl";
+    if (list)
+        rc = ctl_list_fetch(ctx->cfg->spool_dir, json ? print_raw_line : ctl_list_collect,
+            json ? (void *)&st : (void *)&st.list, &offline, &msg);
     if (rc == CTL_OK && !list)
         rc = ctl_call(ctx->cfg->spool_dir, "SUMMARY", CTL_TIMEOUT_MS,
             json ? print_raw_line : collect_summary, &st, &msg);
@@ -299,8 +208,8 @@ cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv
         ret = report_ctl(rc, &msg);
     } else if (!json) {
         if (list)
-            print_rows(&st);
-        if (!print_summary(&st) || st.bad)
+            ctl_list_print(&st.list, stdout);
+        if (!print_summary(&st) || st.bad || st.list.bad)
             ret = EXIT_RUNTIME;
     }
     if (flush_stdout() != 0)

@@ -19,6 +19,7 @@
 #include "config/config.h"
 #include "ctl/ctl.h"
 #include "dns/dns.h"
+#include "maildrop/maildrop.h"
 #include "metrics/metrics.h"
 #include "privsep/privsep.h"
 #include "sched/sched.h"
@@ -42,6 +43,7 @@ struct ternd {
     struct smtp_server *smtp;
     struct ctl_server *ctl;
     struct metrics *metrics;
+    struct pickup *pickup;
     struct event *sig_term, *sig_int, *stop_timer;
     int64_t stop_deadline;
     int64_t started_ms;
@@ -81,12 +83,13 @@ status_json(struct buf *out, void *arg)
     spool_get_stats(t->sp, &ss);
     buf_printf(out,
         "{\"queue_messages\":%zu,\"queue_recipients\":%zu,\"queue_active\":%zu,\"sessions\":%zu,"
-        "\"received\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
+        "\"received\":%llu,\"picked_up\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
         "\"expired\":%llu,\"uptime_s\":%lld,\"loading\":%s,"
         "\"spool\":{\"batches\":%llu,\"syncs\":%llu,\"records\":%llu,\"segments\":%llu,"
         "\"segments_deleted\":%llu,\"compacted\":%llu},\"workers\":",
         st.queue_messages, st.queue_rcpts, st.active, smtp_server_sessions(t->smtp),
-        (unsigned long long)smtp_server_received(t->smtp), (unsigned long long)st.delivered,
+        (unsigned long long)smtp_server_received(t->smtp),
+        (unsigned long long)pickup_count(t->pickup), (unsigned long long)st.delivered,
         (unsigned long long)st.deferred, (unsigned long long)st.bounced,
         (unsigned long long)st.expired, (long long)((tern_now_ms() - t->started_ms) / 1000),
         sched_loaded(t->sched) ? "false" : "true", (unsigned long long)ss.batches,
@@ -155,6 +158,8 @@ reload(struct ternd *t, struct config *cfg)
     }
     buf_fini(&err);
     sched_set_config(t->sched, cfg);
+    if (t->pickup != NULL)
+        pickup_set_config(t->pickup, cfg);
     config_unref(t->cfg);
     t->cfg = cfg;
     apply_log_settings(cfg);
@@ -321,6 +326,33 @@ new_base(void)
     return base;
 }
 
+/* The maildrop of tern-sendmail (made here when missing) and its pickup. */
+static int
+start_pickup(struct ternd *t, struct buf *err)
+{
+    struct buf warn = BUF_INIT;
+    struct logline l;
+    int r = maildrop_prepare(t->cfg->maildrop_dir, t->cfg->maildrop_group, &warn, err);
+    if (r < 0) {
+        buf_fini(&warn);
+        return -1;
+    }
+    /* A maildrop that cannot be made costs local submission while ternd is
+     * down, not the relay: it runs on without one. */
+    if (warn.len > 0) {
+        log_begin(&l, r == 1 ? LOG_ERROR : LOG_WARN, NULL, "pickup",
+            r == 1 ? "no_maildrop" : "maildrop_private");
+        log_str(&l, "dir", t->cfg->maildrop_dir);
+        log_str(&l, "reason", warn.data);
+        log_end(&l);
+    }
+    buf_fini(&warn);
+    if (r == 1)
+        return 0;
+    t->pickup = pickup_new(t->base, t->inbox, t->sp, t->sched, t->cfg, err);
+    return t->pickup != NULL ? 0 : -1;
+}
+
 static int
 start(struct ternd *t)
 {
@@ -344,6 +376,10 @@ start(struct ternd *t)
     if (t->smtp == NULL)
         goto fail;
     smtp_server_set_dns(t->smtp, t->dns);
+    /* Claims a crash left in the maildrop are settled before the queue is
+     * loaded, so before any of its messages can be delivered and removed. */
+    if (start_pickup(t, &err) < 0)
+        goto fail;
     /* Listening already: the queue is read in the background. */
     sched_load_spool(t->sched);
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);
@@ -379,6 +415,9 @@ stop(struct ternd *t)
      * gone before spool_free. */
     for (int i = 0; i < 100 && smtp_server_unfreed(t->smtp) > 0; i++)
         event_base_loop(t->base, EVLOOP_NONBLOCK);
+    /* The pickup's last job comes back with the inbox run below, while the
+     * spool is open. */
+    pickup_stop(t->pickup);
     if (t->sp) {
         /* Whatever recovery found goes to the scheduler before it stops. */
         spool_recover_stop(t->sp);
@@ -394,6 +433,7 @@ stop(struct ternd *t)
     spool_free(t->sp); /* writes and syncs what is queued; callbacks posted */
     if (t->inbox)
         loopq_run(t->inbox);
+    pickup_free(t->pickup); /* its commit, if any, has called back */
     event_base_loop(t->base, EVLOOP_NONBLOCK);
     smtp_server_free(t->smtp);
     if (t->stop_timer)
@@ -493,6 +533,8 @@ check(struct ternd_boot *b)
     (void)ps_listen_check(cfg, &err);
     (void)smtp_server_check_fds(cfg, ternd_fd_limit(false), &err);
     (void)log_target_check(cfg->log_target, &err);
+    (void)maildrop_check(
+        cfg->maildrop_dir, geteuid() == 0 ? id.uid : geteuid(), geteuid() == 0, &err);
     if (err.len > 0) {
         fprintf(stderr, "ternd: %s", err.data);
     } else {

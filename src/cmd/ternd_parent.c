@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <event2/event.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -29,6 +30,7 @@
 #include "cmd/ternd.h"
 #include "ctl/ctl.h"
 #include "dkim/dkim.h"
+#include "maildrop/maildrop.h"
 #include "privsep/privsep.h"
 #include "smtp/auth.h"
 #include "smtp/smtp.h"
@@ -701,6 +703,36 @@ fork_children(struct parent *p, struct buf *err)
     return 0;
 }
 
+/* Started as root for another user: the maildrop's parent directory is
+ * usually root's, so the maildrop is made (or handed over) here, owned by
+ * the user with the maildrop group, ready for the relay's own checks. A
+ * directory owned by anyone else is left alone for the relay to refuse;
+ * any failure leaves the relay to run without a maildrop, as it says. */
+static void
+maildrop_for_user(const struct config *cfg, uid_t uid, gid_t gid)
+{
+    struct group *g = getgrnam(cfg->maildrop_group);
+    gid_t dgid = g != NULL ? g->gr_gid : gid;
+    struct stat st;
+    int fd, sub;
+    if (mkdir(cfg->maildrop_dir, 0700) < 0 && errno != EEXIST)
+        return;
+    fd = open(cfg->maildrop_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    if (fstat(fd, &st) == 0 && (st.st_uid == 0 || st.st_uid == uid) && fchown(fd, uid, dgid) == 0)
+        (void)fchmod(fd, g != NULL ? MAILDROP_DIR_MODE : 0700);
+    if (mkdirat(fd, "corrupt", 0700) == 0 || errno == EEXIST) {
+        sub = openat(fd, "corrupt", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub >= 0) {
+            if (fstat(sub, &st) == 0 && (st.st_uid == 0 || st.st_uid == uid))
+                (void)fchown(sub, uid, gid);
+            close(sub);
+        }
+    }
+    close(fd);
+}
+
 /* Everything before the fork: configuration (no secrets read), user,
  * descriptor limit, spool lock and hand-over, listeners. Exit status on
  * failure (2: configuration, 1: run time), 0 when ready. */
@@ -729,6 +761,8 @@ prepare(struct parent *p, const struct buf *text, struct buf *err)
         p->cfg->spool_dir, p->id.uid, p->id.gid, p->id.switch_user, &p->lock_fd, &b->spool_fd, err);
     if (rc < 0 || spool_check_as(p->cfg->spool_dir, p->id.uid, false, err) < 0)
         return 1;
+    if (p->id.switch_user)
+        maildrop_for_user(p->cfg, p->id.uid, p->id.gid);
     if (bind_listeners(p, err) < 0 || bind_ctl(p, err) < 0)
         return 1;
     return 0;

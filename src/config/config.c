@@ -309,6 +309,26 @@ check_sender_login(struct loader *ld)
     }
 }
 
+/* Is one of the directories a or b the other or inside it? */
+static bool
+paths_nest(const char *a, const char *b)
+{
+    size_t na = strlen(a), nb = strlen(b);
+    while (na > 1 && a[na - 1] == '/')
+        na--;
+    while (nb > 1 && b[nb - 1] == '/')
+        nb--;
+    if (na > nb) {
+        const char *t = a;
+        size_t tn = na;
+        a = b;
+        na = nb;
+        b = t;
+        nb = tn;
+    }
+    return memcmp(a, b, na) == 0 && (nb == na || b[na] == '/' || (na == 1 && a[0] == '/'));
+}
+
 /* Settings that only make sense together. */
 static void
 check_combinations(struct loader *ld)
@@ -333,6 +353,10 @@ check_combinations(struct loader *ld)
     if (c->retry_initial_ms > c->retry_max_ms) {
         where_of(ld, cfg_find(was_set(ld, "retry_initial") ? "retry_initial" : "retry_max"));
         cfg_error(&ld->errs, "retry_initial is longer than retry_max");
+    }
+    if (paths_nest(c->spool_dir, c->maildrop_dir)) {
+        where_of(ld, cfg_find(was_set(ld, "maildrop_dir") ? "maildrop_dir" : "spool_dir"));
+        cfg_error(&ld->errs, "maildrop_dir must be outside spool_dir (its modes differ)");
     }
     if (c->spool_segment_size < SPOOL_SEG_SIZE_MIN || c->spool_segment_size > SPOOL_SEG_SIZE_MAX) {
         where_of(ld, cfg_find("spool_segment_size"));
@@ -455,6 +479,15 @@ config_load_text(const char *path, const char *text, size_t text_len, const char
         c->smarthost = c->smarthosts[0];
     else
         memset(&c->smarthost, 0, sizeof(c->smarthost));
+    /* The maildrop sits beside the spool, which only ternd's user may enter. */
+    if (c->maildrop_dir == NULL) {
+        size_t n = strlen(c->spool_dir);
+        while (n > 1 && c->spool_dir[n - 1] == '/')
+            n--;
+        c->maildrop_dir = xmalloc(n + sizeof("-maildrop"));
+        memcpy(c->maildrop_dir, c->spool_dir, n);
+        memcpy(c->maildrop_dir + n, "-maildrop", sizeof("-maildrop"));
+    }
     /* A tenth of the sessions is kept for relay_networks unless told. */
     if (!was_set(&ld, "reserved_sessions"))
         c->reserved_sessions = c->max_sessions / 10;

@@ -146,6 +146,9 @@ struct config {
     /* --- outbound TLS and AUTH --- */
     enum tls_mode mx_tls;             /* STARTTLS towards MX hosts */
     int smarthost_auth_plaintext;     /* 0 no, 1 yes: send credentials without TLS */
+    /* --- local submission while ternd is down --- */
+    char *maildrop_dir;   /* never NULL after config_load: spool_dir + "-maildrop" by default */
+    char *maildrop_group; /* group of the maildrop and of tern-drop; NULL when empty */
 };
 
 /*

@@ -472,6 +472,18 @@ const struct cfg_setting config_settings[] = {
         .off_n = OFF(n_egress_addresses),
         .desc = "the addresses tern sends mail from, checked against SPF and PTR by ternctl dns "
                 "check (empty: the addresses of the default route's interface)" },
+    /* local submission while ternd is down */
+    { .name = "maildrop_dir",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(maildrop_dir),
+        .desc = "where tern-sendmail leaves mail while ternd is down (default: spool_dir with "
+                "\"-maildrop\" appended)" },
+    { .name = "maildrop_group",
+        .type = CFG_STRING,
+        .def = "tern-drop",
+        .off = OFF(maildrop_group),
+        .desc = "group of the maildrop and of the setgid helper tern-drop" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);

@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ctl/json.h"
 #include "util/buf.h"
@@ -65,6 +66,23 @@ struct ctl_row {
  * reason in err when the object does not follow the LIST schema. */
 int ctl_row_from_json(const struct json *obj, int64_t now_s, struct ctl_row *row, struct buf *err);
 void ctl_row_fini(struct ctl_row *row);
+
+/* `queue list` in text form (ternctl, tern-sendmail -bp, mailq). */
+struct ctl_list {
+    const char *prog; /* names the program in messages */
+    struct ctl_row *rows;
+    size_t n, cap;
+    bool bad; /* a line could not be understood (reported on stderr) */
+};
+/* A ctl_line_fn: one LIST line into the rows of arg (a struct ctl_list). */
+int ctl_list_collect(const char *line, size_t len, void *arg);
+/* One line per message, starting with its id; nothing for an empty queue. */
+void ctl_list_print(const struct ctl_list *l, FILE *out);
+void ctl_list_fini(struct ctl_list *l);
+/* The LIST lines of the running daemon, or, when none runs, of the spool
+ * at spool_dir read directly (*offline set). */
+enum ctl_rc ctl_list_fetch(
+    const char *spool_dir, ctl_line_fn fn, void *arg, bool *offline, struct buf *msg);
 
 /* One SUMMARY object as a text line (no "\n"): destination, messages,
  * recipients, oldest age, last error; width of the destination column. */

@@ -93,26 +93,33 @@ add_received(struct smtp_session *s, const char *qid, struct buf *out)
 /* Only mail of our own clients (authenticated, or from relay_networks) is
  * signed: mail from outside with one of our From domains must not get our
  * signature. */
-static void
-tx_dkim_start(struct smtp_session *s)
+/* A signer with cfg's keys and canonicalization, or NULL when none. */
+static struct dkim_signer *
+dkim_signer_for(struct config *cfg)
 {
-    struct smtp_tx *tx = s->tx;
     struct dkim_keyset *ks;
     struct dkim_sign_opts o;
-    int c = s->cfg->dkim_canonicalization;
-    if (s->cfg->n_dkim_sign == 0 ||
-        !policy_may_relay(
-            s->cfg, (const struct sockaddr *)(const void *)&s->peer, s->auth_user != NULL, ""))
-        return;
-    ks = config_dkim_keys(s->cfg);
+    int c = cfg->dkim_canonicalization;
+    if (cfg->n_dkim_sign == 0)
+        return NULL;
+    ks = config_dkim_keys(cfg);
     if (dkim_keyset_count(ks) == 0)
-        return;
+        return NULL;
     bool relaxed_h = c == DKIM_C_RELAXED_RELAXED || c == DKIM_C_RELAXED_SIMPLE;
     bool relaxed_b = c == DKIM_C_RELAXED_RELAXED || c == DKIM_C_SIMPLE_RELAXED;
     o.header_canon = relaxed_h ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
     o.body_canon = relaxed_b ? DKIM_CANON_RELAXED : DKIM_CANON_SIMPLE;
     o.timestamp = tern_now_ms() / 1000;
-    tx->dkim = dkim_signer_new(ks, &o);
+    return dkim_signer_new(ks, &o);
+}
+
+static void
+tx_dkim_start(struct smtp_session *s)
+{
+    if (!policy_may_relay(
+            s->cfg, (const struct sockaddr *)(const void *)&s->peer, s->auth_user != NULL, ""))
+        return;
+    s->tx->dkim = dkim_signer_for(s->cfg);
 }
 
 static void
@@ -190,6 +197,24 @@ dkim_finisher_free(void *arg)
     struct dkim_job *j = arg;
     dkim_signer_free(j->signer);
     free(j);
+}
+
+/* Hand signer (owned) to w's finisher: it signs at commit. */
+static void
+dkim_attach(struct spool_writer *w, struct dkim_signer *signer, size_t skip)
+{
+    struct dkim_job *j = xcalloc(1, sizeof(*j));
+    j->signer = signer;
+    j->skip = skip;
+    spool_writer_set_finisher(w, dkim_finisher, dkim_finisher_free, j);
+}
+
+void
+smtp_dkim_at_commit(struct config *cfg, struct spool_writer *w, size_t skip)
+{
+    struct dkim_signer *signer = dkim_signer_for(cfg);
+    if (signer != NULL)
+        dkim_attach(w, signer, skip);
 }
 
 /* Start the spool writer and write the Received header: the start of DATA
@@ -368,11 +393,8 @@ tx_finish(struct smtp_session *s)
     }
     log_end(&l);
     if (tx->dkim != NULL) {
-        struct dkim_job *j = xcalloc(1, sizeof(*j));
-        j->signer = tx->dkim;
-        j->skip = tx->dkim_skip;
+        dkim_attach(tx->w, tx->dkim, tx->dkim_skip);
         tx->dkim = NULL;
-        spool_writer_set_finisher(tx->w, dkim_finisher, dkim_finisher_free, j);
     }
     /* The answer comes back to this session's loop; the scheduler learns of
      * the message on the spool owner's (the main) loop. */

@@ -86,4 +86,11 @@ uint64_t smtp_server_fds_needed(const struct config *cfg);
  * in err naming the settings, the need and the limit. */
 int smtp_server_check_fds(const struct config *cfg, uint64_t limit, struct buf *err);
 
+/* Local submission (the maildrop's pickup) is mail of our own users: sign
+ * it at commit as mail of relay_networks clients is, when dkim_sign has
+ * keys for its From domain. skip: bytes of tern's own trace field at the
+ * start of w's content (not signed). Any thread. */
+struct spool_writer;
+void smtp_dkim_at_commit(struct config *cfg, struct spool_writer *w, size_t skip);
+
 #endif

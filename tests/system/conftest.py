@@ -72,6 +72,9 @@ class Tern:
         self.workdir = Path(workdir)
         # Short path: the control socket lives in the spool (sun_path is 108 bytes).
         self.shortdir = Path(tempfile.mkdtemp(prefix="tern", dir="/tmp"))
+        # Searchable, as /var/spool is: the relay (another user when the
+        # tests run as root) reaches the maildrop beside the spool by path.
+        os.chmod(self.shortdir, 0o711)
         self.spool = self.shortdir / "spool"
         self.port = free_port()
         self.conf = self.workdir / "tern.conf"

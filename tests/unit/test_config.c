@@ -356,6 +356,34 @@ test_values(void **state)
     }
 }
 
+/* maildrop_dir: beside spool_dir unless set; a name that only starts like
+ * the spool's is not inside it. */
+static void
+test_maildrop_dir(void **state)
+{
+    static const struct {
+        const char *input;
+        const char *want;
+    } cases[] = {
+        { "", "/var/spool/tern-maildrop" },
+        { "spool_dir = /a/b\n", "/a/b-maildrop" },
+        { "spool_dir = /a/b//\n", "/a/b-maildrop" },
+        { "spool_dir = /a/b\nmaildrop_dir = /a/bdrop\n", "/a/bdrop" },
+        { "maildrop_dir = /d\n", "/d" },
+    };
+    (void)state;
+    for (size_t i = 0; i < N(cases); i++) {
+        struct buf errs = BUF_INIT;
+        struct config *c = load_text(cases[i].input, NULL, 0, false, &errs);
+        if (c == NULL)
+            fail_msg("case %zu: %s", i, errs.data);
+        assert_string_equal(c->maildrop_dir, cases[i].want);
+        assert_string_equal(c->maildrop_group, "tern-drop");
+        config_unref(c);
+        buf_fini(&errs);
+    }
+}
+
 static void
 test_errors(void **state)
 {
@@ -425,6 +453,12 @@ test_errors(void **state)
             "tern.conf:1: bad domain name \"-bad\" for hostname\n" },
         { "empty hostname", NULL, "hostname=", "-o hostname: hostname must not be empty\n" },
         { "empty spool", "spool_dir = \"\"\n", NULL, "tern.conf:1: spool_dir must not be empty\n" },
+        { "maildrop in the spool", "spool_dir = /s\nmaildrop_dir = /s/drop\n", NULL,
+            "tern.conf:2: maildrop_dir must be outside spool_dir (its modes differ)\n" },
+        { "maildrop is the spool", "spool_dir = /s/\nmaildrop_dir = /s\n", NULL,
+            "tern.conf:2: maildrop_dir must be outside spool_dir (its modes differ)\n" },
+        { "spool in the maildrop", "maildrop_dir = /var\nspool_dir = /var/spool/tern\n", NULL,
+            "tern.conf:1: maildrop_dir must be outside spool_dir (its modes differ)\n" },
         { "dkim shape", "dkim_sign = example.com:sel\n", NULL,
             "tern.conf:1: bad dkim_sign entry \"example.com:sel\" (use domain:selector:keyfile)\n" },
         { "dkim domain", "dkim_sign = bad_dom:sel:/k\n", NULL,
@@ -699,6 +733,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_full_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_overrides, setup, teardown),
         cmocka_unit_test_setup_teardown(test_values, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_maildrop_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_all_errors_reported, setup, teardown),
         cmocka_unit_test_setup_teardown(test_line_limits, setup, teardown),
