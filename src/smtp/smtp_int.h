@@ -233,7 +233,9 @@ struct smtp_session {
 
 /* server.c: admit a new connection as a listener does (session limits,
  * the share kept for relay_networks, per-address counts): a session is
- * started on fd, or fd gets one 421 line and is closed. fd is owned. */
+ * started on fd on the first loop, or fd gets one 421 line and is closed.
+ * fd is owned. On that loop's thread (the main loop's with workers = 1, as
+ * the fuzzers run it). */
 void smtp_server_admit(
     struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role);
 /* session.c. start: false when no session could be made (fd closed). */

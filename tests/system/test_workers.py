@@ -329,3 +329,19 @@ def test_receive_loops_run_under_seccomp(make_tern):
         c.ehlo()
         assert transaction(c, f"filtered {i}").code == 250
         c.close()
+
+
+def test_reload_cannot_change_workers(make_tern, sink):
+    t = start(make_tern)
+    extra = free_port()
+    mark = t.log_mark()
+    t.update(workers=WORKERS + 1, smtp_listen=f"127.0.0.1:{t.port} 127.0.0.1:{extra}")
+    t.send_signal(signal.SIGHUP)
+    ev = t.wait_event("reload_failed", since=mark)
+    assert "workers cannot change" in ev["errors"], ev
+    # Nothing of it was taken: no socket on the new address, the loops as
+    # they were, still serving.
+    assert not listening(extra)
+    assert len(status(t)["workers"]) == WORKERS
+    for c in open_until_spread(t, 4):
+        c.close()
