@@ -1,9 +1,10 @@
 /*
  * tern-sendmail: a sendmail-compatible injector. Reads a message on stdin,
  * builds it (src/ctl/inject.h) and submits it over SMTP to the first
- * smtp_listen address of the configuration (-C FILE or $TERN_CONFIG), else
- * 127.0.0.1:2525. A short-lived command: blocking I/O, every wait bounded by
- * poll() timeouts. Exit codes are sendmail's (sysexits.h).
+ * smtp_listen address of the configuration (-C FILE, $TERN_CONFIG or
+ * /etc/tern/tern.conf when it exists), else 127.0.0.1:2525. A short-lived
+ * command: blocking I/O, every wait bounded by poll() timeouts. Exit codes
+ * are sendmail's (sysexits.h).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -522,6 +523,17 @@ read_stdin(bool dot_ends, struct inject_reader *rd)
     return 0;
 }
 
+/* The configuration named by -C, else by $TERN_CONFIG (when not empty),
+ * else the default file when it exists; NULL: none. */
+static const char *
+config_file(const struct opts *o)
+{
+    const char *env = getenv("TERN_CONFIG");
+    if (o->config != NULL)
+        return o->config;
+    return config_file_or_default(env != NULL && env[0] != '\0' ? env : NULL);
+}
+
 /* Target and hostname from the configuration, or the defaults. */
 static int
 load_target(const char *path, struct config **cfg, struct hostport *to, char *host, size_t cap)
@@ -621,8 +633,7 @@ main(int argc, char **argv)
     memset(&o, 0, sizeof(o));
     if ((ret = parse_args(argc, argv, &o)) != 0)
         return ret;
-    ret = load_target(
-        o.config != NULL ? o.config : getenv("TERN_CONFIG"), &cfg, &to, hostname, sizeof(hostname));
+    ret = load_target(config_file(&o), &cfg, &to, hostname, sizeof(hostname));
     if (ret != 0)
         return ret;
     sender = make_sender(o.sender, hostname);

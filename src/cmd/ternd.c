@@ -46,10 +46,12 @@ struct ternd {
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: ternd [-c FILE] [-o name=value]... [--check]\n"
-               "  -c FILE        configuration file (default: built-in defaults)\n"
-               "  -o name=value  override one setting (repeatable)\n"
-               "  --check        validate the configuration and exit (0 good, 2 bad)\n");
+    fprintf(f,
+        "usage: ternd [-c FILE] [-o name=value]... [--check]\n"
+        "  -c FILE        configuration file (default: " CONFIG_DEFAULT_FILE " if it exists,\n"
+        "                 else built-in defaults)\n"
+        "  -o name=value  override one setting (repeatable)\n"
+        "  --check        validate the configuration and exit (0 good, 2 bad)\n");
 }
 
 static void
@@ -284,6 +286,7 @@ parse_args(struct ternd *t, int argc, char **argv, bool *check)
         usage(stderr);
         return 2;
     }
+    t->path = config_file_or_default(t->path);
     return 0;
 }
 
