@@ -11,6 +11,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
+#ifdef TERN_HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "config/config.h"
 #include "ctl/ctl.h"
@@ -160,17 +164,66 @@ stop_poll_cb(evutil_socket_t fd, short what, void *arg)
     evtimer_add(t->stop_timer, &tv);
 }
 
+/* systemd's readiness protocol (sd_notify(3); Type=notify in tern.service):
+ * READY=1 once the listeners accept, RELOADING=1 then READY=1 around a
+ * reload, STOPPING=1 when a stop begins. Without NOTIFY_SOCKET (not started
+ * by systemd) nothing is sent. */
+static void
+notify_systemd(const char *state)
+{
+#ifdef TERN_HAVE_LIBSYSTEMD
+    int rc = sd_notify(0, state);
+    if (rc < 0) {
+        struct logline l;
+        log_begin(&l, LOG_WARN, NULL, "main", "notify_failed");
+        log_str(&l, "state", state);
+        log_errno(&l, -rc);
+        log_end(&l);
+    }
+#else
+    (void)state;
+#endif
+}
+
+static void
+notify_ready(void)
+{
+    notify_systemd("READY=1\nSTATUS=accepting mail");
+}
+
+static void
+notify_reloading(void)
+{
+    struct timespec ts;
+    char state[80];
+    /* MONOTONIC_USEC dates the request, as Type=notify-reload (systemd 253)
+     * requires; older managers ignore it. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+        (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000ull);
+    notify_systemd(state);
+}
+
+static void
+notify_stopping(void)
+{
+    notify_systemd("STOPPING=1");
+}
+
 static void
 signal_cb(evutil_socket_t sig, short what, void *arg)
 {
     struct ternd *t = arg;
     struct logline l;
     if (sig == SIGHUP) {
+        notify_reloading();
         reload(t);
+        notify_ready();
         return;
     }
     if (t->stop_timer != NULL)
         return; /* already stopping */
+    notify_stopping();
     log_begin(&l, LOG_INFO, NULL, "main", "stopping");
     log_str(&l, "signal", sig == SIGTERM ? "TERM" : "INT");
     log_end(&l);
@@ -361,6 +414,7 @@ main(int argc, char **argv)
         stop(&t);
         return 1;
     }
+    notify_ready();
     event_base_dispatch(t.base);
     stop(&t);
     log_simple(LOG_INFO, "main", "stopped", NULL);
