@@ -1,0 +1,24 @@
+#!/bin/sh
+# meson install step for a real install (never with DESTDIR; packages do
+# this in their postinst): make the `tern` account and the spool from the
+# sysusers.d and tmpfiles.d entries just installed. Needs root; otherwise it
+# says what to run.
+#   install-account.sh SYSUSERS_FILE TMPFILES_FILE
+set -eu
+sysusers=$1
+tmpfiles=$2
+if [ "$(id -u)" -ne 0 ]; then
+    echo "Not root: run 'systemd-sysusers $sysusers' and 'systemd-tmpfiles --create $tmpfiles' as root"
+    exit 0
+fi
+if command -v systemd-sysusers >/dev/null 2>&1; then
+    systemd-sysusers "$sysusers"
+elif ! getent passwd tern >/dev/null; then
+    useradd --system --user-group --home-dir /var/spool/tern --no-create-home \
+        --shell /usr/sbin/nologin --comment "tern SMTP relay" tern
+fi
+if command -v systemd-tmpfiles >/dev/null 2>&1; then
+    systemd-tmpfiles --create "$tmpfiles"
+else
+    install -d -m 0700 -o tern -g tern /var/spool/tern
+fi
