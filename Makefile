@@ -2,15 +2,21 @@
 #   make run    install missing packages, build, run ternd on 127.0.0.1:2525
 #   make test   install missing packages, build (normal + ASan/UBSan + fuzz),
 #               run unit, fuzz and end-to-end tests
+#   make package         the Debian packages, from a clean export, in build-deb/
+#   make package-test    build, lint, install, run, relay and purge the package
+#                        (root; leaves the machine as it was)
+#   make install         meson install of build/ (see README, "Installing")
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 PYTHON     ?= /usr/bin/python3
+DEB_BUILD  ?= build-deb
 RUN_DIR    ?= $(CURDIR)/run
 FUZZ_SECONDS ?= 30
 MESON_COMMON = -Dwerror=true -Dc_std=c17
 
-.PHONY: all deps test-deps build asan fuzz run test unit-test system-test fuzz-test format clean
+.PHONY: all deps test-deps build asan fuzz run test unit-test system-test fuzz-test format clean \
+	package package-test install
 
 all: build
 
@@ -40,8 +46,10 @@ asan: test-deps $(ASAN_BUILD)/build.ninja
 fuzz: test-deps $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD)
 
+# As root, also the `tern` account that ternd drops to (CONTRACT.md).
 run: build
 	mkdir -p $(RUN_DIR)
+	@./dist/install-account.sh dist/tern.sysusers
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
 unit-test: test-deps build asan
@@ -58,8 +66,17 @@ system-test: build asan
 
 test: unit-test fuzz-test system-test
 
+package: test-deps
+	./scripts/build-deb.sh $(DEB_BUILD)
+
+package-test: test-deps
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/package
+
+install: build
+	meson install -C $(BUILD)
+
 format:
 	clang-format -i $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(DEB_BUILD)

@@ -1,14 +1,14 @@
 #!/bin/sh
-# meson install step for a real install (never with DESTDIR; packages do
-# this in their postinst): make the `tern` account and the spool from the
-# sysusers.d and tmpfiles.d entries just installed. Needs root; otherwise it
-# says what to run.
-#   install-account.sh SYSUSERS_FILE TMPFILES_FILE
+# Make the `tern` account from its sysusers.d entry and, when given, the
+# spool from the tmpfiles.d entry: a meson install step for a real install
+# (never with DESTDIR: packages do this in their postinst) and, for the
+# account only, `make run`. Needs root; otherwise it says what to run.
+#   install-account.sh SYSUSERS_FILE [TMPFILES_FILE]
 set -eu
 sysusers=$1
-tmpfiles=$2
+tmpfiles=${2:-}
 if [ "$(id -u)" -ne 0 ]; then
-    echo "Not root: run 'systemd-sysusers $sysusers' and 'systemd-tmpfiles --create $tmpfiles' as root"
+    echo "Not root: run 'systemd-sysusers $sysusers'${tmpfiles:+ and 'systemd-tmpfiles --create $tmpfiles'} as root"
     exit 0
 fi
 if command -v systemd-sysusers >/dev/null 2>&1; then
@@ -17,6 +17,7 @@ elif ! getent passwd tern >/dev/null; then
     useradd --system --user-group --home-dir /var/spool/tern --no-create-home \
         --shell /usr/sbin/nologin --comment "tern SMTP relay" tern
 fi
+[ -n "$tmpfiles" ] || exit 0
 if command -v systemd-tmpfiles >/dev/null 2>&1; then
     systemd-tmpfiles --create "$tmpfiles"
 else

@@ -5,12 +5,14 @@
 #   install-deps.sh --test   also everything the test suite uses
 set -eu
 pkgs="meson ninja-build pkg-config gcc libevent-dev libssl-dev libc-ares-dev libcrypt-dev openssl
-libcmocka-dev python3"
+libcmocka-dev python3 libsystemd-dev systemd"
 if [ "${1:-}" = "--test" ]; then
     # Real peers and verifiers for the end-to-end tests, libFuzzer (clang),
     # and a private Postfix instance used as a SASL client of tern.
     pkgs="$pkgs clang libclang-rt-14-dev python3-pytest python3-aiosmtpd
 swaks dnsmasq-base python3-dkim python3-yaml postfix libsasl2-modules"
+    # The manual page checks and the Debian package test (make package-test).
+    pkgs="$pkgs man-db groff-base git dpkg-dev debhelper lintian"
 fi
 missing=""
 for p in $pkgs; do
