@@ -117,6 +117,26 @@ def test_lintian_clean(debs):
     assert not tags, "\n".join(tags)
 
 
+def test_tern_mta_is_the_sendmail_alternative(debs):
+    """tern-mta (not installed here: it would replace Postfix) links the
+    system's sendmail to tern-sendmail and is a mail-transport-agent like
+    the others, so that dpkg swaps one for the other; tern itself is not."""
+    found, _ = debs
+    fields = {f: run(["dpkg-deb", "-f", str(found["tern-mta"]), f]).stdout.strip()
+              for f in ("Provides", "Conflicts", "Replaces", "Depends")}
+    for f in ("Provides", "Conflicts", "Replaces"):
+        assert fields[f] == "mail-transport-agent", fields
+    assert fields["Depends"].startswith("tern (>="), fields
+    listing = run(["dpkg-deb", "-c", str(found["tern-mta"])]).stdout
+    for link in ("./usr/sbin/sendmail -> tern-sendmail",
+                 "./usr/lib/sendmail -> ../sbin/tern-sendmail"):
+        assert link in listing, listing
+    tern_fields = run(["dpkg-deb", "-f", str(found["tern"]), "Provides", "Conflicts"]).stdout
+    assert "mail-transport-agent" not in tern_fields, tern_fields
+    assert "sendmail" not in run(["dpkg-deb", "-c", str(found["tern"])]).stdout.replace(
+        "tern-sendmail", "")
+
+
 def unit_service(path):
     """The [Service] settings of a unit file (the last of repeated keys)."""
     out, section = {}, None
@@ -197,8 +217,8 @@ def test_install_run_relay_purge(debs):
     proc = None
     installed = False
     try:
+        installed = True  # purged at the end even if the install fails halfway
         dpkg("-i", str(found["tern"]))
-        installed = True
         check_installed(postfix_before)
 
         # The shipped example: valid, and the file read without -c.
