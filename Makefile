@@ -52,7 +52,7 @@ fuzz: test-deps $(FUZZ_BUILD)/build.ninja
 # As root, also the `tern` account that ternd drops to (CONTRACT.md).
 run: build
 	mkdir -p $(RUN_DIR)
-	@./dist/install-account.sh dist/tern.sysusers
+	@./dist/install-account.sh $(CURDIR)/dist/tern.sysusers
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
 unit-test: test-deps build asan
