@@ -4,17 +4,22 @@
 #               run unit, fuzz and end-to-end tests
 #   make fuzz-long  run each libFuzzer target for FUZZ_SECONDS (default an
 #               hour), keeping the corpus in build-fuzz/fuzz-corpus
+#   make package         the Debian packages, from a clean export, in build-deb/
+#   make package-test    build, lint, install, run, relay and purge the package
+#                        (root; leaves the machine as it was)
+#   make install         meson install of build/ (see README, "Installing")
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 PYTHON     ?= /usr/bin/python3
+DEB_BUILD  ?= build-deb
 RUN_DIR    ?= $(CURDIR)/run
 FUZZ_TEST_SECONDS ?= 30
 FUZZ_SECONDS ?= 3600
 MESON_COMMON = -Dwerror=true -Dc_std=c17
 
 .PHONY: all deps test-deps build asan fuzz run test unit-test system-test fuzz-test fuzz-long \
-	format clean
+	format clean package package-test install
 
 all: build
 
@@ -44,15 +49,10 @@ asan: test-deps $(ASAN_BUILD)/build.ninja
 fuzz: test-deps $(FUZZ_BUILD)/build.ninja
 	ninja -C $(FUZZ_BUILD) fuzz-targets
 
+# As root, also the `tern` account that ternd drops to (CONTRACT.md).
 run: build
 	mkdir -p $(RUN_DIR)
-	@# started as root, ternd's relay and keys process run as the account tern
-	@if [ "$$(id -u)" -eq 0 ] && ! id tern >/dev/null 2>&1; then \
-	    useradd --system --user-group --no-create-home --home-dir /nonexistent \
-	        --shell /usr/sbin/nologin tern; fi
-	@# the maildrop's group: users' tern-sendmail leaves mail there while ternd is down
-	@if [ "$$(id -u)" -eq 0 ] && ! getent group tern-drop >/dev/null; then \
-	    groupadd --system tern-drop; fi
+	@./dist/install-account.sh $(CURDIR)/dist/tern.sysusers
 	exec $(BUILD)/ternd -o spool_dir=$(RUN_DIR)/spool -o smtp_listen=127.0.0.1:2525
 
 unit-test: test-deps build asan
@@ -72,8 +72,17 @@ system-test: build asan
 
 test: unit-test fuzz-test system-test
 
+package: test-deps
+	./scripts/build-deb.sh $(DEB_BUILD)
+
+package-test: test-deps
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/package
+
+install: build
+	meson install -C $(BUILD)
+
 format:
 	clang-format -i $$(git ls-files 'src/*.[ch]' 'tests/*.[ch]')
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) $(DEB_BUILD)

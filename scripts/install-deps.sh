@@ -11,7 +11,7 @@ set -eu
 # Compiler, build system and libraries (libseccomp for the process
 # filters); openssl for the tools and tests.
 pkgs="meson ninja-build pkg-config gcc libc6-dev libevent-dev libssl-dev libc-ares-dev
-libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev"
+libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev libsystemd-dev systemd"
 if [ "${1:-}" = "--test" ]; then
     # libFuzzer (clang and its runtime); pytest and the Python peers and
     # verifiers (aiosmtpd sinks, dkimpy with PyNaCl for ed25519, PyYAML for
@@ -22,6 +22,8 @@ if [ "${1:-}" = "--test" ]; then
     pkgs="$pkgs clang libclang-rt-14-dev python3-pytest python3-aiosmtpd python3-dkim
 python3-nacl python3-yaml swaks perl libnet-ssleay-perl libio-socket-ssl-perl
 libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
+    # The manual page checks and the Debian package test (make package-test).
+    pkgs="$pkgs man-db groff-base git dpkg-dev debhelper lintian"
 fi
 missing=""
 for p in $pkgs; do

@@ -1,7 +1,7 @@
 /*
  * tern-sendmail: a sendmail-compatible injector. Reads a message on stdin,
  * builds it (src/proto/inject.h) and submits it over SMTP to the first
- * smtp_listen address of the configuration (-C FILE or $TERN_CONFIG, else
+ * smtp_listen address of the configuration (-C FILE, $TERN_CONFIG or
  * /etc/tern/tern.conf when it exists), else 127.0.0.1:2525. When ternd
  * cannot take it (not running, or a temporary failure), the message goes
  * into the maildrop (src/maildrop/maildrop.h), directly when we may write
@@ -47,9 +47,6 @@
 #define QUIT_TIMEOUT_MS    5000
 #define IO_CHUNK           65536
 
-#ifndef CONFIG_DEFAULT_FILE
-#define CONFIG_DEFAULT_FILE "/etc/tern/tern.conf"
-#endif
 #ifndef TERN_DROP_PATH
 #define TERN_DROP_PATH "/usr/libexec/tern-drop"
 #endif
@@ -568,6 +565,17 @@ read_stdin(bool dot_ends, struct inject_reader *rd)
     return 0;
 }
 
+/* The configuration named by -C, else by $TERN_CONFIG (when not empty),
+ * else the default file when it exists; NULL: none. */
+static const char *
+config_file(const struct opts *o)
+{
+    const char *env = getenv("TERN_CONFIG");
+    if (o->config != NULL)
+        return o->config;
+    return config_file_or_default(env != NULL && env[0] != '\0' ? env : NULL);
+}
+
 /* Target and hostname from the configuration, or the defaults. */
 static int
 load_target(const char *path, struct config **cfg, struct hostport *to, char *host, size_t cap)
@@ -785,16 +793,13 @@ main(int argc, char **argv)
     char hostname[CONFIG_HOST_MAX];
     char *sender;
     int ret;
-    const char *path, *prog = basename(argv[0]);
+    const char *prog = basename(argv[0]);
     struct buf err = BUF_INIT;
     memset(&o, 0, sizeof(o));
     if ((ret = parse_args(argc, argv, &o)) != 0)
         return ret;
     o.list |= strcmp(prog, "mailq") == 0;
-    path = o.config != NULL ? o.config : getenv("TERN_CONFIG");
-    if (path == NULL && access(CONFIG_DEFAULT_FILE, F_OK) == 0)
-        path = CONFIG_DEFAULT_FILE;
-    ret = load_target(path, &cfg, &to, hostname, sizeof(hostname));
+    ret = load_target(config_file(&o), &cfg, &to, hostname, sizeof(hostname));
     if (ret != 0)
         return ret;
     /* The spool and maildrop directories: the built-in ones without a file. */

@@ -48,6 +48,7 @@ struct command {
 
 static const char usage_text[] =
     "usage: ternctl [-c FILE] [-o name=value]... COMMAND ...\n"
+    "  -c FILE   configuration file (default: " CONFIG_DEFAULT_FILE " if it exists)\n"
     "commands:\n"
     "  queue list [--json]       list queued messages, one line each starting with its id\n"
     "  queue summary [--json]    summary of the queue by destination\n"
@@ -762,6 +763,7 @@ main(int argc, char **argv)
     cmd = find_command(argc - optind, argv + optind, &used);
     if (cmd == NULL)
         return usage_error();
+    cfg_path = config_file_or_default(cfg_path);
     if (cmd->needs_config && (ctx.cfg = load_config(cfg_path, ovr, n_ovr)) == NULL)
         return EXIT_USAGE;
     ret = cmd->fn(cmd, &ctx, argc - optind - used, argv + optind + used);

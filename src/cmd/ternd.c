@@ -13,7 +13,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
+#ifdef TERN_HAVE_LIBSYSTEMD
+#include <systemd/sd-daemon.h>
+#endif
 
 #include "cmd/ternd.h"
 #include "config/config.h"
@@ -52,11 +56,12 @@ struct ternd {
 static void
 usage(FILE *f)
 {
-    fprintf(f, "usage: ternd [-c FILE] [-o name=value]... [--check]\n"
-               "  -c FILE        configuration file (default: " CONFIG_DEFAULT_FILE
-               " when it exists, else built-in defaults)\n"
-               "  -o name=value  override one setting (repeatable)\n"
-               "  --check        validate the configuration and exit (0 good, 2 bad)\n");
+    fprintf(f,
+        "usage: ternd [-c FILE] [-o name=value]... [--check]\n"
+        "  -c FILE        configuration file (default: " CONFIG_DEFAULT_FILE " if it exists,\n"
+        "                 else built-in defaults)\n"
+        "  -o name=value  override one setting (repeatable)\n"
+        "  --check        validate the configuration and exit (0 good, 2 bad)\n");
 }
 
 static void
@@ -119,6 +124,59 @@ ternd_fd_limit(bool raise)
             rl.rlim_cur = rl.rlim_max;
     }
     return rl.rlim_cur == RLIM_INFINITY ? UINT64_MAX : (uint64_t)rl.rlim_cur;
+}
+
+/* systemd's readiness protocol (sd_notify(3); Type=notify in tern.service):
+ * READY=1 once the listeners accept, RELOADING=1 then READY=1 around a
+ * reload, STOPPING=1 when a stop begins. Without NOTIFY_SOCKET (not started
+ * by systemd) nothing is sent. */
+static void
+notify_systemd(const char *state)
+{
+#ifdef TERN_HAVE_LIBSYSTEMD
+    int rc = sd_notify(0, state);
+    if (rc < 0) {
+        struct logline l;
+        log_begin(&l, LOG_WARN, NULL, "main", "notify_failed");
+        log_str(&l, "state", state);
+        log_errno(&l, -rc);
+        log_end(&l);
+    }
+#else
+    (void)state;
+#endif
+}
+
+static void
+notify_ready(void)
+{
+    notify_systemd("READY=1\nSTATUS=accepting mail");
+}
+
+static void
+notify_reloading(void)
+{
+    struct timespec ts;
+    char state[80];
+    /* MONOTONIC_USEC dates the request, as Type=notify-reload (systemd 253)
+     * requires; older managers ignore it. */
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
+        (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000ull);
+    notify_systemd(state);
+}
+
+static void
+notify_stopping(void)
+{
+    notify_systemd("STOPPING=1");
+}
+
+void
+ternd_notify_reload_refused(void)
+{
+    notify_reloading();
+    notify_ready();
 }
 
 /* Apply a configuration the parent sent (its listeners were given first).
@@ -275,7 +333,9 @@ parent_cb(evutil_socket_t fd, short what, void *arg)
         log_end(&l);
         smtp_server_drop_given();
     } else if (r == 1) {
+        notify_reloading();
         reload(t, cfg);
+        notify_ready();
     }
     buf_fini(&err);
 }
@@ -299,6 +359,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
     struct logline l;
     if (t->stop_timer != NULL)
         return; /* already stopping */
+    notify_stopping();
     log_begin(&l, LOG_INFO, NULL, "main", "stopping");
     log_str(&l, "signal", sig == SIGTERM ? "TERM" : "INT");
     log_end(&l);
@@ -485,9 +546,7 @@ parse_args(struct ternd_boot *b, int argc, char **argv, bool *check)
         usage(stderr);
         return 2;
     }
-    /* CONTRACT.md: with no -c, the system file when there is one. */
-    if (b->path == NULL && access(CONFIG_DEFAULT_FILE, F_OK) == 0)
-        b->path = CONFIG_DEFAULT_FILE;
+    b->path = config_file_or_default(b->path);
     return 0;
 }
 
@@ -604,6 +663,7 @@ ternd_relay_main(struct ternd_boot *b)
         return 1;
     }
     smtp_server_drop_given();
+    notify_ready();
     event_base_dispatch(t.base);
     stop(&t);
     log_simple(LOG_INFO, "main", "stopped", NULL);

@@ -44,6 +44,9 @@ struct ternd_boot {
 int ternd_relay_main(struct ternd_boot *b);
 /* The parent: forks the others and runs until they end; exit status. */
 int ternd_parent_main(struct ternd_boot *b);
+/* sd_notify(3) RELOADING=1 then READY=1, for a reload refused before the
+ * relay saw it (the relay notifies every other state). */
+void ternd_notify_reload_refused(void);
 /* The descriptor limit (raise: the soft limit raised to the hard one). */
 uint64_t ternd_fd_limit(bool raise);
 /* A whole public file (at most 1 MiB) into out; -1 with err naming what. */

@@ -491,6 +491,8 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
             log_strn(&l, "errors", err.data ? err.data : "", err.len);
             log_str(&l, "action", "keeping the running configuration");
             log_end(&l);
+            /* The relay never hears of it: the reload ends here. */
+            ternd_notify_reload_refused();
         } else if (strcmp(target, p->cfg->log_target) != 0) {
             reopen_log(p, "reload");
         }

@@ -516,6 +516,24 @@ config_default_workers(void)
     return n > CONFIG_WORKERS_AUTO_MAX ? CONFIG_WORKERS_AUTO_MAX : (uint32_t)n;
 }
 
+const char *
+config_pick_file(const char *given, const char *dflt)
+{
+    if (given != NULL)
+        return given;
+    /* Only a file that is not there means "no file": one that is there but
+     * cannot be read is loaded, so that the error names it. */
+    if (access(dflt, F_OK) < 0 && (errno == ENOENT || errno == ENOTDIR))
+        return NULL;
+    return dflt;
+}
+
+const char *
+config_file_or_default(const char *given)
+{
+    return config_pick_file(given, CONFIG_DEFAULT_FILE);
+}
+
 struct config *
 config_ref(struct config *c)
 {

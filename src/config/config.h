@@ -178,9 +178,6 @@ struct dkim_keyset *config_dkim_keys(struct config *c);
  * process and are never loaded from the files. */
 void config_set_dkim_keys(struct config *c, struct dkim_keyset *ks);
 void config_unref(struct config *c); /* NULL is fine */
-/* The configuration file used when no -c is given and it exists. */
-#define CONFIG_DEFAULT_FILE "/etc/tern/tern.conf"
-
 /* Is the name a known setting? Used by tools that take -o. */
 bool config_is_setting(const char *name);
 /* workers: at most this many receive loops; unset, one per online CPU up
@@ -190,5 +187,15 @@ bool config_is_setting(const char *name);
 uint32_t config_default_workers(void);
 /* The README's default spool directory. */
 #define CONFIG_DEFAULT_SPOOL "/var/spool/tern"
+/* The configuration file every program reads when none is named
+ * (CONTRACT.md); the package installs an example there. */
+#define CONFIG_DEFAULT_FILE "/etc/tern/tern.conf"
+
+/* The file to load: given when not NULL, else dflt when it exists (or
+ * cannot be looked at, so that config_load reports why), else NULL for the
+ * built-in defaults. Returns one of its arguments (borrowed). */
+const char *config_pick_file(const char *given, const char *dflt);
+/* config_pick_file(given, CONFIG_DEFAULT_FILE). */
+const char *config_file_or_default(const char *given);
 
 #endif

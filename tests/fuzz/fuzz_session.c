@@ -67,6 +67,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define BACKLOG_MAX        (1024 * 1024) /* reply bytes a session may hold for a client */
 #define REPEAT_MAX         20000         /* commands of one "stop reading" op */
+/* ... and of all of one input's: dozens of floods make an input take
+ * seconds (a timeout to libFuzzer) while finding nothing more. */
+#define FLOOD_TOTAL_MAX    (2 * REPEAT_MAX)
 #define IDLE_PASSES_MAX    2000000
 #define HANDSHAKE_MAX      20000
 #define THROTTLE_ENTRIES   100000
@@ -193,6 +196,7 @@ static const char *const long_verbs[] = { "MAIL FROM:<", "RCPT TO:<", "NOOP ", "
 struct script {
     const uint8_t *p;
     size_t n;
+    size_t flooded; /* commands sent by "stop reading" ops so far */
 };
 
 static uint8_t
@@ -854,7 +858,10 @@ make_body(struct script *sc, struct buf *body)
     if ((k & 3) == 2) {
         /* Many short lines, or lines over the 1000-octet limit (RFC 5321
          * §4.5.3.1.6). */
-        size_t lines = (size_t)sc_u8(sc) * 8, width = (k & 4) ? 1200 : 40;
+        size_t width = (k & 4) ? 1200 : 40;
+        /* At most ~300 KB of long lines: enough to cross the line and
+         * buffer limits, few enough that an input stays fast. */
+        size_t lines = (size_t)sc_u8(sc) * (width == 40 ? 8 : 1);
         for (size_t i = 0; i < lines; i++) {
             for (size_t j = 0; j < width; j++)
                 buf_append_char(body, (char)('0' + j % 10));
@@ -1066,6 +1073,9 @@ op_flood(struct client *c, struct script *sc)
 {
     size_t count = ((size_t)sc_u8(sc) << 8 | sc_u8(sc)) % (REPEAT_MAX + 1);
     const char *cmd = repeat_cmds[sc_u8(sc) % TERN_ARRAY_LEN(repeat_cmds)];
+    if (count > FLOOD_TOTAL_MAX - sc->flooded)
+        count = FLOOD_TOTAL_MAX - sc->flooded;
+    sc->flooded += count;
     sync_replies(c);
     c->reading = false;
     model_off(c);
@@ -1311,7 +1321,7 @@ int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     static bool ready;
-    struct script sc = { data + 2, size >= 2 ? size - 2 : 0 };
+    struct script sc = { data + 2, size >= 2 ? size - 2 : 0, 0 };
     struct client c;
     size_t fds;
     if (!ready) {

@@ -195,6 +195,9 @@ fuzz_hdr(uint8_t *p, size_t n, bool repair)
     struct rec_hdr h, h2;
     struct idx_rec ir, ir2;
     uint64_t seq;
+    /* Zeroed: the comparison below covers the structs' padding too. */
+    memset(&h, 0, sizeof(h));
+    memset(&h2, 0, sizeof(h2));
     if (n >= REC_HDR_LEN) {
         if (repair)
             put32(p + 44, crc32c(0, p, 44));
