@@ -14,10 +14,11 @@
 #include "config/config.h"
 
 #define TERND_MAX_OVERRIDES 256
-#define TERND_MAX_LISTEN    256
+#define TERND_MAX_LISTEN    1024 /* sockets: SMTP addresses times workers, and metrics */
 
-/* A listening socket made by the parent: role 0..2 as smtp_server_give_socket,
- * 3 for metrics_listen. */
+/* A listening socket made by the parent: role 0..2 as smtp_server_give_socket
+ * (workers of them per address, one for each receive loop), 3 for
+ * metrics_listen. */
 struct ternd_sock {
     int role;
     struct hostport hp;

@@ -223,7 +223,10 @@ load_users(struct parent *p, const struct config *cfg, struct auth_users **out, 
 }
 
 /* Listeners of cfg that the running generation does not have: bound here
- * and sent to the relay before the configuration. */
+ * and sent to the relay before the configuration, one socket of the
+ * address's SO_REUSEPORT group for each receive loop (workers; the relay
+ * refuses a reload that changes it, and so does the parent before binding
+ * anything). */
 static int
 send_new_listeners(struct parent *p, const struct config *cfg, struct buf *err)
 {
@@ -237,20 +240,24 @@ send_new_listeners(struct parent *p, const struct config *cfg, struct buf *err)
         for (size_t i = 0; i < nn[r]; i++) {
             struct ps_msg m;
             bool had = false;
-            int fd, rc;
+            int fds[CONFIG_WORKERS_MAX], rc;
             for (size_t j = 0; j < on[r] && !had; j++)
                 had = strcmp(ol[r][j].host, nl[r][i].host) == 0 && ol[r][j].port == nl[r][i].port;
             if (had)
                 continue;
-            if (ps_listen_tcp(names[r], &nl[r][i], &fd, err) < 0)
+            if (ps_listen_tcp_group(names[r], &nl[r][i], cfg->workers, fds, err) < 0)
                 return -1;
             memset(&m, 0, sizeof(m));
             m.type = PS_LISTENER;
             m.idx = (uint32_t)r;
             m.arg = nl[r][i].port;
             snprintf(m.host, sizeof(m.host), "%s", nl[r][i].host);
-            rc = ps_send(p->relay_fd, &m, fd);
-            close(fd); /* the relay has its own copy now */
+            rc = 0;
+            for (size_t k = 0; k < cfg->workers; k++) {
+                if (rc == 0 && ps_send(p->relay_fd, &m, fds[k]) < 0)
+                    rc = -1;
+                close(fds[k]); /* the relay has its own copy now */
+            }
             if (rc < 0) {
                 buf_printf(err, "cannot pass a listener to the relay: %s\n", strerror(errno));
                 return -1;
@@ -276,6 +283,11 @@ load_generation(struct parent *p, const struct buf *text, struct buf *err)
         goto out;
     if (p->cfg != NULL && strcmp(cfg->spool_dir, p->cfg->spool_dir) != 0) {
         buf_printf(err, "spool_dir cannot change on reload (restart ternd)\n");
+        goto out;
+    }
+    /* The relay's loops and the listening sockets bound for each. */
+    if (p->cfg != NULL && cfg->workers != p->cfg->workers) {
+        buf_printf(err, "workers cannot change on reload (restart ternd)\n");
         goto out;
     }
     if (smtp_server_check_fds(cfg, p->b->fd_limit, err) < 0 ||
@@ -565,17 +577,24 @@ bind_listeners(struct parent *p, struct buf *err)
     size_t counts[] = { c->n_smtp_listen, c->n_submission_listen, c->n_smtps_listen,
         c->metrics_listen.host[0] ? 1u : 0u };
     for (int r = 0; r < 4; r++) {
+        /* An SMTP address gets one socket per receive loop (an SO_REUSEPORT
+         * group when there are several); metrics one. */
+        size_t per = r < TERND_ROLE_METRICS ? c->workers : 1;
         for (size_t i = 0; i < counts[r]; i++) {
-            struct ternd_sock *s = &p->b->socks[p->b->n_socks];
-            if (p->b->n_socks == TERND_MAX_LISTEN) {
-                buf_printf(err, "more than %d listen addresses\n", TERND_MAX_LISTEN);
+            int fds[CONFIG_WORKERS_MAX];
+            if (p->b->n_socks + per > TERND_MAX_LISTEN) {
+                buf_printf(err, "more than %d listening sockets (listen addresses times workers)\n",
+                    TERND_MAX_LISTEN);
                 return -1;
             }
-            s->role = r;
-            s->hp = lists[r][i];
-            if (ps_listen_tcp(names[r], &lists[r][i], &s->fd, err) < 0)
+            if (ps_listen_tcp_group(names[r], &lists[r][i], per, fds, err) < 0)
                 return -1;
-            p->b->n_socks++;
+            for (size_t k = 0; k < per; k++) {
+                struct ternd_sock *s = &p->b->socks[p->b->n_socks++];
+                s->role = r;
+                s->hp = lists[r][i];
+                s->fd = fds[k];
+            }
         }
     }
     return 0;

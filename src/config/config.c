@@ -491,6 +491,8 @@ config_load_text(const char *path, const char *text, size_t text_len, const char
     /* A tenth of the sessions is kept for relay_networks unless told. */
     if (!was_set(&ld, "reserved_sessions"))
         c->reserved_sessions = c->max_sessions / 10;
+    if (!was_set(&ld, "workers"))
+        c->workers = config_default_workers();
     check_combinations(&ld);
     if (check_files_too)
         check_files(&ld);
@@ -503,6 +505,15 @@ config_load_text(const char *path, const char *text, size_t text_len, const char
         return NULL;
     }
     return c;
+}
+
+uint32_t
+config_default_workers(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1)
+        return 1;
+    return n > CONFIG_WORKERS_AUTO_MAX ? CONFIG_WORKERS_AUTO_MAX : (uint32_t)n;
 }
 
 const char *
@@ -526,7 +537,7 @@ config_file_or_default(const char *given)
 struct config *
 config_ref(struct config *c)
 {
-    TERN_ASSERT(c != NULL && c->refs > 0);
+    TERN_ASSERT(c != NULL && __atomic_load_n(&c->refs, __ATOMIC_RELAXED) > 0);
     /* Atomic: a worker thread may drop a reference off the loop. */
     __atomic_add_fetch(&c->refs, 1, __ATOMIC_RELAXED);
     return c;
@@ -578,7 +589,7 @@ config_unref(struct config *c)
 {
     if (c == NULL)
         return;
-    TERN_ASSERT(c->refs > 0);
+    TERN_ASSERT(__atomic_load_n(&c->refs, __ATOMIC_RELAXED) > 0);
     if (__atomic_sub_fetch(&c->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
     for (size_t i = 0; i < config_n_settings; i++)

@@ -106,6 +106,7 @@ struct config {
     uint32_t max_sessions;          /* total inbound sessions; 421 4.7.0 beyond */
     uint32_t max_sessions_per_ip;   /* 421 4.7.0 beyond */
     uint32_t reserved_sessions;     /* of max_sessions, for relay_networks clients only */
+    uint32_t workers;               /* receive loops (threads when more than 1) */
     uint32_t max_errors;            /* protocol errors before 421 and close */
     int64_t smtp_timeout_ms;        /* deadline per command line (RFC 5321 4.5.3.2: 5m) */
     int64_t data_timeout_ms;        /* data deadline, extended by min_data_rate (3m) */
@@ -179,6 +180,11 @@ void config_set_dkim_keys(struct config *c, struct dkim_keyset *ks);
 void config_unref(struct config *c); /* NULL is fine */
 /* Is the name a known setting? Used by tools that take -o. */
 bool config_is_setting(const char *name);
+/* workers: at most this many receive loops; unset, one per online CPU up
+ * to CONFIG_WORKERS_AUTO_MAX (more loops than cores only add switching). */
+#define CONFIG_WORKERS_MAX      64
+#define CONFIG_WORKERS_AUTO_MAX 16
+uint32_t config_default_workers(void);
 /* The README's default spool directory. */
 #define CONFIG_DEFAULT_SPOOL "/var/spool/tern"
 /* The configuration file every program reads when none is named

@@ -272,6 +272,14 @@ const struct cfg_setting config_settings[] = {
         .max = 999999,
         .desc = "sessions of max_sessions that only relay_networks clients may use (default: a "
                 "tenth of max_sessions)" },
+    { .name = "workers",
+        .type = CFG_U32,
+        .def = NULL, /* computed: the online CPUs, at most CONFIG_WORKERS_AUTO_MAX */
+        .off = OFF(workers),
+        .min = 1,
+        .max = CONFIG_WORKERS_MAX,
+        .desc = "SMTP receive loops, each a thread with its own listening sockets (SO_REUSEPORT); "
+                "1: one loop, the main one (default: the online CPUs, at most 16)" },
     { .name = "max_errors",
         .type = CFG_U32,
         .def = "20",

@@ -47,15 +47,17 @@ spec_of(const struct hostport *hp, char *out, size_t cap)
     snprintf(out, cap, strchr(hp->host, ':') ? "[%s]:%u" : "%s:%u", hp->host, hp->port);
 }
 
-/* A socket bound to ss; listening unless probe. -1 with errno. */
+/* A socket bound to ss; listening unless probe; with reuseport one of a
+ * group that shares the address (SO_REUSEPORT). -1 with errno. */
 static int
-bind_addr(const struct sockaddr_storage *ss, socklen_t len, bool probe)
+bind_addr(const struct sockaddr_storage *ss, socklen_t len, bool probe, bool reuseport)
 {
     int one = 1, e;
     int fd = socket(ss->ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0)
         return -1;
     if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 ||
+        (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) ||
         (ss->ss_family == AF_INET6 &&
             setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0) ||
         bind(fd, (const struct sockaddr *)ss, len) < 0 ||
@@ -79,9 +81,46 @@ ps_listen_tcp(const char *what, const struct hostport *hp, int *fd, struct buf *
         buf_printf(err, "%s: %s is not a numeric address:port\n", what, spec);
         return -1;
     }
-    *fd = bind_addr(&ss, len, false);
+    *fd = bind_addr(&ss, len, false, false);
     if (*fd < 0) {
         buf_printf(err, "%s: cannot listen on %s: %s\n", what, spec, strerror(errno));
+        return -1;
+    }
+    return 0;
+}
+
+int
+ps_listen_tcp_group(
+    const char *what, const struct hostport *hp, size_t n, int *fds, struct buf *err)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    char spec[CONFIG_HOST_MAX + 16];
+    int probe;
+    if (n <= 1)
+        return ps_listen_tcp(what, hp, &fds[0], err);
+    spec_of(hp, spec, sizeof(spec));
+    if (to_sockaddr(hp, &ss, &len) < 0) {
+        buf_printf(err, "%s: %s is not a numeric address:port\n", what, spec);
+        return -1;
+    }
+    /* SO_REUSEPORT would let the group join sockets that another process
+     * of the same user has on the address (a second ternd, say) and share
+     * its connections unnoticed: bound first without it, an address in use
+     * fails as a lone socket would. */
+    probe = bind_addr(&ss, len, true, false);
+    if (probe < 0) {
+        buf_printf(err, "%s: cannot listen on %s: %s\n", what, spec, strerror(errno));
+        return -1;
+    }
+    close(probe);
+    for (size_t i = 0; i < n; i++) {
+        fds[i] = bind_addr(&ss, len, false, true);
+        if (fds[i] >= 0)
+            continue;
+        buf_printf(err, "%s: cannot listen on %s: %s\n", what, spec, strerror(errno));
+        while (i > 0)
+            close(fds[--i]);
         return -1;
     }
     return 0;
@@ -166,7 +205,7 @@ ps_listen_check(const struct config *cfg, struct buf *err)
         /* Port 0: is the address one of this machine's, without taking the
          * port a running ternd may hold? */
         ((struct sockaddr_in *)&ss)->sin_port = 0; /* same offset for IPv6 */
-        fd = bind_addr(&ss, len, true);
+        fd = bind_addr(&ss, len, true, false);
         if (fd < 0) {
             buf_printf(err, "%s: cannot listen on %s: %s\n", v[i].what, spec, strerror(errno));
             rc = -1;

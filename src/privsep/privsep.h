@@ -47,6 +47,12 @@ int ps_seccomp(enum ps_filter which, struct buf *err);
  * IPV6_V6ONLY on IPv6 (so 0.0.0.0:P and [::]:P coexist), close-on-exec,
  * non-blocking. -1 with err naming what (e.g. "smtp_listen"). */
 int ps_listen_tcp(const char *what, const struct hostport *hp, int *fd, struct buf *err);
+/* n sockets on hp for n receive loops (fds[n]): with n > 1 a group with
+ * SO_REUSEPORT, over which the kernel spreads new connections, after a
+ * check that nothing else listens there; with n = 1 as ps_listen_tcp.
+ * -1 with err (nothing left open). */
+int ps_listen_tcp_group(
+    const char *what, const struct hostport *hp, size_t n, int *fds, struct buf *err);
 /* ternd --check: every listen address of cfg is numeric, given once, not
  * overlapping a wildcard of the same family and port, and configured on
  * this machine (bound on port 0, which no running ternd holds). */

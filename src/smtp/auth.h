@@ -18,8 +18,6 @@
 #include "util/buf.h"
 #include "util/status.h"
 
-struct event_base;
-
 /* RFC 4954 §4: an AUTH command line or a response line is at most 12288
  * octets (without CRLF here). */
 #define AUTH_LINE_MAX 12288
@@ -158,7 +156,7 @@ bool auth_sender_allowed(const char *spec, const char *user, const char *sender)
 
 /* ---- the crypt worker ---- */
 
-/* The answer to one check, handed to done on the loop thread. */
+/* The answer to one check, handed to done on the asking loop's thread. */
 struct auth_result {
     uint64_t id; /* as given to submit */
     bool ok;
@@ -170,29 +168,38 @@ struct auth_result {
 #define AUTH_QUEUE_MAX     1024 /* checks waiting in all */
 
 struct auth_worker;
-/* done runs on the loop thread for each finished check (also when the
- * session that asked is gone: the throttle needs every answer). */
+struct event_base;
+struct loopq;
+/* done runs on the loop of the inbox given to submit, once for each
+ * finished check (also when the session that asked is gone: the throttle
+ * needs every answer). */
 typedef void auth_done_fn(const struct auth_result *r, void *arg);
-struct auth_worker *auth_worker_new(struct event_base *base, auth_done_fn *done, void *arg);
+struct auth_worker *auth_worker_new(auth_done_fn *done);
 /* Queue a check of pass against hash (both copied; the copy of pass is
- * cleared after use) for the client key (see the fair queue). With
- * force_fail the check runs but reports false (unknown users). -1 when the
- * key's share of the queue, or the queue, is full. */
-int auth_worker_submit(struct auth_worker *w, uint64_t id, const void *key, size_t klen,
-    const char *hash, const char *pass, bool force_fail);
-/* Stop the thread (pending checks are dropped unanswered) and free. */
+ * cleared after use) for the client key (see the fair queue); its answer
+ * goes to done(r, arg) on to's loop. With force_fail the check runs but
+ * reports false (unknown users). -1 when the key's share of the queue, or
+ * the queue, is full. Any thread. */
+int auth_worker_submit(struct auth_worker *w, struct loopq *to, void *arg, uint64_t id,
+    const void *key, size_t klen, const char *hash, const char *pass, bool force_fail);
+/* Stop the thread (pending checks are dropped unanswered) and free. Answers
+ * already posted stay in their inboxes and run (or are freed) with them. */
 void auth_worker_free(struct auth_worker *w);
 
 /* A worker whose checks run in ternd's keys process, which alone holds the
  * hashes (sock: the relay's socket to it). The fair queue stays here and at
  * most inflight checks are over there at once, so the order in which
- * addresses are served is decided as for the local worker. */
+ * addresses are served is decided as for the local worker. The keys
+ * process's replies are read on base's loop (the main loop), and each
+ * answer is posted to the inbox of the loop that asked, as the local
+ * worker's are. */
 struct auth_worker *auth_worker_new_remote(
-    struct event_base *base, int sock, size_t inflight, auth_done_fn *done, void *arg);
+    struct event_base *base, int sock, size_t inflight, auth_done_fn *done);
 bool auth_worker_is_remote(const struct auth_worker *w);
-/* Queue a check of user's password (copied, cleared once sent). -1 as for
- * auth_worker_submit. */
-int auth_worker_submit_user(struct auth_worker *w, uint64_t id, const void *key, size_t klen,
-    const char *user, const char *pass);
+/* Queue a check of user's password (copied, cleared once sent); its answer
+ * goes to done(r, arg) on to's loop. -1 as for auth_worker_submit. Any
+ * thread. */
+int auth_worker_submit_user(struct auth_worker *w, struct loopq *to, void *arg, uint64_t id,
+    const void *key, size_t klen, const char *user, const char *pass);
 
 #endif

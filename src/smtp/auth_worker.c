@@ -1,28 +1,34 @@
 /*
  * The crypt worker: one thread that runs password checks (a yescrypt check
- * costs ~30 ms of CPU, too long for the event loop) and reports each result
- * back to the loop thread by job id through a pipe. Waiting checks sit in a
+ * costs ~30 ms of CPU, too long for an event loop) and posts each result,
+ * by job id, to the inbox of the loop that asked. Waiting checks sit in a
  * fair queue keyed by client address, so no address can hold more than its
  * share of the thread. Jobs own copies of the hash and password; the
- * password copy is cleared as soon as it is used.
+ * password copy is cleared as soon as it is used. In ternd's relay the
+ * checks run in the keys process instead (the remote worker, below): the
+ * fair queue stays here and the answers go to the asking loop the same way.
  */
 #include "auth.h"
 
-#include <errno.h>
 #include <event2/event.h>
-#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "privsep/privsep.h"
+#include "util/loopq.h"
 #include "util/util.h"
 
 struct auth_job {
     struct auth_fairq_item link; /* first: a queued item is its job */
-    struct auth_job *next;       /* in done */
+    struct loopq_item done;      /* posted to `to` with the answer */
+    auth_done_fn *fn;            /* the worker's: the job may outlive it in an inbox */
+    struct loopq *to;
+    void *arg;
     struct auth_result res;
     char *hash; /* local: the stored hash; remote: the user name */
     char *pass;
@@ -35,15 +41,14 @@ struct auth_worker {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     struct auth_fairq *waiting; /* guarded by mu */
-    struct auth_job *done;      /* guarded by mu; any order */
     bool stop;
-    int pipe_rd, pipe_wr;
-    struct event *ev;
     auth_done_fn *fn;
-    void *arg;
-    /* remote: checks sent to the keys process, by request id */
+    /* remote: checks sent to the keys process, by request id; all guarded
+     * by mu (sessions submit on their loops, replies are read on the main
+     * loop) */
     bool remote;
     int sock;
+    struct event *ev;
     struct auth_job **flight;
     size_t max_flight;
     uint64_t seq;
@@ -55,6 +60,15 @@ job_free(struct auth_job *j)
     free(j->hash);
     secret_free(j->pass);
     free(j);
+}
+
+/* On the asking loop: the answer, then the job goes. */
+static void
+job_done(struct loopq_item *it)
+{
+    struct auth_job *j = (struct auth_job *)(void *)((char *)it - offsetof(struct auth_job, done));
+    j->fn(&j->res, j->arg);
+    job_free(j);
 }
 
 static void *
@@ -73,66 +87,44 @@ worker_main(void *arg)
         j->res.ok = auth_check_password(j->hash, j->pass) && !j->force_fail;
         secret_free(j->pass);
         j->pass = NULL;
+        j->done.fn = job_done;
+        loopq_post(j->to, &j->done);
         pthread_mutex_lock(&w->mu);
-        j->next = w->done;
-        w->done = j;
-        /* A full pipe already holds a wake-up: the loop drains all of done. */
-        ssize_t r = write(w->pipe_wr, "x", 1);
-        (void)r;
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
 }
 
-static void
-wake_cb(evutil_socket_t fd, short what, void *arg)
-{
-    struct auth_worker *w = arg;
-    char tmp[64];
-    struct auth_job *list;
-    while (read(fd, tmp, sizeof(tmp)) > 0)
-        ;
-    pthread_mutex_lock(&w->mu);
-    list = w->done;
-    w->done = NULL;
-    pthread_mutex_unlock(&w->mu);
-    while (list != NULL) {
-        struct auth_job *j = list;
-        list = j->next;
-        w->fn(&j->res, w->arg);
-        job_free(j);
-    }
-}
-
 struct auth_worker *
-auth_worker_new(struct event_base *base, auth_done_fn *done, void *arg)
+auth_worker_new(auth_done_fn *done)
 {
     struct auth_worker *w = xcalloc(1, sizeof(*w));
-    int p[2];
-    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) < 0)
-        tern_panic("pipe2: %s", strerror(errno));
-    w->pipe_rd = p[0];
-    w->pipe_wr = p[1];
+    sigset_t all, old;
+    int rc;
     w->fn = done;
-    w->arg = arg;
     w->waiting = auth_fairq_new(AUTH_QUEUE_PER_KEY, AUTH_QUEUE_MAX);
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
-    w->ev = event_new(base, w->pipe_rd, EV_READ | EV_PERSIST, wake_cb, w);
-    if (w->ev == NULL || event_add(w->ev, NULL) < 0)
-        tern_panic("auth worker event");
-    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
-        tern_panic("auth worker thread: %s", strerror(errno));
+    /* Signals are for the loop threads. */
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    rc = pthread_create(&w->thread, NULL, worker_main, w);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0)
+        tern_panic("auth worker thread: %s", strerror(rc));
     return w;
 }
 
 int
-auth_worker_submit(struct auth_worker *w, uint64_t id, const void *key, size_t klen,
-    const char *hash, const char *pass, bool force_fail)
+auth_worker_submit(struct auth_worker *w, struct loopq *to, void *arg, uint64_t id, const void *key,
+    size_t klen, const char *hash, const char *pass, bool force_fail)
 {
     struct auth_job *j = xcalloc(1, sizeof(*j));
     int rc;
     TERN_ASSERT(klen <= AUTH_KEY_MAX);
+    j->fn = w->fn;
+    j->to = to;
+    j->arg = arg;
     j->res.id = id;
     j->res.klen = klen;
     memcpy(j->res.key, key, klen);
@@ -147,16 +139,6 @@ auth_worker_submit(struct auth_worker *w, uint64_t id, const void *key, size_t k
     if (rc < 0)
         job_free(j);
     return rc;
-}
-
-static void
-free_list(struct auth_job *j)
-{
-    while (j != NULL) {
-        struct auth_job *next = j->next;
-        job_free(j);
-        j = next;
-    }
 }
 
 static void remote_free(struct auth_worker *w);
@@ -178,10 +160,6 @@ auth_worker_free(struct auth_worker *w)
     for (struct auth_fairq_item *it; (it = auth_fairq_pop(w->waiting)) != NULL;)
         job_free((struct auth_job *)(void *)it);
     auth_fairq_free(w->waiting);
-    free_list(w->done);
-    event_free(w->ev);
-    close(w->pipe_rd);
-    close(w->pipe_wr);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
     free(w);
@@ -189,7 +167,16 @@ auth_worker_free(struct auth_worker *w)
 
 /* ---- checks in the keys process ---- */
 
-/* Send waiting checks while there is room over there. */
+/* The answer of j to the loop that asked. */
+static void
+post_answer(struct auth_job *j, bool ok)
+{
+    j->res.ok = ok;
+    j->done.fn = job_done;
+    loopq_post(j->to, &j->done);
+}
+
+/* Send waiting checks while there is room over there (under mu). */
 static void
 remote_pump(struct auth_worker *w)
 {
@@ -213,9 +200,7 @@ remote_pump(struct auth_worker *w)
             /* The keys process is gone; the parent is stopping ternd. The
              * check fails, and its answer still settles the throttle. */
             w->flight[i] = NULL;
-            j->res.ok = false;
-            w->fn(&j->res, w->arg);
-            job_free(j);
+            post_answer(j, false);
         }
         explicit_bzero(&m, sizeof(m));
     }
@@ -227,6 +212,7 @@ remote_reply_cb(evutil_socket_t fd, short what, void *arg)
     struct auth_worker *w = arg;
     struct ps_msg m;
     int extra, r = ps_recv(fd, &m, &extra);
+    (void)what;
     if (extra >= 0)
         close(extra);
     if (r == 0) {
@@ -235,32 +221,30 @@ remote_reply_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (r < 0 || m.type != PS_REPLY)
         return;
+    pthread_mutex_lock(&w->mu);
     for (size_t i = 0; i < w->max_flight; i++) {
         struct auth_job *j = w->flight[i];
         if (j == NULL || j->seq != m.id)
             continue;
         w->flight[i] = NULL;
-        j->res.ok = m.status == 0;
-        w->fn(&j->res, w->arg);
-        job_free(j);
+        post_answer(j, m.status == 0);
         break;
     }
     remote_pump(w);
+    pthread_mutex_unlock(&w->mu);
 }
 
 struct auth_worker *
-auth_worker_new_remote(
-    struct event_base *base, int sock, size_t inflight, auth_done_fn *done, void *arg)
+auth_worker_new_remote(struct event_base *base, int sock, size_t inflight, auth_done_fn *done)
 {
     struct auth_worker *w = xcalloc(1, sizeof(*w));
     w->remote = true;
     w->sock = sock;
-    w->pipe_rd = w->pipe_wr = -1;
     w->fn = done;
-    w->arg = arg;
     w->max_flight = inflight;
     w->flight = xcalloc(inflight, sizeof(*w->flight));
     w->waiting = auth_fairq_new(AUTH_QUEUE_PER_KEY, AUTH_QUEUE_MAX);
+    pthread_mutex_init(&w->mu, NULL);
     w->ev = event_new(base, sock, EV_READ | EV_PERSIST, remote_reply_cb, w);
     if (w->ev == NULL || event_add(w->ev, NULL) < 0)
         tern_panic("auth worker event");
@@ -274,27 +258,36 @@ auth_worker_is_remote(const struct auth_worker *w)
 }
 
 int
-auth_worker_submit_user(struct auth_worker *w, uint64_t id, const void *key, size_t klen,
-    const char *user, const char *pass)
+auth_worker_submit_user(struct auth_worker *w, struct loopq *to, void *arg, uint64_t id,
+    const void *key, size_t klen, const char *user, const char *pass)
 {
     struct auth_job *j = xcalloc(1, sizeof(*j));
+    int rc;
     TERN_ASSERT(w->remote && klen <= AUTH_KEY_MAX);
+    j->fn = w->fn;
+    j->to = to;
+    j->arg = arg;
     j->res.id = id;
     j->res.klen = klen;
     memcpy(j->res.key, key, klen);
     j->hash = xstrdup(user);
     j->pass = xstrdup(pass);
-    if (auth_fairq_push(w->waiting, key, klen, &j->link) < 0) {
+    pthread_mutex_lock(&w->mu);
+    rc = auth_fairq_push(w->waiting, key, klen, &j->link);
+    if (rc == 0)
+        remote_pump(w);
+    pthread_mutex_unlock(&w->mu);
+    if (rc < 0)
         job_free(j);
-        return -1;
-    }
-    remote_pump(w);
-    return 0;
+    return rc;
 }
 
+/* Main thread, with the loops stopped: checks in flight or waiting are
+ * dropped unanswered. */
 static void
 remote_free(struct auth_worker *w)
 {
+    event_free(w->ev);
     for (size_t i = 0; i < w->max_flight; i++) {
         if (w->flight[i] != NULL)
             job_free(w->flight[i]);
@@ -303,6 +296,6 @@ remote_free(struct auth_worker *w)
     for (struct auth_fairq_item *it; (it = auth_fairq_pop(w->waiting)) != NULL;)
         job_free((struct auth_job *)(void *)it);
     auth_fairq_free(w->waiting);
-    event_free(w->ev);
+    pthread_mutex_destroy(&w->mu);
     free(w);
 }

@@ -157,7 +157,7 @@ static void
 session_free_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct smtp_session *s = arg;
-    s->srv->n_alive--;
+    s->lp->n_alive--;
     smtp_tx_free(s->tx);
     smtp_auth_reset(s);
     if (s->auth_timer)
@@ -193,7 +193,7 @@ smtp_session_kill(struct smtp_session *s)
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
     smtp_server_session_gone(s->srv, s);
-    event_base_once(s->srv->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
+    event_base_once(s->lp->base, -1, EV_TIMEOUT, session_free_cb, s, &zero);
 }
 
 static void kill_when_flushed(struct smtp_session *s);
@@ -834,27 +834,29 @@ smtp_session_callbacks(struct smtp_session *s)
 }
 
 bool
-smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
+smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int salen,
     enum smtp_role role, bool outsider)
 {
+    struct smtp_server *srv = lp->srv;
     struct smtp_session *s = xcalloc(1, sizeof(*s));
-    s->id = ++srv->next_id;
+    s->id = atomic_fetch_add_explicit(&srv->next_id, 1, memory_order_relaxed) + 1;
     s->srv = srv;
+    s->lp = lp;
     s->outsider = outsider;
-    s->cfg = config_ref(srv->cfg);
+    s->cfg = config_ref(lp->cfg);
     s->role = role;
-    s->tls_ctx = srv->tls ? tls_ctx_ref(srv->tls) : NULL;
+    s->tls_ctx = lp->tls ? tls_ctx_ref(lp->tls) : NULL;
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
     sockaddr_ntop(sa, s->peer_str, sizeof(s->peer_str));
     s->state = SMTP_ST_CONNECTED;
-    s->deadline = evtimer_new(srv->base, deadline_cb, s);
-    s->flush_ev = event_new(srv->base, -1, 0, flush_ev_cb, s);
+    s->deadline = evtimer_new(lp->base, deadline_cb, s);
+    s->flush_ev = event_new(lp->base, -1, 0, flush_ev_cb, s);
     if (role == SMTP_ROLE_SMTPS) {
         if (s->tls_ctx == NULL || !smtp_tls_accept(s, fd))
             s->bev = NULL;
     } else {
-        s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
-        s->rd_ev = event_new(srv->base, fd, EV_READ | EV_PERSIST, plain_read_cb, s);
+        s->bev = bufferevent_socket_new(lp->base, fd, BEV_OPT_CLOSE_ON_FREE);
+        s->rd_ev = event_new(lp->base, fd, EV_READ | EV_PERSIST, plain_read_cb, s);
     }
     if (s->bev == NULL || s->deadline == NULL || s->flush_ev == NULL ||
         (role != SMTP_ROLE_SMTPS && s->rd_ev == NULL)) {
@@ -875,8 +877,10 @@ smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, i
         free(s);
         return false;
     }
-    map_put_u64(srv->sessions, s->id, s);
-    srv->n_alive++;
+    map_put_u64(lp->sessions, s->id, s);
+    atomic_store_explicit(&lp->open, map_count(lp->sessions), memory_order_relaxed);
+    atomic_fetch_add_explicit(&lp->accepted, 1, memory_order_relaxed);
+    lp->n_alive++;
     smtp_log_connect(s);
     smtp_name_start(s);
     smtp_session_callbacks(s);

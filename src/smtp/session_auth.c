@@ -6,6 +6,8 @@
  * client's address before it is queued and settled when its answer comes,
  * whether or not the session is still there. The authenticated identity
  * lives only in this session and is dropped by STARTTLS and at its end.
+ * The users and the throttle are the server's, shared by every receive
+ * loop under auth_mu; a check's answer comes back to the asking loop.
  */
 #include <arpa/inet.h>
 #include <event2/bufferevent.h>
@@ -105,12 +107,13 @@ auth_timer_cb(evutil_socket_t fd, short what, void *arg)
     resume(s);
 }
 
-/* The throttle belongs to the server: the current configuration sets it. */
+/* The throttle belongs to the server: the current configuration (as the
+ * loop last took it) sets it. */
 static struct auth_limits
-limits_of(const struct smtp_server *srv)
+limits_of(const struct smtp_loop *lp)
 {
-    struct auth_limits lim = { srv->cfg->auth_max_failures, srv->cfg->auth_failure_window_ms,
-        srv->cfg->auth_lockout_ms };
+    struct auth_limits lim = { lp->cfg->auth_max_failures, lp->cfg->auth_failure_window_ms,
+        lp->cfg->auth_lockout_ms };
     return lim;
 }
 
@@ -132,7 +135,7 @@ auth_failed(struct smtp_session *s, const char *reason, bool locked)
     s->auth_step = SMTP_AUTH_DELAY;
     smtp_session_read(s, false);
     if (s->auth_timer == NULL)
-        s->auth_timer = evtimer_new(s->srv->base, auth_timer_cb, s);
+        s->auth_timer = evtimer_new(s->lp->base, auth_timer_cb, s);
     evtimer_add(s->auth_timer, &tv);
 }
 
@@ -142,8 +145,11 @@ auth_denied(struct smtp_session *s)
 {
     unsigned char key[AUTH_KEY_MAX];
     size_t kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
-    struct auth_limits lim = limits_of(s->srv);
-    bool locked = auth_throttle_fail(s->srv->throttle, key, kl, tern_mono_ms(), &lim);
+    struct auth_limits lim = limits_of(s->lp);
+    bool locked;
+    pthread_mutex_lock(&s->srv->auth_mu);
+    locked = auth_throttle_fail(s->srv->throttle, key, kl, tern_mono_ms(), &lim);
+    pthread_mutex_unlock(&s->srv->auth_mu);
     auth_failed(s, "unacceptable credentials", locked);
 }
 
@@ -156,6 +162,7 @@ auth_try_later(struct smtp_session *s, const char *text, const char *reason)
     auth_log(s, LOG_WARN, "auth_refused", NULL, reason);
 }
 
+/* With auth_mu held. */
 static void
 refresh_users(struct smtp_session *s)
 {
@@ -168,6 +175,44 @@ refresh_users(struct smtp_session *s)
     buf_fini(&err);
 }
 
+/* Charge the attempt to the address and queue the check, with auth_mu
+ * held (the users and the throttle are shared by every loop). NULL when
+ * queued, else why not. */
+static const char *
+submit_check(struct smtp_session *s, const unsigned char *key, size_t kl)
+{
+    struct smtp_server *srv = s->srv;
+    struct auth_limits lim = limits_of(s->lp);
+    const char *hash;
+    bool unknown, remote = srv->worker != NULL && auth_worker_is_remote(srv->worker);
+    int rc;
+    if (srv->users == NULL && !(remote && atomic_load(&srv->auth_remote_on)))
+        return "no users"; /* a reload dropped auth_users_file */
+    if (!auth_throttle_begin(srv->throttle, key, kl, tern_mono_ms(), &lim))
+        return "locked out";
+    if (remote) {
+        /* The keys process looks the user up (the hashes are there); the
+         * answer comes back to this session's loop all the same. */
+        rc = auth_worker_submit_user(
+            srv->worker, s->lp->inbox, s->lp, s->id, key, kl, s->creds->user, s->creds->pass);
+    } else {
+        refresh_users(s);
+        hash = auth_users_hash(srv->users, s->creds->user);
+        unknown = hash == NULL;
+        /* An unknown user costs a crypt all the same (no user enumeration). */
+        if (unknown)
+            hash = auth_users_dummy_hash(srv->users);
+        rc = auth_worker_submit(
+            srv->worker, s->lp->inbox, s->lp, s->id, key, kl, hash, s->creds->pass, unknown);
+    }
+    if (rc < 0) {
+        /* Never checked: the attempt is given back. */
+        auth_throttle_end(srv->throttle, key, kl, false, tern_mono_ms(), &lim);
+        return "worker queue full";
+    }
+    return NULL;
+}
+
 /* Credentials complete: charge the attempt to the address, then hand the
  * check to the worker. */
 static void
@@ -175,31 +220,16 @@ start_check(struct smtp_session *s)
 {
     unsigned char key[AUTH_KEY_MAX];
     size_t kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
-    struct auth_limits lim = limits_of(s->srv);
-    const char *hash;
-    bool unknown;
-    int rc;
-    if (!auth_throttle_begin(s->srv->throttle, key, kl, tern_mono_ms(), &lim)) {
-        auth_try_later(s, "Too many authentication failures, try again later", "locked out");
+    const char *why;
+    pthread_mutex_lock(&s->srv->auth_mu);
+    why = submit_check(s, key, kl);
+    pthread_mutex_unlock(&s->srv->auth_mu);
+    if (why != NULL && strcmp(why, "locked out") == 0) {
+        auth_try_later(s, "Too many authentication failures, try again later", why);
         return;
     }
-    if (auth_worker_is_remote(s->srv->worker)) {
-        /* The keys process looks the user up (the hashes are there). */
-        rc =
-            auth_worker_submit_user(s->srv->worker, s->id, key, kl, s->creds->user, s->creds->pass);
-    } else {
-        refresh_users(s);
-        hash = auth_users_hash(s->srv->users, s->creds->user);
-        unknown = hash == NULL;
-        /* An unknown user costs a crypt all the same (no user enumeration). */
-        if (unknown)
-            hash = auth_users_dummy_hash(s->srv->users);
-        rc = auth_worker_submit(s->srv->worker, s->id, key, kl, hash, s->creds->pass, unknown);
-    }
-    if (rc < 0) {
-        /* Never checked: the attempt is given back. */
-        auth_throttle_end(s->srv->throttle, key, kl, false, tern_mono_ms(), &lim);
-        auth_try_later(s, "Temporary authentication failure, try again later", "worker queue full");
+    if (why != NULL) {
+        auth_try_later(s, "Temporary authentication failure, try again later", why);
         return;
     }
     explicit_bzero(s->creds->pass, sizeof(s->creds->pass));
@@ -229,12 +259,15 @@ log_check(const struct auth_result *r, bool locked)
 void
 smtp_auth_done(const struct auth_result *r, void *arg)
 {
-    struct smtp_server *srv = arg;
-    struct smtp_session *s = map_get_u64(srv->sessions, r->id);
-    struct auth_limits lim = limits_of(srv);
+    struct smtp_loop *lp = arg;
+    struct smtp_session *s = map_get_u64(lp->sessions, r->id);
+    struct auth_limits lim = limits_of(lp);
+    bool locked;
     /* Settled even when the session is gone: hanging up does not take a
      * failed guess back. */
-    bool locked = auth_throttle_end(srv->throttle, r->key, r->klen, !r->ok, tern_mono_ms(), &lim);
+    pthread_mutex_lock(&lp->srv->auth_mu);
+    locked = auth_throttle_end(lp->srv->throttle, r->key, r->klen, !r->ok, tern_mono_ms(), &lim);
+    pthread_mutex_unlock(&lp->srv->auth_mu);
     log_check(r, locked);
     if (s == NULL || s->dead || s->state != SMTP_ST_AUTH || s->auth_step != SMTP_AUTH_CHECK)
         return; /* the session went away meanwhile */
@@ -299,8 +332,9 @@ static bool
 auth_refused(struct smtp_session *s)
 {
     unsigned char key[AUTH_KEY_MAX];
-    struct auth_limits lim = limits_of(s->srv);
+    struct auth_limits lim = limits_of(s->lp);
     size_t kl;
+    bool blocked;
     if (!smtp_server_auth_on(s->srv) || s->cfg->auth_users_file == NULL) {
         smtp_reply(s, 502, "5.5.1", "Command not available");
     } else if (!smtp_auth_offered(s)) {
@@ -314,7 +348,10 @@ auth_refused(struct smtp_session *s)
         smtp_reply(s, 503, "5.5.1", "Error: MAIL transaction in progress");
     } else {
         kl = auth_throttle_key((const struct sockaddr *)&s->peer, key);
-        if (!auth_throttle_blocked(s->srv->throttle, key, kl, tern_mono_ms(), &lim))
+        pthread_mutex_lock(&s->srv->auth_mu);
+        blocked = auth_throttle_blocked(s->srv->throttle, key, kl, tern_mono_ms(), &lim);
+        pthread_mutex_unlock(&s->srv->auth_mu);
+        if (!blocked)
             return false;
         smtp_reply(s, 454, "4.7.0", "Too many authentication failures, try again later");
         auth_log(s, LOG_WARN, "auth_refused", NULL, "locked out");

@@ -324,10 +324,10 @@ tx_rejected(struct smtp_session *s, struct tern_status *st)
 static void
 commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
 {
-    struct smtp_server *srv = arg;
-    struct smtp_session *s = map_get_u64(srv->sessions, id);
+    struct smtp_loop *lp = arg;
+    struct smtp_session *s = map_get_u64(lp->sessions, id);
     if (ok)
-        srv->received++;
+        atomic_fetch_add_explicit(&lp->srv->received, 1, memory_order_relaxed);
     if (s == NULL || s->dead || s->state != SMTP_ST_COMMIT)
         return; /* the client left; the message is queued all the same */
     if (ok) {
@@ -335,7 +335,7 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     } else {
         smtp_reply(s, 452, "4.3.1", "Insufficient system storage");
     }
-    if (srv->shutting_down) {
+    if (lp->shutting_down) {
         s->state = SMTP_ST_READY;
         smtp_session_close(s, 421, "4.3.2", "Service shutting down, try again later");
         return;
@@ -396,7 +396,9 @@ tx_finish(struct smtp_session *s)
         dkim_attach(tx->w, tx->dkim, tx->dkim_skip);
         tx->dkim = NULL;
     }
-    spool_writer_commit(tx->w, spool_owner(s->srv->sp), commit_cb, s->id, s->srv);
+    /* The answer comes back to this session's loop; the scheduler learns of
+     * the message on the spool owner's (the main) loop. */
+    spool_writer_commit(tx->w, s->lp->inbox, commit_cb, s->id, s->lp);
     tx->w = NULL;
     smtp_tx_free(tx);
     s->tx = NULL;

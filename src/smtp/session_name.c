@@ -5,7 +5,8 @@
  * was not made up by whoever controls the reverse zone alone. Looked up
  * once per session in the background: nothing waits for it, and a session
  * that ends first cancels it (dns_cancel: the callbacks then never run, so
- * they may take the session itself as their argument).
+ * they may take the session itself as their argument). The lookup runs on
+ * the resolver of the session's own loop (a resolver belongs to one loop).
  */
 #include <netinet/in.h>
 #include <string.h>
@@ -72,7 +73,7 @@ ptr_cb(void *arg, const struct dns_rr_result *r)
         return;
     }
     memcpy(s->client_name, name, r->rr[0].len + 1);
-    s->name_q = dns_lookup_addr(s->srv->dns, s->client_name, 0,
+    s->name_q = dns_lookup_addr(s->lp->dns, s->client_name, 0,
         s->peer.ss_family == AF_INET6 ? IPFAM_V6 : IPFAM_V4, addr_cb, s);
     if (s->name_q == NULL)
         name_done(s, false);
@@ -83,11 +84,11 @@ smtp_name_start(struct smtp_session *s)
 {
     char rev[128];
     s->name_state = SMTP_NAME_OFF;
-    if (s->srv->dns == NULL || !s->cfg->smtpd_peername_lookup ||
+    if (s->lp->dns == NULL || !s->cfg->smtpd_peername_lookup ||
         dns_reverse_name((const struct sockaddr *)&s->peer, rev, sizeof(rev)) < 0)
         return;
     s->name_state = SMTP_NAME_PENDING;
-    s->name_q = dns_lookup_rr(s->srv->dns, rev, DNS_RR_PTR, ptr_cb, s);
+    s->name_q = dns_lookup_rr(s->lp->dns, rev, DNS_RR_PTR, ptr_cb, s);
     if (s->name_q == NULL)
         name_done(s, false);
 }

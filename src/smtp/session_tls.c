@@ -45,7 +45,7 @@ hs_timer_start(struct smtp_session *s)
     int64_t ms = s->cfg->tls_handshake_timeout_ms;
     struct timeval tv = { (time_t)(ms / 1000), (suseconds_t)((ms % 1000) * 1000) };
     if (s->hs_timer == NULL)
-        s->hs_timer = evtimer_new(s->srv->base, hs_timeout_cb, s);
+        s->hs_timer = evtimer_new(s->lp->base, hs_timeout_cb, s);
     evtimer_add(s->hs_timer, &tv);
 }
 
@@ -56,7 +56,7 @@ smtp_tls_accept(struct smtp_session *s, int fd)
     if (ssl == NULL)
         return false;
     s->bev = bufferevent_openssl_socket_new(
-        s->srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+        s->lp->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
     if (s->bev == NULL) {
         SSL_free(ssl);
         return false;
@@ -122,7 +122,7 @@ smtp_cmd_starttls(struct smtp_session *s, const struct smtp_cmd *c)
     smtp_auth_reset(s);
     smtp_session_plain_read_end(s);
     bev = bufferevent_openssl_filter_new(
-        s->srv->base, under, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+        s->lp->base, under, ssl, BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
         SSL_free(ssl);
         smtp_session_kill(s);

@@ -2,7 +2,9 @@
  * The SMTP server (RFC 5321 with PIPELINING, SIZE, 8BITMIME, SMTPUTF8,
  * CHUNKING, DSN, ENHANCEDSTATUSCODES): listeners on smtp_listen, session
  * limits, and sessions that stream mail into the spool and answer 250 only
- * after the spool's commit callback. One event loop, no threads.
+ * after the spool's commit callback. Sessions run on `workers` receive
+ * loops: the main loop alone, or that many threads of their own. Every call
+ * here is made on the main loop's thread.
  */
 #ifndef TERN_SMTP_H
 #define TERN_SMTP_H
@@ -18,26 +20,35 @@ struct spool;
 struct smtp_server;
 
 /* Bind every smtp_listen, submission_listen and smtps_listen address of cfg
- * (a reference is taken), load the TLS certificate and the AUTH users. NULL
- * with a message in err when an address cannot be bound or a file is bad. */
+ * (a reference is taken) for each of cfg->workers receive loops and start
+ * them, load the TLS certificate and the AUTH users. NULL with a message in
+ * err when an address cannot be bound or a file is bad. */
 struct smtp_server *smtp_server_new(
     struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err);
 /* New sessions use cfg (and its certificate and users file, re-read here)
- * from now on; sessions in flight keep theirs. Listeners are rebound when the
- * addresses changed: -1 (and the old config kept) when a new address cannot
- * be bound or the certificate, key or users file is bad. */
+ * from now on (each loop has taken it when this returns); sessions in flight
+ * keep theirs. Listeners are opened for new addresses and closed for
+ * dropped ones (those kept stay open): -1 (and the old config kept) when a
+ * new address cannot be bound, the certificate, key or users file is bad,
+ * or workers changed (it needs a restart). */
+int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
 /* Look up clients' names for the log with dns (borrowed; it must outlive
- * the server's sessions), when smtpd_peername_lookup says so. */
+ * the server's sessions), when smtpd_peername_lookup says so. Threaded
+ * receive loops get resolvers of their own (cfg's dns_resolvers, followed
+ * on reload): a resolver belongs to one event loop. */
 struct dns;
 void smtp_server_set_dns(struct smtp_server *srv, struct dns *dns);
-int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
 /* Stop accepting; idle sessions get 421 and are closed, sessions in a
  * transaction are abandoned (421, their tmp files discarded), sessions whose
  * message is being committed get their answer first. */
 void smtp_server_shutdown(struct smtp_server *srv);
-/* Drop every remaining session without a reply (the end of a shutdown). */
+/* Drop every remaining session without a reply (the end of a shutdown);
+ * the loop threads end here, after freeing their sessions. */
 void smtp_server_kill_all(struct smtp_server *srv);
 size_t smtp_server_sessions(const struct smtp_server *srv);
+/* The receive loops for /status: a JSON array of {"sessions", "accepted"}
+ * per loop, appended to out. */
+void smtp_server_status_json(const struct smtp_server *srv, struct buf *out);
 /* Messages received and safely queued (counted once the spool committed
  * them, whether or not the client stayed for the reply). */
 uint64_t smtp_server_received(const struct smtp_server *srv);
@@ -46,9 +57,9 @@ uint64_t smtp_server_received(const struct smtp_server *srv);
 size_t smtp_server_unfreed(const struct smtp_server *srv);
 void smtp_server_free(struct smtp_server *srv);
 /* ternd's relay binds nothing itself: the parent's sockets for role (0
- * smtp_listen, 1 submission_listen, 2 smtps_listen) and hp are given here
- * before smtp_server_new or smtp_server_set_config takes them; those not
- * taken are closed by smtp_server_drop_given. */
+ * smtp_listen, 1 submission_listen, 2 smtps_listen) and hp, one per receive
+ * loop, are given here before smtp_server_new or smtp_server_set_config
+ * takes them; those not taken are closed by smtp_server_drop_given. */
 void smtp_server_give_socket(int role, const struct hostport *hp, int fd);
 void smtp_server_drop_given(void);
 /* ternd's relay: AUTH is checked by the keys process over auth_fd, which
@@ -66,8 +77,10 @@ int smtp_server_check(const struct config *cfg, struct buf *err);
 #define SMTP_FDS_PER_SESSION  2
 #define SMTP_FDS_PER_DELIVERY 2
 #define SMTP_FDS_RESERVE      100
+#define SMTP_FDS_PER_LOOP     2 /* a receive thread's epoll and inbox */
 /* The descriptors ternd may need at once with cfg: max_sessions sessions,
- * max_connections deliveries, the listeners and the reserve. */
+ * max_connections deliveries, the listeners of every receive loop, the
+ * loop threads' own and the reserve. */
 uint64_t smtp_server_fds_needed(const struct config *cfg);
 /* 0 when smtp_server_fds_needed(cfg) fits in limit, else -1 with one line
  * in err naming the settings, the need and the limit. */

@@ -1,10 +1,18 @@
 /*
- * SMTP server internals shared by server.c (listeners, limits) and
- * session.c (the per-connection state machine).
+ * SMTP server internals shared by server.c (listeners, admission, security
+ * objects), workers.c (the receive loops and their threads) and session*.c
+ * (the per-connection state machine).
+ *
+ * Threads: a session, its listener and everything in its struct smtp_loop
+ * belong to the loop's thread alone. The struct smtp_server is shared: what
+ * sessions touch there is either immutable after start, atomic, or guarded
+ * by one of its two mutexes (admission counts; AUTH users and throttle).
  */
 #ifndef TERN_SMTP_INT_H
 #define TERN_SMTP_INT_H
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
@@ -30,6 +38,7 @@ struct bufferevent;
 struct dkim_signer;
 struct dns;
 struct dns_query;
+struct loopq;
 struct evbuffer;
 struct evconnlistener;
 struct event;
@@ -83,42 +92,93 @@ struct smtp_tx {
 };
 
 struct smtp_listener {
-    struct smtp_server *srv;
+    struct smtp_loop *lp;
     enum smtp_role role;
     struct hostport hp;
     struct evconnlistener *lis;
 };
 
-struct smtp_server {
-    struct event_base *base;
-    struct dns *dns; /* borrowed (smtp_server_set_dns), or NULL: no name lookups */
-    struct spool *sp;
-    uint64_t received; /* messages committed */
-    struct config *cfg;
+/* Listening sockets for the loops, n addresses each: fds[loop * n + i]
+ * (-1 once the loop has taken it). With several loops each address has an
+ * SO_REUSEPORT group of one socket per loop (bound by ternd's parent and
+ * passed, or bound here without it), and the kernel spreads new
+ * connections over them. fds of an address that the running configuration
+ * listens on already are all -1: each loop keeps its listener there. */
+struct smtp_listen_set {
+    size_t n, n_loops;
+    enum smtp_role *roles; /* owned, n */
+    struct hostport *hps;  /* owned, n */
+    int *fds;              /* owned, n * n_loops */
+};
+
+/* One receive loop: an event base with its own listeners and sessions.
+ * With workers = 1 the only loop is the main loop (no thread); otherwise
+ * each loop runs on a thread of its own (workers.c). */
+struct smtp_loop {
+    struct smtp_server *srv;
+    unsigned idx;
+    bool threaded;
+    pthread_t thread;
+    bool joined;             /* its thread has ended (or not yet started) */
+    struct event_base *base; /* owned when threaded */
+    /* Commit and AUTH answers for its sessions, and the main thread's
+     * messages (workers.c). Owned when threaded; else the spool owner's. */
+    struct loopq *inbox;
+    /* Client name lookups of its sessions: a resolver on the loop's own
+     * base when threaded (owned), else the server's (borrowed); NULL: no
+     * lookups. */
+    struct dns *dns;
+    struct config *cfg;  /* ref: the configuration new sessions take */
+    struct tls_ctx *tls; /* ref or NULL: the TLS context new sessions take */
     struct smtp_listener **listeners;
     size_t n_listeners;
-    struct tls_ctx *tls;            /* server context of cfg; NULL: no TLS offered */
-    struct auth_users *users;       /* auth_users_file of cfg; NULL: no AUTH */
-    struct auth_throttle *throttle; /* failed AUTH per client address */
-    struct auth_worker *worker;     /* crypt checks off the loop */
-    bool auth_remote_on;            /* AUTH checked by the keys process (no users here) */
-    struct map *sessions;           /* id -> session */
-    struct map *per_ip;             /* address bytes -> count (uintptr_t) */
-    uint64_t next_id;
+    struct map *sessions;       /* id -> session */
     size_t n_alive;             /* sessions not yet freed (killed ones included) */
-    size_t n_outsiders;         /* sessions of clients outside relay_networks */
     struct event *accept_timer; /* owned: ends a pause of the listeners */
     bool accept_paused;         /* accept() ran out of descriptors; listeners off */
     bool shutting_down;
+    bool stopped; /* sessions killed, listeners gone: late messages only release */
+    /* Read by the main thread for /status. */
+    atomic_size_t open;             /* sessions in the map */
+    atomic_uint_least64_t accepted; /* sessions started since start */
+};
+
+struct smtp_server {
+    struct event_base *base; /* the main loop */
+    struct dns *dns;         /* borrowed (smtp_server_set_dns), or NULL: no name lookups */
+    struct spool *sp;
+    atomic_uint_least64_t received; /* messages committed, by every loop */
+    /* Main thread only: the current configuration and its TLS context
+     * (each loop holds its own references, handed over in workers.c). */
+    struct config *cfg;
+    struct tls_ctx *tls; /* NULL: no TLS offered */
+    struct smtp_loop **loops;
+    size_t n_loops;
+    bool shutting_down;
+    struct auth_worker *worker; /* crypt checks off the loops; thread safe */
+    pthread_mutex_t auth_mu;
+    struct auth_users *users;       /* guarded by auth_mu; NULL: no AUTH here */
+    struct auth_throttle *throttle; /* guarded by auth_mu: failed AUTH per address */
+    atomic_bool has_users;          /* users != NULL */
+    atomic_bool auth_remote_on;     /* AUTH checked by the keys process (no users here) */
+    /* Admission over every loop (max_sessions, max_sessions_per_ip,
+     * reserved_sessions), checked and counted in one step. */
+    pthread_mutex_t adm_mu;
+    struct map *per_ip;   /* guarded by adm_mu: address bytes -> count (uintptr_t) */
+    size_t n_sessions;    /* guarded by adm_mu */
+    size_t n_outsiders;   /* guarded by adm_mu: sessions of clients outside relay_networks */
+    atomic_size_t n_open; /* n_sessions, for readers without the lock */
+    atomic_uint_least64_t next_id;
 };
 
 /* Is AUTH configured (a users table here, or the keys process's)? */
 bool smtp_server_auth_on(const struct smtp_server *srv);
 
 struct smtp_session {
-    uint64_t id;
+    uint64_t id; /* unique over every loop */
     struct smtp_server *srv;
-    struct config *cfg; /* the snapshot this session started with */
+    struct smtp_loop *lp; /* the loop it runs on */
+    struct config *cfg;   /* the snapshot this session started with */
     struct bufferevent *bev;
     struct sockaddr_storage peer;
     char peer_str[64];
@@ -173,11 +233,13 @@ struct smtp_session {
 
 /* server.c: admit a new connection as a listener does (session limits,
  * the share kept for relay_networks, per-address counts): a session is
- * started on fd, or fd gets one 421 line and is closed. fd is owned. */
+ * started on fd on the first loop, or fd gets one 421 line and is closed.
+ * fd is owned. On that loop's thread (the main loop's with workers = 1, as
+ * the fuzzers run it). */
 void smtp_server_admit(
     struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen, enum smtp_role role);
 /* session.c. start: false when no session could be made (fd closed). */
-bool smtp_session_start(struct smtp_server *srv, int fd, const struct sockaddr *sa, int salen,
+bool smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int salen,
     enum smtp_role role, bool outsider);
 void smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -247,12 +309,46 @@ void smtp_cmd_auth(struct smtp_session *s, const struct smtp_cmd *c);
 void smtp_auth_response(struct smtp_session *s, const char *line, size_t len);
 /* Forget everything of authentication (STARTTLS, end of session). */
 void smtp_auth_reset(struct smtp_session *s);
-/* The crypt worker's answer for session id (auth_done_fn). */
+/* The crypt worker's answer for session id (auth_done_fn; arg: the loop). */
 void smtp_auth_done(const struct auth_result *r, void *arg);
 void smtp_session_close(struct smtp_session *s, int code, const char *esc, const char *text);
 /* End the session at once, no reply; freed from the loop later. */
 void smtp_session_kill(struct smtp_session *s);
 /* server.c: called when a session ends (counts, maps). */
 void smtp_server_session_gone(struct smtp_server *srv, struct smtp_session *s);
+/* server.c, on the loop's thread: wrap the loop's sockets of set (taken
+ * from it) in listeners, replacing the loop's old ones; drop them all. */
+void smtp_loop_listen(struct smtp_loop *lp, struct smtp_listen_set *set);
+void smtp_loop_unbind(struct smtp_loop *lp);
+/* On the loop's thread: stop accepting and end its sessions as
+ * smtp_server_shutdown says; end every session without a reply. */
+void smtp_loop_shutdown_sessions(struct smtp_loop *lp);
+void smtp_loop_kill_sessions(struct smtp_loop *lp);
+void smtp_listen_set_free(struct smtp_listen_set *set); /* closes what is left; NULL fine */
+
+/* workers.c: the loops. new: threaded or the main loop (base); NULL with
+ * err when a threaded loop's base or inbox cannot be made. */
+struct smtp_loop *smtp_loop_new(
+    struct smtp_server *srv, unsigned idx, bool threaded, struct buf *err);
+/* Before the loop runs (start-up, main thread): its configuration, TLS
+ * context (references taken) and listeners; then start its thread. */
+void smtp_loop_init(
+    struct smtp_loop *lp, struct config *cfg, struct tls_ctx *tls, struct smtp_listen_set *set);
+void smtp_loop_start(struct smtp_loop *lp);
+/* From the main thread, carried out on the loop at its next pass (these two
+ * return once it has been): new sessions take cfg and tls (references
+ * taken); with set, the loop's listeners are replaced by its sockets of set
+ * (taken from set now). */
+void smtp_loop_post_config(
+    struct smtp_loop *lp, struct config *cfg, struct tls_ctx *tls, struct smtp_listen_set *set);
+void smtp_loop_post_shutdown(struct smtp_loop *lp);
+/* Client name lookups from now on: the main loop uses dns, a threaded loop
+ * a resolver of its own (when dns is not NULL). Returns once done. */
+void smtp_loop_post_dns(struct smtp_loop *lp, struct dns *dns);
+/* Main thread: end every session of the loop without a reply; a threaded
+ * loop then drains its frees and its thread is joined. */
+void smtp_loop_stop(struct smtp_loop *lp);
+/* Main thread, after smtp_loop_stop (and once the AUTH worker is gone). */
+void smtp_loop_free(struct smtp_loop *lp);
 
 #endif

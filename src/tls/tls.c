@@ -115,8 +115,9 @@ wrap(SSL_CTX *ctx)
 struct tls_ctx *
 tls_ctx_ref(struct tls_ctx *t)
 {
-    TERN_ASSERT(t != NULL && t->refs > 0);
-    t->refs++;
+    TERN_ASSERT(t != NULL && __atomic_load_n(&t->refs, __ATOMIC_RELAXED) > 0);
+    /* Atomic: every receive loop holds references of its own. */
+    __atomic_add_fetch(&t->refs, 1, __ATOMIC_RELAXED);
     return t;
 }
 
@@ -125,8 +126,8 @@ tls_ctx_unref(struct tls_ctx *t)
 {
     if (t == NULL)
         return;
-    TERN_ASSERT(t->refs > 0);
-    if (--t->refs > 0)
+    TERN_ASSERT(__atomic_load_n(&t->refs, __ATOMIC_RELAXED) > 0);
+    if (__atomic_sub_fetch(&t->refs, 1, __ATOMIC_ACQ_REL) > 0)
         return;
     SSL_CTX_free(t->ctx);
     free(t);

@@ -36,8 +36,9 @@
 #define LOG_SYSLOG_DEFAULT "/dev/log"
 #define LOG_FACILITY_MAIL  2 /* RFC 5424 §6.2.1 */
 
-static bool log_json;
-static enum log_level log_min = LOG_INFO;
+/* Set on the main loop (start, reload), read by every thread. */
+static atomic_bool log_json;
+static _Atomic int log_min = LOG_INFO;
 /* Changed under log_mu only (log_use); read without it by log_begin, which
  * at worst formats one line for the previous kind of target. */
 static int log_fd = 2;
@@ -60,13 +61,13 @@ static const char *const level_names[] = { "debug", "info", "warn", "error", "cr
 void
 log_set_json(bool json)
 {
-    log_json = json;
+    atomic_store_explicit(&log_json, json, memory_order_relaxed);
 }
 
 void
 log_set_level(enum log_level min)
 {
-    log_min = min;
+    atomic_store_explicit(&log_min, (int)min, memory_order_relaxed);
 }
 
 /* Nowhere is left to report a logging failure: give up on it. */
@@ -417,8 +418,8 @@ log_begin(
     bool text_ts = true;
     buf_init(&l->b);
     l->lvl = lvl;
-    l->on = lvl >= log_min;
-    l->json = log_json;
+    l->on = (int)lvl >= atomic_load_explicit(&log_min, memory_order_relaxed);
+    l->json = atomic_load_explicit(&log_json, memory_order_relaxed);
     if (!l->on)
         return;
     if (log_format_ts(now_unix_ms(), ts, sizeof(ts)) == 0)

@@ -348,7 +348,7 @@ model_off(struct client *c)
 static struct smtp_session *
 session(struct client *c)
 {
-    struct smtp_session *s = map_get_u64(c->srv->sessions, c->sess_id);
+    struct smtp_session *s = map_get_u64(c->srv->loops[0]->sessions, c->sess_id);
     return s != NULL && !s->dead ? s : NULL;
 }
 
@@ -1168,8 +1168,9 @@ check_admission(struct smtp_server *srv)
 {
     const struct config *cfg = srv->cfg;
     struct tally t = { map_new(), 0, 0 };
-    map_each(srv->sessions, tally_one, &t);
+    map_each(srv->loops[0]->sessions, tally_one, &t);
     CHECK(t.sessions <= cfg->max_sessions);
+    CHECK(t.sessions == srv->n_sessions);
     CHECK(t.outsiders == srv->n_outsiders);
     CHECK(map_count(t.per_ip) == map_count(srv->per_ip));
     map_each(srv->per_ip, compare_count, &t);

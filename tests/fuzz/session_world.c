@@ -160,6 +160,9 @@ make_server(struct fuzz_world *w, bool tight)
     ov[n++] = "relay_domains=relay.test";
     ov[n++] = "auth_allow_plaintext_loopback=yes";
     ov[n++] = "auth_failure_delay=0s";
+    /* One receive loop, the world's own base: the fuzzer runs it and
+     * reads the sessions on it (no loop threads). */
+    ov[n++] = "workers=1";
     if (tight) {
         ov[n++] = "max_message_size=3000";
         ov[n++] = "max_recipients=3";
@@ -251,7 +254,8 @@ world_init(struct fuzz_world *w)
         die("loopq_new", NULL);
     /* Small segments: the messages of each input are removed after it, and
      * whole dead segments are reclaimed. */
-    w->sp = spool_open(path, w->q, &(struct spool_opts){ .segment_size = SPOOL_SEG_SIZE_MIN }, &err);
+    w->sp =
+        spool_open(path, w->q, &(struct spool_opts){ .segment_size = SPOOL_SEG_SIZE_MIN }, &err);
     if (w->sp == NULL)
         die("spool_open", err.data);
     spool_set_commit_hook(w->sp, on_commit, w);

@@ -1,5 +1,6 @@
 """
-Fixtures for the end-to-end tests.
+Fixtures for the end-to-end tests. TERN_TEST_WORKERS=N sets workers = N in
+every config the fixtures write.
 
   sink        a running Sink (sysutil.Sink): the smarthost every ternd relays to
   make_tern   make_tern(start=True, **settings) -> a Tern (ternd from $TERN_BUILD)
@@ -94,6 +95,10 @@ class Tern:
             "retry_max": "2s",
             "max_queue_lifetime": "1h",
         }
+        # TERN_TEST_WORKERS=N runs every ternd of the suite with N receive
+        # loops (races show up where sessions run on several threads).
+        if os.environ.get("TERN_TEST_WORKERS"):
+            self.settings["workers"] = os.environ["TERN_TEST_WORKERS"]
         if TEST_USER:
             self.settings["user"] = TEST_USER
         self.update(**settings)

@@ -11,7 +11,7 @@ import stat
 import dkim
 import pytest
 
-from sysutil import message, split_received, uid
+from sysutil import WAIT, message, split_received, uid, wait_for
 
 QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
@@ -293,8 +293,11 @@ def test_signatures_stored_in_spool(make_tern, sink):
     assert rc == 0
     t.start()
     assert spool_message(t.spool, qid)[0] == prefix
-    p = t.ctl("queue", "list", "--json")
-    assert qid in p.stdout.decode()
+    # The queue is read in the background once ternd listens (and with
+    # several receive loops the greeting that start() waits for may come
+    # before the main loop has begun reading it).
+    wait_for(lambda: qid in t.ctl("queue", "list", "--json").stdout.decode(), WAIT,
+             desc="the message listed after the restart")
 
 
 def test_check_rejects_bad_keys(make_tern):

@@ -286,10 +286,14 @@ def test_postfix_wrong_password_stays_queued(postfix_relay, sink):
     pf.sendmail("sender@client.test", rcpt,
                 message(f"bad auth {u}", sender="sender@client.test", to=rcpt))
 
+    # Postfix's showq gives the reason as soon as the delivery agent logged
+    # it, while the message may still be in the active queue: wait for both.
     def deferred_with_535():
         # The deferral reason shows (from the defer log) while the message
         # is still in the active queue: wait for the queue move as well.
         for q in pf.queue():
+            if q.get("queue_name") != "deferred":
+                continue
             for r in q.get("recipients", []):
                 if (q.get("queue_name") == "deferred" and r.get("address") == rcpt
                         and "535" in r.get("delay_reason", "")):

@@ -308,7 +308,9 @@ def test_root_owned_spool_handed_to_user(make_tern):
     for root, dirs, files in os.walk(t.spool):
         for n in [".", *dirs, *files]:
             assert os.lstat(os.path.join(root, n)).st_uid == pw.pw_uid, (root, n)
-    assert t.queued() == queued
+    # The queue is read in the background once ternd listens (a receive
+    # loop thread may greet before the main loop begins reading it).
+    wait_for(lambda: t.queued() == queued, WAIT, desc="the message queued after the restart")
 
 
 def ipv6_loopback():

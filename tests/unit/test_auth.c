@@ -27,6 +27,7 @@
 
 #include "smtp/auth.h"
 #include "util/buf.h"
+#include "util/loopq.h"
 #include "util/util.h"
 
 /* Test-only base64 encoder for building PLAIN messages with NULs. */
@@ -734,16 +735,18 @@ test_worker(void **state)
     char *h = make_hash("$6$", "pw");
     struct event_base *base = event_base_new();
     struct auth_worker *w;
+    struct loopq *inbox = loopq_new(base);
     struct timeval tv = { 20, 0 };
     unsigned char ka[4] = { 192, 0, 2, 1 }, kb[4] = { 192, 0, 2, 2 };
     int refused = 0;
     memset(&d, 0, sizeof(d));
     d.base = base;
-    w = auth_worker_new(base, done_cb, &d);
-    assert_int_equal(auth_worker_submit(w, 1, ka, 4, h, "pw", false), 0);
-    assert_int_equal(auth_worker_submit(w, 2, kb, 4, h, "wrong", false), 0);
-    assert_int_equal(auth_worker_submit(w, 3, ka, 4, h, "pw", true), 0); /* unknown user */
-    assert_int_equal(auth_worker_submit(w, 4, kb, 4, "*", "pw", false), 0);
+    w = auth_worker_new(done_cb);
+    assert_int_equal(auth_worker_submit(w, inbox, &d, 1, ka, 4, h, "pw", false), 0);
+    assert_int_equal(auth_worker_submit(w, inbox, &d, 2, kb, 4, h, "wrong", false), 0);
+    assert_int_equal(
+        auth_worker_submit(w, inbox, &d, 3, ka, 4, h, "pw", true), 0); /* unknown user */
+    assert_int_equal(auth_worker_submit(w, inbox, &d, 4, kb, 4, "*", "pw", false), 0);
     event_base_loopexit(base, &tv);
     event_base_dispatch(base);
     assert_int_equal(d.n, 4);
@@ -756,11 +759,12 @@ test_worker(void **state)
     /* One key gets its share of the queue and no more (one check may
      * already be running, out of the queue). */
     for (uint64_t i = 0; i < AUTH_QUEUE_PER_KEY + 2; i++)
-        refused += auth_worker_submit(w, 5, ka, 4, h, "pw", false) < 0;
+        refused += auth_worker_submit(w, inbox, &d, 5, ka, 4, h, "pw", false) < 0;
     assert_true(refused >= 1 && refused <= 2);
-    assert_int_equal(auth_worker_submit(w, 6, kb, 4, h, "pw", false), 0);
+    assert_int_equal(auth_worker_submit(w, inbox, &d, 6, kb, 4, h, "pw", false), 0);
     /* Free with jobs still queued: no answers, no leaks. */
     auth_worker_free(w);
+    loopq_free(inbox); /* answers already posted run here */
     event_base_free(base);
     free(h);
 }

@@ -129,6 +129,8 @@ test_defaults(void **state)
     assert_int_equal(c->max_sessions, 1000);
     assert_int_equal(c->max_sessions_per_ip, 100);
     assert_int_equal(c->reserved_sessions, 100); /* a tenth of max_sessions */
+    assert_int_equal(c->workers, config_default_workers());
+    assert_true(c->workers >= 1 && c->workers <= CONFIG_WORKERS_AUTO_MAX);
     assert_int_equal(c->max_errors, 20);
     assert_int_equal(c->smtp_timeout_ms, 300000);
     assert_int_equal(c->data_timeout_ms, 180000);
@@ -283,6 +285,7 @@ test_overrides(void **state)
         "max_errors=2", /* later overrides win over earlier ones */
         "log_format=json # comment",
         "reserved_sessions=0", /* an explicit 0 wins over the computed default */
+        "workers=64",
     };
     struct config *c = load_text("smtp_listen = 127.0.0.1:25\n"
                                  "relay_domains = example.com\n"
@@ -300,6 +303,7 @@ test_overrides(void **state)
     assert_int_equal(c->max_errors, 2);
     assert_int_equal(c->log_format, LOGFMT_JSON);
     assert_int_equal(c->reserved_sessions, 0);
+    assert_int_equal(c->workers, 64);
     config_unref(c);
 
     /* No file: built-in defaults plus overrides. */
@@ -412,6 +416,9 @@ test_errors(void **state)
             "tern.conf:1: max_message_size must be greater than 0\n" },
         { "bad duration", "retry_initial = 5w\n", NULL,
             "tern.conf:1: bad duration \"5w\" for retry_initial (a number with an s, m, h or d suffix)\n" },
+        { "no workers", NULL, "workers=0", "-o workers: bad number \"0\" for workers (1..64)\n" },
+        { "too many workers", "workers = 65\n", NULL,
+            "tern.conf:1: bad number \"65\" for workers (1..64)\n" },
         { "zero duration", NULL, "smtp_timeout=0s",
             "-o smtp_timeout: smtp_timeout must be greater than 0\n" },
         { "bad port in hostport", "smarthost = relay.example:99999\n", NULL,

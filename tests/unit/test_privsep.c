@@ -189,6 +189,50 @@ test_listen_both_families(void **state)
     buf_fini(&err);
 }
 
+static int
+reuseport_of(int fd)
+{
+    int on = -1;
+    socklen_t l = sizeof(on);
+    assert_int_equal(getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, &l), 0);
+    return on;
+}
+
+/* One socket per receive loop: an SO_REUSEPORT group, never joined to
+ * sockets already on the address (another daemon's, or a group of ours). */
+static void
+test_listen_group(void **state)
+{
+    struct hostport hp = { "127.0.0.1", 0, false };
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof(sa);
+    struct buf err = BUF_INIT;
+    int lone, fds[3], again[3], one[1];
+    assert_int_equal(ps_listen_tcp("smtp_listen", &hp, &lone, &err), 0);
+    assert_int_equal(getsockname(lone, (struct sockaddr *)&sa, &sl), 0);
+    hp.port = ntohs(sa.sin_port);
+    /* Something listens there already: refused, as a lone socket is. */
+    assert_int_equal(ps_listen_tcp_group("smtp_listen", &hp, 3, fds, &err), -1);
+    assert_non_null(strstr(err.data, "cannot listen on 127.0.0.1"));
+    close(lone);
+    assert_int_equal(ps_listen_tcp_group("smtp_listen", &hp, 3, fds, &err), 0);
+    for (int i = 0; i < 3; i++) {
+        sl = sizeof(sa);
+        assert_int_equal(getsockname(fds[i], (struct sockaddr *)&sa, &sl), 0);
+        assert_int_equal(ntohs(sa.sin_port), hp.port);
+        assert_int_equal(reuseport_of(fds[i]), 1);
+    }
+    /* A second group does not join the first. */
+    assert_int_equal(ps_listen_tcp_group("smtp_listen", &hp, 3, again, &err), -1);
+    for (int i = 0; i < 3; i++)
+        close(fds[i]);
+    /* One loop: a plain socket. */
+    assert_int_equal(ps_listen_tcp_group("smtp_listen", &hp, 1, one, &err), 0);
+    assert_int_equal(reuseport_of(one[0]), 0);
+    close(one[0]);
+    buf_fini(&err);
+}
+
 static void
 test_listen_check(void **state)
 {
@@ -233,6 +277,7 @@ main(void)
         cmocka_unit_test(test_messages),
         cmocka_unit_test(test_blobs),
         cmocka_unit_test(test_listen_both_families),
+        cmocka_unit_test(test_listen_group),
         cmocka_unit_test(test_listen_check),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

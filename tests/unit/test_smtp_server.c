@@ -20,15 +20,26 @@ test_fds_needed(void **state)
         const char *name;
         uint32_t sessions, connections;
         size_t listeners;
+        uint32_t workers;
         uint64_t limit;
         bool fits;
+        uint64_t need;
     } cases[] = {
-        { "defaults, usual limit", 1000, 500, 1, 524288, true },
-        { "defaults, ulimit -n 1024", 1000, 500, 1, 1024, false },
-        { "exactly the need", 300, 100, 1, 300 * 2 + 100 * 2 + 1 + 100, true },
-        { "one short", 300, 100, 1, 300 * 2 + 100 * 2 + 1 + 100 - 1, false },
-        { "listeners count", 300, 100, 3, 300 * 2 + 100 * 2 + 1 + 100, false },
-        { "no limit known", 1000000, 100000, 1, UINT64_MAX, true },
+        { "defaults, usual limit", 1000, 500, 1, 1, 524288, true, 1000 * 2 + 500 * 2 + 1 + 100 },
+        { "defaults, ulimit -n 1024", 1000, 500, 1, 1, 1024, false, 1000 * 2 + 500 * 2 + 1 + 100 },
+        { "exactly the need", 300, 100, 1, 1, 300 * 2 + 100 * 2 + 1 + 100, true,
+            300 * 2 + 100 * 2 + 1 + 100 },
+        { "one short", 300, 100, 1, 1, 300 * 2 + 100 * 2 + 1 + 100 - 1, false,
+            300 * 2 + 100 * 2 + 1 + 100 },
+        { "listeners count", 300, 100, 3, 1, 300 * 2 + 100 * 2 + 1 + 100, false,
+            300 * 2 + 100 * 2 + 3 + 100 },
+        /* 4 loops: a socket per address each, an epoll and an inbox each. */
+        { "loops count", 300, 100, 3, 4, 300 * 2 + 100 * 2 + 3 + 100, false,
+            300 * 2 + 100 * 2 + 3 * 4 + 4 * 2 + 100 },
+        { "unset workers is one loop", 300, 100, 3, 0, 300 * 2 + 100 * 2 + 3 + 100, true,
+            300 * 2 + 100 * 2 + 3 + 100 },
+        { "no limit known", 1000000, 100000, 1, 16, UINT64_MAX, true,
+            1000000 * 2 + 100000 * 2 + 16 + 16 * 2 + 100 },
     };
     struct hostport hp[3];
     memset(hp, 0, sizeof(hp));
@@ -40,10 +51,9 @@ test_fds_needed(void **state)
         cfg.max_connections = cases[i].connections;
         cfg.smtp_listen = hp;
         cfg.n_smtp_listen = cases[i].listeners;
+        cfg.workers = cases[i].workers;
         print_message("case %s\n", cases[i].name);
-        assert_int_equal(smtp_server_fds_needed(&cfg), (uint64_t)cases[i].sessions * 2 +
-                                                           (uint64_t)cases[i].connections * 2 +
-                                                           cases[i].listeners + 100);
+        assert_int_equal(smtp_server_fds_needed(&cfg), cases[i].need);
         assert_int_equal(smtp_server_check_fds(&cfg, cases[i].limit, &err), cases[i].fits ? 0 : -1);
         if (cases[i].fits) {
             assert_int_equal(err.len, 0);
