@@ -9,9 +9,11 @@
 # same list at the start of the suite and names what is missing.
 set -eu
 # Compiler, build system and libraries (libseccomp for the process
-# filters); openssl for the tools and tests.
+# filters, libsystemd for readiness); openssl for the tools and tests;
+# systemd's systemd-analyze checks tern.service, whose ExecReload runs
+# procps's /bin/kill.
 pkgs="meson ninja-build pkg-config gcc libc6-dev libevent-dev libssl-dev libc-ares-dev
-libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev libsystemd-dev systemd"
+libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev libsystemd-dev systemd procps"
 if [ "${1:-}" = "--test" ]; then
     # libFuzzer (clang and its runtime); pytest and the Python peers and
     # verifiers (aiosmtpd sinks, dkimpy with PyNaCl for ed25519, PyYAML for
