@@ -447,6 +447,14 @@ reopen_log(struct parent *p, const char *why)
         buf_fini(&err);
         return;
     }
+    /* Said before the children get it, so the new file reads in order:
+     * the parent's line, then each child's. */
+    log_begin(&l, LOG_INFO, NULL, "main", "log_reopened");
+    log_str(&l, "process", "parent");
+    log_str(&l, "target", p->cfg->log_target);
+    log_str(&l, "reason", why);
+    log_end(&l);
+    log_flush();
     memset(&m, 0, sizeof(m));
     m.type = PS_LOG;
     m.arg = syslog;
@@ -456,11 +464,6 @@ reopen_log(struct parent *p, const char *why)
         (void)ps_send(p->keys_fd, &m, fd);
     if (!p->relay_done)
         (void)ps_send(p->relay_fd, &m, fd);
-    log_begin(&l, LOG_INFO, NULL, "main", "log_reopened");
-    log_str(&l, "process", "parent");
-    log_str(&l, "target", p->cfg->log_target);
-    log_str(&l, "reason", why);
-    log_end(&l);
     buf_fini(&err);
 }
 

@@ -1349,6 +1349,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(map_count(c.srv->per_ip) == 0 && c.srv->n_outsiders == 0);
     CHECK(world_dir_entries(W.corrupt_dir) == 0);
     world_clear_queue(&W);
+    if (world_open_fds(&W) != fds)
+        (void)world_list_fds(&W, stderr);
     CHECK(world_open_fds(&W) == fds);
     return 0;
 }

@@ -318,6 +318,12 @@ world_clear_queue(struct fuzz_world *w)
 size_t
 world_open_fds(struct fuzz_world *w)
 {
+    return world_list_fds(w, NULL);
+}
+
+size_t
+world_list_fds(struct fuzz_world *w, FILE *out)
+{
     /* The directory stream's own descriptor is counted: the same each time.
      * The spool's segment files are not: it opens, rotates and deletes
      * them as it needs. */
@@ -335,6 +341,8 @@ world_open_fds(struct fuzz_world *w)
         k = readlinkat(dirfd(d), de->d_name, link, sizeof(link) - 1);
         if (k > 0 && (size_t)k >= ll && memcmp(link, log_dir, ll) == 0)
             continue;
+        if (out != NULL)
+            fprintf(out, "fd %s -> %.*s\n", de->d_name, (int)(k > 0 ? k : 0), link);
         n++;
     }
     closedir(d);

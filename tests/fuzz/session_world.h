@@ -50,5 +50,8 @@ size_t world_dir_entries(const char *path);
 void world_clear_queue(struct fuzz_world *w);
 /* Open file descriptors of the process, the spool's segment files aside. */
 size_t world_open_fds(struct fuzz_world *w);
+/* The same count, each descriptor's target written to out (when a check
+ * fails, to say which one was left open). */
+size_t world_list_fds(struct fuzz_world *w, FILE *out);
 
 #endif
