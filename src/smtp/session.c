@@ -165,7 +165,8 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     if (s->hs_timer)
         event_free(s->hs_timer);
     event_free(s->deadline);
-    event_free(s->flush_ev);
+    if (s->flush_ev)
+        event_free(s->flush_ev);
     if (s->rd_ev)
         event_free(s->rd_ev); /* before the bufferevent closes the socket */
     if (s->bev)
@@ -173,6 +174,9 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     tls_ctx_unref(s->tls_ctx);
     config_unref(s->cfg);
     free(s->helo);
+    free(s->auth_reply);
+    free(s->tls_info);
+    free(s->client_name);
     free(s);
 }
 
@@ -225,6 +229,11 @@ under_busy(struct smtp_session *s)
 {
     struct bufferevent *under = bufferevent_get_underlying(s->bev);
     if (under == NULL || evbuffer_get_length(bufferevent_get_output(under)) == 0)
+        return false;
+    /* Made only here, for the few sessions that close under TLS. Without
+     * it the close goes on now: the kernel still sends what it holds. */
+    if (s->flush_ev == NULL &&
+        (s->flush_ev = event_new(s->lp->base, -1, 0, flush_ev_cb, s)) == NULL)
         return false;
     if (!s->under_watched) {
         evbuffer_add_cb(bufferevent_get_output(under), under_drained_cb, s);
@@ -850,7 +859,6 @@ smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int 
     sockaddr_ntop(sa, s->peer_str, sizeof(s->peer_str));
     s->state = SMTP_ST_CONNECTED;
     s->deadline = evtimer_new(lp->base, deadline_cb, s);
-    s->flush_ev = event_new(lp->base, -1, 0, flush_ev_cb, s);
     if (role == SMTP_ROLE_SMTPS) {
         if (s->tls_ctx == NULL || !smtp_tls_accept(s, fd))
             s->bev = NULL;
@@ -858,8 +866,7 @@ smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int 
         s->bev = bufferevent_socket_new(lp->base, fd, BEV_OPT_CLOSE_ON_FREE);
         s->rd_ev = event_new(lp->base, fd, EV_READ | EV_PERSIST, plain_read_cb, s);
     }
-    if (s->bev == NULL || s->deadline == NULL || s->flush_ev == NULL ||
-        (role != SMTP_ROLE_SMTPS && s->rd_ev == NULL)) {
+    if (s->bev == NULL || s->deadline == NULL || (role != SMTP_ROLE_SMTPS && s->rd_ev == NULL)) {
         if (s->rd_ev)
             event_free(s->rd_ev);
         if (s->bev != NULL)
@@ -870,8 +877,6 @@ smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int 
             event_free(s->hs_timer);
         if (s->deadline)
             event_free(s->deadline);
-        if (s->flush_ev)
-            event_free(s->flush_ev);
         tls_ctx_unref(s->tls_ctx);
         config_unref(s->cfg);
         free(s);

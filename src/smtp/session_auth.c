@@ -22,14 +22,12 @@
 #include "util/util.h"
 
 static bool
-is_loopback(const struct sockaddr_storage *ss)
+is_loopback(const union smtp_peer *p)
 {
-    if (ss->ss_family == AF_INET) {
-        const struct sockaddr_in *s4 = (const struct sockaddr_in *)(const void *)ss;
-        return (ntohl(s4->sin_addr.s_addr) >> 24) == 127;
-    }
-    if (ss->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)(const void *)ss;
+    if (p->sa.sa_family == AF_INET)
+        return (ntohl(p->in4.sin_addr.s_addr) >> 24) == 127;
+    if (p->sa.sa_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = &p->in6;
         if (IN6_IS_ADDR_V4MAPPED(&s6->sin6_addr))
             return s6->sin6_addr.s6_addr[12] == 127;
         return IN6_IS_ADDR_LOOPBACK(&s6->sin6_addr);
@@ -100,10 +98,10 @@ auth_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     end_exchange(s);
     if (s->auth_close) {
-        smtp_session_close(s, s->auth_reply.code, s->auth_reply.esc, s->auth_reply.text);
+        smtp_session_close(s, s->auth_reply->code, s->auth_reply->esc, s->auth_reply->text);
         return;
     }
-    smtp_reply(s, s->auth_reply.code, s->auth_reply.esc, "%s", s->auth_reply.text);
+    smtp_reply(s, s->auth_reply->code, s->auth_reply->esc, "%s", s->auth_reply->text);
     resume(s);
 }
 
@@ -127,11 +125,15 @@ auth_failed(struct smtp_session *s, const char *reason, bool locked)
     if (s->creds)
         auth_creds_clear(s->creds);
     s->auth_close = locked;
+    /* Held apart from the session: most sessions never fail a login, and
+     * an idle session's size is what a flood of connections costs. */
+    if (s->auth_reply == NULL)
+        s->auth_reply = xmalloc(sizeof(*s->auth_reply));
     if (locked)
         STATUS_SET(
-            &s->auth_reply, 421, "4.7.0", "Too many authentication failures, closing connection");
+            s->auth_reply, 421, "4.7.0", "Too many authentication failures, closing connection");
     else
-        STATUS_SET(&s->auth_reply, 535, "5.7.8", "Error: authentication failed");
+        STATUS_SET(s->auth_reply, 535, "5.7.8", "Error: authentication failed");
     s->auth_step = SMTP_AUTH_DELAY;
     smtp_session_read(s, false);
     if (s->auth_timer == NULL)

@@ -79,8 +79,8 @@ add_received(struct smtp_session *s, const char *qid, struct buf *out)
      * it would show every recipient a login name worth guessing passwords
      * for; the log has it. */
     if (s->tls)
-        buf_printf(out, "\t(using %s with cipher %s (%d/%d bits))\r\n", s->tls_info.version,
-            s->tls_info.cipher, s->tls_info.bits, s->tls_info.alg_bits);
+        buf_printf(out, "\t(using %s with cipher %s (%d/%d bits))\r\n", s->tls_info->version,
+            s->tls_info->cipher, s->tls_info->bits, s->tls_info->alg_bits);
     buf_printf(out, "\tby %s (tern) with %s%s id %s", s->cfg->hostname, with, sa, qid);
     if (tx->env->n_rcpts == 1 && strpbrk(tx->env->rcpts[0].addr, "\r\n") == NULL &&
         strlen(tx->env->rcpts[0].addr) < 300)
@@ -388,8 +388,8 @@ tx_finish(struct smtp_session *s)
     if (s->auth_user)
         log_str(&l, "user", s->auth_user);
     if (s->tls) {
-        log_str(&l, "tls", s->tls_info.version);
-        log_str(&l, "cipher", s->tls_info.cipher);
+        log_str(&l, "tls", s->tls_info->version);
+        log_str(&l, "cipher", s->tls_info->cipher);
     }
     log_end(&l);
     if (tx->dkim != NULL) {

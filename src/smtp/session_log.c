@@ -106,8 +106,8 @@ smtp_log_disconnect(struct smtp_session *s)
     if (s->helo != NULL)
         log_str(&l, "helo", s->helo);
     if (s->tls) {
-        log_str(&l, "tls", s->tls_info.version);
-        log_str(&l, "cipher", s->tls_info.cipher);
+        log_str(&l, "tls", s->tls_info->version);
+        log_str(&l, "cipher", s->tls_info->cipher);
     }
     if (s->auth_user != NULL)
         log_str(&l, "user", s->auth_user);

@@ -9,12 +9,16 @@
  * the resolver of the session's own loop (a resolver belongs to one loop).
  */
 #include <netinet/in.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "dns/dns.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
+#include "util/util.h"
+
+#define CLIENT_NAME_MAX 256 /* a DNS name is at most 255 octets (RFC 1035 2.3.4) */
 
 /* The lookup is over: its outcome at debug level (tests wait for it). */
 static void
@@ -23,8 +27,10 @@ name_done(struct smtp_session *s, bool known)
     struct logline l;
     s->name_q = NULL;
     s->name_state = known ? SMTP_NAME_KNOWN : SMTP_NAME_UNKNOWN;
-    if (!known)
-        s->client_name[0] = '\0';
+    if (!known) {
+        free(s->client_name);
+        s->client_name = NULL;
+    }
     log_begin(&l, LOG_DEBUG, NULL, "smtp", "client_name");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
@@ -34,16 +40,16 @@ name_done(struct smtp_session *s, bool known)
 
 /* Is a (port ignored) the client's address? */
 static bool
-same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *peer)
+same_addr(const struct sockaddr_storage *a, const union smtp_peer *peer)
 {
-    if (a->ss_family != peer->ss_family)
+    if (a->ss_family != peer->sa.sa_family)
         return false;
     if (a->ss_family == AF_INET)
-        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
-                   &((const struct sockaddr_in *)peer)->sin_addr, sizeof(struct in_addr)) == 0;
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr, &peer->in4.sin_addr,
+                   sizeof(struct in_addr)) == 0;
     if (a->ss_family == AF_INET6)
-        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
-                   &((const struct sockaddr_in6 *)peer)->sin6_addr, sizeof(struct in6_addr)) == 0;
+        return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr, &peer->in6.sin6_addr,
+                   sizeof(struct in6_addr)) == 0;
     return false;
 }
 
@@ -67,14 +73,14 @@ ptr_cb(void *arg, const struct dns_rr_result *r)
     const char *name = r->rc == DNS_OK && r->n > 0 ? r->rr[0].data : NULL;
     /* Only a host name goes into the log, never whatever bytes the
      * reverse zone holds. */
-    if (name == NULL || r->rr[0].len >= sizeof(s->client_name) ||
+    if (name == NULL || r->rr[0].len >= CLIENT_NAME_MAX ||
         !str_is_domain(name, r->rr[0].len, false)) {
         name_done(s, false);
         return;
     }
-    memcpy(s->client_name, name, r->rr[0].len + 1);
+    s->client_name = xstrndup(name, r->rr[0].len);
     s->name_q = dns_lookup_addr(s->lp->dns, s->client_name, 0,
-        s->peer.ss_family == AF_INET6 ? IPFAM_V6 : IPFAM_V4, addr_cb, s);
+        s->peer.sa.sa_family == AF_INET6 ? IPFAM_V6 : IPFAM_V4, addr_cb, s);
     if (s->name_q == NULL)
         name_done(s, false);
 }

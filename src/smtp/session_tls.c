@@ -201,14 +201,16 @@ smtp_tls_event(struct smtp_session *s, short what)
     if (s->hs_timer)
         evtimer_del(s->hs_timer);
     s->tls = true;
-    tls_describe(bufferevent_openssl_get_ssl(s->bev), &s->tls_info);
+    if (s->tls_info == NULL)
+        s->tls_info = xcalloc(1, sizeof(*s->tls_info));
+    tls_describe(bufferevent_openssl_get_ssl(s->bev), s->tls_info);
     s->state = SMTP_ST_CONNECTED;
     smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     log_begin(&l, LOG_INFO, NULL, "smtp", "tls");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
-    log_str(&l, "version", s->tls_info.version);
-    log_str(&l, "cipher", s->tls_info.cipher);
+    log_str(&l, "version", s->tls_info->version);
+    log_str(&l, "cipher", s->tls_info->cipher);
     log_end(&l);
     if (s->role == SMTP_ROLE_SMTPS)
         smtp_reply(s, 220, "", "%s ESMTP tern", s->cfg->hostname);

@@ -11,6 +11,7 @@
 #ifndef TERN_SMTP_INT_H
 #define TERN_SMTP_INT_H
 
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -174,13 +175,22 @@ struct smtp_server {
 /* Is AUTH configured (a users table here, or the keys process's)? */
 bool smtp_server_auth_on(const struct smtp_server *srv);
 
+/* A client's address: listeners are IPv4 or IPv6 sockets, so this, not a
+ * 128-byte sockaddr_storage in every session (an idle session's size is
+ * what a flood of connections costs). */
+union smtp_peer {
+    struct sockaddr sa;
+    struct sockaddr_in in4;
+    struct sockaddr_in6 in6;
+};
+
 struct smtp_session {
     uint64_t id; /* unique over every loop */
     struct smtp_server *srv;
     struct smtp_loop *lp; /* the loop it runs on */
     struct config *cfg;   /* the snapshot this session started with */
     struct bufferevent *bev;
-    struct sockaddr_storage peer;
+    union smtp_peer peer;
     char peer_str[64];
     enum smtp_state state;
     bool esmtp;
@@ -197,7 +207,8 @@ struct smtp_session {
     bool outsider;          /* the client is outside relay_networks (counted in n_outsiders) */
     struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
     int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
-    struct event *flush_ev; /* owned: continues closing once the TLS layers drained */
+    struct event
+        *flush_ev; /* owned, made when first needed: closing goes on once the TLS layers drained */
     /* A plaintext socket is read by tern itself (see plain_read_cb), not
      * by the bufferevent: owned, NULL once TLS is on or for smtps. */
     struct event *rd_ev;
@@ -208,16 +219,16 @@ struct smtp_session {
     /* TLS and AUTH. Everything here is reset by STARTTLS and is
      * never shared between sessions. */
     enum smtp_role role;
-    struct tls_ctx *tls_ctx; /* owned ref: the context this session's TLS uses */
-    bool tls;                /* the connection is encrypted (handshake done) */
-    struct tls_info tls_info;
-    struct event *hs_timer;   /* owned: handshake deadline */
-    struct event *auth_timer; /* owned: delayed 535 */
+    struct tls_ctx *tls_ctx;   /* owned ref: the context this session's TLS uses */
+    bool tls;                  /* the connection is encrypted (handshake done) */
+    struct tls_info *tls_info; /* owned: set when tls is */
+    struct event *hs_timer;    /* owned: handshake deadline */
+    struct event *auth_timer;  /* owned: delayed 535 */
     enum smtp_auth_step auth_step;
-    struct auth_creds *creds;      /* owned while an exchange runs; cleared before free */
-    char *auth_user;               /* owned: the authenticated identity, or NULL */
-    struct tern_status auth_reply; /* the answer held back by auth_timer */
-    bool auth_close;               /* close after auth_reply (lockout) */
+    struct auth_creds *creds;       /* owned while an exchange runs; cleared before free */
+    char *auth_user;                /* owned: the authenticated identity, or NULL */
+    struct tern_status *auth_reply; /* owned: the answer held back by auth_timer */
+    bool auth_close;                /* close after auth_reply (lockout) */
     /* For the disconnect line (session_log.c): commands by verb, those
      * answered 4xx/5xx, the one the replies answer now. */
     int64_t started_ms; /* tern_mono_ms() at connect */
@@ -228,7 +239,7 @@ struct smtp_session {
     /* The client's name for the log (session_name.c). */
     enum { SMTP_NAME_OFF, SMTP_NAME_PENDING, SMTP_NAME_KNOWN, SMTP_NAME_UNKNOWN } name_state;
     struct dns_query *name_q; /* the lookup in flight, or NULL */
-    char client_name[256];    /* the PTR name; the client's only when KNOWN */
+    char *client_name;        /* owned: the PTR name; the client's only when KNOWN */
 };
 
 /* server.c: admit a new connection as a listener does (session limits,

@@ -1130,13 +1130,13 @@ struct tally {
 
 /* The listener's per-address key: the address bytes, v4-mapped as v4. */
 static size_t
-addr_key(const struct sockaddr_storage *ss, unsigned char key[16])
+addr_key(const union smtp_peer *p, unsigned char key[16])
 {
-    if (ss->ss_family == AF_INET) {
-        memcpy(key, &((const struct sockaddr_in *)(const void *)ss)->sin_addr, 4);
+    if (p->sa.sa_family == AF_INET) {
+        memcpy(key, &p->in4.sin_addr, 4);
         return 4;
     }
-    memcpy(key, &((const struct sockaddr_in6 *)(const void *)ss)->sin6_addr, 16);
+    memcpy(key, &p->in6.sin6_addr, 16);
     return 16;
 }
 
