@@ -28,6 +28,7 @@ struct workq {
     unsigned n;
     pthread_t threads[WORKQ_MAX_THREADS];
     workq_batch_fn batch;
+    uint64_t taken_more; /* items workq_batch_more handed to the running batch */
     void (*idle_fn)(void *arg);
     int64_t idle_ms;
     void *arg;
@@ -65,6 +66,32 @@ wait_work(struct workq *q, int64_t timeout_ms, bool *timed_out)
         }
     }
     return q->head != NULL;
+}
+
+struct workq_item *
+workq_batch_more(struct workq *q, int64_t wait_us)
+{
+    struct timespec ts;
+    struct workq_item *list, *it;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(wait_us / 1000000);
+    ts.tv_nsec += (long)(wait_us % 1000000) * 1000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&q->mu);
+    while (q->head == NULL && !q->stopping) {
+        if (pthread_cond_timedwait(&q->cond, &q->mu, &ts) == ETIMEDOUT)
+            break;
+    }
+    list = q->head;
+    q->head = NULL;
+    q->tail = &q->head;
+    for (it = list; it != NULL; it = it->next)
+        q->taken_more++;
+    pthread_mutex_unlock(&q->mu);
+    return list;
 }
 
 static void *
@@ -121,7 +148,8 @@ batch_main(void *arg)
         q->batch(list, q->arg);
         idle_due = true;
         pthread_mutex_lock(&q->mu);
-        q->pending -= n;
+        q->pending -= n + q->taken_more;
+        q->taken_more = 0;
     }
     pthread_mutex_unlock(&q->mu);
     if (idle_due && q->idle_fn != NULL)
@@ -135,8 +163,15 @@ wq_alloc(const char *name, unsigned n)
     struct workq *q = xcalloc(1, sizeof(*q));
     TERN_ASSERT(n >= 1 && n <= WORKQ_MAX_THREADS);
     snprintf(q->name, sizeof(q->name), "%s", name);
+    pthread_condattr_t ca;
     pthread_mutex_init(&q->mu, NULL);
-    pthread_cond_init(&q->cond, NULL);
+    /* Timed waits count on the monotonic clock (wait_work's deadlines are
+     * CLOCK_MONOTONIC times; against the default realtime clock they are
+     * long past and every wait would end at once). */
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&q->cond, &ca);
+    pthread_condattr_destroy(&ca);
     q->tail = &q->head;
     q->n = n;
     return q;

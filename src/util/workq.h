@@ -43,6 +43,10 @@ struct workq *workq_new_batch(
 void workq_submit(struct workq *q, struct workq_item *it);
 /* From a batch function: post it->done to it->to (nothing when to is NULL). */
 void workq_done(struct workq_item *it);
+/* From a batch function: wait up to wait_us for more items and take every
+ * one pending, in order (NULL when none came or the queue is stopping). They
+ * belong to the batch as its list's do. */
+struct workq_item *workq_batch_more(struct workq *q, int64_t wait_us);
 /* Items submitted and not yet through run (or the batch function). */
 uint64_t workq_pending(struct workq *q);
 /* Run every item already submitted, then stop and join the workers. Their

@@ -309,6 +309,115 @@ test_workq_batches(void **state)
     event_base_free(base);
 }
 
+/* The idle function waits idle_ms after the last batch (the spool syncs
+ * its lazy records there: run at once, it would sync after every batch). */
+struct idle_ctx {
+    atomic_int batches, idles;
+    atomic_llong batch_ms, idle_ms;
+};
+
+static void
+idle_batch_fn(struct workq_item *list, void *arg)
+{
+    struct idle_ctx *c = arg;
+    while (list != NULL) {
+        struct workq_item *next = list->next;
+        workq_done(list);
+        list = next;
+    }
+    atomic_store(&c->batch_ms, (long long)tern_mono_ms());
+    atomic_fetch_add(&c->batches, 1);
+}
+
+static void
+idle_idle_fn(void *arg)
+{
+    struct idle_ctx *c = arg;
+    atomic_store(&c->idle_ms, (long long)tern_mono_ms());
+    atomic_fetch_add(&c->idles, 1);
+}
+
+static void
+test_workq_idle_waits(void **state)
+{
+    enum { IDLE_MS = 300 };
+    struct event_base *base = event_base_new();
+    struct loopq *q = loopq_new(base);
+    struct idle_ctx c = { 0 };
+    atomic_int ran = 0;
+    int done = 0;
+    struct workq *wq = workq_new_batch("i", idle_batch_fn, idle_idle_fn, IDLE_MS, &c);
+    workq_submit(wq, &job_new(q, &ran, &done)->w);
+    while (done < 1)
+        event_base_loop(base, EVLOOP_ONCE);
+    while (atomic_load(&c.idles) == 0)
+        sched_yield();
+    assert_int_equal(atomic_load(&c.batches), 1);
+    assert_true(atomic_load(&c.idle_ms) - atomic_load(&c.batch_ms) >= IDLE_MS);
+    workq_free(wq);
+    loopq_free(q);
+    event_base_free(base);
+}
+
+/* A batch function may wait for more items and take them into its batch:
+ * they are counted as done with it. */
+struct more_ctx {
+    struct workq *wq;
+    atomic_int batches, taken;
+    atomic_int started;
+};
+
+static void
+more_batch_fn(struct workq_item *list, void *arg)
+{
+    struct more_ctx *c = arg;
+    struct workq_item *more;
+    int n = 0;
+    atomic_store(&c->started, 1);
+    more = workq_batch_more(c->wq, 5 * 1000 * 1000); /* the test submits one more */
+    for (struct workq_item *l = list; l != NULL; l = l->next)
+        n++;
+    for (struct workq_item *l = more; l != NULL; l = l->next)
+        n++;
+    atomic_fetch_add(&c->taken, n);
+    atomic_fetch_add(&c->batches, 1);
+    while (list != NULL) {
+        struct workq_item *next = list->next;
+        workq_done(list);
+        list = next;
+    }
+    while (more != NULL) {
+        struct workq_item *next = more->next;
+        workq_done(more);
+        more = next;
+    }
+}
+
+static void
+test_workq_batch_more(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct loopq *q = loopq_new(base);
+    struct more_ctx c = { 0 };
+    atomic_int ran = 0;
+    int done = 0;
+    c.wq = workq_new_batch("m", more_batch_fn, NULL, 0, &c);
+    workq_submit(c.wq, &job_new(q, &ran, &done)->w);
+    while (!atomic_load(&c.started))
+        sched_yield();
+    workq_submit(c.wq, &job_new(q, &ran, &done)->w);
+    while (done < 2)
+        event_base_loop(base, EVLOOP_ONCE);
+    assert_int_equal(atomic_load(&c.batches), 1);
+    assert_int_equal(atomic_load(&c.taken), 2);
+    while (workq_pending(c.wq) != 0)
+        sched_yield();
+    assert_int_equal(atomic_load(&ran), 0);
+    workq_free(c.wq);
+    loopq_free(q);
+    event_base_free(base);
+}
+
 int
 main(void)
 {
@@ -319,6 +428,8 @@ main(void)
         cmocka_unit_test(test_workq_runs_all),
         cmocka_unit_test(test_workq_batches),
         cmocka_unit_test(test_workq_hand_on),
+        cmocka_unit_test(test_workq_idle_waits),
+        cmocka_unit_test(test_workq_batch_more),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
