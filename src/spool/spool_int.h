@@ -210,6 +210,11 @@ struct spool {
     bool dirty;               /* written since the last sync */
     bool dirty_dir;           /* a segment file was created since log/ was synced */
     struct workq_item *retry; /* STATE/DONE items that failed to write */
+    /* Group commit: messages per synced batch and the time a sync takes,
+     * both averaged (x16, microseconds x16), to decide how long a batch
+     * waits for more messages before its sync (commit_batch). */
+    uint32_t msgs_per_sync16;
+    int64_t sync_us16;
     int64_t last_compact_ms;
     /* The oldest segment as last looked at for compaction, and its live
      * messages then: a segment still losing messages is draining, and
