@@ -23,8 +23,8 @@
 #include <unistd.h>
 
 #include "dkim/dkim.h"
-#include "smtp/auth.h"
 #include "util/log.h"
+#include "util/userdb.h"
 #include "util/util.h"
 
 #define KEYS_GENS_MAX   16 /* generations kept for sessions that started earlier */

@@ -17,12 +17,11 @@
 
 #include "util/buf.h"
 #include "util/status.h"
+#include "util/userdb.h"
 
 /* RFC 4954 §4: an AUTH command line or a response line is at most 12288
  * octets (without CRLF here). */
 #define AUTH_LINE_MAX 12288
-#define AUTH_USER_MAX 255  /* bytes of an authentication identity */
-#define AUTH_PASS_MAX 1023 /* bytes of a password */
 
 struct auth_creds {
     char user[AUTH_USER_MAX + 1];
@@ -49,37 +48,6 @@ enum auth_dec auth_plain_decode(const char *b64, size_t len, struct auth_creds *
 /* One LOGIN field (user name or password): base64 of bytes with no NUL,
  * non-empty, at most cap-1 bytes; out is NUL terminated. */
 enum auth_dec auth_login_decode(const char *b64, size_t len, char *out, size_t cap);
-
-/* ---- users ---- */
-
-struct auth_users;
-
-/* The table for path (borrowed string, copied). Nothing is read yet. */
-struct auth_users *auth_users_new(const char *path);
-void auth_users_free(struct auth_users *u);
-const char *auth_users_path(const struct auth_users *u);
-/* Re-read the file when its inode, size or mtime changed (or always with
- * force). 0 when the table is current (bad lines are skipped and described
- * in warn); -1 with err when the file cannot be read: the old table is kept. */
-int auth_users_refresh(struct auth_users *u, bool force, struct buf *warn, struct buf *err);
-/* The same, returning 1 when the file was read (changed, or force; its
- * text is then appended to copy, which ternd's parent hands to the keys
- * process), 0 when the table was current, -1 on error. */
-int auth_users_refresh_text(
-    struct auth_users *u, bool force, struct buf *warn, struct buf *err, struct buf *copy);
-/* Parse a file's text into u (replacing the table). Bad lines are skipped
- * and one message per bad line is appended to warn ("line N: ..."). */
-void auth_users_parse(struct auth_users *u, const char *text, size_t len, struct buf *warn);
-size_t auth_users_count(const struct auth_users *u);
-/* The stored hash of user (borrowed until the next refresh), or NULL. */
-const char *auth_users_hash(const struct auth_users *u, const char *user);
-/* A hash of the same cost as the table's (to check against when the user is
- * unknown, so that timing does not tell whether a user exists). */
-const char *auth_users_dummy_hash(const struct auth_users *u);
-
-/* Does crypt(pass, hash) reproduce hash? Constant-time compare; false for
- * any failure of crypt. Thread safe. */
-bool auth_check_password(const char *hash, const char *pass);
 
 /* ---- throttle of failed logins per client address ---- */
 
