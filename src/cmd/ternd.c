@@ -393,7 +393,17 @@ start_pickup(struct ternd *t, struct buf *err)
 {
     struct buf warn = BUF_INIT;
     struct logline l;
-    int r = maildrop_prepare(t->cfg->maildrop_dir, t->cfg->maildrop_group, &warn, err);
+    char fd_path[64];
+    const char *dir = t->cfg->maildrop_dir;
+    int r;
+    /* The parent's descriptor, reached through /proc: the trailing "/."
+     * makes every use (lstat, open O_NOFOLLOW, inotify) resolve it to the
+     * directory, whatever the path's ancestors let this user search. */
+    if (t->boot != NULL && t->boot->maildrop_fd >= 0) {
+        snprintf(fd_path, sizeof(fd_path), "/proc/self/fd/%d/.", t->boot->maildrop_fd);
+        dir = fd_path;
+    }
+    r = maildrop_prepare(dir, t->cfg->maildrop_dir, t->cfg->maildrop_group, &warn, err);
     if (r < 0) {
         buf_fini(&warn);
         return -1;
@@ -410,7 +420,7 @@ start_pickup(struct ternd *t, struct buf *err)
     buf_fini(&warn);
     if (r == 1)
         return 0;
-    t->pickup = pickup_new(t->base, t->inbox, t->sp, t->sched, t->cfg, err);
+    t->pickup = pickup_new(t->base, t->inbox, t->sp, t->sched, t->cfg, dir, err);
     return t->pickup != NULL ? 0 : -1;
 }
 

@@ -35,6 +35,9 @@ struct ternd_boot {
     struct ternd_sock socks[TERND_MAX_LISTEN];
     size_t n_socks;
     int spool_fd, ctl_fd;
+    /* The maildrop, opened by the root parent for the relay's user (whose
+     * path to it may cross a directory only root can search), or -1. */
+    int maildrop_fd;
     int parent_fd;                /* relay <-> parent */
     int tls_fd, dkim_fd, auth_fd; /* relay -> keys */
     int keys_parent_fd;           /* keys <-> parent (the keys process's end) */

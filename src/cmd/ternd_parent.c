@@ -653,6 +653,8 @@ fork_children(struct parent *p, struct buf *err)
             close(b->socks[i].fd);
         close(b->spool_fd);
         close(b->ctl_fd);
+        if (b->maildrop_fd >= 0)
+            close(b->maildrop_fd);
         close(p->lock_fd);
         close(pr[0]);
         close(pr[1]);
@@ -705,6 +707,7 @@ fork_children(struct parent *p, struct buf *err)
         close_fd(&b->socks[i].fd);
     close_fd(&b->spool_fd);
     close_fd(&b->ctl_fd);
+    close_fd(&b->maildrop_fd);
     return 0;
 }
 
@@ -712,8 +715,10 @@ fork_children(struct parent *p, struct buf *err)
  * usually root's, so the maildrop is made (or handed over) here, owned by
  * the user with the maildrop group, ready for the relay's own checks. A
  * directory owned by anyone else is left alone for the relay to refuse;
- * any failure leaves the relay to run without a maildrop, as it says. */
-static void
+ * any failure leaves the relay to run without a maildrop, as it says. The
+ * descriptor is kept for the relay (-1 when there is none): its user may
+ * not be able to walk the path (make run from a checkout under /root). */
+static int
 maildrop_for_user(const struct config *cfg, uid_t uid, gid_t gid)
 {
     struct group *g = getgrnam(cfg->maildrop_group);
@@ -721,10 +726,10 @@ maildrop_for_user(const struct config *cfg, uid_t uid, gid_t gid)
     struct stat st;
     int fd, sub;
     if (mkdir(cfg->maildrop_dir, 0700) < 0 && errno != EEXIST)
-        return;
+        return -1;
     fd = open(cfg->maildrop_dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
-        return;
+        return -1;
     if (fstat(fd, &st) == 0 && (st.st_uid == 0 || st.st_uid == uid) && fchown(fd, uid, dgid) == 0)
         (void)fchmod(fd, g != NULL ? MAILDROP_DIR_MODE : 0700);
     if (mkdirat(fd, "corrupt", 0700) == 0 || errno == EEXIST) {
@@ -735,7 +740,7 @@ maildrop_for_user(const struct config *cfg, uid_t uid, gid_t gid)
             close(sub);
         }
     }
-    close(fd);
+    return fd;
 }
 
 /* Everything before the fork: configuration (no secrets read), user,
@@ -767,7 +772,7 @@ prepare(struct parent *p, const struct buf *text, struct buf *err)
     if (rc < 0 || spool_check_as(p->cfg->spool_dir, p->id.uid, false, err) < 0)
         return 1;
     if (p->id.switch_user)
-        maildrop_for_user(p->cfg, p->id.uid, p->id.gid);
+        b->maildrop_fd = maildrop_for_user(p->cfg, p->id.uid, p->id.gid);
     if (bind_listeners(p, err) < 0 || bind_ctl(p, err) < 0)
         return 1;
     return 0;
@@ -808,7 +813,7 @@ ternd_parent_main(struct ternd_boot *b)
     struct buf text = BUF_INIT, err = BUF_INIT;
     int rc;
     p.b = b;
-    p.lock_fd = p.relay_fd = p.keys_fd = b->spool_fd = b->ctl_fd = -1;
+    p.lock_fd = p.relay_fd = p.keys_fd = b->spool_fd = b->ctl_fd = b->maildrop_fd = -1;
     /* Until the loop watches them (and in the children, which inherit
      * this), the signals an operator or logrotate sends must not kill. */
     signal(SIGPIPE, SIG_IGN);

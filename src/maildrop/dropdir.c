@@ -117,31 +117,32 @@ set_access(int fd, const char *dir, const char *group_name, struct buf *warn, st
 }
 
 int
-maildrop_prepare(const char *dir, const char *group_name, struct buf *warn, struct buf *err)
+maildrop_prepare(
+    const char *dir, const char *name, const char *group_name, struct buf *warn, struct buf *err)
 {
     struct stat st;
     int fd, r = -1;
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-        buf_printf(warn, "cannot create %s: %s", dir, strerror(errno));
+        buf_printf(warn, "cannot create %s: %s", name, strerror(errno));
         return 1;
     }
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
-        buf_printf(err, "maildrop_dir %s: %s\n", dir,
+        buf_printf(err, "maildrop_dir %s: %s\n", name,
             errno == ELOOP || errno == ENOTDIR ? "not a directory (a symbolic link?)"
                                                : strerror(errno));
         return -1;
     }
     if (fstat(fd, &st) < 0) {
-        buf_printf(err, "maildrop_dir %s: %s\n", dir, strerror(errno));
+        buf_printf(err, "maildrop_dir %s: %s\n", name, strerror(errno));
     } else if (st.st_uid != geteuid()) {
         buf_printf(err,
-            "maildrop_dir %s: owned by uid %u, not by uid %u that ternd runs as (chown)\n", dir,
+            "maildrop_dir %s: owned by uid %u, not by uid %u that ternd runs as (chown)\n", name,
             (unsigned)st.st_uid, (unsigned)geteuid());
-    } else if (set_access(fd, dir, group_name, warn, err) == 0) {
+    } else if (set_access(fd, name, group_name, warn, err) == 0) {
         r = 0;
         if (mkdirat(fd, MAILDROP_CORRUPT, 0700) < 0 && errno != EEXIST) {
-            buf_printf(err, "maildrop_dir %s: cannot create %s/: %s\n", dir, MAILDROP_CORRUPT,
+            buf_printf(err, "maildrop_dir %s: cannot create %s/: %s\n", name, MAILDROP_CORRUPT,
                 strerror(errno));
             r = -1;
         }

@@ -121,8 +121,10 @@ bool maildrop_dir_usable(const struct stat *st, gid_t gid);
  * subdirectory (0700). An existing dir must be a directory (not a symbolic
  * link) owned by the user we run as; its mode and group are set as above.
  * 0; 1 when dir is missing and cannot be made (*warn says why: ternd runs
- * without a maildrop); -1 with a message naming dir and the problem. */
-int maildrop_prepare(const char *dir, const char *group_name, struct buf *warn, struct buf *err);
+ * without a maildrop); -1 with a message naming the problem. Messages call
+ * the directory name (dir may reach it another way, see pickup_new). */
+int maildrop_prepare(
+    const char *dir, const char *name, const char *group_name, struct buf *warn, struct buf *err);
 /* For --check: 0 when dir is missing or a directory owned by uid (the
  * user ternd's processes run as; or root when root_ok: a start as root
  * hands it over); -1 with a message otherwise. Changes nothing. */
@@ -145,8 +147,10 @@ struct pickup;
  * (may be NULL) tells when the queue is loaded. NULL and err when the
  * directory cannot be opened. */
 #define MAILDROP_SCAN_MS 30000
+/* dir: where to open cfg->maildrop_dir (the same path, or one that reaches
+ * the directory another way); messages name cfg->maildrop_dir. */
 struct pickup *pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp,
-    struct sched *sch, struct config *cfg, struct buf *err);
+    struct sched *sch, struct config *cfg, const char *dir, struct buf *err);
 /* Messages picked up and committed since the start (0 for NULL). */
 uint64_t pickup_count(const struct pickup *p);
 /* A reloaded configuration (hostname, max_message_size, dkim); the

@@ -67,7 +67,8 @@ struct pickup {
     struct spool *sp;
     struct sched *sch;
     struct config *cfg; /* ref */
-    char *dir;
+    char *dir;          /* where it is opened */
+    char *name;         /* maildrop_dir, for messages */
     int dirfd, corruptfd, inofd;
     struct event *ino_ev, *timer;
     struct workq *wq;
@@ -674,14 +675,14 @@ open_dirs(struct pickup *p, struct buf *err)
     struct stat st;
     p->dirfd = open(p->dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (p->dirfd < 0) {
-        buf_printf(err, "maildrop_dir %s: %s\n", p->dir, strerror(errno));
+        buf_printf(err, "maildrop_dir %s: %s\n", p->name, strerror(errno));
         return -1;
     }
     p->corruptfd =
         openat(p->dirfd, MAILDROP_CORRUPT, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (p->corruptfd < 0 || fstat(p->corruptfd, &st) < 0 || st.st_uid != geteuid() ||
         (st.st_mode & 077) != 0) {
-        buf_printf(err, "maildrop_dir %s: %s/ must be a directory of ours, mode 0700\n", p->dir,
+        buf_printf(err, "maildrop_dir %s: %s/ must be a directory of ours, mode 0700\n", p->name,
             MAILDROP_CORRUPT);
         return -1;
     }
@@ -740,7 +741,7 @@ settle_claims(struct pickup *p)
     struct buf err = BUF_INIT;
     claims_list(p, &c);
     if (c.n > 0 && spool_scan(p->cfg->spool_dir, claims_mark, &c, &err) < 0) {
-        log_file(LOG_ERROR, NULL, "claims_unsettled", p->dir, err.data, 0);
+        log_file(LOG_ERROR, NULL, "claims_unsettled", p->name, err.data, 0);
         goto out;
     }
     for (size_t i = 0; i < c.n; i++) {
@@ -766,7 +767,7 @@ out:
 
 struct pickup *
 pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp, struct sched *sch,
-    struct config *cfg, struct buf *err)
+    struct config *cfg, const char *dir, struct buf *err)
 {
     struct pickup *p = xcalloc(1, sizeof(*p));
     struct timeval now = { 0, 0 };
@@ -775,7 +776,8 @@ pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp, struc
     p->sp = sp;
     p->sch = sch;
     p->cfg = config_ref(cfg);
-    p->dir = xstrdup(cfg->maildrop_dir);
+    p->dir = xstrdup(dir);
+    p->name = xstrdup(cfg->maildrop_dir);
     p->corruptfd = p->inofd = -1;
     if (open_dirs(p, err) < 0) {
         pickup_stop(p);
@@ -789,7 +791,7 @@ pickup_new(struct event_base *base, struct loopq *inbox, struct spool *sp, struc
         p->ino_ev = event_new(base, p->inofd, EV_READ | EV_PERSIST, ino_cb, p);
         event_add(p->ino_ev, NULL);
     } else {
-        log_file(LOG_WARN, NULL, "no_inotify", p->dir, "scanning every 30 s only", errno);
+        log_file(LOG_WARN, NULL, "no_inotify", p->name, "scanning every 30 s only", errno);
     }
     p->wq = workq_new("pickup", 1);
     p->timer = evtimer_new(base, timer_cb, p);
@@ -849,5 +851,6 @@ pickup_free(struct pickup *p)
         close(p->dirfd);
     config_unref(p->cfg);
     free(p->dir);
+    free(p->name);
     free(p);
 }

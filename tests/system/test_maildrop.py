@@ -501,3 +501,29 @@ def test_start_fixes_the_maildrop_mode(make_tern, sink):
     assert (d / "corrupt").stat().st_mode & 0o7777 == 0o700
     rec = tern.wait_event("maildrop_private", subsystem="pickup")
     assert "does not exist" in rec["reason"], rec
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: ternd must switch to its user")
+def test_maildrop_behind_a_root_only_directory(make_tern, sink):
+    """make run from a checkout under /root: the spool and the maildrop sit
+    in a directory only root may search. The root parent opens the maildrop
+    for the relay, which picks mail up all the same."""
+    tern = make_tern(start=False)
+    os.chmod(tern.shortdir, 0o700)
+    tern.start()
+    assert not tern.events("no_maildrop")
+    rc, _ = tern.stop()
+    assert rc == 0
+    u = uid()
+    rcpt = f"behind-{u}@example.org"
+    p = tern.sendmail([rcpt], f"Subject: behind {u}\n\nbehind /root\n".encode())
+    assert p.returncode == 0, p.stderr
+    assert len(drop_files(tern)) == 1
+    mark = tern.log_mark()
+    tern.start()
+    t = sink.wait_to(rcpt)[0]
+    assert f"Subject: behind {u}".encode() in t.data
+    rec = tern.wait_event("received", since=mark, subsystem="pickup")
+    assert rec["uid"] == "0"
+    wait_for(lambda: drop_files(tern) == [], desc="the drop file removed once queued")
+    assert not tern.events("no_maildrop") and not tern.events("no_inotify")
