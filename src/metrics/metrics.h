@@ -124,6 +124,10 @@ size_t metrics_dest_fold(const struct metrics_dest *in, size_t n, struct metrics
 void metrics_label_escape(struct buf *out, const char *s);
 /* The Prometheus text (version 0.0.4) of snap. */
 void metrics_render(struct buf *out, const struct metrics_snapshot *snap);
+/* Append the counters /status shows besides ternd's own, each followed by
+ * a comma: "rejects" (an object by reason), "auth_failures",
+ * "connections_in", "connections_out", "delivery_connections". */
+void metrics_status_json(struct buf *out);
 /* Zero every counter (tests). */
 void metrics_reset(void);
 

@@ -197,6 +197,23 @@ render_smtp(struct buf *out, const struct metrics_snapshot *snap)
 }
 
 void
+metrics_status_json(struct buf *out)
+{
+    struct metrics_snapshot snap;
+    memset(&snap, 0, sizeof(snap));
+    metrics_snapshot_take(&snap);
+    buf_append_str(out, "\"rejects\":{");
+    for (size_t i = 0; i < METRICS_REJ_N; i++)
+        buf_printf(out, "%s\"%s\":%llu", i ? "," : "", reject_names[i],
+            (unsigned long long)snap.rejects[i]);
+    buf_printf(out,
+        "},\"auth_failures\":%llu,\"connections_in\":%llu,\"connections_out\":%llu,"
+        "\"delivery_connections\":%llu,",
+        (unsigned long long)snap.auth_failures, (unsigned long long)snap.conn_in,
+        (unsigned long long)snap.conn_out, (unsigned long long)snap.conn_out_open);
+}
+
+void
 metrics_render(struct buf *out, const struct metrics_snapshot *snap)
 {
     family(out, "tern_build_info", "gauge", "The running version of tern (always 1).");

@@ -117,11 +117,13 @@ smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
-    smtp_count_reply(s, code);
-    if (code >= 400)
+    /* One reject per failed command (as smtp_count_reply counts them; not
+     * our 421 at a timeout or shutdown), plus the closings a limit forces. */
+    if (code >= 400 && ((s->counting && !s->cur_failed) || s->reject_why > 0))
         metrics_count_reject(s->reject_why > 0 ? (enum metrics_reject)(s->reject_why - 1)
                                                : metrics_reject_classify(code, esc));
     s->reject_why = 0;
+    smtp_count_reply(s, code);
     if (esc && *esc)
         evbuffer_add_printf(out, "%d %s %s\r\n", code, esc, text);
     else

@@ -4,6 +4,7 @@ RCPT and one failed AUTH; the scrape is read with a strict parser of the
 Prometheus text format (0.0.4) and every count is checked."""
 
 import base64
+import json
 import re
 import urllib.request
 
@@ -171,6 +172,13 @@ def test_metrics_count_what_happened(make_tern, sink, tmp_path):
         for lab, v in with_labels(s, "tern_delivery_latency_seconds_bucket").items()
     )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
+    # /status keeps its keys and shows the new counters too.
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=5 * SLOW) as r:
+        st = json.loads(r.read())
+    assert (st["received"], st["queue_messages"], st["queue_recipients"]) == (3, 1, 1)
+    assert st["delivered"] == 2 and st["deferred"] == 1 and st["bounced"] == 1  # recipients
+    assert st["rejects"]["relay_denied"] == 1 and st["auth_failures"] == 1
+    assert st["connections_in"] == conns + 5 and "workers" in st and "spool" in st
     # The version.
     info = with_labels(s, "tern_build_info")
     assert len(info) == 1 and list(info.values()) == [1.0]

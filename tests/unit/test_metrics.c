@@ -314,6 +314,28 @@ test_reject_classify(void **state)
     }
 }
 
+static void
+test_status_json(void **state)
+{
+    struct buf b = BUF_INIT;
+    metrics_reset();
+    metrics_count_reject(METRICS_REJ_SIZE);
+    metrics_count_reject(METRICS_REJ_N); /* out of range: other */
+    metrics_count_auth_failure();
+    metrics_count_conn_in();
+    metrics_conn_out_open(1);
+    buf_append_char(&b, '{');
+    metrics_status_json(&b);
+    buf_append_str(&b, "\"x\":1}");
+    assert_string_equal(b.data,
+        "{\"rejects\":{\"relay_denied\":0,\"recipient\":0,\"size\":1,\"auth_failed\":0,"
+        "\"auth_required\":0,\"rate\":0,\"protocol\":0,\"policy\":0,\"resources\":0,"
+        "\"other\":1},\"auth_failures\":1,\"connections_in\":1,\"connections_out\":0,"
+        "\"delivery_connections\":1,\"x\":1}");
+    buf_fini(&b);
+    metrics_reset();
+}
+
 int
 main(void)
 {
@@ -327,6 +349,7 @@ main(void)
         cmocka_unit_test(test_counting_fold_bounded),
         cmocka_unit_test(test_latency_buckets),
         cmocka_unit_test(test_reject_classify),
+        cmocka_unit_test(test_status_json),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
