@@ -1,6 +1,6 @@
 """/metrics end to end: mail through ternd to the sink with one delivery,
 one deferral, one bounce (whose DSN is delivered too), one relay-denied
-RCPT and one failed AUTH; the scrape is read with a strict parser of the
+RCPT, one failed AUTH, one message too big and one unknown command; the scrape is read with a strict parser of the
 Prometheus text format (0.0.4) and every count is checked."""
 
 import base64
@@ -103,6 +103,13 @@ def test_metrics_count_what_happened(make_tern, sink, tmp_path):
     r = c.cmd("RCPT TO:<b@elsewhere.test>")
     assert (r.code, r.enh) == (554, "5.7.1"), r
     c.close()
+    # Too big, and a command that does not exist.
+    c = RawSMTP(t.port)
+    c.greeting()
+    c.cmd("EHLO client.test")
+    assert c.cmd("MAIL FROM:<a@src.test> SIZE=999999999999").code == 552
+    assert c.cmd("FROB").code == 500
+    c.close()
     # A wrong password.
     c = RawSMTP(t.port)
     c.greeting()
@@ -156,9 +163,11 @@ def test_metrics_count_what_happened(make_tern, sink, tmp_path):
     }
     assert rejects["relay_denied"] == 1
     assert rejects["auth_failed"] == 1
-    assert sum(rejects.values()) == 2, rejects
-    # Connections: 3 sends + 2 raw clients in; at least one connection out.
-    assert value(s, "tern_smtp_connections_total") == conns + 5
+    assert rejects["size"] == 1
+    assert rejects["protocol"] == 1
+    assert sum(rejects.values()) == 4, rejects
+    # Connections: 3 sends + 3 raw clients in; at least one connection out.
+    assert value(s, "tern_smtp_connections_total") == conns + 6
     assert value(s, "tern_delivery_connections_total") >= 1
     assert value(s, "tern_delivery_connections") >= 0
     # The latency histogram: both deliveries within the first minute.
@@ -178,7 +187,7 @@ def test_metrics_count_what_happened(make_tern, sink, tmp_path):
     assert (st["received"], st["queue_messages"], st["queue_recipients"]) == (3, 1, 1)
     assert st["delivered"] == 2 and st["deferred"] == 1 and st["bounced"] == 1  # recipients
     assert st["rejects"]["relay_denied"] == 1 and st["auth_failures"] == 1
-    assert st["connections_in"] == conns + 5 and "workers" in st and "spool" in st
+    assert st["connections_in"] == conns + 6 and "workers" in st and "spool" in st
     # The version.
     info = with_labels(s, "tern_build_info")
     assert len(info) == 1 and list(info.values()) == [1.0]
