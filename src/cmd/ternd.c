@@ -19,6 +19,7 @@
 #include <systemd/sd-daemon.h>
 #endif
 
+#include "cmd/httpd.h"
 #include "cmd/ternd.h"
 #include "config/config.h"
 #include "ctl/ctl.h"
@@ -91,7 +92,7 @@ status_json(struct buf *out, void *arg)
         "\"received\":%llu,\"picked_up\":%llu,\"delivered\":%llu,\"deferred\":%llu,\"bounced\":%llu,"
         "\"expired\":%llu,\"uptime_s\":%lld,\"loading\":%s,"
         "\"spool\":{\"batches\":%llu,\"syncs\":%llu,\"records\":%llu,\"segments\":%llu,"
-        "\"segments_deleted\":%llu,\"compacted\":%llu},\"workers\":",
+        "\"segments_deleted\":%llu,\"compacted\":%llu},",
         st.queue_messages, st.queue_rcpts, st.active, smtp_server_sessions(t->smtp),
         (unsigned long long)smtp_server_received(t->smtp),
         (unsigned long long)pickup_count(t->pickup), (unsigned long long)st.delivered,
@@ -101,6 +102,8 @@ status_json(struct buf *out, void *arg)
         (unsigned long long)ss.syncs, (unsigned long long)ss.records,
         (unsigned long long)ss.segments, (unsigned long long)ss.segments_deleted,
         (unsigned long long)ss.compacted);
+    metrics_status_json(out);
+    buf_append_str(out, "\"workers\":");
     smtp_server_status_json(t->smtp, out);
     buf_append_str(out, "}");
 }

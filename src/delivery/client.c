@@ -28,6 +28,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics/metrics.h"
 #include "proto/data.h"
 #include "util/log.h"
 #include "util/util.h"
@@ -906,6 +907,7 @@ connect_next(struct deliv_conn *c)
         bufferevent_setcb(c->bev, read_cb, tx_write_cb, event_cb, c);
         bufferevent_enable(c->bev, EV_READ | EV_WRITE);
         c->state = CS_CONNECT;
+        metrics_count_conn_out();
         if (bufferevent_socket_connect(c->bev, (const struct sockaddr *)&t->addr, (int)t->len) ==
             0) {
             /* The final dot and pipelined commands are small writes that
@@ -995,6 +997,7 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     TAILQ_INSERT_TAIL(&dest->conns, c, dest_link);
     dest->n_conns++;
     d->n_active++;
+    metrics_conn_out_open(1);
     event_active(c->wake, 0, 0);
     return c;
 }

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "delivery/delivery_int.h"
+#include "metrics/metrics.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -601,6 +602,7 @@ deliv_conn_retire(struct delivery *d, struct deliv_conn *c, struct deliv_dest *d
     TAILQ_REMOVE(&dest->conns, c, dest_link);
     dest->n_conns--;
     d->n_active--;
+    metrics_conn_out_open(-1);
     TAILQ_INSERT_TAIL(&d->dead, c, dest_link);
     if (!d->shutting) {
         event_active(d->reap, 0, 0);

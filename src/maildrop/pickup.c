@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "metrics/metrics.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
 #include "spool/spool.h"
@@ -562,6 +563,7 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
     p->job = NULL;
     if (ok) {
         p->picked_up++;
+        metrics_count_picked_up();
         /* Only now, with the message durable in the spool. */
         if (unlinkat(p->dirfd, j->claimed, 0) < 0)
             log_file(LOG_ERROR, qid, "unlink_failed", j->claimed, NULL, errno);

@@ -73,6 +73,9 @@ struct sched_walk *sched_walk_start(struct sched *s, bool summary, sched_walk_fn
 void sched_walk_next(struct sched_walk *w);
 void sched_walk_cancel(struct sched_walk *w); /* NULL is fine */
 void sched_get_stats(const struct sched *s, struct sched_stats *st);
+/* The arrival (Unix seconds) of the oldest message in the queue, 0 when it
+ * is empty: one pass over the index (for metrics). */
+uint32_t sched_oldest_arrival_s(const struct sched *s);
 /* Counter for messages accepted by the SMTP server (for metrics). */
 
 #endif

@@ -246,3 +246,16 @@ sidx_heap_all_due(struct sched_index *x, uint32_t now_s)
     for (uint32_t i = x->heap_len / 2; i-- > 0;)
         heap_down(x, i);
 }
+
+uint32_t
+sched_oldest_arrival_s(const struct sched *s)
+{
+    uint32_t oldest = 0;
+    for (uint32_t h = 0; h < s->idx.n; h++) {
+        const struct sched_ent *e = &s->idx.v[h];
+        if ((e->flags & ENT_USED) && !(e->flags & ENT_DELETED) &&
+            (oldest == 0 || e->arrival_s < oldest))
+            oldest = e->arrival_s;
+    }
+    return oldest;
+}

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics/metrics.h"
 #include "retry.h"
 #include "route.h"
 #include "sched_int.h"
@@ -615,6 +616,50 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct deli
     return final_wants_dsn(m, idx, r, act, dr);
 }
 
+/* Metrics of one recipient's applied result (its state says which). */
+static enum metrics_result
+count_rcpt(const struct sched_unit *u, const struct spool_rcpt *rc,
+    const struct delivery_rcpt_result *r, const char *relay)
+{
+    enum metrics_result res = METRICS_BOUNCED;
+    /* relay is "host[addr]:port tls=none" or "... tls=VERSION/CIPHER/BITS". */
+    const char *t = relay ? strstr(relay, " tls=") : NULL;
+    enum metrics_tls tls =
+        t && strncmp(t, " tls=none", 9) != 0 ? METRICS_TLS_YES : METRICS_TLS_NONE;
+    int64_t latency = 0;
+    if (rc->state == RCPT_DELIVERED || rc->state == RCPT_DELIVERED_DSN) {
+        res = METRICS_DELIVERED;
+        latency = tern_now_ms() - u->msg->env->arrival_ms;
+    } else if (rc->state == RCPT_QUEUED) {
+        res = METRICS_DEFERRED;
+    } else if (r->cls == DELIV_TEMP) {
+        res = METRICS_EXPIRED;
+    }
+    metrics_count_rcpt(u->dest->d.key, res, tls, latency);
+    return res;
+}
+
+/* Message metrics once a unit's results are applied: a deferral, or the
+ * message done (no recipient left queued) as delivered and/or bounced. */
+static void
+count_msg(const struct sched_msg *m, bool deferred, size_t pending_before)
+{
+    bool delivered = false, failed = false;
+    if (deferred)
+        metrics_count_msg(METRICS_DEFERRED);
+    if (m->deleted || pending_before == 0 || sched_msg_pending(m) > 0)
+        return;
+    for (size_t i = 0; i < m->env->n_rcpts; i++) {
+        enum rcpt_state st = m->env->rcpts[i].state;
+        delivered |= st == RCPT_DELIVERED || st == RCPT_DELIVERED_DSN;
+        failed |= st == RCPT_FAILED || st == RCPT_FAILED_DSN;
+    }
+    if (delivered)
+        metrics_count_msg(METRICS_DELIVERED);
+    if (failed)
+        metrics_count_msg(METRICS_BOUNCED);
+}
+
 /* Where u goes after its results: waiting for its retry (never before
  * its destination may be tried again), or nowhere when held or empty. */
 static void
@@ -642,8 +687,9 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     const char *relay)
 {
     struct sched_msg *m = u->msg;
-    size_t keep = 0;
+    size_t keep = 0, pending_before = sched_msg_pending(m);
     int64_t next_ms = 0;
+    bool deferred = false;
     char mta[CONFIG_HOST_MAX];
     TERN_ASSERT(n == u->n_rcpt);
     /* The DSN's Remote-MTA is the host name alone: relay is
@@ -655,6 +701,7 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
         struct dsn_rcpt_result dr;
         if (apply_result(s, m, idx, &res[i], relay, relay ? mta : NULL, &next_ms, &dr))
             sched_note_add(m, &dr);
+        deferred |= count_rcpt(u, &m->env->rcpts[idx], &res[i], relay) == METRICS_DEFERRED;
         if (m->env->rcpts[idx].state == RCPT_QUEUED)
             u->rcpt[keep++] = idx;
         /* The destination's last error (for the queue summary) is the
@@ -666,6 +713,7 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
         }
     }
     u->n_rcpt = keep;
+    count_msg(m, deferred, pending_before);
     /* An operator's delete is silent, like postsuper -d: no DSN. */
     if (m->deleted) {
         if (m->n_flight == 0)

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics/metrics.h"
 #include "policy.h"
 #include "privsep/privsep.h"
 #include "smtp_int.h"
@@ -133,9 +134,11 @@ loop_admit(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int salen, e
     outsider = !policy_trusted_client(lp->cfg, sa);
     why = admit(lp->srv, lp->cfg, sa, outsider);
     if (why != NULL) {
+        metrics_count_reject(METRICS_REJ_RATE);
         refuse(fd, peer, why);
         return;
     }
+    metrics_count_conn_in();
     evutil_make_socket_nonblocking(fd);
     /* Replies are small writes: do not let Nagle hold them back behind a
      * delayed ACK (visible as ~40 ms after a TLS 1.3 handshake). */

@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 
 #include "config/config.h"
+#include "metrics/metrics.h"
 #include "policy.h"
 #include "smtp_int.h"
 #include "util/log.h"
@@ -116,6 +117,12 @@ smtp_reply(struct smtp_session *s, int code, const char *esc, const char *fmt, .
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    /* One reject per failed command (as smtp_count_reply counts them; not
+     * our 421 at a timeout or shutdown), plus the closings a limit forces. */
+    if (code >= 400 && ((s->counting && !s->cur_failed) || s->reject_why > 0))
+        metrics_count_reject(s->reject_why > 0 ? (enum metrics_reject)(s->reject_why - 1)
+                                               : metrics_reject_classify(code, esc));
+    s->reject_why = 0;
     smtp_count_reply(s, code);
     if (esc && *esc)
         evbuffer_add_printf(out, "%d %s %s\r\n", code, esc, text);
@@ -136,6 +143,7 @@ smtp_session_error(struct smtp_session *s)
 {
     if (++s->errors < s->cfg->max_errors)
         return false;
+    s->reject_why = METRICS_REJ_PROTOCOL + 1;
     smtp_session_close(s, 421, "4.7.0", "Too many errors, closing connection");
     return true;
 }
@@ -486,6 +494,7 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
     } else if (tx->env->n_rcpts >= s->cfg->max_recipients) {
         smtp_reply(s, 452, "4.5.3", "Too many recipients");
     } else if (!policy_may_relay(s->cfg, (struct sockaddr *)&s->peer, s->auth_user != NULL, addr)) {
+        s->reject_why = METRICS_REJ_RELAY_DENIED + 1;
         smtp_reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
         smtp_log_refused(s, NULL, "relay denied", NULL, addr);
         smtp_session_error(s);

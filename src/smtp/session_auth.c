@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "metrics/metrics.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -129,6 +130,8 @@ auth_failed(struct smtp_session *s, const char *reason, bool locked)
      * an idle session's size is what a flood of connections costs. */
     if (s->auth_reply == NULL)
         s->auth_reply = xmalloc(sizeof(*s->auth_reply));
+    metrics_count_auth_failure();
+    s->reject_why = 1 + (locked ? METRICS_REJ_RATE : METRICS_REJ_AUTH_FAILED);
     if (locked)
         STATUS_SET(
             s->auth_reply, 421, "4.7.0", "Too many authentication failures, closing connection");
@@ -355,6 +358,7 @@ auth_refused(struct smtp_session *s)
         pthread_mutex_unlock(&s->srv->auth_mu);
         if (!blocked)
             return false;
+        s->reject_why = METRICS_REJ_RATE + 1;
         smtp_reply(s, 454, "4.7.0", "Too many authentication failures, try again later");
         auth_log(s, LOG_WARN, "auth_refused", NULL, "locked out");
         return true;

@@ -236,6 +236,7 @@ struct smtp_session {
     enum smtp_verb cur_verb;
     bool cur_failed; /* cur_verb was counted as failed */
     bool counting;   /* a command was read and replies count against it */
+    int reject_why;  /* metrics: the next 4xx/5xx reply's reason + 1; 0: by its codes */
     /* The client's name for the log (session_name.c). */
     enum { SMTP_NAME_OFF, SMTP_NAME_PENDING, SMTP_NAME_KNOWN, SMTP_NAME_UNKNOWN } name_state;
     struct dns_query *name_q; /* the lookup in flight, or NULL */

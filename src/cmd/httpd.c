@@ -1,8 +1,10 @@
 /*
  * /metrics and /status over libevent's evhttp. Bounded: GET only, small
- * requests, short timeouts; nothing here can block the loop for long.
+ * requests, short timeouts; nothing here can block the loop for long (a
+ * scrape reads counters and walks the queue index once for its oldest
+ * message, some milliseconds for a million messages).
  */
-#include "metrics.h"
+#include "cmd/httpd.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -11,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "metrics/metrics.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
 #include "util/util.h"
@@ -22,35 +25,6 @@ struct metrics {
     void (*status)(struct buf *out, void *arg);
     void *status_arg;
 };
-
-static void
-counter(struct buf *out, const char *name, const char *help, const char *type, uint64_t v)
-{
-    buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n%s %llu\n", name, help, name, type, name,
-        (unsigned long long)v);
-}
-
-void
-metrics_render(struct buf *out, const struct sched *sch, size_t sessions, uint64_t received)
-{
-    struct sched_stats st;
-    sched_get_stats(sch, &st);
-    counter(out, "tern_messages_received_total", "Messages accepted by the SMTP server.", "counter",
-        received);
-    counter(out, "tern_messages_delivered_total", "Recipients delivered to the next hop.",
-        "counter", st.delivered);
-    counter(out, "tern_messages_deferred_total", "Delivery attempts that failed temporarily.",
-        "counter", st.deferred);
-    counter(out, "tern_messages_bounced_total",
-        "Recipients that failed permanently or expired (a DSN was made if wanted).", "counter",
-        st.bounced + st.expired);
-    counter(out, "tern_messages_expired_total", "Recipients given up after max_queue_lifetime.",
-        "counter", st.expired);
-    counter(out, "tern_queue_messages", "Messages in the queue.", "gauge", st.queue_messages);
-    counter(
-        out, "tern_queue_recipients", "Recipients waiting in the queue.", "gauge", st.queue_rcpts);
-    counter(out, "tern_smtp_sessions", "Open inbound SMTP sessions.", "gauge", sessions);
-}
 
 static void
 reply_buf(struct evhttp_request *req, const char *ctype, struct buf *b)
@@ -66,8 +40,21 @@ static void
 metrics_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
+    struct metrics_snapshot snap;
+    struct sched_stats st;
     struct buf b = BUF_INIT;
-    metrics_render(&b, m->sched, smtp_server_sessions(m->smtp), smtp_server_received(m->smtp));
+    uint32_t oldest = sched_oldest_arrival_s(m->sched);
+    int64_t now_s = tern_now_ms() / 1000;
+    memset(&snap, 0, sizeof(snap));
+    sched_get_stats(m->sched, &st);
+    snap.version = TERN_VERSION;
+    snap.received = smtp_server_received(m->smtp);
+    snap.conn_in_open = smtp_server_sessions(m->smtp);
+    snap.queue_messages = st.queue_messages;
+    snap.queue_rcpts = st.queue_rcpts;
+    snap.oldest_age_s = oldest != 0 && now_s > (int64_t)oldest ? (uint64_t)(now_s - oldest) : 0;
+    metrics_snapshot_take(&snap);
+    metrics_render(&b, &snap);
     reply_buf(req, "text/plain; version=0.0.4; charset=utf-8", &b);
     buf_fini(&b);
 }
