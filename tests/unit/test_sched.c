@@ -1715,6 +1715,39 @@ test_reroute_in_flight(void **state)
     h_free(h);
 }
 
+/* The next attempt time written with a deferral holds across a restart:
+ * nothing is tried before it; a flush still sends at once. */
+static void
+test_retry_time_after_restart(void **state)
+{
+    static const struct rule rules[] = { { "a@x.test", { "451 4.3.0 busy", "250 2.1.5 ok" } } };
+    const char *slow = "retry_initial=20s;retry_max=40s";
+    static const struct want_rcpt deferred[] = { { "a@x.test", "deferred", 1, "451 4.3.0 busy" } };
+    struct h *h = h_new(rules, 1, slow, false);
+    char qid[SPOOL_QID_LEN + 1];
+    struct spool_env *env;
+    int64_t before = tern_now_ms();
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1, 5000);
+    spool_sync_wait(h->sp);
+    env = spool_load(h->sp, qid);
+    assert_non_null(env);
+    assert_true(env->rcpts[0].next_try_ms >= before + 16000); /* 20 s less the jitter */
+    spool_env_free(env);
+
+    assert_int_equal(h_restart(h, h->srv[0].port, slow), 1);
+    check_list(h, qid, false, deferred, 1);
+    run_for(h, 1500);
+    assert_int_equal(h->srv[0].n_mail, 1);
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 1);
+
+    sched_flush(h->s);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 2);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "a@x.test"));
+    h_free(h);
+}
+
 int
 main(void)
 {
@@ -1744,6 +1777,7 @@ main(void)
         cmocka_unit_test(test_list_slices),
         cmocka_unit_test(test_units_split),
         cmocka_unit_test(test_moved_body_read_again),
+        cmocka_unit_test(test_retry_time_after_restart),
     };
     log_set_level(getenv("TEST_SCHED_LOG") ? LOG_DEBUG : LOG_WARN);
     return cmocka_run_group_tests(tests, NULL, NULL);
