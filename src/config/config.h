@@ -96,6 +96,8 @@ struct config {
     uint64_t max_message_size;
     uint64_t spool_segment_size;
     int64_t retry_initial_ms, retry_max_ms, max_queue_lifetime_ms;
+    /* 0: no delay warnings */
+    int64_t delay_warning_time_ms;
     struct hostport metrics_listen; /* host "" = off */
     enum log_format log_format;
     char *log_target; /* "stderr", "syslog" or an absolute file path */

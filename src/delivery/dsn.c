@@ -45,7 +45,10 @@ dsn_wanted(const struct spool_env *env, size_t idx, enum dsn_action action)
     case DSN_ACTION_FAILED:
         return notify == 0 || (notify & DSN_NOTIFY_FAILURE) != 0;
     case DSN_ACTION_DELAYED:
-        return (notify & DSN_NOTIFY_DELAY) != 0;
+        /* RFC 3461 §4.1 leaves the default to the MTA (FAILURE, or
+         * FAILURE,DELAY); tern warns of delays by default, as Postfix does
+         * with delay_warning_time set. */
+        return notify == 0 || (notify & DSN_NOTIFY_DELAY) != 0;
     case DSN_ACTION_DELIVERED:
     case DSN_ACTION_RELAYED:
         return (notify & DSN_NOTIFY_SUCCESS) != 0;

@@ -28,8 +28,8 @@ struct dsn_rcpt_result {
 /* Should a DSN of this action be sent for this recipient of env?
  * Never when env->is_bounce or the sender is "" (null reverse-path).
  * FAILED: unless NOTIFY was given without FAILURE (or NEVER).
- * DELAYED: only with NOTIFY containing DELAY. DELIVERED/RELAYED: only with
- * NOTIFY containing SUCCESS. */
+ * DELAYED: unless NOTIFY was given without DELAY (or NEVER).
+ * DELIVERED/RELAYED: only with NOTIFY containing SUCCESS. */
 bool dsn_wanted(const struct spool_env *env, size_t idx, enum dsn_action action);
 
 /* The envelope of the DSN for orig: sender "", one recipient orig->sender

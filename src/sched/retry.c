@@ -1,7 +1,8 @@
 /*
  * Retry and give-up policy (see retry.h): exponential back-off with a cap
- * and jitter, queue lifetime expiry and reply classification. Pure functions
- * of their arguments; all arithmetic is overflow-checked or saturating.
+ * and jitter, queue lifetime expiry, the delay warning's time and reply
+ * classification. Pure functions of their arguments; all arithmetic is
+ * overflow-checked or saturating.
  */
 #include "sched/retry.h"
 
@@ -55,4 +56,15 @@ retry_expired(const struct config *cfg, int64_t arrival_ms, int64_t now_ms)
     if (__builtin_add_overflow(arrival_ms, cfg->max_queue_lifetime_ms, &deadline))
         return cfg->max_queue_lifetime_ms < 0; /* overflowed down: long past; up: never */
     return deadline <= now_ms;
+}
+
+bool
+retry_warn_due(const struct config *cfg, int64_t arrival_ms, int64_t now_ms)
+{
+    int64_t due;
+    if (cfg->delay_warning_time_ms <= 0)
+        return false; /* off */
+    if (__builtin_add_overflow(arrival_ms, cfg->delay_warning_time_ms, &due))
+        return false; /* a time so far ahead never comes */
+    return due <= now_ms;
 }

@@ -20,4 +20,9 @@ int64_t retry_delay_ms(const struct config *cfg, uint32_t attempts, double rnd);
  * (arrival + max_queue_lifetime <= now)? */
 bool retry_expired(const struct config *cfg, int64_t arrival_ms, int64_t now_ms);
 
+/* Is a delay warning due for a recipient of a message that arrived at
+ * arrival_ms and is still pending at now_ms (delay_warning_time set and
+ * arrival + delay_warning_time <= now)? */
+bool retry_warn_due(const struct config *cfg, int64_t arrival_ms, int64_t now_ms);
+
 #endif

@@ -12,6 +12,10 @@
  * and makes it from them. A crash between the DSN's commit and the status
  * record gives a second copy, never none. Stopping waits for the DSNs under
  * way (sched_free), so their originals are brought up to date first.
+ * Delay warnings (RFC 3464 "Action: delayed") take the same path for a
+ * recipient that stays queued: it is flagged RCPT_F_DELAY_DUE with the
+ * deferral that calls for the warning, and RCPT_F_DELAY_SENT once the
+ * warning is durable; failures, delays and successes go in separate reports.
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -25,10 +29,11 @@
 #include "util/util.h"
 #include "util/workq.h"
 
-/* What to write to the original once its DSN is durable. */
+/* What to write to the original once its DSN is durable: a final state
+ * (failed, relayed), or the delay warning's flag (delayed). */
 struct dsn_job_rcpt {
     size_t idx;
-    enum rcpt_state final;
+    enum dsn_action action;
 };
 
 struct dsn_job {
@@ -104,7 +109,7 @@ status_from_text(const char *t, enum dsn_action act, struct tern_status *st)
             p += *p == ' ';
         }
     } else {
-        st->code = act == DSN_ACTION_FAILED ? 550 : 250;
+        st->code = act == DSN_ACTION_FAILED ? 550 : act == DSN_ACTION_DELAYED ? 451 : 250;
     }
     snprintf(st->text, sizeof(st->text), "%s", p);
 }
@@ -116,11 +121,17 @@ sched_notes_load(struct sched_msg *m)
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const struct spool_rcpt *r = &env->rcpts[i];
         struct dsn_rcpt_result dr;
-        if (r->state != RCPT_FAILED_DSN && r->state != RCPT_DELIVERED_DSN)
+        /* A delay warning owed to a recipient still queued (its last
+         * deferral's reply is in last_error). */
+        bool warn = r->state == RCPT_QUEUED &&
+                    (r->flags & (RCPT_F_DELAY_DUE | RCPT_F_DELAY_SENT)) == RCPT_F_DELAY_DUE;
+        if (r->state != RCPT_FAILED_DSN && r->state != RCPT_DELIVERED_DSN && !warn)
             continue;
         memset(&dr, 0, sizeof(dr));
         dr.idx = i;
-        dr.action = r->state == RCPT_FAILED_DSN ? DSN_ACTION_FAILED : DSN_ACTION_RELAYED;
+        dr.action = warn                          ? DSN_ACTION_DELAYED
+                    : r->state == RCPT_FAILED_DSN ? DSN_ACTION_FAILED
+                                                  : DSN_ACTION_RELAYED;
         /* The remote host is not in the spool: the report names none and
          * gives the stored status as tern's own diagnostic. */
         status_from_text(r->last_error, dr.action, &dr.status);
@@ -139,6 +150,25 @@ dsn_unplan(struct sched *s, struct sched_msg *m)
     }
     m->dsn_retry = NULL;
     m->dsn_retry_ms = 0;
+}
+
+void
+sched_notes_drop_stale(struct sched_msg *m)
+{
+    size_t keep = 0;
+    for (size_t i = 0; i < m->n_notes; i++) {
+        struct sched_note *n = &m->notes[i];
+        struct spool_rcpt *r = &m->env->rcpts[n->idx];
+        if (n->action == DSN_ACTION_DELAYED && !n->flight && r->state != RCPT_QUEUED) {
+            /* Delivered or given up before its warning could be made: the
+             * warning would only mislead. */
+            r->flags &= ~(uint32_t)RCPT_F_DELAY_DUE;
+            note_fini(n);
+            continue;
+        }
+        m->notes[keep++] = *n;
+    }
+    m->n_notes = keep;
 }
 
 void
@@ -297,15 +327,24 @@ job_msg(struct sched *s, const struct dsn_job *j)
     return e->m != NULL && !e->m->deleted ? e->m : NULL;
 }
 
+static const char *const action_names[] = {
+    [DSN_ACTION_FAILED] = "failed",
+    [DSN_ACTION_DELAYED] = "delayed",
+    [DSN_ACTION_DELIVERED] = "delivered",
+    [DSN_ACTION_RELAYED] = "relayed",
+};
+
 static void
-dsn_log(const char *qid, const char *dsn_qid, const char *to, size_t n, int err, int64_t retry_ms)
+dsn_log(const struct dsn_job *j, const char *dsn_qid, int err, int64_t retry_ms)
 {
     struct logline l;
-    log_begin(&l, err == 0 ? LOG_INFO : LOG_ERROR, qid, "dsn", err == 0 ? "queued" : "failed");
+    log_begin(&l, err == 0 ? LOG_INFO : LOG_ERROR, j->qid, "dsn", err == 0 ? "queued" : "failed");
     if (dsn_qid != NULL)
         log_str(&l, "dsn_qid", dsn_qid);
-    log_str(&l, "to", to);
-    log_int(&l, "nrcpt", (int64_t)n);
+    log_str(&l, "to", j->orig->sender);
+    log_int(&l, "nrcpt", (int64_t)j->n);
+    /* One report is of one kind (dsn_make_one). */
+    log_str(&l, "action", action_names[j->r[0].action]);
     if (err != 0) {
         log_errno(&l, err);
         if (retry_ms > 0)
@@ -322,12 +361,17 @@ notes_settle(struct sched *s, struct sched_msg *m, const struct dsn_job *j, bool
     size_t keep = 0;
     for (size_t i = 0; i < m->n_notes; i++) {
         struct sched_note *n = &m->notes[i];
+        struct spool_rcpt *r = &m->env->rcpts[n->idx];
         bool mine = false;
+        /* A recipient may have a delay warning and then its final report
+         * under way at once: the action tells them apart. */
         for (size_t k = 0; k < j->n && !mine; k++)
-            mine = n->flight && j->r[k].idx == n->idx;
+            mine = n->flight && j->r[k].idx == n->idx && j->r[k].action == n->action;
         if (mine && ok) {
-            m->env->rcpts[n->idx].state =
-                n->action == DSN_ACTION_FAILED ? RCPT_FAILED : RCPT_DELIVERED;
+            if (n->action == DSN_ACTION_DELAYED)
+                r->flags = (r->flags & ~(uint32_t)RCPT_F_DELAY_DUE) | RCPT_F_DELAY_SENT;
+            else
+                r->state = n->action == DSN_ACTION_FAILED ? RCPT_FAILED : RCPT_DELIVERED;
             note_fini(n);
             continue;
         }
@@ -336,20 +380,21 @@ notes_settle(struct sched *s, struct sched_msg *m, const struct dsn_job *j, bool
         m->notes[keep++] = *n;
     }
     m->n_notes = keep;
+    /* A warning that failed for a recipient that has since ended is not
+     * made again. */
+    sched_notes_drop_stale(m);
     if (ok) {
         m->dsn_failures = 0;
         spool_update_state(s->sp, m->env);
-    } else if (!s->stopping) {
+    } else if (!s->stopping && m->n_notes > 0) {
         dsn_plan(s, m);
     }
 }
 
 static void
-job_end(struct sched *s, struct dsn_job *j, struct sched_msg *m, bool ok)
+job_end(struct sched *s, struct dsn_job *j, struct sched_msg *m)
 {
-    if (m != NULL && !ok)
-        sched_msg_settle(s, m);
-    if (m != NULL && ok) {
+    if (m != NULL) {
         if (sched_msg_pending(m) == 0 && m->n_notes == 0 && m->n_flight == 0)
             sched_msg_finish(s, m, "done");
         else
@@ -372,9 +417,8 @@ dsn_committed(uint64_t cb_id, const char *dsn_qid, bool ok, int err, void *arg)
     m = job_msg(s, j);
     if (m != NULL)
         notes_settle(s, m, j, ok);
-    dsn_log(j->qid, dsn_qid, j->orig->sender, j->n, ok ? 0 : (err ? err : EIO),
-        m != NULL ? m->dsn_retry_ms : 0);
-    job_end(s, j, m, ok);
+    dsn_log(j, dsn_qid, ok ? 0 : (err ? err : EIO), m != NULL ? m->dsn_retry_ms : 0);
+    job_end(s, j, m);
 }
 
 /* The worker made the DSN (or could not): commit it. */
@@ -399,9 +443,8 @@ job_made(struct loopq_item *it)
     if (m != NULL)
         notes_settle(s, m, j, false);
     if (j->err != ECANCELED)
-        dsn_log(j->qid, NULL, j->orig->sender, j->n, j->err ? j->err : EIO,
-            m != NULL ? m->dsn_retry_ms : 0);
-    job_end(s, j, m, false);
+        dsn_log(j, NULL, j->err ? j->err : EIO, m != NULL ? m->dsn_retry_ms : 0);
+    job_end(s, j, m);
 }
 
 static struct dsn_job *
@@ -428,12 +471,12 @@ job_new(struct sched *s, const struct sched_msg *m, const struct sched_note *con
         j->res[i].remote_mta = no->remote_mta ? xstrdup(no->remote_mta) : NULL;
         j->res[i].from_remote = no->from_remote;
         j->r[i].idx = no->idx;
-        j->r[i].final = no->action == DSN_ACTION_FAILED ? RCPT_FAILED : RCPT_DELIVERED;
+        j->r[i].action = no->action;
     }
     return j;
 }
 
-/* Failures and success notices travel in separate reports. */
+/* Failures, delay warnings and success notices travel in separate reports. */
 static void
 dsn_make_one(struct sched *s, struct sched_msg *m, enum dsn_action action)
 {
@@ -459,6 +502,7 @@ sched_dsn_make(struct sched *s, struct sched_msg *m)
     if (m->deleted || m->n_notes == 0 || s->stopping || m->dsn_retry_ms != 0)
         return;
     dsn_make_one(s, m, DSN_ACTION_FAILED);
+    dsn_make_one(s, m, DSN_ACTION_DELAYED);
     dsn_make_one(s, m, DSN_ACTION_RELAYED);
 }
 

@@ -121,7 +121,8 @@ struct sched_dest {
 _Static_assert(offsetof(struct sched_dest, d) == 0, "delivery_dest first");
 
 /* A recipient whose DSN is not yet in the queue (state RCPT_FAILED_DSN or
- * RCPT_DELIVERED_DSN): what its report says. */
+ * RCPT_DELIVERED_DSN, or a queued one owed a delay warning,
+ * RCPT_F_DELAY_DUE): what its report says. */
 struct sched_note {
     size_t idx; /* into env->rcpts */
     enum dsn_action action;
@@ -273,10 +274,15 @@ void sched_arm(struct sched *s);
  * retry delay, and after a restart from the spool records. */
 void sched_dsn_init(struct sched *s);
 void sched_dsn_fini(struct sched *s);
-/* Note the report of recipient dr->idx of m, whose state is RCPT_*_DSN. */
+/* Note the report of recipient dr->idx of m, whose state is RCPT_*_DSN (or
+ * which is queued and owed a delay warning: RCPT_F_DELAY_DUE). */
 void sched_note_add(struct sched_msg *m, const struct dsn_rcpt_result *dr);
-/* Notes for the RCPT_*_DSN recipients of a message loaded from the spool. */
+/* Notes for the RCPT_*_DSN recipients of a message loaded from the spool,
+ * and for the delay warnings it owes (RCPT_F_DELAY_DUE without _SENT). */
 void sched_notes_load(struct sched_msg *m);
+/* Drop the delay warnings not yet under way of recipients that are no
+ * longer queued (their RCPT_F_DELAY_DUE too). */
+void sched_notes_drop_stale(struct sched_msg *m);
 /* Make and commit the DSNs of m's notes not already under way. */
 void sched_dsn_make(struct sched *s, struct sched_msg *m);
 /* Drop m's notes and planned retry (m is being freed). */

@@ -566,11 +566,30 @@ final_wants_dsn(struct sched_msg *m, size_t idx, const struct delivery_rcpt_resu
     return want;
 }
 
-/* Apply one recipient's result; returns true when it became final and wants
- * a DSN, described in *dr: its state is then RCPT_FAILED_DSN or
- * RCPT_DELIVERED_DSN with the status to report as last_error, so that the
- * DSN can still be made after a restart (sched_dsn.c). *next_ms gets the
- * smallest retry delay of the deferred ones. */
+/* A deferred recipient queued for delay_warning_time gets one delay
+ * warning (RFC 3464 "Action: delayed") when its NOTIFY allows it: flagged
+ * as owed here, so the state written with this deferral carries it (a
+ * restart still makes it), and never again once flagged. dr holds the
+ * deferral's reply. */
+static bool
+delay_warning(struct sched *s, struct sched_msg *m, size_t idx, struct dsn_rcpt_result *dr)
+{
+    struct spool_rcpt *rc = &m->env->rcpts[idx];
+    if ((rc->flags & (RCPT_F_DELAY_DUE | RCPT_F_DELAY_SENT)) ||
+        !retry_warn_due(s->cfg, m->env->arrival_ms, tern_now_ms()) ||
+        !dsn_wanted(m->env, idx, DSN_ACTION_DELAYED))
+        return false;
+    rc->flags |= RCPT_F_DELAY_DUE;
+    dr->action = DSN_ACTION_DELAYED;
+    return true;
+}
+
+/* Apply one recipient's result; returns true when it wants a DSN,
+ * described in *dr: when it became final, its state is then RCPT_FAILED_DSN
+ * or RCPT_DELIVERED_DSN with the status to report as last_error, so that
+ * the DSN can still be made after a restart (sched_dsn.c); when deferred,
+ * a delay warning is owed (RCPT_F_DELAY_DUE). *next_ms gets the smallest
+ * retry delay of the deferred ones. */
 static bool
 apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct delivery_rcpt_result *r,
     const char *relay, const char *mta, int64_t *next_ms, struct dsn_rcpt_result *dr)
@@ -600,7 +619,7 @@ apply_result(struct sched *s, struct sched_msg *m, size_t idx, const struct deli
         rc->next_try_ms = tern_now_ms() + delay; /* stored: wall clock */
         s->st.deferred++;
         log_result("deferred", m, rc, r, &r->st, relay, reply, delay);
-        return false;
+        return delay_warning(s, m, idx, dr);
     } else if (r->cls == DELIV_TEMP) {
         rc->state = RCPT_FAILED;
         s->st.expired++;
@@ -714,6 +733,7 @@ unit_apply(struct sched *s, struct sched_unit *u, const struct delivery_rcpt_res
     }
     u->n_rcpt = keep;
     count_msg(m, deferred, pending_before);
+    sched_notes_drop_stale(m);
     /* An operator's delete is silent, like postsuper -d: no DSN. */
     if (m->deleted) {
         if (m->n_flight == 0)

@@ -63,8 +63,15 @@ enum rcpt_state {
 };
 #define RCPT_STATE_LAST RCPT_DELIVERED_DSN
 
-/* Per-recipient flags kept in STATE records (none defined yet: kept so
- * that a later one needs no format change). */
+/* Per-recipient flags kept in STATE records (struct spool_rcpt.flags). A
+ * delay warning (RFC 3464 "Action: delayed") is first recorded as owed,
+ * with the deferral that calls for it, then as sent once its DSN is in the
+ * queue: a restart in between makes it again (twice at worst, never lost),
+ * and a recipient is warned at most once. */
+enum {
+    RCPT_F_DELAY_DUE = 1u << 0,  /* a delay warning is owed, not yet queued */
+    RCPT_F_DELAY_SENT = 1u << 1, /* the delay warning is queued: never again */
+};
 
 struct spool_rcpt {
     char *addr;  /* owned; as given, without <>; may be UTF-8 */
@@ -72,7 +79,7 @@ struct spool_rcpt {
     unsigned notify;
     enum rcpt_state state;
     uint32_t attempts;
-    uint32_t flags;      /* reserved, 0 */
+    uint32_t flags;      /* RCPT_F_* */
     int64_t next_try_ms; /* wall clock of the next attempt; 0 = at once */
     char *last_error;    /* owned or NULL: last reply or reason, one line */
 };

@@ -352,7 +352,7 @@ struct wanted_case {
 
 static const struct wanted_case wanted_cases[] = {
     { "default failed", "a@x", false, 0, DSN_ACTION_FAILED, true },
-    { "default delayed", "a@x", false, 0, DSN_ACTION_DELAYED, false },
+    { "default delayed", "a@x", false, 0, DSN_ACTION_DELAYED, true },
     { "default delivered", "a@x", false, 0, DSN_ACTION_DELIVERED, false },
     { "default relayed", "a@x", false, 0, DSN_ACTION_RELAYED, false },
     { "never failed", "a@x", false, DSN_NOTIFY_NEVER, DSN_ACTION_FAILED, false },
@@ -375,6 +375,9 @@ static const struct wanted_case wanted_cases[] = {
     { "bounce: all", "a@x", true, N_S | N_F | N_D, DSN_ACTION_DELAYED, false },
     { "null sender: failed", "", false, 0, DSN_ACTION_FAILED, false },
     { "null sender: success", "", false, N_S, DSN_ACTION_DELIVERED, false },
+    { "null sender: delayed", "", false, 0, DSN_ACTION_DELAYED, false },
+    { "bounce: delayed by default", "a@x", true, 0, DSN_ACTION_DELAYED, false },
+    { "failure,success: delayed", "a@x", false, N_F | N_S, DSN_ACTION_DELAYED, false },
 };
 
 static void

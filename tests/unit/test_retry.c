@@ -1,6 +1,7 @@
 /*
  * Unit tests of the retry policy (src/sched/retry.c): back-off growth, cap,
- * jitter bounds, overflow safety, expiry edges and reply classification.
+ * jitter bounds, overflow safety, expiry and delay warning edges and reply
+ * classification.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -136,6 +137,40 @@ test_expiry_table(void **state)
     }
 }
 
+struct warn_case {
+    const char *name;
+    int64_t warn, arrival, now;
+    bool want;
+};
+
+static const struct warn_case warn_cases[] = {
+    { "fresh", 4 * HOUR, 1000 * DAY, 1000 * DAY, false },
+    { "one ms before", 4 * HOUR, 1000 * DAY, 1000 * DAY + 4 * HOUR - 1, false },
+    { "exactly at the time", 4 * HOUR, 1000 * DAY, 1000 * DAY + 4 * HOUR, true },
+    { "later", 4 * HOUR, 1000 * DAY, 1001 * DAY, true },
+    { "off", 0, 1000 * DAY, 2000 * DAY, false },
+    { "negative is off", -1, 1000 * DAY, 2000 * DAY, false },
+    { "clock went back", 4 * HOUR, 1000 * DAY, 900 * DAY, false },
+    { "arrival far future no overflow", 4 * HOUR, INT64_MAX - 10, INT64_MAX, false },
+    { "time max never comes", INT64_MAX, 1000 * DAY, INT64_MAX, false },
+    { "arrival 0", SEC, 0, SEC, true },
+};
+
+static void
+test_warn_table(void **state)
+{
+    (void)state;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(warn_cases); i++) {
+        const struct warn_case *c = &warn_cases[i];
+        struct config cfg = make_cfg(MIN, HOUR, 5 * DAY);
+        bool got;
+        cfg.delay_warning_time_ms = c->warn;
+        got = retry_warn_due(&cfg, c->arrival, c->now);
+        if (got != c->want)
+            fail_msg("%s: got %d want %d", c->name, got, c->want);
+    }
+}
+
 struct class_case {
     int code;
     enum deliv_class want;
@@ -181,6 +216,7 @@ main(void)
         cmocka_unit_test(test_delay_table),
         cmocka_unit_test(test_delay_bounds),
         cmocka_unit_test(test_expiry_table),
+        cmocka_unit_test(test_warn_table),
         cmocka_unit_test(test_classify_table),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

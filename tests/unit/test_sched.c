@@ -585,16 +585,18 @@ h_free(struct h *h)
 }
 
 /* Put a message in the spool as the SMTP server does; returns after the commit
- * (the scheduler knows it, nothing was tried yet). qid: SPOOL_QID_LEN + 1 bytes. */
+ * (the scheduler knows it, nothing was tried yet). notify: the NOTIFY bits of
+ * each recipient, or NULL for none. qid: SPOOL_QID_LEN + 1 bytes. */
 static void
-h_submit(struct h *h, const char *sender, const char *const *rcpts, size_t n, char *qid)
+h_submit_notify(struct h *h, const char *sender, const char *const *rcpts, const unsigned *notify,
+    size_t n, char *qid)
 {
     struct spool_env *e = xcalloc(1, sizeof(*e));
     struct spool_writer *w;
     e->sender = xstrdup(sender);
     e->body = BODY_7BIT;
     for (size_t i = 0; i < n; i++)
-        spool_env_add_rcpt(e, rcpts[i], NULL, 0);
+        spool_env_add_rcpt(e, rcpts[i], NULL, notify != NULL ? notify[i] : 0);
     w = spool_writer_new(h->sp, e);
     assert_non_null(w);
     spool_writer_write(w, body, strlen(body));
@@ -604,6 +606,12 @@ h_submit(struct h *h, const char *sender, const char *const *rcpts, size_t n, ch
     spool_writer_commit(w, h->q, commit_cb, 7, h);
     RUN_UNTIL(h, h->committed, 3000);
     assert_true(h->commit_ok);
+}
+
+static void
+h_submit(struct h *h, const char *sender, const char *const *rcpts, size_t n, char *qid)
+{
+    h_submit_notify(h, sender, rcpts, NULL, n, qid);
 }
 
 static size_t n_committed;
@@ -652,6 +660,38 @@ in_spool(const struct h *h, const char *qid)
     env = spool_load(h->sp, qid);
     spool_env_free(env);
     return env != NULL;
+}
+
+/* The flags of recipient idx of qid as the spool has them, once every
+ * record asked for is written; UINT32_MAX when the message is gone. */
+static uint32_t
+rcpt_flags(const struct h *h, const char *qid, size_t idx)
+{
+    struct spool_env *env;
+    uint32_t f = UINT32_MAX;
+    spool_sync_wait(h->sp);
+    env = spool_load(h->sp, qid);
+    if (env != NULL && idx < env->n_rcpts)
+        f = env->rcpts[idx].flags;
+    spool_env_free(env);
+    return f;
+}
+
+/* Delay warnings ("Action: delayed" reports from <> to `to`) the server took. */
+static size_t
+delayed_dsns(const struct srv *s, const char *to, const struct srv_tx **last)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < s->n_tx; i++) {
+        const struct srv_tx *t = &s->tx[i];
+        if (t->from[0] == '\0' && t->n_rcpts == 1 && strcmp(t->rcpts[0], to) == 0 &&
+            t->body.data != NULL && strstr(t->body.data, "Action: delayed") != NULL) {
+            n++;
+            if (last != NULL)
+                *last = t;
+        }
+    }
+    return n;
 }
 
 static struct sched_stats
@@ -1715,6 +1755,198 @@ test_reroute_in_flight(void **state)
     h_free(h);
 }
 
+/* ---- delay warnings ---- */
+
+#define REPLY_BUSY "451 4.3.0 busy"
+#define REPLY_OK   "250 2.1.5 ok"
+
+/* Recipients still deferred after delay_warning_time get one delayed DSN
+ * (every such recipient of the message in one report, flagged as warned in
+ * the spool); they stay queued and are delivered later, with no second
+ * warning. */
+static void
+test_delay_warning(void **state)
+{
+    static const struct rule rules[] = {
+        { "a@x.test", { REPLY_BUSY, REPLY_BUSY, REPLY_BUSY, REPLY_OK } },
+        { "b@x.test", { REPLY_BUSY, REPLY_BUSY, REPLY_BUSY, REPLY_OK } },
+    };
+    static const char *const ab[] = { "a@x.test", "b@x.test" };
+    struct h *h = h_new(rules, 2, "delay_warning_time=1s;retry_max=1s", false);
+    char qid[SPOOL_QID_LEN + 1];
+    const struct srv_tx *dsn = NULL;
+    h_submit(h, "s@x.test", ab, 2, qid);
+    RUN_UNTIL(h, delayed_dsns(&h->srv[0], "s@x.test", &dsn) == 1, 8000);
+    assert_non_null(strstr(dsn->body.data, "Final-Recipient: rfc822; a@x.test"));
+    assert_non_null(strstr(dsn->body.data, "Final-Recipient: rfc822; b@x.test"));
+    assert_non_null(strstr(dsn->body.data, "Status: 4.3.0"));
+    assert_non_null(strstr(dsn->body.data, "busy"));
+    assert_null(strstr(dsn->body.data, "Action: failed"));
+    /* Recorded as sent (unless already delivered and gone). */
+    RUN_UNTIL(h,
+        (rcpt_flags(h, qid, 0) == RCPT_F_DELAY_SENT &&
+            rcpt_flags(h, qid, 1) == RCPT_F_DELAY_SENT) ||
+            !in_spool(h, qid),
+        5000);
+
+    RUN_UNTIL(
+        h, srv_find_tx(&h->srv[0], "s@x.test", "a@x.test") != NULL && queue_count(h) == 0, 10000);
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 4);
+    assert_int_equal(srv_hits(&h->srv[0], "b@x.test"), 4);
+    assert_int_equal(delayed_dsns(&h->srv[0], "s@x.test", NULL), 1);
+    assert_int_equal(h->n_hooks, 2); /* the message and one warning */
+    assert_true(h->hooks[1].is_bounce);
+    assert_int_equal(stats(h).bounced + stats(h).expired, 0);
+    h_free(h);
+}
+
+/* Only NOTIFY=DELAY (or none, above) asks for a warning: NEVER, FAILURE and
+ * FAILURE,SUCCESS do not. */
+static void
+test_delay_warning_notify(void **state)
+{
+    static const struct rule rules[] = {
+        { "a@x.test", { REPLY_BUSY, REPLY_BUSY, REPLY_BUSY, REPLY_OK } },
+        { "b@x.test", { REPLY_BUSY, REPLY_BUSY, REPLY_BUSY, REPLY_OK } },
+        { "c@x.test", { REPLY_BUSY, REPLY_BUSY, REPLY_BUSY, REPLY_OK } },
+        { "d@x.test", { REPLY_BUSY, REPLY_BUSY, REPLY_BUSY, REPLY_OK } },
+    };
+    static const char *const abcd[] = { "a@x.test", "b@x.test", "c@x.test", "d@x.test" };
+    static const unsigned notify[] = { DSN_NOTIFY_NEVER, DSN_NOTIFY_FAILURE,
+        DSN_NOTIFY_FAILURE | DSN_NOTIFY_SUCCESS, DSN_NOTIFY_DELAY };
+    struct h *h = h_new(rules, 4, "delay_warning_time=1s;retry_max=1s", false);
+    char qid[SPOOL_QID_LEN + 1];
+    const struct srv_tx *dsn = NULL;
+    h_submit_notify(h, "s@x.test", abcd, notify, 4, qid);
+    RUN_UNTIL(
+        h, srv_find_tx(&h->srv[0], "s@x.test", "d@x.test") != NULL && queue_count(h) == 0, 15000);
+    assert_int_equal(delayed_dsns(&h->srv[0], "s@x.test", &dsn), 1);
+    assert_non_null(strstr(dsn->body.data, "Final-Recipient: rfc822; d@x.test"));
+    assert_null(strstr(dsn->body.data, "Final-Recipient: rfc822; a@x.test"));
+    assert_null(strstr(dsn->body.data, "Final-Recipient: rfc822; b@x.test"));
+    assert_null(strstr(dsn->body.data, "Final-Recipient: rfc822; c@x.test"));
+    assert_int_equal(srv_hits(&h->srv[0], "d@x.test"), 4);
+    /* the warning about d, and c's success notice ("relayed") */
+    assert_int_equal(h->n_hooks, 3);
+    h_free(h);
+}
+
+/* Mail from <> (bounces, DSNs) never gets a warning. */
+static void
+test_delay_warning_not_for_bounces(void **state)
+{
+    static const struct rule rules[] = { { "a@x.test",
+        { REPLY_BUSY, REPLY_BUSY, REPLY_BUSY, REPLY_OK } } };
+    struct h *h = h_new(rules, 1, "delay_warning_time=1s;retry_max=1s", false);
+    char qid[SPOOL_QID_LEN + 1];
+    h_submit(h, "", rcpt_a, 1, qid);
+    /* The second attempt came after delay_warning_time: nothing owed. */
+    RUN_UNTIL(h, srv_hits(&h->srv[0], "a@x.test") >= 3, 10000);
+    assert_int_equal(rcpt_flags(h, qid, 0), 0);
+    RUN_UNTIL(h, srv_find_tx(&h->srv[0], "", "a@x.test") != NULL && queue_count(h) == 0, 10000);
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 4);
+    assert_int_equal(h->n_hooks, 1);
+    assert_int_equal(h->srv[0].n_tx, 1);
+    h_free(h);
+}
+
+/* The warning is on record: a restart does not send it again. */
+static void
+test_delay_warning_not_after_restart(void **state)
+{
+    static const struct rule rules[] = { { "a@x.test", { REPLY_BUSY } } };
+    const char *extra = "delay_warning_time=1s;retry_max=1s";
+    struct h *h = h_new(rules, 1, extra, false);
+    char qid[SPOOL_QID_LEN + 1];
+    unsigned hits;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, delayed_dsns(&h->srv[0], "s@x.test", NULL) == 1, 8000);
+    RUN_UNTIL(h, rcpt_flags(h, qid, 0) == RCPT_F_DELAY_SENT, 5000);
+
+    assert_int_equal(h_restart(h, h->srv[0].port, extra), 1);
+    hits = srv_hits(&h->srv[0], "a@x.test");
+    RUN_UNTIL(h, srv_hits(&h->srv[0], "a@x.test") >= hits + 2, 8000);
+    assert_int_equal(delayed_dsns(&h->srv[0], "s@x.test", NULL), 1);
+    assert_int_equal(h->n_hooks, 2);
+    assert_int_equal(rcpt_flags(h, qid, 0), RCPT_F_DELAY_SENT);
+    assert_int_equal(sched_delete(h->s, qid), 0);
+    h_free(h);
+}
+
+/* A warning recorded as owed but not yet queued when ternd stopped (or
+ * crashed) is made at the next start, without an attempt of ours. */
+static void
+test_delay_warning_owed_at_restart(void **state)
+{
+    static const struct rule rules[] = { { "a@x.test", { REPLY_BUSY } } };
+    struct h *h = h_new(rules, 1, NULL, false);
+    char qid[SPOOL_QID_LEN + 1];
+    const struct srv_tx *dsn = NULL;
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    assert_int_equal(sched_hold(h->s, qid, true), 0); /* no attempt of ours meanwhile */
+    {
+        /* As the spool holds it after a deferral that called for a warning. */
+        struct spool_env *env = spool_load(h->sp, qid);
+        assert_non_null(env);
+        env->held = true;
+        env->rcpts[0].attempts = 3;
+        env->rcpts[0].flags = RCPT_F_DELAY_DUE;
+        env->rcpts[0].next_try_ms = tern_now_ms() + 60000;
+        env->rcpts[0].last_error = xstrdup("451 4.3.0 still busy");
+        spool_update_state(h->sp, env);
+        spool_env_free(env);
+    }
+
+    assert_int_equal(h_restart(h, h->srv[0].port, NULL), 1);
+    RUN_UNTIL(h, delayed_dsns(&h->srv[0], "s@x.test", &dsn) == 1, 5000);
+    assert_non_null(strstr(dsn->body.data, "Final-Recipient: rfc822; a@x.test"));
+    assert_non_null(strstr(dsn->body.data, "Status: 4.3.0"));
+    assert_non_null(strstr(dsn->body.data, "still busy"));
+    RUN_UNTIL(h, rcpt_flags(h, qid, 0) == RCPT_F_DELAY_SENT, 5000);
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 0);
+
+    /* Made once: the next start finds it sent. */
+    assert_int_equal(h_restart(h, h->srv[0].port, NULL), 1);
+    run_for(h, 500);
+    assert_int_equal(delayed_dsns(&h->srv[0], "s@x.test", NULL), 1);
+    assert_int_equal(h->n_hooks, 2);
+    assert_int_equal(stats(h).queue_messages, 1); /* still queued, held */
+    h_free(h);
+}
+
+/* The next attempt time written with a deferral holds across a restart:
+ * nothing is tried before it; a flush still sends at once. */
+static void
+test_retry_time_after_restart(void **state)
+{
+    static const struct rule rules[] = { { "a@x.test", { REPLY_BUSY, REPLY_OK } } };
+    const char *slow = "retry_initial=20s;retry_max=40s";
+    static const struct want_rcpt deferred[] = { { "a@x.test", "deferred", 1, REPLY_BUSY } };
+    struct h *h = h_new(rules, 1, slow, false);
+    char qid[SPOOL_QID_LEN + 1];
+    struct spool_env *env;
+    int64_t before = tern_now_ms();
+    h_submit(h, "s@x.test", rcpt_a, 1, qid);
+    RUN_UNTIL(h, stats(h).deferred == 1, 5000);
+    spool_sync_wait(h->sp);
+    env = spool_load(h->sp, qid);
+    assert_non_null(env);
+    assert_true(env->rcpts[0].next_try_ms >= before + 16000); /* 20 s less the jitter */
+    spool_env_free(env);
+
+    assert_int_equal(h_restart(h, h->srv[0].port, slow), 1);
+    check_list(h, qid, false, deferred, 1);
+    run_for(h, 1500);
+    assert_int_equal(h->srv[0].n_mail, 1);
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 1);
+
+    sched_flush(h->s);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(srv_hits(&h->srv[0], "a@x.test"), 2);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "a@x.test"));
+    h_free(h);
+}
+
 int
 main(void)
 {
@@ -1744,6 +1976,12 @@ main(void)
         cmocka_unit_test(test_list_slices),
         cmocka_unit_test(test_units_split),
         cmocka_unit_test(test_moved_body_read_again),
+        cmocka_unit_test(test_delay_warning),
+        cmocka_unit_test(test_delay_warning_notify),
+        cmocka_unit_test(test_delay_warning_not_for_bounces),
+        cmocka_unit_test(test_delay_warning_not_after_restart),
+        cmocka_unit_test(test_delay_warning_owed_at_restart),
+        cmocka_unit_test(test_retry_time_after_restart),
     };
     log_set_level(getenv("TEST_SCHED_LOG") ? LOG_DEBUG : LOG_WARN);
     return cmocka_run_group_tests(tests, NULL, NULL);
