@@ -53,9 +53,11 @@ static const char usage_text[] =
     "  queue list [--json]       list queued messages, one line each starting with its id\n"
     "  queue summary [--json]    summary of the queue by destination\n"
     "  queue flush               retry everything now\n"
-    "  queue delete ID           remove a message (no bounce)\n"
-    "  queue hold ID             hold a message\n"
-    "  queue release ID          release a held message\n"
+    "  queue flush|hold|release|delete TARGET... [SELECTOR...] [--yes]\n"
+    "                            TARGET: queue ids, ALL, or - (ids on stdin, one a line)\n"
+    "                            SELECTOR: --sender ADDR, --recipient-domain DOMAIN,\n"
+    "                            --older-than DURATION (all must hold; with ALL or alone)\n"
+    "                            delete ALL needs --yes (-y)\n"
     "  passwd USER               add or change an AUTH user in auth_users_file\n"
     "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--key-file PATH]\n"
     "  dns check DOMAIN [--json]\n";
@@ -95,6 +97,25 @@ flush_stdout(void)
     return 0;
 }
 
+/* "--name VALUE" or "--name=VALUE" at argv[*i]: the value (advancing *i),
+ * or NULL when it is another argument (*missing: the value is absent). */
+static const char *
+opt_value(int argc, char **argv, int *i, const char *name, bool *missing)
+{
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0)
+        return NULL;
+    if (argv[*i][n] == '=')
+        return argv[*i] + n + 1;
+    if (argv[*i][n] != '\0')
+        return NULL;
+    if (*i + 1 >= argc) {
+        *missing = true;
+        return NULL;
+    }
+    return argv[++*i];
+}
+
 /* --- queue list / summary --- */
 
 struct list_state {
@@ -119,7 +140,8 @@ collect_summary(const char *line, size_t len, void *arg)
     struct list_state *st = arg;
     struct json *obj = NULL;
     struct buf err = BUF_INIT;
-    if (json_parse(line, len, &obj, &err) < 0 || json_get(obj, "destination") == NULL) {
+    if (json_parse(line, len, &obj, &err) < 0 ||
+        (json_get(obj, "destination") == NULL && json_get(obj, "held") == NULL)) {
         fprintf(stderr, "ternctl: skipping a SUMMARY line: %s\n",
             err.len ? err.data : "no destination");
         st->bad = true;
@@ -157,8 +179,12 @@ print_summary(const struct list_state *st)
         w = n > w ? n : w;
     }
     w = w > 40 ? 40 : w;
-    printf("%-*s  %8s  %10s  %8s  %s\n", (int)w, "DESTINATION", "MESSAGES", "RECIPIENTS", "OLDEST",
-        "LAST ERROR");
+    {
+        struct buf head = BUF_INIT;
+        ctl_summary_header((int)w, &head);
+        printf("%s\n", head.data);
+        buf_fini(&head);
+    }
     for (size_t i = 0; i < st->n_sums; i++) {
         struct buf line = BUF_INIT, err = BUF_INIT;
         if (ctl_summary_line(st->sums[i], now_s(), (int)w, &line, &err) < 0) {
@@ -222,38 +248,267 @@ cmd_queue_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv
 
 /* --- flush / delete / hold / release --- */
 
+/* What one action command was asked. */
+struct act_opts {
+    const char *sender, *rdomain; /* selectors, or NULL */
+    int64_t older_s;              /* 0: any age */
+    bool yes, all, from_stdin;
+    char **ids; /* borrowed from argv */
+    size_t n_ids;
+};
+
+/* The tally of an action command's answers. */
+struct act_run {
+    const char *word; /* "held", "released", "deleted", "flushed" */
+    size_t done, unknown;
+};
+
+static int
+act_option(int argc, char **argv, int *i, struct act_opts *o, bool *missing)
+{
+    const char *v;
+    int64_t ms;
+    if (strcmp(argv[*i], "--yes") == 0 || strcmp(argv[*i], "-y") == 0) {
+        o->yes = true;
+    } else if ((v = opt_value(argc, argv, i, "--sender", missing)) != NULL) {
+        o->sender = v;
+    } else if ((v = opt_value(argc, argv, i, "--recipient-domain", missing)) != NULL) {
+        o->rdomain = v;
+    } else if ((v = opt_value(argc, argv, i, "--older-than", missing)) != NULL) {
+        if (parse_duration(v, false, &ms) < 0) {
+            fprintf(stderr, "ternctl: --older-than: a duration such as 90s, 30m, 4h or 2d\n");
+            return -1;
+        }
+        o->older_s = ms / 1000 > 0 ? ms / 1000 : 1;
+    } else {
+        return 1;
+    }
+    return 0;
+}
+
+/* Parse the arguments of hold/release/delete/flush: 0, or -1 (said why). */
+static int
+act_args(int argc, char **argv, struct act_opts *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->ids = xcalloc((size_t)argc + 1, sizeof(*o->ids));
+    for (int i = 0; i < argc; i++) {
+        bool missing = false;
+        int rc = act_option(argc, argv, &i, o, &missing);
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            continue;
+        if (missing || (argv[i][0] == '-' && argv[i][1] != '\0')) {
+            fprintf(
+                stderr, "ternctl: %s %s\n", missing ? "no value for" : "unknown option", argv[i]);
+            return -1;
+        }
+        if (strcmp(argv[i], "ALL") == 0)
+            o->all = true;
+        else if (strcmp(argv[i], "-") == 0)
+            o->from_stdin = true;
+        else
+            o->ids[o->n_ids++] = argv[i];
+    }
+    if (o->all && (o->n_ids > 0 || o->from_stdin)) {
+        fprintf(stderr, "ternctl: ALL goes alone (no ids, no -)\n");
+        return -1;
+    }
+    if ((o->sender || o->rdomain || o->older_s) && (o->n_ids > 0 || o->from_stdin)) {
+        fprintf(stderr, "ternctl: selectors go with ALL or alone, not with ids\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* A ctl_line_fn: one "done QID" or "unknown QID" answer. */
+static int
+act_line(const char *line, size_t len, void *arg)
+{
+    struct act_run *r = arg;
+    char id[17];
+    if (len == 5 + 16 && memcmp(line, "done ", 5) == 0 && ctl_id_line(line + 5, 16, id) == 1) {
+        printf("%s: %s\n", id, r->word);
+        r->done++;
+    } else if (len == 8 + 16 && memcmp(line, "unknown ", 8) == 0 &&
+               ctl_id_line(line + 8, 16, id) == 1) {
+        fprintf(stderr, "ternctl: %s: unknown queue id\n", id);
+        r->unknown++;
+    } else {
+        fprintf(stderr, "ternctl: unexpected answer from ternd\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Send the ids gathered in batch (n of them) on fd; n is reset. */
+static enum ctl_rc
+act_send(int fd, const char *verb, char (*batch)[17], size_t *n, struct act_run *r, struct buf *msg)
+{
+    struct buf req = BUF_INIT;
+    enum ctl_rc rc = CTL_OK;
+    if (*n == 0)
+        return CTL_OK;
+    buf_append_str(&req, verb);
+    for (size_t i = 0; i < *n; i++)
+        buf_printf(&req, " %s", batch[i]);
+    *n = 0;
+    rc = ctl_exchange(fd, req.data, CTL_TIMEOUT_MS, act_line, r, msg);
+    buf_fini(&req);
+    return rc;
+}
+
+/* Queue one id (or count it unknown when it is not an id); a full batch
+ * goes out. */
+static enum ctl_rc
+act_add(int fd, const char *verb, const char *id, char (*batch)[17], size_t *n, struct act_run *r,
+    struct buf *msg)
+{
+    if (!ctl_qid_valid(id)) {
+        struct buf shown = BUF_INIT;
+        ctl_append_safe(&shown, id, strnlen(id, 64), 40);
+        fprintf(stderr, "ternctl: %s: not a queue id (16 lowercase hex digits)\n",
+            shown.data ? shown.data : "");
+        buf_fini(&shown);
+        r->unknown++;
+        return CTL_OK;
+    }
+    memcpy(batch[(*n)++], id, 17);
+    return *n == CTL_BATCH_IDS ? act_send(fd, verb, batch, n, r, msg) : CTL_OK;
+}
+
+/* Ids from stdin, one a line: bounded line length and count. */
+static enum ctl_rc
+act_stdin(
+    int fd, const char *verb, char (*batch)[17], size_t *n, struct act_run *r, struct buf *msg)
+{
+    char line[CTL_ID_LINE_MAX + 2];
+    size_t count = 0, lineno = 0;
+    enum ctl_rc rc = CTL_OK;
+    while (rc == CTL_OK && fgets(line, sizeof(line), stdin) != NULL) {
+        size_t len = strlen(line);
+        char id[17];
+        int k;
+        if (len > 0 && line[len - 1] == '\n') {
+            len--;
+        } else if (!feof(stdin)) {
+            int c;
+            while ((c = getchar()) != EOF && c != '\n')
+                ; /* the rest of an over-long line */
+            len = CTL_ID_LINE_MAX + 1;
+        }
+        lineno++;
+        k = len > CTL_ID_LINE_MAX ? -1 : ctl_id_line(line, len, id);
+        if (k == 0)
+            continue;
+        if (++count > CTL_STDIN_IDS_MAX) {
+            fprintf(stderr, "ternctl: more than %u ids on stdin: the rest is ignored\n",
+                CTL_STDIN_IDS_MAX);
+            r->unknown++;
+            break;
+        }
+        if (k < 0) {
+            fprintf(stderr, "ternctl: stdin line %zu: not a queue id\n", lineno);
+            r->unknown++;
+            continue;
+        }
+        rc = act_add(fd, verb, id, batch, n, r, msg);
+    }
+    if (rc == CTL_OK && ferror(stdin)) {
+        fprintf(stderr, "ternctl: reading stdin: %s\n", strerror(errno));
+        r->unknown++;
+    }
+    return rc;
+}
+
+/* The ids of argv and stdin, in batches over one connection. */
+static enum ctl_rc
+act_ids(
+    struct ctx *ctx, const char *verb, const struct act_opts *o, struct act_run *r, struct buf *msg)
+{
+    char batch[CTL_BATCH_IDS][17];
+    size_t n = 0;
+    enum ctl_rc rc = CTL_OK;
+    int fd;
+    if (ctl_connect(ctx->cfg->spool_dir, &fd, &rc, msg) < 0)
+        return rc;
+    for (size_t i = 0; i < o->n_ids && rc == CTL_OK; i++)
+        rc = act_add(fd, verb, o->ids[i], batch, &n, r, msg);
+    if (rc == CTL_OK && o->from_stdin)
+        rc = act_stdin(fd, verb, batch, &n, r, msg);
+    if (rc == CTL_OK)
+        rc = act_send(fd, verb, batch, &n, r, msg);
+    close(fd);
+    return rc;
+}
+
 static int
 cmd_queue_action(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
 {
-    bool needs_id = strcmp(cmd->verb, "FLUSH") != 0;
-    char req[64];
-    struct buf msg = BUF_INIT;
+    static const char *const words[] = { "flushed", "deleted", "held", "released" };
+    struct act_opts o;
+    struct act_run r = { NULL, 0, 0 };
+    struct buf msg = BUF_INIT, req = BUF_INIT;
     enum ctl_rc rc;
+    bool selecting;
     int ret = 0;
-    if (argc != (needs_id ? 1 : 0))
+    r.word = words[cmd->word2[0] == 'f'   ? 0
+                   : cmd->word2[0] == 'd' ? 1
+                   : cmd->word2[0] == 'h' ? 2
+                                          : 3];
+    if (act_args(argc, argv, &o) < 0) {
+        free(o.ids);
         return usage_error();
-    if (needs_id && !ctl_qid_valid(argv[0])) {
-        fprintf(stderr, "ternctl: %s: not a queue id (16 lowercase hex digits)\n", argv[0]);
-        return EXIT_RUNTIME;
     }
-    snprintf(req, sizeof(req), "%s%s%s", cmd->verb, needs_id ? " " : "", needs_id ? argv[0] : "");
-    rc = ctl_call(ctx->cfg->spool_dir, req, CTL_TIMEOUT_MS, NULL, NULL, &msg);
-    if (rc == CTL_OK) {
-        if (needs_id)
-            printf("%s: %s\n", argv[0],
-                cmd->word2[0] == 'd'   ? "deleted"
-                : cmd->word2[0] == 'h' ? "held"
-                                       : "released");
-        else
+    selecting = o.all || o.sender || o.rdomain || o.older_s;
+    if (!selecting && o.n_ids == 0 && !o.from_stdin) {
+        free(o.ids);
+        if (strcmp(cmd->verb, "FLUSH") != 0)
+            return usage_error();
+        /* Bare flush: retry everything, as ever. */
+        rc = ctl_call(ctx->cfg->spool_dir, "FLUSH", CTL_TIMEOUT_MS, NULL, NULL, &msg);
+        if (rc == CTL_OK) {
             printf("queue flush requested\n");
-        ret = flush_stdout();
-    } else if (rc == CTL_ERR && needs_id) {
-        fprintf(stderr, "ternctl: %s: %s\n", argv[0], msg.data);
-        ret = EXIT_RUNTIME;
-    } else {
-        ret = report_ctl(rc, &msg);
+            ret = flush_stdout();
+        } else {
+            ret = report_ctl(rc, &msg);
+        }
+        buf_fini(&msg);
+        return ret;
     }
+    if (o.all && strcmp(cmd->verb, "DELETE") == 0 && !o.yes) {
+        /* An operator's slip must not empty the queue. */
+        fprintf(stderr, "ternctl: queue delete ALL removes every message it selects: "
+                        "add --yes to do so\n");
+        free(o.ids);
+        return EXIT_USAGE;
+    }
+    if (selecting) {
+        if (ctl_select_request(cmd->verb, o.sender, o.rdomain, o.older_s, &req, &msg) < 0) {
+            fprintf(stderr, "ternctl: %s\n", msg.data);
+            ret = EXIT_USAGE;
+            goto out;
+        }
+        rc = ctl_call(ctx->cfg->spool_dir, req.data, CTL_TIMEOUT_MS, act_line, &r, &msg);
+    } else {
+        rc = act_ids(ctx, cmd->verb, &o, &r, &msg);
+    }
+    if (rc == CTL_ERR) {
+        fprintf(stderr, "ternctl: %s\n", msg.data);
+        ret = EXIT_RUNTIME;
+    } else if (rc != CTL_OK) {
+        ret = report_ctl(rc, &msg);
+    } else {
+        printf("%zu message%s %s\n", r.done, r.done == 1 ? "" : "s", r.word);
+        ret = r.unknown > 0 ? EXIT_RUNTIME : 0;
+    }
+    if (flush_stdout() != 0)
+        ret = EXIT_RUNTIME;
+out:
+    free(o.ids);
     buf_fini(&msg);
+    buf_fini(&req);
     return ret;
 }
 
@@ -516,25 +771,6 @@ struct keygen_opts {
     unsigned bits;
     bool bits_set;
 };
-
-/* "--name VALUE" or "--name=VALUE" at argv[*i]: the value (advancing *i),
- * or NULL when it is another argument (*missing: the value is absent). */
-static const char *
-opt_value(int argc, char **argv, int *i, const char *name, bool *missing)
-{
-    size_t n = strlen(name);
-    if (strncmp(argv[*i], name, n) != 0)
-        return NULL;
-    if (argv[*i][n] == '=')
-        return argv[*i] + n + 1;
-    if (argv[*i][n] != '\0')
-        return NULL;
-    if (*i + 1 >= argc) {
-        *missing = true;
-        return NULL;
-    }
-    return argv[++*i];
-}
 
 /* A selector is a sequence of DNS labels (RFC 6376 §3.1). */
 static bool

@@ -19,6 +19,8 @@
 #include <unistd.h>
 
 #include "ctl/ctl.h"
+#include "sched/sched.h"
+#include "util/parse.h"
 #include "util/util.h"
 
 #define CTL_READ_CHUNK 65536
@@ -245,6 +247,102 @@ ctl_fmt_age(int64_t secs, char *out, size_t cap)
             out, cap, "%lldd%02lldh", (long long)(secs / 86400), (long long)(secs % 86400 / 3600));
 }
 
+static bool
+is_space(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\v' || c == '\f';
+}
+
+int
+ctl_id_line(const char *line, size_t len, char out[17])
+{
+    char id[17];
+    while (len > 0 && is_space(line[0])) {
+        line++;
+        len--;
+    }
+    while (len > 0 && is_space(line[len - 1]))
+        len--;
+    if (len == 0)
+        return 0;
+    if (len != 16)
+        return -1;
+    memcpy(id, line, 16);
+    id[16] = '\0';
+    if (!ctl_qid_valid(id))
+        return -1;
+    memcpy(out, id, 17);
+    return 1;
+}
+
+/* May v go in a request as one token (printable, no space, bounded)? */
+static bool
+token_ok(const char *v)
+{
+    size_t n = strnlen(v, CTL_SELECT_MAX + 1);
+    if (n > CTL_SELECT_MAX)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if (c <= 0x20 || c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+int
+ctl_select_request(const char *verb, const char *sender, const char *rdomain, int64_t older_s,
+    struct buf *out, struct buf *err)
+{
+    buf_printf(out, "%s ALL", verb);
+    if (sender != NULL) {
+        if (strcmp(sender, "<>") == 0)
+            sender = "";
+        if (sender[0] != '\0' && (!token_ok(sender) || strchr(sender, '@') == NULL)) {
+            buf_printf(err, "--sender: not an address (or <> for the null sender)");
+            return -1;
+        }
+        buf_printf(out, " sender=%s", sender);
+    }
+    if (rdomain != NULL) {
+        if (!token_ok(rdomain) || !str_is_domain(rdomain, strlen(rdomain), true)) {
+            buf_printf(err, "--recipient-domain: not a domain");
+            return -1;
+        }
+        buf_printf(out, " rdomain=%s", rdomain);
+    }
+    if (older_s < 0 || older_s > INT32_MAX) {
+        buf_printf(err, "--older-than: out of range");
+        return -1;
+    }
+    if (older_s > 0)
+        buf_printf(out, " older=%" PRId64, older_s);
+    if (out->len >= CTL_LINE_MAX) {
+        buf_printf(err, "selection too long");
+        return -1;
+    }
+    return 0;
+}
+
+void
+ctl_fmt_next(const struct json *obj, int64_t now_s, char *out, size_t cap)
+{
+    const struct json *held = json_get(obj, "held");
+    const struct json *next = json_get(obj, "next_attempt");
+    int64_t t;
+    char age[16];
+    if (held != NULL && held->type == JSON_BOOL && held->b) {
+        snprintf(out, cap, "held");
+    } else if (next == NULL || json_int(next, &t) < 0) {
+        snprintf(out, cap, "-");
+    } else if (t <= now_s) {
+        snprintf(out, cap, "now");
+    } else {
+        ctl_fmt_age(t - now_s, age, sizeof(age));
+        snprintf(out, cap, "in %s", age);
+    }
+}
+
 void
 ctl_append_safe(struct buf *b, const char *s, size_t len, size_t max)
 {
@@ -334,6 +432,7 @@ ctl_row_from_json(const struct json *obj, int64_t now_s, struct ctl_row *row, st
         return schema_fail(err, "bad held");
     memcpy(row->id, id, 17);
     ctl_fmt_age(now_s - arrival, row->age, sizeof(row->age));
+    ctl_fmt_next(obj, now_s, row->next, sizeof(row->next));
     row->held = held != NULL && held->b;
     if (sender[0] == '\0')
         buf_append_str(&b, "<>");
@@ -355,24 +454,63 @@ ctl_row_fini(struct ctl_row *row)
     FREE_NULL(&row->last_error);
 }
 
+#define AGE_COL 7 /* width of an age bucket column */
+
+void
+ctl_summary_header(int dest_width, struct buf *out)
+{
+    static const char *const labels[SCHED_AGE_BUCKETS] = SCHED_AGE_LABELS;
+    buf_printf(
+        out, "%-*s  %8s  %10s  %8s", dest_width, "DESTINATION", "MESSAGES", "RECIPIENTS", "OLDEST");
+    for (size_t b = 0; b < SCHED_AGE_BUCKETS; b++)
+        buf_printf(out, " %*s", AGE_COL, labels[b]);
+    buf_append_str(out, "  LAST ERROR");
+}
+
+/* The age bucket columns of a summary object ("-" each when absent). */
+static int
+summary_ages(const struct json *ages, struct buf *out, struct buf *err)
+{
+    static const char *const labels[SCHED_AGE_BUCKETS] = SCHED_AGE_LABELS;
+    for (size_t b = 0; b < SCHED_AGE_BUCKETS; b++) {
+        int64_t n;
+        if (ages == NULL) {
+            buf_printf(out, " %*s", AGE_COL, "-");
+            continue;
+        }
+        if (json_int(json_get(ages, labels[b]), &n) < 0)
+            return schema_fail(err, "bad summary ages");
+        buf_printf(out, " %*" PRId64, AGE_COL, n);
+    }
+    return 0;
+}
+
 int
 ctl_summary_line(
     const struct json *obj, int64_t now_s, int dest_width, struct buf *out, struct buf *err)
 {
     const char *dest = json_str(json_get(obj, "destination"));
     const char *le = json_str(json_get(obj, "last_error"));
+    const struct json *held = json_get(obj, "held");
+    bool is_held = dest == NULL && held != NULL && held->type == JSON_BOOL && held->b;
     int64_t msgs, rcpts, oldest;
     char age[16];
     size_t start = out->len, w;
-    if (dest == NULL || json_int(json_get(obj, "messages"), &msgs) < 0 ||
+    if ((dest == NULL && !is_held) || json_int(json_get(obj, "messages"), &msgs) < 0 ||
         json_int(json_get(obj, "recipients"), &rcpts) < 0 ||
         json_int(json_get(obj, "oldest"), &oldest) < 0)
         return schema_fail(err, "bad summary entry");
-    append_safe_str(out, dest[0] != '\0' ? dest : "-", 256);
+    if (is_held)
+        buf_append_str(out, "(held)");
+    else
+        append_safe_str(out, dest[0] != '\0' ? dest : "-", 256);
     for (w = out->len - start; w < (size_t)dest_width; w++)
         buf_append_char(out, ' ');
     ctl_fmt_age(now_s - oldest, age, sizeof(age));
-    buf_printf(out, "  %8" PRId64 "  %10" PRId64 "  %8s  ", msgs, rcpts, age);
+    buf_printf(out, "  %8" PRId64 "  %10" PRId64 "  %8s", msgs, rcpts, age);
+    if (summary_ages(json_get(obj, "ages"), out, err) < 0)
+        return -1;
+    buf_append_str(out, "  ");
     append_safe_str(out, le != NULL ? le : "-", CTL_ERROR_SHOW_MAX);
     return 0;
 }

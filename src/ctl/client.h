@@ -20,6 +20,10 @@
 #define CTL_ERROR_SHOW_MAX 60 /* characters of a last error shown in tables */
 #define CTL_AUTH_FILE_MAX  (16u * 1024 * 1024)
 #define CTL_USER_MAX       256
+#define CTL_ID_LINE_MAX    256                 /* a longer line of ids on stdin is not an id */
+#define CTL_STDIN_IDS_MAX  (16u * 1024 * 1024) /* ids read from stdin, at most */
+#define CTL_BATCH_IDS      48                  /* ids per request (fits CTL_LINE_MAX) */
+#define CTL_SELECT_MAX     320                 /* bytes of a --sender or --recipient-domain value */
 
 enum ctl_rc {
     CTL_OK,       /* final line "OK" */
@@ -48,6 +52,19 @@ enum ctl_rc ctl_call(const char *spool_dir, const char *request, int timeout_ms,
 bool ctl_qid_valid(const char *s);
 /* Age as "45s", "3m12s", "2h05m", "4d03h" ("0s" for negative). */
 void ctl_fmt_age(int64_t secs, char *out, size_t cap);
+/* One line of ids read from stdin (line[len], without its end): leading
+ * and trailing whitespace trimmed. 1 with the id in out, 0 for a blank
+ * line, -1 when it is not a queue id. */
+int ctl_id_line(const char *line, size_t len, char out[17]);
+/* The request acting on a selection: "VERB ALL" and the selectors given
+ * (sender NULL: any, "" or "<>": the null sender; rdomain NULL: any;
+ * older_s 0: any). -1 with a reason in err when a value cannot be sent
+ * (spaces, control characters, longer than CTL_SELECT_MAX, a bad domain). */
+int ctl_select_request(const char *verb, const char *sender, const char *rdomain, int64_t older_s,
+    struct buf *out, struct buf *err);
+/* When a LIST object's next attempt comes, for a table: "in 3m12s", "now"
+ * (due or past), "held", or "-" (none, or an older daemon). */
+void ctl_fmt_next(const struct json *obj, int64_t now_s, char *out, size_t cap);
 /* Append s[len] (at most max bytes; longer text is cut and ends with
  * "...") with control characters replaced by '?', for a terminal. */
 void ctl_append_safe(struct buf *b, const char *s, size_t len, size_t max);
@@ -56,6 +73,7 @@ void ctl_append_safe(struct buf *b, const char *s, size_t len, size_t max);
 struct ctl_row {
     char id[17];
     char age[16];
+    char next[24]; /* ctl_fmt_next */
     bool held;
     char *sender;      /* owned: "<>" for the null sender */
     char *rcpts;       /* owned: "a@b (deferred), c@d (queued)" */
@@ -84,10 +102,13 @@ void ctl_list_fini(struct ctl_list *l);
 enum ctl_rc ctl_list_fetch(
     const char *spool_dir, ctl_line_fn fn, void *arg, bool *offline, struct buf *msg);
 
-/* One SUMMARY object as a text line (no "\n"): destination, messages,
- * recipients, oldest age, last error; width of the destination column. */
+/* One SUMMARY object as a text line (no "\n"): destination ("(held)"
+ * for the held line), messages, recipients, oldest age, messages per age
+ * bucket ("-" when the daemon sent none), last error; width of the
+ * destination column. ctl_summary_header is the matching header. */
 int ctl_summary_line(
     const struct json *obj, int64_t now_s, int dest_width, struct buf *out, struct buf *err);
+void ctl_summary_header(int dest_width, struct buf *out);
 
 /* May name be an AUTH user (1..CTL_USER_MAX bytes, no ':', whitespace or
  * control characters)? */

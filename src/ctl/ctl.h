@@ -4,17 +4,26 @@
  *
  * Request: one line, a verb and arguments separated by single spaces:
  *   LIST            queued messages, one JSON object per line (the
- *                   `ternctl queue list --json` format of CONTRACT.md)
+ *                   `ternctl queue list --json` format of CONTRACT.md,
+ *                   plus "next_attempt" and "age")
  *   SUMMARY         one JSON object per destination:
  *                   {"destination":..., "messages":N, "recipients":N,
- *                    "oldest":UNIX_SECONDS, "last_error":...}
+ *                    "oldest":UNIX_SECONDS, "last_error":..., "ages":{...}}
+ *                   ("ages": messages per qshape age bucket, sched.h), then,
+ *                   when mail is held, {"held":true, "messages":N, ...}
+ *                   (held mail is in no destination's figures)
  *   FLUSH           retry everything now
- *   DELETE qid      remove a message (no DSN)
- *   HOLD qid        hold a message (not delivered until released)
- *   RELEASE qid     release a held message (retried at once)
+ *   VERB qid...     VERB is HOLD, RELEASE, DELETE or FLUSH (retry now):
+ *                   one line "done QID" or "unknown QID" per id, then OK;
+ *                   "ERR bad queue id" (nothing done) when one is not a qid
+ *   VERB ALL [sender=ADDR] [rdomain=DOMAIN] [older=SECONDS]
+ *                   the same for every message the selection takes (sender
+ *                   empty: the null sender), streamed as a walk: "done QID"
+ *                   lines, then OK
  *   STATUS          one JSON object: {"queue_messages":N, "sessions":N, ...}
- * Reply: zero or more data lines, then a final line "OK" or "ERR <text>"
- * ("ERR unknown queue id" for a bad or missing qid). Lines end with "\n".
+ * Reply: zero or more data lines, then a final line "OK" or "ERR <text>".
+ * Lines end with "\n". After an answer that is not streamed (everything
+ * but LIST, SUMMARY and VERB ALL) the connection takes another request.
  */
 #ifndef TERN_CTL_H
 #define TERN_CTL_H

@@ -3,8 +3,11 @@
  * line per connection, answered from the scheduler's view, so the operator
  * sees exactly what the daemon sees. LIST and SUMMARY are streamed as the
  * scheduler walks the queue (most of it may be on disk), a slice at a time
- * and only while the client keeps reading. Connections are bounded in
- * request size and time.
+ * and only while the client keeps reading, and so is an action on ALL
+ * (or a selection). Connections are bounded in request size and time; a
+ * connection may carry further requests after an answer that is not a
+ * walk, each read only once the previous answer has drained, so that a
+ * client sending batches of ids cannot make the daemon's output grow.
  */
 #include "ctl.h"
 
@@ -15,6 +18,7 @@
 #include <event2/listener.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -22,10 +26,12 @@
 #include "sched/sched.h"
 #include "spool/spool.h"
 #include "util/log.h"
+#include "util/parse.h"
 #include "util/util.h"
 
 #define CTL_TIMEOUT_S 30
 #define CTL_OUT_LOW   (64 * 1024) /* a walk goes on once the output drains to this */
+#define CTL_IDS_MAX   (CTL_LINE_MAX / (SPOOL_QID_LEN + 1) + 1) /* ids one request can hold */
 
 struct ctl_conn {
     struct ctl_server *srv;
@@ -126,44 +132,152 @@ walk_cb(void *arg, const char *data, size_t len, enum sched_walk_ev ev)
     conn_finish(cc);
 }
 
-/* Run one request; data lines and the final OK/ERR go to out. LIST and
- * SUMMARY start a walk instead: true. */
+static void
+walk_begin(struct ctl_conn *cc)
+{
+    bufferevent_setwatermark(cc->bev, EV_WRITE, CTL_OUT_LOW, 0);
+    bufferevent_setcb(cc->bev, NULL, walk_write_cb, ctl_event_cb, cc);
+}
+
+static const struct {
+    const char *verb;
+    enum sched_act act;
+} ctl_acts[] = {
+    { "HOLD", SCHED_ACT_HOLD },
+    { "RELEASE", SCHED_ACT_RELEASE },
+    { "DELETE", SCHED_ACT_DELETE },
+    { "FLUSH", SCHED_ACT_FLUSH },
+};
+
+/* Parse the selectors after ALL ("sender=X", "rdomain=D", "older=SECS",
+ * each at most once; strings borrowed from args). 0, or -1 when bad. */
+static int
+parse_select(char *args, struct sched_select *sel)
+{
+    memset(sel, 0, sizeof(*sel));
+    for (char *p = args, *next; p != NULL; p = next) {
+        uint64_t secs;
+        next = strchr(p, ' ');
+        if (next != NULL)
+            *next++ = '\0';
+        if (strncmp(p, "sender=", 7) == 0 && sel->sender == NULL) {
+            sel->sender = p + 7; /* empty: the null sender */
+        } else if (strncmp(p, "rdomain=", 8) == 0 && sel->rcpt_domain == NULL && p[8] != '\0') {
+            sel->rcpt_domain = p + 8;
+        } else if (strncmp(p, "older=", 6) == 0 && sel->older_than_s == 0 &&
+                   parse_u64(p + 6, strlen(p + 6), INT32_MAX, &secs) == 0 && secs > 0) {
+            sel->older_than_s = (int64_t)secs;
+        } else {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int
+act_one(struct sched *sch, enum sched_act act, const char *qid)
+{
+    switch (act) {
+    case SCHED_ACT_HOLD:
+    case SCHED_ACT_RELEASE:
+        return sched_hold(sch, qid, act == SCHED_ACT_HOLD);
+    case SCHED_ACT_DELETE:
+        return sched_delete(sch, qid);
+    case SCHED_ACT_FLUSH:
+        return sched_flush_msg(sch, qid);
+    }
+    return -1;
+}
+
+/* VERB qid qid ...: every id checked first, then "done QID" or "unknown
+ * QID" for each (an unknown id is an answer, not an error). */
+static void
+act_ids(struct ctl_conn *cc, enum sched_act act, char *args, struct buf *out)
+{
+    char *ids[CTL_IDS_MAX];
+    size_t n = 0;
+    for (char *p = args, *next; p != NULL; p = next) {
+        next = strchr(p, ' ');
+        if (next != NULL)
+            *next++ = '\0';
+        if (n == CTL_IDS_MAX || !qid_valid(p)) {
+            buf_append_str(out, "ERR bad queue id\n");
+            return;
+        }
+        ids[n++] = p;
+    }
+    for (size_t i = 0; i < n; i++)
+        buf_printf(
+            out, "%s %s\n", act_one(cc->srv->sched, act, ids[i]) == 0 ? "done" : "unknown", ids[i]);
+    buf_append_str(out, "OK\n");
+}
+
+/* HOLD, RELEASE, DELETE, FLUSH with ids or ALL [selectors]: a walk for
+ * ALL (true), else the answer in out. Bare FLUSH retries everything. */
+static bool
+ctl_action(struct ctl_conn *cc, enum sched_act act, char *arg, struct buf *out)
+{
+    struct sched_select sel;
+    if (arg == NULL && act == SCHED_ACT_FLUSH) {
+        sched_flush(cc->srv->sched);
+        buf_append_str(out, "OK\n");
+        return false;
+    }
+    if (arg == NULL || *arg == '\0') {
+        buf_append_str(out, "ERR bad queue id\n");
+        return false;
+    }
+    if (strncmp(arg, "ALL", 3) != 0 || (arg[3] != '\0' && arg[3] != ' ')) {
+        act_ids(cc, act, arg, out);
+        return false;
+    }
+    if (parse_select(arg[3] == ' ' ? arg + 4 : NULL, &sel) < 0) {
+        buf_append_str(out, "ERR bad selection\n");
+        return false;
+    }
+    walk_begin(cc);
+    cc->walk = sched_walk_act(cc->srv->sched, act, &sel, walk_cb, cc);
+    return true;
+}
+
+/* Run one request; data lines and the final OK/ERR go to out. LIST,
+ * SUMMARY and actions on ALL start a walk instead: true. */
 static bool
 ctl_dispatch(struct ctl_conn *cc, char *line, struct buf *out)
 {
     struct ctl_server *c = cc->srv;
     char *arg = strchr(line, ' ');
-    int rc = 0;
     if (arg)
         *arg++ = '\0';
+    for (size_t i = 0; i < TERN_ARRAY_LEN(ctl_acts); i++) {
+        if (strcmp(line, ctl_acts[i].verb) == 0)
+            return ctl_action(cc, ctl_acts[i].act, arg, out);
+    }
     if ((strcmp(line, "LIST") == 0 || strcmp(line, "SUMMARY") == 0) && !arg) {
-        bufferevent_setwatermark(cc->bev, EV_WRITE, CTL_OUT_LOW, 0);
-        bufferevent_setcb(cc->bev, NULL, walk_write_cb, ctl_event_cb, cc);
+        walk_begin(cc);
         cc->walk = sched_walk_start(c->sched, line[0] == 'S', walk_cb, cc);
         return true;
     } else if (strcmp(line, "STATUS") == 0 && !arg) {
         c->status(out, c->status_arg);
         buf_append_char(out, '\n');
-    } else if (strcmp(line, "FLUSH") == 0 && !arg) {
-        sched_flush(c->sched);
-    } else if (strcmp(line, "DELETE") == 0 || strcmp(line, "HOLD") == 0 ||
-               strcmp(line, "RELEASE") == 0) {
-        if (arg == NULL || !qid_valid(arg))
-            rc = -1;
-        else if (line[0] == 'D')
-            rc = sched_delete(c->sched, arg);
-        else
-            rc = sched_hold(c->sched, arg, line[0] == 'H');
-        if (rc < 0) {
-            buf_append_str(out, "ERR unknown queue id\n");
-            return false;
-        }
     } else {
         buf_append_str(out, "ERR unknown request\n");
         return false;
     }
     buf_append_str(out, "OK\n");
     return false;
+}
+
+static void ctl_read_cb(struct bufferevent *bev, void *arg);
+
+/* The last answer drained: read the next request (one may be waiting). */
+static void
+next_request_cb(struct bufferevent *bev, void *arg)
+{
+    bufferevent_setcb(bev, ctl_read_cb, NULL, ctl_event_cb, arg);
+    bufferevent_enable(bev, EV_READ);
+    if (evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+        ctl_read_cb(bev, arg);
 }
 
 static void
@@ -187,6 +301,7 @@ ctl_read_cb(struct bufferevent *bev, void *arg)
         goto done;
     }
     evbuffer_remove(in, line, (size_t)p.pos);
+    evbuffer_drain(in, eol); /* the line end: the next request starts after it */
     line[p.pos] = '\0';
     if (p.pos > 0 && line[p.pos - 1] == '\r')
         line[p.pos - 1] = '\0';
@@ -197,6 +312,10 @@ ctl_read_cb(struct bufferevent *bev, void *arg)
     }
     bufferevent_write(bev, out.data, out.len);
     buf_fini(&out);
+    /* Another request may follow, read once this answer is out. */
+    bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+    bufferevent_setcb(bev, ctl_read_cb, next_request_cb, ctl_event_cb, cc);
+    return;
 done:
     conn_finish(cc);
 }

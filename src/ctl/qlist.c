@@ -61,8 +61,8 @@ ctl_list_print(const struct ctl_list *st, FILE *out)
     int s = col_width(ws, 6, SENDER_COL_MAX), r = col_width(wr, 10, RCPTS_COL_MAX);
     for (size_t i = 0; i < st->n; i++) {
         const struct ctl_row *row = &st->rows[i];
-        fprintf(out, "%-16s  %-7s  %-4s  %-*s  %-*s  %5u  %s\n", row->id, row->age,
-            row->held ? "yes" : "no", s, row->sender, r, row->rcpts, row->attempts,
+        fprintf(out, "%-16s  %-7s  %-10s  %-4s  %-*s  %-*s  %5u  %s\n", row->id, row->age,
+            row->next, row->held ? "yes" : "no", s, row->sender, r, row->rcpts, row->attempts,
             row->last_error);
     }
 }

@@ -639,6 +639,40 @@ sched_flush(struct sched *s)
 }
 
 int
+sched_flush_msg(struct sched *s, const char *qid)
+{
+    uint32_t h = find_live(s, qid);
+    struct sched_ent *e;
+    struct sched_dest *d;
+    const char *key;
+    struct logline l;
+    if (h == SCHED_NONE)
+        return -1;
+    e = sidx_ent(&s->idx, h);
+    if (e->flags & ENT_HELD)
+        return 0; /* held stays held: release retries it */
+    log_begin(&l, LOG_INFO, qid, "queue", "flush");
+    log_end(&l);
+    if (e->m != NULL) {
+        sched_units_flush_msg(s, e->m);
+        return 0;
+    }
+    /* Out of memory (or being read): every unit due when it is read, and
+     * read now rather than when its destination comes back. */
+    e->flags |= ENT_FORCE;
+    key = sched_hint_key(s, e->hint);
+    d = key != NULL ? sched_dest_find(s, key) : NULL;
+    if (d != NULL)
+        d->down_until_ms = 0;
+    if (e->heap_idx != SCHED_NONE) {
+        e->next_s = now_s();
+        sidx_heap_fix(&s->idx, h);
+    }
+    sched_pump_later(s);
+    return 0;
+}
+
+int
 sched_delete(struct sched *s, const char *qid)
 {
     uint32_t h = find_live(s, qid);

@@ -53,10 +53,41 @@ void sched_load_spool(struct sched *s);
 /* Has the spool been read whole since sched_load_spool? */
 bool sched_loaded(const struct sched *s);
 
-/* Operator actions. 0 ok, -1 unknown queue id. */
+/* Operator actions. 0 ok, -1 unknown queue id. sched_flush_msg retries
+ * one message now (its destinations' backoff ended too); a held message
+ * stays held. */
 void sched_flush(struct sched *s);
+int sched_flush_msg(struct sched *s, const char *qid);
 int sched_delete(struct sched *s, const char *qid);
 int sched_hold(struct sched *s, const char *qid, bool hold);
+
+/* The operator actions a selecting walk applies (SCHED_WALK_ACT). */
+enum sched_act { SCHED_ACT_HOLD, SCHED_ACT_RELEASE, SCHED_ACT_DELETE, SCHED_ACT_FLUSH };
+
+/* Which messages an action walk takes (every condition given must hold).
+ * sender: NULL for any, "" for the null sender; compared without regard
+ * to case. rcpt_domain: NULL for any, else a recipient still queued there
+ * (case-insensitive, exact domain). older_than_s: 0 for any, else the
+ * message arrived at least that many seconds before now_s. */
+struct sched_select {
+    const char *sender;      /* borrowed */
+    const char *rcpt_domain; /* borrowed */
+    int64_t older_than_s;
+};
+/* Does sel take env at wall second now_s? (Pure.) */
+bool sched_select_match(const struct sched_select *sel, const struct spool_env *env, int64_t now_s);
+/* Does sel need the envelope (sender or domain), or only the arrival? */
+bool sched_select_needs_env(const struct sched_select *sel);
+
+/* qshape's age buckets (minutes): <5, 5-10, 10-20, 20-40, 40-80, 80-160,
+ * >160; SCHED_AGE_LABELS names them in that order. */
+#define SCHED_AGE_BUCKETS 7
+#define SCHED_AGE_LABELS                                                                           \
+    {                                                                                              \
+        "<5m", "5-10m", "10-20m", "20-40m", "40-80m", "80-160m", ">160m"                           \
+    }
+/* The bucket of an age in seconds (negative ages are the first). */
+size_t sched_age_bucket(int64_t age_s);
 
 /* The LIST and SUMMARY replies of the control protocol (src/ctl/ctl.h),
  * streamed: fn gets JSON lines (data, len: borrowed for the call) on the
@@ -70,6 +101,13 @@ enum sched_walk_ev { SCHED_WALK_MORE, SCHED_WALK_DONE, SCHED_WALK_ABORTED };
 typedef void (*sched_walk_fn)(void *arg, const char *data, size_t len, enum sched_walk_ev ev);
 struct sched_walk;
 struct sched_walk *sched_walk_start(struct sched *s, bool summary, sched_walk_fn fn, void *arg);
+/* A walk that applies act to every message sel takes (the queue as the
+ * walk reaches it; a message added meanwhile may or may not be taken),
+ * at most a bounded number per slice: its lines are "done QID". HOLD
+ * takes only messages not held, RELEASE only held ones, FLUSH only ones
+ * not held. sel is copied. Same rules as sched_walk_start otherwise. */
+struct sched_walk *sched_walk_act(struct sched *s, enum sched_act act,
+    const struct sched_select *sel, sched_walk_fn fn, void *arg);
 void sched_walk_next(struct sched_walk *w);
 void sched_walk_cancel(struct sched_walk *w); /* NULL is fine */
 void sched_get_stats(const struct sched *s, struct sched_stats *st);

@@ -262,6 +262,9 @@ struct sched_dest *sched_msg_dest(const struct sched_msg *m, bool *multi);
 struct sched_dest *sched_dest_find(struct sched *s, const char *key);
 /* Flush: every waiting unit due now, every destination backoff ended. */
 void sched_units_flush(struct sched *s);
+/* Flush of one message: its waiting units due now, their destinations'
+ * backoff ended. */
+void sched_units_flush_msg(struct sched *s, struct sched_msg *m);
 /* Routing changed: group every message in memory again. */
 void sched_units_reroute(struct sched *s);
 void sched_arm(struct sched *s);

@@ -10,11 +10,18 @@
  * by its destination hint, a compact note kept in its entry of where its
  * recipients went when it was last in memory (one interned key, "several",
  * or unknown); only messages with several destinations, or not read since
- * the start, are read, and the hints found are kept.
+ * the start, are read, and the hints found are kept. Held mail is counted
+ * apart (it is not deliverable), and every count is also split into
+ * qshape's age buckets. An action walk (hold, release, delete, flush of
+ * every message a selection takes) goes the same way: what the index
+ * alone decides is acted on at once, a sender or recipient domain is
+ * matched from memory or by a worker's read, and a slice acts on a
+ * bounded number of messages before its lines go out.
  */
 #include <event2/event.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "route.h"
 #include "sched.h"
@@ -24,6 +31,7 @@
 
 #define WALK_SCAN  4096 /* entries looked at in one slice */
 #define WALK_READS 256  /* messages read by the worker in one batch */
+#define WALK_ACTS  256  /* messages acted on in one slice */
 
 /* ---- destination hints ---- */
 
@@ -92,12 +100,20 @@ struct dest_sum {
     char *key; /* owned */
     size_t msgs, rcpts;
     uint32_t oldest_s;
-    uint64_t last_msg; /* the message counted last, so that one counts once */
+    uint64_t last_msg;              /* the message counted last, so that one counts once */
+    size_t ages[SCHED_AGE_BUCKETS]; /* messages by age */
 };
 
 struct read_item {
     uint64_t qid;
     bool held;
+    bool matched; /* result: the selection takes it (action walk) */
+};
+
+/* An owned copy of a selection. */
+struct select_copy {
+    struct sched_select sel; /* strings point into the copies below */
+    char *sender, *rcpt_domain;
 };
 
 /* Per message and destination, what a read found (SUMMARY). */
@@ -114,6 +130,9 @@ struct walk_read {
     struct spool *sp;
     struct config *cfg; /* a reference (routing, for SUMMARY) */
     bool summary;
+    bool acting;            /* an action walk: items[].matched is the result */
+    struct select_copy sel; /* acting */
+    int64_t now_s;          /* acting: wall clock of the walk's start */
     struct read_item *items;
     size_t n;
     /* results */
@@ -127,6 +146,13 @@ struct sched_walk {
     struct sched *s;
     struct sched_walk *next; /* in s->walks */
     bool summary;
+    bool acting; /* an action walk (sched_walk_act) */
+    enum sched_act act;
+    struct select_copy sel;
+    bool sel_env;         /* the selection needs the envelope */
+    int64_t now_s;        /* wall clock at the start: ages and older_than */
+    size_t acts;          /* messages acted on in this slice */
+    struct dest_sum held; /* SUMMARY: held mail, apart */
     sched_walk_fn fn;
     void *arg;
     uint32_t pos;           /* next slab index */
@@ -139,6 +165,90 @@ struct sched_walk {
     struct map *sum_idx; /* key -> index + 1 */
     bool waiting;        /* for sched_walk_next */
 };
+
+/* ---- selection and age buckets (pure) ---- */
+
+size_t
+sched_age_bucket(int64_t age_s)
+{
+    /* Postfix's qshape: 5 minutes, then doubling. */
+    int64_t edge = 5 * 60;
+    size_t b = 0;
+    while (b + 1 < SCHED_AGE_BUCKETS && age_s >= edge) {
+        b++;
+        edge *= 2;
+    }
+    return b;
+}
+
+bool
+sched_select_needs_env(const struct sched_select *sel)
+{
+    return sel->sender != NULL || sel->rcpt_domain != NULL;
+}
+
+static bool
+rcpt_in_domain(const char *addr, const char *domain)
+{
+    const char *at = strrchr(addr, '@');
+    return at != NULL && strcasecmp(at + 1, domain) == 0;
+}
+
+bool
+sched_select_match(const struct sched_select *sel, const struct spool_env *env, int64_t now_s)
+{
+    bool found;
+    if (sel->older_than_s > 0 && now_s - env->arrival_ms / 1000 < sel->older_than_s)
+        return false;
+    if (sel->sender != NULL && strcasecmp(env->sender, sel->sender) != 0)
+        return false;
+    if (sel->rcpt_domain == NULL)
+        return true;
+    found = false;
+    for (size_t i = 0; i < env->n_rcpts && !found; i++)
+        found = env->rcpts[i].state == RCPT_QUEUED &&
+                rcpt_in_domain(env->rcpts[i].addr, sel->rcpt_domain);
+    return found;
+}
+
+static void
+select_copy(struct select_copy *dst, const struct sched_select *src)
+{
+    memset(dst, 0, sizeof(*dst));
+    dst->sender = src->sender != NULL ? xstrdup(src->sender) : NULL;
+    dst->rcpt_domain = src->rcpt_domain != NULL ? xstrdup(src->rcpt_domain) : NULL;
+    dst->sel.sender = dst->sender;
+    dst->sel.rcpt_domain = dst->rcpt_domain;
+    dst->sel.older_than_s = src->older_than_s;
+}
+
+static void
+select_free(struct select_copy *c)
+{
+    FREE_NULL(&c->sender);
+    FREE_NULL(&c->rcpt_domain);
+}
+
+/* ---- counting ---- */
+
+static void
+sum_count(struct sched_walk *w, struct dest_sum *ds, size_t rcpts, uint32_t arrival_s, bool msg)
+{
+    if (msg) {
+        ds->msgs++;
+        ds->ages[sched_age_bucket(w->now_s - (int64_t)arrival_s)]++;
+    }
+    ds->rcpts += rcpts;
+    if (ds->oldest_s == 0 || arrival_s < ds->oldest_s)
+        ds->oldest_s = arrival_s;
+}
+
+/* A held message: counted apart, whatever its destinations. */
+static void
+held_add(struct sched_walk *w, size_t rcpts, uint32_t arrival_s)
+{
+    sum_count(w, &w->held, rcpts, arrival_s, true);
+}
 
 static void
 sum_add(struct sched_walk *w, const char *key, size_t rcpts, uint32_t arrival_s)
@@ -157,13 +267,9 @@ sum_add(struct sched_walk *w, const char *key, size_t rcpts, uint32_t arrival_s)
     } else {
         ds = &w->sums[i - 1];
     }
-    if (ds->last_msg != w->seq || ds->msgs == 0) {
-        ds->msgs++;
-        ds->last_msg = w->seq;
-    }
-    ds->rcpts += rcpts;
-    if (ds->oldest_s == 0 || arrival_s < ds->oldest_s)
-        ds->oldest_s = arrival_s;
+    bool first = ds->last_msg != w->seq || ds->msgs == 0;
+    ds->last_msg = w->seq;
+    sum_count(w, ds, rcpts, arrival_s, first);
 }
 
 static void
@@ -179,6 +285,16 @@ json_str(struct buf *out, const char *s)
 }
 
 static void
+ages_write(struct buf *out, const struct dest_sum *ds)
+{
+    static const char *const labels[SCHED_AGE_BUCKETS] = SCHED_AGE_LABELS;
+    buf_append_str(out, ",\"ages\":{");
+    for (size_t b = 0; b < SCHED_AGE_BUCKETS; b++)
+        buf_printf(out, "%s\"%s\":%zu", b > 0 ? "," : "", labels[b], ds->ages[b]);
+    buf_append_char(out, '}');
+}
+
+static void
 sums_write(struct sched_walk *w)
 {
     for (size_t i = 0; i < w->n_sums; i++) {
@@ -190,6 +306,15 @@ sums_write(struct sched_walk *w)
             ",\"messages\":%zu,\"recipients\":%zu,\"oldest\":%lld,\"last_error\":", ds->msgs,
             ds->rcpts, (long long)ds->oldest_s);
         json_str(&w->out, d != NULL ? d->last_error : NULL);
+        ages_write(&w->out, ds);
+        buf_append_str(&w->out, "}\n");
+    }
+    /* Held mail on a line of its own: not deliverable until released, so
+     * not in any destination's figures. */
+    if (w->held.msgs > 0) {
+        buf_printf(&w->out, "{\"held\":true,\"messages\":%zu,\"recipients\":%zu,\"oldest\":%lld",
+            w->held.msgs, w->held.rcpts, (long long)w->held.oldest_s);
+        ages_write(&w->out, &w->held);
         buf_append_str(&w->out, "}\n");
     }
 }
@@ -259,7 +384,9 @@ read_run(struct workq_item *wi)
         if (env == NULL)
             continue;                 /* gone meanwhile */
         env->held = r->items[i].held; /* the index knows first */
-        if (!r->summary) {
+        if (r->acting) {
+            r->items[i].matched = sched_select_match(&r->sel.sel, env, r->now_s);
+        } else if (!r->summary) {
             spool_env_list_json(env, NULL, NULL, &r->out);
         } else {
             r->arrival_s[i] = (uint32_t)(env->arrival_ms / 1000);
@@ -283,6 +410,7 @@ read_free(struct walk_read *r)
     free(r->rd);
     free(r->arrival_s);
     free(r->items);
+    select_free(&r->sel);
     buf_fini(&r->out);
     config_unref(r->cfg);
     sched_link_unref(r->link);
@@ -293,6 +421,52 @@ read_free(struct walk_read *r)
 
 static void walk_emit(struct sched_walk *w);
 
+/* May the action walk take e, as far as the index tells? */
+static bool
+act_wants(const struct sched_walk *w, const struct sched_ent *e)
+{
+    bool held = (e->flags & ENT_HELD) != 0;
+    const struct sched_select *sel = &w->sel.sel;
+    if (!(e->flags & ENT_USED) || (e->flags & ENT_DELETED))
+        return false;
+    if (sel->older_than_s > 0 && w->now_s - (int64_t)e->arrival_s < sel->older_than_s)
+        return false;
+    switch (w->act) {
+    case SCHED_ACT_HOLD:
+    case SCHED_ACT_FLUSH:
+        return !held;
+    case SCHED_ACT_RELEASE:
+        return held;
+    case SCHED_ACT_DELETE:
+        break;
+    }
+    return true;
+}
+
+/* Act on the message qid; its line when it was there. */
+static void
+walk_do(struct sched_walk *w, uint64_t qid)
+{
+    char q[SPOOL_QID_LEN + 1];
+    int rc = -1;
+    sched_qid_text(qid, q);
+    w->acts++;
+    switch (w->act) {
+    case SCHED_ACT_HOLD:
+    case SCHED_ACT_RELEASE:
+        rc = sched_hold(w->s, q, w->act == SCHED_ACT_HOLD);
+        break;
+    case SCHED_ACT_DELETE:
+        rc = sched_delete(w->s, q);
+        break;
+    case SCHED_ACT_FLUSH:
+        rc = sched_flush_msg(w->s, q);
+        break;
+    }
+    if (rc == 0)
+        buf_printf(&w->out, "done %s\n", q);
+}
+
 /* Keep what a read found: the counts, and the hints of messages still out
  * of memory. */
 static void
@@ -301,6 +475,15 @@ read_merge(struct sched_walk *w, struct walk_read *r)
     struct sched *s = w->s;
     size_t k = 0;
     buf_append(&w->out, r->out.data, r->out.len);
+    if (r->acting) {
+        for (size_t i = 0; i < r->n; i++) {
+            uint32_t h = sidx_find(&s->idx, r->items[i].qid);
+            /* Still there and still wanted (it may have changed meanwhile). */
+            if (r->items[i].matched && h != SCHED_NONE && act_wants(w, sidx_ent(&s->idx, h)))
+                walk_do(w, r->items[i].qid);
+        }
+        return;
+    }
     if (!r->summary)
         return;
     for (size_t i = 0; i < r->n; i++) {
@@ -344,6 +527,11 @@ read_new(struct sched_walk *w)
     r->sp = w->s->sp;
     r->cfg = config_ref(w->s->cfg);
     r->summary = w->summary;
+    r->acting = w->acting;
+    if (w->acting) {
+        select_copy(&r->sel, &w->sel.sel);
+        r->now_s = w->now_s;
+    }
     r->items = xcalloc(WALK_READS, sizeof(*r->items));
     if (w->summary)
         r->arrival_s = xcalloc(WALK_READS, sizeof(*r->arrival_s));
@@ -359,16 +547,28 @@ walk_slice(struct sched_walk *w)
     struct sched *s = w->s;
     struct walk_read *r = NULL;
     uint32_t end = s->idx.n - w->pos > WALK_SCAN ? w->pos + WALK_SCAN : s->idx.n;
-    for (; w->pos < end && (r == NULL || r->n < WALK_READS); w->pos++) {
+    w->acts = 0;
+    for (; w->pos < end && (r == NULL || r->n < WALK_READS) && w->acts < WALK_ACTS; w->pos++) {
         const struct sched_ent *e = sidx_ent(&s->idx, w->pos);
         const char *key;
         if (!(e->flags & ENT_USED) || (e->flags & ENT_DELETED))
             continue;
-        if (e->m != NULL) {
+        if (w->acting) {
+            if (!act_wants(w, e))
+                continue;
+            if (!w->sel_env || e->m != NULL) {
+                if (!w->sel_env || sched_select_match(&w->sel.sel, e->m->env, w->now_s))
+                    walk_do(w, e->qid); /* e may be gone after this */
+                continue;
+            }
+            /* else the worker reads and matches it */
+        } else if (w->summary && (e->flags & ENT_HELD)) {
+            held_add(w, e->n_pending, e->arrival_s);
+            continue;
+        } else if (e->m != NULL) {
             walk_active(w, e);
             continue;
-        }
-        if (w->summary && (key = sched_hint_key(s, e->hint)) != NULL) {
+        } else if (w->summary && (key = sched_hint_key(s, e->hint)) != NULL) {
             w->seq++;
             sum_add(w, key, e->n_pending, e->arrival_s);
             continue;
@@ -406,6 +606,7 @@ walk_free(struct sched_walk *w)
     walk_unlink(w);
     event_free(w->ev);
     buf_fini(&w->out);
+    select_free(&w->sel);
     for (size_t i = 0; i < w->n_sums; i++)
         free(w->sums[i].key);
     free(w->sums);
@@ -448,6 +649,7 @@ sched_walk_start(struct sched *s, bool summary, sched_walk_fn fn, void *arg)
     struct sched_walk *w = xcalloc(1, sizeof(*w));
     w->s = s;
     w->summary = summary;
+    w->now_s = tern_now_ms() / 1000;
     w->fn = fn;
     w->arg = arg;
     w->sum_idx = map_new();
@@ -458,6 +660,18 @@ sched_walk_start(struct sched *s, bool summary, sched_walk_fn fn, void *arg)
     w->next = s->walks;
     s->walks = w;
     event_active(w->ev, 0, 0); /* never inside this call */
+    return w;
+}
+
+struct sched_walk *
+sched_walk_act(struct sched *s, enum sched_act act, const struct sched_select *sel,
+    sched_walk_fn fn, void *arg)
+{
+    struct sched_walk *w = sched_walk_start(s, false, fn, arg);
+    w->acting = true;
+    w->act = act;
+    select_copy(&w->sel, sel);
+    w->sel_env = sched_select_needs_env(sel);
     return w;
 }
 

@@ -897,6 +897,24 @@ sched_units_flush(struct sched *s)
 }
 
 void
+sched_units_flush_msg(struct sched *s, struct sched_msg *m)
+{
+    int64_t now = tern_mono_ms();
+    for (size_t i = 0; i < m->n_units; i++) {
+        struct sched_unit *u = m->units[i];
+        /* The operator asked for this message now: a backed-off
+         * destination would otherwise park it again (unit_wait_for_dest). */
+        u->dest->down_until_ms = 0;
+        if (u->state != U_WAIT || u->next_ms <= now)
+            continue;
+        heap_remove(s, u);
+        u->next_ms = now;
+        sched_unit_wait(s, u);
+    }
+    sched_arm(s);
+}
+
+void
 sched_units_reroute(struct sched *s)
 {
     for (uint32_t h = 0; h < s->idx.n; h++) {

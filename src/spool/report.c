@@ -8,6 +8,8 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "util/util.h"
+
 static void
 json_str(struct buf *out, const char *s)
 {
@@ -20,6 +22,26 @@ json_str(struct buf *out, const char *s)
     buf_append_char(out, '"');
 }
 
+/* The message's next attempt (Unix seconds: its earliest queued
+ * recipient's, now when one is due at once; null when held or nothing is
+ * queued) and its age in seconds. */
+static void
+list_next_age(const struct spool_env *env, int64_t now_ms, struct buf *out)
+{
+    int64_t next = -1;
+    for (size_t i = 0; i < env->n_rcpts && !env->held; i++) {
+        int64_t t = env->rcpts[i].next_try_ms > 0 ? env->rcpts[i].next_try_ms : now_ms;
+        if (env->rcpts[i].state == RCPT_QUEUED && (next < 0 || t < next))
+            next = t;
+    }
+    if (next >= 0)
+        buf_printf(out, ",\"next_attempt\":%" PRId64, next / 1000);
+    else
+        buf_append_str(out, ",\"next_attempt\":null");
+    buf_printf(
+        out, ",\"age\":%" PRId64, now_ms > env->arrival_ms ? (now_ms - env->arrival_ms) / 1000 : 0);
+}
+
 void
 spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t idx, void *arg),
     void *arg, struct buf *out)
@@ -29,8 +51,10 @@ spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t id
     json_str(out, env->qid);
     buf_append_str(out, ",\"sender\":");
     json_str(out, env->sender);
-    buf_printf(out, ",\"arrival\":%" PRId64 ",\"held\":%s,\"size\":%" PRIu64 ",\"recipients\":[",
+    buf_printf(out, ",\"arrival\":%" PRId64 ",\"held\":%s,\"size\":%" PRIu64,
         env->arrival_ms / 1000, env->held ? "true" : "false", env->body_len);
+    list_next_age(env, tern_now_ms(), out);
+    buf_append_str(out, ",\"recipients\":[");
     for (size_t i = 0; i < env->n_rcpts; i++) {
         const struct spool_rcpt *r = &env->rcpts[i];
         const char *st = status ? status(i, arg) : NULL;

@@ -289,7 +289,9 @@ test_summary_line(void **state)
     (void)state;
     assert_int_equal(json_parse(in, strlen(in), &v, NULL), 0);
     assert_int_equal(ctl_summary_line(v, 160, 8, &out, &err), 0);
-    assert_string_equal(out.data, "y.org            2           5     1m00s  -");
+    /* An older daemon sent no age buckets: "-" in each column. */
+    assert_string_equal(out.data,
+        "y.org            2           5     1m00s       -       -       -       -       -       -       -  -");
     json_free(v);
     v = NULL;
     assert_int_equal(json_parse("{\"destination\":\"a\"}", 19, &v, NULL), 0);
@@ -297,6 +299,154 @@ test_summary_line(void **state)
     json_free(v);
     buf_fini(&out);
     buf_fini(&err);
+}
+
+/* Age buckets and the held line of `queue summary`. */
+static void
+test_summary_ages_held(void **state)
+{
+    static const struct {
+        const char *in;
+        int rc;
+        const char *want;
+    } cases[] = {
+        { "{\"destination\":\"y.org\",\"messages\":3,\"recipients\":3,\"oldest\":100,"
+          "\"last_error\":\"451 x\",\"ages\":{\"<5m\":1,\"5-10m\":0,\"10-20m\":0,"
+          "\"20-40m\":0,\"40-80m\":0,\"80-160m\":0,\">160m\":2}}",
+            0,
+            "y.org          3           3     1m00s       1       0       0       0       0       0       2  451 x" },
+        { "{\"held\":true,\"messages\":4,\"recipients\":6,\"oldest\":160,"
+          "\"ages\":{\"<5m\":4,\"5-10m\":0,\"10-20m\":0,\"20-40m\":0,\"40-80m\":0,"
+          "\"80-160m\":0,\">160m\":0}}",
+            0,
+            "(held)         4           6        0s       4       0       0       0       0       0       0  -" },
+        { "{\"held\":false,\"messages\":4,\"recipients\":6,\"oldest\":160}", -1, NULL },
+        { "{\"destination\":\"y.org\",\"messages\":3,\"recipients\":3,\"oldest\":100,"
+          "\"ages\":{\"<5m\":1}}",
+            -1, NULL },
+    };
+    struct buf head = BUF_INIT;
+    (void)state;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        struct json *v = NULL;
+        struct buf out = BUF_INIT, err = BUF_INIT;
+        assert_int_equal(json_parse(cases[i].in, strlen(cases[i].in), &v, NULL), 0);
+        if (ctl_summary_line(v, 160, 6, &out, &err) != cases[i].rc)
+            fail_msg("case %zu: rc", i);
+        if (cases[i].want != NULL && strcmp(out.data, cases[i].want) != 0)
+            fail_msg("case %zu: \"%s\"", i, out.data);
+        json_free(v);
+        buf_fini(&out);
+        buf_fini(&err);
+    }
+    ctl_summary_header(6, &head);
+    assert_string_equal(head.data,
+        "DESTINATION  MESSAGES  RECIPIENTS    OLDEST     <5m   5-10m  10-20m  20-40m  40-80m 80-160m   >160m  LAST ERROR");
+    buf_fini(&head);
+}
+
+/* Lines of ids on stdin: trimmed, blanks skipped, anything else refused. */
+static void
+test_id_line(void **state)
+{
+    static const struct {
+        const char *in;
+        int want;
+    } cases[] = {
+        { "0123456789abcdef", 1 },
+        { "  0123456789abcdef\t\r", 1 },
+        { "", 0 },
+        { " \t \r", 0 },
+        { "0123456789ABCDEF", -1 },
+        { "0123456789abcdef 0123456789abcdef", -1 },
+        { "0123456789abcde", -1 },
+        { "x0123456789abcdef", -1 },
+        { "ALL", -1 },
+    };
+    (void)state;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        char id[17] = "";
+        int rc = ctl_id_line(cases[i].in, strlen(cases[i].in), id);
+        if (rc != cases[i].want)
+            fail_msg("\"%s\": %d want %d", cases[i].in, rc, cases[i].want);
+        if (rc == 1 && strcmp(id, "0123456789abcdef") != 0)
+            fail_msg("\"%s\": id %s", cases[i].in, id);
+    }
+}
+
+/* The request of an action on a selection, and what cannot be sent. */
+static void
+test_select_request(void **state)
+{
+    static const struct {
+        const char *verb, *sender, *domain;
+        int64_t older;
+        const char *want; /* NULL: refused */
+    } cases[] = {
+        { "HOLD", NULL, NULL, 0, "HOLD ALL" },
+        { "DELETE", "a@b.test", "c.test", 600,
+            "DELETE ALL sender=a@b.test rdomain=c.test older=600" },
+        { "RELEASE", "<>", NULL, 0, "RELEASE ALL sender=" },
+        { "FLUSH", "", NULL, 0, "FLUSH ALL sender=" },
+        { "HOLD", NULL, NULL, 86400, "HOLD ALL older=86400" },
+        { "HOLD", "a b@c.test", NULL, 0, NULL },
+        { "HOLD", "nobody", NULL, 0, NULL },
+        { "HOLD", "a@b.test\n", NULL, 0, NULL },
+        { "HOLD", NULL, "not a domain", 0, NULL },
+        { "HOLD", NULL, "-bad-.test", 0, NULL },
+        { "HOLD", NULL, NULL, -1, NULL },
+        { "HOLD", NULL, NULL, (int64_t)1 << 40, NULL },
+    };
+    (void)state;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        struct buf out = BUF_INIT, err = BUF_INIT;
+        int rc = ctl_select_request(
+            cases[i].verb, cases[i].sender, cases[i].domain, cases[i].older, &out, &err);
+        if (cases[i].want == NULL && (rc != -1 || err.len == 0))
+            fail_msg("case %zu accepted: %s", i, out.data);
+        if (cases[i].want != NULL && (rc != 0 || strcmp(out.data, cases[i].want) != 0))
+            fail_msg("case %zu: %d \"%s\" (%s)", i, rc, out.data ? out.data : "",
+                err.data ? err.data : "");
+        buf_fini(&out);
+        buf_fini(&err);
+    }
+    {
+        /* A sender too long for one request. */
+        char big[CTL_SELECT_MAX + 8];
+        struct buf out = BUF_INIT, err = BUF_INIT;
+        memset(big, 'a', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        big[5] = '@';
+        assert_int_equal(ctl_select_request("HOLD", big, NULL, 0, &out, &err), -1);
+        buf_fini(&out);
+        buf_fini(&err);
+    }
+}
+
+/* The next attempt column of `queue list`. */
+static void
+test_fmt_next(void **state)
+{
+    static const struct {
+        const char *in, *want;
+    } cases[] = {
+        { "{\"held\":false,\"next_attempt\":1192}", "in 3m12s" },
+        { "{\"held\":false,\"next_attempt\":1000}", "now" },
+        { "{\"held\":false,\"next_attempt\":900}", "now" },
+        { "{\"held\":true,\"next_attempt\":1192}", "held" },
+        { "{\"held\":false,\"next_attempt\":null}", "-" },
+        { "{\"held\":false}", "-" },
+    };
+    (void)state;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        struct json *v = NULL;
+        char out[24];
+        assert_int_equal(json_parse(cases[i].in, strlen(cases[i].in), &v, NULL), 0);
+        ctl_fmt_next(v, 1000, out, sizeof(out));
+        if (strcmp(out, cases[i].want) != 0)
+            fail_msg("%s: \"%s\"", cases[i].in, out);
+        json_free(v);
+    }
 }
 
 static void
@@ -830,6 +980,10 @@ main(void)
         cmocka_unit_test(test_row_from_json),
         cmocka_unit_test(test_row_schema_errors),
         cmocka_unit_test(test_summary_line),
+        cmocka_unit_test(test_summary_ages_held),
+        cmocka_unit_test(test_id_line),
+        cmocka_unit_test(test_select_request),
+        cmocka_unit_test(test_fmt_next),
         cmocka_unit_test(test_user_valid),
         cmocka_unit_test(test_passwd_update),
         cmocka_unit_test(test_exchange_table),

@@ -1383,6 +1383,203 @@ test_list_slices(void **state)
     buf_fini(&sl.out);
 }
 
+/* qshape's age buckets: 5 minutes, then doubling, the last open-ended. */
+static void
+test_age_buckets(void **state)
+{
+    static const struct {
+        int64_t age;
+        size_t want;
+    } cases[] = {
+        { -5, 0 },
+        { 0, 0 },
+        { 299, 0 },
+        { 300, 1 },
+        { 599, 1 },
+        { 600, 2 },
+        { 1199, 2 },
+        { 1200, 3 },
+        { 2400, 4 },
+        { 4800, 5 },
+        { 9599, 5 },
+        { 9600, 6 },
+        { 86400 * 30, 6 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        if (sched_age_bucket(cases[i].age) != cases[i].want)
+            fail_msg("age %lld: bucket %zu, want %zu", (long long)cases[i].age,
+                sched_age_bucket(cases[i].age), cases[i].want);
+    }
+}
+
+/* Which messages a selection takes (sender, queued recipient's domain, age). */
+static void
+test_select_match(void **state)
+{
+    static const struct {
+        const char *name, *sender, *domain;
+        int64_t older;
+        bool want;
+    } cases[] = {
+        { "everything", NULL, NULL, 0, true },
+        { "sender, any case", "Bob@Example.ORG", NULL, 0, true },
+        { "other sender", "alice@example.org", NULL, 0, false },
+        { "null sender", "", NULL, 0, false },
+        { "domain of a queued recipient", NULL, "Y.test", 0, true },
+        { "domain only of a delivered one", NULL, "done.test", 0, false },
+        { "domain suffix is not the domain", NULL, "test", 0, false },
+        { "old enough", NULL, NULL, 600, true },
+        { "not old enough", NULL, NULL, 601, false },
+        { "all three", "bob@example.org", "y.test", 60, true },
+        { "all but one", "bob@example.org", "z.test", 60, false },
+    };
+    struct spool_env *env = xcalloc(1, sizeof(*env));
+    env->sender = xstrdup("bob@example.org");
+    env->arrival_ms = 1000 * 1000;
+    spool_env_add_rcpt(env, "a@y.test", NULL, 0);
+    spool_env_add_rcpt(env, "b@done.test", NULL, 0);
+    env->rcpts[1].state = RCPT_DELIVERED;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct sched_select sel = { cases[i].sender, cases[i].domain, cases[i].older };
+        if (sched_select_match(&sel, env, 1000 + 600) != cases[i].want)
+            fail_msg("%s: want %d", cases[i].name, cases[i].want);
+    }
+    {
+        struct sched_select sel = { "", NULL, 0 };
+        free(env->sender);
+        env->sender = xstrdup("");
+        assert_true(sched_select_match(&sel, env, 1600));
+        assert_true(sched_select_needs_env(&sel));
+        sel.sender = NULL;
+        assert_false(sched_select_needs_env(&sel));
+    }
+    spool_env_free(env);
+}
+
+static size_t
+held_count(const struct h *h)
+{
+    size_t n = 0;
+    for (uint32_t i = 0; i < h->s->idx.n; i++) {
+        const struct sched_ent *e = sidx_ent(&h->s->idx, i);
+        n += (e->flags & ENT_USED) && !(e->flags & ENT_DELETED) && (e->flags & ENT_HELD);
+    }
+    return n;
+}
+
+/* An action walk over many messages out of memory acts in slices, matches
+ * sender and recipient domain by reading them, reports one line per message
+ * acted on; SUMMARY counts held mail apart; a walk whose client goes away
+ * is dropped cleanly. */
+static void
+test_act_walk(void **state)
+{
+    struct h *h = h_new(NULL, 0, "retry_initial=10s;retry_max=20s;active_limit=10", true);
+    struct slices sl;
+    struct sched_select sel = { "S@X.test", NULL, 0 };
+    char other[SPOOL_QID_LEN + 1];
+    h_submit_many(h, "s@x.test", "a@x.test", 600);
+    h_submit(h, "o@y.test", rcpt_b, 1, other);
+    RUN_UNTIL(h, stats(h).active == 0 && stats(h).queue_messages == 601, 10000);
+
+    memset(&sl, 0, sizeof(sl));
+    sl.w = sched_walk_act(h->s, SCHED_ACT_HOLD, &sel, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    assert_int_equal(count_lines(sl.out.data), 600);
+    assert_non_null(strstr(sl.out.data, "done "));
+    assert_null(strstr(sl.out.data, other));
+    assert_true(sl.more >= 2); /* a bounded number per slice */
+    assert_int_equal(held_count(h), 600);
+    buf_fini(&sl.out);
+
+    /* Held mail is its own line of the summary, in no destination's. */
+    memset(&sl, 0, sizeof(sl));
+    sl.w = sched_walk_start(h->s, true, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    assert_non_null(strstr(sl.out.data, "{\"held\":true,\"messages\":600,\"recipients\":600,"));
+    assert_non_null(strstr(sl.out.data, "\"messages\":1,\"recipients\":1,"));
+    assert_non_null(strstr(sl.out.data, "\"ages\":{\"<5m\":1,\"5-10m\":0,"));
+    assert_non_null(strstr(sl.out.data, "\"ages\":{\"<5m\":600,"));
+    assert_int_equal(count_lines(sl.out.data), 2);
+    buf_fini(&sl.out);
+
+    /* Released by recipient domain (read from the spool), at most once. */
+    sel.sender = NULL;
+    sel.rcpt_domain = "x.test";
+    memset(&sl, 0, sizeof(sl));
+    sl.w = sched_walk_act(h->s, SCHED_ACT_RELEASE, &sel, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    assert_int_equal(count_lines(sl.out.data), 600);
+    assert_int_equal(held_count(h), 0);
+    buf_fini(&sl.out);
+
+    /* Nothing that young is older than an hour. */
+    sel.rcpt_domain = NULL;
+    sel.older_than_s = 3600;
+    memset(&sl, 0, sizeof(sl));
+    sl.w = sched_walk_act(h->s, SCHED_ACT_DELETE, &sel, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    assert_int_equal(count_lines(sl.out.data), 0);
+    buf_fini(&sl.out);
+
+    /* A client that goes away after the first lines: the walk is dropped,
+     * what was done stays done, the rest is untouched. */
+    sel.older_than_s = 0;
+    memset(&sl, 0, sizeof(sl));
+    sl.stop_after_first = true;
+    sl.w = sched_walk_act(h->s, SCHED_ACT_HOLD, &sel, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    run_for(h, 200);
+    assert_true(held_count(h) > 0 && held_count(h) < 601);
+    assert_int_equal(held_count(h), count_lines(sl.out.data));
+    buf_fini(&sl.out);
+
+    memset(&sl, 0, sizeof(sl));
+    sl.w = sched_walk_act(h->s, SCHED_ACT_DELETE, &sel, slices_fn, &sl);
+    RUN_UNTIL(h, sl.done, 10000);
+    assert_int_equal(count_lines(sl.out.data), 601);
+    assert_int_equal(stats(h).queue_messages, 0);
+    assert_int_equal(queue_count(h), 0);
+    buf_fini(&sl.out);
+    h_free(h);
+}
+
+/* Flushing one message retries it now, long before its retry time, and
+ * no other; a held one stays held; an unknown id is -1. */
+static void
+test_flush_msg(void **state)
+{
+    static const struct rule rules[] = {
+        { "a@x.test", { "451 4.3.0 busy", "250 2.1.5 ok" } },
+        { "b@x.test", { "451 4.3.0 busy", "250 2.1.5 ok" } },
+        { "c@x.test", { "451 4.3.0 busy", "250 2.1.5 ok" } },
+    };
+    struct h *h = h_new(rules, 3, "retry_initial=1h;retry_max=1h", false);
+    char q1[SPOOL_QID_LEN + 1], q2[SPOOL_QID_LEN + 1], q3[SPOOL_QID_LEN + 1];
+    h_submit(h, "s@x.test", rcpt_a, 1, q1);
+    h_submit(h, "s@x.test", rcpt_b, 1, q2);
+    h_submit(h, "s@x.test", rcpt_c, 1, q3);
+    RUN_UNTIL(h, stats(h).deferred == 3 && stats(h).active == 0, 5000);
+    assert_int_equal(sched_hold(h->s, q3, true), 0);
+    assert_int_equal(sched_flush_msg(h->s, q1), 0);
+    assert_int_equal(sched_flush_msg(h->s, q3), 0);
+    RUN_UNTIL(h, stats(h).delivered == 1, 5000);
+    run_for(h, 500);
+    assert_int_equal(stats(h).delivered, 1);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "a@x.test"));
+    assert_null(srv_find_tx(&h->srv[0], "s@x.test", "b@x.test"));
+    assert_null(srv_find_tx(&h->srv[0], "s@x.test", "c@x.test"));
+    assert_int_equal(sched_flush_msg(h->s, q1), -1); /* gone */
+    assert_int_equal(sched_flush_msg(h->s, "0123456789abcdef"), -1);
+
+    /* The other one, on its own. */
+    assert_int_equal(sched_flush_msg(h->s, q2), 0);
+    RUN_UNTIL(h, stats(h).delivered == 2, 5000);
+    assert_non_null(srv_find_tx(&h->srv[0], "s@x.test", "b@x.test"));
+    assert_true(in_spool(h, q3));
+    h_free(h);
+}
+
 /* A message whose stored copy moved after it was read (compaction: its
  * old segment is gone) is read again and sent, without a failed attempt. */
 static void
@@ -1974,6 +2171,10 @@ main(void)
         cmocka_unit_test(test_restart_not_loaded),
         cmocka_unit_test(test_hold_out_of_memory),
         cmocka_unit_test(test_list_slices),
+        cmocka_unit_test(test_age_buckets),
+        cmocka_unit_test(test_select_match),
+        cmocka_unit_test(test_act_walk),
+        cmocka_unit_test(test_flush_msg),
         cmocka_unit_test(test_units_split),
         cmocka_unit_test(test_moved_body_read_again),
         cmocka_unit_test(test_delay_warning),
