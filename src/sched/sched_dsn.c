@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "history/history.h"
 #include "retry.h"
 #include "sched_int.h"
 #include "util/log.h"
@@ -312,6 +313,13 @@ dsn_log(const char *qid, const char *dsn_qid, const char *to, size_t n, int err,
             log_int(&l, "retry_in_s", (retry_ms - tern_mono_ms() + 999) / 1000);
     }
     log_end(&l);
+    if (err == 0) {
+        struct hline h;
+        history_begin(&h, qid, "dsn");
+        history_str(&h, "dsn_id", dsn_qid);
+        history_str(&h, "recipient", to);
+        history_end(&h);
+    }
 }
 
 /* Settle the notes of m that job carried: gone when the DSN is durable
