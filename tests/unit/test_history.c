@@ -3,7 +3,8 @@
  * lines written whole and read back with hostile values intact, batching
  * on a loop, whole lines from many threads, rotation by size and by hour,
  * expiry by age and by total size (never the file being written), damaged
- * lines skipped by the reader, the time bound of a scan, and the trace
+ * lines skipped by the reader, a write failure (logged once, only the cut
+ * line lost), the time bound of a scan, and the trace
  * query (queue id, Message-ID with or without brackets, addresses with the
  * domain compared without case).
  */
@@ -20,7 +21,9 @@
 #include <event2/event.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -28,6 +31,7 @@
 #include "ctl/json.h"
 #include "history/history.h"
 #include "util/buf.h"
+#include "util/log.h"
 #include "util/util.h"
 
 #define QID1 "0123456789abcdef"
@@ -439,6 +443,66 @@ test_open_refuses_untrusted_dir(void **state)
     buf_fini(&err);
 }
 
+static size_t
+count_str(const char *hay, const char *needle)
+{
+    size_t n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+/* A full disk (here a file-size limit: EFBIG) drops history, is logged
+ * once, and once writes work again the journal goes on on a fresh line:
+ * only the line cut by the failure is lost. */
+static void
+test_write_failure_logged_once(void **state)
+{
+    struct fx *f = *state;
+    struct rlimit old, lim;
+    struct seen s;
+    struct history_scan_stats st;
+    struct stat sb;
+    char path[256], logs[8192];
+    int fds[2];
+    ssize_t n;
+    DIR *d;
+    struct dirent *de;
+    assert_int_equal(pipe(fds), 0);
+    assert_int_equal(fcntl(fds[0], F_SETFL, O_NONBLOCK), 0);
+    log_set_fd(fds[1]);
+    signal(SIGXFSZ, SIG_IGN);
+    open_journal(f, 86400000, 1u << 30, 0);
+    event(QID1, "received", NULL, NULL);
+    d = opendir(f->hdir);
+    assert_non_null(d);
+    while ((de = readdir(d)) != NULL) {
+        if (strstr(de->d_name, ".jsonl") != NULL)
+            snprintf(path, sizeof(path), "%s/%s", f->hdir, de->d_name);
+    }
+    closedir(d);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = (rlim_t)sb.st_size + 10;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    event(QID1, "deferred", "a@example.org", "451 4.3.0 this line does not fit in the file");
+    event(QID1, "deferred", "a@example.org", "451 4.3.0 nor does this one");
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    event(QID2, "held", NULL, NULL);
+    log_set_fd(2);
+    n = read(fds[0], logs, sizeof(logs) - 1);
+    logs[n > 0 ? n : 0] = '\0';
+    close(fds[0]);
+    close(fds[1]);
+    assert_int_equal(count_str(logs, "write_failed"), 1);
+    assert_int_equal(count_str(logs, "write_resumed"), 1);
+    scan(f, 0, &s, &st);
+    assert_string_equal(s.s.data, "0123:received:-|fedc:held:-");
+    assert_int_equal(st.corrupt, 1); /* the cut line */
+    buf_fini(&s.s);
+}
+
 struct qcase {
     const char *query;
     const char *id, *event, *from, *rcpt, *mid;
@@ -538,6 +602,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_corrupt_lines_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_journal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_refuses_untrusted_dir, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_write_failure_logged_once, setup, teardown),
         cmocka_unit_test(test_query),
         cmocka_unit_test(test_query_bad),
         cmocka_unit_test(test_output_forms),
