@@ -160,3 +160,21 @@ def test_trace_nothing_and_usage(tern):
     assert tern.ctl("queue", "show").returncode == 2
     p = tern.ctl("queue", "show", "0123456789abcdef")
     assert p.returncode == 1 and b"unknown queue id" in p.stderr
+
+
+def test_operator_actions_in_trace(tern, sink):
+    u = uid()
+    sender = f"op-{u}@src.test"
+    rcpt = f"tempfail-{u}@example.org"
+    tern.send(sender, [rcpt], mail(sender, rcpt, f"{u}.op@src.test"))
+    qid = tern.qid_of(sender)
+    tern.wait_event("deferred", qid=qid)
+    for action in ("hold", "release", "delete"):
+        p = tern.ctl("queue", action, qid)
+        assert p.returncode == 0, p.stderr.decode()
+    evs = wait_for(lambda: "deleted" in events_of(trace(tern, qid), qid) and trace(tern, qid),
+                   desc="deleted in trace")
+    names = [n for n in events_of(evs, qid) if n != "deferred"]
+    assert names == ["received", "held", "released", "deleted"], names
+    p = tern.ctl("queue", "show", qid)
+    assert p.returncode == 1
