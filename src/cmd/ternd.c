@@ -423,7 +423,8 @@ start_history(struct ternd *t)
 {
     struct buf err = BUF_INIT;
     struct logline l;
-    struct history_opts ho = { t->cfg->history_retention_ms, t->cfg->history_max_size, 0, true };
+    struct history_opts ho = { t->cfg->history_retention_ms, t->cfg->history_max_size, 0, true,
+        t->boot->spool_fd >= 0, t->boot->spool_fd };
     if (history_open(t->cfg->spool_dir, &ho, &err) < 0) {
         log_begin(&l, LOG_ERROR, NULL, "history", "open_failed");
         log_strn(&l, "reason", err.data ? err.data : "", err.len);

@@ -387,7 +387,7 @@ bg_main(void *arg)
 /* SPOOL/history: made when missing, then trusted only when it is ours and
  * private (as the spool's own subdirectories are). */
 static int
-open_dir(const char *spool_dir, struct buf *err)
+open_dir(const char *spool_dir, const struct history_opts *o, struct buf *err)
 {
     char path[4096];
     struct stat st;
@@ -398,11 +398,14 @@ open_dir(const char *spool_dir, struct buf *err)
         buf_printf(err, "history directory: path too long\n");
         return -1;
     }
-    if (mkdir(path, 0700) < 0 && errno != EEXIST) {
+    /* relative to the spool's descriptor, or, without one, to the cwd */
+    int at = o->use_spool_fd ? o->spool_fd : AT_FDCWD;
+    const char *rel = o->use_spool_fd ? HISTORY_DIR : path;
+    if (mkdirat(at, rel, 0700) < 0 && errno != EEXIST) {
         buf_printf(err, "cannot create %s: %s\n", path, strerror(errno));
         return -1;
     }
-    fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
+    fd = openat(at, rel, O_RDONLY | O_DIRECTORY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         buf_printf(err, "cannot open %s: %s\n", path, strerror(errno));
         return -1;
@@ -421,7 +424,7 @@ open_dir(const char *spool_dir, struct buf *err)
 int
 history_open(const char *spool_dir, const struct history_opts *o, struct buf *err)
 {
-    int dir_fd = open_dir(spool_dir, err), fd;
+    int dir_fd = open_dir(spool_dir, o, err), fd;
     int64_t name_ms = 0;
     if (dir_fd < 0)
         return -1;

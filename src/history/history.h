@@ -39,6 +39,10 @@ struct history_opts {
     uint64_t max_size;    /* bound on the total bytes of the files */
     uint64_t file_max;    /* rotate at this size; 0: max_size / 8 within the bounds above */
     bool background;      /* start the thread that syncs, rotates and expires */
+    /* Reach the spool through spool_fd (borrowed, used during history_open
+     * only) rather than by its path, which ternd's user may not traverse. */
+    bool use_spool_fd;
+    int spool_fd;
 };
 
 /* Open the journal in SPOOL_DIR/history (created mode 0700 when missing; it

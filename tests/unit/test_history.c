@@ -83,7 +83,7 @@ static void
 open_journal(struct fx *f, int64_t retention_ms, uint64_t max_size, uint64_t file_max)
 {
     struct buf err = BUF_INIT;
-    struct history_opts o = { retention_ms, max_size, file_max, false };
+    struct history_opts o = { retention_ms, max_size, file_max, false, false, -1 };
     assert_int_equal(history_open(f->dir, &o, &err), 0);
     buf_fini(&err);
 }
@@ -426,7 +426,7 @@ test_open_refuses_untrusted_dir(void **state)
 {
     struct fx *f = *state;
     struct buf err = BUF_INIT;
-    struct history_opts o = { 86400000, 1u << 30, 0, false };
+    struct history_opts o = { 86400000, 1u << 30, 0, false, false, -1 };
     char link[128];
     assert_int_equal(mkdir(f->hdir, 0777), 0);
     assert_int_equal(chmod(f->hdir, 0777), 0);
@@ -440,6 +440,26 @@ test_open_refuses_untrusted_dir(void **state)
     assert_int_equal(history_open(f->dir, &o, &err), -1);
     unlink(f->hdir);
     rmdir(link);
+    buf_fini(&err);
+}
+
+/* ternd's relay reaches the spool through the descriptor its parent
+ * opened: the path is then only for messages. */
+static void
+test_open_by_spool_fd(void **state)
+{
+    struct fx *f = *state;
+    struct buf err = BUF_INIT;
+    int sfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct history_opts o = { 86400000, 1u << 30, 0, false, true, sfd };
+    struct seen s;
+    assert_true(sfd >= 0);
+    assert_int_equal(history_open("/nonexistent/spool", &o, &err), 0);
+    close(sfd);
+    event(QID1, "released", NULL, NULL);
+    scan(f, 0, &s, NULL);
+    assert_string_equal(s.s.data, "0123:released:-");
+    buf_fini(&s.s);
     buf_fini(&err);
 }
 
@@ -603,6 +623,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_no_journal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_refuses_untrusted_dir, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_failure_logged_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_open_by_spool_fd, setup, teardown),
         cmocka_unit_test(test_query),
         cmocka_unit_test(test_query_bad),
         cmocka_unit_test(test_output_forms),
