@@ -307,6 +307,7 @@ histcmd_queue_show(struct config *cfg, int argc, char **argv)
     bool json, offline;
     const char *id;
     enum ctl_rc rc;
+    int64_t arrival, since;
     int ret = 0;
     size_t n;
     if (args(argc, argv, &id, &json) < 0)
@@ -330,9 +331,15 @@ histcmd_queue_show(struct config *cfg, int argc, char **argv)
         ret = EXIT_RUNTIME;
         goto out;
     }
-    /* Without a journal the envelope is still worth showing. */
-    if (history_scan(cfg->spool_dir, tern_now_ms() - cfg->history_retention_ms, show_rec, &sh, NULL,
-            &err) < 0)
+    /* Nothing of the message was journaled before it arrived: files
+     * finished before then are skipped (a minute's slack for the clock).
+     * Without a journal the envelope is still worth showing. */
+    if (json_int(json_get(sh.entry, "arrival"), &arrival) < 0)
+        arrival = 0;
+    since = tern_now_ms() - cfg->history_retention_ms;
+    if (arrival * 1000 - 60000 > since)
+        since = arrival * 1000 - 60000;
+    if (history_scan(cfg->spool_dir, since, show_rec, &sh, NULL, &err) < 0)
         fprintf(stderr, "ternctl: history: %s\n", err.data);
     n = rcpt_views(&sh, &v);
     if (json) {

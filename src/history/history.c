@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@
 static pthread_mutex_t hist_mu = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t hist_cv = PTHREAD_COND_INITIALIZER;
 static int hist_dir_fd = -1;
+static atomic_bool hist_on;     /* a journal is open: lines are worth building */
 static int hist_fd = -1;        /* the file being written */
 static int64_t hist_file_ms;    /* its name: when it was started */
 static uint64_t hist_file_size; /* bytes written to it */
@@ -128,9 +130,7 @@ void
 history_begin(struct hline *h, const char *qid, const char *event)
 {
     buf_init(&h->b);
-    pthread_mutex_lock(&hist_mu);
-    h->on = hist_fd >= 0 || hist_dir_fd >= 0;
-    pthread_mutex_unlock(&hist_mu);
+    h->on = atomic_load_explicit(&hist_on, memory_order_relaxed);
     if (!h->on)
         return;
     buf_printf(&h->b, "{\"time\":%" PRId64, tern_now_ms());
@@ -444,6 +444,7 @@ history_open(const char *spool_dir, const struct history_opts *o, struct buf *er
     hist_retention_ms = o->retention_ms;
     hist_max_size = o->max_size;
     hist_file_max = file_max_for(o->max_size, o->file_max);
+    atomic_store(&hist_on, true);
     pthread_mutex_unlock(&hist_mu);
     if (o->background) {
         if (pthread_create(&hist_thread, NULL, bg_main, NULL) != 0) {
@@ -486,5 +487,6 @@ history_close(void)
     if (hist_dir_fd >= 0)
         (void)close(hist_dir_fd);
     hist_fd = hist_dir_fd = -1;
+    atomic_store(&hist_on, false);
     pthread_mutex_unlock(&hist_mu);
 }
