@@ -178,3 +178,28 @@ def test_operator_actions_in_trace(tern, sink):
     assert names == ["received", "held", "released", "deleted"], names
     p = tern.ctl("queue", "show", qid)
     assert p.returncode == 1
+
+
+def test_show_partly_delivered(tern, sink):
+    """A recipient already delivered has left the queue's list; queue show
+    still names it, with its status and its attempt, from the journal."""
+    u = uid()
+    sender = f"p-{u}@src.test"
+    ok, later = f"ok-{u}@example.org", f"tempfail-{u}@example.org"
+    tern.send(sender, [ok, later], mail(sender, ok, f"{u}.part@src.test"))
+    qid = tern.qid_of(sender)
+    tern.wait_event("delivered", qid=qid)
+    tern.wait_event("deferred", qid=qid)
+
+    def both():
+        s = show(tern, qid)
+        by = {r["address"]: r for r in s["recipients"]}
+        return by if len(by) == 2 and by[later]["attempts"] and by[ok]["attempts"] else None
+
+    by = wait_for(both, desc="both recipients in queue show")
+    assert by[ok]["status"] == "delivered" and by[ok]["next_attempt"] is None
+    assert by[ok]["attempts"][0]["reply"].startswith("250")
+    assert by[later]["status"] in ("deferred", "delivering")
+    assert by[later]["attempts"][0]["reply"].startswith("451 4.3.0")
+    for r in by.values():
+        assert set(r) == RCPT_KEYS, r
