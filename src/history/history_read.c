@@ -341,9 +341,9 @@ history_rec_text(const struct history_rec *r, struct buf *out)
         buf_printf(out, " size=%" PRId64, r->size);
     text_kv(out, "client", r->client, false);
     text_kv(out, "helo", r->helo, false);
+    text_kv(out, "relay", r->relay, false);
     text_kv(out, "tls", r->tls, false);
     text_kv(out, "user", r->user, false);
-    text_kv(out, "relay", r->relay, false);
     text_kv(out, "dsn_id", r->dsn_id, false);
     if (r->reply != NULL) {
         buf_append_str(out, " reply=\"");

@@ -518,8 +518,8 @@ journal_result(const char *event, const struct sched_msg *m, const struct spool_
         history_str(&h, "relay", relay);
     }
     history_str(&h, "reply", reply);
-    if (next_ms > 0)
-        history_int(&h, "next", (tern_now_ms() + next_ms + 999) / 1000);
+    if (next_ms > 0 && r->next_try_ms > 0)
+        history_int(&h, "next", r->next_try_ms / 1000); /* as queue list shows it */
     history_end(&h);
 }
 
