@@ -20,9 +20,10 @@
 #include <unistd.h>
 
 #include "cmd/dnscheck.h"
+#include "cmd/histcmd.h"
 #include "config/config.h"
 #include "ctl/client.h"
-#include "ctl/json.h"
+#include "util/json.h"
 #include "dkim/dkim.h"
 #include "spool/spool.h"
 #include "util/buf.h"
@@ -51,6 +52,7 @@ static const char usage_text[] =
     "  -c FILE   configuration file (default: " CONFIG_DEFAULT_FILE " if it exists)\n"
     "commands:\n"
     "  queue list [--json]       list queued messages, one line each starting with its id\n"
+    "  queue show ID [--json]    a queued message: envelope, recipients, every attempt\n"
     "  queue summary [--json]    summary of the queue by destination\n"
     "  queue flush               retry everything now\n"
     "  queue flush|hold|release|delete TARGET... [SELECTOR...] [--yes]\n"
@@ -60,7 +62,9 @@ static const char usage_text[] =
     "                            delete ALL needs --yes (-y)\n"
     "  passwd USER               add or change an AUTH user in auth_users_file\n"
     "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--key-file PATH]\n"
-    "  dns check DOMAIN [--json]\n";
+    "  dns check DOMAIN [--json]\n"
+    "  trace QUERY [--json]      timeline of the messages with this queue id, Message-ID or\n"
+    "                            address (sender or recipient), from the history journal\n";
 
 static int
 usage_error(void)
@@ -365,9 +369,9 @@ static enum ctl_rc
 act_add(int fd, const char *verb, const char *id, char (*batch)[17], size_t *n, struct act_run *r,
     struct buf *msg)
 {
-    if (!ctl_qid_valid(id)) {
+    if (!spool_qid_valid(id)) {
         struct buf shown = BUF_INIT;
-        ctl_append_safe(&shown, id, strnlen(id, 64), 40);
+        buf_append_safe(&shown, id, strnlen(id, 64), 40);
         fprintf(stderr, "ternctl: %s: not a queue id (16 lowercase hex digits)\n",
             shown.data ? shown.data : "");
         buf_fini(&shown);
@@ -918,9 +922,21 @@ cmd_dns_check(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
     return dnscheck_main(ctx->cfg, argc, argv);
 }
 
+/* --- queue show / trace (src/cmd/histcmd.c) --- */
+
+static int
+cmd_history(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    int rc = cmd->word2 != NULL ? histcmd_queue_show(ctx->cfg, argc, argv)
+                                : histcmd_trace(ctx->cfg, argc, argv);
+    return rc == EXIT_USAGE ? usage_error() : rc;
+}
+
 static const struct command commands[] = {
     { "queue", "list", "LIST", cmd_queue_show, true },
     { "queue", "summary", "SUMMARY", cmd_queue_show, true },
+    { "queue", "show", NULL, cmd_history, true },
+    { "trace", NULL, NULL, cmd_history, true },
     { "queue", "flush", "FLUSH", cmd_queue_action, true },
     { "queue", "delete", "DELETE", cmd_queue_action, true },
     { "queue", "hold", "HOLD", cmd_queue_action, true },

@@ -24,6 +24,7 @@
 #include "config/config.h"
 #include "ctl/ctl.h"
 #include "dns/dns.h"
+#include "history/history.h"
 #include "maildrop/maildrop.h"
 #include "metrics/metrics.h"
 #include "privsep/privsep.h"
@@ -224,6 +225,7 @@ reload(struct ternd *t, struct config *cfg)
     config_unref(t->cfg);
     t->cfg = cfg;
     apply_log_settings(cfg);
+    history_set_limits(cfg->history_retention_ms, cfg->history_max_size);
     log_begin(&l, LOG_INFO, NULL, "config", "reloaded");
     log_str(&l, "file", t->boot->path ? t->boot->path : "(defaults)");
     log_end(&l);
@@ -427,6 +429,24 @@ start_pickup(struct ternd *t, struct buf *err)
     return t->pickup != NULL ? 0 : -1;
 }
 
+/* The history journal is for operators, never in the way of mail: one that
+ * cannot be opened is logged and the relay runs without it. */
+static void
+start_history(struct ternd *t)
+{
+    struct buf err = BUF_INIT;
+    struct logline l;
+    struct history_opts ho = { t->cfg->history_retention_ms, t->cfg->history_max_size, 0, true,
+        t->boot->spool_fd >= 0, t->boot->spool_fd };
+    if (history_open(t->cfg->spool_dir, &ho, &err) < 0) {
+        log_begin(&l, LOG_ERROR, NULL, "history", "open_failed");
+        log_strn(&l, "reason", err.data ? err.data : "", err.len);
+        log_str(&l, "action", "running without a message history");
+        log_end(&l);
+    }
+    buf_fini(&err);
+}
+
 static int
 start(struct ternd *t)
 {
@@ -441,6 +461,7 @@ start(struct ternd *t)
     t->sp = spool_open(t->cfg->spool_dir, t->inbox, &so, &err);
     if (t->sp == NULL)
         goto fail;
+    start_history(t);
     t->dns = dns_new(t->base, t->cfg->dns_resolvers, t->cfg->n_dns_resolvers, &err);
     if (t->dns == NULL)
         goto fail;
@@ -518,6 +539,8 @@ stop(struct ternd *t)
         event_free(t->parent_ev);
     config_unref(t->cfg);
     loopq_free(t->inbox);
+    history_detach_loop();
+    history_close();   /* every loop that wrote to it has stopped */
     log_detach_loop(); /* its flush event goes with the base */
     event_base_free(t->base);
 }
@@ -663,7 +686,7 @@ ternd_relay_main(struct ternd_boot *b)
     if (t.base == NULL)
         tern_panic("event_base_new failed");
     /* Lines of the main loop go out once per loop iteration. */
-    if (log_attach_loop(t.base) < 0)
+    if (log_attach_loop(t.base) < 0 || history_attach_loop(t.base) < 0)
         tern_panic("cannot batch log lines");
     t.sig_term = evsignal_new(t.base, SIGTERM, signal_cb, &t);
     t.sig_int = evsignal_new(t.base, SIGINT, signal_cb, &t);

@@ -151,6 +151,9 @@ struct config {
     /* --- local submission while ternd is down --- */
     char *maildrop_dir;   /* never NULL after config_load: spool_dir + "-maildrop" by default */
     char *maildrop_group; /* group of the maildrop and of tern-drop; NULL when empty */
+    /* --- the message history journal --- */
+    int64_t history_retention_ms; /* journal files older than this are deleted */
+    uint64_t history_max_size;    /* bound on the journal's total bytes */
 };
 
 /*

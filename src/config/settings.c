@@ -490,6 +490,17 @@ const struct cfg_setting config_settings[] = {
         .def = "tern-drop",
         .off = OFF(maildrop_group),
         .desc = "group of the maildrop and of the setgid helper tern-drop" },
+    /* the message history journal (ternctl queue show, trace) */
+    { .name = "history_retention",
+        .type = CFG_DURATION,
+        .def = "7d",
+        .off = OFF(history_retention_ms),
+        .desc = "how long the history of messages (SPOOL/history) is kept for ternctl trace" },
+    { .name = "history_max_size",
+        .type = CFG_SIZE,
+        .def = "1g",
+        .off = OFF(history_max_size),
+        .desc = "bound on the total size of the history journal; the oldest files go first" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);

@@ -20,6 +20,7 @@
 
 #include "ctl/ctl.h"
 #include "sched/sched.h"
+#include "spool/spool.h"
 #include "util/parse.h"
 #include "util/util.h"
 
@@ -116,7 +117,7 @@ reply_line(
     if ((len == 3 && memcmp(line, "ERR", 3) == 0) || (len > 3 && memcmp(line, "ERR ", 4) == 0)) {
         *rc = CTL_ERR;
         buf_reset(msg);
-        ctl_append_safe(msg, len > 4 ? line + 4 : "error", len > 4 ? len - 4 : 5, 512);
+        buf_append_safe(msg, len > 4 ? line + 4 : "error", len > 4 ? len - 4 : 5, 512);
         return 1;
     }
     if (fn != NULL && fn(line, len, arg) < 0)
@@ -220,17 +221,6 @@ ctl_call(const char *spool_dir, const char *request, int timeout_ms, ctl_line_fn
     return rc;
 }
 
-bool
-ctl_qid_valid(const char *s)
-{
-    size_t i;
-    for (i = 0; s[i] != '\0'; i++) {
-        if (i >= 16 || !((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
-            return false;
-    }
-    return i == 16;
-}
-
 void
 ctl_fmt_age(int64_t secs, char *out, size_t cap)
 {
@@ -269,7 +259,7 @@ ctl_id_line(const char *line, size_t len, char out[17])
         return -1;
     memcpy(id, line, 16);
     id[16] = '\0';
-    if (!ctl_qid_valid(id))
+    if (!spool_qid_valid(id))
         return -1;
     memcpy(out, id, 17);
     return 1;
@@ -343,24 +333,11 @@ ctl_fmt_next(const struct json *obj, int64_t now_s, char *out, size_t cap)
     }
 }
 
-void
-ctl_append_safe(struct buf *b, const char *s, size_t len, size_t max)
-{
-    bool cut = len > max;
-    size_t n = cut ? (max >= 3 ? max - 3 : 0) : len;
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        buf_append_char(b, (c < 0x20 || c == 0x7f) ? '?' : (char)c);
-    }
-    if (cut)
-        buf_append_str(b, "...");
-}
-
-/* ctl_append_safe of a C string. */
+/* buf_append_safe of a C string. */
 static void
 append_safe_str(struct buf *b, const char *s, size_t max)
 {
-    ctl_append_safe(b, s, strnlen(s, max + 1), max);
+    buf_append_safe(b, s, strnlen(s, max + 1), max);
 }
 
 static int
@@ -424,7 +401,7 @@ ctl_row_from_json(const struct json *obj, int64_t now_s, struct ctl_row *row, st
     memset(row, 0, sizeof(*row));
     if (obj == NULL || obj->type != JSON_OBJECT)
         return schema_fail(err, "not an object");
-    if (id == NULL || !ctl_qid_valid(id))
+    if (id == NULL || !spool_qid_valid(id))
         return schema_fail(err, "bad id");
     if (sender == NULL || json_int(json_get(obj, "arrival"), &arrival) < 0)
         return schema_fail(err, "no sender or arrival");

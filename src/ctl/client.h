@@ -12,7 +12,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ctl/json.h"
+#include "util/json.h"
 #include "util/buf.h"
 
 #define CTL_REPLY_LINE_MAX (1024u * 1024) /* one reply line, without "\n" */
@@ -48,8 +48,6 @@ enum ctl_rc ctl_exchange(
 enum ctl_rc ctl_call(const char *spool_dir, const char *request, int timeout_ms, ctl_line_fn fn,
     void *arg, struct buf *msg);
 
-/* Is s a queue id: exactly 16 lowercase hex digits? */
-bool ctl_qid_valid(const char *s);
 /* Age as "45s", "3m12s", "2h05m", "4d03h" ("0s" for negative). */
 void ctl_fmt_age(int64_t secs, char *out, size_t cap);
 /* One line of ids read from stdin (line[len], without its end): leading
@@ -65,9 +63,6 @@ int ctl_select_request(const char *verb, const char *sender, const char *rdomain
 /* When a LIST object's next attempt comes, for a table: "in 3m12s", "now"
  * (due or past), "held", or "-" (none, or an older daemon). */
 void ctl_fmt_next(const struct json *obj, int64_t now_s, char *out, size_t cap);
-/* Append s[len] (at most max bytes; longer text is cut and ends with
- * "...") with control characters replaced by '?', for a terminal. */
-void ctl_append_safe(struct buf *b, const char *s, size_t len, size_t max);
 
 /* One message of `queue list` in text form: fields already made safe. */
 struct ctl_row {

@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "history/history.h"
 #include "metrics/metrics.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
@@ -375,6 +376,14 @@ log_received(
     log_int(&l, "nrcpt", (int64_t)env->n_rcpts);
     log_int(&l, "size", (int64_t)f->h.size);
     log_end(&l);
+    struct hline h;
+    history_begin(&h, qid, "received");
+    history_str(&h, "from", env->sender);
+    history_int(&h, "nrcpt", (int64_t)env->n_rcpts);
+    history_int(&h, "size", (int64_t)f->h.size);
+    history_str(&h, "client", "local");
+    history_int(&h, "uid", (int64_t)f->st.st_uid);
+    history_end(&h);
 }
 
 /* Check, claim and write one ready (or unfinished claimed) file. */

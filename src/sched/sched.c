@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "history/history.h"
 #include "retry.h"
 #include "sched_int.h"
 #include "util/log.h"
@@ -678,8 +679,11 @@ sched_delete(struct sched *s, const char *qid)
     uint32_t h = find_live(s, qid);
     struct sched_ent *e;
     struct sched_msg *m;
+    struct hline hl;
     if (h == SCHED_NONE)
         return -1;
+    history_begin(&hl, qid, "deleted");
+    history_end(&hl);
     e = sidx_ent(&s->idx, h);
     m = e->m;
     if (m == NULL && !(e->flags & ENT_LOADING)) {
@@ -734,11 +738,14 @@ sched_hold(struct sched *s, const char *qid, bool hold)
     uint32_t h = find_live(s, qid);
     struct sched_ent *e;
     struct logline l;
+    struct hline hl;
     if (h == SCHED_NONE)
         return -1;
     e = sidx_ent(&s->idx, h);
     log_begin(&l, LOG_INFO, qid, "queue", hold ? "held" : "released");
     log_end(&l);
+    history_begin(&hl, qid, hold ? "held" : "released");
+    history_end(&hl);
     if (((e->flags & ENT_HELD) != 0) == hold)
         return 0;
     e->flags ^= ENT_HELD;

@@ -23,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "history/history.h"
 #include "retry.h"
 #include "sched_int.h"
 #include "util/log.h"
@@ -351,6 +352,14 @@ dsn_log(const struct dsn_job *j, const char *dsn_qid, int err, int64_t retry_ms)
             log_int(&l, "retry_in_s", (retry_ms - tern_mono_ms() + 999) / 1000);
     }
     log_end(&l);
+    if (err == 0) {
+        struct hline h;
+        history_begin(&h, j->qid, "dsn");
+        history_str(&h, "dsn_id", dsn_qid);
+        history_str(&h, "recipient", j->orig->sender);
+        history_str(&h, "action", action_names[j->r[0].action]);
+        history_end(&h);
+    }
 }
 
 /* Settle the notes of m that job carried: gone when the DSN is durable

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "history/history.h"
 #include "metrics/metrics.h"
 #include "retry.h"
 #include "route.h"
@@ -499,6 +500,30 @@ format_reply(const struct tern_status *st, char *out, size_t cap)
         snprintf(out, cap, "%d %s", st->code, st->text);
 }
 
+/* The attempt in the history journal (ternctl queue show, trace). */
+static void
+journal_result(const char *event, const struct sched_msg *m, const struct spool_rcpt *r,
+    const char *relay, const char *reply, int64_t next_ms)
+{
+    struct hline h;
+    const char *t = relay != NULL ? strstr(relay, " tls=") : NULL;
+    history_begin(&h, m->env->qid, event);
+    history_str(&h, "recipient", r->addr);
+    if (t != NULL) {
+        /* "host[addr]:port tls=VERSION/CIPHER/VERIFIED" */
+        char host[256];
+        snprintf(host, sizeof(host), "%.*s", (int)(t - relay), relay);
+        history_str(&h, "relay", host);
+        history_str(&h, "tls", t + 5);
+    } else {
+        history_str(&h, "relay", relay);
+    }
+    history_str(&h, "reply", reply);
+    if (next_ms > 0 && r->next_try_ms > 0)
+        history_int(&h, "next", r->next_try_ms / 1000); /* as queue list shows it */
+    history_end(&h);
+}
+
 /* One line per recipient per attempt (Postfix's "status=" line): relay,
  * reply, delay since arrival, delays=a/b/c/d, dsn=, status=. st: the
  * status the recipient ends with (an expiry's own, else the reply). */
@@ -536,6 +561,7 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
         log_str(&l, "next", next);
     }
     log_end(&l);
+    journal_result(event, m, r, relay, reply, next_ms);
 }
 
 /* A final result: does it call for a DSN? dr is filled either way. */

@@ -19,6 +19,7 @@
 
 #include "config/config.h"
 #include "dkim/dkim.h"
+#include "history/history.h"
 #include "policy.h"
 #include "smtp_int.h"
 #include "util/log.h"
@@ -356,6 +357,29 @@ msgid_trim(struct hdr_scan *h)
     return h->mid_len > 0 ? h->mid : "-";
 }
 
+/* The message's first event in the history journal (ternctl trace). */
+static void
+journal_received(struct smtp_session *s, const char *qid)
+{
+    struct smtp_tx *tx = s->tx;
+    struct hline h;
+    history_begin(&h, qid, "received");
+    history_str(&h, "from", tx->env->sender);
+    history_int(&h, "nrcpt", (int64_t)tx->env->n_rcpts);
+    history_int(&h, "size", (int64_t)spool_writer_size(tx->w));
+    if (tx->hscan.mid_len > 0)
+        history_str(&h, "message_id", tx->hscan.mid);
+    history_str(&h, "client", s->peer_str);
+    history_str(&h, "client_name", smtp_client_name(s));
+    history_str(&h, "helo", s->helo);
+    history_str(&h, "user", s->auth_user);
+    if (s->tls) {
+        history_str(&h, "tls", s->tls_info->version);
+        history_str(&h, "cipher", s->tls_info->cipher);
+    }
+    history_end(&h);
+}
+
 static void
 tx_finish(struct smtp_session *s)
 {
@@ -392,6 +416,7 @@ tx_finish(struct smtp_session *s)
         log_str(&l, "cipher", s->tls_info->cipher);
     }
     log_end(&l);
+    journal_received(s, qid);
     if (tx->dkim != NULL) {
         dkim_attach(tx->w, tx->dkim, tx->dkim_skip);
         tx->dkim = NULL;

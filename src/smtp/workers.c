@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "dns/dns.h"
+#include "history/history.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/loopq.h"
@@ -239,13 +240,14 @@ loop_main(void *arg)
 {
     struct smtp_loop *lp = arg;
     /* This loop's log lines go out once per pass of this loop. */
-    if (log_attach_loop(lp->base) < 0)
+    if (log_attach_loop(lp->base) < 0 || history_attach_loop(lp->base) < 0)
         tern_panic("cannot batch log lines of receive loop %u", lp->idx);
     event_base_dispatch(lp->base); /* until LOOP_STOP */
     for (int i = 0; i < LOOP_DRAIN_PASSES && lp->n_alive > 0; i++)
         event_base_loop(lp->base, EVLOOP_NONBLOCK);
     dns_free(lp->dns); /* its sessions are gone, and their lookups with them */
     lp->dns = NULL;
+    history_detach_loop();
     log_detach_loop();
     return NULL;
 }

@@ -34,9 +34,12 @@ struct spool;
 struct spool_writer;
 struct spool_content;
 
-#define SPOOL_QID_LEN      16                  /* hex characters */
-#define SPOOL_PREFIX_MAX   16384               /* bytes of header fields sent before the body */
-#define SPOOL_LAZY_SYNC_MS 1000                /* unsynced STATE/DONE records reach the disk */
+#define SPOOL_QID_LEN      16    /* hex characters */
+#define SPOOL_PREFIX_MAX   16384 /* bytes of header fields sent before the body */
+#define SPOOL_LAZY_SYNC_MS 1000  /* unsynced STATE/DONE records reach the disk */
+
+/* Is qid a queue id: 16 lowercase hex digits, nothing more? */
+bool spool_qid_valid(const char *qid);
 #define SPOOL_SEG_SIZE_DEF (64u * 1024 * 1024) /* default segment size */
 #define SPOOL_SEG_SIZE_MIN (1024u * 1024)
 #define SPOOL_SEG_SIZE_MAX (1024u * 1024 * 1024) /* offsets fit in 32 bits */

@@ -69,7 +69,6 @@ void seg_name(uint64_t seq, const char *ext, char *out, size_t cap);
 bool seg_name_parse(const char *name, uint64_t *seq, bool *is_idx);
 
 /* qid text <-> number (16 lowercase hex digits). */
-bool spool_qid_valid(const char *qid);
 uint64_t qid_num(const char *qid);
 void qid_text(uint64_t n, char out[SPOOL_QID_LEN + 1]);
 

@@ -60,6 +60,19 @@ buf_append_str(struct buf *b, const char *s)
 }
 
 void
+buf_append_safe(struct buf *b, const char *s, size_t len, size_t max)
+{
+    bool cut = len > max;
+    size_t n = cut ? (max >= 3 ? max - 3 : 0) : len;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        buf_append_char(b, (c < 0x20 || c == 0x7f) ? '?' : (char)c);
+    }
+    if (cut)
+        buf_append_str(b, "...");
+}
+
+void
 buf_append_char(struct buf *b, char c)
 {
     buf_append(b, &c, 1);

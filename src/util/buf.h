@@ -29,6 +29,9 @@ void buf_reserve(struct buf *b, size_t n);
 void buf_append(struct buf *b, const void *p, size_t n);
 void buf_append_str(struct buf *b, const char *s);
 void buf_append_char(struct buf *b, char c);
+/* Append s[len] (at most max bytes; longer text is cut and ends with
+ * "...") with control characters replaced by '?', for a terminal. */
+void buf_append_safe(struct buf *b, const char *s, size_t len, size_t max);
 void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 /* Append s escaped for a JSON string body (no quotes added). */

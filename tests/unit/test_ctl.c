@@ -18,9 +18,10 @@
 
 #include "ctl/client.h"
 #include "ctl/ctl.h"
-#include "ctl/json.h"
 #include "proto/inject.h"
+#include "spool/spool.h"
 #include "util/buf.h"
+#include "util/json.h"
 #include "util/util.h"
 
 /* --- JSON --- */
@@ -173,7 +174,7 @@ test_qid_valid(void **state)
     };
     (void)state;
     for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
-        if (ctl_qid_valid(cases[i].in) != cases[i].want)
+        if (spool_qid_valid(cases[i].in) != cases[i].want)
             fail_msg("qid %s: want %d", cases[i].in, cases[i].want);
     }
 }
@@ -212,13 +213,13 @@ test_append_safe(void **state)
 {
     struct buf b = BUF_INIT;
     (void)state;
-    ctl_append_safe(&b, "a\x01\x1b[31mb\x7f", 9, 20);
+    buf_append_safe(&b, "a\x01\x1b[31mb\x7f", 9, 20);
     assert_string_equal(b.data, "a??[31mb?");
     buf_reset(&b);
-    ctl_append_safe(&b, "0123456789", 10, 10);
+    buf_append_safe(&b, "0123456789", 10, 10);
     assert_string_equal(b.data, "0123456789");
     buf_reset(&b);
-    ctl_append_safe(&b, "0123456789x", 11, 10);
+    buf_append_safe(&b, "0123456789x", 11, 10);
     assert_string_equal(b.data, "0123456...");
     buf_fini(&b);
 }

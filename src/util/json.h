@@ -1,12 +1,13 @@
 /*
- * A small, strict JSON reader for exactly what the control socket sends:
+ * A small, strict JSON reader for what tern itself writes (the control
+ * socket's replies, the history journal):
  * objects, arrays, strings (all escapes incl. \uXXXX and surrogate pairs),
  * numbers, true/false/null. One call parses one complete text into a tree
  * the caller owns. Depth, node count and input length are bounded; bytes
  * >= 0x80 inside strings are passed through unchanged.
  */
-#ifndef TERN_CTL_JSON_H
-#define TERN_CTL_JSON_H
+#ifndef TERN_UTIL_JSON_H
+#define TERN_UTIL_JSON_H
 
 #include <stdbool.h>
 #include <stddef.h>
