@@ -201,7 +201,8 @@ def test_pipelining(tern, sink):
     wait_for(lambda: sink.to(b), desc="second pipelined rcpt")
     assert split_received(m.data)[1] == body
     allr = {r.lower() for t in sink.snapshot() for r in t.rcpt_tos}
-    assert not any("bad" in r for r in allr)
+    # (not just "bad": a hex uid() may spell it)
+    assert not any("bad syntax" in r for r in allr)
 
 
 def test_bdat(tern, sink):
