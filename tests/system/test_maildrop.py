@@ -368,7 +368,8 @@ def strip_age(line):
 
 def test_bp_and_mailq(make_tern, sink, local_user):
     pw, gr = local_user
-    tern = make_tern(maildrop_group=gr.gr_name)
+    # retried only in an hour: the listings compared below stay the same
+    tern = make_tern(maildrop_group=gr.gr_name, retry_initial="1h", retry_max="1h")
     u = uid()
     rcpt = f"held-{u}@example.org"
     sink.rcpt_replies[rcpt] = "451 4.3.0 later"
@@ -462,7 +463,9 @@ def test_more_files_than_one_pass(make_tern, sink):
     # The relay process does the pickup (the parent only supervises).
     cpu0 = cpu_seconds(tern.relay_pid())
     assert holds_for(lambda: len(drop_files(tern)) == 300, 2.0)
-    assert cpu_seconds(tern.relay_pid()) - cpu0 < 0.2, "ternd keeps busy with the maildrop"
+    # (a quarter of a core: passes going round take most of one; the rest
+    # of the relay, journal and spool threads included, is a few percent)
+    assert cpu_seconds(tern.relay_pid()) - cpu0 < 0.5, "ternd keeps busy with the maildrop"
 
 
 def cpu_seconds(pid):
