@@ -109,12 +109,16 @@ single_main(void *arg)
         pthread_mutex_unlock(&q->mu);
         it->next = NULL;
         it->run(it);
+        /* Through run before its done function can run: whoever sees the
+         * done has seen the count fall. */
+        pthread_mutex_lock(&q->mu);
+        q->pending--;
+        pthread_mutex_unlock(&q->mu);
         /* Without an inbox the item is run's to hand on or free: it may be
          * gone already. */
         if (to != NULL)
             loopq_post(to, &it->done);
         pthread_mutex_lock(&q->mu);
-        q->pending--;
     }
     pthread_mutex_unlock(&q->mu);
     return NULL;
