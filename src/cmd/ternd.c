@@ -366,6 +366,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
         return; /* already stopping */
     notify_stopping();
     log_begin(&l, LOG_INFO, NULL, "main", "stopping");
+    log_str(&l, "process", "relay");
     log_str(&l, "signal", sig == SIGTERM ? "TERM" : "INT");
     log_end(&l);
     smtp_server_shutdown(t->smtp);

@@ -515,6 +515,7 @@ signal_cb(evutil_socket_t sig, short what, void *arg)
     default:
         if (!p->stopping) {
             log_begin(&l, LOG_INFO, NULL, "main", "stopping");
+            log_str(&l, "process", "parent");
             log_str(&l, "signal", sig == SIGTERM ? "TERM" : "INT");
             log_end(&l);
         }
