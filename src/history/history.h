@@ -119,8 +119,10 @@ typedef int (*history_follow_fn)(
     const struct history_rec *r, const struct history_pos *after, void *arg);
 /* Read the journal under spool_dir from *from on, in time order, handing
  * each event to fn; *end is where the next read should start (past every
- * line read, damaged lines included). A last line without its newline in
- * the newest file is left for later (it may be half written). *lost is set
+ * line read, damaged lines included). A file counts as complete only once
+ * a later one holds something (the writer makes the next file before its
+ * last write to the old one); until then reading stops at its end, and a
+ * last line without its newline is left for later. *lost is set
  * when from->file is gone (expired): reading went on from the next file.
  * 0, or -1 with err when the directory cannot be read. */
 int history_follow(const char *spool_dir, const struct history_pos *from, history_follow_fn fn,

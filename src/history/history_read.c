@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -286,7 +287,7 @@ history_follow(const char *spool_dir, const struct history_pos *from, history_fo
 {
     char dir[4096];
     char **names;
-    size_t n, i = 0;
+    size_t n, i = 0, last_full;
     struct follow f = { fn, arg, end, false };
     char *buf;
     *end = *from;
@@ -308,8 +309,20 @@ history_follow(const char *spool_dir, const struct history_pos *from, history_fo
         snprintf(end->file, sizeof(end->file), "%s", names[0]);
         end->off = 0;
     }
+    /* The writer creates the next file before its last write to the old
+     * one: a file is complete only once a later one has been written to. */
+    last_full = i;
+    for (size_t j = n; j-- > i;) {
+        char path[4096 + 32];
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s", dir, names[j]);
+        if (stat(path, &st) == 0 && st.st_size > 0) {
+            last_full = j;
+            break;
+        }
+    }
     buf = xmalloc(HISTORY_LINE_MAX + 1);
-    for (; i < n && !f.stop; i++) {
+    for (; i <= last_full && i < n && !f.stop; i++) {
         char path[4096 + 32];
         int fd;
         if (strcmp(names[i], end->file) != 0) {
@@ -320,9 +333,9 @@ history_follow(const char *spool_dir, const struct history_pos *from, history_fo
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
         if (fd < 0)
             continue; /* expired since it was listed */
-        follow_file(&f, fd, buf, i + 1 == n);
+        follow_file(&f, fd, buf, i == last_full);
         close(fd);
-        if (!f.stop && i + 1 < n) {
+        if (!f.stop && i < last_full) {
             /* Done with this file: the next one is where to start again. */
             snprintf(end->file, sizeof(end->file), "%s", names[i + 1]);
             end->off = 0;

@@ -3,7 +3,8 @@
  * hand in a mkdtemp spool: the signature against RFC 4231 vectors, the
  * backoff table, batches bounded by count and bytes that carry the sender,
  * the cursor moving across files, past damaged lines but never into a half
- * written last line, an expired cursor file (reading goes on, reported),
+ * written last line nor past a file the writer may still finish, an
+ * expired cursor file (reading goes on, reported),
  * and the cursor file's round trip and damage.
  */
 #include <setjmp.h>
@@ -181,6 +182,30 @@ test_batches_follow_files(void **state)
     assert_string_equal(got, "released:(null):null");
 }
 
+/* The writer makes the next file, then writes what it held to the old
+ * one, then switches: an empty newer file does not end the old one. */
+static void
+test_late_line_before_rotation(void **state)
+{
+    struct fx *f = *state;
+    struct history_pos pos = { "", 0 };
+    char got[1024];
+    bool lost;
+    put_event(f, FILE1, 1, "received", "b@example.net");
+    put(f, FILE2, "");
+    read_batch(f, &pos, 10, got, sizeof(got), &lost);
+    assert_string_equal(got, "received:b@example.net:a@example.org");
+    assert_string_equal(pos.file, FILE1);
+    put_event(f, FILE1, 2, "delivered", "b@example.net");
+    read_batch(f, &pos, 10, got, sizeof(got), &lost);
+    assert_string_equal(got, "delivered:b@example.net:a@example.org");
+    put_event(f, FILE2, 3, "deleted", "-");
+    read_batch(f, &pos, 10, got, sizeof(got), &lost);
+    assert_string_equal(got, "deleted:-:a@example.org");
+    assert_string_equal(pos.file, FILE2);
+    assert_false(lost);
+}
+
 static void
 test_cursor_file_expired(void **state)
 {
@@ -274,6 +299,7 @@ main(void)
         cmocka_unit_test(test_sign_rfc4231),
         cmocka_unit_test(test_backoff),
         cmocka_unit_test_setup_teardown(test_batches_follow_files, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_late_line_before_rotation, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursor_file_expired, setup, teardown),
         cmocka_unit_test_setup_teardown(test_body_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_cursor_roundtrip, setup, teardown),
