@@ -181,6 +181,12 @@ curl_sock_fn(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
         event_free(se->ev);
     }
     se->ev = event_new(w->base, s, (short)(kind | EV_PERSIST), sock_cb_ev, w);
+    if (se->ev == NULL) {
+        /* libcurl then fails the transfer, which is retried later. */
+        curl_multi_assign(w->multi, s, NULL);
+        free(se);
+        return -1;
+    }
     event_add(se->ev, NULL);
     return 0;
 }
