@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import signal
 import ssl
 import subprocess
 import threading
@@ -24,11 +25,13 @@ TRACE_KEYS = {"time", "id", "event", "recipient", "relay", "reply", "sender"}
 
 
 class Receiver:
-    """Collects signed batches; answers `statuses` in turn (then 200)."""
+    """Collects signed batches; answers `statuses` in turn (then 200), and
+    401 to a bad signature."""
 
     def __init__(self, port=None, tls_ctx=None):
         self.port = port or free_port()
         self.tls_ctx = tls_ctx
+        self.secret = SECRET
         self.statuses = []
         self.events = []      # accepted (2xx) events, in order
         self.posts = []       # (monotonic time, status) of every POST
@@ -46,12 +49,13 @@ class Receiver:
             def do_POST(self):
                 n = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(n)
-                want = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
                 got = self.headers.get("X-Tern-Signature", "")
                 with rcv.lock:
+                    want = "sha256=" + hmac.new(rcv.secret, body, hashlib.sha256).hexdigest()
                     status = rcv.statuses.pop(0) if rcv.statuses else 200
                     if not hmac.compare_digest(want, got):
                         rcv.bad.append(f"signature {got!r}, want {want!r}")
+                        status = 401
                     if self.headers.get("Content-Type") != "application/json":
                         rcv.bad.append(f"content type {self.headers.get('Content-Type')}")
                     try:
@@ -265,3 +269,40 @@ def test_secret_file_of_another_user_refused(make_tern, tmp_path):
     assert t.proc.wait(timeout=30) != 0, "ternd started with another user's secret"
     t.expect_dead = True
     assert f"event_webhook_secret_file {secret}: owned by uid 65534" in t.log_text(), t.log_tail()
+
+
+def test_4xx_logged_as_error_and_retried(make_tern, tmp_path):
+    rcv = Receiver()
+    rcv.statuses = [400]
+    rcv.start()
+    try:
+        tern = hook_tern(make_tern, tmp_path, f"http://127.0.0.1:{rcv.port}/hook")
+        sender, rcpt, qid = send_one(tern, uid())
+        rec = tern.wait_event("failed", status=400)
+        assert rec["level"] == "error", rec["_raw"]
+        check_events(rcv, qid, sender, rcpt)
+    finally:
+        rcv.stop()
+
+
+def test_reload_changes_the_secret(make_tern, tmp_path):
+    rcv = Receiver()
+    rcv.start()
+    try:
+        tern = hook_tern(make_tern, tmp_path, f"http://127.0.0.1:{rcv.port}/hook")
+        s1, r1, q1 = send_one(tern, uid())
+        check_events(rcv, q1, s1, r1)
+        new = b"another-secret"
+        (tmp_path / "webhook.secret").write_bytes(new)
+        mark = tern.log_mark()
+        with rcv.lock:
+            rcv.secret = new
+        tern.send_signal(signal.SIGHUP)
+        tern.wait_event("reloaded", since=mark)
+        s2, r2, q2 = send_one(tern, uid())
+        wait_for(lambda: delivered_events(rcv, q2), desc="events signed with the new secret")
+        with rcv.lock:
+            rcv.bad = []  # a batch may have gone out with the old secret before the reload
+        check_events(rcv, q2, s2, r2)
+    finally:
+        rcv.stop()
