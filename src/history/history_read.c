@@ -457,7 +457,10 @@ history_rec_text(const struct history_rec *r, struct buf *out)
     gmtime_r(&t, &tm);
     strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%SZ", &tm);
     buf_printf(out, "%s  %s  %-9s", ts, r->id, r->event);
-    text_kv(out, "from", r->from, true);
+    /* Attempts carry the sender too (for the webhook); the timeline names
+     * it once, at reception. */
+    if (strcmp(r->event, "received") == 0)
+        text_kv(out, "from", r->from, true);
     text_kv(out, "to", r->recipient, true);
     text_kv(out, "message_id", r->message_id, false);
     if (r->size >= 0)
