@@ -34,6 +34,7 @@
 #include "util/log.h"
 #include "util/loopq.h"
 #include "util/util.h"
+#include "webhook/webhook.h"
 
 #define SHUTDOWN_GRACE_MS 10000
 
@@ -50,6 +51,8 @@ struct ternd {
     struct ctl_server *ctl;
     struct metrics *metrics;
     struct pickup *pickup;
+    struct webhook *webhook;
+    struct buf webhook_secret; /* of the last configuration the parent sent */
     struct event *sig_term, *sig_int, *stop_timer;
     int64_t stop_deadline;
     int64_t started_ms;
@@ -183,6 +186,8 @@ ternd_notify_reload_refused(void)
     notify_ready();
 }
 
+static void apply_webhook(struct ternd *t);
+
 /* Apply a configuration the parent sent (its listeners were given first).
  * A relay-side failure keeps the running configuration. */
 static void
@@ -226,6 +231,7 @@ reload(struct ternd *t, struct config *cfg)
     t->cfg = cfg;
     apply_log_settings(cfg);
     history_set_limits(cfg->history_retention_ms, cfg->history_max_size);
+    apply_webhook(t);
     log_begin(&l, LOG_INFO, NULL, "config", "reloaded");
     log_str(&l, "file", t->boot->path ? t->boot->path : "(defaults)");
     log_end(&l);
@@ -248,6 +254,9 @@ config_of_blob(struct ternd *t, uint32_t gen, int fd, struct buf *err)
         buf_printf(err, "cannot read the configuration from the parent\n");
         goto out;
     }
+    if (t->webhook_secret.data != NULL)
+        explicit_bzero(t->webhook_secret.data, t->webhook_secret.cap);
+    buf_reset(&t->webhook_secret);
     while ((r = ps_blob_next(&b, &off, &type, &p, &n)) == 1) {
         if (type == PS_R_CONFIG) {
             text = p;
@@ -257,6 +266,11 @@ config_of_blob(struct ternd *t, uint32_t gen, int fd, struct buf *err)
             chain_len = n;
         } else if (type == PS_R_DKIM && n == sizeof(meta[0]) && n_meta < TERN_ARRAY_LEN(meta)) {
             memcpy(&meta[n_meta++], p, n);
+        } else if (type == PS_R_WEBHOOK && n <= WEBHOOK_SECRET_MAX) {
+            if (t->webhook_secret.data != NULL)
+                explicit_bzero(t->webhook_secret.data, t->webhook_secret.cap);
+            buf_reset(&t->webhook_secret);
+            buf_append(&t->webhook_secret, p, n);
         }
     }
     if (r < 0 || text == NULL) {
@@ -430,6 +444,39 @@ start_pickup(struct ternd *t, struct buf *err)
     return t->pickup != NULL ? 0 : -1;
 }
 
+/* The event webhook follows cfg: started, changed or stopped. It reads
+ * the journal through the spool's descriptor, as the relay's user may not
+ * search the path to the spool. */
+static void
+apply_webhook(struct ternd *t)
+{
+    struct webhook_opts o = { t->cfg->event_webhook_url, t->webhook_secret.data,
+        t->webhook_secret.len, t->cfg->event_webhook_batch_size, t->cfg->event_webhook_ca_file };
+    struct buf err = BUF_INIT;
+    char dir[64];
+    if (t->cfg->event_webhook_url == NULL) {
+        webhook_free(t->webhook);
+        t->webhook = NULL;
+        return;
+    }
+    if (o.secret == NULL)
+        o.secret = "";
+    if (t->webhook != NULL) {
+        webhook_set_opts(t->webhook, &o);
+        return;
+    }
+    if (t->boot->spool_fd >= 0)
+        snprintf(dir, sizeof(dir), "/proc/self/fd/%d", t->boot->spool_fd);
+    t->webhook = webhook_new(t->base, t->boot->spool_fd >= 0 ? dir : t->cfg->spool_dir, &o, &err);
+    if (t->webhook == NULL) {
+        struct logline l;
+        log_begin(&l, LOG_ERROR, NULL, "webhook", "start_failed");
+        log_strn(&l, "reason", err.data ? err.data : "", err.len);
+        log_end(&l);
+    }
+    buf_fini(&err);
+}
+
 /* The history journal is for operators, never in the way of mail: one that
  * cannot be opened is logged and the relay runs without it. */
 static void
@@ -487,6 +534,7 @@ start(struct ternd *t)
         if (t->metrics == NULL)
             goto fail;
     }
+    apply_webhook(t);
     log_begin(&l, LOG_INFO, NULL, "main", "started");
     log_str(&l, "hostname", t->cfg->hostname);
     log_str(&l, "spool", t->cfg->spool_dir);
@@ -505,6 +553,11 @@ stop(struct ternd *t)
 {
     metrics_free(t->metrics);
     t->metrics = NULL;
+    webhook_free(t->webhook);
+    t->webhook = NULL;
+    if (t->webhook_secret.data != NULL)
+        explicit_bzero(t->webhook_secret.data, t->webhook_secret.cap);
+    buf_fini(&t->webhook_secret);
     if (t->smtp)
         smtp_server_kill_all(t->smtp);
     /* Run the session frees: they abort open spool writers, which must be

@@ -113,6 +113,30 @@ clear_buf(struct buf *b)
 }
 
 /* ---- one generation: check, secrets to the keys process, config to the relay ---- */
+/* The event webhook's secret for the relay, which may not read root's
+ * files: a file anyone but its owner (root or the user ternd starts as)
+ * could change or read is refused, as auth_users_file is. */
+static int
+read_webhook_secret(const char *path, struct buf *out, struct buf *err)
+{
+    static const struct fs_private rule = { S_IFREG, S_IWGRP | S_IWOTH | S_IROTH, true, true };
+    struct buf why = BUF_INIT;
+    struct stat st;
+    int rc = -1;
+    if (stat(path, &st) < 0) {
+        buf_printf(err, "event_webhook_secret_file %s: cannot read: %s\n", path, strerror(errno));
+    } else if (fs_check_private(&st, &rule, &why) != FS_TRUSTED) {
+        buf_printf(
+            err, "event_webhook_secret_file %s: %s (chmod 600 it, chown it)\n", path, why.data);
+    } else if (read_file("event_webhook_secret_file", path, KEY_FILE_MAX, out, err) == 0) {
+        /* A trailing newline is an editor's, not part of the key. */
+        while (out->len > 0 && (out->data[out->len - 1] == '\n' || out->data[out->len - 1] == '\r'))
+            out->data[--out->len] = '\0';
+        rc = 0;
+    }
+    buf_fini(&why);
+    return rc;
+}
 
 /* The blobs of cfg: the keys process's (secrets) and the relay's. */
 static int
@@ -131,6 +155,13 @@ make_blobs(const struct config *cfg, const struct buf *text, struct buf *keys, s
                 read_file("tls_key_file", cfg->tls_key_file, KEY_FILE_MAX, &pem, err) < 0))
             goto fail;
         ps_blob_add(keys, PS_R_TLS_KEY, pem.data, pem.len);
+        clear_buf(&pem);
+    }
+    if (cfg->event_webhook_secret_file != NULL) {
+        buf_reset(&pem);
+        if (read_webhook_secret(cfg->event_webhook_secret_file, &pem, err) < 0)
+            goto fail;
+        ps_blob_add(relay, PS_R_WEBHOOK, pem.data ? pem.data : "", pem.len);
         clear_buf(&pem);
     }
     for (size_t i = 0; i < cfg->n_dkim_sign; i++) {

@@ -358,6 +358,15 @@ check_combinations(struct loader *ld)
         where_of(ld, cfg_find(was_set(ld, "maildrop_dir") ? "maildrop_dir" : "spool_dir"));
         cfg_error(&ld->errs, "maildrop_dir must be outside spool_dir (its modes differ)");
     }
+    if (c->event_webhook_url != NULL && strncmp(c->event_webhook_url, "http://", 7) != 0 &&
+        strncmp(c->event_webhook_url, "https://", 8) != 0) {
+        where_of(ld, cfg_find("event_webhook_url"));
+        cfg_error(&ld->errs, "event_webhook_url must start with http:// or https://");
+    }
+    if (c->event_webhook_url != NULL && c->event_webhook_secret_file == NULL) {
+        where_of(ld, cfg_find("event_webhook_url"));
+        cfg_error(&ld->errs, "event_webhook_url needs event_webhook_secret_file");
+    }
     if (c->spool_segment_size < SPOOL_SEG_SIZE_MIN || c->spool_segment_size > SPOOL_SEG_SIZE_MAX) {
         where_of(ld, cfg_find("spool_segment_size"));
         cfg_error(&ld->errs, "spool_segment_size must be between 1m and 1024m");

@@ -154,6 +154,11 @@ struct config {
     /* --- the message history journal --- */
     int64_t history_retention_ms; /* journal files older than this are deleted */
     uint64_t history_max_size;    /* bound on the journal's total bytes */
+    /* --- the event webhook --- */
+    char *event_webhook_url;          /* http:// or https://; NULL: no webhook */
+    char *event_webhook_secret_file;  /* the HMAC key; read by the parent */
+    uint32_t event_webhook_batch_size;
+    char *event_webhook_ca_file;      /* NULL: the system store */
 };
 
 /*

@@ -501,6 +501,32 @@ const struct cfg_setting config_settings[] = {
         .def = "1g",
         .off = OFF(history_max_size),
         .desc = "bound on the total size of the history journal; the oldest files go first" },
+    /* the event webhook (journal events POSTed, signed) */
+    { .name = "event_webhook_url",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(event_webhook_url),
+        .desc =
+            "http:// or https:// URL that receives message events as signed JSON; empty: none" },
+    { .name = "event_webhook_secret_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(event_webhook_secret_file),
+        .flags = CFG_F_FILE | CFG_F_SECRET,
+        .desc = "the HMAC-SHA256 key of X-Tern-Signature (read by ternd's root parent)" },
+    { .name = "event_webhook_batch_size",
+        .type = CFG_U32,
+        .def = "100",
+        .off = OFF(event_webhook_batch_size),
+        .min = 1,
+        .max = 1000,
+        .desc = "events per POST at most (and 256 KiB)" },
+    { .name = "event_webhook_ca_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(event_webhook_ca_file),
+        .flags = CFG_F_FILE,
+        .desc = "CA bundle that verifies an https event_webhook_url (default: the system store)" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);

@@ -106,6 +106,28 @@ int history_scan(const char *spool_dir, int64_t since_ms, history_rec_fn fn, voi
 struct json;
 int history_parse_line(const char *line, size_t len, struct history_rec *r, struct json **tree);
 
+/* A place in the journal: a file's name and a byte offset in it. An empty
+ * file name is the start of the journal. */
+struct history_pos {
+    char file[24];
+    uint64_t off;
+};
+/* Called for each event after the starting place, with the place just
+ * after its line. Return 0 to take it and go on, nonzero to stop before it
+ * (the end place then stays before it). */
+typedef int (*history_follow_fn)(
+    const struct history_rec *r, const struct history_pos *after, void *arg);
+/* Read the journal under spool_dir from *from on, in time order, handing
+ * each event to fn; *end is where the next read should start (past every
+ * line read, damaged lines included). A file counts as complete only once
+ * a later one holds something (the writer makes the next file before its
+ * last write to the old one); until then reading stops at its end, and a
+ * last line without its newline is left for later. *lost is set
+ * when from->file is gone (expired): reading went on from the next file.
+ * 0, or -1 with err when the directory cannot be read. */
+int history_follow(const char *spool_dir, const struct history_pos *from, history_follow_fn fn,
+    void *arg, struct history_pos *end, bool *lost, struct buf *err);
+
 /* What trace looks for. */
 struct history_query {
     char *text;   /* owned: the query, angle brackets of a Message-ID removed */

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -225,6 +226,128 @@ history_scan(const char *spool_dir, int64_t since_ms, history_rec_fn fn, void *a
     return 0;
 }
 
+/* ---- following the journal from a place (the event webhook) ---- */
+
+struct follow {
+    history_follow_fn fn;
+    void *arg;
+    struct history_pos *end;
+    bool stop;
+};
+
+/* Lines of one file from end->off on, through buf[HISTORY_LINE_MAX + 1];
+ * end->off moves past each line read. A cut last line counts as read only
+ * when a newer file exists (last == false): the writer never goes back. */
+static void
+follow_file(struct follow *f, int fd, char *buf, bool last)
+{
+    size_t have = 0;
+    bool skipping = false;
+    uint64_t at = f->end->off; /* file offset of buf[have] */
+    for (;;) {
+        ssize_t r = pread(fd, buf + have, HISTORY_LINE_MAX + 1 - have, (off_t)at);
+        size_t start = 0;
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        have += (size_t)r;
+        at += (uint64_t)r;
+        for (char *nl; !f->stop && (nl = memchr(buf + start, '\n', have - start)) != NULL;) {
+            size_t n = (size_t)(nl - (buf + start));
+            struct history_rec rec;
+            struct json *tree = NULL;
+            struct history_pos after = *f->end;
+            after.off = at - have + (size_t)(nl - buf) + 1;
+            if (!skipping && history_parse_line(buf + start, n, &rec, &tree) == 0) {
+                f->stop = f->fn(&rec, &after, f->arg) != 0;
+                json_free(tree);
+            }
+            if (!f->stop)
+                *f->end = after;
+            skipping = false;
+            start = (size_t)(nl - buf) + 1;
+        }
+        if (f->stop)
+            return;
+        memmove(buf, buf + start, have - start);
+        have -= start;
+        if (have > HISTORY_LINE_MAX) {
+            skipping = true; /* an overlong line: dropped up to its newline */
+            have = 0;
+        }
+    }
+    if (!last && !f->stop)
+        f->end->off = at;
+}
+
+int
+history_follow(const char *spool_dir, const struct history_pos *from, history_follow_fn fn,
+    void *arg, struct history_pos *end, bool *lost, struct buf *err)
+{
+    char dir[4096];
+    char **names;
+    size_t n, i = 0, last_full;
+    struct follow f = { fn, arg, end, false };
+    char *buf;
+    *end = *from;
+    *lost = false;
+    if (snprintf(dir, sizeof(dir), "%s/%s", spool_dir, HISTORY_DIR) >= (int)sizeof(dir)) {
+        buf_printf(err, "spool path too long");
+        return -1;
+    }
+    if (list_files(dir, &names, &n, err) < 0)
+        return -1;
+    while (i < n && strcmp(names[i], from->file) < 0)
+        i++;
+    if (from->file[0] != '\0' && (i == n || strcmp(names[i], from->file) != 0)) {
+        *lost = true; /* expired before all of it was read */
+        end->off = 0;
+        if (i < n)
+            snprintf(end->file, sizeof(end->file), "%s", names[i]);
+    } else if (from->file[0] == '\0' && n > 0) {
+        snprintf(end->file, sizeof(end->file), "%s", names[0]);
+        end->off = 0;
+    }
+    /* The writer creates the next file before its last write to the old
+     * one: a file is complete only once a later one has been written to. */
+    last_full = i;
+    for (size_t j = n; j-- > i;) {
+        char path[4096 + 32];
+        struct stat st;
+        snprintf(path, sizeof(path), "%s/%s", dir, names[j]);
+        if (stat(path, &st) == 0 && st.st_size > 0) {
+            last_full = j;
+            break;
+        }
+    }
+    buf = xmalloc(HISTORY_LINE_MAX + 1);
+    for (; i <= last_full && i < n && !f.stop; i++) {
+        char path[4096 + 32];
+        int fd;
+        if (strcmp(names[i], end->file) != 0) {
+            snprintf(end->file, sizeof(end->file), "%s", names[i]);
+            end->off = 0;
+        }
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]);
+        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+        if (fd < 0)
+            continue; /* expired since it was listed */
+        follow_file(&f, fd, buf, i == last_full);
+        close(fd);
+        if (!f.stop && i < last_full) {
+            /* Done with this file: the next one is where to start again. */
+            snprintf(end->file, sizeof(end->file), "%s", names[i + 1]);
+            end->off = 0;
+        }
+    }
+    free(buf);
+    for (i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+    return 0;
+}
+
 /* ---- the query ---- */
 
 int
@@ -334,7 +457,10 @@ history_rec_text(const struct history_rec *r, struct buf *out)
     gmtime_r(&t, &tm);
     strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%SZ", &tm);
     buf_printf(out, "%s  %s  %-9s", ts, r->id, r->event);
-    text_kv(out, "from", r->from, true);
+    /* Attempts carry the sender too (for the webhook); the timeline names
+     * it once, at reception. */
+    if (strcmp(r->event, "received") == 0)
+        text_kv(out, "from", r->from, true);
     text_kv(out, "to", r->recipient, true);
     text_kv(out, "message_id", r->message_id, false);
     if (r->size >= 0)

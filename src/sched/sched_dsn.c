@@ -356,6 +356,7 @@ dsn_log(const struct dsn_job *j, const char *dsn_qid, int err, int64_t retry_ms)
         struct hline h;
         history_begin(&h, j->qid, "dsn");
         history_str(&h, "dsn_id", dsn_qid);
+        history_str(&h, "from", j->orig->sender);
         history_str(&h, "recipient", j->orig->sender);
         history_str(&h, "action", action_names[j->r[0].action]);
         history_end(&h);

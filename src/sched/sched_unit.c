@@ -508,6 +508,7 @@ journal_result(const char *event, const struct sched_msg *m, const struct spool_
     struct hline h;
     const char *t = relay != NULL ? strstr(relay, " tls=") : NULL;
     history_begin(&h, m->env->qid, event);
+    history_str(&h, "from", m->env->sender);
     history_str(&h, "recipient", r->addr);
     if (t != NULL) {
         /* "host[addr]:port tls=VERSION/CIPHER/VERIFIED" */

@@ -28,9 +28,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "util/json.h"
 #include "history/history.h"
 #include "util/buf.h"
+#include "util/json.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -604,6 +604,15 @@ test_output_forms(void **state)
     history_rec_text(&r, &b);
     assert_null(strchr(b.data, '\x1b'));
     assert_ptr_equal(strchr(b.data, '\n'), b.data + b.len - 1);
+    /* The sender an attempt carries shows at reception only. */
+    r.from = "s@x";
+    buf_reset(&b);
+    history_rec_text(&r, &b);
+    assert_null(strstr(b.data, "from="));
+    snprintf(r.event, sizeof(r.event), "received");
+    buf_reset(&b);
+    history_rec_text(&r, &b);
+    assert_non_null(strstr(b.data, "from=<s@x>"));
     buf_fini(&b);
 }
 
