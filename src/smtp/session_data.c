@@ -327,6 +327,16 @@ commit_cb(uint64_t id, const char *qid, bool ok, int err, void *arg)
 {
     struct smtp_loop *lp = arg;
     struct smtp_session *s = map_get_u64(lp->sessions, id);
+    struct hline *h = map_del_u64(lp->journal_pending, id);
+    if (h != NULL) {
+        /* Received only once it is queued: a failed commit leaves no trace
+         * of a message that does not exist. */
+        if (ok)
+            history_end(h);
+        else
+            buf_fini(&h->b);
+        free(h);
+    }
     if (ok)
         atomic_fetch_add_explicit(&lp->srv->received, 1, memory_order_relaxed);
     if (s == NULL || s->dead || s->state != SMTP_ST_COMMIT)
@@ -357,27 +367,40 @@ msgid_trim(struct hdr_scan *h)
     return h->mid_len > 0 ? h->mid : "-";
 }
 
-/* The message's first event in the history journal (ternctl trace). */
+/* The message's first event in the history journal (ternctl trace), held
+ * until its commit answers (commit_cb). */
 static void
 journal_received(struct smtp_session *s, const char *qid)
 {
     struct smtp_tx *tx = s->tx;
-    struct hline h;
-    history_begin(&h, qid, "received");
-    history_str(&h, "from", tx->env->sender);
-    history_int(&h, "nrcpt", (int64_t)tx->env->n_rcpts);
-    history_int(&h, "size", (int64_t)spool_writer_size(tx->w));
+    struct hline *hp = xmalloc(sizeof(*hp)), *old;
+    history_begin(hp, qid, "received");
+    history_str(hp, "from", tx->env->sender);
+    history_int(hp, "nrcpt", (int64_t)tx->env->n_rcpts);
+    history_int(hp, "size", (int64_t)spool_writer_size(tx->w));
     if (tx->hscan.mid_len > 0)
-        history_str(&h, "message_id", tx->hscan.mid);
-    history_str(&h, "client", s->peer_str);
-    history_str(&h, "client_name", smtp_client_name(s));
-    history_str(&h, "helo", s->helo);
-    history_str(&h, "user", s->auth_user);
+        history_str(hp, "message_id", tx->hscan.mid);
+    history_str(hp, "client", s->peer_str);
+    history_str(hp, "client_name", smtp_client_name(s));
+    history_str(hp, "helo", s->helo);
+    history_str(hp, "user", s->auth_user);
     if (s->tls) {
-        history_str(&h, "tls", s->tls_info->version);
-        history_str(&h, "cipher", s->tls_info->cipher);
+        history_str(hp, "tls", s->tls_info->version);
+        history_str(hp, "cipher", s->tls_info->cipher);
     }
-    history_end(&h);
+    if (!hp->on) {
+        buf_fini(&hp->b);
+        free(hp);
+        return;
+    }
+    /* One commit at a time per session: a line left from an earlier one
+     * (it cannot be) would be dropped, not leaked. */
+    old = map_del_u64(s->lp->journal_pending, s->id);
+    if (old != NULL) {
+        buf_fini(&old->b);
+        free(old);
+    }
+    map_put_u64(s->lp->journal_pending, s->id, hp);
 }
 
 static void

@@ -133,7 +133,10 @@ struct smtp_loop {
     struct tls_ctx *tls; /* ref or NULL: the TLS context new sessions take */
     struct smtp_listener **listeners;
     size_t n_listeners;
-    struct map *sessions;       /* id -> session */
+    struct map *sessions; /* id -> session */
+    /* session id -> struct hline *: a message's "received" journal line,
+     * written once the commit succeeds (the session may be gone by then) */
+    struct map *journal_pending;
     size_t n_alive;             /* sessions not yet freed (killed ones included) */
     struct event *accept_timer; /* owned: ends a pause of the listeners */
     bool accept_paused;         /* accept() ran out of descriptors; listeners off */

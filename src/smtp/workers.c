@@ -201,6 +201,14 @@ new_base(void)
     return base;
 }
 
+static void
+drop_pending_line(const void *key, size_t klen, void *val, void *arg)
+{
+    struct hline *h = val;
+    buf_fini(&h->b);
+    free(h);
+}
+
 struct smtp_loop *
 smtp_loop_new(struct smtp_server *srv, unsigned idx, bool threaded, struct buf *err)
 {
@@ -209,6 +217,7 @@ smtp_loop_new(struct smtp_server *srv, unsigned idx, bool threaded, struct buf *
     lp->idx = idx;
     lp->threaded = threaded;
     lp->sessions = map_new();
+    lp->journal_pending = map_new();
     if (!threaded) {
         lp->base = srv->base;
         lp->inbox = spool_owner(srv->sp);
@@ -351,6 +360,10 @@ smtp_loop_free(struct smtp_loop *lp)
     if (lp->threaded)
         dns_free(lp->dns); /* a thread that never ran */
     map_free(lp->sessions);
+    /* Commits that never answered (none should be left once the inbox
+     * ran): their lines are dropped, the journal says nothing unsure. */
+    map_each(lp->journal_pending, drop_pending_line, NULL);
+    map_free(lp->journal_pending);
     config_unref(lp->cfg);
     tls_ctx_unref(lp->tls);
     if (lp->threaded && lp->base)
