@@ -1,8 +1,7 @@
 /*
- * /metrics and /status over libevent's evhttp. Bounded: GET only, small
- * requests, short timeouts; nothing here can block the loop for long (a
- * scrape reads counters and walks the queue index once for its oldest
- * message, some milliseconds for a million messages).
+ * /metrics, /status and the dashboard (dashboard.c) over libevent's evhttp. Bounded: GET only,
+ * small requests, short timeouts; nothing here can block the loop for long (a scrape reads counters
+ * and walks the queue index once for its oldest message, some milliseconds for a million messages).
  */
 #include "cmd/httpd.h"
 
@@ -13,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cmd/dashboard.h"
 #include "metrics/metrics.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
@@ -20,6 +20,7 @@
 
 struct metrics {
     struct evhttp *http;
+    struct dash *dash;
     struct sched *sched;
     struct smtp_server *smtp;
     void (*status)(struct buf *out, void *arg);
@@ -41,19 +42,8 @@ metrics_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
     struct metrics_snapshot snap;
-    struct sched_stats st;
     struct buf b = BUF_INIT;
-    uint32_t oldest = sched_oldest_arrival_s(m->sched);
-    int64_t now_s = tern_now_ms() / 1000;
-    memset(&snap, 0, sizeof(snap));
-    sched_get_stats(m->sched, &st);
-    snap.version = TERN_VERSION;
-    snap.received = smtp_server_received(m->smtp);
-    snap.conn_in_open = smtp_server_sessions(m->smtp);
-    snap.queue_messages = st.queue_messages;
-    snap.queue_rcpts = st.queue_rcpts;
-    snap.oldest_age_s = oldest != 0 && now_s > (int64_t)oldest ? (uint64_t)(now_s - oldest) : 0;
-    metrics_snapshot_take(&snap);
+    dash_snapshot(m->dash, &snap);
     metrics_render(&b, &snap);
     reply_buf(req, "text/plain; version=0.0.4; charset=utf-8", &b);
     buf_fini(&b);
@@ -80,8 +70,8 @@ metrics_give_socket(int fd)
 
 struct metrics *
 metrics_new(struct event_base *base, const struct hostport *listen, struct sched *sch,
-    struct smtp_server *smtp, void (*status)(struct buf *out, void *arg), void *status_arg,
-    struct buf *err)
+    struct smtp_server *smtp, const char *spool_dir, void (*status)(struct buf *out, void *arg),
+    void *status_arg, struct buf *err)
 {
     struct metrics *m = xcalloc(1, sizeof(*m));
     m->sched = sch;
@@ -109,6 +99,8 @@ metrics_new(struct event_base *base, const struct hostport *listen, struct sched
     evhttp_set_timeout(m->http, 10);
     evhttp_set_cb(m->http, "/metrics", metrics_cb, m);
     evhttp_set_cb(m->http, "/status", status_cb, m);
+    m->dash = dash_new(base, sch, smtp, spool_dir);
+    dash_register(m->dash, m->http);
     return m;
 }
 
@@ -119,5 +111,6 @@ metrics_free(struct metrics *m)
         return;
     if (m->http)
         evhttp_free(m->http);
+    dash_free(m->dash);
     free(m);
 }

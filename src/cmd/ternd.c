@@ -481,8 +481,8 @@ start(struct ternd *t)
     if (t->ctl == NULL)
         goto fail;
     if (t->cfg->metrics_listen.host[0] != '\0') {
-        t->metrics =
-            metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp, status_json, t, &err);
+        t->metrics = metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp,
+            t->cfg->spool_dir, status_json, t, &err);
         if (t->metrics == NULL)
             goto fail;
     }
