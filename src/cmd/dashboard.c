@@ -13,13 +13,17 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "dashboard_assets.h" /* generated from src/cmd/dashboard */
 #include "history/history.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
+#include "spool/spool.h"
 #include "util/log.h"
 #include "util/util.h"
 
@@ -74,6 +78,9 @@ struct dash {
     size_t n_reasons;
     bool journal_cut;
     int64_t journal_ms;
+    /* SHA-256 of admin_token_file's token; has_token false: read-only */
+    unsigned char token_hash[32];
+    bool has_token;
 };
 
 void
@@ -226,7 +233,7 @@ summary_cb(struct evhttp_request *req, void *arg)
         "\"tern_messages_delivered_total\":%llu,\"tern_messages_deferred_total\":%llu,"
         "\"tern_messages_bounced_total\":%llu,\"tern_messages_expired_total\":%llu,"
         "\"tern_queue_messages\":%llu,\"tern_queue_recipients\":%llu,"
-        "\"tern_queue_oldest_message_age_seconds\":%llu,\"tern_smtp_sessions\":%llu,"
+        "\"tern_queue_oldest_message_age_seconds\":%llu,\"tern_smtp_sessions\":%llu,\"actions\":%s,"
         "\"rates\":{\"received_per_s\":%.3f,\"delivered_per_s\":%.3f,\"window_s\":%lld}}",
         TERN_VERSION, (long long)now.t_s, (unsigned long long)snap.received,
         (unsigned long long)snap.msgs[METRICS_DELIVERED],
@@ -234,8 +241,9 @@ summary_cb(struct evhttp_request *req, void *arg)
         (unsigned long long)snap.msgs[METRICS_BOUNCED],
         (unsigned long long)snap.msgs[METRICS_EXPIRED], (unsigned long long)snap.queue_messages,
         (unsigned long long)snap.queue_rcpts, (unsigned long long)snap.oldest_age_s,
-        (unsigned long long)snap.conn_in_open, rate_of(now.in, old.in, now.t_s - old.t_s),
-        rate_of(now.out, old.out, now.t_s - old.t_s), (long long)(now.t_s - old.t_s));
+        (unsigned long long)snap.conn_in_open, d->has_token ? "true" : "false",
+        rate_of(now.in, old.in, now.t_s - old.t_s), rate_of(now.out, old.out, now.t_s - old.t_s),
+        (long long)(now.t_s - old.t_s));
     reply_json(req, &b);
     buf_fini(&b);
 }
@@ -589,6 +597,7 @@ message_cb(struct evhttp_request *req, void *arg)
         return;
     if (query == NULL || strlen(query) > 3 * QUERY_MAX ||
         evhttp_parse_query_str(query, &params) != 0) {
+        evhttp_clear_headers(&params);
         reply_error(req, 400, "expected ?q=QUEUE-ID, Message-ID or address");
         return;
     }
@@ -615,6 +624,176 @@ message_cb(struct evhttp_request *req, void *arg)
     buf_fini(&ms.out);
     history_query_fini(&ms.q);
     evhttp_clear_headers(&params);
+}
+
+/* ---- steering: POST /api/queue/ACTION?id=QID, with the token ---- */
+
+static void
+token_hash(const void *p, size_t n, unsigned char out[32])
+{
+    unsigned int len = 32;
+    if (EVP_Digest(p, n, out, &len, EVP_sha256(), NULL) != 1 || len != 32)
+        tern_panic("SHA-256 failed");
+}
+
+void
+dash_set_token(struct dash *d, const char *token, size_t len)
+{
+    d->has_token = token != NULL && len > 0;
+    memset(d->token_hash, 0, sizeof(d->token_hash));
+    if (d->has_token)
+        token_hash(token, len, d->token_hash);
+}
+
+/* A browser names the page that sent a request in Origin (or, older ones,
+ * Referer); only the dashboard itself, served from this Host, may act, so
+ * another site's page cannot make a visitor's browser act for it. */
+static bool
+same_origin(struct evhttp_request *req)
+{
+    const struct evkeyvalq *h = evhttp_request_get_input_headers(req);
+    const char *host = evhttp_find_header(h, "Host");
+    const char *origin = evhttp_find_header(h, "Origin");
+    const char *referer = evhttp_find_header(h, "Referer");
+    char want[300];
+    int n;
+    if (host == NULL)
+        return false;
+    n = snprintf(want, sizeof(want), "http://%s", host);
+    if (n < 0 || (size_t)n >= sizeof(want))
+        return false;
+    if (origin != NULL)
+        return strcmp(origin, want) == 0;
+    return referer != NULL && strncmp(referer, want, (size_t)n) == 0 && referer[n] == '/';
+}
+
+/* Authorization: Bearer TOKEN, compared as SHA-256 digests with
+ * CRYPTO_memcmp: the time taken says nothing of the token. */
+static bool
+token_ok(struct dash *d, struct evhttp_request *req)
+{
+    const char *a = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    unsigned char got[32];
+    bool ok;
+    if (!d->has_token || a == NULL || strncasecmp(a, "Bearer ", 7) != 0)
+        return false;
+    token_hash(a + 7, strlen(a + 7), got);
+    ok = CRYPTO_memcmp(got, d->token_hash, sizeof(got)) == 0;
+    explicit_bzero(got, sizeof(got));
+    return ok;
+}
+
+enum dash_act { ACT_HOLD, ACT_RELEASE, ACT_DELETE, ACT_FLUSH };
+
+static int
+act_do(struct dash *d, enum dash_act act, const char *qid)
+{
+    switch (act) {
+    case ACT_HOLD:
+        return sched_hold(d->sched, qid, true);
+    case ACT_RELEASE:
+        return sched_hold(d->sched, qid, false);
+    case ACT_DELETE:
+        return sched_delete(d->sched, qid);
+    case ACT_FLUSH:
+        if (qid == NULL) {
+            sched_flush(d->sched);
+            return 0;
+        }
+        return sched_flush_msg(d->sched, qid);
+    }
+    return -1;
+}
+
+static void
+act_log(struct evhttp_request *req, const char *what, const char *qid)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(req);
+    char *addr = NULL;
+    ev_uint16_t port = 0;
+    struct logline l;
+    if (c != NULL)
+        evhttp_connection_get_peer(c, &addr, &port);
+    log_begin(&l, LOG_INFO, qid, "http", "dashboard_action");
+    log_str(&l, "action", what);
+    log_str(&l, "client", addr != NULL ? addr : "-");
+    log_end(&l);
+}
+
+static void
+act_request(struct dash *d, struct evhttp_request *req, enum dash_act act, const char *what)
+{
+    const struct evhttp_uri *u = evhttp_request_get_evhttp_uri(req);
+    const char *query = u != NULL ? evhttp_uri_get_query(u) : NULL;
+    struct evkeyvalq params = { 0 };
+    const char *qid = NULL;
+    struct buf b = BUF_INIT;
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        reply_error(req, 405, "POST only");
+        return;
+    }
+    if (!d->has_token) {
+        reply_error(req, 403, "read-only: admin_token_file is not set");
+        return;
+    }
+    if (!same_origin(req)) {
+        reply_error(req, 403, "cross-origin request refused");
+        return;
+    }
+    if (!token_ok(d, req)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+        reply_error(req, 401, "a valid bearer token is required");
+        return;
+    }
+    if (query != NULL && (strlen(query) > 64 || evhttp_parse_query_str(query, &params) != 0)) {
+        evhttp_clear_headers(&params);
+        reply_error(req, 400, "expected ?id=QUEUE-ID");
+        return;
+    }
+    if (query != NULL)
+        qid = evhttp_find_header(&params, "id");
+    /* Only flush acts on the whole queue; the others name one message. */
+    if ((qid == NULL && act != ACT_FLUSH) || (qid != NULL && !spool_qid_valid(qid))) {
+        evhttp_clear_headers(&params);
+        reply_error(req, 400, "expected ?id=QUEUE-ID");
+        return;
+    }
+    if (act_do(d, act, qid) < 0) {
+        evhttp_clear_headers(&params);
+        reply_error(req, 404, "no such message in the queue");
+        return;
+    }
+    act_log(req, what, qid);
+    buf_printf(&b, "{\"done\":\"%s\",\"id\":", what);
+    jstr(&b, qid);
+    buf_append_char(&b, '}');
+    reply_json(req, &b);
+    buf_fini(&b);
+    evhttp_clear_headers(&params);
+}
+
+static void
+hold_cb(struct evhttp_request *req, void *arg)
+{
+    act_request(arg, req, ACT_HOLD, "hold");
+}
+
+static void
+release_cb(struct evhttp_request *req, void *arg)
+{
+    act_request(arg, req, ACT_RELEASE, "release");
+}
+
+static void
+delete_cb(struct evhttp_request *req, void *arg)
+{
+    act_request(arg, req, ACT_DELETE, "delete");
+}
+
+static void
+flush_cb(struct evhttp_request *req, void *arg)
+{
+    act_request(arg, req, ACT_FLUSH, "flush");
 }
 
 /* ---- the page ---- */
@@ -660,6 +839,10 @@ dash_register(struct dash *d, struct evhttp *http)
         { "/api/events", events_cb },
         { "/api/deferrals", deferrals_cb },
         { "/api/message", message_cb },
+        { "/api/queue/hold", hold_cb },
+        { "/api/queue/release", release_cb },
+        { "/api/queue/delete", delete_cb },
+        { "/api/queue/flush", flush_cb },
     };
     for (size_t i = 0; i < sizeof(api) / sizeof(api[0]); i++)
         evhttp_set_cb(http, api[i].path, api[i].cb, d);

@@ -22,6 +22,9 @@ struct dash *dash_new(
 void dash_free(struct dash *d); /* NULL is fine; cancels a running walk */
 /* Serve the page and the API on http. */
 void dash_register(struct dash *d, struct evhttp *http);
+/* The token of admin_token_file (len bytes, copied as a digest; NULL or
+ * empty: the queue actions are refused and the page is read-only). */
+void dash_set_token(struct dash *d, const char *token, size_t len);
 /* The counters with the queue and session figures filled in (the main loop;
  * snap->dests stays valid until the loop runs again). */
 void dash_snapshot(struct dash *d, struct metrics_snapshot *snap);

@@ -1,7 +1,9 @@
 /*
- * /metrics, /status and the dashboard (dashboard.c) over libevent's evhttp. Bounded: GET only,
- * small requests, short timeouts; nothing here can block the loop for long (a scrape reads counters
- * and walks the queue index once for its oldest message, some milliseconds for a million messages).
+ * /metrics, /status and the dashboard (dashboard.c) over libevent's evhttp.
+ * Bounded: GET only (POST for the dashboard's queue actions, which it
+ * checks), small requests, short timeouts; nothing here can block the loop
+ * for long (a scrape reads counters and walks the queue index once for its
+ * oldest message, some milliseconds for a million messages).
  */
 #include "cmd/httpd.h"
 
@@ -37,12 +39,24 @@ reply_buf(struct evhttp_request *req, const char *ctype, struct buf *b)
     evbuffer_free(body);
 }
 
+/* POST is allowed for the dashboard's actions only. */
+static bool
+get_only(struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST)
+        return true;
+    evhttp_send_error(req, 405, "Method Not Allowed");
+    return false;
+}
+
 static void
 metrics_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
     struct metrics_snapshot snap;
     struct buf b = BUF_INIT;
+    if (!get_only(req))
+        return;
     dash_snapshot(m->dash, &snap);
     metrics_render(&b, &snap);
     reply_buf(req, "text/plain; version=0.0.4; charset=utf-8", &b);
@@ -54,6 +68,8 @@ status_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
     struct buf b = BUF_INIT;
+    if (!get_only(req))
+        return;
     m->status(&b, m->status_arg);
     buf_append_char(&b, '\n');
     reply_buf(req, "application/json", &b);
@@ -93,7 +109,8 @@ metrics_new(struct event_base *base, const struct hostport *listen, struct sched
         metrics_free(m);
         return NULL;
     }
-    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    /* POST: the dashboard's queue actions (dashboard.c checks each). */
+    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
     evhttp_set_max_headers_size(m->http, 8192);
     evhttp_set_max_body_size(m->http, 1024);
     evhttp_set_timeout(m->http, 10);
@@ -102,6 +119,12 @@ metrics_new(struct event_base *base, const struct hostport *listen, struct sched
     m->dash = dash_new(base, sch, smtp, spool_dir);
     dash_register(m->dash, m->http);
     return m;
+}
+
+void
+metrics_set_admin_token(struct metrics *m, const char *token, size_t len)
+{
+    dash_set_token(m->dash, token, len);
 }
 
 void

@@ -21,6 +21,9 @@ struct metrics *metrics_new(struct event_base *base, const struct hostport *list
     struct sched *sch, struct smtp_server *smtp, const char *spool_dir,
     void (*status)(struct buf *out, void *arg), void *status_arg, struct buf *err);
 void metrics_free(struct metrics *m); /* NULL is fine */
+/* admin_token_file's token for the dashboard's actions (borrowed for the
+ * call; NULL or empty: read-only). */
+void metrics_set_admin_token(struct metrics *m, const char *token, size_t len);
 /* ternd's relay: the next metrics_new serves fd (bound by the parent). */
 void metrics_give_socket(int fd);
 

@@ -39,9 +39,11 @@
 #include "util/log.h"
 #include "util/util.h"
 
-#define KEY_FILE_MAX  (1024 * 1024)
-#define CONF_FILE_MAX (16 * 1024 * 1024)
-#define ACK_WAIT_MS   30000
+#define KEY_FILE_MAX   (1024 * 1024)
+#define CONF_FILE_MAX  (16 * 1024 * 1024)
+#define TOKEN_FILE_MAX 4096
+#define TOKEN_MIN      16
+#define ACK_WAIT_MS    30000
 
 struct parent {
     struct ternd_boot *b;
@@ -114,6 +116,30 @@ clear_buf(struct buf *b)
 
 /* ---- one generation: check, secrets to the keys process, config to the relay ---- */
 
+/* admin_token_file's token: its first line without surrounding blanks,
+ * at least TOKEN_MIN bytes so that guessing it is hopeless. */
+static int
+read_token(const char *path, struct buf *out, struct buf *err)
+{
+    size_t start = 0, end;
+    if (read_file("admin_token_file", path, TOKEN_FILE_MAX, out, err) < 0)
+        return -1;
+    while (start < out->len && (out->data[start] == ' ' || out->data[start] == '\t'))
+        start++;
+    end = start;
+    while (end < out->len && out->data[end] > ' ' && out->data[end] < 0x7f)
+        end++;
+    if (end - start < TOKEN_MIN) {
+        buf_printf(err, "admin_token_file %s: the token must be %d printable characters or more\n",
+            path, TOKEN_MIN);
+        return -1;
+    }
+    memmove(out->data, out->data + start, end - start);
+    explicit_bzero(out->data + (end - start), out->len - (end - start));
+    out->len = end - start;
+    return 0;
+}
+
 /* The blobs of cfg: the keys process's (secrets) and the relay's. */
 static int
 make_blobs(const struct config *cfg, const struct buf *text, struct buf *keys, struct buf *relay,
@@ -131,6 +157,12 @@ make_blobs(const struct config *cfg, const struct buf *text, struct buf *keys, s
                 read_file("tls_key_file", cfg->tls_key_file, KEY_FILE_MAX, &pem, err) < 0))
             goto fail;
         ps_blob_add(keys, PS_R_TLS_KEY, pem.data, pem.len);
+        clear_buf(&pem);
+    }
+    if (cfg->admin_token_file != NULL) {
+        if (read_token(cfg->admin_token_file, &pem, err) < 0)
+            goto fail;
+        ps_blob_add(relay, PS_R_TOKEN, pem.data, pem.len);
         clear_buf(&pem);
     }
     for (size_t i = 0; i < cfg->n_dkim_sign; i++) {

@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -154,7 +155,11 @@ def destinations(dom):
 def test_dashboard_in_browser(make_tern, sink, tmp_path):
     t, port = start(make_tern)
     url = f"http://127.0.0.1:{port}/"
-    before = metric_values(chromium_dom(tmp_path, url))
+    dom = chromium_dom(tmp_path, url)
+    # No admin_token_file: the page offers no queue actions.
+    assert re.search(r'<section id="steer" hidden', dom), dom
+    assert "read-only" in dom
+    before = metric_values(dom)
     assert before["tern_messages_delivered_total"] == "0", before
     assert before["tern_messages_received_total"] == "0", before
 
@@ -183,3 +188,106 @@ def test_dashboard_in_browser(make_tern, sink, tmp_path):
     if shot:
         p = chromium(tmp_path, url, f"--screenshot={os.path.abspath(shot)}")
         assert p.returncode == 0, p.stderr.decode(errors="replace")[-2000:]
+
+
+TOKEN = "s3cret-dashboard-token-0123"
+
+
+def post(port, path, token=TOKEN, origin="own", referer=None):
+    headers = {}
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    if origin == "own":
+        headers["Origin"] = f"http://127.0.0.1:{port}"
+    elif origin is not None:
+        headers["Origin"] = origin
+    if referer is not None:
+        headers["Referer"] = referer
+    code, _, body = get(port, path, method="POST", data=b"", headers=headers)
+    return code, json.loads(body) if body else None
+
+
+def test_dashboard_token_by_reload(make_tern, sink, tmp_path):
+    t, port = start(make_tern)
+    assert api(port, "/api/summary")["actions"] is False
+    code, body = post(port, "/api/queue/flush")
+    assert code == 403 and "read-only" in body["error"], body
+    # A token too short is refused, and the running configuration stays.
+    token_file = tmp_path / "admin-token"
+    token_file.write_text("short\n")
+    token_file.chmod(0o600)
+    t.update(admin_token_file=token_file)
+    t.send_signal(signal.SIGHUP)
+    t.wait_event("reload_failed")
+    assert api(port, "/api/summary")["actions"] is False
+    # A good one turns the actions on; removing the setting turns them off.
+    token_file.write_text(TOKEN + "\n")
+    mark = t.log_mark()
+    t.send_signal(signal.SIGHUP)
+    t.wait_event("reloaded", since=mark)
+    wait_for(lambda: api(port, "/api/summary")["actions"], desc="the actions on")
+    assert post(port, "/api/queue/flush")[0] == 200
+    assert post(port, "/api/queue/flush", token="wrong-token-0123456789")[0] == 401
+    t.update(admin_token_file=None)
+    mark = t.log_mark()
+    t.send_signal(signal.SIGHUP)
+    t.wait_event("reloaded", since=mark)
+    assert api(port, "/api/summary")["actions"] is False
+    assert post(port, "/api/queue/flush")[0] == 403
+
+
+def test_dashboard_actions(make_tern, sink, tmp_path):
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    port = free_port()
+    t = make_tern(metrics_listen=f"127.0.0.1:{port}", retry_initial="1h", retry_max="1h",
+                  admin_token_file=token_file)
+    assert api(port, "/api/summary")["actions"] is True
+    t.send("a@src.test", ["tempfail@dest.test"], message("kept"))
+    t.send("b@src.test", ["tempfail@dest.test"], message("deleted"))
+    qid = t.qid_of("a@src.test")
+    gone = t.qid_of("b@src.test")
+    t.wait_event("deferred", qid=qid)
+    t.wait_event("deferred", qid=gone)
+    hold = f"/api/queue/hold?id={qid}"
+
+    # Refused: no token, a wrong one, another site's page, no origin at all,
+    # a GET, a bad or unknown id.
+    assert post(port, hold, token=None)[0] == 401
+    assert post(port, hold, token=TOKEN + "x")[0] == 401
+    assert post(port, hold, token=TOKEN[:-1])[0] == 401
+    assert post(port, hold, origin="http://evil.test")[0] == 403
+    assert post(port, hold, origin=f"http://127.0.0.1:{port}.evil.test")[0] == 403
+    assert post(port, hold, origin=None)[0] == 403
+    assert post(port, hold, origin=None, referer="http://evil.test/")[0] == 403
+    assert get(port, hold)[0] == 405
+    assert post(port, "/api/queue/hold?id=../../etc")[0] == 400
+    assert post(port, "/api/queue/hold")[0] == 400
+    assert post(port, "/api/queue/delete?id=0123456789abcdef")[0] == 404
+    assert not t.events("dashboard_action")
+    held = lambda: [r for r in api(port, "/api/destinations")["destinations"] if r.get("held")]
+    assert not held()
+
+    # Delete one.
+    assert post(port, f"/api/queue/delete?id={gone}")[0] == 200
+    t.wait_event("dashboard_action", action="delete", qid=gone)
+    wait_for(lambda: gone not in t.queued(), desc="the message deleted")
+
+    # Hold (from the page, as its Referer says), release, flush.
+    code, body = post(port, hold, origin=None, referer=f"http://127.0.0.1:{port}/")
+    assert code == 200 and body == {"done": "hold", "id": qid}, body
+    rec = t.wait_event("dashboard_action", action="hold", qid=qid)
+    assert rec["client"] == "127.0.0.1", rec
+    wait_for(held, desc="the message held")
+    assert post(port, f"/api/queue/release?id={qid}")[0] == 200
+    t.wait_event("dashboard_action", action="release", qid=qid)
+    sink.accept_all()
+    assert post(port, f"/api/queue/flush?id={qid}")[0] == 200
+    sink.wait_to("tempfail@dest.test")
+    wait_for(lambda: qid not in t.queued(), desc="the flushed message delivered")
+
+    # Flush everything.
+    code, body = post(port, "/api/queue/flush")
+    assert code == 200 and body == {"done": "flush", "id": None}, body
+    t.wait_event("dashboard_action", action="flush")

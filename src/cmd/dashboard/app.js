@@ -6,6 +6,7 @@
 
 const POLL_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
+let actionsOn = false;
 
 function $(sel) { return document.querySelector(sel); }
 
@@ -47,6 +48,9 @@ function showSummary(s) {
   $("#rate-in").textContent = s.rates.received_per_s.toFixed(2) + " /s";
   $("#rate-out").textContent = s.rates.delivered_per_s.toFixed(2) + " /s";
   $("#version").textContent = "version " + s.version;
+  actionsOn = s.actions === true;
+  $("#steer").hidden = !actionsOn;
+  $("#mode").textContent = actionsOn ? "" : "read-only";
   $("#updated").textContent = "updated " + new Date().toLocaleTimeString();
 }
 
@@ -123,6 +127,47 @@ async function poll() {
   setTimeout(poll, POLL_MS);
 }
 
+// A queue action: POST with the token typed in (kept in this page only,
+// never in a cookie or storage).
+async function act(what, id) {
+  const path = "/api/queue/" + what + (id ? "?id=" + encodeURIComponent(id) : "");
+  let text;
+  try {
+    const r = await fetch(path, { method: "POST", cache: "no-store", credentials: "omit",
+      headers: { "Authorization": "Bearer " + $("#token").value } });
+    const body = await r.json();
+    text = r.ok ? what + " " + (id || "all") + ": done" : what + ": " + body.error;
+  } catch (err) {
+    text = what + ": " + err.message;
+  }
+  $("#actresult").textContent = text;
+}
+
+function messageActions(ids) {
+  const box = $("#msgactions");
+  const kids = [];
+  if (actionsOn) {
+    for (const id of ids) {
+      const div = document.createElement("div");
+      const label = document.createElement("span");
+      label.textContent = id + " ";
+      div.appendChild(label);
+      for (const what of ["hold", "release", "flush", "delete"]) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.textContent = what;
+        b.setAttribute("data-action", what);
+        b.addEventListener("click", () => act(what, id));
+        div.appendChild(b);
+      }
+      kids.push(div);
+    }
+  }
+  box.replaceChildren(...kids);
+}
+
+$("#flushall").addEventListener("click", () => act("flush", null));
+
 $("#search").addEventListener("submit", async (ev) => {
   ev.preventDefault();
   const q = $("#q").value.trim();
@@ -130,8 +175,10 @@ $("#search").addEventListener("submit", async (ev) => {
   try {
     const m = await get("/api/message?q=" + encodeURIComponent(q));
     fillRows($("#message tbody"), m.events, eventRow);
+    messageActions([...new Set(m.events.map((e) => e.id))]);
   } catch (err) {
     fillRows($("#message tbody"), [{ event: err.message }], eventRow);
+    messageActions([]);
   }
 });
 
