@@ -212,16 +212,26 @@ def test_dashboard_token_by_reload(make_tern, sink, tmp_path):
     assert api(port, "/api/summary")["actions"] is False
     code, body = post(port, "/api/queue/flush")
     assert code == 403 and "read-only" in body["error"], body
-    # A token too short is refused, and the running configuration stays.
+    # Refused, the running configuration staying: a token too short, a file
+    # that group may read, one owned by someone else.
     token_file = tmp_path / "admin-token"
     token_file.write_text("short\n")
     token_file.chmod(0o600)
     t.update(admin_token_file=token_file)
-    t.send_signal(signal.SIGHUP)
-    t.wait_event("reload_failed")
-    assert api(port, "/api/summary")["actions"] is False
+    for bad in ("short", "group", "owner"):
+        if bad == "group":
+            token_file.write_text(TOKEN + "\n")
+            token_file.chmod(0o640)
+        elif bad == "owner":
+            token_file.chmod(0o600)
+            os.chown(token_file, 65534, 65534)
+        mark = t.log_mark()
+        t.send_signal(signal.SIGHUP)
+        rec = t.wait_event("reload_failed", since=mark)
+        assert "admin_token_file" in rec["_raw"], rec
+        assert api(port, "/api/summary")["actions"] is False
     # A good one turns the actions on; removing the setting turns them off.
-    token_file.write_text(TOKEN + "\n")
+    os.chown(token_file, 0, 0)
     mark = t.log_mark()
     t.send_signal(signal.SIGHUP)
     t.wait_event("reloaded", since=mark)
