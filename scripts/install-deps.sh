@@ -28,6 +28,9 @@ python3-nacl python3-yaml swaks perl libnet-ssleay-perl libio-socket-ssl-perl
 libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
     # The manual page checks and the Debian package test (make package-test).
     pkgs="$pkgs man-db groff-base git dpkg-dev debhelper lintian"
+    # A real browser for the dashboard test (test_dashboard.py): headless
+    # Chromium runs the page's script against a live ternd.
+    pkgs="$pkgs chromium"
 fi
 missing=""
 for p in $pkgs; do

@@ -1,8 +1,9 @@
 /*
- * /metrics and /status over libevent's evhttp. Bounded: GET only, small
- * requests, short timeouts; nothing here can block the loop for long (a
- * scrape reads counters and walks the queue index once for its oldest
- * message, some milliseconds for a million messages).
+ * /metrics, /status and the dashboard (dashboard.c) over libevent's evhttp.
+ * Bounded: GET only (POST for the dashboard's queue actions, which it
+ * checks), small requests, short timeouts; nothing here can block the loop
+ * for long (a scrape reads counters and walks the queue index once for its
+ * oldest message, some milliseconds for a million messages).
  */
 #include "cmd/httpd.h"
 
@@ -13,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cmd/dashboard.h"
 #include "metrics/metrics.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
@@ -20,6 +22,7 @@
 
 struct metrics {
     struct evhttp *http;
+    struct dash *dash;
     struct sched *sched;
     struct smtp_server *smtp;
     void (*status)(struct buf *out, void *arg);
@@ -36,24 +39,25 @@ reply_buf(struct evhttp_request *req, const char *ctype, struct buf *b)
     evbuffer_free(body);
 }
 
+/* POST is allowed for the dashboard's actions only. */
+static bool
+get_only(struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST)
+        return true;
+    evhttp_send_error(req, 405, "Method Not Allowed");
+    return false;
+}
+
 static void
 metrics_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
     struct metrics_snapshot snap;
-    struct sched_stats st;
     struct buf b = BUF_INIT;
-    uint32_t oldest = sched_oldest_arrival_s(m->sched);
-    int64_t now_s = tern_now_ms() / 1000;
-    memset(&snap, 0, sizeof(snap));
-    sched_get_stats(m->sched, &st);
-    snap.version = TERN_VERSION;
-    snap.received = smtp_server_received(m->smtp);
-    snap.conn_in_open = smtp_server_sessions(m->smtp);
-    snap.queue_messages = st.queue_messages;
-    snap.queue_rcpts = st.queue_rcpts;
-    snap.oldest_age_s = oldest != 0 && now_s > (int64_t)oldest ? (uint64_t)(now_s - oldest) : 0;
-    metrics_snapshot_take(&snap);
+    if (!get_only(req))
+        return;
+    dash_snapshot(m->dash, &snap);
     metrics_render(&b, &snap);
     reply_buf(req, "text/plain; version=0.0.4; charset=utf-8", &b);
     buf_fini(&b);
@@ -64,6 +68,8 @@ status_cb(struct evhttp_request *req, void *arg)
 {
     struct metrics *m = arg;
     struct buf b = BUF_INIT;
+    if (!get_only(req))
+        return;
     m->status(&b, m->status_arg);
     buf_append_char(&b, '\n');
     reply_buf(req, "application/json", &b);
@@ -80,8 +86,8 @@ metrics_give_socket(int fd)
 
 struct metrics *
 metrics_new(struct event_base *base, const struct hostport *listen, struct sched *sch,
-    struct smtp_server *smtp, void (*status)(struct buf *out, void *arg), void *status_arg,
-    struct buf *err)
+    struct smtp_server *smtp, const char *spool_dir, void (*status)(struct buf *out, void *arg),
+    void *status_arg, struct buf *err)
 {
     struct metrics *m = xcalloc(1, sizeof(*m));
     m->sched = sch;
@@ -103,13 +109,22 @@ metrics_new(struct event_base *base, const struct hostport *listen, struct sched
         metrics_free(m);
         return NULL;
     }
-    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+    /* POST: the dashboard's queue actions (dashboard.c checks each). */
+    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST);
     evhttp_set_max_headers_size(m->http, 8192);
     evhttp_set_max_body_size(m->http, 1024);
     evhttp_set_timeout(m->http, 10);
     evhttp_set_cb(m->http, "/metrics", metrics_cb, m);
     evhttp_set_cb(m->http, "/status", status_cb, m);
+    m->dash = dash_new(base, sch, smtp, spool_dir);
+    dash_register(m->dash, m->http);
     return m;
+}
+
+void
+metrics_set_admin_token(struct metrics *m, const char *token, size_t len)
+{
+    dash_set_token(m->dash, token, len);
 }
 
 void
@@ -119,5 +134,6 @@ metrics_free(struct metrics *m)
         return;
     if (m->http)
         evhttp_free(m->http);
+    dash_free(m->dash);
     free(m);
 }

@@ -186,6 +186,18 @@ ternd_notify_reload_refused(void)
     notify_ready();
 }
 
+/* admin_token_file's token of the configuration last received (it may
+ * yet be refused); metrics_set_admin_token takes it when one is applied. */
+static struct buf admin_token_next = BUF_INIT;
+
+static void
+clear_token(struct buf *b)
+{
+    if (b->data != NULL)
+        explicit_bzero(b->data, b->cap);
+    buf_fini(b);
+}
+
 static void apply_webhook(struct ternd *t);
 
 /* Apply a configuration the parent sent (its listeners were given first).
@@ -229,6 +241,8 @@ reload(struct ternd *t, struct config *cfg)
         pickup_set_config(t->pickup, cfg);
     config_unref(t->cfg);
     t->cfg = cfg;
+    if (t->metrics != NULL)
+        metrics_set_admin_token(t->metrics, admin_token_next.data, admin_token_next.len);
     apply_log_settings(cfg);
     history_set_limits(cfg->history_retention_ms, cfg->history_max_size);
     apply_webhook(t);
@@ -245,8 +259,8 @@ config_of_blob(struct ternd *t, uint32_t gen, int fd, struct buf *err)
 {
     struct buf b = BUF_INIT;
     struct ps_dkim_meta meta[1024];
-    const char *text = NULL, *chain = NULL, *p;
-    size_t text_len = 0, chain_len = 0, n_meta = 0, off = 0, n;
+    const char *text = NULL, *chain = NULL, *token = NULL, *p;
+    size_t text_len = 0, chain_len = 0, token_len = 0, n_meta = 0, off = 0, n;
     struct config *cfg = NULL;
     uint32_t type;
     int r;
@@ -264,6 +278,9 @@ config_of_blob(struct ternd *t, uint32_t gen, int fd, struct buf *err)
         } else if (type == PS_R_CERT) {
             chain = p;
             chain_len = n;
+        } else if (type == PS_R_TOKEN) {
+            token = p;
+            token_len = n;
         } else if (type == PS_R_DKIM && n == sizeof(meta[0]) && n_meta < TERN_ARRAY_LEN(meta)) {
             memcpy(&meta[n_meta++], p, n);
         } else if (type == PS_R_WEBHOOK && n <= WEBHOOK_SECRET_MAX) {
@@ -287,7 +304,13 @@ config_of_blob(struct ternd *t, uint32_t gen, int fd, struct buf *err)
         goto out;
     }
     config_set_dkim_keys(cfg, ps_client_dkim_keys(gen, cfg, meta, n_meta));
+    /* The token goes to the dashboard when this configuration is applied. */
+    clear_token(&admin_token_next);
+    if (token != NULL)
+        buf_append(&admin_token_next, token, token_len);
 out:
+    if (b.data != NULL)
+        explicit_bzero(b.data, b.cap);
     buf_fini(&b);
     return cfg;
 }
@@ -529,10 +552,11 @@ start(struct ternd *t)
     if (t->ctl == NULL)
         goto fail;
     if (t->cfg->metrics_listen.host[0] != '\0') {
-        t->metrics =
-            metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp, status_json, t, &err);
+        t->metrics = metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp,
+            t->cfg->spool_dir, status_json, t, &err);
         if (t->metrics == NULL)
             goto fail;
+        metrics_set_admin_token(t->metrics, admin_token_next.data, admin_token_next.len);
     }
     apply_webhook(t);
     log_begin(&l, LOG_INFO, NULL, "main", "started");

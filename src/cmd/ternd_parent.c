@@ -39,9 +39,11 @@
 #include "util/log.h"
 #include "util/util.h"
 
-#define KEY_FILE_MAX  (1024 * 1024)
-#define CONF_FILE_MAX (16 * 1024 * 1024)
-#define ACK_WAIT_MS   30000
+#define KEY_FILE_MAX   (1024 * 1024)
+#define CONF_FILE_MAX  (16 * 1024 * 1024)
+#define TOKEN_FILE_MAX 4096
+#define TOKEN_MIN      16
+#define ACK_WAIT_MS    30000
 
 struct parent {
     struct ternd_boot *b;
@@ -138,10 +140,65 @@ read_webhook_secret(const char *path, struct buf *out, struct buf *err)
     return rc;
 }
 
+/* admin_token_file's token: its first line without surrounding blanks,
+ * at least TOKEN_MIN bytes so that guessing it is hopeless. Whoever can
+ * change the file can act on the queue, whoever can read it too: it must
+ * be the relay user's or root's, and readable and writable by its owner
+ * only (group read is refused, unlike auth_users_file: the token is the
+ * secret itself, not a hash of it). */
+static int
+read_token(const char *path, uid_t uid, struct buf *out, struct buf *err)
+{
+    static const struct fs_private rule = { S_IFREG, S_IRWXG | S_IRWXO, true, true };
+    struct buf why = BUF_INIT;
+    struct stat st;
+    size_t start = 0, end;
+    ssize_t k = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0 || fstat(fd, &st) < 0) {
+        buf_printf(err, "admin_token_file %s: cannot read: %s\n", path, strerror(errno));
+        goto out;
+    }
+    if (fs_check_private_as(&st, &rule, uid, &why) != FS_TRUSTED) {
+        buf_printf(err, "admin_token_file %s: %s (chmod 600 it, chown it)\n", path, why.data);
+        goto out;
+    }
+    if ((size_t)st.st_size > TOKEN_FILE_MAX) {
+        buf_printf(err, "admin_token_file %s: too big\n", path);
+        goto out;
+    }
+    buf_reserve(out, (size_t)st.st_size);
+    k = fd_pread_full(fd, out->data, (size_t)st.st_size, 0);
+    if (k < 0) {
+        buf_printf(err, "admin_token_file %s: cannot read: %s\n", path, strerror(errno));
+        goto out;
+    }
+    out->len = (size_t)k;
+    while (start < out->len && (out->data[start] == ' ' || out->data[start] == '\t'))
+        start++;
+    end = start;
+    while (end < out->len && out->data[end] > ' ' && out->data[end] < 0x7f)
+        end++;
+    if (end - start < TOKEN_MIN) {
+        buf_printf(err, "admin_token_file %s: the token must be %d printable characters or more\n",
+            path, TOKEN_MIN);
+        k = -1;
+        goto out;
+    }
+    memmove(out->data, out->data + start, end - start);
+    explicit_bzero(out->data + (end - start), out->len - (end - start));
+    out->len = end - start;
+out:
+    if (fd >= 0)
+        close(fd); /* read-only */
+    buf_fini(&why);
+    return k < 0 ? -1 : 0;
+}
+
 /* The blobs of cfg: the keys process's (secrets) and the relay's. */
 static int
-make_blobs(const struct config *cfg, const struct buf *text, struct buf *keys, struct buf *relay,
-    struct buf *err)
+make_blobs(const struct config *cfg, uid_t uid, const struct buf *text, struct buf *keys,
+    struct buf *relay, struct buf *err)
 {
     struct buf pem = BUF_INIT;
     if (cfg->path != NULL)
@@ -162,6 +219,12 @@ make_blobs(const struct config *cfg, const struct buf *text, struct buf *keys, s
         if (read_webhook_secret(cfg->event_webhook_secret_file, &pem, err) < 0)
             goto fail;
         ps_blob_add(relay, PS_R_WEBHOOK, pem.data ? pem.data : "", pem.len);
+        clear_buf(&pem);
+    }
+    if (cfg->admin_token_file != NULL) {
+        if (read_token(cfg->admin_token_file, uid, &pem, err) < 0)
+            goto fail;
+        ps_blob_add(relay, PS_R_TOKEN, pem.data, pem.len);
         clear_buf(&pem);
     }
     for (size_t i = 0; i < cfg->n_dkim_sign; i++) {
@@ -322,7 +385,7 @@ load_generation(struct parent *p, const struct buf *text, struct buf *err)
         goto out;
     }
     if (smtp_server_check_fds(cfg, p->b->fd_limit, err) < 0 ||
-        make_blobs(cfg, text, &keys, &relay, err) < 0)
+        make_blobs(cfg, p->id.uid, text, &keys, &relay, err) < 0)
         goto out;
     if (send_blob(p->keys_fd, PS_KEYS, gen, 0, &keys) < 0 || wait_ack(p, gen, err) < 0 ||
         load_users(p, cfg, &users, err) < 0)

@@ -88,6 +88,7 @@ struct config {
     struct hostport *dns_resolvers;
     size_t n_dns_resolvers;
     char *tls_cert_file, *tls_key_file, *tls_ca_file, *auth_users_file; /* NULL when empty */
+    char *admin_token_file; /* NULL when empty: the dashboard cannot act */
     struct dkim_entry *dkim_sign;
     size_t n_dkim_sign;
     /* Owned: the loaded keys of dkim_sign (config_dkim_keys), or NULL. */

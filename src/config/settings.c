@@ -178,6 +178,13 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(auth_users_file),
         .flags = CFG_F_FILE,
         .desc = "user:hash lines, hash in crypt(3) form; empty: no AUTH" },
+    { .name = "admin_token_file",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(admin_token_file),
+        .flags = CFG_F_FILE | CFG_F_SECRET,
+        .desc =
+            "bearer token for the dashboard's queue actions; empty: the dashboard is read-only" },
     { .name = "dkim_sign",
         .type = CFG_DKIM,
         .def = "",

@@ -117,6 +117,7 @@ enum ps_rec {
     PS_R_TLS_KEY,    /* keys only: the TLS private key (PEM) */
     PS_R_DKIM,       /* u32 alg, u32 bits, then (keys only) the PEM */
     PS_R_WEBHOOK,    /* relay only: the event webhook's secret */
+    PS_R_TOKEN,      /* relay only: admin_token_file's token (dashboard) */
 };
 #define PS_BLOB_MAX (64u * 1024 * 1024)
 void ps_blob_add(struct buf *b, uint32_t type, const void *p, size_t n);

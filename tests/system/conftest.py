@@ -376,7 +376,7 @@ PYTHON_MODULES = [("aiosmtpd", "python3-aiosmtpd"), ("dkim", "python3-dkim"),
                   ("nacl", "python3-nacl"), ("yaml", "python3-yaml")]
 PROGRAMS = [("swaks", "swaks"), ("dnsmasq", "dnsmasq-base"), ("openssl", "openssl"),
             ("/usr/sbin/postfix", "postfix"), ("/usr/sbin/sendmail", "postfix"),
-            ("/usr/sbin/postqueue", "postfix")]
+            ("/usr/sbin/postqueue", "postfix"), ("chromium", "chromium")]
 # swaks --support lines ("=== TLS supported") and what makes them so.
 SWAKS_FEATURES = [("TLS", "libnet-ssleay-perl"), ("Basic AUTH", "perl")]
 # Postfix's SASL client (test_postfix_client) needs the PLAIN and LOGIN plugins.
