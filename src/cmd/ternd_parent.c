@@ -116,26 +116,42 @@ clear_buf(struct buf *b)
 
 /* ---- one generation: check, secrets to the keys process, config to the relay ---- */
 /* The event webhook's secret for the relay, which may not read root's
- * files: a file anyone but its owner (root or the user ternd starts as)
- * could change or read is refused, as auth_users_file is. */
+ * files: a file that anyone but its owner (root, or the user the relay runs
+ * as) could change or read is refused, as auth_users_file is; the checks
+ * are made on the descriptor that is read. */
 static int
-read_webhook_secret(const char *path, struct buf *out, struct buf *err)
+read_webhook_secret(const char *path, uid_t uid, struct buf *out, struct buf *err)
 {
     static const struct fs_private rule = { S_IFREG, S_IWGRP | S_IWOTH | S_IROTH, true, true };
     struct buf why = BUF_INIT;
     struct stat st;
-    int rc = -1;
-    if (stat(path, &st) < 0) {
+    ssize_t k;
+    int rc = -1, fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0 || fstat(fd, &st) < 0) {
         buf_printf(err, "event_webhook_secret_file %s: cannot read: %s\n", path, strerror(errno));
-    } else if (fs_check_private(&st, &rule, &why) != FS_TRUSTED) {
+    } else if (fs_check_private_as(&st, &rule, uid, &why) != FS_TRUSTED) {
         buf_printf(
             err, "event_webhook_secret_file %s: %s (chmod 600 it, chown it)\n", path, why.data);
-    } else if (read_file("event_webhook_secret_file", path, KEY_FILE_MAX, out, err) == 0) {
-        /* A trailing newline is an editor's, not part of the key. */
-        while (out->len > 0 && (out->data[out->len - 1] == '\n' || out->data[out->len - 1] == '\r'))
-            out->data[--out->len] = '\0';
-        rc = 0;
+    } else if (st.st_size > KEY_FILE_MAX) {
+        buf_printf(err, "event_webhook_secret_file %s: too big\n", path);
+    } else {
+        buf_reserve(out, (size_t)st.st_size + 1);
+        k = fd_pread_full(fd, out->data, (size_t)st.st_size, 0);
+        if (k < 0) {
+            buf_printf(
+                err, "event_webhook_secret_file %s: cannot read: %s\n", path, strerror(errno));
+        } else {
+            out->len = (size_t)k;
+            /* A trailing newline is an editor's, not part of the key. */
+            while (out->len > 0 &&
+                   (out->data[out->len - 1] == '\n' || out->data[out->len - 1] == '\r'))
+                out->len--;
+            out->data[out->len] = '\0';
+            rc = 0;
+        }
     }
+    if (fd >= 0)
+        close(fd); /* read only: nothing to flush */
     buf_fini(&why);
     return rc;
 }
@@ -216,7 +232,7 @@ make_blobs(const struct config *cfg, uid_t uid, const struct buf *text, struct b
     }
     if (cfg->event_webhook_secret_file != NULL) {
         buf_reset(&pem);
-        if (read_webhook_secret(cfg->event_webhook_secret_file, &pem, err) < 0)
+        if (read_webhook_secret(cfg->event_webhook_secret_file, uid, &pem, err) < 0)
             goto fail;
         ps_blob_add(relay, PS_R_WEBHOOK, pem.data ? pem.data : "", pem.len);
         clear_buf(&pem);

@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import json
 import os
+import pwd
 import signal
 import ssl
 import subprocess
@@ -17,6 +18,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import TEST_USER
 
 from sysutil import free_port, message, uid, wait_for
 
@@ -306,3 +308,17 @@ def test_reload_changes_the_secret(make_tern, tmp_path):
         check_events(rcv, q2, s2, r2)
     finally:
         rcv.stop()
+
+
+def test_secret_file_of_the_relay_user_taken(make_tern, tmp_path):
+    """As auth_users_file: root's or the relay user's own file."""
+    if os.geteuid() != 0 or TEST_USER is None:
+        pytest.skip("needs root and a user for the relay")
+    secret = secret_file(tmp_path)
+    pw = pwd.getpwnam(TEST_USER)
+    os.chown(secret, pw.pw_uid, pw.pw_gid)
+    t = make_tern(start=False, event_webhook_url="http://127.0.0.1:9/hook",
+                  event_webhook_secret_file=secret)
+    t.start()
+    assert not t.events("reload_failed")
+    assert t.proc.poll() is None
