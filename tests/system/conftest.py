@@ -235,9 +235,42 @@ class Tern:
         return rc, time.monotonic() - t0
 
     def kill9(self):
+        """kill -9 of the whole daemon, as systemd's KillMode=control-group
+        does: the parent and its children at once, so that no relay is left
+        to finish what it held while the next ternd starts."""
         self.expect_dead = True
+        try:
+            kids = self.children()
+        except OSError:
+            kids = []
         self.proc.kill()
+        for k in kids:
+            try:
+                os.kill(k, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         self.proc.wait()
+
+        def gone(pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except OSError:
+                return True
+
+        for k in kids:
+            wait_for(lambda: gone(k), 10, desc=f"ternd's child {k} gone")
+        wait_for(lambda: not self.listening(), 10, desc=f"port {self.port} closed")
+
+    def listening(self):
+        """Is anything listening on smtp_listen's port?"""
+        for path in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(path) as f:
+                for line in f.readlines()[1:]:
+                    cols = line.split()
+                    if int(cols[1].split(":")[1], 16) == self.port and cols[3] == "0A":
+                        return True
+        return False
 
     # -- log
 
