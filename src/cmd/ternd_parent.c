@@ -796,7 +796,9 @@ fork_children(struct parent *p, struct buf *err)
         log_detach_loop();
         close(p->keys_fd);
         close(pr[0]);
-        close(p->lock_fd); /* the parent holds the lock */
+        /* The relay keeps its copy of the lock's descriptor (flock belongs
+         * to the open file, shared with the parent): a relay still finishing
+         * after its parent was killed keeps the spool from a new ternd. */
         child_setup(p, PS_FILTER_RELAY);
         b->parent_fd = pr[1];
         b->tls_fd = kt[0];

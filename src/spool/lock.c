@@ -1,8 +1,8 @@
 /*
  * One daemon per spool: ternd's parent takes an exclusive flock on
  * SPOOL/lock before it touches anything else in the spool and keeps it for
- * the daemon's life (its children inherit the descriptor; the kernel drops
- * the lock when the last of them exits, a kill -9 included). A second ternd
+ * the daemon's life (the relay inherits the descriptor; the kernel drops
+ * the lock when the last of the two exits, a kill -9 included). A second ternd
  * reads the holder's pid from the file and leaves without touching the
  * control socket or any file. Started as root, ternd also hands a spool
  * that root owns (made by an older ternd that ran as root) to its user.

@@ -456,3 +456,38 @@ def starttls_plain(port):
     got = s.sock.version()
     s.quit()
     return got
+
+
+def test_relay_left_by_a_killed_parent_keeps_the_spool(make_tern, sink):
+    """kill -9 of the parent alone: the relay, still finishing a message,
+    holds the spool's lock, so a new ternd on the spool exits 1 until the
+    relay is gone, and then starts."""
+    t = make_tern()
+    relay = t.relay_pid()
+    c = t.raw()
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<a@src.test>").code == 250
+    assert c.cmd(f"RCPT TO:<r-{uid()}@example.org>").code == 250
+    assert c.cmd("DATA").code == 354
+    c.send(b"Subject: half\r\n\r\nthe relay waits for the rest\r\n")
+    t.proc.kill()  # the parent only
+    t.proc.wait()
+    t.expect_dead = True
+    assert os.path.exists(f"/proc/{relay}"), "the relay finishes its session"
+    other = make_tern(start=False, spool_dir=t.spool)
+    other.start(wait=False)
+    rc = other.proc.wait(timeout=30 * SLOW)
+    assert rc == 1, other.log_tail()
+    assert "in use by another ternd" in other.log_text()
+    c.close()
+
+    def gone():
+        try:
+            with open(f"/proc/{relay}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            return True
+
+    wait_for(gone, 15 * SLOW, desc="the orphaned relay gone")
+    other.start()
+    assert other.ctl("queue", "list").returncode == 0
