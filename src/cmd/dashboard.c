@@ -41,8 +41,9 @@
 #define JOURNAL_SPAN  (60 * 60 * 1000) /* ms of journal behind events and reasons */
 #define JOURNAL_FRESH 2000             /* ms a journal reading is reused */
 #define SCAN_BUDGET   150              /* ms one journal reading may take */
-#define MSG_EVENTS    200              /* events of one message view */
-#define MSG_IDS       20               /* messages one search shows */
+#define SEARCH_SHARE  250 /* ms of searching per second at most (the loop also delivers) */
+#define MSG_EVENTS    200 /* events of one message view */
+#define MSG_IDS       20  /* messages one search shows */
 #define MSG_SPAN      (7LL * 24 * 60 * 60 * 1000)
 #define QUERY_MAX     320 /* bytes of a search (an address or a Message-ID) */
 
@@ -78,6 +79,9 @@ struct dash {
     size_t n_reasons;
     bool journal_cut;
     int64_t journal_ms;
+    /* message searches: loop time spent in the second that began at
+     * search_window (monotonic ms) */
+    int64_t search_window, search_spent;
     /* SHA-256 of admin_token_file's token; has_token false: read-only */
     unsigned char token_hash[32];
     bool has_token;
@@ -168,9 +172,9 @@ static void
 reply_error(struct evhttp_request *req, int code, const char *why)
 {
     struct buf b = BUF_INIT;
-    buf_append_str(&b, "{\"error\":\"");
-    buf_append_json(&b, why, strlen(why));
-    buf_append_str(&b, "\"}\n");
+    buf_append_str(&b, "{\"error\":");
+    buf_append_json_str(&b, why);
+    buf_append_str(&b, "}\n");
     reply_bytes(req, code, "application/json", b.data, b.len);
     buf_fini(&b);
 }
@@ -190,18 +194,6 @@ request_ok(struct evhttp_request *req, bool query)
         return false;
     }
     return true;
-}
-
-static void
-jstr(struct buf *out, const char *s)
-{
-    if (s == NULL) {
-        buf_append_str(out, "null");
-        return;
-    }
-    buf_append_char(out, '"');
-    buf_append_json(out, s, strlen(s));
-    buf_append_char(out, '"');
 }
 
 static double
@@ -517,11 +509,11 @@ deferrals_cb(struct evhttp_request *req, void *arg)
     for (size_t i = 0; i < d->n_reasons && i < REASONS_SHOWN; i++) {
         const struct reason *re = &d->reasons[i];
         buf_append_str(&b, i > 0 ? ",{\"reason\":" : "{\"reason\":");
-        jstr(&b, re->key);
+        buf_append_json_str(&b, re->key);
         buf_printf(&b, ",\"count\":%llu,\"sample\":", (unsigned long long)re->n);
-        jstr(&b, re->sample);
+        buf_append_json_str(&b, re->sample);
         buf_append_str(&b, ",\"relay\":");
-        jstr(&b, re->dest);
+        buf_append_json_str(&b, re->dest);
         buf_append_char(&b, '}');
     }
     buf_append_str(&b, "]}");
@@ -591,7 +583,7 @@ message_cb(struct evhttp_request *req, void *arg)
     struct evkeyvalq params = { 0 };
     struct msg_scan ms = { .sc = { .d = d } };
     struct buf b = BUF_INIT, err = BUF_INIT;
-    int64_t since;
+    int64_t since, t0;
     const char *q;
     if (!request_ok(req, true))
         return;
@@ -607,14 +599,30 @@ message_cb(struct evhttp_request *req, void *arg)
         reply_error(req, 400, "expected ?q=QUEUE-ID, Message-ID or address");
         return;
     }
+    /* A search reads the journal on this loop, which also delivers: the
+     * time all searches take is bounded per second, however many a client
+     * sends (the answer says when to come back). */
+    t0 = tern_mono_ms();
+    if (t0 - d->search_window >= 1000) {
+        d->search_window = t0;
+        d->search_spent = 0;
+    }
+    if (d->search_spent >= SEARCH_SHARE) {
+        evhttp_clear_headers(&params);
+        history_query_fini(&ms.q);
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        reply_error(req, 429, "searching too much: try again in a second");
+        return;
+    }
     ms.sc.deadline_ms = tern_now_ms() + SCAN_BUDGET;
     since = tern_now_ms() - MSG_SPAN;
     if (history_scan(d->spool_dir, since, msg_find, &ms, NULL, &err) < 0)
         journal_warn(&err);
     else if (ms.n_ids > 0 && history_scan(d->spool_dir, since, msg_rec, &ms, NULL, &err) < 0)
         journal_warn(&err);
+    d->search_spent += tern_mono_ms() - t0;
     buf_append_str(&b, "{\"query\":");
-    jstr(&b, ms.q.text);
+    buf_append_json_str(&b, ms.q.text);
     buf_printf(&b, ",\"truncated\":%s,\"events\":[", ms.sc.cut ? "true" : "false");
     buf_append(&b, ms.out.data, ms.out.len);
     buf_append_str(&b, "]}");
@@ -765,7 +773,7 @@ act_request(struct dash *d, struct evhttp_request *req, enum dash_act act, const
     }
     act_log(req, what, qid);
     buf_printf(&b, "{\"done\":\"%s\",\"id\":", what);
-    jstr(&b, qid);
+    buf_append_json_str(&b, qid);
     buf_append_char(&b, '}');
     reply_json(req, &b);
     buf_fini(&b);

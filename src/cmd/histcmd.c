@@ -62,18 +62,6 @@ put_safe(FILE *f, const char *s)
     buf_fini(&b);
 }
 
-static void
-json_str_out(struct buf *b, const char *s)
-{
-    if (s == NULL) {
-        buf_append_str(b, "null");
-        return;
-    }
-    buf_append_char(b, '"');
-    buf_append_json(b, s, strlen(s));
-    buf_append_char(b, '"');
-}
-
 /* ---- queue show ---- */
 
 struct attempt {
@@ -224,19 +212,19 @@ show_json(const struct show *sh, const struct rcpt_view *v, size_t n, struct buf
     (void)json_int(json_get(sh->entry, "arrival"), &arrival);
     (void)json_int(json_get(sh->entry, "size"), &size);
     buf_append_str(b, "{\"id\":");
-    json_str_out(b, sh->qid);
+    buf_append_json_str(b, sh->qid);
     buf_append_str(b, ",\"sender\":");
-    json_str_out(b, json_str(json_get(sh->entry, "sender")));
+    buf_append_json_str(b, json_str(json_get(sh->entry, "sender")));
     buf_printf(b, ",\"arrival\":%" PRId64 ",\"size\":%" PRId64 ",\"message_id\":", arrival, size);
-    json_str_out(b, sh->message_id);
+    buf_append_json_str(b, sh->message_id);
     buf_printf(b, ",\"held\":%s,\"recipients\":[",
         json_get(sh->entry, "held") != NULL && json_get(sh->entry, "held")->b ? "true" : "false");
     for (size_t i = 0; i < n; i++) {
         bool first = true;
         buf_append_str(b, i ? ",{\"address\":" : "{\"address\":");
-        json_str_out(b, v[i].addr);
+        buf_append_json_str(b, v[i].addr);
         buf_append_str(b, ",\"status\":");
-        json_str_out(b, v[i].status);
+        buf_append_json_str(b, v[i].status);
         if (v[i].next_s >= 0)
             buf_printf(b, ",\"next_attempt\":%" PRId64, v[i].next_s);
         else
@@ -248,9 +236,9 @@ show_json(const struct show *sh, const struct rcpt_view *v, size_t n, struct buf
                 continue;
             buf_printf(b, "%s{\"time\":%" PRId64 ",\"host\":", first ? "" : ",", a->time_s);
             first = false;
-            json_str_out(b, a->host);
+            buf_append_json_str(b, a->host);
             buf_append_str(b, ",\"reply\":");
-            json_str_out(b, a->reply);
+            buf_append_json_str(b, a->reply);
             buf_append_char(b, '}');
         }
         buf_append_str(b, "]}");

@@ -163,13 +163,11 @@ notify_ready(void)
 static void
 notify_reloading(void)
 {
-    struct timespec ts;
     char state[80];
     /* MONOTONIC_USEC dates the request, as Type=notify-reload (systemd 253)
      * requires; older managers ignore it. */
-    clock_gettime(CLOCK_MONOTONIC, &ts);
     snprintf(state, sizeof(state), "RELOADING=1\nMONOTONIC_USEC=%llu",
-        (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000ull);
+        (unsigned long long)tern_mono_us());
     notify_systemd(state);
 }
 

@@ -411,29 +411,17 @@ history_query_match(const struct history_query *q, const struct history_rec *r)
 
 /* ---- output ---- */
 
-static void
-json_str_or_null(struct buf *out, const char *s)
-{
-    if (s == NULL) {
-        buf_append_str(out, "null");
-        return;
-    }
-    buf_append_char(out, '"');
-    buf_append_json(out, s, strlen(s));
-    buf_append_char(out, '"');
-}
-
 void
 history_rec_json(const struct history_rec *r, struct buf *out)
 {
     buf_printf(out,
         "{\"time\":%" PRId64 ",\"id\":\"%s\",\"event\":\"%s\",\"recipient\":", r->time_ms / 1000,
         r->id, r->event);
-    json_str_or_null(out, r->recipient);
+    buf_append_json_str(out, r->recipient);
     buf_append_str(out, ",\"relay\":");
-    json_str_or_null(out, r->relay);
+    buf_append_json_str(out, r->relay);
     buf_append_str(out, ",\"reply\":");
-    json_str_or_null(out, r->reply);
+    buf_append_json_str(out, r->reply);
     buf_append_str(out, "}\n");
 }
 

@@ -273,18 +273,6 @@ sum_add(struct sched_walk *w, const char *key, size_t rcpts, uint32_t arrival_s)
 }
 
 static void
-json_str(struct buf *out, const char *s)
-{
-    if (s == NULL) {
-        buf_append_str(out, "null");
-        return;
-    }
-    buf_append_char(out, '"');
-    buf_append_json(out, s, strlen(s));
-    buf_append_char(out, '"');
-}
-
-static void
 ages_write(struct buf *out, const struct dest_sum *ds)
 {
     static const char *const labels[SCHED_AGE_BUCKETS] = SCHED_AGE_LABELS;
@@ -301,11 +289,11 @@ sums_write(struct sched_walk *w)
         const struct dest_sum *ds = &w->sums[i];
         const struct sched_dest *d = sched_dest_find(w->s, ds->key);
         buf_append_str(&w->out, "{\"destination\":");
-        json_str(&w->out, ds->key);
+        buf_append_json_str(&w->out, ds->key);
         buf_printf(&w->out,
             ",\"messages\":%zu,\"recipients\":%zu,\"oldest\":%lld,\"last_error\":", ds->msgs,
             ds->rcpts, (long long)ds->oldest_s);
-        json_str(&w->out, d != NULL ? d->last_error : NULL);
+        buf_append_json_str(&w->out, d != NULL ? d->last_error : NULL);
         ages_write(&w->out, ds);
         buf_append_str(&w->out, "}\n");
     }

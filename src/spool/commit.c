@@ -1706,14 +1706,6 @@ take_item(struct batch *b, struct item *it)
     }
 }
 
-static int64_t
-mono_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /* Take list into the batch; the messages in it. */
 static size_t
 take_list(struct batch *b, struct workq_item *list, size_t *n_items)
@@ -1744,8 +1736,8 @@ gather(struct spool *sp, struct batch *b, size_t *n_items)
         return 0;
     if (wait > GATHER_MAX_US)
         wait = GATHER_MAX_US;
-    end = mono_us() + wait;
-    while (b->err == 0 && (now = mono_us()) < end) {
+    end = tern_mono_us() + wait;
+    while (b->err == 0 && (now = tern_mono_us()) < end) {
         struct workq_item *more = workq_batch_more(sp->commitq, end - now);
         if (more == NULL)
             break;
@@ -1779,10 +1771,10 @@ commit_batch(struct workq_item *list, void *arg)
     } else if (b.err != 0) {
         err = b.err;
     } else if (b.need_sync) {
-        int64_t t0 = mono_us();
+        int64_t t0 = tern_mono_us();
         err = sync_touched(&b);
         /* Averages over about eight syncs. */
-        sp->sync_us16 += (mono_us() - t0) * 2 - sp->sync_us16 / 8;
+        sp->sync_us16 += (tern_mono_us() - t0) * 2 - sp->sync_us16 / 8;
         sp->msgs_per_sync16 += (uint32_t)(n_msgs * 2) - sp->msgs_per_sync16 / 8;
     }
     pthread_mutex_lock(&sp->mu);

@@ -10,18 +10,6 @@
 
 #include "util/util.h"
 
-static void
-json_str(struct buf *out, const char *s)
-{
-    if (s == NULL) {
-        buf_append_str(out, "null");
-        return;
-    }
-    buf_append_char(out, '"');
-    buf_append_json(out, s, strlen(s));
-    buf_append_char(out, '"');
-}
-
 /* The message's next attempt (Unix seconds: its earliest queued
  * recipient's, now when one is due at once; null when held or nothing is
  * queued) and its age in seconds. */
@@ -48,9 +36,9 @@ spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t id
 {
     bool first = true;
     buf_append_str(out, "{\"id\":");
-    json_str(out, env->qid);
+    buf_append_json_str(out, env->qid);
     buf_append_str(out, ",\"sender\":");
-    json_str(out, env->sender);
+    buf_append_json_str(out, env->sender);
     buf_printf(out, ",\"arrival\":%" PRId64 ",\"held\":%s,\"size\":%" PRIu64,
         env->arrival_ms / 1000, env->held ? "true" : "false", env->body_len);
     list_next_age(env, tern_now_ms(), out);
@@ -68,7 +56,7 @@ spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t id
             st = r->attempts > 0 ? "deferred" : "queued";
         buf_append_str(out, first ? "{\"address\":" : ",{\"address\":");
         first = false;
-        json_str(out, r->addr);
+        buf_append_json_str(out, r->addr);
         buf_printf(
             out, ",\"status\":\"%s\",\"attempts\":%" PRIu32 ",\"next_attempt\":", st, r->attempts);
         if (r->next_try_ms > 0)
@@ -76,7 +64,7 @@ spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t id
         else
             buf_append_str(out, "null");
         buf_append_str(out, ",\"last_error\":");
-        json_str(out, r->last_error);
+        buf_append_json_str(out, r->last_error);
         buf_append_char(out, '}');
     }
     buf_append_str(out, "]}\n");

@@ -104,6 +104,18 @@ buf_printf(struct buf *b, const char *fmt, ...)
 }
 
 void
+buf_append_json_str(struct buf *b, const char *s)
+{
+    if (s == NULL) {
+        buf_append_str(b, "null");
+        return;
+    }
+    buf_append_char(b, '"');
+    buf_append_json(b, s, strlen(s));
+    buf_append_char(b, '"');
+}
+
+void
 buf_append_json(struct buf *b, const char *s, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

@@ -36,6 +36,8 @@ void buf_printf(struct buf *b, const char *fmt, ...) __attribute__((format(print
 void buf_vprintf(struct buf *b, const char *fmt, va_list ap);
 /* Append s escaped for a JSON string body (no quotes added). */
 void buf_append_json(struct buf *b, const char *s, size_t n);
+/* Append s as a JSON string (quoted and escaped), or null when s is NULL. */
+void buf_append_json_str(struct buf *b, const char *s);
 /* Drop the first n bytes. */
 void buf_consume(struct buf *b, size_t n);
 void buf_reset(struct buf *b); /* len = 0, keeps memory */

@@ -45,6 +45,7 @@ void secret_free(char *s);
  * with tern_clock_set_fake(ms) (0 restores the real clock). */
 int64_t tern_now_ms(void);
 int64_t tern_mono_ms(void);
+int64_t tern_mono_us(void); /* the same clock in microseconds */
 void tern_clock_set_fake(int64_t ms);
 
 #endif

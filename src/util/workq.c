@@ -41,22 +41,31 @@ workq_done(struct workq_item *it)
         loopq_post(it->to, &it->done);
 }
 
+/* The monotonic time us microseconds from now, for a timed wait on a
+ * queue's condition variable (which counts on that clock). */
+static struct timespec
+deadline_in(int64_t us)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(us / 1000000);
+    ts.tv_nsec += (long)(us % 1000000) * 1000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
 /* With q->mu held: wait for work; false when stopping and empty. With
  * timeout_ms >= 0, *timed_out tells that the wait ended for it. */
 static bool
 wait_work(struct workq *q, int64_t timeout_ms, bool *timed_out)
 {
-    struct timespec ts;
+    struct timespec ts = { 0, 0 };
     *timed_out = false;
-    if (timeout_ms >= 0) {
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += timeout_ms / 1000;
-        ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-    }
+    if (timeout_ms >= 0)
+        ts = deadline_in(timeout_ms * 1000);
     while (q->head == NULL && !q->stopping) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&q->cond, &q->mu);
@@ -71,15 +80,8 @@ wait_work(struct workq *q, int64_t timeout_ms, bool *timed_out)
 struct workq_item *
 workq_batch_more(struct workq *q, int64_t wait_us)
 {
-    struct timespec ts;
+    struct timespec ts = deadline_in(wait_us);
     struct workq_item *list, *it;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(wait_us / 1000000);
-    ts.tv_nsec += (long)(wait_us % 1000000) * 1000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
     pthread_mutex_lock(&q->mu);
     while (q->head == NULL && !q->stopping) {
         if (pthread_cond_timedwait(&q->cond, &q->mu, &ts) == ETIMEDOUT)

@@ -67,13 +67,7 @@ webhook_event_json(const struct history_rec *r, struct buf *out)
     out->len = start + (out->len - start) - 2;
     out->data[out->len] = '\0';
     buf_append_str(out, ",\"sender\":");
-    if (r->from == NULL) {
-        buf_append_str(out, "null");
-    } else {
-        buf_append_char(out, '"');
-        buf_append_json(out, r->from, strlen(r->from));
-        buf_append_char(out, '"');
-    }
+    buf_append_json_str(out, r->from);
     buf_append_char(out, '}');
 }
 
