@@ -76,7 +76,8 @@ smtp_session_data_progress(struct smtp_session *s, uint64_t bytes)
 static bool
 session_busy(const struct smtp_session *s)
 {
-    return s->state == SMTP_ST_COMMIT || s->state == SMTP_ST_HANDSHAKE ||
+    return s->state == SMTP_ST_FILTER || s->state == SMTP_ST_COMMIT ||
+           s->state == SMTP_ST_HANDSHAKE ||
            (s->state == SMTP_ST_AUTH &&
                (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
 }
@@ -291,7 +292,8 @@ read_wanted(const struct smtp_session *s)
 {
     if (s->dead || s->out_paused)
         return false;
-    if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT || s->state == SMTP_ST_HANDSHAKE)
+    if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_FILTER || s->state == SMTP_ST_COMMIT ||
+        s->state == SMTP_ST_HANDSHAKE)
         return false;
     return !(s->state == SMTP_ST_AUTH &&
              (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
@@ -665,8 +667,8 @@ process_input(struct smtp_session *s)
     while (!s->dead && evbuffer_get_length(in) > 0) {
         size_t len = 0;
         int r;
-        if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_COMMIT ||
-            s->state == SMTP_ST_HANDSHAKE)
+        if (s->state == SMTP_ST_CLOSING || s->state == SMTP_ST_FILTER ||
+            s->state == SMTP_ST_COMMIT || s->state == SMTP_ST_HANDSHAKE)
             return;
         if (out_blocked(s))
             return;

@@ -40,6 +40,7 @@ smtp_tx_free(struct smtp_tx *tx)
     dkim_signer_free(tx->dkim);
     spool_env_free(tx->env);
     smtp_data_reader_fini(&tx->rd);
+    free(tx->verdict_by);
     free(tx);
 }
 
@@ -403,12 +404,50 @@ journal_received(struct smtp_session *s, const char *qid)
     map_put_u64(s->lp->journal_pending, s->id, hp);
 }
 
+/* ---- after the data: the stages, then the commit ---- */
+
+/* The stages that look at the complete message before it is queued, in
+ * order. Each returns true when it has started work that ends with
+ * smtp_tx_advance, false when it had nothing to do; either way it may have
+ * decided with smtp_tx_decide. */
+static bool (*const tx_stages[])(struct smtp_session *s) = {
+    NULL,
+};
+
+static void tx_commit(struct smtp_session *s);
+
+void
+smtp_tx_decide(
+    struct smtp_session *s, enum smtp_verdict v, const struct tern_status *st, const char *by)
+{
+    struct smtp_tx *tx = s->tx;
+    if (v <= tx->verdict)
+        return;
+    tx->verdict = v;
+    if (st != NULL)
+        tx->verdict_st = *st;
+    free(tx->verdict_by);
+    tx->verdict_by = by != NULL ? xstrdup(by) : NULL;
+}
+
+void
+smtp_tx_advance(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    TERN_ASSERT(s->state == SMTP_ST_FILTER && tx != NULL);
+    /* Once refused, no later stage needs to look at it. */
+    while (tx->verdict != SMTP_V_REFUSE && tx_stages[tx->stage] != NULL) {
+        if (tx_stages[tx->stage++](s))
+            return;
+    }
+    tx_commit(s);
+}
+
 static void
 tx_finish(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
     struct tern_status st;
-    struct logline l;
     const char *qid = spool_writer_qid(tx->w);
     smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
     if (tx_rejected(s, &st)) {
@@ -422,6 +461,44 @@ tx_finish(struct smtp_session *s)
      * is what the DKIM signer signs. */
     if (!tx->hscan.done)
         spool_writer_write(tx->w, "\r\n", 2);
+    /* Nothing more is read until the message is answered. */
+    s->state = SMTP_ST_FILTER;
+    smtp_session_read(s, false);
+    tx->stage = 0;
+    smtp_tx_advance(s);
+}
+
+/* The stages' decision carried out: refused or discarded here, else
+ * queued (held when quarantined). */
+static void
+tx_commit(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    struct logline l;
+    const char *qid = spool_writer_qid(tx->w);
+    if (tx->verdict == SMTP_V_REFUSE || tx->verdict == SMTP_V_DISCARD) {
+        bool refuse = tx->verdict == SMTP_V_REFUSE;
+        if (refuse) {
+            smtp_reply_status(s, &tx->verdict_st);
+            smtp_log_refused(s, qid, tx->verdict_st.text, NULL, NULL);
+        } else {
+            /* The filter's word: the client is told it was taken. */
+            log_begin(&l, LOG_INFO, qid, "smtp", "discarded");
+            log_int(&l, "sess", (int64_t)s->id);
+            log_str(&l, "from", tx->env->sender);
+            log_str(&l, "by", tx->verdict_by != NULL ? tx->verdict_by : "-");
+            log_end(&l);
+            smtp_reply(s, 250, "2.0.0", "Ok: queued as %s", qid);
+        }
+        s->state = SMTP_ST_READY;
+        smtp_tx_reset(s);
+        smtp_session_deadline(s, s->cfg->smtp_timeout_ms);
+        smtp_session_read(s, true);
+        smtp_session_process(s);
+        return;
+    }
+    if (tx->verdict == SMTP_V_HOLD)
+        tx->env->held = true;
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
@@ -437,6 +514,9 @@ tx_finish(struct smtp_session *s)
     if (s->tls) {
         log_str(&l, "tls", s->tls_info->version);
         log_str(&l, "cipher", s->tls_info->cipher);
+    }
+    if (tx->verdict == SMTP_V_HOLD) {
+        log_str(&l, "held_by", tx->verdict_by != NULL ? tx->verdict_by : "-");
     }
     log_end(&l);
     journal_received(s, qid);

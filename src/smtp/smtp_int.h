@@ -51,6 +51,7 @@ enum smtp_state {
     SMTP_ST_RCPT,      /* at least one RCPT accepted */
     SMTP_ST_DATA,      /* reading DATA bytes */
     SMTP_ST_BDAT,      /* reading a BDAT chunk */
+    SMTP_ST_FILTER,    /* the message is complete: checks and filters look at it */
     SMTP_ST_COMMIT,    /* waiting for the spool to make the message durable */
     SMTP_ST_CLOSING,   /* flushing the last reply */
     SMTP_ST_HANDSHAKE, /* TLS handshake (STARTTLS or smtps) in progress */
@@ -73,6 +74,14 @@ enum smtp_auth_step {
     SMTP_AUTH_DELAY,      /* a failure is being answered after auth_failure_delay */
 };
 
+/* What the stages after the data decided, least to most severe. */
+enum smtp_verdict {
+    SMTP_V_ACCEPT,  /* queue it */
+    SMTP_V_HOLD,    /* queue it held (quarantine): visible, not delivered */
+    SMTP_V_DISCARD, /* answer 250 and drop it */
+    SMTP_V_REFUSE,  /* answer verdict_st (4xx or 5xx), keep nothing */
+};
+
 struct smtp_tx {
     struct spool_env *env;  /* owned: sender, params, recipients */
     struct spool_writer *w; /* owned once DATA/BDAT started */
@@ -90,6 +99,13 @@ struct smtp_tx {
     bool chunk_last;
     bool bdat_failed; /* a reply has been decided; swallow the chunk */
     struct tern_status bdat_st;
+    /* Between the end of the data and the commit, the stages that look at
+     * the complete message run in turn (session_data.c, tx_stages) and may
+     * decide its fate; the most severe decision wins. */
+    size_t stage;                  /* the next stage to start */
+    enum smtp_verdict verdict;     /* SMTP_V_ACCEPT unless a stage decided */
+    struct tern_status verdict_st; /* the reply when refused */
+    char *verdict_by;              /* owned or NULL: who decided, for the log */
 };
 
 struct smtp_listener {
@@ -283,6 +299,13 @@ const char *smtp_client_name(const struct smtp_session *s);
 bool smtp_session_error(struct smtp_session *s);
 /* Drop the transaction (state READY unless CONNECTED/CLOSING). */
 void smtp_tx_reset(struct smtp_session *s);
+/* Record a stage's decision about the message; a less severe one than
+ * already recorded is ignored. by names the decider for the log. */
+void smtp_tx_decide(
+    struct smtp_session *s, enum smtp_verdict v, const struct tern_status *st, const char *by);
+/* A stage that started asynchronous work calls this once it is done (on the
+ * session's loop): the next stage, or the commit. */
+void smtp_tx_advance(struct smtp_session *s);
 /* Run buffered input (after a pause: commit, handshake, auth check). */
 void smtp_session_process(struct smtp_session *s);
 /* The client has ms from now (the next command line, the data, the last
