@@ -5,6 +5,9 @@
 #include "fsutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 int
@@ -91,4 +94,38 @@ fs_check_private_as(const struct stat *st, const struct fs_private *p, uid_t me,
         return FS_BAD_OWNER;
     }
     return FS_TRUSTED;
+}
+
+int
+fs_replace_file(const char *dir, const char *name, const void *data, size_t len, struct buf *err)
+{
+    char path[4096], tmp[4200];
+    int fd, dfd;
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        buf_printf(err, "cannot create %s: %s", tmp, strerror(errno));
+        return -1;
+    }
+    if (fd_write_full(fd, data, len) < 0 || fsync(fd) < 0) {
+        buf_printf(err, "cannot write %s: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return -1;
+    }
+    if (close(fd) < 0 || rename(tmp, path) < 0) {
+        buf_printf(err, "cannot replace %s: %s", path, strerror(errno));
+        unlink(tmp);
+        return -1;
+    }
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0 || fsync(dfd) < 0) {
+        buf_printf(err, "cannot sync %s: %s", dir, strerror(errno));
+        if (dfd >= 0)
+            close(dfd);
+        return -1;
+    }
+    close(dfd);
+    return 0;
 }

@@ -24,6 +24,12 @@ int fd_pwrite_full(int fd, const void *p, size_t n, uint64_t off);
  * number read (short at EOF), or -1 with errno. */
 ssize_t fd_pread_full(int fd, void *p, size_t n, uint64_t off);
 
+/* Replace dir/name with data durably: written to dir/name.tmp (mode
+ * 0600), fsynced, renamed into place, the directory fsynced. 0, or -1 and
+ * err names the step and the errno text. */
+int fs_replace_file(
+    const char *dir, const char *name, const void *data, size_t len, struct buf *err);
+
 /* What a private file or directory must be: its type, the permission bits
  * that must be clear, and whether it must belong to the user we run as. */
 struct fs_private {
