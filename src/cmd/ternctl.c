@@ -23,11 +23,11 @@
 #include "cmd/histcmd.h"
 #include "config/config.h"
 #include "ctl/client.h"
-#include "util/json.h"
 #include "dkim/dkim.h"
 #include "spool/spool.h"
 #include "util/buf.h"
 #include "util/fsutil.h"
+#include "util/json.h"
 #include "util/parse.h"
 #include "util/util.h"
 
@@ -63,6 +63,7 @@ static const char usage_text[] =
     "  passwd USER               add or change an AUTH user in auth_users_file\n"
     "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--key-file PATH]\n"
     "  dns check DOMAIN [--json]\n"
+    "  tls report-now            send the TLS-RPT reports now (today's counts so far too)\n"
     "  trace QUERY [--json]      timeline of the messages with this queue id, Message-ID or\n"
     "                            address (sender or recipient), from the history journal\n";
 
@@ -922,6 +923,28 @@ cmd_dns_check(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
     return dnscheck_main(ctx->cfg, argc, argv);
 }
 
+/* --- tls report-now --- */
+
+static int
+cmd_tls_report_now(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    struct buf msg = BUF_INIT;
+    enum ctl_rc rc;
+    (void)cmd;
+    (void)argv;
+    if (argc != 0)
+        return usage_error();
+    rc = ctl_call(ctx->cfg->spool_dir, "TLSRPT-NOW", CTL_TIMEOUT_MS, NULL, NULL, &msg);
+    if (rc != CTL_OK) {
+        int r = report_ctl(rc, &msg);
+        buf_fini(&msg);
+        return r;
+    }
+    buf_fini(&msg);
+    printf("TLS reports are being sent (see the log: tlsrpt run_done)\n");
+    return flush_stdout();
+}
+
 /* --- queue show / trace (src/cmd/histcmd.c) --- */
 
 static int
@@ -944,6 +967,7 @@ static const struct command commands[] = {
     { "passwd", NULL, NULL, cmd_passwd, true },
     { "dkim", "keygen", NULL, cmd_dkim_keygen, false },
     { "dns", "check", NULL, cmd_dns_check, true },
+    { "tls", "report-now", "TLSRPT-NOW", cmd_tls_report_now, true },
 };
 
 static const struct command *

@@ -23,14 +23,17 @@
 #include "cmd/ternd.h"
 #include "config/config.h"
 #include "ctl/ctl.h"
+#include "delivery/delivery.h"
 #include "dns/dns.h"
 #include "history/history.h"
 #include "maildrop/maildrop.h"
 #include "metrics/metrics.h"
+#include "mtasts/mtasts.h"
 #include "privsep/privsep.h"
 #include "sched/sched.h"
 #include "smtp/smtp.h"
 #include "spool/spool.h"
+#include "tlsrpt/tlsrpt.h"
 #include "util/log.h"
 #include "util/loopq.h"
 #include "util/util.h"
@@ -52,6 +55,8 @@ struct ternd {
     struct metrics *metrics;
     struct pickup *pickup;
     struct webhook *webhook;
+    struct mtasts *mtasts;     /* MTA-STS policies (RFC 8461), for delivery */
+    struct tlsrpt *tlsrpt;     /* TLS session outcomes and reports (RFC 8460) */
     struct buf webhook_secret; /* of the last configuration the parent sent */
     struct event *sig_term, *sig_int, *stop_timer;
     int64_t stop_deadline;
@@ -197,6 +202,7 @@ clear_token(struct buf *b)
 }
 
 static void apply_webhook(struct ternd *t);
+static void apply_tls_policy(struct ternd *t);
 
 /* Apply a configuration the parent sent (its listeners were given first).
  * A relay-side failure keeps the running configuration. */
@@ -244,6 +250,7 @@ reload(struct ternd *t, struct config *cfg)
     apply_log_settings(cfg);
     history_set_limits(cfg->history_retention_ms, cfg->history_max_size);
     apply_webhook(t);
+    apply_tls_policy(t);
     log_begin(&l, LOG_INFO, NULL, "config", "reloaded");
     log_str(&l, "file", t->boot->path ? t->boot->path : "(defaults)");
     log_end(&l);
@@ -498,6 +505,45 @@ apply_webhook(struct ternd *t)
     buf_fini(&err);
 }
 
+static bool
+tlsrpt_now(void *arg)
+{
+    struct ternd *t = arg;
+    return t->tlsrpt != NULL && t->cfg->tls_rpt && tlsrpt_send_now(t->tlsrpt, true);
+}
+
+/* MTA-STS and TLS-RPT keep their files in the spool (through its
+ * descriptor, as the webhook does). Either failing to start costs the
+ * relay that feature, logged, never the mail. Options follow reloads. */
+static void
+apply_tls_policy(struct ternd *t)
+{
+    struct tlsrpt_opts ro = { NULL, t->cfg->tls_rpt != 0, t->cfg->hostname, t->cfg->tls_rpt_from,
+        t->cfg->tls_rpt_contact, t->cfg->tls_ca_file };
+    struct mtasts_opts mo = { NULL, t->cfg->tls_ca_file };
+    struct buf err = BUF_INIT;
+    struct logline l;
+    char dir[64];
+    if (t->boot->spool_fd >= 0)
+        snprintf(dir, sizeof(dir), "/proc/self/fd/%d", t->boot->spool_fd);
+    mo.spool_dir = ro.spool_dir = t->boot->spool_fd >= 0 ? dir : t->cfg->spool_dir;
+    if (t->mtasts != NULL) {
+        mtasts_set_ca_file(t->mtasts, mo.ca_file);
+        tlsrpt_set_opts(t->tlsrpt, &ro);
+        return;
+    }
+    t->mtasts = mtasts_new(t->base, t->dns, &mo, &err);
+    if (t->mtasts != NULL)
+        t->tlsrpt = tlsrpt_new(t->base, t->dns, t->sp, t->inbox, &ro, &err);
+    if (t->mtasts == NULL || t->tlsrpt == NULL) {
+        log_begin(&l, LOG_ERROR, NULL, "mtasts", "start_failed");
+        log_strn(&l, "reason", err.data ? err.data : "", err.len);
+        log_end(&l);
+    }
+    buf_fini(&err);
+    delivery_set_tls_policy(sched_delivery(t->sched), t->mtasts, t->tlsrpt);
+}
+
 /* The history journal is for operators, never in the way of mail: one that
  * cannot be opened is logged and the relay runs without it. */
 static void
@@ -536,6 +582,7 @@ start(struct ternd *t)
         goto fail;
     t->sched = sched_new(t->base, t->sp, t->dns, t->cfg);
     spool_set_commit_hook(t->sp, commit_hook, t);
+    apply_tls_policy(t);
     t->smtp = smtp_server_new(t->base, t->sp, t->cfg, &err);
     if (t->smtp == NULL)
         goto fail;
@@ -549,6 +596,7 @@ start(struct ternd *t)
     t->ctl = ctl_server_new(t->base, t->cfg->spool_dir, t->sched, status_json, t, &err);
     if (t->ctl == NULL)
         goto fail;
+    ctl_server_set_tlsrpt(t->ctl, tlsrpt_now, t);
     if (t->cfg->metrics_listen.host[0] != '\0') {
         t->metrics = metrics_new(t->base, &t->cfg->metrics_listen, t->sched, t->smtp,
             t->cfg->spool_dir, status_json, t, &err);
@@ -600,6 +648,8 @@ stop(struct ternd *t)
     ctl_server_free(t->ctl);
     t->ctl = NULL;
     sched_free(t->sched);
+    mtasts_free(t->mtasts); /* after delivery, which borrowed both */
+    tlsrpt_free(t->tlsrpt);
     dns_free(t->dns);
     spool_free(t->sp); /* writes and syncs what is queued; callbacks posted */
     if (t->inbox)

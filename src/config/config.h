@@ -160,6 +160,10 @@ struct config {
     char *event_webhook_secret_file;  /* the HMAC key; read by the parent */
     uint32_t event_webhook_batch_size;
     char *event_webhook_ca_file;      /* NULL: the system store */
+    /* --- TLS reporting (RFC 8460) --- */
+    int tls_rpt;           /* 0 no, 1 yes: send daily TLS-RPT reports */
+    char *tls_rpt_from;    /* From: of mailed reports; NULL: postmaster@hostname */
+    char *tls_rpt_contact; /* the reports' contact-info; NULL: tls_rpt_from */
 };
 
 /*

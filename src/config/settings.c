@@ -534,6 +534,25 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(event_webhook_ca_file),
         .flags = CFG_F_FILE,
         .desc = "CA bundle that verifies an https event_webhook_url (default: the system store)" },
+    /* TLS reporting (RFC 8460) */
+    { .name = "tls_rpt",
+        .type = CFG_ENUM,
+        .def = "no",
+        .off = OFF(tls_rpt),
+        .names = yesno_names,
+        .desc = "send daily TLS-RPT reports (RFC 8460) to domains that publish _smtp._tls: no or "
+                "yes" },
+    { .name = "tls_rpt_from",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(tls_rpt_from),
+        .desc = "sender (From: and envelope) of mailed TLS-RPT reports; empty: "
+                "postmaster@hostname" },
+    { .name = "tls_rpt_contact",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(tls_rpt_contact),
+        .desc = "contact-info of TLS-RPT reports; empty: tls_rpt_from" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);

@@ -21,6 +21,8 @@
  *                   empty: the null sender), streamed as a walk: "done QID"
  *                   lines, then OK
  *   STATUS          one JSON object: {"queue_messages":N, "sessions":N, ...}
+ *   TLSRPT-NOW      send the TLS-RPT reports now, today's counts included
+ *                   (ERR when reporting is off or a run is under way)
  * Reply: zero or more data lines, then a final line "OK" or "ERR <text>".
  * Lines end with "\n". After an answer that is not streamed (everything
  * but LIST, SUMMARY and VERB ALL) the connection takes another request.
@@ -30,6 +32,8 @@
 
 #define CTL_SOCKET_NAME "ctl.sock"
 #define CTL_LINE_MAX    1024
+
+#include <stdbool.h>
 
 #include "util/buf.h"
 
@@ -41,6 +45,8 @@ struct ctl_server;
  * appends the STATUS object (without newline). NULL + err on failure. */
 struct ctl_server *ctl_server_new(struct event_base *base, const char *spool_dir, struct sched *sch,
     void (*status)(struct buf *out, void *arg), void *status_arg, struct buf *err);
+/* TLSRPT-NOW runs fn(arg): false answers ERR. Without it, ERR. */
+void ctl_server_set_tlsrpt(struct ctl_server *c, bool (*fn)(void *arg), void *arg);
 /* ternd's relay: the next ctl_server_new listens on fd (bound by the
  * parent, which also removes the file) instead of binding. */
 void ctl_server_give_socket(int fd);

@@ -56,6 +56,8 @@ struct ctl_server {
     char *path;
     void (*status)(struct buf *out, void *arg);
     void *status_arg;
+    bool (*tlsrpt)(void *arg);
+    void *tlsrpt_arg;
     struct ctl_conn *conns;
 };
 
@@ -260,6 +262,11 @@ ctl_dispatch(struct ctl_conn *cc, char *line, struct buf *out)
     } else if (strcmp(line, "STATUS") == 0 && !arg) {
         c->status(out, c->status_arg);
         buf_append_char(out, '\n');
+    } else if (strcmp(line, "TLSRPT-NOW") == 0 && !arg) {
+        if (c->tlsrpt == NULL || !c->tlsrpt(c->tlsrpt_arg)) {
+            buf_append_str(out, "ERR TLS reporting is off (tls_rpt = no) or already sending\n");
+            return false;
+        }
     } else {
         buf_append_str(out, "ERR unknown request\n");
         return false;
@@ -407,4 +414,11 @@ ctl_server_free(struct ctl_server *c)
         unlink(c->path);
     free(c->path);
     free(c);
+}
+
+void
+ctl_server_set_tlsrpt(struct ctl_server *c, bool (*fn)(void *arg), void *arg)
+{
+    c->tlsrpt = fn;
+    c->tlsrpt_arg = arg;
 }

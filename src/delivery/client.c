@@ -487,6 +487,53 @@ conn_hop(const struct deliv_conn *c)
     return h < c->dest->d->n_hops ? &c->dest->d->hops[h] : NULL;
 }
 
+/* TLS-RPT (RFC 8460 §4.3): the outcome of a TLS session with an MX host
+ * of a domain whose MTA-STS policy the plan carries. */
+static void
+sts_record(struct deliv_conn *c, enum tlsrpt_result r)
+{
+    const struct plan_sts *s = c->plan != NULL ? c->plan->sts : NULL;
+    struct tlsrpt_event ev = { 0 };
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+    char key[DELIV_ADDR_KEY_MAX], rip[DELIV_ADDR_KEY_MAX], sip[DELIV_ADDR_KEY_MAX] = "";
+    evutil_socket_t fd = c->bev != NULL ? bufferevent_getfd(c->bev) : -1;
+    if (s == NULL || c->d->tlsrpt == NULL)
+        return;
+    deliv_fmt_addr(&c->plan->t[c->order[c->cur]].addr, key, sizeof(key), rip, sizeof(rip));
+    if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
+        deliv_fmt_addr(&ss, key, sizeof(key), sip, sizeof(sip));
+    ev.domain = s->domain;
+    ev.ptype = TLSRPT_P_STS;
+    ev.policy = s->text;
+    ev.policy_len = s->len;
+    ev.result = r;
+    ev.sending_ip = sip;
+    ev.receiving_mx = conn_host(c)->name;
+    ev.receiving_ip = rip;
+    tlsrpt_record(c->d->tlsrpt, &ev);
+}
+
+/* The result type of a certificate that did not verify (RFC 8460 §4.3.2.2). */
+static enum tlsrpt_result
+sts_cert_result(const SSL *ssl)
+{
+    switch (SSL_get_verify_result(ssl)) {
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+        return TLSRPT_CERT_HOST_MISMATCH;
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        return TLSRPT_CERT_EXPIRED;
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+        return TLSRPT_CERT_NOT_TRUSTED;
+    default:
+        return TLSRPT_VALIDATION_FAILURE;
+    }
+}
+
 /* A setup step failed for a reason of ours (TLS policy, AUTH): log it once
  * and move on to the next target. */
 static void __attribute__((format(printf, 4, 5)))
@@ -500,6 +547,12 @@ setup_fail(struct deliv_conn *c, const char *event, const char *esc, const char 
     va_start(ap, fmt);
     vsnprintf(st.text, sizeof(st.text), fmt, ap);
     va_end(ap);
+    if (plan_sts_mode(c->plan) == MTASTS_ENFORCE && strcmp(esc, "4.7.5") == 0) {
+        /* RFC 8461 §5: the policy, not our own setting, refused it. */
+        char text[sizeof(st.text)];
+        snprintf(text, sizeof(text), "MTA-STS policy of %s: %s", c->plan->sts->domain, st.text);
+        memcpy(st.text, text, sizeof(text));
+    }
     log_begin(&l, LOG_WARN, NULL, "delivery", event);
     log_str(&l, "dest", c->dest->d->key);
     log_str(&l, "host", conn_host(c)->name);
@@ -568,6 +621,7 @@ static void
 tls_failed(struct deliv_conn *c, const char *why)
 {
     struct logline l;
+    sts_record(c, TLSRPT_VALIDATION_FAILURE);
     if (deliv_tls_fallback(c->tls_mode, c->implicit_tls)) {
         /* RFC 7435 §6: opportunistic security falls back to clear text
          * rather than fail; remembered so that the next connections to this
@@ -601,6 +655,18 @@ tls_done(struct deliv_conn *c)
     struct logline l;
     c->tls_ms += tern_mono_ms() - c->t_tls;
     tls_describe(ssl, &c->tls);
+    sts_record(c, c->tls.verified ? TLSRPT_SUCCESS : sts_cert_result(ssl));
+    if (!c->tls.verified && plan_sts_mode(c->plan) == MTASTS_TESTING) {
+        char why[160];
+        log_begin(&l, LOG_WARN, NULL, "mtasts", "policy_failed");
+        log_str(&l, "dest", c->dest->d->key);
+        log_str(&l, "host", conn_host(c)->name);
+        log_str(&l, "mode", "testing");
+        log_str(&l, "result", tlsrpt_result_name(sts_cert_result(ssl)));
+        log_str(&l, "reason", tls_verify_text(ssl, why, sizeof(why)));
+        log_str(&l, "action", "delivered");
+        log_end(&l);
+    }
     if (!deliv_tls_accept(c->tls_mode, c->tls.verified)) {
         char why[160];
         setup_fail(c, "tls_failed", "4.7.5",
@@ -636,6 +702,7 @@ on_starttls(struct deliv_conn *c, const struct tern_status *st)
         tls_start(c);
         return;
     }
+    sts_record(c, TLSRPT_STARTTLS_NOT_SUPPORTED);
     if (c->tls_mode == TLS_REQUIRED) {
         setup_fail(c, "tls_failed", "4.7.5", "TLS required but %s refused STARTTLS: %d %s", c->peer,
             st->code, st->text);
@@ -756,6 +823,8 @@ session_setup_next(struct deliv_conn *c)
 {
     if (!c->tls_active && !c->implicit_tls) {
         bool cached = c->tls_plain_retry || deliv_notls_has(c->d, c->peer);
+        if (!c->ext.starttls)
+            sts_record(c, TLSRPT_STARTTLS_NOT_SUPPORTED);
         switch (deliv_tls_step(c->tls_mode, c->ext.starttls, cached)) {
         case TLSS_STARTTLS:
             if (c->tls_ctx == NULL && c->tls_mode != TLS_REQUIRED)
@@ -983,6 +1052,9 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     c->tls_mode = deliv_tls_mode(cfg, dest->d->key);
     c->tls_ctx = d->tls != NULL ? tls_ctx_ref(d->tls) : NULL;
     TERN_ASSERT(dest->plan != NULL);
+    /* RFC 8461 §5.1: enforce means verified TLS (chain and MX host name). */
+    if (plan_sts_mode(dest->plan) == MTASTS_ENFORCE)
+        c->tls_mode = TLS_REQUIRED;
     c->plan = plan_ref(dest->plan);
     c->n_order = plan_order(c->plan, c->order, deliv_rnd, d);
     c->t_setup = tern_mono_ms();

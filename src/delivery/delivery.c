@@ -194,6 +194,13 @@ delivery_set_config(struct delivery *d, struct config *cfg)
     config_unref(old);
 }
 
+void
+delivery_set_tls_policy(struct delivery *d, struct mtasts *m, struct tlsrpt *r)
+{
+    d->mtasts = m;
+    d->tlsrpt = r;
+}
+
 /* ---- plaintext fallback after a failed opportunistic handshake ---- */
 
 struct notls_walk {
@@ -386,8 +393,10 @@ wait_serve(struct delivery *d)
 static bool
 conn_shareable(const struct delivery *d, const struct deliv_conn *c, const struct deliv_dest *dest)
 {
+    /* An MTA-STS enforce destination checks its own MX hosts and TLS. */
     return !c->authed && c->tls_mode != TLS_REQUIRED &&
-           deliv_tls_mode(d->cfg, dest->d->key) != TLS_REQUIRED;
+           deliv_tls_mode(d->cfg, dest->d->key) != TLS_REQUIRED &&
+           plan_sts_mode(dest->plan) != MTASTS_ENFORCE;
 }
 
 /* An idle connection of another destination at one of the addresses of

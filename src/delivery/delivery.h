@@ -113,6 +113,13 @@ void delivery_kick(struct delivery *d, struct delivery_dest *dest);
 /* dest's hops changed (a reload): its connections to the old hops QUIT
  * (busy ones after their transaction) and the plan is made again. */
 void delivery_dest_changed(struct delivery *d, struct delivery_dest *dest);
+/* The outbound TLS policy modules (both borrowed, must outlive d; NULL
+ * turns one off): MTA-STS policies of "mx:" destinations are looked up
+ * with every plan, and TLS sessions to domains with a policy are recorded
+ * for TLS-RPT. */
+struct mtasts;
+struct tlsrpt;
+void delivery_set_tls_policy(struct delivery *d, struct mtasts *m, struct tlsrpt *r);
 /* Connections currently open (for metrics and tests). */
 size_t delivery_active(const struct delivery *d);
 /* Stop: every connection is closed at once; jobs in flight are answered with

@@ -23,7 +23,9 @@
 #include "delivery/mime7.h"
 #include "dkim/dkim.h"
 #include "dns/dns.h"
+#include "mtasts/mtasts.h"
 #include "tls/tls.h"
+#include "tlsrpt/tlsrpt.h"
 #include "util/buf.h"
 #include "util/map.h"
 #include "util/status.h"
@@ -172,6 +174,16 @@ struct plan_target {
     bool failed;   /* a connection found it down or refusing */
 };
 
+/* The MTA-STS policy of an "mx:" destination's domain, as the plan was
+ * built (RFC 8461): with enforce, the plan holds only MX hosts matching
+ * the patterns and its connections require verified TLS. */
+struct plan_sts {
+    char domain[DNS_NAME_MAX + 1];
+    struct mtasts_policy policy;
+    char *text; /* owned: the policy file, for TLS-RPT */
+    size_t len;
+};
+
 /* Targets in the order RFC 5321 §5.1 wants them: hop by hop, MX hosts by
  * preference, each host's addresses by the ip_family preference. */
 struct deliv_plan {
@@ -183,7 +195,11 @@ struct deliv_plan {
     size_t n_hosts;
     struct plan_target *t; /* owned */
     size_t n_t;
+    struct plan_sts *sts; /* owned; NULL: no MTA-STS policy (or mode none) */
 };
+
+/* The plan's MTA-STS mode (MTASTS_NONE without a policy). */
+enum mtasts_mode plan_sts_mode(const struct deliv_plan *p);
 
 struct deliv_dest;
 struct plan_build;
@@ -258,7 +274,9 @@ struct delivery {
     struct map *notls; /* "addr:port" -> int64_t * (mono ms until which no STARTTLS) */
     TAILQ_HEAD(, deliv_linger) lingers; /* closed TLS connections flushing (linger.c) */
     struct deliv_convw *convw;          /* the conversion worker (convert.c), once started */
-    struct map *convs; /* conn id -> struct deliv_conn * waiting for a conversion */
+    struct map *convs;     /* conn id -> struct deliv_conn * waiting for a conversion */
+    struct mtasts *mtasts; /* borrowed, or NULL: MTA-STS not used */
+    struct tlsrpt *tlsrpt; /* borrowed, or NULL: TLS sessions not recorded */
 };
 
 #define DELIV_ADDR_KEY_MAX (INET6_ADDRSTRLEN + 16)

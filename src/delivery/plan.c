@@ -6,6 +6,8 @@
  * A hop without mx is resolved (or is a literal) directly, and never fails
  * permanently: it is the operator's own setting. Lookups of one build run
  * in parallel; the build owns its queries and ends through its own event.
+ * An "mx:" destination's MTA-STS policy is looked up alongside (RFC 8461
+ * §5): in enforce mode, MX hosts that do not match it are left out.
  */
 #include "delivery/delivery_int.h"
 
@@ -50,7 +52,9 @@ struct plan_build {
     size_t n_hosts;
     size_t pending; /* lookups in flight */
     struct event *fin;
-    int64_t started_ms; /* tern_mono_ms(): the plan's dns_ms counts from here */
+    int64_t started_ms;         /* tern_mono_ms(): the plan's dns_ms counts from here */
+    struct mtasts_req *sts_req; /* the MTA-STS lookup in flight */
+    struct plan_sts *sts;       /* its answer: a policy in testing or enforce mode */
 };
 
 /* ---- plans ---- */
@@ -62,11 +66,27 @@ plan_ref(struct deliv_plan *p)
     return p;
 }
 
+static void
+sts_free(struct plan_sts *s)
+{
+    if (s == NULL)
+        return;
+    free(s->text);
+    free(s);
+}
+
+enum mtasts_mode
+plan_sts_mode(const struct deliv_plan *p)
+{
+    return p != NULL && p->sts != NULL ? p->sts->policy.mode : MTASTS_NONE;
+}
+
 void
 plan_unref(struct deliv_plan *p)
 {
     if (p == NULL || --p->refs > 0)
         return;
+    sts_free(p->sts);
     free(p->hosts);
     free(p->t);
     free(p);
@@ -142,6 +162,8 @@ build_free(struct plan_build *b)
         free(b->hosts[i]->res);
         free(b->hosts[i]);
     }
+    mtasts_cancel(b->sts_req);
+    sts_free(b->sts);
     event_free(b->fin);
     free(b);
 }
@@ -298,6 +320,24 @@ hop_no_address(struct plan_build *b, struct bhop *hop, const struct bhost *first
     }
 }
 
+/* RFC 8461 §4.1: in enforce mode only MX hosts matching the policy are
+ * candidates; in testing mode a mismatch is logged (and delivered). */
+static bool
+sts_host_ok(const struct plan_build *b, const struct bhost *h)
+{
+    struct logline l;
+    enum mtasts_mode mode = b->sts != NULL ? b->sts->policy.mode : MTASTS_NONE;
+    if (mode == MTASTS_NONE || mtasts_policy_match(&b->sts->policy, h->name))
+        return true;
+    log_begin(&l, mode == MTASTS_ENFORCE ? LOG_WARN : LOG_INFO, NULL, "mtasts", "mx_not_in_policy");
+    log_str(&l, "dest", b->dest->d->key);
+    log_str(&l, "host", h->name);
+    log_str(&l, "mode", mtasts_mode_name(mode));
+    log_str(&l, "action", mode == MTASTS_ENFORCE ? "skipped" : "delivered");
+    log_end(&l);
+    return mode != MTASTS_ENFORCE;
+}
+
 static struct deliv_plan *
 build_assemble(struct plan_build *b)
 {
@@ -311,10 +351,15 @@ build_assemble(struct plan_build *b)
         struct bhop *hop = &b->hops[k];
         const struct bhost *first_bad = NULL;
         size_t before = p->n_t;
+        size_t skipped = 0;
         for (size_t i = 0; i < b->n_hosts; i++) {
             const struct bhost *h = b->hosts[i];
             if (h->hop != hop->idx || h->res == NULL)
                 continue;
+            if (!sts_host_ok(b, h)) {
+                skipped++;
+                continue;
+            }
             if (h->res->rc == DNS_OK && h->res->n > 0) {
                 plan_add_host(p, h);
                 continue;
@@ -323,9 +368,14 @@ build_assemble(struct plan_build *b)
             if (first_bad == NULL)
                 first_bad = h;
         }
-        if (!hop->failed && p->n_t == before)
+        if (!hop->failed && p->n_t == before && skipped > 0 && first_bad == NULL)
+            hop_fail(hop, false, 451, "4.7.5",
+                "MTA-STS policy of %s: no MX host matches its mx patterns%s", b->sts->domain, "");
+        else if (!hop->failed && p->n_t == before)
             hop_no_address(b, hop, first_bad);
     }
+    p->sts = b->sts;
+    b->sts = NULL;
     return p;
 }
 
@@ -398,6 +448,57 @@ fin_cb(evutil_socket_t fd, short what, void *arg)
     cb(d, dest, NULL, &st, perm);
 }
 
+/* A policy that could not be obtained is a TLS-RPT failure of its own
+ * (RFC 8460 §4.3.2.1); the domain is then treated as having none. */
+static void
+sts_record_fail(const struct plan_build *b, const char *domain, const struct mtasts_answer *a)
+{
+    struct tlsrpt_event ev = { 0 };
+    struct logline l;
+    ev.domain = domain;
+    ev.ptype = TLSRPT_P_NONE;
+    ev.result = a->fail == MTASTS_FAIL_INVALID  ? TLSRPT_STS_POLICY_INVALID
+                : a->fail == MTASTS_FAIL_WEBPKI ? TLSRPT_STS_WEBPKI_INVALID
+                                                : TLSRPT_STS_POLICY_FETCH_ERROR;
+    tlsrpt_record(b->d->tlsrpt, &ev);
+    log_begin(&l, LOG_WARN, NULL, "mtasts", "no_policy");
+    log_str(&l, "dest", b->dest->d->key);
+    log_str(&l, "result", tlsrpt_result_name(ev.result));
+    log_str(&l, "reason", a->err);
+    log_end(&l);
+}
+
+static void
+sts_cb(void *arg, const struct mtasts_answer *a)
+{
+    struct plan_build *b = arg;
+    const char *domain = b->dest->d->key + 3;
+    b->sts_req = NULL;
+    if (a->fail != MTASTS_FAIL_NONE)
+        sts_record_fail(b, domain, a);
+    if (a->mode != MTASTS_NONE && a->policy != NULL) {
+        b->sts = xcalloc(1, sizeof(*b->sts));
+        snprintf(b->sts->domain, sizeof(b->sts->domain), "%s", domain);
+        b->sts->policy = *a->policy;
+        b->sts->text = a->text != NULL ? xstrndup(a->text, a->len) : NULL;
+        b->sts->len = a->text != NULL ? a->len : 0;
+    }
+    lookup_done(b);
+}
+
+/* MTA-STS applies to the recipient domain's own MX hosts: "mx:DOMAIN"
+ * destinations only, never a smarthost or a route the operator set. */
+static void
+sts_start(struct plan_build *b)
+{
+    const char *key = b->dest->d->key;
+    if (b->d->mtasts == NULL || b->d->dns == NULL || strncmp(key, "mx:", 3) != 0 ||
+        b->n_hops == 0 || !b->dest->d->hops[0].mx)
+        return;
+    b->pending++;
+    b->sts_req = mtasts_get(b->d->mtasts, key + 3, sts_cb, b);
+}
+
 struct plan_build *
 plan_build_start(struct delivery *d, struct deliv_dest *dest, enum ip_family fam, plan_done_cb cb)
 {
@@ -423,6 +524,7 @@ plan_build_start(struct delivery *d, struct deliv_dest *dest, enum ip_family fam
             host_add(b, rh->host, (uint16_t)k, 0, false);
         }
     }
+    sts_start(b);
     if (b->pending == 0)
         event_active(b->fin, 0, 0);
     return b;

@@ -776,3 +776,9 @@ sched_get_stats(const struct sched *s, struct sched_stats *st)
     st->destinations = map_count(s->dests);
     st->active = s->n_active;
 }
+
+struct delivery *
+sched_delivery(struct sched *s)
+{
+    return s->dl;
+}

@@ -43,6 +43,8 @@ struct sched *sched_new(
     struct event_base *base, struct spool *sp, struct dns *dns, struct config *cfg);
 void sched_free(struct sched *s); /* stops delivery first (answers in-flight jobs) */
 void sched_set_config(struct sched *s, struct config *cfg);
+/* The scheduler's delivery (borrowed, lives as long as s), for wiring. */
+struct delivery *sched_delivery(struct sched *s);
 
 /* Learn of a committed message (the spool commit hook; env is copied when
  * the active set has room, else read back later). */
