@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
 #include <event2/event.h>
 
 #include "dns/dns.h"
@@ -55,7 +56,9 @@ struct run {
     char report_id[128];
     struct dns_query *q;
     CURL *easy;
-    struct curl_slist *headers;
+    struct curl_slist *headers, *resolve;
+    char post_host[256]; /* of the rua being POSTed to */
+    uint16_t post_port;
 };
 
 struct tlsrpt {
@@ -174,6 +177,7 @@ run_free(struct tlsrpt *t)
         curl_easy_cleanup(r->easy);
     }
     curl_slist_free_all(r->headers);
+    curl_slist_free_all(r->resolve);
     tlsrpt_day_fini(&r->day);
     buf_fini(&r->gz);
     free(r);
@@ -267,6 +271,8 @@ post_done(void *arg, CURL *easy, CURLcode res)
     r->easy = NULL;
     curl_slist_free_all(r->headers);
     r->headers = NULL;
+    curl_slist_free_all(r->resolve);
+    r->resolve = NULL;
     if (res != CURLE_OK)
         snprintf(why, sizeof(why), "%s", curl_easy_strerror(res));
     else if (status < 200 || status > 299)
@@ -279,28 +285,82 @@ post_done(void *arg, CURL *easy, CURLcode res)
     run_next(t);
 }
 
-/* A POST of the report (RFC 8460 §5.2); false when it could not start. */
-static bool
-send_post(struct tlsrpt *t, const char *uri)
+/* The POST itself, to addresses tern's resolver found (CURLOPT_RESOLVE:
+ * libcurl asks no other resolver and starts no thread). */
+static void
+post_addr_cb(void *arg, const struct dns_addr_result *res)
 {
+    struct tlsrpt *t = arg;
     struct run *r = t->run;
-    CURL *e = curl_easy_init();
+    const char *uri = r->rua[r->cur_rua - 1];
+    char line[600], a[INET6_ADDRSTRLEN];
+    const struct sockaddr_storage *ss = &res->addr[0];
+    CURL *e;
+    r->q = NULL;
+    if (res->rc != DNS_OK || res->n == 0) {
+        log_report(t, "report_failed", r->day.d[r->cur_dom].domain, uri,
+            res->err[0] ? res->err : "no address");
+        r->phase = RUN_RUA;
+        run_next(t);
+        return;
+    }
+    if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, a, sizeof(a));
+    else
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, a, sizeof(a));
+    snprintf(line, sizeof(line), ss->ss_family == AF_INET6 ? "%s:%u:[%s]" : "%s:%u:%s",
+        r->post_host, (unsigned)r->post_port, a);
+    e = curl_easy_init();
     if (e == NULL)
-        return false;
+        goto fail;
+    r->resolve = curl_slist_append(NULL, line);
     r->headers = curl_slist_append(NULL, "Content-Type: application/tlsrpt+gzip");
     r->headers = curl_slist_append(r->headers, "Expect:");
     curl_easy_setopt(e, CURLOPT_URL, uri);
     curlev_easy_defaults(e, "https", (long)POST_TIMEOUT_MS, t->ca_file);
+    curl_easy_setopt(e, CURLOPT_RESOLVE, r->resolve);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->headers);
     curl_easy_setopt(e, CURLOPT_POSTFIELDS, r->gz.data);
     curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->gz.len);
     if (curlev_add(t->cv, e, post_done, t) < 0) {
         curl_easy_cleanup(e);
-        curl_slist_free_all(r->headers);
-        r->headers = NULL;
-        return false;
+        goto fail;
     }
     r->easy = e;
+    return;
+fail:
+    curl_slist_free_all(r->headers);
+    r->headers = NULL;
+    log_report(
+        t, "report_failed", r->day.d[r->cur_dom].domain, uri, "cannot start an HTTPS request");
+    r->phase = RUN_RUA;
+    run_next(t);
+}
+
+/* A POST of the report (RFC 8460 §5.2): its host resolved first; false
+ * when the URI is unusable. */
+static bool
+send_post(struct tlsrpt *t, const char *uri)
+{
+    struct run *r = t->run;
+    CURLU *u = curl_url();
+    char *host = NULL, *port = NULL;
+    bool ok = false;
+    if (u != NULL && curl_url_set(u, CURLUPART_URL, uri, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK &&
+        strlen(host) < sizeof(r->post_host)) {
+        uint64_t p = 0;
+        ok = parse_u64(port, strlen(port), 65535, &p) == 0 && p > 0;
+        snprintf(r->post_host, sizeof(r->post_host), "%s", host);
+        r->post_port = (uint16_t)p;
+    }
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    if (!ok)
+        return false;
+    r->q = dns_lookup_addr(t->dns, r->post_host, r->post_port, IPFAM_PREFER_V4, post_addr_cb, t);
     return true;
 }
 
@@ -443,8 +503,8 @@ run_next(struct tlsrpt *t)
                 r->phase = RUN_WAIT;
                 return;
             }
-            log_report(t, "report_failed", r->day.d[r->cur_dom].domain, uri,
-                "cannot start an HTTPS request");
+            log_report(
+                t, "report_failed", r->day.d[r->cur_dom].domain, uri, "not a usable https: URI");
             break;
         }
         case RUN_WAIT:

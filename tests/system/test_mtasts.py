@@ -1,0 +1,376 @@
+"""MTA-STS (RFC 8461) and TLS reporting (RFC 8460) against real servers:
+dnsmasq publishes _mta-sts, mta-sts.DOMAIN, the MX records and _smtp._tls;
+a Python HTTPS server on 127.0.0.x:443 (the tests run as root: the port is
+fixed by the RFC) serves the policy with a certificate from a test CA made
+with `openssl`, which is also tern's tls_ca_file; aiosmtpd sinks are the MX
+hosts, with or without STARTTLS and with matching or wrong certificates."""
+
+import gzip
+import http.server
+import json
+import os
+import ssl
+import threading
+from email import message_from_bytes, policy
+
+import pytest
+
+from sysutil import SLOW, WAIT, free_port_on, holds_for, message, uid, wait_for
+from test_outbound_tls import make_ca, make_leaf, server_ctx
+
+DOM = "sts.test"
+MX1 = "mx1.sts.test"
+MX_ADDR = "127.0.0.3"
+MX2_ADDR = "127.0.0.5"  # the same MX host moved (an attacker's)
+RPT_ADDR = "127.0.0.4"  # the MX of rpt.test, where mailed reports go
+DSN_ADDR = "127.0.0.2"
+WEB_NAMES = ["mta-sts.sts.test", "report.test"]
+
+POLICY = "version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n"
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="binds port 443 (root)")
+
+
+class PolicyServer:
+    """HTTPS on addr:443: GET paths answer from `pages` (path -> (status,
+    content type, body)); POST bodies are kept in `posts`."""
+
+    def __init__(self, addr, cert, key):
+        self.addr = addr
+        self.pages = {}
+        self.posts = []
+        self.gets = 0
+        self.lock = threading.Lock()
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                with owner.lock:
+                    owner.gets += 1
+                    page = owner.pages.get(self.path)
+                if page is None:
+                    self.send_error(404)
+                    return
+                status, ctype, body = page
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n)
+                with owner.lock:
+                    owner.posts.append((self.path, self.headers.get("Content-Type"), body))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+        self.httpd = http.server.ThreadingHTTPServer((addr, 443), Handler)
+        self.httpd.socket = server_ctx(cert, key).wrap_socket(self.httpd.socket, server_side=True)
+        self.thread = None
+
+    def start(self):
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.thread is not None:
+            self.httpd.shutdown()
+            self.thread.join()
+            self.thread = None
+        self.httpd.server_close()
+
+    def policy(self, mode="enforce", mx=MX1, ctype="text/plain", body=None):
+        text = body if body is not None else POLICY.format(mode=mode, mx=mx)
+        self.pages["/.well-known/mta-sts.txt"] = (200, ctype, text.encode())
+
+
+class World:
+    def __init__(self, tmp_path, dnsmasq, make_sink, make_tern):
+        self.tmp = tmp_path
+        self.dns = dnsmasq
+        self.make_sink = make_sink
+        self.make_tern = make_tern
+        self.ca = make_ca(tmp_path)
+        os.chmod(tmp_path, 0o755)
+        self.good = make_leaf(tmp_path, "mx1", f"DNS:{MX1}", self.ca)
+        self.wrong = make_leaf(tmp_path, "wrong", "DNS:other.test", self.ca)
+        web = make_leaf(tmp_path, "web", ",".join(f"DNS:{n}" for n in WEB_NAMES), self.ca)
+        self.web_addr = None
+        for i in range(20, 60):
+            a = f"127.0.0.{i}"
+            try:
+                self.web = PolicyServer(a, *web)
+                self.web_addr = a
+                break
+            except OSError:
+                continue
+        assert self.web_addr, "no loopback address with port 443 free"
+        self.port = free_port_on([MX_ADDR, MX2_ADDR, RPT_ADDR, DSN_ADDR])
+        self.dns.mx_host("src.test", "mx.src.test", DSN_ADDR)
+        self.dns.mx_host(DOM, MX1, MX_ADDR)
+        for n in WEB_NAMES:
+            self.dns.a(n, self.web_addr)
+
+    def sts_txt(self, id_):
+        self.dns.txt(f"_mta-sts.{DOM}", f"v=STSv1; id={id_};")
+
+    def sink(self, addr=MX_ADDR, cert=None):
+        kw = {"tls_context": server_ctx(*cert)} if cert else {}
+        return self.make_sink(addr, self.port, **kw)
+
+    def tern(self, **settings):
+        conf = {
+            "smarthost": None,
+            "dns_resolvers": f"127.0.0.1:{self.dns.port}",
+            "delivery_port": self.port,
+            "connect_timeout": "2s",
+            "ip_family": "ipv4",
+            "tls_ca_file": self.ca[0],
+        }
+        conf.update(settings)
+        return self.make_tern(**conf)
+
+
+@pytest.fixture
+def world(tmp_path, dnsmasq, make_sink, make_tern):
+    w = World(tmp_path, dnsmasq, make_sink, make_tern)
+    yield w
+    w.web.stop()
+
+
+def send(t, tag, rcpt=f"rcpt@{DOM}"):
+    sender = f"s-{uid()}@src.test"
+    t.send(sender, [rcpt], message(tag, sender=sender, to=rcpt))
+    return sender
+
+
+def wait_deferred(t, sender, text):
+    """The message from sender deferred 4.7.5 with text in its reason."""
+    qid = t.qid_of(sender)
+    ev = t.wait_event("deferred", qid=qid)
+    assert ev.get("dsn") == "4.7.5", ev["_raw"]
+    assert text in ev["_raw"], ev["_raw"]
+    return ev
+
+
+def test_enforce_matching_certificate_delivers(world):
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.good)
+    t = world.tern()
+    send(t, "sts ok")
+    wait_for(lambda: s.snapshot(), desc="the message at the MX")
+    assert s.snapshot()[0].tls, "delivered under TLS"
+    ev = t.wait_event("policy_fetched", domain=DOM)
+    assert ev["mode"] == "enforce" and ev["id"] == "1"
+    assert (t.spool / "mta-sts" / DOM).exists()
+
+
+def test_enforce_wrong_name_defers_without_mail(world):
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.wrong)
+    t = world.tern()
+    sender = send(t, "sts wrong name")
+    wait_deferred(t, sender, "MTA-STS policy of sts.test: TLS required but the certificate")
+    assert holds_for(lambda: not s.mail_attempts, 1.0), "no MAIL was sent"
+
+
+def test_enforce_without_starttls_defers(world):
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    s = world.sink()  # no STARTTLS
+    t = world.tern()
+    sender = send(t, "sts no tls")
+    wait_deferred(t, sender, "does not offer STARTTLS")
+    assert holds_for(lambda: not s.mail_attempts, 1.0), "nothing sent in clear"
+
+
+def test_enforce_mx_not_in_policy_defers(world):
+    world.sts_txt("1")
+    world.web.policy("enforce", mx="mail.elsewhere.test")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.good)
+    t = world.tern()
+    sender = send(t, "sts mx mismatch")
+    t.wait_event("mx_not_in_policy", host=MX1, action="skipped")
+    wait_deferred(t, sender, "no MX host matches")
+    assert holds_for(lambda: not s.sessions_total, 1.0), "the MX was not contacted"
+
+
+def test_testing_bad_certificate_delivers_and_counts(world):
+    world.sts_txt("1")
+    world.web.policy("testing")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.wrong)
+    t = world.tern()
+    send(t, "sts testing")
+    wait_for(lambda: s.snapshot(), desc="the message at the MX")
+    t.wait_event("policy_failed", mode="testing", result="certificate-host-mismatch")
+    days = list((t.spool / "tlsrpt").iterdir())
+    assert len(days) == 1
+    text = days[0].read_text()
+    assert "\tcertificate-host-mismatch\t" in text and MX1 in text
+
+
+def test_cached_enforce_survives_restart_and_blocked_fetch(world):
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.good)
+    t = world.tern()
+    send(t, "first")
+    wait_for(lambda: s.snapshot(), desc="the first message at the MX")
+    t.stop()
+    # The policy server goes away and the TXT id changes (an attacker
+    # blocking the fetch): the cached enforce policy stays in force.
+    world.web.stop()
+    world.dns.clear()
+    world.dns.mx_host("src.test", "mx.src.test", DSN_ADDR)
+    world.dns.mx_host(DOM, MX1, MX2_ADDR)
+    world.sts_txt("2")
+    world.dns.restart()
+    bad = world.sink(MX2_ADDR, cert=world.wrong)
+    t.start()
+    sender = send(t, "second")
+    t.wait_event("refresh_failed", domain=DOM)
+    wait_deferred(t, sender, "MTA-STS policy of sts.test")
+    assert holds_for(lambda: not bad.mail_attempts, 1.0)
+
+
+def test_txt_id_change_refetches(world):
+    world.sts_txt("1")
+    world.web.policy("testing")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.good)
+    t = world.tern()
+    send(t, "one")
+    wait_for(lambda: len(s.snapshot()) == 1, desc="first message")
+    t.wait_event("policy_fetched", domain=DOM, id="1")
+    world.web.policy("enforce")
+    world.dns.clear()
+    world.dns.mx_host("src.test", "mx.src.test", DSN_ADDR)
+    world.dns.mx_host(DOM, MX1, MX_ADDR)
+    for n in WEB_NAMES:
+        world.dns.a(n, world.web_addr)
+    world.sts_txt("2")
+    world.dns.restart()
+    # A plan (and its policy) lasts a minute; a restart makes the next one
+    # at once, from the cached policy of id 1, which the new id replaces.
+    t.stop()
+    t.start()
+    send(t, "two")
+    ev = t.wait_event("policy_fetched", domain=DOM, id="2")
+    assert ev["mode"] == "enforce"
+    wait_for(lambda: len(s.snapshot()) == 2, desc="second message")
+    assert world.web.gets == 2
+
+
+def test_bad_policy_is_no_policy(world):
+    world.sts_txt("1")
+    world.web.policy(body="<html>this is not a policy</html>")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.wrong)
+    t = world.tern()
+    send(t, "bad policy")
+    wait_for(lambda: s.snapshot(), desc="delivered as without a policy")
+    t.wait_event("no_policy", result="sts-policy-invalid")
+    text = next((t.spool / "tlsrpt").iterdir()).read_text()
+    assert "\tno-policy-found\tsts-policy-invalid\t" in text
+
+
+def report_json(data):
+    """The JSON of a mailed report: the application/tlsrpt+gzip part."""
+    msg = message_from_bytes(data, policy=policy.default)
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "tlsrpt"
+    parts = [p for p in msg.iter_parts() if p.get_content_type() == "application/tlsrpt+gzip"]
+    assert len(parts) == 1
+    return msg, json.loads(gzip.decompress(parts[0].get_content()))
+
+
+def test_tlsrpt_mailto_report(world):
+    world.sts_txt("1")
+    world.web.policy("testing")
+    world.dns.txt(f"_smtp._tls.{DOM}", "v=TLSRPTv1; rua=mailto:tlsrpt@rpt.test")
+    world.dns.mx_host("rpt.test", "mx.rpt.test", RPT_ADDR)
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.wrong)
+    rpt = world.sink(RPT_ADDR)
+    t = world.tern(tls_rpt="yes", tls_rpt_contact="tls-team@tern.test")
+    send(t, "counted 1")
+    send(t, "counted 2")
+    wait_for(lambda: len(s.snapshot()) == 2, desc="both messages at the MX")
+    p = t.ctl("tls", "report-now")
+    assert p.returncode == 0, p.stderr
+    got = wait_for(lambda: rpt.snapshot(), desc=f"the report at rpt.test; log:\n{t.log_tail()}")
+    tx = got[0]
+    assert tx.rcpt_tos == ["tlsrpt@rpt.test"]
+    msg, rep = report_json(tx.data)
+    assert msg["TLS-Report-Domain"] == DOM
+    assert msg["TLS-Report-Submitter"] == "tern.test"
+    assert msg["Subject"].startswith(f"Report Domain: {DOM} Submitter: tern.test Report-ID: <")
+    assert rep["organization-name"] == "tern.test"
+    assert rep["contact-info"] == "tls-team@tern.test"
+    pol = rep["policies"][0]
+    assert pol["policy"]["policy-type"] == "sts"
+    assert pol["policy"]["policy-domain"] == DOM
+    assert "mode: testing" in pol["policy"]["policy-string"]
+    assert pol["policy"]["mx-host"] == [MX1]
+    assert pol["summary"]["total-failure-session-count"] == 2
+    assert pol["summary"]["total-successful-session-count"] == 0
+    det = pol["failure-details"]
+    assert [d["result-type"] for d in det] == ["certificate-host-mismatch"]
+    assert det[0]["failed-session-count"] == 2
+    assert det[0]["receiving-mx-hostname"] == MX1
+    assert det[0]["receiving-ip"] == MX_ADDR
+    t.wait_event("run_done")
+    assert not [f for f in (t.spool / "tlsrpt").iterdir()], "the day file is gone once sent"
+
+
+def test_tlsrpt_https_report(world):
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.txt(f"_smtp._tls.{DOM}", "v=TLSRPTv1; rua=https://report.test/tlsrpt")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.good)
+    t = world.tern(tls_rpt="yes")
+    send(t, "ok 1")
+    wait_for(lambda: s.snapshot(), desc="the message at the MX")
+    p = t.ctl("tls", "report-now")
+    assert p.returncode == 0, p.stderr
+    wait_for(lambda: world.web.posts, desc=f"the POSTed report; log:\n{t.log_tail()}")
+    path, ctype, body = world.web.posts[0]
+    assert path == "/tlsrpt" and ctype == "application/tlsrpt+gzip"
+    rep = json.loads(gzip.decompress(body))
+    pol = rep["policies"][0]
+    assert pol["summary"] == {"total-successful-session-count": 1, "total-failure-session-count": 0}
+    assert rep["contact-info"] == "postmaster@tern.test"
+    t.wait_event("report_posted", domain=DOM)
+
+
+def test_report_now_refused_when_off(world):
+    world.dns.start()
+    t = world.tern()
+    p = t.ctl("tls", "report-now")
+    assert p.returncode != 0 and b"tls_rpt" in p.stderr
