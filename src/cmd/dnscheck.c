@@ -1,6 +1,6 @@
 /*
  * `ternctl dns check DOMAIN [--json]`: what the world sees of DOMAIN (SPF,
- * DKIM, DMARC, MX, and the PTR of each egress address) checked against this
+ * DKIM, DMARC, MX, the PTR of each egress address, MTA-STS and TLS-RPT) checked against this
  * relay's configuration, one finding per line with the exact record to
  * publish or change. Lookups go through the dns module (dns_resolvers or
  * resolv.conf) and the SPF evaluator; this tool waits for each answer by
@@ -23,7 +23,9 @@
 #include <strings.h>
 
 #include "dns/dns.h"
+#include "mtasts/mtasts.h"
 #include "spf/spf.h"
+#include "tlsrpt/tlsrpt.h"
 #include "util/buf.h"
 #include "util/cidr.h"
 #include "util/parse.h"
@@ -849,6 +851,127 @@ check_mx(struct ck *k)
     dns_rr_result_free(mx);
 }
 
+/* ---- MTA-STS (RFC 8461) and TLS-RPT (RFC 8460) ---- */
+
+struct sts_wait {
+    bool done;
+    enum mtasts_mode mode;
+    struct mtasts_policy policy;
+    char err[256];
+};
+
+static void
+sts_done(void *arg, const struct mtasts_answer *a)
+{
+    struct sts_wait *w = arg;
+    w->done = true;
+    w->mode = a->mode;
+    if (a->policy != NULL)
+        w->policy = *a->policy;
+    snprintf(w->err, sizeof(w->err), "%s", a->err);
+}
+
+/* The TXT records of r as arrays for the pure parsers. */
+static size_t
+txt_arrays(const struct dns_rr_result *r, const char **recs, size_t *lens)
+{
+    size_t n = 0;
+    for (size_t i = 0; r->rc == DNS_OK && i < r->n; i++) {
+        recs[n] = r->rr[i].data;
+        lens[n++] = r->rr[i].len;
+    }
+    return n;
+}
+
+/* Every MX host of the domain must match an enforce or testing policy. */
+static void
+sts_mx_match(struct ck *k, const struct sts_wait *w)
+{
+    struct dns_rr_result *mx = query(k, k->domain, DNS_RR_MX);
+    for (size_t i = 0; mx->rc == DNS_OK && i < mx->n; i++) {
+        if (mx->rr[i].data[0] != '\0' && !mtasts_policy_match(&w->policy, mx->rr[i].data))
+            add(k, w->mode == MTASTS_ENFORCE ? LVL_FAIL : LVL_WARN, "MTA-STS", NULL,
+                "MX host %s matches no mx line of the policy: senders %s", mx->rr[i].data,
+                w->mode == MTASTS_ENFORCE ? "will not deliver to it" : "report it as a failure");
+    }
+    dns_rr_result_free(mx);
+}
+
+static void
+check_mtasts(struct ck *k)
+{
+    char name[DNS_NAME_MAX + 16], id[MTASTS_ID_MAX + 1], err[200];
+    const char *recs[DNS_RR_MAX];
+    size_t lens[DNS_RR_MAX], n;
+    struct dns_rr_result *txt;
+    struct mtasts_opts o = { NULL, k->cfg->tls_ca_file };
+    struct sts_wait w;
+    struct buf e = BUF_INIT;
+    struct mtasts *m;
+    int rc;
+    snprintf(name, sizeof(name), "_mta-sts.%s", k->domain);
+    txt = query(k, name, DNS_RR_TXT);
+    n = txt_arrays(txt, recs, lens);
+    rc = txt->rc == DNS_TEMP ? -2 : mtasts_txt_parse(recs, lens, n, id, err, sizeof(err));
+    if (rc == -2)
+        add(k, LVL_FAIL, "MTA-STS", NULL, "cannot look up TXT at %s: %s", name, txt->err);
+    else if (rc < 0)
+        add(k, LVL_FAIL, "MTA-STS", NULL, "TXT at %s: %s", name, err);
+    else if (rc == 1)
+        add(k, LVL_OK, "MTA-STS", NULL, "no policy published at %s (optional, RFC 8461)", name);
+    dns_rr_result_free(txt);
+    if (rc != 0)
+        return;
+    m = mtasts_new(k->base, k->dns, &o, &e);
+    if (m == NULL) {
+        add(k, LVL_FAIL, "MTA-STS", NULL, "%s", e.data ? e.data : "cannot fetch");
+        buf_fini(&e);
+        return;
+    }
+    memset(&w, 0, sizeof(w));
+    mtasts_get(m, k->domain, sts_done, &w);
+    while (!w.done)
+        event_base_loop(k->base, EVLOOP_ONCE);
+    if (w.err[0] != '\0')
+        add(k, LVL_FAIL, "MTA-STS", NULL, "id %s, but the policy: %s", id, w.err);
+    else if (w.mode == MTASTS_NONE)
+        add(k, LVL_OK, "MTA-STS", NULL, "id %s, policy in mode none", id);
+    else
+        add(k, LVL_OK, "MTA-STS", NULL, "id %s, policy mode %s, max_age %lld, %zu mx line(s)", id,
+            mtasts_mode_name(w.mode), (long long)w.policy.max_age_s, w.policy.n_mx);
+    if (w.mode != MTASTS_NONE)
+        sts_mx_match(k, &w);
+    mtasts_free(m);
+    buf_fini(&e);
+}
+
+static void
+check_tlsrpt(struct ck *k)
+{
+    char name[DNS_NAME_MAX + 16], err[200], rua[TLSRPT_RUA_MAX][TLSRPT_RUA_LEN], pub[300];
+    const char *recs[DNS_RR_MAX];
+    size_t lens[DNS_RR_MAX], n, n_rua = 0;
+    struct dns_rr_result *txt;
+    int rc;
+    snprintf(name, sizeof(name), "_smtp._tls.%s", k->domain);
+    txt = query(k, name, DNS_RR_TXT);
+    n = txt_arrays(txt, recs, lens);
+    rc = txt->rc == DNS_TEMP ? -2 : tlsrpt_txt_parse(recs, lens, n, rua, &n_rua, err, sizeof(err));
+    snprintf(pub, sizeof(pub), "%s TXT \"v=TLSRPTv1; rua=mailto:tlsrpt@%s\"", name, k->domain);
+    if (rc == -2)
+        add(k, LVL_FAIL, "TLS-RPT", NULL, "cannot look up TXT at %s: %s", name, txt->err);
+    else if (rc < 0)
+        add(k, LVL_FAIL, "TLS-RPT", pub, "TXT at %s: %s", name, err);
+    else if (rc == 1)
+        add(k, LVL_OK, "TLS-RPT", pub,
+            "no reporting address at %s (optional, RFC 8460: senders' TLS failures reported "
+            "to you)",
+            name);
+    else
+        add(k, LVL_OK, "TLS-RPT", NULL, "reports go to %s%s", rua[0], n_rua > 1 ? " and more" : "");
+    dns_rr_result_free(txt);
+}
+
 /* ---- output and main ---- */
 
 static const char *const level_names[] = { "OK", "WARN", "FAIL" };
@@ -901,6 +1024,8 @@ run_checks(struct ck *k)
     check_dmarc(k);
     check_ptr(k);
     check_mx(k);
+    check_mtasts(k);
+    check_tlsrpt(k);
 }
 
 int

@@ -86,6 +86,8 @@ ent_load(struct mtasts *m, struct ent *e)
     char path[4400], err[256];
     struct buf b = BUF_INIT;
     int fd;
+    if (m->dir == NULL)
+        return; /* no cache (ternctl dns check) */
     snprintf(path, sizeof(path), "%s/%s", m->dir, e->domain);
     fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0)
@@ -115,6 +117,8 @@ static void
 ent_save(struct mtasts *m, struct ent *e)
 {
     struct buf b = BUF_INIT, err = BUF_INIT;
+    if (m->dir == NULL)
+        return;
     mtasts_cache_format(&e->c, &b);
     if (fs_replace_file(m->dir, e->domain, b.data, b.len, &err) < 0) {
         struct logline l;
@@ -496,15 +500,17 @@ struct mtasts *
 mtasts_new(struct event_base *base, struct dns *dns, const struct mtasts_opts *o, struct buf *err)
 {
     struct mtasts *m = xcalloc(1, sizeof(*m));
-    size_t n = strlen(o->spool_dir) + sizeof(MTASTS_DIR) + 1;
     m->base = base;
     m->dns = dns;
-    m->dir = xmalloc(n);
-    snprintf(m->dir, n, "%s/%s", o->spool_dir, MTASTS_DIR);
+    if (o->spool_dir != NULL) {
+        size_t n = strlen(o->spool_dir) + sizeof(MTASTS_DIR) + 1;
+        m->dir = xmalloc(n);
+        snprintf(m->dir, n, "%s/%s", o->spool_dir, MTASTS_DIR);
+    }
     m->ca_file = o->ca_file ? xstrdup(o->ca_file) : NULL;
     m->ents = map_new();
     TAILQ_INIT(&m->reqs);
-    if (mkdir(m->dir, 0700) < 0 && errno != EEXIST) {
+    if (m->dir != NULL && mkdir(m->dir, 0700) < 0 && errno != EEXIST) {
         buf_printf(err, "cannot make %s: %s\n", m->dir, strerror(errno));
         mtasts_free(m);
         return NULL;

@@ -111,7 +111,7 @@ struct mtasts_answer {
 };
 
 struct mtasts_opts {
-    const char *spool_dir; /* the cache is SPOOL/mta-sts (made when missing) */
+    const char *spool_dir; /* the cache is SPOOL/mta-sts (made when missing); NULL: memory only */
     const char *ca_file;   /* verifies mta-sts.DOMAIN; NULL: the system store */
 };
 

@@ -374,3 +374,23 @@ def test_report_now_refused_when_off(world):
     t = world.tern()
     p = t.ctl("tls", "report-now")
     assert p.returncode != 0 and b"tls_rpt" in p.stderr
+
+
+def test_dns_check_reports_mtasts_and_tlsrpt(world):
+    world.sts_txt("7")
+    world.web.policy("enforce", mx="*.elsewhere.test")
+    world.dns.txt(f"_smtp._tls.{DOM}", "v=TLSRPTv1; rua=mailto:tlsrpt@rpt.test")
+    world.dns.start()
+    world.web.start()
+    t = world.tern(start=False)
+    p = t.ctl("dns", "check", DOM)
+    out = p.stdout.decode()
+    assert "OK MTA-STS: id 7, policy mode enforce, max_age 86400, 1 mx line(s)" in out, out
+    assert f"FAIL MTA-STS: MX host {MX1} matches no mx line of the policy" in out, out
+    assert "OK TLS-RPT: reports go to mailto:tlsrpt@rpt.test" in out, out
+    assert p.returncode == 1
+    # A policy that cannot be fetched is a failure of its own.
+    world.web.stop()
+    p = t.ctl("dns", "check", DOM)
+    out = p.stdout.decode()
+    assert "FAIL MTA-STS: id 7, but the policy: " in out, out
