@@ -13,6 +13,9 @@
 
 #include <cmocka.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include "mtasts/mtasts.h"
 #include "util/util.h"
 
@@ -198,6 +201,54 @@ test_cache_roundtrip(void **state)
     buf_fini(&b);
 }
 
+/* What `ternctl tls show` prints of a cache file, read from a spool. */
+static void
+test_render(void **state)
+{
+    static const char pol[] = "version: STSv1\nmode: enforce\nmx: *.example.com\nmax_age: 600\n";
+    char dir[] = "/tmp/test_mtasts.XXXXXX", path[128];
+    struct mtasts_cached c = { 0 };
+    struct buf b = BUF_INIT, out = BUF_INIT;
+    FILE *f;
+    (void)state;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/" MTASTS_DIR, dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+    snprintf(c.id, sizeof(c.id), "id9");
+    c.fetched_s = 1000;
+    c.text = xstrdup(pol);
+    c.len = strlen(pol);
+    c.err_s = 1500;
+    snprintf(c.err, sizeof(c.err), "timed out");
+    mtasts_cache_format(&c, &b);
+    snprintf(path, sizeof(path), "%s/" MTASTS_DIR "/example.com", dir);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(b.data, 1, b.len, f), b.len);
+    assert_int_equal(fclose(f), 0);
+    mtasts_render(dir, "example.com", 1700, &out);
+    buf_append_char(&out, '\0');
+    assert_non_null(
+        strstr(out.data, "mta-sts: id id9 mode enforce max_age 600s age 700s (expired)\n"));
+    assert_non_null(strstr(out.data, "mta-sts: mx *.example.com\n"));
+    assert_non_null(strstr(out.data, "mta-sts: last fetch error 200s ago: timed out\n"));
+    buf_reset(&out);
+    mtasts_render(dir, "other.example", 1700, &out);
+    buf_append_char(&out, '\0');
+    assert_string_equal(out.data, "mta-sts: nothing cached for other.example\n");
+    buf_reset(&out);
+    mtasts_render(dir, "../etc", 1700, &out);
+    buf_append_char(&out, '\0');
+    assert_string_equal(out.data, "mta-sts: nothing cached for ../etc\n");
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/" MTASTS_DIR, dir);
+    rmdir(path);
+    rmdir(dir);
+    mtasts_cached_fini(&c);
+    buf_fini(&b);
+    buf_fini(&out);
+}
+
 int
 main(void)
 {
@@ -207,6 +258,7 @@ main(void)
         cmocka_unit_test(test_policy_bounds),
         cmocka_unit_test(test_mx_match),
         cmocka_unit_test(test_cache_roundtrip),
+        cmocka_unit_test(test_render),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
