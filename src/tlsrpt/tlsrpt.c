@@ -129,7 +129,8 @@ tlsrpt_record(struct tlsrpt *t, const struct tlsrpt_event *ev)
     struct buf b = BUF_INIT;
     struct stat st;
     int fd;
-    if (t == NULL || ev->domain == NULL || ev->domain[0] == '\0')
+    /* Nothing is kept that would never be sent (tls_rpt = no). */
+    if (t == NULL || !t->send || ev->domain == NULL || ev->domain[0] == '\0')
         return;
     day_name(tern_now_ms() / 1000, day, sizeof(day));
     if (strcmp(day, t->today) != 0) {
@@ -606,6 +607,26 @@ daily_arm(struct tlsrpt *t)
     evtimer_add(t->daily, &tv);
 }
 
+/* With tls_rpt = no, counts left from when it was on are dropped. */
+static void
+purge_old(struct tlsrpt *t)
+{
+    char now[16], path[4400];
+    struct dirent *de;
+    DIR *dir = opendir(t->dir);
+    day_name(tern_now_ms() / 1000, now, sizeof(now));
+    if (dir == NULL)
+        return;
+    while ((de = readdir(dir)) != NULL) {
+        if (strlen(de->d_name) < 10 || !is_day_name(de->d_name) ||
+            strncmp(de->d_name, now, 10) >= 0)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", t->dir, de->d_name);
+        unlink(path);
+    }
+    closedir(dir);
+}
+
 static void
 daily_cb(evutil_socket_t fd, short what, void *arg)
 {
@@ -614,6 +635,8 @@ daily_cb(evutil_socket_t fd, short what, void *arg)
     (void)what;
     if (t->send)
         tlsrpt_send_now(t, false);
+    else
+        purge_old(t);
     daily_arm(t);
 }
 

@@ -145,8 +145,8 @@ struct tlsrpt *tlsrpt_new(struct event_base *base, struct dns *dns, struct spool
 void tlsrpt_free(struct tlsrpt *t); /* NULL is fine */
 void tlsrpt_set_opts(struct tlsrpt *t, const struct tlsrpt_opts *o);
 
-/* Count ev for today (UTC). Never fails the caller: a write that fails is
- * logged (once a minute at most). */
+/* Count ev for today (UTC), when reports are sent (tls_rpt). Never fails
+ * the caller: a write that fails is logged (once a minute at most). */
 void tlsrpt_record(struct tlsrpt *t, const struct tlsrpt_event *ev);
 
 /* Send the reports now: the days before today and, with today, today's

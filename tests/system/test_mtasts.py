@@ -218,7 +218,7 @@ def test_testing_bad_certificate_delivers_and_counts(world):
     world.dns.start()
     world.web.start()
     s = world.sink(cert=world.wrong)
-    t = world.tern()
+    t = world.tern(tls_rpt="yes")
     send(t, "sts testing")
     wait_for(lambda: s.snapshot(), desc="the message at the MX")
     t.wait_event("policy_failed", mode="testing", result="certificate-host-mismatch")
@@ -289,7 +289,7 @@ def test_bad_policy_is_no_policy(world):
     world.dns.start()
     world.web.start()
     s = world.sink(cert=world.wrong)
-    t = world.tern()
+    t = world.tern(tls_rpt="yes")
     send(t, "bad policy")
     wait_for(lambda: s.snapshot(), desc="delivered as without a policy")
     t.wait_event("no_policy", result="sts-policy-invalid")
@@ -370,10 +370,18 @@ def test_tlsrpt_https_report(world):
 
 
 def test_report_now_refused_when_off(world):
+    world.sts_txt("1")
+    world.web.policy("testing")
     world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.wrong)
     t = world.tern()
+    send(t, "not counted")
+    wait_for(lambda: s.snapshot(), desc="the message at the MX")
     p = t.ctl("tls", "report-now")
     assert p.returncode != 0 and b"tls_rpt" in p.stderr
+    # Nothing is counted that would never be sent.
+    assert not list((t.spool / "tlsrpt").iterdir())
 
 
 def test_dns_check_reports_mtasts_and_tlsrpt(world):
