@@ -48,6 +48,7 @@ struct mtasts_req {
     struct ent *e;
     TAILQ_ENTRY(mtasts_req) link; /* in m->reqs, or e->waiting */
     bool waiting;
+    bool bad; /* not a domain name: no policy, nothing cached */
     char domain[MTASTS_DOMAIN_MAX + 1];
     struct dns_query *q;
     mtasts_cb cb;
@@ -422,6 +423,10 @@ txt_cb(void *arg, const struct dns_rr_result *r)
     int64_t now_s = tern_now_ms() / 1000;
     req->q = NULL;
     TAILQ_REMOVE(&m->reqs, req, link);
+    if (req->bad) {
+        answer(req, NULL, MTASTS_FAIL_NONE, NULL);
+        return;
+    }
     e = ent_get(m, req->domain);
     if (r->rc == DNS_OK) {
         for (size_t i = 0; i < r->n; i++) {
@@ -470,9 +475,11 @@ mtasts_get(struct mtasts *m, const char *domain, mtasts_cb cb, void *arg)
             r->domain[n - 1] = '\0';
     }
     /* Only a plain domain name reaches a file name or a URL; anything else
-     * fails the TXT lookup (DNS_BADNAME) and so has no policy. */
-    if (!str_is_domain(r->domain, strlen(r->domain), false) || strchr(r->domain, '/') != NULL)
-        snprintf(name, sizeof(name), "_mta-sts.");
+     * has no policy (answered from the loop, after a lookup that RFC 6761
+     * §6.4 guarantees to fail). */
+    r->bad = !str_is_domain(r->domain, strlen(r->domain), false) || r->domain[0] == '.';
+    if (r->bad)
+        snprintf(name, sizeof(name), "invalid");
     else
         snprintf(name, sizeof(name), "_mta-sts.%s", r->domain);
     TAILQ_INSERT_TAIL(&m->reqs, r, link);

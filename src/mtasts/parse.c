@@ -143,6 +143,9 @@ policy_line(
         v0++;
     while (v1 > v0 && is_wsp(l[v1 - 1]))
         v1--;
+    if (!(k == 7 && memcmp(l, "version", 7) == 0) && !(k == 4 && memcmp(l, "mode", 4) == 0) &&
+        !(k == 7 && memcmp(l, "max_age", 7) == 0) && !(k == 2 && memcmp(l, "mx", 2) == 0))
+        return 0; /* unknown keys are ignored (§3.2), whatever their length */
     if (v1 - v0 > MTASTS_MX_LEN) {
         SET_ERR("a value longer than %d bytes", MTASTS_MX_LEN);
         return -1;
@@ -191,7 +194,7 @@ policy_line(
             snprintf(p->mx[p->n_mx++], sizeof(p->mx[0]), "%s", val);
         }
     }
-    return 0; /* unknown keys are ignored (§3.2) */
+    return 0;
 }
 
 int

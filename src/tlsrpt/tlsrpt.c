@@ -481,6 +481,10 @@ run_next(struct tlsrpt *t)
                 break;
             }
             d = &r->day.d[r->cur_dom];
+            if (!str_is_domain(d->domain, strlen(d->domain), false)) {
+                r->cur_dom++; /* a damaged line's name never reaches a header */
+                break;
+            }
             snprintf(r->report_id, sizeof(r->report_id), "%.10s.%s.%" PRIx64, r->files[r->cur_file],
                 d->domain, (uint64_t)tern_now_ms());
             snprintf(name, sizeof(name), "_smtp._tls.%s", d->domain);

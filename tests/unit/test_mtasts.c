@@ -92,6 +92,11 @@ test_policy(void **state)
         { "version: STSv1\nmode enforce\nmx: a.example\nmax_age: 1\n", -1, 0, 0, 0 },
         { "version: STSv1\nmode: enforce\x01\nmx: a.example\nmax_age: 1\n", -1, 0, 0, 0 },
         { "<html>not a policy</html>", -1, 0, 0, 0 },
+        { "version: STSv1\nmode: testing\nmx: a.example\nmax_age: 1\nfuture: "
+          "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+          "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"
+          "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n",
+            0, MTASTS_TESTING, 1, 1 },
     };
     (void)state;
     for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
