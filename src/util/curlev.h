@@ -26,7 +26,8 @@ void curlev_free(struct curlev *cv);
 
 /* The transfer of easy ended with res: easy is already out of the multi
  * handle and is the callee's (curl_easy_cleanup it). Runs from the loop,
- * never inside curlev_add. */
+ * never inside curlev_add; it may add or remove transfers, but must not
+ * free cv (other finished transfers are read from it afterwards). */
 typedef void (*curlev_done_fn)(void *arg, CURL *easy, CURLcode res);
 
 /* Start easy (configured by the caller; CURLOPT_PRIVATE is curlev's).

@@ -402,3 +402,27 @@ def test_dns_check_reports_mtasts_and_tlsrpt(world):
     p = t.ctl("dns", "check", DOM)
     out = p.stdout.decode()
     assert "FAIL MTA-STS: id 7, but the policy: " in out, out
+
+
+def test_cached_enforce_stays_when_txt_disappears(world):
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.good)
+    t = world.tern()
+    send(t, "first")
+    wait_for(lambda: s.snapshot(), desc="the first message at the MX")
+    t.stop()
+    # The TXT record is gone (RFC 8461 §5.1: the policy stays until its
+    # max_age) and the MX host now shows a certificate for another name.
+    world.dns.clear()
+    world.dns.mx_host("src.test", "mx.src.test", DSN_ADDR)
+    world.dns.mx_host(DOM, MX1, MX2_ADDR)
+    world.dns.restart()
+    bad = world.sink(MX2_ADDR, cert=world.wrong)
+    t.start()
+    sender = send(t, "second")
+    wait_deferred(t, sender, "MTA-STS policy of sts.test")
+    assert holds_for(lambda: not bad.mail_attempts, 1.0)
+    assert world.web.gets == 1, "nothing fetched again"
