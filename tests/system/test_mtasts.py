@@ -426,3 +426,21 @@ def test_cached_enforce_stays_when_txt_disappears(world):
     wait_deferred(t, sender, "MTA-STS policy of sts.test")
     assert holds_for(lambda: not bad.mail_attempts, 1.0)
     assert world.web.gets == 1, "nothing fetched again"
+
+
+def test_policy_server_with_wrong_certificate_is_webpki_invalid(world):
+    world.sts_txt("1")
+    world.dns.start()
+    # mta-sts.sts.test answers with a certificate for another name.
+    world.web.httpd.server_close()
+    world.web = PolicyServer(world.web_addr, *world.wrong)
+    world.web.policy("enforce")
+    world.web.start()
+    s = world.sink(cert=world.wrong)
+    t = world.tern(tls_rpt="yes")
+    send(t, "no policy")
+    wait_for(lambda: s.snapshot(), desc="delivered as without a policy")
+    ev = t.wait_event("no_policy", result="sts-webpki-invalid")
+    assert "https://mta-sts.sts.test" in ev["reason"]
+    text = next((t.spool / "tlsrpt").iterdir()).read_text()
+    assert "\tno-policy-found\tsts-webpki-invalid\t" in text
