@@ -1690,6 +1690,48 @@ test_hold_in_flight(void **state)
     h_free(h);
 }
 
+/* A walk of named messages: their lines only, in the order asked, from
+ * memory or read from the spool; unknown and malformed ids skipped. */
+static void
+test_walk_ids(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, true);
+    char q1[SPOOL_QID_LEN + 1], q2[SPOOL_QID_LEN + 1], q3[SPOOL_QID_LEN + 1];
+    struct buf out = BUF_INIT;
+    h->srv[0].stall_greeting = true; /* nothing leaves meanwhile */
+    h_submit(h, "s@x.test", rcpt_a, 1, q1);
+    h_submit(h, "s@x.test", rcpt_b, 1, q2);
+    h_submit(h, "s@x.test", rcpt_c, 1, q3);
+    for (int round = 0; round < 2; round++) {
+        const char *ids[] = { q3, "0123456789abcdef", "nonsense", q1 };
+        struct walk_out o = { &out, NULL, false };
+        const char *p1, *p3;
+        buf_reset(&out);
+        o.w = sched_walk_ids(h->s, ids, 4, walk_fn, &o);
+        RUN_UNTIL(h, o.done, 5000);
+        assert_int_equal(count_lines(out.data), 2);
+        p3 = strstr(out.data, q3);
+        p1 = strstr(out.data, q1);
+        assert_non_null(p3);
+        assert_non_null(p1);
+        assert_true(p3 < p1);
+        assert_null(strstr(out.data, q2));
+        if (round == 0) {
+            /* Held across a restart: out of memory, read from the spool. */
+            assert_int_equal(sched_hold(h->s, q1, true), 0);
+            assert_int_equal(sched_hold(h->s, q3, true), 0);
+            if (h->srv[0].ungreeted != NULL)
+                srv_greet(&h->srv[0]);
+            h->srv[0].stall_greeting = false;
+            h->srv[0].stall_dot = true;
+            assert_int_equal(h_restart(h, h->srv[0].port, NULL), 3);
+            assert_null(sidx_ent(&h->s->idx, sidx_find(&h->s->idx, strtoull(q1, NULL, 16)))->m);
+        }
+    }
+    buf_fini(&out);
+    h_free(h);
+}
+
 /* Delete: gone from the spool at once and never delivered; unknown ids fail. */
 static void
 test_delete(void **state)
@@ -2169,6 +2211,7 @@ main(void)
         cmocka_unit_test(test_connection_refused),
         cmocka_unit_test(test_destination_freed),
         cmocka_unit_test(test_hold_release),
+        cmocka_unit_test(test_walk_ids),
         cmocka_unit_test(test_hold_in_flight),
         cmocka_unit_test(test_delete),
         cmocka_unit_test(test_expiry),
