@@ -128,6 +128,14 @@ struct smtp_listen_set {
     int *fds;              /* owned, n * n_loops */
 };
 
+/* The deadlines of a loop's sessions: a list per second (deadline.c). */
+#define SMTP_WHEEL_SLOTS 512
+struct smtp_wheel {
+    struct smtp_session *slot[SMTP_WHEEL_SLOTS];
+    struct event *tick;
+    int64_t done_s; /* every second up to this one has been looked at */
+};
+
 /* One receive loop: an event base with its own listeners and sessions.
  * With workers = 1 the only loop is the main loop (no thread); otherwise
  * each loop runs on a thread of its own (workers.c). */
@@ -150,6 +158,7 @@ struct smtp_loop {
     struct smtp_listener **listeners;
     size_t n_listeners;
     struct map *sessions; /* id -> session */
+    struct smtp_wheel wheel;
     /* session id -> struct hline *: a message's "received" journal line,
      * written once the commit succeeds (the session may be gone by then) */
     struct map *journal_pending;
@@ -223,9 +232,11 @@ struct smtp_session {
     enum smtp_state bdat_prev_state;
     struct smtp_tx *tx;
     bool dead;
-    bool outsider;          /* the client is outside relay_networks (counted in n_outsiders) */
-    struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
-    int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
+    bool outsider; /* the client is outside relay_networks (counted in n_outsiders) */
+    /* The client's deadline (smtp_session_deadline), in its loop's wheel
+     * (deadline.c) while dl_pprev is set. */
+    struct smtp_session *dl_next, **dl_pprev;
+    int64_t deadline_ms; /* when it falls, tern_mono_ms() time */
     struct event
         *flush_ev; /* owned, made when first needed: closing goes on once the TLS layers drained */
     /* A plaintext socket is read by tern itself (see plain_read_cb), not
@@ -311,6 +322,14 @@ void smtp_session_process(struct smtp_session *s);
 /* The client has ms from now (the next command line, the data, the last
  * reply's flush) before 421 4.4.2 and close; replaces the deadline set. */
 void smtp_session_deadline(struct smtp_session *s, int64_t ms);
+/* deadline.c: the wheel of lp (false when its timer cannot be made), and a
+ * session's place in it at s->deadline_ms (set) or out of it (unset). */
+bool smtp_wheel_init(struct smtp_loop *lp);
+void smtp_wheel_fini(struct smtp_loop *lp);
+void smtp_wheel_set(struct smtp_session *s);
+void smtp_wheel_unset(struct smtp_session *s);
+/* The wheel's call when s's deadline has come (session.c). */
+void smtp_session_deadline_fell(struct smtp_session *s);
 /* bytes of message data arrived: extend the data deadline (min_data_rate,
  * at most data_timeout ahead). */
 void smtp_session_data_progress(struct smtp_session *s, uint64_t bytes);
