@@ -529,10 +529,15 @@ journal_result(const char *event, const struct sched_msg *m, const struct spool_
  * reply, delay since arrival, delays=a/b/c/d, dsn=, status=. st: the
  * status the recipient ends with (an expiry's own, else the reply). */
 static void
-log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt *r,
+log_result(const char *event, struct sched_msg *m, const struct spool_rcpt *r,
     const struct delivery_rcpt_result *res, const struct tern_status *st, const char *relay,
     const char *reply, int64_t next_ms)
 {
+    static const struct {
+        const char *name;
+        enum spool_attempt_ev ev;
+    } evs[] = { { "deferred", SPOOL_ATT_DEFERRED }, { "delivered", SPOOL_ATT_DELIVERED },
+        { "bounced", SPOOL_ATT_BOUNCED }, { "expired", SPOOL_ATT_EXPIRED } };
     struct logline l;
     char delay[32], delays[128], dsn[16];
     int64_t d = tern_now_ms() - m->env->arrival_ms;
@@ -563,6 +568,11 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
     }
     log_end(&l);
     journal_result(event, m, r, relay, reply, next_ms);
+    /* With the message too, in the state written after this attempt. */
+    for (size_t i = 0; i < TERN_ARRAY_LEN(evs); i++) {
+        if (strcmp(evs[i].name, event) == 0)
+            spool_env_add_attempt(m->env, (size_t)(r - m->env->rcpts), evs[i].ev, relay, reply);
+    }
 }
 
 /* A final result: does it call for a DSN? dr is filled either way. */

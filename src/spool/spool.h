@@ -87,6 +87,26 @@ struct spool_rcpt {
     char *last_error;    /* owned or NULL: last reply or reason, one line */
 };
 
+/* One delivery attempt for one recipient, kept with the message (the
+ * latest SPOOL_ATTEMPTS_MAX of them) so that `queue show` has them even
+ * without the history journal. */
+#define SPOOL_ATTEMPTS_MAX 32
+enum spool_attempt_ev {
+    SPOOL_ATT_DEFERRED,
+    SPOOL_ATT_DELIVERED,
+    SPOOL_ATT_BOUNCED,
+    SPOOL_ATT_EXPIRED
+};
+struct spool_attempt {
+    int64_t time_ms; /* wall clock */
+    uint32_t rcpt;   /* index into rcpts */
+    enum spool_attempt_ev ev;
+    char *relay; /* owned or NULL: "host[addr]:port tls=..." */
+    char *reply; /* owned or NULL: the reply or reason, one line */
+};
+/* "deferred", "delivered", "bounced", "expired"; NULL for another value. */
+const char *spool_attempt_ev_name(enum spool_attempt_ev ev);
+
 /* Where a piece of a stored body is: bytes [off, off+len) of segment seg. */
 struct spool_extent {
     uint64_t seg;
@@ -107,6 +127,8 @@ struct spool_env {
     char *client_addr;        /* owned or NULL */
     struct spool_rcpt *rcpts; /* owned array */
     size_t n_rcpts;
+    struct spool_attempt *attempts; /* owned: the latest first-to-last, in the STATE record */
+    size_t n_attempts;
     /* Owned or NULL: header fields sent before the body, each CRLF
      * terminated (DKIM-Signature fields made at commit by the writer's
      * finisher); not part of the body, at most SPOOL_PREFIX_MAX bytes. */
@@ -124,6 +146,10 @@ struct spool_env {
 void spool_env_free(struct spool_env *env);
 /* Deep copy. */
 struct spool_env *spool_env_dup(const struct spool_env *env);
+/* Record an attempt for recipient rcpt now (copies relay and reply);
+ * the oldest goes beyond SPOOL_ATTEMPTS_MAX. */
+void spool_env_add_attempt(struct spool_env *env, size_t rcpt, enum spool_attempt_ev ev,
+    const char *relay, const char *reply);
 /* Add a recipient (copies addr/orcpt). */
 void spool_env_add_rcpt(
     struct spool_env *env, const char *addr, const char *orcpt, unsigned notify);
