@@ -173,8 +173,11 @@ attempt_push(struct spool_env *env, int64_t time_ms, size_t rcpt, enum spool_att
     char *relay, char *reply)
 {
     struct spool_attempt *a;
-    if (env->attempts == NULL)
-        env->attempts = xcalloc(SPOOL_ATTEMPTS_MAX, sizeof(*env->attempts));
+    size_t n = env->n_attempts;
+    /* Capacity: n rounded up to a power of two (most messages have one or
+     * two attempts while they are in memory). */
+    if (n < SPOOL_ATTEMPTS_MAX && (n & (n - 1)) == 0)
+        env->attempts = xrealloc(env->attempts, (n ? 2 * n : 1) * sizeof(*env->attempts));
     if (env->n_attempts == SPOOL_ATTEMPTS_MAX) {
         free(env->attempts[0].relay);
         free(env->attempts[0].reply);
