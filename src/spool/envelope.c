@@ -176,6 +176,7 @@ attempt_push(struct spool_env *env, int64_t time_ms, size_t rcpt, enum spool_att
     size_t n = env->n_attempts;
     /* Capacity: n rounded up to a power of two (most messages have one or
      * two attempts while they are in memory). */
+    _Static_assert((SPOOL_ATTEMPTS_MAX & (SPOOL_ATTEMPTS_MAX - 1)) == 0, "a power of two");
     if (n < SPOOL_ATTEMPTS_MAX && (n & (n - 1)) == 0)
         env->attempts = xrealloc(env->attempts, (n ? 2 * n : 1) * sizeof(*env->attempts));
     if (env->n_attempts == SPOOL_ATTEMPTS_MAX) {
