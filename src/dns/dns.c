@@ -86,6 +86,7 @@ struct dns {
     struct event *reap; /* destroys idle replaced channels */
     LIST_HEAD(, dns_query) queries;
     struct dns_cache *cache;
+    struct dns_hosts *hosts; /* the hosts file (hosts.c) */
     uint64_t rnd;
     bool dying;
 };
@@ -197,14 +198,28 @@ rc_text(enum dns_rc rc, char *err, size_t cap)
 
 /* ---- channels ---- */
 
+/* The channel's timer: when the next query times out. c-ares 1.18 finds
+ * that by walking every pending query, so it is asked only when the timer
+ * is not already set or has just fired (a query sent since times out later
+ * than the one the timer waits for), and the timer fires at most every
+ * CHAN_TICK_MS: many queries waiting on a slow server cost a walk a tick,
+ * not one per packet. */
+#define CHAN_TICK_MS 50
+
 static void
-chan_arm(struct dns_chan *c)
+chan_arm(struct dns_chan *c, bool fired)
 {
-    struct timeval tv, *tvp = ares_timeout(c->ch, NULL, &tv);
-    if (tvp != NULL)
-        evtimer_add(c->timer, tvp);
-    else
+    struct timeval tv, *tvp;
+    if (!fired && evtimer_pending(c->timer, NULL))
+        return;
+    tvp = ares_timeout(c->ch, NULL, &tv);
+    if (tvp == NULL) {
         evtimer_del(c->timer);
+        return;
+    }
+    if (tv.tv_sec == 0 && tv.tv_usec < CHAN_TICK_MS * 1000)
+        tv.tv_usec = CHAN_TICK_MS * 1000;
+    evtimer_add(c->timer, &tv);
 }
 
 static void
@@ -214,7 +229,7 @@ sock_cb(evutil_socket_t fd, short what, void *arg)
     /* May free this very event through sock_state_cb: touch only c after. */
     ares_process_fd(
         c->ch, (what & EV_READ) ? fd : ARES_SOCKET_BAD, (what & EV_WRITE) ? fd : ARES_SOCKET_BAD);
-    chan_arm(c);
+    chan_arm(c, false);
 }
 
 static void
@@ -222,7 +237,7 @@ chan_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct dns_chan *c = arg;
     ares_process_fd(c->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-    chan_arm(c);
+    chan_arm(c, true);
 }
 
 static void
@@ -383,6 +398,7 @@ dns_new(struct event_base *base, const struct hostport *servers, size_t n, struc
     if (d->reap == NULL)
         tern_panic("cannot create resolver event");
     d->cache = dns_cache_new(DNS_CACHE_MAX);
+    d->hosts = dns_hosts_load();
     if (getrandom(&d->rnd, sizeof(d->rnd), GRND_NONBLOCK) != (ssize_t)sizeof(d->rnd))
         d->rnd = (uint64_t)tern_mono_ms() ^ ((uint64_t)getpid() << 32);
     d->rnd |= 1; /* xorshift needs a non-zero state */
@@ -408,8 +424,15 @@ dns_free(struct dns *d)
     }
     event_free(d->reap);
     dns_cache_free(d->cache);
+    dns_hosts_free(d->hosts);
     free(d);
     ares_library_cleanup();
+}
+
+const char *
+dns_hosts_name(const struct dns *d, const struct sockaddr *sa)
+{
+    return dns_hosts_find(d->hosts, sa);
 }
 
 int
@@ -418,6 +441,9 @@ dns_set_servers(struct dns *d, const struct hostport *servers, size_t n, struct 
     struct dns_chan *c = chan_new(d, servers, n, err);
     if (c == NULL)
         return -1;
+    /* Read again with the resolver's configuration. */
+    dns_hosts_free(d->hosts);
+    d->hosts = dns_hosts_load();
     /* c-ares 1.18 refuses new servers while queries are pending: replace the
      * channel and let the old one finish what it holds. */
     LIST_INSERT_HEAD(&d->old, d->chan, link);
@@ -637,7 +663,7 @@ sub_launch(struct dns_query *q, struct dns_sub *s)
     /* ares_query, not ares_search: mail domains are absolute (RFC 5321
      * §2.3.5); no search list is appended. May call back at once. */
     ares_query(s->chan->ch, q->name, DNS_CLASS_IN, s->ops->qtype, ares_cb, ctx);
-    chan_arm(s->chan);
+    chan_arm(s->chan, false);
 }
 
 static void

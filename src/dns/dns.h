@@ -129,6 +129,10 @@ struct dns_query *dns_lookup_addr(
 typedef void (*dns_rr_cb)(void *arg, const struct dns_rr_result *r);
 struct dns_query *dns_lookup_rr(struct dns *d, const char *name, int type, dns_rr_cb cb, void *arg);
 void dns_cancel(struct dns_query *q);
+/* The name the hosts file gives sa's address (as the system resolver's
+ * "files" source; read when d was made or its servers last set), borrowed
+ * until then; NULL when it has none. */
+const char *dns_hosts_name(const struct dns *d, const struct sockaddr *sa);
 
 /* Pure helpers, for tests. */
 /* Sort by preference, shuffling runs of equal preference with rnd(arg)

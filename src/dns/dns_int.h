@@ -86,4 +86,12 @@ bool dns_cache_get(struct dns_cache *c, int qtype, const char *name, int64_t now
     enum dns_rc *rc, const void **recs, size_t *n);
 size_t dns_cache_count(const struct dns_cache *c);
 
+/* hosts.c: the hosts file's address -> name table. */
+struct dns_hosts;
+struct sockaddr;
+struct dns_hosts *dns_hosts_load(void);
+void dns_hosts_free(struct dns_hosts *h); /* NULL is fine */
+/* The name the file gives sa's address (borrowed), or NULL. */
+const char *dns_hosts_find(const struct dns_hosts *h, const struct sockaddr *sa);
+
 #endif
