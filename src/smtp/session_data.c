@@ -436,7 +436,7 @@ smtp_tx_advance(struct smtp_session *s)
     struct smtp_tx *tx = s->tx;
     TERN_ASSERT(s->state == SMTP_ST_FILTER && tx != NULL);
     /* Once refused, no later stage needs to look at it. */
-    while (tx->verdict != SMTP_V_REFUSE && tx_stages[tx->stage] != NULL) {
+    while (tx->verdict != SMTP_VERDICT_REFUSE && tx_stages[tx->stage] != NULL) {
         if (tx_stages[tx->stage++](s))
             return;
     }
@@ -476,8 +476,8 @@ tx_commit(struct smtp_session *s)
     struct smtp_tx *tx = s->tx;
     struct logline l;
     const char *qid = spool_writer_qid(tx->w);
-    if (tx->verdict == SMTP_V_REFUSE || tx->verdict == SMTP_V_DISCARD) {
-        bool refuse = tx->verdict == SMTP_V_REFUSE;
+    if (tx->verdict == SMTP_VERDICT_REFUSE || tx->verdict == SMTP_VERDICT_DISCARD) {
+        bool refuse = tx->verdict == SMTP_VERDICT_REFUSE;
         if (refuse) {
             smtp_reply_status(s, &tx->verdict_st);
             smtp_log_refused(s, qid, tx->verdict_st.text, NULL, NULL);
@@ -497,7 +497,7 @@ tx_commit(struct smtp_session *s)
         smtp_session_process(s);
         return;
     }
-    if (tx->verdict == SMTP_V_HOLD)
+    if (tx->verdict == SMTP_VERDICT_HOLD)
         tx->env->held = true;
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
@@ -515,7 +515,7 @@ tx_commit(struct smtp_session *s)
         log_str(&l, "tls", s->tls_info->version);
         log_str(&l, "cipher", s->tls_info->cipher);
     }
-    if (tx->verdict == SMTP_V_HOLD) {
+    if (tx->verdict == SMTP_VERDICT_HOLD) {
         log_str(&l, "held_by", tx->verdict_by != NULL ? tx->verdict_by : "-");
     }
     log_end(&l);

@@ -76,10 +76,10 @@ enum smtp_auth_step {
 
 /* What the stages after the data decided, least to most severe. */
 enum smtp_verdict {
-    SMTP_V_ACCEPT,  /* queue it */
-    SMTP_V_HOLD,    /* queue it held (quarantine): visible, not delivered */
-    SMTP_V_DISCARD, /* answer 250 and drop it */
-    SMTP_V_REFUSE,  /* answer verdict_st (4xx or 5xx), keep nothing */
+    SMTP_VERDICT_ACCEPT,  /* queue it */
+    SMTP_VERDICT_HOLD,    /* queue it held (quarantine): visible, not delivered */
+    SMTP_VERDICT_DISCARD, /* answer 250 and drop it */
+    SMTP_VERDICT_REFUSE,  /* answer verdict_st (4xx or 5xx), keep nothing */
 };
 
 struct smtp_tx {
@@ -103,7 +103,7 @@ struct smtp_tx {
      * the complete message run in turn (session_data.c, tx_stages) and may
      * decide its fate; the most severe decision wins. */
     size_t stage;                  /* the next stage to start */
-    enum smtp_verdict verdict;     /* SMTP_V_ACCEPT unless a stage decided */
+    enum smtp_verdict verdict;     /* SMTP_VERDICT_ACCEPT unless a stage decided */
     struct tern_status verdict_st; /* the reply when refused */
     char *verdict_by;              /* owned or NULL: who decided, for the log */
 };
