@@ -121,6 +121,12 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(relay_domains),
         .off_n = OFF(n_relay_domains),
         .desc = "recipient domains accepted from anyone" },
+    { .name = "always_bcc",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(always_bcc),
+        .desc = "address that receives a copy of every accepted message, headed by "
+                "X-Tern-Envelope-From and X-Tern-Envelope-To (the compliance archive)" },
     { .name = "smarthost",
         .type = CFG_HOSTPORT_LIST,
         .def = "",

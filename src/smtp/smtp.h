@@ -92,5 +92,10 @@ int smtp_server_check_fds(const struct config *cfg, uint64_t limit, struct buf *
  * start of w's content (not signed). Any thread. */
 struct spool_writer;
 void smtp_dkim_at_commit(struct config *cfg, struct spool_writer *w, size_t skip);
+/* Every message that enters the spool (SMTP, submission, the maildrop's
+ * pickup) gets cfg's always_bcc, when set, as one more recipient of the
+ * same stored message: RCPT_K_ARCHIVE, NOTIFY=NEVER. Call just before the
+ * commit, once the recipients are final. Any thread. */
+void smtp_archive_at_commit(const struct config *cfg, struct spool_writer *w);
 
 #endif
