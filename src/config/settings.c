@@ -121,6 +121,13 @@ const struct cfg_setting config_settings[] = {
         .off = OFF(relay_domains),
         .off_n = OFF(n_relay_domains),
         .desc = "recipient domains accepted from anyone" },
+    { .name = "relay_recipients",
+        .type = CFG_PATH,
+        .def = "",
+        .off = OFF(relay_recipients),
+        .flags = CFG_F_FILE,
+        .desc = "file of the addresses accepted for relay_domains, one a line (@domain: all of "
+                "it); others get 550 5.1.1 at RCPT; empty: any" },
     { .name = "always_bcc",
         .type = CFG_STRING,
         .def = "",

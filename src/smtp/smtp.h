@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "config/config.h"
 #include "util/buf.h"
@@ -97,5 +98,8 @@ void smtp_dkim_at_commit(struct config *cfg, struct spool_writer *w, size_t skip
  * same stored message: RCPT_K_ARCHIVE, NOTIFY=NEVER. Call just before the
  * commit, once the recipients are final. Any thread. */
 void smtp_archive_at_commit(const struct config *cfg, struct spool_writer *w);
+/* For ternd --check: relay_recipients at path as the relay running as
+ * uid:gid will find it. 0, or -1 with a line in err. */
+int smtp_relay_recipients_check(const char *path, uid_t uid, gid_t gid, struct buf *err);
 
 #endif

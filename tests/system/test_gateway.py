@@ -4,13 +4,14 @@ relay_recipients (the backup MX accepts only the addresses it knows)."""
 import json
 import os
 import re
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import give_to_user
-from sysutil import SLOW, WAIT, holds_for, uid, wait_for
+from sysutil import SLOW, WAIT, free_port, holds_for, uid, wait_for
 
 ARCHIVE = "archive@vault.test"
 
@@ -164,3 +165,159 @@ def test_always_bcc_must_be_an_address(make_tern):
     p = tern.ternd("-c", str(tern.conf), "--check")
     assert p.returncode == 2
     assert b"always_bcc" in p.stderr, p.stderr
+
+
+# -- relay_recipients
+
+
+def write_list(path, text, mode=0o644):
+    """Replace the file in one step (as an editor that renames does), or in
+    place when it exists and mode is None."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def rcpt_reply(tern, addr, source="127.0.0.2"):
+    """The reply to RCPT TO:<addr> from a client outside relay_networks."""
+    c = tern.raw(source=source)
+    try:
+        c.cmd("EHLO outside.test")
+        assert c.cmd("MAIL FROM:<someone@outside.test>").code == 250
+        r = c.cmd(f"RCPT TO:<{addr}>")
+        c.cmd("QUIT")
+        return r
+    finally:
+        c.close()
+
+
+def wait_not_loaded(tern, mark, probe):
+    """The file is looked at when a recipient is: probe until the error is
+    in the log."""
+    wait_for(lambda: rcpt_reply(tern, probe) and tern.events("relay_recipients_not_loaded",
+                                                             since=mark),
+             WAIT, desc="relay_recipients_not_loaded in the log")
+
+
+def gateway(make_tern, text, **settings):
+    t = make_tern(start=False, **settings)
+    lst = t.workdir / "relay_recipients"
+    write_list(lst, text)
+    t.update(relay_recipients=lst, relay_domains="inbound.test .sub.inbound.test whole.test")
+    t.start()
+    return t, lst
+
+
+def test_relay_recipients_known_unknown_and_domain(make_tern, sink):
+    port = free_port()
+    tern, _ = gateway(make_tern, "# the mail store's users\nalice@inbound.test\n"
+                      "  Bob@Inbound.Test.  ignored-value\n\n@whole.test\n"
+                      "carol@x.sub.inbound.test\n", metrics_listen=f"127.0.0.1:{port}")
+    u = uid()
+    for addr in ("alice@inbound.test", "ALICE@INBOUND.TEST", "bob@inbound.test",
+                 f"anyone-{u}@whole.test", f"anyone-{u}@WHOLE.test", "carol@x.sub.inbound.test"):
+        r = rcpt_reply(tern, addr)
+        assert r.code == 250, (addr, r)
+    for addr in (f"nobody-{u}@inbound.test", f"alice@x.sub.inbound.test",
+                 f"carol-{u}@x.sub.inbound.test"):
+        r = rcpt_reply(tern, addr)
+        assert (r.code, r.enh) == (550, "5.1.1"), (addr, r)
+        assert "Recipient address rejected: unknown user" in r.text, r
+    tern.wait_event("refused", to=f"nobody-{u}@inbound.test", reason="unknown recipient")
+    # Other domains keep the relay rules: refused to outsiders, open to
+    # relay_networks (whose outbound mail the list does not concern).
+    assert rcpt_reply(tern, f"x-{u}@elsewhere.test").code == 554
+    assert rcpt_reply(tern, f"x-{u}@elsewhere.test", source="127.0.0.1").code == 250
+    # ... but relay_domains recipients are checked for every client.
+    assert rcpt_reply(tern, f"nobody-{u}@inbound.test", source="127.0.0.1").code == 550
+    # A whole message: known accepted, unknown refused, nothing queued for it.
+    with tern.smtp(source="127.0.0.2") as s:
+        s.ehlo("outside.test")
+        assert s.mail(f"forged-{u}@victim.test")[0] == 250
+        assert s.rcpt(f"nobody-{u}@inbound.test")[0] == 550
+        assert s.rcpt("alice@inbound.test")[0] == 250
+        assert s.data(message(f"gw {u}", to="alice@inbound.test"))[0] == 250
+    got = sink.wait_to("alice@inbound.test")[0]
+    assert got.rcpt_tos == ["alice@inbound.test"]
+    wait_for(lambda: tern.queued() == [], desc="queue empty")
+    assert not sink.from_null_to(f"forged-{u}@victim.test"), "no backscatter"
+    tern.wait_event("relay_recipients_loaded", entries="4")
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5 * SLOW) as r:
+        text = r.read().decode()
+    m = re.search(r'^tern_smtp_rejects_total\{reason="recipient"\} (\d+)$', text, re.M)
+    assert m and int(m.group(1)) >= 5, text
+
+
+def test_relay_recipients_edited_while_running(make_tern):
+    tern, lst = gateway(make_tern, "alice@inbound.test\n")
+    u = uid()
+    new = f"new-{u}@inbound.test"
+    assert rcpt_reply(tern, new).code == 550
+    # Rewritten in place (same inode), then replaced: both are noticed
+    # without a reload.
+    with open(lst, "a") as f:
+        f.write(f"{new}\n")
+    wait_for(lambda: rcpt_reply(tern, new).code == 250, WAIT, desc="the added address accepted")
+    write_list(lst, f"{new}\n")
+    wait_for(lambda: rcpt_reply(tern, "alice@inbound.test").code == 550, WAIT,
+             desc="the removed address refused")
+    assert rcpt_reply(tern, new).code == 250
+    # A broken file keeps the list in use, with an error in the log.
+    mark = tern.log_mark()
+    write_list(lst, f"{new}\nnot an address line\n")
+    wait_not_loaded(tern, mark, new)
+    assert rcpt_reply(tern, new).code == 250
+    assert rcpt_reply(tern, "alice@inbound.test").code == 550
+    # So does a file that became untrusted, or went away.
+    mark = tern.log_mark()
+    write_list(lst, "alice@inbound.test\n", mode=0o666)
+    wait_not_loaded(tern, mark, new)
+    assert rcpt_reply(tern, "alice@inbound.test").code == 550
+    mark = tern.log_mark()
+    os.unlink(lst)
+    wait_not_loaded(tern, mark, new)
+    assert rcpt_reply(tern, new).code == 250
+    # Fixed: taken at once.
+    write_list(lst, "alice@inbound.test\n")
+    wait_for(lambda: rcpt_reply(tern, "alice@inbound.test").code == 250, WAIT,
+             desc="the fixed file in use")
+    assert rcpt_reply(tern, new).code == 550
+    # A reload reads it again.
+    mark = tern.log_mark()
+    tern.send_signal(signal.SIGHUP)
+    tern.wait_event("relay_recipients_loaded", since=mark, entries="1")
+
+
+def test_relay_recipients_checked_at_start(make_tern):
+    tern = make_tern(start=False)
+    lst = tern.workdir / "relay_recipients"
+    tern.update(relay_recipients=lst)
+    p = tern.ternd("-c", str(tern.conf), "--check")
+    assert p.returncode == 2 and b"relay_recipients" in p.stderr, p.stderr
+    write_list(lst, "alice@inbound.test\n", mode=0o664)
+    p = tern.ternd("-c", str(tern.conf), "--check")
+    assert p.returncode == 2, p.stderr
+    assert b"relay_recipients" in p.stderr and b"writable by group or others" in p.stderr
+    write_list(lst, "alice@inbound.test\nbad line here@\n")
+    p = tern.ternd("-c", str(tern.conf), "--check")
+    assert p.returncode == 2 and b"line 2" in p.stderr, p.stderr
+    if os.geteuid() == 0:
+        # Readable by root only: the relay's user could not read it.
+        write_list(lst, "alice@inbound.test\n", mode=0o600)
+        p = tern.ternd("-c", str(tern.conf), "--check")
+        assert p.returncode == 2 and b"not readable" in p.stderr, p.stderr
+        # The relay's own file is fine.
+        give_to_user(lst)
+        p = tern.ternd("-c", str(tern.conf), "--check")
+        assert p.returncode == 0, p.stderr
+    write_list(lst, "alice@inbound.test\n")
+    p = tern.ternd("-c", str(tern.conf), "--check")
+    assert p.returncode == 0, p.stderr
+    # A broken file at start: ternd does not start.
+    write_list(lst, "bad line here@\n")
+    tern.start(wait=False)
+    assert tern.proc.wait(30) != 0
+    tern.expect_dead = True
+    assert "relay_recipients" in tern.log_text()
