@@ -65,6 +65,26 @@ def test_archive_copy_is_the_message_with_the_envelope_above(make_tern, sink):
     wait_for(lambda: tern.queued() == [], desc="queue empty")
 
 
+def test_archive_copy_carries_our_dkim_signature(make_tern, sink):
+    from test_dkim import Keys, keygen, verify_all
+    tern = make_tern(start=False, always_bcc=ARCHIVE)
+    keys = Keys()
+    keygen(tern, keys, "src.test", "sel", "--algorithm", "ed25519")
+    tern.update(dkim_sign=" ".join(keys.entries))
+    tern.start()
+    u = uid()
+    to = f"signed-{u}@example.org"
+    subject = f"signed {u}"
+    tern.send(f"s-{u}@src.test", [to], message(subject, to=to))
+    arch = wait_archive(sink, subject)
+    real = sink.wait_to(to)[0]
+    _, rcpts, rest, _ = split_head(arch.data)
+    assert rcpts == [to]
+    assert rest == real.data
+    assert rest.startswith(b"DKIM-Signature:"), rest[:200]
+    verify_all(rest, keys, 1)
+
+
 def test_archive_folds_a_long_recipient_list(make_tern, sink):
     tern = make_tern(always_bcc=ARCHIVE)
     u = uid()
