@@ -289,6 +289,9 @@ def test_relay_recipients_edited_while_running(make_tern):
     write_list(lst, f"{new}\nnot an address line\n")
     wait_not_loaded(tern, mark, new)
     assert rcpt_reply(tern, new).code == 250
+    # Logged once, not at every look (once a second) until it changes.
+    assert holds_for(lambda: rcpt_reply(tern, new).code == 250 and
+                     len(tern.events("relay_recipients_not_loaded", since=mark)) == 1, 2.5)
     assert rcpt_reply(tern, "alice@inbound.test").code == 550
     # So does a file that became untrusted, or went away.
     mark = tern.log_mark()
