@@ -193,6 +193,7 @@ struct rcpt_view {
     const char *addr;
     const char *status;
     int64_t next_s; /* -1: none */
+    bool archive;   /* the always_bcc copy */
 };
 
 static size_t
@@ -209,6 +210,8 @@ rcpt_views(const struct show *sh, struct rcpt_view **out)
         v[n].addr = json_str(json_get(r, "address"));
         v[n].status = json_str(json_get(r, "status"));
         v[n].next_s = json_int(json_get(r, "next_attempt"), &nx) == 0 ? nx : -1;
+        v[n].archive = json_get(r, "archive") != NULL &&
+                       json_get(r, "archive")->type == JSON_BOOL && json_get(r, "archive")->b;
         n++;
     }
     for (size_t i = 0; i < sh->n_att; i++) {
@@ -253,6 +256,8 @@ show_json(const struct show *sh, const struct rcpt_view *v, size_t n, struct buf
             buf_printf(b, ",\"next_attempt\":%" PRId64, v[i].next_s);
         else
             buf_append_str(b, ",\"next_attempt\":null");
+        if (v[i].archive)
+            buf_append_str(b, ",\"archive\":true");
         buf_append_str(b, ",\"attempts\":[");
         for (size_t k = 0; k < sh->n_att; k++) {
             const struct attempt *a = &sh->att[k];
@@ -291,6 +296,8 @@ show_text(const struct show *sh, const struct rcpt_view *v, size_t n, FILE *f)
         fputs("recipient   <", f);
         put_safe(f, v[i].addr);
         fputs(">  ", f);
+        if (v[i].archive)
+            fputs("(archive) ", f);
         put_safe(f, v[i].status != NULL ? v[i].status : "-");
         if (v[i].next_s >= 0) {
             fmt_time(v[i].next_s, ts, sizeof(ts));

@@ -329,11 +329,32 @@ paths_nest(const char *a, const char *b)
     return memcmp(a, b, na) == 0 && (nb == na || b[na] == '/' || (na == 1 && a[0] == '/'));
 }
 
+/* always_bcc is an envelope address tern sends to: local@domain, no
+ * brackets, nothing that would need quoting in a path (RFC 5321 §4.1.2 dot
+ * strings), so that it can go into RCPT TO as written. */
+static void
+check_always_bcc(struct loader *ld)
+{
+    const char *a = ld->c->always_bcc, *at;
+    bool ok;
+    if (a == NULL)
+        return;
+    at = strrchr(a, '@');
+    ok = at != NULL && at > a && strlen(a) <= 254 && str_is_domain(at + 1, strlen(at + 1), false);
+    for (const char *p = a; ok && p < at; p++)
+        ok = *p > ' ' && *p < 0x7f && strchr("<>()[]\\,;:@\"", *p) == NULL;
+    if (!ok) {
+        where_of(ld, cfg_find("always_bcc"));
+        cfg_error(&ld->errs, "always_bcc must be an address local@domain");
+    }
+}
+
 /* Settings that only make sense together. */
 static void
 check_combinations(struct loader *ld)
 {
     check_sender_login(ld);
+    check_always_bcc(ld);
     const struct config *c = ld->c;
     if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL)) {
         const char *set = c->tls_cert_file ? "tls_cert_file" : "tls_key_file";

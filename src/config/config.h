@@ -79,6 +79,10 @@ struct config {
     size_t n_relay_networks;
     char **relay_domains; /* lowercased, no trailing dot; ".d": subdomains of d */
     size_t n_relay_domains;
+    /* The file of accepted relay_domains addresses (NULL: any), and the
+     * archive address (local@domain; NULL: none). */
+    char *relay_recipients;
+    char *always_bcc;
     struct hostport smarthost;   /* the first smarthost; host "" = deliver by MX */
     struct hostport *smarthosts; /* every smarthost, tried in order (failover) */
     size_t n_smarthosts;

@@ -120,6 +120,17 @@ size_t delivery_active(const struct delivery *d);
  * final dot is still reported as OK). Then frees d. */
 void delivery_free(struct delivery *d);
 
+/* Is job the always_bcc copy (its one recipient RCPT_K_ARCHIVE)? */
+bool delivery_is_archive_job(const struct delivery_job *job);
+/* The header fields sent above the archive copy, appended to out, each
+ * CRLF-terminated: "X-Tern-Envelope-From: <sender>" ("<>" for the null
+ * sender) and "X-Tern-Envelope-To:" with every envelope recipient but the
+ * archive's own (Bcc ones included: the envelope does not tell them
+ * apart), comma separated, folded before an address that would take the
+ * line past 78 characters. Envelope addresses hold no CR, LF or NUL (the
+ * SMTP parser and the spool codec refuse them), so the fields are safe. */
+void delivery_archive_head(const struct spool_env *env, struct buf *out);
+
 /* The log's delays=a/b/c/d (Postfix's form, seconds with two decimals):
  * a the queue wait before the attempt, then r's setup, TLS and transfer
  * times; a is what is left of total_ms (arrival to now) once those are

@@ -381,6 +381,7 @@ struct rcpt_dest {
     struct sched_dest *d;
     size_t idx;
     int64_t due;
+    bool archive; /* RCPT_K_ARCHIVE: a transaction of its own */
 };
 
 static int
@@ -389,6 +390,8 @@ rcpt_dest_cmp(const void *a, const void *b)
     const struct rcpt_dest *x = a, *y = b;
     if (x->d != y->d)
         return (uintptr_t)x->d < (uintptr_t)y->d ? -1 : 1;
+    if (x->archive != y->archive)
+        return x->archive ? 1 : -1;
     return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
@@ -416,16 +419,20 @@ sched_units_build(struct sched *s, struct sched_msg *m, bool now)
         route_decide(s->cfg, env->sender, env->rcpts[i].addr, &dd);
         v[n].d = dest_get(s, &dd);
         v[n].idx = i;
+        v[n].archive = (env->rcpts[i].kind & RCPT_K_ARCHIVE) != 0;
         v[n].due = now ? mono : sched_mono_from_wall(env->rcpts[i].next_try_ms, wall, mono);
         n++;
     }
     qsort(v, n, sizeof(*v), rcpt_dest_cmp);
     /* One unit (one transaction) per destination, of at most
-     * max_rcpts_per_txn recipients, sized by its own recipients. */
+     * max_rcpts_per_txn recipients, sized by its own recipients. The
+     * archive copy goes alone: its content differs (the envelope fields
+     * above it), and it must not be seen by the other recipients' server. */
     for (size_t i = 0; i < n;) {
         size_t j = i, k;
         struct sched_unit *u;
-        while (j < n && v[j].d == v[i].d && j - i < max)
+        while (j < n && v[j].d == v[i].d && j - i < max && v[j].archive == v[i].archive &&
+               (!v[i].archive || j == i))
             j++;
         u = unit_new(s, m, v[i].d, j - i);
         u->next_ms = v[i].due;

@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "metrics/metrics.h"
 #include "policy.h"
+#include "rcptmap.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -486,6 +487,13 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
         s->reject_why = METRICS_REJ_RELAY_DENIED + 1;
         smtp_reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
         smtp_log_refused(s, NULL, "relay denied", NULL, addr);
+        smtp_session_error(s);
+    } else if (policy_rcpt_checked(s->cfg, addr) && !rcpt_list_accepts(s->srv->rcpts, addr)) {
+        /* Refused now rather than bounced later to a sender who is most
+         * likely forged (backscatter). */
+        s->reject_why = METRICS_REJ_RECIPIENT + 1;
+        smtp_reply(s, 550, "5.1.1", "<%s>: Recipient address rejected: unknown user", addr);
+        smtp_log_refused(s, NULL, "unknown recipient", NULL, addr);
         smtp_session_error(s);
     } else {
         spool_env_add_rcpt(tx->env, addr, rp.orcpt, rp.notify);

@@ -219,6 +219,14 @@ smtp_dkim_at_commit(struct config *cfg, struct spool_writer *w, size_t skip)
         dkim_attach(w, signer, skip);
 }
 
+void
+smtp_archive_at_commit(const struct config *cfg, struct spool_writer *w)
+{
+    /* RFC 3461 NOTIFY=NEVER: the sender never learns of the archive. */
+    if (cfg->always_bcc != NULL)
+        spool_writer_add_rcpt(w, cfg->always_bcc, DSN_NOTIFY_NEVER, RCPT_K_ARCHIVE);
+}
+
 /* Start the spool writer and write the Received header: the start of DATA
  * and of the first BDAT chunk. Nothing touches a disk before the commit, so
  * this cannot fail; a full disk is answered at the end of the data. */
@@ -524,6 +532,7 @@ tx_commit(struct smtp_session *s)
         dkim_attach(tx->w, tx->dkim, tx->dkim_skip);
         tx->dkim = NULL;
     }
+    smtp_archive_at_commit(s->cfg, tx->w);
     /* The answer comes back to this session's loop; the scheduler learns of
      * the message on the spool owner's (the main) loop. */
     spool_writer_commit(tx->w, s->lp->inbox, commit_cb, s->id, s->lp);

@@ -172,6 +172,8 @@ struct smtp_loop {
     atomic_uint_least64_t accepted; /* sessions started since start */
 };
 
+struct rcpt_list;
+
 struct smtp_server {
     struct event_base *base; /* the main loop */
     struct dns *dns;         /* borrowed (smtp_server_set_dns), or NULL: no name lookups */
@@ -198,6 +200,7 @@ struct smtp_server {
     size_t n_outsiders;   /* guarded by adm_mu: sessions of clients outside relay_networks */
     atomic_size_t n_open; /* n_sessions, for readers without the lock */
     atomic_uint_least64_t next_id;
+    struct rcpt_list *rcpts; /* relay_recipients; thread safe; the server's whole life */
 };
 
 /* Is AUTH configured (a users table here, or the keys process's)? */

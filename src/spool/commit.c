@@ -299,6 +299,13 @@ prep_run(struct workq_item *wi)
 }
 
 void
+spool_writer_add_rcpt(struct spool_writer *w, const char *addr, unsigned notify, unsigned kind)
+{
+    spool_env_add_rcpt(w->env, addr, NULL, notify);
+    w->env->rcpts[w->env->n_rcpts - 1].kind = kind;
+}
+
+void
 spool_writer_commit(
     struct spool_writer *w, struct loopq *to, spool_commit_cb cb, uint64_t cb_id, void *arg)
 {

@@ -349,6 +349,9 @@ spool_env_encode(const struct spool_env *env, struct buf *out)
         buf_append_char(out, ' ');
         esc_opt(out, r->orcpt);
         buf_printf(out, " %u", r->notify);
+        /* Only when set, so that envelopes without one read as before. */
+        if (r->kind != 0)
+            buf_printf(out, " %u", r->kind);
         rc |= line_end(out, start);
     }
     if (rc == 0) {
@@ -522,16 +525,19 @@ static int
 parse_rcpt(struct spool_env *env, const char *v, size_t n)
 {
     struct fsplit sp;
-    const char *fa, *fo, *fn;
-    size_t na, no, nn;
-    uint64_t notify;
+    const char *fa, *fo, *fn, *fk;
+    size_t na, no, nn, nk;
+    uint64_t notify, kind = 0;
     char *addr = NULL, *orcpt = NULL;
     struct spool_rcpt *r;
     if (env->n_rcpts >= SPOOL_RCPT_MAX)
         return -1;
     fsplit_init(&sp, v, n);
-    if (!next_field(&sp, &fa, &na) || !next_field(&sp, &fo, &no) || !next_field(&sp, &fn, &nn) ||
-        !sp.end)
+    if (!next_field(&sp, &fa, &na) || !next_field(&sp, &fo, &no) || !next_field(&sp, &fn, &nn))
+        return -1;
+    /* An optional fourth field: the recipient's kind (RCPT_K_*), never 0. */
+    if (!sp.end && (!next_field(&sp, &fk, &nk) || !sp.end ||
+                       get_num(fk, nk, RCPT_K_ALL, &kind) < 0 || kind == 0))
         return -1;
     if (get_num(fn, nn, 0xf, &notify) < 0 || spool_unesc(fa, na, &addr) < 0)
         return -1;
@@ -544,6 +550,7 @@ parse_rcpt(struct spool_env *env, const char *v, size_t n)
     free(r->addr);
     r->addr = addr;
     r->orcpt = orcpt;
+    r->kind = (unsigned)kind;
     return 0;
 }
 

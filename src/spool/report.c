@@ -95,6 +95,9 @@ spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t id
             buf_append_str(out, "null");
         buf_append_str(out, ",\"last_error\":");
         buf_append_json_str(out, r->last_error);
+        /* The always_bcc copy: shown as a recipient, marked as what it is. */
+        if (r->kind & RCPT_K_ARCHIVE)
+            buf_append_str(out, ",\"archive\":true");
         buf_append_char(out, '}');
     }
     buf_append_char(out, ']');

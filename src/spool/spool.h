@@ -76,10 +76,21 @@ enum {
     RCPT_F_DELAY_SENT = 1u << 1, /* the delay warning is queued: never again */
 };
 
+/* What a recipient is, fixed in the MSG record (struct spool_rcpt.kind). */
+enum {
+    /* The always_bcc archive copy: delivered in a transaction of its own
+     * with the X-Tern-Envelope-* fields above the message, never the
+     * subject of a DSN (its notify is DSN_NOTIFY_NEVER), and left out of
+     * what the sender or the other recipients can see. */
+    RCPT_K_ARCHIVE = 1u << 0,
+};
+#define RCPT_K_ALL RCPT_K_ARCHIVE
+
 struct spool_rcpt {
     char *addr;  /* owned; as given, without <>; may be UTF-8 */
     char *orcpt; /* owned or NULL: ORCPT value as given ("rfc822;" xtext) */
     unsigned notify;
+    unsigned kind; /* RCPT_K_*; 0 for a recipient the client named */
     enum rcpt_state state;
     uint32_t attempts;
     uint32_t flags;      /* RCPT_F_* */
@@ -249,6 +260,12 @@ typedef int (*spool_finish_fn)(
     const char *qid, struct spool_content *body, struct buf *prefix, void *arg);
 void spool_writer_set_finisher(
     struct spool_writer *w, spool_finish_fn fn, void (*free_fn)(void *arg), void *arg);
+/* Add a recipient the client did not name (the always_bcc archive copy)
+ * once the content is written, before the commit: it is durable in the
+ * same record as the others, and nothing made from the envelope earlier
+ * (the Received field) names it. kind: RCPT_K_*. */
+void spool_writer_add_rcpt(
+    struct spool_writer *w, const char *addr, unsigned notify, unsigned kind);
 /* Discard; w is consumed. */
 void spool_writer_abort(struct spool_writer *w);
 /* Commit; w is consumed. cb (may be NULL) runs later on to's loop with ok

@@ -1628,6 +1628,53 @@ test_units_split(void **state)
     h_free(h);
 }
 
+/* The always_bcc copy: a transaction of its own whose content is the
+ * envelope fields and then the message exactly as the others got it; the
+ * others' transaction never names it. */
+static void
+test_archive_alone(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    struct spool_env *e = xcalloc(1, sizeof(*e));
+    struct spool_writer *w;
+    const struct srv_tx *real = NULL, *arch = NULL;
+    struct buf want = BUF_INIT;
+    e->sender = xstrdup("s@x.test");
+    e->body = BODY_7BIT;
+    spool_env_add_rcpt(e, "a@x.test", NULL, 0);
+    spool_env_add_rcpt(e, "b@x.test", NULL, 0);
+    w = spool_writer_new(h->sp, e);
+    spool_writer_write(w, body, strlen(body));
+    spool_writer_add_rcpt(w, "vault@x.test", DSN_NOTIFY_NEVER, RCPT_K_ARCHIVE);
+    spool_env_free(e);
+    h->committed = false;
+    spool_writer_commit(w, h->q, commit_cb, 7, h);
+    RUN_UNTIL(h, h->committed, 3000);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(h->srv[0].n_tx, 2);
+    for (size_t i = 0; i < 2; i++) {
+        const struct srv_tx *t = &h->srv[0].tx[i];
+        if (t->n_rcpts == 1 && strcmp(t->rcpts[0], "vault@x.test") == 0)
+            arch = t;
+        else
+            real = t;
+    }
+    assert_non_null(arch);
+    assert_non_null(real);
+    assert_int_equal(real->n_rcpts, 2);
+    assert_string_equal(real->rcpts[0], "a@x.test");
+    assert_string_equal(real->rcpts[1], "b@x.test");
+    assert_string_equal(arch->from, "s@x.test");
+    buf_append_str(&want, "X-Tern-Envelope-From: <s@x.test>\r\n"
+                          "X-Tern-Envelope-To: a@x.test, b@x.test\r\n");
+    buf_append(&want, real->body.data, real->body.len);
+    assert_int_equal(arch->body.len, want.len);
+    assert_memory_equal(arch->body.data, want.data, want.len);
+    assert_null(memmem(real->body.data, real->body.len, "vault", 5));
+    buf_fini(&want);
+    h_free(h);
+}
+
 /* A held message is not delivered, even after a flush; release sends it. */
 static void
 test_hold_release(void **state)
@@ -2232,6 +2279,7 @@ main(void)
         cmocka_unit_test(test_act_walk),
         cmocka_unit_test(test_flush_msg),
         cmocka_unit_test(test_units_split),
+        cmocka_unit_test(test_archive_alone),
         cmocka_unit_test(test_moved_body_read_again),
         cmocka_unit_test(test_delay_warning),
         cmocka_unit_test(test_delay_warning_notify),

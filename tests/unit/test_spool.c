@@ -287,6 +287,60 @@ test_env_roundtrip(void **state)
     buf_fini(&b);
 }
 
+/* A recipient's kind: written as a fourth T field only when set (so an
+ * envelope without one reads as before), read back, and bounded. */
+static void
+test_env_rcpt_kind(void **state)
+{
+    static const struct {
+        const char *t; /* the T line's value */
+        bool ok;
+        unsigned kind;
+    } cases[] = {
+        { "a@x - 0", true, 0 }, { "a@x - 1 1", true, RCPT_K_ARCHIVE },
+        { "a@x - 1 0", false, 0 },          /* 0 is never written */
+        { "a@x - 1 2", false, 0 },          /* unknown kind */
+        { "a@x - 1 1 1", false, 0 },        /* one field too many */
+        { "a@x - 1 ", false, 0 },           /* empty field */
+        { "a@x - 1 99999999999", false, 0 } /* out of range */
+    };
+    struct spool_env *e = make_env("s@x", 2), *d;
+    struct buf b = BUF_INIT;
+    (void)state;
+    memcpy(e->qid, "0123456789abcdef", 17);
+    e->rcpts[1].kind = RCPT_K_ARCHIVE;
+    e->rcpts[1].notify = DSN_NOTIFY_NEVER;
+    assert_int_equal(spool_env_encode(e, &b), 0);
+    assert_non_null(strstr(b.data, " 1 1\n"));
+    d = spool_env_decode(b.data, b.len);
+    assert_non_null(d);
+    assert_int_equal(d->rcpts[0].kind, 0);
+    assert_int_equal(d->rcpts[1].kind, RCPT_K_ARCHIVE);
+    assert_int_equal(d->rcpts[1].notify, DSN_NOTIFY_NEVER);
+    spool_env_free(d);
+    d = spool_env_dup(e);
+    assert_int_equal(d->rcpts[1].kind, RCPT_K_ARCHIVE);
+    spool_env_free(d);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf t = BUF_INIT;
+        buf_printf(&t,
+            "Q 0123456789abcdef\nA 1\nS s@x\nE -\nR 0\nB 0\nU 0\nX 0\nH -\nC -\n"
+            "T %s\nL 0 0\n",
+            cases[i].t);
+        d = spool_env_decode(t.data, t.len);
+        if (cases[i].ok) {
+            assert_non_null(d);
+            assert_int_equal(d->rcpts[0].kind, cases[i].kind);
+        } else {
+            assert_null(d);
+        }
+        spool_env_free(d);
+        buf_fini(&t);
+    }
+    spool_env_free(e);
+    buf_fini(&b);
+}
+
 static void
 test_state_roundtrip(void **state)
 {
@@ -1205,6 +1259,7 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_env_roundtrip),
+        cmocka_unit_test(test_env_rcpt_kind),
         cmocka_unit_test(test_state_roundtrip),
         cmocka_unit_test(test_state_attempts),
         cmocka_unit_test(test_record_header),
