@@ -148,6 +148,16 @@ spool_writer_qid(const struct spool_writer *w)
     return w->env->qid;
 }
 
+int
+spool_writer_set_prefix(struct spool_writer *w, const char *fields)
+{
+    if (!spool_prefix_valid(fields, strlen(fields)))
+        return -1;
+    free(w->env->prefix);
+    w->env->prefix = xstrdup(fields);
+    return 0;
+}
+
 uint64_t
 spool_writer_size(const struct spool_writer *w)
 {
@@ -280,6 +290,10 @@ prep_run(struct workq_item *wi)
     if (w->chunk_err == 0 && w->fin != NULL) {
         c = spool_content_writer(w->sp, w->ext, w->n_ext, w->body);
         if (w->fin(w->env->qid, c, &pb, w->fin_arg) == 0 && pb.len > 0) {
+            /* The finisher's fields go on top of those set before (the
+             * receiving checks' Authentication-Results): newest first. */
+            if (w->env->prefix != NULL)
+                buf_append_str(&pb, w->env->prefix);
             if (spool_prefix_valid(pb.data, pb.len) && memchr(pb.data, '\0', pb.len) == NULL) {
                 free(w->env->prefix);
                 w->env->prefix = buf_take(&pb);
