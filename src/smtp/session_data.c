@@ -514,7 +514,7 @@ tx_commit(struct smtp_session *s)
         return;
     }
     if (tx->verdict == SMTP_V_HOLD)
-        tx->env->held = true;
+        spool_writer_hold(tx->w); /* the writer's copy of the envelope is the one stored */
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);

@@ -148,6 +148,12 @@ spool_writer_qid(const struct spool_writer *w)
     return w->env->qid;
 }
 
+void
+spool_writer_hold(struct spool_writer *w)
+{
+    w->env->held = true;
+}
+
 int
 spool_writer_set_prefix(struct spool_writer *w, const char *fields)
 {

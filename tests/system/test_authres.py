@@ -2,7 +2,7 @@
 to 127.0.0.2, outside relay_networks) sends to a relay_domains address;
 dnsmasq publishes the SPF, DKIM and DMARC records; messages are signed with
 dkimpy (python3-dkim). The sink must see exactly one Authentication-Results
-field with the right results; DMARC p=reject is refused;
+field with the right results; DMARC p=reject is refused, p=quarantine held;
 a forged field with our authserv-id is removed; a DNS server that never
 answers gives temperror within inbound_check_timeout; trusted clients get
 no field."""
@@ -183,6 +183,18 @@ def test_dmarc_reject_enforced(world, sink):
     assert r.code == 250, str(r)
     a = authres(relayed(sink, "dmarc-reject-reported"))
     assert "dmarc=fail (p=reject dis=none) header.from=rej.test" in a[0], a
+
+
+def test_dmarc_quarantine_held(world, sink):
+    t = world.make(dmarc_enforce="yes")
+    r = dmarc_send(t, "mallory@quar.test", "dmarc-quarantine")
+    assert r.code == 250, str(r)
+    qid = t.qid_of("mallory@quar.test")
+    p = t.ctl("queue", "list", "--json")
+    rows = [ln for ln in p.stdout.decode().splitlines() if qid in ln]
+    assert rows and '"held":true' in rows[0].replace(" ", ""), p.stdout.decode()
+    t.wait_event("result", dmarc="fail", action="quarantine")
+    assert not [m for m in sink.messages if b"dmarc-quarantine" in m.data]
 
 
 def test_forged_authres_removed(world, sink):
