@@ -296,11 +296,15 @@ prep_run(struct workq_item *wi)
     if (w->chunk_err == 0 && w->fin != NULL) {
         c = spool_content_writer(w->sp, w->ext, w->n_ext, w->body);
         if (w->fin(w->env->qid, c, &pb, w->fin_arg) == 0 && pb.len > 0) {
-            /* The finisher's fields go on top of those set before (the
-             * receiving checks' Authentication-Results): newest first. */
-            if (w->env->prefix != NULL)
+            /* The finisher's fields, checked on their own, go on top of
+             * those set before (the receiving checks'
+             * Authentication-Results): newest first. */
+            bool ok = spool_prefix_valid(pb.data, pb.len) && memchr(pb.data, '\0', pb.len) == NULL;
+            if (ok && w->env->prefix != NULL) {
                 buf_append_str(&pb, w->env->prefix);
-            if (spool_prefix_valid(pb.data, pb.len) && memchr(pb.data, '\0', pb.len) == NULL) {
+                ok = spool_prefix_valid(pb.data, pb.len);
+            }
+            if (ok) {
                 free(w->env->prefix);
                 w->env->prefix = buf_take(&pb);
             } else {
