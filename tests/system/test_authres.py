@@ -273,3 +273,81 @@ def test_header_section_bound(world, sink):
         # The session goes on.
         assert c.cmd("RSET").code == 250
     assert t.queued() == []
+
+
+def test_bdat_and_dot_lines(world, sink):
+    """BDAT (not stuffed) and DATA with lines starting with dots: the
+    signature still verifies, the header section is held either way."""
+    t = world.make()
+    body = b"hello\r\n.one dot\r\n..two dots\r\n.\r\nend\r\n"
+    extra = b"Authentication-Results: tern.test; dkim=pass\r\n"
+    data = message("bdat-dots", sender="alice@good.test", to=RCPT, body=body, extra=extra)
+    data = sign(data, "good.test", "rsa", world.keys["rsa"], "rsa")
+    with t.raw(source=OUTSIDE) as c:
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<alice@good.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{RCPT}>").code == 250
+        # Chunks that split the header section mid-line and mid-CRLF.
+        cuts = [0, 7, 40, data.index(b"\r\n\r\n") + 1, data.index(b"\r\n\r\n") + 3, len(data)]
+        for a, b in zip(cuts, cuts[1:]):
+            last = b" LAST" if b == len(data) else b""
+            c.send(b"BDAT %d%s\r\n" % (b - a, last) + data[a:b])
+            assert c.reply().code == 250
+        c.cmd("QUIT")
+    got = relayed(sink, "bdat-dots")
+    a = authres(got)
+    assert len(a) == 1, a
+    assert "dkim=pass header.d=good.test header.s=rsa" in a[0], a
+    assert b"\r\n..two dots\r\n" in got  # stuffed again on the way out, as sent
+    # The same by DATA (dot-stuffed by the client).
+    stuffed = sign(message("data-dots", sender="alice@good.test", to=RCPT, body=body),
+                   "good.test", "rsa", world.keys["rsa"], "rsa").replace(b"\r\n.", b"\r\n..")
+    with t.raw(source=OUTSIDE) as c:
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<alice@good.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{RCPT}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(stuffed + b".\r\n")
+        assert c.reply().code == 250
+        c.cmd("QUIT")
+    a = authres(relayed(sink, "data-dots"))
+    assert "dkim=pass header.d=good.test header.s=rsa" in a[0], a
+
+
+def test_no_from_permerror(world, sink):
+    t = world.make()
+    data = (b"To: " + RCPT.encode() + b"\r\nSubject: no-from\r\n\r\nhi\r\n")
+    t.send("alice@good.test", [RCPT], data, source=OUTSIDE)
+    a = authres(relayed(sink, "no-from"))
+    assert a[0].endswith("dkim=none; dmarc=permerror"), a
+
+
+def test_client_gone_while_checking(world, sink):
+    """The client leaves while the checks wait for DNS: nothing is queued,
+    ternd goes on (and ASan sees no use of the freed session)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        t = world.make(dns_resolvers=f"127.0.0.1:{silent.getsockname()[1]}",
+                       inbound_check_timeout="30s")
+        data = sign(message("gone", sender="alice@good.test", to=RCPT), "good.test", "rsa",
+                    world.keys["rsa"], "rsa")
+        c = t.raw(source=OUTSIDE)
+        assert c.cmd("EHLO client.test").code == 250
+        assert c.cmd("MAIL FROM:<alice@good.test>").code == 250
+        assert c.cmd(f"RCPT TO:<{RCPT}>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(data + b".\r\n")
+        # The data is in once the silent server has been asked for the key.
+        silent.settimeout(WAIT)
+        while b"_domainkey" not in silent.recvfrom(4096)[0]:
+            pass
+        c.close()
+        t.wait_event("disconnect")
+        assert t.queued() == []
+        assert not t.events("result")
+        # Still serving.
+        t.send("x@good.test", [RCPT], message("after-gone", sender="x@good.test", to=RCPT))
+        relayed(sink, "after-gone")
+    finally:
+        silent.close()
