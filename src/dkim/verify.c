@@ -318,6 +318,9 @@ sig_tags(struct vsig *s, const struct dkim_tag *t, size_t n, int64_t now_s)
         return "bad s=";
     memcpy(s->info.selector, sel->val, sel->val_len);
     s->info.selector[sel->val_len] = '\0';
+    /* The key's name, SEL._domainkey.DOMAIN, must be a DNS name. */
+    if (sel->val_len + strlen("._domainkey.") + strlen(s->info.domain) > DKIM_DOMAIN_MAX)
+        return "key name too long";
     if (tag_is(a, "rsa-sha256"))
         s->info.alg = DKIM_ALG_RSA_SHA256;
     else if (tag_is(a, "ed25519-sha256"))

@@ -437,11 +437,13 @@ static void
 dmarc_lookup(struct smtp_checks *c, const char *domain)
 {
     char name[DNS_NAME_MAX + 1];
+    int k = snprintf(name, sizeof(name), "_dmarc.%s", domain);
+    if (k < 0 || (size_t)k > DMARC_DOMAIN_MAX)
+        return; /* no such name can exist: no record */
     if (c->s->lp->dns == NULL) {
         c->dmarc_temp = true;
         return;
     }
-    snprintf(name, sizeof(name), "_dmarc.%s", domain);
     c->dq = dns_lookup_rr(c->s->lp->dns, name, DNS_RR_TXT, dmarc_cb, c);
     c->pending++;
 }

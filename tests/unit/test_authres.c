@@ -195,6 +195,12 @@ test_signature_problems(void **state)
             "unknown algorithm" },
         { "v=1; a=rsa-sha256; d=example.com; s=rsa; h=from; bh=AAAA; b=AAAA", DKIM_V_NEUTRAL,
             "bad b= or bh=" },
+        { "v=1; a=rsa-sha256; d=a123456789.b123456789.c123456789.d123456789.e123456789."
+          "f123456789.g123456789.h123456789.i123456789.j123456789.k123456789.l123456789."
+          "m123456789.n123456789.o123456789.p123456789.q123456789.r123456789.s123456789."
+          "t123456789.example.com; "
+          "s=selector12345678; h=from; bh=AAAA; b=AAAA",
+            DKIM_V_NEUTRAL, "key name too long" },
     };
     (void)state;
     for (size_t i = 0; i < TERN_ARRAY_LEN(t); i++) {
