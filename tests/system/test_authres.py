@@ -351,3 +351,33 @@ def test_client_gone_while_checking(world, sink):
         relayed(sink, "after-gone")
     finally:
         silent.close()
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_shutdown_while_checking(world, sink, workers):
+    """SIGTERM while a message waits for its checks: the client is told 421,
+    nothing is queued, ternd exits 0 (and ASan sees the lookups cancelled
+    before their resolver goes)."""
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        t = world.make(dns_resolvers=f"127.0.0.1:{silent.getsockname()[1]}",
+                       inbound_check_timeout="60s", workers=workers)
+        data = sign(message("shutdown", sender="alice@good.test", to=RCPT), "good.test", "rsa",
+                    world.keys["rsa"], "rsa")
+        with t.raw(source=OUTSIDE) as c:
+            assert c.cmd("EHLO client.test").code == 250
+            assert c.cmd("MAIL FROM:<alice@good.test>").code == 250
+            assert c.cmd(f"RCPT TO:<{RCPT}>").code == 250
+            assert c.cmd("DATA").code == 354
+            c.send(data + b".\r\n")
+            silent.settimeout(WAIT)
+            while b"_dmarc" not in silent.recvfrom(4096)[0]:
+                pass
+            rc, _ = t.stop()
+            assert rc == 0
+            r = c.reply()
+            assert r.code == 421, str(r)
+        assert not [m for m in sink.messages if b"shutdown" in m.data]
+    finally:
+        silent.close()
