@@ -3,6 +3,7 @@
 with an RSA-2048 and an Ed25519 key, in every canonicalization, and the key
 records, for test_authres.c. Run it again only to change the fixtures:
     /usr/bin/python3 tests/unit/gen_dkim_fixtures.py > tests/unit/dkim_fixtures.h
+    clang-format -i tests/unit/dkim_fixtures.h
 """
 import base64
 import subprocess
