@@ -258,10 +258,11 @@ dkim_key_record_parse(const char *txt, size_t len, enum dkim_alg alg, struct dki
     } else {
         const unsigned char *q = der;
         kr->key = d2i_PUBKEY(NULL, &q, (long)dl);
-        /* RFC 8301 §3.2: RSA keys under 1024 bits are not to be trusted. */
+        /* RFC 8301 §3.2: RSA keys under 1024 bits are not to be trusted;
+         * over 4096 (what verifiers must handle) they only cost time. */
         if (kr->key != NULL &&
             (!EVP_PKEY_is_a(kr->key, "RSA") || EVP_PKEY_get_bits(kr->key) < DKIM_RSA_BITS_MIN ||
-                EVP_PKEY_get_bits(kr->key) > 8192)) {
+                EVP_PKEY_get_bits(kr->key) > DKIM_RSA_BITS_MAX)) {
             EVP_PKEY_free(kr->key);
             kr->key = NULL;
             kr->reason = "unusable RSA key";

@@ -12,6 +12,9 @@
 
 #include <cmocka.h>
 
+#include <openssl/evp.h>
+#include <openssl/rsa.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -169,6 +172,36 @@ test_key_problems(void **state)
     assert_int_equal(verify(m, strlen(m), "v=DKIM2; p=AAAA", 64, &si), DKIM_V_PERMERROR);
     assert_int_equal(verify(m, strlen(m), "v=DKIM1; s=tlsrpt; p=AAAA", 64, &si), DKIM_V_PERMERROR);
     assert_string_equal(si->reason, "key record not for email");
+}
+
+/* RFC 8301 §3.2: RSA keys under 1024 bits (or over 4096) are refused. */
+static void
+test_key_sizes(void **state)
+{
+    static const unsigned bits[] = { 768, 1024 }; /* more would be slow to make */
+    (void)state;
+    for (size_t i = 0; i < TERN_ARRAY_LEN(bits); i++) {
+        EVP_PKEY *k = EVP_RSA_gen(bits[i]);
+        unsigned char *der = NULL;
+        int dl = i2d_PUBKEY(k, &der);
+        struct buf txt = BUF_INIT;
+        struct dkim_key_record kr;
+        int rc;
+        assert_true(dl > 0);
+        buf_append_str(&txt, "v=DKIM1; k=rsa; p=");
+        dkim_b64(der, (size_t)dl, &txt);
+        rc = dkim_key_record_parse(txt.data, txt.len, DKIM_ALG_RSA_SHA256, &kr);
+        if (bits[i] >= 1024 && bits[i] <= 4096) {
+            assert_int_equal(rc, 0);
+            EVP_PKEY_free(kr.key);
+        } else {
+            assert_int_equal(rc, -1);
+            assert_string_equal(kr.reason, "unusable RSA key");
+        }
+        OPENSSL_free(der);
+        EVP_PKEY_free(k);
+        buf_fini(&txt);
+    }
 }
 
 static void
@@ -401,6 +434,7 @@ main(void)
         cmocka_unit_test(test_canonicalization_matters),
         cmocka_unit_test(test_length_tag),
         cmocka_unit_test(test_key_problems),
+        cmocka_unit_test(test_key_sizes),
         cmocka_unit_test(test_signature_problems),
         cmocka_unit_test(test_signature_bound),
         cmocka_unit_test(test_own_signer_round_trip),
