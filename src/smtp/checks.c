@@ -52,7 +52,9 @@ struct smtp_checks {
     /* the header section, held back (unstuffed) */
     struct buf hold;
     bool hdr_done, bol, cr_bol;
-    bool stuff_bol; /* at a line start of the stuffed stream (a '.' there is stuffing) */
+    bool in_name, name_wsp; /* reading a field name; WSP after it */
+    size_t line_start;      /* where the current line starts in the hold */
+    bool stuff_bol;         /* at a line start of the stuffed stream (a '.' there is stuffing) */
     /* SPF */
     struct spf_check_state mailfrom, helo;
     /* DKIM */
@@ -200,12 +202,36 @@ body_bytes(struct smtp_checks *c, const char *p, size_t n)
         dkim_verifier_body(c->dv, p, n);
 }
 
+/* One byte of a line of the header section: false when the line cannot be
+ * a header field (RFC 5322 §2.2: printable name, optional WSP, ':'), nor a
+ * continuation. */
+static bool
+field_byte(struct smtp_checks *c, char ch)
+{
+    if (c->bol) {
+        c->in_name = ch != ' ' && ch != '\t' && ch != '\r';
+        c->name_wsp = false;
+    }
+    if (!c->in_name)
+        return true;
+    if (ch == ':')
+        c->in_name = false;
+    else if (ch == ' ' || ch == '\t')
+        c->name_wsp = true;
+    else if ((unsigned char)ch < 33 || (unsigned char)ch > 126 || c->name_wsp)
+        return false;
+    return true;
+}
+
 /* Content bytes p[n] while the header section is held: up to its end into
- * the hold, the rest written on and hashed. */
+ * the hold, the rest written on and hashed. It ends at the empty line
+ * (RFC 5322 §2.1) or, in a malformed message, before the first line that
+ * is no header field: what is held stays bounded by the header fields. */
 static void
 header_bytes(struct smtp_checks *c, struct smtp_tx *tx, const char *p, size_t n)
 {
-    size_t i = 0;
+    size_t i = 0, body_from = SIZE_MAX; /* in the hold: where a malformed header ended */
+    struct buf rest = BUF_INIT;
     if (c->hdr_done) {
         /* The rest of a piece that had the end of the header section. */
         spool_writer_write(tx->w, p, n);
@@ -214,8 +240,14 @@ header_bytes(struct smtp_checks *c, struct smtp_tx *tx, const char *p, size_t n)
     }
     for (; i < n && !c->hdr_done; i++) {
         char ch = p[i];
+        if (c->bol)
+            c->line_start = c->hold.len + i;
         if (c->cr_bol && ch == '\n') {
-            c->hdr_done = true; /* the empty line (RFC 5322 §2.1) */
+            c->hdr_done = true;
+        } else if (!field_byte(c, ch)) {
+            c->hdr_done = true;
+            body_from = c->line_start;
+            break;
         } else {
             c->cr_bol = c->bol && ch == '\r';
             c->bol = ch == '\n';
@@ -228,7 +260,17 @@ header_bytes(struct smtp_checks *c, struct smtp_tx *tx, const char *p, size_t n)
     buf_append(&c->hold, p, i);
     if (!c->hdr_done)
         return;
+    if (body_from != SIZE_MAX) {
+        buf_append(&rest, c->hold.data + body_from, c->hold.len - body_from);
+        c->hold.len = body_from;
+        c->hold.data[body_from] = '\0'; /* a buf keeps its NUL */
+    }
     header_end(c, tx);
+    if (rest.len > 0) {
+        spool_writer_write(tx->w, rest.data, rest.len);
+        body_bytes(c, rest.data, rest.len);
+    }
+    buf_fini(&rest);
     if (i < n) {
         spool_writer_write(tx->w, p + i, n - i);
         body_bytes(c, p + i, n - i);

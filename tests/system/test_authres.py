@@ -381,3 +381,20 @@ def test_shutdown_while_checking(world, sink, workers):
         assert not [m for m in sink.messages if b"shutdown" in m.data]
     finally:
         silent.close()
+
+
+def test_malformed_header_ends_early(world, sink):
+    """A message whose header section runs into a line that is no field
+    (and never has an empty line) is not held whole: larger than the hold's
+    bound, it is still taken, as from a trusted client."""
+    t = world.make()
+    extra = b"Authentication-Results: tern.test; dkim=pass\r\n"
+    body = b"".join(b"line %d of a body with no empty line before it\r\n" % i
+                    for i in range(8000))  # about 400 KB
+    data = (b"From: bob@spf-fail.test\r\nSubject: malformed\r\n" + extra +
+            b"this line is no header field\r\n" + body)
+    t.send("bob@spf-fail.test", [RCPT], data, source=OUTSIDE)
+    got = relayed(sink, "malformed")
+    a = authres(got)
+    assert len(a) == 1 and a[0].startswith("Authentication-Results: tern.test; spf=fail"), a
+    assert b"this line is no header field\r\n" + body in got
