@@ -10,12 +10,13 @@
 set -eu
 # Compiler, build system and libraries (libseccomp for the process
 # filters, libsystemd for readiness, libcurl4-openssl-dev for the event
-# webhook's HTTP client); openssl for the tools and tests;
+# webhook's HTTP client, libpsl-dev and publicsuffix for DMARC's
+# organizational domains); openssl for the tools and tests;
 # systemd's systemd-analyze checks tern.service, whose ExecReload runs
 # procps's /bin/kill.
 pkgs="meson ninja-build pkg-config gcc libc6-dev libevent-dev libssl-dev libc-ares-dev
 libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev libsystemd-dev systemd procps
-libcurl4-openssl-dev"
+libcurl4-openssl-dev libpsl-dev publicsuffix"
 if [ "${1:-}" = "--test" ]; then
     # libFuzzer (clang and its runtime); pytest and the Python peers and
     # verifiers (aiosmtpd sinks, dkimpy with PyNaCl for ed25519, PyYAML for

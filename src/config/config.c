@@ -349,12 +349,34 @@ check_always_bcc(struct loader *ld)
     }
 }
 
+/* inbound_checks: words spf, dkim, dmarc, kept as bits. */
+static void
+check_inbound_checks(struct loader *ld)
+{
+    static const char *const names[] = { "spf", "dkim", "dmarc" };
+    struct config *c = ld->c;
+    c->inbound_check_mask = 0;
+    for (size_t i = 0; i < c->n_inbound_checks; i++) {
+        size_t k = 0;
+        while (k < TERN_ARRAY_LEN(names) && strcmp(c->inbound_checks[i], names[k]) != 0)
+            k++;
+        if (k < TERN_ARRAY_LEN(names)) {
+            c->inbound_check_mask |= 1u << k;
+            continue;
+        }
+        where_of(ld, cfg_find("inbound_checks"));
+        cfg_error(&ld->errs, "bad inbound_checks entry \"%s\" (use spf, dkim, dmarc)",
+            c->inbound_checks[i]);
+    }
+}
+
 /* Settings that only make sense together. */
 static void
 check_combinations(struct loader *ld)
 {
     check_sender_login(ld);
     check_always_bcc(ld);
+    check_inbound_checks(ld);
     const struct config *c = ld->c;
     if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL)) {
         const char *set = c->tls_cert_file ? "tls_cert_file" : "tls_key_file";

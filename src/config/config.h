@@ -61,6 +61,11 @@ enum dkim_canon_setting {
 };
 struct dkim_keyset;
 
+/* inbound_checks, as bits. */
+#define CONFIG_CHECK_SPF   0x1u
+#define CONFIG_CHECK_DKIM  0x2u
+#define CONFIG_CHECK_DMARC 0x4u
+
 struct config {
     int refs;
     char *path; /* the file loaded, or NULL for built-in defaults */
@@ -150,6 +155,12 @@ struct config {
     size_t n_egress_addresses;
     /* --- DKIM signing --- */
     int dkim_canonicalization; /* enum dkim_canon_setting */
+    /* --- inbound checks (SPF, DKIM, DMARC; Authentication-Results) --- */
+    char **inbound_checks; /* "spf", "dkim", "dmarc" */
+    size_t n_inbound_checks;
+    unsigned inbound_check_mask; /* CONFIG_CHECK_* of inbound_checks (config_load) */
+    int dmarc_enforce;           /* 0 no, 1 yes */
+    int64_t inbound_check_timeout_ms;
     /* --- outbound TLS and AUTH --- */
     enum tls_mode mx_tls;             /* STARTTLS towards MX hosts */
     int smarthost_auth_plaintext;     /* 0 no, 1 yes: send credentials without TLS */

@@ -211,6 +211,26 @@ const struct cfg_setting config_settings[] = {
         .names = dkim_canon_names,
         .desc = "DKIM header/body canonicalization: relaxed/relaxed, simple/simple, "
                 "relaxed/simple or simple/relaxed" },
+    { .name = "inbound_checks",
+        .type = CFG_DOMAIN_LIST,
+        .def = "",
+        .off = OFF(inbound_checks),
+        .off_n = OFF(n_inbound_checks),
+        .desc = "spf, dkim and/or dmarc: mail of clients neither in relay_networks nor "
+                "authenticated is checked and gets an Authentication-Results field" },
+    { .name = "dmarc_enforce",
+        .type = CFG_ENUM,
+        .def = "no",
+        .off = OFF(dmarc_enforce),
+        .names = yesno_names,
+        .desc = "refuse (p=reject, 550 5.7.1) or hold (p=quarantine) mail failing DMARC: no or "
+                "yes" },
+    { .name = "inbound_check_timeout",
+        .type = CFG_DURATION,
+        .def = "20s",
+        .off = OFF(inbound_check_timeout_ms),
+        .desc = "how long the end of a message waits for the DNS answers of its inbound checks; "
+                "those not in by then count as temperror" },
     { .name = "max_message_size",
         .type = CFG_SIZE,
         .def = "52428800",

@@ -38,6 +38,7 @@ smtp_tx_free(struct smtp_tx *tx)
     if (tx->w)
         spool_writer_abort(tx->w);
     dkim_signer_free(tx->dkim);
+    smtp_checks_free(tx->checks);
     spool_env_free(tx->env);
     smtp_data_reader_fini(&tx->rd);
     free(tx->verdict_by);
@@ -243,6 +244,7 @@ tx_open(struct smtp_session *s)
     tx->dkim_skip = rcvd.len;
     buf_fini(&rcvd);
     tx_dkim_start(s);
+    smtp_checks_open(s);
 }
 
 void
@@ -270,7 +272,7 @@ tx_discarding(struct smtp_tx *tx)
     const struct smtp_scan *sc = &tx->rd.sc;
     if (sc->content > tx->max_size)
         tx->too_big = true;
-    return tx->too_big || sc->bad_eol || sc->has_nul || sc->too_long;
+    return tx->too_big || sc->bad_eol || sc->has_nul || sc->too_long || tx->hdr_too_big;
 }
 
 /* The reader's sink: the transaction's spool writer. */
@@ -281,7 +283,10 @@ sink_stuffed(void *arg, struct evbuffer *src, size_t n, uint64_t content)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed_evbuffer(&tx->hscan, src, n);
-        spool_writer_add_stuffed(tx->w, src, n, content);
+        if (tx->checks != NULL)
+            smtp_checks_stuffed(tx, src, n, content);
+        else
+            spool_writer_add_stuffed(tx->w, src, n, content);
     } else if (evbuffer_drain(src, n) < 0)
         tern_panic("evbuffer_drain failed");
 }
@@ -293,7 +298,10 @@ sink_plain(void *arg, const char *p, size_t n)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
-        spool_writer_write(tx->w, p, n);
+        if (tx->checks != NULL)
+            smtp_checks_plain(tx, p, n);
+        else
+            spool_writer_write(tx->w, p, n);
     }
 }
 
@@ -304,10 +312,13 @@ sink_final(void *arg, const char *p, size_t n)
 {
     struct smtp_tx *tx = arg;
     const struct smtp_scan *sc = &tx->rd.sc;
-    if (!tx->too_big && !sc->bad_eol && !sc->has_nul && !sc->too_long) {
+    if (!tx->too_big && !sc->bad_eol && !sc->has_nul && !sc->too_long && !tx->hdr_too_big) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
-        spool_writer_write(tx->w, p, n);
+        if (tx->checks != NULL)
+            smtp_checks_plain(tx, p, n);
+        else
+            spool_writer_write(tx->w, p, n);
     }
 }
 
@@ -326,6 +337,9 @@ tx_rejected(struct smtp_session *s, struct tern_status *st)
         STATUS_SET(st, 550, "5.6.0", "Message contains NUL bytes");
     else if (tx->rd.sc.too_long)
         STATUS_SET(st, 500, "5.5.2", "Message line too long (limit %d octets)", SMTP_TEXT_LINE_MAX);
+    else if (tx->hdr_too_big)
+        STATUS_SET(st, 552, "5.3.4", "Message header section exceeds fixed limit of %d bytes",
+            SMTP_CHECKS_HEADER_MAX);
     else
         return false;
     return true;
@@ -419,6 +433,7 @@ journal_received(struct smtp_session *s, const char *qid)
  * smtp_tx_advance, false when it had nothing to do; either way it may have
  * decided with smtp_tx_decide. */
 static bool (*const tx_stages[])(struct smtp_session *s) = {
+    smtp_checks_stage,
     NULL,
 };
 
@@ -467,6 +482,7 @@ tx_finish(struct smtp_session *s)
     /* A message that is all header gets the empty line that ends the header
      * section (RFC 5322 §2.1): receivers then see the fields as sent, and it
      * is what the DKIM signer signs. */
+    smtp_checks_data_end(s);
     if (!tx->hscan.done)
         spool_writer_write(tx->w, "\r\n", 2);
     /* Nothing more is read until the message is answered. */
@@ -506,7 +522,7 @@ tx_commit(struct smtp_session *s)
         return;
     }
     if (tx->verdict == SMTP_VERDICT_HOLD)
-        tx->env->held = true;
+        spool_writer_hold(tx->w); /* the writer's copy of the envelope is the one stored */
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);

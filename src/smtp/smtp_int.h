@@ -37,6 +37,7 @@
 
 struct bufferevent;
 struct dkim_signer;
+struct smtp_checks;
 struct dns;
 struct dns_query;
 struct loopq;
@@ -94,6 +95,9 @@ struct smtp_tx {
      * the start of the content). */
     struct dkim_signer *dkim; /* owned or NULL */
     size_t dkim_skip;
+    /* inbound_checks (checks.c): owned or NULL when the client is not checked */
+    struct smtp_checks *checks;
+    bool hdr_too_big; /* the header section held for the checks passed its bound */
     /* BDAT */
     uint64_t chunk_left; /* bytes of the current chunk still to read */
     bool chunk_last;
@@ -351,6 +355,28 @@ void smtp_data_in(struct smtp_session *s, struct evbuffer *in);
 void smtp_bdat_in(struct smtp_session *s, struct evbuffer *in);
 /* Free a transaction, aborting its spool writer (NULL is fine). */
 void smtp_tx_free(struct smtp_tx *tx);
+
+/* checks.c: inbound_checks. The header section of a checked message is
+ * held back, at most this many bytes (552 5.3.4 beyond). */
+#define SMTP_CHECKS_HEADER_MAX (256 * 1024)
+/* At the start of the data: checks for this client (tx->checks), SPF
+ * started. */
+void smtp_checks_open(struct smtp_session *s);
+/* The data sink when tx->checks: takes n bytes off src (stuffed) or p[n]
+ * (content), holds the header section, writes the rest and hashes it. */
+void smtp_checks_stuffed(struct smtp_tx *tx, struct evbuffer *src, size_t n, uint64_t content);
+void smtp_checks_plain(struct smtp_tx *tx, const char *p, size_t n);
+/* End of the data: a header section still held is written. */
+void smtp_checks_data_end(struct smtp_session *s);
+/* The first stage: waits for the checks (inbound_check_timeout at most),
+ * prefixes the Authentication-Results field, enforces DMARC. */
+bool smtp_checks_stage(struct smtp_session *s);
+void smtp_checks_free(struct smtp_checks *c); /* cancels its lookups; NULL fine */
+/* The Authentication-Results field (RFC 8601) of results (each "method=
+ * result property=value ...", tokens separated by spaces), folded at 78
+ * characters where the tokens allow, CRLF-terminated, appended to out. */
+void smtp_authres_render(
+    const char *authserv_id, const char *const *results, size_t n, struct buf *out);
 
 /* session_tls.c: STARTTLS (RFC 3207) and implicit TLS (RFC 8314). */
 bool smtp_starttls_offered(const struct smtp_session *s);

@@ -251,6 +251,13 @@ void spool_writer_add_stuffed(
 /* Append message content (not stuffed; stuffed here as it is copied). */
 void spool_writer_write(struct spool_writer *w, const void *data, size_t len);
 uint64_t spool_writer_size(const struct spool_writer *w); /* content bytes so far */
+/* Queue the message held (as `queue hold` would): the writer keeps its
+ * own copy of the envelope, so this, not the caller's env, says it. */
+void spool_writer_hold(struct spool_writer *w);
+/* Header fields (CRLF-terminated, copied) to send before the content: the
+ * message's prefix, which a finisher's fields then go on top of. 0, or -1
+ * when they are not valid fields or longer than SPOOL_PREFIX_MAX. */
+int spool_writer_set_prefix(struct spool_writer *w, const char *fields);
 /* A finisher makes header fields for the prefix once all of the message is
  * there (DKIM signing), on a worker thread before the commit: fn reads the
  * content from body, appends complete CRLF-terminated fields to prefix and
