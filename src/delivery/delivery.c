@@ -381,13 +381,14 @@ wait_serve(struct delivery *d)
 }
 
 /* May dest use c, set up for another destination? Not when either side
- * requires TLS (the certificate was checked against the other's host name)
+ * requires TLS (the certificate was checked against the other's host name,
+ * or dest has a DANE or MTA-STS host: its policy is checked per host)
  * or c logged in (its credentials belong to the other's hop). */
 static bool
 conn_shareable(const struct delivery *d, const struct deliv_conn *c, const struct deliv_dest *dest)
 {
     return !c->authed && c->tls_mode != TLS_REQUIRED &&
-           deliv_tls_mode(d->cfg, dest->d->key) != TLS_REQUIRED;
+           deliv_tls_mode(d->cfg, dest->d->key) != TLS_REQUIRED && !plan_authenticated(dest->plan);
 }
 
 /* An idle connection of another destination at one of the addresses of

@@ -117,6 +117,53 @@ bool deliv_tls_accept(enum tls_mode mode, bool verified);
  * in plaintext (opportunistic STARTTLS only); false = the target failed. */
 bool deliv_tls_fallback(enum tls_mode mode, bool implicit);
 
+/* ---- the per-destination TLS policy (RFC 7672, RFC 8461) ---- */
+
+/* Which policy a connection to one MX host is under. */
+enum tls_policy {
+    TLSP_OPPORTUNISTIC, /* mx_tls as configured (RFC 7435) */
+    TLSP_DANE,          /* TLS required, the certificate matched against TLSA records */
+    TLSP_MTA_STS,       /* TLS required, PKIX and the policy's MX patterns (RFC 8461 §4) */
+};
+
+/* What the TLSA lookup of one MX host says (RFC 7672 §2.2). */
+enum dane_state {
+    DANE_NONE,     /* no DANE: insecure MX, address or TLSA answer, or no TLSA records */
+    DANE_USABLE,   /* validated TLSA records of which at least one is usable */
+    DANE_UNUSABLE, /* validated TLSA records, none usable: unauthenticated TLS (§3.1.3) */
+    DANE_TEMP,     /* the TLSA lookup of a secure host failed: skip the host (§2.1.1) */
+};
+
+/* Is this record usable for SMTP (RFC 7672 §3.1): DANE-TA(2) or DANE-EE(3),
+ * selector 0 or 1, matching type 0, 1 or 2, and a well-formed record. */
+bool deliv_tlsa_usable(const struct dns_tlsa *t);
+/* The DANE state of a host from its TLSA answer (NULL: not looked up,
+ * because the MX or address answers were not validated). */
+enum dane_state deliv_dane_state(const struct dns_rr_result *tlsa);
+/* The policy of one host: DANE with usable records wins over MTA-STS
+ * (RFC 8461 §2); the policies bits are mx_tls_policy's; sts_enforce: the
+ * domain has an MTA-STS policy in enforce mode that lists this host. */
+enum tls_policy deliv_tls_policy_pick(
+    unsigned policies, enum tls_mode mx_tls, enum dane_state dane, bool sts_enforce);
+const char *deliv_tls_policy_name(enum tls_policy p);
+const char *deliv_dane_state_name(enum dane_state s);
+
+/* The MTA-STS policy source (RFC 8461) the plan asks for each MX domain.
+ * Returns a handle while the answer is on its way (cb runs later from the
+ * loop, unless cancelled), or NULL when the answer is known at once: then
+ * *out holds it and cb never runs. */
+struct sts_policy {
+    bool enforce; /* an enforce-mode policy applies to the domain */
+};
+typedef void (*sts_policy_cb)(void *arg, const struct sts_policy *p);
+struct sts_query;
+struct sts_query *deliv_sts_policy_get(
+    struct delivery *d, const char *domain, struct sts_policy *out, sts_policy_cb cb, void *arg);
+void deliv_sts_policy_cancel(struct sts_query *q); /* NULL is fine */
+/* Does an MTA-STS policy (enforce) accept host as an MX host of its domain
+ * (RFC 8461 §4.1)? */
+bool deliv_sts_host_ok(const struct sts_policy *p, const char *host);
+
 struct deliv_creds {
     char user[DELIV_AUTH_USER_MAX + 1];
     char pass[DELIV_AUTH_PASS_MAX + 1];
@@ -159,7 +206,12 @@ int deliv_creds_load(const char *path, const char *host, bool allow_default,
 #define DELIV_PLAN_MS     (60 * 1000) /* a plan is rebuilt after this */
 
 struct plan_host {
-    char name[DNS_NAME_MAX + 1]; /* MX host, implicit MX domain or hop host */
+    char name[DNS_NAME_MAX + 1];   /* MX host, implicit MX domain or hop host */
+    char domain[DNS_NAME_MAX + 1]; /* the next-hop domain (RFC 7672 §3.2.2), "" for a hop host */
+    enum tls_policy policy;        /* how TLS to it is authenticated */
+    enum dane_state dane;
+    bool mx_secure, addr_secure; /* the MX and address answers were validated */
+    struct dns_rr_result *tlsa;  /* owned: its validated TLSA records, or NULL */
     uint16_t hop;                /* index into delivery_dest.hops */
     uint16_t pref;               /* MX preference; 0 for a direct hop */
     uint16_t t0, nt;             /* its targets: t[t0 .. t0+nt) */
@@ -203,6 +255,8 @@ struct deliv_plan *plan_ref(struct deliv_plan *p);
 void plan_unref(struct deliv_plan *p); /* NULL is fine */
 /* Any target not yet marked failed? */
 bool plan_usable(const struct deliv_plan *p);
+/* Does any host of p need authenticated TLS (DANE, MTA-STS)? */
+bool plan_authenticated(const struct deliv_plan *p);
 /* The order in which one connection tries p's targets: plan order, with the
  * hosts of one hop and preference shuffled by rnd (RFC 5321 §5.1), so that
  * connections spread over equal MX hosts. order has room for p->n_t;
@@ -435,7 +489,10 @@ struct deliv_conn {
     struct client_tx *tx; /* the job in flight, or NULL */
     /* TLS and AUTH */
     struct tls_ctx *tls_ctx; /* reference, or NULL when no client context could be made */
-    enum tls_mode tls_mode;  /* smarthost_tls or mx_tls for this destination */
+    enum tls_mode tls_mode;  /* smarthost_tls or mx_tls; required under DANE or MTA-STS */
+    enum tls_mode dest_mode; /* smarthost_tls or mx_tls for this destination */
+    enum tls_policy policy;  /* of the current target's host */
+    const char *verified_by; /* "dane-ee", "dane-ta", "pkix" or "none" once TLS is up */
     bool implicit_tls;       /* the current target's hop is smtps:// */
     bool tls_active;         /* handshake done on the current connection */
     bool tls_plain_retry;    /* reconnecting in clear after a failed opportunistic handshake */
