@@ -195,7 +195,6 @@ tlsa_cb(void *arg, const struct dns_rr_result *r)
     struct bhost *h = arg;
     h->tq = NULL;
     h->tlsa = dns_rr_result_dup(r);
-    h->tlsa->secure = r->secure;
     lookup_done(h->b);
 }
 

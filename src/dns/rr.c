@@ -62,6 +62,7 @@ dns_rr_result_dup(const struct dns_rr_result *r)
         (void)dns_rr_result_add(c, r->rr[i].pref, r->rr[i].data, r->rr[i].len);
     c->rc = r->rc;
     c->truncated = r->truncated;
+    c->secure = r->secure;
     memcpy(c->err, r->err, sizeof(c->err));
     return c;
 }

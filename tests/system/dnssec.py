@@ -200,9 +200,9 @@ class DnssecDns:
         assert self.zones, "no zone"
         self._write_conf()
         d = self.workdir
-        self._spawn("nsd", ["nsd", "-d", "-c", os.path.join(d, "nsd.conf")])
+        self._spawn("nsd", ["/usr/sbin/nsd", "-d", "-c", os.path.join(d, "nsd.conf")])
         self._wait_answer(self.nsd_port, NSD_ADDR, f"ns1.{self.zones[0].name}")
-        self._spawn("unbound", ["unbound", "-d", "-c", os.path.join(d, "unbound.conf")])
+        self._spawn("unbound", ["/usr/sbin/unbound", "-d", "-c", os.path.join(d, "unbound.conf")])
         self._wait_answer(self.port, UNBOUND_ADDR, f"ns1.{self.zones[0].name}")
         return self
 
