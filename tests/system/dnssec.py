@@ -53,6 +53,7 @@ class Zone:
         self.name = name.rstrip(".")
         self.signed = signed
         self.records = []
+        self.bogus = []  # (owner., type): data changed after signing
 
     def rr(self, owner, rtype, data, ttl=60):
         owner = owner.rstrip(".") + "."
@@ -70,6 +71,12 @@ class Zone:
 
     def tlsa(self, host, port, data):
         return self.rr(f"_{port}._tcp.{host}", "TLSA", data)
+
+    def make_bogus(self, owner, rtype):
+        """Change owner's rtype records after signing: their signatures no
+        longer verify, and the validating resolver answers SERVFAIL."""
+        self.bogus.append((owner.rstrip(".") + ".", rtype))
+        return self
 
     def text(self):
         origin = self.name + "."
@@ -107,9 +114,26 @@ class DnssecDns:
         ksk = _run(["ldns-keygen", "-a", "ECDSAP256SHA256", "-k", z.name], d).strip()
         zsk = _run(["ldns-keygen", "-a", "ECDSAP256SHA256", z.name], d).strip()
         _run(["ldns-signzone", "-f", path + ".signed", path, zsk, ksk], d)
+        if z.bogus:
+            self._spoil(path + ".signed", z.bogus)
         with open(os.path.join(d, ksk + ".ds")) as f:
             ds = f.read().strip()
         return path + ".signed", ds
+
+    @staticmethod
+    def _spoil(path, bogus):
+        lines = []
+        with open(path) as f:
+            for line in f:
+                w = line.split()
+                if len(w) >= 5 and (w[0].lower(), w[3].upper()) in {(o.lower(), t) for o, t in bogus}:
+                    # flip the last hex digit of the record's data
+                    last = w[-1]
+                    w[-1] = last[:-1] + ("0" if last[-1] != "0" else "1")
+                    line = "\t".join(w) + "\n"
+                lines.append(line)
+        with open(path, "w") as f:
+            f.writelines(lines)
 
     def _write_conf(self):
         d = self.workdir

@@ -123,6 +123,38 @@ def test_dane_fails_over_to_the_next_mx(dane):
     assert not s1.mail_attempts and len(s2.snapshot()) == 1
 
 
+def test_tlsa_lookup_failure_skips_the_host(dane):
+    """RFC 7672 §2.1.1: the TLSA lookup of a host whose addresses validated
+    fails (SERVFAIL: the records' signatures do not verify); that host is
+    not used, not even in clear. With a second MX host without TLSA records
+    the mail goes there; the first host is never spoken to."""
+    dane.zone.mx("dane.test", "mx1.dane.test", MX1, pref=10)
+    dane.zone.mx("dane.test", "mx2.dane.test", MX2, pref=20)
+    dane.zone.tlsa("mx1.dane.test", dane.port, "3 1 1 " + spki_sha256(dane.cert))
+    dane.zone.make_bogus(f"_{dane.port}._tcp.mx1.dane.test", "TLSA")
+    s1, s2 = dane.sink(MX1), dane.sink(MX2)
+    t = dane.tern()
+    qid = send(t, "a@dane.test")
+    ev = t.wait_event("delivered", qid=qid)
+    assert ev["relay"].startswith("mx2.dane.test["), ev
+    assert ev["tls_policy"] == "opportunistic", ev
+    hf = t.wait_event("host_failed", host="mx1.dane.test")
+    assert hf["phase"] == "TLSA lookup" and hf["tls_policy"] == "dane", hf
+    assert s1.sessions_total == 0 and len(s2.snapshot()) == 1
+
+
+def test_tlsa_lookup_failure_of_the_only_host_defers(dane):
+    dane.zone.mx("dane.test", "mx1.dane.test", MX1)
+    dane.zone.tlsa("mx1.dane.test", dane.port, "3 1 1 " + spki_sha256(dane.cert))
+    dane.zone.make_bogus(f"_{dane.port}._tcp.mx1.dane.test", "TLSA")
+    s = dane.sink()
+    t = dane.tern()
+    qid = send(t, "a@dane.test")
+    ev = deferred_never_sent(t, s, qid, "a@dane.test")
+    assert "TLSA lookup" in ev["reason"], ev
+    assert s.sessions_total == 0
+
+
 def test_dane_ta_with_the_right_name_delivers(dane):
     dane.zone.mx("dane.test", "mx1.dane.test", MX1)
     dane.zone.tlsa("mx1.dane.test", dane.port, "2 0 1 " + cert_sha256(dane.ca[0]))
