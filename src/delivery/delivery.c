@@ -499,7 +499,7 @@ dest_plan_done(struct delivery *d, struct deliv_dest *dest, struct deliv_plan *p
     }
     plan_unref(dest->plan);
     dest->plan = NULL;
-    deliv_dest_fail_jobs(d, dest, st, perm ? DELIV_PERM : DELIV_TEMP);
+    deliv_dest_fail_jobs(d, dest, st, perm ? DELIV_PERM : DELIV_TEMP, NULL);
     event_active(d->reap, 0, 0);
 }
 
@@ -544,8 +544,8 @@ deliv_take_job(struct delivery *d, struct deliv_dest *dest, struct delivery_job 
 }
 
 void
-deliv_dest_fail_jobs(
-    struct delivery *d, struct deliv_dest *dest, const struct tern_status *st, enum deliv_class cls)
+deliv_dest_fail_jobs(struct delivery *d, struct deliv_dest *dest, const struct tern_status *st,
+    enum deliv_class cls, const char *tls_policy)
 {
     struct delivery_job job;
     struct logline l;
@@ -556,6 +556,7 @@ deliv_dest_fail_jobs(
             res[i].cls = cls;
             res[i].st = *st;
             res[i].from_remote = false;
+            res[i].tls_policy = tls_policy;
         }
         d->cb.done(d->cb.arg, job.id, res, job.n_rcpts, NULL);
         free(res);
@@ -589,9 +590,11 @@ deliv_dest_down(struct delivery *d, struct deliv_dest *dest, const struct deliv_
         deliv_dest_fill(d, dest); /* a newer plan has untried targets */
         return;
     }
+    /* Every host failed: the deferral names the policy they were under. */
+    const char *pol = plan_policy_name(used);
     plan_unref(dest->plan);
     dest->plan = NULL;
-    deliv_dest_fail_jobs(d, dest, st, DELIV_TEMP);
+    deliv_dest_fail_jobs(d, dest, st, DELIV_TEMP, pol);
 }
 
 /* ---- connections ---- */

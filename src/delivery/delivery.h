@@ -84,6 +84,10 @@ struct delivery_rcpt_result {
      * its TLS handshake, and the transaction. A reused connection's setup
      * and handshake cost this job nothing; zero when no server was reached. */
     int64_t setup_ms, tls_ms, xfer_ms;
+    /* No server took the transaction (no relay): the TLS policy the
+     * destination's hosts were under ("dane", "mta-sts", "opportunistic"),
+     * static; NULL when no plan was made. */
+    const char *tls_policy;
 };
 
 struct delivery_callbacks {

@@ -226,6 +226,9 @@ void plan_unref(struct deliv_plan *p); /* NULL is fine */
 bool plan_usable(const struct deliv_plan *p);
 /* Does any host of p need authenticated TLS (DANE, MTA-STS)? */
 bool plan_authenticated(const struct deliv_plan *p);
+/* The name of the first authenticated policy of p's hosts, else
+ * "opportunistic". */
+const char *plan_policy_name(const struct deliv_plan *p);
 /* The order in which one connection tries p's targets: plan order, with the
  * hosts of one hop and preference shuffled by rnd (RFC 5321 §5.1), so that
  * connections spread over equal MX hosts. order has room for p->n_t;
@@ -298,9 +301,10 @@ enum tls_mode deliv_tls_mode(const struct config *cfg, const char *dest_key);
  * woken when a message may go again. */
 bool deliv_take_job(
     struct delivery *d, struct deliv_dest *dest, struct delivery_job *job, bool rated);
-/* Answer every due job of dest with st (for each recipient), no relay. */
+/* Answer every due job of dest with st (for each recipient), no relay;
+ * tls_policy (static or NULL) goes into each result. */
 void deliv_dest_fail_jobs(struct delivery *d, struct deliv_dest *dest, const struct tern_status *st,
-    enum deliv_class cls);
+    enum deliv_class cls, const char *tls_policy);
 /* Every target of plan used failed for a connection, which is already
  * retired (st: the last reason). Unless another connection may still take
  * jobs or a newer plan has untried targets, the due jobs get TEMP and the

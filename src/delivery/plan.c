@@ -106,6 +106,16 @@ plan_authenticated(const struct deliv_plan *p)
     return false;
 }
 
+const char *
+plan_policy_name(const struct deliv_plan *p)
+{
+    for (size_t i = 0; p != NULL && i < p->n_hosts; i++) {
+        if (p->hosts[i].policy != TLSP_OPPORTUNISTIC)
+            return deliv_tls_policy_name(p->hosts[i].policy);
+    }
+    return deliv_tls_policy_name(TLSP_OPPORTUNISTIC);
+}
+
 static bool
 same_group(const struct deliv_plan *p, size_t h1, size_t h2)
 {

@@ -536,7 +536,7 @@ relay_split(const char *relay, struct relay_parts *rp)
 /* The attempt in the history journal (ternctl queue show, trace). */
 static void
 journal_result(const char *event, const struct sched_msg *m, const struct spool_rcpt *r,
-    const char *relay, const char *reply, int64_t next_ms)
+    const char *relay, const char *tls_policy, const char *reply, int64_t next_ms)
 {
     struct hline h;
     struct relay_parts rp;
@@ -552,6 +552,10 @@ journal_result(const char *event, const struct sched_msg *m, const struct spool_
         }
     } else {
         history_str(&h, "relay", relay);
+        if (tls_policy != NULL) {
+            history_str(&h, "tls_policy", tls_policy);
+            history_str(&h, "tls_verified", "none");
+        }
     }
     history_str(&h, "reply", reply);
     if (next_ms > 0 && r->next_try_ms > 0)
@@ -586,6 +590,11 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
         }
     } else {
         log_str(&l, "relay", relay ? relay : "none");
+        if (res->tls_policy != NULL) {
+            /* no server took it: the policy its hosts were under */
+            log_str(&l, "tls_policy", res->tls_policy);
+            log_str(&l, "tls_verified", "none");
+        }
     }
     log_str(&l, strcmp(event, "delivered") == 0 ? "reply" : "reason", reply);
     log_str(&l, "delay", delay);
@@ -599,7 +608,7 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
         log_str(&l, "next", next);
     }
     log_end(&l);
-    journal_result(event, m, r, relay, reply, next_ms);
+    journal_result(event, m, r, relay, relay ? NULL : res->tls_policy, reply, next_ms);
 }
 
 /* A final result: does it call for a DSN? dr is filled either way. */
