@@ -32,6 +32,12 @@ libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
     # A real browser for the dashboard test (test_dashboard.py): headless
     # Chromium runs the page's script against a live ternd.
     pkgs="$pkgs chromium"
+    # The DANE tests' DNSSEC world (tests/system/dnssec.py): ldnsutils signs
+    # a test zone, nsd serves it and unbound validates it, all in the
+    # foreground on the tests' own loopback ports. Installing them may try to
+    # start their system services on port 53 (policy-rc.d blocks that in a
+    # chroot); the tests never use those.
+    pkgs="$pkgs nsd unbound ldnsutils"
 fi
 missing=""
 for p in $pkgs; do

@@ -21,13 +21,14 @@
 
 #include "cmd/dnscheck.h"
 #include "cmd/histcmd.h"
+#include "cmd/tlsshow.h"
 #include "config/config.h"
 #include "ctl/client.h"
-#include "util/json.h"
 #include "dkim/dkim.h"
 #include "spool/spool.h"
 #include "util/buf.h"
 #include "util/fsutil.h"
+#include "util/json.h"
 #include "util/parse.h"
 #include "util/util.h"
 
@@ -63,6 +64,7 @@ static const char usage_text[] =
     "  passwd USER               add or change an AUTH user in auth_users_file\n"
     "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--key-file PATH]\n"
     "  dns check DOMAIN [--json]\n"
+    "  tls show DOMAIN\n"
     "  trace QUERY [--json]      timeline of the messages with this queue id, Message-ID or\n"
     "                            address (sender or recipient), from the history journal\n";
 
@@ -922,6 +924,16 @@ cmd_dns_check(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
     return dnscheck_main(ctx->cfg, argc, argv);
 }
 
+/* --- tls show (src/cmd/tlsshow.c): computed here with tern's resolvers,
+ * like dns check, so that it works while ternd is down --- */
+
+static int
+cmd_tls_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    (void)cmd;
+    return tlsshow_main(ctx->cfg, argc, argv);
+}
+
 /* --- queue show / trace (src/cmd/histcmd.c) --- */
 
 static int
@@ -944,6 +956,7 @@ static const struct command commands[] = {
     { "passwd", NULL, NULL, cmd_passwd, true },
     { "dkim", "keygen", NULL, cmd_dkim_keygen, false },
     { "dns", "check", NULL, cmd_dns_check, true },
+    { "tls", "show", NULL, cmd_tls_show, true },
 };
 
 static const struct command *

@@ -309,6 +309,31 @@ check_sender_login(struct loader *ld)
     }
 }
 
+/* mx_tls_policy: space or comma separated "dane" and "mta-sts". */
+static void
+check_tls_policy(struct loader *ld)
+{
+    const char *p = ld->c->mx_tls_policy;
+    char t[SHOWN_MAX];
+    ld->c->mx_tls_policies = 0;
+    while (p != NULL && *p != '\0') {
+        size_t n = strcspn(p, " \t,");
+        if (n == 4 && memcmp(p, "dane", 4) == 0) {
+            ld->c->mx_tls_policies |= MX_TLS_POLICY_DANE;
+        } else if (n == 7 && memcmp(p, "mta-sts", 7) == 0) {
+            ld->c->mx_tls_policies |= MX_TLS_POLICY_MTASTS;
+        } else if (n > 0) {
+            char *word = xstrndup(p, n);
+            where_of(ld, cfg_find("mx_tls_policy"));
+            cfg_error(&ld->errs, "bad mx_tls_policy word \"%s\" (use dane, mta-sts)",
+                cfg_shown(word, t, sizeof(t)));
+            free(word);
+        }
+        p += n;
+        p += strspn(p, " \t,");
+    }
+}
+
 /* Is one of the directories a or b the other or inside it? */
 static bool
 paths_nest(const char *a, const char *b)
@@ -377,6 +402,7 @@ check_combinations(struct loader *ld)
     check_sender_login(ld);
     check_always_bcc(ld);
     check_inbound_checks(ld);
+    check_tls_policy(ld);
     const struct config *c = ld->c;
     if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL)) {
         const char *set = c->tls_cert_file ? "tls_cert_file" : "tls_key_file";

@@ -504,6 +504,12 @@ const struct cfg_setting config_settings[] = {
         .names = tls_names,
         .desc = "STARTTLS towards MX hosts: none, opportunistic or required (verified chain and "
                 "MX host name)" },
+    { .name = "mx_tls_policy",
+        .type = CFG_STRING,
+        .def = "dane mta-sts",
+        .off = OFF(mx_tls_policy),
+        .desc = "authenticated TLS policies of destination domains to enforce: dane (RFC 7672), "
+                "mta-sts (RFC 8461); empty: none" },
     { .name = "smarthost_auth_plaintext",
         .type = CFG_ENUM,
         .def = "no",

@@ -297,6 +297,7 @@ target_failed(struct deliv_conn *c, const struct tern_status *st)
     log_str(&l, "host", conn_host(c)->name);
     log_str(&l, "addr", c->peer);
     log_str(&l, "phase", conn_phase(c));
+    log_str(&l, "tls_policy", deliv_tls_policy_name(c->policy));
     log_str(&l, "reason", st->text);
     log_end(&l);
     conn_drop_socket(c);
@@ -461,10 +462,13 @@ session_ready(struct deliv_conn *c)
     /* The TLS summary travels with the relay into every per-recipient
      * delivered/deferred line (sched.c log_result) and the DSN. */
     if (c->tls_active)
-        snprintf(c->relay + n, sizeof(c->relay) - n, " tls=%s/%s/%s", c->tls.version, c->tls.cipher,
-            c->tls.verified ? "verified" : "unverified");
+        n += (size_t)snprintf(c->relay + n, sizeof(c->relay) - n, " tls=%s/%s/%s", c->tls.version,
+            c->tls.cipher, c->tls.verified ? "verified" : "unverified");
     else
-        snprintf(c->relay + n, sizeof(c->relay) - n, " tls=none");
+        n += (size_t)snprintf(c->relay + n, sizeof(c->relay) - n, " tls=none");
+    if (n < sizeof(c->relay))
+        snprintf(c->relay + n, sizeof(c->relay) - n, " tls_policy=%s tls_verified=%s",
+            deliv_tls_policy_name(c->policy), c->tls_active ? c->verified_by : "none");
     c->ready = true;
     c->setup_ms = tern_mono_ms() - c->t_setup + c->dns_ms - c->tls_ms;
     c->setup_pending = true;
@@ -519,6 +523,46 @@ target_retry_plain(struct deliv_conn *c)
     connect_next(c);
 }
 
+/* "TLS required" and by what, for reasons. */
+static const char *
+tls_required_text(const struct deliv_conn *c)
+{
+    switch (c->policy) {
+    case TLSP_DANE:
+        return "TLS required by DANE";
+    case TLSP_MTA_STS:
+        return "TLS required by MTA-STS";
+    case TLSP_OPPORTUNISTIC:
+        break;
+    }
+    return c->tls_mode == TLS_REQUIRED ? "TLS required" : "";
+}
+
+/* The current host's TLSA records onto ssl (RFC 7672 §3): the MX host name
+ * is the base domain and, with the next-hop domain, a reference identifier
+ * for DANE-TA. -1 when none could be used. */
+static int
+dane_setup(struct deliv_conn *c, SSL *ssl)
+{
+    const struct plan_host *h = conn_host(c);
+    struct tls_dane_rec recs[DNS_RR_MAX];
+    const char *names[2] = { h->name, h->domain };
+    size_t n = 0;
+    for (size_t i = 0; h->tlsa != NULL && i < h->tlsa->n && n < DNS_RR_MAX; i++) {
+        struct dns_tlsa t;
+        if (dns_tlsa_parse(h->tlsa->rr[i].data, h->tlsa->rr[i].len, &t) < 0 ||
+            !deliv_tlsa_usable(&t))
+            continue;
+        recs[n].usage = t.usage;
+        recs[n].selector = t.selector;
+        recs[n].mtype = t.mtype;
+        recs[n].data = t.data;
+        recs[n].len = t.len;
+        n++;
+    }
+    return tls_client_dane(ssl, names, h->domain[0] ? 2 : 1, recs, n) > 0 ? 0 : -1;
+}
+
 /* Put TLS over the connection: after "220" to STARTTLS, or at once for
  * implicit TLS. The SNI and the name checked are the MX host name or the
  * hop's host (RFC 7672 §3.2.2 style; an address literal is checked against
@@ -542,11 +586,17 @@ tls_start(struct deliv_conn *c)
         log_int(&l, "discarded", (int64_t)junk);
         log_end(&l);
     }
-    ssl = c->tls_ctx ? tls_client_ssl_new(c->tls_ctx, host, host) : NULL;
-    if (ssl == NULL) {
-        setup_fail(c, "tls_failed", "4.7.5", "%sTLS with %s not possible: %s",
-            c->tls_mode == TLS_REQUIRED ? "TLS required but " : "", c->peer,
-            c->tls_ctx ? "cannot create an SSL object" : c->d->tls_err);
+    /* Under DANE the TLSA records authenticate the peer, not the PKIX
+     * chain and host name. */
+    ssl = c->tls_ctx ? tls_client_ssl_new(c->tls_ctx, host, c->policy == TLSP_DANE ? NULL : host)
+                     : NULL;
+    if (ssl == NULL || (c->policy == TLSP_DANE && dane_setup(c, ssl) < 0)) {
+        setup_fail(c, "tls_failed", "4.7.5", "%s%sTLS with %s not possible: %s",
+            tls_required_text(c), c->tls_mode == TLS_REQUIRED ? " but " : "", c->peer,
+            !c->tls_ctx ? c->d->tls_err
+            : ssl       ? "no usable TLSA record"
+                        : "cannot create an SSL object");
+        SSL_free(ssl);
         return;
     }
     bev = bufferevent_openssl_filter_new(
@@ -584,8 +634,8 @@ tls_failed(struct deliv_conn *c, const char *why)
         target_retry_plain(c);
         return;
     }
-    setup_fail(c, "tls_failed", "4.7.5", "%sTLS handshake with %s failed: %s",
-        c->tls_mode == TLS_REQUIRED ? "TLS required but " : "", c->peer, why);
+    setup_fail(c, "tls_failed", "4.7.5", "%s%sTLS handshake with %s failed: %s",
+        tls_required_text(c), c->tls_mode == TLS_REQUIRED ? " but " : "", c->peer, why);
 }
 
 static void
@@ -601,11 +651,19 @@ tls_done(struct deliv_conn *c)
     struct logline l;
     c->tls_ms += tern_mono_ms() - c->t_tls;
     tls_describe(ssl, &c->tls);
+    if (c->policy == TLSP_DANE) {
+        /* RFC 7672 §3.1: only a TLSA match authenticates the peer. */
+        c->verified_by = tls_dane_match(ssl);
+        c->tls.verified = c->verified_by != NULL;
+    } else {
+        c->verified_by = c->tls.verified ? "pkix" : "none";
+    }
     if (!deliv_tls_accept(c->tls_mode, c->tls.verified)) {
         char why[160];
-        setup_fail(c, "tls_failed", "4.7.5",
-            "TLS required but the certificate of %s (%s) did not verify: %s", conn_host(c)->name,
-            c->peer, tls_verify_text(ssl, why, sizeof(why)));
+        setup_fail(c, "tls_failed", "4.7.5", "%s but the certificate of %s (%s) %s: %s",
+            tls_required_text(c), conn_host(c)->name, c->peer,
+            c->policy == TLSP_DANE ? "matches no TLSA record" : "did not verify",
+            tls_verify_text(ssl, why, sizeof(why)));
         return;
     }
     c->tls_active = true;
@@ -617,6 +675,8 @@ tls_done(struct deliv_conn *c)
     log_str(&l, "version", c->tls.version);
     log_str(&l, "cipher", c->tls.cipher);
     log_str(&l, "verified", c->tls.verified ? "yes" : "no");
+    log_str(&l, "tls_policy", deliv_tls_policy_name(c->policy));
+    log_str(&l, "tls_verified", c->verified_by);
     log_end(&l);
     if (c->implicit_tls) {
         c->state = CS_GREETING;
@@ -637,8 +697,8 @@ on_starttls(struct deliv_conn *c, const struct tern_status *st)
         return;
     }
     if (c->tls_mode == TLS_REQUIRED) {
-        setup_fail(c, "tls_failed", "4.7.5", "TLS required but %s refused STARTTLS: %d %s", c->peer,
-            st->code, st->text);
+        setup_fail(c, "tls_failed", "4.7.5", "%s but %s refused STARTTLS: %d %s",
+            tls_required_text(c), c->peer, st->code, st->text);
         return;
     }
     /* Opportunistic: the server declined; RFC 3207 §4 lets us go on. */
@@ -765,8 +825,8 @@ session_setup_next(struct deliv_conn *c)
             conn_arm(c, c->reply_ms);
             return;
         case TLSS_DEFER:
-            setup_fail(
-                c, "tls_failed", "4.7.5", "TLS required but %s does not offer STARTTLS", c->peer);
+            setup_fail(c, "tls_failed", "4.7.5", "%s but %s does not offer STARTTLS",
+                tls_required_text(c), c->peer);
             return;
         case TLSS_PLAIN:
             break;
@@ -901,6 +961,11 @@ connect_next(struct deliv_conn *c)
         if (t->failed)
             continue; /* found down by another connection */
         deliv_fmt_addr(&t->addr, c->peer, sizeof(c->peer), NULL, 0);
+        /* Each host has its own policy: DANE or MTA-STS make TLS with an
+         * authenticated peer mandatory for it (RFC 7672 §2.2, RFC 8461 §5),
+         * with no plaintext fallback. */
+        c->policy = c->plan->hosts[t->host].policy;
+        c->tls_mode = c->policy != TLSP_OPPORTUNISTIC ? TLS_REQUIRED : c->dest_mode;
         c->bev = bufferevent_socket_new(c->d->base, -1, BEV_OPT_CLOSE_ON_FREE);
         if (c->bev == NULL)
             tern_panic("bufferevent_socket_new failed");
@@ -980,7 +1045,9 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     c->connect_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DELIV_DEF_CONNECT_MS;
     c->reply_ms = cfg->delivery_timeout_ms > 0 ? cfg->delivery_timeout_ms : DELIV_DEF_TIMEOUT_MS;
     c->idle_ms = cfg->idle_conn_timeout_ms > 0 ? cfg->idle_conn_timeout_ms : DELIV_DEF_IDLE_MS;
-    c->tls_mode = deliv_tls_mode(cfg, dest->d->key);
+    c->dest_mode = deliv_tls_mode(cfg, dest->d->key);
+    c->tls_mode = c->dest_mode;
+    c->verified_by = "none";
     c->tls_ctx = d->tls != NULL ? tls_ctx_ref(d->tls) : NULL;
     TERN_ASSERT(dest->plan != NULL);
     c->plan = plan_ref(dest->plan);

@@ -48,8 +48,10 @@ attempt_log_json(const struct spool_env *env, struct buf *out)
             buf_append_char(out, '"');
             buf_append_json(out, a->relay, (size_t)(t - a->relay));
             buf_append_char(out, '"');
-            buf_append_str(out, ",\"tls\":");
-            buf_append_json_str(out, t + 5);
+            /* "tls=VERSION/CIPHER/BITS", then the policy words */
+            buf_append_str(out, ",\"tls\":\"");
+            buf_append_json(out, t + 5, strcspn(t + 5, " "));
+            buf_append_char(out, '"');
         } else {
             buf_append_json_str(out, a->relay);
         }

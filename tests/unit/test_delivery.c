@@ -793,7 +793,7 @@ test_two_rcpts_one_rejected(void **state)
         QUIT_OK, END };
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
-    char want_relay[64];
+    char want_relay[128];
     add_job(h, "s@y.test", two_rcpts, 2, body1, false);
     h_go(h, 1);
     assert_int_equal(h->res[0].id, 100);
@@ -802,7 +802,8 @@ test_two_rcpts_one_rejected(void **state)
     assert_string_equal(h->res[0].res[0].st.text, "queued as X");
     check_rcpt(&h->res[0], 1, DELIV_PERM, 550, "5.1.1", true);
     assert_string_equal(h->res[0].res[1].st.text, "no such user");
-    snprintf(want_relay, sizeof(want_relay), "127.0.0.1[127.0.0.1]:%u tls=none", h->srv.port);
+    snprintf(want_relay, sizeof(want_relay),
+        "127.0.0.1[127.0.0.1]:%u tls=none tls_policy=opportunistic tls_verified=none", h->srv.port);
     assert_true(h->res[0].has_relay);
     assert_string_equal(h->res[0].relay, want_relay);
     run_until(h, all_closed); /* idle timeout, then QUIT */
@@ -1198,12 +1199,13 @@ test_localhost_resolves(void **state)
         { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
-    char want[64];
+    char want[128];
     snprintf(h->dest->hops[0].host, sizeof(h->dest->hops[0].host), "localhost");
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
-    snprintf(want, sizeof(want), "localhost[127.0.0.1]:%u tls=none", h->srv.port);
+    snprintf(want, sizeof(want),
+        "localhost[127.0.0.1]:%u tls=none tls_policy=opportunistic tls_verified=none", h->srv.port);
     assert_string_equal(h->res[0].relay, want);
     run_until(h, all_closed);
     h_free(h);
@@ -1535,7 +1537,8 @@ static void
 check_relay(const struct tres *r, const char *host, const char *addr)
 {
     char want[DELIV_RELAY_MAX];
-    snprintf(want, sizeof(want), "%s[%s]:%u tls=none", host, addr, mx_port);
+    snprintf(want, sizeof(want), "%s[%s]:%u tls=none tls_policy=opportunistic tls_verified=none",
+        host, addr, mx_port);
     assert_true(r->has_relay);
     assert_string_equal(r->relay, want);
 }
