@@ -11,12 +11,13 @@ set -eu
 # Compiler, build system and libraries (libseccomp for the process
 # filters, libsystemd for readiness, libcurl4-openssl-dev for the event
 # webhook's HTTP client, the MTA-STS fetch and TLS-RPT), zlib1g-dev for
-# TLS-RPT's gzipped reports; openssl for the tools and tests;
+# TLS-RPT's gzipped reports, libpsl-dev and publicsuffix for DMARC's
+# organizational domains; openssl for the tools and tests;
 # systemd's systemd-analyze checks tern.service, whose ExecReload runs
 # procps's /bin/kill.
 pkgs="meson ninja-build pkg-config gcc libc6-dev libevent-dev libssl-dev libc-ares-dev
 libcrypt-dev openssl libcmocka-dev python3 libseccomp-dev libsystemd-dev systemd procps
-libcurl4-openssl-dev zlib1g-dev"
+libcurl4-openssl-dev zlib1g-dev libpsl-dev publicsuffix"
 if [ "${1:-}" = "--test" ]; then
     # libFuzzer (clang and its runtime); pytest and the Python peers and
     # verifiers (aiosmtpd sinks, dkimpy with PyNaCl for ed25519, PyYAML for
@@ -32,6 +33,12 @@ libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
     # A real browser for the dashboard test (test_dashboard.py): headless
     # Chromium runs the page's script against a live ternd.
     pkgs="$pkgs chromium"
+    # The DANE tests' DNSSEC world (tests/system/dnssec.py): ldnsutils signs
+    # a test zone, nsd serves it and unbound validates it, all in the
+    # foreground on the tests' own loopback ports. Installing them may try to
+    # start their system services on port 53 (policy-rc.d blocks that in a
+    # chroot); the tests never use those.
+    pkgs="$pkgs nsd unbound ldnsutils"
 fi
 missing=""
 for p in $pkgs; do

@@ -45,7 +45,9 @@
 #define MSG_EVENTS    200 /* events of one message view */
 #define MSG_IDS       20  /* messages one search shows */
 #define MSG_SPAN      (7LL * 24 * 60 * 60 * 1000)
-#define QUERY_MAX     320 /* bytes of a search (an address or a Message-ID) */
+#define QUERY_MAX     320          /* bytes of a search (an address or a Message-ID) */
+#define VIEWS_MAX     8            /* message views waiting for the scheduler at once */
+#define VIEW_BYTES    (512 * 1024) /* bytes of the live part of one view */
 
 struct sample {
     int64_t t_s;
@@ -57,6 +59,19 @@ struct reason {
     char sample[SAMPLE_MAX];
     char dest[METRICS_DEST_MAX];
     uint64_t n;
+};
+
+/* A message view waiting for the scheduler's live state of its messages
+ * (a walk of those ids only); answered when the walk ends. */
+struct msg_view {
+    struct dash *d;
+    struct msg_view *next; /* in d->views */
+    struct evhttp_request *req;
+    struct sched_walk *walk;
+    struct buf head; /* the answer up to its "queued" member */
+    struct buf live; /* the walk's lines, as the items of a JSON array */
+    size_t n_live;
+    bool cut;
 };
 
 struct dash {
@@ -82,6 +97,8 @@ struct dash {
     /* message searches: loop time spent in the second that began at
      * search_window (monotonic ms) */
     int64_t search_window, search_spent;
+    struct msg_view *views; /* waiting for the scheduler */
+    size_t n_views;
     /* SHA-256 of admin_token_file's token; has_token false: read-only */
     unsigned char token_hash[32];
     bool has_token;
@@ -575,6 +592,108 @@ msg_rec(const struct history_rec *r, void *arg)
 }
 
 static void
+view_unlink(struct msg_view *v)
+{
+    for (struct msg_view **pp = &v->d->views; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == v) {
+            *pp = v->next;
+            v->d->n_views--;
+            break;
+        }
+    }
+}
+
+/* Answer the view (without the live part when live is false) and free it.
+ * A client that left meanwhile is no matter: libevent frees a request
+ * whose connection is gone when it is answered. */
+static void
+view_answer(struct msg_view *v, bool live)
+{
+    struct buf b = BUF_INIT;
+    view_unlink(v);
+    buf_append(&b, v->head.data, v->head.len);
+    if (live) {
+        buf_printf(&b, ",\"queued_truncated\":%s,\"queued\":[", v->cut ? "true" : "false");
+        buf_append(&b, v->live.data, v->live.len);
+        buf_append_str(&b, "]}");
+    } else {
+        buf_append_str(&b, ",\"queued\":null}");
+    }
+    reply_json(v->req, &b);
+    buf_fini(&b);
+    buf_fini(&v->head);
+    buf_fini(&v->live);
+    free(v);
+}
+
+/* The scheduler's LIST lines of the view's messages. */
+static void
+view_walk_fn(void *arg, const char *data, size_t len, enum sched_walk_ev ev)
+{
+    struct msg_view *v = arg;
+    if (ev == SCHED_WALK_ABORTED) {
+        v->walk = NULL;
+        view_answer(v, false);
+        return;
+    }
+    while (len > 0) {
+        const char *nl = memchr(data, '\n', len);
+        size_t n = nl != NULL ? (size_t)(nl - data) : len;
+        if (n > 0 && v->live.len + n + 1 <= VIEW_BYTES) {
+            if (v->n_live++ > 0)
+                buf_append_char(&v->live, ',');
+            buf_append(&v->live, data, n);
+        } else if (n > 0) {
+            v->cut = true;
+        }
+        data += n;
+        len -= n;
+        if (nl != NULL) {
+            data++;
+            len--;
+        }
+    }
+    if (ev == SCHED_WALK_MORE) {
+        sched_walk_next(v->walk);
+        return;
+    }
+    v->walk = NULL;
+    view_answer(v, true);
+}
+
+/* Answer with the journal's events (in b, the answer so far) and, for the
+ * messages still queued, their live state from the scheduler: recipients,
+ * attempts, next attempt (as `ternctl queue show`). */
+static void
+message_reply(struct dash *d, struct evhttp_request *req, struct buf *b, const char *q,
+    const struct msg_scan *ms)
+{
+    const char *ids[MSG_IDS + 1];
+    size_t n = 0;
+    struct msg_view *v;
+    for (size_t i = 0; i < ms->n_ids; i++)
+        ids[n++] = ms->ids[i];
+    /* A queue id asked for by name: queued, even if the journal is off. */
+    if (spool_qid_valid(q) && !msg_has(ms, q))
+        ids[n++] = q;
+    if (n == 0 || d->sched == NULL || d->n_views >= VIEWS_MAX) {
+        buf_append_str(b, ",\"queued\":null}");
+        reply_json(req, b);
+        return;
+    }
+    v = xcalloc(1, sizeof(*v));
+    v->d = d;
+    v->req = req;
+    v->head = *b;
+    buf_init(b);
+    buf_init(&v->live);
+    v->next = d->views;
+    d->views = v;
+    d->n_views++;
+    v->walk = sched_walk_ids(d->sched, ids, n, view_walk_fn, v);
+}
+
+static void
 message_cb(struct evhttp_request *req, void *arg)
 {
     struct dash *d = arg;
@@ -625,8 +744,8 @@ message_cb(struct evhttp_request *req, void *arg)
     buf_append_json_str(&b, ms.q.text);
     buf_printf(&b, ",\"truncated\":%s,\"events\":[", ms.sc.cut ? "true" : "false");
     buf_append(&b, ms.out.data, ms.out.len);
-    buf_append_str(&b, "]}");
-    reply_json(req, &b);
+    buf_append_char(&b, ']');
+    message_reply(d, req, &b, q, &ms);
     buf_fini(&b);
     buf_fini(&err);
     buf_fini(&ms.out);
@@ -864,6 +983,14 @@ dash_free(struct dash *d)
     if (d == NULL)
         return;
     sched_walk_cancel(d->walk);
+    /* Before the HTTP server goes (metrics_free): every waiting view is
+     * answered, without its live part. */
+    while (d->views != NULL) {
+        struct msg_view *v = d->views;
+        sched_walk_cancel(v->walk);
+        v->walk = NULL;
+        view_answer(v, false);
+    }
     if (d->tick != NULL)
         event_free(d->tick);
     for (size_t i = 0; i < EVENTS_MAX; i++)

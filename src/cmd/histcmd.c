@@ -106,11 +106,31 @@ is_attempt(const char *ev)
            strcmp(ev, "bounced") == 0 || strcmp(ev, "expired") == 0;
 }
 
+static void
+att_add(struct show *sh, int64_t time_s, const char *rcpt, const char *host, const char *reply,
+    const char *event)
+{
+    struct attempt *a;
+    if (sh->n_att == SHOW_ATTEMPTS_MAX) {
+        sh->att_cut = true;
+        return;
+    }
+    if (sh->n_att == sh->cap_att) {
+        sh->cap_att = sh->cap_att ? sh->cap_att * 2 : 16;
+        sh->att = xrealloc(sh->att, sh->cap_att * sizeof(*sh->att));
+    }
+    a = &sh->att[sh->n_att++];
+    a->time_s = time_s;
+    a->rcpt = xstrdup(rcpt);
+    a->host = host != NULL ? xstrdup(host) : NULL;
+    a->reply = reply != NULL ? xstrdup(reply) : NULL;
+    a->event = xstrdup(event);
+}
+
 static int
 show_rec(const struct history_rec *r, void *arg)
 {
     struct show *sh = arg;
-    struct attempt *a;
     if (strcmp(r->id, sh->qid) != 0)
         return 0;
     if (strcmp(r->event, "received") == 0 && r->message_id != NULL) {
@@ -119,21 +139,25 @@ show_rec(const struct history_rec *r, void *arg)
     }
     if (!is_attempt(r->event) || r->recipient == NULL)
         return 0;
-    if (sh->n_att == SHOW_ATTEMPTS_MAX) {
-        sh->att_cut = true;
-        return 0;
-    }
-    if (sh->n_att == sh->cap_att) {
-        sh->cap_att = sh->cap_att ? sh->cap_att * 2 : 16;
-        sh->att = xrealloc(sh->att, sh->cap_att * sizeof(*sh->att));
-    }
-    a = &sh->att[sh->n_att++];
-    a->time_s = r->time_ms / 1000;
-    a->rcpt = xstrdup(r->recipient);
-    a->host = r->relay != NULL ? xstrdup(r->relay) : NULL;
-    a->reply = r->reply != NULL ? xstrdup(r->reply) : NULL;
-    a->event = xstrdup(r->event);
+    att_add(sh, r->time_ms / 1000, r->recipient, r->relay, r->reply, r->event);
     return 0;
+}
+
+/* Without attempts in the journal (it is off, or their files expired):
+ * those kept with the message, its latest SPOOL_ATTEMPTS_MAX. */
+static void
+show_kept_attempts(struct show *sh)
+{
+    const struct json *log = json_get(sh->entry, "attempt_log");
+    for (size_t i = 0; log != NULL && log->type == JSON_ARRAY && i < log->n_kids; i++) {
+        const struct json *a = &log->kids[i];
+        const char *rcpt = json_str(json_get(a, "recipient"));
+        const char *ev = json_str(json_get(a, "event"));
+        int64_t t;
+        if (rcpt == NULL || ev == NULL || !is_attempt(ev) || json_int(json_get(a, "time"), &t) < 0)
+            continue;
+        att_add(sh, t, rcpt, json_str(json_get(a, "relay")), json_str(json_get(a, "reply")), ev);
+    }
 }
 
 static void
@@ -169,6 +193,7 @@ struct rcpt_view {
     const char *addr;
     const char *status;
     int64_t next_s; /* -1: none */
+    bool archive;   /* the always_bcc copy */
 };
 
 static size_t
@@ -185,6 +210,8 @@ rcpt_views(const struct show *sh, struct rcpt_view **out)
         v[n].addr = json_str(json_get(r, "address"));
         v[n].status = json_str(json_get(r, "status"));
         v[n].next_s = json_int(json_get(r, "next_attempt"), &nx) == 0 ? nx : -1;
+        v[n].archive = json_get(r, "archive") != NULL &&
+                       json_get(r, "archive")->type == JSON_BOOL && json_get(r, "archive")->b;
         n++;
     }
     for (size_t i = 0; i < sh->n_att; i++) {
@@ -229,6 +256,8 @@ show_json(const struct show *sh, const struct rcpt_view *v, size_t n, struct buf
             buf_printf(b, ",\"next_attempt\":%" PRId64, v[i].next_s);
         else
             buf_append_str(b, ",\"next_attempt\":null");
+        if (v[i].archive)
+            buf_append_str(b, ",\"archive\":true");
         buf_append_str(b, ",\"attempts\":[");
         for (size_t k = 0; k < sh->n_att; k++) {
             const struct attempt *a = &sh->att[k];
@@ -267,6 +296,8 @@ show_text(const struct show *sh, const struct rcpt_view *v, size_t n, FILE *f)
         fputs("recipient   <", f);
         put_safe(f, v[i].addr);
         fputs(">  ", f);
+        if (v[i].archive)
+            fputs("(archive) ", f);
         put_safe(f, v[i].status != NULL ? v[i].status : "-");
         if (v[i].next_s >= 0) {
             fmt_time(v[i].next_s, ts, sizeof(ts));
@@ -330,6 +361,8 @@ histcmd_queue_show(struct config *cfg, int argc, char **argv)
         since = arrival * 1000 - 60000;
     if (history_scan(cfg->spool_dir, since, show_rec, &sh, NULL, &err) < 0)
         fprintf(stderr, "ternctl: history: %s\n", err.data);
+    if (sh.n_att == 0)
+        show_kept_attempts(&sh);
     n = rcpt_views(&sh, &v);
     if (json) {
         show_json(&sh, v, n, &out);

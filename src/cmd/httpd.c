@@ -132,8 +132,8 @@ metrics_free(struct metrics *m)
 {
     if (m == NULL)
         return;
+    dash_free(m->dash); /* answers what waits, so first */
     if (m->http)
         evhttp_free(m->http);
-    dash_free(m->dash);
     free(m);
 }

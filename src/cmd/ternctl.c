@@ -21,6 +21,7 @@
 
 #include "cmd/dnscheck.h"
 #include "cmd/histcmd.h"
+#include "cmd/tlsshow.h"
 #include "config/config.h"
 #include "ctl/client.h"
 #include "dkim/dkim.h"
@@ -63,6 +64,7 @@ static const char usage_text[] =
     "  passwd USER               add or change an AUTH user in auth_users_file\n"
     "  dkim keygen DOMAIN SELECTOR [--algorithm rsa|ed25519] [--bits N] [--key-file PATH]\n"
     "  dns check DOMAIN [--json]\n"
+    "  tls show DOMAIN\n"
     "  tls report-now            send the TLS-RPT reports now (today's counts so far too)\n"
     "  trace QUERY [--json]      timeline of the messages with this queue id, Message-ID or\n"
     "                            address (sender or recipient), from the history journal\n";
@@ -945,6 +947,16 @@ cmd_tls_report_now(const struct command *cmd, struct ctx *ctx, int argc, char **
     return flush_stdout();
 }
 
+/* --- tls show (src/cmd/tlsshow.c): computed here with tern's resolvers,
+ * like dns check, so that it works while ternd is down --- */
+
+static int
+cmd_tls_show(const struct command *cmd, struct ctx *ctx, int argc, char **argv)
+{
+    (void)cmd;
+    return tlsshow_main(ctx->cfg, argc, argv);
+}
+
 /* --- queue show / trace (src/cmd/histcmd.c) --- */
 
 static int
@@ -967,6 +979,7 @@ static const struct command commands[] = {
     { "passwd", NULL, NULL, cmd_passwd, true },
     { "dkim", "keygen", NULL, cmd_dkim_keygen, false },
     { "dns", "check", NULL, cmd_dns_check, true },
+    { "tls", "show", NULL, cmd_tls_show, true },
     { "tls", "report-now", "TLSRPT-NOW", cmd_tls_report_now, true },
 };
 

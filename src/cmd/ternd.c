@@ -745,8 +745,10 @@ check(struct ternd_boot *b)
     }
     /* The user is looked up even when not run as root: the file is most
      * often checked for a start as root. */
-    if (ps_ident_lookup(cfg->user, true, &id, &err) < 0)
+    if (ps_ident_lookup(cfg->user, true, &id, &err) < 0) {
         id.uid = geteuid();
+        id.gid = getegid();
+    }
     /* Every check runs, so one pass names every problem. */
     (void)smtp_server_check(cfg, &err);
     (void)check_cert_type(cfg, &err);
@@ -754,6 +756,9 @@ check(struct ternd_boot *b)
     (void)ps_listen_check(cfg, &err);
     (void)smtp_server_check_fds(cfg, ternd_fd_limit(false), &err);
     (void)log_target_check(cfg->log_target, &err);
+    if (cfg->relay_recipients != NULL)
+        (void)smtp_relay_recipients_check(cfg->relay_recipients,
+            geteuid() == 0 ? id.uid : geteuid(), geteuid() == 0 ? id.gid : getegid(), &err);
     (void)maildrop_check(
         cfg->maildrop_dir, geteuid() == 0 ? id.uid : geteuid(), geteuid() == 0, &err);
     if (err.len > 0) {

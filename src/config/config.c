@@ -309,6 +309,31 @@ check_sender_login(struct loader *ld)
     }
 }
 
+/* mx_tls_policy: space or comma separated "dane" and "mta-sts". */
+static void
+check_tls_policy(struct loader *ld)
+{
+    const char *p = ld->c->mx_tls_policy;
+    char t[SHOWN_MAX];
+    ld->c->mx_tls_policies = 0;
+    while (p != NULL && *p != '\0') {
+        size_t n = strcspn(p, " \t,");
+        if (n == 4 && memcmp(p, "dane", 4) == 0) {
+            ld->c->mx_tls_policies |= MX_TLS_POLICY_DANE;
+        } else if (n == 7 && memcmp(p, "mta-sts", 7) == 0) {
+            ld->c->mx_tls_policies |= MX_TLS_POLICY_MTASTS;
+        } else if (n > 0) {
+            char *word = xstrndup(p, n);
+            where_of(ld, cfg_find("mx_tls_policy"));
+            cfg_error(&ld->errs, "bad mx_tls_policy word \"%s\" (use dane, mta-sts)",
+                cfg_shown(word, t, sizeof(t)));
+            free(word);
+        }
+        p += n;
+        p += strspn(p, " \t,");
+    }
+}
+
 /* Is one of the directories a or b the other or inside it? */
 static bool
 paths_nest(const char *a, const char *b)
@@ -329,11 +354,55 @@ paths_nest(const char *a, const char *b)
     return memcmp(a, b, na) == 0 && (nb == na || b[na] == '/' || (na == 1 && a[0] == '/'));
 }
 
+/* always_bcc is an envelope address tern sends to: local@domain, no
+ * brackets, nothing that would need quoting in a path (RFC 5321 §4.1.2 dot
+ * strings), so that it can go into RCPT TO as written. */
+static void
+check_always_bcc(struct loader *ld)
+{
+    const char *a = ld->c->always_bcc, *at;
+    bool ok;
+    if (a == NULL)
+        return;
+    at = strrchr(a, '@');
+    ok = at != NULL && at > a && strlen(a) <= 254 && str_is_domain(at + 1, strlen(at + 1), false);
+    for (const char *p = a; ok && p < at; p++)
+        ok = *p > ' ' && *p < 0x7f && strchr("<>()[]\\,;:@\"", *p) == NULL;
+    if (!ok) {
+        where_of(ld, cfg_find("always_bcc"));
+        cfg_error(&ld->errs, "always_bcc must be an address local@domain");
+    }
+}
+
+/* inbound_checks: words spf, dkim, dmarc, kept as bits. */
+static void
+check_inbound_checks(struct loader *ld)
+{
+    static const char *const names[] = { "spf", "dkim", "dmarc" };
+    struct config *c = ld->c;
+    c->inbound_check_mask = 0;
+    for (size_t i = 0; i < c->n_inbound_checks; i++) {
+        size_t k = 0;
+        while (k < TERN_ARRAY_LEN(names) && strcmp(c->inbound_checks[i], names[k]) != 0)
+            k++;
+        if (k < TERN_ARRAY_LEN(names)) {
+            c->inbound_check_mask |= 1u << k;
+            continue;
+        }
+        where_of(ld, cfg_find("inbound_checks"));
+        cfg_error(&ld->errs, "bad inbound_checks entry \"%s\" (use spf, dkim, dmarc)",
+            c->inbound_checks[i]);
+    }
+}
+
 /* Settings that only make sense together. */
 static void
 check_combinations(struct loader *ld)
 {
     check_sender_login(ld);
+    check_always_bcc(ld);
+    check_inbound_checks(ld);
+    check_tls_policy(ld);
     const struct config *c = ld->c;
     if ((c->tls_cert_file == NULL) != (c->tls_key_file == NULL)) {
         const char *set = c->tls_cert_file ? "tls_cert_file" : "tls_key_file";

@@ -61,6 +61,16 @@ enum dkim_canon_setting {
 };
 struct dkim_keyset;
 
+/* inbound_checks, as bits. */
+#define CONFIG_CHECK_SPF   0x1u
+#define CONFIG_CHECK_DKIM  0x2u
+#define CONFIG_CHECK_DMARC 0x4u
+
+/* mx_tls_policy: which authenticated-TLS policies of a destination domain
+ * are looked up and enforced (RFC 7672 DANE, RFC 8461 MTA-STS). */
+#define MX_TLS_POLICY_DANE   1u
+#define MX_TLS_POLICY_MTASTS 2u
+
 struct config {
     int refs;
     char *path; /* the file loaded, or NULL for built-in defaults */
@@ -79,6 +89,10 @@ struct config {
     size_t n_relay_networks;
     char **relay_domains; /* lowercased, no trailing dot; ".d": subdomains of d */
     size_t n_relay_domains;
+    /* The file of accepted relay_domains addresses (NULL: any), and the
+     * archive address (local@domain; NULL: none). */
+    char *relay_recipients;
+    char *always_bcc;
     struct hostport smarthost;   /* the first smarthost; host "" = deliver by MX */
     struct hostport *smarthosts; /* every smarthost, tried in order (failover) */
     size_t n_smarthosts;
@@ -101,54 +115,62 @@ struct config {
     int64_t delay_warning_time_ms;
     struct hostport metrics_listen; /* host "" = off */
     enum log_format log_format;
-    char *log_target; /* "stderr", "syslog" or an absolute file path */
+    char *log_target;          /* "stderr", "syslog" or an absolute file path */
     int smtpd_peername_lookup; /* 0 no, 1 yes: clients' names for the log (PTR, confirmed) */
 
     /* --- tern's own settings --- */
-    uint32_t max_recipients;        /* per message; 452 4.5.3 beyond */
-    uint32_t max_sessions;          /* total inbound sessions; 421 4.7.0 beyond */
-    uint32_t max_sessions_per_ip;   /* 421 4.7.0 beyond */
-    uint32_t reserved_sessions;     /* of max_sessions, for relay_networks clients only */
-    uint32_t workers;               /* receive loops (threads when more than 1) */
-    uint32_t max_errors;            /* protocol errors before 421 and close */
-    int64_t smtp_timeout_ms;        /* deadline per command line (RFC 5321 4.5.3.2: 5m) */
-    int64_t data_timeout_ms;        /* data deadline, extended by min_data_rate (3m) */
-    uint32_t min_data_rate;         /* bytes/s that extend the data deadline */
-    uint32_t delivery_concurrency;  /* connections per destination */
+    uint32_t max_recipients;             /* per message; 452 4.5.3 beyond */
+    uint32_t max_sessions;               /* total inbound sessions; 421 4.7.0 beyond */
+    uint32_t max_sessions_per_ip;        /* 421 4.7.0 beyond */
+    uint32_t reserved_sessions;          /* of max_sessions, for relay_networks clients only */
+    uint32_t workers;                    /* receive loops (threads when more than 1) */
+    uint32_t max_errors;                 /* protocol errors before 421 and close */
+    int64_t smtp_timeout_ms;             /* deadline per command line (RFC 5321 4.5.3.2: 5m) */
+    int64_t data_timeout_ms;             /* data deadline, extended by min_data_rate (3m) */
+    uint32_t min_data_rate;              /* bytes/s that extend the data deadline */
+    uint32_t delivery_concurrency;       /* connections per destination */
     uint32_t delivery_max_msgs_per_conn; /* messages over one connection */
-    int64_t connect_timeout_ms;     /* outbound connect */
-    int64_t delivery_timeout_ms;    /* outbound per-reply wait */
-    int64_t idle_conn_timeout_ms;   /* keep an idle outbound connection this long */
-    int log_level;                  /* enum log_level */
+    int64_t connect_timeout_ms;          /* outbound connect */
+    int64_t delivery_timeout_ms;         /* outbound per-reply wait */
+    int64_t idle_conn_timeout_ms;        /* keep an idle outbound connection this long */
+    int log_level;                       /* enum log_level */
     /* --- routing and MX delivery --- */
-    struct route *routes;           /* recipient domain -> next hops */
+    struct route *routes; /* recipient domain -> next hops */
     size_t n_routes;
-    struct route *sender_routes;    /* sender domain -> next hops */
+    struct route *sender_routes; /* sender domain -> next hops */
     size_t n_sender_routes;
     enum ip_family ip_family;
-    uint32_t max_connections;       /* outbound connections in total */
-    uint32_t max_rcpts_per_txn;     /* recipients in one outbound transaction */
-    uint32_t active_limit;          /* queued messages held in memory whole */
-    uint32_t delivery_rate;         /* messages per minute per destination, 0 = no limit */
+    uint32_t max_connections;   /* outbound connections in total */
+    uint32_t max_rcpts_per_txn; /* recipients in one outbound transaction */
+    uint32_t active_limit;      /* queued messages held in memory whole */
+    uint32_t delivery_rate;     /* messages per minute per destination, 0 = no limit */
     /* --- inbound TLS and AUTH --- */
-    int tls_min_version;             /* enum tls_version */
-    char *tls_ciphers;               /* TLS 1.2 cipher list; NULL: OpenSSL's default */
-    char *tls_ciphersuites;          /* TLS 1.3 cipher suites; NULL: OpenSSL's default */
+    int tls_min_version;    /* enum tls_version */
+    char *tls_ciphers;      /* TLS 1.2 cipher list; NULL: OpenSSL's default */
+    char *tls_ciphersuites; /* TLS 1.3 cipher suites; NULL: OpenSSL's default */
     int64_t tls_handshake_timeout_ms;
     int auth_allow_plaintext_loopback; /* 0 no, 1 yes */
-    uint32_t auth_max_failures;      /* failed AUTH per client address before lockout */
-    int64_t auth_failure_window_ms;  /* ... counted within this window */
-    int64_t auth_lockout_ms;         /* how long a locked-out address gets 454 */
-    int64_t auth_failure_delay_ms;   /* wait before answering 535 */
-    char *auth_sender_login;         /* "user=addr|@domain[,...] ..." or NULL: no restriction */
+    uint32_t auth_max_failures;        /* failed AUTH per client address before lockout */
+    int64_t auth_failure_window_ms;    /* ... counted within this window */
+    int64_t auth_lockout_ms;           /* how long a locked-out address gets 454 */
+    int64_t auth_failure_delay_ms;     /* wait before answering 535 */
+    char *auth_sender_login;           /* "user=addr|@domain[,...] ..." or NULL: no restriction */
     /* --- SPF and dns check --- */
     struct cidr *egress_addresses; /* addresses mail leaves from (/32, /128); none: discover */
     size_t n_egress_addresses;
     /* --- DKIM signing --- */
     int dkim_canonicalization; /* enum dkim_canon_setting */
+    /* --- inbound checks (SPF, DKIM, DMARC; Authentication-Results) --- */
+    char **inbound_checks; /* "spf", "dkim", "dmarc" */
+    size_t n_inbound_checks;
+    unsigned inbound_check_mask; /* CONFIG_CHECK_* of inbound_checks (config_load) */
+    int dmarc_enforce;           /* 0 no, 1 yes */
+    int64_t inbound_check_timeout_ms;
     /* --- outbound TLS and AUTH --- */
-    enum tls_mode mx_tls;             /* STARTTLS towards MX hosts */
-    int smarthost_auth_plaintext;     /* 0 no, 1 yes: send credentials without TLS */
+    enum tls_mode mx_tls;         /* STARTTLS towards MX hosts */
+    char *mx_tls_policy;          /* "dane mta-sts" words, or NULL (none) */
+    unsigned mx_tls_policies;     /* MX_TLS_POLICY_* bits of mx_tls_policy */
+    int smarthost_auth_plaintext; /* 0 no, 1 yes: send credentials without TLS */
     /* --- local submission while ternd is down --- */
     char *maildrop_dir;   /* never NULL after config_load: spool_dir + "-maildrop" by default */
     char *maildrop_group; /* group of the maildrop and of tern-drop; NULL when empty */
@@ -156,10 +178,10 @@ struct config {
     int64_t history_retention_ms; /* journal files older than this are deleted */
     uint64_t history_max_size;    /* bound on the journal's total bytes */
     /* --- the event webhook --- */
-    char *event_webhook_url;          /* http:// or https://; NULL: no webhook */
-    char *event_webhook_secret_file;  /* the HMAC key; read by the parent */
+    char *event_webhook_url;         /* http:// or https://; NULL: no webhook */
+    char *event_webhook_secret_file; /* the HMAC key; read by the parent */
     uint32_t event_webhook_batch_size;
-    char *event_webhook_ca_file;      /* NULL: the system store */
+    char *event_webhook_ca_file; /* NULL: the system store */
     /* --- TLS reporting (RFC 8460) --- */
     int tls_rpt;           /* 0 no, 1 yes: send daily TLS-RPT reports */
     char *tls_rpt_from;    /* From: of mailed reports; NULL: postmaster@hostname */

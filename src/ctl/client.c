@@ -369,8 +369,11 @@ row_rcpts(const struct json *rcpts, struct ctl_row *row, struct buf *err)
         }
         if (i > 0)
             buf_append_str(&b, ", ");
+        const struct json *arch = json_get(r, "archive");
         append_safe_str(&b, addr, 256);
         buf_append_str(&b, " (");
+        if (arch != NULL && arch->type == JSON_BOOL && arch->b)
+            buf_append_str(&b, "archive, ");
         append_safe_str(&b, status, 16);
         buf_append_char(&b, ')');
         if (att > (int64_t)row->attempts)

@@ -297,6 +297,7 @@ target_failed(struct deliv_conn *c, const struct tern_status *st)
     log_str(&l, "host", conn_host(c)->name);
     log_str(&l, "addr", c->peer);
     log_str(&l, "phase", conn_phase(c));
+    log_str(&l, "tls_policy", deliv_tls_policy_name(c->policy));
     log_str(&l, "reason", st->text);
     log_end(&l);
     conn_drop_socket(c);
@@ -461,10 +462,13 @@ session_ready(struct deliv_conn *c)
     /* The TLS summary travels with the relay into every per-recipient
      * delivered/deferred line (sched.c log_result) and the DSN. */
     if (c->tls_active)
-        snprintf(c->relay + n, sizeof(c->relay) - n, " tls=%s/%s/%s", c->tls.version, c->tls.cipher,
-            c->tls.verified ? "verified" : "unverified");
+        n += (size_t)snprintf(c->relay + n, sizeof(c->relay) - n, " tls=%s/%s/%s", c->tls.version,
+            c->tls.cipher, c->tls.verified ? "verified" : "unverified");
     else
-        snprintf(c->relay + n, sizeof(c->relay) - n, " tls=none");
+        n += (size_t)snprintf(c->relay + n, sizeof(c->relay) - n, " tls=none");
+    if (n < sizeof(c->relay))
+        snprintf(c->relay + n, sizeof(c->relay) - n, " tls_policy=%s tls_verified=%s",
+            deliv_tls_policy_name(c->policy), c->tls_active ? c->verified_by : "none");
     c->ready = true;
     c->setup_ms = tern_mono_ms() - c->t_setup + c->dns_ms - c->tls_ms;
     c->setup_pending = true;
@@ -487,31 +491,64 @@ conn_hop(const struct deliv_conn *c)
     return h < c->dest->d->n_hops ? &c->dest->d->hops[h] : NULL;
 }
 
-/* TLS-RPT (RFC 8460 §4.3): the outcome of a TLS session with an MX host
- * of a domain whose MTA-STS policy the plan carries. */
+/* The TLSA records of h as TLS-RPT's policy-string for a tlsa policy
+ * (RFC 8460 §4.4): one "usage selector mtype data" line each. */
 static void
-sts_record(struct deliv_conn *c, enum tlsrpt_result r)
+tlsa_policy_text(const struct plan_host *h, struct buf *out)
+{
+    for (size_t i = 0; h->tlsa != NULL && i < h->tlsa->n; i++) {
+        struct dns_tlsa t;
+        if (dns_tlsa_parse(h->tlsa->rr[i].data, h->tlsa->rr[i].len, &t) < 0 ||
+            !deliv_tlsa_usable(&t))
+            continue;
+        buf_printf(out, "%u %u %u ", t.usage, t.selector, t.mtype);
+        for (size_t k = 0; k < t.len && out->len < TLSRPT_POLICY_MAX; k++)
+            buf_printf(out, "%02x", t.data[k]);
+        buf_append_char(out, '\n');
+    }
+}
+
+/* TLS-RPT (RFC 8460 §4.3): the outcome of a TLS session with an MX host
+ * under DANE (a tlsa policy of the host's next-hop domain), or of a domain
+ * whose MTA-STS policy the plan carries (enforce or testing). Sessions
+ * under no policy are not recorded. */
+static void
+tlsrpt_note(struct deliv_conn *c, enum tlsrpt_result r)
 {
     const struct plan_sts *s = c->plan != NULL ? c->plan->sts : NULL;
+    const struct plan_host *h;
     struct tlsrpt_event ev = { 0 };
+    struct buf tlsa = BUF_INIT;
     struct sockaddr_storage ss;
     socklen_t len = sizeof(ss);
     char key[DELIV_ADDR_KEY_MAX], rip[DELIV_ADDR_KEY_MAX], sip[DELIV_ADDR_KEY_MAX] = "";
     evutil_socket_t fd = c->bev != NULL ? bufferevent_getfd(c->bev) : -1;
-    if (s == NULL || c->d->tlsrpt == NULL)
+    if (c->d->tlsrpt == NULL || c->plan == NULL)
         return;
+    h = conn_host(c);
+    if (c->policy == TLSP_DANE && h->domain[0] != '\0') {
+        tlsa_policy_text(h, &tlsa);
+        ev.domain = h->domain;
+        ev.ptype = TLSRPT_P_TLSA;
+        ev.policy = tlsa.data;
+        ev.policy_len = tlsa.len;
+    } else if (s != NULL) {
+        ev.domain = s->domain;
+        ev.ptype = TLSRPT_P_STS;
+        ev.policy = s->text;
+        ev.policy_len = s->len;
+    } else {
+        return;
+    }
     deliv_fmt_addr(&c->plan->t[c->order[c->cur]].addr, key, sizeof(key), rip, sizeof(rip));
     if (fd >= 0 && getsockname(fd, (struct sockaddr *)&ss, &len) == 0)
         deliv_fmt_addr(&ss, key, sizeof(key), sip, sizeof(sip));
-    ev.domain = s->domain;
-    ev.ptype = TLSRPT_P_STS;
-    ev.policy = s->text;
-    ev.policy_len = s->len;
     ev.result = r;
     ev.sending_ip = sip;
-    ev.receiving_mx = conn_host(c)->name;
+    ev.receiving_mx = h->name;
     ev.receiving_ip = rip;
     tlsrpt_record(c->d->tlsrpt, &ev);
+    buf_fini(&tlsa);
 }
 
 /* The result type of a certificate that did not verify (RFC 8460 §4.3.2.2). */
@@ -547,7 +584,7 @@ setup_fail(struct deliv_conn *c, const char *event, const char *esc, const char 
     va_start(ap, fmt);
     vsnprintf(st.text, sizeof(st.text), fmt, ap);
     va_end(ap);
-    if (plan_sts_mode(c->plan) == MTASTS_ENFORCE && strcmp(esc, "4.7.5") == 0) {
+    if (c->policy == TLSP_MTA_STS && strcmp(esc, "4.7.5") == 0) {
         /* RFC 8461 §5: the policy, not our own setting, refused it. */
         char text[sizeof(st.text)];
         snprintf(text, sizeof(text), "MTA-STS policy of %s: %s", c->plan->sts->domain, st.text);
@@ -570,6 +607,47 @@ target_retry_plain(struct deliv_conn *c)
     conn_drop_socket(c);
     c->tls_plain_retry = true;
     connect_next(c);
+}
+
+/* "TLS required" and by what, for reasons. */
+static const char *
+tls_required_text(const struct deliv_conn *c)
+{
+    switch (c->policy) {
+    case TLSP_DANE:
+        return "TLS required by DANE";
+    case TLSP_MTA_STS:
+        /* setup_fail names the policy and its domain in front. */
+        return "TLS required";
+    case TLSP_OPPORTUNISTIC:
+        break;
+    }
+    return c->tls_mode == TLS_REQUIRED ? "TLS required" : "";
+}
+
+/* The current host's TLSA records onto ssl (RFC 7672 §3): the MX host name
+ * is the base domain and, with the next-hop domain, a reference identifier
+ * for DANE-TA. -1 when none could be used. */
+static int
+dane_setup(struct deliv_conn *c, SSL *ssl)
+{
+    const struct plan_host *h = conn_host(c);
+    struct tls_dane_rec recs[DNS_RR_MAX];
+    const char *names[2] = { h->name, h->domain };
+    size_t n = 0;
+    for (size_t i = 0; h->tlsa != NULL && i < h->tlsa->n && n < DNS_RR_MAX; i++) {
+        struct dns_tlsa t;
+        if (dns_tlsa_parse(h->tlsa->rr[i].data, h->tlsa->rr[i].len, &t) < 0 ||
+            !deliv_tlsa_usable(&t))
+            continue;
+        recs[n].usage = t.usage;
+        recs[n].selector = t.selector;
+        recs[n].mtype = t.mtype;
+        recs[n].data = t.data;
+        recs[n].len = t.len;
+        n++;
+    }
+    return tls_client_dane(ssl, names, h->domain[0] ? 2 : 1, recs, n) > 0 ? 0 : -1;
 }
 
 /* Put TLS over the connection: after "220" to STARTTLS, or at once for
@@ -595,11 +673,20 @@ tls_start(struct deliv_conn *c)
         log_int(&l, "discarded", (int64_t)junk);
         log_end(&l);
     }
-    ssl = c->tls_ctx ? tls_client_ssl_new(c->tls_ctx, host, host) : NULL;
-    if (ssl == NULL) {
-        setup_fail(c, "tls_failed", "4.7.5", "%sTLS with %s not possible: %s",
-            c->tls_mode == TLS_REQUIRED ? "TLS required but " : "", c->peer,
-            c->tls_ctx ? "cannot create an SSL object" : c->d->tls_err);
+    /* Under DANE the TLSA records authenticate the peer, not the PKIX
+     * chain and host name. */
+    ssl = c->tls_ctx ? tls_client_ssl_new(c->tls_ctx, host, c->policy == TLSP_DANE ? NULL : host)
+                     : NULL;
+    if (ssl == NULL || (c->policy == TLSP_DANE && dane_setup(c, ssl) < 0)) {
+        setup_fail(c, "tls_failed", "4.7.5", "%s%sTLS with %s not possible: %s",
+            tls_required_text(c), c->tls_mode == TLS_REQUIRED ? " but " : "", c->peer,
+            !c->tls_ctx ? c->d->tls_err
+            : ssl       ? "no usable TLSA record"
+                        : "cannot create an SSL object");
+        /* RFC 8460 §4.3.2.2: none of the host's TLSA records was valid. */
+        if (ssl != NULL)
+            tlsrpt_note(c, TLSRPT_TLSA_INVALID);
+        SSL_free(ssl);
         return;
     }
     bev = bufferevent_openssl_filter_new(
@@ -621,7 +708,7 @@ static void
 tls_failed(struct deliv_conn *c, const char *why)
 {
     struct logline l;
-    sts_record(c, TLSRPT_VALIDATION_FAILURE);
+    tlsrpt_note(c, TLSRPT_VALIDATION_FAILURE);
     if (deliv_tls_fallback(c->tls_mode, c->implicit_tls)) {
         /* RFC 7435 §6: opportunistic security falls back to clear text
          * rather than fail; remembered so that the next connections to this
@@ -638,8 +725,8 @@ tls_failed(struct deliv_conn *c, const char *why)
         target_retry_plain(c);
         return;
     }
-    setup_fail(c, "tls_failed", "4.7.5", "%sTLS handshake with %s failed: %s",
-        c->tls_mode == TLS_REQUIRED ? "TLS required but " : "", c->peer, why);
+    setup_fail(c, "tls_failed", "4.7.5", "%s%sTLS handshake with %s failed: %s",
+        tls_required_text(c), c->tls_mode == TLS_REQUIRED ? " but " : "", c->peer, why);
 }
 
 static void
@@ -655,8 +742,18 @@ tls_done(struct deliv_conn *c)
     struct logline l;
     c->tls_ms += tern_mono_ms() - c->t_tls;
     tls_describe(ssl, &c->tls);
-    sts_record(c, c->tls.verified ? TLSRPT_SUCCESS : sts_cert_result(ssl));
-    if (!c->tls.verified && plan_sts_mode(c->plan) == MTASTS_TESTING) {
+    if (c->policy == TLSP_DANE) {
+        /* RFC 7672 §3.1: only a TLSA match authenticates the peer. */
+        c->verified_by = tls_dane_match(ssl);
+        c->tls.verified = c->verified_by != NULL;
+        /* RFC 8460 §4.3.2.2 has no result type of its own for a
+         * certificate that matches none of the valid TLSA records. */
+        tlsrpt_note(c, c->tls.verified ? TLSRPT_SUCCESS : TLSRPT_VALIDATION_FAILURE);
+    } else {
+        c->verified_by = c->tls.verified ? "pkix" : "none";
+        tlsrpt_note(c, c->tls.verified ? TLSRPT_SUCCESS : sts_cert_result(ssl));
+    }
+    if (!c->tls.verified && c->policy != TLSP_DANE && plan_sts_mode(c->plan) == MTASTS_TESTING) {
         char why[160];
         log_begin(&l, LOG_WARN, NULL, "mtasts", "policy_failed");
         log_str(&l, "dest", c->dest->d->key);
@@ -669,9 +766,10 @@ tls_done(struct deliv_conn *c)
     }
     if (!deliv_tls_accept(c->tls_mode, c->tls.verified)) {
         char why[160];
-        setup_fail(c, "tls_failed", "4.7.5",
-            "TLS required but the certificate of %s (%s) did not verify: %s", conn_host(c)->name,
-            c->peer, tls_verify_text(ssl, why, sizeof(why)));
+        setup_fail(c, "tls_failed", "4.7.5", "%s but the certificate of %s (%s) %s: %s",
+            tls_required_text(c), conn_host(c)->name, c->peer,
+            c->policy == TLSP_DANE ? "matches no TLSA record" : "did not verify",
+            tls_verify_text(ssl, why, sizeof(why)));
         return;
     }
     c->tls_active = true;
@@ -683,6 +781,8 @@ tls_done(struct deliv_conn *c)
     log_str(&l, "version", c->tls.version);
     log_str(&l, "cipher", c->tls.cipher);
     log_str(&l, "verified", c->tls.verified ? "yes" : "no");
+    log_str(&l, "tls_policy", deliv_tls_policy_name(c->policy));
+    log_str(&l, "tls_verified", c->verified_by);
     log_end(&l);
     if (c->implicit_tls) {
         c->state = CS_GREETING;
@@ -702,10 +802,10 @@ on_starttls(struct deliv_conn *c, const struct tern_status *st)
         tls_start(c);
         return;
     }
-    sts_record(c, TLSRPT_STARTTLS_NOT_SUPPORTED);
+    tlsrpt_note(c, TLSRPT_STARTTLS_NOT_SUPPORTED);
     if (c->tls_mode == TLS_REQUIRED) {
-        setup_fail(c, "tls_failed", "4.7.5", "TLS required but %s refused STARTTLS: %d %s", c->peer,
-            st->code, st->text);
+        setup_fail(c, "tls_failed", "4.7.5", "%s but %s refused STARTTLS: %d %s",
+            tls_required_text(c), c->peer, st->code, st->text);
         return;
     }
     /* Opportunistic: the server declined; RFC 3207 §4 lets us go on. */
@@ -824,7 +924,7 @@ session_setup_next(struct deliv_conn *c)
     if (!c->tls_active && !c->implicit_tls) {
         bool cached = c->tls_plain_retry || deliv_notls_has(c->d, c->peer);
         if (!c->ext.starttls)
-            sts_record(c, TLSRPT_STARTTLS_NOT_SUPPORTED);
+            tlsrpt_note(c, TLSRPT_STARTTLS_NOT_SUPPORTED);
         switch (deliv_tls_step(c->tls_mode, c->ext.starttls, cached)) {
         case TLSS_STARTTLS:
             if (c->tls_ctx == NULL && c->tls_mode != TLS_REQUIRED)
@@ -834,8 +934,8 @@ session_setup_next(struct deliv_conn *c)
             conn_arm(c, c->reply_ms);
             return;
         case TLSS_DEFER:
-            setup_fail(
-                c, "tls_failed", "4.7.5", "TLS required but %s does not offer STARTTLS", c->peer);
+            setup_fail(c, "tls_failed", "4.7.5", "%s but %s does not offer STARTTLS",
+                tls_required_text(c), c->peer);
             return;
         case TLSS_PLAIN:
             break;
@@ -970,6 +1070,11 @@ connect_next(struct deliv_conn *c)
         if (t->failed)
             continue; /* found down by another connection */
         deliv_fmt_addr(&t->addr, c->peer, sizeof(c->peer), NULL, 0);
+        /* Each host has its own policy: DANE or MTA-STS make TLS with an
+         * authenticated peer mandatory for it (RFC 7672 §2.2, RFC 8461 §5),
+         * with no plaintext fallback. */
+        c->policy = c->plan->hosts[t->host].policy;
+        c->tls_mode = c->policy != TLSP_OPPORTUNISTIC ? TLS_REQUIRED : c->dest_mode;
         c->bev = bufferevent_socket_new(c->d->base, -1, BEV_OPT_CLOSE_ON_FREE);
         if (c->bev == NULL)
             tern_panic("bufferevent_socket_new failed");
@@ -1049,12 +1154,11 @@ client_new(struct delivery *d, struct deliv_dest *dest, struct config *cfg)
     c->connect_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DELIV_DEF_CONNECT_MS;
     c->reply_ms = cfg->delivery_timeout_ms > 0 ? cfg->delivery_timeout_ms : DELIV_DEF_TIMEOUT_MS;
     c->idle_ms = cfg->idle_conn_timeout_ms > 0 ? cfg->idle_conn_timeout_ms : DELIV_DEF_IDLE_MS;
-    c->tls_mode = deliv_tls_mode(cfg, dest->d->key);
+    c->dest_mode = deliv_tls_mode(cfg, dest->d->key);
+    c->tls_mode = c->dest_mode;
+    c->verified_by = "none";
     c->tls_ctx = d->tls != NULL ? tls_ctx_ref(d->tls) : NULL;
     TERN_ASSERT(dest->plan != NULL);
-    /* RFC 8461 §5.1: enforce means verified TLS (chain and MX host name). */
-    if (plan_sts_mode(dest->plan) == MTASTS_ENFORCE)
-        c->tls_mode = TLS_REQUIRED;
     c->plan = plan_ref(dest->plan);
     c->n_order = plan_order(c->plan, c->order, deliv_rnd, d);
     c->t_setup = tern_mono_ms();

@@ -40,6 +40,7 @@ struct client_tx {
     uint64_t conv_len;        /* octets of the converted form (SIZE=) */
     bool prefix_set;          /* prefix replaces env->prefix (signatures made again) */
     char *prefix;             /* owned or NULL */
+    struct buf head;          /* the archive copy's envelope fields, above the prefix */
     int64_t t_begin;          /* tern_mono_ms() when the transaction began */
     int64_t setup_ms, tls_ms; /* charged to this job: the connection's first */
 };

@@ -34,6 +34,9 @@ tx_new(const struct delivery_job *job)
     tx->rst = xcalloc(job->n_rcpts ? job->n_rcpts : 1, 1);
     tx->sent = xcalloc(job->n_rcpts ? job->n_rcpts : 1, sizeof(*tx->sent));
     buf_init(&tx->out);
+    buf_init(&tx->head);
+    if (delivery_is_archive_job(job))
+        delivery_archive_head(job->env, &tx->head);
     return tx;
 }
 
@@ -51,6 +54,7 @@ tx_free(struct client_tx *tx)
     free(tx->rst);
     free(tx->sent);
     buf_fini(&tx->out);
+    buf_fini(&tx->head);
     free(tx->prefix);
     free(tx);
 }
@@ -209,7 +213,7 @@ put_cmd(struct deliv_conn *c, size_t n, struct buf *b)
     if (n == 0) {
         const char *prefix = tx->prefix_set ? tx->prefix : tx->job.env->prefix;
         uint64_t size = (tx->converted ? tx->conv_len : tx->job.env->body_len) +
-                        (prefix ? (uint64_t)strlen(prefix) : 0);
+                        (prefix ? (uint64_t)strlen(prefix) : 0) + tx->head.len;
         deliv_put_mail(&c->ext, tx->job.env, size, b);
     } else if (n <= tx->n_sent) {
         deliv_put_rcpt(&c->ext, &tx->job.env->rcpts[tx->job.rcpt_idx[tx->sent[n - 1]]], b);
@@ -290,6 +294,13 @@ body_start(struct deliv_conn *c)
     bufferevent_setwatermark(c->bev, EV_WRITE, DELIV_WRITE_LOW, 0);
     conn_arm(c, c->reply_ms);
     prefix = tx->prefix_set ? tx->prefix : tx->job.env->prefix;
+    if (tx->head.len > 0) {
+        /* The archive copy: its envelope fields, then the message exactly
+         * as the other recipients get it. */
+        buf_reset(&tx->out);
+        smtp_data_stuff(tx->head.data, tx->head.len, &bol, &tx->out);
+        conn_write(c, tx->out.data, tx->out.len);
+    }
     if (prefix != NULL) {
         /* Header fields made once at commit (DKIM-Signature), or again for
          * the converted form, sent above the stored message; dot-stuffed

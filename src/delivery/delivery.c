@@ -388,15 +388,14 @@ wait_serve(struct delivery *d)
 }
 
 /* May dest use c, set up for another destination? Not when either side
- * requires TLS (the certificate was checked against the other's host name)
+ * requires TLS (the certificate was checked against the other's host name,
+ * or dest has a DANE or MTA-STS host: its policy is checked per host)
  * or c logged in (its credentials belong to the other's hop). */
 static bool
 conn_shareable(const struct delivery *d, const struct deliv_conn *c, const struct deliv_dest *dest)
 {
-    /* An MTA-STS enforce destination checks its own MX hosts and TLS. */
     return !c->authed && c->tls_mode != TLS_REQUIRED &&
-           deliv_tls_mode(d->cfg, dest->d->key) != TLS_REQUIRED &&
-           plan_sts_mode(dest->plan) != MTASTS_ENFORCE;
+           deliv_tls_mode(d->cfg, dest->d->key) != TLS_REQUIRED && !plan_authenticated(dest->plan);
 }
 
 /* An idle connection of another destination at one of the addresses of
@@ -507,7 +506,7 @@ dest_plan_done(struct delivery *d, struct deliv_dest *dest, struct deliv_plan *p
     }
     plan_unref(dest->plan);
     dest->plan = NULL;
-    deliv_dest_fail_jobs(d, dest, st, perm ? DELIV_PERM : DELIV_TEMP);
+    deliv_dest_fail_jobs(d, dest, st, perm ? DELIV_PERM : DELIV_TEMP, NULL);
     event_active(d->reap, 0, 0);
 }
 
@@ -552,8 +551,8 @@ deliv_take_job(struct delivery *d, struct deliv_dest *dest, struct delivery_job 
 }
 
 void
-deliv_dest_fail_jobs(
-    struct delivery *d, struct deliv_dest *dest, const struct tern_status *st, enum deliv_class cls)
+deliv_dest_fail_jobs(struct delivery *d, struct deliv_dest *dest, const struct tern_status *st,
+    enum deliv_class cls, const char *tls_policy)
 {
     struct delivery_job job;
     struct logline l;
@@ -564,6 +563,7 @@ deliv_dest_fail_jobs(
             res[i].cls = cls;
             res[i].st = *st;
             res[i].from_remote = false;
+            res[i].tls_policy = tls_policy;
         }
         d->cb.done(d->cb.arg, job.id, res, job.n_rcpts, NULL);
         free(res);
@@ -597,9 +597,11 @@ deliv_dest_down(struct delivery *d, struct deliv_dest *dest, const struct deliv_
         deliv_dest_fill(d, dest); /* a newer plan has untried targets */
         return;
     }
+    /* Every host failed: the deferral names the policy they were under. */
+    const char *pol = plan_policy_name(used);
     plan_unref(dest->plan);
     dest->plan = NULL;
-    deliv_dest_fail_jobs(d, dest, st, DELIV_TEMP);
+    deliv_dest_fail_jobs(d, dest, st, DELIV_TEMP, pol);
 }
 
 /* ---- connections ---- */

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "dns/dns.h"
 #include "spool/spool.h"
 #include "util/status.h"
 
@@ -83,6 +84,10 @@ struct delivery_rcpt_result {
      * its TLS handshake, and the transaction. A reused connection's setup
      * and handshake cost this job nothing; zero when no server was reached. */
     int64_t setup_ms, tls_ms, xfer_ms;
+    /* No server took the transaction (no relay): the TLS policy the
+     * destination's hosts were under ("dane", "mta-sts", "opportunistic"),
+     * static; NULL when no plan was made. */
+    const char *tls_policy;
 };
 
 struct delivery_callbacks {
@@ -127,6 +132,17 @@ size_t delivery_active(const struct delivery *d);
  * final dot is still reported as OK). Then frees d. */
 void delivery_free(struct delivery *d);
 
+/* Is job the always_bcc copy (its one recipient RCPT_K_ARCHIVE)? */
+bool delivery_is_archive_job(const struct delivery_job *job);
+/* The header fields sent above the archive copy, appended to out, each
+ * CRLF-terminated: "X-Tern-Envelope-From: <sender>" ("<>" for the null
+ * sender) and "X-Tern-Envelope-To:" with every envelope recipient but the
+ * archive's own (Bcc ones included: the envelope does not tell them
+ * apart), comma separated, folded before an address that would take the
+ * line past 78 characters. Envelope addresses hold no CR, LF or NUL (the
+ * SMTP parser and the spool codec refuse them), so the fields are safe. */
+void delivery_archive_head(const struct spool_env *env, struct buf *out);
+
 /* The log's delays=a/b/c/d (Postfix's form, seconds with two decimals):
  * a the queue wait before the attempt, then r's setup, TLS and transfer
  * times; a is what is left of total_ms (arrival to now) once those are
@@ -136,5 +152,37 @@ void delivery_format_delays(
 /* The dsn= of a result's reply: its enhanced status code, or X.0.0 from
  * the class of its code (RFC 3463 §3.1) when the server gave none. */
 void delivery_format_dsn(const struct tern_status *st, char *out, size_t cap);
+
+/* ---- the per-destination TLS policy (RFC 7672, RFC 8461), pure; also
+ * for `ternctl tls show` ---- */
+
+/* Which policy a connection to one MX host is under. */
+enum tls_policy {
+    TLSP_OPPORTUNISTIC, /* mx_tls as configured (RFC 7435) */
+    TLSP_DANE,          /* TLS required, the certificate matched against TLSA records */
+    TLSP_MTA_STS,       /* TLS required, PKIX and the policy's MX patterns (RFC 8461 §4) */
+};
+
+/* What the TLSA lookup of one MX host says (RFC 7672 §2.2). */
+enum dane_state {
+    DANE_NONE,     /* no DANE: insecure MX, address or TLSA answer, or no TLSA records */
+    DANE_USABLE,   /* validated TLSA records of which at least one is usable */
+    DANE_UNUSABLE, /* validated TLSA records, none usable: unauthenticated TLS (§3.1.3) */
+    DANE_TEMP,     /* the TLSA lookup of a secure host failed: skip the host (§2.1.1) */
+};
+
+/* Is this record usable for SMTP (RFC 7672 §3.1): DANE-TA(2) or DANE-EE(3),
+ * selector 0 or 1, matching type 0, 1 or 2, and a well-formed record. */
+bool deliv_tlsa_usable(const struct dns_tlsa *t);
+/* The DANE state of a host from its TLSA answer (NULL: not looked up,
+ * because the MX or address answers were not validated). */
+enum dane_state deliv_dane_state(const struct dns_rr_result *tlsa);
+/* The policy of one host: DANE with usable records wins over MTA-STS
+ * (RFC 8461 §2); the policies bits are mx_tls_policy's; sts_enforce: the
+ * domain has an MTA-STS policy in enforce mode that lists this host. */
+enum tls_policy deliv_tls_policy_pick(
+    unsigned policies, enum tls_mode mx_tls, enum dane_state dane, bool sts_enforce);
+const char *deliv_tls_policy_name(enum tls_policy p);
+const char *deliv_dane_state_name(enum dane_state s);
 
 #endif

@@ -161,7 +161,12 @@ int deliv_creds_load(const char *path, const char *host, bool allow_default,
 #define DELIV_PLAN_MS     (60 * 1000) /* a plan is rebuilt after this */
 
 struct plan_host {
-    char name[DNS_NAME_MAX + 1]; /* MX host, implicit MX domain or hop host */
+    char name[DNS_NAME_MAX + 1];   /* MX host, implicit MX domain or hop host */
+    char domain[DNS_NAME_MAX + 1]; /* the next-hop domain (RFC 7672 §3.2.2), "" for a hop host */
+    enum tls_policy policy;        /* how TLS to it is authenticated */
+    enum dane_state dane;
+    bool mx_secure, addr_secure; /* the MX and address answers were validated */
+    struct dns_rr_result *tlsa;  /* owned: its validated TLSA records, or NULL */
     uint16_t hop;                /* index into delivery_dest.hops */
     uint16_t pref;               /* MX preference; 0 for a direct hop */
     uint16_t t0, nt;             /* its targets: t[t0 .. t0+nt) */
@@ -219,6 +224,11 @@ struct deliv_plan *plan_ref(struct deliv_plan *p);
 void plan_unref(struct deliv_plan *p); /* NULL is fine */
 /* Any target not yet marked failed? */
 bool plan_usable(const struct deliv_plan *p);
+/* Does any host of p need authenticated TLS (DANE, MTA-STS)? */
+bool plan_authenticated(const struct deliv_plan *p);
+/* The name of the first authenticated policy of p's hosts, else
+ * "opportunistic". */
+const char *plan_policy_name(const struct deliv_plan *p);
 /* The order in which one connection tries p's targets: plan order, with the
  * hosts of one hop and preference shuffled by rnd (RFC 5321 §5.1), so that
  * connections spread over equal MX hosts. order has room for p->n_t;
@@ -293,9 +303,10 @@ enum tls_mode deliv_tls_mode(const struct config *cfg, const char *dest_key);
  * woken when a message may go again. */
 bool deliv_take_job(
     struct delivery *d, struct deliv_dest *dest, struct delivery_job *job, bool rated);
-/* Answer every due job of dest with st (for each recipient), no relay. */
+/* Answer every due job of dest with st (for each recipient), no relay;
+ * tls_policy (static or NULL) goes into each result. */
 void deliv_dest_fail_jobs(struct delivery *d, struct deliv_dest *dest, const struct tern_status *st,
-    enum deliv_class cls);
+    enum deliv_class cls, const char *tls_policy);
 /* Every target of plan used failed for a connection, which is already
  * retired (st: the last reason). Unless another connection may still take
  * jobs or a newer plan has untried targets, the due jobs get TEMP and the
@@ -453,7 +464,10 @@ struct deliv_conn {
     struct client_tx *tx; /* the job in flight, or NULL */
     /* TLS and AUTH */
     struct tls_ctx *tls_ctx; /* reference, or NULL when no client context could be made */
-    enum tls_mode tls_mode;  /* smarthost_tls or mx_tls for this destination */
+    enum tls_mode tls_mode;  /* smarthost_tls or mx_tls; required under DANE or MTA-STS */
+    enum tls_mode dest_mode; /* smarthost_tls or mx_tls for this destination */
+    enum tls_policy policy;  /* of the current target's host */
+    const char *verified_by; /* "dane-ee", "dane-ta", "pkix" or "none" once TLS is up */
     bool implicit_tls;       /* the current target's hop is smtps:// */
     bool tls_active;         /* handshake done on the current connection */
     bool tls_plain_retry;    /* reconnecting in clear after a failed opportunistic handshake */

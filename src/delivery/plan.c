@@ -6,8 +6,16 @@
  * A hop without mx is resolved (or is a literal) directly, and never fails
  * permanently: it is the operator's own setting. Lookups of one build run
  * in parallel; the build owns its queries and ends through its own event.
- * An "mx:" destination's MTA-STS policy is looked up alongside (RFC 8461
- * §5): in enforce mode, MX hosts that do not match it are left out.
+ *
+ * Each MX host also gets its TLS policy (RFC 7672, RFC 8461): when the MX
+ * answer and the host's address answers were DNSSEC-validated, its TLSA
+ * records at _PORT._tcp.HOST are looked up (RFC 7672 §2.2: only names from
+ * validated answers can be trusted to look up TLSA records under). An
+ * "mx:" destination's MTA-STS policy is looked up alongside (RFC 8461 §5)
+ * when mx_tls_policy names mta-sts: in enforce mode, MX hosts that match
+ * neither its mx patterns nor usable TLSA records are left out;
+ * deliv_tls_policy_pick decides each host's policy, DANE first (RFC 8461
+ * §2).
  */
 #include "delivery/delivery_int.h"
 
@@ -27,9 +35,13 @@ struct bhost {
     struct plan_build *b;
     char name[DNS_NAME_MAX + 1];
     uint16_t hop, pref;
-    bool implicit; /* the domain itself, for want of MX records */
+    bool implicit;  /* the domain itself, for want of MX records */
+    bool mx_secure; /* the MX answer that named it was validated */
+    uint16_t port;
     struct dns_query *q;
     struct dns_addr_result *res; /* owned, once answered */
+    struct dns_query *tq;        /* TLSA lookup in flight */
+    struct dns_rr_result *tlsa;  /* owned, once answered; NULL: not looked up */
 };
 
 struct bhop {
@@ -87,6 +99,8 @@ plan_unref(struct deliv_plan *p)
     if (p == NULL || --p->refs > 0)
         return;
     sts_free(p->sts);
+    for (size_t i = 0; i < p->n_hosts; i++)
+        dns_rr_result_free(p->hosts[i].tlsa);
     free(p->hosts);
     free(p->t);
     free(p);
@@ -100,6 +114,26 @@ plan_usable(const struct deliv_plan *p)
             return true;
     }
     return false;
+}
+
+bool
+plan_authenticated(const struct deliv_plan *p)
+{
+    for (size_t i = 0; p != NULL && i < p->n_hosts; i++) {
+        if (p->hosts[i].policy != TLSP_OPPORTUNISTIC)
+            return true;
+    }
+    return false;
+}
+
+const char *
+plan_policy_name(const struct deliv_plan *p)
+{
+    for (size_t i = 0; p != NULL && i < p->n_hosts; i++) {
+        if (p->hosts[i].policy != TLSP_OPPORTUNISTIC)
+            return deliv_tls_policy_name(p->hosts[i].policy);
+    }
+    return deliv_tls_policy_name(TLSP_OPPORTUNISTIC);
 }
 
 static bool
@@ -155,10 +189,13 @@ plan_order(const struct deliv_plan *p, uint16_t *order, uint32_t (*rnd)(void *),
 static void
 build_free(struct plan_build *b)
 {
-    for (size_t i = 0; i < b->n_hops; i++)
+    for (size_t i = 0; i < b->n_hops; i++) {
         dns_cancel(b->hops[i].q);
+    }
     for (size_t i = 0; i < b->n_hosts; i++) {
         dns_cancel(b->hosts[i]->q);
+        dns_cancel(b->hosts[i]->tq);
+        dns_rr_result_free(b->hosts[i]->tlsa);
         free(b->hosts[i]->res);
         free(b->hosts[i]);
     }
@@ -184,17 +221,47 @@ lookup_done(struct plan_build *b)
 }
 
 static void
+tlsa_cb(void *arg, const struct dns_rr_result *r)
+{
+    struct bhost *h = arg;
+    h->tq = NULL;
+    h->tlsa = dns_rr_result_dup(r);
+    lookup_done(h->b);
+}
+
+/* Are h's TLSA records to be looked up? Only for MX delivery with DANE on,
+ * and only under validated MX and address answers (RFC 7672 §2.2). */
+static bool
+want_tlsa(const struct plan_build *b, const struct bhost *h)
+{
+    const struct config *cfg = b->d->cfg;
+    return cfg != NULL && (cfg->mx_tls_policies & MX_TLS_POLICY_DANE) &&
+           strncmp(b->dest->d->key, "mx:", 3) == 0 && cfg->mx_tls != TLS_NONE &&
+           b->dest->d->hops[h->hop].mx && h->mx_secure && h->res->rc == DNS_OK && h->res->secure;
+}
+
+static void
 addr_cb(void *arg, const struct dns_addr_result *r)
 {
     struct bhost *h = arg;
+    char name[DNS_NAME_MAX + 1];
     h->q = NULL;
     h->res = xmalloc(sizeof(*h->res));
     *h->res = *r;
+    if (want_tlsa(h->b, h) &&
+        snprintf(name, sizeof(name), "_%u._tcp.%s", h->port, h->name) < (int)sizeof(name)) {
+        /* RFC 7672 §2.2.2 would also try the name a CNAME chain of the host
+         * ends at; c-ares does not tell it, so the base domain is always
+         * the MX host name (what §2.2.2 falls back to). */
+        h->tq = dns_lookup_rr(h->b->d->dns, name, DNS_RR_TLSA, tlsa_cb, h);
+        return;
+    }
     lookup_done(h->b);
 }
 
 static void
-host_add(struct plan_build *b, const char *name, uint16_t hop, uint16_t pref, bool implicit)
+host_add(struct plan_build *b, const char *name, uint16_t hop, uint16_t pref, bool implicit,
+    bool mx_secure)
 {
     struct bhost *h;
     const struct route_hop *rh = &b->dest->d->hops[hop];
@@ -209,6 +276,8 @@ host_add(struct plan_build *b, const char *name, uint16_t hop, uint16_t pref, bo
     h->hop = hop;
     h->pref = pref;
     h->implicit = implicit;
+    h->mx_secure = mx_secure;
+    h->port = port;
     b->hosts[b->n_hosts++] = h;
     b->pending++;
     if (b->d->dns != NULL) {
@@ -245,11 +314,11 @@ mx_cb(void *arg, const struct dns_mx_result *r)
     switch (r->rc) {
     case DNS_OK:
         for (size_t i = 0; i < r->n; i++)
-            host_add(b, r->mx[i].host, hop->idx, r->mx[i].pref, false);
+            host_add(b, r->mx[i].host, hop->idx, r->mx[i].pref, false, r->secure);
         break;
     case DNS_NODATA:
         /* RFC 5321 §5.1: no MX records, the domain is its own mail host. */
-        host_add(b, dom, hop->idx, 0, true);
+        host_add(b, dom, hop->idx, 0, true, r->secure);
         break;
     case DNS_NULLMX:
         /* RFC 7505 §4.2 */
@@ -269,15 +338,38 @@ mx_cb(void *arg, const struct dns_mx_result *r)
     lookup_done(b);
 }
 
-/* Append host h and its addresses to p, as far as the tables have room. */
+/* Does the domain's MTA-STS policy, in enforce mode, name h as one of its
+ * MX hosts (RFC 8461 §4.1)? */
+static bool
+sts_enforces(const struct plan_build *b, const struct bhost *h)
+{
+    return b->sts != NULL && b->sts->policy.mode == MTASTS_ENFORCE &&
+           mtasts_policy_match(&b->sts->policy, h->name);
+}
+
+/* Append host h and its addresses to p, as far as the tables have room;
+ * its TLSA records move to the plan. */
 static void
-plan_add_host(struct deliv_plan *p, const struct bhost *h)
+plan_add_host(struct deliv_plan *p, const struct plan_build *b, struct bhost *h)
 {
     struct plan_host *ph;
+    const struct config *cfg = b->d->cfg;
     if (p->n_hosts >= DELIV_HOSTS_MAX || p->n_t >= DELIV_TARGETS_MAX)
         return;
     ph = &p->hosts[p->n_hosts];
     snprintf(ph->name, sizeof(ph->name), "%s", h->name);
+    if (b->dest->d->hops[h->hop].mx)
+        snprintf(ph->domain, sizeof(ph->domain), "%s", b->dest->d->hops[h->hop].host);
+    ph->mx_secure = h->mx_secure;
+    ph->addr_secure = h->res->secure;
+    ph->dane = deliv_dane_state(h->tlsa);
+    ph->policy = cfg == NULL ? TLSP_OPPORTUNISTIC
+                             : deliv_tls_policy_pick(
+                                   cfg->mx_tls_policies, cfg->mx_tls, ph->dane, sts_enforces(b, h));
+    if (ph->dane == DANE_USABLE) {
+        ph->tlsa = h->tlsa;
+        h->tlsa = NULL;
+    }
     ph->hop = h->hop;
     ph->pref = h->pref;
     ph->t0 = (uint16_t)p->n_t;
@@ -302,6 +394,34 @@ log_host_failed(const struct plan_build *b, const struct bhost *h)
     log_end(&l);
 }
 
+/* RFC 7672 §2.1.1: the TLSA lookup of a host with validated addresses
+ * failed; the host is skipped (a temporary failure), never used without
+ * the policy its records might set. */
+static void
+log_tlsa_failed(const struct plan_build *b, struct bhost *h)
+{
+    struct logline l;
+    log_begin(&l, LOG_WARN, NULL, "delivery", "host_failed");
+    log_str(&l, "dest", b->dest->d->key);
+    log_str(&l, "host", h->name);
+    log_str(&l, "phase", "TLSA lookup");
+    log_str(&l, "tls_policy", "dane");
+    log_str(&l, "reason", h->tlsa->err);
+    log_end(&l);
+    if (b->d->tlsrpt != NULL) {
+        /* RFC 8460 §4.3.2.2: no valid records came from the resolver. */
+        struct tlsrpt_event ev = { 0 };
+        ev.domain = b->dest->d->hops[h->hop].host;
+        ev.ptype = TLSRPT_P_TLSA;
+        ev.result = TLSRPT_DNSSEC_INVALID;
+        ev.receiving_mx = h->name;
+        tlsrpt_record(b->d->tlsrpt, &ev);
+    }
+    h->res->rc = DNS_TEMP;
+    snprintf(h->res->err, sizeof(h->res->err), "TLSA lookup of _%u._tcp.%s failed (DANE): %s",
+        h->port, h->name, h->tlsa->err);
+}
+
 /* A hop whose lookups gave no address: why, and whether for good. */
 static void
 hop_no_address(struct plan_build *b, struct bhop *hop, const struct bhost *first)
@@ -309,6 +429,9 @@ hop_no_address(struct plan_build *b, struct bhop *hop, const struct bhost *first
     const struct route_hop *rh = &b->dest->d->hops[hop->idx];
     if (first == NULL) {
         hop_fail(hop, false, 451, "4.4.3", "no host to connect to for %s%s", rh->host, "");
+    } else if (first->tlsa != NULL && first->tlsa->rc == DNS_TEMP) {
+        hop_fail(
+            hop, false, 451, "4.7.5", "no usable MX host of %s: %s", rh->host, first->res->err);
     } else if (first->implicit && first->res->rc != DNS_TEMP) {
         hop_fail(
             hop, true, 550, "5.1.2", "domain %s has no MX and no address record%s", rh->host, "");
@@ -321,13 +444,16 @@ hop_no_address(struct plan_build *b, struct bhop *hop, const struct bhost *first
 }
 
 /* RFC 8461 §4.1: in enforce mode only MX hosts matching the policy are
- * candidates; in testing mode a mismatch is logged (and delivered). */
+ * candidates; in testing mode a mismatch is logged (and delivered). A host
+ * with usable validated TLSA records is under DANE instead, whatever the
+ * MTA-STS policy says of it (RFC 8461 §2). */
 static bool
 sts_host_ok(const struct plan_build *b, const struct bhost *h)
 {
     struct logline l;
     enum mtasts_mode mode = b->sts != NULL ? b->sts->policy.mode : MTASTS_NONE;
-    if (mode == MTASTS_NONE || mtasts_policy_match(&b->sts->policy, h->name))
+    if (mode == MTASTS_NONE || mtasts_policy_match(&b->sts->policy, h->name) ||
+        deliv_dane_state(h->tlsa) == DANE_USABLE)
         return true;
     log_begin(&l, mode == MTASTS_ENFORCE ? LOG_WARN : LOG_INFO, NULL, "mtasts", "mx_not_in_policy");
     log_str(&l, "dest", b->dest->d->key);
@@ -353,15 +479,16 @@ build_assemble(struct plan_build *b)
         size_t before = p->n_t;
         size_t skipped = 0;
         for (size_t i = 0; i < b->n_hosts; i++) {
-            const struct bhost *h = b->hosts[i];
+            struct bhost *h = b->hosts[i];
             if (h->hop != hop->idx || h->res == NULL)
                 continue;
-            if (!sts_host_ok(b, h)) {
+            if (deliv_dane_state(h->tlsa) == DANE_TEMP) {
+                log_tlsa_failed(b, h);
+            } else if (!sts_host_ok(b, h)) {
                 skipped++;
                 continue;
-            }
-            if (h->res->rc == DNS_OK && h->res->n > 0) {
-                plan_add_host(p, h);
+            } else if (h->res->rc == DNS_OK && h->res->n > 0) {
+                plan_add_host(p, b, h);
                 continue;
             }
             log_host_failed(b, h);
@@ -392,6 +519,7 @@ log_plan(const struct plan_build *b, const struct deliv_plan *p)
         deliv_fmt_addr(&p->t[0].addr, a, sizeof(a), NULL, 0);
         log_str(&l, "first_host", p->hosts[p->t[0].host].name);
         log_str(&l, "first_addr", a);
+        log_str(&l, "tls_policy", deliv_tls_policy_name(p->hosts[p->t[0].host].policy));
     }
     log_end(&l);
 }
@@ -487,13 +615,17 @@ sts_cb(void *arg, const struct mtasts_answer *a)
 }
 
 /* MTA-STS applies to the recipient domain's own MX hosts: "mx:DOMAIN"
- * destinations only, never a smarthost or a route the operator set. */
+ * destinations only, never a smarthost or a route the operator set; and
+ * only when mx_tls_policy names it (no lookup at all otherwise) and mx_tls
+ * allows TLS. */
 static void
 sts_start(struct plan_build *b)
 {
     const char *key = b->dest->d->key;
-    if (b->d->mtasts == NULL || b->d->dns == NULL || strncmp(key, "mx:", 3) != 0 ||
-        b->n_hops == 0 || !b->dest->d->hops[0].mx)
+    const struct config *cfg = b->d->cfg;
+    if (b->d->mtasts == NULL || b->d->dns == NULL || cfg == NULL ||
+        !(cfg->mx_tls_policies & MX_TLS_POLICY_MTASTS) || cfg->mx_tls == TLS_NONE ||
+        strncmp(key, "mx:", 3) != 0 || b->n_hops == 0 || !b->dest->d->hops[0].mx)
         return;
     b->pending++;
     b->sts_req = mtasts_get(b->d->mtasts, key + 3, sts_cb, b);
@@ -521,7 +653,7 @@ plan_build_start(struct delivery *d, struct deliv_dest *dest, enum ip_family fam
             b->pending++;
             hop->q = dns_lookup_mx(d->dns, rh->host, mx_cb, hop);
         } else {
-            host_add(b, rh->host, (uint16_t)k, 0, false);
+            host_add(b, rh->host, (uint16_t)k, 0, false, false);
         }
     }
     sts_start(b);

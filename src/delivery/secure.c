@@ -50,6 +50,74 @@ deliv_tls_fallback(enum tls_mode mode, bool implicit)
     return mode == TLS_OPPORTUNISTIC && !implicit;
 }
 
+/* ---- the per-destination policy (RFC 7672, RFC 8461) ---- */
+
+bool
+deliv_tlsa_usable(const struct dns_tlsa *t)
+{
+    /* RFC 7672 §3.1.3: PKIX-TA(0) and PKIX-EE(1) are unusable for SMTP, as
+     * are unknown parameters (RFC 6698 §4.1). */
+    return (t->usage == 2 || t->usage == 3) && t->selector <= 1 && t->mtype <= 2;
+}
+
+enum dane_state
+deliv_dane_state(const struct dns_rr_result *tlsa)
+{
+    size_t usable = 0;
+    if (tlsa == NULL)
+        return DANE_NONE;
+    /* RFC 7672 §2.1.1: a failed lookup of a secure host's TLSA records may
+     * hide them (an attacker blocking it): the host is not used for now. */
+    if (tlsa->rc == DNS_TEMP)
+        return DANE_TEMP;
+    if (!tlsa->secure || tlsa->rc != DNS_OK)
+        return DANE_NONE;
+    for (size_t i = 0; i < tlsa->n; i++) {
+        struct dns_tlsa t;
+        if (dns_tlsa_parse(tlsa->rr[i].data, tlsa->rr[i].len, &t) == 0 && deliv_tlsa_usable(&t))
+            usable++;
+    }
+    return usable > 0 ? DANE_USABLE : DANE_UNUSABLE;
+}
+
+enum tls_policy
+deliv_tls_policy_pick(
+    unsigned policies, enum tls_mode mx_tls, enum dane_state dane, bool sts_enforce)
+{
+    /* mx_tls = none is the operator's explicit choice of no TLS at all. */
+    if (mx_tls == TLS_NONE)
+        return TLSP_OPPORTUNISTIC;
+    if ((policies & MX_TLS_POLICY_DANE) && dane == DANE_USABLE)
+        return TLSP_DANE;
+    if ((policies & MX_TLS_POLICY_MTASTS) && sts_enforce)
+        return TLSP_MTA_STS;
+    return TLSP_OPPORTUNISTIC;
+}
+
+const char *
+deliv_tls_policy_name(enum tls_policy p)
+{
+    switch (p) {
+    case TLSP_DANE:
+        return "dane";
+    case TLSP_MTA_STS:
+        return "mta-sts";
+    case TLSP_OPPORTUNISTIC:
+        break;
+    }
+    return "opportunistic";
+}
+
+const char *
+deliv_dane_state_name(enum dane_state s)
+{
+    static const char *const names[] = { [DANE_NONE] = "none",
+        [DANE_USABLE] = "usable",
+        [DANE_UNUSABLE] = "unusable",
+        [DANE_TEMP] = "lookup-failed" };
+    return (size_t)s < TERN_ARRAY_LEN(names) ? names[s] : "?";
+}
+
 /* ---- AUTH ---- */
 
 enum auth_mech

@@ -153,4 +153,51 @@ bool dkim_signer_idle(const struct dkim_signer *s);
 size_t dkim_signer_finish(struct dkim_signer *s, struct buf *out, struct dkim_outcome *res);
 void dkim_signer_free(struct dkim_signer *s); /* NULL fine */
 
+/* --- verifying (verify.c), RFC 6376 §6 --- */
+
+#define DKIM_VERIFY_SIGS_MAX 8 /* signatures verified per message; later ones are ignored */
+
+/* RFC 8601 §2.7.1 results. */
+enum dkim_vresult {
+    DKIM_V_NONE,
+    DKIM_V_PASS,
+    DKIM_V_FAIL,      /* the hashes or the signature do not match */
+    DKIM_V_NEUTRAL,   /* a signature that cannot be processed (syntax, algorithm, expired) */
+    DKIM_V_POLICY,    /* valid, but content after l= is unsigned */
+    DKIM_V_TEMPERROR, /* the key could not be fetched (in time) */
+    DKIM_V_PERMERROR, /* no usable key record */
+};
+const char *dkim_vresult_name(enum dkim_vresult r);
+
+struct dkim_sig_info {
+    enum dkim_vresult result;
+    char domain[DKIM_DOMAIN_MAX + 1]; /* d=, lowercased; "" when it could not be read */
+    char selector[64];                /* s= */
+    char b8[9];                       /* the first 8 characters of b= (RFC 6008 header.b) */
+    enum dkim_alg alg;
+    bool testing;       /* the key says t=y */
+    const char *reason; /* static text, or NULL for a pass */
+};
+
+enum dkim_key_status { DKIM_KEY_OK, DKIM_KEY_NONE, DKIM_KEY_TEMP };
+
+struct dkim_verifier;
+/* A verifier for the header section hdr[len] (CRLF-terminated fields
+ * without the empty line; copied); now_s for x=. Owned result. */
+struct dkim_verifier *dkim_verifier_new(const char *hdr, size_t len, int64_t now_s);
+void dkim_verifier_free(struct dkim_verifier *v);          /* NULL fine */
+size_t dkim_verifier_count(const struct dkim_verifier *v); /* signatures looked at */
+/* The key record name of signature i ("SEL._domainkey.DOMAIN") into out;
+ * false when it needs no key (already decided, or has one). */
+bool dkim_verifier_key_name(const struct dkim_verifier *v, size_t i, char *out, size_t cap);
+/* The key lookup's answer for signature i: the first TXT record (txt[len]). */
+void dkim_verifier_key(
+    struct dkim_verifier *v, size_t i, enum dkim_key_status st, const char *txt, size_t len);
+/* The body (CRLF line ends, not dot-stuffed), in any chunks. */
+void dkim_verifier_body(struct dkim_verifier *v, const void *p, size_t n);
+/* End of the body: every signature gets its result (one without a key
+ * answer: temperror). Call once the answers are in (or no longer awaited). */
+void dkim_verifier_finish(struct dkim_verifier *v);
+const struct dkim_sig_info *dkim_verifier_sig(const struct dkim_verifier *v, size_t i);
+
 #endif

@@ -72,6 +72,27 @@ struct dkim_keyset {
     size_t n;
 };
 
+/* verify.c: a tag of a tag-list (RFC 6376 §3.2), borrowed from its text. */
+struct dkim_tag {
+    const char *name, *val;
+    size_t name_len, val_len; /* the value without surrounding FWS */
+};
+/* Split p[n] into at most max tags; -1 on bad syntax or a repeated tag. */
+int dkim_tag_list(const char *p, size_t n, struct dkim_tag *t, size_t max, size_t *count);
+/* Decode base64 (FWS ignored) into out[cap]; -1 when malformed or too long. */
+int dkim_b64_decode(const char *p, size_t n, unsigned char *out, size_t cap, size_t *out_len);
+
+/* A parsed key record (RFC 6376 §3.6.1). */
+struct dkim_key_record {
+    struct evp_pkey_st *key; /* owned by the caller after a success */
+    bool testing;            /* t=y */
+    bool strict_i;           /* t=s */
+    const char *reason;      /* static text after a failure */
+};
+/* Parse txt[len] for a signature of alg. 0, or -1 with kr->reason. */
+int dkim_key_record_parse(
+    const char *txt, size_t len, enum dkim_alg alg, struct dkim_key_record *kr);
+
 /* Append base64 of p[n] (no line breaks). */
 void dkim_b64(const void *p, size_t n, struct buf *out);
 

@@ -21,6 +21,7 @@ struct centry {
     char key[CACHE_KEY_MAX];
     size_t klen;
     enum dns_rc rc;
+    bool secure; /* the answer carried the AD bit (RFC 4035 §3.2.3) */
     int64_t expires_ms;
     void *recs; /* owned */
     size_t n;
@@ -80,8 +81,8 @@ make_key(char *key, int qtype, const char *name)
 }
 
 void
-dns_cache_put(struct dns_cache *c, int qtype, const char *name, enum dns_rc rc, const void *recs,
-    size_t n, size_t rec_size, uint32_t ttl_s, int64_t now_ms)
+dns_cache_put(struct dns_cache *c, int qtype, const char *name, enum dns_rc rc, bool secure,
+    const void *recs, size_t n, size_t rec_size, uint32_t ttl_s, int64_t now_ms)
 {
     char key[CACHE_KEY_MAX];
     size_t klen = make_key(key, qtype, name), bytes;
@@ -97,6 +98,7 @@ dns_cache_put(struct dns_cache *c, int qtype, const char *name, enum dns_rc rc, 
     memcpy(e->key, key, klen + 1);
     e->klen = klen;
     e->rc = rc;
+    e->secure = secure;
     e->expires_ms = now_ms + (int64_t)ttl_s * 1000;
     e->n = n;
     if (bytes > 0) {
@@ -110,7 +112,7 @@ dns_cache_put(struct dns_cache *c, int qtype, const char *name, enum dns_rc rc, 
 
 bool
 dns_cache_get(struct dns_cache *c, int qtype, const char *name, int64_t now_ms, enum dns_rc *rc,
-    const void **recs, size_t *n)
+    bool *secure, const void **recs, size_t *n)
 {
     char key[CACHE_KEY_MAX];
     size_t klen = make_key(key, qtype, name);
@@ -124,6 +126,7 @@ dns_cache_get(struct dns_cache *c, int qtype, const char *name, int64_t now_ms, 
     TAILQ_REMOVE(&c->lru, e, lru);
     TAILQ_INSERT_HEAD(&c->lru, e, lru);
     *rc = e->rc;
+    *secure = e->secure;
     *recs = e->recs;
     *n = e->n;
     return true;

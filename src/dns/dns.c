@@ -51,6 +51,7 @@ struct dns_sub {
     const struct rr_ops *ops;
     bool in_ares;
     enum dns_rc rc;
+    bool secure; /* the answer had the AD bit */
     char err[160];
     void *recs; /* owned: ops->rec_size each */
     size_t n;
@@ -86,6 +87,7 @@ struct dns {
     struct event *reap; /* destroys idle replaced channels */
     LIST_HEAD(, dns_query) queries;
     struct dns_cache *cache;
+    struct dns_hosts *hosts; /* the hosts file (hosts.c) */
     uint64_t rnd;
     bool dying;
 };
@@ -171,6 +173,7 @@ RAW_DECODER(decode_raw_aaaa, DNS_RR_AAAA)
 RAW_DECODER(decode_raw_mx, DNS_RR_MX)
 RAW_DECODER(decode_raw_txt, DNS_RR_TXT)
 RAW_DECODER(decode_raw_ptr, DNS_RR_PTR)
+RAW_DECODER(decode_raw_tlsa, DNS_RR_TLSA)
 
 static const struct rr_ops rr_raw[] = {
     { DNS_RR_A, 1, decode_raw_a, DNS_RR_A | RAW_KEY },
@@ -178,6 +181,7 @@ static const struct rr_ops rr_raw[] = {
     { DNS_RR_MX, 1, decode_raw_mx, DNS_RR_MX | RAW_KEY },
     { DNS_RR_TXT, 1, decode_raw_txt, DNS_RR_TXT | RAW_KEY },
     { DNS_RR_PTR, 1, decode_raw_ptr, DNS_RR_PTR | RAW_KEY },
+    { DNS_RR_TLSA, 1, decode_raw_tlsa, DNS_RR_TLSA | RAW_KEY },
 };
 
 /* Reason text for a non-temporary result (temporary ones carry c-ares's). */
@@ -197,14 +201,28 @@ rc_text(enum dns_rc rc, char *err, size_t cap)
 
 /* ---- channels ---- */
 
+/* The channel's timer: when the next query times out. c-ares 1.18 finds
+ * that by walking every pending query, so it is asked only when the timer
+ * is not already set or has just fired (a query sent since times out later
+ * than the one the timer waits for), and the timer fires at most every
+ * CHAN_TICK_MS: many queries waiting on a slow server cost a walk a tick,
+ * not one per packet. */
+#define CHAN_TICK_MS 50
+
 static void
-chan_arm(struct dns_chan *c)
+chan_arm(struct dns_chan *c, bool fired)
 {
-    struct timeval tv, *tvp = ares_timeout(c->ch, NULL, &tv);
-    if (tvp != NULL)
-        evtimer_add(c->timer, tvp);
-    else
+    struct timeval tv, *tvp;
+    if (!fired && evtimer_pending(c->timer, NULL))
+        return;
+    tvp = ares_timeout(c->ch, NULL, &tv);
+    if (tvp == NULL) {
         evtimer_del(c->timer);
+        return;
+    }
+    if (tv.tv_sec == 0 && tv.tv_usec < CHAN_TICK_MS * 1000)
+        tv.tv_usec = CHAN_TICK_MS * 1000;
+    evtimer_add(c->timer, &tv);
 }
 
 static void
@@ -214,7 +232,7 @@ sock_cb(evutil_socket_t fd, short what, void *arg)
     /* May free this very event through sock_state_cb: touch only c after. */
     ares_process_fd(
         c->ch, (what & EV_READ) ? fd : ARES_SOCKET_BAD, (what & EV_WRITE) ? fd : ARES_SOCKET_BAD);
-    chan_arm(c);
+    chan_arm(c, false);
 }
 
 static void
@@ -222,7 +240,7 @@ chan_timer_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct dns_chan *c = arg;
     ares_process_fd(c->ch, ARES_SOCKET_BAD, ARES_SOCKET_BAD);
-    chan_arm(c);
+    chan_arm(c, true);
 }
 
 static void
@@ -383,6 +401,7 @@ dns_new(struct event_base *base, const struct hostport *servers, size_t n, struc
     if (d->reap == NULL)
         tern_panic("cannot create resolver event");
     d->cache = dns_cache_new(DNS_CACHE_MAX);
+    d->hosts = dns_hosts_load();
     if (getrandom(&d->rnd, sizeof(d->rnd), GRND_NONBLOCK) != (ssize_t)sizeof(d->rnd))
         d->rnd = (uint64_t)tern_mono_ms() ^ ((uint64_t)getpid() << 32);
     d->rnd |= 1; /* xorshift needs a non-zero state */
@@ -408,8 +427,15 @@ dns_free(struct dns *d)
     }
     event_free(d->reap);
     dns_cache_free(d->cache);
+    dns_hosts_free(d->hosts);
     free(d);
     ares_library_cleanup();
+}
+
+const char *
+dns_hosts_name(const struct dns *d, const struct sockaddr *sa)
+{
+    return dns_hosts_find(d->hosts, sa);
 }
 
 int
@@ -418,6 +444,9 @@ dns_set_servers(struct dns *d, const struct hostport *servers, size_t n, struct 
     struct dns_chan *c = chan_new(d, servers, n, err);
     if (c == NULL)
         return -1;
+    /* Read again with the resolver's configuration. */
+    dns_hosts_free(d->hosts);
+    d->hosts = dns_hosts_load();
     /* c-ares 1.18 refuses new servers while queries are pending: replace the
      * channel and let the old one finish what it holds. */
     LIST_INSERT_HEAD(&d->old, d->chan, link);
@@ -457,6 +486,7 @@ finish_mx(struct dns_query *q)
     struct dns_sub *s = q->subs[0];
     struct dns_mx_result *r = &q->res.mx;
     r->rc = s->rc;
+    r->secure = s->secure;
     snprintf(r->err, sizeof(r->err), "%s", s->err);
     if (s->rc == DNS_OK) {
         r->n = s->n < DNS_MX_MAX ? s->n : DNS_MX_MAX;
@@ -495,6 +525,11 @@ finish_addr(struct dns_query *q)
 {
     struct dns_addr_result *r = &q->res.addr;
     static const enum dns_rc order[] = { DNS_TEMP, DNS_BADNAME, DNS_NXDOMAIN, DNS_NODATA };
+    /* Secure only when every answer was: an unvalidated AAAA beside a
+     * validated A could still be forged (RFC 7672 §2.2). */
+    r->secure = q->n_subs > 0;
+    for (size_t i = 0; i < q->n_subs; i++)
+        r->secure = r->secure && q->subs[i]->secure;
     for (size_t i = 0; i < q->n_subs; i++) {
         const struct dns_sub *s = q->subs[i];
         int fam = s->ops->qtype == DNS_T_A ? AF_INET : AF_INET6;
@@ -523,6 +558,7 @@ finish_rr(struct dns_query *q)
 {
     struct dns_sub *s = q->subs[0];
     struct dns_rr_result *r = q->res.rr;
+    r->secure = s->secure;
     snprintf(r->err, sizeof(r->err), "%s", s->err);
     if (s->rc != DNS_OK) {
         r->rc = s->rc;
@@ -555,12 +591,12 @@ sub_cache(struct dns *d, const char *name, struct dns_sub *s, const unsigned cha
     if (abuf == NULL || alen <= 0 || dns_packet_ttl(abuf, (size_t)alen, &ti) < 0)
         return;
     if ((s->rc == DNS_OK || s->rc == DNS_NULLMX) && ti.has_answer)
-        dns_cache_put(d->cache, s->ops->cache_key, name, s->rc, s->recs, s->n, s->ops->rec_size,
-            ti.answer < DNS_TTL_MAX ? ti.answer : DNS_TTL_MAX, tern_mono_ms());
+        dns_cache_put(d->cache, s->ops->cache_key, name, s->rc, s->secure, s->recs, s->n,
+            s->ops->rec_size, ti.answer < DNS_TTL_MAX ? ti.answer : DNS_TTL_MAX, tern_mono_ms());
     else if ((s->rc == DNS_NXDOMAIN || s->rc == DNS_NODATA) && ti.has_neg)
         /* RFC 2308 §5: without an SOA a negative answer is not cached. */
-        dns_cache_put(d->cache, s->ops->cache_key, name, s->rc, NULL, 0, s->ops->rec_size,
-            ti.neg < DNS_NEG_TTL_MAX ? ti.neg : DNS_NEG_TTL_MAX, tern_mono_ms());
+        dns_cache_put(d->cache, s->ops->cache_key, name, s->rc, s->secure, NULL, 0,
+            s->ops->rec_size, ti.neg < DNS_NEG_TTL_MAX ? ti.neg : DNS_NEG_TTL_MAX, tern_mono_ms());
 }
 
 struct sub_ctx {
@@ -584,7 +620,13 @@ ares_cb(void *arg, int status, int timeouts, unsigned char *abuf, int alen)
     }
     if (s->chan->pending == 0 && s->chan != d->chan)
         event_active(d->reap, 0, 0);
+    /* ares_send hands over any complete answer: its RCODE is read here, as
+     * ares_query would, with the AD bit beside it. */
+    if (status == ARES_SUCCESS)
+        status = dns_answer_status(abuf, alen > 0 ? (size_t)alen : 0, &s->secure);
     s->rc = dns_classify(status);
+    if (s->rc == DNS_TEMP)
+        s->secure = false;
     if (s->rc == DNS_OK)
         s->rc = s->ops->decode(abuf, alen, &s->recs, &s->n, s->err, sizeof(s->err));
     else if (s->rc == DNS_TEMP)
@@ -617,7 +659,10 @@ sub_launch(struct dns_query *q, struct dns_sub *s)
     const void *recs;
     size_t n;
     struct sub_ctx *ctx;
-    if (dns_cache_get(d->cache, s->ops->cache_key, q->name, tern_mono_ms(), &s->rc, &recs, &n)) {
+    unsigned char *qbuf = NULL;
+    int qlen = 0, st;
+    if (dns_cache_get(
+            d->cache, s->ops->cache_key, q->name, tern_mono_ms(), &s->rc, &s->secure, &recs, &n)) {
         if (n > 0) {
             s->recs = xmalloc(n * s->ops->rec_size);
             memcpy(s->recs, recs, n * s->ops->rec_size);
@@ -634,10 +679,23 @@ sub_launch(struct dns_query *q, struct dns_sub *s)
     s->chan = d->chan;
     s->chan->pending++;
     s->in_ares = true;
-    /* ares_query, not ares_search: mail domains are absolute (RFC 5321
-     * §2.3.5); no search list is appended. May call back at once. */
-    ares_query(s->chan->ch, q->name, DNS_CLASS_IN, s->ops->qtype, ares_cb, ctx);
-    chan_arm(s->chan);
+    /* The query is built here rather than by ares_query so that it can ask
+     * for validation: the AD bit set in a query asks the resolver to say
+     * whether it validated the answer (RFC 6840 §5.7), without the RRSIG
+     * records a DO bit would bring. No search list is appended: mail
+     * domains are absolute (RFC 5321 §2.3.5). ares_send sets the ID and
+     * may call back at once. */
+    st = ares_create_query(q->name, DNS_CLASS_IN, s->ops->qtype, 0, 1, &qbuf, &qlen, 0);
+    if (st != ARES_SUCCESS || qlen < 12) {
+        if (qbuf != NULL)
+            ares_free_string(qbuf);
+        ares_cb(ctx, st != ARES_SUCCESS ? st : ARES_EBADQUERY, 0, NULL, 0);
+        return;
+    }
+    qbuf[3] |= 0x20;
+    ares_send(s->chan->ch, qbuf, qlen, ares_cb, ctx);
+    ares_free_string(qbuf);
+    chan_arm(s->chan, false);
 }
 
 static void

@@ -44,6 +44,7 @@ struct dns_mx_result {
     struct dns_mx mx[DNS_MX_MAX]; /* sorted: RFC 5321 §5.1 preference order,
                                      equal preferences shuffled */
     size_t n;
+    bool secure;   /* DNSSEC-validated by the resolver (the AD bit, RFC 4035 §3.2.3) */
     char err[256]; /* a reason for logs and DSNs when rc != DNS_OK */
 };
 
@@ -51,7 +52,8 @@ struct dns_addr_result {
     enum dns_rc rc;
     struct sockaddr_storage addr[DNS_ADDRS_MAX]; /* port filled in */
     socklen_t len[DNS_ADDRS_MAX];
-    size_t n; /* ordered by the ip_family preference */
+    size_t n;    /* ordered by the ip_family preference */
+    bool secure; /* every A/AAAA answer asked for was validated (AD bit) */
     char err[256];
 };
 
@@ -63,6 +65,7 @@ enum dns_rrtype {
     DNS_RR_MX = 15,
     DNS_RR_TXT = 16,
     DNS_RR_AAAA = 28,
+    DNS_RR_TLSA = 52, /* RFC 6698 */
 };
 
 #define DNS_RR_MAX      64    /* records kept per answer; more are dropped */
@@ -74,7 +77,8 @@ struct dns_rr {
     /* Owned by the result, NUL terminated. TXT: the character-strings of one
      * record joined without separator (may hold NUL bytes: use len). MX, PTR:
      * the host name, lowercased, no trailing dot ("" for the root). A, AAAA:
-     * the 4 or 16 address bytes in network order. */
+     * the 4 or 16 address bytes in network order. TLSA: the rdata as sent
+     * (dns_tlsa_parse). */
     char *data;
 };
 
@@ -84,6 +88,7 @@ struct dns_rr_result {
     size_t n;
     struct dns_rr rr[DNS_RR_MAX]; /* in answer order */
     bool truncated;               /* more than DNS_RR_MAX records were answered */
+    bool secure;                  /* validated (AD bit), positive or negative */
     char err[256];
 };
 
@@ -95,6 +100,26 @@ struct dns_rr_result *dns_rr_result_new(int type, enum dns_rc rc);
 int dns_rr_result_add(struct dns_rr_result *r, uint16_t pref, const void *data, size_t len);
 struct dns_rr_result *dns_rr_result_dup(const struct dns_rr_result *r);
 void dns_rr_result_free(struct dns_rr_result *r);
+
+/* ---- TLSA (RFC 6698 §2.1) ---- */
+
+#define DNS_TLSA_DATA_MAX 4096 /* association data kept: a full certificate fits */
+
+struct dns_tlsa {
+    uint8_t usage;             /* 0 PKIX-TA, 1 PKIX-EE, 2 DANE-TA, 3 DANE-EE (RFC 7218) */
+    uint8_t selector;          /* 0 full certificate, 1 SubjectPublicKeyInfo */
+    uint8_t mtype;             /* 0 exact, 1 SHA2-256, 2 SHA2-512 */
+    const unsigned char *data; /* borrowed from the record */
+    size_t len;
+};
+
+/* One TLSA record's rdata into *out (data borrowed). -1 when shorter than
+ * the 3 fixed octets plus one octet of data, longer than DNS_TLSA_DATA_MAX,
+ * or a digest whose length does not fit its matching type (32 for SHA2-256,
+ * 64 for SHA2-512): such records cannot match anything. */
+int dns_tlsa_parse(const void *rdata, size_t len, struct dns_tlsa *out);
+/* "3 1 1 abcd..." (hex cut after max_hex digits with "..."), into out. */
+void dns_tlsa_format(const struct dns_tlsa *t, char *out, size_t cap, size_t max_hex);
 
 /* The reverse-lookup name of an address (AF_INET, AF_INET6):
  * "4.3.2.1.in-addr.arpa" or 32 nibbles + ".ip6.arpa" (RFC 3596 §2.5). 0 or -1
@@ -124,11 +149,17 @@ struct dns_query *dns_lookup_mx(struct dns *d, const char *domain, dns_mx_cb cb,
 struct dns_query *dns_lookup_addr(
     struct dns *d, const char *host, uint16_t port, enum ip_family fam, dns_addr_cb cb, void *arg);
 /* Records of type (enum dns_rrtype) at name, CNAMEs followed by the server.
+ * Every lookup asks for DNSSEC validation (the AD bit in the query, RFC 6840
+ * §5.7) and results say whether the resolver validated the answer.
  * Names are checked for length and printable ASCII only (SPF and DKIM names
  * hold '_'): DNS_BADNAME otherwise. The result is borrowed for the call. */
 typedef void (*dns_rr_cb)(void *arg, const struct dns_rr_result *r);
 struct dns_query *dns_lookup_rr(struct dns *d, const char *name, int type, dns_rr_cb cb, void *arg);
 void dns_cancel(struct dns_query *q);
+/* The name the hosts file gives sa's address (as the system resolver's
+ * "files" source; read when d was made or its servers last set), borrowed
+ * until then; NULL when it has none. */
+const char *dns_hosts_name(const struct dns *d, const struct sockaddr *sa);
 
 /* Pure helpers, for tests. */
 /* Sort by preference, shuffling runs of equal preference with rnd(arg)

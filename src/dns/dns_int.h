@@ -56,6 +56,13 @@ int dns_packet_ttl(const unsigned char *pkt, size_t len, struct dns_ttl_info *ou
 enum dns_rc dns_mx_decode(
     const unsigned char *abuf, int alen, struct dns_mx *out, size_t *n, char *err, size_t errcap);
 
+/* The ares_status (ARES_*) of a complete answer from ares_send, as
+ * ares_query would report it: the RCODE, and NOERROR without answer
+ * records is ARES_ENODATA. *ad: the header's AD bit (RFC 4035 §3.2.3: the
+ * resolver validated every RRset of the answer and authority sections).
+ * ARES_EBADRESP when shorter than a header. */
+int dns_answer_status(const unsigned char *abuf, size_t alen, bool *ad);
+
 /* Skip a (possibly compressed) name at *off in pkt[0..len); 0 or -1. */
 int dns_packet_skip_name(const unsigned char *pkt, size_t len, size_t *off);
 
@@ -77,13 +84,23 @@ struct dns_cache *dns_cache_new(size_t max_entries);
 void dns_cache_free(struct dns_cache *c); /* NULL is fine */
 void dns_cache_clear(struct dns_cache *c);
 /* Store rc with n records of rec_size bytes (copied) for ttl_s seconds from
- * now_ms. ttl_s 0 or rc DNS_TEMP: nothing is stored. */
-void dns_cache_put(struct dns_cache *c, int qtype, const char *name, enum dns_rc rc,
+ * now_ms; secure: the answer was DNSSEC-validated (AD bit), kept with it so
+ * that a cached answer is never taken for more (or less) than it was.
+ * ttl_s 0 or rc DNS_TEMP: nothing is stored. */
+void dns_cache_put(struct dns_cache *c, int qtype, const char *name, enum dns_rc rc, bool secure,
     const void *recs, size_t n, size_t rec_size, uint32_t ttl_s, int64_t now_ms);
-/* A live entry: true, *rc, and *recs, *n borrowed until the next cache
- * call. Expired entries are dropped. */
+/* A live entry: true, *rc, *secure, and *recs, *n borrowed until the next
+ * cache call. Expired entries are dropped. */
 bool dns_cache_get(struct dns_cache *c, int qtype, const char *name, int64_t now_ms,
-    enum dns_rc *rc, const void **recs, size_t *n);
+    enum dns_rc *rc, bool *secure, const void **recs, size_t *n);
 size_t dns_cache_count(const struct dns_cache *c);
+
+/* hosts.c: the hosts file's address -> name table. */
+struct dns_hosts;
+struct sockaddr;
+struct dns_hosts *dns_hosts_load(void);
+void dns_hosts_free(struct dns_hosts *h); /* NULL is fine */
+/* The name the file gives sa's address (borrowed), or NULL. */
+const char *dns_hosts_find(const struct dns_hosts *h, const struct sockaddr *sa);
 
 #endif

@@ -37,6 +37,34 @@ dns_classify(int ares_status)
     return DNS_TEMP;
 }
 
+int
+dns_answer_status(const unsigned char *abuf, size_t alen, bool *ad)
+{
+    unsigned rcode, ancount;
+    *ad = false;
+    if (abuf == NULL || alen < 12)
+        return ARES_EBADRESP;
+    *ad = (abuf[3] & 0x20) != 0;
+    rcode = abuf[3] & 0x0f;
+    ancount = ((unsigned)abuf[6] << 8) | abuf[7];
+    switch (rcode) {
+    case 0:
+        return ancount > 0 ? ARES_SUCCESS : ARES_ENODATA;
+    case 1:
+        return ARES_EFORMERR;
+    case 2:
+        return ARES_ESERVFAIL;
+    case 3:
+        return ARES_ENOTFOUND;
+    case 4:
+        return ARES_ENOTIMP;
+    case 5:
+        return ARES_EREFUSED;
+    default:
+        return ARES_EBADRESP;
+    }
+}
+
 const char *
 dns_rc_name(enum dns_rc rc)
 {

@@ -62,6 +62,7 @@ dns_rr_result_dup(const struct dns_rr_result *r)
         (void)dns_rr_result_add(c, r->rr[i].pref, r->rr[i].data, r->rr[i].len);
     c->rc = r->rc;
     c->truncated = r->truncated;
+    c->secure = r->secure;
     memcpy(c->err, r->err, sizeof(c->err));
     return c;
 }
@@ -100,6 +101,43 @@ dns_reverse_name(const struct sockaddr *sa, char *out, size_t cap)
     }
     buf_fini(&b);
     return rc;
+}
+
+/* ---- TLSA ---- */
+
+int
+dns_tlsa_parse(const void *rdata, size_t len, struct dns_tlsa *out)
+{
+    const unsigned char *p = rdata;
+    memset(out, 0, sizeof(*out));
+    if (len < 4 || len - 3 > DNS_TLSA_DATA_MAX)
+        return -1;
+    out->usage = p[0];
+    out->selector = p[1];
+    out->mtype = p[2];
+    out->data = p + 3;
+    out->len = len - 3;
+    if ((out->mtype == 1 && out->len != 32) || (out->mtype == 2 && out->len != 64))
+        return -1;
+    return 0;
+}
+
+void
+dns_tlsa_format(const struct dns_tlsa *t, char *out, size_t cap, size_t max_hex)
+{
+    static const char hex[] = "0123456789abcdef";
+    struct buf b = BUF_INIT;
+    buf_printf(&b, "%u %u %u ", t->usage, t->selector, t->mtype);
+    for (size_t i = 0; i < t->len; i++) {
+        if (2 * i >= max_hex) {
+            buf_append_str(&b, "...");
+            break;
+        }
+        buf_append_char(&b, hex[t->data[i] >> 4]);
+        buf_append_char(&b, hex[t->data[i] & 0xf]);
+    }
+    snprintf(out, cap, "%s", b.data);
+    buf_fini(&b);
 }
 
 /* ---- packed form: [truncated u8] then per record [pref u16][len u32][bytes] ---- */
@@ -214,6 +252,12 @@ decode_rdata(const unsigned char *abuf, int alen, int type, size_t rd, size_t rd
             o += n + 1;
         }
         pack_one(blob, 0, tmp->data ? tmp->data : "", tmp->len);
+        return 0;
+    case DNS_RR_TLSA:
+        /* Kept as sent; dns_tlsa_parse judges it when used. */
+        if (rdlen < 3)
+            return -1;
+        pack_one(blob, 0, p, rdlen);
         return 0;
     default:
         return -1;

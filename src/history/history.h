@@ -86,6 +86,8 @@ struct history_rec {
     char event[16];
     const char *recipient, *relay, *reply, *from, *message_id;
     const char *client, *helo, *tls, *user, *dsn_id;
+    /* attempts: the outbound TLS policy and how the peer was authenticated */
+    const char *tls_policy, *tls_verified;
     int64_t size;   /* -1 when absent */
     int64_t next_s; /* next attempt (Unix seconds), -1 when absent */
 };

@@ -72,6 +72,8 @@ history_parse_line(const char *line, size_t len, struct history_rec *r, struct j
     r->client = get_str(*tree, "client");
     r->helo = get_str(*tree, "helo");
     r->tls = get_str(*tree, "tls");
+    r->tls_policy = get_str(*tree, "tls_policy");
+    r->tls_verified = get_str(*tree, "tls_verified");
     r->user = get_str(*tree, "user");
     r->dsn_id = get_str(*tree, "dsn_id");
     r->size = json_int(json_get(*tree, "size"), &v) == 0 ? v : -1;
@@ -457,6 +459,8 @@ history_rec_text(const struct history_rec *r, struct buf *out)
     text_kv(out, "helo", r->helo, false);
     text_kv(out, "relay", r->relay, false);
     text_kv(out, "tls", r->tls, false);
+    text_kv(out, "tls_policy", r->tls_policy, false);
+    text_kv(out, "tls_verified", r->tls_verified, false);
     text_kv(out, "user", r->user, false);
     text_kv(out, "dsn_id", r->dsn_id, false);
     if (r->reply != NULL) {

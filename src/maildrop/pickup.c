@@ -423,6 +423,7 @@ pick(struct pickup_job *j)
     log_received(spool_writer_qid(w), j->name, &f, env);
     /* Local users' mail is signed as relay_networks clients' is. */
     smtp_dkim_at_commit(j->cfg, w, skip);
+    smtp_archive_at_commit(j->cfg, w);
     j->w = w;
 out:
     if (f.fd >= 0)

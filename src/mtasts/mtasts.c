@@ -577,23 +577,20 @@ mtasts_free(struct mtasts *m)
 
 /* ---- for ternctl ---- */
 
-void
-mtasts_render(const char *spool_dir, const char *domain, int64_t now_s, struct buf *out)
+int
+mtasts_cache_load(
+    const char *spool_dir, const char *domain, struct mtasts_cached *c, char *err, size_t errcap)
 {
-    char dir[4200], err[256];
-    struct mtasts_cached c;
-    struct buf b = BUF_INIT;
     char path[4500];
-    int fd;
-    snprintf(dir, sizeof(dir), "%s/%s", spool_dir, MTASTS_DIR);
-    snprintf(path, sizeof(path), "%s/%s", dir, domain);
-    fd = str_is_domain(domain, strlen(domain), false)
-             ? open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-             : -1;
-    if (fd < 0) {
-        buf_printf(out, "mta-sts: nothing cached for %s\n", domain);
-        return;
-    }
+    struct buf b = BUF_INIT;
+    int fd, rc;
+    if (!str_is_domain(domain, strlen(domain), false) ||
+        snprintf(path, sizeof(path), "%s/%s/%s", spool_dir, MTASTS_DIR, domain) >=
+            (int)sizeof(path))
+        return 1;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return 1;
     for (;;) {
         ssize_t r;
         buf_reserve(&b, 4096);
@@ -603,9 +600,26 @@ mtasts_render(const char *spool_dir, const char *domain, int64_t now_s, struct b
         b.len += (size_t)r;
     }
     close(fd);
-    if (mtasts_cache_parse(b.data, b.len, &c, err, sizeof(err)) < 0) {
+    rc = mtasts_cache_parse(b.data, b.len, c, err, errcap);
+    buf_fini(&b);
+    return rc;
+}
+
+void
+mtasts_render(const char *spool_dir, const char *domain, int64_t now_s, struct buf *out)
+{
+    char err[256];
+    struct mtasts_cached c;
+    int rc = mtasts_cache_load(spool_dir, domain, &c, err, sizeof(err));
+    if (rc == 1) {
+        buf_printf(out, "mta-sts: nothing cached for %s\n", domain);
+        return;
+    }
+    if (rc < 0) {
         buf_printf(out, "mta-sts: cache file damaged: %s\n", err);
-    } else if (c.text == NULL) {
+        return;
+    }
+    if (c.text == NULL) {
         buf_printf(out, "mta-sts: no policy\n");
     } else {
         buf_printf(out, "mta-sts: id %s mode %s max_age %llds age %llds%s\n", c.id,
@@ -619,5 +633,4 @@ mtasts_render(const char *spool_dir, const char *domain, int64_t now_s, struct b
         buf_printf(
             out, "mta-sts: last fetch error %llds ago: %s\n", (long long)(now_s - c.err_s), c.err);
     mtasts_cached_fini(&c);
-    buf_fini(&b);
 }

@@ -129,6 +129,10 @@ typedef void (*mtasts_cb)(void *arg, const struct mtasts_answer *a);
 struct mtasts_req *mtasts_get(struct mtasts *m, const char *domain, mtasts_cb cb, void *arg);
 void mtasts_cancel(struct mtasts_req *r); /* NULL is fine */
 
+/* The cache file of domain under spool_dir into *c (mtasts_cached_fini
+ * it): 0; 1 when there is none; -1 (err says why) when it is damaged. */
+int mtasts_cache_load(
+    const char *spool_dir, const char *domain, struct mtasts_cached *c, char *err, size_t errcap);
 /* The MTA-STS state of domain for `ternctl tls show`: the TXT id seen,
  * the cached policy, its age and max_age, the last fetch error. Reads the
  * cache file under spool_dir (no network). Appends text lines to out. */

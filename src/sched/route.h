@@ -13,8 +13,8 @@
 #include "delivery/delivery.h"
 
 /* Fill out for a message from sender (may be "") to rcpt. */
-void route_decide(const struct config *cfg, const char *sender, const char *rcpt,
-    struct delivery_dest *out);
+void route_decide(
+    const struct config *cfg, const char *sender, const char *rcpt, struct delivery_dest *out);
 
 /* The route of routes[0..n) matching domain: an exact entry wins, else the
  * longest ".suffix" entry the domain is a subdomain of; NULL when none.

@@ -47,8 +47,8 @@ sched_qid_text(uint64_t qid, char out[SPOOL_QID_LEN + 1])
 }
 
 /* The number of a qid, or false when it is not 16 lowercase hex digits. */
-static bool
-qid_parse(const char *q, uint64_t *out)
+bool
+sched_qid_parse(const char *q, uint64_t *out)
 {
     uint64_t v = 0;
     size_t i;
@@ -438,7 +438,7 @@ sched_add(struct sched *s, const struct spool_env *env)
     uint32_t h;
     struct sched_ent *e;
     size_t pending = 0;
-    if (!qid_parse(env->qid, &qid) || sidx_find(&s->idx, qid) != SCHED_NONE)
+    if (!sched_qid_parse(env->qid, &qid) || sidx_find(&s->idx, qid) != SCHED_NONE)
         return;
     h = sidx_add(&s->idx, qid);
     e = sidx_ent(&s->idx, h);
@@ -468,7 +468,7 @@ found_cb(const struct spool_entry *v, size_t n, void *arg)
         uint64_t qid;
         uint32_t h;
         struct sched_ent *e;
-        if (!qid_parse(v[i].qid, &qid) || sidx_find(&s->idx, qid) != SCHED_NONE)
+        if (!sched_qid_parse(v[i].qid, &qid) || sidx_find(&s->idx, qid) != SCHED_NONE)
             continue;
         if (v[i].n_pending == 0) {
             /* Every recipient final and its DSN made: a crash came before
@@ -619,7 +619,7 @@ find_live(struct sched *s, const char *qid)
 {
     uint64_t q;
     uint32_t h;
-    if (!qid_parse(qid, &q) || (h = sidx_find(&s->idx, q)) == SCHED_NONE ||
+    if (!sched_qid_parse(qid, &q) || (h = sidx_find(&s->idx, q)) == SCHED_NONE ||
         (sidx_ent(&s->idx, h)->flags & ENT_DELETED))
         return SCHED_NONE;
     return h;

@@ -110,6 +110,11 @@ struct sched_walk *sched_walk_start(struct sched *s, bool summary, sched_walk_fn
  * not held. sel is copied. Same rules as sched_walk_start otherwise. */
 struct sched_walk *sched_walk_act(struct sched *s, enum sched_act act,
     const struct sched_select *sel, sched_walk_fn fn, void *arg);
+/* A LIST walk of the messages qids names only (those still queued, in
+ * that order; unknown ones are skipped): the live state of a few messages
+ * without a pass over the queue. qids is copied. */
+struct sched_walk *sched_walk_ids(
+    struct sched *s, const char *const *qids, size_t n, sched_walk_fn fn, void *arg);
 void sched_walk_next(struct sched_walk *w);
 void sched_walk_cancel(struct sched_walk *w); /* NULL is fine */
 void sched_get_stats(const struct sched *s, struct sched_stats *st);

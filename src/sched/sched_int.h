@@ -224,6 +224,8 @@ struct sched {
 
 /* The qid of an entry as text. */
 void sched_qid_text(uint64_t qid, char out[SPOOL_QID_LEN + 1]);
+/* The number of a qid, or false when it is not 16 lowercase hex digits. */
+bool sched_qid_parse(const char *q, uint64_t *out);
 int64_t sched_mono_from_wall(int64_t wall_ms, int64_t now_wall, int64_t now_mono);
 /* Recipients of m still queued (RCPT_QUEUED). */
 size_t sched_msg_pending(const struct sched_msg *m);

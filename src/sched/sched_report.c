@@ -155,7 +155,9 @@ struct sched_walk {
     struct dest_sum held; /* SUMMARY: held mail, apart */
     sched_walk_fn fn;
     void *arg;
-    uint32_t pos;           /* next slab index */
+    uint64_t *ids; /* owned or NULL: only these messages (sched_walk_ids) */
+    size_t n_ids;
+    uint32_t pos;           /* next slab index (or index into ids) */
     uint64_t seq;           /* counts messages, for dest_sum.last_msg */
     struct event *ev;       /* a slice from the loop */
     struct walk_read *read; /* a batch being read */
@@ -529,16 +531,28 @@ read_new(struct sched_walk *w)
 
 /* One slice: what is in memory (or hinted) is reported at once, the rest
  * goes to a read. */
+/* Where the walk ends: the slab, or its list of ids. */
+static uint32_t
+walk_total(const struct sched_walk *w)
+{
+    return w->ids != NULL ? (uint32_t)w->n_ids : w->s->idx.n;
+}
+
 static void
 walk_slice(struct sched_walk *w)
 {
     struct sched *s = w->s;
     struct walk_read *r = NULL;
-    uint32_t end = s->idx.n - w->pos > WALK_SCAN ? w->pos + WALK_SCAN : s->idx.n;
+    uint32_t total = walk_total(w);
+    uint32_t end = total - w->pos > WALK_SCAN ? w->pos + WALK_SCAN : total;
     w->acts = 0;
     for (; w->pos < end && (r == NULL || r->n < WALK_READS) && w->acts < WALK_ACTS; w->pos++) {
-        const struct sched_ent *e = sidx_ent(&s->idx, w->pos);
+        uint32_t h = w->ids != NULL ? sidx_find(&s->idx, w->ids[w->pos]) : w->pos;
+        const struct sched_ent *e;
         const char *key;
+        if (h == SCHED_NONE)
+            continue;
+        e = sidx_ent(&s->idx, h);
         if (!(e->flags & ENT_USED) || (e->flags & ENT_DELETED))
             continue;
         if (w->acting) {
@@ -599,6 +613,7 @@ walk_free(struct sched_walk *w)
         free(w->sums[i].key);
     free(w->sums);
     map_free(w->sum_idx);
+    free(w->ids);
     free(w);
 }
 
@@ -606,7 +621,7 @@ walk_free(struct sched_walk *w)
 static void
 walk_emit(struct sched_walk *w)
 {
-    if (w->pos >= w->s->idx.n) {
+    if (w->pos >= walk_total(w)) {
         if (w->summary)
             sums_write(w);
         w->fn(w->arg, w->out.data ? w->out.data : "", w->out.len, SCHED_WALK_DONE);
@@ -660,6 +675,18 @@ sched_walk_act(struct sched *s, enum sched_act act, const struct sched_select *s
     w->act = act;
     select_copy(&w->sel, sel);
     w->sel_env = sched_select_needs_env(sel);
+    return w;
+}
+
+struct sched_walk *
+sched_walk_ids(struct sched *s, const char *const *qids, size_t n, sched_walk_fn fn, void *arg)
+{
+    struct sched_walk *w = sched_walk_start(s, false, fn, arg);
+    w->ids = xcalloc(n > 0 ? n : 1, sizeof(*w->ids));
+    for (size_t i = 0; i < n; i++) {
+        if (sched_qid_parse(qids[i], &w->ids[w->n_ids]))
+            w->n_ids++;
+    }
     return w;
 }
 

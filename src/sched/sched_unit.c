@@ -381,6 +381,7 @@ struct rcpt_dest {
     struct sched_dest *d;
     size_t idx;
     int64_t due;
+    bool archive; /* RCPT_K_ARCHIVE: a transaction of its own */
 };
 
 static int
@@ -389,6 +390,8 @@ rcpt_dest_cmp(const void *a, const void *b)
     const struct rcpt_dest *x = a, *y = b;
     if (x->d != y->d)
         return (uintptr_t)x->d < (uintptr_t)y->d ? -1 : 1;
+    if (x->archive != y->archive)
+        return x->archive ? 1 : -1;
     return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
@@ -416,16 +419,20 @@ sched_units_build(struct sched *s, struct sched_msg *m, bool now)
         route_decide(s->cfg, env->sender, env->rcpts[i].addr, &dd);
         v[n].d = dest_get(s, &dd);
         v[n].idx = i;
+        v[n].archive = (env->rcpts[i].kind & RCPT_K_ARCHIVE) != 0;
         v[n].due = now ? mono : sched_mono_from_wall(env->rcpts[i].next_try_ms, wall, mono);
         n++;
     }
     qsort(v, n, sizeof(*v), rcpt_dest_cmp);
     /* One unit (one transaction) per destination, of at most
-     * max_rcpts_per_txn recipients, sized by its own recipients. */
+     * max_rcpts_per_txn recipients, sized by its own recipients. The
+     * archive copy goes alone: its content differs (the envelope fields
+     * above it), and it must not be seen by the other recipients' server. */
     for (size_t i = 0; i < n;) {
         size_t j = i, k;
         struct sched_unit *u;
-        while (j < n && v[j].d == v[i].d && j - i < max)
+        while (j < n && v[j].d == v[i].d && j - i < max && v[j].archive == v[i].archive &&
+               (!v[i].archive || j == i))
             j++;
         u = unit_new(s, m, v[i].d, j - i);
         u->next_ms = v[i].due;
@@ -500,24 +507,62 @@ format_reply(const struct tern_status *st, char *out, size_t cap)
         snprintf(out, cap, "%d %s", st->code, st->text);
 }
 
+/* delivery's relay text, "host[addr]:port tls=SUMMARY tls_policy=P
+ * tls_verified=V" (the last two since outbound TLS policies), in parts;
+ * absent parts are "". */
+struct relay_parts {
+    char host[256], tls[128], policy[32], verified[32];
+};
+
+static void
+relay_word(const char *relay, const char *key, char *out, size_t cap)
+{
+    const char *p = strstr(relay, key);
+    size_t n;
+    out[0] = '\0';
+    if (p == NULL)
+        return;
+    p += strlen(key);
+    n = strcspn(p, " ");
+    snprintf(out, cap, "%.*s", (int)n, p);
+}
+
+static bool
+relay_split(const char *relay, struct relay_parts *rp)
+{
+    const char *t = relay != NULL ? strstr(relay, " tls=") : NULL;
+    if (t == NULL)
+        return false;
+    snprintf(rp->host, sizeof(rp->host), "%.*s", (int)(t - relay), relay);
+    relay_word(t, " tls=", rp->tls, sizeof(rp->tls));
+    relay_word(t, " tls_policy=", rp->policy, sizeof(rp->policy));
+    relay_word(t, " tls_verified=", rp->verified, sizeof(rp->verified));
+    return true;
+}
+
 /* The attempt in the history journal (ternctl queue show, trace). */
 static void
 journal_result(const char *event, const struct sched_msg *m, const struct spool_rcpt *r,
-    const char *relay, const char *reply, int64_t next_ms)
+    const char *relay, const char *tls_policy, const char *reply, int64_t next_ms)
 {
     struct hline h;
-    const char *t = relay != NULL ? strstr(relay, " tls=") : NULL;
+    struct relay_parts rp;
     history_begin(&h, m->env->qid, event);
     history_str(&h, "from", m->env->sender);
     history_str(&h, "recipient", r->addr);
-    if (t != NULL) {
-        /* "host[addr]:port tls=VERSION/CIPHER/VERIFIED" */
-        char host[256];
-        snprintf(host, sizeof(host), "%.*s", (int)(t - relay), relay);
-        history_str(&h, "relay", host);
-        history_str(&h, "tls", t + 5);
+    if (relay_split(relay, &rp)) {
+        history_str(&h, "relay", rp.host);
+        history_str(&h, "tls", rp.tls);
+        if (rp.policy[0] != '\0') {
+            history_str(&h, "tls_policy", rp.policy);
+            history_str(&h, "tls_verified", rp.verified);
+        }
     } else {
         history_str(&h, "relay", relay);
+        if (tls_policy != NULL) {
+            history_str(&h, "tls_policy", tls_policy);
+            history_str(&h, "tls_verified", "none");
+        }
     }
     history_str(&h, "reply", reply);
     if (next_ms > 0 && r->next_try_ms > 0)
@@ -529,11 +574,17 @@ journal_result(const char *event, const struct sched_msg *m, const struct spool_
  * reply, delay since arrival, delays=a/b/c/d, dsn=, status=. st: the
  * status the recipient ends with (an expiry's own, else the reply). */
 static void
-log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt *r,
+log_result(const char *event, struct sched_msg *m, const struct spool_rcpt *r,
     const struct delivery_rcpt_result *res, const struct tern_status *st, const char *relay,
     const char *reply, int64_t next_ms)
 {
+    static const struct {
+        const char *name;
+        enum spool_attempt_ev ev;
+    } evs[] = { { "deferred", SPOOL_ATT_DEFERRED }, { "delivered", SPOOL_ATT_DELIVERED },
+        { "bounced", SPOOL_ATT_BOUNCED }, { "expired", SPOOL_ATT_EXPIRED } };
     struct logline l;
+    struct relay_parts rp;
     char delay[32], delays[128], dsn[16];
     int64_t d = tern_now_ms() - m->env->arrival_ms;
     snprintf(delay, sizeof(delay), "%lld.%03llds", (long long)(d / 1000),
@@ -542,13 +593,20 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
     delivery_format_dsn(st, dsn, sizeof(dsn));
     log_begin(&l, LOG_INFO, m->env->qid, "delivery", event);
     log_str(&l, "to", r->addr);
-    if (relay != NULL && strstr(relay, " tls=") != NULL) {
-        /* delivery reports "host[addr]:port tls=VERSION/CIPHER/VERIFIED" */
-        const char *t = strstr(relay, " tls=");
-        log_strn(&l, "relay", relay, (size_t)(t - relay));
-        log_str(&l, "tls", t + 5);
+    if (relay_split(relay, &rp)) {
+        log_str(&l, "relay", rp.host);
+        log_str(&l, "tls", rp.tls);
+        if (rp.policy[0] != '\0') {
+            log_str(&l, "tls_policy", rp.policy);
+            log_str(&l, "tls_verified", rp.verified);
+        }
     } else {
         log_str(&l, "relay", relay ? relay : "none");
+        if (res->tls_policy != NULL) {
+            /* no server took it: the policy its hosts were under */
+            log_str(&l, "tls_policy", res->tls_policy);
+            log_str(&l, "tls_verified", "none");
+        }
     }
     log_str(&l, strcmp(event, "delivered") == 0 ? "reply" : "reason", reply);
     log_str(&l, "delay", delay);
@@ -562,7 +620,12 @@ log_result(const char *event, const struct sched_msg *m, const struct spool_rcpt
         log_str(&l, "next", next);
     }
     log_end(&l);
-    journal_result(event, m, r, relay, reply, next_ms);
+    journal_result(event, m, r, relay, relay ? NULL : res->tls_policy, reply, next_ms);
+    /* With the message too, in the state written after this attempt. */
+    for (size_t i = 0; i < TERN_ARRAY_LEN(evs); i++) {
+        if (strcmp(evs[i].name, event) == 0)
+            spool_env_add_attempt(m->env, (size_t)(r - m->env->rcpts), evs[i].ev, relay, reply);
+    }
 }
 
 /* A final result: does it call for a DSN? dr is filled either way. */

@@ -165,3 +165,12 @@ policy_may_relay(
         return false;
     return policy_domain_listed(cfg->relay_domains, cfg->n_relay_domains, at + 1);
 }
+
+bool
+policy_rcpt_checked(const struct config *cfg, const char *rcpt)
+{
+    const char *at = rcpt != NULL ? strrchr(rcpt, '@') : NULL;
+    if (cfg->relay_recipients == NULL || at == NULL)
+        return false;
+    return policy_domain_listed(cfg->relay_domains, cfg->n_relay_domains, at + 1);
+}

@@ -30,6 +30,12 @@
 bool policy_may_relay(
     const struct config *cfg, const struct sockaddr *addr, bool authenticated, const char *rcpt);
 
+/* Must rcpt be in relay_recipients to be accepted: the file is set and the
+ * recipient's domain is one of relay_domains (rules above)? For every
+ * client: mail from relay_networks or logged-in clients to those domains
+ * would be bounced by the same final hop. */
+bool policy_rcpt_checked(const struct config *cfg, const char *rcpt);
+
 /* Is addr in relay_networks (an IPv4-mapped IPv6 address as IPv4 too)? */
 bool policy_trusted_client(const struct config *cfg, const struct sockaddr *addr);
 

@@ -21,6 +21,7 @@
 #include "metrics/metrics.h"
 #include "policy.h"
 #include "privsep/privsep.h"
+#include "rcptmap.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -493,6 +494,12 @@ smtp_server_check(const struct config *cfg, struct buf *err)
     return rc;
 }
 
+int
+smtp_relay_recipients_check(const char *path, uid_t uid, gid_t gid, struct buf *err)
+{
+    return rcpt_list_check(path, uid, gid, err);
+}
+
 /* Swap in the security objects of a new configuration (main thread). The
  * loops get their references of tls with the configuration. */
 static void
@@ -533,7 +540,10 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, s
     pthread_mutex_init(&srv->adm_mu, NULL);
     srv->per_ip = map_new();
     srv->throttle = auth_throttle_new(AUTH_THROTTLE_MAX);
-    if (load_security(cfg, &tls, &users, &warn, err) < 0) {
+    srv->rcpts = rcpt_list_new();
+    if (rcpt_list_load(srv->rcpts, cfg->relay_recipients, err) < 0 ||
+        load_security(cfg, &tls, &users, &warn, err) < 0) {
+        buf_fini(&warn);
         smtp_server_free(srv);
         return NULL;
     }
@@ -631,6 +641,15 @@ smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *
     if (load_security(cfg, &tls, &users, &warn, err) < 0)
         return -1;
     if (rebind(srv, cfg, &set, err) < 0) {
+        tls_ctx_unref(tls);
+        auth_users_free(users);
+        buf_fini(&warn);
+        return -1;
+    }
+    /* relay_recipients is read again on reload, also when unchanged; a
+     * broken file refuses the reload and the list in use stays. */
+    if (rcpt_list_load(srv->rcpts, cfg->relay_recipients, err) < 0) {
+        smtp_listen_set_free(set);
         tls_ctx_unref(tls);
         auth_users_free(users);
         buf_fini(&warn);
@@ -801,6 +820,7 @@ smtp_server_free(struct smtp_server *srv)
     auth_users_free(srv->users);
     tls_ctx_unref(srv->tls);
     map_free(srv->per_ip);
+    rcpt_list_free(srv->rcpts);
     pthread_mutex_destroy(&srv->auth_mu);
     pthread_mutex_destroy(&srv->adm_mu);
     config_unref(srv->cfg);

@@ -15,6 +15,7 @@
 #include "config/config.h"
 #include "metrics/metrics.h"
 #include "policy.h"
+#include "rcptmap.h"
 #include "smtp_int.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -41,27 +42,15 @@ static void session_event_cb(struct bufferevent *bev, short what, void *arg);
 
 /* ---- deadlines (RFC 5321 §4.5.3.2) ---- */
 
-/* One timer per session, armed for an absolute time: a command line or a
- * data transfer has a deadline, not an idle timeout, so a client dripping
- * a byte now and then cannot hold its session longer (the idea of Postfix's
- * smtpd_per_record_deadline). */
-static void
-deadline_arm(struct smtp_session *s)
-{
-    int64_t left = s->deadline_ms - tern_mono_ms();
-    struct timeval tv;
-    if (left < 0)
-        left = 0;
-    tv.tv_sec = (time_t)(left / 1000);
-    tv.tv_usec = (suseconds_t)((left % 1000) * 1000);
-    evtimer_add(s->deadline, &tv);
-}
-
+/* A deadline per session, at an absolute time (in its loop's wheel,
+ * deadline.c): a command line or a data transfer has a deadline, not an
+ * idle timeout, so a client dripping a byte now and then cannot hold its
+ * session longer (the idea of Postfix's smtpd_per_record_deadline). */
 void
 smtp_session_deadline(struct smtp_session *s, int64_t ms)
 {
     s->deadline_ms = tern_mono_ms() + ms;
-    deadline_arm(s);
+    smtp_wheel_set(s);
 }
 
 void
@@ -69,7 +58,7 @@ smtp_session_data_progress(struct smtp_session *s, uint64_t bytes)
 {
     s->deadline_ms = smtp_data_deadline(
         s->deadline_ms, tern_mono_ms(), bytes, s->cfg->min_data_rate, s->cfg->data_timeout_ms);
-    deadline_arm(s);
+    smtp_wheel_set(s);
 }
 
 /* Is tern itself busy with the session (the client waits for us)? */
@@ -82,10 +71,9 @@ session_busy(const struct smtp_session *s)
                (s->auth_step == SMTP_AUTH_CHECK || s->auth_step == SMTP_AUTH_DELAY));
 }
 
-static void
-deadline_cb(evutil_socket_t fd, short what, void *arg)
+void
+smtp_session_deadline_fell(struct smtp_session *s)
 {
-    struct smtp_session *s = arg;
     struct logline l;
     bool data = s->state == SMTP_ST_DATA || s->state == SMTP_ST_BDAT;
     if (s->dead)
@@ -173,7 +161,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
         event_free(s->auth_timer);
     if (s->hs_timer)
         event_free(s->hs_timer);
-    event_free(s->deadline);
+    smtp_wheel_unset(s);
     if (s->flush_ev)
         event_free(s->flush_ev);
     if (s->rd_ev)
@@ -201,7 +189,7 @@ smtp_session_kill(struct smtp_session *s)
     /* Now, not at the free: ternd frees the resolver right after killing
      * every session. */
     smtp_name_cancel(s);
-    evtimer_del(s->deadline);
+    smtp_wheel_unset(s);
     smtp_session_read(s, false);
     bufferevent_disable(s->bev, EV_READ | EV_WRITE);
     bufferevent_setcb(s->bev, NULL, NULL, NULL, NULL);
@@ -499,6 +487,13 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
         s->reject_why = METRICS_REJ_RELAY_DENIED + 1;
         smtp_reply(s, 554, "5.7.1", "<%s>: Relay access denied", addr);
         smtp_log_refused(s, NULL, "relay denied", NULL, addr);
+        smtp_session_error(s);
+    } else if (policy_rcpt_checked(s->cfg, addr) && !rcpt_list_accepts(s->srv->rcpts, addr)) {
+        /* Refused now rather than bounced later to a sender who is most
+         * likely forged (backscatter). */
+        s->reject_why = METRICS_REJ_RECIPIENT + 1;
+        smtp_reply(s, 550, "5.1.1", "<%s>: Recipient address rejected: unknown user", addr);
+        smtp_log_refused(s, NULL, "unknown recipient", NULL, addr);
         smtp_session_error(s);
     } else {
         spool_env_add_rcpt(tx->env, addr, rp.orcpt, rp.notify);
@@ -869,7 +864,6 @@ smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int 
     memcpy(&s->peer, sa, (size_t)salen < sizeof(s->peer) ? (size_t)salen : sizeof(s->peer));
     sockaddr_ntop(sa, s->peer_str, sizeof(s->peer_str));
     s->state = SMTP_ST_CONNECTED;
-    s->deadline = evtimer_new(lp->base, deadline_cb, s);
     if (role == SMTP_ROLE_SMTPS) {
         if (s->tls_ctx == NULL || !smtp_tls_accept(s, fd))
             s->bev = NULL;
@@ -877,7 +871,7 @@ smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int 
         s->bev = bufferevent_socket_new(lp->base, fd, BEV_OPT_CLOSE_ON_FREE);
         s->rd_ev = event_new(lp->base, fd, EV_READ | EV_PERSIST, plain_read_cb, s);
     }
-    if (s->bev == NULL || s->deadline == NULL || (role != SMTP_ROLE_SMTPS && s->rd_ev == NULL)) {
+    if (s->bev == NULL || (role != SMTP_ROLE_SMTPS && s->rd_ev == NULL)) {
         if (s->rd_ev)
             event_free(s->rd_ev);
         if (s->bev != NULL)
@@ -886,8 +880,6 @@ smtp_session_start(struct smtp_loop *lp, int fd, const struct sockaddr *sa, int 
             evutil_closesocket(fd);
         if (s->hs_timer)
             event_free(s->hs_timer);
-        if (s->deadline)
-            event_free(s->deadline);
         tls_ctx_unref(s->tls_ctx);
         config_unref(s->cfg);
         free(s);

@@ -38,6 +38,7 @@ smtp_tx_free(struct smtp_tx *tx)
     if (tx->w)
         spool_writer_abort(tx->w);
     dkim_signer_free(tx->dkim);
+    smtp_checks_free(tx->checks);
     spool_env_free(tx->env);
     smtp_data_reader_fini(&tx->rd);
     free(tx->verdict_by);
@@ -219,6 +220,14 @@ smtp_dkim_at_commit(struct config *cfg, struct spool_writer *w, size_t skip)
         dkim_attach(w, signer, skip);
 }
 
+void
+smtp_archive_at_commit(const struct config *cfg, struct spool_writer *w)
+{
+    /* RFC 3461 NOTIFY=NEVER: the sender never learns of the archive. */
+    if (cfg->always_bcc != NULL)
+        spool_writer_add_rcpt(w, cfg->always_bcc, DSN_NOTIFY_NEVER, RCPT_K_ARCHIVE);
+}
+
 /* Start the spool writer and write the Received header: the start of DATA
  * and of the first BDAT chunk. Nothing touches a disk before the commit, so
  * this cannot fail; a full disk is answered at the end of the data. */
@@ -235,6 +244,7 @@ tx_open(struct smtp_session *s)
     tx->dkim_skip = rcvd.len;
     buf_fini(&rcvd);
     tx_dkim_start(s);
+    smtp_checks_open(s);
 }
 
 void
@@ -262,7 +272,7 @@ tx_discarding(struct smtp_tx *tx)
     const struct smtp_scan *sc = &tx->rd.sc;
     if (sc->content > tx->max_size)
         tx->too_big = true;
-    return tx->too_big || sc->bad_eol || sc->has_nul || sc->too_long;
+    return tx->too_big || sc->bad_eol || sc->has_nul || sc->too_long || tx->hdr_too_big;
 }
 
 /* The reader's sink: the transaction's spool writer. */
@@ -273,7 +283,10 @@ sink_stuffed(void *arg, struct evbuffer *src, size_t n, uint64_t content)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed_evbuffer(&tx->hscan, src, n);
-        spool_writer_add_stuffed(tx->w, src, n, content);
+        if (tx->checks != NULL)
+            smtp_checks_stuffed(tx, src, n, content);
+        else
+            spool_writer_add_stuffed(tx->w, src, n, content);
     } else if (evbuffer_drain(src, n) < 0)
         tern_panic("evbuffer_drain failed");
 }
@@ -285,7 +298,10 @@ sink_plain(void *arg, const char *p, size_t n)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
-        spool_writer_write(tx->w, p, n);
+        if (tx->checks != NULL)
+            smtp_checks_plain(tx, p, n);
+        else
+            spool_writer_write(tx->w, p, n);
     }
 }
 
@@ -296,10 +312,13 @@ sink_final(void *arg, const char *p, size_t n)
 {
     struct smtp_tx *tx = arg;
     const struct smtp_scan *sc = &tx->rd.sc;
-    if (!tx->too_big && !sc->bad_eol && !sc->has_nul && !sc->too_long) {
+    if (!tx->too_big && !sc->bad_eol && !sc->has_nul && !sc->too_long && !tx->hdr_too_big) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
-        spool_writer_write(tx->w, p, n);
+        if (tx->checks != NULL)
+            smtp_checks_plain(tx, p, n);
+        else
+            spool_writer_write(tx->w, p, n);
     }
 }
 
@@ -318,6 +337,9 @@ tx_rejected(struct smtp_session *s, struct tern_status *st)
         STATUS_SET(st, 550, "5.6.0", "Message contains NUL bytes");
     else if (tx->rd.sc.too_long)
         STATUS_SET(st, 500, "5.5.2", "Message line too long (limit %d octets)", SMTP_TEXT_LINE_MAX);
+    else if (tx->hdr_too_big)
+        STATUS_SET(st, 552, "5.3.4", "Message header section exceeds fixed limit of %d bytes",
+            SMTP_CHECKS_HEADER_MAX);
     else
         return false;
     return true;
@@ -411,6 +433,7 @@ journal_received(struct smtp_session *s, const char *qid)
  * smtp_tx_advance, false when it had nothing to do; either way it may have
  * decided with smtp_tx_decide. */
 static bool (*const tx_stages[])(struct smtp_session *s) = {
+    smtp_checks_stage,
     NULL,
 };
 
@@ -436,7 +459,7 @@ smtp_tx_advance(struct smtp_session *s)
     struct smtp_tx *tx = s->tx;
     TERN_ASSERT(s->state == SMTP_ST_FILTER && tx != NULL);
     /* Once refused, no later stage needs to look at it. */
-    while (tx->verdict != SMTP_V_REFUSE && tx_stages[tx->stage] != NULL) {
+    while (tx->verdict != SMTP_VERDICT_REFUSE && tx_stages[tx->stage] != NULL) {
         if (tx_stages[tx->stage++](s))
             return;
     }
@@ -459,6 +482,7 @@ tx_finish(struct smtp_session *s)
     /* A message that is all header gets the empty line that ends the header
      * section (RFC 5322 §2.1): receivers then see the fields as sent, and it
      * is what the DKIM signer signs. */
+    smtp_checks_data_end(s);
     if (!tx->hscan.done)
         spool_writer_write(tx->w, "\r\n", 2);
     /* Nothing more is read until the message is answered. */
@@ -476,8 +500,8 @@ tx_commit(struct smtp_session *s)
     struct smtp_tx *tx = s->tx;
     struct logline l;
     const char *qid = spool_writer_qid(tx->w);
-    if (tx->verdict == SMTP_V_REFUSE || tx->verdict == SMTP_V_DISCARD) {
-        bool refuse = tx->verdict == SMTP_V_REFUSE;
+    if (tx->verdict == SMTP_VERDICT_REFUSE || tx->verdict == SMTP_VERDICT_DISCARD) {
+        bool refuse = tx->verdict == SMTP_VERDICT_REFUSE;
         if (refuse) {
             smtp_reply_status(s, &tx->verdict_st);
             smtp_log_refused(s, qid, tx->verdict_st.text, NULL, NULL);
@@ -497,8 +521,8 @@ tx_commit(struct smtp_session *s)
         smtp_session_process(s);
         return;
     }
-    if (tx->verdict == SMTP_V_HOLD)
-        tx->env->held = true;
+    if (tx->verdict == SMTP_VERDICT_HOLD)
+        spool_writer_hold(tx->w); /* the writer's copy of the envelope is the one stored */
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);
@@ -515,7 +539,7 @@ tx_commit(struct smtp_session *s)
         log_str(&l, "tls", s->tls_info->version);
         log_str(&l, "cipher", s->tls_info->cipher);
     }
-    if (tx->verdict == SMTP_V_HOLD) {
+    if (tx->verdict == SMTP_VERDICT_HOLD) {
         log_str(&l, "held_by", tx->verdict_by != NULL ? tx->verdict_by : "-");
     }
     log_end(&l);
@@ -524,6 +548,7 @@ tx_commit(struct smtp_session *s)
         dkim_attach(tx->w, tx->dkim, tx->dkim_skip);
         tx->dkim = NULL;
     }
+    smtp_archive_at_commit(s->cfg, tx->w);
     /* The answer comes back to this session's loop; the scheduler learns of
      * the message on the spool owner's (the main) loop. */
     spool_writer_commit(tx->w, s->lp->inbox, commit_cb, s->id, s->lp);

@@ -89,11 +89,20 @@ void
 smtp_name_start(struct smtp_session *s)
 {
     char rev[128];
+    const char *named;
     s->name_state = SMTP_NAME_OFF;
     if (s->lp->dns == NULL || !s->cfg->smtpd_peername_lookup ||
         dns_reverse_name((const struct sockaddr *)&s->peer, rev, sizeof(rev)) < 0)
         return;
     s->name_state = SMTP_NAME_PENDING;
+    /* The hosts file first, as the system resolver: its line names the
+     * address both ways, so it needs no confirming. */
+    named = dns_hosts_name(s->lp->dns, &s->peer.sa);
+    if (named != NULL && str_is_domain(named, strlen(named), false)) {
+        s->client_name = xstrdup(named);
+        name_done(s, true);
+        return;
+    }
     s->name_q = dns_lookup_rr(s->lp->dns, rev, DNS_RR_PTR, ptr_cb, s);
     if (s->name_q == NULL)
         name_done(s, false);

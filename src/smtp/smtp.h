@@ -11,6 +11,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "config/config.h"
 #include "util/buf.h"
@@ -92,5 +93,13 @@ int smtp_server_check_fds(const struct config *cfg, uint64_t limit, struct buf *
  * start of w's content (not signed). Any thread. */
 struct spool_writer;
 void smtp_dkim_at_commit(struct config *cfg, struct spool_writer *w, size_t skip);
+/* Every message that enters the spool (SMTP, submission, the maildrop's
+ * pickup) gets cfg's always_bcc, when set, as one more recipient of the
+ * same stored message: RCPT_K_ARCHIVE, NOTIFY=NEVER. Call just before the
+ * commit, once the recipients are final. Any thread. */
+void smtp_archive_at_commit(const struct config *cfg, struct spool_writer *w);
+/* For ternd --check: relay_recipients at path as the relay running as
+ * uid:gid will find it. 0, or -1 with a line in err. */
+int smtp_relay_recipients_check(const char *path, uid_t uid, gid_t gid, struct buf *err);
 
 #endif

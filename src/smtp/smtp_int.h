@@ -37,6 +37,7 @@
 
 struct bufferevent;
 struct dkim_signer;
+struct smtp_checks;
 struct dns;
 struct dns_query;
 struct loopq;
@@ -76,10 +77,10 @@ enum smtp_auth_step {
 
 /* What the stages after the data decided, least to most severe. */
 enum smtp_verdict {
-    SMTP_V_ACCEPT,  /* queue it */
-    SMTP_V_HOLD,    /* queue it held (quarantine): visible, not delivered */
-    SMTP_V_DISCARD, /* answer 250 and drop it */
-    SMTP_V_REFUSE,  /* answer verdict_st (4xx or 5xx), keep nothing */
+    SMTP_VERDICT_ACCEPT,  /* queue it */
+    SMTP_VERDICT_HOLD,    /* queue it held (quarantine): visible, not delivered */
+    SMTP_VERDICT_DISCARD, /* answer 250 and drop it */
+    SMTP_VERDICT_REFUSE,  /* answer verdict_st (4xx or 5xx), keep nothing */
 };
 
 struct smtp_tx {
@@ -94,6 +95,9 @@ struct smtp_tx {
      * the start of the content). */
     struct dkim_signer *dkim; /* owned or NULL */
     size_t dkim_skip;
+    /* inbound_checks (checks.c): owned or NULL when the client is not checked */
+    struct smtp_checks *checks;
+    bool hdr_too_big; /* the header section held for the checks passed its bound */
     /* BDAT */
     uint64_t chunk_left; /* bytes of the current chunk still to read */
     bool chunk_last;
@@ -103,7 +107,7 @@ struct smtp_tx {
      * the complete message run in turn (session_data.c, tx_stages) and may
      * decide its fate; the most severe decision wins. */
     size_t stage;                  /* the next stage to start */
-    enum smtp_verdict verdict;     /* SMTP_V_ACCEPT unless a stage decided */
+    enum smtp_verdict verdict;     /* SMTP_VERDICT_ACCEPT unless a stage decided */
     struct tern_status verdict_st; /* the reply when refused */
     char *verdict_by;              /* owned or NULL: who decided, for the log */
 };
@@ -128,6 +132,14 @@ struct smtp_listen_set {
     int *fds;              /* owned, n * n_loops */
 };
 
+/* The deadlines of a loop's sessions: a list per second (deadline.c). */
+#define SMTP_WHEEL_SLOTS 512
+struct smtp_wheel {
+    struct smtp_session *slot[SMTP_WHEEL_SLOTS];
+    struct event *tick;
+    int64_t done_s; /* every second up to this one has been looked at */
+};
+
 /* One receive loop: an event base with its own listeners and sessions.
  * With workers = 1 the only loop is the main loop (no thread); otherwise
  * each loop runs on a thread of its own (workers.c). */
@@ -150,6 +162,7 @@ struct smtp_loop {
     struct smtp_listener **listeners;
     size_t n_listeners;
     struct map *sessions; /* id -> session */
+    struct smtp_wheel wheel;
     /* session id -> struct hline *: a message's "received" journal line,
      * written once the commit succeeds (the session may be gone by then) */
     struct map *journal_pending;
@@ -162,6 +175,8 @@ struct smtp_loop {
     atomic_size_t open;             /* sessions in the map */
     atomic_uint_least64_t accepted; /* sessions started since start */
 };
+
+struct rcpt_list;
 
 struct smtp_server {
     struct event_base *base; /* the main loop */
@@ -189,6 +204,7 @@ struct smtp_server {
     size_t n_outsiders;   /* guarded by adm_mu: sessions of clients outside relay_networks */
     atomic_size_t n_open; /* n_sessions, for readers without the lock */
     atomic_uint_least64_t next_id;
+    struct rcpt_list *rcpts; /* relay_recipients; thread safe; the server's whole life */
 };
 
 /* Is AUTH configured (a users table here, or the keys process's)? */
@@ -223,9 +239,11 @@ struct smtp_session {
     enum smtp_state bdat_prev_state;
     struct smtp_tx *tx;
     bool dead;
-    bool outsider;          /* the client is outside relay_networks (counted in n_outsiders) */
-    struct event *deadline; /* owned: the client's deadline (smtp_session_deadline) */
-    int64_t deadline_ms;    /* when it falls, tern_mono_ms() time */
+    bool outsider; /* the client is outside relay_networks (counted in n_outsiders) */
+    /* The client's deadline (smtp_session_deadline), in its loop's wheel
+     * (deadline.c) while dl_pprev is set. */
+    struct smtp_session *dl_next, **dl_pprev;
+    int64_t deadline_ms; /* when it falls, tern_mono_ms() time */
     struct event
         *flush_ev; /* owned, made when first needed: closing goes on once the TLS layers drained */
     /* A plaintext socket is read by tern itself (see plain_read_cb), not
@@ -311,6 +329,14 @@ void smtp_session_process(struct smtp_session *s);
 /* The client has ms from now (the next command line, the data, the last
  * reply's flush) before 421 4.4.2 and close; replaces the deadline set. */
 void smtp_session_deadline(struct smtp_session *s, int64_t ms);
+/* deadline.c: the wheel of lp (false when its timer cannot be made), and a
+ * session's place in it at s->deadline_ms (set) or out of it (unset). */
+bool smtp_wheel_init(struct smtp_loop *lp);
+void smtp_wheel_fini(struct smtp_loop *lp);
+void smtp_wheel_set(struct smtp_session *s);
+void smtp_wheel_unset(struct smtp_session *s);
+/* The wheel's call when s's deadline has come (session.c). */
+void smtp_session_deadline_fell(struct smtp_session *s);
 /* bytes of message data arrived: extend the data deadline (min_data_rate,
  * at most data_timeout ahead). */
 void smtp_session_data_progress(struct smtp_session *s, uint64_t bytes);
@@ -329,6 +355,28 @@ void smtp_data_in(struct smtp_session *s, struct evbuffer *in);
 void smtp_bdat_in(struct smtp_session *s, struct evbuffer *in);
 /* Free a transaction, aborting its spool writer (NULL is fine). */
 void smtp_tx_free(struct smtp_tx *tx);
+
+/* checks.c: inbound_checks. The header section of a checked message is
+ * held back, at most this many bytes (552 5.3.4 beyond). */
+#define SMTP_CHECKS_HEADER_MAX (256 * 1024)
+/* At the start of the data: checks for this client (tx->checks), SPF
+ * started. */
+void smtp_checks_open(struct smtp_session *s);
+/* The data sink when tx->checks: takes n bytes off src (stuffed) or p[n]
+ * (content), holds the header section, writes the rest and hashes it. */
+void smtp_checks_stuffed(struct smtp_tx *tx, struct evbuffer *src, size_t n, uint64_t content);
+void smtp_checks_plain(struct smtp_tx *tx, const char *p, size_t n);
+/* End of the data: a header section still held is written. */
+void smtp_checks_data_end(struct smtp_session *s);
+/* The first stage: waits for the checks (inbound_check_timeout at most),
+ * prefixes the Authentication-Results field, enforces DMARC. */
+bool smtp_checks_stage(struct smtp_session *s);
+void smtp_checks_free(struct smtp_checks *c); /* cancels its lookups; NULL fine */
+/* The Authentication-Results field (RFC 8601) of results (each "method=
+ * result property=value ...", tokens separated by spaces), folded at 78
+ * characters where the tokens allow, CRLF-terminated, appended to out. */
+void smtp_authres_render(
+    const char *authserv_id, const char *const *results, size_t n, struct buf *out);
 
 /* session_tls.c: STARTTLS (RFC 3207) and implicit TLS (RFC 8314). */
 bool smtp_starttls_offered(const struct smtp_session *s);

@@ -228,7 +228,7 @@ smtp_loop_new(struct smtp_server *srv, unsigned idx, bool threaded, struct buf *
     /* Until its thread starts, the main thread may act on the loop itself
      * (as on one whose thread has ended). */
     lp->joined = true;
-    if (lp->base == NULL || lp->inbox == NULL) {
+    if (lp->base == NULL || lp->inbox == NULL || !smtp_wheel_init(lp)) {
         buf_printf(err, "cannot make receive loop %u: %s\n", idx, strerror(errno ? errno : ENOMEM));
         smtp_loop_free(lp);
         return NULL;
@@ -357,6 +357,7 @@ smtp_loop_free(struct smtp_loop *lp)
     smtp_loop_unbind(lp);
     if (lp->accept_timer)
         event_free(lp->accept_timer);
+    smtp_wheel_fini(lp);
     if (lp->threaded)
         dns_free(lp->dns); /* a thread that never ran */
     map_free(lp->sessions);

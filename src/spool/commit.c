@@ -148,6 +148,22 @@ spool_writer_qid(const struct spool_writer *w)
     return w->env->qid;
 }
 
+void
+spool_writer_hold(struct spool_writer *w)
+{
+    w->env->held = true;
+}
+
+int
+spool_writer_set_prefix(struct spool_writer *w, const char *fields)
+{
+    if (!spool_prefix_valid(fields, strlen(fields)))
+        return -1;
+    free(w->env->prefix);
+    w->env->prefix = xstrdup(fields);
+    return 0;
+}
+
 uint64_t
 spool_writer_size(const struct spool_writer *w)
 {
@@ -280,7 +296,15 @@ prep_run(struct workq_item *wi)
     if (w->chunk_err == 0 && w->fin != NULL) {
         c = spool_content_writer(w->sp, w->ext, w->n_ext, w->body);
         if (w->fin(w->env->qid, c, &pb, w->fin_arg) == 0 && pb.len > 0) {
-            if (spool_prefix_valid(pb.data, pb.len) && memchr(pb.data, '\0', pb.len) == NULL) {
+            /* The finisher's fields, checked on their own, go on top of
+             * those set before (the receiving checks'
+             * Authentication-Results): newest first. */
+            bool ok = spool_prefix_valid(pb.data, pb.len) && memchr(pb.data, '\0', pb.len) == NULL;
+            if (ok && w->env->prefix != NULL) {
+                buf_append_str(&pb, w->env->prefix);
+                ok = spool_prefix_valid(pb.data, pb.len);
+            }
+            if (ok) {
                 free(w->env->prefix);
                 w->env->prefix = buf_take(&pb);
             } else {
@@ -296,6 +320,13 @@ prep_run(struct workq_item *wi)
     buf_fini(&pb);
     w->it.kind = IT_MSG;
     workq_submit(w->sp->commitq, &w->it.wq);
+}
+
+void
+spool_writer_add_rcpt(struct spool_writer *w, const char *addr, unsigned notify, unsigned kind)
+{
+    spool_env_add_rcpt(w->env, addr, NULL, notify);
+    w->env->rcpts[w->env->n_rcpts - 1].kind = kind;
 }
 
 void

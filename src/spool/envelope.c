@@ -130,11 +130,84 @@ rcpt_fini(struct spool_rcpt *r)
     FREE_NULL(&r->last_error);
 }
 
+static void
+attempts_free(struct spool_env *env)
+{
+    for (size_t i = 0; i < env->n_attempts; i++) {
+        free(env->attempts[i].relay);
+        free(env->attempts[i].reply);
+    }
+    FREE_NULL(&env->attempts);
+    env->n_attempts = 0;
+}
+
+const char *
+spool_attempt_ev_name(enum spool_attempt_ev ev)
+{
+    static const char *const names[] = { "deferred", "delivered", "bounced", "expired" };
+    return (size_t)ev < TERN_ARRAY_LEN(names) ? names[ev] : NULL;
+}
+
+/* Keep at most SPOOL_ERR_MAX bytes of s, not cutting a UTF-8 sequence. */
+static char *
+dup_capped(const char *s)
+{
+    size_t n;
+    char *d;
+    if (s == NULL)
+        return NULL;
+    n = strlen(s);
+    if (n > SPOOL_ERR_MAX) {
+        n = SPOOL_ERR_MAX;
+        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+            n--;
+    }
+    d = xmalloc(n + 1);
+    memcpy(d, s, n);
+    d[n] = '\0';
+    return d;
+}
+
+static void
+attempt_push(struct spool_env *env, int64_t time_ms, size_t rcpt, enum spool_attempt_ev ev,
+    char *relay, char *reply)
+{
+    struct spool_attempt *a;
+    size_t n = env->n_attempts;
+    /* Capacity: n rounded up to a power of two (most messages have one or
+     * two attempts while they are in memory). */
+    _Static_assert((SPOOL_ATTEMPTS_MAX & (SPOOL_ATTEMPTS_MAX - 1)) == 0, "a power of two");
+    if (n < SPOOL_ATTEMPTS_MAX && (n & (n - 1)) == 0)
+        env->attempts = xrealloc(env->attempts, (n ? 2 * n : 1) * sizeof(*env->attempts));
+    if (env->n_attempts == SPOOL_ATTEMPTS_MAX) {
+        free(env->attempts[0].relay);
+        free(env->attempts[0].reply);
+        memmove(&env->attempts[0], &env->attempts[1],
+            (SPOOL_ATTEMPTS_MAX - 1) * sizeof(*env->attempts));
+        env->n_attempts--;
+    }
+    a = &env->attempts[env->n_attempts++];
+    a->time_ms = time_ms;
+    a->rcpt = (uint32_t)rcpt;
+    a->ev = ev;
+    a->relay = relay;
+    a->reply = reply;
+}
+
+void
+spool_env_add_attempt(struct spool_env *env, size_t rcpt, enum spool_attempt_ev ev,
+    const char *relay, const char *reply)
+{
+    TERN_ASSERT(rcpt < env->n_rcpts);
+    attempt_push(env, tern_now_ms(), rcpt, ev, dup_capped(relay), dup_capped(reply));
+}
+
 void
 spool_env_free(struct spool_env *env)
 {
     if (env == NULL)
         return;
+    attempts_free(env);
     free(env->sender);
     free(env->envid);
     free(env->helo);
@@ -181,6 +254,12 @@ spool_env_dup(const struct spool_env *env)
         d->rcpts[i].addr = xstrdup(s->addr ? s->addr : "");
         d->rcpts[i].orcpt = dup_opt(s->orcpt);
         d->rcpts[i].last_error = dup_opt(s->last_error);
+    }
+    d->attempts = NULL;
+    d->n_attempts = 0;
+    for (size_t i = 0; i < env->n_attempts; i++) {
+        const struct spool_attempt *a = &env->attempts[i];
+        attempt_push(d, a->time_ms, a->rcpt, a->ev, dup_opt(a->relay), dup_opt(a->reply));
     }
     return d;
 }
@@ -270,6 +349,9 @@ spool_env_encode(const struct spool_env *env, struct buf *out)
         buf_append_char(out, ' ');
         esc_opt(out, r->orcpt);
         buf_printf(out, " %u", r->notify);
+        /* Only when set, so that envelopes without one read as before. */
+        if (r->kind != 0)
+            buf_printf(out, " %u", r->kind);
         rc |= line_end(out, start);
     }
     if (rc == 0) {
@@ -443,16 +525,19 @@ static int
 parse_rcpt(struct spool_env *env, const char *v, size_t n)
 {
     struct fsplit sp;
-    const char *fa, *fo, *fn;
-    size_t na, no, nn;
-    uint64_t notify;
+    const char *fa, *fo, *fn, *fk;
+    size_t na, no, nn, nk;
+    uint64_t notify, kind = 0;
     char *addr = NULL, *orcpt = NULL;
     struct spool_rcpt *r;
     if (env->n_rcpts >= SPOOL_RCPT_MAX)
         return -1;
     fsplit_init(&sp, v, n);
-    if (!next_field(&sp, &fa, &na) || !next_field(&sp, &fo, &no) || !next_field(&sp, &fn, &nn) ||
-        !sp.end)
+    if (!next_field(&sp, &fa, &na) || !next_field(&sp, &fo, &no) || !next_field(&sp, &fn, &nn))
+        return -1;
+    /* An optional fourth field: the recipient's kind (RCPT_K_*), never 0. */
+    if (!sp.end && (!next_field(&sp, &fk, &nk) || !sp.end ||
+                       get_num(fk, nk, RCPT_K_ALL, &kind) < 0 || kind == 0))
         return -1;
     if (get_num(fn, nn, 0xf, &notify) < 0 || spool_unesc(fa, na, &addr) < 0)
         return -1;
@@ -465,6 +550,7 @@ parse_rcpt(struct spool_env *env, const char *v, size_t n)
     free(r->addr);
     r->addr = addr;
     r->orcpt = orcpt;
+    r->kind = (unsigned)kind;
     return 0;
 }
 
@@ -643,6 +729,15 @@ spool_state_encode(const struct spool_env *env, struct buf *out)
         put_error(out, r->last_error);
         buf_append_char(out, '\n');
     }
+    for (size_t i = 0; i < env->n_attempts; i++) {
+        const struct spool_attempt *a = &env->attempts[i];
+        buf_printf(out, "a %" PRId64 " %" PRIu32 " %d ", a->time_ms < 0 ? 0 : a->time_ms, a->rcpt,
+            (int)a->ev);
+        put_error(out, a->relay);
+        buf_append_char(out, ' ');
+        put_error(out, a->reply);
+        buf_append_char(out, '\n');
+    }
 }
 
 struct rcpt_line {
@@ -673,10 +768,38 @@ parse_rcpt_state(const char *v, size_t n, struct rcpt_line *o)
     return 0;
 }
 
-/* Walk a STATE part A: held into *held, each recipient line to fn. */
+struct attempt_line {
+    uint64_t time, rcpt, ev;
+    const char *relay, *reply;
+    size_t nrelay, nreply;
+};
+
+static int
+parse_attempt(const char *v, size_t n, struct attempt_line *o)
+{
+    struct fsplit sp;
+    const char *f[3];
+    size_t nf[3];
+    fsplit_init(&sp, v, n);
+    for (int i = 0; i < 3; i++) {
+        if (!next_field(&sp, &f[i], &nf[i]))
+            return -1;
+    }
+    if (!next_field(&sp, &o->relay, &o->nrelay) || !next_field(&sp, &o->reply, &o->nreply) ||
+        !sp.end)
+        return -1;
+    if (get_num(f[0], nf[0], INT64_MAX, &o->time) < 0 ||
+        get_num(f[1], nf[1], SPOOL_RCPT_MAX, &o->rcpt) < 0 ||
+        get_num(f[2], nf[2], SPOOL_ATT_EXPIRED, &o->ev) < 0)
+        return -1;
+    return 0;
+}
+
+/* Walk a STATE part A: held into *held, each recipient line to fn, each
+ * attempt line to afn (when not NULL). */
 static int
 state_walk(const char *p, size_t n, bool *held, int (*fn)(const struct rcpt_line *rl, void *arg),
-    void *arg)
+    int (*afn)(const struct attempt_line *al, void *arg), void *arg)
 {
     struct lines ls = { p, n };
     const char *line;
@@ -692,6 +815,10 @@ state_walk(const char *p, size_t n, bool *held, int (*fn)(const struct rcpt_line
             seen_h = true;
         } else if (line[0] == 'r' && seen_h) {
             if (parse_rcpt_state(line + 2, len - 2, &rl) < 0 || fn(&rl, arg) < 0)
+                return -1;
+        } else if (line[0] == 'a' && seen_h) {
+            struct attempt_line al;
+            if (parse_attempt(line + 2, len - 2, &al) < 0 || (afn != NULL && afn(&al, arg) < 0))
                 return -1;
         } else {
             return -1;
@@ -718,6 +845,21 @@ apply_rcpt(const struct rcpt_line *rl, void *arg)
     return 0;
 }
 
+static int
+apply_attempt(const struct attempt_line *al, void *arg)
+{
+    struct spool_env *env = arg;
+    char *relay, *reply;
+    if (al->rcpt >= env->n_rcpts || unesc_opt(al->relay, al->nrelay, &relay) < 0)
+        return -1;
+    if (unesc_opt(al->reply, al->nreply, &reply) < 0) {
+        free(relay);
+        return -1;
+    }
+    attempt_push(env, (int64_t)al->time, al->rcpt, (enum spool_attempt_ev)al->ev, relay, reply);
+    return 0;
+}
+
 int
 spool_state_apply(struct spool_env *env, const char *p, size_t n)
 {
@@ -730,7 +872,8 @@ spool_state_apply(struct spool_env *env, const char *p, size_t n)
         r->next_try_ms = 0;
         FREE_NULL(&r->last_error);
     }
-    return state_walk(p, n, &env->held, apply_rcpt, env);
+    attempts_free(env);
+    return state_walk(p, n, &env->held, apply_rcpt, apply_attempt, env);
 }
 
 struct summary {
@@ -757,7 +900,7 @@ int
 spool_state_summary(const char *p, size_t n, int64_t *next_try_ms, uint32_t *pending, bool *held)
 {
     struct summary s = { 0, 0, false };
-    if (state_walk(p, n, held, sum_rcpt, &s) < 0)
+    if (state_walk(p, n, held, sum_rcpt, NULL, &s) < 0)
         return -1;
     *next_try_ms = s.next;
     *pending = s.pending;

@@ -30,6 +30,38 @@ list_next_age(const struct spool_env *env, int64_t now_ms, struct buf *out)
         out, ",\"age\":%" PRId64, now_ms > env->arrival_ms ? (now_ms - env->arrival_ms) / 1000 : 0);
 }
 
+/* The attempts kept with the message, oldest first (what `queue show`
+ * falls back on without the journal). */
+static void
+attempt_log_json(const struct spool_env *env, struct buf *out)
+{
+    buf_append_str(out, ",\"attempt_log\":[");
+    for (size_t i = 0; i < env->n_attempts; i++) {
+        const struct spool_attempt *a = &env->attempts[i];
+        const char *t = a->relay != NULL ? strstr(a->relay, " tls=") : NULL;
+        buf_printf(out, "%s{\"time\":%" PRId64 ",\"recipient\":", i ? "," : "", a->time_ms / 1000);
+        buf_append_json_str(out, a->rcpt < env->n_rcpts ? env->rcpts[a->rcpt].addr : NULL);
+        buf_append_str(out, ",\"event\":");
+        buf_append_json_str(out, spool_attempt_ev_name(a->ev));
+        buf_append_str(out, ",\"relay\":");
+        if (t != NULL) {
+            buf_append_char(out, '"');
+            buf_append_json(out, a->relay, (size_t)(t - a->relay));
+            buf_append_char(out, '"');
+            /* "tls=VERSION/CIPHER/BITS", then the policy words */
+            buf_append_str(out, ",\"tls\":\"");
+            buf_append_json(out, t + 5, strcspn(t + 5, " "));
+            buf_append_char(out, '"');
+        } else {
+            buf_append_json_str(out, a->relay);
+        }
+        buf_append_str(out, ",\"reply\":");
+        buf_append_json_str(out, a->reply);
+        buf_append_char(out, '}');
+    }
+    buf_append_char(out, ']');
+}
+
 void
 spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t idx, void *arg),
     void *arg, struct buf *out)
@@ -65,7 +97,13 @@ spool_env_list_json(const struct spool_env *env, const char *(*status)(size_t id
             buf_append_str(out, "null");
         buf_append_str(out, ",\"last_error\":");
         buf_append_json_str(out, r->last_error);
+        /* The always_bcc copy: shown as a recipient, marked as what it is. */
+        if (r->kind & RCPT_K_ARCHIVE)
+            buf_append_str(out, ",\"archive\":true");
         buf_append_char(out, '}');
     }
-    buf_append_str(out, "]}\n");
+    buf_append_char(out, ']');
+    if (env->n_attempts > 0)
+        attempt_log_json(env, out);
+    buf_append_str(out, "}\n");
 }

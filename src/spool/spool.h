@@ -76,16 +76,47 @@ enum {
     RCPT_F_DELAY_SENT = 1u << 1, /* the delay warning is queued: never again */
 };
 
+/* What a recipient is, fixed in the MSG record (struct spool_rcpt.kind). */
+enum {
+    /* The always_bcc archive copy: delivered in a transaction of its own
+     * with the X-Tern-Envelope-* fields above the message, never the
+     * subject of a DSN (its notify is DSN_NOTIFY_NEVER), and left out of
+     * what the sender or the other recipients can see. */
+    RCPT_K_ARCHIVE = 1u << 0,
+};
+#define RCPT_K_ALL RCPT_K_ARCHIVE
+
 struct spool_rcpt {
     char *addr;  /* owned; as given, without <>; may be UTF-8 */
     char *orcpt; /* owned or NULL: ORCPT value as given ("rfc822;" xtext) */
     unsigned notify;
+    unsigned kind; /* RCPT_K_*; 0 for a recipient the client named */
     enum rcpt_state state;
     uint32_t attempts;
     uint32_t flags;      /* RCPT_F_* */
     int64_t next_try_ms; /* wall clock of the next attempt; 0 = at once */
     char *last_error;    /* owned or NULL: last reply or reason, one line */
 };
+
+/* One delivery attempt for one recipient, kept with the message (the
+ * latest SPOOL_ATTEMPTS_MAX of them) so that `queue show` has them even
+ * without the history journal. */
+#define SPOOL_ATTEMPTS_MAX 32
+enum spool_attempt_ev {
+    SPOOL_ATT_DEFERRED,
+    SPOOL_ATT_DELIVERED,
+    SPOOL_ATT_BOUNCED,
+    SPOOL_ATT_EXPIRED
+};
+struct spool_attempt {
+    int64_t time_ms; /* wall clock */
+    uint32_t rcpt;   /* index into rcpts */
+    enum spool_attempt_ev ev;
+    char *relay; /* owned or NULL: "host[addr]:port tls=..." */
+    char *reply; /* owned or NULL: the reply or reason, one line */
+};
+/* "deferred", "delivered", "bounced", "expired"; NULL for another value. */
+const char *spool_attempt_ev_name(enum spool_attempt_ev ev);
 
 /* Where a piece of a stored body is: bytes [off, off+len) of segment seg. */
 struct spool_extent {
@@ -107,6 +138,8 @@ struct spool_env {
     char *client_addr;        /* owned or NULL */
     struct spool_rcpt *rcpts; /* owned array */
     size_t n_rcpts;
+    struct spool_attempt *attempts; /* owned: the latest first-to-last, in the STATE record */
+    size_t n_attempts;
     /* Owned or NULL: header fields sent before the body, each CRLF
      * terminated (DKIM-Signature fields made at commit by the writer's
      * finisher); not part of the body, at most SPOOL_PREFIX_MAX bytes. */
@@ -124,6 +157,10 @@ struct spool_env {
 void spool_env_free(struct spool_env *env);
 /* Deep copy. */
 struct spool_env *spool_env_dup(const struct spool_env *env);
+/* Record an attempt for recipient rcpt now (copies relay and reply);
+ * the oldest goes beyond SPOOL_ATTEMPTS_MAX. */
+void spool_env_add_attempt(struct spool_env *env, size_t rcpt, enum spool_attempt_ev ev,
+    const char *relay, const char *reply);
 /* Add a recipient (copies addr/orcpt). */
 void spool_env_add_rcpt(
     struct spool_env *env, const char *addr, const char *orcpt, unsigned notify);
@@ -214,6 +251,13 @@ void spool_writer_add_stuffed(
 /* Append message content (not stuffed; stuffed here as it is copied). */
 void spool_writer_write(struct spool_writer *w, const void *data, size_t len);
 uint64_t spool_writer_size(const struct spool_writer *w); /* content bytes so far */
+/* Queue the message held (as `queue hold` would): the writer keeps its
+ * own copy of the envelope, so this, not the caller's env, says it. */
+void spool_writer_hold(struct spool_writer *w);
+/* Header fields (CRLF-terminated, copied) to send before the content: the
+ * message's prefix, which a finisher's fields then go on top of. 0, or -1
+ * when they are not valid fields or longer than SPOOL_PREFIX_MAX. */
+int spool_writer_set_prefix(struct spool_writer *w, const char *fields);
 /* A finisher makes header fields for the prefix once all of the message is
  * there (DKIM signing), on a worker thread before the commit: fn reads the
  * content from body, appends complete CRLF-terminated fields to prefix and
@@ -223,6 +267,12 @@ typedef int (*spool_finish_fn)(
     const char *qid, struct spool_content *body, struct buf *prefix, void *arg);
 void spool_writer_set_finisher(
     struct spool_writer *w, spool_finish_fn fn, void (*free_fn)(void *arg), void *arg);
+/* Add a recipient the client did not name (the always_bcc archive copy)
+ * once the content is written, before the commit: it is durable in the
+ * same record as the others, and nothing made from the envelope earlier
+ * (the Received field) names it. kind: RCPT_K_*. */
+void spool_writer_add_rcpt(
+    struct spool_writer *w, const char *addr, unsigned notify, unsigned kind);
 /* Discard; w is consumed. */
 void spool_writer_abort(struct spool_writer *w);
 /* Commit; w is consumed. cb (may be NULL) runs later on to's loop with ok

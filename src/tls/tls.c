@@ -249,6 +249,12 @@ tls_client_ctx_new(const struct tls_client_opts *o, struct buf *err)
         goto fail;
     }
     SSL_CTX_set_verify(ctx, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+    /* DANE is turned on per connection (tls_client_dane); the context only
+     * has to know the digests it may meet. */
+    if (SSL_CTX_dane_enable(ctx) <= 0) {
+        err_openssl(err, "tls: cannot enable DANE", NULL);
+        goto fail;
+    }
     return wrap(ctx);
 fail:
     SSL_CTX_free(ctx);
@@ -286,6 +292,43 @@ tls_client_ssl_new(struct tls_ctx *t, const char *sni, const char *check_host)
 fail:
     SSL_free(ssl);
     return NULL;
+}
+
+int
+tls_client_dane(
+    SSL *ssl, const char *const *names, size_t n_names, const struct tls_dane_rec *recs, size_t n)
+{
+    int added = 0;
+    if (n_names == 0 || names[0] == NULL || SSL_dane_enable(ssl, names[0]) <= 0)
+        return -1;
+    /* RFC 7672 §3.2.1: a DANE-EE record binds the key, whatever names the
+     * certificate holds. */
+    SSL_dane_set_flags(ssl, DANE_FLAG_NO_DANE_EE_NAMECHECKS);
+    SSL_set_hostflags(ssl, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    for (size_t i = 1; i < n_names; i++) {
+        if (names[i] != NULL && *names[i] != '\0' && SSL_add1_host(ssl, names[i]) != 1)
+            return -1;
+    }
+    for (size_t i = 0; i < n; i++) {
+        /* > 0 taken; 0 unusable (an unknown digest, say): skipped. */
+        int rc = SSL_dane_tlsa_add(
+            ssl, recs[i].usage, recs[i].selector, recs[i].mtype, recs[i].data, recs[i].len);
+        if (rc > 0)
+            added++;
+        else if (rc < 0)
+            ERR_clear_error();
+    }
+    return added;
+}
+
+const char *
+tls_dane_match(SSL *ssl)
+{
+    uint8_t usage = 0;
+    if (SSL_get_verify_result(ssl) != X509_V_OK || SSL_get0_dane_authority(ssl, NULL, NULL) < 0 ||
+        SSL_get0_dane_tlsa(ssl, &usage, NULL, NULL, NULL, NULL) < 0)
+        return NULL;
+    return usage == 3 ? "dane-ee" : "dane-ta";
 }
 
 void

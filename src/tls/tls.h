@@ -68,6 +68,24 @@ SSL *tls_server_ssl_new(struct tls_ctx *t);
  * check_host. Caller owns. NULL on failure. */
 SSL *tls_client_ssl_new(struct tls_ctx *t, const char *sni, const char *check_host);
 
+/* DANE (RFC 6698, RFC 7672 §3) on a client SSL made by tls_client_ssl_new
+ * (with no check_host): OpenSSL's DANE verifier matches the peer's chain
+ * against the records. names[0] is the TLSA base domain (the MX host name)
+ * and, with the other names (the next-hop domain), the reference
+ * identifiers a DANE-TA(2) chain's leaf must match (RFC 7672 §3.2.2);
+ * DANE-EE(3) has no name checks (§3.2.1). Returns how many records OpenSSL
+ * took as usable (0: none), -1 on failure. */
+struct tls_dane_rec {
+    unsigned char usage, selector, mtype;
+    const unsigned char *data;
+    size_t len;
+};
+int tls_client_dane(
+    SSL *ssl, const char *const *names, size_t n_names, const struct tls_dane_rec *recs, size_t n);
+/* After the handshake of a DANE SSL: "dane-ee" or "dane-ta" when a record
+ * matched and the chain verified, else NULL. */
+const char *tls_dane_match(SSL *ssl);
+
 /* Describe an established connection. */
 void tls_describe(const SSL *ssl, struct tls_info *out);
 /* Why the peer's certificate did not verify ("self-signed certificate",

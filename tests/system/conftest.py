@@ -409,7 +409,10 @@ PYTHON_MODULES = [("aiosmtpd", "python3-aiosmtpd"), ("dkim", "python3-dkim"),
                   ("nacl", "python3-nacl"), ("yaml", "python3-yaml")]
 PROGRAMS = [("swaks", "swaks"), ("dnsmasq", "dnsmasq-base"), ("openssl", "openssl"),
             ("/usr/sbin/postfix", "postfix"), ("/usr/sbin/sendmail", "postfix"),
-            ("/usr/sbin/postqueue", "postfix"), ("chromium", "chromium")]
+            ("/usr/sbin/postqueue", "postfix"), ("chromium", "chromium"),
+            # the DNSSEC-signed test DNS of the DANE tests (dnssec.py)
+            ("/usr/sbin/nsd", "nsd"), ("/usr/sbin/unbound", "unbound"), ("ldns-signzone", "ldnsutils"),
+            ("ldns-keygen", "ldnsutils")]
 # swaks --support lines ("=== TLS supported") and what makes them so.
 SWAKS_FEATURES = [("TLS", "libnet-ssleay-perl"), ("Basic AUTH", "perl")]
 # Postfix's SASL client (test_postfix_client) needs the PLAIN and LOGIN plugins.
@@ -534,6 +537,17 @@ def tern(make_tern):
 @pytest.fixture
 def dnsmasq(tmp_path):
     d = Dnsmasq(str(tmp_path / "dnsmasq"))
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def dnssec(tmp_path):
+    """A sysutil-style DNSSEC world (tests/system/dnssec.py): add zones and
+    records, then start(); point dns_resolvers at .resolver."""
+    from dnssec import DnssecDns
+
+    d = DnssecDns(tmp_path / "dnssec")
     yield d
     d.stop()
 

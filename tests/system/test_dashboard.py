@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 import urllib.error
 import urllib.request
 
@@ -97,6 +98,18 @@ def test_dashboard_api(make_tern, sink):
         assert [e["event"] for e in m["events"]] == ["received", "deferred"], (q, m)
         assert all(e["id"] == qid for e in m["events"])
     assert api(port, "/api/message?q=nobody%40nowhere.test")["events"] == []
+
+    # The live state of a message still queued, as `ternctl queue show`
+    # has it: each recipient's status, attempts, next attempt, last error.
+    m = api(port, "/api/message?q=" + qid)
+    assert [x["id"] for x in m["queued"]] == [qid], m
+    rcpts = m["queued"][0]["recipients"]
+    assert [r["address"] for r in rcpts] == ["tempfail@dest.test"], rcpts
+    assert rcpts[0]["status"] == "deferred" and rcpts[0]["attempts"] == 1, rcpts
+    assert rcpts[0]["next_attempt"] > time.time() + 600, rcpts  # retry_initial=1h
+    assert rcpts[0]["last_error"].startswith("451 "), rcpts
+    # Found by address: only what is still queued is live.
+    assert api(port, "/api/message?q=ok%40dest.test")["queued"] == []
 
     # Bad requests.
     assert get(port, "/api/message")[0] == 400

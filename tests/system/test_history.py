@@ -129,6 +129,15 @@ def test_deferred_then_delivered(tern, sink):
     for f in os.listdir(hdir):
         assert stat.S_IMODE(os.stat(hdir / f).st_mode) == 0o600
 
+    # Without the journal (its files expired, or lost), the attempts kept
+    # with the message still answer.
+    for f in os.listdir(hdir):
+        os.unlink(hdir / f)
+    s2 = show(tern, qid2)
+    att = s2["recipients"][0]["attempts"]
+    assert att and "451 4.3.0" in att[0]["reply"], s2
+    assert f"127.0.0.1]:{sink.port}" in att[0]["host"], s2
+
 
 def test_bounced_and_dsn(tern, sink):
     u = uid()

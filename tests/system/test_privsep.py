@@ -461,7 +461,9 @@ def starttls_plain(port):
 def test_relay_left_by_a_killed_parent_keeps_the_spool(make_tern, sink):
     """kill -9 of the parent alone: the relay, still finishing a message,
     holds the spool's lock, so a new ternd on the spool exits 1 until the
-    relay is gone, and then starts."""
+    relay is gone, and then starts. The relay is stopped (SIGSTOP) while the
+    new one tries: a relay that finishes quickly would otherwise be gone
+    before the new one looks, on a slow machine."""
     t = make_tern()
     relay = t.relay_pid()
     c = t.raw()
@@ -470,15 +472,19 @@ def test_relay_left_by_a_killed_parent_keeps_the_spool(make_tern, sink):
     assert c.cmd(f"RCPT TO:<r-{uid()}@example.org>").code == 250
     assert c.cmd("DATA").code == 354
     c.send(b"Subject: half\r\n\r\nthe relay waits for the rest\r\n")
-    t.proc.kill()  # the parent only
-    t.proc.wait()
-    t.expect_dead = True
-    assert os.path.exists(f"/proc/{relay}"), "the relay finishes its session"
-    other = make_tern(start=False, spool_dir=t.spool)
-    other.start(wait=False)
-    rc = other.proc.wait(timeout=30 * SLOW)
-    assert rc == 1, other.log_tail()
-    assert "in use by another ternd" in other.log_text()
+    os.kill(relay, signal.SIGSTOP)
+    try:
+        t.proc.kill()  # the parent only
+        t.proc.wait()
+        t.expect_dead = True
+        assert os.path.exists(f"/proc/{relay}"), "the relay finishes its session"
+        other = make_tern(start=False, spool_dir=t.spool)
+        other.start(wait=False)
+        rc = other.proc.wait(timeout=30 * SLOW)
+        assert rc == 1, other.log_tail()
+        assert "in use by another ternd" in other.log_text()
+    finally:
+        os.kill(relay, signal.SIGCONT)
     c.close()
 
     def gone():

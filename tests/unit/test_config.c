@@ -185,9 +185,10 @@ static const char full_conf[] =
     "log_level = debug"; /* no newline at the end */
 
 /* A DKIM key that loads (check_files loads dkim_sign keys): Ed25519, PKCS#8. */
-static const char dkim_key_pem[] = "-----BEGIN PRIVATE KEY-----\n"
-                                   "MC4CAQAwBQYDK2VwBCIEINsKVMCsuJTPnIMGY+YcmXMJiEiTGOeTkTXPQn5lAlUm\n"
-                                   "-----END PRIVATE KEY-----\n";
+static const char dkim_key_pem[] =
+    "-----BEGIN PRIVATE KEY-----\n"
+    "MC4CAQAwBQYDK2VwBCIEINsKVMCsuJTPnIMGY+YcmXMJiEiTGOeTkTXPQn5lAlUm\n"
+    "-----END PRIVATE KEY-----\n";
 
 static void
 test_full_file(void **state)
@@ -500,6 +501,36 @@ test_errors(void **state)
 }
 
 static void
+test_mx_tls_policy(void **state)
+{
+    static const struct {
+        const char *input;
+        int want; /* policy bits, or -1: refused */
+    } cases[] = {
+        { "", MX_TLS_POLICY_DANE | MX_TLS_POLICY_MTASTS }, /* the default */
+        { "mx_tls_policy =\n", 0 },
+        { "mx_tls_policy = dane\n", MX_TLS_POLICY_DANE },
+        { "mx_tls_policy = mta-sts\n", MX_TLS_POLICY_MTASTS },
+        { "mx_tls_policy = mta-sts, dane\n", MX_TLS_POLICY_DANE | MX_TLS_POLICY_MTASTS },
+        { "mx_tls_policy = dane tlsa\n", -1 },
+        { "mx_tls_policy = DANE\n", -1 },
+    };
+    for (size_t i = 0; i < N(cases); i++) {
+        struct buf errs = BUF_INIT;
+        struct config *c = load_text(cases[i].input, NULL, 0, false, &errs);
+        if (cases[i].want < 0) {
+            assert_null(c);
+            assert_non_null(strstr(errs.data, "bad mx_tls_policy word"));
+        } else {
+            assert_non_null(c);
+            assert_int_equal(c->mx_tls_policies, (unsigned)cases[i].want);
+            config_unref(c);
+        }
+        buf_fini(&errs);
+    }
+}
+
+static void
 test_all_errors_reported(void **state)
 {
     struct buf errs = BUF_INIT;
@@ -740,6 +771,7 @@ main(void)
         cmocka_unit_test_setup_teardown(test_check_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_is_setting, setup, teardown),
         cmocka_unit_test_setup_teardown(test_golden, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_mx_tls_policy, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -793,7 +793,7 @@ test_two_rcpts_one_rejected(void **state)
         QUIT_OK, END };
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
-    char want_relay[64];
+    char want_relay[128];
     add_job(h, "s@y.test", two_rcpts, 2, body1, false);
     h_go(h, 1);
     assert_int_equal(h->res[0].id, 100);
@@ -802,7 +802,8 @@ test_two_rcpts_one_rejected(void **state)
     assert_string_equal(h->res[0].res[0].st.text, "queued as X");
     check_rcpt(&h->res[0], 1, DELIV_PERM, 550, "5.1.1", true);
     assert_string_equal(h->res[0].res[1].st.text, "no such user");
-    snprintf(want_relay, sizeof(want_relay), "127.0.0.1[127.0.0.1]:%u tls=none", h->srv.port);
+    snprintf(want_relay, sizeof(want_relay),
+        "127.0.0.1[127.0.0.1]:%u tls=none tls_policy=opportunistic tls_verified=none", h->srv.port);
     assert_true(h->res[0].has_relay);
     assert_string_equal(h->res[0].relay, want_relay);
     run_until(h, all_closed); /* idle timeout, then QUIT */
@@ -1198,12 +1199,13 @@ test_localhost_resolves(void **state)
         { ".", "250 ok\r\n", ACT_REPLY }, QUIT_OK, END };
     const struct step *sc[] = { s1 };
     struct harness *h = h_new(sc, 1);
-    char want[64];
+    char want[128];
     snprintf(h->dest->hops[0].host, sizeof(h->dest->hops[0].host), "localhost");
     add_job(h, "s@y.test", one_rcpt, 1, body1, false);
     h_go(h, 1);
     check_rcpt(&h->res[0], 0, DELIV_OK, 250, "", true);
-    snprintf(want, sizeof(want), "localhost[127.0.0.1]:%u tls=none", h->srv.port);
+    snprintf(want, sizeof(want),
+        "localhost[127.0.0.1]:%u tls=none tls_policy=opportunistic tls_verified=none", h->srv.port);
     assert_string_equal(h->res[0].relay, want);
     run_until(h, all_closed);
     h_free(h);
@@ -1535,7 +1537,8 @@ static void
 check_relay(const struct tres *r, const char *host, const char *addr)
 {
     char want[DELIV_RELAY_MAX];
-    snprintf(want, sizeof(want), "%s[%s]:%u tls=none", host, addr, mx_port);
+    snprintf(want, sizeof(want), "%s[%s]:%u tls=none tls_policy=opportunistic tls_verified=none",
+        host, addr, mx_port);
     assert_true(r->has_relay);
     assert_string_equal(r->relay, want);
 }
@@ -1822,6 +1825,74 @@ test_log_fields(void **state)
     }
 }
 
+/* ---- the archive copy's envelope fields ---- */
+
+static void
+test_archive_head(void **state)
+{
+    static const struct {
+        const char *sender;
+        const char *rcpts[6];
+        unsigned archive_at; /* index of the archive recipient + 1; 0: none */
+        const char *want;
+    } cases[] = {
+        { "s@x", { "a@y", "arch@v", NULL }, 2,
+            "X-Tern-Envelope-From: <s@x>\r\nX-Tern-Envelope-To: a@y\r\n" },
+        { "", { "arch@v", "a@y", "b@y", NULL }, 1,
+            "X-Tern-Envelope-From: <>\r\nX-Tern-Envelope-To: a@y, b@y\r\n" },
+        /* 19 + 1 + 30 + 2 + 30 = 82 > 78: the second address goes on a
+         * continuation line. */
+        { "s@x",
+            { "aaaaaaaaaaaaaaaaaaaaaaa@y.test", "bbbbbbbbbbbbbbbbbbbbbbb@y.test", "c@y", NULL }, 0,
+            "X-Tern-Envelope-From: <s@x>\r\n"
+            "X-Tern-Envelope-To: aaaaaaaaaaaaaaaaaaaaaaa@y.test,\r\n"
+            " bbbbbbbbbbbbbbbbbbbbbbb@y.test, c@y\r\n" },
+        /* Exactly 78 characters stays on one line... */
+        { "s@x", { "aaaaaaaaaaaaaaaaaaaaaaa@y.test", "bbbbbbbbbbbbbbbbbbb@y.test", NULL }, 0,
+            "X-Tern-Envelope-From: <s@x>\r\n"
+            "X-Tern-Envelope-To: aaaaaaaaaaaaaaaaaaaaaaa@y.test, bbbbbbbbbbbbbbbbbbb@y.test\r\n" },
+        /* ... but not with the comma a next address needs. */
+        { "s@x", { "aaaaaaaaaaaaaaaaaaaaaaa@y.test", "bbbbbbbbbbbbbbbbbbb@y.test", "c@y", NULL }, 0,
+            "X-Tern-Envelope-From: <s@x>\r\n"
+            "X-Tern-Envelope-To: aaaaaaaaaaaaaaaaaaaaaaa@y.test,\r\n"
+            " bbbbbbbbbbbbbbbbbbb@y.test, c@y\r\n" },
+        /* An address longer than a line stands alone. */
+        { "s@x",
+            { "a@y",
+                "lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll"
+                "lllll@y",
+                "b@y", NULL },
+            0,
+            "X-Tern-Envelope-From: <s@x>\r\n"
+            "X-Tern-Envelope-To: a@y,\r\n"
+            " lllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll"
+            "l@y,\r\n b@y\r\n" },
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct spool_env *env = xcalloc(1, sizeof(*env));
+        struct buf out = BUF_INIT;
+        size_t idx;
+        struct delivery_job job;
+        env->sender = xstrdup(cases[i].sender);
+        for (size_t k = 0; cases[i].rcpts[k] != NULL; k++)
+            spool_env_add_rcpt(env, cases[i].rcpts[k], NULL, 0);
+        if (cases[i].archive_at > 0)
+            env->rcpts[cases[i].archive_at - 1].kind = RCPT_K_ARCHIVE;
+        delivery_archive_head(env, &out);
+        assert_string_equal(out.data, cases[i].want);
+        /* Only a job of the archive recipient alone is the archive's. */
+        memset(&job, 0, sizeof(job));
+        job.env = env;
+        job.n_rcpts = 1;
+        job.rcpt_idx = &idx;
+        for (idx = 0; idx < env->n_rcpts; idx++)
+            assert_int_equal(delivery_is_archive_job(&job), idx + 1 == cases[i].archive_at);
+        buf_fini(&out);
+        spool_env_free(env);
+    }
+}
+
 int
 main(void)
 {
@@ -1868,6 +1939,7 @@ main(void)
         cmocka_unit_test(test_mx_connection_shared),
         cmocka_unit_test(test_mx_max_connections),
         cmocka_unit_test(test_mx_delivery_rate),
+        cmocka_unit_test(test_archive_head),
     };
     signal(SIGPIPE, SIG_IGN); /* as ternd does: a peer closing mid-write */
     log_set_level(LOG_ERROR);

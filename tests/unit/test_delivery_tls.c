@@ -367,11 +367,99 @@ test_tls_settings(void **state)
     buf_fini(&err);
 }
 
+/* ---- DANE and the per-host TLS policy (RFC 7672, RFC 8461) ---- */
+
+static void
+tlsa_add(struct dns_rr_result *r, uint8_t u, uint8_t sel, uint8_t m, size_t dlen)
+{
+    unsigned char rd[3 + 64];
+    rd[0] = u, rd[1] = sel, rd[2] = m;
+    memset(rd + 3, 0x5a, dlen);
+    assert_int_equal(dns_rr_result_add(r, 0, rd, 3 + dlen), 0);
+}
+
+static void
+test_dane_state(void **state)
+{
+    struct dns_rr_result *r;
+    assert_int_equal(deliv_dane_state(NULL), DANE_NONE); /* insecure MX or address */
+    /* A failed lookup of a secure host: skip it (RFC 7672 §2.1.1). */
+    r = dns_rr_result_new(DNS_RR_TLSA, DNS_TEMP);
+    assert_int_equal(deliv_dane_state(r), DANE_TEMP);
+    dns_rr_result_free(r);
+    /* Validated absence: no DANE. */
+    r = dns_rr_result_new(DNS_RR_TLSA, DNS_NXDOMAIN);
+    r->secure = true;
+    assert_int_equal(deliv_dane_state(r), DANE_NONE);
+    r->rc = DNS_NODATA;
+    assert_int_equal(deliv_dane_state(r), DANE_NONE);
+    dns_rr_result_free(r);
+    /* Usable records, validated or not. */
+    r = dns_rr_result_new(DNS_RR_TLSA, DNS_NODATA);
+    tlsa_add(r, 3, 1, 1, 32);
+    assert_int_equal(deliv_dane_state(r), DANE_NONE); /* no AD bit: insecure */
+    r->secure = true;
+    assert_int_equal(deliv_dane_state(r), DANE_USABLE);
+    dns_rr_result_free(r);
+    /* Only unusable records (RFC 7672 §3.1.3): PKIX usages, unknown
+     * selector or matching type, a digest of the wrong length. */
+    r = dns_rr_result_new(DNS_RR_TLSA, DNS_NODATA);
+    r->secure = true;
+    tlsa_add(r, 0, 0, 1, 32);
+    tlsa_add(r, 1, 1, 1, 32);
+    tlsa_add(r, 3, 2, 1, 32);
+    tlsa_add(r, 3, 1, 3, 32);
+    tlsa_add(r, 2, 0, 1, 20);
+    assert_int_equal(deliv_dane_state(r), DANE_UNUSABLE);
+    tlsa_add(r, 2, 0, 2, 64); /* one usable is enough */
+    assert_int_equal(deliv_dane_state(r), DANE_USABLE);
+    dns_rr_result_free(r);
+}
+
+static void
+test_tls_policy_pick(void **state)
+{
+    const unsigned both = MX_TLS_POLICY_DANE | MX_TLS_POLICY_MTASTS;
+    static const struct {
+        unsigned policies;
+        enum tls_mode mode;
+        enum dane_state dane;
+        bool sts;
+        enum tls_policy want;
+    } cases[] = {
+        { 3, TLS_OPPORTUNISTIC, DANE_USABLE, false, TLSP_DANE },
+        { 3, TLS_OPPORTUNISTIC, DANE_USABLE, true, TLSP_DANE }, /* RFC 8461 §2 */
+        { 3, TLS_REQUIRED, DANE_USABLE, false, TLSP_DANE },
+        { 3, TLS_OPPORTUNISTIC, DANE_UNUSABLE, false, TLSP_OPPORTUNISTIC },
+        { 3, TLS_OPPORTUNISTIC, DANE_UNUSABLE, true, TLSP_MTA_STS },
+        { 3, TLS_OPPORTUNISTIC, DANE_NONE, true, TLSP_MTA_STS },
+        { 3, TLS_OPPORTUNISTIC, DANE_NONE, false, TLSP_OPPORTUNISTIC },
+        { MX_TLS_POLICY_MTASTS, TLS_OPPORTUNISTIC, DANE_USABLE, false, TLSP_OPPORTUNISTIC },
+        { MX_TLS_POLICY_MTASTS, TLS_OPPORTUNISTIC, DANE_USABLE, true, TLSP_MTA_STS },
+        { MX_TLS_POLICY_DANE, TLS_OPPORTUNISTIC, DANE_NONE, true, TLSP_OPPORTUNISTIC },
+        { 0, TLS_OPPORTUNISTIC, DANE_USABLE, true, TLSP_OPPORTUNISTIC },
+        { 3, TLS_NONE, DANE_USABLE, true, TLSP_OPPORTUNISTIC }, /* mx_tls = none */
+    };
+    assert_int_equal(both, 3u);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        enum tls_policy got =
+            deliv_tls_policy_pick(cases[i].policies, cases[i].mode, cases[i].dane, cases[i].sts);
+        if (got != cases[i].want)
+            fail_msg("case %zu: %s, want %s", i, deliv_tls_policy_name(got),
+                deliv_tls_policy_name(cases[i].want));
+    }
+    assert_string_equal(deliv_tls_policy_name(TLSP_DANE), "dane");
+    assert_string_equal(deliv_tls_policy_name(TLSP_MTA_STS), "mta-sts");
+    assert_string_equal(deliv_tls_policy_name(TLSP_OPPORTUNISTIC), "opportunistic");
+}
+
 int
 main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tls_step),
+        cmocka_unit_test(test_dane_state),
+        cmocka_unit_test(test_tls_policy_pick),
         cmocka_unit_test(test_tls_verdicts),
         cmocka_unit_test(test_auth_choose),
         cmocka_unit_test(test_b64),

@@ -1110,6 +1110,56 @@ test_spool_finisher(void **state)
     buf_fini(&walked);
 }
 
+/* A prefix set before the commit (the inbound checks'
+ * Authentication-Results) stays, under what the finisher adds. */
+static void
+test_spool_prefix_then_finisher(void **state)
+{
+    static const char ar[] = "Authentication-Results: h.test; dkim=none\r\n";
+    static const struct {
+        const char *give, *want;
+    } cases[] = {
+        { "DKIM-Signature: v=1\r\n", "DKIM-Signature: v=1\r\nAuthentication-Results: h.test; "
+                                     "dkim=none\r\n" },
+        { "", ar },
+        { "bad", ar },
+    };
+    char dir[128];
+    struct event_base *base = event_base_new();
+    struct loopq *q = loopq_new(base);
+    struct buf err = BUF_INIT;
+    struct spool *sp;
+    path_in(dir, sizeof(dir), tmpdir, "spool-ar");
+    sp = spool_open(dir, q, NULL, &err);
+    assert_non_null(sp);
+    for (size_t i = 0; i < TERN_ARRAY_LEN(cases); i++) {
+        struct fin_fx f = { 0, 0, 0, 0, cases[i].give };
+        struct spool_env *env = xcalloc(1, sizeof(*env)), *got;
+        struct spool_writer *w;
+        env->sender = xstrdup("a@example.com");
+        spool_env_add_rcpt(env, "b@example.net", NULL, 0);
+        w = spool_writer_new(sp, env);
+        assert_int_equal(spool_writer_set_prefix(w, "no CRLF"), -1);
+        assert_int_equal(spool_writer_set_prefix(w, ar), 0);
+        spool_writer_write(w, "Subject: x\r\n\r\nbody\r\n", 20);
+        spool_writer_set_finisher(w, fin_fn, fin_free, &f);
+        spool_writer_commit(w, q, fin_cb, 0, &f);
+        while (f.cbs == 0)
+            event_base_loop(base, EVLOOP_ONCE);
+        assert_int_equal(f.oks, 1);
+        got = spool_load(sp, env->qid);
+        assert_non_null(got);
+        assert_string_equal(got->prefix, cases[i].want);
+        spool_env_free(got);
+        spool_env_free(env);
+    }
+    spool_free(sp);
+    loopq_run(q);
+    loopq_free(q);
+    event_base_free(base);
+    buf_fini(&err);
+}
+
 /* The prefix travels in the MSG record's envelope text; only well-formed
  * header fields are accepted, on the way in and out. */
 static void
@@ -1169,6 +1219,7 @@ main(void)
         cmocka_unit_test(test_corpus_verifies),
         cmocka_unit_test(test_checker_rejects_tampering),
         cmocka_unit_test(test_spool_finisher),
+        cmocka_unit_test(test_spool_prefix_then_finisher),
         cmocka_unit_test(test_prefix_record),
     };
     return cmocka_run_group_tests(tests, setup_keys, teardown_keys);

@@ -520,40 +520,125 @@ test_cache(void **state)
     struct dns_cache *c = dns_cache_new(3);
     struct in_addr a = { htonl(0x7f000003) };
     enum dns_rc rc;
+    bool sec;
     const void *recs;
     size_t n;
-    dns_cache_put(c, DNS_T_A, "a.test", DNS_OK, &a, 1, sizeof(a), 60, 1000);
-    assert_true(dns_cache_get(c, DNS_T_A, "a.test", 1000 + 59999, &rc, &recs, &n));
+    dns_cache_put(c, DNS_T_A, "a.test", DNS_OK, false, &a, 1, sizeof(a), 60, 1000);
+    assert_true(dns_cache_get(c, DNS_T_A, "a.test", 1000 + 59999, &rc, &sec, &recs, &n));
     assert_int_equal(rc, DNS_OK);
     assert_int_equal(n, 1);
     assert_memory_equal(recs, &a, sizeof(a));
     /* Another type of the same name is another entry. */
-    assert_false(dns_cache_get(c, DNS_T_AAAA, "a.test", 1000, &rc, &recs, &n));
+    assert_false(dns_cache_get(c, DNS_T_AAAA, "a.test", 1000, &rc, &sec, &recs, &n));
     /* Expired at exactly the TTL. */
-    assert_false(dns_cache_get(c, DNS_T_A, "a.test", 1000 + 60000, &rc, &recs, &n));
+    assert_false(dns_cache_get(c, DNS_T_A, "a.test", 1000 + 60000, &rc, &sec, &recs, &n));
     assert_int_equal(dns_cache_count(c), 0);
     /* TEMP and TTL 0 are never stored. */
-    dns_cache_put(c, DNS_T_MX, "t.test", DNS_TEMP, NULL, 0, 1, 60, 0);
-    dns_cache_put(c, DNS_T_MX, "z.test", DNS_NXDOMAIN, NULL, 0, 1, 0, 0);
+    dns_cache_put(c, DNS_T_MX, "t.test", DNS_TEMP, false, NULL, 0, 1, 60, 0);
+    dns_cache_put(c, DNS_T_MX, "z.test", DNS_NXDOMAIN, false, NULL, 0, 1, 0, 0);
     assert_int_equal(dns_cache_count(c), 0);
     /* LRU: touching 1 makes 2 the victim when 4 arrives. */
-    dns_cache_put(c, DNS_T_MX, "1.test", DNS_NXDOMAIN, NULL, 0, 1, 60, 0);
-    dns_cache_put(c, DNS_T_MX, "2.test", DNS_NODATA, NULL, 0, 1, 60, 0);
-    dns_cache_put(c, DNS_T_MX, "3.test", DNS_NXDOMAIN, NULL, 0, 1, 60, 0);
-    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &recs, &n));
-    dns_cache_put(c, DNS_T_MX, "4.test", DNS_NXDOMAIN, NULL, 0, 1, 60, 0);
+    dns_cache_put(c, DNS_T_MX, "1.test", DNS_NXDOMAIN, false, NULL, 0, 1, 60, 0);
+    dns_cache_put(c, DNS_T_MX, "2.test", DNS_NODATA, false, NULL, 0, 1, 60, 0);
+    dns_cache_put(c, DNS_T_MX, "3.test", DNS_NXDOMAIN, false, NULL, 0, 1, 60, 0);
+    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &sec, &recs, &n));
+    dns_cache_put(c, DNS_T_MX, "4.test", DNS_NXDOMAIN, false, NULL, 0, 1, 60, 0);
     assert_int_equal(dns_cache_count(c), 3);
-    assert_false(dns_cache_get(c, DNS_T_MX, "2.test", 0, &rc, &recs, &n));
-    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &recs, &n));
+    assert_false(dns_cache_get(c, DNS_T_MX, "2.test", 0, &rc, &sec, &recs, &n));
+    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &sec, &recs, &n));
     assert_int_equal(rc, DNS_NXDOMAIN);
     /* Replacing an entry keeps the count. */
-    dns_cache_put(c, DNS_T_MX, "1.test", DNS_NODATA, NULL, 0, 1, 60, 0);
+    dns_cache_put(c, DNS_T_MX, "1.test", DNS_NODATA, false, NULL, 0, 1, 60, 0);
     assert_int_equal(dns_cache_count(c), 3);
-    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &recs, &n));
+    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &sec, &recs, &n));
     assert_int_equal(rc, DNS_NODATA);
+    assert_false(sec);
+    /* The AD bit is kept with the answer: a validated answer replaced by an
+     * unvalidated one is no longer secure, and the other way round. */
+    dns_cache_put(c, DNS_T_MX, "1.test", DNS_NODATA, true, NULL, 0, 1, 60, 0);
+    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &sec, &recs, &n));
+    assert_true(sec);
+    dns_cache_put(c, DNS_T_MX, "1.test", DNS_NODATA, false, NULL, 0, 1, 60, 0);
+    assert_true(dns_cache_get(c, DNS_T_MX, "1.test", 0, &rc, &sec, &recs, &n));
+    assert_false(sec);
     dns_cache_clear(c);
     assert_int_equal(dns_cache_count(c), 0);
     dns_cache_free(c);
+}
+
+/* ---- TLSA and the AD bit ---- */
+
+static void
+test_tlsa_parse(void **state)
+{
+    unsigned char rd[3 + 65];
+    struct dns_tlsa t;
+    char txt[64];
+    static const struct {
+        uint8_t u, s, m;
+        size_t dlen;
+        int want;
+    } cases[] = {
+        { 3, 1, 1, 32, 0 },  /* DANE-EE SPKI SHA2-256 */
+        { 2, 0, 2, 64, 0 },  /* DANE-TA cert SHA2-512 */
+        { 3, 1, 0, 65, 0 },  /* exact: any length */
+        { 3, 1, 1, 31, -1 }, /* SHA2-256 digest of the wrong length */
+        { 3, 1, 2, 32, -1 }, /* SHA2-512 digest of the wrong length */
+        { 3, 1, 1, 0, -1 },  /* no data */
+        { 9, 9, 9, 5, 0 },   /* unknown parameters parse; the policy judges them */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        rd[0] = cases[i].u;
+        rd[1] = cases[i].s;
+        rd[2] = cases[i].m;
+        memset(rd + 3, 0xab, cases[i].dlen);
+        assert_int_equal(dns_tlsa_parse(rd, 3 + cases[i].dlen, &t), cases[i].want);
+        if (cases[i].want == 0) {
+            assert_int_equal(t.usage, cases[i].u);
+            assert_int_equal(t.selector, cases[i].s);
+            assert_int_equal(t.mtype, cases[i].m);
+            assert_int_equal(t.len, cases[i].dlen);
+            assert_ptr_equal(t.data, rd + 3);
+        }
+    }
+    assert_int_equal(dns_tlsa_parse(rd, 2, &t), -1);
+    {
+        unsigned char *big = calloc(1, 3 + DNS_TLSA_DATA_MAX + 1);
+        big[0] = 3;
+        assert_int_equal(dns_tlsa_parse(big, 3 + DNS_TLSA_DATA_MAX, &t), 0);
+        assert_int_equal(dns_tlsa_parse(big, 3 + DNS_TLSA_DATA_MAX + 1, &t), -1);
+        free(big);
+    }
+    rd[0] = 3, rd[1] = 1, rd[2] = 1;
+    memset(rd + 3, 0xab, 32);
+    assert_int_equal(dns_tlsa_parse(rd, 35, &t), 0);
+    dns_tlsa_format(&t, txt, sizeof(txt), 8);
+    assert_string_equal(txt, "3 1 1 abababab...");
+}
+
+static void
+test_answer_status(void **state)
+{
+    /* id, flags (QR RD RA [AD] rcode), qd, an, ns, ar */
+    unsigned char h[12] = { 0, 1, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0 };
+    bool ad = true;
+    assert_int_equal(dns_answer_status(h, sizeof(h), &ad), ARES_SUCCESS);
+    assert_false(ad);
+    h[3] = 0xa0; /* AD */
+    assert_int_equal(dns_answer_status(h, sizeof(h), &ad), ARES_SUCCESS);
+    assert_true(ad);
+    h[7] = 0; /* no answer: NODATA, still validated (a proven absence) */
+    assert_int_equal(dns_answer_status(h, sizeof(h), &ad), ARES_ENODATA);
+    assert_true(ad);
+    h[3] = 0xa3;
+    assert_int_equal(dns_answer_status(h, sizeof(h), &ad), ARES_ENOTFOUND);
+    h[3] = 0x82;
+    assert_int_equal(dns_answer_status(h, sizeof(h), &ad), ARES_ESERVFAIL);
+    assert_false(ad);
+    h[3] = 0x85;
+    assert_int_equal(dns_answer_status(h, sizeof(h), &ad), ARES_EREFUSED);
+    assert_int_equal(dns_answer_status(h, 11, &ad), ARES_EBADRESP);
+    assert_int_equal(dns_answer_status(NULL, 0, &ad), ARES_EBADRESP);
 }
 
 static void
@@ -910,6 +995,8 @@ main(void)
         cmocka_unit_test(test_dnsmasq_cache_and_down),
         cmocka_unit_test(test_dns_temp_no_server),
         cmocka_unit_test(test_dns_cancel_and_free),
+        cmocka_unit_test(test_tlsa_parse),
+        cmocka_unit_test(test_answer_status),
     };
     signal(SIGPIPE, SIG_IGN);
     log_set_level(LOG_ERROR);

@@ -1628,6 +1628,53 @@ test_units_split(void **state)
     h_free(h);
 }
 
+/* The always_bcc copy: a transaction of its own whose content is the
+ * envelope fields and then the message exactly as the others got it; the
+ * others' transaction never names it. */
+static void
+test_archive_alone(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, false);
+    struct spool_env *e = xcalloc(1, sizeof(*e));
+    struct spool_writer *w;
+    const struct srv_tx *real = NULL, *arch = NULL;
+    struct buf want = BUF_INIT;
+    e->sender = xstrdup("s@x.test");
+    e->body = BODY_7BIT;
+    spool_env_add_rcpt(e, "a@x.test", NULL, 0);
+    spool_env_add_rcpt(e, "b@x.test", NULL, 0);
+    w = spool_writer_new(h->sp, e);
+    spool_writer_write(w, body, strlen(body));
+    spool_writer_add_rcpt(w, "vault@x.test", DSN_NOTIFY_NEVER, RCPT_K_ARCHIVE);
+    spool_env_free(e);
+    h->committed = false;
+    spool_writer_commit(w, h->q, commit_cb, 7, h);
+    RUN_UNTIL(h, h->committed, 3000);
+    RUN_UNTIL(h, queue_count(h) == 0, 5000);
+    assert_int_equal(h->srv[0].n_tx, 2);
+    for (size_t i = 0; i < 2; i++) {
+        const struct srv_tx *t = &h->srv[0].tx[i];
+        if (t->n_rcpts == 1 && strcmp(t->rcpts[0], "vault@x.test") == 0)
+            arch = t;
+        else
+            real = t;
+    }
+    assert_non_null(arch);
+    assert_non_null(real);
+    assert_int_equal(real->n_rcpts, 2);
+    assert_string_equal(real->rcpts[0], "a@x.test");
+    assert_string_equal(real->rcpts[1], "b@x.test");
+    assert_string_equal(arch->from, "s@x.test");
+    buf_append_str(&want, "X-Tern-Envelope-From: <s@x.test>\r\n"
+                          "X-Tern-Envelope-To: a@x.test, b@x.test\r\n");
+    buf_append(&want, real->body.data, real->body.len);
+    assert_int_equal(arch->body.len, want.len);
+    assert_memory_equal(arch->body.data, want.data, want.len);
+    assert_null(memmem(real->body.data, real->body.len, "vault", 5));
+    buf_fini(&want);
+    h_free(h);
+}
+
 /* A held message is not delivered, even after a flush; release sends it. */
 static void
 test_hold_release(void **state)
@@ -1687,6 +1734,48 @@ test_hold_in_flight(void **state)
     RUN_UNTIL(h, queue_count(h) == 0, 3000);
     assert_int_equal(h->srv[0].n_mail, 2);
     assert_int_equal(stats(h).delivered, 1);
+    h_free(h);
+}
+
+/* A walk of named messages: their lines only, in the order asked, from
+ * memory or read from the spool; unknown and malformed ids skipped. */
+static void
+test_walk_ids(void **state)
+{
+    struct h *h = h_new(NULL, 0, NULL, true);
+    char q1[SPOOL_QID_LEN + 1], q2[SPOOL_QID_LEN + 1], q3[SPOOL_QID_LEN + 1];
+    struct buf out = BUF_INIT;
+    h->srv[0].stall_greeting = true; /* nothing leaves meanwhile */
+    h_submit(h, "s@x.test", rcpt_a, 1, q1);
+    h_submit(h, "s@x.test", rcpt_b, 1, q2);
+    h_submit(h, "s@x.test", rcpt_c, 1, q3);
+    for (int round = 0; round < 2; round++) {
+        const char *ids[] = { q3, "0123456789abcdef", "nonsense", q1 };
+        struct walk_out o = { &out, NULL, false };
+        const char *p1, *p3;
+        buf_reset(&out);
+        o.w = sched_walk_ids(h->s, ids, 4, walk_fn, &o);
+        RUN_UNTIL(h, o.done, 5000);
+        assert_int_equal(count_lines(out.data), 2);
+        p3 = strstr(out.data, q3);
+        p1 = strstr(out.data, q1);
+        assert_non_null(p3);
+        assert_non_null(p1);
+        assert_true(p3 < p1);
+        assert_null(strstr(out.data, q2));
+        if (round == 0) {
+            /* Held across a restart: out of memory, read from the spool. */
+            assert_int_equal(sched_hold(h->s, q1, true), 0);
+            assert_int_equal(sched_hold(h->s, q3, true), 0);
+            if (h->srv[0].ungreeted != NULL)
+                srv_greet(&h->srv[0]);
+            h->srv[0].stall_greeting = false;
+            h->srv[0].stall_dot = true;
+            assert_int_equal(h_restart(h, h->srv[0].port, NULL), 3);
+            assert_null(sidx_ent(&h->s->idx, sidx_find(&h->s->idx, strtoull(q1, NULL, 16)))->m);
+        }
+    }
+    buf_fini(&out);
     h_free(h);
 }
 
@@ -2169,6 +2258,7 @@ main(void)
         cmocka_unit_test(test_connection_refused),
         cmocka_unit_test(test_destination_freed),
         cmocka_unit_test(test_hold_release),
+        cmocka_unit_test(test_walk_ids),
         cmocka_unit_test(test_hold_in_flight),
         cmocka_unit_test(test_delete),
         cmocka_unit_test(test_expiry),
@@ -2189,6 +2279,7 @@ main(void)
         cmocka_unit_test(test_act_walk),
         cmocka_unit_test(test_flush_msg),
         cmocka_unit_test(test_units_split),
+        cmocka_unit_test(test_archive_alone),
         cmocka_unit_test(test_moved_body_read_again),
         cmocka_unit_test(test_delay_warning),
         cmocka_unit_test(test_delay_warning_notify),

@@ -287,6 +287,60 @@ test_env_roundtrip(void **state)
     buf_fini(&b);
 }
 
+/* A recipient's kind: written as a fourth T field only when set (so an
+ * envelope without one reads as before), read back, and bounded. */
+static void
+test_env_rcpt_kind(void **state)
+{
+    static const struct {
+        const char *t; /* the T line's value */
+        bool ok;
+        unsigned kind;
+    } cases[] = {
+        { "a@x - 0", true, 0 }, { "a@x - 1 1", true, RCPT_K_ARCHIVE },
+        { "a@x - 1 0", false, 0 },          /* 0 is never written */
+        { "a@x - 1 2", false, 0 },          /* unknown kind */
+        { "a@x - 1 1 1", false, 0 },        /* one field too many */
+        { "a@x - 1 ", false, 0 },           /* empty field */
+        { "a@x - 1 99999999999", false, 0 } /* out of range */
+    };
+    struct spool_env *e = make_env("s@x", 2), *d;
+    struct buf b = BUF_INIT;
+    (void)state;
+    memcpy(e->qid, "0123456789abcdef", 17);
+    e->rcpts[1].kind = RCPT_K_ARCHIVE;
+    e->rcpts[1].notify = DSN_NOTIFY_NEVER;
+    assert_int_equal(spool_env_encode(e, &b), 0);
+    assert_non_null(strstr(b.data, " 1 1\n"));
+    d = spool_env_decode(b.data, b.len);
+    assert_non_null(d);
+    assert_int_equal(d->rcpts[0].kind, 0);
+    assert_int_equal(d->rcpts[1].kind, RCPT_K_ARCHIVE);
+    assert_int_equal(d->rcpts[1].notify, DSN_NOTIFY_NEVER);
+    spool_env_free(d);
+    d = spool_env_dup(e);
+    assert_int_equal(d->rcpts[1].kind, RCPT_K_ARCHIVE);
+    spool_env_free(d);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct buf t = BUF_INIT;
+        buf_printf(&t,
+            "Q 0123456789abcdef\nA 1\nS s@x\nE -\nR 0\nB 0\nU 0\nX 0\nH -\nC -\n"
+            "T %s\nL 0 0\n",
+            cases[i].t);
+        d = spool_env_decode(t.data, t.len);
+        if (cases[i].ok) {
+            assert_non_null(d);
+            assert_int_equal(d->rcpts[0].kind, cases[i].kind);
+        } else {
+            assert_null(d);
+        }
+        spool_env_free(d);
+        buf_fini(&t);
+    }
+    spool_env_free(e);
+    buf_fini(&b);
+}
+
 static void
 test_state_roundtrip(void **state)
 {
@@ -320,6 +374,64 @@ test_state_roundtrip(void **state)
     buf_append_str(&b, "r 9 0 0 0 0 -\n");
     assert_int_equal(spool_state_apply(d, b.data, b.len), -1);
     buf_fini(&b);
+    spool_env_free(d);
+    spool_env_free(e);
+}
+
+/* Attempts kept with the message: in the STATE snapshot (escaped, NULL
+ * relay kept NULL), the latest SPOOL_ATTEMPTS_MAX only, copied by dup, and
+ * a damaged line refused. */
+static void
+test_state_attempts(void **state)
+{
+    struct spool_env *e = make_env("s@x", 2), *d = make_env("s@x", 2), *c;
+    struct buf b = BUF_INIT;
+    int64_t next;
+    uint32_t pending;
+    bool held;
+    spool_env_add_attempt(e, 1, SPOOL_ATT_DEFERRED, "mx.x[10.0.0.1]:25 tls=TLSv1.3/X/256",
+        "451 4.3.0 busy, try\tlater \"now\"");
+    spool_env_add_attempt(e, 0, SPOOL_ATT_DELIVERED, NULL, "250 ok");
+    spool_state_encode(e, &b);
+    assert_int_equal(spool_state_apply(d, b.data, b.len), 0);
+    assert_int_equal(d->n_attempts, 2);
+    assert_int_equal(d->attempts[0].rcpt, 1);
+    assert_int_equal(d->attempts[0].ev, SPOOL_ATT_DEFERRED);
+    assert_string_equal(d->attempts[0].relay, "mx.x[10.0.0.1]:25 tls=TLSv1.3/X/256");
+    assert_string_equal(d->attempts[0].reply, "451 4.3.0 busy, try\tlater \"now\"");
+    assert_true(d->attempts[0].time_ms > 0);
+    assert_null(d->attempts[1].relay);
+    assert_string_equal(d->attempts[1].reply, "250 ok");
+    assert_int_equal(spool_state_summary(b.data, b.len, &next, &pending, &held), 0);
+    /* A snapshot replaces the list. */
+    buf_reset(&b);
+    for (int i = 0; i < SPOOL_ATTEMPTS_MAX + 5; i++) {
+        char reply[32];
+        snprintf(reply, sizeof(reply), "451 try %d", i);
+        spool_env_add_attempt(e, 0, SPOOL_ATT_DEFERRED, "h", reply);
+    }
+    assert_int_equal(e->n_attempts, SPOOL_ATTEMPTS_MAX);
+    assert_string_equal(e->attempts[0].reply, "451 try 5");
+    c = spool_env_dup(e);
+    assert_int_equal(c->n_attempts, SPOOL_ATTEMPTS_MAX);
+    assert_string_equal(c->attempts[SPOOL_ATTEMPTS_MAX - 1].reply, "451 try 36");
+    spool_state_encode(c, &b);
+    assert_int_equal(spool_state_apply(d, b.data, b.len), 0);
+    assert_int_equal(d->n_attempts, SPOOL_ATTEMPTS_MAX);
+    assert_string_equal(d->attempts[0].reply, "451 try 5");
+    /* Damage: a recipient past the envelope, an unknown event, a field short. */
+    {
+        static const char *const bad[] = { "a 1 9 0 - -\n", "a 1 0 7 - -\n", "a 1 0 0 -\n" };
+        for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+            struct buf t = BUF_INIT;
+            buf_append_str(&t, "h 0\n");
+            buf_append_str(&t, bad[i]);
+            assert_int_equal(spool_state_apply(d, t.data, t.len), -1);
+            buf_fini(&t);
+        }
+    }
+    buf_fini(&b);
+    spool_env_free(c);
     spool_env_free(d);
     spool_env_free(e);
 }
@@ -1147,7 +1259,9 @@ main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_env_roundtrip),
+        cmocka_unit_test(test_env_rcpt_kind),
         cmocka_unit_test(test_state_roundtrip),
+        cmocka_unit_test(test_state_attempts),
         cmocka_unit_test(test_record_header),
         cmocka_unit_test_setup_teardown(test_commit_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_add_stuffed_moves, setup, teardown),

@@ -112,6 +112,27 @@ function eventRow(e) {
   return tr;
 }
 
+// The live state of the messages still queued: one row per recipient
+// not yet final, as `ternctl queue show` lists them.
+function showQueued(msgs) {
+  const rows = [];
+  for (const m of msgs) {
+    for (const r of m.recipients) rows.push({ id: m.id, held: m.held, r });
+  }
+  fillRows($("#queued tbody"), rows, (x) => {
+    const tr = document.createElement("tr");
+    tr.setAttribute("data-id", x.id);
+    cell(tr, x.id);
+    cell(tr, x.r.address);
+    cell(tr, x.held ? x.r.status + " (held)" : x.r.status);
+    cell(tr, x.r.attempts);
+    cell(tr, typeof x.r.next_attempt === "number" ? when(x.r.next_attempt * 1000) : "");
+    cell(tr, x.r.last_error || "");
+    return tr;
+  });
+  $("#queued").hidden = rows.length === 0;
+}
+
 async function poll() {
   try {
     const [s, t, d, r, e] = await Promise.all([get("/api/summary"), get("/api/throughput"),
@@ -174,9 +195,12 @@ $("#search").addEventListener("submit", async (ev) => {
   if (q === "") return;
   try {
     const m = await get("/api/message?q=" + encodeURIComponent(q));
+    showQueued(m.queued || []);
     fillRows($("#message tbody"), m.events, eventRow);
-    messageActions([...new Set(m.events.map((e) => e.id))]);
+    messageActions([...new Set(m.events.map((e) => e.id)
+      .concat((m.queued || []).map((x) => x.id)))]);
   } catch (err) {
+    showQueued([]);
     fillRows($("#message tbody"), [{ event: err.message }], eventRow);
     messageActions([]);
   }
