@@ -275,3 +275,47 @@ def test_ternctl_tls_show(dane):
     assert s["policy"] == ["mx1.plain.test: opportunistic"], out
 
     assert t.ctl("tls", "show").returncode == 2
+
+
+@pytest.fixture
+def sts_web(dane):
+    """An MTA-STS policy server for dane.test (mta-sts.dane.test on a
+    loopback address at port 443, certificate from the test CA)."""
+    from test_mtasts import PolicyServer
+
+    certs = dane.tmp / "certs"
+    web = make_leaf(certs, "web", "DNS:mta-sts.dane.test", dane.ca)
+    server = None
+    for i in range(60, 100):
+        try:
+            server = PolicyServer(f"127.0.0.{i}", *web)
+            break
+        except OSError:
+            continue
+    assert server is not None, "no loopback address with port 443 free"
+    dane.zone.a("mta-sts.dane.test", server.addr)
+    yield server
+    server.stop()
+
+
+def test_dane_wins_over_mta_sts_and_is_reported(dane, sts_web):
+    """RFC 8461 §2: a host with usable validated TLSA records is under DANE
+    even when the domain's enforce MTA-STS policy does not list it; the
+    session is counted for TLS-RPT as a tlsa policy."""
+    dane.zone.mx("dane.test", "mx1.dane.test", MX1)
+    dane.zone.tlsa("mx1.dane.test", dane.port, "3 1 1 " + spki_sha256(dane.cert))
+    dane.zone.rr("_mta-sts.dane.test", "TXT", '"v=STSv1; id=1;"')
+    sts_web.policy("enforce", mx="other.dane.test")
+    sts_web.start()
+    s = dane.sink()
+    t = dane.tern(tls_ca_file=dane.ca[0], tls_rpt="yes")
+    qid = send(t, "a@dane.test")
+    ev = t.wait_event("delivered", qid=qid)
+    assert ev["tls_policy"] == "dane" and ev["tls_verified"] == "dane-ee", ev
+    assert len(s.snapshot()) == 1
+    t.wait_event("policy_fetched", domain="dane.test")
+    assert not t.events("mx_not_in_policy")
+    day = wait_for(lambda: next((t.spool / "tlsrpt").iterdir(), None), desc="a TLS-RPT day file")
+    text = day.read_text()
+    assert "E\tdane.test\ttlsa\tsuccess\t" in text and "mx1.dane.test" in text, text
+    assert "3 1 1 " + spki_sha256(dane.cert).lower() in text, text

@@ -444,3 +444,77 @@ def test_policy_server_with_wrong_certificate_is_webpki_invalid(world):
     assert "https://mta-sts.sts.test" in ev["reason"]
     text = next((t.spool / "tlsrpt").iterdir()).read_text()
     assert "\tno-policy-found\tsts-webpki-invalid\t" in text
+
+
+def test_enforce_delivery_names_the_policy(world):
+    """Under an enforce policy the host's TLS policy is mta-sts: the plan,
+    the delivery line and the journal say so, with how the peer was
+    verified (pkix)."""
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    world.sink(cert=world.good)
+    t = world.tern()
+    qid = t.qid_of(send(t, "sts names its policy"))
+    ev = t.wait_event("delivered", qid=qid)
+    assert ev["tls_policy"] == "mta-sts" and ev["tls_verified"] == "pkix", ev
+    plan = t.wait_event("route_resolved", dest=f"mx:{DOM}")
+    assert plan["tls_policy"] == "mta-sts", plan
+
+    def traced():
+        o = t.ctl("trace", qid).stdout.decode()
+        return o if "delivered" in o else None
+
+    out = wait_for(traced, desc="trace with the delivery")
+    assert "tls_policy=mta-sts" in out and "tls_verified=pkix" in out, out
+
+
+def test_mx_tls_policy_without_mta_sts_never_looks_up(world):
+    """mx_tls_policy = dane: no MTA-STS lookup at all, so an enforce policy
+    the domain publishes is never fetched and the MX host, whose
+    certificate names another host, gets the mail opportunistically."""
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    s = world.sink(cert=world.wrong)
+    t = world.tern(mx_tls_policy="dane")
+    qid = t.qid_of(send(t, "sts off"))
+    ev = t.wait_event("delivered", qid=qid)
+    assert ev["tls_policy"] == "opportunistic" and ev["tls_verified"] == "none", ev
+    assert len(s.snapshot()) == 1
+    assert world.web.gets == 0, "the policy was fetched"
+    assert not (t.spool / "mta-sts" / DOM).exists()
+    assert not t.events("policy_fetched")
+
+
+def sections(text):
+    """`ternctl tls show` output as {section: [lines]}."""
+    out, cur = {}, None
+    for line in text.splitlines():
+        if line.startswith("[") and line.endswith("]"):
+            cur = out.setdefault(line[1:-1], [])
+        elif line.strip() and cur is not None:
+            cur.append(line)
+    return out
+
+
+def test_tls_show_has_the_mta_sts_section(world):
+    """The [mta-sts] section shows ternd's cached policy, and the [policy]
+    lines follow it: the listed MX host is mta-sts."""
+    world.sts_txt("1")
+    world.web.policy("enforce")
+    world.dns.start()
+    world.web.start()
+    world.sink(cert=world.good)
+    t = world.tern()
+    qid = t.qid_of(send(t, "sts show"))
+    t.wait_event("delivered", qid=qid)
+    p = t.ctl("tls", "show", DOM)
+    out = p.stdout.decode()
+    assert p.returncode == 0, (out, p.stderr.decode())
+    s = sections(out)
+    assert any("id 1 mode enforce" in ln for ln in s["mta-sts"]), out
+    assert f"mta-sts: mx {MX1}" in s["mta-sts"], out
+    assert s["policy"] == [f"{MX1}: mta-sts"], out
