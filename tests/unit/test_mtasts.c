@@ -245,6 +245,26 @@ test_render(void **state)
     mtasts_render(dir, "../etc", 1700, &out);
     buf_append_char(&out, '\0');
     assert_string_equal(out.data, "mta-sts: nothing cached for ../etc\n");
+    /* mtasts_cache_load, which tls show's policy lines use. */
+    {
+        struct mtasts_cached got;
+        char err[256];
+        assert_int_equal(mtasts_cache_load(dir, "example.com", &got, err, sizeof(err)), 0);
+        assert_int_equal(got.policy.mode, MTASTS_ENFORCE);
+        assert_int_equal(got.fetched_s, 1000);
+        mtasts_cached_fini(&got);
+        assert_int_equal(mtasts_cache_load(dir, "other.example", &got, err, sizeof(err)), 1);
+        assert_int_equal(mtasts_cache_load(dir, "../etc", &got, err, sizeof(err)), 1);
+        f = fopen(path, "w");
+        assert_non_null(f);
+        assert_int_equal(fputs("not a cache file\n", f) >= 0, 1);
+        assert_int_equal(fclose(f), 0);
+        assert_int_equal(mtasts_cache_load(dir, "example.com", &got, err, sizeof(err)), -1);
+        buf_reset(&out);
+        mtasts_render(dir, "example.com", 1700, &out);
+        buf_append_char(&out, '\0');
+        assert_non_null(strstr(out.data, "mta-sts: cache file damaged: "));
+    }
     unlink(path);
     snprintf(path, sizeof(path), "%s/" MTASTS_DIR, dir);
     rmdir(path);
