@@ -189,9 +189,8 @@ plan_order(const struct deliv_plan *p, uint16_t *order, uint32_t (*rnd)(void *),
 static void
 build_free(struct plan_build *b)
 {
-    for (size_t i = 0; i < b->n_hops; i++) {
+    for (size_t i = 0; i < b->n_hops; i++)
         dns_cancel(b->hops[i].q);
-    }
     for (size_t i = 0; i < b->n_hosts; i++) {
         dns_cancel(b->hosts[i]->q);
         dns_cancel(b->hosts[i]->tq);

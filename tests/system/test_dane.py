@@ -63,6 +63,12 @@ def send(t, rcpt):
     return t.qid_of(sender)
 
 
+def tlsrpt_day(t):
+    """The text of the one TLS-RPT day file (tls_rpt = yes)."""
+    day = wait_for(lambda: next((t.spool / "tlsrpt").iterdir(), None), desc="a TLS-RPT day file")
+    return day.read_text()
+
+
 def deferred_never_sent(t, sink, qid, rcpt, policy="dane"):
     """The deferral (4.7.5) names the policy; policy None: no host was left
     to try, the route itself failed and names none."""
@@ -93,10 +99,11 @@ def test_dane_ee_mismatch_defers(dane):
     dane.zone.mx("dane.test", "mx1.dane.test", MX1)
     dane.zone.tlsa("mx1.dane.test", dane.port, "3 1 1 " + spki_sha256(dane.other))
     s = dane.sink()
-    t = dane.tern()
+    t = dane.tern(tls_rpt="yes")
     qid = send(t, "a@dane.test")
     ev = deferred_never_sent(t, s, qid, "a@dane.test")
     assert "DANE" in ev["reason"] and "TLSA" in ev["reason"], ev
+    assert "E\tdane.test\ttlsa\tvalidation-failure\t" in tlsrpt_day(t), tlsrpt_day(t)
     hf = t.wait_event("host_failed", host="mx1.dane.test")
     assert hf["tls_policy"] == "dane", hf
 
@@ -152,11 +159,13 @@ def test_tlsa_lookup_failure_of_the_only_host_defers(dane):
     dane.zone.tlsa("mx1.dane.test", dane.port, "3 1 1 " + spki_sha256(dane.cert))
     dane.zone.make_bogus(f"_{dane.port}._tcp.mx1.dane.test", "TLSA")
     s = dane.sink()
-    t = dane.tern()
+    t = dane.tern(tls_rpt="yes")
     qid = send(t, "a@dane.test")
     ev = deferred_never_sent(t, s, qid, "a@dane.test", policy=None)
     assert "TLSA lookup" in ev["reason"], ev
     assert s.sessions_total == 0
+    # RFC 8460 §4.3.2.2: counted as a tlsa failure of the MX domain.
+    assert "E\tdane.test\ttlsa\tdnssec-invalid\t" in tlsrpt_day(t), tlsrpt_day(t)
 
 
 def test_dane_ta_with_the_right_name_delivers(dane):
@@ -315,7 +324,6 @@ def test_dane_wins_over_mta_sts_and_is_reported(dane, sts_web):
     assert len(s.snapshot()) == 1
     t.wait_event("policy_fetched", domain="dane.test")
     assert not t.events("mx_not_in_policy")
-    day = wait_for(lambda: next((t.spool / "tlsrpt").iterdir(), None), desc="a TLS-RPT day file")
-    text = day.read_text()
+    text = tlsrpt_day(t)
     assert "E\tdane.test\ttlsa\tsuccess\t" in text and "mx1.dane.test" in text, text
     assert "3 1 1 " + spki_sha256(dane.cert).lower() in text, text
