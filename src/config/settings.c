@@ -294,8 +294,10 @@ const struct cfg_setting config_settings[] = {
         .def = "1000",
         .off = OFF(max_recipients),
         .min = 1,
-        .max = 1000000,
-        .desc = "recipients per message; 452 4.5.3 beyond" },
+        /* The spool keeps at most 100,000 recipients a message: one is
+         * left for always_bcc's archive copy. */
+        .max = 99999,
+        .desc = "recipients per message (at most 99999); 452 4.5.3 beyond" },
     { .name = "max_sessions",
         .type = CFG_U32,
         .def = "1000",

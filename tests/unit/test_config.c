@@ -441,7 +441,7 @@ test_errors(void **state)
         { "bad log level", NULL, "log_level=crit",
             "-o log_level: bad value \"crit\" for log_level (allowed: debug, info, warn, error)\n" },
         { "bad number", "max_recipients = 0\n", NULL,
-            "tern.conf:1: bad number \"0\" for max_recipients (1..1000000)\n" },
+            "tern.conf:1: bad number \"0\" for max_recipients (1..99999)\n" },
         { "number overflow", "max_sessions = 99999999999999999999\n", NULL,
             "tern.conf:1: bad number \"99999999999999999999\" for max_sessions (1..1000000)\n" },
         { "bad domain", "relay_domains = good.example bad..example\n", NULL,
@@ -543,7 +543,7 @@ test_all_errors_reported(void **state)
         ov, N(ov), false, &errs);
     assert_null(c);
     assert_string_equal(errs.data,
-        "tern.conf:1: bad number \"many\" for max_recipients (1..1000000)\n"
+        "tern.conf:1: bad number \"many\" for max_recipients (1..99999)\n"
         "tern.conf:2: bad CIDR \"1.2.3.4/40\" in relay_networks\n"
         "tern.conf:2: bad CIDR \"::/200\" in relay_networks\n"
         "tern.conf:3: bad value \"xml\" for log_format (allowed: text, json)\n"
