@@ -497,8 +497,10 @@ tx_commit(struct smtp_session *s)
         smtp_session_process(s);
         return;
     }
-    if (tx->verdict == SMTP_V_HOLD)
+    if (tx->verdict == SMTP_V_HOLD) {
         tx->env->held = true;
+        spool_writer_hold(tx->w);
+    }
     log_begin(&l, LOG_INFO, qid, "smtp", "received");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "client", s->peer_str);

@@ -257,6 +257,12 @@ writer_free(struct spool_writer *w)
 }
 
 void
+spool_writer_hold(struct spool_writer *w)
+{
+    w->env->held = true;
+}
+
+void
 spool_writer_abort(struct spool_writer *w)
 {
     if (w == NULL)

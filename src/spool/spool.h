@@ -223,6 +223,9 @@ typedef int (*spool_finish_fn)(
     const char *qid, struct spool_content *body, struct buf *prefix, void *arg);
 void spool_writer_set_finisher(
     struct spool_writer *w, spool_finish_fn fn, void (*free_fn)(void *arg), void *arg);
+/* Queue the message held (quarantined): the writer's envelope is a copy,
+ * so a decision made after spool_writer_new reaches it here. */
+void spool_writer_hold(struct spool_writer *w);
 /* Discard; w is consumed. */
 void spool_writer_abort(struct spool_writer *w);
 /* Commit; w is consumed. cb (may be NULL) runs later on to's loop with ok
