@@ -31,6 +31,9 @@ libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
     # A real browser for the dashboard test (test_dashboard.py): headless
     # Chromium runs the page's script against a live ternd.
     pkgs="$pkgs chromium"
+    # Milter filters (test_milter.py): python3-milter (libmilter) for a
+    # filter of the test's own, and real rspamd in milter mode.
+    pkgs="$pkgs python3-milter rspamd"
 fi
 missing=""
 for p in $pkgs; do

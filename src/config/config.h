@@ -160,7 +160,12 @@ struct config {
     char *event_webhook_secret_file;  /* the HMAC key; read by the parent */
     uint32_t event_webhook_batch_size;
     char *event_webhook_ca_file;      /* NULL: the system store */
+    /* --- milter filters --- */
+    char *milters;             /* NULL: none; checked by milter_specs_parse at load */
+    int milter_default_action; /* enum config_milter_action */
+    int64_t milter_timeout_ms;
 };
+enum config_milter_action { MILTER_ACT_TEMPFAIL, MILTER_ACT_ACCEPT, MILTER_ACT_REJECT };
 
 /*
  * Load path (NULL: built-in defaults only) and apply overrides, each

@@ -40,6 +40,7 @@ smtp_tx_free(struct smtp_tx *tx)
     dkim_signer_free(tx->dkim);
     spool_env_free(tx->env);
     smtp_data_reader_fini(&tx->rd);
+    smtp_milter_tx_free(tx);
     free(tx->verdict_by);
     free(tx);
 }
@@ -56,8 +57,8 @@ rfc5322_date(int64_t ms, char *out, size_t cap)
 }
 
 /* The field, CRLF-terminated, appended to out. */
-static void
-add_received(struct smtp_session *s, const char *qid, struct buf *out)
+void
+smtp_add_received(struct smtp_session *s, const char *qid, struct buf *out)
 {
     struct smtp_tx *tx = s->tx;
     char date[64];
@@ -230,11 +231,15 @@ tx_open(struct smtp_session *s)
     TERN_ASSERT(tx->w == NULL); /* one writer per transaction */
     tx->w = spool_writer_new(s->srv->sp, tx->env);
     tx->max_size = s->cfg->max_message_size;
-    add_received(s, spool_writer_qid(tx->w), &rcvd);
+    smtp_add_received(s, spool_writer_qid(tx->w), &rcvd);
     spool_writer_write(tx->w, rcvd.data, rcvd.len);
     tx->dkim_skip = rcvd.len;
     buf_fini(&rcvd);
     tx_dkim_start(s);
+    if (s->cfg->milters != NULL) {
+        tx->mcopy = xcalloc(1, sizeof(*tx->mcopy));
+        tx->mcopy_bol = true;
+    }
 }
 
 void
@@ -273,6 +278,7 @@ sink_stuffed(void *arg, struct evbuffer *src, size_t n, uint64_t content)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed_evbuffer(&tx->hscan, src, n);
+        smtp_milter_copy_stuffed(tx, src, n);
         spool_writer_add_stuffed(tx->w, src, n, content);
     } else if (evbuffer_drain(src, n) < 0)
         tern_panic("evbuffer_drain failed");
@@ -285,6 +291,7 @@ sink_plain(void *arg, const char *p, size_t n)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
+        smtp_milter_copy_plain(tx, p, n);
         spool_writer_write(tx->w, p, n);
     }
 }
@@ -299,6 +306,7 @@ sink_final(void *arg, const char *p, size_t n)
     if (!tx->too_big && !sc->bad_eol && !sc->has_nul && !sc->too_long) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
+        smtp_milter_copy_plain(tx, p, n);
         spool_writer_write(tx->w, p, n);
     }
 }
@@ -411,6 +419,7 @@ journal_received(struct smtp_session *s, const char *qid)
  * smtp_tx_advance, false when it had nothing to do; either way it may have
  * decided with smtp_tx_decide. */
 static bool (*const tx_stages[])(struct smtp_session *s) = {
+    smtp_milter_stage,
     NULL,
 };
 
@@ -459,8 +468,10 @@ tx_finish(struct smtp_session *s)
     /* A message that is all header gets the empty line that ends the header
      * section (RFC 5322 §2.1): receivers then see the fields as sent, and it
      * is what the DKIM signer signs. */
-    if (!tx->hscan.done)
+    if (!tx->hscan.done) {
         spool_writer_write(tx->w, "\r\n", 2);
+        smtp_milter_copy_plain(tx, "\r\n", 2);
+    }
     /* Nothing more is read until the message is answered. */
     s->state = SMTP_ST_FILTER;
     smtp_session_read(s, false);

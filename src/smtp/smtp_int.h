@@ -40,6 +40,7 @@ struct dkim_signer;
 struct dns;
 struct dns_query;
 struct loopq;
+struct smtp_milter_run;
 struct evbuffer;
 struct evconnlistener;
 struct event;
@@ -106,6 +107,11 @@ struct smtp_tx {
     enum smtp_verdict verdict;     /* SMTP_V_ACCEPT unless a stage decided */
     struct tern_status verdict_st; /* the reply when refused */
     char *verdict_by;              /* owned or NULL: who decided, for the log */
+    /* milters (session_milter.c): the message's content, unstuffed, while
+     * milters are configured (owned or NULL), and the filters' run. */
+    struct buf *mcopy;
+    bool mcopy_bol;
+    struct smtp_milter_run *milter;
 };
 
 struct smtp_listener {
@@ -329,6 +335,18 @@ void smtp_data_in(struct smtp_session *s, struct evbuffer *in);
 void smtp_bdat_in(struct smtp_session *s, struct evbuffer *in);
 /* Free a transaction, aborting its spool writer (NULL is fine). */
 void smtp_tx_free(struct smtp_tx *tx);
+
+/* tern's Received field for the transaction's message queued as qid,
+ * CRLF-terminated, appended to out. */
+void smtp_add_received(struct smtp_session *s, const char *qid, struct buf *out);
+
+/* session_milter.c: the stage of milter filters; the copy of the message
+ * they see (fed by the data sinks while tx->mcopy is set); freed with the
+ * transaction. */
+bool smtp_milter_stage(struct smtp_session *s);
+void smtp_milter_copy_plain(struct smtp_tx *tx, const char *p, size_t n);
+void smtp_milter_copy_stuffed(struct smtp_tx *tx, struct evbuffer *src, size_t n);
+void smtp_milter_tx_free(struct smtp_tx *tx);
 
 /* session_tls.c: STARTTLS (RFC 3207) and implicit TLS (RFC 8314). */
 bool smtp_starttls_offered(const struct smtp_session *s);

@@ -1,0 +1,358 @@
+"""Milter filters (`milters`): a filter written with Debian's python3-milter
+(tests/system/milter_filter.py, libmilter underneath) on an inet: port and
+on a unix: socket, whose every action reaches the client or the sink; the
+default action when a filter is down or stalls; real rspamd in milter mode
+rejecting GTUBE."""
+import json
+import os
+import shutil
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from sysutil import WAIT, free_port, uid, wait_for
+
+HERE = Path(__file__).parent
+PYTHON = "/usr/bin/python3"
+
+
+class Filter:
+    """The test filter in a subprocess; seen() is what it logged."""
+
+    def __init__(self, spec, log, proc, sock_path=None):
+        self.spec, self.log, self.proc, self.sock_path = spec, log, proc, sock_path
+
+    def seen(self):
+        if not self.log.exists():
+            return []
+        return [json.loads(ln) for ln in self.log.read_text().splitlines() if ln.strip()]
+
+    def eom(self, subject):
+        return wait_for(lambda: [e for e in self.seen() if e["step"] == "eom"
+                                 and e["subject"] == subject],
+                        desc=f"the filter's eom for {subject}")[0]
+
+
+def _ready_inet(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+def _ready_unix(path):
+    if not os.path.exists(path):
+        return False
+    s = socket.socket(socket.AF_UNIX)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def start_filter(tmp_path):
+    started = []
+
+    def start(kind="inet"):
+        log = tmp_path / f"filter{len(started)}.jsonl"
+        sock_path = None
+        if kind == "inet":
+            port = free_port()
+            listen, spec = f"inet:{port}@127.0.0.1", f"inet:127.0.0.1:{port}"
+        else:
+            # sun_path is 108 bytes: a short directory the relay's user
+            # can search.
+            d = tempfile.mkdtemp(prefix="milt", dir="/tmp")
+            os.chmod(d, 0o711)
+            sock_path = f"{d}/f.sock"
+            listen, spec = f"unix:{sock_path}", f"unix:{sock_path}"
+        proc = subprocess.Popen([PYTHON, str(HERE / "milter_filter.py"), listen, str(log)],
+                                stdout=subprocess.DEVNULL, stderr=open(f"{log}.err", "w"))
+        f = Filter(spec, log, proc, sock_path)
+        started.append(f)
+        wait_for(lambda: proc.poll() is not None or (_ready_inet(port) if kind == "inet"
+                                                     else _ready_unix(sock_path)),
+                 desc="the milter filter listening")
+        assert proc.poll() is None, Path(f"{log}.err").read_text()
+        return f
+
+    yield start
+    for f in started:
+        f.proc.kill()
+        f.proc.wait()
+        if f.sock_path:
+            shutil.rmtree(os.path.dirname(f.sock_path), ignore_errors=True)
+
+
+def message(subject, body="Hello.\r\n", extra=""):
+    return (f"From: a@example.com\r\nTo: b@example.com\r\nSubject: {subject}\r\n"
+            f"X-Change: old\r\nX-Delete: bye\r\n{extra}\r\n{body}")
+
+
+def send(t, subject, rcpts=("b@example.com",), sender="a@example.com", body="Hello.\r\n"):
+    """(code, text) of the reply to the data."""
+    with t.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail(sender)[0] == 250
+        for r in rcpts:
+            assert s.rcpt(r)[0] == 250
+        try:
+            code, msg = s.data(message(subject, body))
+        except smtplib.SMTPDataError as e:
+            code, msg = e.smtp_code, e.smtp_error
+        return code, msg.decode()
+
+
+def head_of(m):
+    return m.data.split(b"\r\n\r\n", 1)[0].decode()
+
+
+def body_of(m):
+    return m.data.split(b"\r\n\r\n", 1)[1].decode()
+
+
+@pytest.mark.parametrize("kind", ["inet", "unix"])
+def test_filter_sees_the_session_and_edits_headers(make_tern, sink, start_filter, kind):
+    f = start_filter(kind)
+    t = make_tern(milters=f.spec)
+    subj = f"addheader insheader chgheader delheader {uid()}"
+    code, text = send(t, subj)
+    assert code == 250, text
+    m = sink.wait_to("b@example.com")[0]
+    head = head_of(m)
+    assert "X-Milter-Added: yes" in head, head
+    assert "X-Change: changed" in head and "X-Change: old" not in head, head
+    assert "X-Delete" not in head, head
+    lines = [ln for ln in head.split("\r\n") if not ln.startswith(("\t", " "))]
+    # tern's Received first, then the field the filter put at index 0.
+    assert lines[0].startswith("Received: from client.test"), head
+    assert lines[1] == "X-Milter-Top: first", head
+    assert lines[-1] == "X-Milter-Added: yes", head
+    assert body_of(m) == "Hello.\r\n"
+    # What the filter was shown: the client, the envelope, the macros.
+    seen = f.seen()
+    conn = [e for e in seen if e["step"] == "connect"][0]
+    assert conn["client_addr"] == "127.0.0.1" and conn["j"] == "tern.test", conn
+    assert conn["daemon"] == "tern", conn
+    assert [e["name"] for e in seen if e["step"] == "helo"] == ["client.test"]
+    mail = [e for e in seen if e["step"] == "mail"][0]
+    assert mail["addr"] == "<a@example.com>" and mail["mail_addr"] == "a@example.com", mail
+    rcpt = [e for e in seen if e["step"] == "rcpt"][0]
+    assert rcpt["rcpt_addr"] == "b@example.com", rcpt
+    eom = f.eom(subj)
+    assert ["Subject", subj] in eom["headers"] and eom["body"] == "Hello.\r\n", eom
+    rec = t.wait_event("received", **{"from": "a@example.com"})
+    rw = t.wait_event("milter_rewritten")
+    assert rw["qid"] == rec["qid"] and rw["was"] == eom["qid"], (rw, rec, eom)
+
+
+def test_reject_tempfail_discard(make_tern, sink, start_filter):
+    f = start_filter()
+    t = make_tern(milters=f.spec)
+    code, text = send(t, f"reject {uid()}")
+    assert code == 554 and text.startswith("5.7.1 Rejected by the test filter"), (code, text)
+    code, text = send(t, f"tempfail {uid()}")
+    assert code == 451 and text.startswith("4.7.1"), (code, text)
+    code, text = send(t, f"discard {uid()}")
+    assert code == 250, (code, text)
+    t.wait_event("discarded")
+    code, text = send(t, f"plain {uid()}", rcpts=["c@example.com"])
+    assert code == 250
+    sink.wait_to("c@example.com")
+    assert not sink.to("b@example.com"), "refused or discarded messages never reach the sink"
+
+
+def test_quarantine_holds(make_tern, sink, start_filter):
+    f = start_filter()
+    t = make_tern(milters=f.spec)
+    code, text = send(t, f"quarantine {uid()}")
+    assert code == 250, text
+    rec = t.wait_event("received", **{"from": "a@example.com"})
+    assert rec.get("held_by") == f"milter {f.spec}", rec
+    p = t.ctl("queue", "list", "--json")
+    entries = [json.loads(ln) for ln in p.stdout.splitlines() if ln.strip()]
+    assert [e["held"] for e in entries if e["id"] == rec["qid"]] == [True], entries
+    assert not sink.to("b@example.com")
+
+
+def test_body_and_envelope_changes(make_tern, sink, start_filter):
+    f = start_filter()
+    t = make_tern(milters=f.spec)
+    subj = f"replbody addrcpt delrcpt chgfrom {uid()}"
+    code, text = send(t, subj, rcpts=["b@example.com", "gone@example.com"],
+                      body="line one\r\n.dot line\r\n")
+    assert code == 250, text
+    eom = f.eom(subj)
+    assert eom["body"] == "line one\r\n.dot line\r\n", eom  # unstuffed
+    m = sink.wait_to("added@example.com")[0]
+    assert sorted(m.rcpt_tos) == ["added@example.com", "b@example.com"], m.rcpt_tos
+    assert m.mail_from == "new-sender@example.com", m.mail_from
+    assert body_of(m) == "replaced by the filter\r\n", m.data
+    rec = t.wait_event("received", **{"from": "new-sender@example.com"})
+    assert rec["nrcpt"] in (2, "2"), rec
+    assert not sink.to("gone@example.com")
+
+
+def test_two_filters_in_order(make_tern, sink, start_filter):
+    f1, f2 = start_filter(), start_filter("unix")
+    t = make_tern(milters=f"{f1.spec}, {f2.spec}")
+    subj = f"addheader {uid()}"
+    assert send(t, subj)[0] == 250
+    m = sink.wait_to("b@example.com")[0]
+    assert head_of(m).count("X-Milter-Added: yes") == 2, head_of(m)
+    f1.eom(subj)
+    f2.eom(subj)
+    # The first filter's reject stops the second from seeing it.
+    subj = f"reject {uid()}"
+    assert send(t, subj)[0] == 554
+    f1.eom(subj)
+    assert not [e for e in f2.seen() if e.get("subject") == subj]
+
+
+@pytest.mark.parametrize("action,want", [("tempfail", 451), ("reject", 550), ("accept", 250)])
+def test_filter_down(make_tern, sink, action, want):
+    port = free_port()
+    t = make_tern(milters=f"inet:127.0.0.1:{port}", milter_default_action=action)
+    code, text = send(t, f"down {uid()}")
+    assert code == want, (code, text)
+    ev = t.wait_event("milter_failed")
+    assert ev["milter"] == f"inet:127.0.0.1:{port}" and ev["action"] == action, ev
+    if want == 250:
+        sink.wait_to("b@example.com")
+
+
+@pytest.mark.parametrize("action,want", [("tempfail", 451), ("accept", 250)])
+def test_filter_stalls(make_tern, sink, start_filter, action, want):
+    f = start_filter()
+    t = make_tern(milters=f.spec, milter_default_action=action, milter_timeout="2s")
+    t0 = time.monotonic()
+    code, text = send(t, f"stall {uid()}")
+    assert code == want, (code, text)
+    assert time.monotonic() - t0 < 15
+    ev = t.wait_event("milter_failed")
+    assert "timeout" in ev["reason"], ev
+
+
+def test_garbage_filter(make_tern, sink):
+    """A filter that answers the negotiation with garbage: default action,
+    no crash, the session goes on."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    import threading
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            c.recv(65536)
+            c.sendall(b"\xff\xff\xff\xff" + b"x" * 64)  # a 4 GiB packet
+            time.sleep(0.5)
+            c.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        t = make_tern(milters=f"inet:127.0.0.1:{port}")
+        with t.smtp() as s:
+            s.ehlo("client.test")
+            s.mail("a@example.com")
+            s.rcpt("b@example.com")
+            code, _ = s.data(message("x"))
+            assert code == 451
+            assert s.noop()[0] == 250
+        ev = t.wait_event("milter_failed")
+        assert "protocol error" in ev["reason"], ev
+    finally:
+        srv.close()
+
+
+def test_bad_milters_setting(make_tern):
+    t = make_tern(start=False, milters="inet:example.com:11332")
+    p = t.ternd("--check", "-c", str(t.conf))
+    assert p.returncode != 0
+    assert "milters" in (p.stdout + p.stderr).decode(), p
+
+
+# ---- rspamd ----
+
+RSPAMD = shutil.which("rspamd")
+GTUBE = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X"
+
+
+@pytest.fixture
+def rspamd(tmp_path):
+    if RSPAMD is None:
+        pytest.skip("rspamd not installed")
+    d = tmp_path / "rspamd"
+    for sub in ("db", "run", "log"):
+        (d / sub).mkdir(parents=True)
+    os.chmod(d, 0o777)
+    for sub in ("db", "run", "log"):
+        os.chmod(d / sub, 0o777)
+    port = free_port()
+    conf = d / "rspamd.conf"
+    conf.write_text(f"""
+.include "$CONFDIR/common.conf"
+options {{
+  pidfile = "{d}/run/rspamd.pid";
+  dbdir = "{d}/db";
+  filters = "";
+  dns {{ nameserver = ["127.0.0.1:1"]; timeout = 1s; retransmits = 1; }}
+}}
+logging {{
+  type = "file";
+  filename = "{d}/log/rspamd.log";
+  level = "info";
+}}
+worker "rspamd_proxy" {{
+  bind_socket = "127.0.0.1:{port}";
+  milter = yes;
+  timeout = 60s;
+  count = 1;
+  upstream "local" {{ default = yes; self_scan = yes; }}
+}}
+lua = "$RULESDIR/rspamd.lua";
+""")
+    user = "_rspamd" if subprocess.run(["id", "_rspamd"], capture_output=True).returncode == 0 \
+        else "nobody"
+    proc = subprocess.Popen([RSPAMD, "-f", "-u", user, "-g", user, "-c", str(conf),
+                             f"--var=DBDIR={d}/db", f"--var=RUNDIR={d}/run",
+                             f"--var=LOGDIR={d}/log"],
+                            stdout=open(d / "stdout", "w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: proc.poll() is not None or _ready_inet(port), timeout=60,
+                 desc="rspamd's proxy listening")
+        assert proc.poll() is None, (d / "stdout").read_text()[-3000:]
+        yield f"inet:127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_rspamd_rejects_gtube(make_tern, sink, rspamd):
+    t = make_tern(milters=rspamd, milter_timeout="60s")
+    code, text = send(t, "plain", body="A plain message about nothing much.\r\n")
+    assert code == 250, (code, text)
+    m = sink.wait_to("b@example.com")[0]
+    assert body_of(m) == "A plain message about nothing much.\r\n"
+    code, text = send(t, "spam", body=f"{GTUBE}\r\n", rcpts=["c@example.com"])
+    assert code // 100 == 5, (code, text)
+    assert not sink.to("c@example.com")
