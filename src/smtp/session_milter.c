@@ -371,7 +371,9 @@ apply_edit(struct smtp_milter_run *mr, const struct milter_reply *r)
         if (need[i].code == r->code && !(mr->actions & need[i].flag))
             return false;
     }
-    if (!edit_room(mr, r->s1_len + r->s2_len))
+    /* Every change costs at least a few bytes: a filter cannot send
+     * endless empty ones. */
+    if (!edit_room(mr, r->s1_len + r->s2_len + 16))
         return false;
     switch (r->code) {
     case MILTER_R_ADDHEADER:
@@ -747,8 +749,13 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
 {
     struct smtp_milter_run *mr = arg;
     bool bad = false;
-    if (mr->s->dead)
+    if (mr->s->dead || mr->s->state != SMTP_ST_FILTER) {
+        /* The session is ending (client gone, shutdown's 421): the answer
+         * has no one to go to. */
+        milter_conn_free(mr->conn);
+        mr->conn = NULL;
         return;
+    }
     if (r == NULL) {
         filter_failed(mr, why);
         return;

@@ -244,6 +244,27 @@ def test_filter_stalls(make_tern, sink, start_filter, action, want):
     assert "timeout" in ev["reason"], ev
 
 
+def test_shutdown_while_a_filter_works(make_tern, sink, start_filter):
+    """SIGTERM while a filter holds the message: the client gets 421, the
+    filter's late answer goes nowhere, ternd exits cleanly."""
+    f = start_filter()
+    t = make_tern(milters=f.spec, milter_timeout="30s")
+    subj = f"stall {uid()}"
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<a@example.com>").code == 250
+        assert c.cmd("RCPT TO:<b@example.com>").code == 250
+        assert c.cmd("DATA").code == 354
+        c.send(message(subj) + ".\r\n")
+        f.eom(subj)
+        t.send_signal(15)
+        r = c.reply(timeout=20)
+        assert r.code == 421, r
+    rc, _ = t.stop(timeout=30) if t.running() else (t.proc.wait(30), 0)
+    assert rc == 0, rc
+    assert not sink.to("b@example.com")
+
+
 def test_garbage_filter(make_tern, sink):
     """A filter that answers the negotiation with garbage: default action,
     no crash, the session goes on."""
