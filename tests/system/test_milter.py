@@ -244,6 +244,37 @@ def test_filter_stalls(make_tern, sink, start_filter, action, want):
     assert "timeout" in ev["reason"], ev
 
 
+def test_dkim_signs_the_edited_message(make_tern, sink, start_filter):
+    from test_dkim import Keys, keygen, verify_all
+
+    f = start_filter()
+    t = make_tern(start=False, milters=f.spec)
+    keys = Keys()
+    keygen(t, keys, "example.com", "s1")
+    t.update(dkim_sign=" ".join(keys.entries))
+    t.start()
+    assert send(t, f"addheader chgheader replbody {uid()}")[0] == 250
+    m = sink.wait_to("b@example.com")[0]
+    assert b"X-Milter-Added: yes" in m.data and body_of(m) == "replaced by the filter\r\n"
+    verify_all(m.data, keys, 1)
+
+
+def test_bdat(make_tern, sink, start_filter):
+    f = start_filter()
+    t = make_tern(milters=f.spec)
+    subj = f"addheader {uid()}"
+    data = message(subj, body=".leading dot\r\n").encode()
+    with t.raw() as c:
+        c.ehlo()
+        assert c.cmd("MAIL FROM:<a@example.com>").code == 250
+        assert c.cmd("RCPT TO:<b@example.com>").code == 250
+        c.send(b"BDAT %d LAST\r\n" % len(data) + data)
+        assert c.reply().code == 250
+    assert f.eom(subj)["body"] == ".leading dot\r\n"
+    m = sink.wait_to("b@example.com")[0]
+    assert "X-Milter-Added: yes" in head_of(m) and body_of(m) == ".leading dot\r\n"
+
+
 def test_shutdown_while_a_filter_works(make_tern, sink, start_filter):
     """SIGTERM while a filter holds the message: the client gets 421, the
     filter's late answer goes nowhere, ternd exits cleanly."""
