@@ -34,7 +34,7 @@
 #define MILTER_TOTAL_TIMEOUTS 10
 
 enum mstep {
-    MS_OPTNEG,
+    MS_NONE, /* connecting, negotiating */
     MS_CONNECT,
     MS_HELO,
     MS_MAIL,
@@ -52,27 +52,54 @@ struct mhdr {
     char *value; /* owned: the text after the colon as stored (CRLF folds) */
 };
 
+/* One filter of the list, for the transaction. */
+struct mfilter {
+    struct milter_conn *conn;
+    uint32_t actions, protocol, version; /* negotiated */
+    bool negotiated;
+    bool out;        /* accepted, or skipped after a failure: sees no more */
+    enum mstep step; /* the last step sent */
+    size_t idx;      /* of the last step: header index, body offset */
+    bool awaiting;   /* a reply to step is awaited */
+    bool body_repl_now;
+    bool rcpt_done; /* the RCPT phase's recipient has been sent */
+    bool failed;    /* failed: milter_default_action from now on */
+    int64_t started_ms;
+};
+
+/* What the phases are for: the MAIL command, a RCPT command, the end of
+ * the data. */
+enum mphase { MP_MAIL, MP_RCPT, MP_EOM };
+
 struct smtp_milter_run {
     struct smtp_session *s;
     struct milter_spec *specs; /* owned, n_specs */
+    struct mfilter *f;         /* owned, n_specs */
     size_t n_specs, cur;
-    struct milter_conn *conn;
-    uint32_t actions, protocol, version; /* negotiated with the current filter */
-    enum mstep step;
-    size_t rcpt_i, hdr_i, body_off;
-    int64_t started_ms; /* the current filter's start */
-    /* The message as filters see it and leave it. */
+    enum mphase phase;
+    bool sync;     /* inside the call that started the phase */
+    bool finished; /* the phase is over (every filter had its say) */
+    bool refused;  /* a filter refused what the phase is about */
+    struct tern_status refuse_st;
+    char refuse_by[MILTER_SPEC_MAX + 16];
+    const char *rcpt; /* MP_RCPT: the recipient (borrowed from the envelope) */
+    /* The message as filters see it and leave it (MP_EOM). */
     struct mhdr *hdrs;
     size_t n_hdrs;
     bool sep;           /* an empty line ends the header section */
     size_t body_start;  /* in the copy */
     struct buf newbody; /* the replacement body (CRLF) when body_new */
     bool body_new;
-    bool body_repl_now; /* the current filter has started replacing */
-    bool edited;        /* content or envelope changed: written again */
-    size_t edit_bytes;  /* what filters added, bounded by max_message_size */
-    struct buf pkt;     /* packets being built */
+    bool edited;       /* content or envelope changed: written again */
+    size_t edit_bytes; /* what filters added, bounded by max_message_size */
+    struct buf pkt;    /* packets being built */
 };
+
+static struct mfilter *
+cur_f(struct smtp_milter_run *mr)
+{
+    return &mr->f[mr->cur];
+}
 
 /* ---- the copy of the message, kept while the data streams ---- */
 
@@ -191,33 +218,35 @@ smtp_milter_tx_free(struct smtp_tx *tx)
     }
     if (mr == NULL)
         return;
-    milter_conn_free(mr->conn);
+    for (size_t i = 0; i < mr->n_specs; i++)
+        milter_conn_free(mr->f[i].conn);
     hdrs_free(mr);
     free(mr->specs);
+    free(mr->f);
     buf_fini(&mr->newbody);
     buf_fini(&mr->pkt);
     free(mr);
     tx->milter = NULL;
 }
 
-static void next_filter(struct smtp_milter_run *mr);
+static void phase_next(struct smtp_milter_run *mr);
+static void conn_cb(
+    struct milter_conn *c, const struct milter_reply *r, const char *why, void *arg);
 static void run_steps(struct smtp_milter_run *mr);
-
-/* The stage is over: the commit (or the next stage) goes on. Nothing of
- * mr may be touched after this. */
-static void
-run_end(struct smtp_milter_run *mr)
-{
-    struct smtp_session *s = mr->s;
-    milter_conn_free(mr->conn);
-    mr->conn = NULL;
-    smtp_tx_advance(s);
-}
+static void rewrite(struct smtp_milter_run *mr);
+static void phase_end(struct smtp_milter_run *mr);
 
 static const char *
 filter_name(struct smtp_milter_run *mr)
 {
     return mr->specs[mr->cur].name;
+}
+
+/* The queue id once the data has started (NULL before). */
+static const char *
+qid_of(struct smtp_milter_run *mr)
+{
+    return mr->s->tx->w != NULL ? spool_writer_qid(mr->s->tx->w) : NULL;
 }
 
 static void
@@ -228,15 +257,41 @@ decide(struct smtp_milter_run *mr, enum smtp_verdict v, const struct tern_status
     smtp_tx_decide(mr->s, v, st, by);
 }
 
+static void
+refuse(struct smtp_milter_run *mr, const struct tern_status *st)
+{
+    if (!mr->refused) {
+        mr->refused = true;
+        mr->refuse_st = *st;
+        snprintf(mr->refuse_by, sizeof(mr->refuse_by), "milter %s", filter_name(mr));
+    }
+}
+
+/* The current filter is done with the transaction (accepted, or the end
+ * of the message answered): QUIT, closed. */
+static void
+filter_close(struct smtp_milter_run *mr)
+{
+    struct mfilter *f = cur_f(mr);
+    f->out = true;
+    if (f->conn != NULL) {
+        milter_put(&mr->pkt, MILTER_C_QUIT, NULL, 0);
+        milter_conn_send(f->conn, &mr->pkt);
+        milter_conn_free(f->conn); /* sends the QUIT if the socket takes it */
+        f->conn = NULL;
+    }
+}
+
 /* The current filter failed (why): milter_default_action, logged once. */
 static void
 filter_failed(struct smtp_milter_run *mr, const char *why)
 {
     struct smtp_session *s = mr->s;
+    struct mfilter *f = cur_f(mr);
     struct tern_status st;
     struct logline l;
     int act = s->cfg->milter_default_action;
-    log_begin(&l, LOG_WARN, spool_writer_qid(s->tx->w), "smtp", "milter_failed");
+    log_begin(&l, LOG_WARN, qid_of(mr), "smtp", "milter_failed");
     log_int(&l, "sess", (int64_t)s->id);
     log_str(&l, "milter", filter_name(mr));
     log_str(&l, "reason", why);
@@ -245,29 +300,21 @@ filter_failed(struct smtp_milter_run *mr, const char *why)
         : act == MILTER_ACT_REJECT ? "reject"
                                    : "tempfail");
     log_end(&l);
-    milter_conn_free(mr->conn);
-    mr->conn = NULL;
-    if (act == MILTER_ACT_ACCEPT) {
-        next_filter(mr);
-        return;
+    milter_conn_free(f->conn);
+    f->conn = NULL;
+    f->out = true;
+    f->failed = true;
+    f->awaiting = false;
+    if (act != MILTER_ACT_ACCEPT) {
+        if (act == MILTER_ACT_REJECT)
+            STATUS_SET(&st, 550, "5.7.1", "Rejected by content filter");
+        else
+            STATUS_SET(&st, 451, "4.7.1", "Content filter unavailable, try again later");
+        refuse(mr, &st);
     }
-    if (act == MILTER_ACT_REJECT)
-        STATUS_SET(&st, 550, "5.7.1", "Message rejected by content filter");
-    else
-        STATUS_SET(&st, 451, "4.7.1", "Content filter unavailable, try again later");
-    decide(mr, SMTP_V_REFUSE, &st);
-    run_end(mr);
+    mr->cur++;
+    phase_next(mr);
 }
-
-/* This filter has answered its last: QUIT, then the next one. */
-static void
-filter_done(struct smtp_milter_run *mr)
-{
-    milter_put(&mr->pkt, MILTER_C_QUIT, NULL, 0);
-    milter_conn_send(mr->conn, &mr->pkt);
-    next_filter(mr); /* closes: a QUIT not yet sent, the filter sees the close */
-}
-
 /* ---- edits ---- */
 
 static bool
@@ -283,7 +330,7 @@ static char *
 stored_value(struct smtp_milter_run *mr, const char *v, size_t n)
 {
     struct buf b = BUF_INIT;
-    if (!(mr->protocol & MILTER_P_HDR_LEADSPC))
+    if (!(cur_f(mr)->protocol & MILTER_P_HDR_LEADSPC))
         buf_append_char(&b, ' ');
     if (milter_hdr_value(v, n, &b) < 0) {
         buf_fini(&b);
@@ -368,7 +415,7 @@ apply_edit(struct smtp_milter_run *mr, const struct milter_reply *r)
     };
     for (size_t i = 0; i < TERN_ARRAY_LEN(need); i++) {
         /* Only what was negotiated (RFC-less, but libmilter's rule). */
-        if (need[i].code == r->code && !(mr->actions & need[i].flag))
+        if (need[i].code == r->code && !(cur_f(mr)->actions & need[i].flag))
             return false;
     }
     /* Every change costs at least a few bytes: a filter cannot send
@@ -419,10 +466,10 @@ apply_edit(struct smtp_milter_run *mr, const struct milter_reply *r)
         log_edit(mr, "change_header", r->s1);
         break;
     case MILTER_R_REPLBODY:
-        if (!mr->body_repl_now) {
+        if (!cur_f(mr)->body_repl_now) {
             /* The first chunk of this filter's body replaces the body. */
             buf_reset(&mr->newbody);
-            mr->body_repl_now = true;
+            cur_f(mr)->body_repl_now = true;
             mr->body_new = true;
             log_edit(mr, "replace_body", NULL);
         }
@@ -493,12 +540,6 @@ apply_edit(struct smtp_milter_run *mr, const struct milter_reply *r)
 
 /* ---- what filters are sent ---- */
 
-static const char *
-qid_of(struct smtp_milter_run *mr)
-{
-    return spool_writer_qid(mr->s->tx->w);
-}
-
 static void
 put_macros(struct smtp_milter_run *mr, char cmd)
 {
@@ -535,7 +576,7 @@ put_macros(struct smtp_milter_run *mr, char cmd)
             KV("{auth_authen}", s->auth_user);
         break;
     case MILTER_C_RCPT:
-        KV("{rcpt_addr}", tx->env->rcpts[mr->rcpt_i].addr);
+        KV("{rcpt_addr}", mr->rcpt);
         break;
     default:
         KV("j", s->cfg->hostname);
@@ -551,7 +592,7 @@ static char *
 shown_value(struct smtp_milter_run *mr, const char *v)
 {
     struct buf b = BUF_INIT;
-    if (!(mr->protocol & MILTER_P_HDR_LEADSPC) && *v == ' ')
+    if (!(cur_f(mr)->protocol & MILTER_P_HDR_LEADSPC) && *v == ' ')
         v++;
     for (; *v; v++) {
         if (*v != '\r')
@@ -561,22 +602,69 @@ shown_value(struct smtp_milter_run *mr, const char *v)
     return buf_take(&b);
 }
 
+/* ---- the steps ---- */
+
+/* Does filter f want step st at idx (NO* flags; a step that exists)? */
 static bool
-wants(struct smtp_milter_run *mr, uint32_t no_flag)
+applies(struct smtp_milter_run *mr, struct mfilter *f, enum mstep st, size_t idx)
 {
-    return !(mr->protocol & no_flag);
+    struct smtp_tx *tx = mr->s->tx;
+    switch (st) {
+    case MS_CONNECT:
+        return !(f->protocol & MILTER_P_NOCONNECT);
+    case MS_HELO:
+        return !(f->protocol & MILTER_P_NOHELO) && mr->s->helo != NULL;
+    case MS_MAIL:
+        return !(f->protocol & MILTER_P_NOMAIL);
+    case MS_RCPT:
+        return false; /* sent by the RCPT phase itself */
+    case MS_DATA:
+        /* SMFIC_DATA came with protocol version 4 (Sendmail 8.14). */
+        return !(f->protocol & MILTER_P_NODATA) && f->version >= 4;
+    case MS_HEADER:
+        return !(f->protocol & MILTER_P_NOHDRS) && idx < mr->n_hdrs;
+    case MS_EOH:
+        return !(f->protocol & MILTER_P_NOEOH);
+    case MS_BODY:
+        return !(f->protocol & MILTER_P_NOBODY) && idx < tx->mcopy->len - mr->body_start;
+    default:
+        return true;
+    }
 }
 
-/* Send what the current step needs; true when a reply is awaited. */
+/* The step after f's last one that f wants (MS_DONE after EOM). */
+static enum mstep
+step_next(struct smtp_milter_run *mr, struct mfilter *f, size_t *idx)
+{
+    enum mstep x = f->step;
+    size_t i = f->idx;
+    for (;;) {
+        if (x == MS_HEADER && i + 1 < mr->n_hdrs) {
+            i++;
+        } else if (x == MS_BODY && i + MILTER_CHUNK < mr->s->tx->mcopy->len - mr->body_start) {
+            i += MILTER_CHUNK;
+        } else {
+            x++;
+            i = 0;
+        }
+        if (x >= MS_DONE || applies(mr, f, x, i))
+            break;
+    }
+    *idx = i;
+    return x;
+}
+
+/* Put the packets of step st (index idx) for the current filter in
+ * mr->pkt; true when it answers that step. */
 static bool
-send_step(struct smtp_milter_run *mr)
+put_step(struct smtp_milter_run *mr, enum mstep st, size_t idx)
 {
     struct smtp_session *s = mr->s;
     struct smtp_tx *tx = s->tx;
-    struct spool_env *env = tx->env;
+    struct mfilter *f = cur_f(mr);
     char addr[600];
     const char *strs[2];
-    switch (mr->step) {
+    switch (st) {
     case MS_CONNECT: {
         const char *name = smtp_client_name(s);
         char host[300];
@@ -586,48 +674,47 @@ send_step(struct smtp_milter_run *mr)
             snprintf(host, sizeof(host), "[%s]", s->peer_str);
         put_macros(mr, MILTER_C_CONNECT);
         milter_put_connect(&mr->pkt, host, &s->peer.sa);
-        return !(mr->protocol & MILTER_P_NR_CONN);
+        return !(f->protocol & MILTER_P_NR_CONN);
     }
     case MS_HELO:
         put_macros(mr, MILTER_C_HELO);
-        strs[0] = s->helo != NULL ? s->helo : "";
+        strs[0] = s->helo;
         milter_put_strs(&mr->pkt, MILTER_C_HELO, strs, 1);
-        return !(mr->protocol & MILTER_P_NR_HELO);
+        return !(f->protocol & MILTER_P_NR_HELO);
     case MS_MAIL:
         put_macros(mr, MILTER_C_MAIL);
-        snprintf(addr, sizeof(addr), "<%s>", env->sender);
+        snprintf(addr, sizeof(addr), "<%s>", tx->env->sender);
         strs[0] = addr;
         milter_put_strs(&mr->pkt, MILTER_C_MAIL, strs, 1);
-        return !(mr->protocol & MILTER_P_NR_MAIL);
+        return !(f->protocol & MILTER_P_NR_MAIL);
     case MS_RCPT:
         put_macros(mr, MILTER_C_RCPT);
-        snprintf(addr, sizeof(addr), "<%s>", env->rcpts[mr->rcpt_i].addr);
+        snprintf(addr, sizeof(addr), "<%s>", mr->rcpt);
         strs[0] = addr;
         milter_put_strs(&mr->pkt, MILTER_C_RCPT, strs, 1);
-        return !(mr->protocol & MILTER_P_NR_RCPT);
+        return !(f->protocol & MILTER_P_NR_RCPT);
     case MS_DATA:
         put_macros(mr, MILTER_C_DATA);
         milter_put(&mr->pkt, MILTER_C_DATA, NULL, 0);
-        return !(mr->protocol & MILTER_P_NR_DATA);
+        return !(f->protocol & MILTER_P_NR_DATA);
     case MS_HEADER: {
-        char *v = shown_value(mr, mr->hdrs[mr->hdr_i].value);
-        strs[0] = mr->hdrs[mr->hdr_i].name;
+        char *v = shown_value(mr, mr->hdrs[idx].value);
+        strs[0] = mr->hdrs[idx].name;
         strs[1] = v;
         milter_put_strs(&mr->pkt, MILTER_C_HEADER, strs, 2);
         free(v);
-        return !(mr->protocol & MILTER_P_NR_HDR);
+        return !(f->protocol & MILTER_P_NR_HDR);
     }
     case MS_EOH:
         put_macros(mr, MILTER_C_EOH);
         milter_put(&mr->pkt, MILTER_C_EOH, NULL, 0);
-        return !(mr->protocol & MILTER_P_NR_EOH);
+        return !(f->protocol & MILTER_P_NR_EOH);
     case MS_BODY: {
         const struct buf *c = tx->mcopy;
-        size_t left = c->len - mr->body_start - mr->body_off;
-        size_t n = left < MILTER_CHUNK ? left : MILTER_CHUNK;
-        milter_put(&mr->pkt, MILTER_C_BODY, c->data + mr->body_start + mr->body_off, n);
-        mr->body_off += n;
-        return !(mr->protocol & MILTER_P_NR_BODY);
+        size_t left = c->len - mr->body_start - idx;
+        milter_put(&mr->pkt, MILTER_C_BODY, c->data + mr->body_start + idx,
+            left < MILTER_CHUNK ? left : MILTER_CHUNK);
+        return !(f->protocol & MILTER_P_NR_BODY);
     }
     case MS_EOM:
         put_macros(mr, MILTER_C_BODYEOB);
@@ -638,95 +725,63 @@ send_step(struct smtp_milter_run *mr)
     }
 }
 
-/* The step after the current one that the filter wants (MS_DONE after
- * EOM). */
+/* The last step of the phase. */
 static enum mstep
-step_next(struct smtp_milter_run *mr)
+phase_goal(const struct smtp_milter_run *mr)
 {
-    struct smtp_tx *tx = mr->s->tx;
-    size_t body_len = tx->mcopy->len - mr->body_start;
-    switch (mr->step) {
-    case MS_OPTNEG:
-        if (wants(mr, MILTER_P_NOCONNECT))
-            return MS_CONNECT;
-        /* fall through */
-    case MS_CONNECT:
-        if (wants(mr, MILTER_P_NOHELO) && mr->s->helo != NULL)
-            return MS_HELO;
-        /* fall through */
-    case MS_HELO:
-        if (wants(mr, MILTER_P_NOMAIL))
-            return MS_MAIL;
-        /* fall through */
-    case MS_MAIL:
-        mr->rcpt_i = 0;
-        if (wants(mr, MILTER_P_NORCPT) && tx->env->n_rcpts > 0)
-            return MS_RCPT;
-        goto after_rcpt;
-    case MS_RCPT:
-        if (++mr->rcpt_i < tx->env->n_rcpts)
-            return MS_RCPT;
-after_rcpt:
-        if (wants(mr, MILTER_P_NODATA) && mr->version >= 6)
-            return MS_DATA;
-        /* fall through */
-    case MS_DATA:
-        mr->hdr_i = 0;
-        if (wants(mr, MILTER_P_NOHDRS) && mr->n_hdrs > 0)
-            return MS_HEADER;
-        goto after_hdrs;
-    case MS_HEADER:
-        if (++mr->hdr_i < mr->n_hdrs)
-            return MS_HEADER;
-after_hdrs:
-        if (wants(mr, MILTER_P_NOEOH))
-            return MS_EOH;
-        /* fall through */
-    case MS_EOH:
-        mr->body_off = 0;
-        if (wants(mr, MILTER_P_NOBODY) && body_len > 0)
-            return MS_BODY;
-        return MS_EOM;
-    case MS_BODY:
-        if (mr->body_off < body_len)
-            return MS_BODY;
-        return MS_EOM;
-    default:
-        return MS_DONE;
-    }
+    return mr->phase == MP_MAIL ? MS_MAIL : mr->phase == MP_RCPT ? MS_RCPT : MS_EOM;
 }
 
-/* Go through the steps that need no reply; stop at one that does. */
+/* Send the current filter the steps of the phase it has not had, up to one
+ * it answers (then wait) or the phase's end (then the next filter). */
 static void
 run_steps(struct smtp_milter_run *mr)
 {
+    struct mfilter *f = cur_f(mr);
     for (;;) {
-        mr->step = step_next(mr);
-        if (mr->step == MS_DONE) {
-            filter_done(mr);
-            return;
+        enum mstep st;
+        size_t idx = 0;
+        bool reply;
+        if (mr->phase == MP_RCPT) {
+            /* The one new recipient, once. */
+            if (f->rcpt_done || (f->protocol & MILTER_P_NORCPT))
+                break;
+            f->rcpt_done = true;
+            st = MS_RCPT;
+        } else {
+            st = step_next(mr, f, &idx);
+            if (st > phase_goal(mr))
+                break;
         }
-        bool reply = send_step(mr);
-        milter_conn_send(mr->conn, &mr->pkt);
+        reply = put_step(mr, st, idx);
+        f->step = st;
+        f->idx = idx;
+        milter_conn_send(f->conn, &mr->pkt);
         if (reply) {
-            milter_conn_expect(mr->conn);
+            f->awaiting = true;
+            milter_conn_expect(f->conn);
             return;
         }
     }
+    if (mr->phase == MP_EOM)
+        filter_close(mr); /* the end of the message has been answered */
+    mr->cur++;
+    phase_next(mr);
 }
 
-/* A final reply that refuses or drops the message; false for others. */
+/* A reply that refuses or drops the message (or, at RCPT, the
+ * recipient); false for others. */
 static bool
 final_verdict(struct smtp_milter_run *mr, const struct milter_reply *r, bool *bad)
 {
     struct tern_status st;
     switch (r->code) {
     case MILTER_R_REJECT:
-        STATUS_SET(&st, 550, "5.7.1", "Message rejected by content filter");
+        STATUS_SET(&st, 550, "5.7.1", "Rejected by content filter");
         break;
     case MILTER_R_TEMPFAIL:
     case MILTER_R_CONN_FAIL:
-        STATUS_SET(&st, 451, "4.7.1", "Message deferred by content filter, try again later");
+        STATUS_SET(&st, 451, "4.7.1", "Deferred by content filter, try again later");
         break;
     case MILTER_R_REPLYCODE:
         if (milter_replycode(r->s1, r->s1_len, &st) < 0) {
@@ -735,12 +790,13 @@ final_verdict(struct smtp_milter_run *mr, const struct milter_reply *r, bool *ba
         }
         break;
     case MILTER_R_DISCARD:
+        /* The whole message, whatever the step (as Sendmail does). */
         decide(mr, SMTP_V_DISCARD, NULL);
         return true;
     default:
         return false;
     }
-    decide(mr, SMTP_V_REFUSE, &st);
+    refuse(mr, &st);
     return true;
 }
 
@@ -748,19 +804,23 @@ static void
 conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, void *arg)
 {
     struct smtp_milter_run *mr = arg;
+    struct mfilter *f = cur_f(mr);
     bool bad = false;
-    if (mr->s->dead || mr->s->state != SMTP_ST_FILTER) {
+    if (mr->s->dead || mr->s->state != SMTP_ST_FILTER || mr->cur >= mr->n_specs || f->conn != c) {
         /* The session is ending (client gone, shutdown's 421): the answer
          * has no one to go to. */
-        milter_conn_free(mr->conn);
-        mr->conn = NULL;
+        for (size_t i = 0; i < mr->n_specs; i++) {
+            if (mr->f[i].conn == c)
+                mr->f[i].conn = NULL;
+        }
+        milter_conn_free(c);
         return;
     }
     if (r == NULL) {
         filter_failed(mr, why);
         return;
     }
-    if (tern_mono_ms() - mr->started_ms >
+    if (tern_mono_ms() - f->started_ms >
         MILTER_TOTAL_TIMEOUTS *
             (mr->s->cfg->milter_timeout_ms > 0 ? mr->s->cfg->milter_timeout_ms : 1)) {
         filter_failed(mr, "too slow in total");
@@ -770,19 +830,21 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
         milter_conn_expect(c); /* the wait starts again */
         return;
     }
-    if (mr->step == MS_OPTNEG) {
+    if (!f->negotiated) {
         if (r->code != MILTER_R_OPTNEG || r->version < 2) {
             filter_failed(mr, "protocol error (negotiation)");
             return;
         }
         milter_conn_idle(c);
-        mr->version = r->version;
-        mr->actions = r->actions & MILTER_F_ALL;
-        mr->protocol = r->protocol & MILTER_P_OFFER;
+        f->negotiated = true;
+        f->version = r->version;
+        f->actions = r->actions & MILTER_F_ALL;
+        f->protocol = r->protocol & MILTER_P_OFFER;
+        f->awaiting = false;
         run_steps(mr);
         return;
     }
-    if (mr->step == MS_EOM && r->code != MILTER_R_ACCEPT && r->code != MILTER_R_CONTINUE &&
+    if (f->step == MS_EOM && r->code != MILTER_R_ACCEPT && r->code != MILTER_R_CONTINUE &&
         !final_verdict(mr, r, &bad)) {
         /* A modification: more replies follow until a final one. */
         if (!apply_edit(mr, r))
@@ -790,23 +852,24 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
         return;
     }
     milter_conn_idle(c);
+    f->awaiting = false;
     if (bad) {
         filter_failed(mr, "protocol error (bad reply code)");
         return;
     }
     switch (r->code) {
     case MILTER_R_CONTINUE:
-        if (mr->step == MS_EOM)
-            filter_done(mr);
-        else
-            run_steps(mr);
+        run_steps(mr);
         return;
     case MILTER_R_ACCEPT:
-        filter_done(mr); /* this filter wants to see no more of it */
+        /* This filter wants to see no more of the message. */
+        filter_close(mr);
+        mr->cur++;
+        phase_next(mr);
         return;
     case MILTER_R_SKIP:
-        if (mr->step == MS_BODY)
-            mr->body_off = mr->s->tx->mcopy->len - mr->body_start;
+        if (f->step == MS_BODY)
+            f->idx = mr->s->tx->mcopy->len - mr->body_start; /* no more body */
         run_steps(mr);
         return;
     case MILTER_R_SHUTDOWN:
@@ -815,7 +878,7 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
     default:
         break;
     }
-    if (mr->step != MS_EOM && !final_verdict(mr, r, &bad)) {
+    if (f->step != MS_EOM && !final_verdict(mr, r, &bad)) {
         filter_failed(mr, "protocol error (unexpected reply)");
         return;
     }
@@ -823,8 +886,12 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
         filter_failed(mr, "protocol error (bad reply code)");
         return;
     }
-    /* Refused or discarded: no later filter needs to see it. */
-    run_end(mr);
+    if (f->step == MS_EOM)
+        filter_close(mr);
+    /* Refused (the phase ends: later filters need not be asked) or
+     * discarded (no filter needs to see more). */
+    mr->cur = mr->n_specs;
+    phase_next(mr);
 }
 
 /* Write the message again as the filters left it: a new writer for the
@@ -866,50 +933,169 @@ rewrite(struct smtp_milter_run *mr)
     log_end(&l);
 }
 
+/* ---- the phases ---- */
+
 static void
-filter_start(struct smtp_milter_run *mr)
+default_refusal(struct smtp_milter_run *mr)
 {
-    struct smtp_session *s = mr->s;
-    mr->started_ms = tern_mono_ms();
-    mr->step = MS_OPTNEG;
-    mr->body_repl_now = false;
-    mr->conn =
-        milter_conn_new(s->lp->base, &mr->specs[mr->cur], s->cfg->milter_timeout_ms, conn_cb, mr);
-    milter_put_optneg(&mr->pkt, MILTER_VERSION, MILTER_F_ALL, MILTER_P_OFFER);
-    milter_conn_send(mr->conn, &mr->pkt);
-    milter_conn_expect(mr->conn);
+    struct tern_status st;
+    if (mr->s->cfg->milter_default_action == MILTER_ACT_REJECT)
+        STATUS_SET(&st, 550, "5.7.1", "Rejected by content filter");
+    else
+        STATUS_SET(&st, 451, "4.7.1", "Content filter unavailable, try again later");
+    refuse(mr, &st);
 }
 
 static void
-next_filter(struct smtp_milter_run *mr)
+filter_connect(struct smtp_milter_run *mr)
+{
+    struct mfilter *f = cur_f(mr);
+    f->conn = milter_conn_new(
+        mr->s->lp->base, &mr->specs[mr->cur], mr->s->cfg->milter_timeout_ms, conn_cb, mr);
+    milter_put_optneg(&mr->pkt, MILTER_VERSION, MILTER_F_ALL, MILTER_P_OFFER);
+    milter_conn_send(f->conn, &mr->pkt);
+    f->awaiting = true;
+    milter_conn_expect(f->conn);
+}
+
+/* Go on with filter cur (connecting it first), or end the phase. */
+static void
+phase_next(struct smtp_milter_run *mr)
 {
     struct smtp_session *s = mr->s;
-    milter_conn_free(mr->conn);
-    mr->conn = NULL;
-    if (++mr->cur < mr->n_specs && s->tx->verdict < SMTP_V_DISCARD) {
-        filter_start(mr);
+    for (; mr->cur < mr->n_specs; mr->cur++) {
+        struct mfilter *f = cur_f(mr);
+        /* Refused: later filters need not be asked; discarded: nobody
+         * needs to see more. */
+        if (mr->refused || s->tx->verdict >= SMTP_V_DISCARD)
+            break;
+        if (f->failed && s->cfg->milter_default_action != MILTER_ACT_ACCEPT) {
+            default_refusal(mr); /* a failed filter answers every later step */
+            break;
+        }
+        if (f->out)
+            continue;
+        f->started_ms = tern_mono_ms();
+        if (f->conn == NULL) {
+            filter_connect(mr);
+            return;
+        }
+        run_steps(mr);
         return;
     }
-    /* Every filter has had its say. */
-    if (s->tx->verdict < SMTP_V_DISCARD) {
+    phase_end(mr);
+}
+
+/* Start a phase; true when it ended at once (nothing awaited). */
+static bool
+phase_start(struct smtp_milter_run *mr, enum mphase ph)
+{
+    mr->phase = ph;
+    mr->cur = 0;
+    mr->refused = false;
+    mr->finished = false;
+    mr->sync = true;
+    for (size_t i = 0; i < mr->n_specs; i++)
+        mr->f[i].rcpt_done = false;
+    phase_next(mr);
+    mr->sync = false;
+    return mr->finished;
+}
+
+static void
+log_refusal(struct smtp_milter_run *mr, const char *to)
+{
+    char why[STATUS_TEXT_MAX + 64];
+    snprintf(why, sizeof(why), "milter: %d %s", mr->refuse_st.code, mr->refuse_st.text);
+    smtp_log_refused(mr->s, qid_of(mr), why, NULL, to);
+}
+
+/* MAIL answered as the filters said. resume: input goes on from here (the
+ * phase ended later than the command). Frees mr when refused. */
+static void
+mail_done(struct smtp_milter_run *mr, bool resume)
+{
+    struct smtp_session *s = mr->s;
+    if (mr->refused) {
+        smtp_reply_status(s, &mr->refuse_st);
+        log_refusal(mr, NULL);
+        smtp_tx_reset(s); /* frees mr */
+    } else {
+        s->state = SMTP_ST_MAIL;
+        smtp_reply(s, 250, "2.1.0", "Ok");
+    }
+    smtp_session_read(s, true);
+    if (resume)
+        smtp_session_process(s);
+}
+
+static void
+rcpt_done(struct smtp_milter_run *mr, bool resume)
+{
+    struct smtp_session *s = mr->s;
+    struct spool_env *env = s->tx->env;
+    if (mr->refused) {
+        smtp_reply_status(s, &mr->refuse_st);
+        log_refusal(mr, mr->rcpt);
+        rcpt_del(env, env->n_rcpts - 1);
+        mr->rcpt = NULL;
+    } else {
+        smtp_reply(s, 250, "2.1.5", "Ok");
+    }
+    s->state = env->n_rcpts > 0 ? SMTP_ST_RCPT : SMTP_ST_MAIL;
+    smtp_session_read(s, true);
+    if (resume)
+        smtp_session_process(s);
+}
+
+/* The end of the message: the filters' decision recorded, the message
+ * written again if they changed it. */
+static void
+eom_done(struct smtp_milter_run *mr, bool resume)
+{
+    struct smtp_session *s = mr->s;
+    if (mr->refused) {
+        smtp_tx_decide(s, SMTP_V_REFUSE, &mr->refuse_st, mr->refuse_by);
+    } else if (s->tx->verdict < SMTP_V_DISCARD) {
         if (s->tx->env->n_rcpts == 0) {
             /* Filters removed every recipient: nobody to deliver to. */
-            mr->cur = mr->n_specs - 1;
-            decide(mr, SMTP_V_DISCARD, NULL);
+            smtp_tx_decide(s, SMTP_V_DISCARD, NULL, "milter: no recipients left");
         } else if (mr->edited) {
             rewrite(mr);
         }
     }
-    run_end(mr);
+    if (resume)
+        smtp_tx_advance(s); /* may free mr */
 }
 
+static void
+phase_end(struct smtp_milter_run *mr)
+{
+    mr->finished = true;
+    if (mr->sync)
+        return; /* the caller that started the phase finishes it */
+    switch (mr->phase) {
+    case MP_MAIL:
+        mail_done(mr, true);
+        break;
+    case MP_RCPT:
+        rcpt_done(mr, true);
+        break;
+    case MP_EOM:
+        eom_done(mr, true);
+        break;
+    }
+}
+
+/* ---- the session's calls ---- */
+
 bool
-smtp_milter_stage(struct smtp_session *s)
+smtp_milter_mail(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
     struct smtp_milter_run *mr;
     char why[200];
-    if (s->cfg->milters == NULL || tx->mcopy == NULL)
+    if (s->cfg->milters == NULL)
         return false;
     mr = xcalloc(1, sizeof(*mr));
     mr->s = s;
@@ -919,9 +1105,42 @@ smtp_milter_stage(struct smtp_session *s)
         free(mr);
         return false; /* checked at load: cannot be */
     }
+    mr->f = xcalloc(mr->n_specs, sizeof(*mr->f));
     tx->milter = mr;
+    /* Nothing more is read until the filters have answered. */
+    s->state = SMTP_ST_FILTER;
+    smtp_session_read(s, false);
+    if (phase_start(mr, MP_MAIL))
+        mail_done(mr, false);
+    return true;
+}
+
+bool
+smtp_milter_rcpt(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    struct smtp_milter_run *mr = tx->milter;
+    if (mr == NULL)
+        return false;
+    mr->rcpt = tx->env->rcpts[tx->env->n_rcpts - 1].addr;
+    s->state = SMTP_ST_FILTER;
+    smtp_session_read(s, false);
+    if (phase_start(mr, MP_RCPT))
+        rcpt_done(mr, false);
+    return true;
+}
+
+bool
+smtp_milter_stage(struct smtp_session *s)
+{
+    struct smtp_tx *tx = s->tx;
+    struct smtp_milter_run *mr = tx->milter;
+    if (mr == NULL || tx->mcopy == NULL)
+        return false;
     hdrs_parse(mr, tx->mcopy->data, tx->mcopy->len);
-    mr->cur = 0;
-    filter_start(mr);
+    if (phase_start(mr, MP_EOM)) {
+        eom_done(mr, false);
+        return false;
+    }
     return true;
 }

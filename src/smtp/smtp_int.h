@@ -340,9 +340,13 @@ void smtp_tx_free(struct smtp_tx *tx);
  * CRLF-terminated, appended to out. */
 void smtp_add_received(struct smtp_session *s, const char *qid, struct buf *out);
 
-/* session_milter.c: the stage of milter filters; the copy of the message
+/* session_milter.c: milter filters at MAIL and at each RCPT (true: they
+ * answer the command, now or once they have replied; nothing is read
+ * meanwhile), and as the stage after the data; the copy of the message
  * they see (fed by the data sinks while tx->mcopy is set); freed with the
  * transaction. */
+bool smtp_milter_mail(struct smtp_session *s);
+bool smtp_milter_rcpt(struct smtp_session *s);
 bool smtp_milter_stage(struct smtp_session *s);
 void smtp_milter_copy_plain(struct smtp_tx *tx, const char *p, size_t n);
 void smtp_milter_copy_stuffed(struct smtp_tx *tx, struct evbuffer *src, size_t n);

@@ -39,11 +39,18 @@ class Filter(Milter.Base):
     def envfrom(self, mailfrom, *params):
         self.mailfrom = mailfrom
         note(step="mail", addr=mailfrom, mail_addr=self.getsymval("{mail_addr}"))
+        if "mailreject" in mailfrom:
+            self.setreply("553", "5.7.1", "Sender refused by the test filter")
+            return Milter.REJECT
+        if "mailtempfail" in mailfrom:
+            return Milter.TEMPFAIL
         return Milter.CONTINUE
 
     def envrcpt(self, to, *params):
         self.rcpts.append(to)
         note(step="rcpt", addr=to, rcpt_addr=self.getsymval("{rcpt_addr}"))
+        if "refuse" in to:
+            return Milter.REJECT
         return Milter.CONTINUE
 
     def header(self, name, value):

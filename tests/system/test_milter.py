@@ -101,12 +101,17 @@ def message(subject, body="Hello.\r\n", extra=""):
 
 
 def send(t, subject, rcpts=("b@example.com",), sender="a@example.com", body="Hello.\r\n"):
-    """(code, text) of the reply to the data."""
+    """(code, text) of the first reply that is not 2xx/3xx, else of the
+    reply to the data."""
     with t.smtp() as s:
         s.ehlo("client.test")
-        assert s.mail(sender)[0] == 250
+        code, msg = s.mail(sender)
+        if code >= 400:
+            return code, msg.decode()
         for r in rcpts:
-            assert s.rcpt(r)[0] == 250
+            code, msg = s.rcpt(r)
+            if code >= 400:
+                return code, msg.decode()
         try:
             code, msg = s.data(message(subject, body))
         except smtplib.SMTPDataError as e:
@@ -155,6 +160,31 @@ def test_filter_sees_the_session_and_edits_headers(make_tern, sink, start_filter
     rec = t.wait_event("received", **{"from": "a@example.com"})
     rw = t.wait_event("milter_rewritten")
     assert rw["qid"] == rec["qid"] and rw["was"] == eom["qid"], (rw, rec, eom)
+
+
+def test_mail_and_rcpt_answered_by_the_filter(make_tern, sink, start_filter):
+    """MAIL and each RCPT are answered once the filter has: a refused
+    sender refuses the transaction, a refused recipient only itself."""
+    f = start_filter()
+    t = make_tern(milters=f.spec)
+    with t.smtp() as s:
+        s.ehlo("client.test")
+        code, msg = s.mail("mailreject@example.com")
+        assert (code, msg.decode()) == (553, "5.7.1 Sender refused by the test filter")
+        code, msg = s.mail("mailtempfail@example.com")
+        assert code == 451 and msg.decode().startswith("4.7.1"), (code, msg)
+        assert s.rcpt("b@example.com")[0] == 503  # no transaction
+        assert s.mail("a@example.com")[0] == 250
+        code, msg = s.rcpt("refuse@example.com")
+        assert code == 550 and msg.decode().startswith("5.7.1"), (code, msg)
+        assert s.rcpt("b@example.com")[0] == 250
+        subj = f"plain {uid()}"
+        assert s.data(message(subj))[0] == 250
+    m = sink.wait_to("b@example.com")[0]
+    assert m.rcpt_tos == ["b@example.com"]
+    assert f.eom(subj)["rcpts"] == ["<refuse@example.com>", "<b@example.com>"]
+    ev = t.wait_event("refused", to="refuse@example.com")
+    assert "milter" in ev["reason"], ev
 
 
 def test_reject_tempfail_discard(make_tern, sink, start_filter):
@@ -321,10 +351,7 @@ def test_garbage_filter(make_tern, sink):
         t = make_tern(milters=f"inet:127.0.0.1:{port}")
         with t.smtp() as s:
             s.ehlo("client.test")
-            s.mail("a@example.com")
-            s.rcpt("b@example.com")
-            code, _ = s.data(message("x"))
-            assert code == 451
+            assert s.mail("a@example.com")[0] == 451
             assert s.noop()[0] == 250
         ev = t.wait_event("milter_failed")
         assert "protocol error" in ev["reason"], ev
