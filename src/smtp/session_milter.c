@@ -1,13 +1,18 @@
 /*
- * The session's side of milter filters (`milters`): a stage after the end
- * of the data (session_data.c, tx_stages). Each filter of the list in turn
- * gets a connection of its own for the message and sees the whole
- * conversation as it happened (connect, HELO, MAIL, each RCPT, the header
- * fields, the body, the end of the message), with the macros of each step;
- * its answers are carried out: accept (this filter is done), continue,
- * reject, tempfail, a reply of its own, discard, quarantine (held), and at
+ * The session's side of milter filters (`milters`). Each filter of the
+ * list gets a connection of its own for each transaction, opened at MAIL
+ * and closed at its end, and is shown the conversation in three phases:
+ * at MAIL (connect, HELO, MAIL), at each RCPT (that recipient), and at the
+ * end of the data as a stage of session_data.c's table (DATA, the header
+ * fields, the body, the end of the message), each step with its macros.
+ * A phase asks the filters in order; the session reads nothing until it
+ * is over, then MAIL or RCPT is answered, or the stage ends. The filters'
+ * answers are carried out: accept (this filter is done), continue, reject,
+ * tempfail, a reply of its own (refusing what the phase is about: the
+ * sender, one recipient, the message), discard, quarantine (held), and at
  * the end of the message header, body and envelope changes. A filter that
- * is down, too slow or speaks garbage means milter_default_action.
+ * is down, too slow or speaks garbage means milter_default_action, for the
+ * step at hand and every later one of the transaction.
  *
  * While milters are configured the transaction keeps an unstuffed copy of
  * the message content (smtp_milter_copy_*, at most max_message_size):
