@@ -235,6 +235,7 @@ smtp_milter_tx_free(struct smtp_tx *tx)
 }
 
 static void phase_next(struct smtp_milter_run *mr);
+static void default_refusal(struct smtp_milter_run *mr);
 static void conn_cb(
     struct milter_conn *c, const struct milter_reply *r, const char *why, void *arg);
 static void run_steps(struct smtp_milter_run *mr);
@@ -287,18 +288,18 @@ filter_close(struct smtp_milter_run *mr)
     }
 }
 
-/* The current filter failed (why): milter_default_action, logged once. */
+/* Filter i failed (why): logged once; it sees no more of the transaction
+ * and milter_default_action answers for it from now on. */
 static void
-filter_failed(struct smtp_milter_run *mr, const char *why)
+mark_failed(struct smtp_milter_run *mr, size_t i, const char *why)
 {
     struct smtp_session *s = mr->s;
-    struct mfilter *f = cur_f(mr);
-    struct tern_status st;
+    struct mfilter *f = &mr->f[i];
     struct logline l;
     int act = s->cfg->milter_default_action;
     log_begin(&l, LOG_WARN, qid_of(mr), "smtp", "milter_failed");
     log_int(&l, "sess", (int64_t)s->id);
-    log_str(&l, "milter", filter_name(mr));
+    log_str(&l, "milter", mr->specs[i].name);
     log_str(&l, "reason", why);
     log_str(&l, "action",
         act == MILTER_ACT_ACCEPT   ? "accept"
@@ -310,16 +311,19 @@ filter_failed(struct smtp_milter_run *mr, const char *why)
     f->out = true;
     f->failed = true;
     f->awaiting = false;
-    if (act != MILTER_ACT_ACCEPT) {
-        if (act == MILTER_ACT_REJECT)
-            STATUS_SET(&st, 550, "5.7.1", "Rejected by content filter");
-        else
-            STATUS_SET(&st, 451, "4.7.1", "Content filter unavailable, try again later");
-        refuse(mr, &st);
-    }
+}
+
+/* The current filter failed while the phase waited for it. */
+static void
+filter_failed(struct smtp_milter_run *mr, const char *why)
+{
+    mark_failed(mr, mr->cur, why);
+    if (mr->s->cfg->milter_default_action != MILTER_ACT_ACCEPT)
+        default_refusal(mr);
     mr->cur++;
     phase_next(mr);
 }
+
 /* ---- edits ---- */
 
 static bool
@@ -811,14 +815,21 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
     struct smtp_milter_run *mr = arg;
     struct mfilter *f = cur_f(mr);
     bool bad = false;
-    if (mr->s->dead || mr->s->state != SMTP_ST_FILTER || mr->cur >= mr->n_specs || f->conn != c) {
+    size_t i = 0;
+    while (i < mr->n_specs && mr->f[i].conn != c)
+        i++;
+    if (mr->s->dead || mr->s->state == SMTP_ST_CLOSING || i == mr->n_specs) {
         /* The session is ending (client gone, shutdown's 421): the answer
          * has no one to go to. */
-        for (size_t i = 0; i < mr->n_specs; i++) {
-            if (mr->f[i].conn == c)
-                mr->f[i].conn = NULL;
-        }
+        if (i < mr->n_specs)
+            mr->f[i].conn = NULL;
         milter_conn_free(c);
+        return;
+    }
+    if (mr->s->state != SMTP_ST_FILTER || i != mr->cur) {
+        /* Out of turn: the filter closed, or sent what nobody asked for,
+         * while no phase waited for it. */
+        mark_failed(mr, i, r == NULL ? why : "protocol error (reply not expected)");
         return;
     }
     if (r == NULL) {

@@ -359,6 +359,100 @@ def test_garbage_filter(make_tern, sink):
         srv.close()
 
 
+class RawMilter:
+    """A filter speaking the protocol by hand: negotiates (no flags), then
+    answers each command with what script gives for its code (None: close
+    the connection), 'c' by default."""
+
+    def __init__(self, script):
+        import threading
+
+        self.script = script
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(8)
+        self.port = self.srv.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        import struct
+
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.connections += 1
+            buf = b""
+            try:
+                while True:
+                    while len(buf) < 4 or len(buf) < 4 + struct.unpack(">I", buf[:4])[0]:
+                        d = c.recv(65536)
+                        if not d:
+                            raise EOFError
+                        buf += d
+                    n = struct.unpack(">I", buf[:4])[0]
+                    code, buf = buf[4:5], buf[4 + n:]
+                    if code == b"O":
+                        c.sendall(struct.pack(">IcIII", 13, b"O", 6, 0xff, 0))
+                    elif code in (b"D", b"A"):
+                        continue
+                    elif code == b"Q":
+                        break
+                    else:
+                        ans = self.script.get(code, b"c")
+                        if ans is None:
+                            break
+                        c.sendall(struct.pack(">I", len(ans.rstrip(b"!"))) + ans.rstrip(b"!"))
+                        if ans.endswith(b"!"):
+                            break  # answered, then gone
+            except (EOFError, OSError):
+                pass
+            c.close()
+
+    def close(self):
+        self.srv.close()
+
+
+def test_filter_closes_between_commands(make_tern, sink):
+    """A filter that goes away once it has answered MAIL, while tern waits
+    for the client: the next RCPT gets the default action, logged once
+    with the filter's name, and the filter is not connected again."""
+    m = RawMilter({b"M": b"c!"})
+    try:
+        t = make_tern(milters=f"inet:127.0.0.1:{m.port}")
+        with t.smtp() as s:
+            s.ehlo("client.test")
+            assert s.mail("a@example.com")[0] == 250
+            code, msg = s.rcpt("b@example.com")
+            assert code == 451, (code, msg)
+            code, msg = s.rcpt("c@example.com")
+            assert code == 451, (code, msg)  # the failed filter answers again
+        evs = t.events("milter_failed")
+        assert len(evs) == 1 and evs[0]["milter"] == f"inet:127.0.0.1:{m.port}", evs
+        assert evs[0]["reason"] == "connection closed by the filter", evs
+        assert m.connections == 1
+    finally:
+        m.close()
+
+
+def test_filter_replycode_must_be_4xx_or_5xx(make_tern, sink):
+    """A reply of the filter's own that is no 4xx/5xx is a protocol error."""
+    m = RawMilter({b"R": b"y250 2.0.0 fine\0"})
+    try:
+        t = make_tern(milters=f"inet:127.0.0.1:{m.port}", milter_default_action="reject")
+        with t.smtp() as s:
+            s.ehlo("client.test")
+            assert s.mail("a@example.com")[0] == 250
+            code, msg = s.rcpt("b@example.com")
+            assert (code, msg.decode()) == (550, "5.7.1 Rejected by content filter")
+        ev = t.wait_event("milter_failed")
+        assert ev["reason"] == "protocol error (bad reply code)", ev
+    finally:
+        m.close()
+
+
 def test_bad_milters_setting(make_tern):
     t = make_tern(start=False, milters="inet:example.com:11332")
     p = t.ternd("--check", "-c", str(t.conf))
