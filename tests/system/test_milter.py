@@ -431,7 +431,8 @@ def test_filter_closes_between_commands(make_tern, sink):
             assert code == 451, (code, msg)  # the failed filter answers again
         evs = t.events("milter_failed")
         assert len(evs) == 1 and evs[0]["milter"] == f"inet:127.0.0.1:{m.port}", evs
-        assert evs[0]["reason"] == "connection closed by the filter", evs
+        # (A write racing the close may see the error before the EOF.)
+        assert evs[0]["reason"] in ("connection closed by the filter", "connection error"), evs
         assert m.connections == 1
     finally:
         m.close()
