@@ -28,6 +28,7 @@ class Filter(Milter.Base):
 
     def connect(self, hostname, family, hostaddr):
         note(step="connect", hostname=hostname, addr=str(hostaddr[0]) if hostaddr else None,
+             port=hostaddr[1] if hostaddr else None, client_port=self.getsymval("{client_port}"),
              client_addr=self.getsymval("{client_addr}"), j=self.getsymval("j"),
              daemon=self.getsymval("{daemon_name}"))
         return Milter.CONTINUE
