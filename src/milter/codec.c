@@ -275,7 +275,21 @@ milter_reply_parse(const uint8_t *pkt, size_t len, struct milter_reply *r)
         r->version = get_u32(d);
         r->actions = get_u32(d + 4);
         r->protocol = get_u32(d + 8);
-        /* Requested macro lists may follow; tern sends its own set. */
+        /* Then macro lists (SMFIM_* step, names): a malformed rest is
+         * ignored, as the lists only narrow what is sent. */
+        off = 12;
+        while (n - off >= 4) {
+            uint32_t st = get_u32(d + off);
+            const char *m;
+            size_t ml, at = off + 4;
+            if (st >= MILTER_M_COUNT || !take_str(d, n, &at, &m, &ml))
+                break;
+            off = at;
+            if (ml <= MILTER_MACRO_LIST_MAX) {
+                r->macros[st] = m;
+                r->macros_len[st] = ml;
+            }
+        }
         return 0;
     case MILTER_R_REPLBODY:
         r->s1 = (const char *)d;

@@ -79,8 +79,9 @@ enum {
 #define MILTER_F_QUARANTINE  0x020u
 #define MILTER_F_CHGFROM     0x040u
 #define MILTER_F_ADDRCPT_PAR 0x080u
+#define MILTER_F_SETSYMLIST  0x100u /* macro lists asked for at negotiation */
 /* Every action tern carries out. */
-#define MILTER_F_ALL 0x0ffu
+#define MILTER_F_ALL 0x1ffu
 
 /* Protocol steps (SMFIP_*): NO* a command the filter does not want, NR_*
  * a command it will not answer. */
@@ -122,6 +123,10 @@ enum {
     MILTER_M_COUNT
 };
 
+/* Macro names a filter may ask for per step: a longer list is ignored. */
+#define MILTER_MACRO_LIST_MAX 1024
+#define MILTER_MACROS_MAX     32
+
 /* A filter's address: "inet:HOST:PORT" (a numeric IPv4 address, or IPv6 in
  * brackets; "localhost" is 127.0.0.1) or "unix:/absolute/path". */
 struct milter_spec {
@@ -159,8 +164,11 @@ int milter_frame(const uint8_t *p, size_t n, size_t *len);
 /* A decoded reply. Pointers borrow the packet's data. */
 struct milter_reply {
     char code;
-    /* OPTNEG */
+    /* OPTNEG, and the macro names it asks for per step (NULL: none asked;
+     * not NUL-terminated) */
     uint32_t version, actions, protocol;
+    const char *macros[MILTER_M_COUNT];
+    size_t macros_len[MILTER_M_COUNT];
     /* INSHEADER, CHGHEADER */
     uint32_t index;
     /* The first and second string (header name and value; recipient or

@@ -69,6 +69,8 @@ struct mfilter {
     bool body_repl_now;
     bool rcpt_done; /* the RCPT phase's recipient has been sent */
     bool failed;    /* failed: milter_default_action from now on */
+    /* Owned or NULL: the macro names asked for at negotiation, per step. */
+    char *macros[MILTER_M_COUNT];
     int64_t started_ms;
 };
 
@@ -95,9 +97,10 @@ struct smtp_milter_run {
     size_t body_start;  /* in the copy */
     struct buf newbody; /* the replacement body (CRLF) when body_new */
     bool body_new;
-    bool edited;       /* content or envelope changed: written again */
-    size_t edit_bytes; /* what filters added, bounded by max_message_size */
-    struct buf pkt;    /* packets being built */
+    bool edited;              /* content or envelope changed: written again */
+    size_t edit_bytes;        /* what filters added, bounded by max_message_size */
+    struct buf pkt;           /* packets being built */
+    char port[8], under[320]; /* macro values made on demand */
 };
 
 static struct mfilter *
@@ -223,8 +226,11 @@ smtp_milter_tx_free(struct smtp_tx *tx)
     }
     if (mr == NULL)
         return;
-    for (size_t i = 0; i < mr->n_specs; i++)
+    for (size_t i = 0; i < mr->n_specs; i++) {
         milter_conn_free(mr->f[i].conn);
+        for (size_t k = 0; k < MILTER_M_COUNT; k++)
+            free(mr->f[i].macros[k]);
+    }
     hdrs_free(mr);
     free(mr->specs);
     free(mr->f);
@@ -549,49 +555,96 @@ apply_edit(struct smtp_milter_run *mr, const struct milter_reply *r)
 
 /* ---- what filters are sent ---- */
 
+/* The macros tern knows, by name; NULL value: not known now. */
+static const char *
+macro_value(struct smtp_milter_run *mr, const char *name)
+{
+    struct smtp_session *s = mr->s;
+    const char *cname = smtp_client_name(s);
+    bool known = cname != NULL && s->name_state == SMTP_NAME_KNOWN;
+    static const char *const names[] = { "i", "j", "_", "{daemon_name}", "{client_addr}",
+        "{client_port}", "{client_name}", "{tls_version}", "{cipher}", "{mail_addr}",
+        "{auth_authen}", "{rcpt_addr}" };
+    size_t k = 0;
+    while (k < TERN_ARRAY_LEN(names) && strcmp(names[k], name) != 0)
+        k++;
+    switch (k) {
+    case 0:
+        return qid_of(mr);
+    case 1:
+        return s->cfg->hostname;
+    case 2:
+        snprintf(mr->under, sizeof(mr->under), "%s [%s]", known ? cname : "", s->peer_str);
+        return mr->under;
+    case 3:
+        return "tern";
+    case 4:
+        return s->peer_str;
+    case 5:
+        snprintf(mr->port, sizeof(mr->port), "%u",
+            ntohs(s->peer.sa.sa_family == AF_INET6 ? s->peer.in6.sin6_port : s->peer.in4.sin_port));
+        return mr->port;
+    case 6:
+        return known ? cname : "unknown";
+    case 7:
+        return s->tls ? s->tls_info->version : NULL;
+    case 8:
+        return s->tls ? s->tls_info->cipher : NULL;
+    case 9:
+        return s->tx->env->sender;
+    case 10:
+        return s->auth_user;
+    case 11:
+        return mr->rcpt;
+    default:
+        return NULL;
+    }
+}
+
+/* SMFIC_MACRO before command cmd: the names the filter asked for at
+ * negotiation for that step, else tern's set for it. */
 static void
 put_macros(struct smtp_milter_run *mr, char cmd)
 {
-    struct smtp_session *s = mr->s;
-    struct smtp_tx *tx = s->tx;
-    char port[8], under[320];
-    const char *name = smtp_client_name(s);
-    const char *kv[32];
+    static const char cmds[MILTER_M_COUNT] = { MILTER_C_CONNECT, MILTER_C_HELO, MILTER_C_MAIL,
+        MILTER_C_RCPT, MILTER_C_DATA, MILTER_C_BODYEOB, MILTER_C_EOH };
+    static const char *const sets[MILTER_M_COUNT] = {
+        "j _ {daemon_name} {client_addr} {client_port} {client_name}",
+        "{tls_version} {cipher}",
+        "{mail_addr} {auth_authen}",
+        "{rcpt_addr}",
+        "i j",
+        "i j",
+        "i j",
+    };
+    const char *kv[2 * MILTER_MACROS_MAX];
+    char names[MILTER_MACRO_LIST_MAX + 1];
+    const char *list = NULL;
     size_t n = 0;
-#define KV(k, v) (kv[2 * n] = (k), kv[2 * n + 1] = (v), n++)
-    KV("i", qid_of(mr));
-    switch (cmd) {
-    case MILTER_C_CONNECT:
-        snprintf(port, sizeof(port), "%u",
-            ntohs(s->peer.sa.sa_family == AF_INET6 ? s->peer.in6.sin6_port : s->peer.in4.sin_port));
-        snprintf(under, sizeof(under), "%s [%s]",
-            name != NULL && s->name_state == SMTP_NAME_KNOWN ? name : "", s->peer_str);
-        KV("j", s->cfg->hostname);
-        KV("_", under);
-        KV("{daemon_name}", "tern");
-        KV("{client_addr}", s->peer_str);
-        KV("{client_port}", port);
-        KV("{client_name}", s->name_state == SMTP_NAME_KNOWN && name != NULL ? name : "unknown");
-        break;
-    case MILTER_C_HELO:
-        if (s->tls) {
-            KV("{tls_version}", s->tls_info->version);
-            KV("{cipher}", s->tls_info->cipher);
-        }
-        break;
-    case MILTER_C_MAIL:
-        KV("{mail_addr}", tx->env->sender);
-        if (s->auth_user != NULL)
-            KV("{auth_authen}", s->auth_user);
-        break;
-    case MILTER_C_RCPT:
-        KV("{rcpt_addr}", mr->rcpt);
-        break;
-    default:
-        KV("j", s->cfg->hostname);
-        break;
+    for (size_t st = 0; st < MILTER_M_COUNT; st++) {
+        if (cmds[st] == cmd)
+            list = cur_f(mr)->macros[st] != NULL ? cur_f(mr)->macros[st] : sets[st];
     }
-#undef KV
+    if (list == NULL)
+        return;
+    snprintf(names, sizeof(names), "%s", list);
+    for (char *save = NULL, *t = strtok_r(names, " ,", &save); t != NULL && n < MILTER_MACROS_MAX;
+         t = strtok_r(NULL, " ,", &save)) {
+        kv[2 * n] = t;
+        kv[2 * n + 1] = macro_value(mr, t);
+        n++;
+    }
+    /* "i" too wherever it is known, as Sendmail sends it. */
+    if (qid_of(mr) != NULL && n < MILTER_MACROS_MAX) {
+        bool has_i = false;
+        for (size_t k = 0; k < n; k++)
+            has_i = has_i || strcmp(kv[2 * k], "i") == 0;
+        if (!has_i) {
+            kv[2 * n] = "i";
+            kv[2 * n + 1] = qid_of(mr);
+            n++;
+        }
+    }
     milter_put_macros(&mr->pkt, cmd, kv, n);
 }
 
@@ -856,6 +909,10 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
         f->version = r->version;
         f->actions = r->actions & MILTER_F_ALL;
         f->protocol = r->protocol & MILTER_P_OFFER;
+        for (size_t k = 0; k < MILTER_M_COUNT; k++) {
+            if (r->macros[k] != NULL)
+                f->macros[k] = xstrndup(r->macros[k], r->macros_len[k]);
+        }
         f->awaiting = false;
         run_steps(mr);
         return;
@@ -1054,10 +1111,10 @@ rcpt_done(struct smtp_milter_run *mr, bool resume)
         smtp_reply_status(s, &mr->refuse_st);
         log_refusal(mr, mr->rcpt);
         rcpt_del(env, env->n_rcpts - 1);
-        mr->rcpt = NULL;
     } else {
         smtp_reply(s, 250, "2.1.5", "Ok");
     }
+    mr->rcpt = NULL; /* a filter may delete it at the end of the data */
     s->state = env->n_rcpts > 0 ? SMTP_ST_RCPT : SMTP_ST_MAIL;
     smtp_session_read(s, true);
     if (resume)

@@ -366,10 +366,12 @@ class RawMilter:
     answers each command with what script gives for its code (None: close
     the connection), 'c' by default."""
 
-    def __init__(self, script):
+    def __init__(self, script, optneg_extra=b""):
         import threading
 
         self.script = script
+        self.optneg_extra = optneg_extra
+        self.packets = []  # (code, data) of every packet tern sent
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
         self.srv.listen(8)
@@ -395,9 +397,11 @@ class RawMilter:
                             raise EOFError
                         buf += d
                     n = struct.unpack(">I", buf[:4])[0]
-                    code, buf = buf[4:5], buf[4 + n:]
+                    code, data, buf = buf[4:5], buf[5:4 + n], buf[4 + n:]
+                    self.packets.append((code, data))
                     if code == b"O":
-                        c.sendall(struct.pack(">IcIII", 13, b"O", 6, 0xff, 0))
+                        c.sendall(struct.pack(">IcIII", 13 + len(self.optneg_extra), b"O", 6,
+                                              0x1ff, 0) + self.optneg_extra)
                     elif code in (b"D", b"A"):
                         continue
                     elif code == b"Q":
@@ -452,6 +456,27 @@ def test_filter_replycode_must_be_4xx_or_5xx(make_tern, sink):
             assert (code, msg.decode()) == (550, "5.7.1 Rejected by content filter")
         ev = t.wait_event("milter_failed")
         assert ev["reason"] == "protocol error (bad reply code)", ev
+    finally:
+        m.close()
+
+
+def test_macro_lists_asked_for(make_tern, sink):
+    """The macros a filter asks for at negotiation for a step are the ones
+    sent before it (plus i once known); other steps keep tern's set."""
+    import struct
+
+    ask = struct.pack(">I", 3) + b"{mail_addr} {client_addr} {nosuch}\0"
+    m = RawMilter({}, optneg_extra=ask)
+    try:
+        t = make_tern(milters=f"inet:127.0.0.1:{m.port}")
+        assert send(t, "macros")[0] == 250
+        sink.wait_to("b@example.com")
+        macros = {d[:1]: d[1:].split(b"\0")[:-1] for c, d in m.packets if c == b"D"}
+        rcpt = macros[b"R"]
+        assert rcpt == [b"{mail_addr}", b"a@example.com", b"{client_addr}", b"127.0.0.1"], rcpt
+        assert b"{mail_addr}" in macros[b"M"] and b"{client_addr}" in macros[b"C"]
+        qid = t.wait_event("received")["qid"].encode()
+        assert macros[b"E"][macros[b"E"].index(b"i") + 1] == qid, macros[b"E"]
     finally:
         m.close()
 

@@ -247,6 +247,26 @@ test_replies(void **state)
             assert_int_equal(r.protocol, 0x10);
         }
     }
+    /* Macro lists after OPTNEG: per step, a malformed rest ignored. */
+    {
+        static const char opt[] = "\0\0\0\x06\0\0\x01\xff\0\0\0\0"
+                                  "\0\0\0\x03{rcpt_addr} i\0"
+                                  "\0\0\0\x05{auth_authen}\0"
+                                  "\0\0\0\x09"
+                                  "bad step\0";
+        uint8_t buf[128];
+        struct milter_reply r;
+        size_t n = pkt(buf, 'O', opt, sizeof(opt) - 1);
+        assert_int_equal(milter_reply_parse(buf, n, &r), 0);
+        assert_int_equal(r.actions, 0x1ff);
+        assert_int_equal(r.macros_len[3], strlen("{rcpt_addr} i"));
+        assert_memory_equal(r.macros[3], "{rcpt_addr} i", r.macros_len[3]);
+        assert_memory_equal(r.macros[5], "{auth_authen}", r.macros_len[5]);
+        assert_null(r.macros[0]);
+        n = pkt(buf, 'O', opt, 12 + 4 + 5); /* a list cut short */
+        assert_int_equal(milter_reply_parse(buf, n, &r), 0);
+        assert_null(r.macros[3]);
+    }
     /* A length that does not match the packet. */
     uint8_t bad[] = { 0, 0, 0, 5, 'c' };
     struct milter_reply r;
