@@ -6,10 +6,11 @@
  * name and value, address). The input is also tried as a milters list.
  * Invariants: framing never reports a packet beyond the input or over
  * MILTER_PACKET_MAX; decoded strings lie inside the packet and (but for
- * REPLBODY) end with a NUL there; a reply code accepted is 4xx/5xx with an
- * enhanced code of its class and printable text; a header value accepted
- * has line breaks only as CRLF before a blank and no other controls but
- * tab; an address accepted has no blanks, controls or brackets.
+ * REPLBODY) end with a NUL there, as do OPTNEG's macro lists; a reply code
+ * accepted is 4xx/5xx with an enhanced code of its class and printable
+ * text; a header value accepted has line breaks only as CRLF before a
+ * blank and no other controls but tab; an address accepted has no blanks,
+ * controls or brackets.
  */
 #include <stdbool.h>
 #include <stdint.h>
@@ -96,6 +97,10 @@ check_reply(const uint8_t *pkt, size_t len)
     bool nul = r.code != MILTER_R_REPLBODY;
     check_str(pkt, len, r.s1, r.s1_len, nul);
     check_str(pkt, len, r.s2, r.s2_len, nul);
+    for (size_t k = 0; k < MILTER_M_COUNT; k++) {
+        check_str(pkt, len, r.macros[k], r.macros_len[k], true);
+        CHECK(r.macros_len[k] <= MILTER_MACRO_LIST_MAX);
+    }
     switch (r.code) {
     case MILTER_R_REPLYCODE:
         check_replycode(r.s1, r.s1_len);
