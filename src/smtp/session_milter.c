@@ -564,7 +564,7 @@ macro_value(struct smtp_milter_run *mr, const char *name)
     bool known = cname != NULL && s->name_state == SMTP_NAME_KNOWN;
     static const char *const names[] = { "i", "j", "_", "{daemon_name}", "{client_addr}",
         "{client_port}", "{client_name}", "{tls_version}", "{cipher}", "{mail_addr}",
-        "{auth_authen}", "{rcpt_addr}" };
+        "{auth_authen}", "{rcpt_addr}", "{auth_type}" };
     size_t k = 0;
     while (k < TERN_ARRAY_LEN(names) && strcmp(names[k], name) != 0)
         k++;
@@ -596,6 +596,8 @@ macro_value(struct smtp_milter_run *mr, const char *name)
         return s->auth_user;
     case 11:
         return mr->rcpt;
+    case 12:
+        return s->auth_user != NULL ? s->auth_mech : NULL;
     default:
         return NULL;
     }
@@ -611,7 +613,7 @@ put_macros(struct smtp_milter_run *mr, char cmd)
     static const char *const sets[MILTER_M_COUNT] = {
         "j _ {daemon_name} {client_addr} {client_port} {client_name}",
         "{tls_version} {cipher}",
-        "{mail_addr} {auth_authen}",
+        "{mail_addr} {auth_authen} {auth_type}",
         "{rcpt_addr}",
         "i j",
         "i j",

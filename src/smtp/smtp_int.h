@@ -252,6 +252,7 @@ struct smtp_session {
     enum smtp_auth_step auth_step;
     struct auth_creds *creds;       /* owned while an exchange runs; cleared before free */
     char *auth_user;                /* owned: the authenticated identity, or NULL */
+    const char *auth_mech;          /* static: the mechanism of the exchange or of auth_user */
     struct tern_status *auth_reply; /* owned: the answer held back by auth_timer */
     bool auth_close;                /* close after auth_reply (lockout) */
     /* For the disconnect line (session_log.c): commands by verb, those

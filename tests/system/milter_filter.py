@@ -39,7 +39,8 @@ class Filter(Milter.Base):
 
     def envfrom(self, mailfrom, *params):
         self.mailfrom = mailfrom
-        note(step="mail", addr=mailfrom, mail_addr=self.getsymval("{mail_addr}"))
+        note(step="mail", addr=mailfrom, mail_addr=self.getsymval("{mail_addr}"),
+             auth_authen=self.getsymval("{auth_authen}"), auth_type=self.getsymval("{auth_type}"))
         if "mailreject" in mailfrom:
             self.setreply("553", "5.7.1", "Sender refused by the test filter")
             return Milter.REJECT

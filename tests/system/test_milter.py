@@ -189,6 +189,25 @@ def test_mail_and_rcpt_answered_by_the_filter(make_tern, sink, start_filter):
     assert "milter" in ev["reason"], ev
 
 
+def test_auth_macros(make_tern, sink, start_filter, tmp_path):
+    from test_tls_auth import add_user
+
+    f = start_filter()
+    t = make_tern(start=False, milters=f.spec, auth_users_file=tmp_path / "users",
+                  auth_allow_plaintext_loopback="yes", auth_failure_delay="0s")
+    add_user(t, "alice", "secret pass")
+    t.start()
+    with t.smtp() as s:
+        s.ehlo("client.test")
+        s.login("alice", "secret pass")
+        assert s.mail("alice@example.com")[0] == 250
+    mail = wait_for(lambda: [e for e in f.seen() if e["step"] == "mail"], desc="MAIL")[0]
+    assert mail["auth_authen"] == "alice" and mail["auth_type"] in ("PLAIN", "LOGIN"), mail
+    assert send(t, "anonymous")[0] == 250
+    mails = [e for e in f.seen() if e["step"] == "mail"]
+    assert mails[-1]["auth_authen"] is None and mails[-1]["auth_type"] is None, mails
+
+
 def test_reject_tempfail_discard(make_tern, sink, start_filter):
     f = start_filter()
     t = make_tern(milters=f.spec)
