@@ -34,6 +34,8 @@
 
 /* Header fields of the message a filter may leave it with. */
 #define MILTER_HDRS_MAX 2000
+/* Changes the filters may make to one message (each is logged). */
+#define MILTER_EDITS_MAX 5000
 /* A filter may answer PROGRESS, but one message may not take it longer
  * than this many times milter_timeout. */
 #define MILTER_TOTAL_TIMEOUTS 10
@@ -99,6 +101,7 @@ struct smtp_milter_run {
     bool body_new;
     bool edited;              /* content or envelope changed: written again */
     size_t edit_bytes;        /* what filters added, bounded by max_message_size */
+    size_t n_edits;           /* changes made, bounded by MILTER_EDITS_MAX */
     struct buf pkt;           /* packets being built */
     char port[8], under[320]; /* macro values made on demand */
 };
@@ -336,7 +339,7 @@ static bool
 edit_room(struct smtp_milter_run *mr, size_t n)
 {
     mr->edit_bytes += n;
-    return mr->edit_bytes <= mr->s->cfg->max_message_size;
+    return ++mr->n_edits <= MILTER_EDITS_MAX && mr->edit_bytes <= mr->s->cfg->max_message_size;
 }
 
 /* The value a filter gives, as stored: a leading space added unless the

@@ -429,6 +429,9 @@ class RawMilter:
                         ans = self.script.get(code, b"c")
                         if ans is None:
                             break
+                        if isinstance(ans, list):  # several packets
+                            c.sendall(b"".join(struct.pack(">I", len(a)) + a for a in ans))
+                            continue
                         c.sendall(struct.pack(">I", len(ans.rstrip(b"!"))) + ans.rstrip(b"!"))
                         if ans.endswith(b"!"):
                             break  # answered, then gone
@@ -496,6 +499,21 @@ def test_macro_lists_asked_for(make_tern, sink):
         assert b"{mail_addr}" in macros[b"M"] and b"{client_addr}" in macros[b"C"]
         qid = t.wait_event("received")["qid"].encode()
         assert macros[b"E"][macros[b"E"].index(b"i") + 1] == qid, macros[b"E"]
+    finally:
+        m.close()
+
+
+def test_endless_changes(make_tern, sink):
+    """A filter that sends change after change ends at the bound on changes
+    per message: the default action, and the session goes on."""
+    m = RawMilter({b"E": [b"-<nobody@example.com>\0"] * 6000 + [b"c"]})
+    try:
+        t = make_tern(milters=f"inet:127.0.0.1:{m.port}")
+        code, text = send(t, "flood")
+        assert code == 451, (code, text)
+        ev = t.wait_event("milter_failed")
+        assert ev["reason"] == "protocol error (bad modification)", ev
+        assert len(t.events("milter_edit")) == 5000
     finally:
         m.close()
 
