@@ -207,8 +207,13 @@ milter_conn_free(struct milter_conn *c)
     /* What is queued (a QUIT) goes out now if the socket takes it: the
      * filter then sees a clean end, not a connection cut short. */
     out = c->bev != NULL ? bufferevent_get_output(c->bev) : NULL;
-    if (out != NULL && c->connected && !c->failed && evbuffer_get_length(out) > 0)
+    if (out != NULL && c->connected && !c->failed && evbuffer_get_length(out) > 0) {
+        /* The socket bufferevent keeps the front of its output frozen for
+         * anyone but itself. */
+        evbuffer_unfreeze(out, 1);
         (void)evbuffer_write(out, bufferevent_getfd(c->bev));
+        evbuffer_freeze(out, 1);
+    }
     if (c->in_cb) {
         c->free_late = true;
         bufferevent_disable(c->bev, EV_READ | EV_WRITE);

@@ -168,6 +168,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     struct smtp_session *s = arg;
     s->lp->n_alive--;
     smtp_tx_free(s->tx);
+    smtp_milter_session_free(s);
     smtp_auth_reset(s);
     if (s->auth_timer)
         event_free(s->auth_timer);

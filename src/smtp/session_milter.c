@@ -1,7 +1,8 @@
 /*
  * The session's side of milter filters (`milters`). Each filter of the
- * list gets a connection of its own for each transaction, opened at MAIL
- * and closed at its end, and is shown the conversation in three phases:
+ * list gets a connection of its own for the session, opened at the first
+ * MAIL (a transaction that ends early is aborted there, the session's end
+ * sends QUIT), and is shown each transaction in three phases:
  * at MAIL (connect, HELO, MAIL), at each RCPT (that recipient), and at the
  * end of the data as a stage of session_data.c's table (DATA, the header
  * fields, the body, the end of the message), each step with its macros.
@@ -12,7 +13,7 @@
  * sender, one recipient, the message), discard, quarantine (held), and at
  * the end of the message header, body and envelope changes. A filter that
  * is down, too slow or speaks garbage means milter_default_action, for the
- * step at hand and every later one of the transaction.
+ * step at hand and every later one of the session.
  *
  * While milters are configured the transaction keeps an unstuffed copy of
  * the message content (smtp_milter_copy_*, at most max_message_size):
@@ -69,8 +70,11 @@ struct mfilter {
     size_t idx;      /* of the last step: header index, body offset */
     bool awaiting;   /* a reply to step is awaited */
     bool body_repl_now;
-    bool rcpt_done; /* the RCPT phase's recipient has been sent */
-    bool failed;    /* failed: milter_default_action from now on */
+    bool rcpt_done;  /* the RCPT phase's recipient has been sent */
+    bool failed;     /* failed: milter_default_action for the rest of the session */
+    bool msg_done;   /* the end of the message has been answered */
+    bool conn_sent;  /* SMFIC_CONNECT has been sent on this connection */
+    char *helo_sent; /* owned or NULL: the HELO name sent on it */
     /* Owned or NULL: the macro names asked for at negotiation, per step. */
     char *macros[MILTER_M_COUNT];
     int64_t started_ms;
@@ -218,6 +222,25 @@ hdrs_parse(struct smtp_milter_run *mr, const char *p, size_t n)
 
 /* ---- the run ---- */
 
+/* Forget what a filter knew of its connection (closed). */
+static void
+filter_disconnected(struct mfilter *f)
+{
+    milter_conn_free(f->conn);
+    f->conn = NULL;
+    f->negotiated = false;
+    f->conn_sent = false;
+    free(f->helo_sent);
+    f->helo_sent = NULL;
+    for (size_t k = 0; k < MILTER_M_COUNT; k++) {
+        free(f->macros[k]);
+        f->macros[k] = NULL;
+    }
+}
+
+/* The transaction ends (queued, refused, RSET, a new MAIL, the session's
+ * end): filters in the middle of it are told (SMFIC_ABORT, no reply) and
+ * everything of the message is forgotten; the connections stay. */
 void
 smtp_milter_tx_free(struct smtp_tx *tx)
 {
@@ -229,10 +252,48 @@ smtp_milter_tx_free(struct smtp_tx *tx)
     }
     if (mr == NULL)
         return;
+    tx->milter = NULL;
     for (size_t i = 0; i < mr->n_specs; i++) {
-        milter_conn_free(mr->f[i].conn);
-        for (size_t k = 0; k < MILTER_M_COUNT; k++)
-            free(mr->f[i].macros[k]);
+        struct mfilter *f = &mr->f[i];
+        if (f->conn != NULL && f->negotiated && !f->msg_done && !f->failed) {
+            milter_put(&mr->pkt, MILTER_C_ABORT, NULL, 0);
+            milter_conn_send(f->conn, &mr->pkt);
+        }
+        if (f->conn != NULL && !f->negotiated) {
+            /* Still connecting: a new transaction starts it again. */
+            filter_disconnected(f);
+        }
+        if (f->conn != NULL)
+            milter_conn_idle(f->conn);
+        f->out = f->failed;
+        f->msg_done = false;
+        f->awaiting = false;
+        f->step = MS_NONE;
+        f->idx = 0;
+        f->rcpt_done = false;
+        f->body_repl_now = false;
+    }
+    hdrs_free(mr);
+    buf_reset(&mr->newbody);
+    mr->body_new = mr->edited = mr->sep = mr->refused = false;
+    mr->edit_bytes = mr->n_edits = mr->body_start = 0;
+    mr->rcpt = NULL;
+    mr->cur = mr->n_specs;
+}
+
+void
+smtp_milter_session_free(struct smtp_session *s)
+{
+    struct smtp_milter_run *mr = s->milter;
+    if (mr == NULL)
+        return;
+    for (size_t i = 0; i < mr->n_specs; i++) {
+        struct mfilter *f = &mr->f[i];
+        if (f->conn != NULL && f->negotiated) {
+            milter_put(&mr->pkt, MILTER_C_QUIT, NULL, 0);
+            milter_conn_send(f->conn, &mr->pkt); /* sent if the socket takes it */
+        }
+        filter_disconnected(f);
     }
     hdrs_free(mr);
     free(mr->specs);
@@ -240,7 +301,7 @@ smtp_milter_tx_free(struct smtp_tx *tx)
     buf_fini(&mr->newbody);
     buf_fini(&mr->pkt);
     free(mr);
-    tx->milter = NULL;
+    s->milter = NULL;
 }
 
 static void phase_next(struct smtp_milter_run *mr);
@@ -261,7 +322,7 @@ filter_name(struct smtp_milter_run *mr)
 static const char *
 qid_of(struct smtp_milter_run *mr)
 {
-    return mr->s->tx->w != NULL ? spool_writer_qid(mr->s->tx->w) : NULL;
+    return mr->s->tx != NULL && mr->s->tx->w != NULL ? spool_writer_qid(mr->s->tx->w) : NULL;
 }
 
 static void
@@ -282,19 +343,15 @@ refuse(struct smtp_milter_run *mr, const struct tern_status *st)
     }
 }
 
-/* The current filter is done with the transaction (accepted, or the end
- * of the message answered): QUIT, closed. */
+/* The current filter is done with the message (it accepted it, or
+ * answered its end): it sees no more of it. */
 static void
 filter_close(struct smtp_milter_run *mr)
 {
     struct mfilter *f = cur_f(mr);
     f->out = true;
-    if (f->conn != NULL) {
-        milter_put(&mr->pkt, MILTER_C_QUIT, NULL, 0);
-        milter_conn_send(f->conn, &mr->pkt);
-        milter_conn_free(f->conn); /* sends the QUIT if the socket takes it */
-        f->conn = NULL;
-    }
+    if (f->step == MS_EOM)
+        f->msg_done = true;
 }
 
 /* Filter i failed (why): logged once; it sees no more of the transaction
@@ -315,8 +372,7 @@ mark_failed(struct smtp_milter_run *mr, size_t i, const char *why)
         : act == MILTER_ACT_REJECT ? "reject"
                                    : "tempfail");
     log_end(&l);
-    milter_conn_free(f->conn);
-    f->conn = NULL;
+    filter_disconnected(f);
     f->out = true;
     f->failed = true;
     f->awaiting = false;
@@ -678,9 +734,11 @@ applies(struct smtp_milter_run *mr, struct mfilter *f, enum mstep st, size_t idx
     struct smtp_tx *tx = mr->s->tx;
     switch (st) {
     case MS_CONNECT:
-        return !(f->protocol & MILTER_P_NOCONNECT);
+        return !(f->protocol & MILTER_P_NOCONNECT) && !f->conn_sent;
     case MS_HELO:
-        return !(f->protocol & MILTER_P_NOHELO) && mr->s->helo != NULL;
+        /* Again after a new EHLO, as the client sent it. */
+        return !(f->protocol & MILTER_P_NOHELO) && mr->s->helo != NULL &&
+               (f->helo_sent == NULL || strcmp(f->helo_sent, mr->s->helo) != 0);
     case MS_MAIL:
         return !(f->protocol & MILTER_P_NOMAIL);
     case MS_RCPT:
@@ -741,11 +799,14 @@ put_step(struct smtp_milter_run *mr, enum mstep st, size_t idx)
             snprintf(host, sizeof(host), "[%s]", s->peer_str);
         put_macros(mr, MILTER_C_CONNECT);
         milter_put_connect(&mr->pkt, host, &s->peer.sa);
+        f->conn_sent = true;
         return !(f->protocol & MILTER_P_NR_CONN);
     }
     case MS_HELO:
         put_macros(mr, MILTER_C_HELO);
         strs[0] = s->helo;
+        free(f->helo_sent);
+        f->helo_sent = xstrdup(s->helo);
         milter_put_strs(&mr->pkt, MILTER_C_HELO, strs, 1);
         return !(f->protocol & MILTER_P_NR_HELO);
     case MS_MAIL:
@@ -885,6 +946,12 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
         return;
     }
     if (mr->s->state != SMTP_ST_FILTER || i != mr->cur) {
+        if (r == NULL && (mr->s->tx == NULL || mr->s->tx->milter == NULL)) {
+            /* Closed between transactions (the filter's idle timeout):
+             * connected again at the next MAIL. */
+            filter_disconnected(&mr->f[i]);
+            return;
+        }
         /* Out of turn: the filter closed, or sent what nobody asked for,
          * while no phase waited for it. */
         mark_failed(mr, i, r == NULL ? why : "protocol error (reply not expected)");
@@ -1171,19 +1238,23 @@ bool
 smtp_milter_mail(struct smtp_session *s)
 {
     struct smtp_tx *tx = s->tx;
-    struct smtp_milter_run *mr;
+    struct smtp_milter_run *mr = s->milter;
     char why[200];
     if (s->cfg->milters == NULL)
         return false;
-    mr = xcalloc(1, sizeof(*mr));
-    mr->s = s;
-    if (milter_specs_parse(s->cfg->milters, &mr->specs, &mr->n_specs, why, sizeof(why)) < 0 ||
-        mr->n_specs == 0) {
-        free(mr->specs);
-        free(mr);
-        return false; /* checked at load: cannot be */
+    if (mr == NULL) {
+        /* The filters' connections live as long as the session. */
+        mr = xcalloc(1, sizeof(*mr));
+        mr->s = s;
+        if (milter_specs_parse(s->cfg->milters, &mr->specs, &mr->n_specs, why, sizeof(why)) < 0 ||
+            mr->n_specs == 0) {
+            free(mr->specs);
+            free(mr);
+            return false; /* checked at load: cannot be */
+        }
+        mr->f = xcalloc(mr->n_specs, sizeof(*mr->f));
+        s->milter = mr;
     }
-    mr->f = xcalloc(mr->n_specs, sizeof(*mr->f));
     tx->milter = mr;
     /* Nothing more is read until the filters have answered. */
     s->state = SMTP_ST_FILTER;

@@ -108,7 +108,8 @@ struct smtp_tx {
     struct tern_status verdict_st; /* the reply when refused */
     char *verdict_by;              /* owned or NULL: who decided, for the log */
     /* milters (session_milter.c): the message's content, unstuffed, while
-     * milters are configured (owned or NULL), and the filters' run. */
+     * milters are configured (owned or NULL), and the session's filters
+     * once they take part in the transaction (borrowed or NULL). */
     struct buf *mcopy;
     bool mcopy_bol;
     struct smtp_milter_run *milter;
@@ -265,8 +266,9 @@ struct smtp_session {
     int reject_why;  /* metrics: the next 4xx/5xx reply's reason + 1; 0: by its codes */
     /* The client's name for the log (session_name.c). */
     enum { SMTP_NAME_OFF, SMTP_NAME_PENDING, SMTP_NAME_KNOWN, SMTP_NAME_UNKNOWN } name_state;
-    struct dns_query *name_q; /* the lookup in flight, or NULL */
-    char *client_name;        /* owned: the PTR name; the client's only when KNOWN */
+    struct dns_query *name_q;       /* the lookup in flight, or NULL */
+    char *client_name;              /* owned: the PTR name; the client's only when KNOWN */
+    struct smtp_milter_run *milter; /* owned or NULL: milter filters' connections */
 };
 
 /* server.c: admit a new connection as a listener does (session limits,
@@ -352,6 +354,7 @@ bool smtp_milter_stage(struct smtp_session *s);
 void smtp_milter_copy_plain(struct smtp_tx *tx, const char *p, size_t n);
 void smtp_milter_copy_stuffed(struct smtp_tx *tx, struct evbuffer *src, size_t n);
 void smtp_milter_tx_free(struct smtp_tx *tx);
+void smtp_milter_session_free(struct smtp_session *s); /* after its transaction's */
 
 /* session_tls.c: STARTTLS (RFC 3207) and implicit TLS (RFC 8314). */
 bool smtp_starttls_offered(const struct smtp_session *s);

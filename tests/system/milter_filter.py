@@ -38,6 +38,8 @@ class Filter(Milter.Base):
         return Milter.CONTINUE
 
     def envfrom(self, mailfrom, *params):
+        # A connection may carry several messages.
+        self.subject, self.headers, self.chunks, self.rcpts = "", [], b"", []
         self.mailfrom = mailfrom
         note(step="mail", addr=mailfrom, mail_addr=self.getsymval("{mail_addr}"),
              auth_authen=self.getsymval("{auth_authen}"), auth_type=self.getsymval("{auth_type}"))
@@ -62,6 +64,10 @@ class Filter(Milter.Base):
         return Milter.CONTINUE
 
     def eoh(self):
+        return Milter.CONTINUE
+
+    def abort(self):
+        note(step="abort")
         return Milter.CONTINUE
 
     def body(self, chunk):

@@ -482,6 +482,36 @@ def test_filter_replycode_must_be_4xx_or_5xx(make_tern, sink):
         m.close()
 
 
+def test_one_connection_per_session(make_tern, sink):
+    """A filter keeps its connection for the whole session: CONNECT once,
+    HELO again after a new EHLO, SMFIC_ABORT for a transaction that ends
+    early (RSET), QUIT at the end; each message in full."""
+    m = RawMilter({})
+    try:
+        t = make_tern(milters=f"inet:127.0.0.1:{m.port}")
+        with t.smtp() as s:
+            s.ehlo("one.test")
+            assert s.mail("a@example.com")[0] == 250
+            assert s.rcpt("b@example.com")[0] == 250
+            assert s.rset()[0] == 250
+            assert s.mail("a@example.com")[0] == 250
+            assert s.rcpt("b@example.com")[0] == 250
+            assert s.data(message("first"))[0] == 250
+            s.ehlo("two.test")
+            assert s.mail("a@example.com")[0] == 250
+            assert s.rcpt("c@example.com")[0] == 250
+            assert s.data(message("second"))[0] == 250
+        sink.wait_to("c@example.com")
+        wait_for(lambda: m.packets and m.packets[-1][0] == b"Q", desc="the QUIT")
+        assert m.connections == 1
+        codes = b"".join(c for c, _ in m.packets if c != b"D")
+        assert codes == b"OCHMRA" + b"MRTLLLLLNBE" + b"HMRTLLLLLNBE" + b"Q", codes
+        helos = [d for c, d in m.packets if c == b"H"]
+        assert helos == [b"one.test\0", b"two.test\0"], helos
+    finally:
+        m.close()
+
+
 def test_macro_lists_asked_for(make_tern, sink):
     """The macros a filter asks for at negotiation for a step are the ones
     sent before it (plus i once known); other steps keep tern's set."""
@@ -594,3 +624,16 @@ def test_rspamd_rejects_gtube(make_tern, sink, rspamd):
     code, text = send(t, "spam", body=f"{GTUBE}\r\n", rcpts=["c@example.com"])
     assert code // 100 == 5, (code, text)
     assert not sink.to("c@example.com")
+    # Both on one session: the filter's connection carries them in turn.
+    with t.smtp() as s:
+        s.ehlo("client.test")
+        assert s.mail("a@example.com")[0] == 250
+        assert s.rcpt("d@example.com")[0] == 250
+        code, _ = s.data(message("spam", f"{GTUBE}\r\n"))
+        assert code // 100 == 5
+        assert s.mail("a@example.com")[0] == 250
+        assert s.rcpt("e@example.com")[0] == 250
+        assert s.data(message("plain", "Nothing much.\r\n"))[0] == 250
+    sink.wait_to("e@example.com")
+    assert not sink.to("d@example.com")
+    assert not t.events("milter_failed")
