@@ -68,7 +68,6 @@ struct mfilter {
     bool out;        /* accepted, or skipped after a failure: sees no more */
     enum mstep step; /* the last step sent */
     size_t idx;      /* of the last step: header index, body offset */
-    bool awaiting;   /* a reply to step is awaited */
     bool body_repl_now;
     bool rcpt_done;  /* the RCPT phase's recipient has been sent */
     bool failed;     /* failed: milter_default_action for the rest of the session */
@@ -267,7 +266,6 @@ smtp_milter_tx_free(struct smtp_tx *tx)
             milter_conn_idle(f->conn);
         f->out = f->failed;
         f->msg_done = false;
-        f->awaiting = false;
         f->step = MS_NONE;
         f->idx = 0;
         f->rcpt_done = false;
@@ -375,7 +373,6 @@ mark_failed(struct smtp_milter_run *mr, size_t i, const char *why)
     filter_disconnected(f);
     f->out = true;
     f->failed = true;
-    f->awaiting = false;
 }
 
 /* The current filter failed while the phase waited for it. */
@@ -886,7 +883,6 @@ run_steps(struct smtp_milter_run *mr)
         f->idx = idx;
         milter_conn_send(f->conn, &mr->pkt);
         if (reply) {
-            f->awaiting = true;
             milter_conn_expect(f->conn);
             return;
         }
@@ -985,7 +981,6 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
             if (r->macros[k] != NULL)
                 f->macros[k] = xstrndup(r->macros[k], r->macros_len[k]);
         }
-        f->awaiting = false;
         run_steps(mr);
         return;
     }
@@ -997,7 +992,6 @@ conn_cb(struct milter_conn *c, const struct milter_reply *r, const char *why, vo
         return;
     }
     milter_conn_idle(c);
-    f->awaiting = false;
     if (bad) {
         filter_failed(mr, "protocol error (bad reply code)");
         return;
@@ -1099,7 +1093,6 @@ filter_connect(struct smtp_milter_run *mr)
         mr->s->lp->base, &mr->specs[mr->cur], mr->s->cfg->milter_timeout_ms, conn_cb, mr);
     milter_put_optneg(&mr->pkt, MILTER_VERSION, MILTER_F_ALL, MILTER_P_OFFER);
     milter_conn_send(f->conn, &mr->pkt);
-    f->awaiting = true;
     milter_conn_expect(f->conn);
 }
 
