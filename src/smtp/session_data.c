@@ -230,16 +230,17 @@ tx_open(struct smtp_session *s)
     struct buf rcvd = BUF_INIT;
     TERN_ASSERT(tx->w == NULL); /* one writer per transaction */
     tx->w = spool_writer_new(s->srv->sp, tx->env);
+    if (s->cfg->milters != NULL) {
+        /* Filters are shown the message as stored, and may change it. */
+        tx->mcopy = xcalloc(1, sizeof(*tx->mcopy));
+        spool_writer_tee(tx->w, tx->mcopy);
+    }
     tx->max_size = s->cfg->max_message_size;
     smtp_add_received(s, spool_writer_qid(tx->w), &rcvd);
     spool_writer_write(tx->w, rcvd.data, rcvd.len);
     tx->dkim_skip = rcvd.len;
     buf_fini(&rcvd);
     tx_dkim_start(s);
-    if (s->cfg->milters != NULL) {
-        tx->mcopy = xcalloc(1, sizeof(*tx->mcopy));
-        tx->mcopy_bol = true;
-    }
 }
 
 void
@@ -278,7 +279,6 @@ sink_stuffed(void *arg, struct evbuffer *src, size_t n, uint64_t content)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed_evbuffer(&tx->hscan, src, n);
-        smtp_milter_copy_stuffed(tx, src, n);
         spool_writer_add_stuffed(tx->w, src, n, content);
     } else if (evbuffer_drain(src, n) < 0)
         tern_panic("evbuffer_drain failed");
@@ -291,7 +291,6 @@ sink_plain(void *arg, const char *p, size_t n)
     if (!tx_discarding(tx)) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
-        smtp_milter_copy_plain(tx, p, n);
         spool_writer_write(tx->w, p, n);
     }
 }
@@ -306,7 +305,6 @@ sink_final(void *arg, const char *p, size_t n)
     if (!tx->too_big && !sc->bad_eol && !sc->has_nul && !sc->too_long) {
         if (!tx->hscan.done)
             hdr_scan_feed(&tx->hscan, p, n);
-        smtp_milter_copy_plain(tx, p, n);
         spool_writer_write(tx->w, p, n);
     }
 }
@@ -468,10 +466,8 @@ tx_finish(struct smtp_session *s)
     /* A message that is all header gets the empty line that ends the header
      * section (RFC 5322 §2.1): receivers then see the fields as sent, and it
      * is what the DKIM signer signs. */
-    if (!tx->hscan.done) {
+    if (!tx->hscan.done)
         spool_writer_write(tx->w, "\r\n", 2);
-        smtp_milter_copy_plain(tx, "\r\n", 2);
-    }
     /* Nothing more is read until the message is answered. */
     s->state = SMTP_ST_FILTER;
     smtp_session_read(s, false);

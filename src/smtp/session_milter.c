@@ -16,10 +16,11 @@
  * step at hand and every later one of the session.
  *
  * While milters are configured the transaction keeps an unstuffed copy of
- * the message content (smtp_milter_copy_*, at most max_message_size):
- * filters are shown it, and when one edits, the message is written again
- * from it through a new spool writer (a new queue id; the old writer is
- * aborted), so the DKIM signer at commit signs what is queued.
+ * the message as the spool writer stores it (its tee; at most
+ * max_message_size): filters are shown it, and when one edits, the message
+ * is written again from it through a new spool writer (a new queue id; the
+ * old writer is aborted, its prefix kept), so the DKIM signer at commit
+ * signs what is queued.
  */
 #include <arpa/inet.h>
 #include <event2/buffer.h>
@@ -113,49 +114,6 @@ static struct mfilter *
 cur_f(struct smtp_milter_run *mr)
 {
     return &mr->f[mr->cur];
-}
-
-/* ---- the copy of the message, kept while the data streams ---- */
-
-void
-smtp_milter_copy_plain(struct smtp_tx *tx, const char *p, size_t n)
-{
-    if (tx->mcopy != NULL && n > 0) {
-        buf_append(tx->mcopy, p, n);
-        tx->mcopy_bol = p[n - 1] == '\n';
-    }
-}
-
-void
-smtp_milter_copy_stuffed(struct smtp_tx *tx, struct evbuffer *src, size_t n)
-{
-    struct evbuffer_iovec v[16];
-    struct evbuffer_ptr pos;
-    if (tx->mcopy == NULL)
-        return;
-    if (evbuffer_ptr_set(src, &pos, 0, EVBUFFER_PTR_SET) < 0)
-        tern_panic("evbuffer_ptr_set failed");
-    /* DATA's transparency (RFC 5321 §4.5.2): a line's leading dot is
-     * doubled on the wire, the copy has it once. */
-    while (n > 0) {
-        int k = evbuffer_peek(src, (ev_ssize_t)n, &pos, v, 16);
-        size_t done = 0;
-        if (k <= 0)
-            break;
-        for (int i = 0; i < k && i < 16 && n > 0; i++) {
-            const char *p = v[i].iov_base;
-            size_t len = v[i].iov_len < n ? v[i].iov_len : n;
-            for (size_t j = 0; j < len; j++) {
-                if (!(tx->mcopy_bol && p[j] == '.'))
-                    buf_append_char(tx->mcopy, p[j]);
-                tx->mcopy_bol = p[j] == '\n';
-            }
-            n -= len;
-            done += len;
-        }
-        if (evbuffer_ptr_set(src, &pos, done, EVBUFFER_PTR_ADD) < 0)
-            break;
-    }
 }
 
 /* ---- the message's header fields ---- */
@@ -1047,6 +1005,9 @@ rewrite(struct smtp_milter_run *mr)
     char oldqid[SPOOL_QID_LEN + 1];
     snprintf(oldqid, sizeof(oldqid), "%s", spool_writer_qid(old));
     tx->w = spool_writer_new(s->srv->sp, tx->env);
+    /* Fields made for the prefix before the commit stay (the
+     * Authentication-Results of the inbound checks). */
+    spool_writer_take_prefix(tx->w, old);
     smtp_add_received(s, spool_writer_qid(tx->w), &b);
     tx->dkim_skip = b.len;
     for (size_t i = 0; i < mr->n_hdrs; i++) {
@@ -1279,6 +1240,10 @@ smtp_milter_stage(struct smtp_session *s)
     struct smtp_milter_run *mr = tx->milter;
     if (mr == NULL || tx->mcopy == NULL)
         return false;
+    /* The copy starts with tern's Received field, which filters are not
+     * shown (it is made again if the message is). */
+    spool_writer_tee(tx->w, NULL);
+    buf_consume(tx->mcopy, tx->dkim_skip < tx->mcopy->len ? tx->dkim_skip : tx->mcopy->len);
     hdrs_parse(mr, tx->mcopy->data, tx->mcopy->len);
     if (phase_start(mr, MP_EOM)) {
         eom_done(mr, false);

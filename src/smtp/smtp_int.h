@@ -107,11 +107,11 @@ struct smtp_tx {
     enum smtp_verdict verdict;     /* SMTP_V_ACCEPT unless a stage decided */
     struct tern_status verdict_st; /* the reply when refused */
     char *verdict_by;              /* owned or NULL: who decided, for the log */
-    /* milters (session_milter.c): the message's content, unstuffed, while
-     * milters are configured (owned or NULL), and the session's filters
-     * once they take part in the transaction (borrowed or NULL). */
+    /* milters (session_milter.c): the message as stored (the spool
+     * writer's tee), unstuffed, while milters are configured (owned or
+     * NULL), and the session's filters once they take part in the
+     * transaction (borrowed or NULL). */
     struct buf *mcopy;
-    bool mcopy_bol;
     struct smtp_milter_run *milter;
 };
 
@@ -345,14 +345,11 @@ void smtp_add_received(struct smtp_session *s, const char *qid, struct buf *out)
 
 /* session_milter.c: milter filters at MAIL and at each RCPT (true: they
  * answer the command, now or once they have replied; nothing is read
- * meanwhile), and as the stage after the data; the copy of the message
- * they see (fed by the data sinks while tx->mcopy is set); freed with the
- * transaction. */
+ * meanwhile), and as the stage after the data; the end of a transaction
+ * for them (tx->mcopy freed too) and of the session. */
 bool smtp_milter_mail(struct smtp_session *s);
 bool smtp_milter_rcpt(struct smtp_session *s);
 bool smtp_milter_stage(struct smtp_session *s);
-void smtp_milter_copy_plain(struct smtp_tx *tx, const char *p, size_t n);
-void smtp_milter_copy_stuffed(struct smtp_tx *tx, struct evbuffer *src, size_t n);
 void smtp_milter_tx_free(struct smtp_tx *tx);
 void smtp_milter_session_free(struct smtp_session *s); /* after its transaction's */
 

@@ -226,6 +226,14 @@ void spool_writer_set_finisher(
 /* Queue the message held (quarantined): the writer's envelope is a copy,
  * so a decision made after spool_writer_new reaches it here. */
 void spool_writer_hold(struct spool_writer *w);
+/* From now on the content written is also appended to copy, unstuffed (as
+ * the message reads), until the commit; copy is borrowed and must outlive
+ * the writes (NULL: no more). What a stage that may change the message
+ * reads it back from (milters). */
+void spool_writer_tee(struct spool_writer *w, struct buf *copy);
+/* Move the prefix set on from (header fields made before the commit) to
+ * to, a writer that replaces it. */
+void spool_writer_take_prefix(struct spool_writer *to, struct spool_writer *from);
 /* Discard; w is consumed. */
 void spool_writer_abort(struct spool_writer *w);
 /* Commit; w is consumed. cb (may be NULL) runs later on to's loop with ok
