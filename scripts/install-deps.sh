@@ -39,6 +39,9 @@ libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
     # start their system services on port 53 (policy-rc.d blocks that in a
     # chroot); the tests never use those.
     pkgs="$pkgs nsd unbound ldnsutils"
+    # Milter filters (test_milter.py): python3-milter (libmilter) for a
+    # filter of the test's own, and real rspamd in milter mode.
+    pkgs="$pkgs python3-milter rspamd"
 fi
 missing=""
 for p in $pkgs; do

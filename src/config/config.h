@@ -186,7 +186,12 @@ struct config {
     int tls_rpt;           /* 0 no, 1 yes: send daily TLS-RPT reports */
     char *tls_rpt_from;    /* From: of mailed reports; NULL: postmaster@hostname */
     char *tls_rpt_contact; /* the reports' contact-info; NULL: tls_rpt_from */
+    /* --- milter filters --- */
+    char *milters;             /* NULL: none; checked by milter_specs_parse at load */
+    int milter_default_action; /* enum config_milter_action */
+    int64_t milter_timeout_ms;
 };
+enum config_milter_action { MILTER_ACT_TEMPFAIL, MILTER_ACT_ACCEPT, MILTER_ACT_REJECT };
 
 /*
  * Load path (NULL: built-in defaults only) and apply overrides, each

@@ -42,6 +42,7 @@ enum cfg_type {
 #define CFG_F_FILE     0x10u /* a file checked for readability by check_files */
 #define CFG_F_SECRET   0x20u /* ... that must not be readable by group or others */
 #define CFG_F_LOGDEST  0x40u /* CFG_STRING: "stderr", "syslog" or an absolute path */
+#define CFG_F_MILTERS  0x80u /* CFG_STRING: a list of milter addresses */
 
 struct cfg_setting {
     const char *name;

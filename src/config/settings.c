@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "milter/milter.h"
 #include "util/fsutil.h"
 #include "util/log.h"
 #include "util/parse.h"
@@ -31,6 +32,7 @@ static const char *const loglevel_names[] = { "debug", "info", "warn", "error", 
 static const char *const ipfam_names[] = { "prefer-ipv4", "prefer-ipv6", "ipv4", "ipv6", NULL };
 static const char *const tlsver_names[] = { "TLSv1.2", "TLSv1.3", NULL };
 static const char *const yesno_names[] = { "no", "yes", NULL };
+static const char *const milter_action_names[] = { "tempfail", "accept", "reject", NULL };
 static const char *const dkim_canon_names[] = { "relaxed/relaxed", "simple/simple",
     "relaxed/simple", "simple/relaxed", NULL };
 
@@ -594,6 +596,27 @@ const struct cfg_setting config_settings[] = {
         .def = "",
         .off = OFF(tls_rpt_contact),
         .desc = "contact-info of TLS-RPT reports; empty: tls_rpt_from" },
+    /* milter filters (the Sendmail milter protocol, version 6) */
+    { .name = "milters",
+        .type = CFG_STRING,
+        .def = "",
+        .off = OFF(milters),
+        .flags = CFG_F_MILTERS,
+        .desc = "filters consulted in order for every message: inet:ADDRESS:PORT or "
+                "unix:/PATH, separated by commas or blanks; empty: none" },
+    { .name = "milter_default_action",
+        .type = CFG_ENUM,
+        .def = "tempfail",
+        .off = OFF(milter_default_action),
+        .names = milter_action_names,
+        .desc = "what a filter that is down, too slow or broken means: tempfail (451 4.7.1), "
+                "accept (the filter is skipped) or reject (550 5.7.1)" },
+    { .name = "milter_timeout",
+        .type = CFG_DURATION,
+        .def = "30s",
+        .off = OFF(milter_timeout_ms),
+        .desc = "how long a filter may take to accept the connection and to answer each "
+                "command (a progress reply starts it again)" },
 };
 
 const size_t config_n_settings = TERN_ARRAY_LEN(config_settings);
@@ -708,6 +731,16 @@ set_string(struct config *c, const struct cfg_setting *s, const char *v, struct 
         cfg_error(e, "%s must be stderr, syslog or an absolute file path, not \"%s\"", s->name,
             cfg_shown(v, t, sizeof(t)));
         return -1;
+    }
+    if (s->flags & CFG_F_MILTERS) {
+        struct milter_spec *ms = NULL;
+        size_t n_ms = 0;
+        char why[200];
+        if (milter_specs_parse(v, &ms, &n_ms, why, sizeof(why)) < 0) {
+            cfg_error(e, "bad %s: %s", s->name, why);
+            return -1;
+        }
+        free(ms);
     }
     if (s->type == CFG_PATH && strlen(v) >= PATH_MAX) {
         cfg_error(e, "path too long for %s", s->name);

@@ -156,6 +156,7 @@ session_free_cb(evutil_socket_t fd, short what, void *arg)
     struct smtp_session *s = arg;
     s->lp->n_alive--;
     smtp_tx_free(s->tx);
+    smtp_milter_session_free(s);
     smtp_auth_reset(s);
     if (s->auth_timer)
         event_free(s->auth_timer);
@@ -461,7 +462,8 @@ cmd_mail(struct smtp_session *s, const struct smtp_cmd *c)
         s->tx->env->helo = xstrdup(s->helo ? s->helo : "");
         s->tx->env->client_addr = xstrdup(s->peer_str);
         s->state = SMTP_ST_MAIL;
-        smtp_reply(s, 250, "2.1.0", "Ok");
+        if (!smtp_milter_mail(s)) /* else the filters answer */
+            smtp_reply(s, 250, "2.1.0", "Ok");
     }
     free(addr);
     smtp_mail_params_fini(&mp);
@@ -497,8 +499,10 @@ cmd_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
         smtp_session_error(s);
     } else {
         spool_env_add_rcpt(tx->env, addr, rp.orcpt, rp.notify);
-        s->state = SMTP_ST_RCPT;
-        smtp_reply(s, 250, "2.1.5", "Ok");
+        if (!smtp_milter_rcpt(s)) { /* else the filters answer */
+            s->state = SMTP_ST_RCPT;
+            smtp_reply(s, 250, "2.1.5", "Ok");
+        }
     }
     free(addr);
     smtp_rcpt_params_fini(&rp);

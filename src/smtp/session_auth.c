@@ -378,8 +378,10 @@ smtp_cmd_auth(struct smtp_session *s, const struct smtp_cmd *c)
         return;
     if (str_ieq(c->arg, mlen, "PLAIN")) {
         s->auth_step = SMTP_AUTH_PLAIN;
+        s->auth_mech = "PLAIN";
     } else if (str_ieq(c->arg, mlen, "LOGIN")) {
         s->auth_step = SMTP_AUTH_LOGIN_USER;
+        s->auth_mech = "LOGIN";
     } else {
         smtp_reply(s, 504, "5.5.4", "Unrecognized authentication type");
         smtp_session_error(s);

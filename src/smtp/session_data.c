@@ -41,6 +41,7 @@ smtp_tx_free(struct smtp_tx *tx)
     smtp_checks_free(tx->checks);
     spool_env_free(tx->env);
     smtp_data_reader_fini(&tx->rd);
+    smtp_milter_tx_free(tx);
     free(tx->verdict_by);
     free(tx);
 }
@@ -57,8 +58,8 @@ rfc5322_date(int64_t ms, char *out, size_t cap)
 }
 
 /* The field, CRLF-terminated, appended to out. */
-static void
-add_received(struct smtp_session *s, const char *qid, struct buf *out)
+void
+smtp_add_received(struct smtp_session *s, const char *qid, struct buf *out)
 {
     struct smtp_tx *tx = s->tx;
     char date[64];
@@ -238,8 +239,13 @@ tx_open(struct smtp_session *s)
     struct buf rcvd = BUF_INIT;
     TERN_ASSERT(tx->w == NULL); /* one writer per transaction */
     tx->w = spool_writer_new(s->srv->sp, tx->env);
+    if (s->cfg->milters != NULL) {
+        /* Filters are shown the message as stored, and may change it. */
+        tx->mcopy = xcalloc(1, sizeof(*tx->mcopy));
+        spool_writer_tee(tx->w, tx->mcopy);
+    }
     tx->max_size = s->cfg->max_message_size;
-    add_received(s, spool_writer_qid(tx->w), &rcvd);
+    smtp_add_received(s, spool_writer_qid(tx->w), &rcvd);
     spool_writer_write(tx->w, rcvd.data, rcvd.len);
     tx->dkim_skip = rcvd.len;
     buf_fini(&rcvd);
@@ -434,6 +440,7 @@ journal_received(struct smtp_session *s, const char *qid)
  * decided with smtp_tx_decide. */
 static bool (*const tx_stages[])(struct smtp_session *s) = {
     smtp_checks_stage,
+    smtp_milter_stage,
     NULL,
 };
 

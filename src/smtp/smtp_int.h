@@ -41,6 +41,7 @@ struct smtp_checks;
 struct dns;
 struct dns_query;
 struct loopq;
+struct smtp_milter_run;
 struct evbuffer;
 struct evconnlistener;
 struct event;
@@ -110,6 +111,12 @@ struct smtp_tx {
     enum smtp_verdict verdict;     /* SMTP_VERDICT_ACCEPT unless a stage decided */
     struct tern_status verdict_st; /* the reply when refused */
     char *verdict_by;              /* owned or NULL: who decided, for the log */
+    /* milters (session_milter.c): the message as stored (the spool
+     * writer's tee), unstuffed, while milters are configured (owned or
+     * NULL), and the session's filters once they take part in the
+     * transaction (borrowed or NULL). */
+    struct buf *mcopy;
+    struct smtp_milter_run *milter;
 };
 
 struct smtp_listener {
@@ -264,6 +271,7 @@ struct smtp_session {
     enum smtp_auth_step auth_step;
     struct auth_creds *creds;       /* owned while an exchange runs; cleared before free */
     char *auth_user;                /* owned: the authenticated identity, or NULL */
+    const char *auth_mech;          /* static: the mechanism of the exchange or of auth_user */
     struct tern_status *auth_reply; /* owned: the answer held back by auth_timer */
     bool auth_close;                /* close after auth_reply (lockout) */
     /* For the disconnect line (session_log.c): commands by verb, those
@@ -276,8 +284,9 @@ struct smtp_session {
     int reject_why;  /* metrics: the next 4xx/5xx reply's reason + 1; 0: by its codes */
     /* The client's name for the log (session_name.c). */
     enum { SMTP_NAME_OFF, SMTP_NAME_PENDING, SMTP_NAME_KNOWN, SMTP_NAME_UNKNOWN } name_state;
-    struct dns_query *name_q; /* the lookup in flight, or NULL */
-    char *client_name;        /* owned: the PTR name; the client's only when KNOWN */
+    struct dns_query *name_q;       /* the lookup in flight, or NULL */
+    char *client_name;              /* owned: the PTR name; the client's only when KNOWN */
+    struct smtp_milter_run *milter; /* owned or NULL: milter filters' connections */
 };
 
 /* server.c: admit a new connection as a listener does (session limits,
@@ -377,6 +386,19 @@ void smtp_checks_free(struct smtp_checks *c); /* cancels its lookups; NULL fine 
  * characters where the tokens allow, CRLF-terminated, appended to out. */
 void smtp_authres_render(
     const char *authserv_id, const char *const *results, size_t n, struct buf *out);
+/* tern's Received field for the transaction's message queued as qid,
+ * CRLF-terminated, appended to out. */
+void smtp_add_received(struct smtp_session *s, const char *qid, struct buf *out);
+
+/* session_milter.c: milter filters at MAIL and at each RCPT (true: they
+ * answer the command, now or once they have replied; nothing is read
+ * meanwhile), and as the stage after the data; the end of a transaction
+ * for them (tx->mcopy freed too) and of the session. */
+bool smtp_milter_mail(struct smtp_session *s);
+bool smtp_milter_rcpt(struct smtp_session *s);
+bool smtp_milter_stage(struct smtp_session *s);
+void smtp_milter_tx_free(struct smtp_tx *tx);
+void smtp_milter_session_free(struct smtp_session *s); /* after its transaction's */
 
 /* session_tls.c: STARTTLS (RFC 3207) and implicit TLS (RFC 8314). */
 bool smtp_starttls_offered(const struct smtp_session *s);

@@ -53,6 +53,7 @@ struct spool_writer {
     struct evbuffer *body; /* stored form not yet spilled */
     uint64_t content_len, stored_len;
     bool at_bol;     /* write(): the next byte starts a line */
+    struct buf *tee; /* borrowed or NULL: gets the content too, unstuffed */
     unsigned chunks; /* CHUNK items posted */
     /* Written by the commit thread only (after the writer was handed over,
      * or by CHUNK items, which come first in the FIFO). */
@@ -195,12 +196,59 @@ maybe_spill(struct spool_writer *w)
     }
 }
 
+/* The tee's copy of n stuffed bytes of src: a line's leading dot is
+ * doubled there (RFC 5321 §4.5.2), once in the copy. */
+static void
+tee_stuffed(struct spool_writer *w, struct evbuffer *src, size_t n)
+{
+    struct evbuffer_iovec v[16];
+    struct evbuffer_ptr pos;
+    bool bol = w->at_bol;
+    if (evbuffer_ptr_set(src, &pos, 0, EVBUFFER_PTR_SET) < 0)
+        tern_panic("evbuffer_ptr_set failed");
+    while (n > 0) {
+        int k = evbuffer_peek(src, (ev_ssize_t)n, &pos, v, 16);
+        size_t done = 0;
+        if (k <= 0)
+            break;
+        for (int i = 0; i < k && i < 16 && n > 0; i++) {
+            const char *p = v[i].iov_base;
+            size_t len = v[i].iov_len < n ? v[i].iov_len : n;
+            for (size_t j = 0; j < len; j++) {
+                if (!(bol && p[j] == '.'))
+                    buf_append_char(w->tee, p[j]);
+                bol = p[j] == '\n';
+            }
+            n -= len;
+            done += len;
+        }
+        if (evbuffer_ptr_set(src, &pos, done, EVBUFFER_PTR_ADD) < 0)
+            break;
+    }
+}
+
+void
+spool_writer_tee(struct spool_writer *w, struct buf *copy)
+{
+    w->tee = copy;
+}
+
+void
+spool_writer_take_prefix(struct spool_writer *to, struct spool_writer *from)
+{
+    free(to->env->prefix);
+    to->env->prefix = from->env->prefix;
+    from->env->prefix = NULL;
+}
+
 void
 spool_writer_add_stuffed(struct spool_writer *w, struct evbuffer *src, size_t n, uint64_t content_n)
 {
     TERN_ASSERT(n <= INT_MAX);
     if (n == 0)
         return;
+    if (w->tee != NULL)
+        tee_stuffed(w, src, n);
     if (evbuffer_remove_buffer(src, w->body, n) != (int)n)
         tern_panic("cannot move message bytes");
     w->stored_len += n;
@@ -222,6 +270,8 @@ spool_writer_write(struct spool_writer *w, const void *data, size_t len)
 {
     const char *p = data, *end = p + len;
     w->content_len += len;
+    if (w->tee != NULL)
+        buf_append(w->tee, data, len);
     /* RFC 5321 §4.5.2: a line that starts with "." gets one more. */
     while (p < end) {
         const char *nl;
@@ -333,6 +383,7 @@ void
 spool_writer_commit(
     struct spool_writer *w, struct loopq *to, spool_commit_cb cb, uint64_t cb_id, void *arg)
 {
+    w->tee = NULL;
     w->to = to;
     w->cb = cb;
     w->cb_id = cb_id;

@@ -273,6 +273,14 @@ void spool_writer_set_finisher(
  * (the Received field) names it. kind: RCPT_K_*. */
 void spool_writer_add_rcpt(
     struct spool_writer *w, const char *addr, unsigned notify, unsigned kind);
+/* From now on the content written is also appended to copy, unstuffed (as
+ * the message reads), until the commit; copy is borrowed and must outlive
+ * the writes (NULL: no more). What a stage that may change the message
+ * reads it back from (milters). */
+void spool_writer_tee(struct spool_writer *w, struct buf *copy);
+/* Move the prefix set on from (header fields made before the commit) to
+ * to, a writer that replaces it. */
+void spool_writer_take_prefix(struct spool_writer *to, struct spool_writer *from);
 /* Discard; w is consumed. */
 void spool_writer_abort(struct spool_writer *w);
 /* Commit; w is consumed. cb (may be NULL) runs later on to's loop with ok

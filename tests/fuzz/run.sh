@@ -21,7 +21,7 @@ if [ $# -ne 1 ] || [ ! -d "$1" ]; then
 fi
 BUILD=$1
 HERE=$(cd "$(dirname "$0")" && pwd)
-TARGETS="fuzz_cmd fuzz_data fuzz_data_diff fuzz_path fuzz_dnsauth fuzz_dns fuzz_reply fuzz_spool fuzz_history fuzz_session"
+TARGETS="fuzz_cmd fuzz_data fuzz_data_diff fuzz_path fuzz_dnsauth fuzz_dns fuzz_reply fuzz_spool fuzz_history fuzz_milter fuzz_session"
 if [ $each -eq 1 ]; then
     SECONDS_SET=${FUZZ_SECONDS:-3600}
 else

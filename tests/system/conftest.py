@@ -406,13 +406,16 @@ class Tern:
 # them all). Checked once at the start: a missing piece fails the run at
 # once with its package name, not dozens of tests later with a riddle.
 PYTHON_MODULES = [("aiosmtpd", "python3-aiosmtpd"), ("dkim", "python3-dkim"),
-                  ("nacl", "python3-nacl"), ("yaml", "python3-yaml")]
+                  ("nacl", "python3-nacl"), ("yaml", "python3-yaml"),
+                  ("Milter", "python3-milter")]
 PROGRAMS = [("swaks", "swaks"), ("dnsmasq", "dnsmasq-base"), ("openssl", "openssl"),
             ("/usr/sbin/postfix", "postfix"), ("/usr/sbin/sendmail", "postfix"),
             ("/usr/sbin/postqueue", "postfix"), ("chromium", "chromium"),
             # the DNSSEC-signed test DNS of the DANE tests (dnssec.py)
             ("/usr/sbin/nsd", "nsd"), ("/usr/sbin/unbound", "unbound"), ("ldns-signzone", "ldnsutils"),
-            ("ldns-keygen", "ldnsutils")]
+            ("ldns-keygen", "ldnsutils"),
+            # real rspamd in milter mode (test_milter.py)
+            ("rspamd", "rspamd")]
 # swaks --support lines ("=== TLS supported") and what makes them so.
 SWAKS_FEATURES = [("TLS", "libnet-ssleay-perl"), ("Basic AUTH", "perl")]
 # Postfix's SASL client (test_postfix_client) needs the PLAIN and LOGIN plugins.

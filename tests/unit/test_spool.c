@@ -517,6 +517,56 @@ test_add_stuffed_moves(void **state)
     evbuffer_free(in);
 }
 
+/* The tee gets what is written, unstuffed, whatever the path, until the
+ * commit; the prefix moves from a writer to the one replacing it. */
+static void
+test_tee(void **state)
+{
+    struct fx *f = *state;
+    struct evbuffer *in = evbuffer_new();
+    struct spool_env *e = make_env("s@x", 1);
+    struct spool_writer *w, *w2;
+    struct spool_env *env;
+    struct buf copy = BUF_INIT;
+    const char raw[] = "A: b\r\n\r\n..x\r\n.";
+    fx_recover(f);
+    w = spool_writer_new(f->sp, e);
+    spool_writer_tee(w, &copy);
+    spool_writer_write(w, "Received: x\r\n", 13);
+    evbuffer_add(in, raw, sizeof(raw) - 1);
+    /* Cut after a dot that starts a line: stuffing state carries over. */
+    spool_writer_add_stuffed(w, in, sizeof(raw) - 1, sizeof(raw) - 3);
+    evbuffer_add(in, ".y\r\n", 4);
+    spool_writer_add_stuffed(w, in, 4, 4);
+    spool_writer_write(w, ".z\r\n", 4);
+    assert_int_equal(copy.len, strlen("Received: x\r\nA: b\r\n\r\n.x\r\n.y\r\n.z\r\n"));
+    assert_string_equal(copy.data, "Received: x\r\nA: b\r\n\r\n.x\r\n.y\r\n.z\r\n");
+    assert_int_equal(spool_writer_size(w), copy.len);
+    spool_writer_tee(w, NULL);
+    spool_writer_write(w, "more\r\n", 6);
+    assert_int_equal(copy.len, spool_writer_size(w) - 6);
+    spool_writer_abort(w);
+    /* A writer's prefix taken by its replacement, which commits it. */
+    free(e->prefix);
+    e->prefix = xstrdup("X-Prefix: 1\r\n");
+    w = spool_writer_new(f->sp, e);
+    free(e->prefix);
+    e->prefix = NULL;
+    w2 = spool_writer_new(f->sp, e);
+    spool_writer_write(w2, "A: b\r\n\r\nbody\r\n", 15);
+    spool_writer_take_prefix(w2, w);
+    spool_writer_abort(w);
+    spool_writer_commit(w2, f->q, commit_cb, 0, f);
+    run_until(f, &f->ncb, 1);
+    env = spool_load(f->sp, f->qids[0]);
+    assert_non_null(env);
+    assert_string_equal(env->prefix, "X-Prefix: 1\r\n");
+    spool_env_free(env);
+    buf_fini(&copy);
+    spool_env_free(e);
+    evbuffer_free(in);
+}
+
 /* Messages larger than the spill size are written in chunks first. */
 static void
 test_spill(void **state)
@@ -1265,6 +1315,7 @@ main(void)
         cmocka_unit_test(test_record_header),
         cmocka_unit_test_setup_teardown(test_commit_load, setup, teardown),
         cmocka_unit_test_setup_teardown(test_add_stuffed_moves, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tee, setup, teardown),
         cmocka_unit_test_setup_teardown(test_spill, setup, teardown),
         cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_state_done_reopen, setup, teardown),
