@@ -712,9 +712,11 @@ applies(struct smtp_milter_run *mr, struct mfilter *f, enum mstep st, size_t idx
     }
 }
 
-/* The step after f's last one that f wants (MS_DONE after EOM). */
+/* The step after f's last one that f wants, or the first past goal (the
+ * phase's last step: later steps' parts, the message's header and body,
+ * may not exist yet). */
 static enum mstep
-step_next(struct smtp_milter_run *mr, struct mfilter *f, size_t *idx)
+step_next(struct smtp_milter_run *mr, struct mfilter *f, enum mstep goal, size_t *idx)
 {
     enum mstep x = f->step;
     size_t i = f->idx;
@@ -727,7 +729,7 @@ step_next(struct smtp_milter_run *mr, struct mfilter *f, size_t *idx)
             x++;
             i = 0;
         }
-        if (x >= MS_DONE || applies(mr, f, x, i))
+        if (x > goal || x >= MS_DONE || applies(mr, f, x, i))
             break;
     }
     *idx = i;
@@ -832,7 +834,7 @@ run_steps(struct smtp_milter_run *mr)
             f->rcpt_done = true;
             st = MS_RCPT;
         } else {
-            st = step_next(mr, f, &idx);
+            st = step_next(mr, f, phase_goal(mr), &idx);
             if (st > phase_goal(mr))
                 break;
         }

@@ -386,11 +386,12 @@ class RawMilter:
     answers each command with what script gives for its code (None: close
     the connection), 'c' by default."""
 
-    def __init__(self, script, optneg_extra=b""):
+    def __init__(self, script, optneg_extra=b"", protocol=0):
         import threading
 
         self.script = script
         self.optneg_extra = optneg_extra
+        self.protocol = protocol  # SMFIP_* flags it negotiates
         self.packets = []  # (code, data) of every packet tern sent
         self.srv = socket.socket()
         self.srv.bind(("127.0.0.1", 0))
@@ -421,7 +422,7 @@ class RawMilter:
                     self.packets.append((code, data))
                     if code == b"O":
                         c.sendall(struct.pack(">IcIII", 13 + len(self.optneg_extra), b"O", 6,
-                                              0x1ff, 0) + self.optneg_extra)
+                                              0x1ff, self.protocol) + self.optneg_extra)
                     elif code in (b"D", b"A"):
                         continue
                     elif code == b"Q":
@@ -442,6 +443,25 @@ class RawMilter:
 
     def close(self):
         self.srv.close()
+
+
+def test_filter_wanting_only_the_message(make_tern, sink):
+    """A filter that wants no step but the end of the message (NOCONNECT,
+    NOHELO, NOMAIL, NORCPT, NOBODY, NOHDRS, NOEOH, NOUNKNOWN, NODATA: what
+    pymilter negotiates for a filter with only an eom callback): at MAIL
+    nothing is sent and the message, not yet there, is not looked at (the
+    relay crashed doing so)."""
+    m = RawMilter({}, protocol=0x37f)
+    try:
+        t = make_tern(milters=f"inet:127.0.0.1:{m.port}")
+        for i in range(2):
+            assert send(t, f"only eom {i}")[0] == 250
+        sink.wait_to("b@example.com", count=2)
+        codes = [c for c, _ in m.packets]
+        assert not set(codes) & {b"C", b"H", b"M", b"R", b"T", b"L", b"N", b"B"}, codes
+        assert codes.count(b"E") == 2, codes
+    finally:
+        m.close()
 
 
 def test_filter_closes_between_commands(make_tern, sink):
