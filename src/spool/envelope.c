@@ -148,7 +148,9 @@ spool_attempt_ev_name(enum spool_attempt_ev ev)
     return (size_t)ev < TERN_ARRAY_LEN(names) ? names[ev] : NULL;
 }
 
-/* Keep at most SPOOL_ERR_MAX bytes of s, not cutting a UTF-8 sequence. */
+/* Keep at most SPOOL_ATTEMPT_TEXT_MAX bytes of s, not cutting a UTF-8
+ * sequence: every state record carries every attempt kept (the whole of
+ * the last reply is the recipient's last_error). */
 static char *
 dup_capped(const char *s)
 {
@@ -157,8 +159,8 @@ dup_capped(const char *s)
     if (s == NULL)
         return NULL;
     n = strlen(s);
-    if (n > SPOOL_ERR_MAX) {
-        n = SPOOL_ERR_MAX;
+    if (n > SPOOL_ATTEMPT_TEXT_MAX) {
+        n = SPOOL_ATTEMPT_TEXT_MAX;
         while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
             n--;
     }

@@ -101,7 +101,8 @@ struct spool_rcpt {
 /* One delivery attempt for one recipient, kept with the message (the
  * latest SPOOL_ATTEMPTS_MAX of them) so that `queue show` has them even
  * without the history journal. */
-#define SPOOL_ATTEMPTS_MAX 32
+#define SPOOL_ATTEMPTS_MAX     32
+#define SPOOL_ATTEMPT_TEXT_MAX 256 /* bytes of an attempt's relay and of its reply */
 enum spool_attempt_ev {
     SPOOL_ATT_DEFERRED,
     SPOOL_ATT_DELIVERED,

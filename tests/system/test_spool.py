@@ -109,7 +109,9 @@ def _bounce_blocked_by_fsize(tern, sink):
     path = max((tern.spool / "log").glob("*.seg"))  # the segment being written
     wait_for(lambda: b"\nr 0 0 1 0 " in path.read_bytes(), desc="the deferral recorded")
     size = path.stat().st_size
-    tern.prlimit_relay(resource.RLIMIT_FSIZE, (size + 1000, resource.RLIM_INFINITY))
+    # Room for the state records (each with the recipient's reply and the
+    # attempts kept with the message), far from the DSN's copy of the body.
+    tern.prlimit_relay(resource.RLIMIT_FSIZE, (size + 8000, resource.RLIM_INFINITY))
     sink.rcpt_rule = lambda a: f"550 5.1.1 {LONG_REASON}" if a.startswith("permfail") else None
     tern.wait_event("bounced", qid=qid)
     wait_for(lambda: [e for e in tern.events(qid=qid) if e.get("subsystem") == "dsn"],
