@@ -26,6 +26,8 @@ enum metrics_reject {
     METRICS_REJ_RATE,
     METRICS_REJ_PROTOCOL,
     METRICS_REJ_POLICY,
+    METRICS_REJ_MILTER, /* a milter filter refused (any phase) */
+    METRICS_REJ_DMARC,  /* dmarc_enforce refused a p=reject failure */
     METRICS_REJ_RESOURCES,
     METRICS_REJ_OTHER,
     METRICS_REJ_N

@@ -11,7 +11,8 @@
 #include <string.h>
 
 static const char *const reject_names[METRICS_REJ_N] = { "relay_denied", "recipient", "size",
-    "auth_failed", "auth_required", "rate", "protocol", "policy", "resources", "other" };
+    "auth_failed", "auth_required", "rate", "protocol", "policy", "milter", "dmarc", "resources",
+    "other" };
 static const char *const result_names[METRICS_RESULT_N] = { "delivered", "deferred", "bounced",
     "expired" };
 static const char *const tls_names[METRICS_TLS_N] = { "none", "tls" };

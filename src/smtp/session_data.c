@@ -20,6 +20,7 @@
 #include "config/config.h"
 #include "dkim/dkim.h"
 #include "history/history.h"
+#include "metrics/metrics.h"
 #include "policy.h"
 #include "smtp_int.h"
 #include "util/log.h"
@@ -510,6 +511,12 @@ tx_commit(struct smtp_session *s)
     if (tx->verdict == SMTP_VERDICT_REFUSE || tx->verdict == SMTP_VERDICT_DISCARD) {
         bool refuse = tx->verdict == SMTP_VERDICT_REFUSE;
         if (refuse) {
+            /* who refused, for the rejects metric ("milter NAME", "dmarc") */
+            const char *by = tx->verdict_by != NULL ? tx->verdict_by : "";
+            if (strncmp(by, "milter", 6) == 0)
+                s->reject_why = METRICS_REJ_MILTER + 1;
+            else if (strcmp(by, "dmarc") == 0)
+                s->reject_why = METRICS_REJ_DMARC + 1;
             smtp_reply_status(s, &tx->verdict_st);
             smtp_log_refused(s, qid, tx->verdict_st.text, NULL, NULL);
         } else {

@@ -29,6 +29,7 @@
 #include <strings.h>
 
 #include "config/config.h"
+#include "metrics/metrics.h"
 #include "milter/milter.h"
 #include "smtp_int.h"
 #include "util/log.h"
@@ -1118,6 +1119,7 @@ mail_done(struct smtp_milter_run *mr, bool resume)
 {
     struct smtp_session *s = mr->s;
     if (mr->refused) {
+        s->reject_why = METRICS_REJ_MILTER + 1;
         smtp_reply_status(s, &mr->refuse_st);
         log_refusal(mr, NULL);
         smtp_tx_reset(s); /* frees mr */
@@ -1136,6 +1138,7 @@ rcpt_done(struct smtp_milter_run *mr, bool resume)
     struct smtp_session *s = mr->s;
     struct spool_env *env = s->tx->env;
     if (mr->refused) {
+        s->reject_why = METRICS_REJ_MILTER + 1;
         smtp_reply_status(s, &mr->refuse_st);
         log_refusal(mr, mr->rcpt);
         rcpt_del(env, env->n_rcpts - 1);

@@ -859,3 +859,13 @@ class Dnsmasq:
                 return "\n".join(f.read().splitlines()[-n:])
         except OSError:
             return ""
+
+
+def reject_count(port, reason):
+    """tern_smtp_rejects_total{reason=...} on metrics_listen 127.0.0.1:port."""
+    import re
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5 * SLOW) as r:
+        text = r.read().decode()
+    m = re.search(r'^tern_smtp_rejects_total\{reason="%s"\} (\d+)$' % reason, text, re.M)
+    return int(m.group(1)) if m else 0

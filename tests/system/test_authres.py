@@ -16,7 +16,7 @@ import time
 import dkim
 import pytest
 
-from sysutil import WAIT, message, wait_for
+from sysutil import WAIT, free_port, message, reject_count, wait_for
 
 OUTSIDE = "127.0.0.2"  # not in relay_networks (127.0.0.1/32)
 HOST = "tern.test"
@@ -171,9 +171,11 @@ def dmarc_send(t, sender, subject):
 
 
 def test_dmarc_reject_enforced(world, sink):
-    t = world.make(dmarc_enforce="yes")
+    port = free_port()
+    t = world.make(dmarc_enforce="yes", metrics_listen=f"127.0.0.1:{port}")
     r = dmarc_send(t, "mallory@rej.test", "dmarc-reject")
     assert r.code == 550 and r.enh == "5.7.1", str(r)
+    assert reject_count(port, "dmarc") == 1
     assert "rej.test" in r.text
     t.wait_event("result", dmarc="fail", action="reject")
     assert t.queued() == []

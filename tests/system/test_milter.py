@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from sysutil import WAIT, free_port, uid, wait_for
+from sysutil import WAIT, free_port, reject_count, uid, wait_for
 
 HERE = Path(__file__).parent
 PYTHON = "/usr/bin/python3"
@@ -211,9 +211,11 @@ def test_auth_macros(make_tern, sink, start_filter, tmp_path):
 
 def test_reject_tempfail_discard(make_tern, sink, start_filter):
     f = start_filter()
-    t = make_tern(milters=f.spec)
+    port = free_port()
+    t = make_tern(milters=f.spec, metrics_listen=f"127.0.0.1:{port}")
     code, text = send(t, f"reject {uid()}")
     assert code == 554 and text.startswith("5.7.1 Rejected by the test filter"), (code, text)
+    assert reject_count(port, "milter") == 1
     code, text = send(t, f"tempfail {uid()}")
     assert code == 451 and text.startswith("4.7.1"), (code, text)
     code, text = send(t, f"discard {uid()}")
@@ -223,6 +225,7 @@ def test_reject_tempfail_discard(make_tern, sink, start_filter):
     assert code == 250
     sink.wait_to("c@example.com")
     assert not sink.to("b@example.com"), "refused or discarded messages never reach the sink"
+    assert reject_count(port, "milter") == 2  # the tempfail too
 
 
 def test_quarantine_holds(make_tern, sink, start_filter):
