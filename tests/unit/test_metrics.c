@@ -329,7 +329,7 @@ test_status_json(void **state)
     buf_append_str(&b, "\"x\":1}");
     assert_string_equal(b.data,
         "{\"rejects\":{\"relay_denied\":0,\"recipient\":0,\"size\":1,\"auth_failed\":0,"
-        "\"auth_required\":0,\"rate\":0,\"protocol\":0,\"policy\":0,\"resources\":0,"
+        "\"auth_required\":0,\"rate\":0,\"protocol\":0,\"policy\":0,\"milter\":0,\"dmarc\":0,\"resources\":0,"
         "\"other\":1},\"auth_failures\":1,\"connections_in\":1,\"connections_out\":0,"
         "\"delivery_connections\":1,\"x\":1}");
     buf_fini(&b);
