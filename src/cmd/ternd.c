@@ -519,7 +519,7 @@ static void
 apply_tls_policy(struct ternd *t)
 {
     struct tlsrpt_opts ro = { NULL, t->cfg->tls_rpt != 0, t->cfg->hostname, t->cfg->tls_rpt_from,
-        t->cfg->tls_rpt_contact, t->cfg->tls_ca_file };
+        t->cfg->tls_rpt_contact, t->cfg->tls_ca_file, t->cfg };
     struct mtasts_opts mo = { NULL, t->cfg->tls_ca_file };
     struct buf err = BUF_INIT;
     struct logline l;

@@ -27,7 +27,9 @@
 #include <arpa/inet.h>
 #include <event2/event.h>
 
+#include "config/config.h"
 #include "dns/dns.h"
+#include "smtp/smtp.h"
 #include "spool/spool.h"
 #include "util/curlev.h"
 #include "util/fsutil.h"
@@ -70,6 +72,7 @@ struct tlsrpt {
     char *dir;
     bool send;
     char *hostname, *from, *contact, *ca_file;
+    struct config *cfg;   /* a reference: the DKIM keys of mailed reports */
     char today[16];       /* the day the map below is about */
     struct map *policies; /* domain -> uint64_t * hash of the policy written today */
     int64_t last_err_ms;  /* the last write error logged */
@@ -256,6 +259,10 @@ send_mail(struct tlsrpt *t, const struct tlsrpt_domain *d, const char *uri)
     tlsrpt_mail_format(&m, d->domain, t->from, to, r->gz.data, r->gz.len, tern_now_ms(), &msg);
     spool_writer_write(w, msg.data, msg.len);
     buf_fini(&msg);
+    /* Signed as the mail of tern's own clients is, when dkim_sign has a
+     * key for the From domain (RFC 8460 §5.3 asks reports to be signed). */
+    if (t->cfg != NULL)
+        smtp_dkim_at_commit(t->cfg, w, 0);
     log_report(t, "report_mailed", d->domain, uri, NULL);
     spool_writer_commit(w, t->inbox, mail_committed, 0, t);
 }
@@ -661,6 +668,8 @@ tlsrpt_set_opts(struct tlsrpt *t, const struct tlsrpt_opts *o)
     t->from = xstrdup(from);
     t->contact = xstrdup(o->contact != NULL && o->contact[0] != '\0' ? o->contact : from);
     t->ca_file = o->ca_file != NULL ? xstrdup(o->ca_file) : NULL;
+    config_unref(t->cfg);
+    t->cfg = o->cfg != NULL ? config_ref(o->cfg) : NULL;
 }
 
 struct tlsrpt *
@@ -709,6 +718,7 @@ tlsrpt_free(struct tlsrpt *t)
     free(t->hostname);
     free(t->from);
     free(t->contact);
+    config_unref(t->cfg);
     free(t->ca_file);
     free(t);
 }

@@ -136,6 +136,7 @@ struct tlsrpt_opts {
     const char *from;      /* From: and envelope sender of mailed reports */
     const char *contact;   /* contact-info */
     const char *ca_file;   /* verifies https: rua; NULL: the system store */
+    struct config *cfg;    /* borrowed: signs mailed reports (dkim_sign) */
 };
 
 /* dns, sp and inbox (where the spool's commit callbacks run) are borrowed

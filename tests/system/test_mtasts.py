@@ -307,7 +307,23 @@ def report_json(data):
     return msg, json.loads(gzip.decompress(parts[0].get_content()))
 
 
-def test_tlsrpt_mailto_report(world):
+def report_key(tmp):
+    """A DKIM key for the reports' From domain: (dkim_sign entry, its
+    public key record for dkimpy)."""
+    import base64
+    import subprocess
+    key = os.path.join(tmp, "rpt.key")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048",
+                    "-out", key], check=True, capture_output=True)
+    os.chmod(key, 0o600)
+    der = subprocess.run(["openssl", "pkey", "-in", key, "-pubout", "-outform", "DER"],
+                         check=True, capture_output=True).stdout
+    return f"tern.test:rpt:{key}", b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
+
+
+def test_tlsrpt_mailto_report(world, tmp_path):
+    import dkim
+    sign, record = report_key(str(tmp_path))
     world.sts_txt("1")
     world.web.policy("testing")
     world.dns.txt(f"_smtp._tls.{DOM}", "v=TLSRPTv1; rua=mailto:tlsrpt@rpt.test")
@@ -316,7 +332,7 @@ def test_tlsrpt_mailto_report(world):
     world.web.start()
     s = world.sink(cert=world.wrong)
     rpt = world.sink(RPT_ADDR)
-    t = world.tern(tls_rpt="yes", tls_rpt_contact="tls-team@tern.test")
+    t = world.tern(tls_rpt="yes", tls_rpt_contact="tls-team@tern.test", dkim_sign=sign)
     send(t, "counted 1")
     send(t, "counted 2")
     wait_for(lambda: len(s.snapshot()) == 2, desc="both messages at the MX")
@@ -328,6 +344,10 @@ def test_tlsrpt_mailto_report(world):
     msg, rep = report_json(tx.data)
     assert msg["TLS-Report-Domain"] == DOM
     assert msg["TLS-Report-Submitter"] == "tern.test"
+    # Signed by the reporting domain (RFC 8460 §5.3).
+    assert b"d=tern.test" in tx.data.split(b"\r\n\r\n", 1)[0]
+    assert dkim.verify(tx.data, dnsfunc=lambda name, timeout=5: record
+                       if name == b"rpt._domainkey.tern.test." else None)
     assert msg["Subject"].startswith(f"Report Domain: {DOM} Submitter: tern.test Report-ID: <")
     assert rep["organization-name"] == "tern.test"
     assert rep["contact-info"] == "tls-team@tern.test"
