@@ -19,11 +19,12 @@
 #include "util/parse.h"
 #include "util/util.h"
 
-#define SIG_B_MAX  1024 /* decoded signature bytes (RSA 4096 is 512) */
-#define KEY_P_MAX  1024 /* decoded public key bytes (RSA 4096 SPKI is ~550) */
-#define TAGS_MAX   32   /* tags of one tag-list */
-#define NO_LIMIT   UINT64_MAX
-#define SIG_FIELDS 64 /* DKIM-Signature fields looked at; only the first ones are verified */
+#define SIG_B_MAX   1024 /* decoded signature bytes (RSA 4096 is 512) */
+#define KEY_P_MAX   1024 /* decoded public key bytes (RSA 4096 SPKI is ~550) */
+#define B64_OUT_MAX 1024 /* the most dkim_b64_decode gives: SIG_B_MAX, KEY_P_MAX */
+#define TAGS_MAX    32   /* tags of one tag-list */
+#define NO_LIMIT    UINT64_MAX
+#define SIG_FIELDS  64 /* DKIM-Signature fields looked at; only the first ones are verified */
 
 struct body_hash {
     enum dkim_canon c;
@@ -139,52 +140,25 @@ tag_is(const struct dkim_tag *t, const char *v)
     return t->val_len == strlen(v) && strncasecmp(t->val, v, t->val_len) == 0;
 }
 
-static int
-b64_val(char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 int
 dkim_b64_decode(const char *p, size_t n, unsigned char *out, size_t cap, size_t *out_len)
 {
-    uint32_t acc = 0;
-    unsigned bits = 0, pad = 0;
-    size_t o = 0;
+    /* FWS may fold a value anywhere (RFC 6376 §3.2): the decoder gets
+     * the characters without it. A value longer than out can hold needs
+     * no look. */
+    char buf[4 * ((B64_OUT_MAX + 2) / 3)];
+    size_t k = 0;
+    *out_len = 0;
+    if (cap > B64_OUT_MAX)
+        return -1;
     for (size_t i = 0; i < n; i++) {
-        int v;
         if (is_fws(p[i]))
             continue;
-        if (p[i] == '=') {
-            pad++;
-            continue;
-        }
-        v = b64_val(p[i]);
-        if (v < 0 || pad > 0)
-            return -1; /* bad character, or data after padding */
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (o == cap)
-                return -1;
-            out[o++] = (unsigned char)(acc >> bits);
-        }
+        if (k == sizeof(buf))
+            return -1;
+        buf[k++] = p[i];
     }
-    if (pad > 2 || bits >= 6)
-        return -1;
-    *out_len = o;
-    return 0;
+    return k == 0 ? 0 : b64_decode(buf, k, out, cap, out_len); /* p= empty: revoked */
 }
 
 /* ---- the key record (RFC 6376 §3.6.1, RFC 8463 §4.2) ---- */
@@ -397,7 +371,8 @@ sig_parse(struct dkim_verifier *v, struct vsig *s)
         /* header.b (RFC 6008): the first 8 characters, FWS skipped. */
         size_t o = 0;
         for (size_t i = 0; i < b->val_len && o < 8; i++) {
-            if (!is_fws(b->val[i]) && b64_val(b->val[i]) >= 0)
+            unsigned char c = (unsigned char)b->val[i];
+            if (isalnum(c) || c == '+' || c == '/')
                 s->info.b8[o++] = b->val[i];
         }
         s->info.b8[o] = '\0';

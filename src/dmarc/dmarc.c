@@ -28,41 +28,18 @@ dmarc_policy_name(enum dmarc_policy p)
     return (size_t)p < TERN_ARRAY_LEN(names) ? names[p] : "none";
 }
 
-static bool
-is_wsp(char c)
-{
-    return c == ' ' || c == '\t';
-}
-
 /* The next tag of p[*i..n): name and value trimmed; false at the end. */
 static bool
 next_tag(
     const char *p, size_t n, size_t *i, const char **name, size_t *nl, const char **val, size_t *vl)
 {
-    size_t s, e, eq;
-    while (*i < n && (is_wsp(p[*i]) || p[*i] == ';'))
-        (*i)++;
-    if (*i >= n)
+    struct str_tag t;
+    if (!str_next_tag(p, n, i, &t))
         return false;
-    s = *i;
-    while (*i < n && p[*i] != ';')
-        (*i)++;
-    e = *i;
-    eq = s;
-    while (eq < e && p[eq] != '=')
-        eq++;
-    *name = p + s;
-    *nl = eq - s;
-    while (*nl > 0 && is_wsp((*name)[*nl - 1]))
-        (*nl)--;
-    *val = eq < e ? p + eq + 1 : p + e;
-    *vl = eq < e ? e - eq - 1 : 0;
-    while (*vl > 0 && is_wsp(**val)) {
-        (*val)++;
-        (*vl)--;
-    }
-    while (*vl > 0 && is_wsp((*val)[*vl - 1]))
-        (*vl)--;
+    *name = t.name;
+    *nl = t.name_len;
+    *val = t.val;
+    *vl = t.val_len;
     return true;
 }
 

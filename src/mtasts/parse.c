@@ -43,27 +43,14 @@ txt_fields(const char *r, size_t len, char *id, char *err, size_t errcap)
 {
     size_t i = 7;
     bool have_id = false;
-    while (i < len) {
-        size_t k0, k1, v0, v1;
-        while (i < len && (is_wsp(r[i]) || r[i] == ';'))
-            i++;
-        if (i >= len)
-            break;
-        k0 = i;
-        while (i < len && r[i] != '=' && r[i] != ';')
-            i++;
-        if (i >= len || r[i] != '=') {
+    struct str_tag t;
+    while (str_next_tag(r, len, &i, &t)) {
+        size_t v0 = (size_t)(t.val - r), v1 = v0 + t.val_len;
+        if (!t.has_eq) {
             SET_ERR("a field without '='");
             return -1;
         }
-        k1 = i++;
-        v0 = i;
-        while (i < len && r[i] != ';')
-            i++;
-        v1 = i;
-        while (v1 > v0 && is_wsp(r[v1 - 1]))
-            v1--;
-        if (k1 - k0 == 2 && memcmp(r + k0, "id", 2) == 0 && !have_id) {
+        if (t.name_len == 2 && memcmp(t.name, "id", 2) == 0 && !have_id) {
             size_t n = v1 - v0;
             if (n == 0 || n > MTASTS_ID_MAX) {
                 SET_ERR("id must be 1 to %d letters and digits", MTASTS_ID_MAX);

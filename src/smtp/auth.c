@@ -24,59 +24,15 @@ auth_creds_clear(struct auth_creds *c)
 
 /* ---- base64 ---- */
 
-static int
-b64_val(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
 int
 auth_b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *out_len)
 {
-    size_t o = 0;
     *out_len = 0;
     if (len == 1 && in[0] == '=')
         return 0; /* RFC 4954 §4: an empty response */
-    if (len == 0 || len % 4 != 0)
+    if (len == 0)
         return -1;
-    for (size_t i = 0; i < len; i += 4) {
-        int v[4];
-        size_t pad = 0;
-        for (int k = 0; k < 4; k++) {
-            unsigned char ch = (unsigned char)in[i + (size_t)k];
-            if (ch == '=' && i + 4 == len && k >= 2) {
-                v[k] = 0;
-                pad++;
-                continue;
-            }
-            if (pad > 0 || (v[k] = b64_val(ch)) < 0)
-                return -1; /* junk, or data after padding */
-        }
-        uint32_t n = ((uint32_t)v[0] << 18) | ((uint32_t)v[1] << 12) | ((uint32_t)v[2] << 6) |
-                     (uint32_t)v[3];
-        /* Canonical form: bits dropped by the padding must be zero. */
-        if ((pad == 1 && (n & 0xff)) || (pad == 2 && (n & 0xffff)))
-            return -1;
-        if (o + 3 - pad > cap)
-            return -1;
-        out[o++] = (unsigned char)(n >> 16);
-        if (pad < 2)
-            out[o++] = (unsigned char)(n >> 8);
-        if (pad < 1)
-            out[o++] = (unsigned char)n;
-    }
-    *out_len = o;
-    return 0;
+    return b64_decode(in, len, out, cap, out_len);
 }
 
 /* ---- PLAIN and LOGIN ---- */

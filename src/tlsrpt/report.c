@@ -16,6 +16,7 @@
 
 #include <zlib.h>
 
+#include "util/parse.h"
 #include "util/util.h"
 
 #define SET_ERR(...) snprintf(err, errcap, __VA_ARGS__)
@@ -98,29 +99,15 @@ txt_fields(
 {
     size_t i = 10;
     bool have = false;
-    while (i < len) {
-        size_t k0, k1, v0, v1;
-        while (i < len && (is_wsp(r[i]) || r[i] == ';'))
-            i++;
-        if (i >= len)
-            break;
-        k0 = i;
-        while (i < len && r[i] != '=' && r[i] != ';')
-            i++;
-        if (i >= len || r[i] != '=') {
+    struct str_tag t;
+    while (str_next_tag(r, len, &i, &t)) {
+        if (!t.has_eq) {
             SET_ERR("a field without '='");
             return -1;
         }
-        k1 = i++;
-        while (k1 > k0 && is_wsp(r[k1 - 1]))
-            k1--;
-        v0 = i;
-        while (i < len && r[i] != ';')
-            i++;
-        v1 = i;
-        if (k1 - k0 == 3 && memcmp(r + k0, "rua", 3) == 0 && !have) {
+        if (t.name_len == 3 && memcmp(t.name, "rua", 3) == 0 && !have) {
             have = true;
-            if (rua_split(r + v0, v1 - v0, rua, n_rua, err, errcap) < 0)
+            if (rua_split(t.val, t.val_len, rua, n_rua, err, errcap) < 0)
                 return -1;
         }
     }

@@ -7,6 +7,7 @@
 
 #include <arpa/inet.h>
 #include <limits.h>
+#include <stdint.h>
 #include <string.h>
 
 #define DOMAIN_MAX 253
@@ -280,5 +281,94 @@ str_is_domain(const char *s, size_t len, bool utf8)
             start = i + 1;
         }
     }
+    return true;
+}
+
+static int
+b64_val(unsigned char c)
+{
+    if (c >= 'A' && c <= 'Z')
+        return c - 'A';
+    if (c >= 'a' && c <= 'z')
+        return c - 'a' + 26;
+    if (c >= '0' && c <= '9')
+        return c - '0' + 52;
+    if (c == '+')
+        return 62;
+    if (c == '/')
+        return 63;
+    return -1;
+}
+
+int
+b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *out_len)
+{
+    size_t o = 0;
+    *out_len = 0;
+    if (len % 4 != 0)
+        return -1;
+    for (size_t i = 0; i < len; i += 4) {
+        int v[4];
+        size_t pad = 0;
+        for (int k = 0; k < 4; k++) {
+            unsigned char ch = (unsigned char)in[i + (size_t)k];
+            if (ch == '=' && i + 4 == len && k >= 2) {
+                v[k] = 0;
+                pad++;
+                continue;
+            }
+            if (pad > 0 || (v[k] = b64_val(ch)) < 0)
+                return -1; /* junk, or data after padding */
+        }
+        uint32_t n = ((uint32_t)v[0] << 18) | ((uint32_t)v[1] << 12) | ((uint32_t)v[2] << 6) |
+                     (uint32_t)v[3];
+        /* Canonical form: bits dropped by the padding must be zero. */
+        if ((pad == 1 && (n & 0xff)) || (pad == 2 && (n & 0xffff)))
+            return -1;
+        if (o + 3 - pad > cap)
+            return -1;
+        out[o++] = (unsigned char)(n >> 16);
+        if (pad < 2)
+            out[o++] = (unsigned char)(n >> 8);
+        if (pad < 1)
+            out[o++] = (unsigned char)n;
+    }
+    *out_len = o;
+    return 0;
+}
+
+static bool
+tag_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+bool
+str_next_tag(const char *p, size_t n, size_t *i, struct str_tag *t)
+{
+    size_t s, e, eq;
+    while (*i < n && (tag_blank(p[*i]) || p[*i] == ';'))
+        (*i)++;
+    if (*i >= n)
+        return false;
+    s = *i;
+    while (*i < n && p[*i] != ';')
+        (*i)++;
+    e = *i;
+    for (eq = s; eq < e && p[eq] != '='; eq++)
+        ;
+    t->has_eq = eq < e;
+    t->name = p + s;
+    t->name_len = eq - s;
+    while (t->name_len > 0 && tag_blank(t->name[t->name_len - 1]))
+        t->name_len--;
+    t->val = t->has_eq ? p + eq + 1 : p + e;
+    t->val_len = t->has_eq ? e - eq - 1 : 0;
+    while (t->val_len > 0 && tag_blank(*t->val)) {
+        t->val++;
+        t->val_len--;
+    }
+    while (t->val_len > 0 && tag_blank(t->val[t->val_len - 1]))
+        t->val_len--;
     return true;
 }

@@ -175,35 +175,8 @@ webhook_cursor_load(const char *spool_dir, struct history_pos *pos, struct buf *
 int
 webhook_cursor_save(const char *spool_dir, const struct history_pos *pos, struct buf *err)
 {
-    char path[4096], tmp[4200], text[128];
-    int fd, dfd,
-        len = snprintf(text, sizeof(text), CURSOR_MAGIC "%s %" PRIu64 "\n",
-            pos->file[0] ? pos->file : "-", pos->off);
-    snprintf(path, sizeof(path), "%s/%s", spool_dir, WEBHOOK_CURSOR_FILE);
-    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-    if (fd < 0) {
-        buf_printf(err, "cannot create %s: %s", tmp, strerror(errno));
-        return -1;
-    }
-    if (fd_write_full(fd, text, (size_t)len) < 0 || fsync(fd) < 0) {
-        buf_printf(err, "cannot write %s: %s", tmp, strerror(errno));
-        close(fd);
-        unlink(tmp);
-        return -1;
-    }
-    if (close(fd) < 0 || rename(tmp, path) < 0) {
-        buf_printf(err, "cannot replace %s: %s", path, strerror(errno));
-        unlink(tmp);
-        return -1;
-    }
-    dfd = open(spool_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) < 0) {
-        buf_printf(err, "cannot sync %s: %s", spool_dir, strerror(errno));
-        if (dfd >= 0)
-            close(dfd);
-        return -1;
-    }
-    close(dfd);
-    return 0;
+    char text[128];
+    int len = snprintf(text, sizeof(text), CURSOR_MAGIC "%s %" PRIu64 "\n",
+        pos->file[0] ? pos->file : "-", pos->off);
+    return fs_replace_file(spool_dir, WEBHOOK_CURSOR_FILE, text, (size_t)len, err);
 }

@@ -268,6 +268,33 @@ test_domain(void **state)
     assert_true(str_is_domain("example.com junk", 11, false));
 }
 
+/* ';'-separated name=value records: blanks trimmed, empty fields skipped,
+ * a field without '=' told apart, the end reached. */
+static void
+test_next_tag(void **state)
+{
+    static const char rec[] = " v=DMARC1 ;; p = reject;flag ; rua=mailto:a@b.test;";
+    static const struct {
+        const char *name, *val;
+        bool has_eq;
+    } want[] = { { "v", "DMARC1", true }, { "p", "reject", true }, { "flag", "", false },
+        { "rua", "mailto:a@b.test", true } };
+    size_t i = 0, k = 0;
+    struct str_tag t;
+    while (str_next_tag(rec, strlen(rec), &i, &t)) {
+        assert_true(k < sizeof(want) / sizeof(want[0]));
+        assert_int_equal(t.name_len, strlen(want[k].name));
+        assert_memory_equal(t.name, want[k].name, t.name_len);
+        assert_int_equal(t.val_len, strlen(want[k].val));
+        assert_memory_equal(t.val, want[k].val, t.val_len);
+        assert_int_equal(t.has_eq, want[k].has_eq);
+        k++;
+    }
+    assert_int_equal(k, 4);
+    i = 0;
+    assert_false(str_next_tag(" ; ;", 4, &i, &t));
+}
+
 int
 main(void)
 {
@@ -279,6 +306,7 @@ main(void)
         cmocka_unit_test(test_hostport_capacity),
         cmocka_unit_test(test_str_ieq_lower),
         cmocka_unit_test(test_domain),
+        cmocka_unit_test(test_next_tag),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
