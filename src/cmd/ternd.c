@@ -583,10 +583,9 @@ start(struct ternd *t)
     t->sched = sched_new(t->base, t->sp, t->dns, t->cfg);
     spool_set_commit_hook(t->sp, commit_hook, t);
     apply_tls_policy(t);
-    t->smtp = smtp_server_new(t->base, t->sp, t->cfg, &err);
+    t->smtp = smtp_server_new(t->base, t->sp, t->cfg, t->dns, &err);
     if (t->smtp == NULL)
         goto fail;
-    smtp_server_set_dns(t->smtp, t->dns);
     /* Claims a crash left in the maildrop are settled before the queue is
      * loaded, so before any of its messages can be delivered and removed. */
     if (start_pickup(t, &err) < 0)

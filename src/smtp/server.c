@@ -526,7 +526,8 @@ set_security(struct smtp_server *srv, const struct config *cfg, struct tls_ctx *
 }
 
 struct smtp_server *
-smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err)
+smtp_server_new(
+    struct event_base *base, struct spool *sp, struct config *cfg, struct dns *dns, struct buf *err)
 {
     struct smtp_server *srv = xcalloc(1, sizeof(*srv));
     struct smtp_listen_set *set;
@@ -568,6 +569,10 @@ smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg, s
     for (size_t i = 0; i < srv->n_loops; i++)
         smtp_loop_init(srv->loops[i], cfg, srv->tls, set);
     smtp_listen_set_free(set);
+    /* Before the loops run: a session they accept at once has a resolver. */
+    srv->dns = dns;
+    for (size_t i = 0; i < srv->n_loops; i++)
+        smtp_loop_post_dns(srv->loops[i], dns);
     for (size_t i = 0; i < srv->n_loops; i++)
         smtp_loop_start(srv->loops[i]);
     return srv;
@@ -616,14 +621,6 @@ rebind(struct smtp_server *srv, const struct config *cfg, struct smtp_listen_set
         return 0;
     *set = bind_all(cfg, srv->cfg, srv->n_loops, err);
     return *set != NULL ? 0 : -1;
-}
-
-void
-smtp_server_set_dns(struct smtp_server *srv, struct dns *dns)
-{
-    srv->dns = dns;
-    for (size_t i = 0; i < srv->n_loops; i++)
-        smtp_loop_post_dns(srv->loops[i], dns);
 }
 
 int

@@ -22,10 +22,16 @@ struct smtp_server;
 
 /* Bind every smtp_listen, submission_listen and smtps_listen address of cfg
  * (a reference is taken) for each of cfg->workers receive loops and start
- * them, load the TLS certificate and the AUTH users. NULL with a message in
- * err when an address cannot be bound or a file is bad. */
-struct smtp_server *smtp_server_new(
-    struct event_base *base, struct spool *sp, struct config *cfg, struct buf *err);
+ * them, load the TLS certificate and the AUTH users. dns (borrowed, or NULL:
+ * no name lookups) looks clients' names up for the log when
+ * smtpd_peername_lookup says so; it must outlive the server's sessions.
+ * Threaded receive loops get resolvers of their own (cfg's dns_resolvers,
+ * followed on reload: a resolver belongs to one event loop), made before
+ * they accept. NULL with a message in err when an address cannot be bound
+ * or a file is bad. */
+struct dns;
+struct smtp_server *smtp_server_new(struct event_base *base, struct spool *sp, struct config *cfg,
+    struct dns *dns, struct buf *err);
 /* New sessions use cfg (and its certificate and users file, re-read here)
  * from now on (each loop has taken it when this returns); sessions in flight
  * keep theirs. Listeners are opened for new addresses and closed for
@@ -33,12 +39,6 @@ struct smtp_server *smtp_server_new(
  * new address cannot be bound, the certificate, key or users file is bad,
  * or workers changed (it needs a restart). */
 int smtp_server_set_config(struct smtp_server *srv, struct config *cfg, struct buf *err);
-/* Look up clients' names for the log with dns (borrowed; it must outlive
- * the server's sessions), when smtpd_peername_lookup says so. Threaded
- * receive loops get resolvers of their own (cfg's dns_resolvers, followed
- * on reload): a resolver belongs to one event loop. */
-struct dns;
-void smtp_server_set_dns(struct smtp_server *srv, struct dns *dns);
 /* Stop accepting; idle sessions get 421 and are closed, sessions in a
  * transaction are abandoned (421, their tmp files discarded), sessions whose
  * message is being committed get their answer first. */

@@ -187,7 +187,7 @@ struct rcpt_list;
 
 struct smtp_server {
     struct event_base *base; /* the main loop */
-    struct dns *dns;         /* borrowed (smtp_server_set_dns), or NULL: no name lookups */
+    struct dns *dns;         /* borrowed (smtp_server_new), or NULL: no name lookups */
     struct spool *sp;
     atomic_uint_least64_t received; /* messages committed, by every loop */
     /* Main thread only: the current configuration and its TLS context

@@ -177,7 +177,7 @@ make_server(struct fuzz_world *w, bool tight)
     cfg = config_load(NULL, ov, n, false, &err);
     if (cfg == NULL)
         die("configuration", err.data);
-    srv = smtp_server_new(w->base, w->sp, cfg, &err);
+    srv = smtp_server_new(w->base, w->sp, cfg, NULL, &err);
     if (srv == NULL)
         die("server", err.data);
     config_unref(cfg);
