@@ -85,6 +85,17 @@ def account_entries():
     return u, g
 
 
+def failure_lines(out):
+    """The lines that say why a test failed (cmocka's ERROR with the line
+    before it, meson's FAIL), which a long build log pushes out of its tail."""
+    lines = out.splitlines()
+    keep = []
+    for i, line in enumerate(lines):
+        if "[  ERROR   ]" in line or " FAIL " in line or line.startswith("ERROR:"):
+            keep.extend(lines[max(0, i - 1):i + 1])
+    return "\n".join(keep[-60:])
+
+
 @pytest.fixture(scope="module")
 def debs():
     """The .deb files built by scripts/build-deb.sh (dpkg-buildpackage -b
@@ -98,7 +109,8 @@ def debs():
     work = Path(tempfile.mkdtemp(prefix="tern-pkg."))
     p = run([str(REPO / "scripts" / "build-deb.sh"), str(work)], timeout=BUILD_TIMEOUT,
             check=False)
-    assert p.returncode == 0, f"build-deb.sh failed:\n{p.stdout[-6000:]}\n{p.stderr[-4000:]}"
+    assert p.returncode == 0, (f"build-deb.sh failed:\n{failure_lines(p.stdout)}\n"
+                               f"{p.stdout[-6000:]}\n{p.stderr[-4000:]}")
     found = {d.name.split("_")[0]: d for d in work.glob("*.deb")}
     assert {"tern", "tern-mta"} <= set(found), sorted(found)
     yield found, work
