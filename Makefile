@@ -66,9 +66,9 @@ fuzz-test: fuzz
 fuzz-long: fuzz
 	FUZZ_SECONDS=$(FUZZ_SECONDS) ./tests/fuzz/run.sh --each $(FUZZ_BUILD)
 
+# Normal and ASan builds side by side when root (tests/system/run-both.sh).
 system-test: build asan
-	TERN_BUILD=$(CURDIR)/$(BUILD) $(PYTHON) -m pytest -q tests/system
-	TERN_BUILD=$(CURDIR)/$(ASAN_BUILD) TERN_ASAN=1 $(PYTHON) -m pytest -q tests/system
+	./tests/system/run-both.sh $(PYTHON) $(CURDIR)/$(BUILD) $(CURDIR)/$(ASAN_BUILD)
 
 test: unit-test fuzz-test system-test
 

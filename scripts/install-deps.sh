@@ -42,6 +42,9 @@ libauthen-sasl-perl dnsmasq-base postfix libsasl2-modules"
     # Milter filters (test_milter.py): python3-milter (libmilter) for a
     # filter of the test's own, and real rspamd in milter mode.
     pkgs="$pkgs python3-milter rspamd"
+    # As root, the two end-to-end runs go side by side, each in a network
+    # namespace of its own (tests/system/run-both.sh): unshare and ip.
+    pkgs="$pkgs util-linux iproute2"
 fi
 missing=""
 for p in $pkgs; do

@@ -477,10 +477,21 @@ def tern_user():
     if TEST_USER is None:
         yield None
         return
-    subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
-                    "--shell", "/usr/sbin/nologin", TEST_USER], check=True)
+    # Another suite may be adding its own account at this moment: useradd
+    # then finds /etc/passwd locked and asks to try again.
+    for attempt in range(20):
+        p = subprocess.run(["useradd", "--system", "--no-create-home", "--user-group",
+                            "--shell", "/usr/sbin/nologin", TEST_USER],
+                           capture_output=True, text=True)
+        if p.returncode == 0:
+            break
+        assert "lock" in p.stderr and attempt < 19, f"useradd: {p.stderr}"
+        time.sleep(0.5)
     yield TEST_USER
-    subprocess.run(["userdel", TEST_USER], check=False)
+    for _ in range(20):
+        if subprocess.run(["userdel", TEST_USER], capture_output=True).returncode not in (1, 10):
+            break  # 1, 10: passwd or group file locked by another suite's account change
+        time.sleep(0.5)
 
 
 def let_user_through(path):

@@ -303,8 +303,13 @@ def test_dashboard_actions(make_tern, sink, tmp_path):
     rec = t.wait_event("dashboard_action", action="hold", qid=qid)
     assert rec["client"] == "127.0.0.1", rec
     wait_for(held, desc="the message held")
+    # Released, it is tried at once (and deferred again: the sink still
+    # refuses); only then may it be accepted, so that the flush below
+    # finds it still queued.
+    since = len(t.log_text())
     assert post(port, f"/api/queue/release?id={qid}")[0] == 200
     t.wait_event("dashboard_action", action="release", qid=qid)
+    t.wait_event("deferred", since=since, qid=qid)
     sink.accept_all()
     assert post(port, f"/api/queue/flush?id={qid}")[0] == 200
     sink.wait_to("tempfail@dest.test")

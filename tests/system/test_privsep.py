@@ -3,6 +3,7 @@ and the relay, both as `user`, without capabilities, with no_new_privs and
 seccomp), TLS, DKIM and AUTH through the keys process, reload and signals,
 one daemon per spool, IPv6 listeners beside IPv4 ones, and --check."""
 
+import fcntl
 import os
 import pwd
 import signal
@@ -387,6 +388,14 @@ def test_check_fails_on_what_would_stop_the_start(make_tern, tmp_path):
 
 
 def test_default_configuration_file(tmp_path):
+    # The file is the machine's, not the test's: a suite running beside this
+    # one (tests/system/run-both.sh) takes its turn.
+    with open("/tmp/tern-test-etc.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        default_configuration_file(tmp_path)
+
+
+def default_configuration_file(tmp_path):
     path = "/etc/tern/tern.conf"
     if os.path.exists(path):
         pytest.skip("this machine has a real /etc/tern/tern.conf")
