@@ -11,6 +11,7 @@ import ssl
 import subprocess
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -478,3 +479,115 @@ def test_tls_handshake_alert(tls_tern):
     assert "alert protocol version" in out, out
     assert "unexpected eof" not in out, out
     tern.wait_event("tls_failed")
+
+
+def http_scraped(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2 * SLOW) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+def test_http_endpoint_connections_bounded(make_tern, sink):
+    """Idle clients of metrics_listen hold at most the endpoint's bound of
+    descriptors (64): beyond it the listener waits, the SMTP side goes on,
+    and once they leave /metrics answers again."""
+    port = free_port()
+    tern = make_tern(metrics_listen=f"127.0.0.1:{port}")
+    u = uid()
+    tern.send(f"warm-{u}@src.test", [f"warm-{u}@example.org"], message(f"warm {u}"))
+    sink.wait_to(f"warm-{u}@example.org")
+    assert http_scraped(port)
+    base = open_fds(tern)
+    idle = []
+    try:
+        for _ in range(200):  # more than the bound; the kernel's backlog holds the rest
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", port))
+            idle.append(s)
+        wait_for(lambda: open_fds(tern) >= base + 64, desc="the endpoint to take 64 clients")
+        assert holds_for(lambda: open_fds(tern) <= base + 64, 1.0 * SLOW), \
+            f"{open_fds(tern) - base} descriptors for 200 idle HTTP clients"
+        tern.wait_event("connection_limit")
+        # SMTP is untouched.
+        tern.send(f"during-{u}@src.test", [f"during-{u}@example.org"], message(f"during {u}"))
+        sink.wait_to(f"during-{u}@example.org")
+    finally:
+        for s in idle:
+            s.close()
+    wait_for(lambda: http_scraped(port), desc="/metrics answering once the idle clients left")
+    wait_for(lambda: open_fds(tern) <= base, desc=f"ternd back to {base} descriptors")
+
+
+def test_http_endpoint_counts_every_way_a_connection_ends(make_tern):
+    """Each way an HTTP connection can end gives its place back: 80 of each
+    (more than the bound of 64), after which /metrics still answers."""
+    port = free_port()
+    tern = make_tern(metrics_listen=f"127.0.0.1:{port}")
+    assert http_scraped(port)
+    base = open_fds(tern)
+
+    def raw(data, read=True):
+        with socket.create_connection(("127.0.0.1", port), timeout=5 * SLOW) as s:
+            if data:
+                s.sendall(data)
+            if read:
+                while s.recv(4096):
+                    pass
+
+    def keep_alive():
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=5 * SLOW)
+        for _ in range(3):
+            c.request("GET", "/status")
+            assert c.getresponse().read()
+        c.close()
+
+    ways = {
+        "closed at once": lambda: raw(b"", read=False),
+        "half a request, then closed": lambda: raw(b"GET /metr", read=False),
+        "answered, connection close": lambda: raw(
+            b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+        "HTTP/1.0": lambda: raw(b"GET /status HTTP/1.0\r\n\r\n"),
+        "bad request line": lambda: raw(b"NONSENSE\r\n\r\n"),
+        "method not allowed": lambda: raw(b"PUT /metrics HTTP/1.0\r\n\r\n"),
+        "headers too large": lambda: raw(b"GET / HTTP/1.0\r\nX: " + b"a" * 9000 + b"\r\n\r\n"),
+        "reset by the client": lambda: reset_after(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
+        "keep-alive, three requests": keep_alive,
+    }
+    # A way that kept its place would leave the listener paused for good
+    # after 64 of them (quick clients may pause it for a moment: that is fine).
+    for name, way in ways.items():
+        for _ in range(80):
+            way()
+        wait_for(lambda: http_scraped(port), desc=f"/metrics answering after 80 times '{name}'")
+    wait_for(lambda: open_fds(tern) <= base, desc=f"ternd back to {base} descriptors")
+
+
+def reset_after(port, data):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(data)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    s.close()  # linger 0: RST
+
+
+def test_http_endpoint_stops_with_clients_connected(make_tern):
+    """SIGTERM while HTTP clients are connected, some just accepted: the
+    endpoint closes them and ternd ends cleanly (under ASan too)."""
+    port = free_port()
+    tern = make_tern(metrics_listen=f"127.0.0.1:{port}")
+    assert http_scraped(port)
+    socks = []
+    for i in range(80):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if i % 2:
+            s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # unfinished
+        socks.append(s)
+    try:
+        rc, _ = tern.stop(signal.SIGTERM)
+        assert rc == 0, f"ternd exited {rc} after SIGTERM:\n{tern.log_tail()}"
+    finally:
+        for s in socks:
+            s.close()
