@@ -221,6 +221,30 @@ test_append_safe(void **state)
     buf_reset(&b);
     buf_append_safe(&b, "0123456789x", 11, 10);
     assert_string_equal(b.data, "0123456...");
+    /* C1 controls: a raw CSI (an 8-bit terminal's ESC [) and U+009B in
+     * UTF-8; malformed UTF-8 (a lone continuation byte, an overlong ESC, a
+     * surrogate, a sequence cut short) is replaced byte by byte. */
+    buf_reset(&b);
+    buf_append_safe(&b,
+        "a\x9b"
+        "31mb\xc2\x9b"
+        "0mc",
+        11, 40);
+    assert_string_equal(b.data, "a?31mb?0mc");
+    buf_reset(&b);
+    buf_append_safe(&b, "\x80|\xc0\x9b|\xed\xa0\x80|\xe2\x82", 11, 40);
+    assert_string_equal(b.data, "?|??|???|??");
+    /* Well-formed UTF-8 passes whole (NBSP, the euro sign, an emoji); a
+     * cut never splits a character. */
+    buf_reset(&b);
+    buf_append_safe(&b, "\xc2\xa0\xe2\x82\xac\xf0\x9f\x93\xa7", 9, 40);
+    assert_string_equal(b.data, "\xc2\xa0\xe2\x82\xac\xf0\x9f\x93\xa7");
+    buf_reset(&b);
+    buf_append_safe(&b, "ab\xe2\x82\xacxyz", 8, 7);
+    assert_string_equal(b.data, "ab...");
+    buf_reset(&b);
+    buf_append_safe(&b, "ab\xe2\x82\xacxyz", 8, 8);
+    assert_string_equal(b.data, "ab\xe2\x82\xacxyz");
     buf_fini(&b);
 }
 
