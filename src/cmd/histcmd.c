@@ -46,10 +46,7 @@ args(int argc, char **argv, const char **what, bool *json)
 static void
 fmt_time(int64_t secs, char *out, size_t cap)
 {
-    time_t t = (time_t)secs;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, cap, "%Y-%m-%d %H:%M:%SZ", &tm);
+    tern_fmt_utc(secs, HISTORY_TIME_FMT, out, cap);
 }
 
 static void

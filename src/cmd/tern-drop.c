@@ -21,9 +21,9 @@
 
 #include "maildrop/maildrop.h"
 #include "util/buf.h"
+#include "util/fsutil.h"
 
-#define READ_CHUNK 65536
-#define INPUT_MAX  (MAILDROP_HEAD_MAX + MAILDROP_MSG_MAX + MAILDROP_TRAILER_LEN)
+#define INPUT_MAX (MAILDROP_HEAD_MAX + MAILDROP_MSG_MAX + MAILDROP_TRAILER_LEN)
 
 #ifdef __SANITIZE_ADDRESS__
 /* Sanitizer builds only: LeakSanitizer works by ptrace-ing the process,
@@ -52,24 +52,13 @@ std_fds_open(void)
 static int
 read_input(struct buf *in)
 {
-    for (;;) {
-        ssize_t n;
-        buf_reserve(in, READ_CHUNK);
-        n = read(STDIN_FILENO, in->data + in->len, READ_CHUNK);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fprintf(stderr, "tern-drop: reading stdin: %s\n", strerror(errno));
-            return -1;
-        }
-        if (n == 0)
-            return 0;
-        in->len += (size_t)n;
-        if (in->len > INPUT_MAX) {
-            fprintf(stderr, "tern-drop: input larger than %u bytes\n", (unsigned)INPUT_MAX);
-            return -1;
-        }
-    }
+    if (fd_read_all(STDIN_FILENO, in, INPUT_MAX) == 0)
+        return 0;
+    if (errno == EFBIG)
+        fprintf(stderr, "tern-drop: input larger than %u bytes\n", (unsigned)INPUT_MAX);
+    else
+        fprintf(stderr, "tern-drop: reading stdin: %s\n", strerror(errno));
+    return -1;
 }
 
 /* The directory, opened without reading it (the group may only enter and

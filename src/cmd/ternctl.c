@@ -641,22 +641,9 @@ read_auth_file(const char *path, struct buf *out, struct stat *st_out)
         e = EINVAL;
         goto fail;
     }
-    for (;;) {
-        ssize_t r;
-        buf_reserve(out, 65536);
-        r = read(fd, out->data + out->len, 65536);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            e = errno;
-            goto fail;
-        }
-        if (r == 0)
-            break;
-        out->len += (size_t)r;
-        out->data[out->len] = '\0';
-        if (out->len > CTL_AUTH_FILE_MAX)
-            goto fail;
+    if (fd_read_all(fd, out, CTL_AUTH_FILE_MAX) < 0) {
+        e = errno;
+        goto fail;
     }
     close(fd);
     return 0;

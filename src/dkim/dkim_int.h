@@ -93,7 +93,4 @@ struct dkim_key_record {
 int dkim_key_record_parse(
     const char *txt, size_t len, enum dkim_alg alg, struct dkim_key_record *kr);
 
-/* Append base64 of p[n] (no line breaks). */
-void dkim_b64(const void *p, size_t n, struct buf *out);
-
 #endif

@@ -23,18 +23,6 @@
 #include "util/parse.h"
 #include "util/util.h"
 
-void
-dkim_b64(const void *p, size_t n, struct buf *out)
-{
-    size_t need;
-    TERN_ASSERT(n <= (size_t)INT32_MAX / 2);
-    need = (n + 2) / 3 * 4;
-    buf_reserve(out, need);
-    EVP_EncodeBlock((unsigned char *)out->data + out->len, p, (int)n);
-    out->len += need;
-    out->data[out->len] = '\0';
-}
-
 /* Never prompt for a pass phrase: an encrypted key is simply refused. */
 static int
 no_password(char *buf, int size, int rwflag, void *u)
@@ -211,7 +199,7 @@ dkim_key_public_b64(const struct dkim_key *k, struct buf *out)
             ERR_clear_error();
             return -1;
         }
-        dkim_b64(raw, rl, out);
+        b64_encode(raw, rl, out);
         return 0;
     }
     n = i2d_PUBKEY(k->pkey, &der); /* SubjectPublicKeyInfo, as everyone publishes */
@@ -219,7 +207,7 @@ dkim_key_public_b64(const struct dkim_key *k, struct buf *out)
         ERR_clear_error();
         return -1;
     }
-    dkim_b64(der, (size_t)n, out);
+    b64_encode(der, (size_t)n, out);
     OPENSSL_free(der);
     return 0;
 }

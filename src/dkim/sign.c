@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/parse.h"
 #include "util/util.h"
 
 #define LINE_MAX_CHARS 78   /* RFC 5322 §2.1.1 */
@@ -308,7 +309,7 @@ sign_one(const struct dkim_signer *s, const struct dkim_keyset_entry *e, const s
     data.len -= 2; /* ...but hashed without its CRLF (§3.7) */
     rc = sign_data(e->key, &data, sig, &siglen);
     if (rc == 0) {
-        dkim_b64(sig, siglen, &b64);
+        b64_encode(sig, siglen, &b64);
         buf_append(out, field.data, field.len);
         sig_field_end(b64.data, b64.len, out);
     }
@@ -352,7 +353,7 @@ dkim_signer_finish(struct dkim_signer *s, struct buf *out, struct dkim_outcome *
     dkim_body_end(&s->body);
     if (EVP_DigestFinal_ex(s->bh, digest, &dl) != 1)
         tern_panic("EVP_DigestFinal_ex failed");
-    dkim_b64(digest, dl, &bh);
+    b64_encode(digest, dl, &bh);
     n_order = dkim_hdr_select(&s->fields, &hlist, order);
     for (size_t i = 0; i < n_order; i++) {
         const struct dkim_field *f = order[i] == DKIM_NO_FIELD ? NULL : &s->fields.f[order[i]];

@@ -34,6 +34,9 @@ struct event_base;
 #define HISTORY_FILE_MIN  (64u * 1024) /* bounds of one file's size */
 #define HISTORY_FILE_MAX  (64u * 1024 * 1024)
 
+/* Times in the text timeline (trace, queue show), UTC. */
+#define HISTORY_TIME_FMT "%Y-%m-%d %H:%M:%SZ"
+
 struct history_opts {
     int64_t retention_ms; /* files older than this are deleted (> 0) */
     uint64_t max_size;    /* bound on the total bytes of the files */

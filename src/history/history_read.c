@@ -442,10 +442,7 @@ void
 history_rec_text(const struct history_rec *r, struct buf *out)
 {
     char ts[32];
-    time_t t = (time_t)(r->time_ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(ts, sizeof(ts), "%Y-%m-%d %H:%M:%SZ", &tm);
+    tern_fmt_utc(r->time_ms / 1000, HISTORY_TIME_FMT, ts, sizeof(ts));
     buf_printf(out, "%s  %s  %-9s", ts, r->id, r->event);
     /* Attempts carry the sender too (for the webhook); the timeline names
      * it once, at reception. */
@@ -470,9 +467,7 @@ history_rec_text(const struct history_rec *r, struct buf *out)
     }
     if (r->next_s >= 0) {
         char nx[32];
-        t = (time_t)r->next_s;
-        gmtime_r(&t, &tm);
-        strftime(nx, sizeof(nx), "%Y-%m-%d %H:%M:%SZ", &tm);
+        tern_fmt_utc(r->next_s, HISTORY_TIME_FMT, nx, sizeof(nx));
         buf_printf(out, " next=\"%s\"", nx);
     }
     buf_append_char(out, '\n');

@@ -338,11 +338,8 @@ write_received(
 {
     struct buf r = BUF_INIT;
     char date[64];
-    time_t t = time(NULL);
-    struct tm tm;
     size_t n;
-    gmtime_r(&t, &tm);
-    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    tern_fmt_utc((int64_t)time(NULL), TERN_RFC5322_DATE, date, sizeof(date));
     buf_printf(&r, "Received: by %s (tern, from userid %u)\r\n\tid %s; %s\r\n", j->cfg->hostname,
         (unsigned)f->st.st_uid, qid, date);
     spool_writer_write(w, r.data, r.len);

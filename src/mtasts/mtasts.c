@@ -81,29 +81,32 @@ static void fetch_free(struct fetch *f);
 
 /* ---- entries and the cache files ---- */
 
+/* The cache file at path into c: 1 when there is none, 0, or -1 with err
+ * when it is damaged (or too large to be ours). */
+static int
+cache_read(const char *path, struct mtasts_cached *c, char *err, size_t errcap)
+{
+    struct buf b = BUF_INIT;
+    int rc;
+    if (fs_read_file(path, &b, MTASTS_POLICY_MAX + 1024) < 0) {
+        rc = errno == ENOENT ? 1 : -1;
+        if (rc < 0)
+            snprintf(err, errcap, "cannot read: %s", strerror(errno));
+    } else {
+        rc = mtasts_cache_parse(b.data, b.len, c, err, errcap);
+    }
+    buf_fini(&b);
+    return rc;
+}
+
 static void
 ent_load(struct mtasts *m, struct ent *e)
 {
     char path[4400], err[256];
-    struct buf b = BUF_INIT;
-    int fd;
     if (m->dir == NULL)
         return; /* no cache (ternctl dns check) */
     snprintf(path, sizeof(path), "%s/%s", m->dir, e->domain);
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return;
-    buf_reserve(&b, 4096);
-    for (;;) {
-        ssize_t r;
-        buf_reserve(&b, 4096);
-        r = read(fd, b.data + b.len, b.cap - b.len - 1);
-        if (r <= 0 || b.len + (size_t)r > MTASTS_POLICY_MAX + 1024)
-            break;
-        b.len += (size_t)r;
-    }
-    close(fd);
-    if (mtasts_cache_parse(b.data, b.len, &e->c, err, sizeof(err)) < 0) {
+    if (cache_read(path, &e->c, err, sizeof(err)) < 0) {
         struct logline l;
         memset(&e->c, 0, sizeof(e->c));
         log_begin(&l, LOG_WARN, NULL, "mtasts", "cache_damaged");
@@ -111,7 +114,6 @@ ent_load(struct mtasts *m, struct ent *e)
         log_str(&l, "reason", err);
         log_end(&l);
     }
-    buf_fini(&b);
 }
 
 static void
@@ -582,27 +584,11 @@ mtasts_cache_load(
     const char *spool_dir, const char *domain, struct mtasts_cached *c, char *err, size_t errcap)
 {
     char path[4500];
-    struct buf b = BUF_INIT;
-    int fd, rc;
     if (!str_is_domain(domain, strlen(domain), false) ||
         snprintf(path, sizeof(path), "%s/%s/%s", spool_dir, MTASTS_DIR, domain) >=
             (int)sizeof(path))
         return 1;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0)
-        return 1;
-    for (;;) {
-        ssize_t r;
-        buf_reserve(&b, 4096);
-        r = read(fd, b.data + b.len, b.cap - b.len - 1);
-        if (r <= 0 || b.len + (size_t)r > MTASTS_POLICY_MAX + 1024)
-            break;
-        b.len += (size_t)r;
-    }
-    close(fd);
-    rc = mtasts_cache_parse(b.data, b.len, c, err, errcap);
-    buf_fini(&b);
-    return rc;
+    return cache_read(path, c, err, errcap);
 }
 
 void

@@ -52,10 +52,7 @@ smtp_tx_free(struct smtp_tx *tx)
 static void
 rfc5322_date(int64_t ms, char *out, size_t cap)
 {
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, cap, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    tern_fmt_utc(ms / 1000, TERN_RFC5322_DATE, out, cap);
 }
 
 /* The field, CRLF-terminated, appended to out. */

@@ -378,10 +378,7 @@ tlsrpt_day_fini(struct tlsrpt_day *day)
 static void
 iso_time(int64_t s, char *out, size_t cap)
 {
-    time_t t = (time_t)s;
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(out, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    tern_fmt_utc(s, "%Y-%m-%dT%H:%M:%SZ", out, cap);
 }
 
 /* policy-string: the policy's lines, without line ends (§4.4); mx-host:
@@ -493,29 +490,14 @@ tlsrpt_gzip(const void *in, size_t len, struct buf *out)
     return rc == Z_STREAM_END ? 0 : -1;
 }
 
+/* Base64 in lines of 76 characters (RFC 2045 §6.8): 57 bytes each. */
 static void
 b64_lines(const unsigned char *p, size_t n, struct buf *out)
 {
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t col = 0;
-    for (size_t i = 0; i < n; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < n)
-            v |= (uint32_t)p[i + 1] << 8;
-        if (i + 2 < n)
-            v |= p[i + 2];
-        buf_append_char(out, tab[(v >> 18) & 63]);
-        buf_append_char(out, tab[(v >> 12) & 63]);
-        buf_append_char(out, i + 1 < n ? tab[(v >> 6) & 63] : '=');
-        buf_append_char(out, i + 2 < n ? tab[v & 63] : '=');
-        col += 4;
-        if (col >= 76) {
-            buf_append_str(out, "\r\n");
-            col = 0;
-        }
-    }
-    if (col > 0)
+    for (size_t i = 0; i < n; i += 57) {
+        b64_encode(p + i, n - i < 57 ? n - i : 57, out);
         buf_append_str(out, "\r\n");
+    }
 }
 
 void
@@ -523,10 +505,7 @@ tlsrpt_mail_format(const struct tlsrpt_meta *m, const char *domain, const char *
     const char *to, const void *gz, size_t gz_len, int64_t now_ms, struct buf *out)
 {
     char date[64], b[64];
-    time_t t = (time_t)(now_ms / 1000);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+    tern_fmt_utc(now_ms / 1000, TERN_RFC5322_DATE, date, sizeof(date));
     snprintf(b, sizeof(b), "tlsrpt-%" PRIx64, (uint64_t)now_ms ^ (uint64_t)gz_len << 40);
     buf_printf(out, "From: <%s>\r\nTo: <%s>\r\nDate: %s\r\n", from, to, date);
     /* RFC 8460 §5.3: the subject and the two header fields. */

@@ -85,10 +85,7 @@ static void run_next(struct tlsrpt *t);
 static void
 day_name(int64_t s, char *out, size_t cap)
 {
-    time_t tt = (time_t)s;
-    struct tm tm;
-    gmtime_r(&tt, &tm);
-    strftime(out, cap, "%Y-%m-%d", &tm);
+    tern_fmt_utc(s, "%Y-%m-%d", out, cap);
 }
 
 static uint64_t
@@ -418,20 +415,16 @@ load_file(struct tlsrpt *t)
     char path[4400];
     struct buf b = BUF_INIT;
     struct tm tm;
-    int fd;
     while (r->cur_file < r->n_files) {
         snprintf(path, sizeof(path), "%s/%s", t->dir, r->files[r->cur_file]);
-        fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-        if (fd >= 0) {
-            for (;;) {
-                ssize_t n;
-                buf_reserve(&b, 65536);
-                n = read(fd, b.data + b.len, b.cap - b.len - 1);
-                if (n <= 0 || b.len + (size_t)n > TLSRPT_FILE_MAX)
-                    break;
-                b.len += (size_t)n;
-            }
-            close(fd);
+        if (fs_read_file(path, &b, TLSRPT_FILE_MAX) < 0) {
+            /* Gone, unreadable or too large to be ours: reported as empty. */
+            struct logline l;
+            log_begin(&l, LOG_WARN, NULL, "tlsrpt", "day_file_unreadable");
+            log_str(&l, "file", r->files[r->cur_file]);
+            log_errno(&l, errno);
+            log_end(&l);
+            buf_reset(&b);
         }
         tlsrpt_day_fini(&r->day);
         memset(&r->day, 0, sizeof(r->day));

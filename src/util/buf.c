@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "parse.h"
 #include "util.h"
 
 void
@@ -59,38 +60,6 @@ buf_append_str(struct buf *b, const char *s)
     buf_append(b, s, strlen(s));
 }
 
-/* The length of the well-formed UTF-8 character at p[0..n) (RFC 3629: no
- * overlong forms, surrogates or code points past U+10FFFF), 0 if none. */
-static size_t
-utf8_char_len(const unsigned char *p, size_t n)
-{
-    unsigned char lo = 0x80, hi = 0xbf;
-    size_t len;
-    if (p[0] >= 0xc2 && p[0] <= 0xdf)
-        len = 2;
-    else if (p[0] >= 0xe0 && p[0] <= 0xef)
-        len = 3;
-    else if (p[0] >= 0xf0 && p[0] <= 0xf4)
-        len = 4;
-    else
-        return 0;
-    if (p[0] == 0xe0)
-        lo = 0xa0;
-    else if (p[0] == 0xed)
-        hi = 0x9f;
-    else if (p[0] == 0xf0)
-        lo = 0x90;
-    else if (p[0] == 0xf4)
-        hi = 0x8f;
-    if (n < len || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++) {
-        if (p[i] < 0x80 || p[i] > 0xbf)
-            return 0;
-    }
-    return len;
-}
-
 void
 buf_append_safe(struct buf *b, const char *s, size_t len, size_t max)
 {
@@ -103,7 +72,7 @@ buf_append_safe(struct buf *b, const char *s, size_t len, size_t max)
     bool cut = len > max;
     size_t n = cut ? (max >= 3 ? max - 3 : 0) : len;
     for (size_t i = 0; i < n;) {
-        size_t k = u[i] < 0x80 ? 1 : utf8_char_len(u + i, len - i);
+        size_t k = u[i] < 0x80 ? 1 : utf8_seq_len(u + i, len - i);
         if (i + k > n)
             break; /* the cut falls inside this character: leave it out */
         if (k == 0 || (k == 1 && (u[i] < 0x20 || u[i] == 0x7f)) ||

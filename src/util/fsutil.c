@@ -66,6 +66,42 @@ fd_pread_full(int fd, void *p, size_t n, uint64_t off)
     return (ssize_t)got;
 }
 
+int
+fd_read_all(int fd, struct buf *out, size_t max)
+{
+    size_t start = out->len;
+    for (;;) {
+        ssize_t k;
+        buf_reserve(out, 65536);
+        k = read(fd, out->data + out->len, 65536);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0)
+            return -1;
+        if (k == 0)
+            return 0;
+        out->len += (size_t)k;
+        out->data[out->len] = '\0';
+        if (out->len - start > max) {
+            errno = EFBIG;
+            return -1;
+        }
+    }
+}
+
+int
+fs_read_file(const char *path, struct buf *out, size_t max)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW), rc, saved;
+    if (fd < 0)
+        return -1;
+    rc = fd_read_all(fd, out, max);
+    saved = errno;
+    close(fd);
+    errno = saved;
+    return rc;
+}
+
 enum fs_trust
 fs_check_private(const struct stat *st, const struct fs_private *p, struct buf *why)
 {

@@ -24,6 +24,13 @@ int fd_pwrite_full(int fd, const void *p, size_t n, uint64_t off);
  * number read (short at EOF), or -1 with errno. */
 ssize_t fd_pread_full(int fd, void *p, size_t n, uint64_t off);
 
+/* Append the rest of fd to out (NUL terminated). 0, or -1 with errno
+ * (EFBIG once more than max bytes were read: a file that large is refused
+ * rather than read in part). */
+int fd_read_all(int fd, struct buf *out, size_t max);
+/* fd_read_all of path, opened without following a symbolic link. */
+int fs_read_file(const char *path, struct buf *out, size_t max);
+
 /* Replace dir/name with data durably: written to dir/name.tmp (mode
  * 0600), fsynced, renamed into place, the directory fsynced. 0, or -1 and
  * err names the step and the errno text. */

@@ -7,8 +7,12 @@
 
 #include <arpa/inet.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "buf.h"
+#include "util.h"
 
 #define DOMAIN_MAX 253
 #define LABEL_MAX  63
@@ -371,4 +375,16 @@ str_next_tag(const char *p, size_t n, size_t *i, struct str_tag *t)
     while (t->val_len > 0 && tag_blank(t->val[t->val_len - 1]))
         t->val_len--;
     return true;
+}
+
+void
+b64_encode(const void *p, size_t n, struct buf *out)
+{
+    size_t need;
+    TERN_ASSERT(n <= (size_t)INT32_MAX / 2);
+    need = (n + 2) / 3 * 4;
+    buf_reserve(out, need);
+    EVP_EncodeBlock((unsigned char *)out->data + out->len, p, (int)n);
+    out->len += need;
+    out->data[out->len] = '\0';
 }

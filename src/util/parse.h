@@ -38,6 +38,9 @@ size_t utf8_seq_len(const unsigned char *s, size_t avail);
  * canonical (the bits it drops are zero), nothing but the alphabet. Into
  * out[cap]; -1 when malformed or too long. */
 int b64_decode(const char *in, size_t len, unsigned char *out, size_t cap, size_t *out_len);
+/* Append base64 of p[n] to out, without line breaks (OpenSSL's encoder). */
+struct buf;
+void b64_encode(const void *p, size_t n, struct buf *out);
 
 /* One field of a ';'-separated "name=value" record (DMARC RFC 7489 §6.4,
  * MTA-STS RFC 8461 §3.1, TLS-RPT RFC 8460 §3): name and value with the

@@ -201,28 +201,6 @@ auth_users_parse(struct auth_users *u, const char *text, size_t len, struct buf 
     }
 }
 
-static int
-read_all(int fd, struct buf *out)
-{
-    for (;;) {
-        ssize_t r;
-        buf_reserve(out, 65536);
-        r = read(fd, out->data + out->len, 65536);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -1;
-        if (r == 0)
-            return 0;
-        out->len += (size_t)r;
-        out->data[out->len] = '\0';
-        if (out->len > USERS_FILE_MAX) {
-            errno = EFBIG;
-            return -1;
-        }
-    }
-}
-
 /* Anyone who can change the users file can add a login, and anyone who can
  * read it can run a dictionary against the hashes: refuse a file writable by
  * group or others, readable by others, or owned by someone but us or root.
@@ -274,7 +252,7 @@ auth_users_refresh_text(
         close(fd);
         return 0;
     }
-    if (read_all(fd, &text) < 0) {
+    if (fd_read_all(fd, &text, USERS_FILE_MAX) < 0) {
         buf_printf(err, "auth_users_file %s: %s\n", u->path, strerror(errno));
         close(fd);
         if (text.data)

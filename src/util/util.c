@@ -104,6 +104,18 @@ tern_clock_set_fake(int64_t ms)
     fake_now_ms = ms;
 }
 
+void
+tern_fmt_utc(int64_t secs, const char *fmt, char *out, size_t cap)
+{
+    time_t t = (time_t)secs;
+    struct tm tm;
+    if (cap == 0)
+        return;
+    out[0] = '\0';
+    if (gmtime_r(&t, &tm) != NULL && strftime(out, cap, fmt, &tm) == 0)
+        out[0] = '\0';
+}
+
 int64_t
 tern_now_ms(void)
 {

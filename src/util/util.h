@@ -48,4 +48,9 @@ int64_t tern_mono_ms(void);
 int64_t tern_mono_us(void); /* the same clock in microseconds */
 void tern_clock_set_fake(int64_t ms);
 
+/* secs (Unix time) in UTC through strftime's fmt into out (empty when it
+ * does not fit). The date of a mail header (RFC 5322 §3.3): */
+#define TERN_RFC5322_DATE "%a, %d %b %Y %H:%M:%S +0000"
+void tern_fmt_utc(int64_t secs, const char *fmt, char *out, size_t cap);
+
 #endif

@@ -1,7 +1,10 @@
 /*
  * Unit tests for struct buf: appends keep the spare NUL, printf grows as
- * needed, JSON escaping, consume, take, and overflow of buf_reserve.
+ * needed, JSON escaping, consume, take, and overflow of buf_reserve; and
+ * the helpers that fill a buf or a string: whole-file reads with a bound,
+ * UTC time formatting.
  */
+#include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -10,12 +13,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
 #include "util/buf.h"
+#include "util/fsutil.h"
+#include "util/util.h"
 
 static void
 test_append(void **state)
@@ -231,6 +237,54 @@ test_reserve_overflow(void **state)
     assert_false(dies(append_after_x, 1));
 }
 
+/* A file is read whole when it fits, refused (EFBIG) when it does not,
+ * and never through a symbolic link; a missing file is ENOENT. */
+static void
+test_read_file(void **state)
+{
+    char dir[] = "/tmp/test_buf.XXXXXX", path[64], link[64];
+    struct buf b = BUF_INIT;
+    FILE *f;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/f", dir);
+    snprintf(link, sizeof(link), "%s/l", dir);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    for (int i = 0; i < 30000; i++) /* 150,000 bytes: several reads */
+        fputs("abcd\n", f);
+    fclose(f);
+    buf_append_str(&b, "kept:");
+    assert_int_equal(fs_read_file(path, &b, 150000), 0);
+    assert_int_equal(b.len, 5 + 150000);
+    assert_int_equal(memcmp(b.data, "kept:abcd\n", 10), 0);
+    assert_int_equal(b.data[b.len], '\0');
+    buf_reset(&b);
+    errno = 0;
+    assert_int_equal(fs_read_file(path, &b, 149999), -1);
+    assert_int_equal(errno, EFBIG);
+    assert_int_equal(symlink(path, link), 0);
+    assert_int_equal(fs_read_file(link, &b, 150000), -1);
+    assert_int_equal(errno, ELOOP);
+    unlink(link);
+    unlink(path);
+    assert_int_equal(fs_read_file(path, &b, 150000), -1);
+    assert_int_equal(errno, ENOENT);
+    rmdir(dir);
+    buf_fini(&b);
+}
+
+static void
+test_fmt_utc(void **state)
+{
+    char out[64];
+    tern_fmt_utc(0, TERN_RFC5322_DATE, out, sizeof(out));
+    assert_string_equal(out, "Thu, 01 Jan 1970 00:00:00 +0000");
+    tern_fmt_utc(1796288242, "%Y-%m-%dT%H:%M:%SZ", out, sizeof(out));
+    assert_string_equal(out, "2026-12-03T08:57:22Z");
+    tern_fmt_utc(1796288242, "%Y-%m-%dT%H:%M:%SZ", out, 10); /* does not fit */
+    assert_string_equal(out, "");
+}
+
 int
 main(void)
 {
@@ -242,6 +296,8 @@ main(void)
         cmocka_unit_test(test_consume),
         cmocka_unit_test(test_reset_and_take),
         cmocka_unit_test(test_reserve_overflow),
+        cmocka_unit_test(test_read_file),
+        cmocka_unit_test(test_fmt_utc),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -11,6 +11,7 @@
 
 #include <cmocka.h>
 
+#include "util/buf.h"
 #include "util/parse.h"
 
 #define N(a) (sizeof(a) / sizeof((a)[0]))
@@ -295,6 +296,29 @@ test_next_tag(void **state)
     assert_false(str_next_tag(" ; ;", 4, &i, &t));
 }
 
+/* RFC 4648 §10's vectors, appended to what out holds, and back through the
+ * strict decoder. */
+static void
+test_b64_encode(void **state)
+{
+    static const char *const vec[][2] = { { "", "" }, { "f", "Zg==" }, { "fo", "Zm8=" },
+        { "foo", "Zm9v" }, { "foob", "Zm9vYg==" }, { "fooba", "Zm9vYmE=" },
+        { "foobar", "Zm9vYmFy" } };
+    for (size_t i = 0; i < sizeof(vec) / sizeof(vec[0]); i++) {
+        struct buf b = BUF_INIT;
+        unsigned char back[16];
+        size_t n;
+        buf_append_str(&b, ">");
+        b64_encode(vec[i][0], strlen(vec[i][0]), &b);
+        assert_string_equal(b.data + 1, vec[i][1]);
+        assert_int_equal(b.len, 1 + strlen(vec[i][1]));
+        assert_int_equal(b64_decode(b.data + 1, b.len - 1, back, sizeof(back), &n), 0);
+        assert_int_equal(n, strlen(vec[i][0]));
+        assert_memory_equal(back, vec[i][0], n);
+        buf_fini(&b);
+    }
+}
+
 int
 main(void)
 {
@@ -307,6 +331,7 @@ main(void)
         cmocka_unit_test(test_str_ieq_lower),
         cmocka_unit_test(test_domain),
         cmocka_unit_test(test_next_tag),
+        cmocka_unit_test(test_b64_encode),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
